@@ -1,0 +1,547 @@
+"""`Net`: a Caffe NetParameter built into an nn.Module for one phase.
+
+Follows Caffe's `Net::Init`: layers are filtered by the NetState (phase, level, stages), built in
+order with the shapes of their bottoms, and each top's shape is logged as Caffe logs it. Blobs are
+addressed by name; a top that repeats its bottom's name is in place; a top used by several layers
+needs no Split layer (autograd sums the gradients). Loss tops are weighed by `loss_weight` (1 for
+the first top of a *Loss layer); `propagate_down: false` stops the gradient into that bottom;
+`param { name }` shares a blob between layers; `lr_mult`/`decay_mult` are kept for the solver.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections import OrderedDict
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from google.protobuf import text_format
+from torch import nn
+
+from . import io as ncio
+from .errors import NetDefinitionError, WeightLoadError
+from .layers.base import Layer, LayerContext, Shape, create_layer
+from .log import get_logger
+from .proto import caffe_pb2 as pb
+
+log = get_logger("net")
+
+__all__ = ["Net", "ParamEntry", "filter_net", "state_meets_rule"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Phase / level / stage filtering (Caffe's Net::FilterNet and StateMeetsRule)
+# ----------------------------------------------------------------------------------------------
+
+def state_meets_rule(state: pb.NetState, rule: pb.NetStateRule, layer_name: str, verbose: bool = True) -> bool:
+    def say(msg: str) -> None:
+        if verbose:
+            log.info(msg)
+
+    if rule.HasField("phase") and rule.phase != state.phase:
+        say(f"The NetState phase ({state.phase}) differed from the phase ({rule.phase}) "
+            f"specified by a rule in layer {layer_name}")
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        say(f"The NetState level ({state.level}) is below the min_level ({rule.min_level}) "
+            f"specified by a rule in layer {layer_name}")
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        say(f"The NetState level ({state.level}) is above the max_level ({rule.max_level}) "
+            f"specified by a rule in layer {layer_name}")
+        return False
+    stages = set(state.stage)
+    for s in rule.stage:
+        if s not in stages:
+            say(f"The NetState did not contain stage '{s}' specified by a rule in layer {layer_name}")
+            return False
+    for s in rule.not_stage:
+        if s in stages:
+            say(f"The NetState contained a not_stage '{s}' specified by a rule in layer {layer_name}")
+            return False
+    return True
+
+
+def filter_net(param: pb.NetParameter, state: pb.NetState, verbose: bool = True) -> pb.NetParameter:
+    """The layers of `param` that the NetState selects (include/exclude rules)."""
+    out = pb.NetParameter()
+    out.CopyFrom(param)
+    del out.layer[:]
+    for layer in param.layer:
+        if len(layer.include) and len(layer.exclude):
+            raise NetDefinitionError(f"layer '{layer.name}' specifies both include and exclude; "
+                                     "specify at most one of them")
+        keep = len(layer.include) == 0
+        for rule in layer.exclude:
+            if state_meets_rule(state, rule, layer.name, verbose):
+                keep = False
+        for rule in layer.include:
+            if state_meets_rule(state, rule, layer.name, verbose):
+                keep = True
+        if keep:
+            out.layer.add().CopyFrom(layer)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Net
+# ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class ParamEntry:
+    """One of Caffe's `learnable_params_`: every layer blob, in layer and blob order, owners only.
+
+    Caffe treats every blob as a parameter (masks and BatchNorm statistics too), so solver-state
+    history follows this order; `learnable` says whether the optimizer may update it (masks and
+    statistics are buffers in netcompress, see Decision 2).
+    """
+
+    layer: str
+    index: int
+    tensor: torch.Tensor
+    lr_mult: float
+    decay_mult: float
+    learnable: bool
+    name: str = ""  # the ParamSpec name if shared
+
+    @property
+    def key(self) -> str:
+        return f"{self.layer}[{self.index}]"
+
+
+def _escape(name: str) -> str:
+    # nn.Module names cannot contain '.'; keep the mapping reversible.
+    return name.replace("%", "%25").replace(".", "%2E")
+
+
+def _shape_str(shape: Shape) -> str:
+    if len(shape) == 0:
+        return "(1)"
+    return " ".join(str(d) for d in shape) + f" ({math.prod(shape)})"
+
+
+class Net(nn.Module):
+    """A Caffe net for one phase. See the module docstring.
+
+    Args:
+        param: a NetParameter or the path of a net prototxt.
+        phase: `caffe_pb2.TRAIN` or `caffe_pb2.TEST` (or "train"/"test").
+        level, stages: NetState level and stages for include/exclude rules.
+        weights: optional .caffemodel to copy in after building (Caffe's rules).
+        device, dtype: where the blobs live.
+        seed: seeds the fillers (and is given to layers as the solver's random_seed).
+        verbose: log Caffe's set-up lines (top shapes, memory, backward needs).
+    """
+
+    def __init__(self, param: pb.NetParameter | str, phase: int | str = pb.TEST, level: int = 0,
+                 stages: Iterable[str] = (), *, weights: str | None = None,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 seed: int | None = None, rank: int = 0, world_size: int = 1, verbose: bool = True,
+                 state: pb.NetState | None = None):
+        super().__init__()
+        self.source = param if isinstance(param, str) else "<NetParameter>"
+        if isinstance(param, str):
+            param = ncio.read_net(param)
+        else:
+            from .upgrade import net_needs_upgrade, upgrade_net
+            if net_needs_upgrade(param):
+                p = pb.NetParameter()
+                p.CopyFrom(param)
+                param = upgrade_net(p)
+        if isinstance(phase, str):
+            phase = {"train": pb.TRAIN, "test": pb.TEST}[phase.lower()]
+        if state is None:
+            state = pb.NetState(phase=phase, level=level, stage=list(stages))
+            if param.HasField("state"):
+                # The prototxt's own state is the default; explicit arguments win.
+                merged = pb.NetState()
+                merged.CopyFrom(param.state)
+                merged.MergeFrom(state)
+                merged.phase = phase
+                state = merged
+        self.state = state
+        self.phase: int = state.phase
+        self.verbose = verbose
+        filtered = filter_net(param, state, verbose)
+        filtered.state.CopyFrom(state)
+        self.param = filtered
+        self.name: str = filtered.name
+        self.device = torch.device(device)
+        self.dtype = dtype
+        gen = torch.Generator()
+        gen.manual_seed(seed if seed is not None and seed >= 0 else torch.initial_seed() % (2**63))
+        self.ctx = LayerContext(phase=self.phase, device=self.device, dtype=dtype, generator=gen,
+                                seed=seed, rank=rank, world_size=world_size, net_name=self.name)
+        if verbose:
+            log.info("Initializing net from parameters: \n%s", text_format.MessageToString(_without_blobs(filtered)))
+        self.layers = nn.ModuleDict()
+        self.layer_names: list[str] = []
+        self._bottoms: list[list[str]] = []
+        self._tops: list[list[str]] = []
+        self._prop_down: list[list[bool]] = []
+        self.loss_weights: dict[str, float] = OrderedDict()
+        self.blob_shapes: dict[str, Shape] = OrderedDict()
+        self.blobs: dict[str, torch.Tensor] = OrderedDict()
+        self.input_names: list[str] = []
+        self._param_owner: dict[str, tuple[str, int]] = {}
+        self._params: list[ParamEntry] = []
+        self._build(filtered)
+        if weights:
+            self.copy_from(weights)
+
+    # -- construction ----------------------------------------------------------------------
+    def _build(self, param: pb.NetParameter) -> None:
+        available: dict[str, None] = OrderedDict()  # blobs produced and not yet consumed
+        memory = 0
+        seen_names: set[str] = set()
+        for lp in param.layer:
+            name = lp.name
+            if not name:
+                raise NetDefinitionError(f"{self.source}: a layer of type '{lp.type}' has no name")
+            if name in seen_names:
+                raise NetDefinitionError(f"{self.source}: two layers are named '{name}' in the "
+                                         f"{'TRAIN' if self.phase == pb.TRAIN else 'TEST'} net; "
+                                         "layer names must be unique (weights are matched by name)")
+            seen_names.add(name)
+            if not lp.type:
+                raise NetDefinitionError(f"{self.source}: layer '{name}' has no type")
+            lp_local = pb.LayerParameter()
+            lp_local.CopyFrom(lp)
+            if not lp_local.HasField("phase"):
+                lp_local.phase = self.phase
+            if self.verbose:
+                log.info("Creating Layer %s", name)
+            bottom_shapes = []
+            for i, b in enumerate(lp.bottom):
+                if b not in self.blob_shapes:
+                    raise NetDefinitionError(
+                        f"{self.source}: Unknown bottom blob '{b}' (layer '{name}', bottom index {i}); "
+                        f"blobs available at this point: {', '.join(self.blob_shapes) or 'none'}")
+                bottom_shapes.append(self.blob_shapes[b])
+                if self.verbose:
+                    log.info("%s <- %s", name, b)
+            layer = create_layer(lp_local, bottom_shapes, self.ctx)
+            self._check_counts(layer, lp)
+            for b in lp.bottom:
+                available.pop(b, None)
+            tops = list(lp.top)
+            for j, t in enumerate(tops):
+                in_place = j < len(lp.bottom) and lp.bottom[j] == t
+                if t in self.blob_shapes and not in_place:
+                    raise NetDefinitionError(f"{self.source}: Top blob '{t}' produced by multiple "
+                                             f"sources (layer '{name}' writes it again, not in place)")
+                if self.verbose:
+                    log.info("%s -> %s%s", name, t, " (in-place)" if in_place else "")
+            if self.verbose:
+                log.info("Setting up %s", name)
+            shapes = layer.top_shapes(bottom_shapes)
+            if len(shapes) != len(tops):
+                raise NetDefinitionError(f"layer '{name}' produces {len(shapes)} tops, the prototxt "
+                                         f"names {len(tops)}")
+            # Loss weights
+            if len(lp.loss_weight) and len(lp.loss_weight) != len(tops):
+                raise NetDefinitionError(f"layer '{name}': loss_weight must be unspecified or given "
+                                         f"once per top blob ({len(tops)}), got {len(lp.loss_weight)}")
+            for j, (t, s) in enumerate(zip(tops, shapes)):
+                self.blob_shapes[t] = tuple(s)
+                available[t] = None
+                w = float(lp.loss_weight[j]) if len(lp.loss_weight) else (1.0 if (j == 0 and layer.is_loss) else 0.0)
+                if self.verbose:
+                    log.info("Top shape: %s", _shape_str(tuple(s)))
+                if w != 0.0:
+                    self.loss_weights[t] = w
+                    if self.verbose:
+                        log.info("    with loss weight %g", w)
+                memory += math.prod(s) if len(s) else 1
+            if self.verbose:
+                log.info("Memory required for data: %d", memory * torch.finfo(self.dtype).bits // 8)
+            if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
+                raise NetDefinitionError(f"layer '{name}': propagate_down must be given once per "
+                                         f"bottom ({len(lp.bottom)}), got {len(lp.propagate_down)}")
+            self.layers[_escape(name)] = layer
+            self.layer_names.append(name)
+            self._bottoms.append(list(lp.bottom))
+            self._tops.append(tops)
+            self._prop_down.append([bool(p) for p in lp.propagate_down] if len(lp.propagate_down)
+                                   else [True] * len(lp.bottom))
+            if layer.type_name == "Input":
+                self.input_names.extend(tops)
+            self._append_params(layer, lp)
+        self.output_names: list[str] = sorted(available)  # Caffe iterates a std::set: sorted
+        self._log_backward_needs(param)
+        if self.verbose:
+            for o in self.output_names:
+                log.info("This network produces output %s", o)
+            log.info("Network initialization done.")
+
+    def _check_counts(self, layer: Layer, lp: pb.LayerParameter) -> None:
+        nb, nt = len(lp.bottom), len(lp.top)
+
+        def check(n: int, lo, hi, what: str) -> None:
+            if lo is not None and hi is not None and lo == hi and n != lo:
+                raise NetDefinitionError(f"layer '{lp.name}' (type {lp.type}) takes {lo} {what} blob(s), got {n}")
+            if lo is not None and n < lo:
+                raise NetDefinitionError(f"layer '{lp.name}' (type {lp.type}) takes at least {lo} {what} blob(s), got {n}")
+            if hi is not None and n > hi:
+                raise NetDefinitionError(f"layer '{lp.name}' (type {lp.type}) takes at most {hi} {what} blob(s), got {n}")
+
+        check(nb, layer.min_bottoms, layer.max_bottoms, "bottom")
+        check(nt, layer.min_tops, layer.max_tops, "top")
+
+    def _append_params(self, layer: Layer, lp: pb.LayerParameter) -> None:
+        for i, bname in enumerate(layer.blob_names):
+            spec = lp.param[i] if i < len(lp.param) else pb.ParamSpec()
+            tensor = getattr(layer, bname)
+            pname = spec.name
+            if pname and pname in self._param_owner:
+                owner_layer, owner_idx = self._param_owner[pname]
+                owner = self.layer(owner_layer)
+                otensor = getattr(owner, owner.blob_names[owner_idx])
+                if spec.share_mode == pb.ParamSpec.PERMISSIVE:
+                    ok = otensor.numel() == tensor.numel()
+                else:
+                    ok = tuple(otensor.shape) == tuple(tensor.shape)
+                if not ok:
+                    raise NetDefinitionError(
+                        f"layer '{lp.name}': cannot share param '{pname}' owned by layer '{owner_layer}': "
+                        f"owner shape is {list(otensor.shape)}, sharing layer expects {list(tensor.shape)}"
+                        f"{' (same count required, PERMISSIVE)' if spec.share_mode == pb.ParamSpec.PERMISSIVE else ''}")
+                if spec.share_mode == pb.ParamSpec.PERMISSIVE and otensor.shape != tensor.shape:
+                    raise NetDefinitionError(f"layer '{lp.name}': PERMISSIVE sharing of '{pname}' with a "
+                                             "different shape is not supported; reshape the layer")
+                entry = next(e for e in self._params if e.layer == owner_layer and e.index == owner_idx)
+                if spec.HasField("lr_mult") and entry.lr_mult != spec.lr_mult:
+                    raise NetDefinitionError(f"Shared param '{pname}' has mismatched lr_mult "
+                                             f"({entry.lr_mult} in '{owner_layer}', {spec.lr_mult} in '{lp.name}')")
+                if spec.HasField("decay_mult") and entry.decay_mult != spec.decay_mult:
+                    raise NetDefinitionError(f"Shared param '{pname}' has mismatched decay_mult "
+                                             f"({entry.decay_mult} in '{owner_layer}', {spec.decay_mult} in '{lp.name}')")
+                if isinstance(otensor, nn.Parameter):
+                    layer._parameters[bname] = otensor
+                else:
+                    layer._buffers[bname] = otensor
+                continue
+            if pname:
+                self._param_owner[pname] = (lp.name, i)
+            self._params.append(ParamEntry(layer=lp.name, index=i, tensor=tensor, lr_mult=float(spec.lr_mult),
+                                           decay_mult=float(spec.decay_mult),
+                                           learnable=isinstance(tensor, nn.Parameter), name=pname))
+
+    def _log_backward_needs(self, param: pb.NetParameter) -> None:
+        """Caffe's 'needs backward computation' analysis, used for logging and reporting."""
+        force = param.force_backward
+        blob_needs: dict[str, bool] = {}
+        layer_needs: list[bool] = []
+        for li, name in enumerate(self.layer_names):
+            layer = self.layer(name)
+            need = force or any(blob_needs.get(b, False) for b in self._bottoms[li])
+            for e in self._params:
+                if e.layer == name and e.learnable and e.lr_mult != 0:
+                    need = True
+            if layer.is_data:
+                need = False
+            layer_needs.append(need)
+            for t in self._tops[li]:
+                blob_needs[t] = need
+        under_loss: set[str] = set()
+        skip_backp: set[str] = set()
+        self.layer_need_backward: dict[str, bool] = {}
+        for li in reversed(range(len(self.layer_names))):
+            name = self.layer_names[li]
+            contributes, skip = False, True
+            for t in self._tops[li]:
+                if t in self.loss_weights or t in under_loss:
+                    contributes = True
+                if t not in skip_backp:
+                    skip = False
+                if contributes and not skip:
+                    break
+            need = layer_needs[li]
+            if need and skip:
+                need = False
+            if not contributes:
+                need = False
+            if force and not self.layer(name).is_data:
+                need = True
+            self.layer_need_backward[name] = need
+            if self.verbose:
+                log.info("%s %s backward computation.", name, "needs" if need else "does not need")
+            for j, b in enumerate(self._bottoms[li]):
+                if contributes:
+                    under_loss.add(b)
+                if not self._prop_down[li][j]:
+                    skip_backp.add(b)
+
+    # -- access ----------------------------------------------------------------------------
+    def layer(self, name: str) -> Layer:
+        try:
+            return self.layers[_escape(name)]  # type: ignore[return-value]
+        except KeyError:
+            raise KeyError(f"no layer named '{name}' in net '{self.name}' "
+                           f"(layers: {', '.join(self.layer_names)})") from None
+
+    def has_layer(self, name: str) -> bool:
+        return _escape(name) in self.layers
+
+    def named_layers(self) -> Iterator[tuple[str, Layer]]:
+        for n in self.layer_names:
+            yield n, self.layer(n)
+
+    @property
+    def params(self) -> "OrderedDict[str, list[torch.Tensor]]":
+        """Layer name -> its blobs (pycaffe's `net.params`), for layers that have blobs."""
+        return OrderedDict((n, l.blobs()) for n, l in self.named_layers() if l.blob_names)
+
+    def learnable_params(self) -> list[ParamEntry]:
+        """Caffe's learnable_params_ order (every owned blob; see ParamEntry)."""
+        # Tensors may have been replaced (sharing with another net); re-read them.
+        for e in self._params:
+            layer = self.layer(e.layer)
+            e.tensor = getattr(layer, layer.blob_names[e.index])
+        return list(self._params)
+
+    def set_iteration(self, iteration: int) -> None:
+        """Tell every layer the solver's iteration (Caffe's set_current_iter_num)."""
+        for _, layer in self.named_layers():
+            layer.set_iteration(iteration)
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, *args: torch.Tensor, **inputs: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        """Run the net. Inputs (for Input layers) by blob name, or positionally in input order.
+
+        Returns the output blobs (those no layer consumes) by name; every blob stays available in
+        `net.blobs`, and `net.loss` holds the weighted sum of the loss tops.
+        """
+        if args:
+            if len(args) > len(self.input_names):
+                raise TypeError(f"net '{self.name}' has {len(self.input_names)} inputs "
+                                f"({', '.join(self.input_names)}), got {len(args)} positional tensors")
+            inputs = {**dict(zip(self.input_names, args)), **inputs}
+        unknown = set(inputs) - set(self.input_names)
+        if unknown:
+            raise KeyError(f"net '{self.name}' has no input blob(s) {sorted(unknown)}; "
+                           f"inputs are {self.input_names}")
+        blobs = self.blobs
+        blobs.clear()
+        for li, name in enumerate(self.layer_names):
+            layer = self.layers[_escape(name)]
+            if layer.type_name == "Input":
+                xs = [self._as_input(inputs.get(t)) for t in self._tops[li]]
+            else:
+                xs = [blobs[b] if pd else blobs[b].detach()
+                      for b, pd in zip(self._bottoms[li], self._prop_down[li])]
+            out = layer(*xs)
+            if isinstance(out, torch.Tensor):
+                out = (out,)
+            for t, y in zip(self._tops[li], out):
+                blobs[t] = y
+        loss = None
+        for t, w in self.loss_weights.items():
+            term = blobs[t].sum() * w
+            loss = term if loss is None else loss + term
+        self.loss = loss
+        return OrderedDict((o, blobs[o]) for o in self.output_names)
+
+    def _as_input(self, x) -> torch.Tensor | None:
+        if x is None:
+            return None
+        x = torch.as_tensor(x)
+        return x.to(device=self.device, dtype=self.dtype if x.is_floating_point() else x.dtype)
+
+    # -- weights ---------------------------------------------------------------------------
+    def copy_from(self, source: pb.NetParameter | str) -> None:
+        """Copy weights by layer name with Caffe's rules (CopyTrainedLayersFrom, fork version).
+
+        Source layers absent here are ignored (logged). A target layer must receive exactly as
+        many blobs as it holds, except DNS/INQ/C* layers, which may receive fewer (the rest keep
+        their filler values, so a normal model loaded into a DNS net gets all-ones masks).
+        Shapes must match (a legacy 4-D num/channels/height/width of the same count is accepted).
+        """
+        path = source if isinstance(source, str) else "<NetParameter>"
+        if isinstance(source, str):
+            source = ncio.read_caffemodel(source)
+        for sl in source.layer:
+            if not self.has_layer(sl.name):
+                if self.verbose:
+                    log.info("Ignoring source layer %s", sl.name)
+                continue
+            layer = self.layer(sl.name)
+            if self.verbose:
+                log.info("Copying source layer %s Type:%s #blobs=%d", sl.name, sl.type, len(sl.blobs))
+            n_src, n_dst = len(sl.blobs), len(layer.blob_names)
+            if n_src != n_dst and not (layer.accepts_partial_blobs and n_src < n_dst):
+                raise WeightLoadError(
+                    f"{path}: Incompatible number of blobs for layer '{sl.name}': the model has "
+                    f"{n_src}, the net's {layer.type_name} layer expects {n_dst}"
+                    + (" (a 4-blob raw DNS/INQ model loads only into DNS/INQ layers; convert it with "
+                       "dns_to_normal/inq_to_normal)" if n_src > n_dst else ""))
+            for j in range(n_src):
+                blob = sl.blobs[j]
+                target = getattr(layer, layer.blob_names[j])
+                src_shape = ncio.blob_shape(blob)
+                if tuple(src_shape) != tuple(target.shape):
+                    legacy = not blob.HasField("shape") and math.prod(src_shape) == target.numel()
+                    if not legacy:
+                        raise WeightLoadError(
+                            f"{path}: Cannot copy param {j} weights from layer '{sl.name}'; shape "
+                            f"mismatch. Source param shape is {_shape_str(tuple(src_shape))}; target "
+                            f"param shape is {_shape_str(tuple(target.shape))}. To learn this layer's "
+                            "parameters from scratch rather than copying from a saved net, rename the layer.")
+                arr = ncio.blob_to_array(blob).reshape(tuple(target.shape))
+                with torch.no_grad():
+                    target.copy_(torch.from_numpy(np.ascontiguousarray(arr)))
+            layer.blobs_loaded(n_src) if hasattr(layer, "blobs_loaded") else None
+
+    def to_proto(self, write_diff: bool = False) -> pb.NetParameter:
+        """The net as a NetParameter with blobs, as Caffe's Net::ToProto writes it."""
+        out = pb.NetParameter()
+        out.name = self.name
+        for li, name in enumerate(self.layer_names):
+            layer = self.layer(name)
+            lp = out.layer.add()
+            lp.CopyFrom(layer.layer_param)
+            lp.ClearField("blobs")
+            for t in layer.blobs():
+                grad = t.grad if (write_diff and isinstance(t, nn.Parameter) and t.grad is not None) else None
+                if write_diff and grad is None:
+                    grad = torch.zeros_like(t)
+                ncio.array_to_blob(t, lp.blobs.add(), diff=grad)
+        return out
+
+    def save(self, path: str, write_diff: bool = False) -> None:
+        """Write the weights as a binary .caffemodel (atomically)."""
+        ncio.write_caffemodel(path, self.to_proto(write_diff))
+
+    def share_weights_with(self, other: "Net") -> None:
+        """Use `other`'s blobs (by layer name) in this net: Caffe's ShareTrainedLayersWith."""
+        for name, layer in self.named_layers():
+            if not other.has_layer(name):
+                continue
+            src = other.layer(name)
+            if len(src.blob_names) != len(layer.blob_names):
+                raise WeightLoadError(f"Incompatible number of blobs for layer '{name}': "
+                                      f"{len(src.blob_names)} vs {len(layer.blob_names)}")
+            for bn_dst, bn_src in zip(layer.blob_names, src.blob_names):
+                s, d = getattr(src, bn_src), getattr(layer, bn_dst)
+                if tuple(s.shape) != tuple(d.shape):
+                    raise WeightLoadError(f"Cannot share param of layer '{name}': shape mismatch "
+                                          f"{list(s.shape)} vs {list(d.shape)}")
+                if isinstance(s, nn.Parameter):
+                    layer._parameters[bn_dst] = s
+                else:
+                    layer._buffers[bn_dst] = s
+        for e in self._params:
+            layer = self.layer(e.layer)
+            e.tensor = getattr(layer, layer.blob_names[e.index])
+
+
+def _without_blobs(param: pb.NetParameter) -> pb.NetParameter:
+    if not any(len(l.blobs) for l in param.layer):
+        return param
+    p = pb.NetParameter()
+    p.CopyFrom(param)
+    for l in p.layer:
+        l.ClearField("blobs")
+    return p
