@@ -22,7 +22,7 @@ from torch import nn
 
 from . import io as ncio
 from .errors import NetDefinitionError, WeightLoadError
-from .layers.base import Layer, LayerContext, Shape, create_layer
+from .layers.base import Layer, LayerContext, Shape, create_layer, layer_class
 from .log import get_logger
 from .proto import caffe_pb2 as pb
 
@@ -222,8 +222,8 @@ class Net(nn.Module):
                 bottom_shapes.append(self.blob_shapes[b])
                 if self.verbose:
                     log.info("%s <- %s", name, b)
+            self._check_counts(layer_class(lp.type), lp)
             layer = create_layer(lp_local, bottom_shapes, self.ctx)
-            self._check_counts(layer, lp)
             for b in lp.bottom:
                 available.pop(b, None)
             tops = list(lp.top)
@@ -276,7 +276,7 @@ class Net(nn.Module):
                 log.info("This network produces output %s", o)
             log.info("Network initialization done.")
 
-    def _check_counts(self, layer: Layer, lp: pb.LayerParameter) -> None:
+    def _check_counts(self, layer: type[Layer], lp: pb.LayerParameter) -> None:
         nb, nt = len(lp.bottom), len(lp.top)
 
         def check(n: int, lo, hi, what: str) -> None:

@@ -1,0 +1,101 @@
+"""Caffe's `time` command: average forward and backward time per layer and for the whole net."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .log import get_logger
+
+log = get_logger("time")
+
+__all__ = ["time_net"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_net(net, iterations: int = 50) -> dict[str, float]:
+    """Time `iterations` forward+backward passes, then each layer's forward and backward.
+
+    Per-layer backward times come from `torch.autograd.grad` over that layer alone (inputs and
+    parameters), with ones as the incoming gradient, as Caffe times each Layer::Backward.
+    Returns the averages in milliseconds.
+    """
+    dev = net.device
+    log.info("Performing Forward")
+    net()
+    initial = net.loss if net.loss is not None else torch.zeros(())
+    log.info("Initial loss: %g", float(initial))
+    log.info("Performing Backward")
+    _backward(net)
+    log.info("*** Benchmark begins ***")
+    log.info("Testing for %d iterations.", iterations)
+    names = net.layer_names
+    fwd = {n: 0.0 for n in names}
+    bwd = {n: 0.0 for n in names}
+    total_f = total_b = 0.0
+    t_all = time.perf_counter()
+    for j in range(iterations):
+        t0 = time.perf_counter()
+        net()
+        _sync(dev)
+        t1 = time.perf_counter()
+        _backward(net)
+        _sync(dev)
+        t2 = time.perf_counter()
+        total_f += t1 - t0
+        total_b += t2 - t1
+        log.info("Iteration: %d forward-backward time: %g ms.", j + 1, (t2 - t0) * 1e3)
+    total = time.perf_counter() - t_all
+    # Per-layer times: re-run each layer on the blobs of the last pass.
+    for _ in range(iterations):
+        blobs = {}
+        for li, name in enumerate(names):
+            layer = net.layer(name)
+            if layer.type_name == "Input":
+                xs = []
+            else:
+                xs = [blobs[b].detach().requires_grad_(blobs[b].is_floating_point())
+                      for b in net._bottoms[li]]
+            t0 = time.perf_counter()
+            out = layer(*xs)
+            _sync(dev)
+            fwd[name] += time.perf_counter() - t0
+            outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
+            for t, y in zip(net._tops[li], outs):
+                blobs[t] = y
+            wrt = [x for x in xs if x.requires_grad] + [p for p in layer.parameters() if p.requires_grad]
+            diffable = [y for y in outs if y.requires_grad]
+            if wrt and diffable:
+                t0 = time.perf_counter()
+                torch.autograd.grad(diffable, wrt, [torch.ones_like(y) for y in diffable],
+                                    allow_unused=True)
+                _sync(dev)
+                bwd[name] += time.perf_counter() - t0
+    log.info("Average time per layer: ")
+    for n in names:
+        log.info("%10s\tforward: %g ms.", n, fwd[n] / iterations * 1e3)
+        log.info("%10s\tbackward: %g ms.", n, bwd[n] / iterations * 1e3)
+    res = {"forward_ms": total_f / iterations * 1e3, "backward_ms": total_b / iterations * 1e3,
+           "forward_backward_ms": (total_f + total_b) / iterations * 1e3, "total_ms": total * 1e3}
+    log.info("Average Forward pass: %g ms.", res["forward_ms"])
+    log.info("Average Backward pass: %g ms.", res["backward_ms"])
+    log.info("Average Forward-Backward: %g ms.", res["forward_backward_ms"])
+    log.info("Total Time: %g ms.", res["total_ms"])
+    log.info("*** Benchmark ends ***")
+    return res
+
+
+def _backward(net) -> None:
+    loss = net.loss
+    if loss is None:
+        outs = [b for b in net.blobs.values() if b.requires_grad]
+        if not outs:
+            return
+        loss = sum(o.sum() for o in outs[-1:])
+    if loss.requires_grad:
+        loss.backward()
+        net.zero_grad(set_to_none=True)
