@@ -34,6 +34,72 @@ def get_logger(name: str | None = None) -> logging.Logger:
     return logging.getLogger(LOGGER_NAME if not name else f"{LOGGER_NAME}.{name}")
 
 
+class _StatusAwareHandler(logging.StreamHandler):
+    """Clears the progress line (if any) before a log record and redraws it after."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        bar = _status if (_status is not None and _status.stream is self.stream) else None
+        if bar is not None:
+            bar.clear()
+        super().emit(record)
+        if bar is not None:
+            bar.redraw()
+
+
+class StatusLine:
+    """A one-line progress display on an interactive terminal (iterations/s and ETA).
+
+    Log records printed meanwhile go above it. Does nothing when the stream is not a TTY, so
+    logs written to files and pipes stay exactly Caffe's.
+    """
+
+    def __init__(self, total: int, start: int = 0, stream=None, label: str = "train"):
+        self.stream = stream or sys.stderr
+        self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.total, self.start, self.label = total, start, label
+        self.t0 = time.time()
+        self.text = ""
+
+    def __enter__(self) -> "StatusLine":
+        global _status
+        if self.enabled:
+            _status = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _status
+        if _status is self:
+            self.clear()
+            _status = None
+
+    def update(self, it: int, extra: str = "") -> None:
+        if not self.enabled:
+            return
+        done = it - self.start
+        todo = self.total - self.start
+        el = time.time() - self.t0
+        rate = done / el if el > 0 else 0.0
+        eta = (self.total - it) / rate if rate > 0 else float("nan")
+        frac = done / todo if todo > 0 else 1.0
+        width = 24
+        fill = int(round(frac * width))
+        eta_s = "--:--" if eta != eta else "%d:%02d" % divmod(int(eta), 60)
+        self.text = (f"{self.label} [{'#' * fill}{'.' * (width - fill)}] {it}/{self.total} "
+                     f"{rate:.1f} it/s ETA {eta_s} {extra}").rstrip()
+        self.redraw()
+
+    def clear(self) -> None:
+        if self.enabled and self.text:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+    def redraw(self) -> None:
+        if self.enabled and self.text:
+            self.stream.write("\r" + self.text + "\x1b[K")
+            self.stream.flush()
+
+
+_status: StatusLine | None = None
 _configured = False
 
 
@@ -48,7 +114,7 @@ def setup_logging(level: int = logging.INFO, stream=None) -> None:
                 h.setStream(stream or sys.stderr)
                 h.setLevel(level)
         return
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = _StatusAwareHandler(stream or sys.stderr)
     handler._netcompress = True  # type: ignore[attr-defined]
     handler.setFormatter(GlogFormatter())
     handler.setLevel(level)

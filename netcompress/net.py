@@ -404,8 +404,40 @@ class Net(nn.Module):
 
     def set_iteration(self, iteration: int) -> None:
         """Tell every layer the solver's iteration (Caffe's set_current_iter_num)."""
+        self.iteration = iteration
         for _, layer in self.named_layers():
             layer.set_iteration(iteration)
+
+    def before_train_forward(self) -> None:
+        """Run the layers' pre-forward state changes (DNS surgery, INQ quantization) in order."""
+        for _, layer in self.named_layers():
+            layer.before_train_forward()
+
+    def before_backward(self) -> None:
+        for _, layer in self.named_layers():
+            layer.before_backward()
+
+    def before_snapshot(self) -> None:
+        for _, layer in self.named_layers():
+            layer.before_snapshot()
+
+    def blobs_of_outputs(self) -> "OrderedDict[str, torch.Tensor]":
+        """The output blobs of the last forward, by name."""
+        return OrderedDict((o, self.blobs[o]) for o in self.output_names if o in self.blobs)
+
+    def extra_state(self) -> dict:
+        """Every layer's `snapshot_state()` (layers that have one), by layer name."""
+        out = {}
+        for name, layer in self.named_layers():
+            st = layer.snapshot_state()
+            if st is not None:
+                out[name] = st
+        return out
+
+    def load_extra_state(self, state: dict | None) -> None:
+        """Give each layer its saved state (None for all when the snapshot has none)."""
+        for name, layer in self.named_layers():
+            layer.restore_state(None if state is None else state.get(name))
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, *args: torch.Tensor, **inputs: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":

@@ -4,11 +4,17 @@ A layer is an `nn.Module` built from its Caffe `LayerParameter` and the shapes o
 It reads its own `*_param` message once in `__init__`, holds learnable blobs as `nn.Parameter`
 and other blobs (masks, BatchNorm statistics) as persistent buffers, and lists them in Caffe's
 blob order in `blob_names`. `forward(*bottoms)` is pure; state changes that Caffe makes inside
-Forward (DNS mask updates, INQ quantization) are explicit methods the training loop calls.
+Forward (DNS mask updates, INQ quantization) are explicit methods the training loop calls. Two
+documented exceptions: BatchNorm updates its running statistics inside a TRAIN forward (as Caffe
+does, under `torch.no_grad()`), and layers that draw random numbers (Dropout, STOCHASTIC pooling,
+DummyData) advance their own generator. That generator's state is the snapshot hook
+`rng_state()` / `set_rng_state()` (and `Net.rng_state()` for a whole net), so a resumed run draws
+the same numbers as an uninterrupted one.
 """
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from typing import Callable, ClassVar, Sequence
 
 import torch
@@ -18,7 +24,7 @@ from ..errors import NetDefinitionError
 from ..proto import caffe_pb2 as pb
 
 __all__ = ["Layer", "LayerContext", "register_layer", "layer_class", "known_layer_types",
-           "create_layer", "Shape"]
+           "create_layer", "Shape", "canonical_axis"]
 
 Shape = tuple[int, ...]
 
@@ -103,15 +109,81 @@ class Layer(nn.Module):
             out = (out,)
         return [tuple(int(d) for d in t.shape) for t in out]
 
+    # -- randomness ------------------------------------------------------------------------
+    def _init_rng(self, device: torch.device | str | None = None) -> torch.Generator:
+        """Give this layer its own generator (for layers that draw random numbers in forward).
+
+        Seeded from the solver's `random_seed` plus the process rank, as Caffe seeds each
+        solver (`random_seed + solver_rank`), mixed with the layer name so that two layers draw
+        independent streams; without a seed (None or negative, Caffe's -1) from
+        `torch.initial_seed()`, so `torch.manual_seed` makes unseeded runs reproducible too.
+        """
+        seed = self.ctx.seed
+        base = (seed + self.ctx.rank) if seed is not None and seed >= 0 else torch.initial_seed()
+        mixed = (base * 0x9E3779B1 + zlib.crc32(self.name.encode("utf-8"))) % (2 ** 63)
+        gen = torch.Generator(device=torch.device(device) if device is not None else self.ctx.device)
+        gen.manual_seed(mixed)
+        self._rng: torch.Generator | None = gen
+        return gen
+
+    def rng_state(self) -> torch.Tensor | None:
+        """Snapshot hook: the state of this layer's generator (a uint8 CPU tensor), or None for
+        layers that draw no random numbers."""
+        gen = getattr(self, "_rng", None)
+        return None if gen is None else gen.get_state().clone()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        """Restore a state returned by `rng_state()` (for a bit-identical resume)."""
+        gen = getattr(self, "_rng", None)
+        if gen is None:
+            raise self.error("this layer draws no random numbers and has no generator state")
+        gen.set_state(state.to(device="cpu", dtype=torch.uint8))
+
     # -- hooks for the solver --------------------------------------------------------------
     def set_iteration(self, iteration: int) -> None:
         """Called by the training loop before each iteration's forward passes (TRAIN nets)."""
+
+    def before_train_forward(self) -> None:
+        """Called by the solver before every TRAIN forward, in layer order (DNS surgery, INQ
+        quantization: the state changes Caffe makes inside Forward)."""
+
+    def before_backward(self) -> None:
+        """Called by the solver before every backward (DNS's per-call gradient masking)."""
+
+    def update_mask(self, blob_index: int) -> torch.Tensor | None:
+        """A 0/1 tensor that freezes entries of blob `blob_index` in the solver (INQ), or None."""
+        return None
+
+    def before_snapshot(self) -> None:
+        """Called before the solver writes a snapshot (e.g. a cross-process consistency check)."""
+
+    def snapshot_state(self):
+        """Extra state a resumed run needs (None if the layer has none). Values: numbers,
+        strings, bytes, tensors, arrays, and dicts/lists of them. Defaults to PyTorch's
+        `get_extra_state` where the layer defines it."""
+        if type(self).get_extra_state is not nn.Module.get_extra_state:
+            return self.get_extra_state()
+        return None
+
+    def restore_state(self, state) -> None:
+        """Restore what `snapshot_state` returned; `state` is None when the snapshot has none
+        (e.g. a snapshot written by Caffe)."""
+        if state is not None and type(self).set_extra_state is not nn.Module.set_extra_state:
+            self.set_extra_state(state)
 
     def error(self, message: str) -> NetDefinitionError:
         return NetDefinitionError(f"layer '{self.name}' (type {self.type_name}): {message}")
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
+
+
+def canonical_axis(axis: int, ndim: int, layer: Layer, what: str = "axis") -> int:
+    """Caffe's Blob::CanonicalAxisIndex: -ndim <= axis < ndim, negative counts from the end."""
+    if not -ndim <= axis < ndim:
+        raise layer.error(f"{what} {axis} is out of range for a {ndim}-D bottom (expected "
+                          f"{-ndim} <= {what} < {ndim})")
+    return axis % ndim
 
 
 _REGISTRY: dict[str, type[Layer]] = {}

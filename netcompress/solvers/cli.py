@@ -1,0 +1,98 @@
+"""`netcompress train` (caffe train) and `netcompress plot`."""
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+import torch
+
+from ..cli import device_from_gpu_flag, register_command
+from ..errors import NetcompressError
+from ..log import get_logger
+from ..proto import caffe_pb2 as pb
+
+log = get_logger("train")
+
+
+def _solver_device(gpu: str | None, sp: pb.SolverParameter) -> tuple[torch.device, list[int] | None]:
+    """Caffe's rule: --gpu wins; otherwise solver_mode/device_id from the solver file."""
+    if gpu:
+        if gpu == "all":
+            n = torch.cuda.device_count()
+            if n == 0:
+                raise NetcompressError("--gpu all: no CUDA device is available")
+            return torch.device("cuda", 0), list(range(n))
+        ids = [int(g) for g in gpu.split(",") if g]
+        return device_from_gpu_flag(str(ids[0])), ids
+    if sp.solver_mode == pb.SolverParameter.GPU:
+        if torch.cuda.is_available():
+            return device_from_gpu_flag(str(sp.device_id)), [sp.device_id]
+        log.info("solver_mode is GPU but no CUDA device is available: using the CPU")
+    return device_from_gpu_flag(None), None
+
+
+def cmd_train(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="netcompress train", description="Train a model (caffe train).")
+    p.add_argument("--solver", "-solver", required=True, help="solver prototxt")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--weights", "-weights", default=None,
+                   help="comma-separated .caffemodel files to fine-tune from")
+    g.add_argument("--snapshot", "-snapshot", default=None, help=".solverstate to resume from")
+    p.add_argument("--gpu", "-gpu", default=None,
+                   help="GPU id(s), comma-separated, or 'all' (default: the solver's solver_mode)")
+    p.add_argument("--iterations", "-iterations", type=int, default=None, help="override max_iter")
+    p.add_argument("--sigint_effect", "-sigint_effect", default="stop", choices=["stop", "snapshot", "none"],
+                   help="what Ctrl-C does (default: stop, which snapshots first)")
+    p.add_argument("--sighup_effect", "-sighup_effect", default="snapshot",
+                   choices=["stop", "snapshot", "none"], help="what SIGHUP does (default: snapshot)")
+    p.add_argument("--cpu-procs", type=int, default=None,
+                   help="data-parallel training on N CPU processes (gloo), for testing and CPU clusters")
+    a = p.parse_args(argv)
+    from .. import io as ncio
+    from .solver import Solver
+
+    sp = ncio.read_solver(a.solver)
+    distributed = (a.cpu_procs and a.cpu_procs > 1) or _launched_by_torchrun()
+    device, ids = (torch.device("cpu"), None) if a.cpu_procs else _solver_device(a.gpu, sp)
+    if distributed or (ids and len(ids) > 1):
+        from ..distributed import train_distributed
+        return train_distributed(a, sp, ids)
+    solver = Solver(sp, device=device, weights=a.weights, max_iter=a.iterations,
+                    sigint_effect=a.sigint_effect, sighup_effect=a.sighup_effect)
+    solver.source = a.solver
+    solver.solve(resume_file=a.snapshot)
+    return 0
+
+
+def _launched_by_torchrun() -> bool:
+    import os
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def cmd_plot(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="netcompress plot",
+                                description="Plot training logs (Caffe's or netcompress's) to a PNG: "
+                                            "training loss, each test output, learning rate.")
+    p.add_argument("logs", nargs="+", help="training log file(s); several are overlaid")
+    p.add_argument("--out", "-o", required=True, help="output PNG")
+    p.add_argument("--labels", default=None, help="comma-separated legend labels")
+    a = p.parse_args(argv)
+    from .logparse import plot_logs
+
+    labels = a.labels.split(",") if a.labels else None
+    if labels and len(labels) != len(a.logs):
+        raise NetcompressError(f"--labels has {len(labels)} names for {len(a.logs)} logs")
+    import os
+    for path in a.logs:
+        if not os.path.isfile(path):
+            raise NetcompressError(f"{path}: no such log file")
+    logs = plot_logs(a.logs, a.out, labels)
+    for lg in logs:
+        if not lg.train_loss and not lg.test:
+            log.warning("%s: no training or test lines found (is it a Caffe/netcompress log?)", lg.path)
+    log.info("Wrote %s", a.out)
+    return 0
+
+
+register_command("train", cmd_train, "train a model from a solver prototxt (caffe train)")
+register_command("plot", cmd_plot, "plot training logs as PNG curves")

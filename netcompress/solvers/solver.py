@@ -1,0 +1,572 @@
+"""The Caffe training loop: `Solver` (Caffe's Solver + SGDSolver family + the fork's LarsSGD).
+
+Iteration order (reference-semantics 4.1), for iter from start to max_iter - 1:
+  1. clear the parameter gradients;
+  2. test if `test_interval` divides iter (and iter > 0 or test_initialization);
+  3. tell the train net the iteration (DNS/INQ layers use it);
+  4. iter_size x forward/backward (DNS draws, mask updates and INQ quantization happen here);
+  5. smoothed loss and display;
+  6. ApplyUpdate: rate, clip, then per parameter normalize, regularize, update value; w -= update;
+  7. ++iter; snapshot if `snapshot` divides iter (or a signal asked for one); stop if asked.
+After the loop: a snapshot (snapshot_after_train, unless one was just taken), a final display
+forward, and a final test if `test_interval` divides iter.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from collections import deque
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from google.protobuf import text_format
+
+from .. import io as ncio
+from ..errors import NetcompressError
+from ..log import StatusLine, get_logger
+from ..net import Net, ParamEntry
+from ..proto import caffe_pb2 as pb
+from .lr import learning_rate
+from .state import SIDECAR_SUFFIX, load_state, save_state
+from .updates import UPDATE_RULES, history_count
+
+log = get_logger("solver")
+
+__all__ = ["Solver", "NonFiniteLossError", "SIGNAL_EFFECTS"]
+
+SIGNAL_EFFECTS = ("stop", "snapshot", "none")
+
+
+class NonFiniteLossError(NetcompressError):
+    """Training produced a NaN or infinite loss; nothing after the last good snapshot was written."""
+
+
+class Solver:
+    """Train a net described by a solver prototxt, the way `caffe train` does.
+
+    Args:
+        param: a SolverParameter or the path of a solver prototxt.
+        device: where the nets live ("cpu", "cuda:0", ...).
+        weights: .caffemodel file(s) to fine-tune from (copied into the train and test nets).
+        max_iter: overrides the solver's max_iter (the `--iterations` flag).
+        sigint_effect, sighup_effect: "stop", "snapshot" or "none" (Caffe's flags).
+        rank, world_size: for distributed runs (only rank 0 tests, logs and snapshots).
+        verbose: log net set-up lines.
+    """
+
+    def __init__(self, param: pb.SolverParameter | str, *, device: torch.device | str = "cpu",
+                 weights: str | Sequence[str] | None = None, max_iter: int | None = None,
+                 sigint_effect: str = "stop", sighup_effect: str = "snapshot",
+                 rank: int = 0, world_size: int = 1, verbose: bool = True,
+                 grad_sync: Callable[[list[ParamEntry]], None] | None = None):
+        self.source = param if isinstance(param, str) else "<SolverParameter>"
+        sp = ncio.read_solver(param) if isinstance(param, str) else param
+        if max_iter is not None:
+            sp.max_iter = max_iter
+        if not sp.snapshot_prefix and isinstance(param, str):
+            # As later BVLC Caffe: the prefix defaults to the solver file's name.
+            sp.snapshot_prefix = os.path.splitext(param)[0]
+        self.param = sp
+        self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
+        self.root = rank == 0
+        self.verbose = verbose and self.root
+        self.grad_sync = grad_sync
+        for name, eff in (("sigint_effect", sigint_effect), ("sighup_effect", sighup_effect)):
+            if eff not in SIGNAL_EFFECTS:
+                raise NetcompressError(f"{name} must be one of {', '.join(SIGNAL_EFFECTS)}, got '{eff}'")
+        self.sigint_effect, self.sighup_effect = sigint_effect, sighup_effect
+        self._check_param()
+        if self.root:
+            log.info("Initializing solver from parameters: \n%s", text_format.MessageToString(sp))
+        seed = sp.random_seed if sp.random_seed >= 0 else None
+        if seed is not None:
+            torch.manual_seed(seed + rank)
+            np.random.seed((seed + rank) % (2**32))
+        self.seed = seed
+        self.net = self._make_train_net(seed)
+        self.test_nets = self._make_test_nets(seed)
+        self.iter = 0
+        self.current_step = 0
+        self.type = sp.type
+        self._rule, self._nhist, self._use_lr_mult = UPDATE_RULES[self.type]
+        if self.type == "LarsSGD" and not (0 <= sp.local_gw_ratio < 1):
+            raise NetcompressError(f"{self.source}: local_gw_ratio must satisfy 0 <= local_gw_ratio < 1, "
+                                   f"got {sp.local_gw_ratio}")
+        self.params = self.net.learnable_params()
+        self.history: list[list[torch.Tensor]] = [
+            [torch.zeros_like(e.tensor, memory_format=torch.contiguous_format) for _ in range(self._nhist)]
+            for e in self.params]
+        for e in self.params:
+            if e.learnable and e.lr_mult == 0 and self._use_lr_mult:
+                # Caffe computes no gradient for lr_mult 0 (param_need_backward false).
+                e.tensor.requires_grad_(False)
+        self._losses: deque[float] = deque()
+        self.smoothed_loss = 0.0
+        self._requested: str | None = None
+        self.last_snapshot: str | None = None
+        self._last_snapshot_iter: int | None = None
+        self.hooks_after_iteration: list[Callable[["Solver"], None]] = []
+        if weights:
+            for w in ([weights] if isinstance(weights, str) else weights):
+                for p in w.split(","):
+                    if self.root:
+                        log.info("Finetuning from %s", p)
+                    self.net.copy_from(p)
+        if self.root:
+            log.info("Solver scaffolding done.")
+
+    # -- set-up ----------------------------------------------------------------------------
+    def _check_param(self) -> None:
+        sp, src = self.param, self.source
+        if sp.average_loss < 1:
+            raise NetcompressError(f"{src}: average_loss should be at least 1, got {sp.average_loss}")
+        if sp.iter_size < 1:
+            raise NetcompressError(f"{src}: iter_size should be at least 1, got {sp.iter_size}")
+        if sp.type not in UPDATE_RULES:
+            history_count(sp.type)  # raises with the known types
+        if sp.snapshot and not sp.snapshot_prefix:
+            raise NetcompressError(f"{src}: In solver params, snapshot is specified but "
+                                   "snapshot_prefix is not")
+        if sp.snapshot_format == pb.SolverParameter.HDF5:
+            raise NetcompressError(f"{src}: snapshot_format HDF5 is not supported; use BINARYPROTO "
+                                   "(the default)")
+        if not sp.HasField("lr_policy"):
+            raise NetcompressError(f"{src}: lr_policy is not set (e.g. lr_policy: \"fixed\")")
+
+    def _make_train_net(self, seed: int | None) -> Net:
+        sp = self.param
+        sources = [f for f in ("train_net_param", "train_net", "net_param", "net") if sp.HasField(f)]
+        if len(sources) != 1:
+            raise NetcompressError(f"{self.source}: exactly one of train_net_param, train_net, net_param "
+                                   f"or net must be given, found {len(sources) or 'none'}"
+                                   + (f" ({', '.join(sources)})" if sources else ""))
+        field = sources[0]
+        if field.endswith("_param"):
+            if self.root:
+                log.info("Creating training net specified in %s.", field)
+            netp = getattr(sp, field)
+        else:
+            path = getattr(sp, field)
+            if self.root:
+                log.info("Creating training net from %s file: %s", field, path)
+            netp = ncio.read_net(path)
+        state = pb.NetState(phase=pb.TRAIN)
+        if netp.HasField("state"):
+            state.MergeFrom(netp.state)
+        state.MergeFrom(sp.train_state)
+        state.phase = pb.TRAIN
+        return Net(netp, state=state, device=self.device, seed=seed, rank=self.rank,
+                   world_size=self.world_size, verbose=self.verbose)
+
+    def _make_test_nets(self, seed: int | None) -> list[Net]:
+        sp = self.param
+        general = sp.HasField("net") or sp.HasField("net_param")
+        n_param, n_file = len(sp.test_net_param), len(sp.test_net)
+        n_general = (len(sp.test_iter) - n_param - n_file) if general else 0
+        total = n_param + n_file + n_general
+        if len(sp.test_iter) != total and not (total == 0 and len(sp.test_iter) == 0):
+            raise NetcompressError(f"{self.source}: test_iter must be specified for each test network "
+                                   f"({total} test nets, {len(sp.test_iter)} test_iter values)")
+        if total and sp.test_interval <= 0 and len(sp.test_iter):
+            log.warning("test nets exist but test_interval is 0: they run only if asked") if self.root else None
+        if len(sp.test_state) and len(sp.test_state) != total:
+            raise NetcompressError(f"{self.source}: test_state must be unspecified or specified once "
+                                   f"per test net ({total}), got {len(sp.test_state)}")
+        if not self.root:
+            return []
+        specs: list[tuple[str, pb.NetParameter]] = []
+        for p in sp.test_net_param:
+            specs.append(("test_net_param", p))
+        for f in sp.test_net:
+            specs.append((f"test_net file: {f}", ncio.read_net(f)))
+        for _ in range(n_general):
+            if sp.HasField("net_param"):
+                specs.append(("net_param", sp.net_param))
+            else:
+                specs.append((f"net file: {sp.net}", ncio.read_net(sp.net)))
+        nets = []
+        for i, (where, netp) in enumerate(specs):
+            log.info("Creating test net (#%d) specified by %s", i, where)
+            state = pb.NetState(phase=pb.TEST)
+            if netp.HasField("state"):
+                state.MergeFrom(netp.state)
+            if len(sp.test_state):
+                state.MergeFrom(sp.test_state[i])
+            state.phase = pb.TEST
+            tn = Net(netp, state=state, device=self.device, seed=seed, verbose=self.verbose)
+            tn.share_weights_with(self.net)
+            nets.append(tn)
+        return nets
+
+    # -- the loop --------------------------------------------------------------------------
+    def solve(self, resume_file: str | None = None) -> None:
+        """Train to max_iter (Caffe's Solver::Solve), resuming from a .solverstate if given."""
+        sp = self.param
+        if self.root:
+            log.info("Solving %s", self.net.name)
+            log.info("Learning Rate Policy: %s", sp.lr_policy)
+        if resume_file:
+            if self.root:
+                log.info("Restoring previous solver status from %s", resume_file)
+            self.restore(resume_file)
+        self._requested = None
+        start = self.iter
+        with self._signals(), StatusLine(sp.max_iter, start) as bar:
+            self._bar = bar
+            self.step(sp.max_iter - self.iter)
+        early = self._requested == "stop"
+        if self.root and sp.snapshot_after_train and self._last_snapshot_iter != self.iter:
+            if sp.snapshot_prefix:
+                self.snapshot()
+            else:
+                log.warning("no snapshot_prefix: the final snapshot is not written")
+        if early:
+            if self.root:
+                log.info("Optimization stopped early.")
+            return
+        if sp.display and self.iter % sp.display == 0:
+            with torch.no_grad():
+                # Unlike Caffe, no DNS/INQ state changes here: the final test must see the
+                # snapshotted model (README: deviations).
+                self.net()
+            loss = float(self.net.loss) if self.net.loss is not None else 0.0
+            self._update_smoothed_loss(loss, start)
+            if self.root:
+                log.info("Iteration %d, loss = %g", self.iter, self.smoothed_loss)
+        if sp.test_interval and self.iter % sp.test_interval == 0:
+            self.test_all()
+        if self.root:
+            log.info("Optimization Done.")
+
+    def step(self, iters: int) -> None:
+        sp = self.param
+        start = self.iter
+        stop_iter = self.iter + iters
+        self._losses.clear()
+        self.smoothed_loss = 0.0
+        t_last, it_last = time.time(), self.iter
+        while self.iter < stop_iter:
+            self.net.zero_grad(set_to_none=True)
+            if (sp.test_interval and self.iter % sp.test_interval == 0
+                    and (self.iter > 0 or sp.test_initialization)):
+                if self.root:
+                    self.test_all()
+                if self._requested == "stop":
+                    break
+            self.net.set_iteration(self.iter)
+            display = sp.display and self.iter % sp.display == 0
+            loss_t = None
+            for _ in range(sp.iter_size):
+                self.net.before_train_forward()
+                self.net()
+                if self.net.loss is None:
+                    raise NetcompressError(f"the train net '{self.net.name}' has no loss (no *Loss layer "
+                                           "and no loss_weight): nothing to train")
+                self.net.before_backward()
+                self.net.loss.backward()
+                l = self.net.loss.detach()
+                loss_t = l if loss_t is None else loss_t + l
+            loss = float(loss_t) / sp.iter_size
+            if not math.isfinite(loss):
+                kept = self.last_snapshot or "none was written"
+                msg = (f"Iteration {self.iter}, loss = {loss}: the loss is not finite, training stopped "
+                       f"before applying this update. Last good snapshot: {kept}. Lower base_lr or "
+                       "check the data and weights.")
+                log.error(msg)
+                raise NonFiniteLossError(msg)
+            self._update_smoothed_loss(loss, start)
+            if display and self.root:
+                now = time.time()
+                lapse = now - t_last
+                per_s = (self.iter - it_last) / (lapse if lapse else 1)
+                log.info("Iteration %d (%g iter/s, %.3fs/%d iters), loss = %g",
+                         self.iter, per_s, lapse, sp.display, self.smoothed_loss)
+                t_last, it_last = now, self.iter
+                score = 0
+                for name, blob in self.net.blobs_of_outputs().items():
+                    w = self.net.loss_weights.get(name, 0.0)
+                    for v in blob.detach().reshape(-1).double().cpu().tolist():
+                        extra = f" (* {w:g} = {w * v:g} loss)" if w else ""
+                        log.info("    Train net output #%d: %s = %g%s", score, name, v, extra)
+                        score += 1
+            self.apply_update()
+            self.iter += 1
+            for hook in self.hooks_after_iteration:
+                hook(self)
+            request, self._requested = self._requested, None
+            if self.root and ((sp.snapshot and self.iter % sp.snapshot == 0) or request == "snapshot"):
+                self.snapshot()
+            if getattr(self, "_bar", None) is not None:
+                self._bar.update(self.iter, f"loss {self.smoothed_loss:.4g}")
+            if request == "stop":
+                self._requested = "stop"
+                break
+
+    def _update_smoothed_loss(self, loss: float, start: int) -> None:
+        n = self.param.average_loss
+        if len(self._losses) < n:
+            self._losses.append(loss)
+            size = len(self._losses)
+            self.smoothed_loss = (self.smoothed_loss * (size - 1) + loss) / size
+        else:
+            idx = (self.iter - start) % n
+            self.smoothed_loss += (loss - self._losses[idx]) / n
+            self._losses[idx] = loss
+
+    # -- update ----------------------------------------------------------------------------
+    def learning_rate(self) -> float:
+        rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
+        return rate
+
+    def apply_update(self) -> None:
+        """Caffe's ApplyUpdate: rate, clip, normalize, regularize, update value, w -= update."""
+        sp = self.param
+        rate = self.learning_rate()
+        if self.root and sp.display and self.iter % sp.display == 0:
+            log.info("Iteration %d, lr = %g", self.iter, rate)
+        if self.grad_sync is not None:
+            self.grad_sync(self.params)
+        grads = []
+        for e in self.params:
+            if not e.learnable:
+                grads.append(None)
+                continue
+            g = e.tensor.grad
+            if g is None:
+                g = torch.zeros_like(e.tensor)
+                e.tensor.grad = g
+            grads.append(g)
+        self._clip(grads)
+        wd = float(sp.weight_decay)
+        reg = sp.regularization_type
+        if reg not in ("L1", "L2"):
+            raise NetcompressError(f"Unknown regularization type: \"{reg}\" (use L1 or L2)")
+        kw = dict(momentum=float(sp.momentum), delta=float(sp.delta), rms_decay=float(sp.rms_decay),
+                  momentum2=float(sp.momentum2), t=self.iter + 1)
+        with torch.no_grad():
+            for i, e in enumerate(self.params):
+                g = grads[i]
+                if g is None:
+                    continue
+                w = e.tensor
+                if sp.iter_size > 1:
+                    g.mul_(1.0 / sp.iter_size)
+                local_decay = wd * e.decay_mult
+                if local_decay:
+                    if reg == "L2":
+                        g.add_(w, alpha=local_decay)
+                    else:
+                        g.add_(torch.sign(w), alpha=local_decay)
+                if self.type == "LarsSGD":
+                    local_rate = rate * self._lars_ratio(w, g, wd)
+                else:
+                    local_rate = rate * e.lr_mult
+                mask = self.net.layer(e.layer).update_mask(e.index)
+                self._rule(g, self.history[i], rate=local_rate, mask=mask, **kw)
+                w.sub_(g)
+
+    def _lars_ratio(self, w: torch.Tensor, g: torch.Tensor, wd: float) -> float:
+        # reference-semantics 4.5: eta*||w|| / (||g|| + wd*||w||), 1 if either norm is 0;
+        # g already holds the decay term, and wd is the global weight_decay.
+        wn = float(torch.linalg.vector_norm(w))
+        gn = float(torch.linalg.vector_norm(g))
+        if wn > 0 and gn > 0:
+            return float(self.param.local_gw_ratio) * wn / (gn + wd * wn)
+        return 1.0
+
+    def _clip(self, grads: list[torch.Tensor | None]) -> None:
+        clip = self.param.clip_gradients
+        if clip < 0:
+            return
+        sumsq = sum(float(g.double().pow(2).sum()) for g in grads if g is not None)
+        norm = math.sqrt(sumsq)
+        if norm > clip:
+            scale = clip / norm
+            if self.root:
+                log.info("Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale factor %g",
+                         norm, clip, scale)
+            for g in grads:
+                if g is not None:
+                    g.mul_(scale)
+
+    # -- testing ---------------------------------------------------------------------------
+    def test_all(self) -> list[list[tuple[str, float]]]:
+        results = []
+        for i in range(len(self.test_nets)):
+            if self._requested == "stop":
+                break
+            results.append(self.test(i))
+        return results
+
+    def test(self, index: int) -> list[tuple[str, float]]:
+        sp = self.param
+        net = self.test_nets[index]
+        log.info("Iteration %d, Testing net (#%d)", self.iter, index)
+        n = sp.test_iter[index]
+        sums: list[float] = []
+        names: list[str] = []
+        loss = 0.0
+        with torch.no_grad():
+            for i in range(n):
+                if self._requested == "snapshot":
+                    self._requested = None
+                    self.snapshot()
+                if self._requested == "stop":
+                    log.info("Test interrupted.")
+                    return []
+                outputs = net()
+                if sp.test_compute_loss and net.loss is not None:
+                    loss += float(net.loss)
+                idx = 0
+                for name, blob in outputs.items():
+                    for v in blob.detach().reshape(-1).double().cpu().tolist():
+                        if i == 0:
+                            sums.append(v)
+                            names.append(name)
+                        else:
+                            sums[idx] += v
+                        idx += 1
+        if sp.test_compute_loss:
+            log.info("Test loss: %g", loss / n)
+        scores = []
+        for k, (name, s) in enumerate(zip(names, sums)):
+            mean = s / n
+            w = net.loss_weights.get(name, 0.0)
+            extra = f" (* {w:g} = {w * mean:g} loss)" if w else ""
+            log.info("    Test net output #%d: %s = %g%s", k, name, mean, extra)
+            scores.append((name, mean))
+        self.last_test_scores = scores
+        return scores
+
+    # -- snapshots -------------------------------------------------------------------------
+    def snapshot_filename(self, ext: str) -> str:
+        return f"{self.param.snapshot_prefix}_iter_{self.iter}{ext}"
+
+    def snapshot(self) -> str:
+        """Write <prefix>_iter_N.caffemodel, .solverstate and the netcompress sidecar, atomically."""
+        if not self.param.snapshot_prefix:
+            raise NetcompressError(f"{self.source}: cannot snapshot: snapshot_prefix is not set")
+        self.net.before_snapshot()
+        model = self.snapshot_filename(".caffemodel")
+        log.info("Snapshotting to binary proto file %s", model)
+        self.net.save(model, write_diff=self.param.snapshot_diff)
+        state = pb.SolverState(iter=self.iter, learned_net=model, current_step=self.current_step)
+        for k in range(self._nhist):
+            for hist in self.history:
+                ncio.array_to_blob(hist[k], state.history.add())
+        sfile = self.snapshot_filename(".solverstate")
+        log.info("Snapshotting solver state to binary proto file %s", sfile)
+        ncio.write_binary_proto(sfile, state)
+        save_state(sfile + SIDECAR_SUFFIX, self._extra_state())
+        self.last_snapshot = model
+        self._last_snapshot_iter = self.iter
+        return model
+
+    def _extra_state(self) -> dict:
+        tree = {
+            "format": 1,
+            "solver_type": self.type,
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": _np_rng_state(),
+            "train": self.net.extra_state(),
+            "test": [n.extra_state() for n in self.test_nets],
+        }
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            tree["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return tree
+
+    def restore(self, path: str) -> None:
+        """Resume from a .solverstate (Caffe's or netcompress's): weights, iter, history, state."""
+        state = ncio.read_binary_proto(path, pb.SolverState())
+        self.iter = state.iter
+        if state.HasField("learned_net"):
+            model = state.learned_net
+            if not os.path.exists(model):
+                alt = os.path.join(os.path.dirname(path), os.path.basename(model))
+                if os.path.exists(alt):
+                    model = alt
+            self.net.copy_from(model)
+        self.current_step = state.current_step
+        expected = self._nhist * len(self.history)
+        if len(state.history) != expected:
+            raise NetcompressError(f"{path}: Incorrect length of history blobs: the file has "
+                                   f"{len(state.history)}, this {self.type} solver on this net needs "
+                                   f"{expected}")
+        log.info("SGDSolver: restoring history") if self.root else None
+        for j, blob in enumerate(state.history):
+            k, i = divmod(j, len(self.history))
+            arr = ncio.blob_to_array(blob)
+            target = self.history[i][k]
+            if arr.size != target.numel():
+                raise NetcompressError(f"{path}: history blob {j} has {arr.size} values, parameter "
+                                       f"{self.params[i].key} has {target.numel()}")
+            target.copy_(torch.from_numpy(arr.reshape(target.shape)))
+        side = path + SIDECAR_SUFFIX
+        if os.path.exists(side):
+            tree = load_state(side)
+            torch.set_rng_state(tree["torch_rng"])
+            _np_set_rng_state(tree["numpy_rng"])
+            if "cuda_rng" in tree and self.device.type == "cuda":
+                torch.cuda.set_rng_state(tree["cuda_rng"], self.device)
+            self.net.load_extra_state(tree["train"])
+            for n, s in zip(self.test_nets, tree["test"]):
+                n.load_extra_state(s)
+        else:
+            log.warning("%s has no netcompress state (%s): data positions, random generators and "
+                        "layer state start afresh; the run will not continue bit-identically",
+                        path, os.path.basename(side))
+            self.net.load_extra_state(None)
+
+    # -- signals ---------------------------------------------------------------------------
+    def request(self, action: str) -> None:
+        """Ask the loop to 'snapshot' or 'stop' after the current iteration (signal handlers)."""
+        self._requested = action
+
+    def _signals(self):
+        solver = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.old = {}
+                if not _main_thread():
+                    return self
+                for sig, eff in ((signal.SIGINT, solver.sigint_effect),
+                                 (getattr(signal, "SIGHUP", None), solver.sighup_effect)):
+                    if sig is None:
+                        continue
+                    self.old[sig] = signal.getsignal(sig)
+
+                    def handler(signum, frame, eff=eff):
+                        if eff == "none":
+                            return
+                        if solver._requested == "stop" and signum == signal.SIGINT:
+                            raise KeyboardInterrupt  # a second Ctrl-C aborts at once
+                        log.info("Caught %s: will %s after this iteration",
+                                 signal.Signals(signum).name, eff)
+                        solver._requested = eff
+                    signal.signal(sig, handler)
+                return self
+
+            def __exit__(self, *exc):
+                for sig, h in self.old.items():
+                    signal.signal(sig, h)
+
+        return _Ctx()
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _np_rng_state():
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": keys, "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _np_set_rng_state(s) -> None:
+    np.random.set_state((s["name"], np.asarray(s["keys"], dtype=np.uint32), s["pos"], s["has_gauss"], s["cached"]))
