@@ -186,12 +186,20 @@ def _load_commands() -> None:
     # Subcommands that live with their feature register themselves on import.
     import importlib
 
-    for mod in ("netcompress.solvers.cli", "netcompress.data.tools", "netcompress.tools.cli"):
+    for mod in ("netcompress.solvers.cli", "netcompress.tools.cli"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:
             if e.name is None or not mod.startswith(e.name):
                 raise
+    from .data.tools import MAINS
+
+    helps = {"convert_mnist": "convert MNIST IDX files to an LMDB (Caffe's convert_mnist_data)",
+             "convert_imageset": "convert an image list to an LMDB (Caffe's convert_imageset)",
+             "compute_image_mean": "compute the mean image of an LMDB (Caffe's compute_image_mean)",
+             "mnist5k": "write the embedded 5,000 real MNIST digits as train/test LMDBs"}
+    for name, func in MAINS.items():
+        _COMMANDS.setdefault(name, (func, helps.get(name, name)))
 
 
 def _usage() -> str:

@@ -35,7 +35,20 @@ def get_logger(name: str | None = None) -> logging.Logger:
 
 
 class _StatusAwareHandler(logging.StreamHandler):
-    """Clears the progress line (if any) before a log record and redraws it after."""
+    """Writes to a fixed stream, or to whatever sys.stderr is at the time of each record; clears
+    the progress line (if any) before a record and redraws it after."""
+
+    def __init__(self, stream=None):
+        super().__init__(stream or sys.stderr)
+        self.fixed_stream = stream
+
+    @property
+    def stream(self):
+        return self.fixed_stream if self.fixed_stream is not None else sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
     def emit(self, record: logging.LogRecord) -> None:
         bar = _status if (_status is not None and _status.stream is self.stream) else None
@@ -104,20 +117,19 @@ _configured = False
 
 
 def setup_logging(level: int = logging.INFO, stream=None) -> None:
-    """Send netcompress logs to `stream` (stderr, as glog does) in glog format. Idempotent."""
+    """Send netcompress logs to `stream` (default: the current sys.stderr, as glog does) in glog
+    format. Idempotent. Records still propagate, so applications and pytest can capture them."""
     global _configured
     logger = logging.getLogger(LOGGER_NAME)
     logger.setLevel(level)
-    if _configured:
-        for h in logger.handlers:
-            if getattr(h, "_netcompress", False):
-                h.setStream(stream or sys.stderr)
-                h.setLevel(level)
-        return
-    handler = _StatusAwareHandler(stream or sys.stderr)
+    for h in logger.handlers:
+        if getattr(h, "_netcompress", False):
+            h.fixed_stream = stream
+            h.setLevel(level)
+            return
+    handler = _StatusAwareHandler(stream)
     handler._netcompress = True  # type: ignore[attr-defined]
     handler.setFormatter(GlogFormatter())
     handler.setLevel(level)
     logger.addHandler(handler)
-    logger.propagate = False
     _configured = True

@@ -222,7 +222,12 @@ class Net(nn.Module):
                 bottom_shapes.append(self.blob_shapes[b])
                 if self.verbose:
                     log.info("%s <- %s", name, b)
-            self._check_counts(layer_class(lp.type), lp)
+            cls = layer_class(lp.type)
+            self._check_counts(cls, lp)
+            if cls.is_loss and len(lp_local.loss_weight) == 0:
+                # Caffe's LossLayer::LayerSetUp records its default weight in its LayerParameter,
+                # so a saved model carries `loss_weight: 1` (and ours is byte-identical).
+                lp_local.loss_weight.append(1.0)
             layer = create_layer(lp_local, bottom_shapes, self.ctx)
             for b in lp.bottom:
                 available.pop(b, None)
@@ -244,6 +249,9 @@ class Net(nn.Module):
             if len(lp.loss_weight) and len(lp.loss_weight) != len(tops):
                 raise NetDefinitionError(f"layer '{name}': loss_weight must be unspecified or given "
                                          f"once per top blob ({len(tops)}), got {len(lp.loss_weight)}")
+            if cls.is_loss and not len(lp.loss_weight) and len(tops) > 1:
+                del lp_local.loss_weight[:]
+                lp_local.loss_weight.extend([1.0] + [0.0] * (len(tops) - 1))
             for j, (t, s) in enumerate(zip(tops, shapes)):
                 self.blob_shapes[t] = tuple(s)
                 available[t] = None

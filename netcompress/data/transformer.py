@@ -1,0 +1,201 @@
+"""Caffe's DataTransformer: crop, mirror, mean subtraction and scaling of one record.
+
+`transform` reproduces Caffe's arithmetic exactly: every output value is
+``(x - mean) * scale`` computed in float32, the mean taken from the mean file at the *uncropped*
+source position (so a crop offset applies to the mean as it does to the image) or from
+`mean_value` per channel, and mirroring flips the output columns. Caffe draws, per record and in
+this order, ``Rand(2)`` for the mirror (when `mirror` is set, in either phase, as Caffe does) and
+then the crop offsets (TRAIN only; TEST takes the centre, ``(H - crop) / 2`` rounded down).
+
+Randomness comes from the `numpy.random.Generator` the caller passes, so a data layer that seeds
+one generator per batch from (seed, batch index) makes the stream of batches a pure function of
+its position (see `netcompress.data.layers`).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..log import get_logger
+from ..proto import caffe_pb2 as pb
+from .db import DataError
+from .image import decode_image
+
+log = get_logger("data")
+
+__all__ = ["DataTransformer", "TransformError", "datum_to_array", "array_to_datum", "decode_mode"]
+
+
+class TransformError(DataError):
+    """A record does not fit the transformation (size, channels, mean)."""
+
+
+def decode_mode(force_color: bool, force_gray: bool) -> str:
+    """The cv::imdecode mode Caffe uses for an encoded Datum."""
+    if force_color and force_gray:
+        raise TransformError("cannot set both force_color and force_gray")
+    return "color" if force_color else "gray" if force_gray else "native"
+
+
+def datum_to_array(datum: pb.Datum, mode: str = "native", name: str = "<datum>") -> np.ndarray:
+    """A Datum's pixels as CxHxW: uint8 for `data` (decoded when `encoded`), float32 for `float_data`.
+
+    Encoded images come out in BGR order (see `netcompress.data.image`).
+    """
+    if datum.encoded:
+        img = decode_image(datum.data, mode, name=name)
+        return np.ascontiguousarray(img.transpose(2, 0, 1))
+    c, h, w = int(datum.channels), int(datum.height), int(datum.width)
+    count = c * h * w
+    if len(datum.data):
+        if len(datum.data) != count:
+            raise TransformError(f"{name}: Datum holds {len(datum.data)} bytes of data, "
+                                 f"channels x height x width = {c}x{h}x{w} = {count}")
+        return np.frombuffer(datum.data, dtype=np.uint8).reshape(c, h, w)
+    if len(datum.float_data) != count:
+        raise TransformError(f"{name}: Datum holds {len(datum.float_data)} float_data values, "
+                             f"channels x height x width = {c}x{h}x{w} = {count}")
+    return np.asarray(datum.float_data, dtype=np.float32).reshape(c, h, w)
+
+
+def array_to_datum(arr: np.ndarray, label: int = 0) -> pb.Datum:
+    """CxHxW uint8 (raw `data`) or float (float_data) -> Datum, as Caffe's CVMatToDatum lays it out."""
+    a = np.asarray(arr)
+    if a.ndim != 3:
+        raise ValueError(f"array_to_datum: expected CxHxW, got shape {list(a.shape)}")
+    d = pb.Datum(channels=a.shape[0], height=a.shape[1], width=a.shape[2], label=int(label))
+    if a.dtype == np.uint8:
+        d.data = np.ascontiguousarray(a).tobytes()
+    else:
+        d.float_data.extend(a.astype(np.float32).ravel().tolist())
+    return d
+
+
+class DataTransformer:
+    """Caffe's DataTransformer for one `TransformationParameter` and phase.
+
+    Args:
+        param: the layer's `transform_param`.
+        phase: `caffe_pb2.TRAIN` or `caffe_pb2.TEST` (random crops only in TRAIN).
+        name: what error messages call the owner (e.g. "layer 'mnist' (type Data)").
+    """
+
+    def __init__(self, param: pb.TransformationParameter | None = None, phase: int = pb.TEST,
+                 name: str = "DataTransformer"):
+        param = param if param is not None else pb.TransformationParameter()
+        self.name = name
+        self.phase = phase
+        self.scale = np.float32(param.scale)
+        self.mirror = bool(param.mirror)
+        self.crop_size = int(param.crop_size)
+        self.force_color = bool(param.force_color)
+        self.force_gray = bool(param.force_gray)
+        self.mode = decode_mode(self.force_color, self.force_gray)
+        if param.mean_file and len(param.mean_value):
+            raise TransformError(f"{name}: Cannot specify mean_file and mean_value at the same time")
+        self.mean: np.ndarray | None = None
+        self.mean_file = param.mean_file
+        if param.mean_file:
+            from ..io import read_binaryproto_array
+
+            log.info("Loading mean file from: %s", param.mean_file)
+            m = read_binaryproto_array(param.mean_file).astype(np.float32)
+            if m.ndim == 4 and m.shape[0] == 1:
+                m = m[0]
+            if m.ndim != 3:
+                raise TransformError(f"{name}: mean file {param.mean_file} holds a blob of shape "
+                                     f"{list(m.shape)}, expected 1xCxHxW")
+            self.mean = np.ascontiguousarray(m)
+        self.mean_values = np.asarray(list(param.mean_value), dtype=np.float32)
+        self._warned_force = False
+
+    # -- shapes ----------------------------------------------------------------------------
+    @property
+    def needs_rand(self) -> bool:
+        """Whether `transform` draws random numbers (Caffe's InitRand condition)."""
+        return self.mirror or (self.phase == pb.TRAIN and self.crop_size > 0)
+
+    def output_shape(self, shape: Sequence[int]) -> tuple[int, int, int]:
+        """C, H, W of the output for a CxHxW input (Caffe's InferBlobShape)."""
+        c, h, w = (int(d) for d in shape)
+        if c <= 0:
+            raise TransformError(f"{self.name}: a record has {c} channels")
+        if h < self.crop_size or w < self.crop_size:
+            raise TransformError(f"{self.name}: crop_size {self.crop_size} is larger than the "
+                                 f"record ({h}x{w})")
+        if self.crop_size:
+            return c, self.crop_size, self.crop_size
+        return c, h, w
+
+    def datum_array(self, datum: pb.Datum, name: str = "<datum>") -> np.ndarray:
+        """The Datum's CxHxW pixels, decoded with force_color/force_gray when encoded."""
+        if not datum.encoded and (self.force_color or self.force_gray) and not self._warned_force:
+            self._warned_force = True
+            log.error("force_color and force_gray only for encoded datum")
+        return datum_to_array(datum, self.mode, name)
+
+    # -- the transformation ----------------------------------------------------------------
+    def draw(self, shape: Sequence[int], rng: np.random.Generator | None) -> tuple[bool, int, int]:
+        """Caffe's random decisions for one record of `shape`: (mirror, h_off, w_off)."""
+        _, h, w = (int(d) for d in shape)
+        if self.needs_rand and rng is None:
+            raise TransformError(f"{self.name}: mirror / TRAIN crop needs a random generator")
+        do_mirror = bool(self.mirror and rng.integers(2))
+        h_off = w_off = 0
+        if self.crop_size:
+            if self.phase == pb.TRAIN:
+                h_off = int(rng.integers(h - self.crop_size + 1))
+                w_off = int(rng.integers(w - self.crop_size + 1))
+            else:
+                h_off = (h - self.crop_size) // 2
+                w_off = (w - self.crop_size) // 2
+        return do_mirror, h_off, w_off
+
+    def transform(self, x: np.ndarray, rng: np.random.Generator | None = None,
+                  out: np.ndarray | None = None) -> np.ndarray:
+        """Transform one CxHxW record (uint8 or float) into float32 C x H' x W'.
+
+        Args:
+            x: the record, CxHxW (an HxWxC image must be transposed first).
+            rng: source of the mirror and TRAIN-crop draws (needed when `needs_rand`).
+            out: optional float32 array of the output shape to write into.
+        """
+        x = np.asarray(x)
+        if x.ndim != 3:
+            raise TransformError(f"{self.name}: expected a CxHxW record, got shape {list(x.shape)}")
+        c, h, w = x.shape
+        oc, oh, ow = self.output_shape(x.shape)
+        do_mirror, h_off, w_off = self.draw(x.shape, rng)
+        src = x[:, h_off:h_off + oh, w_off:w_off + ow].astype(np.float32)
+        if self.mean is not None:
+            if tuple(self.mean.shape) != (c, h, w):
+                raise TransformError(
+                    f"{self.name}: the mean file {self.mean_file} is {'x'.join(map(str, self.mean.shape))} "
+                    f"(CxHxW), the record is {c}x{h}x{w}; they must match")
+            src = src - self.mean[:, h_off:h_off + oh, w_off:w_off + ow]
+        elif self.mean_values.size:
+            mv = self.mean_values
+            if mv.size not in (1, c):
+                raise TransformError(f"{self.name}: Specify either 1 mean_value or as many as "
+                                     f"channels: {c} (got {mv.size})")
+            src = src - (mv if mv.size == c else np.repeat(mv, c))[:, None, None]
+        src = src * self.scale
+        if do_mirror:
+            src = src[:, :, ::-1]
+        if out is None:
+            return np.ascontiguousarray(src, dtype=np.float32)
+        out[...] = src
+        return out
+
+    def transform_datum(self, datum: pb.Datum, rng: np.random.Generator | None = None,
+                        name: str = "<datum>") -> np.ndarray:
+        """Decode (if encoded) and transform one Datum into float32 CxH'xW'."""
+        return self.transform(self.datum_array(datum, name), rng)
+
+    def transform_image(self, img: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Transform an HxWxC (BGR) or HxW image, as Caffe's cv::Mat overload does."""
+        a = np.asarray(img)
+        if a.ndim == 2:
+            a = a[..., None]
+        return self.transform(a.transpose(2, 0, 1), rng)

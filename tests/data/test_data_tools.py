@@ -1,0 +1,176 @@
+"""convert_mnist, convert_imageset, compute_image_mean and the LMDB writer, through main()."""
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+
+from netcompress.data.db import DataError, LmdbReader, LmdbWriter
+from netcompress.data.tools import (MAINS, compute_image_mean_main, convert_imageset_main,
+                                    convert_mnist_main, read_idx)
+from netcompress.data.transformer import datum_to_array
+from netcompress.io import read_binaryproto_array
+from netcompress.proto import caffe_pb2 as pb
+
+
+def idx_bytes(arr: np.ndarray, magic: int) -> bytes:
+    head = magic.to_bytes(4, "big") + len(arr).to_bytes(4, "big")
+    head += b"".join(int(d).to_bytes(4, "big") for d in arr.shape[1:])
+    return head + arr.tobytes()
+
+
+def records(path) -> list[tuple[bytes, pb.Datum]]:
+    db = LmdbReader(str(path))
+    out = []
+    for i in range(db.num_records):
+        k, v = db.item_at(i)
+        d = pb.Datum()
+        d.ParseFromString(v)
+        out.append((k, d))
+    return out
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_convert_mnist_writes_caffe_layout(tmp_path, compress):
+    x = np.random.default_rng(0).integers(0, 256, (12, 28, 28), dtype=np.uint8)
+    y = (np.arange(12) % 10).astype(np.uint8)
+    wrap = gzip.compress if compress else (lambda b: b)
+    (tmp_path / "img").write_bytes(wrap(idx_bytes(x, 2051)))
+    (tmp_path / "lab").write_bytes(wrap(idx_bytes(y, 2049)))
+    assert convert_mnist_main([str(tmp_path / "img"), str(tmp_path / "lab"), str(tmp_path / "db")]) == 0
+    recs = records(tmp_path / "db")
+    assert [k for k, _ in recs] == [b"%08d" % i for i in range(12)]
+    d = recs[3][1]
+    assert (d.channels, d.height, d.width, d.label, d.encoded) == (1, 28, 28, 3, False)
+    assert d.data == x[3].tobytes()
+
+
+def test_convert_mnist_rejects_bad_magic_and_existing_db(tmp_path, capsys):
+    x = np.zeros((2, 28, 28), np.uint8)
+    (tmp_path / "img").write_bytes(idx_bytes(x, 2049))
+    (tmp_path / "lab").write_bytes(idx_bytes(np.zeros(2, np.uint8), 2049))
+    assert convert_mnist_main([str(tmp_path / "img"), str(tmp_path / "lab"), str(tmp_path / "db")]) == 1
+    assert "Incorrect image file magic" in capsys.readouterr().err
+    (tmp_path / "db").mkdir()
+    (tmp_path / "img").write_bytes(idx_bytes(x, 2051))
+    assert convert_mnist_main([str(tmp_path / "img"), str(tmp_path / "lab"), str(tmp_path / "db")]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert convert_mnist_main(["--backend=leveldb", "a", "b", "c"]) == 1
+    assert "LevelDB is not supported" in capsys.readouterr().err
+
+
+def test_read_idx_reports_truncation(tmp_path):
+    (tmp_path / "t").write_bytes(idx_bytes(np.zeros((3, 2, 2), np.uint8), 2051)[:-2])
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(str(tmp_path / "t"), "images")
+
+
+@pytest.fixture
+def pngs(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "img"
+    root.mkdir()
+    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (10, 20, 30)]
+    for i, c in enumerate(colors):
+        Image.new("RGB", (5, 4), c).save(root / f"{i}.png")
+    (tmp_path / "list.txt").write_text("".join(f"{i}.png {i + 10}\n" for i in range(4)))
+    return root, tmp_path / "list.txt", colors
+
+
+def test_convert_imageset_raw_bgr(pngs, tmp_path):
+    root, lst, colors = pngs
+    assert convert_imageset_main([f"{root}/", str(lst), str(tmp_path / "db")]) == 0
+    recs = records(tmp_path / "db")
+    assert [k for k, _ in recs] == [f"{i:08d}_{i}.png".encode() for i in range(4)]
+    for i, (_, d) in enumerate(recs):
+        assert (d.channels, d.height, d.width, d.label) == (3, 4, 5, i + 10)
+        assert datum_to_array(d)[:, 0, 0].tolist() == list(colors[i][::-1])
+
+
+def test_convert_imageset_gray_resize_gflags_spellings(pngs, tmp_path):
+    root, lst, _ = pngs
+    rc = convert_imageset_main(["-gray", "--resize_height=8", "-resize_width=6", "--check_size=true",
+                                f"{root}/", str(lst), str(tmp_path / "db")])
+    assert rc == 0
+    d = records(tmp_path / "db")[0][1]
+    assert (d.channels, d.height, d.width) == (1, 8, 6)
+    assert datum_to_array(d)[0, 0, 0] == (0 * 1868 + 0 * 9617 + 255 * 4899 + 8192) >> 14
+
+
+def test_convert_imageset_encoded_and_shuffled(pngs, tmp_path):
+    root, lst, colors = pngs
+    rc = convert_imageset_main(["--encoded", "--shuffle", "--seed=3", f"{root}/", str(lst),
+                                str(tmp_path / "db")])
+    assert rc == 0
+    recs = records(tmp_path / "db")
+    assert sorted(d.label for _, d in recs) == [10, 11, 12, 13]
+    for key, d in recs:
+        assert d.encoded
+        name = key.decode().split("_", 1)[1]
+        assert d.data == (root / name).read_bytes()  # same format, no resize: the file itself
+        assert datum_to_array(d)[:, 0, 0].tolist() == list(colors[d.label - 10][::-1])
+    rc = convert_imageset_main(["--encode_type=png", "--resize_height=2", "--resize_width=2",
+                                f"{root}/", str(lst), str(tmp_path / "db2")])
+    assert rc == 0
+    d = records(tmp_path / "db2")[0][1]
+    assert d.encoded and datum_to_array(d).shape == (3, 2, 2)
+
+
+def test_convert_imageset_skips_unreadable_and_checks_size(pngs, tmp_path, capsys):
+    from PIL import Image
+
+    root, lst, _ = pngs
+    lst.write_text(lst.read_text() + "missing.png 1\n")
+    assert convert_imageset_main([f"{root}/", str(lst), str(tmp_path / "db")]) == 0
+    assert len(records(tmp_path / "db")) == 4
+    Image.new("RGB", (7, 7)).save(root / "big.png")
+    lst.write_text(lst.read_text() + "big.png 2\n")
+    assert convert_imageset_main(["--check_size", f"{root}/", str(lst), str(tmp_path / "db3")]) == 1
+    assert "Incorrect data field size" in capsys.readouterr().err
+
+
+def test_compute_image_mean(tmp_path, write_records, data_log):
+    x = np.random.default_rng(2).integers(0, 256, (5, 3, 4, 6), dtype=np.uint8)
+    path = write_records(tmp_path / "db", [pb.Datum(channels=3, height=4, width=6,
+                                                      data=x[i].tobytes(), label=0) for i in range(5)])
+    out = tmp_path / "mean.binaryproto"
+    assert compute_image_mean_main([str(path), str(out)]) == 0
+    mean = read_binaryproto_array(str(out))
+    assert mean.shape == (1, 3, 4, 6) and mean.dtype == np.float32
+    total = np.zeros((3, 4, 6), np.float32)
+    for i in range(5):
+        total += x[i].astype(np.float32)
+    np.testing.assert_array_equal(mean[0], total / np.float32(5))
+    blob = pb.BlobProto()
+    blob.ParseFromString(out.read_bytes())
+    assert (blob.num, blob.channels, blob.height, blob.width) == (1, 3, 4, 6)
+    for c in range(3):
+        want = "%g" % (np.cumsum(mean[0, c].ravel(), dtype=np.float32)[-1] / np.float32(24))
+        assert f"mean_value channel [{c}]: {want}" in data_log
+
+
+def test_compute_image_mean_usage_error_returns_nonzero():
+    assert compute_image_mean_main([]) == 2
+
+
+def test_lmdb_writer_grows_the_map_and_is_atomic(tmp_path, data_log):
+    path = tmp_path / "grow"
+    with LmdbWriter(str(path), map_size=1 << 16, commit_every=7) as db:
+        for i in range(40):
+            db.put(b"%04d" % i, bytes([i]) * 4096)
+        assert not path.exists()  # written next to it, renamed on close
+    r = LmdbReader(str(path))
+    assert r.num_records == 40 and r.item_at(39) == (b"0039", bytes([39]) * 4096)
+    assert any(l.startswith("Doubling LMDB map size") for l in data_log)
+    with pytest.raises(RuntimeError):
+        with LmdbWriter(str(tmp_path / "aborted")) as db:
+            db.put(b"k", b"v")
+            raise RuntimeError("boom")
+    assert not (tmp_path / "aborted").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_mains_table_names_the_cli_subcommands():
+    assert set(MAINS) == {"convert_mnist", "convert_imageset", "compute_image_mean", "mnist5k"}
