@@ -132,6 +132,7 @@ class Net(nn.Module):
         weights: optional .caffemodel to copy in after building (Caffe's rules).
         device, dtype: where the blobs live.
         seed: seeds the fillers (and is given to layers as the solver's random_seed).
+        dns_stats: "float64" or "caffe-cpu", how DNS layers sum their statistics (see LayerContext).
         verbose: log Caffe's set-up lines (top shapes, memory, backward needs).
     """
 
@@ -139,7 +140,7 @@ class Net(nn.Module):
                  stages: Iterable[str] = (), *, weights: str | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  seed: int | None = None, rank: int = 0, world_size: int = 1, verbose: bool = True,
-                 state: pb.NetState | None = None):
+                 state: pb.NetState | None = None, dns_stats: str = "float64"):
         super().__init__()
         self.source = param if isinstance(param, str) else "<NetParameter>"
         if isinstance(param, str):
@@ -173,7 +174,10 @@ class Net(nn.Module):
         gen = torch.Generator()
         gen.manual_seed(seed if seed is not None and seed >= 0 else torch.initial_seed() % (2**63))
         self.ctx = LayerContext(phase=self.phase, device=self.device, dtype=dtype, generator=gen,
-                                seed=seed, rank=rank, world_size=world_size, net_name=self.name)
+                                seed=seed, rank=rank, world_size=world_size, net_name=self.name,
+                                dns_stats=dns_stats)
+        if dns_stats not in ("float64", "caffe-cpu"):
+            raise ValueError(f"dns_stats must be 'float64' or 'caffe-cpu', got '{dns_stats}'")
         if verbose:
             log.info("Initializing net from parameters: \n%s", text_format.MessageToString(_without_blobs(filtered)))
         self.layers = nn.ModuleDict()
@@ -185,6 +189,7 @@ class Net(nn.Module):
         self.blob_shapes: dict[str, Shape] = OrderedDict()
         self.blobs: dict[str, torch.Tensor] = OrderedDict()
         self.input_names: list[str] = []
+        self._fed: dict[str, torch.Tensor] = {}
         self._param_owner: dict[str, tuple[str, int]] = {}
         self._params: list[ParamEntry] = []
         self._build(filtered)
@@ -276,7 +281,8 @@ class Net(nn.Module):
                                    else [True] * len(lp.bottom))
             if layer.type_name == "Input":
                 self.input_names.extend(tops)
-            self._append_params(layer, lp)
+            # The layer's own copy, as Caffe's AppendParam reads it (BatchNorm adds lr_mult 0 specs).
+            self._append_params(layer, layer.layer_param)
         self.output_names: list[str] = sorted(available)  # Caffe iterates a std::set: sorted
         self._log_backward_needs(param)
         if self.verbose:
@@ -410,6 +416,21 @@ class Net(nn.Module):
             e.tensor = getattr(layer, layer.blob_names[e.index])
         return list(self._params)
 
+    def rng_state(self) -> "OrderedDict[str, torch.Tensor]":
+        """Snapshot hook: the generator state of every layer that draws random numbers in its
+        forward (Dropout, STOCHASTIC pooling, DummyData), by layer name (uint8 CPU tensors)."""
+        states: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+        for name, layer in self.named_layers():
+            state = layer.rng_state()
+            if state is not None:
+                states[name] = state
+        return states
+
+    def set_rng_state(self, states: "dict[str, torch.Tensor]") -> None:
+        """Restore what `rng_state()` returned, so a resumed run draws the same numbers."""
+        for name, state in states.items():
+            self.layer(name).set_rng_state(state)
+
     def set_iteration(self, iteration: int) -> None:
         """Tell every layer the solver's iteration (Caffe's set_current_iter_num)."""
         self.iteration = iteration
@@ -440,12 +461,17 @@ class Net(nn.Module):
             st = layer.snapshot_state()
             if st is not None:
                 out[name] = st
+        if self.ctx._surgery_rng is not None:
+            out["__net__"] = {"surgery_rng": self.ctx._surgery_rng.get_state()}
         return out
 
     def load_extra_state(self, state: dict | None) -> None:
         """Give each layer its saved state (None for all when the snapshot has none)."""
         for name, layer in self.named_layers():
             layer.restore_state(None if state is None else state.get(name))
+        net_state = (state or {}).get("__net__")
+        if net_state and "surgery_rng" in net_state:
+            self.ctx.surgery_generator().set_state(net_state["surgery_rng"])
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, *args: torch.Tensor, **inputs: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
@@ -468,7 +494,8 @@ class Net(nn.Module):
         for li, name in enumerate(self.layer_names):
             layer = self.layers[_escape(name)]
             if layer.type_name == "Input":
-                xs = [self._as_input(inputs.get(t)) for t in self._tops[li]]
+                xs = [self._as_input(inputs[t]) if t in inputs else self._fed.get(t)
+                      for t in self._tops[li]]
             else:
                 xs = [blobs[b] if pd else blobs[b].detach()
                       for b, pd in zip(self._bottoms[li], self._prop_down[li])]
@@ -483,6 +510,16 @@ class Net(nn.Module):
             loss = term if loss is None else loss + term
         self.loss = loss
         return OrderedDict((o, blobs[o]) for o in self.output_names)
+
+    def set_input(self, **tensors) -> None:
+        """Values for Input tops that persist across forwards (like pycaffe's `blobs[...].data`),
+        e.g. so a solver can train a net whose data comes from an Input layer."""
+        unknown = set(tensors) - set(self.input_names)
+        if unknown:
+            raise KeyError(f"net '{self.name}' has no input blob(s) {sorted(unknown)}; "
+                           f"inputs are {self.input_names}")
+        for k, v in tensors.items():
+            self._fed[k] = self._as_input(v)
 
     def _as_input(self, x) -> torch.Tensor | None:
         if x is None:

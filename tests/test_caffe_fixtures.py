@@ -39,3 +39,23 @@ def test_caffe_caffemodel_rewrites_byte_identically(in_fixture_workdir, tmp_path
     out = tmp_path / "again.caffemodel"
     net.save(str(out))
     assert out.read_bytes() == model.read_bytes()
+
+
+def test_raw_dns_model_test_command(in_fixture_workdir, capsys):
+    acc, loss, err = run_test_cli(capsys, "dns/lenet_train_test_DNS.prototxt", "dns/lenet_DNS_iter_5000.caffemodel")
+    # dns/caffe_test.log: accuracy = 0.967, loss = 0.155295
+    assert abs(acc - 0.967) <= 0.002 + 1e-9
+    assert loss == pytest.approx(0.155295, rel=1e-4)
+
+
+def test_raw_dns_model_round_trips_with_its_masks(in_fixture_workdir, tmp_path):
+    model = in_fixture_workdir / "dns" / "lenet_DNS_iter_5000.caffemodel"
+    net = Net("dns/lenet_train_test_DNS.prototxt", phase="train", verbose=False)
+    net.copy_from(str(model))
+    assert net.layer("ip1").blob_names == ["weight", "bias", "weight_mask", "bias_mask"]
+    kept = sum(int(net.layer(n).weight_mask.sum()) + int(net.layer(n).bias_mask.sum())
+               for n in ("conv1", "conv2", "ip1", "ip2"))
+    assert kept == 4515  # dns_to_normal_output.txt: 4515/431080 kept
+    out = tmp_path / "again.caffemodel"
+    net.save(str(out))
+    assert out.read_bytes() == model.read_bytes()

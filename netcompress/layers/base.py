@@ -42,6 +42,21 @@ class LayerContext:
     rank: int = 0                           # data sharding for distributed runs
     world_size: int = 1
     net_name: str = ""
+    # DNS draws one uniform number per layer per TRAIN forward from one generator per net, seeded
+    # by the solver's random_seed (Decision 4); all ranks of a distributed run seed it alike.
+    surgery_seed: int | None = None
+    # How DNS statistics are summed: "float64" (default; agrees with the reference's GPU block sums
+    # to ~1e-7) or "caffe-cpu" (the reference CPU build's sequential float32 sums, bit for bit).
+    dns_stats: str = "float64"
+    _surgery_rng: torch.Generator | None = dataclasses.field(default=None, repr=False)
+
+    def surgery_generator(self) -> torch.Generator:
+        if self._surgery_rng is None:
+            g = torch.Generator()
+            seed = self.surgery_seed if self.surgery_seed is not None else self.seed
+            g.manual_seed(int(seed) if seed is not None and seed >= 0 else 1)
+            self._surgery_rng = g
+        return self._surgery_rng
 
     @property
     def train(self) -> bool:
@@ -160,16 +175,20 @@ class Layer(nn.Module):
     def snapshot_state(self):
         """Extra state a resumed run needs (None if the layer has none). Values: numbers,
         strings, bytes, tensors, arrays, and dicts/lists of them. Defaults to PyTorch's
-        `get_extra_state` where the layer defines it."""
+        `get_extra_state` where the layer defines it; otherwise layers with their own generator
+        (Dropout, STOCHASTIC pooling, DummyData) save its state as {"rng": uint8 tensor}."""
         if type(self).get_extra_state is not nn.Module.get_extra_state:
             return self.get_extra_state()
-        return None
+        rng = self.rng_state()
+        return None if rng is None else {"rng": rng}
 
     def restore_state(self, state) -> None:
         """Restore what `snapshot_state` returned; `state` is None when the snapshot has none
         (e.g. a snapshot written by Caffe)."""
         if state is not None and type(self).set_extra_state is not nn.Module.set_extra_state:
             self.set_extra_state(state)
+        elif isinstance(state, dict) and "rng" in state and getattr(self, "_rng", None) is not None:
+            self.set_rng_state(state["rng"])
 
     def error(self, message: str) -> NetDefinitionError:
         return NetDefinitionError(f"layer '{self.name}' (type {self.type_name}): {message}")

@@ -1,4 +1,9 @@
-"""Loss and evaluation layers: SoftmaxWithLoss, Accuracy."""
+"""Loss and evaluation layers: SoftmaxWithLoss, SigmoidCrossEntropyLoss, EuclideanLoss,
+InfogainLoss, MultinomialLogisticLoss, HingeLoss, ContrastiveLoss, Accuracy.
+
+Loss layers never backpropagate into their label bottoms (Caffe aborts if asked to); labels are
+read with C's truncation toward zero (`static_cast<int>`).
+"""
 from __future__ import annotations
 
 import math
@@ -7,20 +12,31 @@ from typing import Sequence
 import torch
 
 from ..proto import caffe_pb2 as pb
-from .base import Layer, LayerContext, Shape, register_layer
-from .vision import canonical_axis
+from .base import Layer, LayerContext, Shape, canonical_axis, register_layer
 
-__all__ = ["LossLayer", "SoftmaxWithLoss", "Accuracy", "loss_normalizer"]
+__all__ = ["LossLayer", "SoftmaxWithLoss", "SigmoidCrossEntropyLoss", "EuclideanLoss", "InfogainLoss",
+           "MultinomialLogisticLoss", "HingeLoss", "ContrastiveLoss", "Accuracy", "loss_normalizer",
+           "normalization_mode"]
 
 FLT_MIN = float(torch.finfo(torch.float32).tiny)
 _NLL_CAP = -math.log(FLT_MIN)  # Caffe computes -log(max(p, FLT_MIN)): the loss caps at 87.3365
+K_LOG_THRESHOLD = 1e-20  # Caffe's kLOG_THRESHOLD (loss_layer.hpp)
 
 
-def loss_normalizer(lp: pb.LossParameter, outer: int, inner: int, valid: torch.Tensor | int):
-    """Caffe's LossLayer::GetNormalizer (at least 1). `normalize` (deprecated) wins when set."""
-    mode = lp.normalization
+def normalization_mode(lp: pb.LossParameter, default: int | None = None) -> int:
+    """The normalization a Caffe loss layer uses: an explicit `normalization` wins; otherwise the
+    deprecated `normalize` (true: VALID, false: BATCH_SIZE); otherwise `default` (the layer's own,
+    e.g. BATCH_SIZE for SigmoidCrossEntropyLoss) or the proto default VALID."""
+    if lp.HasField("normalization"):
+        return lp.normalization
     if lp.HasField("normalize"):
-        mode = pb.LossParameter.VALID if lp.normalize else pb.LossParameter.BATCH_SIZE
+        return pb.LossParameter.VALID if lp.normalize else pb.LossParameter.BATCH_SIZE
+    return lp.normalization if default is None else default
+
+
+def loss_normalizer(lp: pb.LossParameter | int, outer: int, inner: int, valid: torch.Tensor | int):
+    """Caffe's LossLayer::GetNormalizer (at least 1), for a LossParameter or a resolved mode."""
+    mode = normalization_mode(lp) if isinstance(lp, pb.LossParameter) else lp
     if mode == pb.LossParameter.FULL:
         n = outer * inner
     elif mode == pb.LossParameter.VALID:
@@ -36,6 +52,14 @@ def loss_normalizer(lp: pb.LossParameter, outer: int, inner: int, valid: torch.T
 
 class LossLayer(Layer):
     is_loss = True
+    min_tops, max_tops = 1, 1
+
+    def check_batch(self, bottom_shapes: Sequence[Shape]) -> None:
+        """Caffe's LossLayer::Reshape check: data and label share their first dimension."""
+        a, b = bottom_shapes[0], bottom_shapes[1]
+        if len(a) and len(b) and a[0] != b[0]:
+            raise self.error(f"the data and label should have the same first dimension, got "
+                             f"{list(a)} and {list(b)}")
 
     def top_shapes(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
         return [()] + [tuple(bottom_shapes[0])] * (len(self.layer_param.top) - 1)
@@ -47,7 +71,8 @@ class SoftmaxWithLoss(LossLayer):
 
     Caffe's loss per sample is -log(max(p, FLT_MIN)); the gradient is p - onehot even where the
     loss is capped, which the straight-through cap below reproduces. An optional second top
-    returns the probabilities.
+    returns the probabilities (no gradient flows back from it, as in Caffe). Normalization:
+    `loss_param.normalization` (default VALID), or the deprecated `normalize`.
     """
 
     min_bottoms = max_bottoms = 2
@@ -64,6 +89,7 @@ class SoftmaxWithLoss(LossLayer):
             raise self.error(f"the label count ({label_count}) must equal the prediction count "
                              f"outer*inner = {self.outer}*{self.inner}; with shape {list(shape)} and "
                              f"softmax axis {self.axis}, labels must have shape (N, H, W)")
+        self.check_batch(self.bottom_shapes)
         lp = param.loss_param
         self.loss_param = lp
         self.ignore_label = int(lp.ignore_label) if lp.HasField("ignore_label") else None
@@ -72,7 +98,7 @@ class SoftmaxWithLoss(LossLayer):
         C = x.shape[self.axis]
         logp = torch.log_softmax(x, dim=self.axis)
         logp3 = logp.reshape(self.outer, C, self.inner)
-        lab = label.reshape(self.outer, 1, self.inner).long()
+        lab = label.detach().reshape(self.outer, 1, self.inner).long()
         valid = None
         if self.ignore_label is not None:
             valid = lab != self.ignore_label
@@ -81,22 +107,261 @@ class SoftmaxWithLoss(LossLayer):
         nll = nll + (nll.clamp_max(_NLL_CAP) - nll).detach()
         if valid is not None:
             v = valid.squeeze(1)
-            nll = nll * v
+            nll = torch.where(v, nll, torch.zeros_like(nll))
             count = v.sum()
         else:
             count = self.outer * self.inner
         norm = loss_normalizer(self.loss_param, self.outer, self.inner, count)
         loss = nll.sum() / norm
         if len(self.layer_param.top) == 2:
-            return loss, logp.exp()
+            # Caffe's backward ignores the diff of the probability top: detached.
+            return loss, torch.softmax(x.detach(), dim=self.axis)
         return loss
+
+
+def _labels(label: torch.Tensor) -> torch.Tensor:
+    """Labels as Caffe reads them: static_cast<int>, i.e. truncation toward zero; no gradient."""
+    return label.detach().long()
+
+
+@register_layer("SigmoidCrossEntropyLoss")
+class SigmoidCrossEntropyLoss(LossLayer):
+    """Cross-entropy of sigmoid(x) against targets in [0, 1], in Caffe's stable form
+
+        loss_i = -(x_i * (t_i - [x_i >= 0]) - log(1 + exp(x_i - 2 x_i [x_i >= 0])))
+
+    summed over non-ignored entries (`loss_param.ignore_label` compares the truncated target)
+    and divided by the normalizer. In BVLC Caffe 2017-08 this layer's default normalization is
+    BATCH_SIZE (bottom[0].shape[0]), not the proto's VALID: an explicit `normalization` wins,
+    then the deprecated `normalize`. The gradient, sigmoid(x) - t (0 where ignored), is the true
+    derivative; each branch is evaluated only on its own side so nothing overflows.
+    """
+
+    min_bottoms = max_bottoms = 2
+
+    def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
+        super().__init__(param, bottom_shapes, ctx)
+        a, b = self.bottom_shapes
+        self.check_batch(self.bottom_shapes)
+        if math.prod(a) != math.prod(b):
+            raise self.error(f"the inputs must have the same count, got shapes {list(a)} "
+                             f"({math.prod(a)}) and {list(b)} ({math.prod(b)})")
+        lp = param.loss_param
+        self.mode = normalization_mode(lp, pb.LossParameter.BATCH_SIZE)
+        self.ignore_label = int(lp.ignore_label) if lp.HasField("ignore_label") else None
+        self.outer = a[0] if len(a) else 1
+        self.inner = math.prod(a[1:])
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        t = target.detach().reshape(x.shape).to(x.dtype)
+        pos = x >= 0
+        xp = torch.where(pos, x, torch.zeros_like(x))
+        xn = torch.where(pos, torch.zeros_like(x), x)
+        # x >= 0: x(t - 1) - log(1 + exp(-x));  x < 0: x t - log(1 + exp(x)).
+        per = torch.where(pos, xp * (t - 1) - torch.log1p(torch.exp(-xp)),
+                          xn * t - torch.log1p(torch.exp(xn)))
+        if self.ignore_label is not None:
+            valid = _labels(target).reshape(x.shape) != self.ignore_label
+            per = torch.where(valid, per, torch.zeros_like(per))
+            count = valid.sum()
+        else:
+            count = x.numel()
+        norm = loss_normalizer(self.mode, self.outer, self.inner, count)
+        return -per.sum() / norm
+
+
+@register_layer("EuclideanLoss")
+class EuclideanLoss(LossLayer):
+    """sum((a - b)^2) / N / 2 with N = bottom[0].shape[0]. Both bottoms receive gradients
+    (+-(a - b) / N), as in Caffe."""
+
+    min_bottoms = max_bottoms = 2
+
+    def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
+        super().__init__(param, bottom_shapes, ctx)
+        a, b = self.bottom_shapes
+        self.check_batch(self.bottom_shapes)
+        if math.prod(a[1:]) != math.prod(b[1:]):
+            raise self.error(f"the inputs must have the same dimension per sample, got shapes "
+                             f"{list(a)} and {list(b)}")
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        diff = a - b.reshape(a.shape)
+        return (diff * diff).sum() / a.shape[0] / 2
+
+
+@register_layer("MultinomialLogisticLoss")
+class MultinomialLogisticLoss(LossLayer):
+    """-sum_n log(max(p[n, label_n], 1e-20)) / N over probabilities p (N, C, 1, 1 or N, C).
+
+    Caffe's gradient is -1 / (N * max(p, 1e-20)) at the label, also where the clamp is active;
+    a straight-through clamp reproduces that."""
+
+    min_bottoms = max_bottoms = 2
+
+    def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
+        super().__init__(param, bottom_shapes, ctx)
+        a, b = self.bottom_shapes
+        self.check_batch(self.bottom_shapes)
+        if math.prod(b[1:]) != 1:
+            raise self.error(f"the label must hold one value per sample (N, 1, 1, 1), got shape {list(b)}")
+
+    def forward(self, p: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        N = p.shape[0]
+        p2 = p.reshape(N, -1)
+        prob = p2.gather(1, _labels(label).reshape(N, 1)).squeeze(1)
+        clamped = prob + (prob.clamp_min(K_LOG_THRESHOLD) - prob).detach()
+        return -torch.log(clamped).sum() / N
+
+
+@register_layer("InfogainLoss")
+class InfogainLoss(LossLayer):
+    """Softmax over `infogain_loss_param.axis`, then -sum_l H[label, l] * log(max(p_l, 1e-20))
+    per (non-ignored) sample, divided by the normalizer (`loss_param.normalization`, default
+    VALID; the deprecated `normalize` is refused, as in Caffe). H (C x C) is read from
+    `infogain_loss_param.source` (a binaryproto) or given as a third bottom. Caffe's gradient,
+    p * rowsum(H)[label] - H[label, :], ignores the 1e-20 clamp; a straight-through clamp
+    reproduces that. An optional second top returns the probabilities (no gradient back)."""
+
+    min_bottoms, max_bottoms = 2, 3
+    min_tops, max_tops = 1, 2
+
+    def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
+        super().__init__(param, bottom_shapes, ctx)
+        ip = param.infogain_loss_param
+        lp = param.loss_param
+        shape = self.bottom_shapes[0]
+        self.check_batch(self.bottom_shapes)
+        if lp.HasField("normalize"):
+            raise self.error('loss_param.normalize is deprecated for InfogainLoss; use "normalization"')
+        self.mode = lp.normalization
+        self.ignore_label = int(lp.ignore_label) if lp.HasField("ignore_label") else None
+        self.axis = canonical_axis(ip.axis, len(shape), self, "infogain_loss_param.axis")
+        self.outer = math.prod(shape[:self.axis])
+        self.inner = math.prod(shape[self.axis + 1:])
+        self.num_labels = shape[self.axis]
+        if math.prod(self.bottom_shapes[1]) != self.outer * self.inner:
+            raise self.error(f"the label count ({math.prod(self.bottom_shapes[1])}) must equal the "
+                             f"prediction count outer*inner = {self.outer}*{self.inner}")
+        C2 = self.num_labels * self.num_labels
+        if len(self.bottom_shapes) == 3:
+            if math.prod(self.bottom_shapes[2]) != C2:
+                raise self.error(f"the infogain matrix (bottom 2) must hold {self.num_labels}x"
+                                 f"{self.num_labels} values, got shape {list(self.bottom_shapes[2])}")
+            self.H = None
+        else:
+            if not ip.source:
+                raise self.error("infogain_loss_param.source (the infogain matrix file) must be "
+                                 "specified when there is no third bottom")
+            from ..io import read_binaryproto_array
+            H = read_binaryproto_array(ip.source)
+            if H.size != C2:
+                raise self.error(f"the infogain matrix in {ip.source} must hold {self.num_labels}x"
+                                 f"{self.num_labels} values, got shape {list(H.shape)}")
+            # A constant, not a Caffe blob: kept out of the state dict.
+            self.H = torch.as_tensor(H.reshape(self.num_labels, self.num_labels), dtype=ctx.dtype)
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor, H: torch.Tensor | None = None):
+        C = self.num_labels
+        if H is None:
+            H = self.H.to(device=x.device, dtype=x.dtype)
+        H = H.detach().reshape(C, C)
+        logp = torch.log_softmax(x, dim=self.axis)
+        logp3 = logp.reshape(self.outer, C, self.inner)
+        logp3 = logp3 + (logp3.clamp_min(math.log(K_LOG_THRESHOLD)) - logp3).detach()
+        lab = _labels(label).reshape(self.outer, self.inner)
+        valid = None
+        if self.ignore_label is not None:
+            valid = lab != self.ignore_label
+            lab = torch.where(valid, lab, torch.zeros_like(lab))
+        rows = H[lab]                                  # (outer, inner, C)
+        per = (rows.permute(0, 2, 1) * logp3).sum(dim=1)  # (outer, inner)
+        if valid is not None:
+            per = torch.where(valid, per, torch.zeros_like(per))
+            count = valid.sum()
+        else:
+            count = self.outer * self.inner
+        loss = -per.sum() / loss_normalizer(self.mode, self.outer, self.inner, count)
+        if len(self.layer_param.top) == 2:
+            return loss, torch.softmax(x.detach(), dim=self.axis)
+        return loss
+
+
+@register_layer("HingeLoss")
+class HingeLoss(LossLayer):
+    """One-vs-all hinge loss: with s = +1 for the label's class and -1 elsewhere,
+    sum(max(0, 1 - s x)) / N (L1, default) or sum(max(0, 1 - s x)^2) / N (L2). The gradient at
+    the hinge (margin exactly met) is 0, as Caffe's sign()."""
+
+    min_bottoms = max_bottoms = 2
+
+    def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
+        super().__init__(param, bottom_shapes, ctx)
+        self.check_batch(self.bottom_shapes)
+        self.norm = param.hinge_loss_param.norm
+        if self.norm not in (pb.HingeLossParameter.L1, pb.HingeLossParameter.L2):
+            raise self.error(f"unknown hinge_loss_param.norm {self.norm}")
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        N = x.shape[0]
+        x2 = x.reshape(N, -1)
+        sign = torch.ones_like(x2).scatter_(1, _labels(label).reshape(N, 1), -1.0)
+        margin = torch.relu(1 + x2 * sign)
+        if self.norm == pb.HingeLossParameter.L1:
+            return margin.sum() / N
+        return (margin * margin).sum() / N
+
+
+@register_layer("ContrastiveLoss")
+class ContrastiveLoss(LossLayer):
+    """Contrastive loss on pairs (a, b) with a similarity label y (bottom 2), d = ||a - b||:
+    sum(y d^2 + (1 - y) max(margin - d, 0)^2) / N / 2, or with legacy_version
+    max(margin - d^2, 0) for dissimilar pairs. Caffe's gradient for a dissimilar pair (non-legacy)
+    is -(margin - d) / (d + 1e-4) * (a - b) / N, not the true derivative (which divides by d);
+    it is reproduced with a straight-through surrogate. b gets the negated gradient; y none."""
+
+    min_bottoms = max_bottoms = 3
+
+    def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
+        super().__init__(param, bottom_shapes, ctx)
+        cp = param.contrastive_loss_param
+        self.margin = float(cp.margin)
+        self.legacy = bool(cp.legacy_version)
+        a, b, y = self.bottom_shapes
+        if a != b or math.prod(a[2:]) != 1:
+            raise self.error(f"bottoms 0 and 1 must have the same shape (N, C, 1, 1), got {list(a)} "
+                             f"and {list(b)}")
+        if math.prod(y[1:]) != 1 or (len(y) and len(a) and y[0] != a[0]):
+            raise self.error(f"bottom 2 (the similarity) must hold one value per pair (N, 1, 1, 1), "
+                             f"got shape {list(y)}")
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        N = a.shape[0]
+        diff = (a - b).reshape(N, -1)
+        dist_sq = (diff * diff).sum(dim=1)
+        similar = _labels(y).reshape(N) != 0
+        if self.legacy:
+            dissim = torch.relu(self.margin - dist_sq)
+            per = torch.where(similar, dist_sq, dissim)
+            return per.sum() / N / 2
+        dist = torch.sqrt(dist_sq.detach())
+        mdist = self.margin - dist
+        value = torch.where(similar, dist_sq.detach(), torch.clamp_min(mdist, 0.0) ** 2)
+        # Caffe's gradient wrt a is c * (a - b) / N per pair; 0.5 * c * d^2 (c held constant)
+        # has exactly that derivative, and adds nothing to the value.
+        coef = torch.where(similar, torch.ones_like(dist),
+                           torch.where(mdist > 0, -mdist / (dist + 1e-4), torch.zeros_like(dist)))
+        surrogate = 0.5 * (coef * dist_sq).sum()
+        return (value.sum() / 2 + (surrogate - surrogate.detach())) / N
 
 
 @register_layer("Accuracy")
 class Accuracy(Layer):
-    """Top-k accuracy exactly as Caffe counts it: a sample is right when fewer than k classes
-    score strictly higher than the true class (ties count as right). Optional second top: the
-    per-class accuracy."""
+    """Top-k accuracy exactly as Caffe counts it. Caffe (2017-08, CPU only) partially sorts
+    (score, class) pairs with std::greater, so among equal scores the larger class index ranks
+    first: a sample is right when fewer than k classes rank above the true class, counting every
+    strictly higher score and every equal score of a larger class index. Optional second top:
+    the per-class accuracy (0 for classes with no sample)."""
 
     min_bottoms = max_bottoms = 2
     min_tops, max_tops = 1, 2
@@ -130,7 +395,9 @@ class Accuracy(Layer):
             raise self.error(f"labels must lie in [0, {self.num_labels}), got "
                              f"{int(safe.min())}..{int(safe.max())}")
         true_score = x3.gather(1, safe)
-        better = (x3 > true_score).sum(dim=1, keepdim=True)
+        classes = torch.arange(self.num_labels, device=x.device).reshape(1, -1, 1)
+        ahead = (x3 > true_score) | ((x3 == true_score) & (classes > safe))
+        better = ahead.sum(dim=1, keepdim=True)
         correct = (better < self.top_k) & valid
         count = valid.sum()
         acc = correct.sum().to(x.dtype) / count.clamp_min(1).to(x.dtype)

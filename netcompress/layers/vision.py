@@ -9,15 +9,9 @@ import torch.nn.functional as F
 
 from ..fillers import fill
 from ..proto import caffe_pb2 as pb
-from .base import Layer, LayerContext, Shape, register_layer
+from .base import Layer, LayerContext, Shape, canonical_axis, register_layer
 
 __all__ = ["Convolution", "Deconvolution", "InnerProduct", "Pooling", "canonical_axis"]
-
-
-def canonical_axis(axis: int, ndim: int, layer: Layer, what: str = "axis") -> int:
-    if not -ndim <= axis < ndim:
-        raise layer.error(f"{what} {axis} is out of range for a {ndim}-D bottom")
-    return axis % ndim
 
 
 def _per_axis(layer: Layer, values: Sequence[int], h: int | None, w: int | None, n: int,
@@ -203,13 +197,37 @@ class InnerProduct(Layer):
         return [(*s[:self.axis], self.num_output)]
 
 
+_FLT_MAX = float(torch.finfo(torch.float32).max)
+
+
+def pooled_size(size: int, kernel: int, pad: int, stride: int, any_pad: bool) -> int:
+    """Caffe's pooled size: ceil((size + 2 pad - kernel) / stride) + 1, then one less if the
+    last window would start in the end padding -- a correction Caffe applies only when the
+    layer has padding on either axis (`pad_h || pad_w`)."""
+    out = -((kernel - size - 2 * pad) // stride) + 1
+    if any_pad and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
 @register_layer("Pooling")
 class Pooling(Layer):
     """Caffe Pooling (MAX, AVE, STOCHASTIC, global) on 4-D blobs.
 
-    Caffe rounds the output size up, and drops the last window if it would start in the
-    padding; PyTorch's ceil_mode does the same. Caffe's AVE divides by the window clipped to
-    the padded image (not the overhang), which is `count_include_pad=True` with ceil_mode.
+    Caffe rounds the output size up (see `pooled_size`). MAX ignores the padding and, on ties,
+    keeps the first maximum in row-major order (PyTorch does the same); a window holding no
+    input gives -FLT_MAX and no gradient. AVE divides by the window clipped to the padded
+    image, (min(start + k, size + pad) - start) per axis: padding counts, overhang past the
+    padding does not (`count_include_pad=True` with ceil_mode). The common cases run on
+    PyTorch's pooling directly; geometries PyTorch refuses or sizes differently (pad > kernel/2,
+    which Caffe allows, and unpadded layers whose last window starts past the input, which Caffe
+    keeps) run on an explicitly padded input with the same results.
+
+    STOCHASTIC (Caffe implements it on GPU only; no padding): in TRAIN, one activation per
+    window is drawn with probability proportional to its value (the first whose running sum
+    reaches u * window sum, u uniform from this layer's generator) and receives the gradient;
+    in TEST, sum(x^2) / sum(x) per window (0 where the sum is not positive). Global pooling
+    takes the kernel from the bottom's actual H x W at every forward.
     """
 
     min_bottoms = max_bottoms = 1
@@ -221,37 +239,42 @@ class Pooling(Layer):
         shape = self.bottom_shapes[0]
         if len(shape) != 4:
             raise self.error(f"needs a 4-D bottom (N, C, H, W), got shape {list(shape)}")
-        H, W = shape[2], shape[3]
         self.method = pp.pool
         self.global_pooling = bool(pp.global_pooling)
         if self.global_pooling:
             if pp.HasField("kernel_size") or pp.HasField("kernel_h") or pp.HasField("kernel_w"):
-                raise self.error("with global_pooling the kernel size cannot be specified")
-            self.kernel = (H, W)
+                raise self.error("with global_pooling: true the kernel size cannot be specified")
+            self.kernel = (shape[2], shape[3])
         elif pp.HasField("kernel_size"):
             if pp.HasField("kernel_h") or pp.HasField("kernel_w"):
-                raise self.error("kernel_size and kernel_h/kernel_w are mutually exclusive")
+                raise self.error("the kernel size is kernel_size OR kernel_h and kernel_w, not both")
             self.kernel = (pp.kernel_size, pp.kernel_size)
         elif pp.HasField("kernel_h") and pp.HasField("kernel_w"):
             self.kernel = (pp.kernel_h, pp.kernel_w)
         else:
-            raise self.error("pooling_param needs kernel_size, or kernel_h and kernel_w")
+            raise self.error("pooling_param needs kernel_size, or both kernel_h and kernel_w")
         if pp.HasField("pad_h") or pp.HasField("pad_w"):
-            if pp.HasField("pad"):
-                raise self.error("pad and pad_h/pad_w are mutually exclusive")
+            if pp.HasField("pad") or not (pp.HasField("pad_h") and pp.HasField("pad_w")):
+                raise self.error("padding is pad OR both pad_h and pad_w")
             self.pad = (pp.pad_h, pp.pad_w)
         else:
             self.pad = (pp.pad, pp.pad)
         if pp.HasField("stride_h") or pp.HasField("stride_w"):
-            if not (pp.HasField("stride_h") and pp.HasField("stride_w")):
-                raise self.error("both stride_h and stride_w are required when either is set")
+            if pp.HasField("stride") or not (pp.HasField("stride_h") and pp.HasField("stride_w")):
+                raise self.error("the stride is stride OR both stride_h and stride_w")
             self.stride = (pp.stride_h, pp.stride_w)
         else:
             self.stride = (pp.stride, pp.stride)
-        if self.global_pooling:
-            self.pad, self.stride = (0, 0), (1, 1)
-        if any(k <= 0 for k in self.kernel) or any(s <= 0 for s in self.stride):
-            raise self.error(f"kernel {list(self.kernel)} and stride {list(self.stride)} must be positive")
+        if self.global_pooling and (self.pad != (0, 0) or self.stride != (1, 1)):
+            raise self.error(f"with global_pooling: true only pad 0 and stride 1 are allowed, got "
+                             f"pad {list(self.pad)} and stride {list(self.stride)}")
+        if any(k <= 0 for k in self.kernel):
+            raise self.error(f"kernel dimensions must be positive, got {list(self.kernel)}")
+        if any(s <= 0 for s in self.stride):
+            raise self.error(f"stride dimensions must be positive, got {list(self.stride)}")
+        if self.method not in (pb.PoolingParameter.MAX, pb.PoolingParameter.AVE,
+                               pb.PoolingParameter.STOCHASTIC):
+            raise self.error(f"unknown pooling method {self.method}")
         if any(p > 0 for p in self.pad):
             if self.method not in (pb.PoolingParameter.AVE, pb.PoolingParameter.MAX):
                 raise self.error("padding is implemented only for AVE and MAX pooling")
@@ -259,53 +282,101 @@ class Pooling(Layer):
                 raise self.error(f"pad {list(self.pad)} must be smaller than the kernel {list(self.kernel)}")
         if len(param.top) == 2 and self.method != pb.PoolingParameter.MAX:
             raise self.error("a second top (the argmax mask) exists only for MAX pooling")
-        self.out_hw = tuple(self._out(shape[2 + i], i) for i in range(2))
+        self.two_tops = len(param.top) == 2
+        self._geometry(shape[2], shape[3])  # validate now
+        if self.method == pb.PoolingParameter.STOCHASTIC:
+            self._init_rng()
 
-    def _out(self, size: int, i: int) -> int:
-        k, p, s = self.kernel[i], self.pad[i], self.stride[i]
-        out = int(math.ceil((size + 2 * p - k) / s)) + 1
-        if p and (out - 1) * s >= size + p:
-            out -= 1
-        return out
+    def _geometry(self, H: int, W: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        kernel = (H, W) if self.global_pooling else self.kernel
+        any_pad = any(p > 0 for p in self.pad)
+        out = (pooled_size(H, kernel[0], self.pad[0], self.stride[0], any_pad),
+               pooled_size(W, kernel[1], self.pad[1], self.stride[1], any_pad))
+        if out[0] <= 0 or out[1] <= 0:
+            raise self.error(f"the pooled output {list(out)} is empty: kernel {list(kernel)} does not "
+                             f"fit the {H}x{W} input with pad {list(self.pad)}")
+        return kernel, out
+
+    def _torch_compatible(self, H: int, W: int, kernel, out) -> bool:
+        """Whether PyTorch's pooling (ceil_mode, implicit padding) has Caffe's geometry here."""
+        for size, k, p, s, o in zip((H, W), kernel, self.pad, self.stride, out):
+            if 2 * p > k or pooled_size(size, k, p, s, True) != o:
+                return False
+        return True
+
+    def _padded(self, x: torch.Tensor, kernel, out, value: float) -> torch.Tensor:
+        """x padded (or cropped) so that plain strided windows are exactly Caffe's windows."""
+        H, W = x.shape[2], x.shape[3]
+        ph, pw = self.pad
+        bottom = (out[0] - 1) * self.stride[0] + kernel[0] - H - ph
+        right = (out[1] - 1) * self.stride[1] + kernel[1] - W - pw
+        return F.pad(x, (pw, right, ph, bottom), value=value)
 
     def forward(self, x: torch.Tensor):
+        if x.dim() != 4:
+            raise self.error(f"needs a 4-D bottom (N, C, H, W), got shape {list(x.shape)}")
+        H, W = x.shape[2], x.shape[3]
+        kernel, out = self._geometry(H, W)
         m = self.method
-        if m == pb.PoolingParameter.MAX:
-            if len(self.layer_param.top) == 2:
-                y, idx = F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True,
+        if m == pb.PoolingParameter.STOCHASTIC:
+            return self._stochastic(x, kernel, out)
+        fast = self._torch_compatible(H, W, kernel, out)
+        if m == pb.PoolingParameter.AVE:
+            if fast:
+                return F.avg_pool2d(x, kernel, self.stride, self.pad, ceil_mode=True,
+                                    count_include_pad=True)
+            sums = F.avg_pool2d(self._padded(x, kernel, out, 0.0), kernel, self.stride,
+                                divisor_override=1)
+            return sums / self._ave_divisor(H, W, kernel, out, x)
+        if fast:
+            if self.two_tops:
+                y, idx = F.max_pool2d(x, kernel, self.stride, self.pad, ceil_mode=True,
                                       return_indices=True)
                 return y, idx.to(x.dtype)
-            return F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True)
-        if m == pb.PoolingParameter.AVE:
-            return F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True,
-                                count_include_pad=True)
-        return self._stochastic(x)
+            return F.max_pool2d(x, kernel, self.stride, self.pad, ceil_mode=True)
+        xp = self._padded(x, kernel, out, float("-inf"))
+        y, idx = F.max_pool2d(xp, kernel, self.stride, return_indices=True)
+        # Caffe starts every window at -FLT_MAX and takes only strictly larger inputs.
+        y_caffe = y.clamp_min(-_FLT_MAX)
+        if not self.two_tops:
+            return y_caffe
+        Wp = xp.shape[3]
+        real = (idx // Wp - self.pad[0]) * W + (idx % Wp - self.pad[1])
+        mask = torch.where(y.detach() == float("-inf"), torch.full_like(real, -1), real)
+        return y_caffe, mask.to(x.dtype)
 
-    def _stochastic(self, x: torch.Tensor) -> torch.Tensor:
-        # Caffe STOCHASTIC (no padding): TRAIN samples one activation per window with
-        # probability proportional to its value; TEST returns sum(x^2)/sum(x) per window.
+    def _ave_divisor(self, H: int, W: int, kernel, out, like: torch.Tensor) -> torch.Tensor:
+        sizes = []
+        for size, k, p, s, o in zip((H, W), kernel, self.pad, self.stride, out):
+            starts = [i * s - p for i in range(o)]
+            sizes.append([min(st + k, size + p) - st for st in starts])
+        dh = torch.tensor(sizes[0], dtype=like.dtype, device=like.device)
+        dw = torch.tensor(sizes[1], dtype=like.dtype, device=like.device)
+        return dh.reshape(-1, 1) * dw.reshape(1, -1)
+
+    def _stochastic(self, x: torch.Tensor, kernel, out) -> torch.Tensor:
         N, C, H, W = x.shape
-        kh, kw = self.kernel
+        kh, kw = kernel
         sh, sw = self.stride
-        oh, ow = self.out_hw
-        # ceil-mode windows may run past the image: pad with zeros (they weigh nothing).
-        ph = max(0, (oh - 1) * sh + kh - H)
-        pw = max(0, (ow - 1) * sw + kw - W)
-        xp = F.pad(x, (0, pw, 0, ph))
-        cols = F.unfold(xp, (kh, kw), stride=(sh, sw))  # N, C*kh*kw, L
-        cols = cols.view(N, C, kh * kw, oh * ow)
+        oh, ow = out
+        # Windows are clipped to the image (no padding); zeros beyond it weigh nothing.
+        xp = self._padded(x, kernel, out, 0.0)
+        cols = F.unfold(xp, (kh, kw), stride=(sh, sw)).view(N, C, kh * kw, oh * ow)
         total = cols.sum(dim=2)
         if self.phase == pb.TRAIN:
-            probs = cols / total.clamp_min(torch.finfo(x.dtype).tiny).unsqueeze(2)
-            cum = probs.cumsum(dim=2)
-            r = torch.rand(total.shape, dtype=x.dtype, device=x.device).unsqueeze(2)
-            pick = (cum < r).sum(dim=2, keepdim=True).clamp_max(kh * kw - 1)
+            gen = self._rng
+            u = torch.rand(total.shape, generator=gen, device=gen.device, dtype=torch.float32)
+            thres = u.to(device=x.device, dtype=x.dtype) * total.detach()
+            cum = cols.detach().cumsum(dim=2)
+            pick = (cum < thres.unsqueeze(2)).sum(dim=2, keepdim=True).clamp_max(kh * kw - 1)
             y = cols.gather(2, pick).squeeze(2)
         else:
-            y = (cols * cols).sum(dim=2) / total.clamp_min(torch.finfo(x.dtype).tiny)
+            positive = total > 0
+            safe = torch.where(positive, total, torch.ones_like(total))
+            y = torch.where(positive, (cols * cols).sum(dim=2) / safe, torch.zeros_like(total))
         return y.view(N, C, oh, ow)
 
     def top_shapes(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
         N, C, H, W = bottom_shapes[0]
-        top = (N, C, self._out(H, 0), self._out(W, 1))
-        return [top] * len(self.layer_param.top)
+        _, out = self._geometry(H, W)
+        return [(N, C, *out)] * len(self.layer_param.top)

@@ -54,6 +54,7 @@ class Solver:
         max_iter: overrides the solver's max_iter (the `--iterations` flag).
         sigint_effect, sighup_effect: "stop", "snapshot" or "none" (Caffe's flags).
         rank, world_size: for distributed runs (only rank 0 tests, logs and snapshots).
+        dns_stats: how DNS layers sum their statistics ("float64" or "caffe-cpu", see Net).
         verbose: log net set-up lines.
     """
 
@@ -61,7 +62,7 @@ class Solver:
                  weights: str | Sequence[str] | None = None, max_iter: int | None = None,
                  sigint_effect: str = "stop", sighup_effect: str = "snapshot",
                  rank: int = 0, world_size: int = 1, verbose: bool = True,
-                 grad_sync: Callable[[list[ParamEntry]], None] | None = None):
+                 grad_sync: Callable[[list[ParamEntry]], None] | None = None, dns_stats: str = "float64"):
         self.source = param if isinstance(param, str) else "<SolverParameter>"
         sp = ncio.read_solver(param) if isinstance(param, str) else param
         if max_iter is not None:
@@ -87,6 +88,7 @@ class Solver:
             torch.manual_seed(seed + rank)
             np.random.seed((seed + rank) % (2**32))
         self.seed = seed
+        self.dns_stats = dns_stats
         self.net = self._make_train_net(seed)
         self.test_nets = self._make_test_nets(seed)
         self.iter = 0
@@ -160,7 +162,7 @@ class Solver:
         state.MergeFrom(sp.train_state)
         state.phase = pb.TRAIN
         return Net(netp, state=state, device=self.device, seed=seed, rank=self.rank,
-                   world_size=self.world_size, verbose=self.verbose)
+                   world_size=self.world_size, verbose=self.verbose, dns_stats=self.dns_stats)
 
     def _make_test_nets(self, seed: int | None) -> list[Net]:
         sp = self.param
@@ -197,7 +199,8 @@ class Solver:
             if len(sp.test_state):
                 state.MergeFrom(sp.test_state[i])
             state.phase = pb.TEST
-            tn = Net(netp, state=state, device=self.device, seed=seed, verbose=self.verbose)
+            tn = Net(netp, state=state, device=self.device, seed=seed, verbose=self.verbose,
+                     dns_stats=self.dns_stats)
             tn.share_weights_with(self.net)
             nets.append(tn)
         return nets

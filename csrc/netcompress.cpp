@@ -1,0 +1,54 @@
+// The netcompress._C extension: every op schema, in one place.
+//
+// Backends register implementations in cpu/*_kernel.cpp and cuda/*_kernel.cu (TORCH_LIBRARY_IMPL); fake
+// kernels, autograd formulas and the typed Python wrappers live in netcompress/ops/__init__.py.
+// Mutating ops are declared Tensor(a!) and return (). Scalars that come from another op (DNS thresholds,
+// the INQ selection threshold) are one-element tensors, so a whole DNS or INQ step runs without a host sync.
+#include <Python.h>
+
+#include <torch/library.h>
+
+TORCH_LIBRARY(netcompress, m) {
+  const std::vector<at::Tag> tags = {at::Tag::pt2_compliant_tag};
+
+  // ---- DNS (reference-semantics §2) ----
+  // W ⊙ M. Autograd passes the incoming gradient to `weight` unmasked ("splicing", §2.4); `mask` gets none.
+  m.def("dns_masked_weight(Tensor weight, Tensor mask) -> Tensor", tags);
+  // float64 [mu, std, n_weight, n_bias] over the masked nonzero entries of weight and bias together (§2.3.1).
+  m.def("dns_stats(Tensor weight, Tensor weight_mask, Tensor? bias=None, Tensor? bias_mask=None) -> Tensor", tags);
+  // One pass: the mask rule of §2.3.4 with one-element thresholds, then masked_out = weight ⊙ mask_new.
+  m.def("dns_update_mask_(Tensor weight, Tensor(a!) mask, Tensor threshold_low, Tensor threshold_high, "
+        "Tensor(b!) masked_out) -> ()", tags);
+
+  // ---- INQ (reference-semantics §3) ----
+  // float64 [max|v| over mask==1, max|v| over mask==0, #mask==1, #mask==0, #other] (maxima −1 if none; §3.3).
+  m.def("inq_mask_stats(Tensor weight, Tensor mask) -> Tensor", tags);
+  // 0-dim: the n_keep-th smallest |v| among mask == 1 entries, counting from 0 (§3.4); +inf if there is none.
+  m.def("inq_threshold(Tensor weight, Tensor mask, int n_keep) -> Tensor", tags);
+  // mask == 1 ∧ |v| >= threshold: v <- power-of-two rounding with smallest exponent n2 (§3.5), mask <- 0.
+  m.def("inq_quantize_(Tensor(a!) weight, Tensor(b!) mask, Tensor threshold, int n2) -> ()", tags);
+
+  // ---- Solver (reference-semantics §4.4, §3.6) ----
+  // history <- mask ⊙ (momentum·history + local_rate·grad); grad <- history. No mask: plain SGD momentum.
+  m.def("sgd_momentum_update_(Tensor(a!) grad, Tensor(b!) history, Tensor? mask, float momentum, "
+        "float local_rate) -> ()", tags);
+}
+
+// `import netcompress._C` loads this library, which runs the registrations above. The module itself
+// only tells Python whether CUDA kernels were compiled in.
+static struct PyModuleDef netcompress_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* module = PyModule_Create(&netcompress_module);
+  if (module == nullptr) return nullptr;
+#ifdef NETCOMPRESS_WITH_CUDA
+  const long with_cuda = 1;
+#else
+  const long with_cuda = 0;
+#endif
+  if (PyModule_AddIntConstant(module, "with_cuda", with_cuda) != 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
+}

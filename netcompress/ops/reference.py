@@ -1,0 +1,127 @@
+"""Pure-PyTorch versions of every netcompress op: the test oracle, never a fallback.
+
+They follow reference-semantics §2-§4 literally (Python's `math.log` is the C library's `log`, which the
+reference called), favouring obviousness over speed. Mutating functions mutate their arguments like the
+ops; functions return what the ops return. The kernels accumulate in float64 and compare in the
+weight's arithmetic type (float32 for float16/bfloat16), and so do these.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "dns_masked_weight",
+    "dns_stats",
+    "dns_update_mask_",
+    "inq_mask_stats",
+    "inq_threshold",
+    "inq_round_pow2",
+    "inq_quantize_",
+    "sgd_momentum_update_",
+]
+
+
+def _opmath(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def dns_masked_weight(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """W ⊙ M (§2.3.5)."""
+    return weight * mask
+
+
+def dns_stats(weight: torch.Tensor, weight_mask: torch.Tensor, bias: torch.Tensor | None = None,
+              bias_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """float64 [mu, std, n_weight, n_bias] over nonzero m·w of weight and bias together (§2.3.1)."""
+    sums = torch.zeros(2, dtype=torch.float64)
+    counts = [0.0, 0.0]
+    pairs = [(weight, weight_mask)] + ([(bias, bias_mask)] if bias is not None else [])
+    for j, (w, m) in enumerate(pairs):
+        w64 = w.detach().to("cpu", torch.float64).reshape(-1)
+        m64 = m.detach().to("cpu", torch.float64).reshape(-1)
+        v = m64 * w64
+        keep = v != 0
+        sums[0] += v[keep].abs().sum()
+        sums[1] += (m64 * w64 * w64)[keep].sum()
+        counts[j] = float(keep.sum())
+    n = counts[0] + counts[1]
+    s1, s2 = float(sums[0]), float(sums[1])
+    mu = s1 / n if n else math.nan
+    var = (s2 - n * mu * mu) / n if n else math.nan
+    std = math.sqrt(max(var, 0.0)) if n else math.nan
+    return torch.tensor([mu, std, counts[0], counts[1]], dtype=torch.float64, device=weight.device)
+
+
+def dns_update_mask_(weight: torch.Tensor, mask: torch.Tensor, threshold_low: float, threshold_high: float,
+                     masked_out: torch.Tensor) -> None:
+    """Prune m == 1 ∧ |w| <= low, splice m == 0 ∧ |w| > high (§2.3.4); masked_out = w ⊙ m_new."""
+    acc = _opmath(weight.dtype)
+    low = torch.tensor(float(threshold_low), dtype=acc)
+    high = torch.tensor(float(threshold_high), dtype=acc)
+    a = weight.to(acc).abs().cpu()
+    m = mask.to(acc).cpu()
+    new = m.clone()
+    new[(m == 1) & (a <= low)] = 0
+    new[(m == 0) & (a > high)] = 1
+    mask.copy_(new)
+    masked_out.copy_((weight.to(acc) * new.to(weight.device)).to(weight.dtype))
+
+
+def inq_mask_stats(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """float64 [max|v| mask==1, max|v| mask==0, #mask==1, #mask==0, #other]; maxima −1 if none (§3.3)."""
+    a = weight.detach().to("cpu", torch.float64).abs().reshape(-1)
+    m = mask.detach().to("cpu", torch.float64).reshape(-1)
+    t, q = m == 1, m == 0
+
+    def _max(sel: torch.Tensor) -> float:
+        vals = a[sel]
+        vals = vals[~torch.isnan(vals)]
+        return float(vals.max()) if vals.numel() else -1.0
+
+    out = [_max(t), _max(q), float(t.sum()), float(q.sum()), float((~(t | q)).sum())]
+    return torch.tensor(out, dtype=torch.float64, device=weight.device)
+
+
+def inq_threshold(weight: torch.Tensor, mask: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """sorted(|v| over mask == 1, ascending)[n_keep] (§3.4.8), +inf when n_keep >= #{mask == 1}."""
+    vals = sorted(abs(float(v)) for v, m in zip(weight.reshape(-1).tolist(), mask.reshape(-1).tolist()) if m == 1)
+    thr = vals[n_keep] if n_keep < len(vals) else math.inf
+    return torch.tensor(thr, dtype=weight.dtype, device=weight.device)
+
+
+def inq_round_pow2(v: float, n2: int) -> float:
+    """§3.5 on one value: sign(v)·2^e, e = floor(log(4|v|/3)/log(2)) in float64, if e >= n2, else 0."""
+    x = 4.0 * abs(v) / 3.0
+    if not (0.0 < x < math.inf):  # log(0) = −inf and non-finite values end at 0 in the reference
+        return 0.0
+    e = math.floor(math.log(x) / math.log(2.0))
+    if e < n2:
+        return 0.0
+    return math.copysign(math.ldexp(1.0, e), v)
+
+
+def inq_quantize_(weight: torch.Tensor, mask: torch.Tensor, threshold: float, n2: int) -> None:
+    """mask == 1 ∧ |v| >= threshold: v <- inq_round_pow2(v, n2), mask <- 0 (§3.4.8, §3.5)."""
+    thr = float(threshold)
+    w = weight.detach().cpu().reshape(-1).tolist()
+    m = mask.detach().cpu().reshape(-1).tolist()
+    for i, (v, mi) in enumerate(zip(w, m)):
+        if mi == 1 and abs(v) >= thr:
+            w[i], m[i] = inq_round_pow2(v, n2), 0.0
+    weight.copy_(torch.tensor(w, dtype=torch.float64).reshape(weight.shape))
+    mask.copy_(torch.tensor(m, dtype=torch.float64).reshape(mask.shape))
+
+
+def sgd_momentum_update_(grad: torch.Tensor, history: torch.Tensor, mask: torch.Tensor | None, momentum: float,
+                         local_rate: float) -> None:
+    """h <- momentum·h + local_rate·g; h <- h ⊙ mask (INQ freezing); g <- h (§4.4, §3.6)."""
+    acc = _opmath(grad.dtype)
+    mom = torch.tensor(momentum, dtype=acc)
+    rate = torch.tensor(local_rate, dtype=acc)
+    h = mom * history.to(acc) + rate * grad.to(acc)
+    if mask is not None:
+        h = h * mask.to(acc)
+    history.copy_(h)
+    grad.copy_(h)

@@ -1,0 +1,35 @@
+"""The layer registry: every Caffe type this package implements, and its errors."""
+from __future__ import annotations
+
+import pytest
+from google.protobuf import text_format
+
+from netcompress.errors import NetDefinitionError
+from netcompress.layers import LayerContext, create_layer, known_layer_types, layer_class, register_layer
+from netcompress.layers.base import Layer
+from netcompress.proto import caffe_pb2 as pb
+
+CAFFE_TYPES = [
+    "AbsVal", "Accuracy", "ArgMax", "BNLL", "BatchNorm", "Bias", "Concat", "ContrastiveLoss", "Convolution",
+    "Crop", "Deconvolution", "Dropout", "DummyData", "ELU", "Eltwise", "Embed", "EuclideanLoss", "Exp",
+    "Flatten", "HingeLoss", "InfogainLoss", "InnerProduct", "Input", "LRN", "Log", "MVN",
+    "MultinomialLogisticLoss", "PReLU", "Parameter", "Pooling", "Power", "ReLU", "Reduction", "Reshape",
+    "Scale", "Sigmoid", "SigmoidCrossEntropyLoss", "Silence", "Slice", "Softmax", "SoftmaxWithLoss",
+    "Split", "TanH", "Threshold", "Tile",
+]
+
+
+def test_every_type_is_registered_under_its_caffe_name():
+    known = set(known_layer_types())
+    assert set(CAFFE_TYPES) <= known
+    for t in CAFFE_TYPES:
+        assert layer_class(t).type_name == t
+        assert layer_class(t).is_loss == t.endswith("Loss")
+
+
+def test_unknown_and_duplicate_types():
+    p = text_format.Parse('name: "x" type: "Sigmoidd" bottom: "a" top: "b"', pb.LayerParameter())
+    with pytest.raises(NetDefinitionError, match=r"Unknown layer type: 'Sigmoidd' \(known types: .*Sigmoid"):
+        create_layer(p, [(2,)], LayerContext())
+    with pytest.raises(NetDefinitionError, match="'ReLU' is registered twice"):
+        register_layer("ReLU")(type("AnotherReLU", (Layer,), {}))

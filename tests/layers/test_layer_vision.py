@@ -1,0 +1,403 @@
+"""Convolution, Deconvolution, InnerProduct and Pooling against loops transcribing Caffe."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from netcompress.errors import NetDefinitionError
+from netcompress.proto import caffe_pb2 as pb
+
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def params_call(layer, *inputs_and_params):
+    """Call `layer` with its blobs replaced (so gradcheck can differentiate them)."""
+    n = len(layer.blob_names)
+    xs, ps = inputs_and_params[:-n], inputs_and_params[-n:]
+    return torch.func.functional_call(layer, dict(zip(layer.blob_names, ps)), tuple(xs))
+
+
+def blobs_for_grad(layer):
+    return tuple(b.detach().clone().requires_grad_() for b in layer.blobs())
+
+
+# --- Convolution ------------------------------------------------------------------------------
+
+def conv2d_reference(x, w, b, stride, pad, dilation, group):
+    """Caffe's convolution as explicit sums (out-of-image taps read zero, as im2col does)."""
+    x, w = x.numpy(), w.numpy()
+    N, C, H, W = x.shape
+    O, Cg, KH, KW = w.shape
+    OH = (H + 2 * pad[0] - (dilation[0] * (KH - 1) + 1)) // stride[0] + 1
+    OW = (W + 2 * pad[1] - (dilation[1] * (KW - 1) + 1)) // stride[1] + 1
+    y = np.zeros((N, O, OH, OW))
+    og = O // group
+    for n in range(N):
+        for o in range(O):
+            g = o // og
+            for oh in range(OH):
+                for ow in range(OW):
+                    acc = 0.0
+                    for c in range(Cg):
+                        for kh in range(KH):
+                            for kw in range(KW):
+                                h = oh * stride[0] - pad[0] + kh * dilation[0]
+                                ww = ow * stride[1] - pad[1] + kw * dilation[1]
+                                if 0 <= h < H and 0 <= ww < W:
+                                    acc += x[n, g * Cg + c, h, ww] * w[o, c, kh, kw]
+                    y[n, o, oh, ow] = acc + (0.0 if b is None else float(b[o]))
+    return torch.from_numpy(y)
+
+
+CONV_CASES = [
+    # prototxt fields, input shape
+    ("num_output: 4 kernel_size: 3", (2, 3, 5, 6)),
+    ("num_output: 4 kernel_size: 3 stride: 2 pad: 1", (2, 3, 5, 5)),
+    ("num_output: 6 kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 0 group: 3", (1, 3, 7, 5)),
+    ("num_output: 4 kernel_size: 3 dilation: 2 pad: 2 group: 2", (2, 4, 6, 7)),
+    ("num_output: 2 kernel_size: 2 kernel_size: 3 stride: 1 stride: 2 pad: 0 pad: 1 bias_term: false", (1, 2, 5, 6)),
+    ("num_output: 3 kernel_size: 1", (2, 5, 3, 3)),
+]
+
+
+@pytest.mark.parametrize("fields,shape", CONV_CASES)
+def test_convolution_against_loops(make_layer, fields, shape):
+    layer = make_layer(f'type: "Convolution" convolution_param {{ {fields} '
+                       'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "uniform" min: -1 max: 1 } }',
+                       shape)
+    x = rand(*shape)
+    y = layer(x)
+    b = layer.bias.detach() if layer.bias_term else None
+    ref = conv2d_reference(x, layer.weight.detach(), b, layer.stride, layer.pad, layer.dilation, layer.group)
+    torch.testing.assert_close(y, ref)
+    assert tuple(y.shape) == layer.top_shapes([shape])[0]
+    assert gradcheck(lambda *a: params_call(layer, *a), (x.clone().requires_grad_(), *blobs_for_grad(layer)))
+
+
+def test_convolution_blob_shapes_and_fillers(make_layer):
+    layer = make_layer('type: "Convolution" convolution_param { num_output: 6 kernel_h: 3 kernel_w: 2 group: 2 }',
+                       (1, 4, 5, 5))
+    assert layer.blob_names == ["weight", "bias"]
+    assert tuple(layer.weight.shape) == (6, 2, 3, 2) and tuple(layer.bias.shape) == (6,)
+    # Caffe's default FillerParameter is constant 0
+    assert torch.all(layer.weight == 0) and torch.all(layer.bias == 0)
+    de = make_layer('type: "Deconvolution" convolution_param { num_output: 6 kernel_size: 3 group: 2 }',
+                    (1, 4, 5, 5))
+    assert tuple(de.weight.shape) == (4, 3, 3, 3)
+
+
+def test_convolution_nd_and_axis(make_layer):
+    # 1-D and 3-D spatial convolutions; a channel axis other than 1.
+    l1 = make_layer('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 pad: 1 '
+                    'weight_filler { type: "gaussian" } }', (2, 3, 7))
+    assert tuple(l1(rand(2, 3, 7)).shape) == (2, 2, 7)
+    l3 = make_layer('type: "Convolution" convolution_param { num_output: 2 kernel_size: 2 kernel_size: 1 '
+                    'kernel_size: 3 stride: 2 weight_filler { type: "gaussian" } }', (1, 3, 5, 4, 6))
+    assert l3.top_shapes([(1, 3, 5, 4, 6)]) == [(1, 2, 2, 2, 2)]
+    assert tuple(l3(rand(1, 3, 5, 4, 6)).shape) == (1, 2, 2, 2, 2)
+    la = make_layer('type: "Convolution" convolution_param { axis: 2 num_output: 2 kernel_size: 3 '
+                    'weight_filler { type: "gaussian" } }', (2, 3, 4, 6))
+    x = rand(2, 3, 4, 6)
+    y = la(x)
+    assert tuple(y.shape) == (2, 3, 2, 4)
+    torch.testing.assert_close(y[1, 2], la(x[1:2, 2])[0] if False else
+                               torch.nn.functional.conv1d(x[1, 2][None], la.weight, la.bias)[0])
+
+
+def test_convolution_multiple_bottoms_share_weights(make_layer):
+    p = ('type: "Convolution" bottom: "a" bottom: "b" top: "ya" top: "yb" convolution_param { num_output: 2 '
+         'kernel_size: 3 weight_filler { type: "gaussian" } }')
+    layer = make_layer(p, (1, 2, 5, 5), (1, 2, 5, 5))
+    a, b = rand(1, 2, 5, 5, seed=1), rand(1, 2, 5, 5, seed=2)
+    ya, yb = layer(a, b)
+    torch.testing.assert_close(yb, layer(b, a)[0])
+    with pytest.raises(NetDefinitionError, match="as many tops as bottoms"):
+        make_layer('type: "Convolution" bottom: "a" top: "y" top: "z" convolution_param { num_output: 2 kernel_size: 1 }',
+                   (1, 2, 3, 3))
+
+
+@pytest.mark.parametrize("fields,msg", [
+    ("num_output: 2", "kernel size must be specified"),
+    ("num_output: 2 kernel_size: 3 kernel_h: 3 kernel_w: 3", "either kernel or kernel_h/kernel_w"),
+    ("num_output: 2 kernel_h: 3", "both kernel_h and kernel_w"),
+    ("num_output: 3 kernel_size: 1 group: 2", "multiples of group"),
+    ("kernel_size: 1", "num_output must be positive"),
+    ("num_output: 2 kernel_size: 3 kernel_size: 3 kernel_size: 3", "once per spatial axis"),
+    ("num_output: 2 kernel_size: 9", "not positive"),
+])
+def test_convolution_errors(make_layer, fields, msg):
+    with pytest.raises(NetDefinitionError, match=msg):
+        layer = make_layer(f'type: "Convolution" convolution_param {{ {fields} }}', (1, 4, 5, 5))
+        layer.top_shapes([(1, 4, 5, 5)])
+
+
+def deconv2d_reference(x, w, b, stride, pad, group):
+    """Caffe's deconvolution: every input pixel scatters its weighted kernel (col2im), then crop pad."""
+    x, w = x.numpy(), w.numpy()
+    N, C, H, W = x.shape
+    _, Og, KH, KW = w.shape
+    O = Og * group
+    Cg = C // group
+    OH = stride[0] * (H - 1) + KH - 2 * pad[0]
+    OW = stride[1] * (W - 1) + KW - 2 * pad[1]
+    full = np.zeros((N, O, stride[0] * (H - 1) + KH, stride[1] * (W - 1) + KW))
+    for n in range(N):
+        for c in range(C):
+            g = c // Cg
+            for h in range(H):
+                for ww in range(W):
+                    for o in range(Og):
+                        full[n, g * Og + o, h * stride[0]:h * stride[0] + KH, ww * stride[1]:ww * stride[1] + KW] += \
+                            x[n, c, h, ww] * w[c, o]
+    y = full[:, :, pad[0]:pad[0] + OH, pad[1]:pad[1] + OW]
+    if b is not None:
+        y = y + b.numpy().reshape(1, -1, 1, 1)
+    return torch.from_numpy(np.ascontiguousarray(y))
+
+
+@pytest.mark.parametrize("fields,shape", [
+    ("num_output: 3 kernel_size: 3 stride: 2 pad: 1", (2, 2, 3, 4)),
+    ("num_output: 4 kernel_h: 2 kernel_w: 3 stride_h: 2 stride_w: 1 group: 2", (1, 4, 3, 3)),
+])
+def test_deconvolution_against_loops(make_layer, fields, shape):
+    layer = make_layer(f'type: "Deconvolution" convolution_param {{ {fields} '
+                       'weight_filler { type: "gaussian" } bias_filler { type: "gaussian" } }', shape)
+    x = rand(*shape)
+    y = layer(x)
+    ref = deconv2d_reference(x, layer.weight.detach(), layer.bias.detach(), layer.stride, layer.pad, layer.group)
+    torch.testing.assert_close(y, ref)
+    assert tuple(y.shape) == layer.top_shapes([shape])[0]
+    assert gradcheck(lambda *a: params_call(layer, *a), (x.clone().requires_grad_(), *blobs_for_grad(layer)))
+
+
+# --- InnerProduct ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fields,shape,top", [
+    ("num_output: 4", (2, 3, 2, 2), (2, 4)),
+    ("num_output: 4 axis: 2", (2, 3, 2, 5), (2, 3, 4)),
+    ("num_output: 4 transpose: true", (3, 5), (3, 4)),
+    ("num_output: 2 bias_term: false axis: -1", (2, 3, 5), (2, 3, 2)),
+])
+def test_inner_product(make_layer, fields, shape, top):
+    layer = make_layer(f'type: "InnerProduct" inner_product_param {{ {fields} weight_filler {{ type: "gaussian" }} '
+                       'bias_filler { type: "gaussian" } }', shape)
+    x = rand(*shape)
+    y = layer(x)
+    assert tuple(y.shape) == top == layer.top_shapes([shape])[0]
+    K = layer.K
+    w = layer.weight.detach()
+    w = w.t() if layer.transpose else w
+    assert tuple(layer.weight.shape) == ((K, 4) if layer.transpose else (layer.num_output, K))
+    x2 = x.reshape(-1, K).numpy()
+    ref = x2 @ w.numpy().T + (layer.bias.detach().numpy() if layer.bias_term else 0)
+    torch.testing.assert_close(y, torch.from_numpy(ref).reshape(top))
+    assert gradcheck(lambda *a: params_call(layer, *a), (x.clone().requires_grad_(), *blobs_for_grad(layer)))
+
+
+def test_inner_product_checks_feature_count(make_layer):
+    layer = make_layer('type: "InnerProduct" inner_product_param { num_output: 2 }', (2, 6))
+    with pytest.raises(NetDefinitionError, match="the weights expect 6"):
+        layer(rand(2, 5))
+
+
+# --- Pooling ----------------------------------------------------------------------------------------
+
+def caffe_pooled(size, k, p, s, any_pad):
+    out = int(math.ceil(np.float32(size + 2 * p - k) / np.float32(s))) + 1
+    if any_pad and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def pool_reference(x, method, k, s, p):
+    """Transcription of Caffe's PoolingLayer::Forward_cpu (MAX with its mask, AVE)."""
+    x = x.numpy()
+    N, C, H, W = x.shape
+    any_pad = p[0] > 0 or p[1] > 0
+    PH = caffe_pooled(H, k[0], p[0], s[0], any_pad)
+    PW = caffe_pooled(W, k[1], p[1], s[1], any_pad)
+    y = np.zeros((N, C, PH, PW))
+    mask = np.full((N, C, PH, PW), -1.0)
+    for n in range(N):
+        for c in range(C):
+            for ph in range(PH):
+                for pw in range(PW):
+                    hs, ws = ph * s[0] - p[0], pw * s[1] - p[1]
+                    if method == "MAX":
+                        he, we = min(hs + k[0], H), min(ws + k[1], W)
+                        hs, ws = max(hs, 0), max(ws, 0)
+                        best = -FLT_MAX
+                        for h in range(hs, he):
+                            for w in range(ws, we):
+                                if x[n, c, h, w] > best:
+                                    best = x[n, c, h, w]
+                                    mask[n, c, ph, pw] = h * W + w
+                        y[n, c, ph, pw] = best
+                    else:
+                        he, we = min(hs + k[0], H + p[0]), min(ws + k[1], W + p[1])
+                        pool_size = (he - hs) * (we - ws)
+                        hs, ws, he, we = max(hs, 0), max(ws, 0), min(he, H), min(we, W)
+                        acc = 0.0
+                        for h in range(hs, he):
+                            for w in range(ws, we):
+                                acc += x[n, c, h, w]
+                        # C float division: 0 / 0 is NaN
+                        y[n, c, ph, pw] = acc / pool_size if pool_size else float("nan")
+    return torch.from_numpy(y), torch.from_numpy(mask)
+
+
+POOL_CASES = [
+    # fields, input (H, W), expected output (H, W)
+    ("kernel_size: 3 stride: 2 pad: 1", (5, 5), (3, 3)),
+    ("kernel_size: 3 stride: 2", (6, 6), (3, 3)),          # ceil: the last window overhangs
+    ("kernel_size: 2 stride: 2", (7, 5), (4, 3)),
+    ("kernel_size: 3 stride: 2 pad: 1", (6, 7), (4, 4)),
+    ("kernel_size: 3 stride: 3 pad: 2", (5, 5), (3, 3)),   # pad > kernel / 2: Caffe allows it
+    ("kernel_h: 3 kernel_w: 2 stride_h: 1 stride_w: 2 pad_h: 1 pad_w: 0", (4, 5), (4, 3)),
+    ("kernel_size: 1 stride: 2", (6, 6), (4, 4)),          # unpadded: Caffe keeps a window past the input
+    ("kernel_size: 2 stride: 3 pad_h: 0 pad_w: 1", (7, 7), (3, 3)),
+]
+
+
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+@pytest.mark.parametrize("fields,hw,out", POOL_CASES)
+def test_pooling_against_caffe_loops(make_layer, method, fields, hw, out):
+    shape = (2, 3, *hw)
+    layer = make_layer(f'type: "Pooling" pooling_param {{ pool: {method} {fields} }}', shape)
+    assert layer.top_shapes([shape]) == [(2, 3, *out)]
+    x = rand(*shape)
+    y = layer(x)
+    ref, mask = pool_reference(x, method, layer.kernel, layer.stride, layer.pad)
+    torch.testing.assert_close(y, ref, equal_nan=True)
+    if method == "MAX" and torch.isfinite(ref).all() and (ref > -FLT_MAX).all():
+        assert gradcheck(layer, (x.clone().requires_grad_(),))
+        # the gradient goes to the recorded argmax only
+        xg = x.clone().requires_grad_()
+        layer(xg).sum().backward()
+        counts = torch.zeros(x.numel(), dtype=torch.float64)
+        flat = mask.reshape(2, 3, -1).long() + (torch.arange(6).reshape(2, 3, 1) * hw[0] * hw[1])
+        counts.index_add_(0, flat.reshape(-1), torch.ones(flat.numel(), dtype=torch.float64))
+        torch.testing.assert_close(xg.grad.reshape(-1), counts)
+    if method == "AVE" and torch.isfinite(ref).all():
+        assert gradcheck(layer, (x.clone().requires_grad_(),))
+
+
+def test_pooling_empty_window_past_the_input(make_layer):
+    # kernel 1, stride 2, no pad, H = 6: Caffe's 4th row starts at h = 6 and holds no input.
+    mx = make_layer('type: "Pooling" top: "y" top: "m" pooling_param { pool: MAX kernel_size: 1 stride: 2 }',
+                    (1, 1, 6, 6))
+    y, m = mx(rand(1, 1, 6, 6))
+    assert torch.all(y[0, 0, 3] == -FLT_MAX) and torch.all(m[0, 0, 3] == -1)
+    ave = make_layer('type: "Pooling" pooling_param { pool: AVE kernel_size: 1 stride: 2 }', (1, 1, 6, 6))
+    assert torch.isnan(ave(rand(1, 1, 6, 6))[0, 0, 3]).all()  # Caffe divides 0 by a pool size of 0
+
+
+def test_pooling_ave_divisor_at_the_border(make_layer):
+    layer = make_layer('type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }', (1, 1, 5, 5))
+    y = layer(torch.ones(1, 1, 5, 5, dtype=torch.float64))
+    # corner windows cover 2x2 inputs of a 3x3 window inside the padded image: 4/9
+    torch.testing.assert_close(y[0, 0], torch.tensor([[4 / 9, 6 / 9, 4 / 9], [6 / 9, 1.0, 6 / 9],
+                                                      [4 / 9, 6 / 9, 4 / 9]], dtype=torch.float64))
+    # kernel 3 stride 2 on 6 without pad: the last window overhangs the image by one; the
+    # overhang is not counted (the divisor is 2 x 2), so the corner is the mean of x[4:6, 4:6]
+    over = make_layer('type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 }', (1, 1, 6, 6))
+    x = rand(1, 1, 6, 6)
+    z = over(x)
+    torch.testing.assert_close(z[0, 0, 2, 2], x[0, 0, 4:6, 4:6].mean())
+    torch.testing.assert_close(z[0, 0, 0, 2], x[0, 0, 0:3, 4:6].mean())
+
+
+@pytest.mark.parametrize("k,s,p", [(3, 2, 1), (3, 3, 2)])  # PyTorch's own pooling; explicit padding
+def test_pooling_max_mask_top(make_layer, k, s, p):
+    layer = make_layer('type: "Pooling" top: "y" top: "mask" pooling_param { pool: MAX '
+                       f'kernel_size: {k} stride: {s} pad: {p} }}', (2, 2, 5, 5))
+    x = rand(2, 2, 5, 5)
+    x[0, 0, 0, 0] = x[0, 0, 0, 1] = 10.0  # tie: Caffe keeps the first in row-major order
+    y, mask = layer(x)
+    ref, ref_mask = pool_reference(x, "MAX", (k, k), (s, s), (p, p))
+    torch.testing.assert_close(y, ref)
+    torch.testing.assert_close(mask, ref_mask)
+    assert float(mask[0, 0, 0, 0]) == 0.0
+    assert layer.top_shapes([(2, 2, 5, 5)]) == [(2, 2, 3, 3)] * 2
+    with pytest.raises(NetDefinitionError, match="only for MAX"):
+        make_layer('type: "Pooling" top: "y" top: "m" pooling_param { pool: AVE kernel_size: 2 }', (1, 1, 4, 4))
+
+
+def test_global_pooling(make_layer):
+    layer = make_layer('type: "Pooling" pooling_param { pool: AVE global_pooling: true }', (2, 3, 4, 5))
+    x = rand(2, 3, 4, 5)
+    assert layer.top_shapes([(2, 3, 4, 5)]) == [(2, 3, 1, 1)]
+    torch.testing.assert_close(layer(x), x.mean(dim=(2, 3), keepdim=True))
+    # the kernel follows the actual input size
+    torch.testing.assert_close(layer(rand(1, 3, 6, 2)), rand(1, 3, 6, 2).mean(dim=(2, 3), keepdim=True))
+    mx = make_layer('type: "Pooling" pooling_param { pool: MAX global_pooling: true }', (2, 3, 4, 5))
+    torch.testing.assert_close(mx(x), x.amax(dim=(2, 3), keepdim=True))
+
+
+@pytest.mark.parametrize("fields,msg", [
+    ("pool: MAX", "needs kernel_size"),
+    ("pool: MAX kernel_size: 2 kernel_h: 2 kernel_w: 2", "not both"),
+    ("pool: MAX global_pooling: true kernel_size: 2", "kernel size cannot be specified"),
+    ("pool: MAX global_pooling: true stride: 2", "only pad 0 and stride 1"),
+    ("pool: MAX kernel_size: 3 pad: 3", "must be smaller than the kernel"),
+    ("pool: STOCHASTIC kernel_size: 3 pad: 1", "padding is implemented only for AVE and MAX"),
+    ("pool: MAX kernel_size: 3 pad_h: 1", "pad OR both pad_h and pad_w"),
+    ("pool: MAX kernel_size: 3 stride: 2 stride_h: 1 stride_w: 1", "stride OR both"),
+    ("pool: MAX kernel_size: 3 stride: 0", "stride dimensions must be positive"),
+])
+def test_pooling_errors(make_layer, fields, msg):
+    with pytest.raises(NetDefinitionError, match=r"layer 'layer' \(type Pooling\): .*" + msg):
+        make_layer(f'type: "Pooling" pooling_param {{ {fields} }}', (1, 1, 5, 5))
+    with pytest.raises(NetDefinitionError, match="4-D bottom"):
+        make_layer('type: "Pooling" pooling_param { pool: MAX kernel_size: 2 }', (1, 5, 5))
+
+
+def test_stochastic_pooling_test_phase(make_layer):
+    layer = make_layer('type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 }', (2, 2, 6, 6))
+    x = rand(2, 2, 6, 6).abs()
+    x[0, 0, :3, :3] = 0.0  # zero window: Caffe outputs 0
+    y = layer(x)
+    assert tuple(y.shape) == (2, 2, 3, 3)
+    ref = torch.zeros_like(y)
+    for n in range(2):
+        for c in range(2):
+            for ph in range(3):
+                for pw in range(3):
+                    win = x[n, c, ph * 2:min(ph * 2 + 3, 6), pw * 2:min(pw * 2 + 3, 6)]
+                    ref[n, c, ph, pw] = (win * win).sum() / win.sum() if win.sum() > 0 else 0.0
+    torch.testing.assert_close(y, ref)
+    assert gradcheck(layer, ((x + 0.1).requires_grad_(),))
+
+
+def test_stochastic_pooling_train_phase(make_layer):
+    layer = make_layer('type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }', (1, 1, 4, 4),
+                       phase=pb.TRAIN, seed=5)
+    x = torch.tensor([[[[1.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.0],
+                        [0.0, 0.0, 0.0, 5.0], [0.0, 0.0, 1.0, 0.0]]]], dtype=torch.float64)
+    for _ in range(20):
+        y = layer(x)
+        assert float(y[0, 0, 0, 0]) == 1.0   # the only nonzero entry of its window
+        assert float(y[0, 0, 0, 1]) == 2.0
+        assert float(y[0, 0, 1, 0]) == 0.0   # all-zero window picks its first entry
+        assert float(y[0, 0, 1, 1]) in (5.0, 1.0)
+    # sampling frequencies follow the values (5 vs 1)
+    xs = x.repeat(1, 400, 1, 1)
+    picks = layer(xs)[0, :, 1, 1]
+    assert abs((picks == 5.0).double().mean().item() - 5 / 6) < 0.06
+    # the sampled element gets the gradient
+    xg = x.clone().requires_grad_()
+    layer(xg).sum().backward()
+    assert float(xg.grad.sum()) == 4.0 and set(xg.grad.unique().tolist()) <= {0.0, 1.0}
+    # reproducible through the RNG hook
+    state = layer.rng_state()
+    a = layer(xs)
+    layer.set_rng_state(state)
+    assert torch.equal(layer(xs), a)
