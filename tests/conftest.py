@@ -82,3 +82,9 @@ def in_fixture_workdir(fixture_workdir: Path):
         yield fixture_workdir
     finally:
         os.chdir(old)
+
+
+@pytest.fixture
+def lmdb_writer():
+    """`write_datum_lmdb` as a fixture, for tests that build their own small LMDBs."""
+    return write_datum_lmdb

@@ -219,7 +219,10 @@ class INQLayer(MaskedLayer):
         if self.bias_term:
             blobs.append(("bias", self.bias, self.bias_mask))
         for what, v, m in blobs:
-            step = ops.inq_quantize_portion_(v.data, m, self.portion, self.num_quantum_values)
+            try:
+                step = ops.inq_quantize_portion_(v.data, m, self.portion, self.num_quantum_values)
+            except ops.INQRangeError as e:
+                raise self.error(f"cannot quantize the {what} ({e})") from None
             tag = f"[{self.name} {what}]"
             log.info("%s Max_power = %d", tag, step.n1)
             log.info("%s Min_power = %d", tag, step.n2)

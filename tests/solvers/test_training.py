@@ -1,0 +1,252 @@
+"""The training loop's guarantees: bit-identical resume, signals, NaN stop, Caffe's log lines."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from netcompress import io as ncio
+from netcompress.cli import main as cli_main
+from netcompress.proto import caffe_pb2 as pb
+from netcompress.solvers import NonFiniteLossError, Solver
+from netcompress.solvers.logparse import parse_log
+
+NET = """
+name: "small"
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
+        transform_param { scale: 0.00390625 crop_size: 10 mirror: true }
+        data_param { source: "@TRAIN@" batch_size: 8 backend: LMDB } }
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TEST }
+        transform_param { scale: 0.00390625 crop_size: 10 }
+        data_param { source: "@TEST@" batch_size: 10 backend: LMDB } }
+layer { name: "conv1" type: "@CONV@" bottom: "data" top: "conv1"
+        param { lr_mult: 1 } param { lr_mult: 2 }
+        convolution_param { num_output: 6 kernel_size: 3 weight_filler { type: "xavier" }
+                            bias_filler { type: "uniform" min: -0.1 max: 0.1 } }
+        @CONVEXTRA@ }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "drop" type: "Dropout" bottom: "pool1" top: "pool1" dropout_param { dropout_ratio: 0.3 } }
+layer { name: "ip1" type: "@IP@" bottom: "pool1" top: "ip1"
+        param { lr_mult: 1 } param { lr_mult: 2 }
+        inner_product_param { num_output: 4 weight_filler { type: "xavier" } bias_filler { type: "constant" value: 0.1 } }
+        @IPEXTRA@ }
+layer { name: "acc" type: "Accuracy" bottom: "ip1" bottom: "label" top: "acc" include { phase: TEST } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip1" bottom: "label" top: "loss" }
+"""
+
+DNS_CONV = ('dns_convolution_param { gamma: 0.05 power: 1 c_rate: 0.2 '
+            'weight_mask_filler { type: "constant" value: 1 } bias_mask_filler { type: "constant" value: 1 } }')
+DNS_IP = DNS_CONV.replace("dns_convolution_param", "dns_inner_product_param").replace("0.2", "0.5")
+INQ_CONV = ('inq_convolution_param { portion: 0 portion: 0.5 num_quantum_values: 7 '
+            'weight_mask_filler { type: "constant" value: 1 } bias_mask_filler { type: "constant" value: 1 } }')
+INQ_IP = INQ_CONV.replace("inq_convolution_param", "inq_inner_product_param")
+VARIANTS = {
+    "plain": ("Convolution", "", "InnerProduct", ""),
+    "dns": ("DNSConvolution", DNS_CONV, "DNSInnerProduct", DNS_IP),
+    "inq": ("INQConvolution", INQ_CONV, "INQInnerProduct", INQ_IP),
+}
+
+
+@pytest.fixture
+def workdir(tmp_path, lmdb_writer):
+    rs = np.random.RandomState(0)
+    labels = rs.randint(0, 4, 60)
+    # class-dependent blobs so the task is learnable
+    imgs = (rs.rand(60, 1, 12, 12) * 80).astype(np.uint8)
+    for i, c in enumerate(labels):
+        imgs[i, 0, 3 * c:3 * c + 3, :] += 150
+    lmdb_writer(tmp_path / "train_lmdb", imgs[:40], labels[:40])
+    lmdb_writer(tmp_path / "test_lmdb", imgs[40:], labels[40:])
+    return tmp_path
+
+
+def solver_param(workdir, variant="plain", **kw) -> pb.SolverParameter:
+    conv, conv_extra, ip, ip_extra = VARIANTS[variant]
+    text = (NET.replace("@TRAIN@", str(workdir / "train_lmdb")).replace("@TEST@", str(workdir / "test_lmdb"))
+            .replace("@CONV@", conv).replace("@CONVEXTRA@", conv_extra).replace("@IP@", ip)
+            .replace("@IPEXTRA@", ip_extra))
+    netfile = workdir / f"net_{variant}.prototxt"
+    netfile.write_text(text)
+    sp = pb.SolverParameter(net=str(netfile), base_lr=0.05, lr_policy="inv", gamma=1e-3, power=0.75,
+                            momentum=0.9, weight_decay=5e-4, max_iter=12, display=2, test_interval=4,
+                            test_iter=[2], snapshot=5, random_seed=3, solver_mode=pb.SolverParameter.CPU,
+                            snapshot_prefix=str(workdir / f"run_{variant}"))
+    for k, v in kw.items():
+        setattr(sp, k, v)
+    return sp
+
+
+@pytest.mark.parametrize("variant", ["plain", "dns", "inq"])
+@pytest.mark.parametrize("solver_type", ["SGD", "Adam"])
+def test_resume_is_bit_identical(workdir, variant, solver_type):
+    full = Solver(solver_param(workdir, variant, type=solver_type), verbose=False)
+    full.solve()
+    a_model = (workdir / f"run_{variant}_iter_12.caffemodel").read_bytes()
+    a_state = (workdir / f"run_{variant}_iter_12.solverstate").read_bytes()
+    if variant == "dns":
+        assert full.net.layer("ip1").surgeries > 1
+        assert int(full.net.layer("ip1").weight_mask.sum()) < full.net.layer("ip1").weight.numel()
+    if variant == "inq":
+        assert int(full.net.layer("conv1").weight_mask.sum()) < full.net.layer("conv1").weight.numel()
+    sp = solver_param(workdir, variant, type=solver_type, snapshot_prefix=str(workdir / f"resumed_{variant}"))
+    resumed = Solver(sp, verbose=False)
+    resumed.solve(resume_file=str(workdir / f"run_{variant}_iter_5.solverstate"))
+    assert resumed.iter == 12
+    b_model = (workdir / f"resumed_{variant}_iter_12.caffemodel").read_bytes()
+    b_state = (workdir / f"resumed_{variant}_iter_12.solverstate").read_bytes()
+    assert a_model == b_model, "resumed weights/masks differ from the uninterrupted run"
+    # the solverstates differ only in learned_net (the path); compare the history
+    sa = pb.SolverState.FromString(a_state)
+    sb = pb.SolverState.FromString(b_state)
+    assert sa.iter == sb.iter == 12 and sa.current_step == sb.current_step
+    assert [h.SerializeToString() for h in sa.history] == [h.SerializeToString() for h in sb.history]
+
+
+def test_resume_from_a_caffe_style_solverstate_warns(workdir, caplog):
+    Solver(solver_param(workdir, "dns"), verbose=False).solve()
+    os.remove(workdir / "run_dns_iter_5.solverstate.nc.npz")  # as if Caffe had written it
+    sp = solver_param(workdir, "dns", snapshot_prefix=str(workdir / "again"))
+    with caplog.at_level(logging.WARNING, logger="netcompress"):
+        s = Solver(sp, verbose=False)
+        s.solve(resume_file=str(workdir / "run_dns_iter_5.solverstate"))
+    assert "has no netcompress state" in caplog.text
+    assert "no DNS statistics at iteration 5" in caplog.text
+    assert s.iter == 12
+
+
+def test_history_length_mismatch_is_clear(workdir):
+    Solver(solver_param(workdir, type="Adam"), verbose=False).solve()
+    s = Solver(solver_param(workdir, type="SGD", snapshot_prefix=str(workdir / "x")), verbose=False)
+    with pytest.raises(Exception, match="Incorrect length of history blobs: the file has 8, this SGD solver"):
+        s.restore(str(workdir / "run_plain_iter_5.solverstate"))
+
+
+def test_sigint_snapshots_then_stops(workdir, caplog):
+    sp = solver_param(workdir, snapshot=0, max_iter=50)
+    s = Solver(sp, verbose=False)
+    s.hooks_after_iteration.append(lambda solver: os.kill(os.getpid(), signal.SIGINT) if solver.iter == 3 else None)
+    old = signal.getsignal(signal.SIGINT)
+    with caplog.at_level(logging.INFO, logger="netcompress"):
+        s.solve()
+    assert signal.getsignal(signal.SIGINT) is old  # handlers restored
+    assert s.iter == 3
+    assert (workdir / "run_plain_iter_3.caffemodel").is_file()
+    assert (workdir / "run_plain_iter_3.solverstate").is_file()
+    assert "Optimization stopped early." in caplog.text
+    assert "Optimization Done." not in caplog.text
+
+
+def test_sighup_snapshots_and_continues(workdir):
+    sp = solver_param(workdir, snapshot=0, max_iter=6)
+    s = Solver(sp, verbose=False)
+    s.hooks_after_iteration.append(lambda solver: os.kill(os.getpid(), signal.SIGHUP) if solver.iter == 2 else None)
+    s.solve()
+    assert s.iter == 6
+    assert (workdir / "run_plain_iter_2.caffemodel").is_file()
+    assert (workdir / "run_plain_iter_6.caffemodel").is_file()  # snapshot_after_train
+
+
+def test_sigint_effect_none_is_ignored(workdir):
+    sp = solver_param(workdir, snapshot=0, max_iter=5)
+    s = Solver(sp, verbose=False, sigint_effect="none")
+    s.hooks_after_iteration.append(lambda solver: os.kill(os.getpid(), signal.SIGINT) if solver.iter == 2 else None)
+    s.solve()
+    assert s.iter == 5
+
+
+def test_nan_loss_stops_and_keeps_last_good_snapshot(workdir, capsys):
+    sp = solver_param(workdir, base_lr=1e6, lr_policy="fixed", momentum=0.0, snapshot=1, max_iter=40,
+                      test_interval=0)
+    del sp.test_iter[:]
+    path = workdir / "nan_solver.prototxt"
+    ncio.write_text_proto(str(path), sp)
+    rc = cli_main(["train", "--solver", str(path)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "the loss is not finite, training stopped" in err
+    m = re.search(r"Iteration (\d+), loss = (nan|inf)", err)
+    bad = int(m.group(1))
+    assert bad >= 1
+    last = workdir / f"run_plain_iter_{bad}.caffemodel"
+    assert last.is_file() and f"Last good snapshot: {last}" in err
+    assert not (workdir / f"run_plain_iter_{bad + 1}.caffemodel").exists()
+    # the last snapshot holds finite weights
+    model = ncio.read_caffemodel(str(last))
+    assert all(np.isfinite(ncio.blob_to_array(b)).all() for l in model.layer for b in l.blobs)
+
+
+def test_caffe_log_lines_and_parser(workdir, tmp_path, capsys):
+    sp = solver_param(workdir, max_iter=8, snapshot=0, display=2, test_interval=4)
+    path = tmp_path / "solver.prototxt"
+    ncio.write_text_proto(str(path), sp)
+    assert cli_main(["train", "--solver", str(path)]) == 0
+    err = capsys.readouterr().err
+    log_file = tmp_path / "train.log"
+    log_file.write_text(err)
+    assert re.search(r"\] Iteration 2 \([\d.e+-]+ iter/s, [\d.]+s/2 iters\), loss = [\d.e+-]+\n", err)
+    assert re.search(r"\]     Train net output #0: loss = ([\d.e+-]+) \(\* 1 = \1 loss\)\n", err)
+    assert re.search(r"\] Iteration 2, lr = 0\.0499", err)
+    assert "] Iteration 0, Testing net (#0)\n" in err and "] Iteration 8, Testing net (#0)\n" in err
+    assert re.search(r"\]     Test net output #0: acc = [\d.]+\n", err)
+    assert re.search(r"\]     Test net output #1: loss = ([\d.e+-]+) \(\* 1 = \1 loss\)\n", err)
+    assert f"Snapshotting to binary proto file {workdir}/run_plain_iter_8.caffemodel" in err
+    assert f"Snapshotting solver state to binary proto file {workdir}/run_plain_iter_8.solverstate" in err
+    assert err.rstrip().endswith("Optimization Done.")
+    # order: the test at iteration 4 comes before iteration 4's display line
+    assert err.index("Iteration 4, Testing net") < err.index("Iteration 4 (")
+    lg = parse_log(str(log_file))
+    assert [it for it, _ in lg.train_loss] == [0, 2, 4, 6, 8]
+    assert [it for it, _ in lg.test[0]["acc"]] == [0, 4, 8]
+    assert [it for it, _ in lg.lr] == [0, 2, 4, 6]
+    out_png = tmp_path / "curves.png"
+    assert cli_main(["plot", str(log_file), "--out", str(out_png)]) == 0
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_several_test_nets_and_no_initial_test(workdir, caplog):
+    sp = solver_param(workdir, max_iter=4, snapshot=0, test_interval=2, test_initialization=False)
+    netp = ncio.read_net(sp.net)
+    sp.ClearField("net")
+    sp.net_param.CopyFrom(netp)
+    sp.test_iter[:] = [1, 2]
+    sp.test_state.add(stage=["a"])
+    sp.test_state.add(stage=["b"])
+    with caplog.at_level(logging.INFO, logger="netcompress"):
+        s = Solver(sp, verbose=False)
+        s.solve()
+    assert len(s.test_nets) == 2
+    text = caplog.text
+    assert "Iteration 0, Testing net" not in text
+    assert "Iteration 2, Testing net (#0)" in text and "Iteration 2, Testing net (#1)" in text
+    assert "Iteration 4, Testing net (#1)" in text
+
+
+def test_average_loss_smoothing():
+    s = Solver.__new__(Solver)
+    s.param = pb.SolverParameter(average_loss=3)
+    from collections import deque
+    s._losses, s.smoothed_loss = deque(), 0.0
+    seen = []
+    for it, loss in enumerate([3.0, 6.0, 9.0, 12.0, 0.0]):
+        s.iter = it
+        s._update_smoothed_loss(loss, 0)
+        seen.append(s.smoothed_loss)
+    assert seen == pytest.approx([3.0, 4.5, 6.0, 9.0, 7.0])
+
+
+def test_weights_and_snapshot_are_exclusive(workdir, tmp_path, capsys):
+    path = tmp_path / "s.prototxt"
+    ncio.write_text_proto(str(path), solver_param(workdir))
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--solver", str(path), "--weights", "a", "--snapshot", "b"])
+
+
+def test_missing_solver_file_is_clear(tmp_path, capsys):
+    assert cli_main(["train", "--solver", str(tmp_path / "nope.prototxt")]) == 1
+    assert "nope.prototxt: no such file" in capsys.readouterr().err
