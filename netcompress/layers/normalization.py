@@ -1,7 +1,6 @@
 """Normalization layers with Caffe's definitions: LRN, BatchNorm, MVN."""
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch

@@ -62,7 +62,7 @@ def test_lrn_within_channel(make_layer, size, alpha, beta):
                        'norm_region: WITHIN_CHANNEL }', (2, 2, 5, 4))
     x = rand(2, 2, 5, 4)
     torch.testing.assert_close(layer(x), lrn_within_reference(x, size, alpha, beta))
-    assert gradcheck(layer, (x.clone().requires_grad_(),))
+    assert gradcheck(layer, (x[:1].clone().requires_grad_(),))
 
 
 def test_lrn_defaults_and_errors(make_layer):

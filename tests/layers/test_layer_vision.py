@@ -79,7 +79,7 @@ def test_convolution_against_loops(make_layer, fields, shape):
     ref = conv2d_reference(x, layer.weight.detach(), b, layer.stride, layer.pad, layer.dilation, layer.group)
     torch.testing.assert_close(y, ref)
     assert tuple(y.shape) == layer.top_shapes([shape])[0]
-    assert gradcheck(lambda *a: params_call(layer, *a), (x.clone().requires_grad_(), *blobs_for_grad(layer)))
+    assert gradcheck(lambda *a: params_call(layer, *a), (x[:1].clone().requires_grad_(), *blobs_for_grad(layer)))
 
 
 def test_convolution_blob_shapes_and_fillers(make_layer):
@@ -175,7 +175,7 @@ def test_deconvolution_against_loops(make_layer, fields, shape):
     ref = deconv2d_reference(x, layer.weight.detach(), layer.bias.detach(), layer.stride, layer.pad, layer.group)
     torch.testing.assert_close(y, ref)
     assert tuple(y.shape) == layer.top_shapes([shape])[0]
-    assert gradcheck(lambda *a: params_call(layer, *a), (x.clone().requires_grad_(), *blobs_for_grad(layer)))
+    assert gradcheck(lambda *a: params_call(layer, *a), (x[:1].clone().requires_grad_(), *blobs_for_grad(layer)))
 
 
 # --- InnerProduct ---------------------------------------------------------------------------------
@@ -199,7 +199,7 @@ def test_inner_product(make_layer, fields, shape, top):
     x2 = x.reshape(-1, K).numpy()
     ref = x2 @ w.numpy().T + (layer.bias.detach().numpy() if layer.bias_term else 0)
     torch.testing.assert_close(y, torch.from_numpy(ref).reshape(top))
-    assert gradcheck(lambda *a: params_call(layer, *a), (x.clone().requires_grad_(), *blobs_for_grad(layer)))
+    assert gradcheck(lambda *a: params_call(layer, *a), (x[:1].clone().requires_grad_(), *blobs_for_grad(layer)))
 
 
 def test_inner_product_checks_feature_count(make_layer):
@@ -278,7 +278,7 @@ def test_pooling_against_caffe_loops(make_layer, method, fields, hw, out):
     ref, mask = pool_reference(x, method, layer.kernel, layer.stride, layer.pad)
     torch.testing.assert_close(y, ref, equal_nan=True)
     if method == "MAX" and torch.isfinite(ref).all() and (ref > -FLT_MAX).all():
-        assert gradcheck(layer, (x.clone().requires_grad_(),))
+        assert gradcheck(layer, (x[:1, :1].clone().requires_grad_(),))
         # the gradient goes to the recorded argmax only
         xg = x.clone().requires_grad_()
         layer(xg).sum().backward()
@@ -287,7 +287,7 @@ def test_pooling_against_caffe_loops(make_layer, method, fields, hw, out):
         counts.index_add_(0, flat.reshape(-1), torch.ones(flat.numel(), dtype=torch.float64))
         torch.testing.assert_close(xg.grad.reshape(-1), counts)
     if method == "AVE" and torch.isfinite(ref).all():
-        assert gradcheck(layer, (x.clone().requires_grad_(),))
+        assert gradcheck(layer, (x[:1, :1].clone().requires_grad_(),))
 
 
 def test_pooling_empty_window_past_the_input(make_layer):
@@ -374,7 +374,7 @@ def test_stochastic_pooling_test_phase(make_layer):
                     win = x[n, c, ph * 2:min(ph * 2 + 3, 6), pw * 2:min(pw * 2 + 3, 6)]
                     ref[n, c, ph, pw] = (win * win).sum() / win.sum() if win.sum() > 0 else 0.0
     torch.testing.assert_close(y, ref)
-    assert gradcheck(layer, ((x + 0.1).requires_grad_(),))
+    assert gradcheck(layer, ((x[:1, :1] + 0.1).requires_grad_(),))
 
 
 def test_stochastic_pooling_train_phase(make_layer):
