@@ -45,6 +45,10 @@ def cmd_train(argv: Sequence[str]) -> int:
                    help="what Ctrl-C does (default: stop, which snapshots first)")
     p.add_argument("--sighup_effect", "-sighup_effect", default="snapshot",
                    choices=["stop", "snapshot", "none"], help="what SIGHUP does (default: snapshot)")
+    p.add_argument("--dns-stats", choices=["float64", "caffe-cpu"], default="float64",
+                   help="how DNS layers sum their statistics: float64 (default; agrees with the "
+                        "reference's GPU runs) or caffe-cpu (the reference CPU build's float32 sums, "
+                        "bit for bit)")
     p.add_argument("--cpu-procs", type=int, default=None,
                    help="data-parallel training on N CPU processes (gloo), for testing and CPU clusters")
     a = p.parse_args(argv)
@@ -58,7 +62,7 @@ def cmd_train(argv: Sequence[str]) -> int:
         from ..distributed import train_distributed
         return train_distributed(a, sp, ids)
     solver = Solver(sp, device=device, weights=a.weights, max_iter=a.iterations,
-                    sigint_effect=a.sigint_effect, sighup_effect=a.sighup_effect)
+                    sigint_effect=a.sigint_effect, sighup_effect=a.sighup_effect, dns_stats=a.dns_stats)
     solver.source = a.solver
     solver.solve(resume_file=a.snapshot)
     return 0
