@@ -178,6 +178,14 @@ _COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
 }
 
 
+def cmd_pipeline(argv: Sequence[str]) -> int:
+    from .pipeline import main as pipeline_main
+    return pipeline_main(list(argv))
+
+
+_COMMANDS["pipeline"] = (cmd_pipeline, "the LeNet compression pipeline end to end on the embedded digits")
+
+
 def register_command(name: str, func: Callable[[Sequence[str]], int], help_text: str) -> None:
     _COMMANDS[name] = (func, help_text)
 

@@ -232,6 +232,9 @@ class INQLayer(MaskedLayer):
             if step.skipped == "pruned":
                 log.info("%s All parameters already pruned away, skipping ...", tag)
                 continue
+            if step.skipped == "done":
+                log.info("%s Nothing left to quantize (every entry is quantized or pruned), skipping ...", tag)
+                continue
             c = step.count
             log.info("%s portions: %g%% -> %g%% (total: %g%% -> %g%%)", tag, 100 * _f32(self.portion[0]),
                      100 * _f32(self.portion[1]), 100.0 * (c - step.n_yet) / c, 100.0 * (c - step.n_keep) / c)

@@ -175,7 +175,7 @@ class INQStep:
     n_init: int = 0
     n_keep: int = 0
     n_update: int = 0       # nYet − nKeep, as logged; ties at the threshold may quantize more
-    skipped: str = ""       # why nothing was done ("portion", "pruned"), or ""
+    skipped: str = ""       # why nothing was done ("portion", "pruned", "done"), or ""
 
 
 _F32 = struct.Struct("<f")
@@ -309,6 +309,11 @@ def inq_quantize_portion_(weight: torch.Tensor, mask: torch.Tensor, portion: tup
     stats = inq_mask_stats(weight, mask).tolist()
     count, n_yet = weight.numel(), int(stats[2])
     p0, p1 = portion
+    if n_yet == 0 and stats[1] > _FLT_EPSILON:
+        # Every entry is quantized (or pruned) already: nothing to do. The reference's
+        # ComputeQuantumRange aborts here (case (c) CHECK); netcompress skips (README: deviations).
+        n1 = round_half_away(math.log(stats[1]) / math.log(2.0))
+        return INQStep(n1, n1 - num_quantum_values + 1, count, 0, skipped="done")
     n1, n2 = _exponent_range(stats, num_quantum_values)  # runs (and checks) even when the step is skipped
     if _f32(p1) == 0.0:
         return INQStep(n1, n2, count, n_yet, skipped="portion")

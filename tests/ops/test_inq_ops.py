@@ -269,6 +269,11 @@ def test_portion_skips():
     assert m.tolist() == [1.0, 1.0]
     step = ops.inq_quantize_portion_(torch.zeros(3), torch.zeros(3), (0.0, 0.5), 7)
     assert (step.skipped, step.n1, step.n2) == ("pruned", -100, -106)
+    # everything quantized already (the reference aborts in ComputeQuantumRange): a logged skip
+    w, m = torch.tensor([0.5, -0.25, 0.0]), torch.zeros(3)
+    step = ops.inq_quantize_portion_(w, m, (0.6, 0.8), 7)
+    assert (step.skipped, step.n1, step.n2, step.n_yet) == ("done", -1, -7, 0)
+    assert w.tolist() == [0.5, -0.25, 0.0]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
