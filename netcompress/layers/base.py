@@ -217,7 +217,7 @@ def register_layer(*type_names: str) -> Callable[[type[Layer]], type[Layer]]:
                 raise NetDefinitionError(f"layer type '{t}' is registered twice "
                                          f"({_REGISTRY[t].__qualname__} and {cls.__qualname__})")
             _REGISTRY[t] = cls
-        if not cls.type_name:
+        if "type_name" not in cls.__dict__:  # not the parent's: INQConvolution is no Convolution
             cls.type_name = type_names[0]
         return cls
 

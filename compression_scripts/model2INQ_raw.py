@@ -1,0 +1,16 @@
+#!/usr/bin/env python3
+"""model2INQ_raw.py: the reference script's name and arguments over netcompress.tools.convert.model2INQ_raw_main.
+
+Same as `netcompress model2INQ_raw ...`; run with -h for the arguments.
+"""
+import os
+import sys
+
+try:
+    import netcompress.tools.convert as _tool
+except ImportError:  # run from a checkout that is not installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import netcompress.tools.convert as _tool
+
+if __name__ == "__main__":
+    sys.exit(_tool.model2INQ_raw_main())

@@ -1,0 +1,326 @@
+"""What the conversion scripts share: argument checks, reading a model against its prototxt,
+selecting layers by type and blob layout, and the reference's statistics block (section 5.1).
+
+Layers are selected by their Caffe type and by how many blobs the model stores for them, never by
+a substring of their name (Decision 7), so no layer is silently left at its initial values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Callable, Sequence, TextIO
+
+import numpy as np
+
+from .. import io as ncio
+from ..errors import NetcompressError
+from ..proto import caffe_pb2 as pb
+
+__all__ = [
+    "ToolError", "CONV_TYPES", "IP_TYPES", "DNS_TYPES", "INQ_TYPES", "MASKED_TYPES",
+    "PLAIN_WEIGHT_TYPES", "WEIGHT_TYPES", "ModelLayer", "SourceModel", "load_source_model",
+    "require_files", "build_target_net", "layer_block", "final_block", "KeptTotals", "run_main",
+    "NUM_MARK", "fmt_shape", "kind_of", "apply_mask", "print_lines", "layers_in_test_phase",
+    "bias_term_of",
+]
+
+CONV_TYPES = frozenset({"Convolution", "Deconvolution", "DNSConvolution", "CConvolution", "INQConvolution"})
+IP_TYPES = frozenset({"InnerProduct", "DNSInnerProduct", "CInnerProduct", "INQInnerProduct"})
+DNS_TYPES = frozenset({"DNSConvolution", "DNSInnerProduct", "CConvolution", "CInnerProduct"})
+INQ_TYPES = frozenset({"INQConvolution", "INQInnerProduct"})
+MASKED_TYPES = DNS_TYPES | INQ_TYPES
+PLAIN_WEIGHT_TYPES = frozenset({"Convolution", "Deconvolution", "InnerProduct"})
+# Layers whose blobs are [W, b] (or [W] without bias), plus masks for the masked types.
+WEIGHT_TYPES = CONV_TYPES | IP_TYPES
+
+NUM_MARK = 55  # the reference's "number of decorative marks"
+
+
+class ToolError(NetcompressError):
+    """A conversion script cannot do what it was asked; the message names the file or layer."""
+
+
+def fmt_shape(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(int(d)) for d in shape) + "]"
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points
+# ----------------------------------------------------------------------------------------------
+
+def run_main(body: Callable[[list[str]], int], usage: str, argv: Sequence[str] | None,
+             nargs: int | None) -> int:
+    """Run a script body with the reference's conventions, on Python 3.
+
+    `-h/--help` prints the usage (exit 0); a wrong argument count prints it on stderr (exit 2);
+    a `NetcompressError` prints `Error: <message>` on stderr (exit 1). The reference printed these
+    on stdout and exited 0 after "does not exist" errors; a script in a pipeline needs a failure.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(usage)
+        return 0
+    if nargs is not None and len(args) != nargs:
+        print(usage, file=sys.stderr)
+        print(f"Error: expected {nargs} arguments, got {len(args)}", file=sys.stderr)
+        return 2
+    try:
+        return int(body(args) or 0)
+    except NetcompressError as e:
+        sys.stdout.flush()
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # writing an output: permission, disk full, ...
+        sys.stdout.flush()
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"Error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
+
+
+def require_files(*paths: str) -> None:
+    """The reference's existence checks, as errors: `<path> does not exist!`."""
+    for p in paths:
+        if not os.path.exists(p):
+            raise ToolError(f"{p} does not exist!")
+        if os.path.isdir(p):
+            raise ToolError(f"{p} is a directory, expected a file")
+
+
+# ----------------------------------------------------------------------------------------------
+# Source models: the TEST-phase layers of a prototxt with the blobs a .caffemodel stores for them
+# ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class ModelLayer:
+    """One layer of a source model that stores blobs.
+
+    `kind` is "dns" (DNS/C* types), "inq" (INQ types) or "plain" (every other type).
+    `has_masks` is true when the model stores the masks ([W, b, W_mask, b_mask] or [W, W_mask]);
+    a masked type with only [W, b] / [W] stored is a normal model loaded into a masked net.
+    """
+
+    name: str
+    type: str
+    blobs: list[np.ndarray]
+    legacy: list[bool]  # the blob has no `shape` field (num/channels/height/width only)
+    kind: str
+    bias_term: bool | None  # None for non-weight types
+    has_masks: bool = False
+
+    @property
+    def is_weight_layer(self) -> bool:
+        return self.type in WEIGHT_TYPES
+
+    @property
+    def weight(self) -> np.ndarray:
+        return self.blobs[0]
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        return self.blobs[1] if self.bias_term else None
+
+    @property
+    def weight_mask(self) -> np.ndarray | None:
+        if not self.has_masks:
+            return None
+        return self.blobs[2] if self.bias_term else self.blobs[1]
+
+    @property
+    def bias_mask(self) -> np.ndarray | None:
+        return self.blobs[3] if (self.has_masks and self.bias_term) else None
+
+    def effective(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """W and b as the net computes with them: DNS masks applied (entries with mask != 1 are 0);
+        INQ and plain layers as stored (an INQ mask marks quantized entries, not pruned ones)."""
+        w, b = self.weight, self.bias
+        if self.kind == "dns" and self.has_masks:
+            w = apply_mask(w, self.weight_mask)
+            b = apply_mask(b, self.bias_mask) if b is not None else None
+        return w, b
+
+
+def apply_mask(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """float32 `values` where `mask == 1`, else 0 (section 5.1: any mask value other than 1 prunes)."""
+    v = np.asarray(values, dtype=np.float32).reshape(-1)
+    m = np.asarray(mask).reshape(-1)
+    out = np.zeros(v.size, dtype=np.float32)
+    keep = m == 1
+    out[keep] = v[keep]
+    return out.reshape(np.shape(values))
+
+
+@dataclasses.dataclass
+class SourceModel:
+    prototxt: str
+    model: str
+    layers: list[ModelLayer]
+    # prototxt layers of a weight type for which the model stores nothing
+    missing: list[tuple[str, str]]
+
+    def layer(self, name: str) -> ModelLayer | None:
+        for l in self.layers:
+            if l.name == name:
+                return l
+        return None
+
+
+def _test_state(param: pb.NetParameter) -> pb.NetState:
+    # The scripts build their nets in TEST phase (pycaffe `caffe.TEST`); the prototxt's own
+    # state supplies level and stages, as Net does.
+    state = pb.NetState(phase=pb.TEST)
+    if param.HasField("state"):
+        merged = pb.NetState()
+        merged.CopyFrom(param.state)
+        merged.MergeFrom(state)
+        merged.phase = pb.TEST
+        state = merged
+    return state
+
+
+def layers_in_test_phase(prototxt: str) -> list[pb.LayerParameter]:
+    """The layers of `prototxt` in the TEST-phase net, in order."""
+    from ..net import filter_net
+
+    param = ncio.read_net(prototxt)
+    return list(filter_net(param, _test_state(param), verbose=False).layer)
+
+
+def bias_term_of(lp: pb.LayerParameter) -> bool | None:
+    if lp.type in CONV_TYPES:
+        return bool(lp.convolution_param.bias_term)
+    if lp.type in IP_TYPES:
+        return bool(lp.inner_product_param.bias_term)
+    return None
+
+
+def kind_of(type_name: str) -> str:
+    return "dns" if type_name in DNS_TYPES else "inq" if type_name in INQ_TYPES else "plain"
+
+
+def _check_same_count(layer: str, model: str, a: np.ndarray, b: np.ndarray, what_a: str, what_b: str) -> None:
+    if a.size != b.size:
+        raise ToolError(f"{model}: layer '{layer}': {what_b} has shape {fmt_shape(b.shape)} but "
+                        f"{what_a} has shape {fmt_shape(a.shape)}; a mask must match its blob")
+
+
+def load_source_model(prototxt: str, model: str) -> SourceModel:
+    """Read `model` against the TEST-phase layers of `prototxt` (by layer name, as Caffe copies).
+
+    The prototxt gives each layer's type and bias_term; the model gives the blobs. Model layers
+    the prototxt lacks are ignored (Caffe's rule). No net is built, so no data is needed.
+    """
+    layers_pt = layers_in_test_phase(prototxt)
+    mp = ncio.read_caffemodel(model)
+    stored: dict[str, pb.LayerParameter] = {}
+    for l in mp.layer:
+        stored[l.name] = l  # later duplicates win, as Caffe's successive copies do
+    out: list[ModelLayer] = []
+    missing: list[tuple[str, str]] = []
+    for lp in layers_pt:
+        sl = stored.get(lp.name)
+        if sl is None or len(sl.blobs) == 0:
+            if lp.type in WEIGHT_TYPES:
+                missing.append((lp.name, lp.type))
+            continue
+        try:
+            blobs = [ncio.blob_to_array(b) for b in sl.blobs]
+        except ValueError as e:
+            raise ToolError(f"{model}: layer '{lp.name}': {e}") from None
+        legacy = [not b.HasField("shape") for b in sl.blobs]
+        bias = bias_term_of(lp)
+        kind = kind_of(lp.type)
+        ml = ModelLayer(lp.name, lp.type, blobs, legacy, kind, bias)
+        n = len(blobs)
+        if lp.type in WEIGHT_TYPES:
+            plain_n = 2 if bias else 1
+            layout = "[W, b]" if bias else "[W] (bias_term: false)"
+            if kind != "plain":
+                masked_n = 4 if bias else 2
+                masked_layout = "[W, b, W_mask, b_mask]" if bias else "[W, W_mask] (bias_term: false)"
+                if n == masked_n:
+                    ml.has_masks = True
+                    _check_same_count(lp.name, model, ml.weight, ml.weight_mask, "W", "W_mask")
+                    if bias:
+                        _check_same_count(lp.name, model, ml.bias, ml.bias_mask, "b", "b_mask")
+                elif n != plain_n:
+                    raise ToolError(
+                        f"{model}: layer '{lp.name}' ({lp.type} in {prototxt}) stores {n} blob(s); expected "
+                        f"{masked_n} {masked_layout} for a raw model or {plain_n} {layout} for a normal one")
+            elif n != plain_n:
+                hint = (" (is it a raw DNS/INQ model? Then give the DNS/INQ prototxt it was trained with)"
+                        if n == 2 * plain_n else "")
+                raise ToolError(f"{model}: layer '{lp.name}' ({lp.type} in {prototxt}) stores {n} blob(s); "
+                                f"expected {plain_n} {layout}{hint}")
+        out.append(ml)
+    return SourceModel(prototxt, model, out, missing)
+
+
+def build_target_net(prototxt: str):
+    """The target net in TEST phase with its filler values (pycaffe `caffe.Net(prototxt, TEST)`)."""
+    from ..net import Net
+
+    try:
+        return Net(prototxt, phase=pb.TEST, verbose=False)
+    except NetcompressError as e:
+        raise ToolError(f"cannot build the net of {prototxt} (TEST phase, as pycaffe did; data layers "
+                        f"open their sources): {e}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# The reference's statistics block (section 5.1)
+# ----------------------------------------------------------------------------------------------
+
+def _pct(k: int, n: int) -> float:
+    # numpy's float32 division in the reference gives nan for an empty blob.
+    return 100.0 * k / n if n else float("nan")
+
+
+def layer_block(name: str, w_kept: int, w_count: int, b_kept: int | None, b_count: int | None) -> list[str]:
+    """The per-layer lines of dns_to_normal.py / model2INQ_raw.py.
+
+    Counts are exact integers (the reference summed float32 masks, identical below 2^24 per layer).
+    A layer without bias has no `b:` line (the reference crashed on such layers).
+    """
+    sp = " " * len(name)
+    lines = ["=" * NUM_MARK, "%s layer w: %d/%d (%f %%) kept" % (name, w_kept, w_count, _pct(w_kept, w_count))]
+    tk, tn = w_kept, w_count
+    if b_count is not None:
+        lines.append("%s       b: %d/%d (%f %%) kept" % (sp, b_kept, b_count, _pct(b_kept, b_count)))
+        tk, tn = tk + b_kept, tn + b_count
+    lines.append("%s   total: %d/%d (%f %%) kept" % (sp, tk, tn, _pct(tk, tn)))
+    return lines
+
+
+@dataclasses.dataclass
+class KeptTotals:
+    total: int = 0
+    kept: int = 0
+
+    def add(self, w_kept: int, w_count: int, b_kept: int | None, b_count: int | None) -> None:
+        self.total += w_count + (b_count or 0)
+        self.kept += w_kept + (b_kept or 0)
+
+    @property
+    def percent(self) -> float:
+        return _pct(self.kept, self.total)
+
+    @property
+    def rate(self) -> float:
+        return self.total / self.kept if self.kept else float("inf")
+
+
+def final_block(totals: KeptTotals) -> list[str]:
+    """`Final Statistics` and `Compression Rate`, printed only if something was counted and kept."""
+    if totals.total == 0 or totals.kept == 0:
+        return []
+    return [" ", "*" * NUM_MARK, " ",
+            "Final Statistics: %d/ %d (%f %%) kept" % (totals.kept, totals.total, totals.percent),
+            "Compression Rate: %f" % totals.rate,
+            " ", "*" * NUM_MARK]
+
+
+def print_lines(lines: Sequence[str], out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    for line in lines:
+        print(line, file=out)
