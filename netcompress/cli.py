@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NetcompressError as e:
         log.error("%s", e)
         print(f"netcompress {cmd}: error: {e}", file=sys.stderr)
-        return 1
+        return int(getattr(e, "exit_code", 1))  # e.g. a distributed worker's own exit code
     except KeyboardInterrupt:
         print(f"netcompress {cmd}: interrupted", file=sys.stderr)
         return 130

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .errors import NetDefinitionError
 from .proto import caffe_pb2 as pb
+from .rng import CaffeRNG
 
 __all__ = ["fill", "FILLER_TYPES"]
 
@@ -32,41 +34,59 @@ def _norm_n(f: pb.FillerParameter, shape: torch.Size) -> float:
     return fan_in
 
 
-def fill(tensor: torch.Tensor, filler: pb.FillerParameter, generator: torch.Generator | None = None,
+class _TorchStream:
+    """The CaffeRNG drawing interface over a torch.Generator (for layers that refill in forward
+    from their own, snapshotted generator, e.g. DummyData)."""
+
+    def __init__(self, gen: torch.Generator):
+        self.gen = gen
+
+    def uniform(self, n: int, a: float, b: float) -> np.ndarray:
+        return torch.empty(n).uniform_(float(a), float(b), generator=self.gen).numpy()
+
+    def normal(self, n: int, mean: float, std: float) -> np.ndarray:
+        return torch.empty(n).normal_(float(mean), float(std), generator=self.gen).numpy()
+
+    def bernoulli(self, n: int, p: float) -> np.ndarray:
+        return (torch.rand(n, generator=self.gen) < float(p)).float().numpy()
+
+
+def fill(tensor: torch.Tensor, filler: pb.FillerParameter, rng: CaffeRNG | torch.Generator | None = None,
          where: str = "") -> torch.Tensor:
     """Fill `tensor` in place according to `filler` and return it.
 
-    Random draws come from `generator` (a CPU generator) so builds are reproducible; `where`
+    Random values come from `rng`, the net's Caffe-compatible stream (netcompress.rng), in the
+    order Caffe draws them, so a seeded net starts from Caffe's own initial weights; `where`
     names the layer for error messages.
     """
     t = filler.type
-    shape = tensor.shape
-    cpu = torch.empty(shape, dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32)
+    shape = tuple(tensor.shape)
+    n = math.prod(shape)
+    rng = CaffeRNG() if rng is None else _TorchStream(rng) if isinstance(rng, torch.Generator) else rng
+    f32 = np.float32
     if t == "constant":
-        cpu.fill_(filler.value)
+        vals = np.full(n, f32(filler.value), np.float32)
     elif t == "uniform":
-        cpu.uniform_(filler.min, filler.max, generator=generator)
+        vals = rng.uniform(n, filler.min, filler.max)
     elif t == "gaussian":
-        cpu.normal_(filler.mean, filler.std, generator=generator)
+        vals = rng.normal(n, filler.mean, filler.std)
         if filler.sparse >= 0:
             if len(shape) < 1 or shape[0] == 0:
                 raise NetDefinitionError(f"{where}gaussian filler with sparse needs a blob with a "
                                          f"first axis, got shape {list(shape)}")
-            p = filler.sparse / shape[0]
-            keep = torch.rand(shape, generator=generator) < p
-            cpu.mul_(keep)
+            vals *= rng.bernoulli(n, f32(filler.sparse) / f32(shape[0]))
     elif t == "positive_unitball":
-        cpu.uniform_(0.0, 1.0, generator=generator)
+        vals = rng.uniform(n, 0.0, 1.0)
         num = shape[0] if len(shape) else 1
-        rows = cpu.reshape(num, -1)
-        rows.div_(rows.sum(dim=1, keepdim=True))
+        rows = vals.reshape(num, -1)
+        for i in range(num):  # Caffe sums each row sequentially in float
+            rows[i] /= np.add.accumulate(rows[i], dtype=np.float32)[-1] if rows.shape[1] else f32(1)
     elif t == "xavier":
-        n = _norm_n(filler, shape)
-        scale = math.sqrt(3.0 / n)
-        cpu.uniform_(-scale, scale, generator=generator)
+        scale = np.sqrt(f32(3.0) / f32(_norm_n(filler, shape)), dtype=np.float32)
+        vals = rng.uniform(n, -scale, scale)
     elif t == "msra":
-        n = _norm_n(filler, shape)
-        cpu.normal_(0.0, math.sqrt(2.0 / n), generator=generator)
+        std = np.sqrt(f32(2.0) / f32(_norm_n(filler, shape)), dtype=np.float32)
+        vals = rng.normal(n, 0.0, float(std))
     elif t == "bilinear":
         if len(shape) != 4 or shape[2] != shape[3]:
             raise NetDefinitionError(f"{where}bilinear filler needs a 4-D blob with square kernels, "
@@ -74,11 +94,11 @@ def fill(tensor: torch.Tensor, filler: pb.FillerParameter, generator: torch.Gene
         k = shape[3]
         f = math.ceil(k / 2.0)
         c = (2 * f - 1 - f % 2) / (2.0 * f)
-        idx = torch.arange(k, dtype=cpu.dtype)
-        w = 1 - (idx / f - c).abs()
-        cpu.copy_((w[:, None] * w[None, :]).expand(shape))
+        idx = np.arange(k, dtype=np.float32)
+        w = f32(1) - np.abs(idx / f32(f) - f32(c))
+        vals = np.broadcast_to(w[:, None] * w[None, :], shape).astype(np.float32).reshape(-1)
     else:
         raise NetDefinitionError(f"{where}unknown filler type '{t}' (known: {', '.join(FILLER_TYPES)})")
     with torch.no_grad():
-        tensor.copy_(cpu)
+        tensor.copy_(torch.from_numpy(np.ascontiguousarray(vals).reshape(shape)))
     return tensor

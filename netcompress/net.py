@@ -25,6 +25,7 @@ from .errors import NetDefinitionError, WeightLoadError
 from .layers.base import Layer, LayerContext, Shape, create_layer, layer_class
 from .log import get_logger
 from .proto import caffe_pb2 as pb
+from .rng import CaffeRNG, setup_draws
 
 log = get_logger("net")
 
@@ -133,6 +134,8 @@ class Net(nn.Module):
         device, dtype: where the blobs live.
         seed: seeds the fillers (and is given to layers as the solver's random_seed).
         dns_stats: "float64" or "caffe-cpu", how DNS layers sum their statistics (see LayerContext).
+        rng: the Caffe-compatible stream to draw from (a solver's test nets continue its train net's
+            stream, as in Caffe); by default a new one seeded with seed + rank.
         verbose: log Caffe's set-up lines (top shapes, memory, backward needs).
     """
 
@@ -140,7 +143,7 @@ class Net(nn.Module):
                  stages: Iterable[str] = (), *, weights: str | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  seed: int | None = None, rank: int = 0, world_size: int = 1, verbose: bool = True,
-                 state: pb.NetState | None = None, dns_stats: str = "float64"):
+                 state: pb.NetState | None = None, dns_stats: str = "float64", rng: CaffeRNG | None = None):
         super().__init__()
         self.source = param if isinstance(param, str) else "<NetParameter>"
         if isinstance(param, str):
@@ -171,8 +174,8 @@ class Net(nn.Module):
         self.name: str = filtered.name
         self.device = torch.device(device)
         self.dtype = dtype
-        gen = torch.Generator()
-        gen.manual_seed(seed if seed is not None and seed >= 0 else torch.initial_seed() % (2**63))
+        # Caffe seeds its global stream with random_seed + solver rank before building the nets.
+        gen = rng if rng is not None else CaffeRNG(None if seed is None or seed < 0 else seed + rank)
         self.ctx = LayerContext(phase=self.phase, device=self.device, dtype=dtype, generator=gen,
                                 seed=seed, rank=rank, world_size=world_size, net_name=self.name,
                                 dns_stats=dns_stats)
@@ -234,6 +237,7 @@ class Net(nn.Module):
                 # so a saved model carries `loss_weight: 1` (and ours is byte-identical).
                 lp_local.loss_weight.append(1.0)
             layer = create_layer(lp_local, bottom_shapes, self.ctx)
+            self.ctx.generator.skip(setup_draws(lp_local, self.phase))  # Caffe's set-up draws
             for b in lp.bottom:
                 available.pop(b, None)
             tops = list(lp.top)

@@ -16,6 +16,9 @@ The seed is the net's `seed` (the solver's random_seed), or a random one when th
 **Resume.** `get_extra_state()` (stored in the net's state_dict under `<layer>._extra_state`)
 holds the number of batches consumed and the seed; `set_extra_state()` restarts the prefetch
 thread at the next batch, so a resumed run sees exactly the batches an uninterrupted one would.
+A state saved with another batch size or number of processes resumes at the same position of
+the global record stream (batches x batch_size x world_size records), with a warning when that is
+not a whole number of the new batches.
 """
 from __future__ import annotations
 
@@ -217,12 +220,22 @@ class BasePrefetchingDataLayer(Layer):
         batches = int(state["batches_consumed"])
         old_b, old_w = int(state.get("batch_size", s.batch_size)), int(state.get("world_size", s.world_size))
         if (old_b, old_w) != (s.batch_size, s.world_size):
-            # Keep the global stream position; the exact batch boundaries cannot be kept.
+            # A snapshot of a W-process run resumes on any number of processes: what the runs
+            # share is the global record stream (batch b of every rank together covers stream
+            # positions b*B*W .. (b+1)*B*W - 1), so keep the position in that stream.
             consumed = batches * old_b * old_w
-            batches = consumed // (s.batch_size * s.world_size)
-            log.warning("%s: the saved state is for batch_size %d x %d processes, this layer has "
-                        "%d x %d; continuing at batch %d", self.who, old_b, old_w, s.batch_size,
-                        s.world_size, batches)
+            per_batch = s.batch_size * s.world_size
+            batches, rest = divmod(consumed, per_batch)
+            if rest:
+                log.warning("%s: the saved state is for batch_size %d x %d processes (%d records "
+                            "read), this layer reads %d x %d per batch; %d records is not a whole "
+                            "number of batches, so the run continues at batch %d and reads the last "
+                            "%d records again", self.who, old_b, old_w, consumed, s.batch_size,
+                            s.world_size, consumed, batches, rest)
+            else:
+                log.info("%s: the saved state is for batch_size %d x %d processes, this layer reads "
+                         "%d x %d; continuing at record %d of the stream (batch %d)", self.who,
+                         old_b, old_w, s.batch_size, s.world_size, consumed, batches)
         if "seed" in state:
             # The saved seed wins: it decided the skip, the shuffles and the draws so far.
             self.seed = s.seed = int(state["seed"])

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import NetDefinitionError
 from ..proto import caffe_pb2 as pb
+from ..rng import CaffeRNG
 
 __all__ = ["Layer", "LayerContext", "register_layer", "layer_class", "known_layer_types",
            "create_layer", "Shape", "canonical_axis"]
@@ -36,8 +37,9 @@ class LayerContext:
     phase: int = pb.TEST                    # caffe_pb2.TRAIN or caffe_pb2.TEST
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
-    # Fillers draw from this CPU generator, so a net built with a seed is reproducible.
-    generator: torch.Generator = dataclasses.field(default_factory=torch.Generator)
+    # Fillers draw from this Caffe-compatible stream (netcompress.rng), in layer order, so a net
+    # built with Caffe's random_seed starts from Caffe's initial weights.
+    generator: CaffeRNG = dataclasses.field(default_factory=CaffeRNG)
     seed: int | None = None                 # the solver's random_seed, when there is one
     rank: int = 0                           # data sharding for distributed runs
     world_size: int = 1

@@ -17,12 +17,23 @@ log = get_logger("train")
 def _solver_device(gpu: str | None, sp: pb.SolverParameter) -> tuple[torch.device, list[int] | None]:
     """Caffe's rule: --gpu wins; otherwise solver_mode/device_id from the solver file."""
     if gpu:
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise NetcompressError(f"--gpu {gpu}: no CUDA device is available (this torch build has "
+                                   f"CUDA: {torch.version.cuda is not None}); leave --gpu out to train "
+                                   "on the CPU, or use --cpu-procs N for data-parallel CPU processes")
         if gpu == "all":
-            n = torch.cuda.device_count()
-            if n == 0:
-                raise NetcompressError("--gpu all: no CUDA device is available")
             return torch.device("cuda", 0), list(range(n))
-        ids = [int(g) for g in gpu.split(",") if g]
+        try:
+            ids = [int(g) for g in gpu.split(",") if g.strip()]
+        except ValueError:
+            raise NetcompressError(f"--gpu {gpu}: expected 'all' or comma-separated device ids "
+                                   "such as 0,1") from None
+        bad = [i for i in ids if not 0 <= i < n]
+        if not ids or bad or len(set(ids)) != len(ids):
+            what = (f"device {bad[0]} does not exist ({n} CUDA device(s): 0..{n - 1})" if bad
+                    else "each device may be listed once" if ids else "no device id given")
+            raise NetcompressError(f"--gpu {gpu}: {what}")
         return device_from_gpu_flag(str(ids[0])), ids
     if sp.solver_mode == pb.SolverParameter.GPU:
         if torch.cuda.is_available():
@@ -39,7 +50,8 @@ def cmd_train(argv: Sequence[str]) -> int:
                    help="comma-separated .caffemodel files to fine-tune from")
     g.add_argument("--snapshot", "-snapshot", default=None, help=".solverstate to resume from")
     p.add_argument("--gpu", "-gpu", default=None,
-                   help="GPU id(s), comma-separated, or 'all' (default: the solver's solver_mode)")
+                   help="GPU id(s), comma-separated, or 'all': several GPUs train data-parallel, one "
+                        "process each (default: the solver's solver_mode)")
     p.add_argument("--iterations", "-iterations", type=int, default=None, help="override max_iter")
     p.add_argument("--sigint_effect", "-sigint_effect", default="stop", choices=["stop", "snapshot", "none"],
                    help="what Ctrl-C does (default: stop, which snapshots first)")
@@ -51,14 +63,23 @@ def cmd_train(argv: Sequence[str]) -> int:
                         "bit for bit)")
     p.add_argument("--cpu-procs", type=int, default=None,
                    help="data-parallel training on N CPU processes (gloo), for testing and CPU clusters")
+    p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                   help="distributed runs: how long a process waits for the others (default 1800; "
+                        "rank 0 tests while the others wait)")
     a = p.parse_args(argv)
     from .. import io as ncio
+    from ..distributed import launcher_env
     from .solver import Solver
 
+    if a.cpu_procs is not None and a.cpu_procs < 1:
+        raise NetcompressError(f"--cpu-procs must be at least 1, got {a.cpu_procs}")
+    if a.cpu_procs and a.gpu:
+        raise NetcompressError("--cpu-procs and --gpu exclude each other: --cpu-procs trains on CPU "
+                               "processes, --gpu on GPUs")
     sp = ncio.read_solver(a.solver)
-    distributed = (a.cpu_procs and a.cpu_procs > 1) or _launched_by_torchrun()
+    launched = launcher_env() is not None  # torchrun (WORLD_SIZE > 1) or an srun step of > 1 tasks
     device, ids = (torch.device("cpu"), None) if a.cpu_procs else _solver_device(a.gpu, sp)
-    if distributed or (ids and len(ids) > 1):
+    if launched or (a.cpu_procs or 1) > 1 or (ids and len(ids) > 1):
         from ..distributed import train_distributed
         return train_distributed(a, sp, ids)
     solver = Solver(sp, device=device, weights=a.weights, max_iter=a.iterations,
@@ -66,11 +87,6 @@ def cmd_train(argv: Sequence[str]) -> int:
     solver.source = a.solver
     solver.solve(resume_file=a.snapshot)
     return 0
-
-
-def _launched_by_torchrun() -> bool:
-    import os
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def cmd_plot(argv: Sequence[str]) -> int:

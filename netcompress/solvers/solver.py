@@ -18,7 +18,7 @@ import os
 import signal
 import time
 from collections import deque
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -35,13 +35,33 @@ from .updates import UPDATE_RULES, history_count
 
 log = get_logger("solver")
 
-__all__ = ["Solver", "NonFiniteLossError", "SIGNAL_EFFECTS"]
+__all__ = ["Solver", "NonFiniteLossError", "SIGNAL_EFFECTS", "Collective"]
 
 SIGNAL_EFFECTS = ("stop", "snapshot", "none")
 
 
 class NonFiniteLossError(NetcompressError):
     """Training produced a NaN or infinite loss; nothing after the last good snapshot was written."""
+
+
+class Collective(Protocol):
+    """What a data-parallel run adds to the loop (`netcompress.distributed` implements it).
+
+    Every process calls each method at the same points of the loop, so each may communicate.
+    A single-process Solver has none and runs exactly as before.
+    """
+
+    def on_start(self, solver: "Solver") -> None:
+        """Before the first iteration (after any restore): make every process start identical."""
+
+    def mean_loss(self, solver: "Solver", loss: float) -> tuple[float, list[int]]:
+        """(the loss averaged over processes, the ranks whose loss is not finite)."""
+
+    def agree_request(self, solver: "Solver", request: str | None) -> str | None:
+        """One 'stop'/'snapshot'/None decision for all processes from each one's request."""
+
+    def before_snapshot(self, solver: "Solver") -> None:
+        """At every snapshot point, on every process, before rank 0 writes (consistency check)."""
 
 
 class Solver:
@@ -54,6 +74,8 @@ class Solver:
         max_iter: overrides the solver's max_iter (the `--iterations` flag).
         sigint_effect, sighup_effect: "stop", "snapshot" or "none" (Caffe's flags).
         rank, world_size: for distributed runs (only rank 0 tests, logs and snapshots).
+        grad_sync: called with the parameter entries before each update (gradient all-reduce).
+        collective: the data-parallel hooks (see `Collective`); None for a single process.
         dns_stats: how DNS layers sum their statistics ("float64" or "caffe-cpu", see Net).
         verbose: log net set-up lines.
     """
@@ -62,7 +84,8 @@ class Solver:
                  weights: str | Sequence[str] | None = None, max_iter: int | None = None,
                  sigint_effect: str = "stop", sighup_effect: str = "snapshot",
                  rank: int = 0, world_size: int = 1, verbose: bool = True,
-                 grad_sync: Callable[[list[ParamEntry]], None] | None = None, dns_stats: str = "float64"):
+                 grad_sync: Callable[[list[ParamEntry]], None] | None = None, dns_stats: str = "float64",
+                 collective: Collective | None = None):
         self.source = param if isinstance(param, str) else "<SolverParameter>"
         sp = ncio.read_solver(param) if isinstance(param, str) else param
         if max_iter is not None:
@@ -76,6 +99,11 @@ class Solver:
         self.root = rank == 0
         self.verbose = verbose and self.root
         self.grad_sync = grad_sync
+        self.collective = collective
+        self._collective_started = False
+        # Extra entries for the snapshot sidecar (a distributed run adds each rank's generators).
+        self.extra_snapshot_state: dict = {}
+        self.restored_state: dict | None = None  # the sidecar tree of the last restore()
         for name, eff in (("sigint_effect", sigint_effect), ("sighup_effect", sighup_effect)):
             if eff not in SIGNAL_EFFECTS:
                 raise NetcompressError(f"{name} must be one of {', '.join(SIGNAL_EFFECTS)}, got '{eff}'")
@@ -200,7 +228,7 @@ class Solver:
                 state.MergeFrom(sp.test_state[i])
             state.phase = pb.TEST
             tn = Net(netp, state=state, device=self.device, seed=seed, verbose=self.verbose,
-                     dns_stats=self.dns_stats)
+                     dns_stats=self.dns_stats, rng=self.net.ctx.generator)
             tn.share_weights_with(self.net)
             nets.append(tn)
         return nets
@@ -218,14 +246,16 @@ class Solver:
             self.restore(resume_file)
         self._requested = None
         start = self.iter
-        with self._signals(), StatusLine(sp.max_iter, start) as bar:
+        status = StatusLine(sp.max_iter, start)
+        status.enabled = status.enabled and self.root
+        with self._signals(), status as bar:
             self._bar = bar
             self.step(sp.max_iter - self.iter)
         early = self._requested == "stop"
-        if self.root and sp.snapshot_after_train and self._last_snapshot_iter != self.iter:
+        if sp.snapshot_after_train and self._last_snapshot_iter != self.iter:
             if sp.snapshot_prefix:
-                self.snapshot()
-            else:
+                self._snapshot_point()
+            elif self.root:
                 log.warning("no snapshot_prefix: the final snapshot is not written")
         if early:
             if self.root:
@@ -252,14 +282,18 @@ class Solver:
         self._losses.clear()
         self.smoothed_loss = 0.0
         t_last, it_last = time.time(), self.iter
+        coll = self.collective
+        if coll is not None and not self._collective_started:
+            coll.on_start(self)
+            self._collective_started = True
         while self.iter < stop_iter:
             self.net.zero_grad(set_to_none=True)
             if (sp.test_interval and self.iter % sp.test_interval == 0
                     and (self.iter > 0 or sp.test_initialization)):
                 if self.root:
                     self.test_all()
-                if self._requested == "stop":
-                    break
+                if self._requested == "stop" and coll is None:
+                    break  # (distributed: all processes stop together at the end of the iteration)
             self.net.set_iteration(self.iter)
             display = sp.display and self.iter % sp.display == 0
             loss_t = None
@@ -273,13 +307,19 @@ class Solver:
                 self.net.loss.backward()
                 l = self.net.loss.detach()
                 loss_t = l if loss_t is None else loss_t + l
-            loss = float(loss_t) / sp.iter_size
-            if not math.isfinite(loss):
+            loss = local_loss = float(loss_t) / sp.iter_size
+            bad_ranks: list[int] = []
+            if coll is not None:
+                loss, bad_ranks = coll.mean_loss(self, local_loss)
+            if not math.isfinite(loss) or bad_ranks:
                 kept = self.last_snapshot or "none was written"
-                msg = (f"Iteration {self.iter}, loss = {loss}: the loss is not finite, training stopped "
-                       f"before applying this update. Last good snapshot: {kept}. Lower base_lr or "
-                       "check the data and weights.")
-                log.error(msg)
+                where = "" if coll is None else \
+                    f" on rank{'s' if len(bad_ranks) > 1 else ''} {', '.join(map(str, bad_ranks))}"
+                msg = (f"Iteration {self.iter}, loss = {loss}: the loss is not finite{where}, training "
+                       f"stopped before applying this update. Last good snapshot: {kept}. Lower base_lr "
+                       "or check the data and weights.")
+                if self.root:
+                    log.error(msg)
                 raise NonFiniteLossError(msg)
             self._update_smoothed_loss(loss, start)
             if display and self.root:
@@ -301,8 +341,10 @@ class Solver:
             for hook in self.hooks_after_iteration:
                 hook(self)
             request, self._requested = self._requested, None
-            if self.root and ((sp.snapshot and self.iter % sp.snapshot == 0) or request == "snapshot"):
-                self.snapshot()
+            if coll is not None:
+                request = coll.agree_request(self, request)
+            if (sp.snapshot and self.iter % sp.snapshot == 0) or request == "snapshot":
+                self._snapshot_point()
             if getattr(self, "_bar", None) is not None:
                 self._bar.update(self.iter, f"loss {self.smoothed_loss:.4g}")
             if request == "stop":
@@ -415,7 +457,9 @@ class Solver:
         loss = 0.0
         with torch.no_grad():
             for i in range(n):
-                if self._requested == "snapshot":
+                # Distributed: the other processes are not testing, so a snapshot request waits
+                # for the end of the iteration, where all of them act on it together.
+                if self._requested == "snapshot" and self.collective is None:
                     self._requested = None
                     self.snapshot()
                 if self._requested == "stop":
@@ -449,6 +493,15 @@ class Solver:
     def snapshot_filename(self, ext: str) -> str:
         return f"{self.param.snapshot_prefix}_iter_{self.iter}{ext}"
 
+    def _snapshot_point(self) -> None:
+        """A snapshot in the loop: every process checks consistency together, then rank 0 writes."""
+        if self.collective is not None:
+            self.collective.before_snapshot(self)
+        if self.root:
+            self.snapshot()
+        else:
+            self._last_snapshot_iter = self.iter
+
     def snapshot(self) -> str:
         """Write <prefix>_iter_N.caffemodel, .solverstate and the netcompress sidecar, atomically."""
         if not self.param.snapshot_prefix:
@@ -477,6 +530,7 @@ class Solver:
             "numpy_rng": _np_rng_state(),
             "train": self.net.extra_state(),
             "test": [n.extra_state() for n in self.test_nets],
+            **self.extra_snapshot_state,
         }
         if torch.cuda.is_available() and self.device.type == "cuda":
             tree["cuda_rng"] = torch.cuda.get_rng_state(self.device)
@@ -509,8 +563,9 @@ class Solver:
                                        f"{self.params[i].key} has {target.numel()}")
             target.copy_(torch.from_numpy(arr.reshape(target.shape)))
         side = path + SIDECAR_SUFFIX
+        self.restored_state = None
         if os.path.exists(side):
-            tree = load_state(side)
+            tree = self.restored_state = load_state(side)
             torch.set_rng_state(tree["torch_rng"])
             _np_set_rng_state(tree["numpy_rng"])
             if "cuda_rng" in tree and self.device.type == "cuda":

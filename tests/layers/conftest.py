@@ -11,6 +11,7 @@ import pytest
 import torch
 from google.protobuf import text_format
 
+from netcompress.rng import CaffeRNG
 from netcompress.layers import LayerContext, create_layer
 from netcompress.net import Net
 from netcompress.proto import caffe_pb2 as pb
@@ -25,8 +26,7 @@ def _make_layer(snippet: str, *bottom_shapes, phase: int = pb.TEST, dtype: torch
         p.bottom.extend(f"b{i}" for i in range(len(bottom_shapes)))
     if not len(p.top) and tops != 0:
         p.top.extend(f"t{i}" for i in range(tops or 1))
-    gen = torch.Generator()
-    gen.manual_seed(seed if seed is not None else 0)
+    gen = CaffeRNG(seed if seed is not None else 0)
     ctx = LayerContext(phase=phase, dtype=dtype, generator=gen, seed=seed, rank=rank)
     return create_layer(p, [tuple(s) for s in bottom_shapes], ctx)
 

@@ -1,0 +1,50 @@
+"""Worker functions for the distributed tests, importable by spawned processes (not tests)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from netcompress.distributed import data_parallel_solver
+from netcompress.proto import caffe_pb2 as pb
+
+
+def blobs_of(net) -> dict[str, np.ndarray]:
+    """Every blob of every layer (weights, biases, masks) by 'layer.blob' name."""
+    return {f"{name}.{bn}": getattr(layer, bn).detach().cpu().numpy().copy()
+            for name, layer in net.named_layers() for bn in layer.blob_names}
+
+
+def train_and_dump(info, solver_bytes: bytes, outdir: str) -> None:
+    """Train data-parallel, then save this rank's blobs (to compare the ranks' masks)."""
+    sp = pb.SolverParameter.FromString(solver_bytes)
+    solver = data_parallel_solver(sp, device=info.device, verbose=False)
+    solver.solve()
+    surgeries = {n: l.surgeries for n, l in solver.net.named_layers() if hasattr(l, "surgeries")}
+    np.savez(os.path.join(outdir, f"rank{info.rank}.npz"), **blobs_of(solver.net))
+    np.save(os.path.join(outdir, f"surgeries{info.rank}.npy"), np.asarray(list(surgeries.values())))
+
+
+def inject_fault(info, solver_bytes: bytes, mode: str, at_iter: int) -> None:
+    """Train data-parallel and break something on rank 1 after iteration `at_iter`:
+    'mask' flips one conv1 mask entry, 'nan' puts a NaN into ip1's weights, 'stop' asks to stop."""
+    sp = pb.SolverParameter.FromString(solver_bytes)
+    solver = data_parallel_solver(sp, device=info.device, verbose=False)
+
+    def hook(s) -> None:
+        if info.rank != 1 or s.iter != at_iter:
+            return
+        with torch.no_grad():
+            if mode == "mask":
+                m = s.net.layer("conv1").weight_mask.view(-1)
+                m[0] = 1.0 - m[0]
+            elif mode == "nan":
+                s.net.layer("ip1").weight.view(-1)[0] = float("nan")
+            elif mode == "stop":
+                s.request("stop")
+
+    solver.hooks_after_iteration.append(hook)
+    solver.solve()
+    with open(os.path.join(os.path.dirname(sp.snapshot_prefix), f"done{info.rank}.txt"), "w") as f:
+        f.write(str(solver.iter))
