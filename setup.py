@@ -48,7 +48,9 @@ def _extension():
     with_cuda, why = _use_cuda()
     sources = _sources("csrc/netcompress.cpp") + _sources("csrc/cpu/*.cpp")
     openmp = _openmp_flags()
-    cxx = (["/O2"] if sys.platform == "win32" else ["-O3"]) + openmp
+    # -ffp-contract=off: the CPU loops have AVX2/AVX-512 clones (csrc/cpu/loops.h); without it GCC would fuse
+    # a*b + c into an FMA in those clones only, and results would depend on the machine.
+    cxx = (["/O2"] if sys.platform == "win32" else ["-O3", "-ffp-contract=off"]) + openmp
     extra_compile_args: dict[str, list[str]] = {"cxx": cxx}
     define_macros: list[tuple[str, str | None]] = []
     if with_cuda:

@@ -26,4 +26,11 @@ inline at::Tensor inq_threshold_composite(const at::Tensor& weight, const at::Te
   return std::get<0>(key.kthvalue(n_keep + 1));
 }
 
+// The MAX pooling op on backends without their own kernel (CUDA: ATen's kernel is the fast one there).
+inline std::tuple<at::Tensor, at::Tensor> max_pool2d_composite(const at::Tensor& self, at::IntArrayRef kernel_size,
+                                                              at::IntArrayRef stride, at::IntArrayRef padding,
+                                                              bool ceil_mode) {
+  return at::max_pool2d_with_indices(self, kernel_size, stride, padding, {1, 1}, ceil_mode);
+}
+
 }  // namespace netcompress

@@ -19,6 +19,8 @@ TORCH_LIBRARY(netcompress, m) {
   // One pass: the mask rule of §2.3.4 with one-element thresholds, then masked_out = weight ⊙ mask_new.
   m.def("dns_update_mask_(Tensor weight, Tensor(a!) mask, Tensor threshold_low, Tensor threshold_high, "
         "Tensor(b!) masked_out) -> ()", tags);
+  // One backward call's gradient rule (§2.4) in one pass: diff <- mask ⊙ diff + grad.
+  m.def("dns_splice_grad_(Tensor(a!) diff, Tensor mask, Tensor grad) -> ()", tags);
 
   // ---- INQ (reference-semantics §3) ----
   // float64 [max|v| over mask==1, max|v| over mask==0, #mask==1, #mask==0, #other] (maxima −1 if none; §3.3).
@@ -27,6 +29,12 @@ TORCH_LIBRARY(netcompress, m) {
   m.def("inq_threshold(Tensor weight, Tensor mask, int n_keep) -> Tensor", tags);
   // mask == 1 ∧ |v| >= threshold: v <- power-of-two rounding with smallest exponent n2 (§3.5), mask <- 0.
   m.def("inq_quantize_(Tensor(a!) weight, Tensor(b!) mask, Tensor threshold, int n2) -> ()", tags);
+
+  // ---- Pooling (the layers' MAX pooling; ATen's CPU kernel for NCHW is several times slower) ----
+  // aten::max_pool2d_with_indices with dilation 1, same values and indices (int64, flat in the H×W plane,
+  // first maximum in row-major order, NaN propagates); its gradient is aten::max_pool2d_with_indices_backward.
+  m.def("max_pool2d(Tensor self, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode) -> "
+        "(Tensor, Tensor)", tags);
 
   // ---- Solver (reference-semantics §4.4, §3.6) ----
   // history <- mask ⊙ (momentum·history + local_rate·grad); grad <- history. No mask: plain SGD momentum.

@@ -63,6 +63,15 @@ def test_caffemodel_write_read_roundtrip_and_atomic(tmp_path):
     assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
 
 
+def test_atomic_write_uses_the_umask_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        ncio.atomic_write(tmp_path / "m.bin", b"x")
+    finally:
+        os.umask(old)
+    assert (os.stat(tmp_path / "m.bin").st_mode & 0o777) == 0o644
+
+
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     path = tmp_path / "keep.bin"
     path.write_bytes(b"good")

@@ -41,3 +41,52 @@ def test_lenet_training_tracks_caffes_log(in_fixture_workdir, tmp_path, capsys):
     # identical start: Caffe's initial weights
     assert train[0] == pytest.approx(2.27565, rel=1e-5)
     assert ncio.read_caffemodel("a_lenet/lenet_iter_5000.caffemodel").layer[1].name == "conv1"
+
+
+def _test_accuracy(net_path: str, model: str) -> float:
+    from netcompress.cli import test_net
+    from netcompress.net import Net
+
+    net = Net(net_path, phase="test", verbose=False)
+    net.copy_from(model)
+    return test_net(net, 10)["accuracy"]
+
+
+def test_dns_then_inq_on_caffes_lenet(in_fixture_workdir, capsys):
+    """Issue 4: DNS fine-tuning of Caffe's dense LeNet with the fixture's DNS solver keeps at most 2 %
+    of the parameters within 1 point of the dense 0.968 (Caffe: 1.05 % at 0.967); INQ to 100 % from
+    that model stays within 0.5 points of it (Caffe: 0.964)."""
+    from netcompress.tools.report import model_report
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.makedirs("b_dns", exist_ok=True)
+    shutil.copy("dns/lenet_train_test_DNS.prototxt", "b_dns/lenet_train_test_DNS.prototxt")
+    assert cli_main(["train", "--solver", "dns/lenet_solver_DNS.prototxt",
+                     "--weights", "lenet/lenet_iter_5000.caffemodel"]) == 0
+    dns_model = "b_dns/lenet_DNS_iter_5000.caffemodel"
+    rep = model_report("dns/lenet_train_test_DNS.prototxt", dns_model)
+    kept = rep["total"]["kept"] / rep["total"]["count"]
+    assert 0.005 <= kept <= 0.02  # Caffe kept 1.047 % (observed here: 1.049 %)
+    dns_acc = _test_accuracy("dns/lenet_train_test_DNS.prototxt", dns_model)
+    assert dns_acc >= 0.968 - 0.01
+    capsys.readouterr()
+
+    # INQ with the shipped example nets and solvers (data/ is laid out as they expect)
+    shutil.copytree(os.path.join(repo, "examples", "mnist"), "examples/mnist", dirs_exist_ok=True)
+    assert cli_main(["model2INQ_raw", "dns/lenet_train_test_DNS.prototxt", dns_model,
+                     "examples/mnist/lenet_train_test_inq_30.prototxt", "inq_raw.caffemodel"]) == 0
+    prev = "inq_raw.caffemodel"
+    for pct, iters in ((30, 1000), (60, 1000), (80, 1000), (90, 1000), (100, 1)):
+        assert cli_main(["train", "--solver", f"examples/mnist/lenet_solver_inq_{pct}.prototxt",
+                         "--weights", prev]) == 0
+        prev = f"examples/mnist/lenet_inq_{pct}_iter_{iters}.caffemodel"
+    capsys.readouterr()
+    final = ncio.read_caffemodel(prev)
+    for layer in final.layer:
+        if len(layer.blobs) == 4:  # every weight is 0 or a power of two, every mask 0
+            w = ncio.blob_to_array(layer.blobs[0])
+            nz = np.abs(w[w != 0])
+            assert np.all(np.log2(nz) == np.round(np.log2(nz))), layer.name
+            assert not ncio.blob_to_array(layer.blobs[2]).any(), layer.name
+    inq_acc = _test_accuracy("examples/mnist/lenet_train_test_inq_100.prototxt", prev)
+    assert abs(inq_acc - dns_acc) <= 0.005 + 1e-9  # observed: 0.967 vs 0.965

@@ -1,21 +1,80 @@
-// Solver ops on the CPU: at::parallel_for loops over kernels/solver.h.
+// Solver ops on the CPU: at::parallel_for over vectorized loops (loops.h) of the rule in kernels/solver.h.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
+#include <type_traits>
 
 #include "../checks.h"
 #include "../kernels/solver.h"
+#include "f16c.h"
+#include "loops.h"
 
 namespace netcompress {
 namespace {
 
 using namespace kernels;
+using cpu::kGrain;
 
-constexpr int64_t kGrain = at::internal::GRAIN_SIZE;
+template <typename scalar_t, typename acc_t>
+NC_CPU_CLONES void sgd_loop(int64_t n, scalar_t* __restrict g, scalar_t* __restrict h, acc_t momentum,
+                            acc_t local_rate) {
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t v = static_cast<scalar_t>(
+        sgd_momentum(static_cast<acc_t>(g[i]), static_cast<acc_t>(h[i]), momentum, local_rate));
+    h[i] = v;
+    g[i] = v;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+NC_CPU_CLONES void sgd_masked_loop(int64_t n, scalar_t* __restrict g, scalar_t* __restrict h,
+                                   const scalar_t* __restrict m, acc_t momentum, acc_t local_rate) {
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t v = static_cast<scalar_t>(sgd_momentum_masked(
+        static_cast<acc_t>(g[i]), static_cast<acc_t>(h[i]), static_cast<acc_t>(m[i]), momentum, local_rate));
+    h[i] = v;
+    g[i] = v;
+  }
+}
+
+// float16/bfloat16 go through float tiles (loops.h); the arithmetic is the same, in float. mask may be null.
+template <typename scalar_t, typename acc_t>
+void sgd_range(int64_t n, scalar_t* g, scalar_t* h, const scalar_t* m, acc_t momentum, acc_t local_rate) {
+#ifdef NC_HAVE_F16C
+  if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    if (cpu::f16c::available()) {
+      const int64_t done = cpu::f16c::sgd(n, g, h, m, momentum, local_rate);
+      n -= done, g += done, h += done;
+      if (m) m += done;
+    }
+  }
+#endif
+  if constexpr (sizeof(scalar_t) == 2) {
+    float gt[cpu::kTile], ht[cpu::kTile], mt[cpu::kTile];
+    for (int64_t t = 0; t < n; t += cpu::kTile) {
+      const int64_t len = std::min(cpu::kTile, n - t);
+      cpu::widen(len, g + t, gt);
+      cpu::widen(len, h + t, ht);
+      if (m) {
+        cpu::widen(len, m + t, mt);
+        sgd_masked_loop<float, float>(len, gt, ht, mt, momentum, local_rate);
+      } else {
+        sgd_loop<float, float>(len, gt, ht, momentum, local_rate);
+      }
+      cpu::narrow(len, ht, h + t);
+      cpu::narrow(len, gt, g + t);
+    }
+  } else if (m) {
+    sgd_masked_loop<scalar_t, acc_t>(n, g, h, m, momentum, local_rate);
+  } else {
+    sgd_loop<scalar_t, acc_t>(n, g, h, momentum, local_rate);
+  }
+}
 
 void sgd_momentum_update_cpu(at::Tensor& grad, at::Tensor& history, const std::optional<at::Tensor>& mask,
                              double momentum, double local_rate) {
@@ -35,14 +94,7 @@ void sgd_momentum_update_cpu(at::Tensor& grad, at::Tensor& history, const std::o
     scalar_t* hp = h.mutable_data_ptr<scalar_t>();
     const scalar_t* mp = m.defined() ? m.const_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const acc_t gi = static_cast<acc_t>(gp[i]);
-        const acc_t hi = static_cast<acc_t>(hp[i]);
-        const scalar_t v = static_cast<scalar_t>(
-            mp ? sgd_momentum_masked(gi, hi, static_cast<acc_t>(mp[i]), mom, rate) : sgd_momentum(gi, hi, mom, rate));
-        hp[i] = v;
-        gp[i] = v;
-      }
+      sgd_range<scalar_t, acc_t>(end - begin, gp + begin, hp + begin, mp ? mp + begin : nullptr, mom, rate);
     });
   });
   write_back(grad, g);

@@ -99,6 +99,27 @@ void dns_update_mask_cuda(const at::Tensor& weight, at::Tensor& mask, const at::
   write_back(masked_out, out);
 }
 
+void dns_splice_grad_cuda(at::Tensor& diff, const at::Tensor& mask, const at::Tensor& grad) {
+  const char* op = "dns_splice_grad_";
+  check_floating(op, "diff", diff, true);
+  check_like(op, "diff", diff, "mask", mask);
+  check_like(op, "diff", diff, "grad", grad);
+  const c10::cuda::CUDAGuard guard(diff.device());
+  at::Tensor d = contiguous_in(diff);
+  const at::Tensor m = contiguous_in(mask);
+  const at::Tensor g = contiguous_in(grad);
+  const int64_t n = d.numel();
+  if (n == 0) return;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "dns_splice_grad_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    dns_splice_grad_kernel<scalar_t, acc_t><<<blocks_for(n), kThreads, 0, stream>>>(
+        n, d.mutable_data_ptr<scalar_t>(), m.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  write_back(diff, d);
+}
+
 }  // namespace
 }  // namespace cuda
 }  // namespace netcompress
@@ -107,4 +128,5 @@ TORCH_LIBRARY_IMPL(netcompress, CUDA, m) {
   m.impl("dns_masked_weight", &netcompress::cuda::dns_masked_weight_cuda);
   m.impl("dns_stats", &netcompress::cuda::dns_stats_cuda);
   m.impl("dns_update_mask_", &netcompress::cuda::dns_update_mask_cuda);
+  m.impl("dns_splice_grad_", &netcompress::cuda::dns_splice_grad_cuda);
 }

@@ -55,6 +55,16 @@ __global__ void dns_update_mask_kernel(int64_t n, const scalar_t* __restrict__ w
   }
 }
 
+template <typename scalar_t, typename acc_t>
+__global__ void dns_splice_grad_kernel(int64_t n, scalar_t* __restrict__ diff, const scalar_t* __restrict__ m,
+                                       const scalar_t* __restrict__ g) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    diff[i] = static_cast<scalar_t>(
+        kernels::dns_splice(static_cast<acc_t>(diff[i]), static_cast<acc_t>(m[i]), static_cast<acc_t>(g[i])));
+  }
+}
+
 }  // namespace cuda
 }  // namespace netcompress
 
@@ -70,7 +80,8 @@ namespace cuda {
   template __global__ void dns_stats_kernel<T>(int64_t, const T*, const T*, int64_t, const T*, const T*,   \
                                                kernels::DnsStatsAcc*, unsigned int*, double*);             \
   template __global__ void dns_update_mask_kernel<T, A>(int64_t, const T*, T*, T*, const double*, double,  \
-                                                        const double*, double);
+                                                        const double*, double);                    \
+  template __global__ void dns_splice_grad_kernel<T, A>(int64_t, T*, const T*, const T*);
 NC_INSTANTIATE(float, float)
 NC_INSTANTIATE(double, double)
 NC_INSTANTIATE(__half, float)

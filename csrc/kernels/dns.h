@@ -16,10 +16,11 @@ NC_HD inline acc_t dns_masked(acc_t w, acc_t m) {
 // A NaN threshold (n == 0 statistics) makes both comparisons false, so masks freeze as in the reference.
 template <typename acc_t>
 NC_HD inline acc_t dns_mask_rule(acc_t w, acc_t m, acc_t low, acc_t high) {
+  // Selects, not branches (the two cases exclude each other), so that CPU loops vectorize.
+  const acc_t zero = acc_t{}, one = acc_t{} + 1;
   const acc_t a = abs_value(w);
-  if (m == acc_t(1) && a <= low) return acc_t(0);
-  if (m == acc_t(0) && a > high) return acc_t(1);
-  return m;
+  const acc_t kept = ((m == one) & (a <= low)) ? zero : m;
+  return ((m == zero) & (a > high)) ? one : kept;
 }
 
 // Running sums of §2.3 step 1, over weights and biases together; float64 whatever the weight dtype
@@ -44,17 +45,33 @@ NC_HD inline DnsStatsAcc dns_stats_zero() {
   return a;
 }
 
+// One entry's terms of step 1: |m·w|, m·w² (as (m·w)·w) and whether m·w != 0. Branch-free, so CPU loops
+// vectorize: an exact zero of m·w (finite m and w) adds ±0 to both sums, which leaves them unchanged.
+struct DnsStatsTerm {
+  double abs_v;
+  double v_w;
+  bool nonzero;
+};
+
+NC_HD inline DnsStatsTerm dns_stats_term(double w, double m) {
+  const double v = m * w;
+  DnsStatsTerm t;
+  t.abs_v = abs_value(v);
+  t.v_w = v * w;
+  t.nonzero = v != 0.0;
+  return t;
+}
+
 // Exact zeros of m·w are not counted and add nothing to the sums.
 NC_HD inline void dns_stats_add(DnsStatsAcc& a, double w, double m, bool is_bias) {
-  const double v = m * w;
-  if (v != 0.0) {
-    a.s1 += abs_value(v);
-    a.s2 += m * w * w;
-    if (is_bias) {
-      a.n_bias += 1.0;
-    } else {
-      a.n_weight += 1.0;
-    }
+  const DnsStatsTerm t = dns_stats_term(w, m);
+  a.s1 += t.abs_v;
+  a.s2 += t.v_w;
+  const double one = t.nonzero ? 1.0 : 0.0;
+  if (is_bias) {
+    a.n_bias += one;
+  } else {
+    a.n_weight += one;
   }
 }
 
@@ -69,6 +86,12 @@ NC_HD inline void dns_stats_finalize(const DnsStatsAcc& a, double* out) {
   out[1] = sqrt(var);
   out[2] = a.n_weight;
   out[3] = a.n_bias;
+}
+
+// reference-semantics §2.4, per backward call: diff <- m·diff + g (the new gradient g is not masked).
+template <typename acc_t>
+NC_HD inline acc_t dns_splice(acc_t diff, acc_t m, acc_t g) {
+  return m * diff + g;
 }
 
 }  // namespace kernels

@@ -1,6 +1,8 @@
 // Incremental Network Quantization, per element (reference-semantics §3.3, §3.5).
 #pragma once
 
+#include <stdint.h>
+
 #include "common.h"
 
 namespace netcompress {
@@ -41,6 +43,40 @@ NC_HD inline double inq_round_pow2(double v, int n2) {
   if (e < n2) return 0.0;
   const double p = ldexp(1.0, e);
   return v < 0.0 ? -p : p;
+}
+
+// inq_round_pow2 without log(), on the bits of a float32 or float64 value. With |v| = M·2^E, M in [1, 2),
+// 4|v|/3 = (4M/3)·2^E and 4M/3 is in [4/3, 2) for M < 1.5 and in [2, 8/3) for M >= 1.5, so
+// floor(log2(4|v|/3)) = E + (M >= 1.5): adding half the mantissa range to the bits carries into the exponent
+// field exactly then. The log-ratio form computes the same floor unless log2(4M/3) is within its rounding error
+// (~2^-41 at |E| <= 1023) of an integer, which needs M within 2^-40 of 1.5, or M == 1.5 (4|v|/3 an exact power
+// of two, where the reference's ratio is sometimes 1 ulp low). Those values, zeros, subnormals, ±inf, NaN and
+// float64 values with E >= 1022 (4·|v| overflows to +inf, which ends at 0) return false: use inq_round_pow2.
+// For float32 only M == 1.5 exactly is excluded (its neighbours are 2^-23 away). Checked against
+// inq_round_pow2 on every float32 (offline) and on every exponent in the CPU test suite.
+template <typename bits_t, int kMantBits, int kExpBias, unsigned kExpSpecial, uint64_t kNearHalf>
+NC_HD inline bool inq_round_pow2_bits(bits_t v, int n2, bits_t* out) {
+  constexpr bits_t kSign = bits_t(1) << (sizeof(bits_t) * 8 - 1);
+  constexpr bits_t kMant = (bits_t(1) << kMantBits) - 1;
+  constexpr bits_t kHalf = bits_t(1) << (kMantBits - 1);  // mantissa bits of M = 1.5
+  const bits_t a = v & ~kSign;
+  const bits_t ex = a >> kMantBits;
+  const bits_t mant = a & kMant;
+  const bits_t dist = mant > kHalf ? mant - kHalf : kHalf - mant;
+  const bool exact = (ex != 0) & (ex < bits_t(kExpSpecial)) & (dist > bits_t(kNearHalf));
+  const bits_t eb = (a + kHalf) >> kMantBits;  // biased floor(log2(4|v|/3))
+  const bool keep = static_cast<long long>(eb) - kExpBias >= n2;
+  *out = keep ? ((v & kSign) | (eb << kMantBits)) : bits_t(0);
+  return exact;
+}
+
+// float32: exponent field 255 is inf/NaN. float64: fields 2045 and 2046 (E = 1022, 1023: 4·|v| overflows) are
+// excluded too, and M within 2^13 units in the last place (2^-39) of 1.5.
+NC_HD inline bool inq_round_pow2_bits(uint32_t v, int n2, uint32_t* out) {
+  return inq_round_pow2_bits<uint32_t, 23, 127, 255u, 0>(v, n2, out);
+}
+NC_HD inline bool inq_round_pow2_bits(uint64_t v, int n2, uint64_t* out) {
+  return inq_round_pow2_bits<uint64_t, 52, 1023, 2045u, uint64_t(1) << 13>(v, n2, out);
 }
 
 // §3.3 ComputeQuantumRange scan. Maxima are −1 when no entry has that mask value (|v| >= 0 otherwise);

@@ -140,29 +140,46 @@ class DNSLayer(MaskedLayer):
         """Prune and splice both masks with T = max(mu + c_rate*std, 0); cache W*M for the forward."""
         low, high = self.thresholds()
         w = self.weight.detach()
-        wbuf = torch.empty_like(w)
+        wbuf = self._masked_buffer("_wbuf", w)
         ops.dns_update_mask_(w, self.weight_mask, low, high, wbuf)
         bbuf = None
         if self.bias_term:
             b = self.bias.detach()
-            bbuf = torch.empty_like(b)
+            bbuf = self._masked_buffer("_bbuf", b)
             ops.dns_update_mask_(b, self.bias_mask, low, high, bbuf)
         self._fresh = (wbuf, bbuf)
         self.surgeries += 1
+
+    def _masked_buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """The layer's W*M (or b*m) storage, reused at every forward.
+
+        A fresh tensor per forward costs little on CUDA (the caching allocator) but on the CPU a large one
+        comes from the kernel as zeroed pages every time: AlexNet's fc6 (151 MB) took ~60 ms of page faults
+        per surgery, more than the surgery itself. The buffer is overwritten only before the next forward,
+        when the previous graph (which saved it for the conv/IP backward) has been used; a forward run again
+        before the first one's backward is caught by autograd's in-place check, not silently wrong.
+        """
+        buf = self.__dict__.get(name)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = torch.empty_like(like, memory_format=torch.contiguous_format)
+            self.__dict__[name] = buf  # a plain attribute: not state, not moved by .to()
+        return buf
 
     def thresholds(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(alpha_low*T, alpha_high*T), T = max(mu + c_rate*std, 0), in float32 arithmetic as both
         reference paths compute them; on the statistics' device, so no host sync."""
         mu, std = self.stats[0].float(), self.stats[1].float()
-        f32 = lambda x: torch.tensor(x, dtype=torch.float32, device=mu.device)  # noqa: E731
-        t = (mu + f32(self.c_rate) * std).clamp_min(0.0)  # NaN (no survivors) stays NaN
-        return f32(self.alpha_low) * t, f32(self.alpha_high) * t
+        # Python floats, not new tensors: a float32 tensor times a Python number rounds the number to float32
+        # first, so the values are the same, and on CUDA no host-to-device copy (each one a stream sync) is made
+        # per layer and surgery.
+        t = (mu + std * self.c_rate).clamp_min(0.0)  # NaN (no survivors) stays NaN
+        return t * self.alpha_low, t * self.alpha_high
 
     # -- forward ---------------------------------------------------------------------------
     def effective_weight(self) -> torch.Tensor:
         if self._fresh is not None:
             return _SplicedWeight.apply(self.weight, self._fresh[0])
-        return ops.dns_masked_weight(self.weight, self.weight_mask)
+        return self._masked(self.weight, self.weight_mask, "_wbuf")
 
     def effective_bias(self) -> torch.Tensor | None:
         if not self.bias_term:
@@ -170,7 +187,14 @@ class DNSLayer(MaskedLayer):
         if self._fresh is not None:
             fresh, self._fresh = self._fresh[1], None  # the cache serves exactly one forward
             return _SplicedWeight.apply(self.bias, fresh)
-        return ops.dns_masked_weight(self.bias, self.bias_mask)
+        return self._masked(self.bias, self.bias_mask, "_bbuf")
+
+    def _masked(self, v: torch.Tensor, m: torch.Tensor, name: str) -> torch.Tensor:
+        # ops.dns_masked_weight's value and gradient, written into the layer's buffer (see _masked_buffer).
+        buf = self._masked_buffer(name, v)
+        with torch.no_grad():
+            torch.mul(v, m, out=buf)
+        return _SplicedWeight.apply(v, buf)
 
     # -- snapshots (Decision 3: statistics persist across resume) ---------------------------
     def snapshot_state(self):

@@ -35,6 +35,7 @@ __all__ = [
     "dns_stats",
     "dns_thresholds",
     "dns_update_mask_",
+    "dns_splice_grad_",
     "inq_partition_counts",
     "inq_mask_stats",
     "inq_exponent_range",
@@ -42,6 +43,7 @@ __all__ = [
     "inq_quantize_",
     "inq_quantize_portion_",
     "sgd_momentum_update_",
+    "max_pool2d",
     "round_half_away",
 ]
 
@@ -84,6 +86,11 @@ def _dns_update_mask_fake(weight, mask, threshold_low, threshold_high, masked_ou
     return None
 
 
+@torch.library.register_fake("netcompress::dns_splice_grad_")
+def _dns_splice_grad_fake(diff, mask, grad):
+    return None
+
+
 @torch.library.register_fake("netcompress::inq_mask_stats")
 def _inq_mask_stats_fake(weight, mask):
     return weight.new_empty((5,), dtype=torch.float64)
@@ -102,6 +109,39 @@ def _inq_quantize_fake(weight, mask, threshold, n2):
 @torch.library.register_fake("netcompress::sgd_momentum_update_")
 def _sgd_momentum_update_fake(grad, history, mask, momentum, local_rate):
     return None
+
+
+def _pooled(size: int, k: int, pad: int, stride: int, ceil_mode: bool) -> int:
+    # aten's pooling_output_shape, dilation 1
+    out = (size + 2 * pad - k + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+@torch.library.register_fake("netcompress::max_pool2d")
+def _max_pool2d_fake(x, kernel_size, stride, padding, ceil_mode):
+    shape = (*x.shape[:-2], _pooled(x.shape[-2], kernel_size[0], padding[0], stride[0], ceil_mode),
+             _pooled(x.shape[-1], kernel_size[1], padding[1], stride[1], ceil_mode))
+    return x.new_empty(shape), x.new_empty(shape, dtype=torch.long)
+
+
+def _max_pool2d_setup(ctx, inputs, output):
+    x, kernel_size, stride, padding, ceil_mode = inputs
+    ctx.geometry = (list(kernel_size), list(stride), list(padding), bool(ceil_mode))
+    ctx.save_for_backward(x, output[1])
+
+
+def _max_pool2d_backward(ctx, grad, grad_indices):
+    # ATen's gradient of max_pool2d_with_indices: the same indices, so the same scatter.
+    x, indices = ctx.saved_tensors
+    kernel_size, stride, padding, ceil_mode = ctx.geometry
+    gx = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, kernel_size, stride, padding, [1, 1], ceil_mode,
+                                                         indices)
+    return gx, None, None, None, None
+
+
+torch.library.register_autograd("netcompress::max_pool2d", _max_pool2d_backward, setup_context=_max_pool2d_setup)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -154,6 +194,17 @@ def dns_update_mask_(weight: torch.Tensor, mask: torch.Tensor, threshold_low: fl
     with torch.no_grad():
         _ops.dns_update_mask_(weight, mask, _scalar_tensor(threshold_low), _scalar_tensor(threshold_high),
                               masked_out)
+
+
+def dns_splice_grad_(diff: torch.Tensor, mask: torch.Tensor, grad: torch.Tensor) -> None:
+    """One backward call's parameter-gradient rule of a DNS layer (§2.4), in one pass, in place.
+
+    diff <- mask ⊙ diff + grad: the gradient accumulated so far survives only where the mask is 1, and the
+    new gradient `grad` (∂L/∂(W⊙M), "splicing") is added unmasked. diff, mask, grad: same shape, dtype
+    (float16/bfloat16/float32/float64) and device; arithmetic in the dtype (float32 for 16-bit types).
+    """
+    with torch.no_grad():
+        _ops.dns_splice_grad_(diff, mask, grad)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -323,6 +374,21 @@ def inq_quantize_portion_(weight: torch.Tensor, mask: torch.Tensor, portion: tup
     if n_update > 0:
         inq_quantize_(weight, mask, inq_threshold(weight, mask, n_keep), n2)
     return INQStep(n1, n2, count, n_yet, n_init, n_keep, n_update)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pooling
+# ---------------------------------------------------------------------------------------------------
+
+def max_pool2d(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int],
+               padding: tuple[int, int] = (0, 0), ceil_mode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`F.max_pool2d(x, ..., return_indices=True)` with dilation 1: the same values and int64 indices.
+
+    x: (N, C, H, W) or (C, H, W), floating. The first maximum of a window in row-major order wins; NaN
+    propagates. The CPU kernel is several times faster than ATen's for NCHW tensors; on CUDA this is ATen's.
+    Differentiable in x (ATen's max_pool2d_with_indices_backward).
+    """
+    return _ops.max_pool2d(x, list(kernel_size), list(stride), list(padding), bool(ceil_mode))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -15,11 +15,13 @@ __all__ = [
     "dns_masked_weight",
     "dns_stats",
     "dns_update_mask_",
+    "dns_splice_grad_",
     "inq_mask_stats",
     "inq_threshold",
     "inq_round_pow2",
     "inq_quantize_",
     "sgd_momentum_update_",
+    "max_pool2d",
 ]
 
 
@@ -67,6 +69,12 @@ def dns_update_mask_(weight: torch.Tensor, mask: torch.Tensor, threshold_low: fl
     new[(m == 0) & (a > high)] = 1
     mask.copy_(new)
     masked_out.copy_((weight.to(acc) * new.to(weight.device)).to(weight.dtype))
+
+
+def dns_splice_grad_(diff: torch.Tensor, mask: torch.Tensor, grad: torch.Tensor) -> None:
+    """diff <- mask ⊙ diff + grad (§2.4, one backward call), in the dtype's arithmetic type."""
+    acc = _opmath(diff.dtype)
+    diff.copy_(mask.to(acc) * diff.to(acc) + grad.to(acc))
 
 
 def inq_mask_stats(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -125,3 +133,9 @@ def sgd_momentum_update_(grad: torch.Tensor, history: torch.Tensor, mask: torch.
         h = h * mask.to(acc)
     history.copy_(h)
     grad.copy_(h)
+
+
+def max_pool2d(x: torch.Tensor, kernel_size, stride, padding=(0, 0), ceil_mode: bool = False):
+    """PyTorch's own MAX pooling with indices (dilation 1): the op must match it exactly."""
+    return torch.nn.functional.max_pool2d(x, tuple(kernel_size), tuple(stride), tuple(padding), ceil_mode=ceil_mode,
+                                          return_indices=True)

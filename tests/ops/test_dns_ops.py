@@ -1,4 +1,4 @@
-"""DNS ops (reference-semantics §2.3-2.4): dns_masked_weight, dns_stats, dns_update_mask_."""
+"""DNS ops (reference-semantics §2.3-2.4): dns_masked_weight, dns_stats, dns_update_mask_, dns_splice_grad_."""
 from __future__ import annotations
 
 import math
@@ -246,6 +246,73 @@ def test_update_mask_errors():
         ops.dns_update_mask_(w, torch.zeros_like(w), 0.1, 0.2, torch.zeros_like(w, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("n", [1, 7, 8, 1000, 16387, 70001])
+def test_update_mask_sizes_and_tails(dtype, n, gen):
+    # The CPU loops run in vectors, 16-bit types through float tiles of 1024: every length, tails included.
+    w = torch.randn(n, generator=gen).to(dtype)
+    m = torch.randint(0, 3, (n,), generator=gen).to(dtype)  # 0, 1 and a kept 2
+    m_ref, out, out_ref = m.clone(), torch.empty_like(w), torch.empty_like(w)
+    ops.dns_update_mask_(w, m, 0.5, 0.8, out)
+    ref.dns_update_mask_(w, m_ref, 0.5, 0.8, out_ref)
+    assert torch.equal(m, m_ref) and torch.equal(out, out_ref)
+    torch.testing.assert_close(ops.dns_masked_weight(w, m), ref.dns_masked_weight(w, m), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_stats_large_matches_reference(dtype, gen):
+    # Several reduction blocks and a ragged tail; non-binary mask values weigh by m·w².
+    w = torch.randn(100_003, generator=gen).to(dtype)
+    m = torch.randint(0, 3, (100_003,), generator=gen).to(dtype) / 2
+    torch.testing.assert_close(ops.dns_stats(w, m), ref.dns_stats(w, m), rtol=1e-12, atol=0)
+
+
+# ---- dns_splice_grad_ (§2.4, one backward call) -------------------------------------------------------
+
+def test_splice_grad_table():
+    d = torch.tensor([1.0, 2.0, -3.0, 4.0])
+    m = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    g = torch.tensor([0.5, 0.5, 0.5, -1.0])
+    ops.dns_splice_grad_(d, m, g)
+    # the accumulated gradient survives where the mask is 1; the new one is added everywhere (unmasked)
+    assert d.tolist() == [1.5, 0.5, -2.5, -1.0]
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "noncontiguous", "empty", "large"])
+def test_splice_grad_random(dtype, layout, gen):
+    shape = {"empty": (0, 3), "large": (70001,)}.get(layout, (30, 7))
+    d = torch.randn(shape, generator=gen).to(dtype)
+    m = random_mask(shape, dtype=dtype, generator=gen)
+    g = torch.randn(shape, generator=gen).to(dtype)
+    d_ref = d.clone()
+    ref.dns_splice_grad_(d_ref, m, g)
+    if layout == "noncontiguous":
+        d, m, g = noncontiguous(d), noncontiguous(m), noncontiguous(g)
+    ops.dns_splice_grad_(d, m, g)
+    torch.testing.assert_close(d, d_ref, rtol=0, atol=0)
+
+
+def test_splice_grad_matches_two_backward_calls(gen):
+    # What iter_size = 2 does in the reference: diff <- m⊙diff + g at each backward call.
+    m = random_mask((5, 4), generator=gen)
+    g1, g2 = torch.randn(5, 4, generator=gen), torch.randn(5, 4, generator=gen)
+    d = torch.zeros(5, 4)
+    ops.dns_splice_grad_(d, m, g1)
+    ops.dns_splice_grad_(d, m, g2)
+    torch.testing.assert_close(d, m * g1 + g2, rtol=0, atol=0)
+
+
+def test_splice_grad_errors():
+    d = torch.zeros(5, 2)
+    with pytest.raises(RuntimeError, match=r"dns_splice_grad_: diff and grad must have the same shape, "
+                                           r"got \[5, 2\] and \[5\]"):
+        ops.dns_splice_grad_(d, torch.zeros(5, 2), torch.zeros(5))
+    with pytest.raises(RuntimeError, match="dns_splice_grad_: diff must be float16, bfloat16, float32 or "
+                                           "float64, got Long"):
+        ops.dns_splice_grad_(d.long(), d.long(), d.long())
+
+
 # ---- opcheck ---------------------------------------------------------------------------------------------
 
 def _opcheck_samples(dtype):
@@ -260,6 +327,7 @@ def _opcheck_samples(dtype):
     yield torch.ops.netcompress.dns_stats.default, (w, m)
     thr = torch.tensor(0.5, dtype=torch.float64)
     yield torch.ops.netcompress.dns_update_mask_.default, (w, m.clone(), thr, thr * 2, torch.empty_like(w))
+    yield torch.ops.netcompress.dns_splice_grad_.default, (w.clone(), m, b.new_ones(6, 4))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -294,6 +362,11 @@ def test_cuda_parity(dtype, gen):
     assert torch.equal(m_gpu2.cpu(), m_cpu)
     empty = torch.zeros(0, 3, device="cuda", dtype=dtype)
     assert math.isnan(ops.dns_stats(empty, empty)[0].item())
+    d, g = torch.randn(w.shape, generator=gen).to(dtype), torch.randn(w.shape, generator=gen).to(dtype)
+    d_gpu = d.cuda()
+    ops.dns_splice_grad_(d, m, g)
+    ops.dns_splice_grad_(d_gpu, dev[1], g.cuda())  # 0/1 masks: m·d is exact, so an FMA rounds the same
+    assert torch.equal(d_gpu.cpu(), d)
 
 
 @pytest.mark.cuda

@@ -150,6 +150,61 @@ def test_quantize_random(dtype, layout, gen):
     assert torch.equal(w, w_ref) and torch.equal(m, m_ref)
 
 
+def _quantize_matches_reference(w: torch.Tensor, n2: int, thr: float = 0.0) -> None:
+    m = torch.ones_like(w)
+    m[::7] = 0.0
+    m[::11] = 2.0
+    w_ref, m_ref = w.clone(), m.clone()
+    ref.inq_quantize_(w_ref, m_ref, thr, n2)
+    ops.inq_quantize_(w, m, thr, n2)
+    assert torch.equal(m, m_ref)
+    bad = ~((w == w_ref) | (torch.isnan(w) & torch.isnan(w_ref)))
+    assert not bool(bad.any()), list(zip(w_ref[bad][:5].tolist(), w[bad][:5].tolist()))
+
+
+@pytest.mark.parametrize("n2", [-1000, -7, 0])
+def test_quantize_float32_every_exponent(n2, gen):
+    # The CPU rounds float32 on the bits (inq_round_pow2_bits) and keeps the log form for zeros, subnormals,
+    # non-finite values and M = 1.5 exactly. Every exponent, random mantissas, the 1.5 boundary and its
+    # neighbours, both signs: the reference (Python's math.log, the C library's) agrees bit for bit.
+    exps = torch.arange(-149, 128, dtype=torch.float64).repeat_interleave(40)
+    mant = 1 + torch.rand(exps.numel(), generator=gen, dtype=torch.float64)
+    vals = (mant * torch.exp2(exps)).float()
+    edges = []
+    for e in range(-149, 128):
+        v = torch.tensor(1.5 * 2.0 ** e, dtype=torch.float32)
+        edges += [v, torch.nextafter(v, torch.tensor(0.0)), torch.nextafter(v, torch.tensor(math.inf))]
+    specials = torch.tensor([0.0, -0.0, 1e-45, 3e-39, math.inf, -math.inf, math.nan, 3.4e38], dtype=torch.float32)
+    w = torch.cat([vals, torch.stack(edges), specials])
+    sign = torch.where(torch.rand(w.numel(), generator=gen) < 0.5, -1.0, 1.0).float()
+    _quantize_matches_reference(w * sign, n2)
+
+
+def test_quantize_float64_bits_rule(gen):
+    # float64: the bits rule is used unless M is within 2^13 units in the last place of 1.5; check both sides
+    # of that band, random mantissas, and exponents up to 2^1023 (where 4|v|/3 overflows to +inf -> 0).
+    vals = []
+    for e in list(range(-1074, -1000, 3)) + list(range(-60, 60)) + list(range(1000, 1024)):
+        base = 1.5 * 2.0 ** e
+        ulp = math.ulp(base)
+        for d in (0, 1, -1, 2**13, -(2**13), 2**13 + 1, -(2**13) - 1, 2**14, -(2**20), 2**30):
+            vals.append(base + d * ulp)
+        vals += [(1 + r) * 2.0 ** e for r in torch.rand(4, generator=gen, dtype=torch.float64).tolist()]
+    w = torch.tensor([v for v in vals if math.isfinite(v)], dtype=torch.float64)
+    _quantize_matches_reference(w, -1100)
+    _quantize_matches_reference(-w, -20)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_quantize_threshold_compared_in_float64(dtype):
+    # A threshold between two float32 values: |v| >= thr in float64, as the reference compares.
+    v = torch.tensor([0.1, 0.2], dtype=dtype)
+    thr = math.nextafter(float(torch.tensor(0.1, dtype=dtype)), 1.0)  # just above the stored 0.1
+    m = torch.ones(2, dtype=dtype)
+    ops.inq_quantize_(v, m, thr, -10)
+    assert m.tolist() == [1.0, 0.0]
+
+
 def test_quantize_errors():
     w = torch.zeros(4, 3)
     with pytest.raises(RuntimeError, match="inq_quantize_: weight must be float32 or float64, got Half"):
@@ -182,6 +237,55 @@ def test_threshold_random_with_ties(dtype, layout, gen):
     n_yet = int(m.sum())
     for k in (0, 1, n_yet // 3, n_yet - 1, n_yet, n_yet + 5):
         assert ops.inq_threshold(w, m, k).item() == ref.inq_threshold(w, m, k).item()
+
+
+def _threshold_by_sort(w, m, k):
+    # The composite's definition: kthvalue of where(mask == 1, |v|, +inf) (NaN sorts last), +inf past the end.
+    if k >= w.numel():
+        return math.inf
+    key = torch.where(m == 1, w.abs(), torch.full_like(w, math.inf)).reshape(-1)
+    return torch.sort(key).values[k].item()
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("values", ["ties", "continuous"])
+def test_threshold_large_selection(dtype, values, gen):
+    # Above 2^15 entries the CPU selects by radix (a histogram of the keys' top 16 bits, then the chosen bin):
+    # ties, zeros, ±inf, NaN and mask values other than 0/1, at ranks in every region of the order.
+    n = 200_003
+    if values == "ties":
+        w = torch.randint(-3000, 3001, (n,), generator=gen).to(dtype) / 1024
+    else:
+        w = (torch.randn(n, generator=gen, dtype=torch.float64) * torch.exp2(torch.randint(-30, 30, (n,),
+             generator=gen).double())).to(dtype)
+    w[::1001] = math.nan
+    w[::1003] = math.inf
+    w[::1009] = -math.inf
+    m = torch.randint(0, 3, (n,), generator=gen).to(dtype)  # 0, 1 and an invalid 2
+    n_t = int((m == 1).sum())
+    n_nan = int(((m == 1) & torch.isnan(w)).sum())
+    for k in (0, 1, 777, n_t // 3, n_t // 2, n_t - n_nan - 1, n_t - 1, n_t, n_t + 10, n - 1, n, n + 5):
+        got = ops.inq_threshold(w, m, k).item()
+        assert _same(got, _threshold_by_sort(w, m, k)), k
+    # The chunking follows the thread count; the answer does not.
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.inq_threshold(w, m, n_t // 2).item()
+    finally:
+        torch.set_num_threads(old)
+    assert one == ops.inq_threshold(w, m, n_t // 2).item()
+
+
+def test_threshold_large_all_equal(gen):
+    # Every key in one bin: the second pass copies all of them.
+    w = torch.full((100_000,), -0.375)
+    m = torch.ones(100_000)
+    assert ops.inq_threshold(w, m, 54_321).item() == 0.375
 
 
 def test_threshold_errors():

@@ -14,6 +14,11 @@ def test_meta_shapes():
     assert ops.inq_mask_stats(w, w).dtype == torch.float64
     assert ops.inq_threshold(w, w, 3).shape == ()
     ops.dns_update_mask_(w, w.clone(), 0.1, 0.2, torch.empty_like(w))  # mutating ops accept meta too
+    ops.dns_splice_grad_(w.clone(), w, w)
+    y, ind = ops.max_pool2d(torch.empty(2, 3, 32, 32, device="meta"), (3, 3), (2, 2), (0, 0), True)
+    assert y.shape == ind.shape == (2, 3, 16, 16) and ind.dtype == torch.int64
+    y, _ = ops.max_pool2d(torch.empty(2, 3, 7, 9, device="meta"), (3, 3), (2, 2), (1, 1), False)
+    assert y.shape == (2, 3, 4, 5)
 
 
 def _dns_step(x, w, mask, b):

@@ -1,0 +1,1 @@
+"""Kernel and training benchmarks (scripts; see benchmarks/RESULTS.md for the figures)."""

@@ -1,0 +1,140 @@
+"""The benchmark scripts run (--quick, in process) and write valid JSON. Benchmarks measure speed; these
+tests only check that the scripts work and what their output holds, never a timing."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _strict_json(path) -> dict:
+    def no_constants(name):
+        raise ValueError(f"{name} is not JSON")
+
+    with open(path) as f:
+        return json.load(f, parse_constant=no_constants)
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def kernels_result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "kernels.json"
+    bk = _load("bench_kernels")
+    assert bk.main(["--quick", "--device", "cpu", "--silent", "--json", str(out)]) == 0
+    return bk, _strict_json(out)
+
+
+def test_kernels_quick_json(kernels_result, capsys):
+    bk, r = kernels_result
+    assert r["benchmark"] == "bench_kernels" and r["config"]["quick"] is True
+    m = r["machine"]
+    assert m["torch"] and m["logical_cpus"] >= 1 and "cpu_model" in m and "load_average_start" in m
+    sizes, dtypes = r["config"]["sizes"], r["config"]["dtypes"]
+    assert {(c["dtype"], c["n"]) for c in r["copy"]} == {(d, n) for d in dtypes for n in sizes}
+    assert all(_positive(c["s"]) and _positive(c["gbps"]) for c in r["copy"])
+    names = {o["name"] for o in r["ops"]}
+    assert names == {o.name for o in bk.OPS}
+    for o in r["ops"]:
+        assert o["bytes_per_element"] >= 2 and o["bytes_model"] and o["eager"]
+    expected = {(o.name, d, n) for o in bk.OPS for d in o.dtypes if d in dtypes for n in sizes}
+    assert {(x["op"], x["dtype"], x["n"]) for x in r["results"]} == expected
+    for x in r["results"]:
+        assert x["check"] == "ok", x  # the op and its eager composition agree before anything is timed
+        assert x["bytes"] == next(o for o in r["ops"] if o["name"] == x["op"])["bytes_per_element"] * x["n"] * (
+            4 if x["dtype"] == "float32" else 2)
+        for label in ("op", "eager"):
+            v = x["variants"][label]
+            assert _positive(v["s"]) and _positive(v["gbps"]) and _positive(v["copy_ratio"]) and v["reps"] >= 3
+        c = x["variants"]["compile"]
+        assert ("s" in c and _positive(c["s"])) or c.get("skipped")
+        assert _positive(x["speedup_vs_eager"])
+    # --quick compiles the first op only; its compiled timings are there.
+    first = [x for x in r["results"] if x["op"] == bk.OPS[0].name]
+    assert all("s" in x["variants"]["compile"] for x in first)
+    assert r["targets"] == []  # no size reaches 1e6 in a quick run
+
+
+def test_kernels_table_printed(kernels_result):
+    bk, r = kernels_result
+    text = bk.tables(r)
+    assert "copy" in text and "dns_update_mask_" in text and "inq_threshold" in text
+
+
+def test_training_quick_json(tmp_path):
+    bt = _load("bench_training")
+    out = tmp_path / "training.json"
+    assert bt.main(["--quick", "--device", "cpu", "--silent", "--json", str(out)]) == 0
+    r = _strict_json(out)
+    assert r["benchmark"] == "bench_training" and r["config"]["quick"] is True
+    runs = r["runs"]
+    assert [(x["net"], x["variant"]) for x in runs] == [("lenet", v) for v in bt.VARIANTS]
+    for x in runs:
+        assert x["device"] == "cpu" and x["threads"] == 1 and x["batch"] == 64
+        assert _positive(x["train"]["it_s"]) and _positive(x["train"]["s"]) and x["train"]["iters"] >= 3
+        assert set(x["fwd_bwd"]) == {"64"} and _positive(x["fwd_bwd"]["64"]["ms"])
+        assert _positive(x["state_mb"]) and math.isfinite(x["loss"])
+    # masks double the parameter memory of the compressed variants
+    state = {x["variant"]: x["state_mb"] for x in runs}
+    assert state["dns"] > state["plain"] and state["inq"] > state["plain"]
+    assert {(o["variant"]) for o in r["overhead"]} == {"dns", "inq"}
+    assert {v["variant"] for v in r["vs_caffe"]} == set(bt.VARIANTS)
+    assert all(_positive(v["train_speedup"]) for v in r["vs_caffe"])
+
+
+def test_training_nets_build():
+    # Every net and variant of the full run builds (shapes only; no training).
+    bt = _load("bench_training")
+    for name in bt.NETS:
+        for variant in bt.VARIANTS:
+            p = bt.build_net_param(name, variant, 2)
+            types = [lp.type for lp in p.layer]
+            assert types[0] == "Input" and types[-1] == "SoftmaxWithLoss"
+            if variant == "dns":
+                assert "DNSConvolution" in types and "Convolution" not in types and "InnerProduct" not in types
+            if variant == "inq":
+                assert "INQInnerProduct" in types and "Convolution" not in types
+
+
+def test_eager_compositions_agree_with_the_ops():
+    # The compositions the kernel benchmark times in place of per-element or CPU-bound references (the CUDA
+    # path among them) compute the ops' results; checked here on the CPU, where CI runs.
+    import torch
+
+    from netcompress import ops
+    from netcompress.ops import reference as ref
+
+    bk = _load("bench_kernels")
+    g = torch.Generator().manual_seed(0)
+    w = (0.1 * torch.randn(5000, generator=g))
+    m = (torch.rand(5000, generator=g) < 0.7).float()
+    torch.testing.assert_close(bk.dns_stats_device(w, m), ops.dns_stats(w, m), rtol=1e-12, atol=0)
+    m1, m2, o1, o2 = m.clone(), m.clone(), torch.empty_like(w), torch.empty_like(w)
+    ops.dns_update_mask_(w, m1, 0.076, 0.084, o1)
+    bk.dns_update_mask_device_(w, m2, 0.076, 0.084, o2)
+    assert torch.equal(m1, m2) and torch.equal(o1, o2)
+    m3 = torch.randint(0, 3, (5000,), generator=g).float()
+    assert torch.equal(bk.inq_mask_stats_device(w, m3), ref.inq_mask_stats(w, m3))
+    k = 1234
+    assert bk.inq_threshold_sort(w, m, k).item() == ref.inq_threshold(w, m, k).item()
+    thr = float(ops.inq_threshold(w, m, k))
+    w1, m4, w2, m5 = w.clone(), m.clone(), w.clone(), m.clone()
+    ref.inq_quantize_(w1, m4, thr, -7)
+    bk.inq_quantize_eager_(w2, m5, thr, -7)
+    assert torch.equal(w1, w2) and torch.equal(m4, m5)

@@ -1,0 +1,93 @@
+"""max_pool2d: the layers' MAX pooling, which must equal PyTorch's max_pool2d_with_indices exactly."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from netcompress import ops
+from netcompress.ops import reference as ref
+
+from op_helpers import noncontiguous
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+# shape, kernel, stride, padding, ceil_mode: LeNet, CIFAR-10 and AlexNet pools, padded and ragged geometries
+GEOMETRIES = [
+    ((2, 3, 24, 24), (2, 2), (2, 2), (0, 0), True),
+    ((2, 3, 32, 32), (3, 3), (2, 2), (0, 0), True),
+    ((1, 4, 55, 55), (3, 3), (2, 2), (0, 0), True),
+    ((2, 3, 7, 9), (3, 3), (2, 2), (1, 1), True),
+    ((2, 3, 10, 10), (3, 3), (2, 2), (0, 0), False),
+    ((1, 1, 5, 5), (2, 2), (3, 3), (1, 1), True),
+    ((2, 2, 6, 7), (3, 2), (2, 1), (1, 0), True),
+    ((1, 2, 13, 300), (3, 3), (1, 1), (1, 1), True),
+    ((1, 2, 9, 601), (3, 3), (2, 2), (1, 1), False),
+    ((1, 2, 9, 20), (2, 4), (3, 3), (1, 2), True),
+    ((3, 11, 11), (5, 5), (1, 1), (2, 2), False),  # 3-D input
+]
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "x".join(map(str, g[0])) + f"-k{g[1][0]}s{g[2][0]}")
+def test_max_pool_matches_pytorch(dtype, geometry, gen):
+    shape, k, s, p, ceil = geometry
+    x = torch.randint(-3, 4, shape, generator=gen).to(dtype)  # many ties: the first maximum must win
+    flat = x.view(-1)
+    flat[::17] = math.nan
+    flat[::23] = -math.inf
+    y, ind = ops.max_pool2d(x, k, s, p, ceil)
+    y_ref, ind_ref = ref.max_pool2d(x, k, s, p, ceil)
+    assert ind.dtype == torch.int64 and torch.equal(ind, ind_ref)
+    assert y.dtype == dtype and _same(y, y_ref)
+
+
+@pytest.mark.parametrize("layout", ["noncontiguous", "random"])
+def test_max_pool_layouts(layout, gen):
+    x = torch.randn(4, 5, 16, 16, generator=gen)
+    if layout == "noncontiguous":
+        x = noncontiguous(x)
+    y, ind = ops.max_pool2d(x, (3, 3), (2, 2), (1, 1), True)
+    y_ref, ind_ref = ref.max_pool2d(x, (3, 3), (2, 2), (1, 1), True)
+    assert torch.equal(y, y_ref) and torch.equal(ind, ind_ref)
+
+
+def test_max_pool_gradient_is_pytorchs(gen):
+    x = torch.randint(-2, 3, (3, 4, 13, 13), generator=gen).double().requires_grad_()
+    g = torch.randn(3, 4, 7, 7, generator=gen, dtype=torch.float64)
+    ops.max_pool2d(x, (3, 3), (2, 2), (1, 1), True)[0].backward(g)
+    ours, x.grad = x.grad, None
+    ref.max_pool2d(x, (3, 3), (2, 2), (1, 1), True)[0].backward(g)
+    assert torch.equal(ours, x.grad)
+
+
+def test_max_pool_errors():
+    x = torch.zeros(1, 1, 4, 4)
+    with pytest.raises(RuntimeError, match="max_pool2d: padding must be at least 0 and at most half the kernel"):
+        ops.max_pool2d(x, (2, 2), (2, 2), (2, 2), True)
+    with pytest.raises(RuntimeError, match=r"max_pool2d: input must be 3-D \(C, H, W\) or 4-D"):
+        ops.max_pool2d(torch.zeros(4, 4), (2, 2), (2, 2), (0, 0), True)
+    with pytest.raises(RuntimeError, match="max_pool2d: kernel_size and stride must be positive"):
+        ops.max_pool2d(x, (0, 2), (2, 2), (0, 0), True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_max_pool_opcheck(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 9, 8, generator=g, dtype=dtype, requires_grad=True)
+    torch.library.opcheck(torch.ops.netcompress.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], True))
+    torch.library.opcheck(torch.ops.netcompress.max_pool2d.default, (x, [2, 2], [2, 2], [0, 0], False))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool_cuda_is_atens(dtype, gen):
+    x = torch.randn(2, 3, 32, 32, generator=gen).to(dtype)
+    y, ind = ops.max_pool2d(x.cuda(), (3, 3), (2, 2), (0, 0), True)
+    y_cpu, ind_cpu = ops.max_pool2d(x, (3, 3), (2, 2), (0, 0), True)
+    assert torch.equal(y.cpu(), y_cpu) and torch.equal(ind.cpu(), ind_cpu)
