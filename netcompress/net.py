@@ -500,12 +500,16 @@ class Net(nn.Module):
             if layer.type_name == "Input":
                 xs = [self._as_input(inputs[t]) if t in inputs else self._fed.get(t)
                       for t in self._tops[li]]
+
             else:
                 xs = [blobs[b] if pd else blobs[b].detach()
                       for b, pd in zip(self._bottoms[li], self._prop_down[li])]
             out = layer(*xs)
             if isinstance(out, torch.Tensor):
                 out = (out,)
+            if self.param.force_backward and layer.type_name == "Input":
+                # Caffe's force_backward: gradients reach the net's inputs too.
+                out = tuple(y.detach().requires_grad_() if y.is_floating_point() else y for y in out)
             for t, y in zip(self._tops[li], out):
                 blobs[t] = y
         loss = None

@@ -229,3 +229,15 @@ def test_duplicate_layer_names_are_rejected():
               layer { name: "in" type: "ReLU" bottom: "x" top: "y" }"""
     with pytest.raises(NetDefinitionError, match="two layers are named 'in'"):
         Net(netp(text))
+
+
+def test_force_backward_gives_input_gradients():
+    net = Net(netp("force_backward: true\n" + MLP), phase="train", seed=1)
+    net.set_input(x=torch.randn(4, 3, 2, 2), y=torch.tensor([0.0, 1.0, 2.0, 1.0]))
+    net()
+    net.loss.backward()
+    assert net.blobs["x"].grad is not None and net.blobs["x"].grad.abs().sum() > 0
+    plain = Net(netp(MLP), phase="train", seed=1)
+    plain.set_input(x=torch.randn(4, 3, 2, 2), y=torch.tensor([0.0, 1.0, 2.0, 1.0]))
+    plain()
+    assert not plain.blobs["x"].requires_grad
