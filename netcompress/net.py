@@ -231,7 +231,11 @@ class Net(nn.Module):
                 if self.verbose:
                     log.info("%s <- %s", name, b)
             cls = layer_class(lp.type)
-            self._check_counts(cls, lp)
+            tops = list(lp.top)
+            n_auto = max(0, (cls.min_tops or 0) - len(tops)) if cls.auto_top else 0
+            # Caffe's anonymous tops: logged as "(automatic)", counted in the loss, never a net output.
+            auto_tops = [f"(automatic) {name}#{len(tops) + k}" for k in range(n_auto)]
+            self._check_counts(cls, lp, len(tops) + n_auto)
             if cls.is_loss and len(lp_local.loss_weight) == 0:
                 # Caffe's LossLayer::LayerSetUp records its default weight in its LayerParameter,
                 # so a saved model carries `loss_weight: 1` (and ours is byte-identical).
@@ -240,7 +244,6 @@ class Net(nn.Module):
             self.ctx.generator.skip(setup_draws(lp_local, self.phase))  # Caffe's set-up draws
             for b in lp.bottom:
                 available.pop(b, None)
-            tops = list(lp.top)
             for j, t in enumerate(tops):
                 in_place = j < len(lp.bottom) and lp.bottom[j] == t
                 if t in self.blob_shapes and not in_place:
@@ -248,6 +251,10 @@ class Net(nn.Module):
                                              f"sources (layer '{name}' writes it again, not in place)")
                 if self.verbose:
                     log.info("%s -> %s%s", name, t, " (in-place)" if in_place else "")
+            for t in auto_tops:
+                if self.verbose:
+                    log.info("%s -> (automatic)", name)
+            tops += auto_tops
             if self.verbose:
                 log.info("Setting up %s", name)
             shapes = layer.top_shapes(bottom_shapes)
@@ -263,7 +270,8 @@ class Net(nn.Module):
                 lp_local.loss_weight.extend([1.0] + [0.0] * (len(tops) - 1))
             for j, (t, s) in enumerate(zip(tops, shapes)):
                 self.blob_shapes[t] = tuple(s)
-                available[t] = None
+                if t not in auto_tops:
+                    available[t] = None
                 w = float(lp.loss_weight[j]) if len(lp.loss_weight) else (1.0 if (j == 0 and layer.is_loss) else 0.0)
                 if self.verbose:
                     log.info("Top shape: %s", _shape_str(tuple(s)))
@@ -294,8 +302,8 @@ class Net(nn.Module):
                 log.info("This network produces output %s", o)
             log.info("Network initialization done.")
 
-    def _check_counts(self, layer: type[Layer], lp: pb.LayerParameter) -> None:
-        nb, nt = len(lp.bottom), len(lp.top)
+    def _check_counts(self, layer: type[Layer], lp: pb.LayerParameter, nt: int) -> None:
+        nb = len(lp.bottom)
 
         def check(n: int, lo, hi, what: str) -> None:
             if lo is not None and hi is not None and lo == hi and n != lo:

@@ -96,6 +96,21 @@ def test_wrong_blob_counts():
         Net(netp(text))
 
 
+def test_loss_layer_without_top_gets_an_automatic_one(caplog):
+    """Caffe's AutoTopBlobs: the loss still counts, is logged as (automatic), and is no output."""
+    text = MLP.replace('bottom: "z" bottom: "y" top: "loss" }', 'bottom: "z" bottom: "y" }')
+    with caplog.at_level(logging.INFO, logger="netcompress"):
+        net = Net(netp(text), phase="train", seed=3)
+    assert "loss -> (automatic)" in caplog.text
+    assert net.output_names == []
+    named = Net(netp(MLP), phase="train", seed=3)
+    x, y = torch.randn(4, 3, 2, 2), torch.tensor([0.0, 1.0, 2.0, 1.0])
+    assert net(x=x, y=y) == {}
+    named(x=x, y=y)
+    torch.testing.assert_close(net.loss, named.loss)
+    assert float(net.loss) > 0
+
+
 def test_forward_backward_matches_manual_and_lr_mults():
     net = Net(netp(MLP), phase="train", seed=3)
     x = torch.randn(4, 3, 2, 2)

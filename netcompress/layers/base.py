@@ -76,6 +76,8 @@ class Layer(nn.Module):
     max_tops: ClassVar[int | None] = None
     # Caffe: types ending in "Loss" weigh their first top with 1 unless loss_weight says otherwise.
     is_loss: ClassVar[bool] = False
+    # Caffe's AutoTopBlobs (loss layers): tops the prototxt leaves out are created anonymously.
+    auto_top: ClassVar[bool] = False
     # DNS/INQ/C* layers may receive fewer blobs than they hold (reference-semantics 2.7).
     accepts_partial_blobs: ClassVar[bool] = False
     # Data layers produce tops from a source rather than from bottoms.

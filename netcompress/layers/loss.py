@@ -52,6 +52,7 @@ def loss_normalizer(lp: pb.LossParameter | int, outer: int, inner: int, valid: t
 
 class LossLayer(Layer):
     is_loss = True
+    auto_top = True
     min_tops, max_tops = 1, 1
 
     def check_batch(self, bottom_shapes: Sequence[Shape]) -> None:
