@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <vector>
 
 namespace netcompress {
@@ -24,6 +25,22 @@ inline void check_like(const char* op, const char* na, const at::Tensor& a, cons
               a.scalar_type(), " and ", b.scalar_type());
   TORCH_CHECK(a.device() == b.device(), op, ": ", na, " and ", nb, " must be on the same device, got ", a.device(),
               " and ", b.device());
+}
+
+// The DNS statistics' (weight, weight_mask[, bias, bias_mask]) arguments.
+inline void check_weight_and_bias(const char* op, const at::Tensor& weight, const at::Tensor& weight_mask,
+                                  const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& bias_mask) {
+  check_floating(op, "weight", weight, true);
+  check_like(op, "weight", weight, "weight_mask", weight_mask);
+  TORCH_CHECK(bias.has_value() == bias_mask.has_value(), op, ": bias and bias_mask must be given together, got ",
+              bias.has_value() ? "a bias without bias_mask" : "bias_mask without a bias");
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->scalar_type() == weight.scalar_type(), op, ": bias must have the weight's dtype ",
+                weight.scalar_type(), ", got ", bias->scalar_type());
+    TORCH_CHECK(bias->device() == weight.device(), op, ": bias must be on the weight's device ", weight.device(),
+                ", got ", bias->device());
+    check_like(op, "bias", *bias, "bias_mask", *bias_mask);
+  }
 }
 
 // A one-element floating tensor on `device` or on the CPU (a CPU value is read on the host, with no sync).

@@ -37,20 +37,12 @@ at::Tensor dns_masked_weight_cuda(const at::Tensor& weight, const at::Tensor& ma
 at::Tensor dns_stats_cuda(const at::Tensor& weight, const at::Tensor& weight_mask,
                           const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& bias_mask) {
   const char* op = "dns_stats";
-  check_floating(op, "weight", weight, true);
-  check_like(op, "weight", weight, "weight_mask", weight_mask);
-  TORCH_CHECK(bias.has_value() == bias_mask.has_value(), op, ": bias and bias_mask must be given together, got ",
-              bias.has_value() ? "a bias without bias_mask" : "bias_mask without a bias");
+  check_weight_and_bias(op, weight, weight_mask, bias, bias_mask);
   const c10::cuda::CUDAGuard guard(weight.device());
   const at::Tensor w = contiguous_in(weight);
   const at::Tensor wm = contiguous_in(weight_mask);
   at::Tensor b, bm;
   if (bias.has_value()) {
-    TORCH_CHECK(bias->scalar_type() == weight.scalar_type(), op, ": bias must have the weight's dtype ",
-                weight.scalar_type(), ", got ", bias->scalar_type());
-    TORCH_CHECK(bias->device() == weight.device(), op, ": bias must be on the weight's device ", weight.device(),
-                ", got ", bias->device());
-    check_like(op, "bias", *bias, "bias_mask", *bias_mask);
     b = contiguous_in(*bias);
     bm = contiguous_in(*bias_mask);
   }
