@@ -179,8 +179,10 @@ def _run(out, data, ref_iters, dns_iters, inq_iters, seed, device, verbose) -> d
                "model": model, "model_bytes": os.path.getsize(model), "seconds": round(seconds, 1)}
         row.update(extra)
         rows.append(row)
+        size = (f"compact {row['compact_bytes']:,} B" if "compact_bytes" in row
+                else f"{row['model_bytes']:,} B")
         print(f"[{stage:>9}] acc {acc:.4f}  loss {loss:.4f}  kept {row['kept']}/{row['total']} "
-              f"({row['kept_pct']:.3f}%)  {row['model_bytes']:,} B  ({seconds:.0f} s)", flush=True)
+              f"({row['kept_pct']:.3f}%)  {size}  ({seconds:.0f} s)", flush=True)
         return row
 
     def train(stage: str, net_path: str, iters: int, weights: str | None, test_interval: int) -> str:

@@ -28,3 +28,4 @@ def test_pipeline_end_to_end(tmp_path, capsys):
     for stage in ("lenet", "lenet_DNS", "lenet_inq_30", "lenet_inq_100"):
         assert "Optimization Done." in (out / "logs" / f"{stage}.log").read_text()
     assert "compact file:" in printed and "matches the INQ-100% accuracy" in printed
+    assert f"compact {summary['compact_bytes']:,} B" in printed
