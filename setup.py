@@ -1,13 +1,15 @@
 """Builds the netcompress._C extension; everything else about the package is in pyproject.toml.
 
 C++ sources (csrc/netcompress.cpp, csrc/cpu/*.cpp) are always built; the CUDA sources (csrc/cuda/*.cu) only
-when the installed torch has CUDA and nvcc is found, or when FORCE_CUDA=1. Install with
+when the installed torch has CUDA and an nvcc of the same major version is found, or when FORCE_CUDA=1. Install with
 `pip install --no-build-isolation -e .` so the extension compiles against the torch already installed.
 """
 from __future__ import annotations
 
 import glob
 import os
+import re
+import subprocess
 import sys
 
 import torch
@@ -29,7 +31,23 @@ def _use_cuda() -> tuple[bool, str]:
         return False, f"torch {torch.__version__} is built without CUDA"
     if CUDA_HOME is None:
         return False, f"torch has CUDA {torch.version.cuda} but no CUDA toolkit (nvcc / CUDA_HOME) was found"
-    return True, f"torch has CUDA {torch.version.cuda}, toolkit at {CUDA_HOME}"
+    toolkit = _nvcc_version(CUDA_HOME)
+    if toolkit is not None and toolkit.split(".")[0] != torch.version.cuda.split(".")[0]:
+        # torch's BuildExtension refuses a different major version; build the CPU kernels rather than fail.
+        return False, (f"torch has CUDA {torch.version.cuda} but the toolkit at {CUDA_HOME} is CUDA {toolkit}: "
+                       "install a matching toolkit (or torch) for the CUDA kernels; FORCE_CUDA=1 tries anyway")
+    return True, f"torch has CUDA {torch.version.cuda}, toolkit CUDA {toolkit or '?'} at {CUDA_HOME}"
+
+
+def _nvcc_version(cuda_home: str) -> str | None:
+    """The toolkit's "release X.Y", or None where nvcc cannot be run."""
+    try:
+        out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"], capture_output=True,
+                             text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    m = re.search(r"release (\d+\.\d+)", out)
+    return m.group(1) if m else None
 
 
 def _openmp_flags() -> list[str]:
