@@ -98,10 +98,27 @@ class _ConvBase(Layer):
     def effective_bias(self) -> torch.Tensor | None:
         return self.bias if self.bias_term else None
 
+    def _short_input_pad(self, spatial: Sequence[int]) -> list[int] | None:
+        """F.pad widths for an input shorter than one (dilated) kernel window along some axis.
+
+        Caffe divides `size + 2*pad - extent` by the stride in C, truncating toward zero, so a numerator in
+        (-stride, 0) still gives one output, whose window runs past the padded input and reads zeros there
+        (im2col). PyTorch refuses such an input; the zeros are appended here instead.
+        """
+        widths: list[int] = []
+        for i in reversed(range(self.num_spatial)):
+            short = self.dilation[i] * (self.kernel[i] - 1) + 1 - spatial[i] - 2 * self.pad[i]
+            widths += [0, max(0, short)]
+        return widths if any(widths) else None
+
     def _conv(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         outer = x.shape[:self.axis]
         if self.axis != 1:
             x = x.reshape(-1, *x.shape[self.axis:])
+        if not self.transposed:
+            widths = self._short_input_pad(x.shape[2:])
+            if widths is not None:
+                x = F.pad(x, widths)
         if self.transposed:
             y = self._fn(x, w, b, stride=self.stride, padding=self.pad, groups=self.group,
                          dilation=self.dilation)
@@ -127,7 +144,8 @@ class _ConvBase(Layer):
             if self.transposed:
                 out = s * (size - 1) + ext - 2 * p
             else:
-                out = (size + 2 * p - ext) // s + 1
+                num = size + 2 * p - ext
+                out = (num // s if num >= 0 else -(-num // s)) + 1  # C division: toward zero
             if out <= 0:
                 raise self.error(f"output size {out} along spatial axis {i} is not positive "
                                  f"(input {size}, kernel {k}, pad {p}, stride {s}, dilation {d})")

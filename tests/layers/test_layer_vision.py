@@ -36,8 +36,9 @@ def conv2d_reference(x, w, b, stride, pad, dilation, group):
     x, w = x.numpy(), w.numpy()
     N, C, H, W = x.shape
     O, Cg, KH, KW = w.shape
-    OH = (H + 2 * pad[0] - (dilation[0] * (KH - 1) + 1)) // stride[0] + 1
-    OW = (W + 2 * pad[1] - (dilation[1] * (KW - 1) + 1)) // stride[1] + 1
+    # Caffe's C integer division truncates toward zero
+    OH = int((H + 2 * pad[0] - (dilation[0] * (KH - 1) + 1)) / stride[0]) + 1
+    OW = int((W + 2 * pad[1] - (dilation[1] * (KW - 1) + 1)) / stride[1]) + 1
     y = np.zeros((N, O, OH, OW))
     og = O // group
     for n in range(N):
@@ -65,6 +66,9 @@ CONV_CASES = [
     ("num_output: 4 kernel_size: 3 dilation: 2 pad: 2 group: 2", (2, 4, 6, 7)),
     ("num_output: 2 kernel_size: 2 kernel_size: 3 stride: 1 stride: 2 pad: 0 pad: 1 bias_term: false", (1, 2, 5, 6)),
     ("num_output: 3 kernel_size: 1", (2, 5, 3, 3)),
+    # an input shorter than the kernel: (2 - 3) / 2 truncates to 0 in C, so one output row (zeros past the input)
+    ("num_output: 2 kernel_size: 3 stride: 2", (1, 2, 2, 5)),
+    ("num_output: 2 kernel_size: 3 stride: 3 dilation: 2 pad: 1", (1, 2, 1, 4)),
 ]
 
 
