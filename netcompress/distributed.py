@@ -582,8 +582,8 @@ def _train_worker(info: ProcessInfo, cfg: dict) -> None:
     sp = pb.SolverParameter.FromString(cfg["solver_param"])
     solver = data_parallel_solver(sp, device=info.device, weights=cfg["weights"],
                                   max_iter=cfg["iterations"], sigint_effect=cfg["sigint_effect"],
-                                  sighup_effect=cfg["sighup_effect"], dns_stats=cfg["dns_stats"])
-    solver.source = cfg["solver"]
+                                  sighup_effect=cfg["sighup_effect"], dns_stats=cfg["dns_stats"],
+                                  source=cfg["solver"])
     solver.solve(resume_file=cfg["snapshot"])
 
 

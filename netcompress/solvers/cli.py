@@ -83,8 +83,8 @@ def cmd_train(argv: Sequence[str]) -> int:
         from ..distributed import train_distributed
         return train_distributed(a, sp, ids)
     solver = Solver(sp, device=device, weights=a.weights, max_iter=a.iterations,
-                    sigint_effect=a.sigint_effect, sighup_effect=a.sighup_effect, dns_stats=a.dns_stats)
-    solver.source = a.solver
+                    sigint_effect=a.sigint_effect, sighup_effect=a.sighup_effect, dns_stats=a.dns_stats,
+                    source=a.solver)
     solver.solve(resume_file=a.snapshot)
     return 0
 

@@ -78,6 +78,8 @@ class Solver:
         collective: the data-parallel hooks (see `Collective`); None for a single process.
         dns_stats: how DNS layers sum their statistics ("float64" or "caffe-cpu", see Net).
         verbose: log net set-up lines.
+        source: the file a SolverParameter `param` was read from: errors name it, and a missing
+            snapshot_prefix defaults to its name without extension (as for a path `param`).
     """
 
     def __init__(self, param: pb.SolverParameter | str, *, device: torch.device | str = "cpu",
@@ -85,14 +87,16 @@ class Solver:
                  sigint_effect: str = "stop", sighup_effect: str = "snapshot",
                  rank: int = 0, world_size: int = 1, verbose: bool = True,
                  grad_sync: Callable[[list[ParamEntry]], None] | None = None, dns_stats: str = "float64",
-                 collective: Collective | None = None):
-        self.source = param if isinstance(param, str) else "<SolverParameter>"
+                 collective: Collective | None = None, source: str | None = None):
+        if isinstance(param, str):
+            source = param
+        self.source = source or "<SolverParameter>"
         sp = ncio.read_solver(param) if isinstance(param, str) else param
         if max_iter is not None:
             sp.max_iter = max_iter
-        if not sp.snapshot_prefix and isinstance(param, str):
+        if not sp.snapshot_prefix and source:
             # As later BVLC Caffe: the prefix defaults to the solver file's name.
-            sp.snapshot_prefix = os.path.splitext(param)[0]
+            sp.snapshot_prefix = os.path.splitext(source)[0]
         self.param = sp
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size

@@ -250,3 +250,21 @@ def test_weights_and_snapshot_are_exclusive(workdir, tmp_path, capsys):
 def test_missing_solver_file_is_clear(tmp_path, capsys):
     assert cli_main(["train", "--solver", str(tmp_path / "nope.prototxt")]) == 1
     assert "nope.prototxt: no such file" in capsys.readouterr().err
+
+
+def test_train_command_names_the_solver_file_and_defaults_the_prefix(workdir, tmp_path, capsys):
+    """`netcompress train` without snapshot_prefix snapshots beside the solver file, as later BVLC
+    Caffe does, and solver errors name the file."""
+    sp = solver_param(workdir, max_iter=2, snapshot=2, test_interval=0)
+    sp.ClearField("snapshot_prefix")
+    del sp.test_iter[:]
+    path = tmp_path / "my_solver.prototxt"
+    ncio.write_text_proto(str(path), sp)
+    assert cli_main(["train", "--solver", str(path)]) == 0
+    assert (tmp_path / "my_solver_iter_2.caffemodel").is_file()
+    assert (tmp_path / "my_solver_iter_2.solverstate").is_file()
+    sp.ClearField("lr_policy")
+    bad = tmp_path / "no_policy.prototxt"
+    ncio.write_text_proto(str(bad), sp)
+    assert cli_main(["train", "--solver", str(bad)]) == 1
+    assert f"{bad}: lr_policy is not set" in capsys.readouterr().err
