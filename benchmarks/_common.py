@@ -6,6 +6,7 @@ are not told apart.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -19,6 +20,28 @@ from typing import Callable, Sequence
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------
+
+def argument_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
+    """The options both scripts share: --quick, --json, --device and --silent."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--json", metavar="OUT", help="write the results to this JSON file")
+    p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
+                   help="where to run (all: the CPU, and CUDA when present)")
+    p.add_argument("--silent", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def progress(args: argparse.Namespace, msg: str) -> None:
+    """A progress line on stderr, unless --silent."""
+    if not args.silent:
+        print(msg, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------

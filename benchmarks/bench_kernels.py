@@ -374,7 +374,7 @@ def run(args: argparse.Namespace) -> dict:
                 result["copy"].append({"device": device, "dtype": dname, "n": n, "s": tc["s"],
                                        "gbps": copy_bw / 1e9, "iqr_rel": tc["iqr_rel"], "reps": tc["reps"]})
                 del src, dst
-                _log(args, f"[{device} {dname} n={n:.0e}] copy {tc['s'] * 1e3:.4g} ms, {copy_bw / 1e9:.1f} GB/s")
+                C.progress(args, f"[{device} {dname} n={n:.0e}] copy {tc['s'] * 1e3:.4g} ms, {copy_bw / 1e9:.1f} GB/s")
                 for name in names:
                     spec = OPS_BY_NAME[name]
                     if dname not in spec.dtypes:
@@ -428,7 +428,7 @@ def _run_case(args, spec: OpSpec, device: str, dname: str, dtype: torch.dtype, n
     op_s = variants["op"]["s"]
     row["speedup_vs_eager"] = variants["eager"]["s"] / op_s
     row["speedup_vs_compile"] = variants["compile"]["s"] / op_s if "s" in variants["compile"] else None
-    _log(args, f"  {spec.name:22s} op {op_s * 1e3:9.4g} ms ({variants['op']['copy_ratio']:.2f} of copy)  "
+    C.progress(args, f"  {spec.name:22s} op {op_s * 1e3:9.4g} ms ({variants['op']['copy_ratio']:.2f} of copy)  "
                f"eager x{row['speedup_vs_eager']:.3g}"
                + (f"  compile x{row['speedup_vs_compile']:.3g}" if row["speedup_vs_compile"] else "")
                + ("" if row["check"] == "ok" else f"  CHECK: {row['check']}"))
@@ -511,18 +511,8 @@ def tables(result: dict) -> str:
     return "\n\n".join(parts)
 
 
-def _log(args, msg: str) -> None:
-    if not args.silent:
-        print(msg, file=sys.stderr, flush=True)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="a smoke run: 1e3 and 1e5 elements, few repeats")
-    p.add_argument("--json", metavar="OUT", help="write the results to this JSON file")
-    p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
-                   help="where to run (all: the CPU, and CUDA when present)")
+    p = C.argument_parser(__doc__, "a smoke run: 1e3 and 1e5 elements, few repeats")
     p.add_argument("--sizes", type=lambda s: [int(float(x)) for x in s.split(",")],
                    help="comma-separated element counts (default 1e3,...,1e8; --quick 1e3,1e5)")
     p.add_argument("--dtypes", type=lambda s: s.split(","), help="comma-separated, of float32,float16")
@@ -531,7 +521,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="torch.compile the eager compositions (auto: on, or only the first op with --quick)")
     p.add_argument("--min-time", type=float, help="seconds of samples per measurement (default 0.5, quick 0.02)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's, the core count)")
-    p.add_argument("--silent", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
     if args.dtypes:
         bad = [d for d in args.dtypes if d not in DTYPES]

@@ -325,7 +325,7 @@ def run(args: argparse.Namespace) -> dict:
                     elif isolate and th == threads[-1]:
                         r["memory"] = _child("memory", mjob)
                     result["runs"].append(r)
-                    _log(args, f"[{device} x{th}] {name:12s} {r['variant']:5s} train {r['train']['it_s']:7.3g} it/s  "
+                    C.progress(args, f"[{device} x{th}] {name:12s} {r['variant']:5s} train {r['train']['it_s']:7.3g} it/s  "
                                + "  ".join(f"fwd+bwd@{b} {v['ms']:.4g} ms" for b, v in r["fwd_bwd"].items()))
     result["machine"]["load_average_end"] = C.load_average()
     result["overhead"] = overheads(result["runs"])
@@ -403,18 +403,8 @@ def tables(result: dict) -> str:
     return "\n\n".join(parts)
 
 
-def _log(args, msg: str) -> None:
-    if not args.silent:
-        print(msg, file=sys.stderr, flush=True)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="a smoke run: LeNet, 1 thread, 3 iterations, in-process")
-    p.add_argument("--json", metavar="OUT", help="write the results to this JSON file")
-    p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
-                   help="where to run (all: the CPU, and CUDA when present)")
+    p = C.argument_parser(__doc__, "a smoke run: LeNet, 1 thread, 3 iterations, in-process")
     p.add_argument("--nets", type=lambda s: s.split(","), help=f"comma-separated, of {','.join(NETS)}")
     p.add_argument("--variants", type=lambda s: s.split(","), help="comma-separated, of plain,dns,inq")
     p.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")],
@@ -424,7 +414,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--isolate", dest="isolate", action="store_true", default=None,
                    help="one process per CPU measurement, for its peak RSS (default, except --quick)")
     p.add_argument("--no-isolate", dest="isolate", action="store_false")
-    p.add_argument("--silent", action="store_true", help="no progress lines on stderr")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for n in args.nets or []:
