@@ -40,6 +40,17 @@ def test_bindings_are_current():
     ("CInnerProductParameter", "c_rate", 3), ("CInnerProductParameter", "iter_stop", 4),
     ("DNSConvolutionParameter", "alpha_low", 7), ("INQConvolutionParameter", "num_quantum_values", 4),
     ("V1LayerParameter", "layer", 1), ("SolverState", "history", 3),
+    # recipes-spec 5.2-5.4: LayerParameter from 153, SolverParameter from 46, TransformationParameter from 8
+    ("LayerParameter", "kd_param", 153), ("LayerParameter", "mixed_pooling_param", 154),
+    ("LayerParameter", "sdn_loss_param", 155), ("LayerParameter", "strict_identity_param", 156),
+    ("LayerParameter", "channel_pad_param", 157), ("LayerParameter", "act_quant_param", 158),
+    ("LayerParameter", "weight_quant_param", 159), ("LayerParameter", "int_quant_param", 160),
+    ("SolverParameter", "epoch_iters", 46), ("SolverParameter", "momentum_form", 47),
+    ("SolverParameter", "adaptive_lr", 48), ("SolverParameter", "stepgamma", 49),
+    ("SolverParameter", "growth", 50), ("SolverParameter", "snip_schedule", 51),
+    ("SolverParameter", "global_prune", 52), ("SolverParameter", "freeze_zero_params", 53),
+    ("TransformationParameter", "std_value", 8), ("TransformationParameter", "autoaugment", 9),
+    ("TransformationParameter", "pad_crop", 10), ("TransformationParameter", "cutout_size", 11),
 ])
 def test_field_numbers(message, field, number):
     assert getattr(pb, message).DESCRIPTOR.fields_by_name[field].number == number
