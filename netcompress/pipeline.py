@@ -162,7 +162,7 @@ def _run(out, data, ref_iters, dns_iters, inq_iters, seed, device, verbose) -> d
     t_start = time.time()
 
     def score(net_path: str, model: str) -> tuple[float, float]:
-        from .cli import test_net
+        from .solvers.evaluate import test_net
 
         net = Net(net_path, phase="test", device=device, verbose=False)
         net.copy_from(model)
@@ -309,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gpu", default=None, help="GPU id (default: CPU)")
     p.add_argument("--verbose", action="store_true", help="also print every stage's Caffe log")
     a = p.parse_args(argv)
-    from .cli import device_from_gpu_flag
+    from .device import device_from_gpu_flag
 
     device = str(device_from_gpu_flag(a.gpu))
     run_pipeline(a.out, a.data, a.ref_iters, a.dns_iters, a.inq_iters, a.seed, device, a.verbose)

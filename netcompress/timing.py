@@ -1,15 +1,21 @@
 """Caffe's `time` command: average forward and backward time per layer and for the whole net."""
 from __future__ import annotations
 
+import argparse
 import time
+from typing import Sequence
 
 import torch
+
+from .cliargs import add_gpu_arg, add_state_args, state_from_args
+from .device import device_from_gpu_flag
+from .proto import caffe_pb2 as pb
 
 from .log import get_logger
 
 log = get_logger("time")
 
-__all__ = ["time_net"]
+__all__ = ["time_net", "main"]
 
 
 def _sync(device: torch.device) -> None:
@@ -99,3 +105,24 @@ def _backward(net) -> None:
     if loss.requires_grad:
         loss.backward()
         net.zero_grad(set_to_none=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`netcompress time`: Caffe's time verb."""
+    p = argparse.ArgumentParser(prog="netcompress time",
+                                description="Benchmark forward and backward, layer by layer (caffe time).")
+    p.add_argument("--model", required=True, help="net prototxt")
+    p.add_argument("--weights", default=None, help="optional .caffemodel")
+    p.add_argument("--iterations", type=int, default=50, help="timed iterations (default 50)")
+    add_gpu_arg(p)
+    add_state_args(p)
+    a = p.parse_args(argv)
+    from .net import Net
+
+    device = device_from_gpu_flag(a.gpu)
+    phase, level, stages = state_from_args(a, pb.TRAIN)
+    net = Net(a.model, phase=phase, level=level, stages=stages, device=device)
+    if a.weights:
+        net.copy_from(a.weights)
+    time_net(net, a.iterations)
+    return 0

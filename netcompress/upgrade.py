@@ -10,13 +10,16 @@
 """
 from __future__ import annotations
 
+import argparse
+from typing import Sequence
+
 from .errors import NetDefinitionError
 from .log import get_logger
 from .proto import caffe_pb2 as pb
 
 log = get_logger("upgrade")
 
-__all__ = ["net_needs_upgrade", "upgrade_net", "upgrade_solver", "V1_TYPE_NAMES"]
+__all__ = ["net_needs_upgrade", "upgrade_net", "upgrade_solver", "V1_TYPE_NAMES", "main"]
 
 # V1LayerParameter.LayerType enum name -> current type string.
 V1_TYPE_NAMES = {
@@ -301,3 +304,28 @@ def upgrade_solver(solver: pb.SolverParameter, path: str = "<solver>") -> pb.Sol
         solver.type = _SOLVER_TYPES[pb.SolverParameter.SolverType.Name(solver.solver_type)]
         solver.ClearField("solver_type")
     return solver
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`netcompress upgrade`: Caffe's upgrade_net_proto_text/binary and upgrade_solver_proto_text."""
+    p = argparse.ArgumentParser(
+        prog="netcompress upgrade",
+        description="Upgrade a legacy net (V0/V1 layers, input fields, old BatchNorm) or solver "
+                    "(solver_type) to the current format, like Caffe's upgrade_net_proto_text/binary "
+                    "and upgrade_solver_proto_text.")
+    p.add_argument("input", help="legacy prototxt, caffemodel or solver prototxt")
+    p.add_argument("output", help="where to write the upgraded file")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--binary", action="store_true", help="input and output are binary caffemodels")
+    kind.add_argument("--solver", action="store_true", help="input is a solver prototxt")
+    a = p.parse_args(argv)
+    from . import io as ncio
+
+    if a.solver:
+        ncio.write_text_proto(a.output, ncio.read_solver(a.input))
+    elif a.binary:
+        ncio.write_caffemodel(a.output, ncio.read_caffemodel(a.input))
+    else:
+        ncio.write_text_proto(a.output, ncio.read_net(a.input))
+    log.info("Wrote upgraded %s to %s", "solver" if a.solver else "NetParameter", a.output)
+    return 0

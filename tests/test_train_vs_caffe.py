@@ -44,7 +44,7 @@ def test_lenet_training_tracks_caffes_log(in_fixture_workdir, tmp_path, capsys):
 
 
 def _test_accuracy(net_path: str, model: str) -> float:
-    from netcompress.cli import test_net
+    from netcompress.solvers.evaluate import test_net
     from netcompress.net import Net
 
     net = Net(net_path, phase="test", verbose=False)

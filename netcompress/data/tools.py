@@ -1,8 +1,8 @@
 """Caffe's data tools: convert_mnist_data, convert_imageset, compute_image_mean, and mnist5k.
 
 Each tool is a function and a `*_main(argv) -> int` entry point taking Caffe's arguments (gflags
-spellings such as ``--gray``, ``-gray=true`` and ``--resize_height=256`` are accepted). `MAINS`
-maps the CLI subcommand names to them. Databases are LMDB only (LevelDB is refused) and are
+spellings such as ``--gray``, ``-gray=true`` and ``--resize_height=256`` are accepted). They are
+`netcompress <name>` commands through `netcompress.commands`. Databases are LMDB only (LevelDB is refused) and are
 written atomically (`LmdbWriter`).
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ log = get_logger("data")
 
 __all__ = ["read_idx", "convert_mnist", "convert_imageset", "compute_image_mean",
            "convert_mnist_main", "convert_imageset_main", "compute_image_mean_main",
-           "mnist5k_main", "MAINS"]
+           "mnist5k_main"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,11 +351,3 @@ def mnist5k_main(argv: list[str] | None = None) -> int:
         print(test)
         return 0
     return _run("mnist5k", body)
-
-
-MAINS: dict[str, Callable[[list[str] | None], int]] = {
-    "convert_mnist": convert_mnist_main,
-    "convert_imageset": convert_imageset_main,
-    "compute_image_mean": compute_image_mean_main,
-    "mnist5k": mnist5k_main,
-}

@@ -1,4 +1,4 @@
-"""`netcompress train` (caffe train) and `netcompress plot`."""
+"""`netcompress train` (caffe train), `netcompress test` (caffe test) and `netcompress plot`."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,8 @@ from typing import Sequence
 
 import torch
 
-from ..cli import device_from_gpu_flag, register_command
+from ..cliargs import add_gpu_arg, add_state_args, state_from_args
+from ..device import device_for, device_from_gpu_flag
 from ..errors import NetcompressError
 from ..log import get_logger
 from ..proto import caffe_pb2 as pb
@@ -14,35 +15,8 @@ from ..proto import caffe_pb2 as pb
 log = get_logger("train")
 
 
-def _solver_device(gpu: str | None, sp: pb.SolverParameter) -> tuple[torch.device, list[int] | None]:
-    """Caffe's rule: --gpu wins; otherwise solver_mode/device_id from the solver file."""
-    if gpu:
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise NetcompressError(f"--gpu {gpu}: no CUDA device is available (this torch build has "
-                                   f"CUDA: {torch.version.cuda is not None}); leave --gpu out to train "
-                                   "on the CPU, or use --cpu-procs N for data-parallel CPU processes")
-        if gpu == "all":
-            return torch.device("cuda", 0), list(range(n))
-        try:
-            ids = [int(g) for g in gpu.split(",") if g.strip()]
-        except ValueError:
-            raise NetcompressError(f"--gpu {gpu}: expected 'all' or comma-separated device ids "
-                                   "such as 0,1") from None
-        bad = [i for i in ids if not 0 <= i < n]
-        if not ids or bad or len(set(ids)) != len(ids):
-            what = (f"device {bad[0]} does not exist ({n} CUDA device(s): 0..{n - 1})" if bad
-                    else "each device may be listed once" if ids else "no device id given")
-            raise NetcompressError(f"--gpu {gpu}: {what}")
-        return device_from_gpu_flag(str(ids[0])), ids
-    if sp.solver_mode == pb.SolverParameter.GPU:
-        if torch.cuda.is_available():
-            return device_from_gpu_flag(str(sp.device_id)), [sp.device_id]
-        log.info("solver_mode is GPU but no CUDA device is available: using the CPU")
-    return device_from_gpu_flag(None), None
-
-
-def cmd_train(argv: Sequence[str]) -> int:
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """`netcompress train`: Caffe's train verb, on one process or data-parallel."""
     p = argparse.ArgumentParser(prog="netcompress train", description="Train a model (caffe train).")
     p.add_argument("--solver", "-solver", required=True, help="solver prototxt")
     g = p.add_mutually_exclusive_group()
@@ -78,7 +52,7 @@ def cmd_train(argv: Sequence[str]) -> int:
                                "processes, --gpu on GPUs")
     sp = ncio.read_solver(a.solver)
     launched = launcher_env() is not None  # torchrun (WORLD_SIZE > 1) or an srun step of > 1 tasks
-    device, ids = (torch.device("cpu"), None) if a.cpu_procs else _solver_device(a.gpu, sp)
+    device, ids = (torch.device("cpu"), None) if a.cpu_procs else device_for(a.gpu, sp)
     if launched or (a.cpu_procs or 1) > 1 or (ids and len(ids) > 1):
         from ..distributed import train_distributed
         return train_distributed(a, sp, ids)
@@ -89,7 +63,8 @@ def cmd_train(argv: Sequence[str]) -> int:
     return 0
 
 
-def cmd_plot(argv: Sequence[str]) -> int:
+def plot_main(argv: Sequence[str] | None = None) -> int:
+    """`netcompress plot`: curves of Caffe/netcompress training logs."""
     p = argparse.ArgumentParser(prog="netcompress plot",
                                 description="Plot training logs (Caffe's or netcompress's) to a PNG: "
                                             "training loss, each test output, learning rate.")
@@ -114,5 +89,29 @@ def cmd_plot(argv: Sequence[str]) -> int:
     return 0
 
 
-register_command("train", cmd_train, "train a model from a solver prototxt (caffe train)")
-register_command("plot", cmd_plot, "plot training logs as PNG curves")
+def test_main(argv: Sequence[str] | None = None) -> int:
+    """`netcompress test`: Caffe's test verb."""
+    p = argparse.ArgumentParser(prog="netcompress test",
+                                description="Score a model on its TEST-phase data (caffe test).")
+    p.add_argument("--model", required=True, help="net prototxt")
+    p.add_argument("--weights", required=True, help=".caffemodel to score")
+    p.add_argument("--iterations", type=int, default=50, help="number of batches (default 50)")
+    add_gpu_arg(p)
+    add_state_args(p)
+    a = p.parse_args(argv)
+    from ..net import Net
+    from .evaluate import test_net
+
+    device = device_from_gpu_flag(a.gpu)
+    phase, level, stages = state_from_args(a, pb.TEST)
+    net = Net(a.model, phase=phase, level=level, stages=stages, device=device)
+    net.copy_from(a.weights)
+    log.info("Running for %d iterations.", a.iterations)
+    scores = test_net(net, a.iterations, log_batches=True)
+    log.info("Loss: %g", scores.loss)
+    for name, value, weight in scores.outputs:
+        if weight:
+            log.info("%s = %g (* %g = %g loss)", name, value, weight, weight * value)
+        else:
+            log.info("%s = %g", name, value)
+    return 0

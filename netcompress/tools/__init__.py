@@ -4,7 +4,8 @@
 - `compact`: the compact 4/4 and 4/8 formats, byte-exact, and their encoders/decoders (5.7, 5.8);
 - `report`: kept counts, compression rate and on-disk sizes of a model.
 
-Each script is `netcompress <name> ...` and `compression_scripts/<name>.py ...`, with the reference's
+Each script is `netcompress <name> ...` (an entry of `netcompress.commands.COMMANDS`) and
+`compression_scripts/<name>.py ...`, with the reference's
 positional arguments and printed lines. Layers are selected by type and blob layout (Decision 7).
 """
 from __future__ import annotations
@@ -17,17 +18,4 @@ from .report import main as report_main
 from .report import model_report
 
 __all__ = ["dns_to_normal", "inq_to_normal", "model2inq_raw", "parse_model", "encode_compact",
-           "decode_compact", "model_report", "MAINS"]
-
-# script name -> entry point `main(argv) -> int`
-MAINS = {
-    "dns_to_normal": dns_to_normal_main,
-    "inq_to_normal": inq_to_normal_main,
-    "model2INQ_raw": model2INQ_raw_main,
-    "parse_model": parse_model_main,
-    "encode_compact": encode_compact_main,
-    "decode_compact": decode_compact_main,
-    "encode_compact48": encode_compact48_main,
-    "decode_compact48": decode_compact48_main,
-    "report": report_main,
-}
+           "decode_compact", "model_report"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from netcompress.data.db import DataError, LmdbReader, LmdbWriter
-from netcompress.data.tools import (MAINS, compute_image_mean_main, convert_imageset_main,
+from netcompress.data.tools import (compute_image_mean_main, convert_imageset_main,
                                     convert_mnist_main, read_idx)
 from netcompress.data.transformer import datum_to_array
 from netcompress.io import read_binaryproto_array
@@ -172,5 +172,9 @@ def test_lmdb_writer_grows_the_map_and_is_atomic(tmp_path, data_log):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_mains_table_names_the_cli_subcommands():
-    assert set(MAINS) == {"convert_mnist", "convert_imageset", "compute_image_mean", "mnist5k"}
+def test_the_data_tools_are_cli_subcommands():
+    from netcompress.commands import load_command
+
+    assert load_command("convert_mnist") is convert_mnist_main
+    assert load_command("convert_imageset") is convert_imageset_main
+    assert load_command("compute_image_mean") is compute_image_mean_main

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from netcompress import cli
+from netcompress.commands import COMMANDS, load_command
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = ("dns_to_normal", "inq_to_normal", "model2INQ_raw", "parse_model", "encode_compact",
@@ -16,9 +17,9 @@ SCRIPTS = ("dns_to_normal", "inq_to_normal", "model2INQ_raw", "parse_model", "en
 
 
 def test_every_script_has_a_shim_and_a_subcommand():
-    cli._load_commands()
     for name in SCRIPTS + ("report",):
-        assert name in cli._COMMANDS, name
+        assert name in COMMANDS, name
+        assert callable(load_command(name)), name
     for name in SCRIPTS:
         assert (REPO / "compression_scripts" / f"{name}.py").is_file(), name
 

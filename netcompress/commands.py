@@ -1,0 +1,65 @@
+"""The one table of `netcompress <command>`s: Caffe's tool verbs, the conversion and recipe scripts,
+and the pipelines.
+
+Each entry names the module and the `main(argv) -> int` that runs the command, so `netcompress
+--help` imports nothing, and adding a command is one line here (plus, for a reference script, its
+shim in `compression_scripts/`). Entry points follow one convention: `main(argv: list[str] | None)
+-> int`, testable in process.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable, NamedTuple, Sequence
+
+__all__ = ["Command", "COMMANDS", "load_command"]
+
+
+class Command(NamedTuple):
+    target: str   # "package.module:function"
+    help: str
+
+
+COMMANDS: dict[str, Command] = {
+    # Caffe's tool verbs
+    "train": Command("netcompress.solvers.cli:train_main", "train a model from a solver prototxt (caffe train)"),
+    "test": Command("netcompress.solvers.cli:test_main", "score a model on its TEST data (caffe test)"),
+    "time": Command("netcompress.timing:main", "benchmark a net layer by layer (caffe time)"),
+    "plot": Command("netcompress.solvers.cli:plot_main", "plot training logs as PNG curves"),
+    "upgrade": Command("netcompress.upgrade:main", "upgrade legacy net/solver/caffemodel files"),
+    # Caffe's data tools
+    "convert_mnist": Command("netcompress.data.tools:convert_mnist_main",
+                             "convert MNIST IDX files to an LMDB (Caffe's convert_mnist_data)"),
+    "convert_imageset": Command("netcompress.data.tools:convert_imageset_main",
+                                "convert an image list to an LMDB (Caffe's convert_imageset)"),
+    "compute_image_mean": Command("netcompress.data.tools:compute_image_mean_main",
+                                  "compute the mean image of an LMDB (Caffe's compute_image_mean)"),
+    "mnist5k": Command("netcompress.data.tools:mnist5k_main",
+                       "write the embedded 5,000 real MNIST digits as train/test LMDBs"),
+    # the reference fork's compression scripts
+    "dns_to_normal": Command("netcompress.tools.convert:dns_to_normal_main",
+                             "convert a raw DNS model to a normal model (dns_to_normal.py)"),
+    "inq_to_normal": Command("netcompress.tools.convert:inq_to_normal_main",
+                             "convert a raw INQ model to a normal model (inq_to_normal.py)"),
+    "model2INQ_raw": Command("netcompress.tools.convert:model2INQ_raw_main",
+                             "convert a normal or raw DNS model to an INQ raw model (model2INQ_raw.py)"),
+    "parse_model": Command("netcompress.tools.convert:parse_model_main",
+                           "write a binary caffemodel as protobuf text (parse_model.py)"),
+    "encode_compact": Command("netcompress.tools.compact:encode_compact_main",
+                              "encode a quantized model in the compact 4/4 format (encode_compact.py)"),
+    "decode_compact": Command("netcompress.tools.compact:decode_compact_main",
+                              "decode a compact 4/4 file into a normal caffemodel (decode_compact.py)"),
+    "encode_compact48": Command("netcompress.tools.compact:encode_compact48_main",
+                                "encode a quantized model in the compact 4/8 format (encode_compact48.py)"),
+    "decode_compact48": Command("netcompress.tools.compact:decode_compact48_main",
+                                "decode a compact 4/8 file into a normal caffemodel (decode_compact48.py)"),
+    "report": Command("netcompress.tools.report:main", "kept counts, compression rate and stored sizes of a model"),
+    # pipelines
+    "pipeline": Command("netcompress.pipeline:main",
+                        "the LeNet compression pipeline end to end on the embedded digits"),
+}
+
+
+def load_command(name: str) -> Callable[[Sequence[str]], int]:
+    """The entry point of command `name` (imports its module)."""
+    module, func = COMMANDS[name].target.split(":")
+    return getattr(importlib.import_module(module), func)

@@ -1,0 +1,72 @@
+"""Which device a command runs on: Caffe's `-gpu` flag and a solver's `solver_mode`/`device_id`.
+
+One parser for every command (`train`, `test`, `time`, `pipeline`, the recipe scripts):
+`parse_gpu_flag` reads `--gpu` ("" or None: the CPU; "0"; "0,1"; "all") into device ids, and
+`device_for` turns that, or the solver's own fields, into the first device plus the list of ids a
+data-parallel run uses.
+"""
+from __future__ import annotations
+
+import torch
+
+from .errors import NetcompressError
+from .log import get_logger
+from .proto import caffe_pb2 as pb
+
+log = get_logger("device")
+
+__all__ = ["parse_gpu_flag", "device_from_gpu_flag", "device_for"]
+
+
+def _cuda_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def parse_gpu_flag(gpu: str | None) -> list[int] | None:
+    """`--gpu` as device ids: None for the CPU (no flag, "" or "cpu"), every device for "all",
+    or the listed ids, each checked against the devices that exist."""
+    if gpu is None or gpu.strip() == "" or gpu.strip().lower() == "cpu":
+        return None
+    n = _cuda_count()
+    if n == 0:
+        raise NetcompressError(f"--gpu {gpu}: no CUDA device is available (this torch build has CUDA: "
+                               f"{torch.version.cuda is not None}); leave --gpu out to run on the CPU")
+    if gpu.strip().lower() == "all":
+        return list(range(n))
+    try:
+        ids = [int(g) for g in gpu.split(",") if g.strip()]
+    except ValueError:
+        raise NetcompressError(f"--gpu {gpu}: expected 'all' or comma-separated device ids such as 0,1") from None
+    bad = [i for i in ids if not 0 <= i < n]
+    if not ids or bad or len(set(ids)) != len(ids):
+        what = (f"device {bad[0]} does not exist ({n} CUDA device(s): 0..{n - 1})" if bad
+                else "each device may be listed once" if ids else "no device id given")
+        raise NetcompressError(f"--gpu {gpu}: {what}")
+    return ids
+
+
+def device_from_gpu_flag(gpu: str | None) -> torch.device:
+    """The one device a single-process command uses: the first of `--gpu`, or the CPU (logged as
+    Caffe logs it)."""
+    ids = parse_gpu_flag(gpu)
+    if ids is None:
+        log.info("Use CPU.")
+        return torch.device("cpu")
+    log.info("Use GPU with device ID %d", ids[0])
+    return torch.device("cuda", ids[0])
+
+
+def device_for(gpu: str | None, sp: pb.SolverParameter | None = None) -> tuple[torch.device, list[int] | None]:
+    """Caffe's rule for `train`: `--gpu` wins; otherwise the solver's solver_mode/device_id (GPU
+    mode without a CUDA device falls back to the CPU, with a log line). Returns the first device and
+    the GPU ids (None on the CPU)."""
+    if gpu:
+        ids = parse_gpu_flag(gpu)
+        if ids is not None:
+            log.info("Use GPU with device ID %d", ids[0])
+            return torch.device("cuda", ids[0]), ids
+    if sp is not None and sp.solver_mode == pb.SolverParameter.GPU:
+        if torch.cuda.is_available():
+            return device_from_gpu_flag(str(sp.device_id)), [sp.device_id]
+        log.info("solver_mode is GPU but no CUDA device is available: using the CPU")
+    return device_from_gpu_flag(None), None
