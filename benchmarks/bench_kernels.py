@@ -32,6 +32,7 @@ if __package__ in (None, ""):  # run as a script
 
 from benchmarks import _common as C  # noqa: E402
 from netcompress import ops  # noqa: E402
+from netcompress.layers import inq  # noqa: E402
 from netcompress.ops import reference as ref  # noqa: E402
 
 FULL_SIZES = [10**3, 10**4, 10**5, 10**6, 10**7, 10**8]
@@ -262,7 +263,7 @@ def make_quantize(n, dtype, device, g) -> Case:
     n_keep = int(0.7 * int((m0 == 1).sum()))
     thr = ops.inq_threshold(w0, m0, n_keep)
     thr_f = float(thr)
-    n2 = ops.inq_exponent_range(w0, m0, 7)[1]
+    n2 = inq.inq_exponent_range(w0, m0, 7)[1]
     w_op, m_op, w_eager, m_eager = w0.clone(), m0.clone(), w0.clone(), m0.clone()
 
     def reset() -> None:  # quantizing consumes its input: restore it before every call

@@ -5,8 +5,9 @@ Caffe's `-gpu=all` semantics: every process runs the solver on its own `batch_si
 reads records r, r + W, ... of the source), gradients are averaged over the W processes before
 the update, and only rank 0 logs, tests and writes snapshots. The effective batch is W x batch_size.
 
-How gradients are synchronized, and why not DistributedDataParallel: the solver calls
-`GradientAllReduce` once per iteration, after the last backward and before the update. It sums
+Data parallelism is one training callback (`DataParallel`, solvers/callbacks.py). How gradients are
+synchronized, and why not DistributedDataParallel: its `before_update` runs `GradientAllReduce`
+once per iteration, after the last backward and before the update. It sums
 the gradients of the learnable parameters in flat buckets (~25 MiB, one dtype each, launched
 asynchronously, then awaited) and divides by W. DDP would overlap that communication with the
 backward pass, but it reduces inside every backward, while Caffe's loop (reference-semantics 2.4,
@@ -16,11 +17,12 @@ also broadcast the masks from rank 0 at every forward, hiding a divergence inste
 it. One all-reduce after the backward gives exactly Caffe's update, on every rank alike.
 
 Consistency (what the reference got wrong, section 4.7): every rank starts from rank 0's blobs
-and solver history (broadcast), data seeds and the DNS surgery generator state; DNS statistics and
-INQ partitions are computed from those identical weights, and the one uniform draw per DNS layer
-comes from the same generator state, so all ranks update their masks identically. At every
-snapshot all ranks compare checksums of their masks (and DNS statistics, and weights) and the run
-fails loudly, naming the layers and ranks, if a mask differs. Stop/snapshot requests (signals)
+and solver history (broadcast), the layers' `rank0_state` (data seeds) and the nets' named
+generators (e.g. the DNS surgery gate's); layer state computed from those identical weights (DNS
+statistics, INQ partitions) and draws from those identical generators are then identical, so all
+ranks update their masks identically. At every snapshot all ranks compare checksums of the layers'
+`replicated_state()` (masks, DNS statistics) and of the weights, and the run fails loudly, naming
+the layers and ranks, if replicated state differs. Stop/snapshot requests (signals)
 and non-finite losses are agreed collectively, so all ranks stop or snapshot at the same
 iteration. Control messages travel on a gloo group (CPU), gradients on the main backend (NCCL
 for CUDA, gloo for CPU).
@@ -49,7 +51,9 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from .errors import NetcompressError
 from .log import get_logger, setup_logging
+from .options import options_from_args
 from .proto import caffe_pb2 as pb
+from .solvers.callbacks import TrainingCallback
 
 log = get_logger("distributed")
 
@@ -72,7 +76,7 @@ class WorkerError(NetcompressError):
 
 
 class InconsistentMasksError(NetcompressError):
-    """The DNS/INQ masks (or DNS statistics) of the processes of a distributed run differ."""
+    """The layers' replicated state (masks, statistics) differs between the processes of a run."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,12 +251,13 @@ def _np_set_rng_state(s) -> None:
     f(s)
 
 
-class DataParallel:
-    """The `Collective` of a data-parallel Solver in the current process group (see module doc).
+class DataParallel(TrainingCallback):
+    """Data-parallel training in the current process group, as a training callback (see the module
+    docstring). Build it on every rank and give it to the Solver (`callbacks=[dp]`), or use
+    `data_parallel_solver`."""
 
-    Build it on every rank, pass `grad_sync=dp.grad_sync, collective=dp` to the Solver, then call
-    `dp.attach(solver)` (or use `data_parallel_solver`).
-    """
+    state_key = "distributed"
+    synchronizes = True
 
     def __init__(self, device: torch.device | str, bucket_bytes: int = BUCKET_BYTES):
         if not dist.is_initialized():
@@ -263,6 +268,8 @@ class DataParallel:
         self.control = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
         self.grad_sync = GradientAllReduce(self.world_size, bucket_bytes=bucket_bytes)
         self._initial_rank_state: dict | None = None
+        self._saved_ranks: list | None = None    # every rank's generators, from a restored snapshot
+        self._gathered: list | None = None       # ... gathered at the last snapshot point (rank 0)
 
     # -- set-up ----------------------------------------------------------------------------
     def attach(self, solver) -> None:
@@ -274,7 +281,7 @@ class DataParallel:
             self._restore_rank_state(solver)
         tensors = [e.tensor for e in solver.params] + [h for hs in solver.history for h in hs]
         self._broadcast(tensors)
-        self._sync_seeds(solver)
+        self._sync_rank0_state(solver)
         if solver.root:
             log.info("Data-parallel training on %d processes (%s): batch_size is per process, "
                      "gradients are averaged", self.world_size, dist.get_backend())
@@ -290,28 +297,24 @@ class DataParallel:
                 for t, v in zip(ts, _unflatten_dense_tensors(flat, ts)):
                     t.copy_(v)
 
-    def _sync_seeds(self, solver) -> None:
-        from .data.layers import BasePrefetchingDataLayer
-        from .layers.compression import DNSLayer
-
+    def _sync_rank0_state(self, solver) -> None:
+        """Every rank takes rank 0's layer `rank0_state` (data seeds) and named generator states."""
         net = solver.net
-        data = [l for _, l in net.named_layers() if isinstance(l, BasePrefetchingDataLayer)]
-        if data:
-            # Shuffles and rand_skip come from the seed: ranks must agree to read disjoint records
-            # (they do when random_seed is set; without one each drew its own).
-            seeds = torch.tensor([l.seed for l in data], dtype=torch.int64)
-            dist.broadcast(seeds, src=0, group=self.control)
-            for layer, s in zip(data, seeds.tolist()):
-                if layer.seed != s:
-                    layer.close()
-                    layer.seed = layer.reader.stream.seed = int(s)
-        if any(isinstance(l, DNSLayer) for _, l in net.named_layers()):
-            # Decision 4: one surgery generator state on every rank (rank 0's: the solver's
-            # random_seed, 1 without one, or the restored state).
-            gen = net.ctx.surgery_generator()
+        for _, layer in net.named_layers():
+            st = layer.rank0_state()
+            if st is not None:
+                st = st.clone()
+                dist.broadcast(st, src=0, group=self.control)
+                layer.set_rank0_state(st)
+        # The same generators exist on every rank (built from the same net), in the same order.
+        for name, gen in sorted(net.ctx.named_generators().items()):
             state = gen.get_state()
             dist.broadcast(state, src=0, group=self.control)
             gen.set_state(state)
+
+    # -- per-iteration hooks ---------------------------------------------------------------
+    def before_update(self, solver) -> None:
+        self.grad_sync(solver.params)
 
     # -- per-rank generator states in snapshots --------------------------------------------
     def _rank_state(self, solver) -> dict:
@@ -336,13 +339,13 @@ class DataParallel:
         (Dropout) keep independent streams per rank and a same-size resume is bit-identical."""
         if self.rank == 0:
             return
-        saved = solver.restored_state.get("ranks") or []
+        saved = self._saved_ranks or []
         st = saved[self.rank] if self.rank < len(saved) else self._initial_rank_state
         if st is not None:
             self._apply_rank_state(solver, st)
 
     # -- per-iteration agreement -----------------------------------------------------------
-    def mean_loss(self, solver, loss: float) -> tuple[float, list[int]]:
+    def reduce_loss(self, solver, loss: float) -> tuple[float, list[int]]:
         mine = torch.tensor([loss], dtype=torch.float64)
         losses = [torch.empty_like(mine) for _ in range(self.world_size)]
         dist.all_gather(losses, mine, group=self.control)
@@ -361,22 +364,21 @@ class DataParallel:
         states = [None] * self.world_size if self.rank == 0 else None
         dist.gather_object(self._rank_state(solver), states, dst=0, group=self.control)
         if self.rank == 0:
-            solver.extra_snapshot_state["ranks"] = states
-            solver.extra_snapshot_state["world_size"] = self.world_size
+            self._gathered = states
+
+    def state_dict(self):
+        if self._gathered is None:
+            return None
+        return {"ranks": self._gathered, "world_size": self.world_size}
+
+    def load_state_dict(self, state) -> None:
+        self._saved_ranks = None if state is None else list(state.get("ranks") or [])
 
     def check_consistency(self, solver) -> None:
-        """Compare masks, DNS statistics and weights across ranks (collective); raise
-        InconsistentMasksError naming the layers and ranks if a mask or statistic differs."""
-        from .layers.compression import DNSLayer, MaskedLayer
-
-        strict: list[tuple[str, torch.Tensor | None]] = []
-        for name, layer in solver.net.named_layers():
-            if isinstance(layer, MaskedLayer):
-                for bn in ("weight_mask", "bias_mask"):
-                    if bn in layer.blob_names:
-                        strict.append((f"{name}.{bn}", getattr(layer, bn)))
-                if isinstance(layer, DNSLayer):
-                    strict.append((f"{name} DNS statistics (mu, std)", layer.stats))
+        """Compare the layers' replicated state (masks, statistics) and the weights across ranks
+        (collective); raise InconsistentMasksError naming the layers and ranks if replicated state
+        differs."""
+        strict = list(solver.net.replicated_state().items())
         weights = [(e.key, e.tensor) for e in solver.params if e.learnable]
         mine = torch.tensor([_digest(t) for _, t in strict + weights], dtype=torch.int64)
         table = [torch.empty_like(mine) for _ in range(self.world_size)]
@@ -391,10 +393,10 @@ class DataParallel:
 
         bad = [describe(i, label) for i, (label, _) in enumerate(strict) if differ[i]]
         if bad:
-            msg = (f"Iteration {solver.iter}: the DNS/INQ masks of the {self.world_size} processes "
-                   f"differ, so the snapshot would not describe the model every process trained: "
-                   f"{'; '.join(bad)}. This is a bug (all ranks should update masks identically); "
-                   "nothing was written for this iteration.")
+            msg = (f"Iteration {solver.iter}: the masks or layer statistics of the {self.world_size} "
+                   f"processes differ, so the snapshot would not describe the model every process "
+                   f"trained: {'; '.join(bad)}. This is a bug (all ranks should update them "
+                   "identically); nothing was written for this iteration.")
             if self.rank == 0:
                 log.error(msg)
             raise InconsistentMasksError(msg)
@@ -412,10 +414,9 @@ def data_parallel_solver(param, *, device: torch.device | str, bucket_bytes: int
     from .solvers.solver import Solver
 
     dp = DataParallel(device, bucket_bytes=bucket_bytes)
-    solver = Solver(param, device=device, rank=dp.rank, world_size=dp.world_size,
-                    grad_sync=dp.grad_sync, collective=dp, **solver_kwargs)
-    dp.attach(solver)
-    return solver
+    callbacks = [dp, *solver_kwargs.pop("callbacks", ())]
+    return Solver(param, device=device, rank=dp.rank, world_size=dp.world_size, callbacks=callbacks,
+                  **solver_kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -582,7 +583,7 @@ def _train_worker(info: ProcessInfo, cfg: dict) -> None:
     sp = pb.SolverParameter.FromString(cfg["solver_param"])
     solver = data_parallel_solver(sp, device=info.device, weights=cfg["weights"],
                                   max_iter=cfg["iterations"], sigint_effect=cfg["sigint_effect"],
-                                  sighup_effect=cfg["sighup_effect"], dns_stats=cfg["dns_stats"],
+                                  sighup_effect=cfg["sighup_effect"], options=cfg["options"],
                                   source=cfg["solver"])
     solver.solve(resume_file=cfg["snapshot"])
 
@@ -614,7 +615,7 @@ def train_distributed(args, sp: pb.SolverParameter, ids: list[int] | None) -> in
     cfg = {"solver": args.solver, "solver_param": sp.SerializeToString(), "weights": args.weights,
            "snapshot": args.snapshot, "iterations": args.iterations,
            "sigint_effect": args.sigint_effect, "sighup_effect": args.sighup_effect,
-           "dns_stats": getattr(args, "dns_stats", "float64")}
+           "options": options_from_args(args)}
     timeout = float(getattr(args, "dist_timeout", None) or DEFAULT_TIMEOUT_S)
     env = launcher_env()
     if env is not None:

@@ -25,7 +25,7 @@ from .errors import NetDefinitionError, WeightLoadError
 from .layers.base import Layer, LayerContext, Shape, create_layer, layer_class
 from .log import get_logger
 from .proto import caffe_pb2 as pb
-from .rng import CaffeRNG, setup_draws
+from .rng import CaffeRNG
 
 log = get_logger("net")
 
@@ -133,7 +133,7 @@ class Net(nn.Module):
         weights: optional .caffemodel to copy in after building (Caffe's rules).
         device, dtype: where the blobs live.
         seed: seeds the fillers (and is given to layers as the solver's random_seed).
-        dns_stats: "float64" or "caffe-cpu", how DNS layers sum their statistics (see LayerContext).
+        options: recipe options by name (`netcompress.options`), given to every layer's context.
         rng: the Caffe-compatible stream to draw from (a solver's test nets continue its train net's
             stream, as in Caffe); by default a new one seeded with seed + rank.
         verbose: log Caffe's set-up lines (top shapes, memory, backward needs).
@@ -143,7 +143,7 @@ class Net(nn.Module):
                  stages: Iterable[str] = (), *, weights: str | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  seed: int | None = None, rank: int = 0, world_size: int = 1, verbose: bool = True,
-                 state: pb.NetState | None = None, dns_stats: str = "float64", rng: CaffeRNG | None = None):
+                 state: pb.NetState | None = None, options: dict | None = None, rng: CaffeRNG | None = None):
         super().__init__()
         self.source = param if isinstance(param, str) else "<NetParameter>"
         if isinstance(param, str):
@@ -176,11 +176,11 @@ class Net(nn.Module):
         self.dtype = dtype
         # Caffe seeds its global stream with random_seed + solver rank before building the nets.
         gen = rng if rng is not None else CaffeRNG(None if seed is None or seed < 0 else seed + rank)
+        from .options import check_options
+
         self.ctx = LayerContext(phase=self.phase, device=self.device, dtype=dtype, generator=gen,
                                 seed=seed, rank=rank, world_size=world_size, net_name=self.name,
-                                dns_stats=dns_stats)
-        if dns_stats not in ("float64", "caffe-cpu"):
-            raise ValueError(f"dns_stats must be 'float64' or 'caffe-cpu', got '{dns_stats}'")
+                                options=check_options(options))
         if verbose:
             log.info("Initializing net from parameters: \n%s", text_format.MessageToString(_without_blobs(filtered)))
         self.layers = nn.ModuleDict()
@@ -241,7 +241,7 @@ class Net(nn.Module):
                 # so a saved model carries `loss_weight: 1` (and ours is byte-identical).
                 lp_local.loss_weight.append(1.0)
             layer = create_layer(lp_local, bottom_shapes, self.ctx)
-            self.ctx.generator.skip(setup_draws(lp_local, self.phase))  # Caffe's set-up draws
+            self.ctx.generator.skip(cls.setup_draws(lp_local, self.phase))  # Caffe's set-up draws
             for b in lp.bottom:
                 available.pop(b, None)
             for j, t in enumerate(tops):
@@ -291,7 +291,7 @@ class Net(nn.Module):
             self._tops.append(tops)
             self._prop_down.append([bool(p) for p in lp.propagate_down] if len(lp.propagate_down)
                                    else [True] * len(lp.bottom))
-            if layer.type_name == "Input":
+            if layer.is_input:
                 self.input_names.extend(tops)
             # The layer's own copy, as Caffe's AppendParam reads it (BatchNorm adds lr_mult 0 specs).
             self._append_params(layer, layer.layer_param)
@@ -450,13 +450,31 @@ class Net(nn.Module):
             layer.set_iteration(iteration)
 
     def before_train_forward(self) -> None:
-        """Run the layers' pre-forward state changes (DNS surgery, INQ quantization) in order."""
+        """Run the layers' pre-forward state changes (mask updates, quantization steps) in order."""
         for _, layer in self.named_layers():
             layer.before_train_forward()
 
     def before_backward(self) -> None:
         for _, layer in self.named_layers():
             layer.before_backward()
+
+    def after_backward(self) -> None:
+        for _, layer in self.named_layers():
+            layer.after_backward()
+
+    def epoch_end(self, epoch: int) -> None:
+        """Tell every layer that epoch `epoch` (1-based) has ended."""
+        for _, layer in self.named_layers():
+            layer.epoch_end(epoch)
+
+    def replicated_state(self) -> "OrderedDict[str, torch.Tensor | None]":
+        """Every layer's `replicated_state()`, as "<layer>.<name>" -> tensor: what must be identical
+        on every process of a distributed run."""
+        out: "OrderedDict[str, torch.Tensor | None]" = OrderedDict()
+        for lname, layer in self.named_layers():
+            for key, t in layer.replicated_state().items():
+                out[f"{lname}.{key}" if key.isidentifier() else f"{lname} {key}"] = t
+        return out
 
     def before_snapshot(self) -> None:
         for _, layer in self.named_layers():
@@ -473,17 +491,18 @@ class Net(nn.Module):
             st = layer.snapshot_state()
             if st is not None:
                 out[name] = st
-        if self.ctx._surgery_rng is not None:
-            out["__net__"] = {"surgery_rng": self.ctx._surgery_rng.get_state()}
+        gens = self.ctx.named_generators()
+        if gens:
+            out["__net__"] = {"generators": {name: g.get_state() for name, g in gens.items()}}
         return out
 
     def load_extra_state(self, state: dict | None) -> None:
         """Give each layer its saved state (None for all when the snapshot has none)."""
         for name, layer in self.named_layers():
             layer.restore_state(None if state is None else state.get(name))
-        net_state = (state or {}).get("__net__")
-        if net_state and "surgery_rng" in net_state:
-            self.ctx.surgery_generator().set_state(net_state["surgery_rng"])
+        net_state = (state or {}).get("__net__") or {}
+        for name, gen_state in (net_state.get("generators") or {}).items():
+            self.ctx.named_generator(name).set_state(gen_state)
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, *args: torch.Tensor, **inputs: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
@@ -505,7 +524,7 @@ class Net(nn.Module):
         blobs.clear()
         for li, name in enumerate(self.layer_names):
             layer = self.layers[_escape(name)]
-            if layer.type_name == "Input":
+            if layer.is_input:
                 xs = [self._as_input(inputs[t]) if t in inputs else self._fed.get(t)
                       for t in self._tops[li]]
 
@@ -515,7 +534,7 @@ class Net(nn.Module):
             out = layer(*xs)
             if isinstance(out, torch.Tensor):
                 out = (out,)
-            if self.param.force_backward and layer.type_name == "Input":
+            if self.param.force_backward and layer.is_input:
                 # Caffe's force_backward: gradients reach the net's inputs too.
                 out = tuple(y.detach().requires_grad_() if y.is_floating_point() else y for y in out)
             for t, y in zip(self._tops[li], out):
@@ -548,8 +567,8 @@ class Net(nn.Module):
         """Copy weights by layer name with Caffe's rules (CopyTrainedLayersFrom, fork version).
 
         Source layers absent here are ignored (logged). A target layer must receive exactly as
-        many blobs as it holds, except DNS/INQ/C* layers, which may receive fewer (the rest keep
-        their filler values, so a normal model loaded into a DNS net gets all-ones masks).
+        many blobs as it holds, except masked layers, which may receive fewer (the rest keep their
+        filler values, so a normal model loaded into a masked net gets its filler masks).
         Shapes must match (a legacy 4-D num/channels/height/width of the same count is accepted).
         """
         path = source if isinstance(source, str) else "<NetParameter>"
@@ -568,8 +587,7 @@ class Net(nn.Module):
                 raise WeightLoadError(
                     f"{path}: Incompatible number of blobs for layer '{sl.name}': the model has "
                     f"{n_src}, the net's {layer.type_name} layer expects {n_dst}"
-                    + (" (a 4-blob raw DNS/INQ model loads only into DNS/INQ layers; convert it with "
-                       "dns_to_normal/inq_to_normal)" if n_src > n_dst else ""))
+                    + (_convert_hint(sl.type) if n_src > n_dst else ""))
             for j in range(n_src):
                 blob = sl.blobs[j]
                 target = getattr(layer, layer.blob_names[j])
@@ -628,6 +646,16 @@ class Net(nn.Module):
         for e in self._params:
             layer = self.layer(e.layer)
             e.tensor = getattr(layer, layer.blob_names[e.index])
+
+
+def _convert_hint(source_type: str) -> str:
+    from .layers.base import registered_class
+
+    cls = registered_class(source_type)
+    command = getattr(cls, "normal_converter", "") if cls is not None else ""
+    how = f"`netcompress {command}`" if command else "its recipe's converter"
+    return (f" (a raw model with mask blobs loads only into masked layers; convert it to a normal model "
+            f"first with {how})")
 
 
 def _without_blobs(param: pb.NetParameter) -> pb.NetParameter:

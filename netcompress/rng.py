@@ -17,7 +17,7 @@ import numpy as np
 
 from .proto import caffe_pb2 as pb
 
-__all__ = ["CaffeRNG", "setup_draws"]
+__all__ = ["CaffeRNG", "transform_setup_draws"]
 
 _TWO32 = np.float32(4294967296.0)
 
@@ -92,17 +92,8 @@ class CaffeRNG:
         return (u <= np.float32(p) * np.float32(4294967295.0)).astype(np.float32)
 
 
-def setup_draws(param: pb.LayerParameter, phase: int) -> int:
-    """How many values Caffe's layer set-up takes from the global stream for this layer (before
-    and besides its fillers): data layers seed their transformer (when it mirrors, or crops in
-    TRAIN), ImageData its shuffle and rand_skip, and every prefetching layer its thread."""
-    t = param.type
-    if t not in ("Data", "ImageData", "WindowData", "MemoryData"):
-        return 0
-    tp = param.transform_param
-    n = 1 if (tp.mirror or (phase == pb.TRAIN and tp.crop_size)) else 0
-    if t == "ImageData":
-        n += int(param.image_data_param.shuffle) + int(param.image_data_param.rand_skip > 0)
-    if t != "MemoryData":
-        n += 1  # InternalThread::StartInternalThread seeds the prefetch thread
-    return n
+def transform_setup_draws(tp: pb.TransformationParameter, phase: int) -> int:
+    """Values a data layer's DataTransformer takes from Caffe's global stream at set-up: one seed
+    when it mirrors, or crops in TRAIN. Each data layer class adds its own draws (its
+    `setup_draws` classmethod: ImageData's shuffle and rand_skip, a prefetch thread's seed)."""
+    return 1 if (tp.mirror or (phase == pb.TRAIN and tp.crop_size)) else 0

@@ -9,6 +9,7 @@ import pytest
 import torch
 from google.protobuf import text_format
 
+from netcompress.solvers.callbacks import AfterIteration
 from netcompress import io as ncio
 from netcompress.errors import NetDefinitionError
 from netcompress.net import Net
@@ -109,7 +110,7 @@ def test_dns_gate_one_draw_per_forward_and_iter_stop():
     net = make(net_text(conv_extra="gamma: 1.0 power: 1 iter_stop: 3", ip_extra="gamma: 1.0 iter_stop: -1"))
     feed(net)
     conv, ip = net.layer("conv"), net.layer("ip")
-    gen = net.ctx.surgery_generator()
+    gen = net.ctx.named_generator("dns_surgery")
     for it in range(6):
         net.set_iteration(it)
         before = gen.get_state().clone()
@@ -129,9 +130,9 @@ def test_dns_gate_one_draw_per_forward_and_iter_stop():
 
 def test_surgery_draws_follow_random_seed():
     a, b, c = (make(net_text(conv_extra="gamma: 1"), seed=s) for s in (5, 5, 6))
-    ra = torch.rand(3, generator=a.ctx.surgery_generator())
-    rb = torch.rand(3, generator=b.ctx.surgery_generator())
-    rc = torch.rand(3, generator=c.ctx.surgery_generator())
+    ra = torch.rand(3, generator=a.ctx.named_generator("dns_surgery"))
+    rb = torch.rand(3, generator=b.ctx.named_generator("dns_surgery"))
+    rc = torch.rand(3, generator=c.ctx.named_generator("dns_surgery"))
     assert torch.equal(ra, rb) and not torch.equal(ra, rc)
 
 
@@ -144,10 +145,12 @@ def test_dns_iter_size_masks_earlier_gradients():
     net()
     net.before_backward()
     net.loss.backward()
+    net.after_backward()
     g1 = conv.weight.grad.clone()
     net()
-    net.before_backward()  # diff <- mask * diff before adding the second gradient
+    net.before_backward()  # with after_backward: diff <- mask * diff + the second gradient
     net.loss.backward()
+    net.after_backward()
     torch.testing.assert_close(conv.weight.grad, g1 * conv.weight_mask + g1)
 
 
@@ -210,7 +213,7 @@ def test_dns_statistics_survive_resume_state():
     fresh = make(net_text(conv_extra="c_rate: 0.5"), seed=9)
     fresh.load_extra_state(state)
     torch.testing.assert_close(fresh.layer("conv").stats, net.layer("conv").stats)
-    assert torch.equal(fresh.ctx.surgery_generator().get_state(), net.ctx.surgery_generator().get_state())
+    assert torch.equal(fresh.ctx.named_generator("dns_surgery").get_state(), net.ctx.named_generator("dns_surgery").get_state())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -250,7 +253,7 @@ def test_inq_quantizes_once_at_iteration_zero_with_logs(caplog):
 
 
 def test_inq_rounding_and_counts_match_reference_rules():
-    from netcompress.ops import inq_partition_counts
+    from netcompress.layers.inq import inq_partition_counts
     net = make(net_text("INQConvolution", "INQInnerProduct", "portion: 0.3 portion: 0.6 num_quantum_values: 7",
                         "portion: 0.3 portion: 0.6 num_quantum_values: 7"))
     ip = net.layer("ip")
@@ -306,7 +309,7 @@ def test_inq_test_at_iteration_zero_sees_the_previous_model(caplog):
     with torch.no_grad():
         before = float(s.test_nets[0]()["loss"])
     scores = []
-    s.hooks_after_iteration.append(lambda solver: scores.append(dict(solver.last_test_scores)))
+    s.add_callback(AfterIteration(lambda solver: scores.append(dict(solver.last_test_scores))))
     with caplog.at_level(logging.INFO, logger="netcompress"):
         s.solve()
     assert scores[0]["loss"] == pytest.approx(before, rel=1e-6)  # iteration 0: not yet quantized

@@ -25,7 +25,7 @@ def oracle(fixture_workdir):
 
 def build(fixture_workdir, dns_stats="caffe-cpu"):
     net = Net(str(fixture_workdir / "oracle" / "lenet_DNS_oracle.prototxt"), phase="train", seed=1,
-              verbose=False, dns_stats=dns_stats)
+              verbose=False, options={"dns_stats": dns_stats})
     net.copy_from(str(fixture_workdir / "lenet" / "lenet_iter_5000.caffemodel"))
     return net
 
@@ -95,7 +95,7 @@ def test_two_solver_steps_match_caffe(fixture_workdir, oracle, tmp_path):
     sp = ncio.read_solver(str(fixture_workdir / "oracle" / "lenet_DNS_oracle_solver.prototxt"))
     sp.net = str(fixture_workdir / "oracle" / "lenet_DNS_oracle.prototxt")
     solver = Solver(sp, verbose=False, weights=str(fixture_workdir / "lenet" / "lenet_iter_5000.caffemodel"),
-                    dns_stats="caffe-cpu")
+                    options={"dns_stats": "caffe-cpu"})
     solver.net.set_input(data=torch.from_numpy(oracle["x"]).float(), label=torch.from_numpy(oracle["y"]).float())
     idx = oracle["stepB/ip1_idx"]
     for step in (1, 2):

@@ -10,7 +10,8 @@ import torch
 from netcompress.cli import main as cli_main
 from netcompress.fillers import fill
 from netcompress.proto import caffe_pb2 as pb
-from netcompress.rng import CaffeRNG, setup_draws
+from netcompress.layers import layer_class
+from netcompress.rng import CaffeRNG
 
 
 def test_engine_is_boost_mt19937():
@@ -39,6 +40,10 @@ def test_xavier_fill_draws_in_caffe_order():
     np.testing.assert_array_equal(t.numpy().ravel(), CaffeRNG(3).uniform(48, -scale, scale))
 
 
+def setup_draws(lp: pb.LayerParameter, phase: int) -> int:
+    return layer_class(lp.type).setup_draws(lp, phase)
+
+
 def test_setup_draws_of_data_layers():
     lp = pb.LayerParameter(type="Data")
     assert setup_draws(lp, pb.TRAIN) == 1  # the prefetch thread's seed
@@ -51,6 +56,10 @@ def test_setup_draws_of_data_layers():
     im.image_data_param.rand_skip = 5
     assert setup_draws(im, pb.TEST) == 3
     assert setup_draws(pb.LayerParameter(type="Convolution"), pb.TRAIN) == 0
+    memory = pb.LayerParameter(type="MemoryData")
+    assert setup_draws(memory, pb.TRAIN) == 0  # no prefetch thread
+    memory.transform_param.mirror = True
+    assert setup_draws(memory, pb.TRAIN) == 1
 
 
 def test_seeded_lenet_starts_from_caffes_weights(in_fixture_workdir, capsys):

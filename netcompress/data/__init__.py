@@ -1,9 +1,11 @@
-"""Caffe's data path: DataTransformer, Datum decoding, data layers, LMDB tools, MNIST-5k.
+"""Caffe's data path: DataTransformer, Datum decoding, LMDB tools, MNIST-5k.
 
 Submodules import their heavy dependencies (lmdb, h5py, Pillow) only when used:
 `transformer` (DataTransformer, Datum <-> arrays), `image` (BGR decoding and OpenCV-style
-resizing), `db` (LMDB reader/writer), `layers` (Data, ImageData, HDF5Data, MemoryData),
+resizing), `db` (LMDB reader/writer), `prefetch` (the background loader),
 `tools` (convert_mnist, convert_imageset, compute_image_mean), `mnist5k` (the embedded digits).
+The data layers that use them (Data, ImageData, HDF5Data, MemoryData) are in
+`netcompress.layers.data`; nothing here imports the layer registry.
 """
 from __future__ import annotations
 

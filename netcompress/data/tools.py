@@ -105,7 +105,7 @@ def convert_imageset(root_folder: str, list_file: str, db_path: str, *, gray: bo
     else re-encodes (JPEG quality 95, as OpenCV). `seed` makes `shuffle` reproducible.
     Returns the number of records written.
     """
-    from .layers import read_image_list
+    from ..layers.data import read_image_list
 
     is_color = not gray
     lines = read_image_list(list_file)

@@ -9,7 +9,7 @@ then the crop offsets (TRAIN only; TEST takes the centre, ``(H - crop) / 2`` rou
 
 Randomness comes from the `numpy.random.Generator` the caller passes, so a data layer that seeds
 one generator per batch from (seed, batch index) makes the stream of batches a pure function of
-its position (see `netcompress.data.layers`).
+its position (see `netcompress.layers.data`).
 """
 from __future__ import annotations
 

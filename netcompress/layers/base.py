@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from typing import Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -25,14 +25,19 @@ from ..proto import caffe_pb2 as pb
 from ..rng import CaffeRNG
 
 __all__ = ["Layer", "LayerContext", "register_layer", "layer_class", "known_layer_types",
-           "create_layer", "Shape", "canonical_axis"]
+           "layer_types_where", "registered_class", "create_layer", "Shape", "canonical_axis"]
 
 Shape = tuple[int, ...]
 
 
 @dataclasses.dataclass
 class LayerContext:
-    """What a layer may need from the net that builds it."""
+    """What a layer may need from the net that builds it.
+
+    Recipes keep their own per-net state here without the core knowing them: `named_generator(name)`
+    gives a torch generator that the net snapshots and a distributed run broadcasts from rank 0, and
+    `options` holds the recipe options a command line or a caller passed (see `netcompress.options`).
+    """
 
     phase: int = pb.TEST                    # caffe_pb2.TRAIN or caffe_pb2.TEST
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
@@ -44,21 +49,28 @@ class LayerContext:
     rank: int = 0                           # data sharding for distributed runs
     world_size: int = 1
     net_name: str = ""
-    # DNS draws one uniform number per layer per TRAIN forward from one generator per net, seeded
-    # by the solver's random_seed (Decision 4); all ranks of a distributed run seed it alike.
-    surgery_seed: int | None = None
-    # How DNS statistics are summed: "float64" (default; agrees with the reference's GPU block sums
-    # to ~1e-7) or "caffe-cpu" (the reference CPU build's sequential float32 sums, bit for bit).
-    dns_stats: str = "float64"
-    _surgery_rng: torch.Generator | None = dataclasses.field(default=None, repr=False)
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    _generators: dict[str, torch.Generator] = dataclasses.field(default_factory=dict, repr=False)
 
-    def surgery_generator(self) -> torch.Generator:
-        if self._surgery_rng is None:
-            g = torch.Generator()
-            seed = self.surgery_seed if self.surgery_seed is not None else self.seed
-            g.manual_seed(int(seed) if seed is not None and seed >= 0 else 1)
-            self._surgery_rng = g
-        return self._surgery_rng
+    def named_generator(self, name: str, default_seed: int = 1) -> torch.Generator:
+        """The net's generator called `name` (a CPU torch.Generator), created at first use and seeded
+        with the solver's random_seed, or `default_seed` without one (None or negative). The same on
+        every process of a distributed run; saved in snapshots by name."""
+        gen = self._generators.get(name)
+        if gen is None:
+            gen = torch.Generator()
+            seed = self.seed if self.seed is not None and self.seed >= 0 else default_seed
+            gen.manual_seed(int(seed))
+            self._generators[name] = gen
+        return gen
+
+    def named_generators(self) -> dict[str, torch.Generator]:
+        """The generators created so far, by name."""
+        return dict(self._generators)
+
+    def option(self, name: str, default: Any = None) -> Any:
+        """A recipe option (`netcompress.options`), or `default` when none was given."""
+        return self.options.get(name, default)
 
     @property
     def train(self) -> bool:
@@ -78,10 +90,20 @@ class Layer(nn.Module):
     is_loss: ClassVar[bool] = False
     # Caffe's AutoTopBlobs (loss layers): tops the prototxt leaves out are created anonymously.
     auto_top: ClassVar[bool] = False
-    # DNS/INQ/C* layers may receive fewer blobs than they hold (reference-semantics 2.7).
+    # Masked layers may receive fewer blobs than they hold (reference-semantics 2.7).
     accepts_partial_blobs: ClassVar[bool] = False
-    # Data layers produce tops from a source rather than from bottoms.
+    # Data layers produce tops from a source rather than from bottoms; Input layers take their
+    # tops from the caller (both are also data layers).
     is_data: ClassVar[bool] = False
+    is_input: ClassVar[bool] = False
+    # Layers holding Caffe's [W, b] weight blobs name the message with num_output/bias_term
+    # ("convolution_param", "inner_product_param"); scripts select weight layers by it.
+    weight_param: ClassVar[str] = ""
+    # Layers with mask blobs after their weights ([W, b, W_mask, b_mask]): "dns", "inq" or
+    # "masked" (see layers/masked.py); scripts select converters by it.
+    mask_kind: ClassVar[str] = ""
+    # The command that turns a model of this (masked) type into a normal one, for error messages.
+    normal_converter: ClassVar[str] = ""
 
     def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
         super().__init__()
@@ -163,14 +185,45 @@ class Layer(nn.Module):
         """Called by the training loop before each iteration's forward passes (TRAIN nets)."""
 
     def before_train_forward(self) -> None:
-        """Called by the solver before every TRAIN forward, in layer order (DNS surgery, INQ
-        quantization: the state changes Caffe makes inside Forward)."""
+        """Called by the solver before every TRAIN forward, in layer order (the state changes
+        Caffe makes inside Forward, e.g. a mask update or a quantization step)."""
 
     def before_backward(self) -> None:
-        """Called by the solver before every backward (DNS's per-call gradient masking)."""
+        """Called by the solver before every backward (a masked layer's per-call gradient rule)."""
+
+    def after_backward(self) -> None:
+        """Called by the solver after every backward."""
+
+    def epoch_end(self, epoch: int) -> None:
+        """Called by the solver on every TRAIN-net layer at the end of each epoch (`epoch`: the
+        1-based epoch that just ended; the solver's `epoch_iters` sets its length)."""
+
+    def replicated_state(self) -> dict[str, torch.Tensor | None]:
+        """Tensors that must be identical on every process of a distributed run (masks,
+        statistics), by name; a snapshot fails loudly, naming them, when they differ."""
+        return {}
+
+    def rank0_state(self) -> torch.Tensor | None:
+        """An int64 tensor every process takes from rank 0 when training starts (e.g. a data
+        layer's shuffle seed), or None."""
+        return None
+
+    def set_rank0_state(self, state: torch.Tensor) -> None:
+        """Adopt rank 0's `rank0_state()`."""
+
+    def epoch_size(self) -> tuple[int, int] | None:
+        """A data layer's (records in its source, records per batch of this process), from which
+        the solver derives `epoch_iters`; None for other layers."""
+        return None
+
+    @classmethod
+    def setup_draws(cls, param: pb.LayerParameter, phase: int) -> int:
+        """How many values Caffe's set-up of this layer takes from the global random stream besides
+        its fillers (data layers seed their transformer and prefetch thread)."""
+        return 0
 
     def update_mask(self, blob_index: int) -> torch.Tensor | None:
-        """A 0/1 tensor that freezes entries of blob `blob_index` in the solver (INQ), or None."""
+        """A 0/1 tensor that freezes the mask-0 entries of blob `blob_index` in the solver, or None."""
         return None
 
     def before_snapshot(self) -> None:
@@ -226,6 +279,19 @@ def register_layer(*type_names: str) -> Callable[[type[Layer]], type[Layer]]:
         return cls
 
     return deco
+
+
+def layer_types_where(predicate: Callable[[type[Layer]], bool]) -> frozenset[str]:
+    """The registered type strings whose class satisfies `predicate` (e.g. its category
+    attributes), so no list of type names is kept outside the registry."""
+    _load_builtin_layers()
+    return frozenset(t for t, cls in _REGISTRY.items() if predicate(cls))
+
+
+def registered_class(type_name: str) -> type[Layer] | None:
+    """The class of `type_name`, or None for a type no module registered."""
+    _load_builtin_layers()
+    return _REGISTRY.get(type_name)
 
 
 def known_layer_types() -> list[str]:

@@ -24,6 +24,7 @@ class Input(Layer):
     min_bottoms = max_bottoms = 0
     min_tops = 1
     is_data = True
+    is_input = True
 
     def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
         super().__init__(param, bottom_shapes, ctx)

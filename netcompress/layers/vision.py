@@ -42,6 +42,7 @@ class _ConvBase(Layer):
 
     min_bottoms, min_tops = 1, 1
     transposed = False
+    weight_param = "convolution_param"
 
     def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
         super().__init__(param, bottom_shapes, ctx)
@@ -172,6 +173,7 @@ class InnerProduct(Layer):
 
     min_bottoms = max_bottoms = 1
     min_tops = max_tops = 1
+    weight_param = "inner_product_param"
 
     def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
         super().__init__(param, bottom_shapes, ctx)

@@ -10,6 +10,7 @@ from ..cliargs import add_gpu_arg, add_state_args, state_from_args
 from ..device import device_for, device_from_gpu_flag
 from ..errors import NetcompressError
 from ..log import get_logger
+from ..options import add_option_args, options_from_args
 from ..proto import caffe_pb2 as pb
 
 log = get_logger("train")
@@ -31,10 +32,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                    help="what Ctrl-C does (default: stop, which snapshots first)")
     p.add_argument("--sighup_effect", "-sighup_effect", default="snapshot",
                    choices=["stop", "snapshot", "none"], help="what SIGHUP does (default: snapshot)")
-    p.add_argument("--dns-stats", choices=["float64", "caffe-cpu"], default="float64",
-                   help="how DNS layers sum their statistics: float64 (default; agrees with the "
-                        "reference's GPU runs) or caffe-cpu (the reference CPU build's float32 sums, "
-                        "bit for bit)")
+    add_option_args(p)  # the recipes' options (netcompress.options)
     p.add_argument("--cpu-procs", type=int, default=None,
                    help="data-parallel training on N CPU processes (gloo), for testing and CPU clusters")
     p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
@@ -57,8 +55,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         from ..distributed import train_distributed
         return train_distributed(a, sp, ids)
     solver = Solver(sp, device=device, weights=a.weights, max_iter=a.iterations,
-                    sigint_effect=a.sigint_effect, sighup_effect=a.sighup_effect, dns_stats=a.dns_stats,
-                    source=a.solver)
+                    sigint_effect=a.sigint_effect, sighup_effect=a.sighup_effect,
+                    options=options_from_args(a), source=a.solver)
     solver.solve(resume_file=a.snapshot)
     return 0
 

@@ -3,11 +3,14 @@
 Iteration order (reference-semantics 4.1), for iter from start to max_iter - 1:
   1. clear the parameter gradients;
   2. test if `test_interval` divides iter (and iter > 0 or test_initialization);
-  3. tell the train net the iteration (DNS/INQ layers use it);
-  4. iter_size x forward/backward (DNS draws, mask updates and INQ quantization happen here);
+  3. tell the train net the iteration (masked layers use it);
+  4. iter_size x forward/backward (the layers' state changes, e.g. mask updates, happen here);
   5. smoothed loss and display;
   6. ApplyUpdate: rate, clip, then per parameter normalize, regularize, update value; w -= update;
-  7. ++iter; snapshot if `snapshot` divides iter (or a signal asked for one); stop if asked.
+  7. ++iter; the epoch end when `epoch_iters` divides iter; snapshot if `snapshot` divides iter (or
+     a signal asked for one); stop if asked.
+Training callbacks (solvers/callbacks.py) run at fixed points of this loop; recipes and
+data-parallel training are callbacks.
 After the loop: a snapshot (snapshot_after_train, unless one was just taken), a final display
 forward, and a final test if `test_interval` divides iter.
 """
@@ -18,7 +21,7 @@ import os
 import signal
 import time
 from collections import deque
-from typing import Callable, Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,41 +30,22 @@ from google.protobuf import text_format
 from .. import io as ncio
 from ..errors import NetcompressError
 from ..log import StatusLine, get_logger
-from ..net import Net, ParamEntry
+from ..net import Net
 from ..proto import caffe_pb2 as pb
+from .callbacks import LayerHooks, TrainingCallback, callbacks_for
 from .lr import learning_rate
 from .state import SIDECAR_SUFFIX, load_state, save_state
 from .updates import UPDATE_RULES, history_count
 
 log = get_logger("solver")
 
-__all__ = ["Solver", "NonFiniteLossError", "SIGNAL_EFFECTS", "Collective"]
+__all__ = ["Solver", "NonFiniteLossError", "SIGNAL_EFFECTS"]
 
 SIGNAL_EFFECTS = ("stop", "snapshot", "none")
 
 
 class NonFiniteLossError(NetcompressError):
     """Training produced a NaN or infinite loss; nothing after the last good snapshot was written."""
-
-
-class Collective(Protocol):
-    """What a data-parallel run adds to the loop (`netcompress.distributed` implements it).
-
-    Every process calls each method at the same points of the loop, so each may communicate.
-    A single-process Solver has none and runs exactly as before.
-    """
-
-    def on_start(self, solver: "Solver") -> None:
-        """Before the first iteration (after any restore): make every process start identical."""
-
-    def mean_loss(self, solver: "Solver", loss: float) -> tuple[float, list[int]]:
-        """(the loss averaged over processes, the ranks whose loss is not finite)."""
-
-    def agree_request(self, solver: "Solver", request: str | None) -> str | None:
-        """One 'stop'/'snapshot'/None decision for all processes from each one's request."""
-
-    def before_snapshot(self, solver: "Solver") -> None:
-        """At every snapshot point, on every process, before rank 0 writes (consistency check)."""
 
 
 class Solver:
@@ -74,9 +58,9 @@ class Solver:
         max_iter: overrides the solver's max_iter (the `--iterations` flag).
         sigint_effect, sighup_effect: "stop", "snapshot" or "none" (Caffe's flags).
         rank, world_size: for distributed runs (only rank 0 tests, logs and snapshots).
-        grad_sync: called with the parameter entries before each update (gradient all-reduce).
-        collective: the data-parallel hooks (see `Collective`); None for a single process.
-        dns_stats: how DNS layers sum their statistics ("float64" or "caffe-cpu", see Net).
+        callbacks: training callbacks to add (solvers/callbacks.py), e.g. data-parallel training;
+            the layers' own hooks and the recipes' registered callbacks are added automatically.
+        options: recipe options by name (`netcompress.options`), given to the nets' layers.
         verbose: log net set-up lines.
         source: the file a SolverParameter `param` was read from: errors name it, and a missing
             snapshot_prefix defaults to its name without extension (as for a path `param`).
@@ -86,8 +70,8 @@ class Solver:
                  weights: str | Sequence[str] | None = None, max_iter: int | None = None,
                  sigint_effect: str = "stop", sighup_effect: str = "snapshot",
                  rank: int = 0, world_size: int = 1, verbose: bool = True,
-                 grad_sync: Callable[[list[ParamEntry]], None] | None = None, dns_stats: str = "float64",
-                 collective: Collective | None = None, source: str | None = None):
+                 callbacks: Sequence[TrainingCallback] = (), options: dict | None = None,
+                 source: str | None = None):
         if isinstance(param, str):
             source = param
         self.source = source or "<SolverParameter>"
@@ -102,11 +86,7 @@ class Solver:
         self.rank, self.world_size = rank, world_size
         self.root = rank == 0
         self.verbose = verbose and self.root
-        self.grad_sync = grad_sync
-        self.collective = collective
-        self._collective_started = False
-        # Extra entries for the snapshot sidecar (a distributed run adds each rank's generators).
-        self.extra_snapshot_state: dict = {}
+        self._started = False
         self.restored_state: dict | None = None  # the sidecar tree of the last restore()
         for name, eff in (("sigint_effect", sigint_effect), ("sighup_effect", sighup_effect)):
             if eff not in SIGNAL_EFFECTS:
@@ -120,7 +100,7 @@ class Solver:
             torch.manual_seed(seed + rank)
             np.random.seed((seed + rank) % (2**32))
         self.seed = seed
-        self.dns_stats = dns_stats
+        self.options = dict(options or {})
         self.net = self._make_train_net(seed)
         self.test_nets = self._make_test_nets(seed)
         self.iter = 0
@@ -143,15 +123,56 @@ class Solver:
         self._requested: str | None = None
         self.last_snapshot: str | None = None
         self._last_snapshot_iter: int | None = None
-        self.hooks_after_iteration: list[Callable[["Solver"], None]] = []
+        self.epoch_iters = self._epoch_iters()
         if weights:
             for w in ([weights] if isinstance(weights, str) else weights):
                 for p in w.split(","):
                     if self.root:
                         log.info("Finetuning from %s", p)
                     self.net.copy_from(p)
+        self.callbacks: list[TrainingCallback] = []
+        for cb in [LayerHooks(), *callbacks, *callbacks_for(self)]:
+            self.add_callback(cb)
         if self.root:
             log.info("Solver scaffolding done.")
+
+    def add_callback(self, callback: TrainingCallback) -> TrainingCallback:
+        """Add a training callback (after those already added); returns it."""
+        keys = [c.state_key for c in self.callbacks if c.state_key]
+        if callback.state_key and callback.state_key in keys:
+            raise NetcompressError(f"two training callbacks save their state as '{callback.state_key}'")
+        self.callbacks.append(callback)
+        callback.attach(self)
+        return callback
+
+    def _epoch_iters(self) -> int:
+        """Iterations per epoch: the solver's epoch_iters, else ceil(N / (batch_size x processes))
+        of the first TRAIN data layer that knows its source's size, else 0 (no epochs)."""
+        sp = self.param
+        if sp.epoch_iters < 0:
+            raise NetcompressError(f"{self.source}: epoch_iters must be >= 0 (0 derives it from the first "
+                                   f"TRAIN data layer), got {sp.epoch_iters}")
+        if sp.epoch_iters:
+            return int(sp.epoch_iters)
+        for _, layer in self.net.named_layers():
+            size = layer.epoch_size()
+            if size is not None:
+                records, batch = size
+                return max(1, -(-records // (batch * self.world_size)))
+        return 0
+
+    def require_epoch_iters(self, who: str) -> int:
+        """`epoch_iters`, or an error naming `who` (the layer or field that needs epochs)."""
+        if not self.epoch_iters:
+            raise NetcompressError(
+                f"{self.source}: {who} needs the epoch length, but epoch_iters is 0 and the train net has no "
+                "data layer to derive it from (a Data, ImageData or HDF5Data layer); set epoch_iters")
+        return self.epoch_iters
+
+    @property
+    def epoch(self) -> int:
+        """The current 1-based epoch (0 when the solver has no epoch length)."""
+        return self.iter // self.epoch_iters + 1 if self.epoch_iters else 0
 
     # -- set-up ----------------------------------------------------------------------------
     def _check_param(self) -> None:
@@ -194,7 +215,7 @@ class Solver:
         state.MergeFrom(sp.train_state)
         state.phase = pb.TRAIN
         return Net(netp, state=state, device=self.device, seed=seed, rank=self.rank,
-                   world_size=self.world_size, verbose=self.verbose, dns_stats=self.dns_stats)
+                   world_size=self.world_size, verbose=self.verbose, options=self.options)
 
     def _make_test_nets(self, seed: int | None) -> list[Net]:
         sp = self.param
@@ -232,7 +253,7 @@ class Solver:
                 state.MergeFrom(sp.test_state[i])
             state.phase = pb.TEST
             tn = Net(netp, state=state, device=self.device, seed=seed, verbose=self.verbose,
-                     dns_stats=self.dns_stats, rng=self.net.ctx.generator)
+                     options=self.options, rng=self.net.ctx.generator)
             tn.share_weights_with(self.net)
             nets.append(tn)
         return nets
@@ -267,8 +288,8 @@ class Solver:
             return
         if sp.display and self.iter % sp.display == 0:
             with torch.no_grad():
-                # Unlike Caffe, no DNS/INQ state changes here: the final test must see the
-                # snapshotted model (README: deviations).
+                # Unlike Caffe, no layer state changes here (e.g. DNS mask updates): the final
+                # test must see the snapshotted model (README: deviations).
                 self.net()
             loss = float(self.net.loss) if self.net.loss is not None else 0.0
             self._update_smoothed_loss(loss, start)
@@ -286,38 +307,46 @@ class Solver:
         self._losses.clear()
         self.smoothed_loss = 0.0
         t_last, it_last = time.time(), self.iter
-        coll = self.collective
-        if coll is not None and not self._collective_started:
-            coll.on_start(self)
-            self._collective_started = True
+        cbs = self.callbacks
+        if not self._started:
+            for cb in cbs:
+                cb.on_start(self)
+            self._started = True
         while self.iter < stop_iter:
             self.net.zero_grad(set_to_none=True)
             if (sp.test_interval and self.iter % sp.test_interval == 0
                     and (self.iter > 0 or sp.test_initialization)):
                 if self.root:
                     self.test_all()
-                if self._requested == "stop" and coll is None:
-                    break  # (distributed: all processes stop together at the end of the iteration)
+                if self._requested == "stop" and not self.synchronized:
+                    break  # (synchronized processes stop together at the end of the iteration)
             self.net.set_iteration(self.iter)
+            for cb in cbs:
+                cb.before_iteration(self)
             display = sp.display and self.iter % sp.display == 0
             loss_t = None
             for _ in range(sp.iter_size):
-                self.net.before_train_forward()
+                for cb in cbs:
+                    cb.before_forward(self)
                 self.net()
                 if self.net.loss is None:
                     raise NetcompressError(f"the train net '{self.net.name}' has no loss (no *Loss layer "
                                            "and no loss_weight): nothing to train")
-                self.net.before_backward()
+                for cb in cbs:
+                    cb.before_backward(self)
                 self.net.loss.backward()
+                for cb in cbs:
+                    cb.after_backward(self)
                 l = self.net.loss.detach()
                 loss_t = l if loss_t is None else loss_t + l
-            loss = local_loss = float(loss_t) / sp.iter_size
+            loss = float(loss_t) / sp.iter_size
             bad_ranks: list[int] = []
-            if coll is not None:
-                loss, bad_ranks = coll.mean_loss(self, local_loss)
+            for cb in cbs:
+                loss, bad = cb.reduce_loss(self, loss)
+                bad_ranks += bad
             if not math.isfinite(loss) or bad_ranks:
                 kept = self.last_snapshot or "none was written"
-                where = "" if coll is None else \
+                where = "" if not bad_ranks else \
                     f" on rank{'s' if len(bad_ranks) > 1 else ''} {', '.join(map(str, bad_ranks))}"
                 msg = (f"Iteration {self.iter}, loss = {loss}: the loss is not finite{where}, training "
                        f"stopped before applying this update. Last good snapshot: {kept}. Lower base_lr "
@@ -342,11 +371,13 @@ class Solver:
                         score += 1
             self.apply_update()
             self.iter += 1
-            for hook in self.hooks_after_iteration:
-                hook(self)
+            for cb in cbs:
+                cb.after_iteration(self)
+            if self.epoch_iters and self.iter % self.epoch_iters == 0:
+                self.epoch_end(self.iter // self.epoch_iters)
             request, self._requested = self._requested, None
-            if coll is not None:
-                request = coll.agree_request(self, request)
+            for cb in cbs:
+                request = cb.agree_request(self, request)
             if (sp.snapshot and self.iter % sp.snapshot == 0) or request == "snapshot":
                 self._snapshot_point()
             if getattr(self, "_bar", None) is not None:
@@ -354,6 +385,19 @@ class Solver:
             if request == "stop":
                 self._requested = "stop"
                 break
+
+    def epoch_end(self, epoch: int) -> None:
+        """Epoch `epoch` (1-based) has ended: log it and run the callbacks' epoch-end hooks."""
+        if self.root:
+            log.info("Epoch %d done (iteration %d, %d iterations per epoch)", epoch, self.iter, self.epoch_iters)
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, epoch)
+
+    @property
+    def synchronized(self) -> bool:
+        """Whether several processes train together (a callback with `synchronizes`): a stop request
+        then waits for the end of the iteration, where all of them act on it."""
+        return any(getattr(cb, "synchronizes", False) for cb in self.callbacks)
 
     def _update_smoothed_loss(self, loss: float, start: int) -> None:
         n = self.param.average_loss
@@ -368,7 +412,10 @@ class Solver:
 
     # -- update ----------------------------------------------------------------------------
     def learning_rate(self) -> float:
+        """This iteration's rate: the lr_policy's, then each callback's `learning_rate`."""
         rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
+        for cb in self.callbacks:
+            rate = cb.learning_rate(self, rate)
         return rate
 
     def apply_update(self) -> None:
@@ -377,8 +424,8 @@ class Solver:
         rate = self.learning_rate()
         if self.root and sp.display and self.iter % sp.display == 0:
             log.info("Iteration %d, lr = %g", self.iter, rate)
-        if self.grad_sync is not None:
-            self.grad_sync(self.params)
+        for cb in self.callbacks:
+            cb.before_update(self)
         grads = []
         for e in self.params:
             if not e.learnable:
@@ -463,7 +510,7 @@ class Solver:
             for i in range(n):
                 # Distributed: the other processes are not testing, so a snapshot request waits
                 # for the end of the iteration, where all of them act on it together.
-                if self._requested == "snapshot" and self.collective is None:
+                if self._requested == "snapshot" and not self.synchronized:
                     self._requested = None
                     self.snapshot()
                 if self._requested == "stop":
@@ -499,8 +546,8 @@ class Solver:
 
     def _snapshot_point(self) -> None:
         """A snapshot in the loop: every process checks consistency together, then rank 0 writes."""
-        if self.collective is not None:
-            self.collective.before_snapshot(self)
+        for cb in self.callbacks:
+            cb.before_snapshot(self)
         if self.root:
             self.snapshot()
         else:
@@ -534,8 +581,11 @@ class Solver:
             "numpy_rng": _np_rng_state(),
             "train": self.net.extra_state(),
             "test": [n.extra_state() for n in self.test_nets],
-            **self.extra_snapshot_state,
         }
+        callbacks = {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key}
+        callbacks = {k: v for k, v in callbacks.items() if v is not None}
+        if callbacks:
+            tree["callbacks"] = callbacks
         if torch.cuda.is_available() and self.device.type == "cuda":
             tree["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return tree
@@ -577,11 +627,18 @@ class Solver:
             self.net.load_extra_state(tree["train"])
             for n, s in zip(self.test_nets, tree["test"]):
                 n.load_extra_state(s)
+            saved = tree.get("callbacks") or {}
+            for cb in self.callbacks:
+                if cb.state_key:
+                    cb.load_state_dict(saved.get(cb.state_key))
         else:
             log.warning("%s has no netcompress state (%s): data positions, random generators and "
                         "layer state start afresh; the run will not continue bit-identically",
                         path, os.path.basename(side))
             self.net.load_extra_state(None)
+            for cb in self.callbacks:
+                if cb.state_key:
+                    cb.load_state_dict(None)
 
     # -- signals ---------------------------------------------------------------------------
     def request(self, action: str) -> None:

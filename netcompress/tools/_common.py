@@ -25,14 +25,42 @@ __all__ = [
     "bias_term_of",
 ]
 
-CONV_TYPES = frozenset({"Convolution", "Deconvolution", "DNSConvolution", "CConvolution", "INQConvolution"})
-IP_TYPES = frozenset({"InnerProduct", "DNSInnerProduct", "CInnerProduct", "INQInnerProduct"})
-DNS_TYPES = frozenset({"DNSConvolution", "DNSInnerProduct", "CConvolution", "CInnerProduct"})
-INQ_TYPES = frozenset({"INQConvolution", "INQInnerProduct"})
-MASKED_TYPES = DNS_TYPES | INQ_TYPES
-PLAIN_WEIGHT_TYPES = frozenset({"Convolution", "Deconvolution", "InnerProduct"})
-# Layers whose blobs are [W, b] (or [W] without bias), plus masks for the masked types.
-WEIGHT_TYPES = CONV_TYPES | IP_TYPES
+# Layer categories come from the layer registry (class attributes), never from lists of names
+# here: CONV_TYPES, IP_TYPES, DNS_TYPES, INQ_TYPES, MASKED_TYPES, PLAIN_WEIGHT_TYPES and WEIGHT_TYPES
+# are computed on first use (module __getattr__), so a newly registered masked type is selected too.
+# "DNS" here means the pruning mask layout [W, b, W_mask, b_mask] that dns_to_normal converts: the
+# DNS types and the plain masked types (MaskedConvolution, ...) alike.
+_PRUNING_KINDS = ("dns", "masked")
+
+
+def _category(name: str) -> frozenset[str]:
+    from ..layers.base import layer_types_where
+
+    preds = {
+        "CONV_TYPES": lambda c: c.weight_param == "convolution_param",
+        "IP_TYPES": lambda c: c.weight_param == "inner_product_param",
+        "DNS_TYPES": lambda c: bool(c.weight_param) and c.mask_kind in _PRUNING_KINDS,
+        "INQ_TYPES": lambda c: bool(c.weight_param) and c.mask_kind == "inq",
+        "MASKED_TYPES": lambda c: bool(c.weight_param) and bool(c.mask_kind),
+        "PLAIN_WEIGHT_TYPES": lambda c: bool(c.weight_param) and not c.mask_kind,
+        "WEIGHT_TYPES": lambda c: bool(c.weight_param),
+    }
+    return layer_types_where(preds[name])
+
+
+_CATEGORY_NAMES = ("CONV_TYPES", "IP_TYPES", "DNS_TYPES", "INQ_TYPES", "MASKED_TYPES", "PLAIN_WEIGHT_TYPES",
+                   "WEIGHT_TYPES")
+
+
+def _types(name: str) -> frozenset[str]:
+    return _category(name)  # not cached: a type registered later (a test's, a plugin's) counts too
+
+
+def __getattr__(name: str):
+    if name in _CATEGORY_NAMES:
+        return _types(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 NUM_MARK = 55  # the reference's "number of decorative marks"
 
@@ -95,7 +123,7 @@ def require_files(*paths: str) -> None:
 class ModelLayer:
     """One layer of a source model that stores blobs.
 
-    `kind` is "dns" (DNS/C* types), "inq" (INQ types) or "plain" (every other type).
+    `kind` is "dns" (DNS/C* and plain masked types), "inq" (INQ types) or "plain" (every other type).
     `has_masks` is true when the model stores the masks ([W, b, W_mask, b_mask] or [W, W_mask]);
     a masked type with only [W, b] / [W] stored is a normal model loaded into a masked net.
     """
@@ -110,7 +138,7 @@ class ModelLayer:
 
     @property
     def is_weight_layer(self) -> bool:
-        return self.type in WEIGHT_TYPES
+        return self.type in _types("WEIGHT_TYPES")
 
     @property
     def weight(self) -> np.ndarray:
@@ -187,15 +215,22 @@ def layers_in_test_phase(prototxt: str) -> list[pb.LayerParameter]:
 
 
 def bias_term_of(lp: pb.LayerParameter) -> bool | None:
-    if lp.type in CONV_TYPES:
-        return bool(lp.convolution_param.bias_term)
-    if lp.type in IP_TYPES:
-        return bool(lp.inner_product_param.bias_term)
-    return None
+    """bias_term of a weight layer (read from the message its class names), None for other types."""
+    from ..layers.base import registered_class
+
+    cls = registered_class(lp.type)
+    if cls is None or not cls.weight_param:
+        return None
+    return bool(getattr(lp, cls.weight_param).bias_term)
 
 
 def kind_of(type_name: str) -> str:
-    return "dns" if type_name in DNS_TYPES else "inq" if type_name in INQ_TYPES else "plain"
+    """"dns" (pruning masks: DNS and plain masked types), "inq" or "plain"."""
+    from ..layers.base import registered_class
+
+    cls = registered_class(type_name)
+    kind = cls.mask_kind if cls is not None else ""
+    return "dns" if kind in _PRUNING_KINDS else "inq" if kind == "inq" else "plain"
 
 
 def _check_same_count(layer: str, model: str, a: np.ndarray, b: np.ndarray, what_a: str, what_b: str) -> None:
@@ -220,7 +255,7 @@ def load_source_model(prototxt: str, model: str) -> SourceModel:
     for lp in layers_pt:
         sl = stored.get(lp.name)
         if sl is None or len(sl.blobs) == 0:
-            if lp.type in WEIGHT_TYPES:
+            if lp.type in _types("WEIGHT_TYPES"):
                 missing.append((lp.name, lp.type))
             continue
         try:
@@ -232,7 +267,7 @@ def load_source_model(prototxt: str, model: str) -> SourceModel:
         kind = kind_of(lp.type)
         ml = ModelLayer(lp.name, lp.type, blobs, legacy, kind, bias)
         n = len(blobs)
-        if lp.type in WEIGHT_TYPES:
+        if lp.type in _types("WEIGHT_TYPES"):
             plain_n = 2 if bias else 1
             layout = "[W, b]" if bias else "[W] (bias_term: false)"
             if kind != "plain":

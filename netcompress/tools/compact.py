@@ -27,8 +27,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ._common import (DNS_TYPES, INQ_TYPES, PLAIN_WEIGHT_TYPES, WEIGHT_TYPES, ModelLayer, ToolError,
-                      build_target_net, load_source_model, print_lines, require_files, run_main)
+from . import _common
+from ._common import (ModelLayer, ToolError, build_target_net, load_source_model, print_lines, require_files,
+                      run_main)
 from .. import io as ncio
 
 __all__ = ["encode_blob", "decode_blob", "encode_layers", "decode_layers", "encode_compact",
@@ -229,15 +230,15 @@ def _now() -> str:
 
 def _encodable(l: ModelLayer, model: str) -> tuple[np.ndarray, np.ndarray | None, str, str]:
     """W and b to encode, and error hints for an INQ layer that is not fully quantized."""
-    if l.type not in WEIGHT_TYPES:
+    if l.type not in _common.WEIGHT_TYPES:
         raise CompactError(
             f"{model}: layer '{l.name}' ({l.type}, {len(l.blobs)} blob(s)) is not supported: the compact "
-            f"format holds the weights and biases of {', '.join(sorted(PLAIN_WEIGHT_TYPES))} layers and "
+            f"format holds the weights and biases of {', '.join(sorted(_common.PLAIN_WEIGHT_TYPES))} layers and "
             "their DNS/INQ/C* variants")
     w, b = l.effective()  # DNS masks applied; INQ values as stored
     hints = []
     for what, mask in (("weights", l.weight_mask), ("biases", l.bias_mask)):
-        left = int(np.count_nonzero(mask == 1)) if (l.type in INQ_TYPES and mask is not None) else 0
+        left = int(np.count_nonzero(mask == 1)) if (l.type in _common.INQ_TYPES and mask is not None) else 0
         hints.append(f" ({left} {what} of this INQ layer are not quantized yet (mask 1): finish INQ to "
                      "100 % first)" if left else "")
     return np.asarray(w, np.float32), (None if b is None else np.asarray(b, np.float32)), hints[0], hints[1]
@@ -288,13 +289,13 @@ def _decode_targets(net, prototxt: str) -> list[tuple[str, object]]:
     for name, tl in net.named_layers():
         if not tl.blob_names:
             continue
-        if tl.type_name in DNS_TYPES or tl.type_name in INQ_TYPES:
+        if tl.type_name in _common.DNS_TYPES or tl.type_name in _common.INQ_TYPES:
             raise CompactError(f"layer '{name}' of {prototxt} is {tl.type_name}: decode_compact writes a normal "
                                "model, so give the normal net's prototxt (Convolution / InnerProduct layers)")
-        if tl.type_name not in PLAIN_WEIGHT_TYPES:
+        if tl.type_name not in _common.PLAIN_WEIGHT_TYPES:
             raise CompactError(f"layer '{name}' of {prototxt} ({tl.type_name}, blobs "
                                f"[{', '.join(tl.blob_names)}]) is not supported: the compact format holds the "
-                               f"weights and biases of {', '.join(sorted(PLAIN_WEIGHT_TYPES))} layers only")
+                               f"weights and biases of {', '.join(sorted(_common.PLAIN_WEIGHT_TYPES))} layers only")
         layers.append((name, tl))
     return layers
 

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import torch
 
+from netcompress.solvers.callbacks import AfterIteration
 from netcompress.distributed import data_parallel_solver
 from netcompress.proto import caffe_pb2 as pb
 
@@ -44,7 +45,7 @@ def inject_fault(info, solver_bytes: bytes, mode: str, at_iter: int) -> None:
             elif mode == "stop":
                 s.request("stop")
 
-    solver.hooks_after_iteration.append(hook)
+    solver.add_callback(AfterIteration(hook))
     solver.solve()
     with open(os.path.join(os.path.dirname(sp.snapshot_prefix), f"done{info.rank}.txt"), "w") as f:
         f.write(str(solver.iter))

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from netcompress import ops
+from netcompress.layers import inq
 from netcompress.ops import reference as ref
 
 from op_helpers import noncontiguous, random_mask
@@ -47,19 +48,19 @@ PARTITION_VECTORS = [
 
 @pytest.mark.parametrize("n_yet,p0,p1,n_init,n_keep,n_update", PARTITION_VECTORS)
 def test_partition_counts_vectors(n_yet, p0, p1, n_init, n_keep, n_update):
-    assert ops.inq_partition_counts(n_yet, p0, p1) == (n_init, n_keep, n_update)
+    assert inq.inq_partition_counts(n_yet, p0, p1) == (n_init, n_keep, n_update)
 
 
 def test_round_half_away():
-    assert [ops.round_half_away(x) for x in (0.5, 1.5, 2.5, -0.5, -2.5, 0.49999999999999994, 2.4999)] == \
+    assert [inq.round_half_away(x) for x in (0.5, 1.5, 2.5, -0.5, -2.5, 0.49999999999999994, 2.4999)] == \
         [1, 2, 3, -1, -3, 0, 2]
 
 
 def test_partition_counts_undefined_cases():
     with pytest.raises(ValueError, match="inq_partition_counts: portion\\[0\\] must be < 1"):
-        ops.inq_partition_counts(10, 1.0, 1.0)
+        inq.inq_partition_counts(10, 1.0, 1.0)
     with pytest.raises(ValueError, match="inq_partition_counts: portion\\[1\\] must be <= 1"):
-        ops.inq_partition_counts(10, 0.0, 1.5)
+        inq.inq_partition_counts(10, 0.0, 1.5)
 
 
 # ---- inq_quantize_: the rounding rule of §3.5 -------------------------------------------------------------
@@ -315,21 +316,21 @@ def test_mask_stats_random(dtype, layout, gen):
 
 def test_exponent_range_fresh_model():  # case (b)
     w = torch.tensor([0.9, -0.3, 0.05])  # 4·0.9/3 = 1.2 -> n1 = 0
-    assert ops.inq_exponent_range(w, torch.ones(3), 7) == (0, -6)
+    assert inq.inq_exponent_range(w, torch.ones(3), 7) == (0, -6)
 
 
 def test_exponent_range_pruned_model():  # case (a)
     w = torch.tensor([0.9, 0.0, -0.3, 0.0])
     m = torch.tensor([1.0, 0.0, 1.0, 0.0])
-    assert ops.inq_exponent_range(w, m, 5) == (0, -4)
-    assert ops.inq_exponent_range(torch.zeros(4), torch.zeros(4), 7) == (-100, -106)  # all pruned
+    assert inq.inq_exponent_range(w, m, 5) == (0, -4)
+    assert inq.inq_exponent_range(torch.zeros(4), torch.zeros(4), 7) == (-100, -106)  # all pruned
 
 
 def test_exponent_range_partly_quantized():  # case (c)
     w = torch.tensor([0.5, -0.25, 0.6, 0.1])
     m = torch.tensor([0.0, 0.0, 1.0, 1.0])
     # n1 = round(log2(0.5)) = −1 and the unquantized max 0.6 has exponent floor(log2(0.8)) = −1.
-    assert ops.inq_exponent_range(w, m, 7) == (-1, -7)
+    assert inq.inq_exponent_range(w, m, 7) == (-1, -7)
 
 
 @pytest.mark.parametrize("w,m,match", [
@@ -340,16 +341,16 @@ def test_exponent_range_partly_quantized():  # case (c)
     ([0.5, 0.9], [0.0, 1.0], r"case \(c\), hard situation"),
 ])
 def test_exponent_range_checks(w, m, match):
-    with pytest.raises(ops.INQRangeError, match=match):
-        ops.inq_exponent_range(torch.tensor(w), torch.tensor(m), 7)
+    with pytest.raises(inq.INQRangeError, match=match):
+        inq.inq_exponent_range(torch.tensor(w), torch.tensor(m), 7)
 
 
 # ---- a whole stage: inq_quantize_portion_ ------------------------------------------------------------------
 
 def _reference_stage(w, m, p0, p1, n):
     stats = ref.inq_mask_stats(w, m).tolist()
-    n1, n2 = ops._exponent_range(stats, n)
-    _, n_keep, n_upd = ops.inq_partition_counts(int(stats[2]), p0, p1)
+    n1, n2 = inq._exponent_range(stats, n)
+    _, n_keep, n_upd = inq.inq_partition_counts(int(stats[2]), p0, p1)
     if n_upd > 0:
         ref.inq_quantize_(w, m, ref.inq_threshold(w, m, n_keep).item(), n2)
 
@@ -358,24 +359,24 @@ def test_portion_stages_readme_example():
     # 10 weights: 30 % of them (the 3 largest) at stage 1, then 60 %, 80 %, 100 %.
     w = torch.tensor([0.9, -0.05, 0.4, -0.7, 0.12, 0.33, -0.21, 0.6, 0.02, -0.08])
     m = torch.ones(10)
-    step = ops.inq_quantize_portion_(w, m, (0.0, 0.3), 7)
+    step = inq.inq_quantize_portion_(w, m, (0.0, 0.3), 7)
     assert (step.n1, step.n2, step.n_yet, step.n_init, step.n_keep, step.n_update) == (0, -6, 10, 10, 7, 3)
     assert w[m == 0].tolist() == [1.0, -0.5, 0.5]
     for p0, p1, quantized in ((0.3, 0.6, 6), (0.6, 0.8, 8), (0.8, 1.0, 10)):
-        ops.inq_quantize_portion_(w, m, (p0, p1), 7)
+        inq.inq_quantize_portion_(w, m, (p0, p1), 7)
         assert int((m == 0).sum()) == quantized
     assert w.tolist() == [1.0, -0.0625, 0.5, -0.5, 0.125, 0.25, -0.25, 0.5, 0.015625, -0.0625]
 
 
 def test_portion_skips():
     w, m = torch.tensor([0.5, 0.25]), torch.ones(2)
-    assert ops.inq_quantize_portion_(w, m, (0.0, 0.0), 7).skipped == "portion"
+    assert inq.inq_quantize_portion_(w, m, (0.0, 0.0), 7).skipped == "portion"
     assert m.tolist() == [1.0, 1.0]
-    step = ops.inq_quantize_portion_(torch.zeros(3), torch.zeros(3), (0.0, 0.5), 7)
+    step = inq.inq_quantize_portion_(torch.zeros(3), torch.zeros(3), (0.0, 0.5), 7)
     assert (step.skipped, step.n1, step.n2) == ("pruned", -100, -106)
     # everything quantized already (the reference aborts in ComputeQuantumRange): a logged skip
     w, m = torch.tensor([0.5, -0.25, 0.0]), torch.zeros(3)
-    step = ops.inq_quantize_portion_(w, m, (0.6, 0.8), 7)
+    step = inq.inq_quantize_portion_(w, m, (0.6, 0.8), 7)
     assert (step.skipped, step.n1, step.n2, step.n_yet) == ("done", -1, -7, 0)
     assert w.tolist() == [0.5, -0.25, 0.0]
 
@@ -387,7 +388,7 @@ def test_portion_stages_random_match_reference(dtype, gen):
     w[m == 0] = 0  # a DNS-pruned model: case (a) at the first stage, (c) afterwards
     w_ref, m_ref = w.clone(), m.clone()
     for p0, p1 in ((0.0, 0.5), (0.5, 0.75), (0.75, 0.875), (0.875, 1.0)):
-        ops.inq_quantize_portion_(w, m, (p0, p1), 7)
+        inq.inq_quantize_portion_(w, m, (p0, p1), 7)
         _reference_stage(w_ref, m_ref, p0, p1, 7)
         assert torch.equal(w, w_ref) and torch.equal(m, m_ref)
     assert m.sum() == 0

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from netcompress.solvers.callbacks import AfterIteration
 from netcompress import io as ncio
 from netcompress.cli import main as cli_main
 from netcompress.proto import caffe_pb2 as pb
@@ -130,7 +131,7 @@ def test_history_length_mismatch_is_clear(workdir):
 def test_sigint_snapshots_then_stops(workdir, caplog):
     sp = solver_param(workdir, snapshot=0, max_iter=50)
     s = Solver(sp, verbose=False)
-    s.hooks_after_iteration.append(lambda solver: os.kill(os.getpid(), signal.SIGINT) if solver.iter == 3 else None)
+    s.add_callback(AfterIteration(lambda solver: os.kill(os.getpid(), signal.SIGINT) if solver.iter == 3 else None))
     old = signal.getsignal(signal.SIGINT)
     with caplog.at_level(logging.INFO, logger="netcompress"):
         s.solve()
@@ -145,7 +146,7 @@ def test_sigint_snapshots_then_stops(workdir, caplog):
 def test_sighup_snapshots_and_continues(workdir):
     sp = solver_param(workdir, snapshot=0, max_iter=6)
     s = Solver(sp, verbose=False)
-    s.hooks_after_iteration.append(lambda solver: os.kill(os.getpid(), signal.SIGHUP) if solver.iter == 2 else None)
+    s.add_callback(AfterIteration(lambda solver: os.kill(os.getpid(), signal.SIGHUP) if solver.iter == 2 else None))
     s.solve()
     assert s.iter == 6
     assert (workdir / "run_plain_iter_2.caffemodel").is_file()
@@ -155,7 +156,7 @@ def test_sighup_snapshots_and_continues(workdir):
 def test_sigint_effect_none_is_ignored(workdir):
     sp = solver_param(workdir, snapshot=0, max_iter=5)
     s = Solver(sp, verbose=False, sigint_effect="none")
-    s.hooks_after_iteration.append(lambda solver: os.kill(os.getpid(), signal.SIGINT) if solver.iter == 2 else None)
+    s.add_callback(AfterIteration(lambda solver: os.kill(os.getpid(), signal.SIGINT) if solver.iter == 2 else None))
     s.solve()
     assert s.iter == 5
 

@@ -33,13 +33,14 @@ import numpy as np
 import torch
 from google.protobuf.message import DecodeError
 
+from ..data.db import DataError, LmdbReader, check_backend
+from ..data.image import read_image
+from ..data.prefetch import LoadFailure, Prefetcher
+from ..data.transformer import DataTransformer, TransformError
 from ..log import get_logger
-from ..layers.base import Layer, LayerContext, Shape, register_layer
 from ..proto import caffe_pb2 as pb
-from .db import DataError, LmdbReader, check_backend
-from .image import read_image
-from .prefetch import LoadFailure, Prefetcher
-from .transformer import DataTransformer, TransformError
+from ..rng import transform_setup_draws
+from .base import Layer, LayerContext, Shape, register_layer
 
 log = get_logger("data")
 
@@ -241,6 +242,21 @@ class BasePrefetchingDataLayer(Layer):
             self.seed = s.seed = int(state["seed"])
         self.seek(batches)
 
+    def rank0_state(self) -> torch.Tensor:
+        # Shuffles and rand_skip come from the seed: ranks must agree to read disjoint records
+        # (they do when random_seed is set; without one each drew its own).
+        return torch.tensor([int(self.seed)], dtype=torch.int64)
+
+    def set_rank0_state(self, state: torch.Tensor) -> None:
+        seed = int(state[0])
+        if seed != self.seed:
+            self.close()
+            self.seed = self.reader.stream.seed = seed
+
+    def epoch_size(self) -> tuple[int, int]:
+        """(records in the source, records per batch of this process)."""
+        return self.reader.stream.n, self.reader.stream.batch_size
+
     def seek(self, batch: int) -> None:
         """Make batch `batch` the next one `forward` returns (restarts the prefetch thread)."""
         self.close()
@@ -353,6 +369,10 @@ class DataLayer(BasePrefetchingDataLayer):
     conversion hint), prefetch. `transform_param` as in `DataTransformer`.
     """
 
+    @classmethod
+    def setup_draws(cls, param: pb.LayerParameter, phase: int) -> int:
+        return transform_setup_draws(param.transform_param, phase) + 1  # + the prefetch thread's seed
+
     def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
         super().__init__(param, bottom_shapes, ctx)
         dp = param.data_param
@@ -447,6 +467,12 @@ class ImageDataLayer(BasePrefetchingDataLayer):
     """
 
     min_tops = max_tops = 2
+
+    @classmethod
+    def setup_draws(cls, param: pb.LayerParameter, phase: int) -> int:
+        ip = param.image_data_param
+        return (transform_setup_draws(param.transform_param, phase) + int(ip.shuffle) + int(ip.rand_skip > 0)
+                + 1)  # + the prefetch thread's seed
 
     def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
         super().__init__(param, bottom_shapes, ctx)
@@ -639,6 +665,10 @@ class MemoryDataLayer(Layer):
     is_data = True
     min_bottoms = max_bottoms = 0
     min_tops = max_tops = 2
+
+    @classmethod
+    def setup_draws(cls, param: pb.LayerParameter, phase: int) -> int:
+        return transform_setup_draws(param.transform_param, phase)  # no prefetch thread
 
     def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
         super().__init__(param, bottom_shapes, ctx)
