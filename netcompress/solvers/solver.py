@@ -35,7 +35,7 @@ from ..proto import caffe_pb2 as pb
 from .callbacks import LayerHooks, TrainingCallback, callbacks_for
 from .lr import learning_rate
 from .state import SIDECAR_SUFFIX, load_state, save_state
-from .updates import UPDATE_RULES, history_count
+from .updates import RATE_IN_HISTORY, UPDATE_RULES, history_count
 
 log = get_logger("solver")
 
@@ -443,6 +443,7 @@ class Solver:
             raise NetcompressError(f"Unknown regularization type: \"{reg}\" (use L1 or L2)")
         kw = dict(momentum=float(sp.momentum), delta=float(sp.delta), rms_decay=float(sp.rms_decay),
                   momentum2=float(sp.momentum2), t=self.iter + 1)
+        lr_outside = sp.momentum_form == pb.SolverParameter.LR_OUTSIDE and self.type in RATE_IN_HISTORY
         with torch.no_grad():
             for i, e in enumerate(self.params):
                 g = grads[i]
@@ -462,7 +463,11 @@ class Solver:
                 else:
                     local_rate = rate * e.lr_mult
                 mask = self.net.layer(e.layer).update_mask(e.index)
-                self._rule(g, self.history[i], rate=local_rate, mask=mask, **kw)
+                if lr_outside:
+                    self._rule(g, self.history[i], rate=1.0, mask=mask, **kw)
+                    g.mul_(local_rate)
+                else:
+                    self._rule(g, self.history[i], rate=local_rate, mask=mask, **kw)
                 w.sub_(g)
 
     def _lars_ratio(self, w: torch.Tensor, g: torch.Tensor, wd: float) -> float:

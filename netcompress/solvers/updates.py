@@ -14,7 +14,7 @@ import torch
 from .. import ops
 from ..errors import NetcompressError
 
-__all__ = ["UPDATE_RULES", "history_count"]
+__all__ = ["UPDATE_RULES", "RATE_IN_HISTORY", "history_count"]
 
 
 def _freeze(mask: torch.Tensor | None, *tensors: torch.Tensor) -> None:
@@ -106,6 +106,13 @@ UPDATE_RULES = {
     "Adam": (adam, 2, True),
     "LarsSGD": (sgd, 1, False),  # the trust ratio replaces lr_mult (reference-semantics 4.5)
 }
+
+
+# Rules whose history holds the rate (Caffe: h <- m*h + rate*g). With momentum_form LR_OUTSIDE they
+# run with rate 1 and the rate multiplies the update (h <- m*h + g; w -= rate*h: PyTorch's SGD,
+# TensorFlow's MomentumOptimizer). The other rules already apply the rate outside their histories,
+# so both forms are the same for them.
+RATE_IN_HISTORY = frozenset({"SGD", "Nesterov", "LarsSGD"})
 
 
 def history_count(solver_type: str) -> int:

@@ -240,7 +240,7 @@ def test_one_rank_going_astray(workdir, mode):
         launch(dist_workers.inject_fault, 2, args)
     msg = str(info.value)
     if mode == "mask":
-        assert "Iteration 3: the DNS/INQ masks of the 2 processes differ" in msg
+        assert "Iteration 3: the masks or layer statistics of the 2 processes differ" in msg
         assert "conv1.weight_mask (rank 1 differs from rank 0)" in msg
         assert not (workdir / prefix / "run_iter_3.caffemodel").exists()  # nothing written
     else:

@@ -87,5 +87,58 @@ def test_min_lr_clamps_after_warmup():
 
 
 def test_unknown_policy_is_clear():
-    with pytest.raises(NetcompressError, match="Unknown learning rate policy: \"cosine\""):
-        learning_rate(sp(lr_policy="cosine"), 0, 0)
+    with pytest.raises(NetcompressError, match="Unknown learning rate policy: \"cosin\""):
+        learning_rate(sp(lr_policy="cosin"), 0, 0)
+
+
+# ---- recipe policies (recipes-spec 5.3, T4) ------------------------------------------------------------
+
+def test_cosine_with_warm_up_is_micronets_warmup_cosine_exactly():
+    # T4: MicroNet, batch 64, 782 iterations per epoch, 5 warm-up epochs, 300 epochs.
+    s = sp(lr_policy="cosine", base_lr=0.1, rampup_interval=3910, rampup_lr=0.001, max_iter=234600,
+           momentum_form=pb.SolverParameter.LR_OUTSIDE)
+    got = dict(zip((0, 1955, 3909, 3910, 119255, 234599), rates(s, (0, 1955, 3909, 3910, 119255, 234599))))
+    assert got[0] == 0.001 and got[1955] == 0.0505 and got[3909] == 0.09997468030690537
+    assert got[3910] == 0.1 and got[119255] == 0.05
+    assert got[234599] == pytest.approx(4.636e-12, rel=1e-3)
+    # the source's float64 formula, term for term, at every iteration of a coarse sweep
+    for it in range(0, 234600, 997):
+        w = 3910
+        want = 0.001 + (0.1 - 0.001) * (it / w) if it < w else \
+            0.5 * (1 + math.cos(math.pi * (it - w) / (234600 - w))) * 0.1
+        assert rates(s, [it])[0] == pytest.approx(want, rel=1e-15, abs=1e-300)
+    # compression steps: no warm-up, base 0.001
+    assert rates(sp(lr_policy="cosine", base_lr=0.001, max_iter=234600), [117300]) == [0.0005]
+
+
+def test_cosine_needs_max_iter_past_the_warm_up():
+    with pytest.raises(NetcompressError, match=r'"cosine" needs max_iter \(100\) > rampup_interval \(100\)'):
+        rates(sp(lr_policy="cosine", max_iter=100, rampup_interval=100), [0])
+
+
+def test_multistep_with_cumulative_stepgamma():
+    # T4 (INRIA): milestones [120, 160, 180] epochs, stepped at the epoch start: stepvalue (m - 1) * I.
+    I = 50
+    s = sp(lr_policy="multistep", base_lr=0.1, stepvalue=[119 * I, 159 * I, 179 * I], stepgamma=[0.1, 0.01, 0.01])
+    by_epoch = {}
+    step = 0
+    for it in range(0, 200 * I):
+        r, step = learning_rate(s, it, step)
+        by_epoch.setdefault(it // I + 1, set()).add(r)
+    factor = {e: next(iter(v)) / 0.1 for e, v in by_epoch.items()}
+    assert all(len(v) == 1 for v in by_epoch.values())  # constant within an epoch
+    assert factor[1] == factor[119] == 1.0
+    assert factor[120] == pytest.approx(0.1, rel=1e-15) and factor[159] == pytest.approx(0.1, rel=1e-15)
+    assert factor[160] == pytest.approx(1e-3, rel=1e-15) and factor[179] == pytest.approx(1e-3, rel=1e-15)
+    assert factor[180] == pytest.approx(1e-5, rel=1e-15) and factor[200] == pytest.approx(1e-5, rel=1e-15)
+    with pytest.raises(NetcompressError, match="one stepgamma per stepvalue"):
+        rates(sp(lr_policy="multistep", stepvalue=[1, 2], stepgamma=[0.1]), [0])
+
+
+def test_recipe_policies_are_registered_and_unknown_ones_listed():
+    from netcompress.solvers.lr import register_lr_policy
+
+    register_lr_policy("test_half", lambda s, it: 0.5 * s.base_lr)
+    assert rates(sp(lr_policy="test_half", base_lr=0.25), [3]) == [0.125]
+    with pytest.raises(NetcompressError, match=r'Unknown learning rate policy: "nope" \(known: .*cosine.*test_half'):
+        rates(sp(lr_policy="nope"), [0])

@@ -145,3 +145,63 @@ def test_solverstate_history_layout_and_unknown_type(tmp_path):
     assert list(st.history[0].shape.dim) == [4, 3] and list(st.history[1].shape.dim) == [4]
     np.testing.assert_allclose(ncio.blob_to_array(st.history[3]), s.history[1][1].numpy())
     assert st.learned_net == str(tmp_path / "m_iter_6.caffemodel")
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_form_lr_outside_is_pytorch_sgd(nesterov):
+    # h <- m*h + g; w -= lr*h (PyTorch SGD; Nesterov: w -= lr*(g + m*h)), with a changing lr so that the
+    # two forms differ; weight decay added to the gradient first, as both do.
+    kind = "Nesterov" if nesterov else "SGD"
+    s = make_solver(type=kind, momentum_form=pb.SolverParameter.LR_OUTSIDE, lr_policy="step", gamma=0.5,
+                    stepsize=2, max_iter=6)
+    ip = s.net.layer("ip")
+    ref = torch.nn.Parameter(ip.weight.detach().clone()), torch.nn.Parameter(ip.bias.detach().clone())
+    opt = torch.optim.SGD([{"params": [ref[0]], "weight_decay": 0.01, "lr": 0.1},
+                           {"params": [ref[1]], "weight_decay": 0.0, "lr": 0.2}],
+                          lr=0.1, momentum=float(np.float32(0.9)), nesterov=nesterov)
+    for it in range(6):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(torch.zeros(2, 3) @ ref[0].t() + ref[1], torch.zeros(2, dtype=torch.long))
+        loss.backward()
+        for group, mult in zip(opt.param_groups, (1.0, 2.0)):
+            group["lr"] = float(np.float32(0.1) * np.float32(0.5 ** (it // 2))) * mult
+        opt.step()
+    s.solve()
+    torch.testing.assert_close(ip.weight.detach(), ref[0].detach(), rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(ip.bias.detach(), ref[1].detach(), rtol=1e-6, atol=1e-8)
+    caffe = make_solver(type=kind, lr_policy="step", gamma=0.5, stepsize=2, max_iter=6)
+    caffe.solve()
+    assert not torch.allclose(caffe.net.layer("ip").bias, ip.bias, rtol=1e-4)  # the forms differ here
+
+
+@pytest.mark.parametrize("kind,extra", [("AdaGrad", {"momentum": 0.0}), ("Adam", {"base_lr": 0.01})])
+def test_momentum_form_changes_nothing_where_the_rate_is_outside_already(kind, extra):
+    a = make_solver(type=kind, **extra)
+    b = make_solver(type=kind, momentum_form=pb.SolverParameter.LR_OUTSIDE, **extra)
+    a.solve()
+    b.solve()
+    assert torch.equal(a.net.layer("ip").bias, b.net.layer("ip").bias)
+
+
+def test_epoch_iters_from_the_field_or_an_error_naming_the_need():
+    s = make_solver(epoch_iters=4)
+    assert s.epoch_iters == 4 and s.epoch == 1
+    s = make_solver()  # an Input net: nothing to derive the epoch from
+    assert s.epoch_iters == 0 and s.epoch == 0
+    with pytest.raises(NetcompressError, match=r"<SolverParameter>: layer 'x' needs the epoch length, but "
+                                               r"epoch_iters is 0 and the train net has no data layer"):
+        s.require_epoch_iters("layer 'x'")
+    with pytest.raises(NetcompressError, match="epoch_iters must be >= 0"):
+        make_solver(epoch_iters=-1)
+
+
+def test_epoch_ends_are_logged_and_reach_the_layers(caplog):
+    import logging
+
+    seen = []
+    s = make_solver(epoch_iters=2)
+    s.net.layer("ip").epoch_end = seen.append
+    with caplog.at_level(logging.INFO, logger="netcompress"):
+        s.solve()
+    assert seen == [1, 2, 3]
+    assert "Epoch 2 done (iteration 4, 2 iterations per epoch)" in caplog.text
