@@ -2,7 +2,8 @@
 
 - `convert`: dns_to_normal, inq_to_normal, model2INQ_raw, parse_model (5.1-5.4);
 - `compact`: the compact 4/4 and 4/8 formats, byte-exact, and their encoders/decoders (5.7, 5.8);
-- `report`: kept counts, compression rate and on-disk sizes of a model.
+- `report`: kept counts, compression rate and on-disk sizes of a model;
+- `sdn`: Shallow-Deep nets: make_sdn_net (ICs, SDNLoss, growth stages) and sdn_early_exit.
 
 Each script is `netcompress <name> ...` and `compression_scripts/<name>.py ...`, with the reference's
 positional arguments and printed lines. Layers are selected by type and blob layout (Decision 7).
@@ -15,6 +16,7 @@ from .convert import (dns_to_normal, dns_to_normal_main, inq_to_normal, inq_to_n
                       model2INQ_raw_main, model2inq_raw, parse_model, parse_model_main)
 from .report import main as report_main
 from .report import model_report
+from .sdn import make_sdn_net_main, sdn_early_exit_main
 
 __all__ = ["dns_to_normal", "inq_to_normal", "model2inq_raw", "parse_model", "encode_compact",
            "decode_compact", "model_report", "MAINS"]
@@ -30,4 +32,6 @@ MAINS = {
     "encode_compact48": encode_compact48_main,
     "decode_compact48": decode_compact48_main,
     "report": report_main,
+    "make_sdn_net": make_sdn_net_main,
+    "sdn_early_exit": sdn_early_exit_main,
 }

@@ -14,6 +14,8 @@ _HELP = {
     "encode_compact48": "encode a quantized model in the compact 4/8 format (encode_compact48.py)",
     "decode_compact48": "decode a compact 4/8 file into a normal caffemodel (decode_compact48.py)",
     "report": "kept counts, compression rate and stored sizes of a model",
+    "make_sdn_net": "write a Shallow-Deep net (internal classifiers, SDNLoss, growth stages) from a cell template",
+    "sdn_early_exit": "SDN confidence early exit: accuracy, exit counts and average ops per threshold",
 }
 
 for _name, _main in MAINS.items():
