@@ -161,7 +161,8 @@ class SDNLoss(LossLayer):
         try:
             self.max_coeff = sdn_max_coefficients(self.policy, self.n_outputs, sp.max_coeff)
         except ValueError as e:
-            raise self.error(f"sdn_loss_param.max_coeff: {e} (bottoms: {self.n_outputs} outputs and the label)") from None
+            raise self.error(f"sdn_loss_param.max_coeff: {e} (bottoms: {self.n_outputs} outputs and the "
+                             "label)") from None
         self.start = _decimal(sp.start)
         self.ramp_epochs = int(sp.ramp_epochs)
         if self.ramp_epochs <= 0:

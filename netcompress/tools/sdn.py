@@ -46,6 +46,13 @@ layer with exclude rules cannot be tagged (Caffe forbids include and exclude tog
 The explicit stages avoid INRIA's growth quirk (spec Q6): with `--ics 1,0,1` stage 1 holds
 cells 2 and 3.
 
+What the solver does with such a net: a `growth` with M epochs (one per stage after grow0); it
+builds the TRAIN and TEST nets with stages grow0 at the start and grow0..growK from the K-th
+growth epoch on, copying blobs by layer name; on every SDNLoss layer of each net it builds it sets
+`layer.epoch_iters` (unless the layer's own `sdn_loss_param.epoch_iters` is set), and it calls
+`set_iteration` as for any TRAIN net. A layer's growth block (for `snip_schedule`) is the K of the
+`grow<K>` in its include rules; untagged layers (data, stem) belong to block 0.
+
 sdn_early_exit
 --------------
 Runs the TEST phase of a net (its data layer provides the images and labels) for `--iterations`
@@ -390,7 +397,8 @@ def describe(sdn: SDNNet) -> list[str]:
     lines.append(f"losses: {', '.join(sdn.losses)} (SDNLoss)")
     if sdn.growth:
         k = len(sdn.stages) - 1
-        lines.append(f"train it with stages grow0..grow{k}: a solver `growth {{ {' '.join('epoch: E%d' % i for i in range(1, k + 1))} }}` "
+        epochs = " ".join("epoch: E%d" % i for i in range(1, k + 1))
+        lines.append(f"train it with stages grow0..grow{k}: a solver `growth {{ {epochs} }}` "
                      f"({k} growth epoch{'s' if k != 1 else ''}) and `epoch_iters` for SDNLoss's ramp")
     return lines
 
@@ -409,7 +417,8 @@ template layout (full description: `python -c "import netcompress.tools.sdn as m
   # @dense_cell                           # optional: --dense cells 2..N (input = concat)
   ...
   # @end
-  layer { name: "pool" type: "Pooling" bottom: "${bottom}" top: "pool" pooling_param { pool: AVE kernel_size: 8 stride: 8 } }
+  layer { name: "pool" type: "Pooling" bottom: "${bottom}" top: "pool"
+          pooling_param { pool: AVE kernel_size: 8 stride: 8 } }
   layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param { num_output: 10 ... } }
 
 ICs read ${tap} (MixedPooling kernel = stride = S//4, then InnerProduct like the final one).
@@ -427,7 +436,8 @@ def make_sdn_net_main(argv: Sequence[str] | None = None) -> int:
                     "--growth the NetState stages grow0..growM that the solver's `growth` adds.",
         epilog=_TEMPLATE_HELP)
     p.add_argument("template", help="the cells prototxt template (sections: stem, # @cell, [# @dense_cell], # @end)")
-    p.add_argument("--ics", required=True, help="one 0/1 per cell: 1 puts an IC after that cell, e.g. 0,0,1,0,0,1,0,1,0")
+    p.add_argument("--ics", required=True,
+                   help="one 0/1 per cell: 1 puts an IC after that cell, e.g. 0,0,1,0,0,1,0,1,0")
     p.add_argument("--dense", action="store_true",
                    help="cell k reads the concatenation of the stem and cells 1..k-1; the end reads all of them")
     p.add_argument("--growth", action="store_true", help="tag the cells with growth stages grow0..growM")
@@ -440,7 +450,8 @@ def make_sdn_net_main(argv: Sequence[str] | None = None) -> int:
                    help="IC outputs (default: num_output of the end section's last InnerProduct)")
     p.add_argument("--policy", choices=["SDN", "INRIA"], default=None,
                    help="sdn_loss_param.policy of the losses (default: the layer's, SDN)")
-    p.add_argument("--ramp-epochs", type=int, default=None, help="sdn_loss_param.ramp_epochs (default: the layer's, 100)")
+    p.add_argument("--ramp-epochs", type=int, default=None,
+                   help="sdn_loss_param.ramp_epochs (default: the layer's, 100)")
     try:
         a = p.parse_args(argv)
     except SystemExit as e:
@@ -592,7 +603,8 @@ def sdn_early_exit(prototxt: str, weights: str, outputs: Sequence[str], threshol
     else:
         ops_values, layer_macs = [float(v) for v in ops], {}
         if len(ops_values) != len(outputs):
-            raise ToolError(f"--ops-per-output: {len(outputs)} outputs need {len(outputs)} values, got {len(ops_values)}")
+            raise ToolError(f"--ops-per-output: {len(outputs)} outputs need {len(outputs)} values, "
+                            f"got {len(ops_values)}")
     if iterations <= 0:
         raise ToolError(f"--iterations must be positive, got {iterations}")
     collected: list[list[np.ndarray]] = [[] for _ in outputs]
@@ -678,7 +690,8 @@ def sdn_early_exit_main(argv: Sequence[str] | None = None) -> int:
                     "with labels), for --iterations batches.")
     p.add_argument("net", help="a net prototxt whose TEST phase reads data and labels (e.g. make_sdn_net's train_val)")
     p.add_argument("weights", help=".caffemodel")
-    p.add_argument("--outputs", required=True, help="the output blobs in cascade order, the final one last: ic1,ic2,ic3,fc")
+    p.add_argument("--outputs", required=True,
+                   help="the output blobs in cascade order, the final one last: ic1,ic2,ic3,fc")
     p.add_argument("--thresholds", default=",".join(f"{t:g}" for t in SDN_THRESHOLDS),
                    help="confidence thresholds (default: SDN's 0.1,0.15,0.25,0.5,0.6,0.7,0.8,0.9,0.95,0.99,0.999)")
     p.add_argument("--ops-per-output", default="auto",

@@ -270,3 +270,26 @@ def test_sdn_loss_in_a_net_trains_every_classifier(make_net):
     torch.testing.assert_close(net.loss, expected)
     net.loss.backward()
     assert net.layer("ic1").weight.grad.abs().sum() > 0 and net.layer("final").weight.grad.abs().sum() > 0
+
+
+@pytest.mark.cuda
+def test_mixed_pooling_and_sdn_loss_cuda_match_cpu(make_layer):
+    for geometry in ("kernel_size: 8 stride: 8", "kernel_size: 3 stride: 2 pad: 1"):
+        layer = make_layer(mixed(0.4, geometry), (2, 4, 17, 17), dtype=torch.float32)
+        x = rand(2, 4, 17, 17, seed=8).float()
+        dy_shape = layer.top_shapes([(2, 4, 17, 17)])[0]
+        dy = rand(*dy_shape, seed=9).float()
+        xc = x.clone().requires_grad_()
+        (layer(xc) * dy).sum().backward()
+        cpu = (layer(x).detach(), xc.grad, layer.alpha.grad.clone())
+        layer.alpha.grad = None
+        layer.to("cuda")
+        xg = x.cuda().requires_grad_()
+        yg = layer(xg)
+        (yg * dy.cuda()).sum().backward()
+        torch.testing.assert_close(yg.detach().cpu(), cpu[0])
+        torch.testing.assert_close(xg.grad.cpu(), cpu[1])
+        torch.testing.assert_close(layer.alpha.grad.cpu(), cpu[2], rtol=1e-5, atol=1e-5)
+    loss = sdn_loss(make_layer, 3, "epoch_iters: 1")
+    outs, lab = [rand(4, 5, seed=i).float() for i in range(3)], labels(4, 5).float()
+    torch.testing.assert_close(loss(*[o.cuda() for o in outs], lab.cuda()).cpu(), loss(*outs, lab))

@@ -334,7 +334,8 @@ def test_auto_ops_count_conv_deconv_and_inner_product_macs():
         layer { name: "conv1" type: "Convolution" bottom: "data" top: "c1"
                 convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
         layer { name: "relu1" type: "ReLU" bottom: "c1" top: "c1" }
-        layer { name: "ic1_pool" type: "MixedPooling" bottom: "c1" top: "p1" mixed_pooling_param { kernel_size: 4 stride: 4 } }
+        layer { name: "ic1_pool" type: "MixedPooling" bottom: "c1" top: "p1"
+                mixed_pooling_param { kernel_size: 4 stride: 4 } }
         layer { name: "ic1" type: "InnerProduct" bottom: "p1" top: "ic1" inner_product_param { num_output: 5 } }
         layer { name: "conv2" type: "Convolution" bottom: "c1" top: "c2"
                 convolution_param { num_output: 4 kernel_size: 3 pad: 1 group: 2 } }
