@@ -145,6 +145,9 @@ class SDNLoss(LossLayer):
     layer of a net it builds (including the nets rebuilt at each growth stage). A TRAIN forward
     with neither is an error; a TEST net without an epoch length uses epoch 1 (the loss it reports
     is for display only; the per-output Accuracy layers are what to read).
+
+    `coefficient_override` (None by default) replaces every c_i with one value while it is set:
+    SNIP scoring in a `snip_schedule` uses the loss with coefficients 1 (INRIA, spec 5.3.2).
     """
 
     min_bottoms = 2
@@ -172,6 +175,7 @@ class SDNLoss(LossLayer):
         self.param_epoch_iters = int(sp.epoch_iters)
         # Set by the solver (its SolverParameter.epoch_iters); read only when the param's is 0.
         self.epoch_iters: int | None = None
+        self.coefficient_override: float | None = None
         self.iteration = 0
         self._logged_epoch: int | None = None
         label_shape = self.bottom_shapes[-1]
@@ -224,6 +228,8 @@ class SDNLoss(LossLayer):
         """c_1..c_{n-1} at the current iteration (the last output's weight is 1)."""
         if self.n_outputs == 1:
             return []
+        if self.coefficient_override is not None:
+            return [float(self.coefficient_override)] * (self.n_outputs - 1)
         return sdn_coefficients(self.max_coeff, self.epoch(), self.ramp_epochs, self.start)
 
     # -- forward -----------------------------------------------------------------------------

@@ -183,6 +183,17 @@ def test_epoch_length_from_the_param_or_the_solver(make_layer):
                                F.cross_entropy(x, lab.long()))
 
 
+def test_coefficient_override_for_snip_scoring(make_layer):
+    layer = sdn_loss(make_layer, 3, "")  # TRAIN, no epoch length: the override needs none
+    outs, lab = [rand(4, 5, seed=i) for i in range(3)], labels(4, 5)
+    layer.coefficient_override = 1.0
+    assert layer.coefficients() == [1.0, 1.0]
+    torch.testing.assert_close(layer(*outs, lab), sum(F.cross_entropy(o, lab.long()) for o in outs))
+    layer.coefficient_override = None
+    with pytest.raises(NetDefinitionError, match="needs the epoch length"):
+        layer(*outs, lab)
+
+
 def test_sdn_loss_configuration_errors(make_layer):
     with pytest.raises(NetDefinitionError, match="6 internal classifiers need 6 max_coeff values, got 2"):
         sdn_loss(make_layer, 7, "max_coeff: 0.1 max_coeff: 0.2")
