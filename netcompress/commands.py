@@ -53,6 +53,11 @@ COMMANDS: dict[str, Command] = {
     "decode_compact48": Command("netcompress.tools.compact:decode_compact48_main",
                                 "decode a compact 4/8 file into a normal caffemodel (decode_compact48.py)"),
     "report": Command("netcompress.tools.report:main", "kept counts, compression rate and stored sizes of a model"),
+    # recipes: Shallow-Deep networks (recipes-spec 2.2-2.3)
+    "make_sdn_net": Command("netcompress.tools.sdn:make_sdn_net_main",
+                            "write a Shallow-Deep net (internal classifiers, SDNLoss, growth stages) from a cell template"),
+    "sdn_early_exit": Command("netcompress.tools.sdn:sdn_early_exit_main",
+                              "SDN confidence early exit: accuracy, exit counts and average ops per threshold"),
     # pipelines
     "pipeline": Command("netcompress.pipeline:main",
                         "the LeNet compression pipeline end to end on the embedded digits"),

@@ -1,0 +1,16 @@
+#!/usr/bin/env python3
+"""sdn_early_exit.py: netcompress.tools.sdn.sdn_early_exit_main as a script.
+
+Same as `netcompress sdn_early_exit ...`; run with -h for the arguments.
+"""
+import os
+import sys
+
+try:
+    import netcompress.tools.sdn as _tool
+except ImportError:  # run from a checkout that is not installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import netcompress.tools.sdn as _tool
+
+if __name__ == "__main__":
+    sys.exit(_tool.sdn_early_exit_main())
