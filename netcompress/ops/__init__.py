@@ -405,3 +405,5 @@ def sgd_momentum_update_(grad: torch.Tensor, history: torch.Tensor, mask: torch.
     """
     with torch.no_grad():
         _ops.sgd_momentum_update_(grad, history, mask, float(momentum), float(local_rate))
+
+from .quant import *  # noqa: E402,F401,F403  (MicroNet quantizers: act_quant, int_quant, quant_weight, ...)
