@@ -181,10 +181,10 @@ def quant_weight_fit(weight: torch.Tensor, mask: torch.Tensor | None, bitwidth: 
     low, high = weight_quant_range(bitwidth)
     with torch.no_grad():
         rows = weight.shape[0]
+        if weight.numel() == 0:
+            return weight.new_zeros(rows)
         w = weight.detach().reshape(rows if per_channel else 1, -1)
         m = None if mask is None else mask.detach().reshape(w.shape)
-        if w.numel() == 0:
-            return weight.new_zeros(rows)
         v = w.double() if m is None else w.double() * m.double()
         alpha = (v.abs().amax(dim=1) / float(2 ** (bitwidth - 1))).to(weight.dtype)
         for _ in range(int(iters)):

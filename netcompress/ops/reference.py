@@ -207,6 +207,8 @@ def quant_weight_fit(weight: torch.Tensor, mask: torch.Tensor | None, bitwidth: 
     α ← ⟨v,q⟩/⟨q,q⟩ (float64 sums, α rounded to the weight's dtype), q = clamp(round(v/α)); ⟨q,q⟩ = 0 gives 0."""
     clip = 2 ** (bitwidth - 1)
     rows = weight.shape[0]
+    if weight.numel() == 0:
+        return weight.new_zeros(rows)
     w = weight.detach().reshape(rows if per_channel else 1, -1)
     m = None if mask is None else mask.detach().reshape(w.shape)
     out = []
