@@ -93,7 +93,7 @@ void weight_range(int64_t n, const scalar_t* w, const scalar_t* m, scalar_t* out
     for (int64_t t = 0; t < n; t += cpu::kTile) {
       const int64_t len = std::min(cpu::kTile, n - t);
       cpu::widen(len, w + t, wt);
-      if (kMasked) cpu::widen(len, m + t, mt);
+      if constexpr (kMasked) cpu::widen(len, m + t, mt);
       weight_loop<float, float, kMasked, kDequant>(len, wt, mt, ot, alpha, lo, hi);
       cpu::narrow(len, ot, out + t);
     }
