@@ -302,6 +302,64 @@ def make_sgd(n, dtype, device, g) -> Case:
                 lambda: (g_eager, h_eager, m, mom, rate), None, check)
 
 
+def _activations(n: int, dtype: torch.dtype, device: str, g: torch.Generator) -> torch.Tensor:
+    # post-ReLU-like inputs over the whole 4-bit range and past it (about 1 % clamped at 15)
+    return (2.0 * torch.randn(n, generator=g, device=device)).relu().to(dtype)
+
+
+ACT_ALPHA = 6.0 / 15  # α = max|x|/15 for a batch whose maximum is 6
+
+
+def make_act_quant(n, dtype, device, g) -> Case:
+    x = _activations(n, dtype, device, g)
+    alpha = torch.tensor([ACT_ALPHA], dtype=dtype, device=device)
+
+    def check() -> str:
+        return _compare("y", ops.act_quant(x, alpha, 0, 15), ref.act_quant(x, alpha, 0, 15))
+
+    return Case(lambda: ops.act_quant(x, alpha, 0, 15), lambda: ref.act_quant(x, alpha, 0, 15), ref.act_quant,
+                lambda: (x, alpha, 0, 15), None, check)
+
+
+def make_act_quant_backward(n, dtype, device, g) -> Case:
+    x = _activations(n, dtype, device, g)
+    grad = _weights(n, dtype, device, g)
+    alpha = torch.tensor([ACT_ALPHA], dtype=dtype, device=device)
+    op = torch.ops.netcompress._act_quant_backward
+
+    def check() -> str:
+        return _compare("dx", op(grad, x, alpha, 0.0, 15.0), ref.act_quant_backward(grad, x, alpha, 0, 15))
+
+    return Case(lambda: op(grad, x, alpha, 0.0, 15.0), lambda: ref.act_quant_backward(grad, x, alpha, 0, 15),
+                ref.act_quant_backward, lambda: (grad, x, alpha, 0, 15), None, check)
+
+
+def make_int_quant(n, dtype, device, g) -> Case:
+    x = 6.0 * _activations(n, dtype, device, g)
+
+    def check() -> str:
+        return _compare("y", ops.int_quant(x, 0, 15), ref.int_quant(x, 0, 15))
+
+    return Case(lambda: ops.int_quant(x, 0, 15), lambda: ref.int_quant(x, 0, 15), ref.int_quant,
+                lambda: (x, 0, 15), None, check)
+
+
+QUANT_ROW = 1000  # entries per output channel (a 3×3 conv over ~111 input channels)
+
+
+def make_quant_weight(n, dtype, device, g) -> Case:
+    rows = max(1, n // QUANT_ROW)
+    w = _weights(n, dtype, device, g).reshape(rows, -1)
+    m = _mask(n, dtype, device, g).reshape(rows, -1)
+    alpha = ops.quant_weight_fit(w, m, 4, iters=3)
+
+    def check() -> str:
+        return _compare("wq", ops.quant_weight(w, m, alpha, -8, 7), ref.quant_weight(w, m, alpha, -8, 7))
+
+    return Case(lambda: ops.quant_weight(w, m, alpha, -8, 7), lambda: ref.quant_weight(w, m, alpha, -8, 7),
+                ref.quant_weight, lambda: (w, m, alpha, -8, 7), None, check)
+
+
 BOTH = ("float32", "float16")
 OPS = [
     OpSpec("dns_masked_weight", "DNS", "forward weight W⊙M", 3, "read W, M; write W⊙M",
@@ -325,6 +383,17 @@ OPS = [
     OpSpec("sgd_momentum_update_", "INQ", "update freezing: h <- M⊙(μh + lr·g); g <- h (§3.6)", 5,
            "read g, h, M; write g, h", "reference.sgd_momentum_update_: 2 multiplies, add, multiply, 2 copies",
            True, BOTH, make_sgd),
+    OpSpec("act_quant", "Quant", "ActQuant forward α·clamp(round(x/α), 0, 15) (recipes §4.5)", 2, "read x; write y",
+           "reference.act_quant: compare, divide, round, where, clamp, multiply", True, BOTH, make_act_quant),
+    OpSpec("_act_quant_backward", "Quant", "ActQuant STE dx = g·[0 <= round(x/α) <= 15] (recipes §4.5)", 3,
+           "read g, x; write dx", "reference.act_quant_backward: divide, round, where, 2 compares, and, where",
+           True, BOTH, make_act_quant_backward),
+    OpSpec("int_quant", "Quant", "IntQuant clamp(round(x), 0, 15) (recipes §5.2)", 2, "read x; write y",
+           "reference.int_quant: round, clamp (2 passes: at most 2x to gain)", False, BOTH, make_int_quant),
+    OpSpec("quant_weight", "Quant", "4-bit weights α_c·clamp(round((W⊙M)/α_c)) per row (recipes §4.6)", 3,
+           "read W, M; write Wq (α: one value per 1000 entries)",
+           "reference.quant_weight: multiply, compare, divide, round, where, clamp, multiply", True, BOTH,
+           make_quant_weight),
 ]
 OPS_BY_NAME = {o.name: o for o in OPS}
 # INQ ops accept float32/float64 only (the rounding rule is defined on float32 weights, §3.5); the float16

@@ -30,6 +30,22 @@ TORCH_LIBRARY(netcompress, m) {
   // mask == 1 ∧ |v| >= threshold: v <- power-of-two rounding with smallest exponent n2 (§3.5), mask <- 0.
   m.def("inq_quantize_(Tensor(a!) weight, Tensor(b!) mask, Tensor threshold, int n2) -> ()", tags);
 
+  // ---- Quantization (recipes-spec §4.5, §4.6, §5.2: MicroNet's ActQuant, weight quantizer, IntQuant) ----
+  // round is half to even (torch.round); a scale α == 0 gives the code 0. Autograd is the straight-through
+  // estimator: the activation ops' private backwards pass grad where lo <= round(x/α) <= hi, else 0.
+  // α·clamp(round(x/α), low, high), α a one-element tensor on x's device or the CPU.
+  m.def("act_quant(Tensor x, Tensor alpha, float low, float high) -> Tensor", tags);
+  m.def("_act_quant_backward(Tensor grad, Tensor x, Tensor alpha, float low, float high) -> Tensor", tags);
+  // clamp(round(x), low, high).
+  m.def("int_quant(Tensor x, float low, float high) -> Tensor", tags);
+  m.def("_int_quant_backward(Tensor grad, Tensor x, float low, float high) -> Tensor", tags);
+  // Per row r (weight.size(0) rows, one output channel each), v = weight ⊙ mask:
+  // α_r·clamp(round(v/α_r), low, high).
+  // Autograd gives weight the incoming gradient unchanged (dW = dWq, unmasked); mask and alpha get none.
+  m.def("quant_weight(Tensor weight, Tensor? mask, Tensor alpha, float low, float high) -> Tensor", tags);
+  // The integer codes clamp(round(v/α_r), low, high) of the same rule, in the weight's dtype (the ALS fit, merge).
+  m.def("quant_weight_codes(Tensor weight, Tensor? mask, Tensor alpha, float low, float high) -> Tensor", tags);
+
   // ---- Pooling (the layers' MAX pooling; ATen's CPU kernel for NCHW is several times slower) ----
   // aten::max_pool2d_with_indices with dilation 1, same values and indices (int64, flat in the H×W plane,
   // first maximum in row-major order, NaN propagates); its gradient is aten::max_pool2d_with_indices_backward.

@@ -50,6 +50,9 @@ class LayerContext:
     world_size: int = 1
     net_name: str = ""
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Iterations per epoch (the solver's epoch_iters, or derived from its data), set by the Solver
+    # once its nets are built; 0 outside a solver. Layers with epoch schedules read it at run time.
+    epoch_iters: int = 0
     _generators: dict[str, torch.Generator] = dataclasses.field(default_factory=dict, repr=False)
 
     def named_generator(self, name: str, default_seed: int = 1) -> torch.Generator:

@@ -211,6 +211,8 @@ class SDNLoss(LossLayer):
             return self.param_epoch_iters
         if self.epoch_iters is not None and int(self.epoch_iters) > 0:
             return int(self.epoch_iters)
+        if self.ctx.epoch_iters > 0:  # the solver's (LayerContext.epoch_iters)
+            return int(self.ctx.epoch_iters)
         return None
 
     def epoch(self) -> int:

@@ -22,6 +22,13 @@ __all__ = [
     "inq_quantize_",
     "sgd_momentum_update_",
     "max_pool2d",
+    "act_quant",
+    "act_quant_backward",
+    "int_quant",
+    "int_quant_backward",
+    "quant_weight",
+    "quant_weight_codes",
+    "quant_weight_fit",
 ]
 
 
@@ -139,3 +146,81 @@ def max_pool2d(x: torch.Tensor, kernel_size, stride, padding=(0, 0), ceil_mode: 
     """PyTorch's own MAX pooling with indices (dilation 1): the op must match it exactly."""
     return torch.nn.functional.max_pool2d(x, tuple(kernel_size), tuple(stride), tuple(padding), ceil_mode=ceil_mode,
                                           return_indices=True)
+
+
+# ---- MicroNet quantizers (recipes-spec §4.5, §4.6, §5.2) ----
+
+def _code(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """round(x/α), halves to even, in x's dtype; 0 where α == 0 (Q13)."""
+    return torch.where(alpha == 0, torch.zeros_like(x), torch.round(x / alpha))
+
+
+def act_quant(x: torch.Tensor, alpha: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """α·clamp(round(x/α), low, high) (§4.5), in the dtype's arithmetic type."""
+    acc = _opmath(x.dtype)
+    a = alpha.reshape(()).to(x.device, acc)
+    return (a * torch.clamp(_code(x.to(acc), a), low, high)).to(x.dtype)
+
+
+def act_quant_backward(grad: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, low: float,
+                       high: float) -> torch.Tensor:
+    """The STE of §4.5: grad where low <= round(x/α) <= high, else 0."""
+    acc = _opmath(x.dtype)
+    r = _code(x.to(acc), alpha.reshape(()).to(x.device, acc))
+    return torch.where((r >= low) & (r <= high), grad, torch.zeros_like(grad))
+
+
+def int_quant(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """clamp(round_half_even(x), low, high) (§5.2)."""
+    return torch.clamp(torch.round(x.to(_opmath(x.dtype))), low, high).to(x.dtype)
+
+
+def int_quant_backward(grad: torch.Tensor, x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    r = torch.round(x.to(_opmath(x.dtype)))
+    return torch.where((r >= low) & (r <= high), grad, torch.zeros_like(grad))
+
+
+def _rows(weight: torch.Tensor, mask: torch.Tensor | None, alpha: torch.Tensor):
+    acc = _opmath(weight.dtype)
+    v = weight.to(acc) if mask is None else weight.to(acc) * mask.to(acc)
+    a = alpha.to(acc).reshape(-1, *([1] * (weight.dim() - 1)))
+    return v, a
+
+
+def quant_weight_codes(weight: torch.Tensor, mask: torch.Tensor | None, alpha: torch.Tensor, low: float,
+                       high: float) -> torch.Tensor:
+    """q = clamp(round(v/α_r), low, high) per row r, v = weight ⊙ mask (§4.6, §4.9)."""
+    v, a = _rows(weight, mask, alpha)
+    return torch.clamp(_code(v, a), low, high).to(weight.dtype)
+
+
+def quant_weight(weight: torch.Tensor, mask: torch.Tensor | None, alpha: torch.Tensor, low: float,
+                 high: float) -> torch.Tensor:
+    """Wq = α_r·q per row (§4.6)."""
+    v, a = _rows(weight, mask, alpha)
+    return (a * torch.clamp(_code(v, a), low, high)).to(weight.dtype)
+
+
+def quant_weight_fit(weight: torch.Tensor, mask: torch.Tensor | None, bitwidth: int, iters: int = 100,
+                     per_channel: bool = True) -> torch.Tensor:
+    """§4.6's alternating least squares, one row at a time: α ← max|v|/clip, then `iters` times
+    α ← ⟨v,q⟩/⟨q,q⟩ (float64 sums, α rounded to the weight's dtype), q = clamp(round(v/α)); ⟨q,q⟩ = 0 gives 0."""
+    clip = 2 ** (bitwidth - 1)
+    rows = weight.shape[0]
+    if weight.numel() == 0:
+        return weight.new_zeros(rows)
+    w = weight.detach().reshape(rows if per_channel else 1, -1)
+    m = None if mask is None else mask.detach().reshape(w.shape)
+    out = []
+    for r in range(w.shape[0]):
+        wr, mr = w[r], None if m is None else m[r]
+        v = wr.double() if mr is None else wr.double() * mr.double()
+        alpha = torch.tensor(float(v.abs().max()) / clip if v.numel() else 0.0, dtype=weight.dtype)
+        for _ in range(iters):
+            q = quant_weight_codes(wr[None], None if mr is None else mr[None], alpha[None], -clip, clip - 1)[0]
+            q = q.double()
+            den = float((q * q).sum())
+            alpha = torch.tensor(float((v * q).sum()) / den if den > 0 else 0.0, dtype=weight.dtype)
+        out.append(alpha)
+    alpha = torch.stack(out).to(weight.device)
+    return alpha if per_channel else alpha.expand(rows).clone()

@@ -124,6 +124,8 @@ class Solver:
         self.last_snapshot: str | None = None
         self._last_snapshot_iter: int | None = None
         self.epoch_iters = self._epoch_iters()
+        for net in [self.net, *self.test_nets]:
+            net.ctx.epoch_iters = self.epoch_iters
         if weights:
             for w in ([weights] if isinstance(weights, str) else weights):
                 for p in w.split(","):
