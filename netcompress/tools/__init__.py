@@ -2,7 +2,9 @@
 
 - `convert`: dns_to_normal, inq_to_normal, model2INQ_raw, parse_model (5.1-5.4);
 - `compact`: the compact 4/4 and 4/8 formats, byte-exact, and their encoders/decoders (5.7, 5.8);
-- `report`: kept counts, compression rate and on-disk sizes of a model.
+- `report`: kept counts, compression rate and on-disk sizes of a model;
+- `micronet`: the MicroNet score of an integer deploy net and `import_pth` (recipes-spec 4.12, 5.5);
+- `densenet`: `make_densenet`, the MicroNet DenseNet-BC prototxts (recipes-spec 4.2).
 
 Each script is `netcompress <name> ...` and `compression_scripts/<name>.py ...`, with the reference's
 positional arguments and printed lines. Layers are selected by type and blob layout (Decision 7).
@@ -13,11 +15,13 @@ from .compact import (decode_compact, decode_compact48_main, decode_compact_main
                       encode_compact48_main, encode_compact_main)
 from .convert import (dns_to_normal, dns_to_normal_main, inq_to_normal, inq_to_normal_main,
                       model2INQ_raw_main, model2inq_raw, parse_model, parse_model_main)
+from .densenet import main as make_densenet_main
+from .micronet import import_pth, import_pth_main, micronet_score, score_main as micronet_score_main
 from .report import main as report_main
 from .report import model_report
 
 __all__ = ["dns_to_normal", "inq_to_normal", "model2inq_raw", "parse_model", "encode_compact",
-           "decode_compact", "model_report", "MAINS"]
+           "decode_compact", "model_report", "micronet_score", "import_pth", "MAINS"]
 
 # script name -> entry point `main(argv) -> int`
 MAINS = {
@@ -30,4 +34,7 @@ MAINS = {
     "encode_compact48": encode_compact48_main,
     "decode_compact48": decode_compact48_main,
     "report": report_main,
+    "micronet_score": micronet_score_main,
+    "import_pth": import_pth_main,
+    "make_densenet": make_densenet_main,
 }

@@ -14,6 +14,9 @@ _HELP = {
     "encode_compact48": "encode a quantized model in the compact 4/8 format (encode_compact48.py)",
     "decode_compact48": "decode a compact 4/8 file into a normal caffemodel (decode_compact48.py)",
     "report": "kept counts, compression rate and stored sizes of a model",
+    "micronet_score": "MicroNet Challenge score (#OPs, #Params) of an integer deploy net",
+    "import_pth": "a PyTorch state dict into a caffemodel by a named map (micronet-densenet-final)",
+    "make_densenet": "write a MicroNet DenseNet-BC prototxt (plain, quantized student or integer deploy)",
 }
 
 for _name, _main in MAINS.items():
