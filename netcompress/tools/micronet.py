@@ -267,7 +267,7 @@ class LayerScore:
 
     name: str
     type: str
-    kind: str            # Conv, Linear, Scale, AvgPool, ReLU, IntQuant or free
+    kind: str            # Conv, Linear, Scale, AvgPool, ReLU, IntQuant or Other (no count)
     shape: Shape         # top shape (batch 1)
     ops: float
     params: float
@@ -430,6 +430,20 @@ def micronet_score(prototxt: str, model: str, score_type: int = 0, act_bits: str
     faithful = count == "faithful"
     conv_rule, scale_rule, pool_rule = SCORE_TYPES[score_type]
     _, layers = deploy_layers(prototxt, input_shape)
+    for dl in layers:  # the net's structure first, then its weights
+        where = f"{prototxt}: layer '{dl.name}' ({dl.type})"
+        t = dl.type
+        if t in ("Convolution", "InnerProduct"):
+            p = dl.param.convolution_param if t == "Convolution" else dl.param.inner_product_param
+            if p.bias_term:
+                raise ToolError(f"{where} has a bias; the MicroNet counts take bias-free Convolution and "
+                                "InnerProduct layers followed by a Scale (as micronet_merge writes them)")
+        elif t == "Pooling" and dl.param.pooling_param.pool != pb.PoolingParameter.AVE:
+            raise ToolError(f"{where}: only average pooling has a MicroNet counting rule")
+        elif t not in ("Scale", "Pooling", "ReLU", "IntQuant") and t not in _FREE_TYPES:
+            hint = " (fold it into a Scale first: micronet_merge)" if t == "BatchNorm" else ""
+            raise ToolError(f"{where}: no MicroNet counting rule for this type{hint}; rules exist for "
+                            f"{', '.join(_SCORED_TYPES)} and the shape-only {', '.join(sorted(_FREE_TYPES))}")
     weights = _read_weights(model, layers)
     weight_names = [dl.name for dl in layers if dl.type in ("Convolution", "InnerProduct")]
     if not weight_names:
@@ -445,10 +459,6 @@ def micronet_score(prototxt: str, model: str, score_type: int = 0, act_bits: str
         where = f"{prototxt}: layer '{dl.name}' ({dl.type})"
         t = dl.type
         if t in ("Convolution", "InnerProduct"):
-            p = dl.param.convolution_param if t == "Convolution" else dl.param.inner_product_param
-            if p.bias_term:
-                raise ToolError(f"{where} has a bias; the MicroNet counts take bias-free Convolution and "
-                                "InnerProduct layers followed by a Scale (as micronet_merge writes them)")
             i = weight_names.index(dl.name)
             out.append(_weight_layer(dl, weights[dl.name][0], _bits_for(dl.name, i, last, a_spec),
                                      _bits_for(dl.name, i, last, w_spec), conv_rule, faithful, where))
@@ -460,12 +470,8 @@ def micronet_score(prototxt: str, model: str, score_type: int = 0, act_bits: str
             out.append(LayerScore(dl.name, t, "ReLU", dl.tops[0], 1 * math.prod(dl.tops[0]) / 2., 0.0))
         elif t == "IntQuant":
             out.append(LayerScore(dl.name, t, "IntQuant", dl.tops[0], 0.0, 0.0))
-        elif t in _FREE_TYPES:
-            out.append(LayerScore(dl.name, t, "free", dl.tops[0] if dl.tops else (), 0.0, 0.0))
         else:
-            hint = " (fold it into a Scale first: micronet_merge)" if t == "BatchNorm" else ""
-            raise ToolError(f"{where}: no MicroNet counting rule for this type{hint}; rules exist for "
-                            f"{', '.join(_SCORED_TYPES)} and the shape-only {', '.join(sorted(_FREE_TYPES))}")
+            out.append(LayerScore(dl.name, t, "Other", dl.tops[0] if dl.tops else (), 0.0, 0.0))
     total_ops = 0
     total_params = 0
     for l in out:
