@@ -189,6 +189,9 @@ class DataTransformer:
         if h < self.crop_size or w < self.crop_size:
             raise TransformError(f"{self.name}: crop_size {self.crop_size} is larger than the "
                                  f"record ({h}x{w})")
+        if self.augments and self.aug_ops and c not in (1, 3):
+            raise TransformError(f"{self.name}: autoaugment works on 1- or 3-channel records "
+                                 f"(PIL images), these have {c}")
         if self.crop_size:
             return c, self.crop_size, self.crop_size
         return c, h, w

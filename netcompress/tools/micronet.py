@@ -280,6 +280,8 @@ class LayerScore:
 
 @dataclasses.dataclass
 class ScoreResult:
+    """The totals of `micronet_score` and its per-layer counts."""
+
     prototxt: str
     model: str
     score_type: int
@@ -424,8 +426,10 @@ def micronet_score(prototxt: str, model: str, score_type: int = 0, act_bits: str
         raise ToolError(f"reference must be one of {', '.join(REFERENCES)}, got '{reference}'")
     if count not in ("faithful", "corrected"):
         raise ToolError(f"count must be 'faithful' or 'corrected', got '{count}'")
-    a_spec = dict(act_bits) if isinstance(act_bits, Mapping) else parse_bits(act_bits, DEFAULT_ACT_BITS, "--act-bits")
-    w_spec = (dict(weight_bits) if isinstance(weight_bits, Mapping)
+    # a mapping or a "key=bits,..." string, over the defaults
+    a_spec = ({**DEFAULT_ACT_BITS, **act_bits} if isinstance(act_bits, Mapping)
+              else parse_bits(act_bits, DEFAULT_ACT_BITS, "--act-bits"))
+    w_spec = ({**DEFAULT_WEIGHT_BITS, **weight_bits} if isinstance(weight_bits, Mapping)
               else parse_bits(weight_bits, DEFAULT_WEIGHT_BITS, "--weight-bits"))
     faithful = count == "faithful"
     conv_rule, scale_rule, pool_rule = SCORE_TYPES[score_type]

@@ -129,10 +129,14 @@ def test_imported_model_scores(deploy, tmp_path):
 
 
 @pytest.mark.parametrize("edit, match", [
-    (lambda sd: sd.pop("dense2.0.conv2.weight"), r"no tensor for 'dense2\.0\.conv2\.weight' \(layer 'dense2\.0_conv2' blob 0\)"),
-    (lambda sd: sd.__setitem__("dense9.0.conv1.weight", torch.zeros(1)), r"'dense9\.0\.conv1\.weight' maps to layer 'dense9\.0_conv1', which"),
-    (lambda sd: sd.__setitem__("fc.bias", torch.zeros(10)), r"'fc\.bias' maps to blob 1 of layer 'fc' \(InnerProduct\), which has 1 blob\(s\) \(bias_term: false\)"),
-    (lambda sd: sd.__setitem__("conv1.weight", torch.zeros(8, 3, 1, 1)), r"'conv1\.weight' has shape \[8, 3, 1, 1\]; layer 'conv1' \(Convolution\) blob 0 is \[8, 3, 3, 3\]"),
+    (lambda sd: sd.pop("dense2.0.conv2.weight"),
+     r"no tensor for 'dense2\.0\.conv2\.weight' \(layer 'dense2\.0_conv2' blob 0\)"),
+    (lambda sd: sd.__setitem__("dense9.0.conv1.weight", torch.zeros(1)),
+     r"'dense9\.0\.conv1\.weight' maps to layer 'dense9\.0_conv1', which"),
+    (lambda sd: sd.__setitem__("fc.bias", torch.zeros(10)),
+     r"'fc\.bias' maps to blob 1 of layer 'fc' \(InnerProduct\), which has 1 blob\(s\) \(bias_term: false\)"),
+    (lambda sd: sd.__setitem__("conv1.weight", torch.zeros(8, 3, 1, 1)),
+     r"'conv1\.weight' has shape \[8, 3, 1, 1\]; layer 'conv1' \(Convolution\) blob 0 is \[8, 3, 3, 3\]"),
     (lambda sd: sd.__setitem__("dense1.0.bn1.running_mean", torch.zeros(8)), "neither"),
 ])
 def test_mismatches_are_named(deploy, tmp_path, edit, match):

@@ -52,7 +52,8 @@ layer { name: "t_scale2" type: "Scale" bottom: "t" top: "t" scale_param { bias_t
 layer { name: "scale2" type: "Scale" bottom: "t" top: "s2" scale_param { bias_term: true } }
 layer { name: "relu" type: "ReLU" bottom: "s2" top: "s2" }
 layer { name: "avgpool" type: "Pooling" bottom: "s2" top: "pool" pooling_param { pool: AVE kernel_size: 4 } }
-layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param { num_output: 5 bias_term: false } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc"
+        inner_product_param { num_output: 5 bias_term: false } }
 layer { name: "scale3" type: "Scale" bottom: "fc" top: "fc" scale_param { bias_term: true } }
 """
 
