@@ -37,8 +37,10 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from .transformer import cutout_box
+
 __all__ = ["AugOpSpec", "MICRONET_CIFAR100", "OP_NAMES", "int_parameter", "float_parameter",
-           "enhance_factor", "op_magnitude", "check_op", "apply_op", "choose", "cutout_box", "wrap",
+           "enhance_factor", "op_magnitude", "check_op", "apply_op", "choose", "wrap",
            "unwrap", "AutoAugmentError"]
 
 PARAMETER_MAX = 10  # the highest level of the source's policies
@@ -133,14 +135,6 @@ def _translate_x(im, level, rng):
 def _translate_y(im, level, rng):
     v = _signed(int_parameter(level, 10), rng)
     return im.transform(im.size, Image.Transform.AFFINE, (1, 0, 0, 0, 1, v))
-
-
-def cutout_box(h: int, w: int, size: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
-    """The source's `create_cutout_mask`: a centre uniform in [0, h) x [0, w) (row drawn first),
-    a box of `size // 2` either side, clipped at the border: (top, left, bottom, right), exclusive."""
-    cy = int(rng.integers(h))
-    cx = int(rng.integers(w))
-    return max(0, cy - size // 2), max(0, cx - size // 2), min(h, cy + size // 2), min(w, cx + size // 2)
 
 
 def _cutout_op(im: Image.Image, level: int, rng: np.random.Generator) -> Image.Image:

@@ -29,17 +29,25 @@ import numpy as np
 
 from ..log import get_logger
 from ..proto import caffe_pb2 as pb
-from . import autoaugment as aug
 from .db import DataError
 from .image import decode_image
 
 log = get_logger("data")
 
-__all__ = ["DataTransformer", "TransformError", "datum_to_array", "array_to_datum", "decode_mode"]
+__all__ = ["DataTransformer", "TransformError", "datum_to_array", "array_to_datum", "decode_mode",
+           "cutout_box"]
 
 
 class TransformError(DataError):
     """A record does not fit the transformation (size, channels, mean)."""
+
+
+def cutout_box(h: int, w: int, size: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """The MicroNet source's `create_cutout_mask`: a centre uniform in [0, h) x [0, w) (row drawn
+    first), `size // 2` either side, clipped at the border: (top, left, bottom, right), exclusive."""
+    cy = int(rng.integers(h))
+    cx = int(rng.integers(w))
+    return max(0, cy - size // 2), max(0, cx - size // 2), min(h, cy + size // 2), min(w, cx + size // 2)
 
 
 def decode_mode(force_color: bool, force_gray: bool) -> str:
@@ -129,10 +137,12 @@ class DataTransformer:
         if np.any(self.std_values == 0):
             raise TransformError(f"{name}: std_value must be non-zero, got {list(map(float, param.std_value))}")
         # AutoAugment: a named policy or explicit ops (not both).
-        self.aug_ops: list[aug.AugOpSpec] = []
+        self.aug_ops: list = []  # autoaugment.AugOpSpec
         self.aug_num = 0
         self.aug_last_only = False
         if param.HasField("autoaugment"):
+            from . import autoaugment as aug  # Pillow, only when a net augments
+
             ap = param.autoaugment
             ops = [aug.AugOpSpec(o.name, float(o.prob), int(o.level)) for o in ap.op]
             if ap.policy == pb.AutoAugmentParameter.MICRONET_CIFAR100:
@@ -264,7 +274,7 @@ class DataTransformer:
         if do_mirror:
             src = src[:, :, ::-1]
         if self.augments and self.cutout_size:
-            top, left, bottom, right = aug.cutout_box(oh, ow, self.cutout_size, rng)
+            top, left, bottom, right = cutout_box(oh, ow, self.cutout_size, rng)
             src = np.array(src)
             src[:, top:bottom, left:right] = 0.0
         src = src * self.scale
@@ -278,6 +288,8 @@ class DataTransformer:
         """AutoAugment ops, then pad-and-crop, on a normalised CxHxW record (before mirror)."""
         c, h, w = x.shape
         if self.aug_ops:
+            from . import autoaugment as aug
+
             if c not in (1, 3):
                 raise TransformError(f"{self.name}: autoaugment works on 1- or 3-channel records "
                                      f"(PIL images), this one has {c}")
