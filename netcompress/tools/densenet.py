@@ -9,7 +9,7 @@ One generator, three forms of the same network:
   through an ``ActQuant`` layer, and every convolution (the first included) is a
   ``QuantConvolution`` with ``weight_quant_param`` (section 5.9's fragment). ``conv_type``,
   ``fc_type`` and ``act_quant`` select the other steps' variants (``MaskedConvolution`` for the
-  pruning step, ``QuantInnerProduct`` for the FC steps).
+  pruning step, with all-ones mask fillers; ``QuantInnerProduct`` for the FC steps).
 - ``deploy``: the merged integer net of section 4.9 (the source's ``densenet_final``):
   Convolution with integer weights, per-channel Scale, ``IntQuant`` (0..2^b-1, also the ReLU),
   Concat, average pooling 2 and the final global-size average pooling, InnerProduct without bias
@@ -179,6 +179,10 @@ class _Builder:
             return
         cp.weight_filler.type = "msra"  # N(0, 2 / (k k out)), the source's init
         cp.weight_filler.variance_norm = pb.FillerParameter.FAN_OUT
+        if lp.type == "MaskedConvolution":
+            # dense masks to start pruning from (Caffe's default filler would prune everything)
+            lp.dns_convolution_param.weight_mask_filler.type = "constant"
+            lp.dns_convolution_param.weight_mask_filler.value = 1
         if lp.type == "QuantConvolution":
             wq = lp.weight_quant_param
             wq.bitwidth = self.weight_bits
@@ -274,6 +278,9 @@ class _Builder:
         bound = 1.0 / math.sqrt(c)  # PyTorch's nn.Linear default for weight and bias
         for f in (ip.weight_filler, ip.bias_filler):
             f.type, f.min, f.max = "uniform", -bound, bound
+        if lp.type == "MaskedInnerProduct":
+            for f in (lp.dns_inner_product_param.weight_mask_filler, lp.dns_inner_product_param.bias_mask_filler):
+                f.type, f.value = "constant", 1
         if lp.type == "QuantInnerProduct":
             wq = lp.weight_quant_param
             wq.bitwidth = self.fc_bits

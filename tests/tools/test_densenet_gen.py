@@ -138,6 +138,10 @@ def test_student_quantizes_every_conv_input_but_the_first():
 def test_student_variants_of_the_other_steps():
     pruning = densenet_net(MNIST, "plain", conv_type="MaskedConvolution")
     assert types(pruning)["MaskedConvolution"] == 9 and "ActQuant" not in types(pruning)
+    mf = layer(pruning, "dense1.0_conv2").dns_convolution_param.weight_mask_filler
+    assert (mf.type, mf.value) == ("constant", 1)  # pruning starts from dense masks
+    fc = layer(densenet_net(MNIST, "plain", fc_type="MaskedInnerProduct"), "fc").dns_inner_product_param
+    assert fc.weight_mask_filler.value == 1 and fc.bias_mask_filler.value == 1
     step4 = densenet_net(MNIST, "student", conv_type="MaskedConvolution")
     assert types(step4)["ActQuant"] == 8
     no_act = densenet_net(MNIST, "student", act_quant=False, act_bits=3)
