@@ -58,6 +58,13 @@ COMMANDS: dict[str, Command] = {
                             "write a Shallow-Deep net (internal classifiers, SDNLoss, growth stages) from a cell template"),
     "sdn_early_exit": Command("netcompress.tools.sdn:sdn_early_exit_main",
                               "SDN confidence early exit: accuracy, exit counts and average ops per threshold"),
+    # recipes: the MicroNet Challenge pipeline (recipes-spec 4)
+    "micronet_score": Command("netcompress.tools.micronet:score_main",
+                              "MicroNet Challenge score (#OPs, #Params) of an integer deploy net"),
+    "import_pth": Command("netcompress.tools.micronet:import_pth_main",
+                          "a PyTorch state dict into a caffemodel by a named map (micronet-densenet-final)"),
+    "make_densenet": Command("netcompress.tools.densenet:main",
+                             "write a MicroNet DenseNet-BC prototxt (plain, quantized student or integer deploy)"),
     # pipelines
     "pipeline": Command("netcompress.pipeline:main",
                         "the LeNet compression pipeline end to end on the embedded digits"),

@@ -1,4 +1,5 @@
-"""Caffe's DataTransformer: crop, mirror, mean subtraction and scaling of one record.
+"""Caffe's DataTransformer: crop, mirror, mean subtraction and scaling of one record, plus the
+netcompress additions of recipes-spec 5.4 (std division, AutoAugment ops, pad-and-crop, Cutout).
 
 `transform` reproduces Caffe's arithmetic exactly: every output value is
 ``(x - mean) * scale`` computed in float32, the mean taken from the mean file at the *uncropped*
@@ -6,6 +7,15 @@ source position (so a crop offset applies to the mean as it does to the image) o
 `mean_value` per channel, and mirroring flips the output columns. Caffe draws, per record and in
 this order, ``Rand(2)`` for the mirror (when `mirror` is set, in either phase, as Caffe does) and
 then the crop offsets (TRAIN only; TEST takes the centre, ``(H - crop) / 2`` rounded down).
+
+The additions (TransformationParameter fields 8-11) run in this order, the MicroNet one
+(section 4.11): crop_size crop -> mean -> ``/ std_value`` -> `autoaugment` -> `pad_crop` -> mirror
+-> `cutout_size` -> `scale`. `autoaugment`, `pad_crop` and `cutout_size` are augmentations: they act
+in TRAIN only (a TEST-phase transformer leaves them out, as the source's test set had none).
+With none of them set, the values are exactly Caffe's (mirror and scale commute). Their draws
+follow Caffe's mirror and crop draws on the same generator, per record: the AutoAugment op
+choices, probabilities and signs (`netcompress.data.autoaugment`), then the pad-crop offsets
+(top, left), then the Cutout centre (row, column).
 
 Randomness comes from the `numpy.random.Generator` the caller passes, so a data layer that seeds
 one generator per batch from (seed, batch index) makes the stream of batches a pure function of
@@ -24,11 +34,20 @@ from .image import decode_image
 
 log = get_logger("data")
 
-__all__ = ["DataTransformer", "TransformError", "datum_to_array", "array_to_datum", "decode_mode"]
+__all__ = ["DataTransformer", "TransformError", "datum_to_array", "array_to_datum", "decode_mode",
+           "cutout_box"]
 
 
 class TransformError(DataError):
     """A record does not fit the transformation (size, channels, mean)."""
+
+
+def cutout_box(h: int, w: int, size: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """The MicroNet source's `create_cutout_mask`: a centre uniform in [0, h) x [0, w) (row drawn
+    first), `size // 2` either side, clipped at the border: (top, left, bottom, right), exclusive."""
+    cy = int(rng.integers(h))
+    cx = int(rng.integers(w))
+    return max(0, cy - size // 2), max(0, cx - size // 2), min(h, cy + size // 2), min(w, cx + size // 2)
 
 
 def decode_mode(force_color: bool, force_gray: bool) -> str:
@@ -109,12 +128,68 @@ class DataTransformer:
             self.mean = np.ascontiguousarray(m)
         self.mean_values = np.asarray(list(param.mean_value), dtype=np.float32)
         self._warned_force = False
+        self._init_additions(param)
+
+    def _init_additions(self, param: pb.TransformationParameter) -> None:
+        """Read fields 8-11 (std_value, autoaugment, pad_crop, cutout_size) once."""
+        name = self.name
+        self.std_values = np.asarray(list(param.std_value), dtype=np.float32)
+        if np.any(self.std_values == 0):
+            raise TransformError(f"{name}: std_value must be non-zero, got {list(map(float, param.std_value))}")
+        # AutoAugment: a named policy or explicit ops (not both).
+        self.aug_ops: list = []  # autoaugment.AugOpSpec
+        self.aug_num = 0
+        self.aug_last_only = False
+        if param.HasField("autoaugment"):
+            from . import autoaugment as aug  # Pillow, only when a net augments
+
+            ap = param.autoaugment
+            ops = [aug.AugOpSpec(o.name, float(o.prob), int(o.level)) for o in ap.op]
+            if ap.policy == pb.AutoAugmentParameter.MICRONET_CIFAR100:
+                if ops:
+                    raise TransformError(f"{name}: autoaugment has policy MICRONET_CIFAR100 and {len(ops)} "
+                                         "op entries; give the policy or the ops, not both")
+                ops = list(aug.MICRONET_CIFAR100)
+            for op in ops:
+                try:
+                    aug.check_op(op)
+                except aug.AutoAugmentError as e:
+                    raise TransformError(f"{name}: {e}") from None
+            if ops:
+                if ap.num_ops < 1:
+                    raise TransformError(f"{name}: autoaugment.num_ops must be at least 1, got {ap.num_ops}")
+                self.aug_ops, self.aug_num = ops, int(ap.num_ops)
+                self.aug_last_only = ap.compose == pb.AutoAugmentParameter.LAST_ONLY
+        # Pad (with zeros) and crop back to the same size at a random offset.
+        self.pad = 0
+        self.pad_before_mean = False
+        self.max_offset = 0
+        if param.HasField("pad_crop"):
+            pc = param.pad_crop
+            self.pad = int(pc.pad)
+            self.max_offset = int(pc.max_offset) if pc.max_offset else 2 * self.pad
+            if self.max_offset > 2 * self.pad:
+                raise TransformError(f"{name}: pad_crop.max_offset {self.max_offset} is larger than 2 * pad "
+                                     f"= {2 * self.pad}; the crop would leave the padded image")
+            self.pad_before_mean = pc.fill == pb.PadCropParameter.ZERO_BEFORE_MEAN
+            if self.pad_before_mean and self.mean is not None:
+                raise TransformError(f"{name}: pad_crop.fill ZERO_BEFORE_MEAN needs mean_value; a mean_file "
+                                     "has no values for the padded border")
+        self.cutout_size = int(param.cutout_size)
+        if self.phase != pb.TRAIN and (self.aug_ops or self.pad or self.cutout_size):
+            log.info("%s: autoaugment, pad_crop and cutout_size act in TRAIN only; this TEST transformer "
+                     "leaves them out", name)
+
+    @property
+    def augments(self) -> bool:
+        """Whether TRAIN-only augmentations (autoaugment, pad_crop, cutout) run on each record."""
+        return self.phase == pb.TRAIN and bool(self.aug_ops or self.pad or self.cutout_size)
 
     # -- shapes ----------------------------------------------------------------------------
     @property
     def needs_rand(self) -> bool:
         """Whether `transform` draws random numbers (Caffe's InitRand condition)."""
-        return self.mirror or (self.phase == pb.TRAIN and self.crop_size > 0)
+        return self.mirror or (self.phase == pb.TRAIN and self.crop_size > 0) or self.augments
 
     def output_shape(self, shape: Sequence[int]) -> tuple[int, int, int]:
         """C, H, W of the output for a CxHxW input (Caffe's InferBlobShape)."""
@@ -124,6 +199,9 @@ class DataTransformer:
         if h < self.crop_size or w < self.crop_size:
             raise TransformError(f"{self.name}: crop_size {self.crop_size} is larger than the "
                                  f"record ({h}x{w})")
+        if self.augments and self.aug_ops and c not in (1, 3):
+            raise TransformError(f"{self.name}: autoaugment works on 1- or 3-channel records "
+                                 f"(PIL images), these have {c}")
         if self.crop_size:
             return c, self.crop_size, self.crop_size
         return c, h, w
@@ -140,7 +218,7 @@ class DataTransformer:
         """Caffe's random decisions for one record of `shape`: (mirror, h_off, w_off)."""
         _, h, w = (int(d) for d in shape)
         if self.needs_rand and rng is None:
-            raise TransformError(f"{self.name}: mirror / TRAIN crop needs a random generator")
+            raise TransformError(f"{self.name}: mirror / TRAIN crop / augmentation needs a random generator")
         do_mirror = bool(self.mirror and rng.integers(2))
         h_off = w_off = 0
         if self.crop_size:
@@ -168,25 +246,77 @@ class DataTransformer:
         oc, oh, ow = self.output_shape(x.shape)
         do_mirror, h_off, w_off = self.draw(x.shape, rng)
         src = x[:, h_off:h_off + oh, w_off:w_off + ow].astype(np.float32)
+        mean = None  # what was subtracted, kept for the AutoAugment ops' de-normalisation
         if self.mean is not None:
             if tuple(self.mean.shape) != (c, h, w):
                 raise TransformError(
                     f"{self.name}: the mean file {self.mean_file} is {'x'.join(map(str, self.mean.shape))} "
                     f"(CxHxW), the record is {c}x{h}x{w}; they must match")
-            src = src - self.mean[:, h_off:h_off + oh, w_off:w_off + ow]
+            mean = self.mean[:, h_off:h_off + oh, w_off:w_off + ow]
+            src = src - mean
         elif self.mean_values.size:
             mv = self.mean_values
             if mv.size not in (1, c):
                 raise TransformError(f"{self.name}: Specify either 1 mean_value or as many as "
                                      f"channels: {c} (got {mv.size})")
-            src = src - (mv if mv.size == c else np.repeat(mv, c))[:, None, None]
-        src = src * self.scale
+            mean = (mv if mv.size == c else np.repeat(mv, c))[:, None, None]
+            src = src - mean
+        std = None
+        if self.std_values.size:
+            sv = self.std_values
+            if sv.size not in (1, c):
+                raise TransformError(f"{self.name}: Specify either 1 std_value or as many as "
+                                     f"channels: {c} (got {sv.size})")
+            std = (sv if sv.size == c else np.repeat(sv, c))[:, None, None]
+            src = src / std
+        if self.augments:
+            src = self._augment(src, mean, std, rng)
         if do_mirror:
             src = src[:, :, ::-1]
+        if self.augments and self.cutout_size:
+            top, left, bottom, right = cutout_box(oh, ow, self.cutout_size, rng)
+            src = np.array(src)
+            src[:, top:bottom, left:right] = 0.0
+        src = src * self.scale
         if out is None:
             return np.ascontiguousarray(src, dtype=np.float32)
         out[...] = src
         return out
+
+    def _augment(self, x: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None,
+                 rng: np.random.Generator) -> np.ndarray:
+        """AutoAugment ops, then pad-and-crop, on a normalised CxHxW record (before mirror)."""
+        c, h, w = x.shape
+        if self.aug_ops:
+            from . import autoaugment as aug
+
+            if c not in (1, 3):
+                raise TransformError(f"{self.name}: autoaugment works on 1- or 3-channel records "
+                                     f"(PIL images), this one has {c}")
+            m = np.zeros((c, 1, 1), np.float32) if mean is None else mean
+            s = np.ones((c, 1, 1), np.float32) if std is None else std
+            y = x
+            for _ in range(self.aug_num):
+                op = aug.choose(self.aug_ops, rng)
+                # LAST_ONLY (the source's quirk, Q14): every pick starts from the original record,
+                # so only the last survives; the earlier ones still consume their draws.
+                y = aug.apply_op(x if self.aug_last_only else y, op, rng, m, s)
+            x = y
+        if self.pad:
+            p = self.pad
+            top = int(rng.integers(self.max_offset + 1))
+            left = int(rng.integers(self.max_offset + 1))
+            if self.pad_before_mean:
+                # tensorpack's CenterPaste: zero pixels, then mean (and std) like the image
+                mv = np.zeros((c, 1, 1), np.float32) if mean is None else mean
+                fill = (np.float32(0) - mv) / (np.float32(1) if std is None else std)
+            else:
+                fill = np.zeros((c, 1, 1), np.float32)
+            padded = np.empty((c, h + 2 * p, w + 2 * p), np.float32)
+            padded[...] = fill
+            padded[:, p:p + h, p:p + w] = x
+            x = padded[:, top:top + h, left:left + w]
+        return x
 
     def transform_datum(self, datum: pb.Datum, rng: np.random.Generator | None = None,
                         name: str = "<datum>") -> np.ndarray:

@@ -10,7 +10,8 @@ and rank when the layer is sharded (TRAIN with `ctx.world_size > 1`, as Caffe's 
 leaves TEST unsharded: only rank 0 tests), else 1 and 0, and `skip` is the `rand_skip` draw. A
 position q is record ``q mod N`` of epoch ``q // N``; with `shuffle` that record goes through the
 permutation of that epoch, drawn from (seed, epoch) and identical on every rank, so ranks read
-disjoint records. Mirror and crop draws come from a generator seeded with (seed, layer, rank, b).
+disjoint records. Mirror, crop and augmentation draws (`transform_param` autoaugment, pad_crop,
+cutout_size) come from a generator seeded with (seed, layer, rank, b).
 The seed is the net's `seed` (the solver's random_seed), or a random one when there is none.
 
 **Resume.** `get_extra_state()` (stored in the net's state_dict under `<layer>._extra_state`)

@@ -3,7 +3,9 @@
 - `convert`: dns_to_normal, inq_to_normal, model2INQ_raw, parse_model (5.1-5.4);
 - `compact`: the compact 4/4 and 4/8 formats, byte-exact, and their encoders/decoders (5.7, 5.8);
 - `report`: kept counts, compression rate and on-disk sizes of a model;
-- `sdn`: Shallow-Deep nets: make_sdn_net (ICs, SDNLoss, growth stages) and sdn_early_exit.
+- `sdn`: Shallow-Deep nets: make_sdn_net (ICs, SDNLoss, growth stages) and sdn_early_exit;
+- `micronet`: the MicroNet score of an integer deploy net and `import_pth` (recipes-spec 4.12, 5.5);
+- `densenet`: `make_densenet`, the MicroNet DenseNet-BC prototxts (recipes-spec 4.2).
 
 Each script is `netcompress <name> ...` (an entry of `netcompress.commands.COMMANDS`) and
 `compression_scripts/<name>.py ...`, with the reference's
