@@ -2,7 +2,9 @@
 
 - `convert`: dns_to_normal, inq_to_normal, model2INQ_raw, parse_model (5.1-5.4);
 - `compact`: the compact 4/4 and 4/8 formats, byte-exact, and their encoders/decoders (5.7, 5.8);
-- `report`: kept counts, compression rate and on-disk sizes of a model.
+- `report`: kept counts, compression rate and on-disk sizes of a model;
+- `net2net`: Net2Net wider/deeper surgery, random mutation and a small mutation search
+  (recipes-spec 1.1-1.4, 5.5).
 
 Each script is `netcompress <name> ...` and `compression_scripts/<name>.py ...`, with the reference's
 positional arguments and printed lines. Layers are selected by type and blob layout (Decision 7).
@@ -13,6 +15,7 @@ from .compact import (decode_compact, decode_compact48_main, decode_compact_main
                       encode_compact48_main, encode_compact_main)
 from .convert import (dns_to_normal, dns_to_normal_main, inq_to_normal, inq_to_normal_main,
                       model2INQ_raw_main, model2inq_raw, parse_model, parse_model_main)
+from .net2net import net2deeper_main, net2net_mutate_main, net2net_search_main, net2wider_main
 from .report import main as report_main
 from .report import model_report
 
@@ -30,4 +33,8 @@ MAINS = {
     "encode_compact48": encode_compact48_main,
     "decode_compact48": decode_compact48_main,
     "report": report_main,
+    "net2wider": net2wider_main,
+    "net2deeper": net2deeper_main,
+    "net2net_mutate": net2net_mutate_main,
+    "net2net_search": net2net_search_main,
 }

@@ -14,6 +14,10 @@ _HELP = {
     "encode_compact48": "encode a quantized model in the compact 4/8 format (encode_compact48.py)",
     "decode_compact48": "decode a compact 4/8 file into a normal caffemodel (decode_compact48.py)",
     "report": "kept counts, compression rate and stored sizes of a model",
+    "net2wider": "Net2WiderNet: more outputs for a layer, same function (or the random-pad baseline)",
+    "net2deeper": "Net2DeeperNet: insert an identity layer (or the random-init baseline)",
+    "net2net_mutate": "one random Net2Net mutation (deeper, deeper_pool, wider, skip, group)",
+    "net2net_search": "a small Net2Net mutation search: mutate, fine-tune, keep the best",
 }
 
 for _name, _main in MAINS.items():
