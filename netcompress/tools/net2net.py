@@ -22,10 +22,13 @@ legacy conv->fc path used 0.05).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
+import re
 import sys
 import time
 from typing import Callable, Sequence
@@ -38,7 +41,7 @@ from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
 from ._common import ToolError, require_files, run_main
 
-__all__ = ["NetModel", "load_model", "widen", "deepen", "mutate", "net2wider", "net2deeper",
+__all__ = ["NetModel", "load_model", "widen", "deepen", "mutate", "training_log", "quiet_console", "net2wider", "net2deeper",
            "net2net_mutate", "net2net_search", "count_params", "MUTATION_OPS",
            "net2wider_main", "net2deeper_main", "net2net_mutate_main", "net2net_search_main"]
 
@@ -301,8 +304,7 @@ def _replicate(a: np.ndarray, mp: _Map, fresh: float) -> np.ndarray:
     return out
 
 
-def _widen_inputs(w: np.ndarray, axis: int, mp: _Map, init: str, noise: float,
-                  rng: np.random.Generator) -> np.ndarray:
+def _widen_inputs(w: np.ndarray, axis: int, mp: _Map, noise: float, rng: np.random.Generator) -> np.ndarray:
     """A consumer's weights along its input axis: copies divided by their number (1.1-4)."""
     w = np.moveaxis(w, axis, 0)
     if w.shape[0] != mp.old:
@@ -497,7 +499,7 @@ def widen(m: NetModel, layer: str, width: int | None = None, ratio: float | None
     for lq, axis, mp in consumers:
         m.stored(lq.name, f" ({lq.type})")
         arrs = m.arrays(lq.name)
-        arrs[0] = _widen_inputs(arrs[0], axis, mp, init, noise, rng)
+        arrs[0] = _widen_inputs(arrs[0], axis, mp, noise, rng)
         _set_blobs(model, lq.name, arrs)
         cons_report.append((lq.name, lq.type, mp.old, len(mp.src)))
     res = _rebuild(m, param, model, "widened")
@@ -704,7 +706,7 @@ def deepen(m: NetModel, after: str, kernel: int = 3, init: str = "net2deeper", n
             raise ToolError(f"{m.prototxt}: --name {name}: a layer or blob of that name exists already")
         new = name
     else:
-        new = _new_name(m, f"{after}_deeper")
+        new = _new_name(m, re.sub(r"_deeper\d*$", "", after) + "_deeper")  # conv2_deeper -> conv2_deeper2
     wf, bf = _fillers(lp)
     c = top_shape[1] if len(top_shape) > 1 else 0
     if lp.type == "Convolution":
@@ -985,9 +987,10 @@ def net2wider(in_prototxt: str, in_weights: str, out_prototxt: str, out_weights:
               noise: float = 0.05, incoming_noise: float = 0.0, seed: int | None = None,
               quiet: bool = False) -> WidenResult:
     """Widen `layer` to `width` (or int(ratio * old)) outputs and write the new prototxt and model."""
-    m = load_model(in_prototxt, in_weights)
-    r = widen(m, layer, width, ratio, init, noise, incoming_noise, seed)
-    save_model(r.model, out_prototxt, out_weights)
+    with quiet_console():
+        m = load_model(in_prototxt, in_weights)
+        r = widen(m, layer, width, ratio, init, noise, incoming_noise, seed)
+        save_model(r.model, out_prototxt, out_weights)
     if not quiet:
         for line in r.lines(noise, incoming_noise):
             print(line)
@@ -999,9 +1002,10 @@ def net2deeper(in_prototxt: str, in_weights: str, out_prototxt: str, out_weights
                kernel: int = 3, init: str = "net2deeper", name: str | None = None, seed: int | None = None,
                quiet: bool = False) -> DeepenResult:
     """Insert an identity layer (or a random one) after `after` and write the new prototxt and model."""
-    m = load_model(in_prototxt, in_weights)
-    r = deepen(m, after, kernel, init, name, seed)
-    save_model(r.model, out_prototxt, out_weights)
+    with quiet_console():
+        m = load_model(in_prototxt, in_weights)
+        r = deepen(m, after, kernel, init, name, seed)
+        save_model(r.model, out_prototxt, out_weights)
     if not quiet:
         for line in r.lines(after):
             print(line)
@@ -1013,12 +1017,13 @@ def net2net_mutate(in_prototxt: str, in_weights: str, out_dir: str, ops: Sequenc
                    seed: int | None = None, max_width: int = 1024, skip_init: str = "zero",
                    quiet: bool = False) -> Mutation:
     """One random mutation; writes out_dir/net.prototxt, net.caffemodel and mutation.json."""
-    m = load_model(in_prototxt, in_weights)
-    rng, seed = _rng(seed)
-    mu = mutate(m, ops, seed, max_width=max_width, skip_init=skip_init)
-    os.makedirs(out_dir, exist_ok=True)
-    proto, weights = os.path.join(out_dir, "net.prototxt"), os.path.join(out_dir, "net.caffemodel")
-    save_model(mu.model, proto, weights)
+    _, seed = _rng(seed)
+    with quiet_console():
+        m = load_model(in_prototxt, in_weights)
+        mu = mutate(m, ops, seed, max_width=max_width, skip_init=skip_init)
+        os.makedirs(out_dir, exist_ok=True)
+        proto, weights = os.path.join(out_dir, "net.prototxt"), os.path.join(out_dir, "net.caffemodel")
+        save_model(mu.model, proto, weights)
     info = {"source_prototxt": in_prototxt, "source_weights": in_weights, "seed": seed, **mu.as_dict()}
     ncio.atomic_write(os.path.join(out_dir, "mutation.json"), json.dumps(info, indent=2) + "\n")
     if not quiet:
@@ -1034,6 +1039,46 @@ def net2net_mutate(in_prototxt: str, in_weights: str, out_dir: str, ops: Sequenc
 # ----------------------------------------------------------------------------------------------
 # The mutation search: mutate -> fine-tune -> keep the best
 # ----------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def quiet_console():
+    """Raise netcompress's console handlers to WARNING meanwhile: net set-up and data layers log at
+    INFO, and a command prints its own lines."""
+    from ..log import LOGGER_NAME
+
+    console = [h for h in logging.getLogger(LOGGER_NAME).handlers if getattr(h, "_netcompress", False)]
+    levels = [h.level for h in console]
+    for h in console:
+        h.setLevel(max(logging.WARNING, h.level))
+    try:
+        yield
+    finally:
+        for h, lvl in zip(console, levels):
+            h.setLevel(lvl)
+
+
+@contextlib.contextmanager
+def training_log(path: str):
+    """Send netcompress's log (INFO and up, glog format) to `path` only, not to the console."""
+    from ..log import LOGGER_NAME, GlogFormatter
+
+    logger = logging.getLogger(LOGGER_NAME)
+    fh = logging.FileHandler(path, mode="w")
+    fh.setFormatter(GlogFormatter())
+    fh.setLevel(logging.INFO)
+    old_level, old_propagate = logger.level, logger.propagate
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # not into an application's or pytest's root handlers either
+    logger.addHandler(fh)
+    try:
+        with quiet_console():
+            yield
+    finally:
+        logger.removeHandler(fh)
+        fh.close()
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
+
 
 def _score(prototxt: str, weights: str, iters: int) -> tuple[float, float]:
     """(accuracy, loss) of the TEST-phase net over `iters` batches (netcompress test)."""
@@ -1055,10 +1100,14 @@ def net2net_search(prototxt: str, weights: str, solver: str, out_dir: str, gener
     `population` of survivors and children by test accuracy (then loss). Survivors are not trained
     again. Writes out_dir/search.log (readable), search.json and search.png (accuracy against
     parameters)."""
-    from ..pipeline import _console_level, _stage_log
-    from ..solvers import Solver
+    with quiet_console():
+        return _search(prototxt, weights, solver, out_dir, generations, population, iters, ops, seed, max_width,
+                       skip_init)
 
-    import logging
+
+def _search(prototxt, weights, solver, out_dir, generations, population, iters, ops, seed, max_width,
+            skip_init) -> dict:
+    from ..solvers import Solver
 
     require_files(prototxt, weights, solver)
     if generations < 1 or population < 1:
@@ -1085,8 +1134,8 @@ def net2net_search(prototxt: str, weights: str, solver: str, out_dir: str, gener
         f"per child ({solver}), operations {','.join(ops)}, seed {seed}, max width {max_width}")
     root = load_model(prototxt, weights)
     acc, loss = _score(prototxt, weights, test_iters)
-    inds = [{"id": 0, "generation": 0, "parent": None, "mutation": "start", "prototxt": os.path.abspath(prototxt),
-             "weights": os.path.abspath(weights), "params": count_params(root), "accuracy": acc, "loss": loss,
+    inds = [{"id": 0, "generation": 0, "parent": None, "mutation": "start", "prototxt": prototxt,
+             "weights": weights, "params": count_params(root), "accuracy": acc, "loss": loss,
              "accuracy_after_mutation": acc, "loss_after_mutation": loss, "seconds": 0.0}]
     say(f"#0   generation 0  start                                   params {inds[0]['params']:>10,}  "
         f"acc {acc:.4f}  loss {loss:.4f}")
@@ -1100,8 +1149,8 @@ def net2net_search(prototxt: str, weights: str, solver: str, out_dir: str, gener
             pm = load_model(parent["prototxt"], parent["weights"])
             mu = mutate(pm, ops, int(rng.integers(2**31)), max_width=max_width, skip_init=skip_init)
             os.makedirs(folder, exist_ok=True)
-            cproto = os.path.abspath(os.path.join(folder, "net.prototxt"))
-            cweights = os.path.abspath(os.path.join(folder, "mutated.caffemodel"))
+            cproto = os.path.join(folder, "net.prototxt")
+            cweights = os.path.join(folder, "mutated.caffemodel")
             save_model(mu.model, cproto, cweights)
             ncio.atomic_write(os.path.join(folder, "mutation.json"), json.dumps(mu.as_dict(), indent=2) + "\n")
             csp = pb.SolverParameter()
@@ -1122,7 +1171,7 @@ def net2net_search(prototxt: str, weights: str, solver: str, out_dir: str, gener
             spath = os.path.join(folder, "solver.prototxt")
             ncio.write_text_proto(spath, csp)
             acc0, loss0 = _score(cproto, cweights, test_iters)
-            with _stage_log(os.path.join(folder, "train.log")), _console_level(logging.WARNING):
+            with training_log(os.path.join(folder, "train.log")):
                 Solver(spath, weights=cweights, verbose=False).solve()
             final = f"{csp.snapshot_prefix}_iter_{iters}.caffemodel"
             acc1, loss1 = _score(cproto, final, test_iters)
@@ -1132,7 +1181,7 @@ def net2net_search(prototxt: str, weights: str, solver: str, out_dir: str, gener
                      "accuracy": acc1, "loss": loss1, "seconds": round(time.time() - t, 1)}
             inds.append(child)
             children.append(child)
-            say(f"#{cid:<3} generation {gen}  from #{parent['id']}: {mu.detail:<28.28} params {child['params']:>10,}  "
+            say(f"#{cid:<3} generation {gen}  from #{parent['id']}: {mu.detail:<40} params {child['params']:>10,}  "
                 f"acc {child['accuracy_after_mutation']:.4f} -> {child['accuracy']:.4f}  "
                 f"loss {child['loss_after_mutation']:.4f} -> {child['loss']:.4f}  ({child['seconds']:.0f} s)")
         pool = survivors + children

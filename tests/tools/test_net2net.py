@@ -199,7 +199,7 @@ def test_t5_default_noise_keeps_accuracy_within_0_3_points(in_fixture_workdir, t
     np.testing.assert_allclose(summed, w0 + noise_per_unit, atol=1e-6)
 
 
-def _finetune_loss(prototxt: str, weights: str, folder: Path) -> float:
+def _finetune_loss(prototxt: str, weights: str) -> float:
     from netcompress.solvers import Solver
 
     sp = pb.SolverParameter(net=prototxt, base_lr=0.001, momentum=0.9, weight_decay=0.0, lr_policy="fixed",
@@ -231,7 +231,7 @@ def test_t5_finetune_ordering_net2net_beats_random_baselines(in_fixture_workdir,
                                             "--seed", "11"]) == 0
             assert net2net.net2deeper_main([a_p, a_w, b_p, b_w, "--after", "ip1", "--init", init,
                                             "--seed", "12"]) == 0
-        losses[init] = _finetune_loss(b_p, b_w, tmp_path)
+        losses[init] = _finetune_loss(b_p, b_w)
     capsys.readouterr()
     assert losses["net2wider"] <= losses["random-pad"], losses
     assert losses["net2deeper"] <= losses["random-init"], losses
@@ -520,6 +520,8 @@ def test_search_log_json_and_plot(in_fixture_workdir, tmp_path, capsys):
         # a net2deeper child starts as its parent
         assert r["accuracy_after_mutation"] == pytest.approx(s["individuals"][r["parent"]]["accuracy"])
     assert (out / "search.png").read_bytes()[:4] == b"\x89PNG"
+    train_log = (out / "ind1" / "train.log").read_text()  # the fine-tuning's own log, in glog format
+    assert "Solving LeNet" in train_log and "Snapshotting to binary proto file" in train_log
     assert log[-2].startswith(f"best: #{s['best']} ")
 
 
