@@ -383,6 +383,24 @@ def test_net2wider_refusals_name_the_layer(tmp_path, capsys, case):
     assert not out_p.exists() and not out_w.exists()
 
 
+def test_net2wider_refuses_a_train_only_consumer(tmp_path, capsys):
+    text = (INPUT + conv("c1", "data", 4) + conv("c2", "c1", 2)
+            + conv("aux", "c1", 2).replace("} }\n", "} include { phase: TRAIN } }\n"))
+    proto, model = make_model(tmp_path, text, seed=6)
+    o = [str(tmp_path / "o.prototxt"), str(tmp_path / "o.caffemodel")]
+    assert net2net.net2wider_main([proto, model, *o, "--layer", "c1", "--width", "8"]) == 1
+    assert ("layer 'aux' (Convolution) reads the widened blob 'c1' in the TRAIN phase only"
+            in capsys.readouterr().err)
+
+
+def test_net2wider_refuses_dns_layers(tmp_path, capsys):
+    text = INPUT + conv("c1", "data", 4).replace('"Convolution"', '"DNSConvolution"') + conv("c2", "c1", 2)
+    proto, model = make_model(tmp_path, text, seed=6)
+    o = [str(tmp_path / "o.prototxt"), str(tmp_path / "o.caffemodel")]
+    assert net2net.net2wider_main([proto, model, *o, "--layer", "c1", "--width", "8"]) == 1
+    assert "layer 'c1' is a DNSConvolution layer; net2wider widens Convolution and InnerProduct" in capsys.readouterr().err
+
+
 def test_net2wider_argument_errors(tmp_path, capsys):
     proto, model = make_model(tmp_path, INPUT + conv("c1", "data", 4) + conv("c2", "c1", 2))
     o = [str(tmp_path / "o.prototxt"), str(tmp_path / "o.caffemodel")]
