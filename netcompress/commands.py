@@ -53,6 +53,15 @@ COMMANDS: dict[str, Command] = {
     "decode_compact48": Command("netcompress.tools.compact:decode_compact48_main",
                                 "decode a compact 4/8 file into a normal caffemodel (decode_compact48.py)"),
     "report": Command("netcompress.tools.report:main", "kept counts, compression rate and stored sizes of a model"),
+    # recipes: Net2Net (recipes-spec 1)
+    "net2wider": Command("netcompress.tools.net2net:net2wider_main",
+                         "Net2WiderNet: more outputs for a layer, same function (or the random-pad baseline)"),
+    "net2deeper": Command("netcompress.tools.net2net:net2deeper_main",
+                          "Net2DeeperNet: insert an identity layer (or the random-init baseline)"),
+    "net2net_mutate": Command("netcompress.tools.net2net:net2net_mutate_main",
+                              "one random Net2Net mutation (deeper, deeper_pool, wider, skip, group)"),
+    "net2net_search": Command("netcompress.tools.net2net:net2net_search_main",
+                              "a small Net2Net mutation search: mutate, fine-tune, keep the best"),
     # recipes: Shallow-Deep networks (recipes-spec 2.2-2.3)
     "make_sdn_net": Command("netcompress.tools.sdn:make_sdn_net_main",
                             "write a Shallow-Deep net (internal classifiers, SDNLoss, growth stages) from a cell template"),

@@ -1,0 +1,16 @@
+#!/usr/bin/env python3
+"""net2net_search.py: a small Net2Net mutation search over netcompress.tools.net2net.net2net_search_main.
+
+Same as `netcompress net2net_search ...`; run with -h for the arguments.
+"""
+import os
+import sys
+
+try:
+    import netcompress.tools.net2net as _tool
+except ImportError:  # run from a checkout that is not installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import netcompress.tools.net2net as _tool
+
+if __name__ == "__main__":
+    sys.exit(_tool.net2net_search_main())
