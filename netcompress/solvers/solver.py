@@ -26,9 +26,11 @@ from google.protobuf import text_format
 
 from .. import io as ncio
 from ..errors import NetcompressError
+from ..layers.distill import check_teachers
 from ..log import StatusLine, get_logger
 from ..net import Net, ParamEntry
 from ..proto import caffe_pb2 as pb
+from ..weights import copy_weights_list
 from .lr import learning_rate
 from .state import SIDECAR_SUFFIX, load_state, save_state
 from .updates import UPDATE_RULES, history_count
@@ -144,13 +146,9 @@ class Solver:
         self.last_snapshot: str | None = None
         self._last_snapshot_iter: int | None = None
         self.hooks_after_iteration: list[Callable[["Solver"], None]] = []
-        if weights:
-            for w in ([weights] if isinstance(weights, str) else weights):
-                for p in w.split(","):
-                    if self.root:
-                        log.info("Finetuning from %s", p)
-                    self.net.copy_from(p)
+        copy_weights_list(self.net, weights, verbose=self.root)  # Caffe's comma list, files checked first
         if self.root:
+            check_teachers(self.net)  # warn about a KD teacher that the solver would train
             log.info("Solver scaffolding done.")
 
     # -- set-up ----------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 - `convert`: dns_to_normal, inq_to_normal, model2INQ_raw, parse_model (5.1-5.4);
 - `compact`: the compact 4/4 and 4/8 formats, byte-exact, and their encoders/decoders (5.7, 5.8);
-- `report`: kept counts, compression rate and on-disk sizes of a model.
+- `report`: kept counts, compression rate and on-disk sizes of a model;
+- `kd`: rename_layers and dump_logits, for knowledge distillation (recipes-spec 5.5).
 
 Each script is `netcompress <name> ...` and `compression_scripts/<name>.py ...`, with the reference's
 positional arguments and printed lines. Layers are selected by type and blob layout (Decision 7).
@@ -13,11 +14,12 @@ from .compact import (decode_compact, decode_compact48_main, decode_compact_main
                       encode_compact48_main, encode_compact_main)
 from .convert import (dns_to_normal, dns_to_normal_main, inq_to_normal, inq_to_normal_main,
                       model2INQ_raw_main, model2inq_raw, parse_model, parse_model_main)
+from .kd import dump_logits, dump_logits_main, rename_layers, rename_layers_main
 from .report import main as report_main
 from .report import model_report
 
 __all__ = ["dns_to_normal", "inq_to_normal", "model2inq_raw", "parse_model", "encode_compact",
-           "decode_compact", "model_report", "MAINS"]
+           "decode_compact", "model_report", "rename_layers", "dump_logits", "MAINS"]
 
 # script name -> entry point `main(argv) -> int`
 MAINS = {
@@ -30,4 +32,6 @@ MAINS = {
     "encode_compact48": encode_compact48_main,
     "decode_compact48": decode_compact48_main,
     "report": report_main,
+    "rename_layers": rename_layers_main,
+    "dump_logits": dump_logits_main,
 }

@@ -14,6 +14,8 @@ _HELP = {
     "encode_compact48": "encode a quantized model in the compact 4/8 format (encode_compact48.py)",
     "decode_compact48": "decode a compact 4/8 file into a normal caffemodel (decode_compact48.py)",
     "report": "kept counts, compression rate and stored sizes of a model",
+    "rename_layers": "prefix every layer and blob of a net and its caffemodel (a KD teacher, e.g. t_)",
+    "dump_logits": "write a net's blob (teacher logits) over a data source to HDF5 for HDF5Data",
 }
 
 for _name, _main in MAINS.items():
