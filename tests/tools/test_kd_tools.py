@@ -313,3 +313,47 @@ def test_dump_logits_errors(transfer_set, capsys):
                      "--out", str(root / "x.h5")]) == 1
     assert "the logits dataset 'data' has the name of a data top" in capsys.readouterr().err
     assert not (root / "x.h5").exists()
+
+
+# --- the example -------------------------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_example_teacher_is_what_rename_layers_writes():
+    from netcompress.tools.kd import rename_net
+
+    lenet = ncio.read_net(str(EXAMPLES / "mnist" / "lenet_train_test.prototxt"))
+    renamed, _ = rename_net(lenet, "t_", freeze=True, blob_counts={"conv1": 2, "conv2": 2, "ip1": 2, "ip2": 2})
+    want = [l for l in renamed.layer if len(l.bottom) and l.name != "t_loss"]
+    kd = ncio.read_net(str(EXAMPLES / "kd" / "lenet_student_kd_train_test.prototxt"))
+    got = [l for l in kd.layer if l.name.startswith("t_")]
+    assert [text_format.MessageToString(l) for l in got] == [text_format.MessageToString(l) for l in want]
+
+
+def test_example_nets_build_and_distill(tmp_path, lmdb_writer):
+    # The example's nets on a few digits of the same size as MNIST's (the real LMDBs are not in the checkout).
+    rng = np.random.RandomState(1)
+    lmdb_writer(tmp_path / "digits", rng.randint(0, 256, (8, 1, 28, 28)).astype(np.uint8), rng.randint(0, 10, 8))
+    sizes = {}
+    for name in ("lenet_student_train_test", "lenet_student_kd_train_test"):
+        param = ncio.read_net(str(EXAMPLES / "kd" / f"{name}.prototxt"))
+        for l in param.layer:
+            if l.type == "Data":
+                l.data_param.source = str(tmp_path / "digits")
+                l.data_param.batch_size = 4
+        for phase in (pb.TRAIN, pb.TEST):
+            net = Net(param, phase=phase, seed=1, verbose=False)
+            with torch.no_grad():
+                out = net()
+            if name.endswith("kd_train_test"):
+                assert net.layer("kd").mode_name == "HINTON" and net.layer("kd").temperature == 4
+                assert np.isfinite(float(out["kd_loss"])) and float(out["kd_loss"]) > 0
+                if phase == pb.TEST:
+                    assert {"accuracy", "t_accuracy", "kd_loss"} == set(out)
+        sizes[name] = {n: sum(b.numel() for b in l.blobs()) for n, l in net.named_layers()}
+    # the README's parameter counts: student 25,450, teacher 431,080
+    assert sum(sizes["lenet_student_train_test"].values()) == 25_450
+    kd = sizes["lenet_student_kd_train_test"]
+    assert sum(v for n, v in kd.items() if n.startswith("t_")) == 431_080
+    assert sum(v for n, v in kd.items() if not n.startswith("t_")) == 25_450
