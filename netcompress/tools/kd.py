@@ -328,7 +328,7 @@ def dump_logits(deploy: str, weights: str, source: str, blob: str, out: str, *,
     got = 0
     with torch.no_grad():
         while got < n:
-            tops = data_net()
+            data_net()
             blobs = data_net.blobs
             teacher(**{name: blobs[src] for name, src in feed.items()})
             take = min(n - got, int(teacher.blobs[blob].shape[0]))
@@ -337,7 +337,6 @@ def dump_logits(deploy: str, weights: str, source: str, blob: str, out: str, *,
                 for t in data_tops:
                     chunks[t].append(blobs[t][:take].detach().float().cpu().numpy())
             got += take
-            del tops
     arrays = {k: np.concatenate(v) for k, v in chunks.items()}
     _write_h5_atomic(out, arrays, h5py)
     list_file = list_file or os.path.splitext(out)[0] + ".txt"

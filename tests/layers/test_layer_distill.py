@@ -227,7 +227,8 @@ def kd_net(bn: str = "", t_fc_param: str = FROZEN) -> str:
 name: "kd"
 layer {{ name: "data" type: "Input" top: "data" top: "label"
   input_param {{ shape {{ dim: 8 dim: 2 dim: 5 dim: 5 }} shape {{ dim: 8 }} }} }}
-layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param {{ num_output: 3 kernel_size: 3 {FILL} }} }}
+layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param {{ num_output: 3 kernel_size: 3 {FILL} }} }}
 layer {{ name: "relu" type: "ReLU" bottom: "conv" top: "conv" }}
 layer {{ name: "fc" type: "InnerProduct" bottom: "conv" top: "fc" inner_product_param {{ num_output: 4 {FILL} }} }}
 layer {{ name: "t_conv" type: "Convolution" bottom: "data" top: "t_conv" {FROZEN}

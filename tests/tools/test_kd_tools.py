@@ -38,7 +38,8 @@ STUDENT = f"""
 name: "student"
 layer {{ name: "data" type: "Input" top: "data" top: "label"
   input_param {{ shape {{ dim: 4 dim: 2 dim: 6 dim: 6 }} shape {{ dim: 4 }} }} }}
-layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param {{ num_output: 2 kernel_size: 3 {FILL} }} }}
+layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param {{ num_output: 2 kernel_size: 3 {FILL} }} }}
 layer {{ name: "relu" type: "ReLU" bottom: "conv" top: "conv" }}
 layer {{ name: "fc" type: "InnerProduct" bottom: "conv" top: "fc" inner_product_param {{ num_output: 3 {FILL} }} }}
 """
@@ -285,9 +286,11 @@ def test_dump_logits_from_a_data_prototxt(transfer_set, capsys):
     data = root / "data.prototxt"
     data.write_text(f"""
         layer {{ name: "d" type: "Data" top: "data" top: "label" include {{ phase: TRAIN }}
-                 transform_param {{ scale: 0.5 }} data_param {{ source: "{root / 'train_lmdb'}" batch_size: 3 backend: LMDB }} }}
+                 transform_param {{ scale: 0.5 }}
+                 data_param {{ source: "{root / 'train_lmdb'}" batch_size: 3 backend: LMDB }} }}
         layer {{ name: "d" type: "Data" top: "data" top: "label" include {{ phase: TEST }}
-                 transform_param {{ scale: 0.25 }} data_param {{ source: "{root / 'train_lmdb'}" batch_size: 6 backend: LMDB }} }}""")
+                 transform_param {{ scale: 0.25 }}
+                 data_param {{ source: "{root / 'train_lmdb'}" batch_size: 6 backend: LMDB }} }}""")
     out = root / "sub" / "t.h5"
     from netcompress.tools.kd import dump_logits
 
