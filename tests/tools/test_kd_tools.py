@@ -360,3 +360,18 @@ def test_example_nets_build_and_distill(tmp_path, lmdb_writer):
     kd = sizes["lenet_student_kd_train_test"]
     assert sum(v for n, v in kd.items() if n.startswith("t_")) == 431_080
     assert sum(v for n, v in kd.items() if not n.startswith("t_")) == 25_450
+
+
+def test_shims_and_subcommands(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cli._load_commands()
+    repo = EXAMPLES.parent
+    for name in ("rename_layers", "dump_logits"):
+        assert name in cli._COMMANDS
+        env = {**os.environ, "PYTHONPATH": str(repo)}
+        r = subprocess.run([sys.executable, str(repo / "compression_scripts" / f"{name}.py"), "--help"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and f"netcompress {name}" in r.stdout, r.stderr
