@@ -19,6 +19,10 @@ Per (net, variant, device, threads):
 The variants of a (net, device, threads) are timed in rotation, one step of each in turn (medians over the
 rounds), so that a slow period of a shared machine affects all of them alike; each CPU thread count runs in its
 own process (--isolate).
+Knowledge distillation (LeNet, per device and threads): the plain student alone, against the same student with a
+teacher in its net (a copy of the net prefixed t_ by rename_layers, every blob lr_mult 0) and a
+KnowledgeDistillationLoss (HINTON, T 4, soft 0.9, hard 0.1) in place of its SoftmaxWithLoss, timed in rotation
+in one process: the ratio is the cost of the teacher's forward and the KD loss.
 
     python benchmarks/bench_training.py                 # full CPU run (+ CUDA when present), ~15 min
     python benchmarks/bench_training.py --quick --json /tmp/t.json
@@ -55,6 +59,7 @@ NETS = {
                     batch=4, fwd_bwd_batches=(4,)),
 }
 VARIANTS = ("plain", "dns", "inq")
+KD_NETS = ("lenet",)  # the KD row: a same-size teacher, so the ratio is about 1 + one forward / fwd+bwd
 DATA_TYPES = {"Data", "ImageData", "HDF5Data", "Input", "DummyData", "MemoryData", "WindowData"}
 # The reference Caffe on this machine class (issue): CPU, one BLAS thread, LeNet.
 CAFFE_LENET = {"fwd_bwd_ms": {64: 20.7, 128: 40.7}, "train_it_s": 31.0, "target_speedup": 2.0}
@@ -100,6 +105,33 @@ def build_net_param(name: str, variant: str, batch: int) -> pb.NetParameter:
     return out
 
 
+def build_kd_net_param(name: str, batch: int) -> pb.NetParameter:
+    """The plain net as the student, with a frozen copy of itself (prefixed t_) as the teacher and a
+    KnowledgeDistillationLoss on both logits and the label in place of the SoftmaxWithLoss."""
+    from netcompress.net import Net
+    from netcompress.tools.kd import rename_net
+
+    student = build_net_param(name, "plain", batch)
+    counts = {n: len(l.blob_names) for n, l in Net(student, phase=pb.TRAIN, verbose=False).named_layers()}
+    teacher, _ = rename_net(student, "t_", freeze=True, blob_counts=counts)
+    out = pb.NetParameter()
+    out.name = f"{student.name}_kd"
+    for lp in student.layer:
+        if lp.type == "SoftmaxWithLoss":
+            logits = lp.bottom[0]
+            continue
+        out.layer.add().CopyFrom(lp)
+    for lp in teacher.layer:
+        if len(lp.bottom) and lp.type != "SoftmaxWithLoss":
+            out.layer.add().CopyFrom(lp)
+    kd = out.layer.add()
+    kd.name, kd.type = "kd", "KnowledgeDistillationLoss"
+    kd.bottom.extend([logits, "t_" + logits, "label"])
+    kd.top.append("kd_loss")
+    kd.kd_param.temperature, kd.kd_param.soft_weight, kd.kd_param.hard_weight = 4.0, 0.9, 0.1
+    return out
+
+
 def _prepare_weighted(layer: pb.LayerParameter, variant: str) -> None:
     conv = layer.type == "Convolution"
     p = layer.convolution_param if conv else layer.inner_product_param
@@ -134,7 +166,7 @@ def make_solver(name: str, variant: str, batch: int, device: str):
     from netcompress.solvers import Solver
 
     sp = pb.SolverParameter()
-    sp.net_param.CopyFrom(build_net_param(name, variant, batch))
+    sp.net_param.CopyFrom(build_kd_net_param(name, batch) if variant == "kd" else build_net_param(name, variant, batch))
     sp.type = "SGD"
     sp.base_lr = 1e-4 if name == "alexnet" else 1e-3  # small: random data must not drive the loss to NaN
     sp.lr_policy = "fixed"
@@ -260,6 +292,34 @@ def measure_group(job: dict) -> list[dict]:
     return out
 
 
+def measure_kd(job: dict) -> dict:
+    """The plain student and the student with a teacher and the KD loss, one training step of each in turn."""
+    device, threads = job["device"], job["threads"]
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    once = _timer(device)
+    solvers = {v: make_solver(job["net"], v, job["batch"], device) for v in ("plain", "kd")}
+    for v in solvers:
+        for _ in range(job["warmup"]):
+            solvers[v].step(1)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    times = {v: [] for v in solvers}
+    spent, rounds = 0.0, 0
+    while rounds < job["iters"] or (spent < job["min_time"] and rounds < 50 * job["iters"]):
+        for v in solvers:
+            dt = once(lambda: solvers[v].step(1))
+            times[v].append(dt)
+            spent += dt
+        rounds += 1
+    plain, kd = _summary(times["plain"]), _summary(times["kd"])
+    teacher_frozen = all(not e.tensor.requires_grad for e in solvers["kd"].params if e.layer.startswith("t_"))
+    return {"net": job["net"], "device": device, "threads": threads, "batch": job["batch"], "rounds": rounds,
+            "plain": {**plain, "it_s": 1.0 / plain["s"]}, "kd": {**kd, "it_s": 1.0 / kd["s"]},
+            "kd_time_vs_plain": kd["s"] / plain["s"], "teacher_frozen": teacher_frozen,
+            "loss": float(solvers["kd"].net.loss.detach())}
+
+
 def measure_memory(job: dict) -> dict:
     """Peak memory of one variant over a few training steps and forward+backward passes, from a fresh start:
     CUDA peak allocated above what the built solver holds; on the CPU (this process alone) peak RSS above
@@ -305,7 +365,7 @@ def run(args: argparse.Namespace) -> dict:
     result = {"benchmark": "bench_training", "machine": C.machine_info(devices),
               "config": {"nets": nets, "variants": variants, "devices": devices, "threads": threads,
                          "quick": args.quick, "isolated": isolate, "reference_caffe_lenet": CAFFE_LENET},
-              "runs": []}
+              "runs": [], "kd": []}
     for device in devices:
         for name in nets:
             spec = NETS[name]
@@ -327,6 +387,12 @@ def run(args: argparse.Namespace) -> dict:
                     result["runs"].append(r)
                     C.progress(args, f"[{device} x{th}] {name:12s} {r['variant']:5s} train {r['train']['it_s']:7.3g} it/s  "
                                + "  ".join(f"fwd+bwd@{b} {v['ms']:.4g} ms" for b, v in r["fwd_bwd"].items()))
+                if name in KD_NETS:
+                    kjob = {k: job[k] for k in ("net", "device", "threads", "batch", "warmup", "iters", "min_time")}
+                    k = _child("kd", kjob) if isolate and device == "cpu" else measure_kd(kjob)
+                    result["kd"].append(k)
+                    C.progress(args, f"[{device} x{th}] {name:12s} kd    train {k['kd']['it_s']:7.3g} it/s  "
+                               f"plain {k['plain']['it_s']:.3g} it/s  time x{k['kd_time_vs_plain']:.3f}")
     result["machine"]["load_average_end"] = C.load_average()
     result["overhead"] = overheads(result["runs"])
     result["vs_caffe"] = versus_caffe(result["runs"])
@@ -391,6 +457,14 @@ def tables(result: dict) -> str:
         parts.append("== compression overhead (train: speed / plain speed; fwd+bwd: time / plain time)\n"
                      + C.format_table(rows, [("net", "net"), ("variant", "variant"), ("dev", "device"),
                                              ("thr", "threads"), ("train", "train speed"), ("fb", "fwd+bwd time")]))
+    if result.get("kd"):
+        rows = [{"net": k["net"], "dev": k["device"], "thr": k["threads"], "batch": k["batch"],
+                 "plain": C.fmt(k["plain"]["it_s"]), "kd": C.fmt(k["kd"]["it_s"]), "x": f"{k['kd_time_vs_plain']:.3f}"}
+                for k in result["kd"]]
+        parts.append("== knowledge distillation overhead (the student with a same-size frozen teacher and the KD loss, "
+                     "against the student alone, timed in rotation; time: KD step time / plain step time)\n"
+                     + C.format_table(rows, [("net", "net"), ("dev", "device"), ("thr", "threads"), ("batch", "batch"),
+                                             ("plain", "student it/s"), ("kd", "with KD it/s"), ("x", "time")]))
     if result["vs_caffe"]:
         rows = [{"variant": v["variant"], "thr": v["threads"], "it_s": C.fmt(v["train_it_s"]),
                  "x": f"{v['train_speedup']:.2f}x",
@@ -431,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         job = json.loads(args.child)
         kind = job.pop("kind")
-        print(json.dumps(measure_group(job) if kind == "group" else measure_memory(job)))
+        fn = {"group": measure_group, "memory": measure_memory, "kd": measure_kd}[kind]
+        print(json.dumps(fn(job)))
         return 0
     result = run(args)
     print(tables(result))

@@ -53,6 +53,11 @@ COMMANDS: dict[str, Command] = {
     "decode_compact48": Command("netcompress.tools.compact:decode_compact48_main",
                                 "decode a compact 4/8 file into a normal caffemodel (decode_compact48.py)"),
     "report": Command("netcompress.tools.report:main", "kept counts, compression rate and stored sizes of a model"),
+    # recipes: knowledge distillation (recipes-spec 1.3, 4.3)
+    "rename_layers": Command("netcompress.tools.kd:rename_layers_main",
+                             "prefix every layer and blob of a net and its caffemodel (a KD teacher, e.g. t_)"),
+    "dump_logits": Command("netcompress.tools.kd:dump_logits_main",
+                           "write a net's blob (teacher logits) over a data source to HDF5 for HDF5Data"),
     # recipes: Net2Net (recipes-spec 1)
     "net2wider": Command("netcompress.tools.net2net:net2wider_main",
                          "Net2WiderNet: more outputs for a layer, same function (or the random-pad baseline)"),

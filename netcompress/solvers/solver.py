@@ -32,6 +32,7 @@ from ..errors import NetcompressError
 from ..log import StatusLine, get_logger
 from ..net import Net
 from ..proto import caffe_pb2 as pb
+from ..weights import copy_weights_list
 from .callbacks import LayerHooks, TrainingCallback, callbacks_for
 from .lr import learning_rate
 from .state import SIDECAR_SUFFIX, load_state, save_state
@@ -126,12 +127,7 @@ class Solver:
         self.epoch_iters = self._epoch_iters()
         for net in [self.net, *self.test_nets]:
             net.ctx.epoch_iters = self.epoch_iters
-        if weights:
-            for w in ([weights] if isinstance(weights, str) else weights):
-                for p in w.split(","):
-                    if self.root:
-                        log.info("Finetuning from %s", p)
-                    self.net.copy_from(p)
+        copy_weights_list(self.net, weights, verbose=self.root)  # Caffe's comma list, files checked first
         self.callbacks: list[TrainingCallback] = []
         for cb in [LayerHooks(), *callbacks, *callbacks_for(self)]:
             self.add_callback(cb)

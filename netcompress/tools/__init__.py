@@ -6,7 +6,8 @@
 - `sdn`: Shallow-Deep nets: make_sdn_net (ICs, SDNLoss, growth stages) and sdn_early_exit;
 - `micronet`: the MicroNet score of an integer deploy net and `import_pth` (recipes-spec 4.12, 5.5);
 - `densenet`: `make_densenet`, the MicroNet DenseNet-BC prototxts (recipes-spec 4.2);
-- `net2net`: Net2Net wider/deeper surgery, random mutation and a small mutation search (recipes-spec 1).
+- `net2net`: Net2Net wider/deeper surgery, random mutation and a small mutation search (recipes-spec 1);
+- `kd`: rename_layers and dump_logits, for knowledge distillation (recipes-spec 5.5).
 
 Each script is `netcompress <name> ...` (an entry of `netcompress.commands.COMMANDS`) and
 `compression_scripts/<name>.py ...`, with the reference's

@@ -96,6 +96,11 @@ def test_training_quick_json(tmp_path):
     assert {(o["variant"]) for o in r["overhead"]} == {"dns", "inq"}
     assert {v["variant"] for v in r["vs_caffe"]} == set(bt.VARIANTS)
     assert all(_positive(v["train_speedup"]) for v in r["vs_caffe"])
+    # the KD row: the student alone and with its frozen teacher, one ratio from one run
+    [kd] = r["kd"]
+    assert (kd["net"], kd["device"], kd["threads"], kd["batch"]) == ("lenet", "cpu", 1, 64)
+    assert _positive(kd["plain"]["it_s"]) and _positive(kd["kd"]["it_s"]) and _positive(kd["kd_time_vs_plain"])
+    assert kd["teacher_frozen"] is True and math.isfinite(kd["loss"])
 
 
 def test_training_nets_build():
@@ -110,6 +115,10 @@ def test_training_nets_build():
                 assert "DNSConvolution" in types and "Convolution" not in types and "InnerProduct" not in types
             if variant == "inq":
                 assert "INQInnerProduct" in types and "Convolution" not in types
+    kd = bt.build_kd_net_param("lenet", 2)
+    names = [lp.name for lp in kd.layer]
+    assert names[-1] == "kd" and "t_conv1" in names and "loss" not in names and "t_loss" not in names
+    assert all(s.lr_mult == 0 for lp in kd.layer if lp.name.startswith("t_") for s in lp.param)
 
 
 def test_eager_compositions_agree_with_the_ops():

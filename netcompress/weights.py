@@ -1,0 +1,94 @@
+"""Caffe's `--weights a.caffemodel,b.caffemodel` list: several files copied into one net.
+
+Used to load a student and its teacher into one distillation net (`--weights
+student.caffemodel,teacher.caffemodel`, recipes-spec 5.2). Every file is checked before any is
+read, so a typo stops the run before training starts. The files are copied in order, each layer
+by name as `Net.copy_from` does; a later file fills only the layers that no earlier file filled.
+(Caffe's `CopyLayers` lets a later file overwrite; here the first file that holds a layer wins,
+and the log says which file filled which layers and which layers a later file also held.)
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Sequence
+
+from . import io as ncio
+from .errors import WeightLoadError
+from .log import get_logger
+from .proto import caffe_pb2 as pb
+
+if TYPE_CHECKING:
+    from .net import Net
+
+log = get_logger("net")
+
+__all__ = ["split_weights", "check_weight_files", "copy_weights_list"]
+
+_ANON = "<NetParameter>"  # how Net.copy_from names a source that is not a file
+
+
+def split_weights(weights: str | Sequence[str] | None) -> list[str]:
+    """The files of a weights list, in order: a comma-separated string, or a sequence of them."""
+    if not weights:
+        return []
+    items = [weights] if isinstance(weights, str) else list(weights)
+    return [p.strip() for w in items for p in w.split(",")]
+
+
+def check_weight_files(paths: Sequence[str]) -> None:
+    """Raise `WeightLoadError` naming the first entry that is empty, missing or a folder, and its
+    position in the list."""
+    n = len(paths)
+    listed = ",".join(paths)
+    for k, p in enumerate(paths, 1):
+        where = f"--weights {listed}: file {k} of {n}"
+        if not p:
+            raise WeightLoadError(f"{where} is empty (two commas, or a comma at an end)")
+        if not os.path.exists(p):
+            raise WeightLoadError(f"{where}, '{p}', does not exist")
+        if os.path.isdir(p):
+            raise WeightLoadError(f"{where}, '{p}', is a folder, expected a .caffemodel")
+
+
+def copy_weights_list(net: "Net", weights: str | Sequence[str] | None,
+                      verbose: bool = True) -> "OrderedDict[str, str]":
+    """Copy every file of `weights` into `net` (see the module docstring).
+
+    Returns layer name -> the file that filled it. Errors (blob count, shape) name the file.
+    """
+    paths = split_weights(weights)
+    check_weight_files(paths)
+    filled: "OrderedDict[str, str]" = OrderedDict()
+    for k, path in enumerate(paths, 1):
+        source = ncio.read_caffemodel(path)
+        take = pb.NetParameter()
+        copied, kept, absent = [], [], []
+        for sl in source.layer:
+            if not net.has_layer(sl.name):
+                absent.append(sl.name)
+            elif not len(sl.blobs) and not net.layer(sl.name).blob_names:
+                continue  # nothing to copy (ReLU, Pooling, ...)
+            elif sl.name in filled and filled[sl.name] != path:
+                kept.append(sl.name)
+            else:
+                take.layer.add().CopyFrom(sl)
+                if sl.name not in copied:
+                    copied.append(sl.name)
+        if verbose:
+            log.info("Finetuning from %s (file %d of %d)", path, k, len(paths))
+        try:
+            net.copy_from(take)
+        except WeightLoadError as e:
+            msg = str(e)
+            raise WeightLoadError(path + msg[len(_ANON):] if msg.startswith(_ANON) else f"{path}: {msg}") from None
+        for name in copied:
+            filled[name] = path
+        if verbose:
+            log.info("%s filled %d layer(s): %s", path, len(copied), ", ".join(copied) or "none")
+            if kept:
+                log.info("%s: kept %d layer(s) an earlier file filled: %s", path, len(kept), ", ".join(kept))
+            if absent:
+                log.info("%s: ignored %d layer(s) the net does not have: %s", path, len(absent),
+                         ", ".join(absent))
+    return filled
