@@ -140,8 +140,8 @@ class StrictIdentity(Layer):
         self.step = int(iteration)
 
     def set_epochs_done(self, epoch: int) -> None:
-        """The 1-based epoch that just ended, 0 at the start of training (the solver glue sets it,
-        on the TEST-net copies too)."""
+        """The 1-based epoch that just ended, 0 at the start of training (the ε-ResNet training
+        callback, recipes/eresnet.py, sets it, on the TEST-net copies too)."""
         self.epochs_done = int(epoch)
 
     @property

@@ -606,7 +606,7 @@ def compress_epsilon_resnet(train_prototxt: str, weights: str, out_prototxt: str
         for b in blocks:
             key = f"{layers[b.gate].name}/is_discarded"
             if key not in dl.stats:
-                raise ToolError(f"{log_path}: no '{key}' line at the end of epoch {dl.epoch} (global_step "
+                raise ToolError(f"{log_path}: no '{key}' line at the end of epoch {dl.epoch} (iteration "
                                 f"{step}); the block '{b.name}' cannot be judged")
             emas[b.name] = dl.stats[key]
             blob = stored.get(layers[b.gate].name)
