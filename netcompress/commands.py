@@ -79,6 +79,11 @@ COMMANDS: dict[str, Command] = {
                           "a PyTorch state dict into a caffemodel by a named map (micronet-densenet-final)"),
     "make_densenet": Command("netcompress.tools.densenet:main",
                              "write a MicroNet DenseNet-BC prototxt (plain, quantized student or integer deploy)"),
+    # recipes: ε-ResNet (recipes-spec 3, 5.5)
+    "make_epsilon_resnet": Command("netcompress.tools.eresnet:make_epsilon_resnet_main",
+                                   "write a pre-activation ε-ResNet train/val prototxt (depth 6n+2)"),
+    "compress_epsilon_resnet": Command("netcompress.tools.eresnet:compress_epsilon_resnet_main",
+                                       "drop an ε-ResNet's discarded blocks: deploy prototxt, caffemodel and .cfg"),
     # pipelines
     "pipeline": Command("netcompress.pipeline:main",
                         "the LeNet compression pipeline end to end on the embedded digits"),

@@ -1,0 +1,16 @@
+#!/usr/bin/env python3
+"""compress_epsilon_resnet.py: netcompress.tools.eresnet.compress_epsilon_resnet_main as a script.
+
+Same as `netcompress compress_epsilon_resnet ...`; run with -h for the arguments.
+"""
+import os
+import sys
+
+try:
+    import netcompress.tools.eresnet as _tool
+except ImportError:  # run from a checkout that is not installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import netcompress.tools.eresnet as _tool
+
+if __name__ == "__main__":
+    sys.exit(_tool.compress_epsilon_resnet_main())
