@@ -1,6 +1,6 @@
 """Builds the netcompress._C extension; everything else about the package is in pyproject.toml.
 
-C++ sources (csrc/netcompress.cpp, csrc/cpu/*.cpp) are always built; the CUDA sources (csrc/cuda/*.cu) only
+C++ sources (csrc/netcompress.cpp, csrc/autograd.cpp, csrc/cpu/*.cpp) are always built; the CUDA sources (csrc/cuda/*.cu) only
 when the installed torch has CUDA and an nvcc of the same major version is found, or when FORCE_CUDA=1. Install with
 `pip install --no-build-isolation -e .` so the extension compiles against the torch already installed.
 """
@@ -64,7 +64,7 @@ def _openmp_flags() -> list[str]:
 
 def _extension():
     with_cuda, why = _use_cuda()
-    sources = _sources("csrc/netcompress.cpp") + _sources("csrc/cpu/*.cpp")
+    sources = _sources("csrc/netcompress.cpp") + _sources("csrc/autograd.cpp") + _sources("csrc/cpu/*.cpp")
     openmp = _openmp_flags()
     # -ffp-contract=off: the CPU loops have AVX2/AVX-512 clones (csrc/cpu/loops.h); without it GCC would fuse
     # a*b + c into an FMA in those clones only, and results would depend on the machine.

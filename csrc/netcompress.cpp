@@ -1,7 +1,8 @@
 // The netcompress._C extension: every op schema, in one place.
 //
-// Backends register implementations in cpu/*_kernel.cpp and cuda/*_kernel.cu (TORCH_LIBRARY_IMPL); fake
-// kernels, autograd formulas and the typed Python wrappers live in netcompress/ops/__init__.py.
+// Backends register implementations in cpu/*_kernel.cpp and cuda/*_kernel.cu (TORCH_LIBRARY_IMPL), the
+// differentiable ops their autograd in autograd.cpp; fake kernels and the typed Python wrappers live in
+// netcompress/ops/<family>.py.
 // Mutating ops are declared Tensor(a!) and return (). Scalars that come from another op (DNS thresholds,
 // the INQ selection threshold) are one-element tensors, so a whole DNS or INQ step runs without a host sync.
 #include <Python.h>

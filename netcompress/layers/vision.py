@@ -350,9 +350,14 @@ class Pooling(Layer):
                                 divisor_override=1)
             return sums / self._ave_divisor(H, W, kernel, out, x)
         if fast:
-            # netcompress's op: F.max_pool2d's values, indices and gradient; on the CPU several times faster
-            # than ATen's NCHW kernel (LeNet's pool1 at batch 64: 0.9 ms instead of 3.5 ms on one core).
-            y, idx = ops.max_pool2d(x, kernel, self.stride, self.pad, True)
+            if x.device.type == "cpu":
+                # netcompress's op: F.max_pool2d's values, indices and gradient; on the CPU several times
+                # faster than ATen's NCHW kernel (LeNet's pool1 at batch 64: 0.9 ms instead of 3.5 ms on one core).
+                y, idx = ops.max_pool2d(x, kernel, self.stride, self.pad, True)
+            elif self.two_tops:  # elsewhere ATen's kernel is the one to call, with no wrapper around it
+                y, idx = F.max_pool2d(x, kernel, self.stride, self.pad, ceil_mode=True, return_indices=True)
+            else:
+                return F.max_pool2d(x, kernel, self.stride, self.pad, ceil_mode=True)
             if self.two_tops:
                 return y, idx.to(x.dtype)
             return y

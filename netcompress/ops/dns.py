@@ -15,13 +15,9 @@ def _dns_masked_weight_fake(weight, mask):
     return weight.new_empty(weight.shape)
 
 
-def _dns_masked_weight_backward(ctx, grad):
-    # Splicing (§2.4): the weight receives ∂L/∂(W⊙M) unmasked, so pruned weights keep learning and can be
-    # spliced back; the mask is a buffer and receives nothing. Not the true derivative, on purpose.
-    return grad, None
-
-
-torch.library.register_autograd("netcompress::dns_masked_weight", _dns_masked_weight_backward)
+# Autograd (csrc/autograd.cpp, in C++ so that the training step runs no Python per call): splicing (§2.4),
+# the weight receives ∂L/∂(W⊙M) unmasked, so pruned weights keep learning and can be spliced back; the mask
+# is a buffer and receives nothing. Not the true derivative, on purpose.
 
 
 @torch.library.register_fake("netcompress::dns_stats")

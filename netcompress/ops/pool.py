@@ -23,22 +23,8 @@ def _max_pool2d_fake(x, kernel_size, stride, padding, ceil_mode):
     return x.new_empty(shape), x.new_empty(shape, dtype=torch.long)
 
 
-def _max_pool2d_setup(ctx, inputs, output):
-    x, kernel_size, stride, padding, ceil_mode = inputs
-    ctx.geometry = (list(kernel_size), list(stride), list(padding), bool(ceil_mode))
-    ctx.save_for_backward(x, output[1])
-
-
-def _max_pool2d_backward(ctx, grad, grad_indices):
-    # ATen's gradient of max_pool2d_with_indices: the same indices, so the same scatter.
-    x, indices = ctx.saved_tensors
-    kernel_size, stride, padding, ceil_mode = ctx.geometry
-    gx = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, kernel_size, stride, padding, [1, 1], ceil_mode,
-                                                         indices)
-    return gx, None, None, None, None
-
-
-torch.library.register_autograd("netcompress::max_pool2d", _max_pool2d_backward, setup_context=_max_pool2d_setup)
+# Autograd (csrc/autograd.cpp, in C++): ATen's gradient of max_pool2d_with_indices, with the same indices, so
+# the same scatter; the indices output is not differentiable.
 
 
 def max_pool2d(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int],

@@ -39,19 +39,8 @@ def _act_quant_backward_fake(grad, x, alpha, low, high):
     return x.new_empty(x.shape)
 
 
-def _act_quant_setup(ctx, inputs, output):
-    x, alpha, low, high = inputs
-    ctx.save_for_backward(x, alpha)
-    ctx.bounds = (low, high)
-
-
-def _act_quant_grad(ctx, grad):
-    # §4.5 STE: dy/dx = [low <= round(x/α) <= high]; α is a calibrated constant and gets no gradient.
-    x, alpha = ctx.saved_tensors
-    return _ops._act_quant_backward(grad, x, alpha, *ctx.bounds), None, None, None
-
-
-torch.library.register_autograd("netcompress::act_quant", _act_quant_grad, setup_context=_act_quant_setup)
+# Autograd (csrc/autograd.cpp, in C++): §4.5 STE, dy/dx = [low <= round(x/α) <= high] through the private
+# backward op; α is a calibrated constant and gets no gradient.
 
 
 @torch.library.register_fake("netcompress::int_quant")
@@ -64,18 +53,7 @@ def _int_quant_backward_fake(grad, x, low, high):
     return x.new_empty(x.shape)
 
 
-def _int_quant_setup(ctx, inputs, output):
-    x, low, high = inputs
-    ctx.save_for_backward(x)
-    ctx.bounds = (low, high)
-
-
-def _int_quant_grad(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return _ops._int_quant_backward(grad, x, *ctx.bounds), None, None
-
-
-torch.library.register_autograd("netcompress::int_quant", _int_quant_grad, setup_context=_int_quant_setup)
+# Autograd (csrc/autograd.cpp, in C++): the same STE through _int_quant_backward.
 
 
 @torch.library.register_fake("netcompress::quant_weight")
@@ -83,13 +61,8 @@ def _quant_weight_fake(weight, mask, alpha, low, high):
     return weight.new_empty(weight.shape)
 
 
-def _quant_weight_grad(ctx, grad):
-    # §4.6 / §5.2: dW = dWq, straight through the quantizer and through the mask (MicroNet's P.grad = W.grad);
-    # the mask and α are buffers and get nothing.
-    return grad, None, None, None, None
-
-
-torch.library.register_autograd("netcompress::quant_weight", _quant_weight_grad)
+# Autograd (csrc/autograd.cpp, in C++): §4.6 / §5.2 dW = dWq, straight through the quantizer and the mask
+# (MicroNet's P.grad = W.grad); the mask and α are buffers and get nothing.
 
 
 @torch.library.register_fake("netcompress::quant_weight_codes")
