@@ -79,7 +79,10 @@ def solver_param(workdir, variant="plain", **kw) -> pb.SolverParameter:
                             test_iter=[2], snapshot=5, random_seed=3, solver_mode=pb.SolverParameter.CPU,
                             snapshot_prefix=str(workdir / f"run_{variant}"))
     for k, v in kw.items():
-        setattr(sp, k, v)
+        if isinstance(v, list):
+            getattr(sp, k).extend(v)
+        else:
+            setattr(sp, k, v)
     return sp
 
 
@@ -107,6 +110,22 @@ def test_resume_is_bit_identical(workdir, variant, solver_type):
     sb = pb.SolverState.FromString(b_state)
     assert sa.iter == sb.iter == 12 and sa.current_step == sb.current_step
     assert [h.SerializeToString() for h in sa.history] == [h.SerializeToString() for h in sb.history]
+
+
+@pytest.mark.parametrize("policy", [dict(lr_policy="cosine", rampup_interval=3, rampup_lr=0.001),
+                                    dict(lr_policy="multistep", stepvalue=[4, 8], stepgamma=[0.1, 0.5])])
+def test_resume_is_bit_identical_with_the_recipe_solver_fields(workdir, policy):
+    # momentum_form LR_OUTSIDE, the float64 recipe lr policies and the epoch length: same bytes after a resume.
+    kw = dict(momentum_form=pb.SolverParameter.LR_OUTSIDE, epoch_iters=3, **policy)
+    full = Solver(solver_param(workdir, "dns", **kw), verbose=False)
+    epochs = []
+    full.add_callback(AfterIteration(lambda s: epochs.append(s.epoch)))
+    full.solve()
+    assert epochs == [1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5]  # after iterations 1..12, 3 iterations an epoch
+    sp = solver_param(workdir, "dns", snapshot_prefix=str(workdir / "resumed"), **kw)
+    resumed = Solver(sp, verbose=False)
+    resumed.solve(resume_file=str(workdir / "run_dns_iter_5.solverstate"))
+    assert (workdir / "resumed_iter_12.caffemodel").read_bytes() == (workdir / "run_dns_iter_12.caffemodel").read_bytes()
 
 
 def test_resume_from_a_caffe_style_solverstate_warns(workdir, caplog):
