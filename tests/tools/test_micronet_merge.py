@@ -191,3 +191,16 @@ def test_command(merged, tmp_path, capsys):
     assert ncio.read_net(out_p).layer[0].type == "Input"
     assert main([proto, str(tmp_path / "missing.caffemodel"), out_p, out_m]) == 1
     assert "missing.caffemodel does not exist!" in capsys.readouterr().err
+
+
+def test_report_checks_the_bit_budgets_of_student_and_deploy(merged, capsys):
+    from netcompress.tools import report
+
+    proto, model, dproto, dmodel, _ = merged
+    r = report.model_report(dproto, dmodel, check="")
+    assert all(b["ok"] and b["how"] == "integers" for b in r["bits"])
+    assert [b["bits"] for b in r["bits"]] == [4] * 9 + [6]
+    s = report.model_report(proto, model, check="")
+    assert all(b["ok"] for b in s["bits"]) and [l["counted_by"] for l in s["layers"]] == ["quantized"] * 10
+    # the same non-zero weights: the deploy net's integer codes are the student's
+    assert [l["w_kept"] for l in r["layers"]] == [l["w_kept"] for l in s["layers"]]
