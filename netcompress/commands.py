@@ -79,6 +79,10 @@ COMMANDS: dict[str, Command] = {
                           "a PyTorch state dict into a caffemodel by a named map (micronet-densenet-final)"),
     "make_densenet": Command("netcompress.tools.densenet:main",
                              "write a MicroNet DenseNet-BC prototxt (plain, quantized student or integer deploy)"),
+    "bn_reestimate": Command("netcompress.tools.bn_reestimate:main",
+                             "re-estimate BatchNorm statistics with TRAIN-phase forwards (PyTorch-style EMA)"),
+    "micronet_merge": Command("netcompress.tools.micronet_merge:main",
+                              "merge a quantized student into the integer deploy net (Scale + IntQuant)"),
     # recipes: ε-ResNet (recipes-spec 3, 5.5)
     "make_epsilon_resnet": Command("netcompress.tools.eresnet:make_epsilon_resnet_main",
                                    "write a pre-activation ε-ResNet train/val prototxt (depth 6n+2)"),

@@ -12,7 +12,9 @@ ActQuant (`act_quant_param`), blobs `[alpha, calib_min]`, both (1,) buffers stor
   previous MicroNet step) is never recalibrated, and a batch of zeros leaves calibration to the next batch.
   Until calibrated, TEST forwards pass x through. NONE: α must come from the weights (an uncalibrated forward is
   an error). SCRIPT: only `request_calibration()` (a script's calibration pass) calibrates; until then x passes
-  through. This is the one state change made inside a forward (like BatchNorm's statistics): it needs the batch.
+  through. In data-parallel training each rank sees its own share of the first batch: the TRAIN calibration
+  all-reduces max|x| and min(x) over the ranks, so all of them get the α of the global batch, and α and
+  calib_min are `replicated_state()`, which the snapshot check compares across ranks. This is the one state change made inside a forward (like BatchNorm's statistics): it needs the batch.
   `refine_iters` > 0 is refused: the source never ran its least-squares refinement (Q11) and §4.5 describes it
   too loosely to reproduce.
 
@@ -61,6 +63,15 @@ def _version(t: torch.Tensor) -> int | None:
         return t._version
     except RuntimeError:
         return None
+
+
+def _all_reduce_max(t: torch.Tensor) -> None:
+    """Element-wise MAX of `t` over the processes of the default torch.distributed group (in place); nothing
+    without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
 
 
 @register_layer("ActQuant")
@@ -117,18 +128,34 @@ class ActQuant(Layer):
         self._calibrate_next = True
 
     def calibrate(self, x: torch.Tensor) -> None:
-        """calib_min = min(x), α = max|x|/ub with ub from that minimum (§4.5), in x's dtype."""
+        """calib_min = min(x), α = max|x|/ub with ub from that minimum (§4.5), in x's dtype.
+
+        In a data-parallel run the TRAIN nets of all processes calibrate at the same forward, each on its own
+        share of the batch; their max|x| and min(x) are combined (all-reduce MAX), so every rank gets the α of
+        the whole global batch, as the source's single process did, and the ranks stay identical (the
+        snapshot check compares α through `replicated_state`)."""
         with torch.no_grad():
             x = x.detach()
-            if x.numel() == 0:
-                return
-            mn = x.amin()
+            if x.numel():
+                stats = torch.stack([x.abs().amax(), -x.amin()])
+            else:
+                stats = torch.full((2,), float("-inf"), dtype=x.dtype, device=x.device)
+            if self.phase == pb.TRAIN and self.ctx.world_size > 1:
+                _all_reduce_max(stats)
+            if not bool(torch.isfinite(stats).all()):
+                return  # no values anywhere: calibrate at the next batch
+            mx, mn = stats[0], -stats[1]
             _, ub = ops.act_quant_range(self.bitwidth, float(mn), self.sign)
             self.calib_min.copy_(mn.reshape(1))
-            self.alpha.copy_((x.abs().amax() / ub).reshape(1))
+            self.alpha.copy_((mx / ub).reshape(1))
         _, lb, ub = self.status()
         log.info("[%s] ActQuant calibrated: alpha %g, min %g, range [%d, %d]", self.name, float(self.alpha[0]),
                  float(self.calib_min[0]), lb, ub)
+
+    def replicated_state(self) -> dict[str, torch.Tensor | None]:
+        # Calibrated on each rank's first batch: the all-reduce in `calibrate` makes them equal; a snapshot
+        # fails loudly, naming the layer, should they ever differ.
+        return {"alpha": self.alpha, "calib_min": self.calib_min}
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -2,10 +2,12 @@
 
 - `convert`: dns_to_normal, inq_to_normal, model2INQ_raw, parse_model (5.1-5.4);
 - `compact`: the compact 4/4 and 4/8 formats, byte-exact, and their encoders/decoders (5.7, 5.8);
-- `report`: kept counts, compression rate and on-disk sizes of a model;
+- `report`: kept counts, compression rate, on-disk sizes and bit budgets of a model;
 - `sdn`: Shallow-Deep nets: make_sdn_net (ICs, SDNLoss, growth stages) and sdn_early_exit;
 - `micronet`: the MicroNet score of an integer deploy net and `import_pth` (recipes-spec 4.12, 5.5);
 - `densenet`: `make_densenet`, the MicroNet DenseNet-BC prototxts (recipes-spec 4.2);
+- `micronet_merge`: a quantized student into MicroNet's integer deploy net (recipes-spec 4.9);
+- `bn_reestimate`: BatchNorm statistics re-estimated by TRAIN-phase forwards (recipes-spec 4.7);
 - `net2net`: Net2Net wider/deeper surgery, random mutation and a small mutation search (recipes-spec 1);
 - `kd`: rename_layers and dump_logits, for knowledge distillation (recipes-spec 5.5).
 

@@ -123,9 +123,11 @@ def require_files(*paths: str) -> None:
 class ModelLayer:
     """One layer of a source model that stores blobs.
 
-    `kind` is "dns" (DNS/C* and plain masked types), "inq" (INQ types) or "plain" (every other type).
+    `kind` is "dns" (DNS/C* and plain masked types), "inq" (INQ types), "quant" (QuantConvolution /
+    QuantInnerProduct) or "plain" (every other type).
     `has_masks` is true when the model stores the masks ([W, b, W_mask, b_mask] or [W, W_mask]);
-    a masked type with only [W, b] / [W] stored is a normal model loaded into a masked net.
+    a masked type with only [W, b] / [W] stored is a normal model loaded into a masked net. A Quant
+    layer's raw model stores the per-channel scales after the masks ([W, (b), W_mask, (b_mask), w_alpha]).
     """
 
     name: str
@@ -135,6 +137,8 @@ class ModelLayer:
     kind: str
     bias_term: bool | None  # None for non-weight types
     has_masks: bool = False
+    bitwidth: int | None = None   # a Quant layer's weight_quant_param.bitwidth
+    transposed_ip: bool = False   # an InnerProduct with `transpose` stores W as [K, N]
 
     @property
     def is_weight_layer(self) -> bool:
@@ -158,14 +162,46 @@ class ModelLayer:
     def bias_mask(self) -> np.ndarray | None:
         return self.blobs[3] if (self.has_masks and self.bias_term) else None
 
+    @property
+    def w_alpha(self) -> np.ndarray | None:
+        """A Quant layer's stored per-output-channel scales, or None."""
+        if self.kind != "quant" or not self.has_masks:
+            return None
+        n = 4 if self.bias_term else 2
+        return self.blobs[n] if len(self.blobs) > n else None
+
     def effective(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """W and b as the net computes with them: DNS masks applied (entries with mask != 1 are 0);
-        INQ and plain layers as stored (an INQ mask marks quantized entries, not pruned ones)."""
+        """W and b as the net computes with them: DNS and Quant masks applied (entries with mask != 1
+        are 0), a Quant layer's weights quantized with its stored scales (α_c·clamp(round(v/α_c)),
+        recipes-spec 4.6); INQ and plain layers as stored (an INQ mask marks quantized entries, not
+        pruned ones)."""
         w, b = self.weight, self.bias
-        if self.kind == "dns" and self.has_masks:
+        if self.kind in ("dns", "quant") and self.has_masks:
             w = apply_mask(w, self.weight_mask)
             b = apply_mask(b, self.bias_mask) if b is not None else None
+        alpha = self.w_alpha
+        if alpha is not None:
+            codes = self.codes
+            rows = codes.reshape(alpha.size, -1) if not self.transposed_ip else codes.reshape(-1, alpha.size).T
+            wq = rows * alpha.astype(np.float32)[:, None]
+            w = (wq if not self.transposed_ip else wq.T).reshape(np.shape(w)).astype(np.float32)
         return w, b
+
+    @property
+    def codes(self) -> np.ndarray:
+        """A Quant layer's integer codes clamp(round((W⊙M)/α_c), −2^(b−1), 2^(b−1) − 1) (0 where α_c = 0),
+        shaped like W."""
+        alpha = self.w_alpha
+        if alpha is None or self.bitwidth is None:
+            raise ToolError(f"layer '{self.name}' stores no per-channel scales (w_alpha)")
+        w = apply_mask(self.weight, self.weight_mask)
+        rows = w.reshape(alpha.size, -1) if not self.transposed_ip else w.reshape(-1, alpha.size).T
+        a = alpha.astype(np.float32)[:, None]
+        clip = 2 ** (self.bitwidth - 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.where(a != 0, np.clip(np.rint(rows / np.where(a != 0, a, 1)), -clip, clip - 1), 0)
+        q = q.astype(np.float32)
+        return (q if not self.transposed_ip else q.T).reshape(np.shape(self.weight))
 
 
 def apply_mask(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -225,12 +261,14 @@ def bias_term_of(lp: pb.LayerParameter) -> bool | None:
 
 
 def kind_of(type_name: str) -> str:
-    """"dns" (pruning masks: DNS and plain masked types), "inq" or "plain"."""
+    """"dns" (pruning masks: DNS and plain masked types), "inq", "quant" or "plain"."""
     from ..layers.base import registered_class
 
     cls = registered_class(type_name)
     kind = cls.mask_kind if cls is not None else ""
-    return "dns" if kind in _PRUNING_KINDS else "inq" if kind == "inq" else "plain"
+    if kind in _PRUNING_KINDS:
+        return "dns"
+    return kind if kind in ("inq", "quant") else "plain"
 
 
 def _check_same_count(layer: str, model: str, a: np.ndarray, b: np.ndarray, what_a: str, what_b: str) -> None:
@@ -270,18 +308,34 @@ def load_source_model(prototxt: str, model: str) -> SourceModel:
         if lp.type in _types("WEIGHT_TYPES"):
             plain_n = 2 if bias else 1
             layout = "[W, b]" if bias else "[W] (bias_term: false)"
+            ml.transposed_ip = lp.type in _types("IP_TYPES") and bool(lp.inner_product_param.transpose)
+            if kind == "quant":
+                ml.bitwidth = int(lp.weight_quant_param.bitwidth)
             if kind != "plain":
                 masked_n = 4 if bias else 2
                 masked_layout = "[W, b, W_mask, b_mask]" if bias else "[W, W_mask] (bias_term: false)"
-                if n == masked_n:
+                accepted = [masked_n]
+                expected = f"{masked_n} {masked_layout}"
+                if kind == "quant":
+                    # the scales follow the masks; a model without them gets scales fitted when loaded
+                    accepted.append(masked_n + 1)
+                    quant_layout = "[W, b, W_mask, b_mask, w_alpha]" if bias else "[W, W_mask, w_alpha]"
+                    expected = f"{masked_n + 1} {quant_layout} (or {masked_n} without w_alpha)"
+                if n in accepted:
                     ml.has_masks = True
                     _check_same_count(lp.name, model, ml.weight, ml.weight_mask, "W", "W_mask")
                     if bias:
                         _check_same_count(lp.name, model, ml.bias, ml.bias_mask, "b", "b_mask")
+                    alpha = ml.w_alpha
+                    if alpha is not None:
+                        rows = ml.weight.shape[1] if ml.transposed_ip else ml.weight.shape[0]
+                        if alpha.size != rows:
+                            raise ToolError(f"{model}: layer '{lp.name}' ({lp.type}): w_alpha has {alpha.size} "
+                                            f"values for {rows} output channels")
                 elif n != plain_n:
                     raise ToolError(
                         f"{model}: layer '{lp.name}' ({lp.type} in {prototxt}) stores {n} blob(s); expected "
-                        f"{masked_n} {masked_layout} for a raw model or {plain_n} {layout} for a normal one")
+                        f"{expected} for a raw model or {plain_n} {layout} for a normal one")
             elif n != plain_n:
                 hint = (" (is it a raw DNS/INQ model? Then give the DNS/INQ prototxt it was trained with)"
                         if n == 2 * plain_n else "")

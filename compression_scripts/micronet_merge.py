@@ -1,0 +1,16 @@
+#!/usr/bin/env python3
+"""micronet_merge.py: netcompress.tools.micronet_merge.main as a script.
+
+Same as `netcompress micronet_merge ...`; run with -h for the arguments.
+"""
+import os
+import sys
+
+try:
+    import netcompress.tools.micronet_merge as _tool
+except ImportError:  # run from a checkout that is not installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import netcompress.tools.micronet_merge as _tool
+
+if __name__ == "__main__":
+    sys.exit(_tool.main())
