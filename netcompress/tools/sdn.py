@@ -15,8 +15,9 @@ The template is a net prototxt cut into sections by marker lines (a line holding
   concatenation of the stem and all earlier cells (so it needs a projection shortcut where
   `cell` has the identity); without it `cell` is used throughout;
 - `# @end`: the end layers. Its last InnerProduct is the final classifier; its top is the final
-  output. The ICs copy that layer's `inner_product_param` (fillers, bias_term) and `param`
-  specs, with `--num-classes` outputs (default: its num_output).
+  output. The ICs copy that layer's type (InnerProduct, MaskedInnerProduct, ...), its
+  `inner_product_param` (fillers, bias_term), mask fillers and `param` specs, with `--num-classes`
+  outputs (default: its num_output).
 
 Placeholders (Python `string.Template`, `$$` for a literal `$`):
 
@@ -210,10 +211,15 @@ def _ic_layers(j: int, tap: str, size: int, classifier: pb.LayerParameter, num_c
         pool.mixed_pooling_param.stride = r
         layers.append(pool)
         bottom = pool.top[0]
-    ip = pb.LayerParameter(name=f"ic{j}", type="InnerProduct", bottom=[bottom], top=[f"ic{j}"])
+    # The IC is the final classifier's type (InnerProduct, or e.g. MaskedInnerProduct with its mask
+    # fillers, so that a pruning schedule prunes the ICs too, as INRIA does).
+    ip = pb.LayerParameter(name=f"ic{j}", type=classifier.type, bottom=[bottom], top=[f"ic{j}"])
     ip.param.extend(classifier.param)
     ip.inner_product_param.CopyFrom(classifier.inner_product_param)
     ip.inner_product_param.num_output = num_classes
+    for field in ("dns_inner_product_param", "weight_quant_param"):
+        if classifier.HasField(field):
+            getattr(ip, field).CopyFrom(getattr(classifier, field))
     layers.append(ip)
     return layers
 
