@@ -317,8 +317,9 @@ class SnipSchedule(TrainingCallback):
         layers = [n for _, names, _ in plan for n in names]
         gen = net.ctx.named_generator(SNIP_GENERATOR) if self.reinit else None
         scores = connection_sensitivity(net, layers, self.batches, reinit=gen)
-        for block, names, keep in plan:
-            masks, k = keep_masks({n: scores[n] for n in names}, keep)
+        chosen = [(block, names, keep, *keep_masks({n: scores[n] for n in names}, keep)) for block, names, keep in plan]
+        self._broadcast(solver, [m for *_, masks, _ in chosen for m in masks.values()])
+        for block, names, keep, masks, k in chosen:
             apply_masks(net, masks)
             total = sum(net.layer(n).weight_mask.numel() for n in names)
             kept = sum(int((net.layer(n).weight_mask == 1).sum()) for n in names)
@@ -328,21 +329,17 @@ class SnipSchedule(TrainingCallback):
                 where = "every block" if block is None else f"block {block}"
                 log.info("snip_schedule: epoch %d (%s): %s keeps %d/%d weights (keep %.6g%s)", epoch,
                          self.policy_name, where, kept, total, keep, ", Xavier-scored" if self.reinit else "")
-        self._broadcast(solver, layers)
 
     @staticmethod
-    def _broadcast(solver: "Solver", layers: list[str]) -> None:
+    def _broadcast(solver: "Solver", masks: list[torch.Tensor]) -> None:
+        """Rank 0's new masks (ranks score different shards of the data)."""
         if solver.world_size <= 1:
             return
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        with torch.no_grad():
-            for n in layers:
-                layer = solver.net.layer(n)
-                dist.broadcast(layer.weight_mask, src=0)
-                dist.broadcast(layer.weight.data, src=0)
+        if dist.is_available() and dist.is_initialized():
+            for m in masks:
+                dist.broadcast(m, src=0)
 
 
 @register_callback
