@@ -342,3 +342,32 @@ def test_configuration_errors(data, tmp_path):
     s = Solver(solver_param(str(plain), tmp_path, 3, growth=(3,), snip={"epoch": [2], "keep": [0.5]}), verbose=False)
     with pytest.raises(NetcompressError, match="prunes MaskedConvolution / MaskedInnerProduct layers"):
         s.solve()
+
+
+def test_the_sdn_example_grows_and_prunes_on_a_short_schedule(tmp_path):
+    """examples/sdn: its template, make_sdn_net arguments and solver, with 1-iteration epochs."""
+    from pathlib import Path
+
+    from netcompress import io as ncio
+    from netcompress.data.mnist5k import ensure_mnist5k
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "sdn"
+    train, test = ensure_mnist5k(str(tmp_path))
+    tpl = tmp_path / "cells.prototxt-template"
+    tpl.write_text((example / "cells.prototxt-template").read_text()
+                   .replace("data/mnist5k_train_lmdb", train).replace("data/mnist5k_test_lmdb", test))
+    run = (example / "run.sh").read_text()
+    args = re.search(r"make_sdn_net examples/sdn/cells.prototxt-template (.*?) \\\n\s*(.*?) --out", run, re.S)
+    net = str(tmp_path / "sdn.prototxt")
+    assert sdn.make_sdn_net_main([str(tpl), *args.group(1).split(), *args.group(2).split(), "--out", net]) == 0
+    sp = ncio.read_solver(str(example / "solver.prototxt"))
+    assert sp.max_iter == 630 and list(sp.growth.epoch) == [2, 4, 6]
+    sp.net, sp.epoch_iters, sp.max_iter, sp.test_interval, sp.snapshot_prefix = net, 1, 9, 0, str(tmp_path / "s")
+    s = Solver(sp, verbose=False)
+    (cb,) = [c for c in s.callbacks if type(c).__name__ == "SnipSchedule"]
+    s.solve()
+    assert s.net.has_layer("fc") and s.net.has_layer("cell7_conv2")
+    assert [(e["epoch"], e["block"], round(e["keep"], 6)) for e in cb.events] == [
+        (3, 0, 0.6), (3, 1, 0.6), (5, 0, 0.36), (5, 1, 0.36), (5, 2, 0.6), (7, 0, 0.3), (7, 1, 0.3),
+        (7, 2, 0.36), (7, 3, 0.6), (9, 0, 0.3), (9, 1, 0.3), (9, 2, 0.3), (9, 3, 0.36)]
+    assert all(e["kept"] == e["k"] for e in cb.events)
