@@ -301,7 +301,8 @@ class Solver:
         self.test_nets = self._make_test_nets(self.seed)
         for i, tn in enumerate(self.test_nets):
             if i < len(old_tests):
-                _carry_over(old_tests[i], tn, blobs=False)  # their weights are the train net's
+                # Layers of the train net share its (carried) blobs; test-only layers keep their own.
+                _carry_over(old_tests[i], tn, blobs=lambda name: not self.net.has_layer(name))
         for net in [self.net, *self.test_nets]:
             net.ctx.epoch_iters = self.epoch_iters
         if hasattr(old_train, "iteration"):
@@ -737,14 +738,14 @@ class Solver:
         return _Ctx()
 
 
-def _carry_over(old: Net, new: Net, blobs: bool = True) -> None:
-    """Copy, for every layer name in both nets, the blobs (if `blobs`) and the layer's snapshot
-    state from `old` into `new`, and `old`'s named generators (see Solver.rebuild_nets)."""
+def _carry_over(old: Net, new: Net, blobs=lambda name: True) -> None:
+    """Copy, for every layer name in both nets, the blobs (where `blobs(name)`) and the layer's
+    snapshot state from `old` into `new`, and `old`'s named generators (see Solver.rebuild_nets)."""
     for name, layer in new.named_layers():
         if not old.has_layer(name):
             continue
         src = old.layer(name)
-        if blobs:
+        if blobs(name):
             if len(src.blob_names) != len(layer.blob_names):
                 raise NetcompressError(f"layer '{name}' holds {len(src.blob_names)} blobs in the old net and "
                                        f"{len(layer.blob_names)} in the rebuilt one: a layer must keep its "

@@ -30,6 +30,7 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "
 layer { name: "loss2" type: "SDNLoss" bottom: "extra" bottom: "fc" bottom: "label" top: "loss"
         include { stage: "more" } sdn_loss_param { policy: INRIA } }
 layer { name: "acc" type: "Accuracy" bottom: "fc" bottom: "label" top: "acc" include { phase: TEST } }
+layer { name: "tscale" type: "Scale" bottom: "fc" top: "fc_scaled" include { phase: TEST } }
 """
 
 
@@ -73,6 +74,8 @@ def test_rebuild_adds_the_stage_layers_and_carries_everything_else(solver_param)
     old_hist = {e.key: [h.clone() for h in hist] for e, hist in zip(s.params, s.history)}
     drop_rng = s.net.layer("drop").rng_state()
     assert not s.net.has_layer("extra") and s.epoch_iters == 5
+    with torch.no_grad():
+        s.test_nets[0].layer("tscale").weight.fill_(3.0)  # a test-only layer keeps its own blobs
 
     s.rebuild_nets(["more"])
     assert heard.rebuilt == 1 and s.stages == ["more"] and s.net is not old_net
@@ -99,6 +102,7 @@ def test_rebuild_adds_the_stage_layers_and_carries_everything_else(solver_param)
     # test nets share the new train net's weights
     assert s.test_nets[0].layer("extra").weight is s.net.layer("extra").weight
     assert s.test_nets[0].layer("fc").weight is s.net.layer("fc").weight
+    assert float(s.test_nets[0].layer("tscale").weight.detach().min()) == 3.0
     s.step(3)  # trains on: the new layer learns
     assert s.iter == 6 and s.net.layer("extra").weight.grad is not None
 
