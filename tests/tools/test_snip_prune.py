@@ -248,7 +248,7 @@ def _train_and_test(solver_file: Path, net: str, prefix: Path, iters: int, weigh
 
 
 @pytest.mark.slow
-def test_snip_keep_2_percent_from_scratch_is_within_2_points_of_dense(digits, tmp_path):
+def test_snip_keep_2_percent_from_scratch_stays_close_to_dense(digits, tmp_path):
     """T6's published anchor, CI variant: LeNet at 98 % sparsity by SNIP at initialisation (Xavier-scored,
     one TRAIN batch) trained 2,000 iterations with the fixture solver's settings, against the dense LeNet
     trained identically from the same fillers (seed 1).
