@@ -67,7 +67,9 @@ COMMANDS: dict[str, Command] = {
                               "one random Net2Net mutation (deeper, deeper_pool, wider, skip, group)"),
     "net2net_search": Command("netcompress.tools.net2net:net2net_search_main",
                               "a small Net2Net mutation search: mutate, fine-tune, keep the best"),
-    # recipes: Shallow-Deep networks (recipes-spec 2.2-2.3)
+    # recipes: SNIP and Shallow-Deep networks (recipes-spec 2)
+    "snip_prune": Command("netcompress.tools.snip:main",
+                          "SNIP: prune a net at initialisation by connection sensitivity (masked layers, raw model)"),
     "make_sdn_net": Command("netcompress.tools.sdn:make_sdn_net_main",
                             "write a Shallow-Deep net (internal classifiers, SDNLoss, growth stages) from a cell template"),
     "sdn_early_exit": Command("netcompress.tools.sdn:sdn_early_exit_main",

@@ -286,6 +286,13 @@ class DataParallel(TrainingCallback):
             log.info("Data-parallel training on %d processes (%s): batch_size is per process, "
                      "gradients are averaged", self.world_size, dist.get_backend())
 
+    def nets_rebuilt(self, solver) -> None:
+        # New layers drew their fillers from each rank's own stream (seed + rank): take rank 0's,
+        # as at the start. (Every rank rebuilds at the same point of the loop or of a restore.)
+        tensors = [e.tensor for e in solver.params] + [h for hs in solver.history for h in hs]
+        self._broadcast(tensors)
+        self._sync_rank0_state(solver)
+
     def _broadcast(self, tensors: list[torch.Tensor]) -> None:
         groups: dict[tuple, list[torch.Tensor]] = {}
         for t in tensors:

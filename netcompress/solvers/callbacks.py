@@ -16,7 +16,9 @@ communicate):
         on_epoch_end                when `iter` closes an epoch of `epoch_iters` iterations
         agree_request               one stop/snapshot decision for all processes
     before_snapshot                 at every snapshot point, before rank 0 writes
-    state_dict / load_state_dict    the callback's own state in the snapshot sidecar
+    nets_rebuilt                    after `Solver.rebuild_nets` replaced the nets (e.g. growth)
+    state_dict / load_state_dict    the callback's own state in the snapshot sidecar; a restore
+                                    gives it back before loading weights and history
 
 Callbacks come from three places: the built-in `LayerHooks` (the layers' own hooks), `Solver(...,
 callbacks=[...])` (e.g. `netcompress.distributed.DataParallel`), and factories that recipe modules
@@ -84,12 +86,19 @@ class TrainingCallback:
     def before_snapshot(self, solver: "Solver") -> None:
         """At every snapshot point, on every process, before rank 0 writes."""
 
+    def nets_rebuilt(self, solver: "Solver") -> None:
+        """After `solver.rebuild_nets` replaced `solver.net`, `solver.test_nets`, `solver.params` and
+        `solver.history` (new layers and parameters may have appeared): drop or re-read anything
+        taken from the old ones."""
+
     def state_dict(self):
         """State a resumed run needs (numbers, strings, tensors, arrays, dicts/lists), or None."""
         return None
 
     def load_state_dict(self, state) -> None:
-        """Restore `state_dict()`'s value (None when the snapshot has none)."""
+        """Restore `state_dict()`'s value (None when the snapshot has none). Called by
+        `Solver.restore` once `solver.iter` is set, before the weights, the history and the layers'
+        state are loaded, so a callback that changes the nets' structure can rebuild them first."""
 
 
 class LayerHooks(TrainingCallback):

@@ -102,6 +102,8 @@ class Solver:
             np.random.seed((seed + rank) % (2**32))
         self.seed = seed
         self.options = dict(options or {})
+        self.stages: list[str] = []  # NetState stages added by rebuild_nets
+        self.weights = weights
         self.net = self._make_train_net(seed)
         self.test_nets = self._make_test_nets(seed)
         self.iter = 0
@@ -111,14 +113,10 @@ class Solver:
         if self.type == "LarsSGD" and not (0 <= sp.local_gw_ratio < 1):
             raise NetcompressError(f"{self.source}: local_gw_ratio must satisfy 0 <= local_gw_ratio < 1, "
                                    f"got {sp.local_gw_ratio}")
-        self.params = self.net.learnable_params()
-        self.history: list[list[torch.Tensor]] = [
-            [torch.zeros_like(e.tensor, memory_format=torch.contiguous_format) for _ in range(self._nhist)]
-            for e in self.params]
-        for e in self.params:
-            if e.learnable and e.lr_mult == 0 and self._use_lr_mult:
-                # Caffe computes no gradient for lr_mult 0 (param_need_backward false).
-                e.tensor.requires_grad_(False)
+        self.params: list = []
+        self.history: list[list[torch.Tensor]] = []
+        self._set_params()
+        self.rate: float | None = None  # the current iteration's learning rate, once computed
         self._losses: deque[float] = deque()
         self.smoothed_loss = 0.0
         self._requested: str | None = None
@@ -133,6 +131,23 @@ class Solver:
             self.add_callback(cb)
         if self.root:
             log.info("Solver scaffolding done.")
+
+    def _set_params(self, old_history: dict[str, list[torch.Tensor]] | None = None) -> None:
+        """`params` from the train net and their `history`: the tensors of `old_history` (by
+        ParamEntry key) where given and of the same shape, else zeros."""
+        self.params = self.net.learnable_params()
+        old_history = old_history or {}
+        self.history = []
+        for e in self.params:
+            kept = old_history.get(e.key)
+            if kept is None or any(h.shape != e.tensor.shape for h in kept):
+                kept = [torch.zeros_like(e.tensor, memory_format=torch.contiguous_format)
+                        for _ in range(self._nhist)]
+            self.history.append(kept)
+        for e in self.params:
+            if e.learnable and e.lr_mult == 0 and self._use_lr_mult:
+                # Caffe computes no gradient for lr_mult 0 (param_need_backward false).
+                e.tensor.requires_grad_(False)
 
     def add_callback(self, callback: TrainingCallback) -> TrainingCallback:
         """Add a training callback (after those already added); returns it."""
@@ -212,6 +227,7 @@ class Solver:
             state.MergeFrom(netp.state)
         state.MergeFrom(sp.train_state)
         state.phase = pb.TRAIN
+        state.stage.extend(s for s in self.stages if s not in state.stage)
         return Net(netp, state=state, device=self.device, seed=seed, rank=self.rank,
                    world_size=self.world_size, verbose=self.verbose, options=self.options)
 
@@ -250,11 +266,52 @@ class Solver:
             if len(sp.test_state):
                 state.MergeFrom(sp.test_state[i])
             state.phase = pb.TEST
+            state.stage.extend(s for s in self.stages if s not in state.stage)
             tn = Net(netp, state=state, device=self.device, seed=seed, verbose=self.verbose,
                      options=self.options, rng=self.net.ctx.generator)
             tn.share_weights_with(self.net)
             nets.append(tn)
         return nets
+
+    # -- structure changes -----------------------------------------------------------------
+    def rebuild_nets(self, stages: Sequence[str]) -> None:
+        """Re-create the train and test nets with NetState `stages` added to their configured state
+        (the prototxt's `state`, `train_state` / `test_state`), carrying the training over.
+
+        A layer present in the old and the new net (same name) keeps every blob (parameters, masks,
+        statistics: the shapes must agree) and its `snapshot_state()` (data positions, generators,
+        layer state); the nets' named generators carry over too. A layer new to the net starts as
+        in a net built with these stages from the start: from the solver's `weights` files when
+        they hold it, else from its fillers, drawn from a fresh stream seeded as at construction
+        (a run with a random_seed therefore always grows the same values). `params` and `history`
+        are remapped by (layer, blob index), new parameters getting zero history; the test nets
+        share the new train net's weights; `epoch_iters` and the iteration are kept. Callbacks are
+        told with `nets_rebuilt(solver)`.
+        """
+        stages = list(dict.fromkeys(stages))
+        old_train, old_tests = self.net, self.test_nets
+        old_history = {e.key: h for e, h in zip(self.params, self.history)}
+        self.stages = stages
+        if self.root:
+            log.info("Rebuilding the nets with stages %s", ", ".join(stages) or "(none)")
+        self.net = self._make_train_net(self.seed)
+        if self.weights:
+            copy_weights_list(self.net, self.weights, verbose=False)
+        _carry_over(old_train, self.net)
+        self.test_nets = self._make_test_nets(self.seed)
+        for i, tn in enumerate(self.test_nets):
+            if i < len(old_tests):
+                # Layers of the train net share its (carried) blobs; test-only layers keep their own.
+                _carry_over(old_tests[i], tn, blobs=lambda name: not self.net.has_layer(name))
+        for net in [self.net, *self.test_nets]:
+            net.ctx.epoch_iters = self.epoch_iters
+        if hasattr(old_train, "iteration"):
+            self.net.set_iteration(self.iter)
+        for net in [old_train, *old_tests]:
+            _close_data(net)
+        self._set_params(old_history)
+        for cb in getattr(self, "callbacks", []):
+            cb.nets_rebuilt(self)
 
     # -- the loop --------------------------------------------------------------------------
     def solve(self, resume_file: str | None = None) -> None:
@@ -419,7 +476,7 @@ class Solver:
     def apply_update(self) -> None:
         """Caffe's ApplyUpdate: rate, clip, normalize, regularize, update value, w -= update."""
         sp = self.param
-        rate = self.learning_rate()
+        rate = self.rate = self.learning_rate()  # (callbacks' before_update may read solver.rate)
         if self.root and sp.display and self.iter % sp.display == 0:
             log.info("Iteration %d, lr = %g", self.iter, rate)
         for cb in self.callbacks:
@@ -594,9 +651,20 @@ class Solver:
         return tree
 
     def restore(self, path: str) -> None:
-        """Resume from a .solverstate (Caffe's or netcompress's): weights, iter, history, state."""
+        """Resume from a .solverstate (Caffe's or netcompress's): weights, iter, history, state.
+
+        The callbacks get their saved state first (`load_state_dict`, with `iter` already set), so
+        that one may rebuild the nets to the snapshot's structure (`rebuild_nets`) before the
+        weights, the history and the layers' state are loaded into them."""
         state = ncio.read_binary_proto(path, pb.SolverState())
         self.iter = state.iter
+        side = path + SIDECAR_SUFFIX
+        tree = load_state(side) if os.path.exists(side) else None
+        self.restored_state = tree
+        saved = (tree or {}).get("callbacks") or {}
+        for cb in self.callbacks:
+            if cb.state_key:
+                cb.load_state_dict(saved.get(cb.state_key))
         if state.HasField("learned_net"):
             model = state.learned_net
             if not os.path.exists(model):
@@ -619,10 +687,7 @@ class Solver:
                 raise NetcompressError(f"{path}: history blob {j} has {arr.size} values, parameter "
                                        f"{self.params[i].key} has {target.numel()}")
             target.copy_(torch.from_numpy(arr.reshape(target.shape)))
-        side = path + SIDECAR_SUFFIX
-        self.restored_state = None
-        if os.path.exists(side):
-            tree = self.restored_state = load_state(side)
+        if tree is not None:
             torch.set_rng_state(tree["torch_rng"])
             _np_set_rng_state(tree["numpy_rng"])
             if "cuda_rng" in tree and self.device.type == "cuda":
@@ -630,18 +695,11 @@ class Solver:
             self.net.load_extra_state(tree["train"])
             for n, s in zip(self.test_nets, tree["test"]):
                 n.load_extra_state(s)
-            saved = tree.get("callbacks") or {}
-            for cb in self.callbacks:
-                if cb.state_key:
-                    cb.load_state_dict(saved.get(cb.state_key))
         else:
             log.warning("%s has no netcompress state (%s): data positions, random generators and "
                         "layer state start afresh; the run will not continue bit-identically",
                         path, os.path.basename(side))
             self.net.load_extra_state(None)
-            for cb in self.callbacks:
-                if cb.state_key:
-                    cb.load_state_dict(None)
 
     # -- signals ---------------------------------------------------------------------------
     def request(self, action: str) -> None:
@@ -678,6 +736,41 @@ class Solver:
                     signal.signal(sig, h)
 
         return _Ctx()
+
+
+def _carry_over(old: Net, new: Net, blobs=lambda name: True) -> None:
+    """Copy, for every layer name in both nets, the blobs (where `blobs(name)`) and the layer's
+    snapshot state from `old` into `new`, and `old`'s named generators (see Solver.rebuild_nets)."""
+    for name, layer in new.named_layers():
+        if not old.has_layer(name):
+            continue
+        src = old.layer(name)
+        if blobs(name):
+            if len(src.blob_names) != len(layer.blob_names):
+                raise NetcompressError(f"layer '{name}' holds {len(src.blob_names)} blobs in the old net and "
+                                       f"{len(layer.blob_names)} in the rebuilt one: a layer must keep its "
+                                       "blobs across stages")
+            with torch.no_grad():
+                for bs, bd in zip(src.blob_names, layer.blob_names):
+                    s, d = getattr(src, bs), getattr(layer, bd)
+                    if tuple(s.shape) != tuple(d.shape):
+                        raise NetcompressError(f"layer '{name}' changes the shape of blob '{bd}' from "
+                                               f"{list(s.shape)} to {list(d.shape)} between stages; give the "
+                                               "layers of different stages different names")
+                    d.copy_(s)
+        state = src.snapshot_state()
+        if state is not None:  # (None: no state so far, as the new layer's)
+            layer.restore_state(state)
+    for gname, gen in old.ctx.named_generators().items():
+        new.ctx.named_generator(gname).set_state(gen.get_state())
+
+
+def _close_data(net: Net) -> None:
+    """Stop the background threads of a net's data layers (a net being replaced)."""
+    for _, layer in net.named_layers():
+        close = getattr(layer, "close", None)
+        if layer.is_data and callable(close):
+            close()
 
 
 def _main_thread() -> bool:

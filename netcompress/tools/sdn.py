@@ -15,8 +15,9 @@ The template is a net prototxt cut into sections by marker lines (a line holding
   concatenation of the stem and all earlier cells (so it needs a projection shortcut where
   `cell` has the identity); without it `cell` is used throughout;
 - `# @end`: the end layers. Its last InnerProduct is the final classifier; its top is the final
-  output. The ICs copy that layer's `inner_product_param` (fillers, bias_term) and `param`
-  specs, with `--num-classes` outputs (default: its num_output).
+  output. The ICs copy that layer's type (InnerProduct, MaskedInnerProduct, ...), its
+  `inner_product_param` (fillers, bias_term), mask fillers and `param` specs, with `--num-classes`
+  outputs (default: its num_output).
 
 Placeholders (Python `string.Template`, `$$` for a literal `$`):
 
@@ -31,9 +32,9 @@ Placeholders (Python `string.Template`, `$$` for a literal `$`):
 Generated names: cell k's output blob is `cell<k>`, its tap `cell<k>_tap`, its dense input
 `cell<k>_in` (Concat `cell<k>_concat`); the end's dense input is `end_in` (Concat `end_concat`);
 IC j (the j-th cell with `--ics` 1) is MixedPooling `ic<j>_pool` (kernel = stride = S // 4 for
-cell outputs of S x S, `--feature-size`; no pooling when S < 4) and InnerProduct `ic<j>`; the
-losses are SDNLoss `sdn_loss` (without `--growth`) or `sdn_loss_grow<K>`, top `loss`; TEST-phase
-Accuracy layers `accuracy_ic<j>` and `accuracy_final`.
+cell outputs of S x S, `--feature-size`; no pooling when S < 4) and `ic<j>`, of the final
+classifier's type; the losses are SDNLoss `sdn_loss` (without `--growth`) or `sdn_loss_grow<K>`,
+top `loss`; TEST-phase Accuracy layers `accuracy_ic<j>` and `accuracy_final`.
 
 With `--growth`, stage K (NetState stage `grow<K>`, K = 0..M for M ICs) holds the cells after the
 K-th IC's cell up to and including the (K+1)-th IC's cell, that IC, and its Accuracy layer; stage M
@@ -46,12 +47,13 @@ layer with exclude rules cannot be tagged (Caffe forbids include and exclude tog
 The explicit stages avoid INRIA's growth quirk (spec Q6): with `--ics 1,0,1` stage 1 holds
 cells 2 and 3.
 
-What the solver does with such a net: a `growth` with M epochs (one per stage after grow0); it
-builds the TRAIN and TEST nets with stages grow0 at the start and grow0..growK from the K-th
-growth epoch on, copying blobs by layer name; on every SDNLoss layer of each net it builds it sets
-`layer.epoch_iters` (unless the layer's own `sdn_loss_param.epoch_iters` is set), and it calls
-`set_iteration` as for any TRAIN net. A layer's growth block (for `snip_schedule`) is the K of the
-`grow<K>` in its include rules; untagged layers (data, stem) belong to block 0.
+What the solver does with such a net (`netcompress.recipes.growth`): a `growth` with M epochs (one
+per stage after grow0); it builds the TRAIN and TEST nets with stages grow0 at the start and
+grow0..growK from the K-th growth epoch on, copying blobs by layer name; every net it builds
+carries its epoch length (`LayerContext.epoch_iters`, which SDNLoss reads unless its own
+`sdn_loss_param.epoch_iters` is set), and it calls `set_iteration` as for any TRAIN net. A layer's
+growth block (for `snip_schedule`) is the K of the `grow<K>` in its include rules; untagged layers
+(data, stem) belong to block 0.
 
 sdn_early_exit
 --------------
@@ -210,10 +212,15 @@ def _ic_layers(j: int, tap: str, size: int, classifier: pb.LayerParameter, num_c
         pool.mixed_pooling_param.stride = r
         layers.append(pool)
         bottom = pool.top[0]
-    ip = pb.LayerParameter(name=f"ic{j}", type="InnerProduct", bottom=[bottom], top=[f"ic{j}"])
+    # The IC is the final classifier's type (InnerProduct, or e.g. MaskedInnerProduct with its mask
+    # fillers, so that a pruning schedule prunes the ICs too, as INRIA does).
+    ip = pb.LayerParameter(name=f"ic{j}", type=classifier.type, bottom=[bottom], top=[f"ic{j}"])
     ip.param.extend(classifier.param)
     ip.inner_product_param.CopyFrom(classifier.inner_product_param)
     ip.inner_product_param.num_output = num_classes
+    for field in ("dns_inner_product_param", "weight_quant_param"):
+        if classifier.HasField(field):
+            getattr(ip, field).CopyFrom(getattr(classifier, field))
     layers.append(ip)
     return layers
 
@@ -421,7 +428,7 @@ template layout (full description: `python -c "import netcompress.tools.sdn as m
           pooling_param { pool: AVE kernel_size: 8 stride: 8 } }
   layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param { num_output: 10 ... } }
 
-ICs read ${tap} (MixedPooling kernel = stride = S//4, then InnerProduct like the final one).
+ICs read ${tap} (MixedPooling kernel = stride = S//4, then a classifier like the final one, of its type).
 With --growth, stage growK holds the cells up to the (K+1)-th IC; the last stage the remaining cells
 and the end layers; one SDNLoss per stage (include { stage: "growK" not_stage: "growK+1" }).
 """

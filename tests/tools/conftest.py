@@ -1,8 +1,8 @@
 """Fixtures for the compression-script tests: small nets and models built in the test.
 
 `models` builds a LeNet-like net (Input, convolution, ReLU, pooling, two inner products) in one of
-four flavours — "normal" (Convolution/InnerProduct), "dns", "guo" (CConvolution/CInnerProduct) or
-"inq" — with or without bias, fills it with random weights and random 0/1 masks (or powers of two),
+five flavours — "normal" (Convolution/InnerProduct), "dns", "guo" (CConvolution/CInnerProduct),
+"inq" or "masked" (MaskedConvolution/MaskedInnerProduct) — with or without bias, fills it with random weights and random 0/1 masks (or powers of two),
 saves it with `net.save` and returns the paths and the arrays written. Layer names carry none of
 the reference's "conv"/"ip"/"fc" substrings, so the tests show that layers are chosen by type.
 """
@@ -22,11 +22,13 @@ TYPES = {
     "dns": ("DNSConvolution", "DNSInnerProduct"),
     "guo": ("CConvolution", "CInnerProduct"),
     "inq": ("INQConvolution", "INQInnerProduct"),
+    "masked": ("MaskedConvolution", "MaskedInnerProduct"),  # plain masks (SNIP, global pruning)
 }
 PARAM_FIELD = {
     "DNSConvolution": "dns_convolution_param", "DNSInnerProduct": "dns_inner_product_param",
     "CConvolution": "cconvolution_param", "CInnerProduct": "cinner_product_param",
     "INQConvolution": "inq_convolution_param", "INQInnerProduct": "inq_inner_product_param",
+    "MaskedConvolution": "dns_convolution_param", "MaskedInnerProduct": "dns_inner_product_param",
 }
 # (name, kind, num_output); kind "conv" or "ip"
 LAYERS = (("feat", "conv", 4), ("hidden", "ip", 40), ("score", "ip", 10))

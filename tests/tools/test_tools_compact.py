@@ -260,7 +260,8 @@ LAYERS = ("feat", "hidden", "score")
 
 
 @pytest.mark.parametrize("bits", [4, 8])
-@pytest.mark.parametrize("flavour,bias", [("inq", True), ("inq", False), ("dns", True), ("normal", True)])
+@pytest.mark.parametrize("flavour,bias", [("inq", True), ("inq", False), ("dns", True), ("masked", True),
+                                          ("masked", False), ("normal", True)])
 def test_encode_decode_scripts_round_trip(models, blobs_of, capsys, tmp_path, bits, flavour, bias):
     # INQ at 100 %: masks all 0 (quantized); DNS: masks applied before encoding.
     src = models.build(flavour, bias=bias, seed=bits, pow2=True, mask="zeros" if flavour == "inq" else "random")
@@ -276,8 +277,9 @@ def test_encode_decode_scripts_round_trip(models, blobs_of, capsys, tmp_path, bi
     for n in LAYERS:
         d = src.blobs[n]
         w, b = d["weight"], d.get("bias")
-        if flavour == "dns":
-            w, b = np.where(d["weight_mask"] == 1, w, 0), np.where(d["bias_mask"] == 1, b, 0)
+        if flavour in ("dns", "masked"):
+            w = np.where(d["weight_mask"] == 1, w, 0)
+            b = np.where(d["bias_mask"] == 1, b, 0) if bias else None
         np.testing.assert_array_equal(got[n][0], w)
         if bias:
             np.testing.assert_array_equal(got[n][1], b)

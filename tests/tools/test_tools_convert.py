@@ -45,7 +45,7 @@ def masked(w, m):
     return np.where(m == 1, w, 0).astype(np.float32)
 
 
-@pytest.mark.parametrize("flavour", ["dns", "guo"])
+@pytest.mark.parametrize("flavour", ["dns", "guo", "masked"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_dns_to_normal_lines_and_blobs(models, blobs_of, capsys, tmp_path, flavour, bias):
     src = models.build(flavour, bias=bias, seed=1)

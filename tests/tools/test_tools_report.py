@@ -13,9 +13,10 @@ def contains(lines, sub):
     return any(lines[i:i + len(sub)] == sub for i in range(len(lines) - len(sub) + 1))
 
 
+@pytest.mark.parametrize("flavour", ["dns", "masked"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_report_agrees_with_dns_to_normal(models, capsys, tmp_path, bias):
-    src = models.build("dns", bias=bias, seed=21)
+def test_report_agrees_with_dns_to_normal(models, capsys, tmp_path, bias, flavour):
+    src = models.build(flavour, bias=bias, seed=21)
     normal_proto = models.proto("normal", bias)
     normal = str(tmp_path / "normal.caffemodel")
     assert convert.dns_to_normal_main([src.prototxt, src.model, normal_proto, normal]) == 0
