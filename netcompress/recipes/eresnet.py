@@ -153,6 +153,14 @@ class EpsilonResNetCallback(TrainingCallback):
         plus2 = denominators == {pb.StrictIdentityParameter.BLOCKS_PLUS_2}
         self.all_cnt = len(self.layers) + (2 if plus2 else 0)
 
+    def nets_rebuilt(self, solver: "Solver") -> None:
+        # A grown net has new layer objects (and maybe new gates): monitor those; the schedule stays.
+        self.layers = _gates(solver.net)
+        self.test_layers = [l for n in solver.test_nets for l in _gates(n)]
+        plus2 = {l.ratio_denominator for l in self.layers} == {pb.StrictIdentityParameter.BLOCKS_PLUS_2}
+        self.all_cnt = len(self.layers) + (2 if plus2 else 0)
+        self.on_start(solver)
+
     def on_start(self, solver: "Solver") -> None:
         # Under a solver, ε follows the epochs (epsilon_start_epoch), resumed runs included.
         done = solver.iter // solver.epoch_iters if solver.epoch_iters else 0

@@ -91,7 +91,11 @@ class GlobalPrune(TrainingCallback):
         if self.interval < 0:
             raise NetcompressError(f"{src}: global_prune.interval must be >= 0 (0: prune at iteration 0 only), "
                                    f"got {self.interval}")
-        self.layers = self._select(solver, list(param.layer))
+        self.names = list(param.layer)
+        self.layers = self._select(solver, self.names)
+
+    def nets_rebuilt(self, solver) -> None:
+        self.layers = self._select(solver, self.names)  # a grown net has new layer objects
 
     @staticmethod
     def _select(solver, names: list[str]) -> list[MaskedLayer]:
