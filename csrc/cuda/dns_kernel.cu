@@ -28,13 +28,13 @@ void launch_masked_weight(int64_t n, const scalar_t* w, const scalar_t* m, scala
 }
 
 template <typename scalar_t, int V>
-void launch_stats_v(int64_t nw, const scalar_t* w, const scalar_t* wm, int64_t nb, const scalar_t* b,
-                    const scalar_t* bm, const Scratch& scratch, double* out, cudaStream_t stream) {
+void launch_stats_v(const at::Tensor& like, int64_t nw, const scalar_t* w, const scalar_t* wm, int64_t nb,
+                    const scalar_t* b, const scalar_t* bm, double* out, cudaStream_t stream) {
   static const int per_sm = resident_blocks_per_sm(dns_stats_kernel<scalar_t, V>);
   const int blocks = reduction_blocks(nw + nb, V, per_sm);
-  static_assert(sizeof(kernels::DnsStatsAcc) <= kPartialBytes, "the scratch holds 64-byte partials");
+  const Scratch scratch = make_scratch(like, blocks, sizeof(kernels::DnsStatsAcc), false);
   dns_stats_kernel<scalar_t, V><<<blocks, kThreads, 0, stream>>>(
-      nw, w, wm, nb, b, bm, reinterpret_cast<kernels::DnsStatsAcc*>(scratch.partials), scratch.ticket, out);
+      nw, w, wm, nb, b, bm, static_cast<kernels::DnsStatsAcc*>(scratch.partials), scratch.ticket, out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -99,7 +99,6 @@ at::Tensor dns_stats_cuda(const at::Tensor& weight, const at::Tensor& weight_mas
   const int64_t nw = w.numel();
   const int64_t nb = b.defined() ? b.numel() : 0;
   at::Tensor out = at::empty({4}, weight.options().dtype(at::kDouble));
-  const Scratch scratch = stream_scratch(weight);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "dns_stats_cuda", [&] {
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
@@ -108,9 +107,9 @@ at::Tensor dns_stats_cuda(const at::Tensor& weight, const at::Tensor& weight_mas
     const scalar_t* bmp = nb > 0 ? bm.const_data_ptr<scalar_t>() : nullptr;
     double* outp = out.mutable_data_ptr<double>();
     if (all_aligned16(wp, wmp)) {
-      launch_stats_v<scalar_t, kPackOf<scalar_t>>(nw, wp, wmp, nb, bp, bmp, scratch, outp, stream);
+      launch_stats_v<scalar_t, kPackOf<scalar_t>>(w, nw, wp, wmp, nb, bp, bmp, outp, stream);
     } else {
-      launch_stats_v<scalar_t, 1>(nw, wp, wmp, nb, bp, bmp, scratch, outp, stream);
+      launch_stats_v<scalar_t, 1>(w, nw, wp, wmp, nb, bp, bmp, outp, stream);
     }
   });
   return out;

@@ -16,14 +16,15 @@ namespace {
 
 static_assert(kRadixBins <= kScratchHistBins, "the scratch buffer holds the select histogram");
 static_assert(sizeof(SelectState) <= kStateBytes, "the scratch buffer holds the select state");
-static_assert(sizeof(kernels::InqRangeAcc) <= kPartialBytes, "the scratch holds 64-byte partials");
 
 template <typename scalar_t, int V>
-void launch_mask_stats_v(int64_t n, const scalar_t* w, const scalar_t* m, const Scratch& scratch, double* out,
+void launch_mask_stats_v(const at::Tensor& like, int64_t n, const scalar_t* w, const scalar_t* m, double* out,
                          cudaStream_t stream) {
   static const int per_sm = resident_blocks_per_sm(inq_mask_stats_kernel<scalar_t, V>);
-  inq_mask_stats_kernel<scalar_t, V><<<reduction_blocks(n, V, per_sm), kThreads, 0, stream>>>(
-      n, w, m, reinterpret_cast<kernels::InqRangeAcc*>(scratch.partials), scratch.ticket, out);
+  const int blocks = reduction_blocks(n, V, per_sm);
+  const Scratch scratch = make_scratch(like, blocks, sizeof(kernels::InqRangeAcc), false);
+  inq_mask_stats_kernel<scalar_t, V><<<blocks, kThreads, 0, stream>>>(
+      n, w, m, static_cast<kernels::InqRangeAcc*>(scratch.partials), scratch.ticket, out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -36,10 +37,11 @@ void launch_quantize_v(int64_t n, scalar_t* w, scalar_t* m, const ScalarRef& thr
 // One pass per kRadixBits of the key, from the top: float32 keys have 31 bits (the sign is clear), float64 63.
 // The last pass's digit may overlap bits already chosen (the low kRadixBits bits); they agree, so that is harmless.
 template <typename scalar_t, int V>
-void launch_select_v(int64_t n, const scalar_t* w, const scalar_t* m, int64_t k, const Scratch& scratch,
+void launch_select_v(const at::Tensor& like, int64_t n, const scalar_t* w, const scalar_t* m, int64_t k,
                      scalar_t* out, cudaStream_t stream) {
   static const int per_sm = resident_blocks_per_sm(inq_select_pass_kernel<scalar_t, V>);
   const int blocks = reduction_blocks(n, V, per_sm);
+  const Scratch scratch = make_scratch(like, blocks, 0, true);
   constexpr int kKeyBits = int(sizeof(scalar_t)) * 8 - 1;
   auto* state = static_cast<SelectState*>(scratch.state);
   for (int shift = kKeyBits - kRadixBits, first = 1;; shift -= kRadixBits, first = 0) {
@@ -60,16 +62,15 @@ at::Tensor inq_mask_stats_cuda(const at::Tensor& weight, const at::Tensor& mask)
   const at::Tensor m = contiguous_in(mask);
   const int64_t n = w.numel();
   at::Tensor out = at::empty({5}, weight.options().dtype(at::kDouble));
-  const Scratch scratch = stream_scratch(weight);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "inq_mask_stats_cuda", [&] {
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
     const scalar_t* mp = m.const_data_ptr<scalar_t>();
     double* outp = out.mutable_data_ptr<double>();
     if (all_aligned16(wp, mp)) {
-      launch_mask_stats_v<scalar_t, kPackOf<scalar_t>>(n, wp, mp, scratch, outp, stream);
+      launch_mask_stats_v<scalar_t, kPackOf<scalar_t>>(w, n, wp, mp, outp, stream);
     } else {
-      launch_mask_stats_v<scalar_t, 1>(n, wp, mp, scratch, outp, stream);
+      launch_mask_stats_v<scalar_t, 1>(w, n, wp, mp, outp, stream);
     }
   });
   return out;
@@ -88,16 +89,15 @@ at::Tensor inq_threshold_cuda(const at::Tensor& weight, const at::Tensor& mask, 
   const at::Tensor w = contiguous_in(weight);
   const at::Tensor m = contiguous_in(mask);
   at::Tensor out = at::empty({}, weight.options());
-  const Scratch scratch = stream_scratch(weight);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "inq_threshold_cuda", [&] {
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
     const scalar_t* mp = m.const_data_ptr<scalar_t>();
     scalar_t* outp = out.mutable_data_ptr<scalar_t>();
     if (all_aligned16(wp, mp)) {
-      launch_select_v<scalar_t, kPackOf<scalar_t>>(n, wp, mp, n_keep, scratch, outp, stream);
+      launch_select_v<scalar_t, kPackOf<scalar_t>>(w, n, wp, mp, n_keep, outp, stream);
     } else {
-      launch_select_v<scalar_t, 1>(n, wp, mp, n_keep, scratch, outp, stream);
+      launch_select_v<scalar_t, 1>(w, n, wp, mp, n_keep, outp, stream);
     }
   });
   return out;

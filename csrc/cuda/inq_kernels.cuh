@@ -112,7 +112,7 @@ __global__ void __launch_bounds__(kThreads) inq_quantize_kernel(int64_t n, scala
 constexpr int kRadixBits = 11;
 constexpr int kRadixBins = 1 << kRadixBits;
 
-// The bits chosen so far and the rank sought among the keys that have them; in the stream's scratch buffer.
+// The bits chosen so far and the rank sought among the keys that have them; in the call's scratch memory.
 struct SelectState {
   unsigned long long prefix;  // the chosen bits
   unsigned long long known;   // which bits are chosen

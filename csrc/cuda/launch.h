@@ -1,6 +1,6 @@
-// Launch helpers shared by the CUDA op files (torch side): grid sizes, the per-stream scratch buffer, pointer
-// alignment, and scalar arguments. Everything here is cheap per call: the device properties and each kernel's
-// occupancy are looked up once, and the scratch buffer is made once per stream.
+// Launch helpers shared by the CUDA op files (torch side): grid sizes, scratch memory, pointer alignment and
+// scalar arguments. Everything here is cheap per call: the SM count and each kernel's occupancy are looked up
+// once.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -13,9 +13,6 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
-#include <map>
-#include <mutex>
-#include <utility>
 
 #include "loops.cuh"
 #include "reduce.cuh"
@@ -79,47 +76,40 @@ inline bool all_aligned16(const Ptrs*... ptrs) {
   return (aligned16(ptrs) && ...);
 }
 
-// ---- the per-stream scratch buffer ----
+// ---- scratch memory of the reductions and of inq_threshold ----
 //
-// The reductions' partials and ticket and inq_threshold's histogram and state, made (and zeroed) once per
-// (device, stream) and then reused by every call on that stream: no allocation, no memset launch per call.
-// Kernels on one stream run one after another, and each leaves the ticket and the histogram zero (reduce.cuh,
-// inq_kernels.cuh), so the buffer is never shared by two kernels at once. Kept for the life of the process.
+// One allocation per call from the caching allocator (stream-ordered, so it is free for reuse as soon as the
+// call's kernels are queued, and it works under CUDA graph capture), of which only the head is zeroed, by one
+// cudaMemsetAsync: the ticket (reduce.cuh) and, for inq_threshold, the select state's histogram. The partials
+// need no zeroing: each block writes its own before the last block reads them.
 struct Scratch {
-  unsigned int* ticket;
-  void* state;               // inq_threshold's SelectState (inq_kernels.cuh), at most kStateBytes
-  unsigned long long* hist;  // kScratchHistBins counters
-  double* partials;          // kMaxReduceBlocks partials of up to kPartialBytes each
+  at::Tensor holder;
+  unsigned int* ticket = nullptr;
+  void* state = nullptr;              // inq_threshold's SelectState (inq_kernels.cuh), at most kStateBytes
+  unsigned long long* hist = nullptr;  // kScratchHistBins zeroed counters (inq_threshold)
+  void* partials = nullptr;            // `blocks` partials of a reduction
 };
 
-constexpr int64_t kPartialBytes = 64;
 constexpr int64_t kStateBytes = 256;
 constexpr int kScratchHistBins = 2048;
-constexpr int64_t kTicketOffset = 0;
-constexpr int64_t kStateOffset = 256;
-constexpr int64_t kHistOffset = kStateOffset + kStateBytes;
-constexpr int64_t kPartialsOffset = kHistOffset + int64_t(kScratchHistBins) * 8;
-constexpr int64_t kScratchBytes = kPartialsOffset + int64_t(kMaxReduceBlocks) * kPartialBytes;
 
-inline Scratch stream_scratch(const at::Tensor& like) {
-  const c10::cuda::CUDAStream stream = c10::cuda::getCurrentCUDAStream(like.device().index());
-  const std::pair<int, int64_t> key(stream.device_index(), static_cast<int64_t>(stream.id()));
-  static std::mutex mutex;
-  static auto* buffers = new std::map<std::pair<int, int64_t>, at::Tensor>();  // never freed (exit order)
-  uint8_t* base;
-  {
-    const std::lock_guard<std::mutex> lock(mutex);
-    auto it = buffers->find(key);
-    if (it == buffers->end()) {
-      it = buffers->emplace(key, at::zeros({kScratchBytes}, like.options().dtype(at::kByte))).first;
-    }
-    base = it->second.mutable_data_ptr<uint8_t>();
-  }
+// partial_bytes: the size of one block's partial (0: none); with_select: the state and histogram of
+// inq_threshold's passes.
+inline Scratch make_scratch(const at::Tensor& like, int blocks, size_t partial_bytes, bool with_select) {
+  constexpr int64_t kHead = 256;  // the ticket, alone in its own 256 bytes
+  const int64_t select_bytes = with_select ? kStateBytes + int64_t(kScratchHistBins) * 8 : 0;
+  const int64_t zeroed = kHead + select_bytes;
+  const int64_t total = zeroed + int64_t(blocks) * static_cast<int64_t>(partial_bytes);
   Scratch s;
-  s.ticket = reinterpret_cast<unsigned int*>(base + kTicketOffset);
-  s.state = base + kStateOffset;
-  s.hist = reinterpret_cast<unsigned long long*>(base + kHistOffset);
-  s.partials = reinterpret_cast<double*>(base + kPartialsOffset);
+  s.holder = at::empty({total}, like.options().dtype(at::kByte));
+  uint8_t* base = s.holder.mutable_data_ptr<uint8_t>();
+  C10_CUDA_CHECK(cudaMemsetAsync(base, 0, static_cast<size_t>(zeroed), c10::cuda::getCurrentCUDAStream()));
+  s.ticket = reinterpret_cast<unsigned int*>(base);
+  if (with_select) {
+    s.state = base + kHead;
+    s.hist = reinterpret_cast<unsigned long long*>(base + kHead + kStateBytes);
+  }
+  s.partials = base + zeroed;  // a multiple of 8 bytes: doubles align
   return s;
 }
 

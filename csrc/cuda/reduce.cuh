@@ -3,9 +3,8 @@
 // partials in index order and writes the result. One launch, no host round trip, no atomics on the data,
 // and the same grid gives the same bits on every run (the grid is fixed per device: launch.h).
 //
-// The ticket lives in a per-stream scratch buffer that is zeroed once when it is made (launch.h): atomicInc
-// wraps it back to 0 with the grid's last increment, so every kernel leaves it as it found it, and kernels on
-// one stream never overlap.
+// The ticket is zeroed before the launch (launch.h); atomicInc also wraps it back to 0 with the grid's last
+// increment, so a kernel leaves it as it found it (inq_threshold's passes reuse one ticket).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -16,7 +15,7 @@
 namespace netcompress {
 namespace cuda {
 
-// The most blocks a reduction is launched with: the size of the partials array in the scratch buffer.
+// The most blocks a reduction is launched with (one full wave on today's GPUs is ~1000).
 constexpr int kMaxReduceBlocks = 4096;
 
 // Folds `acc` over the block in a fixed tree order; the block's total ends in shared[0].

@@ -465,7 +465,7 @@ def test_cuda_threshold_radix_select(dtype, gen):
             got, want = ops.inq_threshold(wc, mc, k), ops.inq_threshold(w, m, k)
             assert got.device.type == "cuda" and got.dtype == dtype and got.shape == ()
             assert torch.equal(got.cpu(), want) or (got.isnan().item() and want.isnan().item()), (n, k)
-    # Deterministic, and independent of the stream (each stream has its own scratch buffer).
+    # Deterministic, and the same on another stream.
     w, m = cases[4][0].cuda(), cases[4][1].cuda()
     first = ops.inq_threshold(w, m, 123456)
     side = torch.cuda.Stream()
