@@ -365,7 +365,8 @@ def make_act_quant(n, dtype, device, g) -> Case:
         return _compare("y", ops.act_quant(x, alpha, 0, 15), ref.act_quant(x, alpha, 0, 15))
 
     return Case(lambda: ops.act_quant(x, alpha, 0, 15), lambda: ref.act_quant(x, alpha, 0, 15), ref.act_quant,
-                lambda: (x, alpha, 0, 15), None, check)
+                lambda: (x, alpha, 0, 15), None, check,
+                _cross(lambda x, alpha: (ops.act_quant(x, alpha, 0, 15),), (x, alpha), ("y",)))
 
 
 def make_act_quant_backward(n, dtype, device, g) -> Case:
@@ -378,7 +379,8 @@ def make_act_quant_backward(n, dtype, device, g) -> Case:
         return _compare("dx", op(grad, x, alpha, 0.0, 15.0), ref.act_quant_backward(grad, x, alpha, 0, 15))
 
     return Case(lambda: op(grad, x, alpha, 0.0, 15.0), lambda: ref.act_quant_backward(grad, x, alpha, 0, 15),
-                ref.act_quant_backward, lambda: (grad, x, alpha, 0, 15), None, check)
+                ref.act_quant_backward, lambda: (grad, x, alpha, 0, 15), None, check,
+                _cross(lambda grad, x, alpha: (op(grad, x, alpha, 0.0, 15.0),), (grad, x, alpha), ("dx",)))
 
 
 def make_int_quant(n, dtype, device, g) -> Case:
@@ -388,7 +390,7 @@ def make_int_quant(n, dtype, device, g) -> Case:
         return _compare("y", ops.int_quant(x, 0, 15), ref.int_quant(x, 0, 15))
 
     return Case(lambda: ops.int_quant(x, 0, 15), lambda: ref.int_quant(x, 0, 15), ref.int_quant,
-                lambda: (x, 0, 15), None, check)
+                lambda: (x, 0, 15), None, check, _cross(lambda x: (ops.int_quant(x, 0, 15),), (x,), ("y",)))
 
 
 QUANT_ROW = 1000  # entries per output channel (a 3×3 conv over ~111 input channels)
@@ -404,7 +406,8 @@ def make_quant_weight(n, dtype, device, g) -> Case:
         return _compare("wq", ops.quant_weight(w, m, alpha, -8, 7), ref.quant_weight(w, m, alpha, -8, 7))
 
     return Case(lambda: ops.quant_weight(w, m, alpha, -8, 7), lambda: ref.quant_weight(w, m, alpha, -8, 7),
-                ref.quant_weight, lambda: (w, m, alpha, -8, 7), None, check)
+                ref.quant_weight, lambda: (w, m, alpha, -8, 7), None, check,
+                _cross(lambda w, m, alpha: (ops.quant_weight(w, m, alpha, -8, 7),), (w, m, alpha), ("wq",)))
 
 
 BOTH = ("float32", "float16")
@@ -514,6 +517,8 @@ def _run_case(args, spec: OpSpec, device: str, dname: str, dtype: torch.dtype, n
         row["cpu_cross"] = "n/a (the CPU op itself)"
     elif n > CROSS_MAX_N:
         row["cpu_cross"] = f"skipped (n > {CROSS_MAX_N:.0e})"
+    elif case.cross is None:
+        row["cpu_cross"] = "n/a (no CPU comparison for this op)"
     else:
         row["cpu_cross"] = case.cross() or "ok"
         if row["check"] == "ok" and row["cpu_cross"] != "ok":
