@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from google.protobuf import text_format
 
 from netcompress.proto import caffe_pb2 as pb
 from netcompress.solvers import Solver
-from google.protobuf import text_format
 
 BATCH = 16
 ITERS = 4
