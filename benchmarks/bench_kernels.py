@@ -7,6 +7,10 @@ For every op, size (1e3 ... 1e8 elements) and dtype (float32, float16) on the CP
            on CUDA device-resident versions of the three that compute on CPU copies)
   compile  torch.compile of the eager composition
 Each is timed with warm-up, CUDA events or a host clock, and the median of repeats (benchmarks/_common.py).
+Before timing, the `check` column compares the op with its eager composition on the same device (equal entries
+for the element-wise ops and the INQ ops, float64 rounding for dns_stats) and, on CUDA up to CROSS_MAX_N
+elements, with the op run on the CPU on copies of the same inputs (the same comparisons: the element-wise
+kernels of both backends round alike, so they agree bit for bit).
 Effective bandwidth = the fewest bytes the op must move (BYTES below: each input read once, each output written
 once) / time; its ratio to the copy bandwidth measured in the same run (dst.copy_(src), same size and dtype,
 2·n·itemsize bytes) says how close to the memory system the op runs. At sizes that fit in the caches (up to
@@ -42,6 +46,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # composition for the ops whose composition makes several passes over memory.
 TARGETS = {"cpu": {"copy_ratio": 0.60, "speedup": 2.0}, "cuda": {"copy_ratio": 0.85, "speedup": 3.0}}
 TARGET_MIN_SIZE = 10**6
+# CUDA rows compare the op with the CPU op on copies of the inputs up to this size (the CPU op at 1e8 takes seconds).
+CROSS_MAX_N = 10**7
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -127,6 +133,8 @@ class Case:
     eager_args: Callable[[], tuple]
     reset: Callable[[], None] | None
     check: Callable[[], str]  # runs op and eager on fresh copies; "" when they agree
+    # runs the op on (a copy of) the inputs on their device and on CPU copies; "" when they agree
+    cross: Callable[[], str] | None = None
 
 
 @dataclasses.dataclass
@@ -168,6 +176,20 @@ def _compare(name: str, got: torch.Tensor, want: torch.Tensor, exact: bool = Tru
     return "" if err < 1e-9 else f"{name}: relative error {err:.3g}"
 
 
+def _cross(run: Callable[..., tuple], inputs: tuple, names: tuple[str, ...], exact: bool = True) -> Callable[[], str]:
+    """A Case.cross: run(*inputs) on clones of the inputs where they are and on CPU clones; each output compared
+    (exact: equal entries, NaN equal to NaN; else float64 rounding)."""
+    def cross() -> str:
+        here = run(*(x.clone() for x in inputs))
+        cpu = run(*(x.cpu().clone() for x in inputs))
+        for name, a, b in zip(names, here, cpu):
+            msg = _compare(f"{name} vs CPU op", a.cpu().reshape(-1), b.reshape(-1), exact=exact)
+            if msg:
+                return msg
+        return ""
+    return cross
+
+
 def make_masked_weight(n, dtype, device, g) -> Case:
     w, m = _weights(n, dtype, device, g), _mask(n, dtype, device, g)
 
@@ -175,7 +197,8 @@ def make_masked_weight(n, dtype, device, g) -> Case:
         return _compare("out", ops.dns_masked_weight(w, m), ref.dns_masked_weight(w, m))
 
     return Case(lambda: ops.dns_masked_weight(w, m), lambda: ref.dns_masked_weight(w, m), ref.dns_masked_weight,
-                lambda: (w, m), None, check)
+                lambda: (w, m), None, check,
+                _cross(lambda w, m: (ops.dns_masked_weight(w, m),), (w, m), ("out",)))
 
 
 def make_stats(n, dtype, device, g) -> Case:
@@ -185,7 +208,8 @@ def make_stats(n, dtype, device, g) -> Case:
     def check() -> str:
         return _compare("stats", ops.dns_stats(w, m).cpu(), eager(w, m).cpu(), exact=False)
 
-    return Case(lambda: ops.dns_stats(w, m), lambda: eager(w, m), eager, lambda: (w, m), None, check)
+    return Case(lambda: ops.dns_stats(w, m), lambda: eager(w, m), eager, lambda: (w, m), None, check,
+                _cross(lambda w, m: (ops.dns_stats(w, m),), (w, m), ("stats",), exact=False))
 
 
 def make_update_mask(n, dtype, device, g) -> Case:
@@ -211,9 +235,15 @@ def make_update_mask(n, dtype, device, g) -> Case:
         eager(w, m_eager, low, high, out_eager)
         return _compare("mask", m_op, m_eager) or _compare("masked_out", out_op, out_eager)
 
+    def update(w, m):
+        out = torch.empty_like(w)
+        ops.dns_update_mask_(w, m, low_t, high_t, out)
+        return m, out
+
     return Case(lambda: ops.dns_update_mask_(w, m_op, low_t, high_t, out_op),
                 lambda: eager(w, m_eager, low, high, out_eager), eager,
-                lambda: (w, m_eager, low, high, out_eager), reset, check)
+                lambda: (w, m_eager, low, high, out_eager), reset, check,
+                _cross(update, (w, m0), ("mask", "masked_out")))
 
 
 def make_splice(n, dtype, device, g) -> Case:
@@ -232,8 +262,13 @@ def make_splice(n, dtype, device, g) -> Case:
         ref.dns_splice_grad_(d_eager, m, grad)
         return _compare("diff", d_op, d_eager)
 
+    def splice(d, m, grad):
+        ops.dns_splice_grad_(d, m, grad)
+        return (d,)
+
     return Case(lambda: ops.dns_splice_grad_(d_op, m, grad), lambda: ref.dns_splice_grad_(d_eager, m, grad),
-                ref.dns_splice_grad_, lambda: (d_eager, m, grad), reset, check)
+                ref.dns_splice_grad_, lambda: (d_eager, m, grad), reset, check,
+                _cross(splice, (d0, m, grad), ("diff",)))
 
 
 def make_mask_stats(n, dtype, device, g) -> Case:
@@ -243,7 +278,8 @@ def make_mask_stats(n, dtype, device, g) -> Case:
     def check() -> str:
         return _compare("stats", ops.inq_mask_stats(w, m).cpu(), eager(w, m).cpu())
 
-    return Case(lambda: ops.inq_mask_stats(w, m), lambda: eager(w, m), eager, lambda: (w, m), None, check)
+    return Case(lambda: ops.inq_mask_stats(w, m), lambda: eager(w, m), eager, lambda: (w, m), None, check,
+                _cross(lambda w, m: (ops.inq_mask_stats(w, m),), (w, m), ("stats",)))
 
 
 def make_threshold(n, dtype, device, g) -> Case:
@@ -255,7 +291,8 @@ def make_threshold(n, dtype, device, g) -> Case:
                         inq_threshold_sort(w, m, n_keep).cpu().reshape(1))
 
     return Case(lambda: ops.inq_threshold(w, m, n_keep), lambda: inq_threshold_sort(w, m, n_keep),
-                inq_threshold_sort, lambda: (w, m, n_keep), None, check)
+                inq_threshold_sort, lambda: (w, m, n_keep), None, check,
+                _cross(lambda w, m: (ops.inq_threshold(w, m, n_keep).reshape(1),), (w, m), ("threshold",)))
 
 
 def make_quantize(n, dtype, device, g) -> Case:
@@ -278,9 +315,14 @@ def make_quantize(n, dtype, device, g) -> Case:
         inq_quantize_eager_(w_eager, m_eager, thr_f, n2)
         return _compare("weight", w_op, w_eager) or _compare("mask", m_op, m_eager)
 
+    def quantize(w, m):
+        ops.inq_quantize_(w, m, thr.to(w.device), n2)
+        return w, m
+
     return Case(lambda: ops.inq_quantize_(w_op, m_op, thr, n2),
                 lambda: inq_quantize_eager_(w_eager, m_eager, thr_f, n2), inq_quantize_eager_,
-                lambda: (w_eager, m_eager, thr_f, n2), reset, check)
+                lambda: (w_eager, m_eager, thr_f, n2), reset, check,
+                _cross(quantize, (w0, m0), ("weight", "mask")))
 
 
 def make_sgd(n, dtype, device, g) -> Case:
@@ -297,9 +339,14 @@ def make_sgd(n, dtype, device, g) -> Case:
         ref.sgd_momentum_update_(c, d, m, mom, rate)
         return _compare("history", b, d) or _compare("grad", a, c)
 
+    def update(grad, hist, m):
+        ops.sgd_momentum_update_(grad, hist, m, mom, rate)
+        return hist, grad
+
     return Case(lambda: ops.sgd_momentum_update_(g_op, h_op, m, mom, rate),
                 lambda: ref.sgd_momentum_update_(g_eager, h_eager, m, mom, rate), ref.sgd_momentum_update_,
-                lambda: (g_eager, h_eager, m, mom, rate), None, check)
+                lambda: (g_eager, h_eager, m, mom, rate), None, check,
+                _cross(update, (grad0, hist0, m), ("history", "grad")))
 
 
 def _activations(n: int, dtype: torch.dtype, device: str, g: torch.Generator) -> torch.Tensor:
@@ -318,7 +365,8 @@ def make_act_quant(n, dtype, device, g) -> Case:
         return _compare("y", ops.act_quant(x, alpha, 0, 15), ref.act_quant(x, alpha, 0, 15))
 
     return Case(lambda: ops.act_quant(x, alpha, 0, 15), lambda: ref.act_quant(x, alpha, 0, 15), ref.act_quant,
-                lambda: (x, alpha, 0, 15), None, check)
+                lambda: (x, alpha, 0, 15), None, check,
+                _cross(lambda x, alpha: (ops.act_quant(x, alpha, 0, 15),), (x, alpha), ("y",)))
 
 
 def make_act_quant_backward(n, dtype, device, g) -> Case:
@@ -331,7 +379,8 @@ def make_act_quant_backward(n, dtype, device, g) -> Case:
         return _compare("dx", op(grad, x, alpha, 0.0, 15.0), ref.act_quant_backward(grad, x, alpha, 0, 15))
 
     return Case(lambda: op(grad, x, alpha, 0.0, 15.0), lambda: ref.act_quant_backward(grad, x, alpha, 0, 15),
-                ref.act_quant_backward, lambda: (grad, x, alpha, 0, 15), None, check)
+                ref.act_quant_backward, lambda: (grad, x, alpha, 0, 15), None, check,
+                _cross(lambda grad, x, alpha: (op(grad, x, alpha, 0.0, 15.0),), (grad, x, alpha), ("dx",)))
 
 
 def make_int_quant(n, dtype, device, g) -> Case:
@@ -341,7 +390,7 @@ def make_int_quant(n, dtype, device, g) -> Case:
         return _compare("y", ops.int_quant(x, 0, 15), ref.int_quant(x, 0, 15))
 
     return Case(lambda: ops.int_quant(x, 0, 15), lambda: ref.int_quant(x, 0, 15), ref.int_quant,
-                lambda: (x, 0, 15), None, check)
+                lambda: (x, 0, 15), None, check, _cross(lambda x: (ops.int_quant(x, 0, 15),), (x,), ("y",)))
 
 
 QUANT_ROW = 1000  # entries per output channel (a 3×3 conv over ~111 input channels)
@@ -357,7 +406,8 @@ def make_quant_weight(n, dtype, device, g) -> Case:
         return _compare("wq", ops.quant_weight(w, m, alpha, -8, 7), ref.quant_weight(w, m, alpha, -8, 7))
 
     return Case(lambda: ops.quant_weight(w, m, alpha, -8, 7), lambda: ref.quant_weight(w, m, alpha, -8, 7),
-                ref.quant_weight, lambda: (w, m, alpha, -8, 7), None, check)
+                ref.quant_weight, lambda: (w, m, alpha, -8, 7), None, check,
+                _cross(lambda w, m, alpha: (ops.quant_weight(w, m, alpha, -8, 7),), (w, m, alpha), ("wq",)))
 
 
 BOTH = ("float32", "float16")
@@ -463,6 +513,16 @@ def _run_case(args, spec: OpSpec, device: str, dname: str, dtype: torch.dtype, n
     row = {"op": spec.name, "group": spec.group, "device": device, "dtype": dname, "n": n, "bytes": nbytes,
            "copy_gbps": copy_bw / 1e9}
     row["check"] = case.check() or "ok"
+    if device == "cpu":
+        row["cpu_cross"] = "n/a (the CPU op itself)"
+    elif n > CROSS_MAX_N:
+        row["cpu_cross"] = f"skipped (n > {CROSS_MAX_N:.0e})"
+    elif case.cross is None:
+        row["cpu_cross"] = "n/a (no CPU comparison for this op)"
+    else:
+        row["cpu_cross"] = case.cross() or "ok"
+        if row["check"] == "ok" and row["cpu_cross"] != "ok":
+            row["check"] = row["cpu_cross"]
     variants = {}
     # The eager reference of some ops takes seconds at 1e8: one warm-up call and 3 repeats there.
     big = n >= 10**8
@@ -562,7 +622,8 @@ def tables(result: dict) -> str:
                      for (d, dt, n), c in sorted(copy.items(), key=lambda kv: kv[0][2]) if d == device and dt == dname]
         parts.append(f"== {device} {dname}: copy (dst.copy_(src), 2·n·itemsize bytes)\n"
                      + C.format_table(copy_rows, [("n", "n"), ("ms", "ms"), ("gbps", "GB/s")]))
-        parts.append(f"== {device} {dname}: ops (ratio = op bandwidth / copy bandwidth; x = time / op time)\n"
+        cross = "; check: op vs eager" + (f", and vs the CPU op up to n = {CROSS_MAX_N:.0e}" if device != "cpu" else "")
+        parts.append(f"== {device} {dname}: ops (ratio = op bandwidth / copy bandwidth; x = time / op time{cross})\n"
                      + C.format_table(table, [("op", "op"), ("n", "n"), ("op_ms", "op ms"), ("op_gbps", "GB/s"),
                                               ("ratio", "/copy"), ("eager_ms", "eager ms"),
                                               ("x_eager", "vs eager"), ("compile_ms", "compile ms"),

@@ -32,6 +32,13 @@ class DnsMaskedWeight : public torch::autograd::Function<DnsMaskedWeight> {
 };
 
 at::Tensor dns_masked_weight_autograd(const at::Tensor& weight, const at::Tensor& mask) {
+  if (!(at::GradMode::is_enabled() && (weight.requires_grad() || mask.requires_grad()))) {
+    // No graph to record (the layers' masked-weight refresh, inference): straight to the backend kernel, without
+    // the autograd node that Function::apply makes on every call.
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto f = op<at::Tensor(const at::Tensor&, const at::Tensor&)>("netcompress::dns_masked_weight");
+    return f.call(weight, mask);
+  }
   return DnsMaskedWeight::apply(weight, mask);
 }
 

@@ -194,9 +194,9 @@ void inq_quantize_cpu(at::Tensor& weight, at::Tensor& mask, const at::Tensor& th
 
 // ---- inq_threshold: selection by radix ----
 //
-// The composite (composite.h) is kthvalue over where(mask == 1, |v|, +inf). Here the same order is taken on
-// keys: the bits of |v| for mask == 1 and of +inf otherwise, compared as unsigned integers (the order of
-// non-negative floats, with NaN above +inf, where kthvalue also puts it). Pass 1 counts the keys' top 16 bits
+// In the order of kthvalue over where(mask == 1, |v|, +inf), taken on keys: the bits of |v| for mask == 1 and
+// of +inf otherwise, compared as unsigned integers (the order of non-negative floats, with NaN above +inf, where
+// kthvalue also puts it). The CUDA op (cuda/inq_kernels.cuh) selects in the same order, by radix passes. Pass 1 counts the keys' top 16 bits
 // in per-chunk histograms; the bin holding the n_keep-th key is found from the totals; pass 2 copies that
 // bin's keys (a small fraction: 1/128 of an octave for float32) and nth_element picks the answer among them.
 // Two reads of weight and mask, no sort, no copy of the tensor; exact for any input, ties and NaN included.

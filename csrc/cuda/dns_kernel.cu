@@ -14,6 +14,57 @@ namespace netcompress {
 namespace cuda {
 namespace {
 
+// ---- launches: 16-byte packs where every pointer allows them, else the scalar loop ----
+
+template <typename scalar_t, typename acc_t>
+void launch_masked_weight(int64_t n, const scalar_t* w, const scalar_t* m, scalar_t* out, cudaStream_t stream) {
+  constexpr int V = kPackOf<scalar_t>;
+  if (all_aligned16(w, m, out)) {
+    dns_masked_weight_kernel<scalar_t, acc_t, V><<<elementwise_blocks(n, V), kThreads, 0, stream>>>(n, w, m, out);
+  } else {
+    dns_masked_weight_kernel<scalar_t, acc_t, 1><<<elementwise_blocks(n, 1), kThreads, 0, stream>>>(n, w, m, out);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, int V>
+void launch_stats_v(const at::Tensor& like, int64_t nw, const scalar_t* w, const scalar_t* wm, int64_t nb,
+                    const scalar_t* b, const scalar_t* bm, double* out, cudaStream_t stream) {
+  static const int per_sm = resident_blocks_per_sm(dns_stats_kernel<scalar_t, V>);
+  const int blocks = reduction_blocks(nw + nb, V, per_sm);
+  const Scratch scratch = make_scratch(like, blocks, sizeof(kernels::DnsStatsAcc), false);
+  dns_stats_kernel<scalar_t, V><<<blocks, kThreads, 0, stream>>>(
+      nw, w, wm, nb, b, bm, static_cast<kernels::DnsStatsAcc*>(scratch.partials), scratch.ticket, out);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, typename acc_t>
+void launch_update_mask(int64_t n, const scalar_t* w, scalar_t* m, scalar_t* out, const ScalarRef& low,
+                        const ScalarRef& high, cudaStream_t stream) {
+  constexpr int V = kPackOf<scalar_t>;
+  if (all_aligned16(w, m, out)) {
+    dns_update_mask_kernel<scalar_t, acc_t, V><<<elementwise_blocks(n, V), kThreads, 0, stream>>>(n, w, m, out, low,
+                                                                                                   high);
+  } else {
+    dns_update_mask_kernel<scalar_t, acc_t, 1><<<elementwise_blocks(n, 1), kThreads, 0, stream>>>(n, w, m, out, low,
+                                                                                                   high);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, typename acc_t>
+void launch_splice(int64_t n, scalar_t* d, const scalar_t* m, const scalar_t* g, cudaStream_t stream) {
+  constexpr int V = kPackOf<scalar_t>;
+  if (all_aligned16(d, m, g)) {
+    dns_splice_grad_kernel<scalar_t, acc_t, V><<<elementwise_blocks(n, V), kThreads, 0, stream>>>(n, d, m, g);
+  } else {
+    dns_splice_grad_kernel<scalar_t, acc_t, 1><<<elementwise_blocks(n, 1), kThreads, 0, stream>>>(n, d, m, g);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// ---- ops ----
+
 at::Tensor dns_masked_weight_cuda(const at::Tensor& weight, const at::Tensor& mask) {
   const char* op = "dns_masked_weight";
   check_floating(op, "weight", weight, true);
@@ -24,12 +75,11 @@ at::Tensor dns_masked_weight_cuda(const at::Tensor& weight, const at::Tensor& ma
   at::Tensor out = at::empty(weight.sizes(), weight.options());
   const int64_t n = w.numel();
   if (n == 0) return out;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "dns_masked_weight_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    dns_masked_weight_kernel<scalar_t, acc_t><<<blocks_for(n), kThreads, 0, stream>>>(
-        n, w.const_data_ptr<scalar_t>(), m.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_masked_weight<scalar_t, at::opmath_type<scalar_t>>(n, w.const_data_ptr<scalar_t>(),
+                                                              m.const_data_ptr<scalar_t>(),
+                                                              out.mutable_data_ptr<scalar_t>(), stream);
   });
   return out;
 }
@@ -49,16 +99,18 @@ at::Tensor dns_stats_cuda(const at::Tensor& weight, const at::Tensor& weight_mas
   const int64_t nw = w.numel();
   const int64_t nb = b.defined() ? b.numel() : 0;
   at::Tensor out = at::empty({4}, weight.options().dtype(at::kDouble));
-  const int blocks = blocks_for(nw + nb, kMaxReduceBlocks);
-  ReduceScratch scratch = reduce_scratch(weight, blocks, sizeof(kernels::DnsStatsAcc));
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "dns_stats_cuda", [&] {
-    dns_stats_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-        nw, w.const_data_ptr<scalar_t>(), wm.const_data_ptr<scalar_t>(), nb,
-        nb > 0 ? b.const_data_ptr<scalar_t>() : nullptr, nb > 0 ? bm.const_data_ptr<scalar_t>() : nullptr,
-        reinterpret_cast<kernels::DnsStatsAcc*>(scratch.partials.mutable_data_ptr<double>()),
-        reinterpret_cast<unsigned int*>(scratch.ticket.mutable_data_ptr<int>()), out.mutable_data_ptr<double>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const scalar_t* wp = w.const_data_ptr<scalar_t>();
+    const scalar_t* wmp = wm.const_data_ptr<scalar_t>();
+    const scalar_t* bp = nb > 0 ? b.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* bmp = nb > 0 ? bm.const_data_ptr<scalar_t>() : nullptr;
+    double* outp = out.mutable_data_ptr<double>();
+    if (all_aligned16(wp, wmp)) {
+      launch_stats_v<scalar_t, kPackOf<scalar_t>>(w, nw, wp, wmp, nb, bp, bmp, outp, stream);
+    } else {
+      launch_stats_v<scalar_t, 1>(w, nw, wp, wmp, nb, bp, bmp, outp, stream);
+    }
   });
   return out;
 }
@@ -79,13 +131,12 @@ void dns_update_mask_cuda(const at::Tensor& weight, at::Tensor& mask, const at::
   if (n == 0) return;
   const ScalarArg low = scalar_arg(threshold_low);
   const ScalarArg high = scalar_arg(threshold_high);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "dns_update_mask_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    dns_update_mask_kernel<scalar_t, acc_t><<<blocks_for(n), kThreads, 0, stream>>>(
-        n, w.const_data_ptr<scalar_t>(), m.mutable_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), low.ptr,
-        low.value, high.ptr, high.value);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_update_mask<scalar_t, at::opmath_type<scalar_t>>(n, w.const_data_ptr<scalar_t>(),
+                                                            m.mutable_data_ptr<scalar_t>(),
+                                                            out.mutable_data_ptr<scalar_t>(), low.ref, high.ref,
+                                                            stream);
   });
   write_back(mask, m);
   write_back(masked_out, out);
@@ -102,12 +153,11 @@ void dns_splice_grad_cuda(at::Tensor& diff, const at::Tensor& mask, const at::Te
   const at::Tensor g = contiguous_in(grad);
   const int64_t n = d.numel();
   if (n == 0) return;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "dns_splice_grad_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    dns_splice_grad_kernel<scalar_t, acc_t><<<blocks_for(n), kThreads, 0, stream>>>(
-        n, d.mutable_data_ptr<scalar_t>(), m.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_splice<scalar_t, at::opmath_type<scalar_t>>(n, d.mutable_data_ptr<scalar_t>(),
+                                                       m.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(),
+                                                       stream);
   });
   write_back(diff, d);
 }

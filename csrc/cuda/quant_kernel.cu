@@ -27,8 +27,8 @@ at::Tensor act_forward(const char* op, const at::Tensor& x, const at::Tensor* al
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "quant_act_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    act_quant_kernel<scalar_t, acc_t, kScaled><<<blocks_for(n), kThreads, 0, stream>>>(
-        n, xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), a.ptr, a.value, static_cast<acc_t>(low),
+    act_quant_kernel<scalar_t, acc_t, kScaled><<<elementwise_blocks(n, 1), kThreads, 0, stream>>>(
+        n, xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), a.ref, static_cast<acc_t>(low),
         static_cast<acc_t>(high));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -50,9 +50,9 @@ at::Tensor act_backward(const char* op, const at::Tensor& grad, const at::Tensor
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "quant_act_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    act_quant_backward_kernel<scalar_t, acc_t, kScaled><<<blocks_for(n), kThreads, 0, stream>>>(
-        n, gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), a.ptr,
-        a.value, static_cast<acc_t>(low), static_cast<acc_t>(high));
+    act_quant_backward_kernel<scalar_t, acc_t, kScaled><<<elementwise_blocks(n, 1), kThreads, 0, stream>>>(
+        n, gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), a.ref,
+        static_cast<acc_t>(low), static_cast<acc_t>(high));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -90,7 +90,7 @@ at::Tensor weight_op(const char* op, const at::Tensor& weight, const std::option
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "quant_weight_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    quant_weight_kernel<scalar_t, acc_t, kDequant><<<blocks_for(n), kThreads, 0, stream>>>(
+    quant_weight_kernel<scalar_t, acc_t, kDequant><<<elementwise_blocks(n, 1), kThreads, 0, stream>>>(
         n, row_len, w.const_data_ptr<scalar_t>(), m.defined() ? m.const_data_ptr<scalar_t>() : nullptr,
         a.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), static_cast<acc_t>(low),
         static_cast<acc_t>(high));

@@ -3,17 +3,17 @@
 
 #include "../kernels/dns.h"
 #include "../kernels/quant.h"
-#include "reduce.cuh"
+#include "loops.cuh"
 
 namespace netcompress {
 namespace cuda {
 
-// α comes either as a device scalar (alpha_ptr) or as a host value (alpha_ptr null), as the DNS thresholds do.
+// α comes either as a device scalar or as a host value (ScalarRef, loops.cuh), as the DNS thresholds do.
 // kScaled: ActQuant's α·clamp(round(x/α)); otherwise IntQuant's clamp(round(x)) (α unused).
 template <typename scalar_t, typename acc_t, bool kScaled>
 __global__ void act_quant_kernel(int64_t n, const scalar_t* __restrict__ x, scalar_t* __restrict__ out,
-                                 const double* alpha_ptr, double alpha_value, acc_t lo, acc_t hi) {
-  const acc_t alpha = static_cast<acc_t>(alpha_ptr ? *alpha_ptr : alpha_value);
+                                 ScalarRef alpha_ref, acc_t lo, acc_t hi) {
+  const acc_t alpha = static_cast<acc_t>(alpha_ref.load());
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const acc_t xi = static_cast<acc_t>(x[i]);
@@ -25,9 +25,8 @@ __global__ void act_quant_kernel(int64_t n, const scalar_t* __restrict__ x, scal
 // The straight-through gradient: grad where lo <= round(x/α) <= hi, else 0.
 template <typename scalar_t, typename acc_t, bool kScaled>
 __global__ void act_quant_backward_kernel(int64_t n, const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
-                                          scalar_t* __restrict__ out, const double* alpha_ptr, double alpha_value,
-                                          acc_t lo, acc_t hi) {
-  const acc_t alpha = static_cast<acc_t>(alpha_ptr ? *alpha_ptr : alpha_value);
+                                          scalar_t* __restrict__ out, ScalarRef alpha_ref, acc_t lo, acc_t hi) {
+  const acc_t alpha = static_cast<acc_t>(alpha_ref.load());
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const acc_t xi = static_cast<acc_t>(x[i]);
@@ -63,9 +62,8 @@ __global__ void quant_weight_kernel(int64_t n, int64_t row_len, const scalar_t* 
 namespace netcompress {
 namespace cuda {
 #define NC_INSTANTIATE_B(T, A, B)                                                                            \
-  template __global__ void act_quant_kernel<T, A, B>(int64_t, const T*, T*, const double*, double, A, A);    \
-  template __global__ void act_quant_backward_kernel<T, A, B>(int64_t, const T*, const T*, T*, const double*, \
-                                                              double, A, A);                                 \
+  template __global__ void act_quant_kernel<T, A, B>(int64_t, const T*, T*, ScalarRef, A, A);                \
+  template __global__ void act_quant_backward_kernel<T, A, B>(int64_t, const T*, const T*, T*, ScalarRef, A, A); \
   template __global__ void quant_weight_kernel<T, A, B>(int64_t, int64_t, const T*, const T*, const T*, T*, A, A);
 #define NC_INSTANTIATE(T, A) NC_INSTANTIATE_B(T, A, true) NC_INSTANTIATE_B(T, A, false)
 NC_INSTANTIATE(float, float)

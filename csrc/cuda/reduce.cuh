@@ -1,26 +1,22 @@
 // Single-pass, deterministic block reductions without torch: each block folds its grid-stride share into
 // one partial; the last block to finish (atomic ticket, CUDA's threadFenceReduction pattern) folds the
 // partials in index order and writes the result. One launch, no host round trip, no atomics on the data,
-// and the same grid gives the same bits on every run.
+// and the same grid gives the same bits on every run (the grid is fixed per device: launch.h).
+//
+// The ticket is zeroed before the launch (launch.h); atomicInc also wraps it back to 0 with the grid's last
+// increment, so a kernel leaves it as it found it (inq_threshold's passes reuse one ticket).
 #pragma once
 
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "loops.cuh"
+
 namespace netcompress {
 namespace cuda {
 
-constexpr int kThreads = 256;           // element-wise kernels and reductions (a power of two)
-constexpr int kMaxReduceBlocks = 1024;  // fixed cap, independent of the device, for reproducible sums
-constexpr int64_t kMaxBlocks = 65535;
-
-// Blocks for a grid-stride loop over n elements.
-inline int blocks_for(int64_t n, int64_t cap = kMaxBlocks) {
-  int64_t b = (n + kThreads - 1) / kThreads;
-  if (b < 1) b = 1;
-  if (b > cap) b = cap;
-  return static_cast<int>(b);
-}
+// The most blocks a reduction is launched with (one full wave on today's GPUs is ~1000).
+constexpr int kMaxReduceBlocks = 4096;
 
 // Folds `acc` over the block in a fixed tree order; the block's total ends in shared[0].
 template <typename Acc>
@@ -44,21 +40,26 @@ __device__ inline Acc load_partial(const Acc* p) {
   return a;
 }
 
+// Whether this block is the grid's last to arrive. Every thread calls it after its writes to global memory
+// (the fence makes them visible to the block that reads them); the ticket returns to 0 (see above).
+__device__ inline bool last_block(unsigned int* ticket) {
+  __shared__ bool is_last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) is_last = atomicInc(ticket, gridDim.x - 1) == gridDim.x - 1;
+  __syncthreads();
+  if (is_last) __threadfence();
+  return is_last;
+}
+
 // Called by every thread after its grid-stride loop. Returns true in thread 0 of the last block, where
 // `*result` then holds the total over all blocks.
 template <typename Acc>
 __device__ inline bool grid_fold(Acc acc, Acc identity, Acc* shared, Acc* partials, unsigned int* ticket,
                                  Acc* result) {
-  __shared__ bool is_last;
   block_fold(acc, shared);
-  if (threadIdx.x == 0) {
-    partials[blockIdx.x] = shared[0];
-    __threadfence();  // the partial is visible to every block before the ticket is taken
-    is_last = atomicAdd(ticket, 1u) == gridDim.x - 1;
-  }
-  __syncthreads();
-  if (!is_last) return false;
-  __threadfence();
+  if (threadIdx.x == 0) partials[blockIdx.x] = shared[0];
+  if (!last_block(ticket)) return false;
   Acc mine = identity;
   for (unsigned int i = threadIdx.x; i < gridDim.x; i += blockDim.x) mine.merge(load_partial(partials + i));
   block_fold(mine, shared);

@@ -2,25 +2,39 @@
 #pragma once
 
 #include "../kernels/solver.h"
-#include "reduce.cuh"
+#include "loops.cuh"
 
 namespace netcompress {
 namespace cuda {
 
-// mask may be null (plain SGD momentum).
-template <typename scalar_t, typename acc_t>
-__global__ void sgd_momentum_update_kernel(int64_t n, scalar_t* __restrict__ g, scalar_t* __restrict__ h,
-                                           const scalar_t* __restrict__ mask, acc_t momentum, acc_t local_rate) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
-    const acc_t gi = static_cast<acc_t>(g[i]);
-    const acc_t hi = static_cast<acc_t>(h[i]);
-    const scalar_t v = static_cast<scalar_t>(
-        mask ? kernels::sgd_momentum_masked(gi, hi, static_cast<acc_t>(mask[i]), momentum, local_rate)
-             : kernels::sgd_momentum(gi, hi, momentum, local_rate));
-    h[i] = v;
-    g[i] = v;
-  }
+// h <- [mask ⊙] (momentum·h + local_rate·g); g <- h. kMasked: whether `mask` is read (else it is null).
+template <typename scalar_t, typename acc_t, int kVec, bool kMasked>
+__global__ void __launch_bounds__(kThreads) sgd_momentum_update_kernel(int64_t n, scalar_t* __restrict__ g,
+                                                                       scalar_t* __restrict__ h,
+                                                                       const scalar_t* __restrict__ mask,
+                                                                       acc_t momentum, acc_t local_rate) {
+  for_each_pack<kVec>(n, [&](auto width, int64_t i) {
+    constexpr int W = decltype(width)::value;
+    const Pack<scalar_t, W> gp = load_pack<scalar_t, W>(g + i);
+    Pack<scalar_t, W> hp = load_pack<scalar_t, W>(h + i);
+    if constexpr (kMasked) {
+      const Pack<scalar_t, W> mp = load_pack<scalar_t, W>(mask + i);
+#pragma unroll
+      for (int j = 0; j < W; ++j) {
+        hp.v[j] = static_cast<scalar_t>(kernels::sgd_momentum_masked(
+            static_cast<acc_t>(gp.v[j]), static_cast<acc_t>(hp.v[j]), static_cast<acc_t>(mp.v[j]), momentum,
+            local_rate));
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < W; ++j) {
+        hp.v[j] = static_cast<scalar_t>(
+            kernels::sgd_momentum(static_cast<acc_t>(gp.v[j]), static_cast<acc_t>(hp.v[j]), momentum, local_rate));
+      }
+    }
+    store_pack<scalar_t, W>(h + i, hp);
+    store_pack<scalar_t, W>(g + i, hp);
+  });
 }
 
 }  // namespace cuda
@@ -32,13 +46,18 @@ __global__ void sgd_momentum_update_kernel(int64_t n, scalar_t* __restrict__ g, 
 #include <cuda_fp16.h>
 namespace netcompress {
 namespace cuda {
+#define NC_INSTANTIATE_V(T, A, V)                                                                                 \
+  template __global__ void sgd_momentum_update_kernel<T, A, V, false>(int64_t, T*, T*, const T*, A, A);          \
+  template __global__ void sgd_momentum_update_kernel<T, A, V, true>(int64_t, T*, T*, const T*, A, A);
 #define NC_INSTANTIATE(T, A) \
-  template __global__ void sgd_momentum_update_kernel<T, A>(int64_t, T*, T*, const T*, A, A);
+  NC_INSTANTIATE_V(T, A, 1)  \
+  NC_INSTANTIATE_V(T, A, kPackOf<T>)
 NC_INSTANTIATE(float, float)
 NC_INSTANTIATE(double, double)
 NC_INSTANTIATE(__half, float)
 NC_INSTANTIATE(__nv_bfloat16, float)
 #undef NC_INSTANTIATE
+#undef NC_INSTANTIATE_V
 }  // namespace cuda
 }  // namespace netcompress
 #endif

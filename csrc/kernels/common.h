@@ -32,5 +32,66 @@ NC_HD inline double abs_value(double x) {
   return fabs(x);
 }
 
+// Products and sums with one rounding each, never fused into an FMA: the CPU build forbids contraction
+// (-ffp-contract=off), and nvcc contracts a*b + c by default (-fmad=true), which would make the CUDA kernels
+// round differently from the CPU loops. On the device these are the _rn intrinsics, which neither nvcc nor
+// ptxas fuses; on the host (and for the CPU's GCC vector types) plain operators. Every rule below that adds a
+// product goes through them, so its formula reads the same and rounds the same on both.
+template <typename T>
+NC_HD inline T mul_rn(T a, T b) {
+  return a * b;
+}
+template <typename T>
+NC_HD inline T add_rn(T a, T b) {
+  return a + b;
+}
+template <typename T>
+NC_HD inline T sub_rn(T a, T b) {
+  return a - b;
+}
+
+NC_HD inline float mul_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+NC_HD inline float add_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+NC_HD inline float sub_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+NC_HD inline double mul_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+NC_HD inline double add_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+NC_HD inline double sub_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __dsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+
 }  // namespace kernels
 }  // namespace netcompress

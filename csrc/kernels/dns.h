@@ -9,7 +9,7 @@ namespace kernels {
 // Forward uses W ⊙ M (the layer's weight_tmp / bias_tmp).
 template <typename acc_t>
 NC_HD inline acc_t dns_masked(acc_t w, acc_t m) {
-  return w * m;
+  return mul_rn(w, m);
 }
 
 // §2.3 step 4: prune m == 1 ∧ |w| <= low, splice m == 0 ∧ |w| > high, any other mask value is kept.
@@ -54,10 +54,10 @@ struct DnsStatsTerm {
 };
 
 NC_HD inline DnsStatsTerm dns_stats_term(double w, double m) {
-  const double v = m * w;
+  const double v = mul_rn(m, w);
   DnsStatsTerm t;
   t.abs_v = abs_value(v);
-  t.v_w = v * w;
+  t.v_w = mul_rn(v, w);
   t.nonzero = v != 0.0;
   return t;
 }
@@ -65,8 +65,8 @@ NC_HD inline DnsStatsTerm dns_stats_term(double w, double m) {
 // Exact zeros of m·w are not counted and add nothing to the sums.
 NC_HD inline void dns_stats_add(DnsStatsAcc& a, double w, double m, bool is_bias) {
   const DnsStatsTerm t = dns_stats_term(w, m);
-  a.s1 += t.abs_v;
-  a.s2 += t.v_w;
+  a.s1 = add_rn(a.s1, t.abs_v);
+  a.s2 = add_rn(a.s2, t.v_w);  // not fma(v, w, s2): the CPU lanes round the product first
   const double one = t.nonzero ? 1.0 : 0.0;
   if (is_bias) {
     a.n_bias += one;
@@ -80,7 +80,7 @@ NC_HD inline void dns_stats_add(DnsStatsAcc& a, double w, double m, bool is_bias
 NC_HD inline void dns_stats_finalize(const DnsStatsAcc& a, double* out) {
   const double n = a.n_weight + a.n_bias;
   const double mu = a.s1 / n;
-  double var = (a.s2 - n * mu * mu) / n;
+  double var = sub_rn(a.s2, mul_rn(mul_rn(n, mu), mu)) / n;
   if (var < 0.0) var = 0.0;  // NaN stays NaN
   out[0] = mu;
   out[1] = sqrt(var);
@@ -91,7 +91,7 @@ NC_HD inline void dns_stats_finalize(const DnsStatsAcc& a, double* out) {
 // reference-semantics §2.4, per backward call: diff <- m·diff + g (the new gradient g is not masked).
 template <typename acc_t>
 NC_HD inline acc_t dns_splice(acc_t diff, acc_t m, acc_t g) {
-  return m * diff + g;
+  return add_rn(mul_rn(m, diff), g);
 }
 
 }  // namespace kernels

@@ -26,7 +26,7 @@ NC_HD inline int inq_log2_floor(double x) {
   double lx;
   if (m == 0.5) {
     const double p = static_cast<double>(k - 1);
-    lx = p * kLn2Hi + p * kLn2Lo;
+    lx = add_rn(mul_rn(p, kLn2Hi), mul_rn(p, kLn2Lo));
   } else {
     lx = log(x);
   }

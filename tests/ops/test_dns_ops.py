@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from netcompress import ops
 from netcompress.ops import reference as ref
 
-from op_helpers import noncontiguous, random_mask
+from op_helpers import misaligned, noncontiguous, random_mask
 
 ALL_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
@@ -340,33 +340,57 @@ def test_opcheck(dtype):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
-def test_cuda_parity(dtype, gen):
+@pytest.mark.parametrize("layout", ["aligned", "misaligned"])
+def test_cuda_parity(dtype, layout, gen):
+    # Element-wise ops bit for bit (no FMA on either side: kernels/dns.h); the statistics to float64 rounding
+    # (the CPU and the GPU add in different orders), and deterministic on the GPU. 63000 + 5 entries: 16-byte
+    # packs and a tail; a misaligned layout runs the scalar kernels.
+    place = misaligned if layout == "misaligned" else (lambda t: t)
     w = torch.randn(300, 70, 3, generator=gen).to(dtype)
+    w = torch.cat([w.reshape(-1), torch.randn(5, generator=gen).to(dtype)])
     m = random_mask(w.shape, dtype=dtype, generator=gen)
     b = torch.randn(300, generator=gen).to(dtype)
     bm = random_mask(b.shape, dtype=dtype, generator=gen)
-    dev = [x.cuda() for x in (w, m, b, bm)]
+    soft = torch.rand(w.shape, generator=gen).to(dtype)  # a non-binary mask: every product rounds
+    dev = [place(x.cuda()) for x in (w, m, b, bm)]
     assert torch.equal(ops.dns_masked_weight(w, m), ops.dns_masked_weight(*dev[:2]).cpu())
+    assert torch.equal(ops.dns_masked_weight(w, soft), ops.dns_masked_weight(dev[0], place(soft.cuda())).cpu())
     s_cpu, s_gpu = ops.dns_stats(w, m, b, bm), ops.dns_stats(*dev)
     assert s_gpu.device.type == "cuda"
     torch.testing.assert_close(s_gpu.cpu(), s_cpu, rtol=1e-12, atol=0)
+    assert torch.equal(s_gpu.cpu()[2:], s_cpu[2:])  # the counts exactly
     assert torch.equal(ops.dns_stats(*dev), s_gpu)  # deterministic reduction
+    torch.testing.assert_close(ops.dns_stats(dev[0], place(soft.cuda())).cpu(), ops.dns_stats(w, soft), rtol=1e-12,
+                               atol=0)
     low, high = ops.dns_thresholds(s_cpu, c_rate=0.5)
     m_cpu, out_cpu = m.clone(), torch.empty_like(w)
     ops.dns_update_mask_(w, m_cpu, low, high, out_cpu)
-    m_gpu, out_gpu = dev[1].clone(), torch.empty_like(dev[0])
-    ops.dns_update_mask_(dev[0], m_gpu, low.cuda(), high.cuda(), out_gpu)  # device thresholds
+    # Thresholds as the layers pass them: float32 tensors on the device; also float64 ones, and CPU ones.
+    for lo, hi in ((low.float().cuda(), high.float().cuda()), (low.cuda(), high.cuda()), (low, high)):
+        m_cpu2, out_cpu2 = m.clone(), torch.empty_like(w)
+        ops.dns_update_mask_(w, m_cpu2, lo.cpu(), hi.cpu(), out_cpu2)
+        m_gpu, out_gpu = place(dev[1].clone()), place(torch.empty_like(dev[0]))
+        ops.dns_update_mask_(dev[0], m_gpu, lo, hi, out_gpu)
+        assert torch.equal(m_gpu.cpu(), m_cpu2) and torch.equal(out_gpu.cpu(), out_cpu2)
     assert torch.equal(m_gpu.cpu(), m_cpu) and torch.equal(out_gpu.cpu(), out_cpu)
-    m_gpu2 = dev[1].clone()
-    ops.dns_update_mask_(dev[0], m_gpu2, low, high, torch.empty_like(dev[0]))  # CPU thresholds
-    assert torch.equal(m_gpu2.cpu(), m_cpu)
     empty = torch.zeros(0, 3, device="cuda", dtype=dtype)
     assert math.isnan(ops.dns_stats(empty, empty)[0].item())
     d, g = torch.randn(w.shape, generator=gen).to(dtype), torch.randn(w.shape, generator=gen).to(dtype)
-    d_gpu = d.cuda()
-    ops.dns_splice_grad_(d, m, g)
-    ops.dns_splice_grad_(d_gpu, dev[1], g.cuda())  # 0/1 masks: m·d is exact, so an FMA rounds the same
-    assert torch.equal(d_gpu.cpu(), d)
+    for mask in (m, soft):
+        d_cpu, d_gpu = d.clone(), place(d.cuda())
+        ops.dns_splice_grad_(d_cpu, mask, g)
+        ops.dns_splice_grad_(d_gpu, place(mask.cuda()), place(g.cuda()))
+        assert torch.equal(d_gpu.cpu(), d_cpu)
+
+
+@pytest.mark.cuda
+def test_cuda_masked_weight_gradient_is_unmasked(gen):
+    # The C++ autograd (csrc/autograd.cpp) on the CUDA kernel: ∂L/∂W = ∂L/∂(W⊙M), the mask gets none.
+    w = torch.randn(40, 30, generator=gen, dtype=torch.float64).cuda().requires_grad_()
+    m = random_mask((40, 30), dtype=torch.float64, generator=gen).cuda().requires_grad_()
+    c = torch.randn(40, 30, generator=gen, dtype=torch.float64).cuda()
+    (ops.dns_masked_weight(w, m) * c).sum().backward()
+    assert torch.equal(w.grad, c) and m.grad is None
 
 
 @pytest.mark.cuda

@@ -11,7 +11,7 @@ from netcompress import ops
 from netcompress.layers import inq
 from netcompress.ops import reference as ref
 
-from op_helpers import noncontiguous, random_mask
+from op_helpers import misaligned, noncontiguous, random_mask
 
 DTYPES = [torch.float32, torch.float64]
 
@@ -416,18 +416,64 @@ def test_opcheck(dtype):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cuda_parity(dtype, gen):
+@pytest.mark.parametrize("layout", ["aligned", "misaligned"])
+def test_cuda_parity(dtype, layout, gen):
+    place = misaligned if layout == "misaligned" else (lambda t: t)
     w = (0.1 * torch.randn(500, 300, generator=gen)).to(dtype)
     w[0, :200] = torch.tensor([3.0 * 2.0 ** (k - 2) for k in range(-100, 100)], dtype=dtype)  # boundaries
+    w[1, :6] = torch.tensor([0.0, -0.0, math.inf, -math.inf, 1e-40, -3e-39], dtype=dtype)
     m = torch.randint(0, 3, w.shape, generator=gen).to(dtype)
-    wc, mc = w.cuda(), m.cuda()
+    m[1, :6] = 1
+    wc, mc = place(w.cuda()), place(m.cuda())
     assert torch.equal(ops.inq_mask_stats(wc, mc).cpu(), ops.inq_mask_stats(w, m))
-    for k in (0, 1000, 40000):
-        assert torch.equal(ops.inq_threshold(wc, mc, k).cpu(), ops.inq_threshold(w, m, k))
+    ones = int((m == 1).sum())
+    for k in (0, 1000, 40000, ones - 1, ones, ones + 7, w.numel() - 1, w.numel()):
+        assert torch.equal(ops.inq_threshold(wc, mc, k).cpu(), ops.inq_threshold(w, m, k)), k
     thr = ops.inq_threshold(w, m, 20000)
-    ops.inq_quantize_(w, m, thr, -160)
-    ops.inq_quantize_(wc, mc, thr.cuda(), -160)
-    assert torch.equal(wc.cpu(), w) and torch.equal(mc.cpu(), m)
+    # The threshold as inq_threshold leaves it (the weight's dtype, on the device), and as a CPU float64.
+    for t_dev in (thr.cuda(), thr.double()):
+        w_cpu, m_cpu, w_gpu, m_gpu = w.clone(), m.clone(), place(wc.clone()), place(mc.clone())
+        ops.inq_quantize_(w_cpu, m_cpu, thr, -160)
+        ops.inq_quantize_(w_gpu, m_gpu, t_dev, -160)
+        assert torch.equal(w_gpu.cpu(), w_cpu) and torch.equal(m_gpu.cpu(), m_cpu)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_threshold_radix_select(dtype, gen):
+    # The CUDA op selects by radix passes over the key bits (cuda/inq_kernels.cuh), the CPU op by a histogram
+    # and nth_element: the same order (mask != 1 and NaN sort last), ties, single values and sizes from one
+    # element to a multi-block grid.
+    cases = []
+    for n in (1, 2, 255, 4097, 1_000_003):
+        w = (torch.randn(n, generator=gen) * 10.0 ** torch.randint(-6, 3, (n,), generator=gen)).to(dtype)
+        m = torch.randint(0, 3, (n,), generator=gen).to(dtype)
+        cases.append((w, m))
+    n = 70001
+    ties = (torch.randint(-3, 4, (n,), generator=gen) * 0.5).to(dtype)
+    cases.append((ties, torch.ones(n, dtype=dtype)))
+    cases.append((torch.full((n,), 0.25, dtype=dtype), random_mask((n,), dtype=dtype, generator=gen)))
+    cases.append((torch.randn(n, generator=gen).to(dtype), torch.zeros(n, dtype=dtype)))
+    nan = torch.randn(n, generator=gen).to(dtype)
+    nan[::97] = math.nan
+    nan[::89] = math.inf
+    cases.append((nan, random_mask((n,), dtype=dtype, generator=gen)))
+    for w, m in cases:
+        n, ones = w.numel(), int((m == 1).sum())
+        wc, mc = w.cuda(), m.cuda()
+        for k in sorted({0, n // 3, max(ones - 1, 0), ones, n - 1}):
+            got, want = ops.inq_threshold(wc, mc, k), ops.inq_threshold(w, m, k)
+            assert got.device.type == "cuda" and got.dtype == dtype and got.shape == ()
+            assert torch.equal(got.cpu(), want) or (got.isnan().item() and want.isnan().item()), (n, k)
+    # Deterministic, and the same on another stream.
+    w, m = cases[4][0].cuda(), cases[4][1].cuda()
+    first = ops.inq_threshold(w, m, 123456)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        again = ops.inq_threshold(w, m, 123456)
+    side.synchronize()
+    assert torch.equal(first, again) and torch.equal(first, ops.inq_threshold(w, m, 123456))
 
 
 @pytest.mark.cuda
