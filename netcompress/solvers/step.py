@@ -99,9 +99,10 @@ def deferred_refusal(solver: "Solver") -> str | None:
     return None
 
 
-def graph_refusal(solver: "Solver") -> str | None:
-    """Why a CUDA graph cannot capture this solver's iteration (None: it can)."""
-    if solver.device.type != "cuda":
+def graph_refusal(solver: "Solver", device: bool = True) -> str | None:
+    """Why a CUDA graph cannot capture this solver's iteration (None: it can); `device=False` skips the
+    check that the net is on a CUDA device (the rest is the same anywhere)."""
+    if device and solver.device.type != "cuda":
         return f"CUDA graphs need a CUDA device, the net is on {solver.device}"
     why = deferred_refusal(solver)
     if why:
