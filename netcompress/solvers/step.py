@@ -299,10 +299,7 @@ class DeviceLoop:
         self._static = {t: v.detach().clone() for t, v in tops.items()}
         self._seen = {t: (v, v._version) for t, v in tops.items()}
         net.zero_grad(set_to_none=True)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            body()
-        self.graph = graph
+        self.graph = _capture(body)
         self._blobs = dict(net.blobs)
         self._loss = net.loss
         self._captured = self._tensors_read()
@@ -339,6 +336,15 @@ class DeviceLoop:
     def side_stream_context():
         """Warm-up iterations run on a side stream, as PyTorch's CUDA-graph recipe does."""
         return _SideStream()
+
+
+def _capture(body: Callable[[], None]):
+    """`body` captured in a new CUDA graph (nothing runs). A module function, so that the CPU tests can stand
+    in a graph that replays by running the body again (tests/solvers/test_step_modes.py)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        body()
+    return graph
 
 
 class _SideStream:

@@ -331,3 +331,76 @@ def test_dns_surgery_launches_only_its_mask_updates(workdir):
     with _Count() as c:
         layer.surgery()
     assert len(c.ops) > 2
+
+
+class _ReplayByRerun:
+    """A stand-in for a CUDA graph on the CPU: the capture runs the body once (as the capture plus the first
+    replay would), and each later replay runs it again, then copies what it produced into the tensors of the
+    capture (the gradients, the blobs, the loss), as a real replay writes into the graph's own memory. It
+    checks the graph mode's control flow (warm-up, capture, static inputs, replays, host reads), not CUDA."""
+
+    def __init__(self, solver: Solver, body):
+        self.solver, self.body, self.first = solver, body, True
+        body()
+        net = solver.net
+        self.grads = [e.tensor.grad for e in solver.params]
+        self.blobs = dict(net.blobs)
+        self.loss = net.loss
+        self.replays = 0
+
+    def replay(self) -> None:
+        self.replays += 1
+        if self.first:
+            self.first = False
+            return
+        s, net = self.solver, self.solver.net
+        for e in s.params:
+            e.tensor.grad = None
+        self.body()
+        with torch.no_grad():
+            for e, g in zip(s.params, self.grads):
+                if g is not None:
+                    g.copy_(e.tensor.grad)
+                    e.tensor.grad = g
+            for k, t in net.blobs.items():
+                if self.blobs[k] is not t:
+                    self.blobs[k].copy_(t)
+            self.loss.copy_(net.loss)
+
+
+@pytest.mark.parametrize("variant", ["plain", "dns", "inq"])
+def test_graph_mode_control_flow_equals_deferred(workdir, variant, caplog, monkeypatch):
+    import contextlib
+
+    graphs = []
+    holder = {}
+
+    def fake_capture(body):
+        graphs.append(_ReplayByRerun(holder["solver"], body))
+        return graphs[-1]
+
+    real_refusal = step_module.graph_refusal
+    monkeypatch.setattr(step_module, "graph_refusal", lambda s, device=True: real_refusal(s, device=False))
+    monkeypatch.setattr(step_module, "_capture", fake_capture)
+    monkeypatch.setattr(step_module.DeviceLoop, "side_stream_context", staticmethod(contextlib.nullcontext))
+    deferred, deferred_lines = _solve(solver_param(workdir, variant, "deferred", dropout=False), "deferred", caplog)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="netcompress"):
+        s = holder["solver"] = Solver(solver_param(workdir, variant, "graph", dropout=False), verbose=False,
+                                      options={"step_mode": "graph"})
+        s.solve()
+    assert s.step_mode == "graph"
+    assert "Training step: CUDA graph (the whole iteration captured after 3 deferred iterations and replayed; " in caplog.text
+    [graph] = graphs
+    assert graph.replays == 12 - step_module.GRAPH_WARMUP  # iterations 3..11; the warm-up ran without it
+    lines = []
+    for r in caplog.records:
+        m = VALUE_LINES.search(r.getMessage())
+        if m:
+            text = re.sub(r" \([\d.e+-]+ iter/s, [\d.]+s/\d+ iters\)", "", m.group(1))
+            lines.append(text.replace(s.param.snapshot_prefix, "<prefix>"))
+    assert lines == deferred_lines
+    a, b = _state(deferred), _state(s)
+    assert _bits_equal(a[0], b[0]) and _bits_equal(a[1], b[1])
+    # the graph reads the data layer's tops from inputs of its own, into which every iteration copies them
+    assert graph.blobs["data"] is s._loop._static["data"] and graph.blobs["label"] is s._loop._static["label"]
