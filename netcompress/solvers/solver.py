@@ -490,7 +490,7 @@ class Solver:
         else:
             if loop.graphed:
                 loop.warm += 1
-            with DeviceLoop.side_stream_context() if loop.graphed else contextlib.nullcontext():
+            with loop.side_stream_context() if loop.graphed else contextlib.nullcontext():
                 self.net.forward_with(tops)
                 self._graph_body_after_forward(loop, rate)
             loop.pending.append(self.iter)

@@ -185,6 +185,8 @@ class DeviceLoop:
         self._blobs: dict[str, torch.Tensor] = {}      # the net's blobs and loss as the graph writes them
         self._loss: torch.Tensor | None = None
         self._captured: list[torch.Tensor] = []        # parameters, histories and masks the graph reads
+        self._side = None                              # the warm-up iterations' CUDA stream
+        self._side = None                              # the warm-up iterations' CUDA stream
 
     # -- losses ----------------------------------------------------------------------------
     @property
@@ -332,24 +334,30 @@ class DeviceLoop:
             net.blobs.update(self._blobs)
             net.loss = self._loss
 
-    @staticmethod
-    def side_stream_context():
-        """Warm-up iterations run on a side stream, as PyTorch's CUDA-graph recipe does."""
-        return _SideStream()
+    def side_stream_context(self):
+        """Warm-up iterations run on a side stream (one per loop), as PyTorch's CUDA-graph recipe does."""
+        if self._side is None:
+            self._side = torch.cuda.Stream(self.device)
+        return _SideStream(self._side)
 
 
 def _capture(body: Callable[[], None]):
     """`body` captured in a new CUDA graph (nothing runs). A module function, so that the CPU tests can stand
     in a graph that replays by running the body again (tests/solvers/test_step_modes.py)."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # thread_local: a data layer's prefetch thread may pin host memory meanwhile (it never touches this stream).
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         body()
     return graph
 
 
 class _SideStream:
+    """Run on `stream` after the current stream's work; the current stream then waits for it."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
     def __enter__(self):
-        self.stream = torch.cuda.Stream()
         self.stream.wait_stream(torch.cuda.current_stream())
         self.ctx = torch.cuda.stream(self.stream)
         self.ctx.__enter__()

@@ -382,7 +382,7 @@ def test_graph_mode_control_flow_equals_deferred(workdir, variant, caplog, monke
     real_refusal = step_module.graph_refusal
     monkeypatch.setattr(step_module, "graph_refusal", lambda s, device=True: real_refusal(s, device=False))
     monkeypatch.setattr(step_module, "_capture", fake_capture)
-    monkeypatch.setattr(step_module.DeviceLoop, "side_stream_context", staticmethod(contextlib.nullcontext))
+    monkeypatch.setattr(step_module.DeviceLoop, "side_stream_context", lambda self: contextlib.nullcontext())
     deferred, deferred_lines = _solve(solver_param(workdir, variant, "deferred", dropout=False), "deferred", caplog)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="netcompress"):
