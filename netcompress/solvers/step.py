@@ -31,7 +31,7 @@ scalar of the parameter's dtype and `m` the momentum:
 
     g <- g / iter_size; g <- g + decay * w (or * sign(w))      as the eager update
     s <- ok ? r*g : -0.0                                        (LR_OUTSIDE: ok ? g : -0.0)
-    h <- (ok ? m : 1) * h + s; h <- h * (ok ? mask : 1)          the history, frozen entries kept at 0
+    h <- (ok ? m : 1) * h + s; h <- h * (mask*ok + (1-ok))      the history, frozen entries kept at 0
     g <- h (LR_OUTSIDE: h * r); w <- w - g * ok
 
 Each product and sum is rounded once, as in the fused CPU op (`sgd_momentum_update_`, no contraction), so
@@ -272,11 +272,13 @@ class DeviceLoop:
             torch.where(self.ok, g, neg0, out=g)
         torch._foreach_mul_(hs, mom_ok)
         torch._foreach_add_(hs, gs)
-        for k, i in enumerate(idx):
-            e = s.params[i]
-            mask = s.net.layer(e.layer).update_mask(e.index)
-            if mask is not None:  # frozen entries: zero history (and so a zero update)
-                hs[k].mul_(torch.where(self.ok, mask, one))
+        masked = [(k, s.net.layer(s.params[i].layer).update_mask(s.params[i].index)) for k, i in enumerate(idx)]
+        masked = [(k, m) for k, m in masked if m is not None]
+        if masked:  # frozen entries: zero history (and so a zero update); h * (mask*ok + (1-ok)), exact
+            not_ok = torch.sub(one, ok_f)
+            eff = torch._foreach_mul([m for _, m in masked], ok_f)
+            torch._foreach_add_(eff, not_ok)
+            torch._foreach_mul_([hs[k] for k, _ in masked], eff)
         torch._foreach_copy_(gs, hs)  # Caffe's diff holds the update
         if self.lr_outside:
             for lr_mult, ks in by_rate.items():
