@@ -357,7 +357,9 @@ def measure_group(job: dict) -> list[dict]:
     if job.get("baseline"):
         subjects[(BASELINE, "eager")] = Baseline(name, job["batch"], device)
     first = {v: subjects[(v, modes[0])] for v in variants}
-    fb_subjects = {(v, b): (first[v].net if b == job["batch"] else make_solver(name, v, b, device).net)
+    # fwd+bwd on the trained net itself where its step is eager (the CPU); a net of its own where a step mode may
+    # hold a CUDA graph (an eager pass there would replace the graph's gradients and blobs between replays).
+    fb_subjects = {(v, b): (first[v].net if b == job["batch"] and device == "cpu" else make_solver(name, v, b, device).net)
                    for v in variants for b in job["fwd_bwd_batches"]}
     if job.get("baseline"):
         fb_subjects.update({(BASELINE, b): (subjects[(BASELINE, "eager")] if b == job["batch"]
