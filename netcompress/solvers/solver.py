@@ -37,7 +37,7 @@ from ..weights import copy_weights_list
 from .callbacks import LayerHooks, TrainingCallback, callbacks_for
 from .lr import learning_rate
 from .state import SIDECAR_SUFFIX, load_state, save_state
-from .step import GRAPH_WARMUP, DeviceLoop, choose_step_mode
+from .step import GRAPH_WARMUP, DeviceLoop, choose_step_mode, graph_refusal
 from .updates import RATE_IN_HISTORY, UPDATE_RULES, history_count
 
 log = get_logger("solver")
@@ -316,6 +316,8 @@ class Solver:
         for net in [old_train, *old_tests]:
             _close_data(net)
         self._set_params(old_history)
+        if getattr(self, "_loop", None) is not None:
+            self._loop.nets_changed = True
         for cb in getattr(self, "callbacks", []):
             cb.nets_rebuilt(self)
 
@@ -451,6 +453,15 @@ class Solver:
     def _device_iteration(self, loop: DeviceLoop, start: int, display: bool) -> None:
         """A deferred or graphed iteration (solvers/step.py): the loss stays on the device until a host read."""
         sp, cbs = self.param, self.callbacks
+        if loop.nets_changed:  # rebuild_nets: the new nets' layers decide again
+            loop.nets_changed = False
+            why = graph_refusal(self) if loop.graphed else None
+            if why:
+                loop.drop_graph()
+                loop.graphed = False
+                self.net.zero_grad(set_to_none=True)
+                if self.root:
+                    log.info("Training step: deferred from iteration %d on (no CUDA graph: %s)", self.iter, why)
         if loop.graphed and loop.graph is not None and not loop.still_valid():
             if self.root:
                 log.info("CUDA graph: the net's tensors were replaced; capturing the iteration again")
@@ -467,7 +478,7 @@ class Solver:
             self.apply_update(loop)
             return
         # Graph mode: the rate, the before_forward hooks and the data layers run eagerly, then the replay.
-        rate = self.learning_rate()
+        rate = self.rate = self.learning_rate()
         loop.set_rate(rate)
         for cb in cbs:
             cb.before_forward(self)
@@ -520,7 +531,7 @@ class Solver:
         loop.record_loss(self.net.loss.detach())
         for cb in cbs:
             cb.before_update(self)
-        loop.update(self._grads(), rate)
+        loop.update(self._grads(), rate, fill=False)
 
     def _record(self, loop: DeviceLoop, loss_t: torch.Tensor, start: int) -> None:
         loop.record_loss(loss_t)

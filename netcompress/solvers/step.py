@@ -174,8 +174,12 @@ class DeviceLoop:
         self.lr_outside = sp.momentum_form == pb.SolverParameter.LR_OUTSIDE and solver.type in RATE_IN_HISTORY
         self.momentum = float(sp.momentum)
         self.weight_decay = float(sp.weight_decay)
-        # Per (lr_mult, dtype): the local rate rate*lr_mult as a device scalar, refilled every iteration.
-        self._rates: dict[tuple[float, torch.dtype], torch.Tensor] = {}
+        # Per (dtype, k): the local rate rate*lr_mult of the k-th distinct lr_mult of that dtype's parameters, as a
+        # device scalar refilled every iteration (`_rate_mults` holds the lr_mult). Keyed by position, not by
+        # value, so a callback that changes lr_mult per iteration (growth's grown_lr) reuses the same scalars.
+        self._rates: dict[tuple[torch.dtype, int], torch.Tensor] = {}
+        self._rate_mults: dict[tuple[torch.dtype, int], float] = {}
+        self.nets_changed = False  # Solver.rebuild_nets replaced the nets: check the graph again
         self._consts: dict[torch.dtype, tuple[torch.Tensor, ...]] = {}
         # graph mode
         self.warm = 0                                  # deferred iterations run so far
@@ -215,15 +219,18 @@ class DeviceLoop:
 
     # -- the update --------------------------------------------------------------------------
     def set_rate(self, rate: float) -> None:
-        """Fill the local-rate scalars for this iteration's update (host values, no sync)."""
-        for (lr_mult, _), t in self._rates.items():
-            t.fill_(rate * lr_mult)
+        """Fill the local-rate scalars for this iteration's update (host values, no sync): before a replay."""
+        for key, t in self._rates.items():
+            t.fill_(rate * self._rate_mults[key])
 
-    def _rate(self, lr_mult: float, dtype: torch.dtype, rate: float) -> torch.Tensor:
-        key = (float(lr_mult), dtype)
+    def _rate(self, dtype: torch.dtype, k: int, lr_mult: float, rate: float, fill: bool) -> torch.Tensor:
+        key = (dtype, k)
         t = self._rates.get(key)
         if t is None:
             t = self._rates[key] = torch.full((), rate * lr_mult, dtype=dtype, device=self.device)
+        elif fill and self._rate_mults[key] != lr_mult:
+            t.fill_(rate * lr_mult)
+        self._rate_mults[key] = lr_mult
         return t
 
     def _constants(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
@@ -234,8 +241,10 @@ class DeviceLoop:
             c = self._consts[dtype] = (new(-0.0), new(1.0), new(self.momentum), new(self.momentum), new(1.0))
         return c
 
-    def update(self, grads: list[torch.Tensor | None], rate: float) -> None:
-        """The deferred SGD update (see the module docstring): device work only, no host read."""
+    def update(self, grads: list[torch.Tensor | None], rate: float, fill: bool = True) -> None:
+        """The deferred SGD update (see the module docstring): device work only, no host read. The rate
+        scalars hold `rate` (set_rate) or are filled here when `fill` (not inside a graph: a captured fill
+        would replay the capture's rate)."""
         s = self.solver
         groups: dict[torch.dtype, list[int]] = {}
         for i, g in enumerate(grads):
@@ -243,9 +252,10 @@ class DeviceLoop:
                 groups.setdefault(g.dtype, []).append(i)
         with torch.no_grad():
             for dtype, idx in groups.items():
-                self._update_group(s, idx, grads, rate, dtype)
+                self._update_group(s, idx, grads, rate, dtype, fill)
 
-    def _update_group(self, s: "Solver", idx: list[int], grads, rate: float, dtype: torch.dtype) -> None:
+    def _update_group(self, s: "Solver", idx: list[int], grads, rate: float, dtype: torch.dtype,
+                      fill: bool) -> None:
         neg0, one, mom, mom_ok, ok_f = self._constants(dtype)
         torch.where(self.ok, mom, one, out=mom_ok)
         ok_f.copy_(self.ok)
@@ -265,9 +275,10 @@ class DeviceLoop:
         for d, ks in by_decay.items():
             src = [ws[k] for k in ks]
             torch._foreach_add_([gs[k] for k in ks], torch._foreach_sign(src) if self.l1 else src, alpha=d)
+        rates = [(self._rate(dtype, j, lr_mult, rate, fill), ks) for j, (lr_mult, ks) in enumerate(by_rate.items())]
         if not self.lr_outside:
-            for lr_mult, ks in by_rate.items():
-                torch._foreach_mul_([gs[k] for k in ks], self._rate(lr_mult, dtype, rate))
+            for r, ks in rates:
+                torch._foreach_mul_([gs[k] for k in ks], r)
         for g in gs:  # a non-finite iteration adds -0.0 to the history: no bit changes
             torch.where(self.ok, g, neg0, out=g)
         torch._foreach_mul_(hs, mom_ok)
@@ -281,8 +292,8 @@ class DeviceLoop:
             torch._foreach_mul_([hs[k] for k, _ in masked], eff)
         torch._foreach_copy_(gs, hs)  # Caffe's diff holds the update
         if self.lr_outside:
-            for lr_mult, ks in by_rate.items():
-                torch._foreach_mul_([gs[k] for k in ks], self._rate(lr_mult, dtype, rate))
+            for r, ks in rates:
+                torch._foreach_mul_([gs[k] for k in ks], r)
         torch._foreach_sub_(ws, torch._foreach_mul(gs, ok_f))
 
     # -- the graph -----------------------------------------------------------------------------

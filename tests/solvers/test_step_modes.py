@@ -404,3 +404,46 @@ def test_graph_mode_control_flow_equals_deferred(workdir, variant, caplog, monke
     assert _bits_equal(a[0], b[0]) and _bits_equal(a[1], b[1])
     # the graph reads the data layer's tops from inputs of its own, into which every iteration copies them
     assert graph.blobs["data"] is s._loop._static["data"] and graph.blobs["label"] is s._loop._static["label"]
+
+
+def _growth_module():
+    """tests/recipes/test_recipe_growth_snip.py (its net template and solver settings), loaded by path."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "test_recipe_growth_snip.py"
+    spec = importlib.util.spec_from_file_location("_growth_snip_tests", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_deferred_equals_eager_through_growth_pruning_and_freezing(tmp_path):
+    # Recipe callbacks at work between iterations: growth rebuilds the nets (new parameters, lr_mult changed per
+    # update by grown_lr CONSTANT_BASE_LR), SNIP prunes at epoch ends, freeze_zero_params writes zeros back after
+    # each update, BatchNorm updates its statistics in the forward. Same bytes in both modes.
+    from netcompress.data.mnist5k import write_digits_lmdb
+
+    g = _growth_module()
+    rs = np.random.RandomState(0)
+    labels = rs.randint(0, 4, 72)
+    imgs = (rs.rand(72, 1, 8, 8) * 80).astype(np.uint8)
+    for i, c in enumerate(labels):
+        imgs[i, 0, 2 * c:2 * c + 2, :] += 150
+    write_digits_lmdb(str(tmp_path / "train"), imgs[:64], labels[:64])
+    write_digits_lmdb(str(tmp_path / "test"), imgs[64:], labels[64:])
+    net = g.make_net(tmp_path, tmp_path, ics="0,1,0,1,1")
+    out = {}
+    for mode in ("eager", "deferred"):
+        p = g.solver_param(net, tmp_path, 12, growth=(3, 5), snip={"epoch": [3, 4], "policy": "ITERATIVE",
+                                                                   "keep": [0.8], "min": [0.5]},
+                           epoch_iters=2, snapshot=12, lr_policy="step", stepsize=6, gamma=0.5,
+                           freeze_zero_params=True, test_interval=5, display=3, snapshot_prefix=str(tmp_path / mode))
+        p.growth.grown_lr = pb.GrowthParameter.CONSTANT_BASE_LR
+        s = Solver(p, verbose=False, options={"step_mode": mode})
+        s.solve()
+        assert s.step_mode == mode and s.net.has_layer("ic3")
+        state = pb.SolverState.FromString((tmp_path / f"{mode}_iter_12.solverstate").read_bytes())
+        out[mode] = ((tmp_path / f"{mode}_iter_12.caffemodel").read_bytes(),
+                     [h.SerializeToString() for h in state.history], s.smoothed_loss)
+    assert out["deferred"] == out["eager"]
