@@ -646,7 +646,6 @@ class Solver:
             cb.before_update(self)
         grads = self._grads()
         if loop is not None:
-            loop.set_rate(rate)
             loop.update(grads, rate)
             return
         self._clip(grads)

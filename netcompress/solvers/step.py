@@ -41,6 +41,7 @@ change no bits, so a non-finite iteration leaves h and w exactly as they were. L
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -161,7 +162,7 @@ class DeviceLoop:
         self.device = solver.device
         dev = self.device
         self.iter_size = int(sp.iter_size)
-        self.ok = torch.ones((), dtype=torch.bool, device=dev)   # no non-finite loss since the last read
+        self.ok = torch.ones((), dtype=torch.bool, device=dev)   # false from a non-finite loss until `read`
         self.losses: torch.Tensor | None = None                   # LOSS_SLOTS losses, allocated at first use
         self.slot = torch.zeros(1, dtype=torch.int64, device=dev)  # next free entry of `losses`
         self.pending: list[int] = []                              # the iterations whose losses wait there
@@ -190,7 +191,6 @@ class DeviceLoop:
         self._loss: torch.Tensor | None = None
         self._captured: list[torch.Tensor] = []        # parameters, histories and masks the graph reads
         self._side = None                              # the warm-up iterations' CUDA stream
-        self._side = None                              # the warm-up iterations' CUDA stream
 
     # -- losses ----------------------------------------------------------------------------
     @property
@@ -208,11 +208,14 @@ class DeviceLoop:
 
     def read(self) -> list[tuple[int, float]]:
         """(iteration, loss summed over iter_size) of every iteration since the last read, in order: the
-        one host read (a device sync on a GPU)."""
+        one host read (a device sync on a GPU). The caller stops at the first non-finite loss, so the finite
+        flag starts afresh (a caller that goes on training after the error trains again)."""
         if not self.pending:
             return []
         values = self.losses[:len(self.pending)].tolist()
         self.slot.zero_()
+        if not all(math.isfinite(v) for v in values):
+            self.ok.fill_(True)
         out = list(zip(self.pending, values))
         self.pending = []
         return out
@@ -228,7 +231,7 @@ class DeviceLoop:
         t = self._rates.get(key)
         if t is None:
             t = self._rates[key] = torch.full((), rate * lr_mult, dtype=dtype, device=self.device)
-        elif fill and self._rate_mults[key] != lr_mult:
+        elif fill:
             t.fill_(rate * lr_mult)
         self._rate_mults[key] = lr_mult
         return t
@@ -243,8 +246,8 @@ class DeviceLoop:
 
     def update(self, grads: list[torch.Tensor | None], rate: float, fill: bool = True) -> None:
         """The deferred SGD update (see the module docstring): device work only, no host read. The rate
-        scalars hold `rate` (set_rate) or are filled here when `fill` (not inside a graph: a captured fill
-        would replay the capture's rate)."""
+        scalars are filled with `rate` here when `fill`; inside a graph (fill False) `set_rate` fills them
+        before each replay (a captured fill would replay the capture's rate)."""
         s = self.solver
         groups: dict[torch.dtype, list[int]] = {}
         for i, g in enumerate(grads):

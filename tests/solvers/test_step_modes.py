@@ -206,6 +206,8 @@ def test_deferred_non_finite_stop_matches_eager(workdir, caplog):
             s.step(40)
         results[mode] = (str(e.value), s.iter, _state(s))
         assert caplog.records[-1].getMessage() == str(e.value)
+        if mode == "deferred":
+            assert bool(s._loop.ok) and not s._loop.pending  # reported: the flag starts afresh
     (msg_e, it_e, st_e), (msg_d, it_d, st_d) = results["eager"], results["deferred"]
     bad = int(re.search(r"Iteration (\d+), loss = (nan|inf)", msg_e).group(1))
     assert bad >= 1 and it_e == it_d == bad
