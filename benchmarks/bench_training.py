@@ -18,7 +18,22 @@ Per (net, variant, device, threads):
            set size of its own process (--isolate); plus the bytes of parameters, masks and history.
 The variants of a (net, device, threads) are timed in rotation, one step of each in turn (medians over the
 rounds), so that a slow period of a shared machine affects all of them alike; each CPU thread count runs in its
-own process (--isolate).
+own process (--isolate). A timed sample is `--block` iterations of Solver.step (default 1 on the CPU, 10 on CUDA,
+where the deferred and graphed step modes read the loss once per step() call); figures are per iteration.
+Step modes (netcompress.solvers.step; --step-modes): each netcompress variant runs in every mode asked for, the
+default `auto` on the CPU (eager there) and `auto,deferred` on CUDA (a CUDA graph where it applies, and the same
+without graphs); each row names the mode that ran.
+PyTorch baseline (LeNet; --no-baseline drops it): the hand-written PyTorch LeNet of the GPU probe
+(../shared/measurements/gpu-h200/probe_lenet_step.py) in the same rotation: the same layers (conv 20@5, max pool,
+conv 50@5, max pool, ip 500, ReLU, ip 10, cross-entropy), torch.optim.SGD (lr 1e-3, momentum 0.9, weight decay
+5e-4, PyTorch's default implementation), the same fixed batch on the device, eager; without the probe's input
+scaling (x/256), which the netcompress nets here (an Input layer for data) do not have either. Ratios against it
+come from the same run.
+Host work per step (LeNet, batch 1, every variant and the baseline, in rotation): the ATen/netcompress op calls
+per training step (a TorchDispatchMode counts them: ops launched from Python, views and metadata ops included;
+a replayed CUDA graph counts as none), on CUDA the stream submissions per step from torch.profiler (kernel and
+graph launches, memcpy, memset), and the wall time per step at batch 1, where the device has almost nothing to
+do: the host time a step costs.
 Knowledge distillation (LeNet, per device and threads): the plain student alone, against the same student with a
 teacher in its net (a copy of the net prefixed t_ by rename_layers, every blob lr_mult 0) and a
 KnowledgeDistillationLoss (HINTON, T 4, soft 0.9, hard 0.1) in place of its SoftmaxWithLoss, timed in rotation
@@ -40,6 +55,9 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -59,6 +77,12 @@ NETS = {
                     batch=4, fwd_bwd_batches=(4,)),
 }
 VARIANTS = ("plain", "dns", "inq")
+BASELINE = "pytorch"          # the hand-written PyTorch row's variant name
+BASELINE_NETS = ("lenet",)    # nets with a hand-written PyTorch baseline
+STEP_MODES = ("auto", "eager", "deferred", "graph")
+# CUDA runtime calls that submit work to a stream, counted per step from the profiler.
+LAUNCH_EVENTS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch",
+                 "cudaMemcpyAsync", "cudaMemsetAsync")
 KD_NETS = ("lenet",)  # the KD row: a same-size teacher, so the ratio is about 1 + one forward / fwd+bwd
 DATA_TYPES = {"Data", "ImageData", "HDF5Data", "Input", "DummyData", "MemoryData", "WindowData"}
 # The reference Caffe on this machine class (issue): CPU, one BLAS thread, LeNet.
@@ -162,7 +186,7 @@ def _ones(param) -> None:
         f.value = 1.0
 
 
-def make_solver(name: str, variant: str, batch: int, device: str):
+def make_solver(name: str, variant: str, batch: int, device: str, step_mode: str = "auto"):
     from netcompress.solvers import Solver
 
     sp = pb.SolverParameter()
@@ -174,13 +198,77 @@ def make_solver(name: str, variant: str, batch: int, device: str):
     sp.weight_decay = 5e-4
     sp.max_iter = 10**9
     sp.random_seed = 1
-    solver = Solver(sp, device=device, verbose=False)
+    sp.display = 0
+    solver = Solver(sp, device=device, verbose=False, options={"step_mode": step_mode})
     g = torch.Generator().manual_seed(0)
     spec = NETS[name]
     data = torch.randn(batch, *spec["shape"], generator=g)
     label = torch.randint(0, spec["classes"], (batch,), generator=g).float()
     solver.net.set_input(data=data, label=label)
     return solver
+
+
+class TorchLeNet(nn.Module):
+    """The GPU probe's hand-written LeNet (see the module docstring), without its input scaling."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 20, 5), nn.Conv2d(20, 50, 5)
+        self.f1, self.f2 = nn.Linear(800, 500), nn.Linear(500, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(self.c1(x), 2, 2)
+        x = F.max_pool2d(self.c2(x), 2, 2)
+        return self.f2(F.relu(self.f1(x.flatten(1))))
+
+
+class Baseline:
+    """What a user would write instead of a netcompress solver: the hand-written PyTorch net, torch.optim.SGD and a
+    fixed batch on the device, eager. `step(n)` trains n iterations, as Solver.step does."""
+
+    step_mode = "eager"
+
+    def __init__(self, name: str, batch: int, device: str):
+        if name != "lenet":
+            raise ValueError(f"no hand-written PyTorch baseline for {name!r} (only {', '.join(BASELINE_NETS)})")
+        torch.manual_seed(1)
+        self.model = TorchLeNet().to(device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+        g = torch.Generator().manual_seed(0)
+        spec = NETS[name]
+        self.x = torch.randn(batch, *spec["shape"], generator=g).to(device)
+        self.y = torch.randint(0, spec["classes"], (batch,), generator=g).to(device)
+        self.loss: torch.Tensor | None = None
+
+    def step(self, iters: int = 1) -> None:
+        for _ in range(iters):
+            self.opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(self.model(self.x), self.y)
+            loss.backward()
+            self.opt.step()
+        self.loss = loss.detach()
+
+    def fwd_bwd(self) -> None:
+        self.model.zero_grad(set_to_none=True)
+        F.cross_entropy(self.model(self.x), self.y).backward()
+
+    def state_mb(self) -> float:
+        b = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        b += sum(t.numel() * t.element_size() for st in self.opt.state.values() for t in st.values()
+                 if isinstance(t, torch.Tensor))
+        return b / 2**20
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen/netcompress op calls that reach the dispatcher from Python (a CUDA graph's replay is none)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -246,48 +334,122 @@ def _state_mb(solver) -> float:
     return b / 2**20
 
 
+def _warmup_steps(job: dict) -> int:
+    """Warm-up iterations: at least enough for a CUDA graph to be captured before anything is timed."""
+    from netcompress.solvers.step import GRAPH_WARMUP
+
+    return max(job["warmup"], GRAPH_WARMUP + 2) if job["device"] == "cuda" else job["warmup"]
+
+
 def measure_group(job: dict) -> list[dict]:
-    """Every variant of one (net, device, threads), timed in rotation: one training step of each variant in
-    turn, then one forward+backward of each, repeated. A slow period of a shared machine then hits every
-    variant alike, so their ratios hold even when the absolute figures move."""
+    """Every variant (in every step mode) of one (net, device, threads), and the PyTorch baseline, timed in
+    rotation: one sample (`block` training iterations) of each in turn, then one forward+backward of each, repeated.
+    A slow period of a shared machine then hits every variant alike, so their ratios hold even when the absolute
+    figures move."""
     device, threads = job["device"], job["threads"]
     if device == "cpu":
         torch.set_num_threads(threads)
-    name, variants = job["net"], job["variants"]
+    name, variants, block = job["net"], job["variants"], job.get("block", 1)
+    modes = job.get("modes", ["auto"])
     once = _timer(device)
-    solvers = {v: make_solver(name, v, job["batch"], device) for v in variants}
-    fb_nets = {(v, b): (solvers[v].net if b == job["batch"] else make_solver(name, v, b, device).net)
-               for v in variants for b in job["fwd_bwd_batches"]}
-    for v in variants:  # from iteration 0: INQ quantizes there, DNS computes its statistics
+    keys = [(v, m) for v in variants for m in modes]
+    subjects = {k: make_solver(name, k[0], job["batch"], device, k[1]) for k in keys}
+    if job.get("baseline"):
+        subjects[(BASELINE, "eager")] = Baseline(name, job["batch"], device)
+    first = {v: subjects[(v, modes[0])] for v in variants}
+    # fwd+bwd on the trained net itself where its step is eager (the CPU); a net of its own where a step mode may
+    # hold a CUDA graph (an eager pass there would replace the graph's gradients and blobs between replays).
+    fb_subjects = {(v, b): (first[v].net if b == job["batch"] and device == "cpu" else make_solver(name, v, b, device).net)
+                   for v in variants for b in job["fwd_bwd_batches"]}
+    if job.get("baseline"):
+        fb_subjects.update({(BASELINE, b): (subjects[(BASELINE, "eager")] if b == job["batch"]
+                                            else Baseline(name, b, device)) for b in job["fwd_bwd_batches"]})
+
+    def fwd_bwd(x):
+        return x.fwd_bwd if isinstance(x, Baseline) else _fwd_bwd(x)
+
+    for k, x in subjects.items():  # from iteration 0: INQ quantizes there, DNS computes its statistics
+        x.step(_warmup_steps(job))
+    for x in fb_subjects.values():
         for _ in range(job["warmup"]):
-            solvers[v].step(1)
-        for b in job["fwd_bwd_batches"]:
-            for _ in range(job["warmup"]):
-                _fwd_bwd(fb_nets[(v, b)])()
+            fwd_bwd(x)()
     _sync = (lambda: torch.cuda.synchronize()) if device == "cuda" else (lambda: None)
     _sync()
-    train = {v: [] for v in variants}
-    fb = {(v, b): [] for v in variants for b in job["fwd_bwd_batches"]}
+    train = {k: [] for k in subjects}
+    fb = {k: [] for k in fb_subjects}
     spent, rounds = 0.0, 0
     while rounds < job["iters"] or (spent < job["min_time"] and rounds < 50 * job["iters"]):
-        for v in variants:
-            dt = once(lambda: solvers[v].step(1))
-            train[v].append(dt)
+        for k, x in subjects.items():
+            dt = once(lambda: x.step(block))
+            train[k].append(dt / block)
             spent += dt
-        for (v, b), net in fb_nets.items():
-            fb[(v, b)].append(once(_fwd_bwd(net)))
+        for k, x in fb_subjects.items():
+            fb[k].append(once(fwd_bwd(x)))
         rounds += 1
     out = []
-    for v in variants:
-        t = _summary(train[v])
-        r = {"net": name, "variant": v, "device": device, "threads": threads, "batch": job["batch"],
-             "rounds": rounds, "state_mb": _state_mb(solvers[v]), "train": {**t, "it_s": 1.0 / t["s"]},
+    for (v, m), x in subjects.items():
+        t = _summary(train[(v, m)])
+        baseline = isinstance(x, Baseline)
+        r = {"net": name, "variant": v, "step_mode": x.step_mode, "device": device, "threads": threads,
+             "batch": job["batch"], "rounds": rounds, "block": block,
+             "state_mb": x.state_mb() if baseline else _state_mb(x), "train": {**t, "it_s": 1.0 / t["s"]},
              "fwd_bwd": {}}
+        if not baseline:
+            r["step_mode_asked"] = m
         for b in job["fwd_bwd_batches"]:
             t = _summary(fb[(v, b)])
             r["fwd_bwd"][str(b)] = {**t, "ms": t["s"] * 1e3}
-        net = solvers[v].net
-        r["loss"] = float(net.loss.detach()) if net.loss is not None else None
+        loss = x.loss if baseline else x.net.loss
+        r["loss"] = float(loss.detach()) if loss is not None else None
+        out.append(r)
+    return out
+
+
+def measure_host(job: dict) -> list[dict]:
+    """Host work per training step at batch 1 (LeNet): op calls per step (OpCounter), on CUDA stream submissions per
+    step (torch.profiler), and wall time per step, for every variant (in every step mode) and the PyTorch baseline,
+    timed in rotation (`block` iterations a sample)."""
+    device = job["device"]
+    if device == "cpu":
+        torch.set_num_threads(job["threads"])
+    name, modes, block, n = job["net"], job.get("modes", ["auto"]), job["block"], job["count_steps"]
+    subjects = {(v, m): make_solver(name, v, 1, device, m) for v in job["variants"] for m in modes}
+    if job.get("baseline"):
+        subjects[(BASELINE, "eager")] = Baseline(name, 1, device)
+    for x in subjects.values():
+        x.step(_warmup_steps(job))
+    rows = {}
+    for k, x in subjects.items():
+        with OpCounter() as c:
+            x.step(n)
+        launches = None
+        if device == "cuda":
+            from torch.profiler import ProfilerActivity, profile
+
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                x.step(n)
+                torch.cuda.synchronize()
+            launches = sum(1 for e in prof.events() if e.name in LAUNCH_EVENTS) / n
+        rows[k] = {"net": name, "variant": k[0], "step_mode": x.step_mode, "device": device,
+                   "threads": job["threads"], "batch": 1, "dispatches_per_step": c.count / n,
+                   "launches_per_step": launches, "times": []}
+    spent, rounds = 0.0, 0
+    while rounds < job["iters"] or (spent < job["min_time"] and rounds < 50 * job["iters"]):
+        for k, x in subjects.items():
+            t0 = time.perf_counter()
+            x.step(block)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            rows[k]["times"].append(dt / block)
+            spent += dt
+        rounds += 1
+    out = []
+    for r in rows.values():
+        t = _summary(r.pop("times"))
+        r["host"] = {**t, "ms": t["s"] * 1e3}
+        r["block"], r["rounds"] = block, rounds
         out.append(r)
     return out
 
@@ -327,15 +489,14 @@ def measure_memory(job: dict) -> dict:
     device = job["device"]
     if device == "cpu":
         torch.set_num_threads(job["threads"])
-    solver = make_solver(job["net"], job["variant"], job["batch"], device)
+    solver = make_solver(job["net"], job["variant"], job["batch"], device, job.get("step_mode", "auto"))
     out = {"net": job["net"], "variant": job["variant"], "device": device}
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     rss_before = _rss_mb()
-    for _ in range(3):
-        solver.step(1)
+    solver.step(_warmup_steps({"device": device, "warmup": 3}))
     _fwd_bwd(solver.net)()
     if device == "cuda":
         torch.cuda.synchronize()
@@ -356,6 +517,10 @@ def _child(kind: str, job: dict):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _modes(args: argparse.Namespace, device: str) -> list[str]:
+    return args.step_modes or (["auto"] if device == "cpu" else ["auto", "deferred"])
+
+
 def run(args: argparse.Namespace) -> dict:
     devices = C.resolve_devices(args.device)
     nets = args.nets or (["lenet"] if args.quick else list(NETS))
@@ -364,28 +529,36 @@ def run(args: argparse.Namespace) -> dict:
     isolate = args.isolate if args.isolate is not None else not args.quick
     result = {"benchmark": "bench_training", "machine": C.machine_info(devices),
               "config": {"nets": nets, "variants": variants, "devices": devices, "threads": threads,
-                         "quick": args.quick, "isolated": isolate, "reference_caffe_lenet": CAFFE_LENET},
-              "runs": [], "kd": []}
+                         "quick": args.quick, "isolated": isolate, "reference_caffe_lenet": CAFFE_LENET,
+                         "baseline": args.baseline,
+                         "step_modes": {d: _modes(args, d) for d in devices}},
+              "runs": [], "kd": [], "host": []}
     for device in devices:
+        modes = _modes(args, device)
+        block = args.block or (1 if device == "cpu" else 10)
         for name in nets:
             spec = NETS[name]
             batch = args.batch or spec["batch"]
             fb = [batch] if args.quick else sorted({batch, *spec["fwd_bwd_batches"]})
             iters = args.iters or (3 if args.quick else (6 if name == "alexnet" else 20))
+            baseline = args.baseline and name in BASELINE_NETS
             for th in (threads if device == "cpu" else [torch.get_num_threads()]):
                 job = {"net": name, "variants": variants, "device": device, "threads": th, "batch": batch,
                        "fwd_bwd_batches": fb, "warmup": 1 if args.quick else 3, "iters": iters,
-                       "min_time": 0.0 if args.quick else 6.0}
+                       "min_time": 0.0 if args.quick else 6.0, "modes": modes, "block": block, "baseline": baseline}
                 # A child per CPU thread count: torch.set_num_threads is not undone cleanly in one process.
                 runs = _child("group", job) if isolate and device == "cpu" else measure_group(job)
                 for r in runs:
-                    mjob = {"net": name, "variant": r["variant"], "device": device, "threads": th, "batch": batch}
-                    if device == "cuda":
-                        r["memory"] = measure_memory(mjob)
-                    elif isolate and th == threads[-1]:
-                        r["memory"] = _child("memory", mjob)
+                    if r["variant"] != BASELINE:
+                        mjob = {"net": name, "variant": r["variant"], "device": device, "threads": th, "batch": batch,
+                                "step_mode": r["step_mode_asked"]}
+                        if device == "cuda":
+                            r["memory"] = measure_memory(mjob)
+                        elif isolate and th == threads[-1]:
+                            r["memory"] = _child("memory", mjob)
                     result["runs"].append(r)
-                    C.progress(args, f"[{device} x{th}] {name:12s} {r['variant']:5s} train {r['train']['it_s']:7.3g} it/s  "
+                    C.progress(args, f"[{device} x{th}] {name:12s} {r['variant']:7s} {r['step_mode']:8s} train "
+                               f"{r['train']['it_s']:7.3g} it/s  "
                                + "  ".join(f"fwd+bwd@{b} {v['ms']:.4g} ms" for b, v in r["fwd_bwd"].items()))
                 if name in KD_NETS:
                     kjob = {k: job[k] for k in ("net", "device", "threads", "batch", "warmup", "iters", "min_time")}
@@ -393,24 +566,50 @@ def run(args: argparse.Namespace) -> dict:
                     result["kd"].append(k)
                     C.progress(args, f"[{device} x{th}] {name:12s} kd    train {k['kd']['it_s']:7.3g} it/s  "
                                f"plain {k['plain']['it_s']:.3g} it/s  time x{k['kd_time_vs_plain']:.3f}")
+        if "lenet" in nets and args.host:
+            hjob = {"net": "lenet", "variants": variants, "device": device, "threads": 1, "modes": modes,
+                    "baseline": args.baseline, "warmup": 1 if args.quick else 3, "count_steps": 2 if args.quick else 5,
+                    "block": 2 if args.quick else (10 if device == "cpu" else 50), "iters": 3 if args.quick else 20,
+                    "min_time": 0.0 if args.quick else 4.0}
+            rows = _child("host", hjob) if isolate and device == "cpu" else measure_host(hjob)
+            for r in rows:
+                result["host"].append(r)
+                C.progress(args, f"[{device} x1] lenet@1      {r['variant']:7s} {r['step_mode']:8s} "
+                           f"{r['dispatches_per_step']:.0f} ops/step  host {r['host']['ms']:.4g} ms/step")
     result["machine"]["load_average_end"] = C.load_average()
     result["overhead"] = overheads(result["runs"])
     result["vs_caffe"] = versus_caffe(result["runs"])
+    result["vs_pytorch"] = versus_pytorch(result["runs"])
     return result
 
 
 def overheads(runs: list[dict]) -> list[dict]:
-    """DNS and INQ speed relative to plain, per (net, device, threads)."""
-    plain = {(r["net"], r["device"], r["threads"]): r for r in runs if r["variant"] == "plain"}
+    """DNS and INQ speed relative to plain, per (net, device, threads, step mode)."""
+    plain = {(r["net"], r["device"], r["threads"], r["step_mode"]): r for r in runs if r["variant"] == "plain"}
     out = []
     for r in runs:
-        p = plain.get((r["net"], r["device"], r["threads"]))
-        if r["variant"] == "plain" or p is None:
+        p = plain.get((r["net"], r["device"], r["threads"], r["step_mode"]))
+        if r["variant"] in ("plain", BASELINE) or p is None:
             continue
-        out.append({"net": r["net"], "variant": r["variant"], "device": r["device"], "threads": r["threads"],
+        out.append({"net": r["net"], "variant": r["variant"], "step_mode": r["step_mode"], "device": r["device"],
+                    "threads": r["threads"],
                     "train_speed_vs_plain": r["train"]["it_s"] / p["train"]["it_s"],
                     "fwd_bwd_time_vs_plain": {b: r["fwd_bwd"][b]["s"] / p["fwd_bwd"][b]["s"]
                                               for b in r["fwd_bwd"] if b in p["fwd_bwd"]}})
+    return out
+
+
+def versus_pytorch(runs: list[dict]) -> list[dict]:
+    """Each netcompress row's training speed over the hand-written PyTorch baseline's, from the same rotation."""
+    base = {(r["net"], r["device"], r["threads"]): r for r in runs if r["variant"] == BASELINE}
+    out = []
+    for r in runs:
+        b = base.get((r["net"], r["device"], r["threads"]))
+        if r["variant"] == BASELINE or b is None:
+            continue
+        out.append({"net": r["net"], "variant": r["variant"], "step_mode": r["step_mode"], "device": r["device"],
+                    "threads": r["threads"], "it_s": r["train"]["it_s"], "pytorch_it_s": b["train"]["it_s"],
+                    "speed_vs_pytorch": r["train"]["it_s"] / b["train"]["it_s"]})
     return out
 
 
@@ -418,7 +617,7 @@ def versus_caffe(runs: list[dict]) -> list[dict]:
     """LeNet on the CPU against the reference Caffe's figures (CPU, one BLAS thread)."""
     out = []
     for r in runs:
-        if r["net"] != "lenet" or r["device"] != "cpu":
+        if r["net"] != "lenet" or r["device"] != "cpu" or r["variant"] == BASELINE:
             continue
         entry = {"variant": r["variant"], "threads": r["threads"], "train_it_s": r["train"]["it_s"],
                  "train_speedup": r["train"]["it_s"] / CAFFE_LENET["train_it_s"], "fwd_bwd": {}}
@@ -438,25 +637,52 @@ def tables(result: dict) -> str:
     rows = []
     for r in result["runs"]:
         mem = f"{r['memory']['peak_growth_mb']:.0f}" if "memory" in r else "-"
-        rows.append({"net": r["net"], "variant": r["variant"], "dev": r["device"], "thr": r["threads"],
-                     "batch": r["batch"], "it_s": C.fmt(r["train"]["it_s"]),
+        rows.append({"net": r["net"], "variant": r["variant"], "mode": r["step_mode"], "dev": r["device"],
+                     "thr": r["threads"], "batch": r["batch"], "it_s": C.fmt(r["train"]["it_s"]),
                      "iter_ms": C.fmt(r["train"]["s"] * 1e3),
                      "fb": "  ".join(f"{C.fmt(v['ms'])}@{b}" for b, v in r["fwd_bwd"].items()),
                      "state": f"{r['state_mb']:.1f}", "mem": mem})
     parts = ["== training (medians; it/s of Solver.step; fwd+bwd ms at iteration 0, per batch; state: params + "
              "masks + history MiB; mem: peak above the built solver, MiB: CUDA allocated, CPU RSS of its own "
              "process)\n"
-             + C.format_table(rows, [("net", "net"), ("variant", "variant"), ("dev", "device"), ("thr", "threads"),
-                                     ("batch", "batch"), ("it_s", "it/s"), ("iter_ms", "ms/iter"),
+             + C.format_table(rows, [("net", "net"), ("variant", "variant"), ("mode", "step mode"), ("dev", "device"),
+                                     ("thr", "threads"), ("batch", "batch"), ("it_s", "it/s"), ("iter_ms", "ms/iter"),
                                      ("fb", "fwd+bwd ms@batch"), ("state", "state MiB"), ("mem", "mem MiB")])]
     if result["overhead"]:
-        rows = [{"net": o["net"], "variant": o["variant"], "dev": o["device"], "thr": o["threads"],
-                 "train": f"{o['train_speed_vs_plain']:.3f}",
+        rows = [{"net": o["net"], "variant": o["variant"], "mode": o["step_mode"], "dev": o["device"],
+                 "thr": o["threads"], "train": f"{o['train_speed_vs_plain']:.3f}",
                  "fb": "  ".join(f"{v:.3f}@{b}" for b, v in o["fwd_bwd_time_vs_plain"].items())}
                 for o in result["overhead"]]
         parts.append("== compression overhead (train: speed / plain speed; fwd+bwd: time / plain time)\n"
-                     + C.format_table(rows, [("net", "net"), ("variant", "variant"), ("dev", "device"),
-                                             ("thr", "threads"), ("train", "train speed"), ("fb", "fwd+bwd time")]))
+                     + C.format_table(rows, [("net", "net"), ("variant", "variant"), ("mode", "step mode"),
+                                             ("dev", "device"), ("thr", "threads"), ("train", "train speed"),
+                                             ("fb", "fwd+bwd time")]))
+    if result.get("vs_pytorch"):
+        rows = [{"net": o["net"], "variant": o["variant"], "mode": o["step_mode"], "dev": o["device"], "thr": o["threads"],
+                 "it_s": C.fmt(o["it_s"]), "pt": C.fmt(o["pytorch_it_s"]), "x": f"{o['speed_vs_pytorch']:.3f}"}
+                for o in result["vs_pytorch"]]
+        parts.append("== against hand-written PyTorch (the probe's LeNet, torch.optim.SGD, eager; same rotation; "
+                     "speed: netcompress it/s / PyTorch it/s; targets on CUDA: plain >= 1 without graphs, >= 3 with)\n"
+                     + C.format_table(rows, [("net", "net"), ("variant", "variant"), ("mode", "step mode"),
+                                             ("dev", "device"), ("thr", "threads"), ("it_s", "it/s"),
+                                             ("pt", "PyTorch it/s"), ("x", "speed")]))
+    if result.get("host"):
+        base = {r["device"]: r for r in result["host"] if r["variant"] == BASELINE}
+        rows = []
+        for r in result["host"]:
+            b = base.get(r["device"])
+            launches = "-" if r["launches_per_step"] is None else f"{r['launches_per_step']:.0f}"
+            rows.append({"variant": r["variant"], "mode": r["step_mode"], "dev": r["device"],
+                         "ops": f"{r['dispatches_per_step']:.0f}", "launch": launches,
+                         "host": C.fmt(r["host"]["ms"]),
+                         "xops": f"{r['dispatches_per_step'] / b['dispatches_per_step']:.2f}" if b else "-",
+                         "xhost": f"{r['host']['s'] / b['host']['s']:.2f}" if b else "-"})
+        parts.append("== host work per training step (LeNet, batch 1; ops: ATen/netcompress op calls from Python per "
+                     "step, a replayed CUDA graph counting none; launches: CUDA stream submissions per step from the "
+                     "profiler; host: wall ms per step at batch 1; x: over the PyTorch baseline)\n"
+                     + C.format_table(rows, [("variant", "variant"), ("mode", "step mode"), ("dev", "device"),
+                                             ("ops", "ops/step"), ("launch", "launches/step"), ("host", "host ms/step"),
+                                             ("xops", "ops x"), ("xhost", "host x")]))
     if result.get("kd"):
         rows = [{"net": k["net"], "dev": k["device"], "thr": k["threads"], "batch": k["batch"],
                  "plain": C.fmt(k["plain"]["it_s"]), "kd": C.fmt(k["kd"]["it_s"]), "x": f"{k['kd_time_vs_plain']:.3f}"}
@@ -488,6 +714,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--isolate", dest="isolate", action="store_true", default=None,
                    help="one process per CPU measurement, for its peak RSS (default, except --quick)")
     p.add_argument("--no-isolate", dest="isolate", action="store_false")
+    p.add_argument("--step-modes", type=lambda s: s.split(","),
+                   help=f"comma-separated step modes of the netcompress rows, of {','.join(STEP_MODES)} (default: auto "
+                        "on the CPU, auto,deferred on CUDA)")
+    p.add_argument("--block", type=int, help="training iterations per timed sample (default 1 on the CPU, 10 on CUDA)")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="leave out the hand-written PyTorch LeNet")
+    p.add_argument("--no-host", dest="host", action="store_false",
+                   help="leave out the host-work table (op calls, launches and host time per step at batch 1)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for n in args.nets or []:
@@ -496,6 +730,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for v in args.variants or []:
         if v not in VARIANTS:
             p.error(f"--variants: unknown {v!r}; known: {', '.join(VARIANTS)}")
+    for m in args.step_modes or []:
+        if m not in STEP_MODES:
+            p.error(f"--step-modes: unknown {m!r}; known: {', '.join(STEP_MODES)}")
+    if args.block is not None and args.block < 1:
+        p.error(f"--block must be at least 1, got {args.block}")
     return args
 
 
@@ -505,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         job = json.loads(args.child)
         kind = job.pop("kind")
-        fn = {"group": measure_group, "memory": measure_memory, "kd": measure_kd}[kind]
+        fn = {"group": measure_group, "memory": measure_memory, "kd": measure_kd, "host": measure_host}[kind]
         print(json.dumps(fn(job)))
         return 0
     result = run(args)

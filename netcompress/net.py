@@ -195,6 +195,7 @@ class Net(nn.Module):
         self._fed: dict[str, torch.Tensor] = {}
         self._param_owner: dict[str, tuple[str, int]] = {}
         self._params: list[ParamEntry] = []
+        self._sources: list[int] | None = None  # the data layers' indices (_source_layers)
         self._build(filtered)
         if weights:
             self.copy_from(weights)
@@ -520,20 +521,54 @@ class Net(nn.Module):
         if unknown:
             raise KeyError(f"net '{self.name}' has no input blob(s) {sorted(unknown)}; "
                            f"inputs are {self.input_names}")
+        return self._run(inputs, None)
+
+    def data_tops(self) -> "OrderedDict[str, torch.Tensor]":
+        """Run only the data layers (those without bottoms: Data, Input, DummyData, ...) and return
+        their tops by name, as the next forward would see them. With `forward_with`, a caller (the
+        solver's CUDA-graphed step) runs the data layers eagerly and the rest of the net on tensors
+        of its own."""
+        out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+        for li in self._source_layers():
+            layer = self.layers[_escape(self.layer_names[li])]
+            xs = [self._fed.get(t) for t in self._tops[li]] if layer.is_input else []
+            y = layer(*xs)
+            for t, v in zip(self._tops[li], (y,) if isinstance(y, torch.Tensor) else y):
+                out[t] = v
+        return out
+
+    def forward_with(self, tops: "dict[str, torch.Tensor]") -> "OrderedDict[str, torch.Tensor]":
+        """`forward()` with the data layers' tops given (see `data_tops`): those layers do not run."""
+        missing = [t for li in self._source_layers() for t in self._tops[li] if t not in tops]
+        if missing:
+            raise KeyError(f"net '{self.name}': forward_with needs every data layer's top; missing {missing}")
+        return self._run({}, tops)
+
+    def _source_layers(self) -> list[int]:
+        """Indices of the layers that produce blobs without bottoms (the data layers)."""
+        if self._sources is None:
+            self._sources = [li for li, name in enumerate(self.layer_names)
+                             if self.layers[_escape(name)].is_data and not self._bottoms[li]]
+        return self._sources
+
+    def _run(self, inputs: "dict[str, torch.Tensor]",
+             given: "dict[str, torch.Tensor] | None") -> "OrderedDict[str, torch.Tensor]":
         blobs = self.blobs
         blobs.clear()
         for li, name in enumerate(self.layer_names):
             layer = self.layers[_escape(name)]
-            if layer.is_input:
-                xs = [self._as_input(inputs[t]) if t in inputs else self._fed.get(t)
-                      for t in self._tops[li]]
-
+            if given is not None and li in self._source_layers():
+                out = tuple(given[t] for t in self._tops[li])
             else:
-                xs = [blobs[b] if pd else blobs[b].detach()
-                      for b, pd in zip(self._bottoms[li], self._prop_down[li])]
-            out = layer(*xs)
-            if isinstance(out, torch.Tensor):
-                out = (out,)
+                if layer.is_input:
+                    xs = [self._as_input(inputs[t]) if t in inputs else self._fed.get(t)
+                          for t in self._tops[li]]
+                else:
+                    xs = [blobs[b] if pd else blobs[b].detach()
+                          for b, pd in zip(self._bottoms[li], self._prop_down[li])]
+                out = layer(*xs)
+                if isinstance(out, torch.Tensor):
+                    out = (out,)
             if self.param.force_backward and layer.is_input:
                 # Caffe's force_backward: gradients reach the net's inputs too.
                 out = tuple(y.detach().requires_grad_() if y.is_floating_point() else y for y in out)

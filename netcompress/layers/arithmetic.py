@@ -26,6 +26,7 @@ class Eltwise(Layer):
     differs only where a bottom is 0 (there Caffe gives NaN/inf), not reproduced.
     """
 
+    graph_safe = True  # audited: device work only (Layer.graph_safe)
     min_bottoms = 2
     min_tops = max_tops = 1
 
@@ -109,6 +110,7 @@ class Bias(Layer):
     gradient). A scalar b (num_axes 0) applies to everything.
     """
 
+    graph_safe = True  # audited: device work only (Layer.graph_safe)
     min_bottoms, max_bottoms = 1, 2
     min_tops = max_tops = 1
 
@@ -143,6 +145,7 @@ class Scale(Layer):
     for a second bottom like that bottom. Blob order: [scale, bias], or [bias] with two bottoms.
     """
 
+    graph_safe = True  # audited: device work only (Layer.graph_safe)
     min_bottoms, max_bottoms = 1, 2
     min_tops = max_tops = 1
 
@@ -183,6 +186,7 @@ class Scale(Layer):
 class Softmax(Layer):
     """Softmax over `softmax_param.axis` (exp(x - max) / sum, as Caffe)."""
 
+    graph_safe = True  # audited: device work only (Layer.graph_safe)
     min_bottoms = max_bottoms = 1
     min_tops = max_tops = 1
 

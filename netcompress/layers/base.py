@@ -107,6 +107,15 @@ class Layer(nn.Module):
     mask_kind: ClassVar[str] = ""
     # The command that turns a model of this (masked) type into a normal one, for error messages.
     normal_converter: ClassVar[str] = ""
+    # Whether a CUDA graph may capture this layer in a TRAIN step (solvers/step.py): its forward and
+    # backward are device work only, the same at every iteration (no host read, no Python state that
+    # changes, no value taken from the host per call such as the iteration or a Python float that a
+    # hook updates), and its hooks change tensors in place (a replay keeps reading the tensors it
+    # captured). `set_iteration` and `before_train_forward` run outside the graph, before each replay;
+    # `before_backward`/`after_backward` run only while capturing, so they must do no device work when
+    # iter_size is 1. Data layers (no bottoms) need not declare it: they run outside the graph and
+    # their tops are copied into its inputs. Off by default: a layer type is captured once audited.
+    graph_safe: ClassVar[bool] = False
 
     def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
         super().__init__()
@@ -224,6 +233,17 @@ class Layer(nn.Module):
         """How many values Caffe's set-up of this layer takes from the global random stream besides
         its fillers (data layers seed their transformer and prefetch thread)."""
         return 0
+
+    def graph_refusal(self) -> str | None:
+        """Why a CUDA graph cannot capture this layer in a TRAIN step, or None when it can (see
+        `graph_safe`). A layer whose safety depends on its parameters overrides this."""
+        if self.is_data and not self.bottom_shapes:
+            return None  # runs outside the graph
+        if not self.graph_safe:
+            return f"layer '{self.name}' (type {self.type_name}) does not declare itself graph-safe"
+        if getattr(self, "_rng", None) is not None and self.phase == pb.TRAIN:
+            return f"layer '{self.name}' (type {self.type_name}) draws from its own generator"
+        return None
 
     def update_mask(self, blob_index: int) -> torch.Tensor | None:
         """A 0/1 tensor that freezes the mask-0 entries of blob `blob_index` in the solver, or None."""

@@ -65,6 +65,10 @@ class DNSLayer(MaskedLayer):
         if self.phase == pb.TRAIN:  # created now, so every process and every snapshot has it
             self.ctx.named_generator(SURGERY_GENERATOR, DEFAULT_SURGERY_SEED)
         self.stats: torch.Tensor | None = None  # float64 [mu, std, n_weight, n_bias]
+        # The thresholds of `stats`, computed once per statistics (they persist for the whole run), so a
+        # surgery costs only its mask-update launches; keyed by the tensor and its version counter.
+        self._thresholds: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._thresholds_of: tuple[torch.Tensor | None, int] = (None, -1)
         self.surgeries = 0  # how many mask updates this layer has done (for reports and tests)
 
     # -- the per-forward surgery step ------------------------------------------------------
@@ -101,7 +105,7 @@ class DNSLayer(MaskedLayer):
         """Prune and splice both masks with T = max(mu + c_rate*std, 0), one fused pass per blob."""
         low, high = self.thresholds()
         for p, m in self.masked_pairs():
-            ops.dns_update_mask_(p.detach(), m, low, high, self._scratch(p))
+            ops.dns_update_mask_(p, m, low, high, self._scratch(p))  # (the op runs under no_grad)
         self.surgeries += 1
 
     def _scratch(self, like: torch.Tensor) -> torch.Tensor:
@@ -116,8 +120,14 @@ class DNSLayer(MaskedLayer):
         return buf
 
     def thresholds(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(alpha_low*T, alpha_high*T) of `ops.dns_thresholds`, on the statistics' device."""
-        return ops.dns_thresholds(self.stats, self.c_rate, self.alpha_low, self.alpha_high)
+        """(alpha_low*T, alpha_high*T) of `ops.dns_thresholds`, on the statistics' device; computed again
+        only when the statistics change (a new tensor, or one modified in place)."""
+        stats = self.stats
+        held, version = self._thresholds_of
+        if self._thresholds is None or held is not stats or version != stats._version:
+            self._thresholds = ops.dns_thresholds(stats, self.c_rate, self.alpha_low, self.alpha_high)
+            self._thresholds_of = (stats, stats._version)
+        return self._thresholds
 
     def replicated_state(self) -> dict[str, torch.Tensor | None]:
         return {**super().replicated_state(), "DNS statistics (mu, std)": self.stats}

@@ -76,6 +76,7 @@ class SoftmaxWithLoss(LossLayer):
     `loss_param.normalization` (default VALID), or the deprecated `normalize`.
     """
 
+    graph_safe = True  # audited: device work only (Layer.graph_safe)
     min_bottoms = max_bottoms = 2
     min_tops, max_tops = 1, 2
 
@@ -176,6 +177,7 @@ class EuclideanLoss(LossLayer):
     """sum((a - b)^2) / N / 2 with N = bottom[0].shape[0]. Both bottoms receive gradients
     (+-(a - b) / N), as in Caffe."""
 
+    graph_safe = True  # audited: device work only (Layer.graph_safe)
     min_bottoms = max_bottoms = 2
 
     def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):

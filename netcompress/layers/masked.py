@@ -39,6 +39,7 @@ __all__ = ["MaskedLayer", "MaskedConvolution", "MaskedInnerProduct"]
 class MaskedLayer(Layer):
     """Weight/bias masks after the base layer's W (and b); reads the mask fillers from `param_field`."""
 
+    graph_safe = True  # audited: device work only (Layer.graph_safe)
     accepts_partial_blobs = True
     mask_kind: ClassVar[str] = "masked"
     param_field: ClassVar[str] = ""

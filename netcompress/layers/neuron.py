@@ -25,6 +25,7 @@ __all__ = ["NeuronLayer", "ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "
 class NeuronLayer(Layer):
     """One bottom, one top of the same shape (in-place allowed)."""
 
+    graph_safe = True  # audited: device work only (Layer.graph_safe)
     min_bottoms = max_bottoms = 1
     min_tops = max_tops = 1
 

@@ -29,6 +29,7 @@ class LRN(Layer):
     Caffe's backward is the true derivative in both modes, so autograd provides it.
     """
 
+    graph_safe = True  # audited: device work only (Layer.graph_safe)
     min_bottoms = max_bottoms = 1
     min_tops = max_tops = 1
 

@@ -200,6 +200,7 @@ class IntQuant(Layer):
 class QuantLayer(MaskedLayer):
     """Per-output-channel weight quantization on top of Convolution or InnerProduct (see the module docstring)."""
 
+    graph_safe = False  # not audited for CUDA-graph capture (Layer.graph_safe)
     mask_kind = "quant"      # [W, (b), W_mask, (b_mask), w_alpha]
     masked_forward = True    # (its own: Wq from W⊙M, below)
     freeze_masked = False

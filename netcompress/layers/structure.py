@@ -23,6 +23,7 @@ def _no_in_place(layer: Layer, param: pb.LayerParameter) -> None:
 class Split(Layer):
     """Copies its one bottom to every top (gradients from the tops are summed)."""
 
+    graph_safe = True  # audited: device work only (Layer.graph_safe)
     min_bottoms = max_bottoms = 1
     min_tops = 1
 
@@ -55,6 +56,7 @@ def _legacy_axis(layer: Layer, msg, new: str, old: str, ndim: int) -> int:
 class Concat(Layer):
     """Concatenates its bottoms along `axis` (legacy `concat_dim`); one bottom passes through."""
 
+    graph_safe = True  # audited: device work only (Layer.graph_safe)
     min_bottoms = 1
     min_tops = max_tops = 1
 
@@ -79,6 +81,7 @@ class Slice(Layer):
     """Splits its bottom along `axis` (legacy `slice_dim`) at `slice_point`s, or into equal parts
     (one per top) when no slice_point is given."""
 
+    graph_safe = True  # audited: device work only (Layer.graph_safe)
     min_bottoms = max_bottoms = 1
     min_tops = 1
 
@@ -134,6 +137,7 @@ class Slice(Layer):
 class Flatten(Layer):
     """Flattens axes `axis` .. `end_axis` (inclusive) into one."""
 
+    graph_safe = True  # audited: device work only (Layer.graph_safe)
     min_bottoms = max_bottoms = 1
     min_tops = max_tops = 1
 
@@ -164,6 +168,7 @@ class Reshape(Layer):
     """Caffe Reshape: replaces axes [axis, axis + num_axes) with `shape`, where 0 copies the
     bottom's dimension at that position and one -1 is inferred from the count."""
 
+    graph_safe = True  # audited: device work only (Layer.graph_safe)
     min_bottoms = max_bottoms = 1
     min_tops = max_tops = 1
 
@@ -293,6 +298,7 @@ class Silence(Layer):
     """Consumes its bottoms and produces nothing (so they are not net outputs); they get no
     gradient from it."""
 
+    graph_safe = True  # audited: device work only (Layer.graph_safe)
     min_bottoms = 1
     min_tops = max_tops = 0
 

@@ -40,6 +40,7 @@ def _per_axis(layer: Layer, values: Sequence[int], h: int | None, w: int | None,
 class _ConvBase(Layer):
     """Shared set-up of Convolution and Deconvolution (and their DNS/INQ variants)."""
 
+    graph_safe = True  # audited: device work only (Layer.graph_safe)
     min_bottoms, min_tops = 1, 1
     transposed = False
     weight_param = "convolution_param"
@@ -171,6 +172,7 @@ class Deconvolution(_ConvBase):
 class InnerProduct(Layer):
     """Caffe InnerProduct: flattens from `axis`, weight [N, K] (or [K, N] with `transpose`)."""
 
+    graph_safe = True  # audited: device work only (Layer.graph_safe)
     min_bottoms = max_bottoms = 1
     min_tops = max_tops = 1
     weight_param = "inner_product_param"
@@ -251,6 +253,7 @@ class Pooling(Layer):
     takes the kernel from the bottom's actual H x W at every forward.
     """
 
+    graph_safe = True  # audited: device work only (Layer.graph_safe)
     min_bottoms = max_bottoms = 1
     min_tops, max_tops = 1, 2
 

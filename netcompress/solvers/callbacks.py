@@ -42,6 +42,11 @@ class TrainingCallback:
 
     #: Non-empty: the key under which `state_dict()` is saved in snapshots (unique per solver).
     state_key: ClassVar[str] = ""
+    #: Whether a CUDA-graphed step (solvers/step.py) may capture this callback's `before_backward`,
+    #: `after_backward` and `before_update`: they then run once, while the graph is captured, and every
+    #: replay repeats only their device work. A callback overriding one of them (or `reduce_loss`, which
+    #: reads the loss on the host) without declaring this keeps the step out of CUDA graphs.
+    graph_safe: ClassVar[bool] = False
 
     def attach(self, solver: "Solver") -> None:
         """When the callback joins `solver` (at the end of its construction, before any restore)."""
@@ -103,7 +108,10 @@ class TrainingCallback:
 
 class LayerHooks(TrainingCallback):
     """The layers' own hooks (layers/base.py) on the TRAIN net: the state changes Caffe makes inside
-    Forward and Backward, and the epoch end."""
+    Forward and Backward, and the epoch end. Graph-safe: the layers declare their own safety
+    (`Layer.graph_safe`)."""
+
+    graph_safe = True
 
     def before_forward(self, solver: "Solver") -> None:
         solver.net.before_train_forward()

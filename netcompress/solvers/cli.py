@@ -12,6 +12,7 @@ from ..errors import NetcompressError
 from ..log import get_logger
 from ..options import add_option_args, options_from_args
 from ..proto import caffe_pb2 as pb
+from . import step as _step  # noqa: F401  (registers the step_mode option, --step-mode)
 
 log = get_logger("train")
 

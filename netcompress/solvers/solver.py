@@ -16,6 +16,7 @@ forward, and a final test if `test_interval` divides iter.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -36,6 +37,7 @@ from ..weights import copy_weights_list
 from .callbacks import LayerHooks, TrainingCallback, callbacks_for
 from .lr import learning_rate
 from .state import SIDECAR_SUFFIX, load_state, save_state
+from .step import GRAPH_WARMUP, DeviceLoop, choose_step_mode, graph_refusal
 from .updates import RATE_IN_HISTORY, UPDATE_RULES, history_count
 
 log = get_logger("solver")
@@ -88,6 +90,10 @@ class Solver:
         self.root = rank == 0
         self.verbose = verbose and self.root
         self._started = False
+        self._loop: DeviceLoop | None = None  # the deferred/graph state (solvers/step.py); None: eager
+        self._loop_chosen = False
+        self.step_mode: str | None = None      # "eager", "deferred" or "graph", once the first step chose it
+        self._t_last, self._it_last = time.time(), 0
         self.restored_state: dict | None = None  # the sidecar tree of the last restore()
         for name, eff in (("sigint_effect", sigint_effect), ("sighup_effect", sighup_effect)):
             if eff not in SIGNAL_EFFECTS:
@@ -310,6 +316,8 @@ class Solver:
         for net in [old_train, *old_tests]:
             _close_data(net)
         self._set_params(old_history)
+        if getattr(self, "_loop", None) is not None:
+            self._loop.nets_changed = True
         for cb in getattr(self, "callbacks", []):
             cb.nets_rebuilt(self)
 
@@ -356,21 +364,26 @@ class Solver:
             log.info("Optimization Done.")
 
     def step(self, iters: int) -> None:
+        """Run `iters` iterations (Caffe's Solver::Step). The step mode (solvers/step.py: eager, deferred
+        or a CUDA graph) is chosen at the first call and logged unless the CPU runs eager by default."""
         sp = self.param
         start = self.iter
         stop_iter = self.iter + iters
         self._losses.clear()
         self.smoothed_loss = 0.0
-        t_last, it_last = time.time(), self.iter
+        self._t_last, self._it_last = time.time(), self.iter
         cbs = self.callbacks
         if not self._started:
             for cb in cbs:
                 cb.on_start(self)
             self._started = True
+        loop = self._device_loop()
         while self.iter < stop_iter:
-            self.net.zero_grad(set_to_none=True)
+            if loop is None or loop.graph is None:
+                self.net.zero_grad(set_to_none=True)
             if (sp.test_interval and self.iter % sp.test_interval == 0
                     and (self.iter > 0 or sp.test_initialization)):
+                self._read_losses(start)  # a test never runs after a non-finite iteration
                 if self.root:
                     self.test_all()
                 if self._requested == "stop" and not self.synchronized:
@@ -378,68 +391,216 @@ class Solver:
             self.net.set_iteration(self.iter)
             for cb in cbs:
                 cb.before_iteration(self)
-            display = sp.display and self.iter % sp.display == 0
-            loss_t = None
-            for _ in range(sp.iter_size):
-                for cb in cbs:
-                    cb.before_forward(self)
-                self.net()
-                if self.net.loss is None:
-                    raise NetcompressError(f"the train net '{self.net.name}' has no loss (no *Loss layer "
-                                           "and no loss_weight): nothing to train")
-                for cb in cbs:
-                    cb.before_backward(self)
-                self.net.loss.backward()
-                for cb in cbs:
-                    cb.after_backward(self)
-                l = self.net.loss.detach()
-                loss_t = l if loss_t is None else loss_t + l
-            loss = float(loss_t) / sp.iter_size
-            bad_ranks: list[int] = []
-            for cb in cbs:
-                loss, bad = cb.reduce_loss(self, loss)
-                bad_ranks += bad
-            if not math.isfinite(loss) or bad_ranks:
-                kept = self.last_snapshot or "none was written"
-                where = "" if not bad_ranks else \
-                    f" on rank{'s' if len(bad_ranks) > 1 else ''} {', '.join(map(str, bad_ranks))}"
-                msg = (f"Iteration {self.iter}, loss = {loss}: the loss is not finite{where}, training "
-                       f"stopped before applying this update. Last good snapshot: {kept}. Lower base_lr "
-                       "or check the data and weights.")
-                if self.root:
-                    log.error(msg)
-                raise NonFiniteLossError(msg)
-            self._update_smoothed_loss(loss, start)
-            if display and self.root:
-                now = time.time()
-                lapse = now - t_last
-                per_s = (self.iter - it_last) / (lapse if lapse else 1)
-                log.info("Iteration %d (%g iter/s, %.3fs/%d iters), loss = %g",
-                         self.iter, per_s, lapse, sp.display, self.smoothed_loss)
-                t_last, it_last = now, self.iter
-                score = 0
-                for name, blob in self.net.blobs_of_outputs().items():
-                    w = self.net.loss_weights.get(name, 0.0)
-                    for v in blob.detach().reshape(-1).double().cpu().tolist():
-                        extra = f" (* {w:g} = {w * v:g} loss)" if w else ""
-                        log.info("    Train net output #%d: %s = %g%s", score, name, v, extra)
-                        score += 1
-            self.apply_update()
+            display = bool(sp.display and self.iter % sp.display == 0)
+            if loop is None:
+                self._eager_iteration(start, display)
+            else:
+                self._device_iteration(loop, start, display)
             self.iter += 1
             for cb in cbs:
                 cb.after_iteration(self)
             if self.epoch_iters and self.iter % self.epoch_iters == 0:
+                self._read_losses(start)
                 self.epoch_end(self.iter // self.epoch_iters)
             request, self._requested = self._requested, None
             for cb in cbs:
                 request = cb.agree_request(self, request)
             if (sp.snapshot and self.iter % sp.snapshot == 0) or request == "snapshot":
+                self._read_losses(start)  # no snapshot after a non-finite iteration
                 self._snapshot_point()
             if getattr(self, "_bar", None) is not None:
                 self._bar.update(self.iter, f"loss {self.smoothed_loss:.4g}")
             if request == "stop":
                 self._requested = "stop"
                 break
+        self._read_losses(start)
+
+    def _eager_iteration(self, start: int, display: bool) -> None:
+        """Caffe's iteration as written: the loss read on the host, checked, displayed, then the update."""
+        sp, cbs = self.param, self.callbacks
+        loss_t = None
+        for _ in range(sp.iter_size):
+            loss_t = self._forward_backward(loss_t)
+        loss = float(loss_t) / sp.iter_size
+        bad_ranks: list[int] = []
+        for cb in cbs:
+            loss, bad = cb.reduce_loss(self, loss)
+            bad_ranks += bad
+        if not math.isfinite(loss) or bad_ranks:
+            self._non_finite(self.iter, loss, bad_ranks)
+        self._update_smoothed_loss(loss, start)
+        if display:
+            self._display()
+        self.apply_update()
+
+    def _forward_backward(self, loss_t: torch.Tensor | None) -> torch.Tensor:
+        """One of the iteration's iter_size forward/backward passes; returns the loss summed so far."""
+        cbs = self.callbacks
+        for cb in cbs:
+            cb.before_forward(self)
+        self.net()
+        if self.net.loss is None:
+            raise NetcompressError(f"the train net '{self.net.name}' has no loss (no *Loss layer "
+                                   "and no loss_weight): nothing to train")
+        for cb in cbs:
+            cb.before_backward(self)
+        self.net.loss.backward()
+        for cb in cbs:
+            cb.after_backward(self)
+        l = self.net.loss.detach()
+        return l if loss_t is None else loss_t + l
+
+    def _device_iteration(self, loop: DeviceLoop, start: int, display: bool) -> None:
+        """A deferred or graphed iteration (solvers/step.py): the loss stays on the device until a host read."""
+        sp, cbs = self.param, self.callbacks
+        if loop.nets_changed:  # rebuild_nets: the new nets' layers decide again
+            loop.nets_changed = False
+            why = graph_refusal(self) if loop.graphed else None
+            if why:
+                loop.drop_graph()
+                loop.graphed = False
+                self.net.zero_grad(set_to_none=True)
+                if self.root:
+                    log.info("Training step: deferred from iteration %d on (no CUDA graph: %s)", self.iter, why)
+        if loop.graphed and loop.graph is not None and not loop.still_valid():
+            if self.root:
+                log.info("CUDA graph: the net's tensors were replaced; capturing the iteration again")
+            loop.drop_graph()
+            self.net.zero_grad(set_to_none=True)
+        if not loop.graphed:
+            loss_t = None
+            for _ in range(sp.iter_size):
+                loss_t = self._forward_backward(loss_t)
+            self._record(loop, loss_t, start)
+            if display:
+                self._read_losses(start)
+                self._display()
+            self.apply_update(loop)
+            return
+        # Graph mode: the rate, the before_forward hooks and the data layers run eagerly, then the replay.
+        rate = self.rate = self.learning_rate()
+        loop.set_rate(rate)
+        for cb in cbs:
+            cb.before_forward(self)
+        tops = self.net.data_tops()
+        if loop.graph is None and loop.warm >= GRAPH_WARMUP:
+            try:
+                loop.capture(tops, lambda: self._graph_body(loop, rate))
+            except Exception as e:  # noqa: BLE001  (any capture failure: run without graphs from here)
+                loop.drop_graph()
+                loop.graphed = False
+                self.net.zero_grad(set_to_none=True)
+                if self.root:
+                    log.warning("CUDA graph capture failed at iteration %d (%s: %s); running deferred "
+                                "iterations without graphs", self.iter, type(e).__name__, e)
+                torch.cuda.synchronize(self.device)
+        if loop.graph is not None:
+            loop.feed(tops)
+            loop.replay()
+            loop.pending.append(self.iter)
+        else:
+            if loop.graphed:
+                loop.warm += 1
+            with loop.side_stream_context() if loop.graphed else contextlib.nullcontext():
+                self.net.forward_with(tops)
+                self._graph_body_after_forward(loop, rate)
+            loop.pending.append(self.iter)
+        if loop.full:
+            self._read_losses(start)
+        if display:
+            self._read_losses(start)
+            self._display()
+            if self.root:
+                log.info("Iteration %d, lr = %g", self.iter, rate)
+
+    def _graph_body(self, loop: DeviceLoop, rate: float) -> None:
+        """What the CUDA graph captures: the forward from the graph's inputs, then the rest of the iteration."""
+        self.net.forward_with(loop._static)
+        self._graph_body_after_forward(loop, rate)
+
+    def _graph_body_after_forward(self, loop: DeviceLoop, rate: float) -> None:
+        cbs = self.callbacks
+        if self.net.loss is None:
+            raise NetcompressError(f"the train net '{self.net.name}' has no loss (no *Loss layer "
+                                   "and no loss_weight): nothing to train")
+        for cb in cbs:
+            cb.before_backward(self)
+        self.net.loss.backward()
+        for cb in cbs:
+            cb.after_backward(self)
+        loop.record_loss(self.net.loss.detach())
+        for cb in cbs:
+            cb.before_update(self)
+        loop.update(self._grads(), rate, fill=False)
+
+    def _record(self, loop: DeviceLoop, loss_t: torch.Tensor, start: int) -> None:
+        loop.record_loss(loss_t)
+        loop.pending.append(self.iter)
+        if loop.full:
+            self._read_losses(start)
+
+    def _read_losses(self, start: int) -> None:
+        """The deferred modes' host read: Caffe's smoothed loss over the iterations since the last read, in
+        order, stopping at the first non-finite loss (a no-op in eager mode)."""
+        loop = self._loop
+        if loop is None or not loop.pending:
+            return
+        for it, value in loop.read():
+            loss = value / self.param.iter_size
+            if not math.isfinite(loss):
+                self._non_finite(it, loss, [])
+            self._update_smoothed_loss(loss, start, it)
+
+    def _non_finite(self, iteration: int, loss: float, bad_ranks: list[int]) -> None:
+        kept = self.last_snapshot or "none was written"
+        where = "" if not bad_ranks else \
+            f" on rank{'s' if len(bad_ranks) > 1 else ''} {', '.join(map(str, bad_ranks))}"
+        msg = (f"Iteration {iteration}, loss = {loss}: the loss is not finite{where}, training "
+               f"stopped before applying this update. Last good snapshot: {kept}. Lower base_lr "
+               "or check the data and weights.")
+        if self.root:
+            log.error(msg)
+        # Deferred modes: the iterations after it changed no weight or history; the solver stands where
+        # the eager loop stops.
+        self.iter = iteration
+        raise NonFiniteLossError(msg)
+
+    def _display(self) -> None:
+        """Caffe's display lines: the smoothed loss, the speed, the train net's outputs."""
+        if not self.root:
+            return
+        sp = self.param
+        now = time.time()
+        lapse = now - self._t_last
+        per_s = (self.iter - self._it_last) / (lapse if lapse else 1)
+        log.info("Iteration %d (%g iter/s, %.3fs/%d iters), loss = %g",
+                 self.iter, per_s, lapse, sp.display, self.smoothed_loss)
+        self._t_last, self._it_last = now, self.iter
+        score = 0
+        for name, blob in self.net.blobs_of_outputs().items():
+            w = self.net.loss_weights.get(name, 0.0)
+            for v in blob.detach().reshape(-1).double().cpu().tolist():
+                extra = f" (* {w:g} = {w * v:g} loss)" if w else ""
+                log.info("    Train net output #%d: %s = %g%s", score, name, v, extra)
+                score += 1
+
+    def _device_loop(self) -> DeviceLoop | None:
+        """The deferred/graph state (created, with the step-mode log line, at the first step), or None (eager)."""
+        if self._loop_chosen:
+            return self._loop
+        mode, why = choose_step_mode(self)
+        self._loop_chosen = True
+        self.step_mode = mode
+        self._loop = None if mode == "eager" else DeviceLoop(self, graphed=mode == "graph")
+        if self.root and not (mode == "eager" and self.device.type == "cpu"
+                              and self.options.get("step_mode", "auto") == "auto"):
+            text = {"eager": "eager (the loss read on the host every iteration)",
+                    "deferred": "deferred (losses read on the host at display, test, epoch and snapshot points)",
+                    "graph": f"CUDA graph (the whole iteration captured after {GRAPH_WARMUP} deferred iterations "
+                             "and replayed; the lr policy, the layers' before-forward hooks and the data layers run "
+                             "eagerly before each replay)"}[mode]
+            log.info("Training step: %s; %s", text, why)
+        return self._loop
 
     def epoch_end(self, epoch: int) -> None:
         """Epoch `epoch` (1-based) has ended: log it and run the callbacks' epoch-end hooks."""
@@ -454,14 +615,15 @@ class Solver:
         then waits for the end of the iteration, where all of them act on it."""
         return any(getattr(cb, "synchronizes", False) for cb in self.callbacks)
 
-    def _update_smoothed_loss(self, loss: float, start: int) -> None:
+    def _update_smoothed_loss(self, loss: float, start: int, iteration: int | None = None) -> None:
+        """Caffe's UpdateSmoothedLoss with the loss of `iteration` (default: the current one)."""
         n = self.param.average_loss
         if len(self._losses) < n:
             self._losses.append(loss)
             size = len(self._losses)
             self.smoothed_loss = (self.smoothed_loss * (size - 1) + loss) / size
         else:
-            idx = (self.iter - start) % n
+            idx = ((self.iter if iteration is None else iteration) - start) % n
             self.smoothed_loss += (loss - self._losses[idx]) / n
             self._losses[idx] = loss
 
@@ -473,24 +635,19 @@ class Solver:
             rate = cb.learning_rate(self, rate)
         return rate
 
-    def apply_update(self) -> None:
-        """Caffe's ApplyUpdate: rate, clip, normalize, regularize, update value, w -= update."""
+    def apply_update(self, loop: DeviceLoop | None = None) -> None:
+        """Caffe's ApplyUpdate: rate, clip, normalize, regularize, update value, w -= update. With a deferred
+        `loop` (solvers/step.py), the update runs on the device, guarded by its finite flag."""
         sp = self.param
         rate = self.rate = self.learning_rate()  # (callbacks' before_update may read solver.rate)
         if self.root and sp.display and self.iter % sp.display == 0:
             log.info("Iteration %d, lr = %g", self.iter, rate)
         for cb in self.callbacks:
             cb.before_update(self)
-        grads = []
-        for e in self.params:
-            if not e.learnable:
-                grads.append(None)
-                continue
-            g = e.tensor.grad
-            if g is None:
-                g = torch.zeros_like(e.tensor)
-                e.tensor.grad = g
-            grads.append(g)
+        grads = self._grads()
+        if loop is not None:
+            loop.update(grads, rate)
+            return
         self._clip(grads)
         wd = float(sp.weight_decay)
         reg = sp.regularization_type
@@ -524,6 +681,20 @@ class Solver:
                 else:
                     self._rule(g, self.history[i], rate=local_rate, mask=mask, **kw)
                 w.sub_(g)
+
+    def _grads(self) -> list[torch.Tensor | None]:
+        """Each parameter's gradient (a zero one where the backward left none; None: not learnable)."""
+        grads = []
+        for e in self.params:
+            if not e.learnable:
+                grads.append(None)
+                continue
+            g = e.tensor.grad
+            if g is None:
+                g = torch.zeros_like(e.tensor)
+                e.tensor.grad = g
+            grads.append(g)
+        return grads
 
     def _lars_ratio(self, w: torch.Tensor, g: torch.Tensor, wd: float) -> float:
         # reference-semantics 4.5: eta*||w|| / (||g|| + wd*||w||), 1 if either norm is 0;

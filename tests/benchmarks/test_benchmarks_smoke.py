@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import sys
 
 import pytest
@@ -84,23 +85,57 @@ def test_training_quick_json(tmp_path):
     r = _strict_json(out)
     assert r["benchmark"] == "bench_training" and r["config"]["quick"] is True
     runs = r["runs"]
-    assert [(x["net"], x["variant"]) for x in runs] == [("lenet", v) for v in bt.VARIANTS]
+    # the netcompress variants in the CPU's default step mode (eager), then the hand-written PyTorch baseline
+    assert [(x["net"], x["variant"], x["step_mode"]) for x in runs] == \
+        [("lenet", v, "eager") for v in bt.VARIANTS] + [("lenet", "pytorch", "eager")]
     for x in runs:
-        assert x["device"] == "cpu" and x["threads"] == 1 and x["batch"] == 64
+        assert x["device"] == "cpu" and x["threads"] == 1 and x["batch"] == 64 and x["block"] == 1
         assert _positive(x["train"]["it_s"]) and _positive(x["train"]["s"]) and x["train"]["iters"] >= 3
         assert set(x["fwd_bwd"]) == {"64"} and _positive(x["fwd_bwd"]["64"]["ms"])
         assert _positive(x["state_mb"]) and math.isfinite(x["loss"])
-    # masks double the parameter memory of the compressed variants
+    # masks double the parameter memory of the compressed variants; the baseline holds params + momentum, as plain
     state = {x["variant"]: x["state_mb"] for x in runs}
     assert state["dns"] > state["plain"] and state["inq"] > state["plain"]
+    assert state["pytorch"] == pytest.approx(state["plain"], rel=1e-6)
     assert {(o["variant"]) for o in r["overhead"]} == {"dns", "inq"}
     assert {v["variant"] for v in r["vs_caffe"]} == set(bt.VARIANTS)
     assert all(_positive(v["train_speedup"]) for v in r["vs_caffe"])
+    # ratios against the baseline, from the same rotation
+    assert [(v["variant"], v["step_mode"]) for v in r["vs_pytorch"]] == [(v, "eager") for v in bt.VARIANTS]
+    base = next(x for x in runs if x["variant"] == "pytorch")["train"]["it_s"]
+    for v in r["vs_pytorch"]:
+        assert v["pytorch_it_s"] == base and v["speed_vs_pytorch"] == pytest.approx(v["it_s"] / base)
+    # host work per step at batch 1: op calls counted for every variant and the baseline (no CUDA: no launches)
+    host = r["host"]
+    assert [(h["variant"], h["step_mode"]) for h in host] == [(v, "eager") for v in bt.VARIANTS] + [("pytorch", "eager")]
+    for h in host:
+        assert h["batch"] == 1 and h["launches_per_step"] is None and _positive(h["host"]["ms"])
+        assert h["dispatches_per_step"] >= 20
+    ops = {h["variant"]: h["dispatches_per_step"] for h in host}
+    assert ops["dns"] > ops["plain"]  # the surgery's mask updates and masked weights
+    text = bt.tables(r)
+    assert "== against hand-written PyTorch" in text and "== host work per training step" in text
+    assert re.search(r"\ndns +eager +cpu +%.0f +- " % ops["dns"], text)
     # the KD row: the student alone and with its frozen teacher, one ratio from one run
     [kd] = r["kd"]
     assert (kd["net"], kd["device"], kd["threads"], kd["batch"]) == ("lenet", "cpu", 1, 64)
     assert _positive(kd["plain"]["it_s"]) and _positive(kd["kd"]["it_s"]) and _positive(kd["kd_time_vs_plain"])
     assert kd["teacher_frozen"] is True and math.isfinite(kd["loss"])
+
+
+def test_training_step_modes_and_baseline_options(tmp_path):
+    # --step-modes runs each netcompress variant in each mode (the deferred one on the CPU too); --no-host and
+    # --no-baseline leave those parts out.
+    bt = _load("bench_training")
+    out = tmp_path / "training.json"
+    assert bt.main(["--quick", "--device", "cpu", "--silent", "--variants", "plain", "--step-modes", "auto,deferred",
+                    "--no-host", "--no-baseline", "--json", str(out)]) == 0
+    r = _strict_json(out)
+    assert [(x["variant"], x["step_mode"], x["step_mode_asked"]) for x in r["runs"]] == \
+        [("plain", "eager", "auto"), ("plain", "deferred", "deferred")]
+    assert r["host"] == [] and r["vs_pytorch"] == []
+    with pytest.raises(SystemExit):
+        bt.parse_args(["--step-modes", "sometimes"])
 
 
 def test_training_nets_build():
