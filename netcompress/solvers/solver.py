@@ -151,9 +151,10 @@ class Solver:
                         for _ in range(self._nhist)]
             self.history.append(kept)
         for e in self.params:
-            if e.learnable and e.lr_mult == 0 and self._use_lr_mult:
-                # Caffe computes no gradient for lr_mult 0 (param_need_backward false).
-                e.tensor.requires_grad_(False)
+            if e.learnable and e.lr_mult == 0:
+                # Caffe computes no gradient for lr_mult 0 (param_need_backward false), also where the
+                # net forces backward; a rule that ignores lr_mult (LarsSGD) still updates the blob.
+                e.tensor.requires_grad_(not self._use_lr_mult)
 
     def add_callback(self, callback: TrainingCallback) -> TrainingCallback:
         """Add a training callback (after those already added); returns it."""
@@ -674,7 +675,7 @@ class Solver:
                     local_rate = rate * self._lars_ratio(w, g, wd)
                 else:
                     local_rate = rate * e.lr_mult
-                mask = self.net.layer(e.layer).update_mask(e.index)
+                mask = self.net.param_layer(e).update_mask(e.index)
                 if lr_outside:
                     self._rule(g, self.history[i], rate=1.0, mask=mask, **kw)
                     g.mul_(local_rate)
