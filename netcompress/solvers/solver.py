@@ -335,8 +335,8 @@ class Solver:
             self.restore(resume_file)
         self._requested = None
         start = self.iter
-        status = StatusLine(sp.max_iter, start)
-        status.enabled = status.enabled and self.root
+        status = StatusLine(sp.max_iter, start, label=os.path.basename(sp.snapshot_prefix) or "train")
+        status.enabled = self.root
         with self._signals(), status as bar:
             self._bar = bar
             self.step(sp.max_iter - self.iter)
