@@ -4,6 +4,7 @@ lr_mult 0 on a bare Net, and the warning (or --strict error) for layers a model 
 from __future__ import annotations
 
 import logging
+import re
 import struct
 
 import numpy as np
@@ -261,3 +262,71 @@ def test_weights_list_reports_once_over_all_files(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="netcompress"):
         copy_weights_list(net, str(only_b), verbose=False)
     assert "received no weights: a " in caplog.text
+
+
+# -- 6 and 8 on the command line -------------------------------------------------------------
+
+LENET = "examples/mnist/lenet_train_test.prototxt"
+
+
+@pytest.fixture
+def lenet_model(tmp_path):
+    """A LeNet caffemodel (random weights) whose conv1 is renamed conv1_old, in a folder with the
+    embedded digits' LMDBs at data/ (where the example nets look)."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from netcompress.data.mnist5k import ensure_mnist5k
+
+    repo = Path(__file__).resolve().parents[1]
+    ensure_mnist5k(str(tmp_path / "data"))
+    shutil.copytree(repo / "examples" / "mnist", tmp_path / "examples" / "mnist")
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        net = Net(LENET, phase="test", seed=1, verbose=False)
+        proto = net.to_proto()
+        next(l for l in proto.layer if l.name == "conv1").name = "conv1_old"
+        ncio.write_caffemodel("renamed.caffemodel", proto)
+        yield tmp_path
+    finally:
+        os.chdir(old)
+
+
+def test_test_command_warns_or_refuses_and_dumps_the_net_only_when_verbose(lenet_model, capsys):
+    from netcompress.cli import main as cli_main
+
+    args = ["test", "--model", LENET, "--weights", "renamed.caffemodel", "--iterations", "1"]
+    assert cli_main(args) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"^W\d{4} .*1 learnable layer\(s\) of net 'LeNet' received no weights: conv1 ", err, re.M)
+    assert "Top shape" not in err and "Creating Layer" not in err  # no net dump by default
+    assert cli_main(args + ["--verbose"]) == 0
+    err = capsys.readouterr().err
+    assert "Creating Layer conv1" in err and "Top shape: 100 20 24 24 (1152000)" in err
+    assert cli_main(args + ["--strict"]) == 1
+    assert "received no weights: conv1 " in capsys.readouterr().err
+
+
+def test_train_strict_refuses_an_unfilled_layer(lenet_model, capsys):
+    from netcompress.cli import main as cli_main
+
+    solver = lenet_model / "s.prototxt"
+    solver.write_text(f'net: "{LENET}"\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 0\nsnapshot_after_train: false\n')
+    assert cli_main(["train", "--solver", str(solver), "--weights", "renamed.caffemodel", "--strict"]) == 1
+    assert "--weights renamed.caffemodel: 1 learnable layer(s) of net 'LeNet' received no weights: conv1 " \
+        in capsys.readouterr().err
+    assert cli_main(["train", "--solver", str(solver), "--weights", "renamed.caffemodel"]) == 0
+    assert "received no weights: conv1 " in capsys.readouterr().err
+
+
+def test_a_missing_net_file_names_the_solver_field(tmp_path, capsys):
+    from netcompress.cli import main as cli_main
+
+    solver = tmp_path / "s.prototxt"
+    solver.write_text('net: "nets/none.prototxt"\nbase_lr: 0.01\nlr_policy: "fixed"\n')
+    assert cli_main(["train", "--solver", str(solver)]) == 1
+    err = capsys.readouterr().err
+    assert f"{solver}: the solver's `net:` field names 'nets/none.prototxt', which does not exist" in err
+    assert "Paths in a solver resolve against the current directory" in err

@@ -67,6 +67,7 @@ class Solver:
         verbose: log net set-up lines.
         source: the file a SolverParameter `param` was read from: errors name it, and a missing
             snapshot_prefix defaults to its name without extension (as for a path `param`).
+        strict: a learnable layer that `weights` do not fill is an error (otherwise a warning).
     """
 
     def __init__(self, param: pb.SolverParameter | str, *, device: torch.device | str = "cpu",
@@ -74,7 +75,7 @@ class Solver:
                  sigint_effect: str = "stop", sighup_effect: str = "snapshot",
                  rank: int = 0, world_size: int = 1, verbose: bool = True,
                  callbacks: Sequence[TrainingCallback] = (), options: dict | None = None,
-                 source: str | None = None):
+                 source: str | None = None, strict: bool = False):
         if isinstance(param, str):
             source = param
         self.source = source or "<SolverParameter>"
@@ -131,7 +132,8 @@ class Solver:
         self.epoch_iters = self._epoch_iters()
         for net in [self.net, *self.test_nets]:
             net.ctx.epoch_iters = self.epoch_iters
-        copy_weights_list(self.net, weights, verbose=self.root)  # Caffe's comma list, files checked first
+        # Caffe's comma list, files checked first
+        copy_weights_list(self.net, weights, verbose=self.root, strict=strict)
         self.callbacks: list[TrainingCallback] = []
         for cb in [LayerHooks(), *callbacks, *callbacks_for(self)]:
             self.add_callback(cb)
@@ -228,7 +230,7 @@ class Solver:
             path = getattr(sp, field)
             if self.root:
                 log.info("Creating training net from %s file: %s", field, path)
-            netp = ncio.read_net(path)
+            netp = self._read_net_file(field, path)
         state = pb.NetState(phase=pb.TRAIN)
         if netp.HasField("state"):
             state.MergeFrom(netp.state)
@@ -237,6 +239,15 @@ class Solver:
         state.stage.extend(s for s in self.stages if s not in state.stage)
         return Net(netp, state=state, device=self.device, seed=seed, rank=self.rank,
                    world_size=self.world_size, verbose=self.verbose, options=self.options)
+
+    def _read_net_file(self, field: str, path: str) -> pb.NetParameter:
+        """The net a solver field names; a missing file is reported with the field it came from."""
+        if not os.path.exists(path):
+            raise NetcompressError(
+                f"{self.source}: the solver's `{field}:` field names '{path}', which does not exist. Paths in a "
+                f"solver resolve against the current directory ({os.getcwd()}), as in Caffe: run from the folder "
+                "they are relative to (e.g. the repository root for examples/), or make the path absolute")
+        return ncio.read_net(path)
 
     def _make_test_nets(self, seed: int | None) -> list[Net]:
         sp = self.param
@@ -258,12 +269,12 @@ class Solver:
         for p in sp.test_net_param:
             specs.append(("test_net_param", p))
         for f in sp.test_net:
-            specs.append((f"test_net file: {f}", ncio.read_net(f)))
+            specs.append((f"test_net file: {f}", self._read_net_file("test_net", f)))
         for _ in range(n_general):
             if sp.HasField("net_param"):
                 specs.append(("net_param", sp.net_param))
             else:
-                specs.append((f"net file: {sp.net}", ncio.read_net(sp.net)))
+                specs.append((f"net file: {sp.net}", self._read_net_file("net", sp.net)))
         nets = []
         for i, (where, netp) in enumerate(specs):
             log.info("Creating test net (#%d) specified by %s", i, where)
