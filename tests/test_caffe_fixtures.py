@@ -1,4 +1,4 @@
-"""Compatibility with files real Caffe wrote (../shared/fixtures/caffe; skipped where absent)."""
+"""Compatibility with files real Caffe wrote (tests/fixtures/caffe, shipped with the repository)."""
 from __future__ import annotations
 
 import re
