@@ -387,9 +387,21 @@ def _print_table(s: dict) -> None:
 
 
 def _plot(s: dict, path: str) -> None:
+    """Write `_figure(s)` as a PNG."""
+    import io as _io
+
+    import matplotlib.pyplot as plt
+
+    fig = _figure(s)
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    ncio.atomic_write(path, buf.getvalue())
+
+
+def _figure(s: dict):
     """Accuracy on its absolute 0-100 % scale (values written at the points), and each stage's file
     size on a log axis that starts a decade below the smallest (so the compact file's bar shows)."""
-    import io as _io
     import math
 
     import matplotlib
@@ -421,10 +433,7 @@ def _plot(s: dict, path: str) -> None:
     a2.tick_params(axis="x", rotation=30)
     fig.suptitle("LeNet compression pipeline (embedded MNIST digits)")
     fig.tight_layout()
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    ncio.atomic_write(path, buf.getvalue())
+    return fig
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -122,3 +122,27 @@ def test_a_moved_run_folder_still_runs(tmp_path, capsys):
         os.chdir(old)
     err = capsys.readouterr().err
     assert f"accuracy = {s['stages'][0]['accuracy']:g}\n" in err
+
+
+def test_summary_plot_shows_the_full_accuracy_scale_and_every_bar():
+    """Issue 21, point 8: accuracy on 0-100 % (not a 0.3-point zoom), and a size axis that starts
+    below the compact file, whose bar is drawn and labelled."""
+    import matplotlib.pyplot as plt
+
+    from netcompress.pipeline import _figure
+
+    rows = [{"stage": s, "accuracy": a, "model_bytes": b, "kept_pct": k}
+            for s, a, b, k in (("reference", 0.968, 1_724_998, 100.0), ("DNS", 0.967, 3_449_662, 1.05),
+                               ("INQ 100%", 0.965, 3_449_629, 1.05))]
+    rows.append({"stage": "decoded", "accuracy": 0.965, "model_bytes": 1_724_998, "compact_bytes": 30_586,
+                 "kept_pct": 1.05})
+    fig = _figure({"stages": rows})
+    acc_ax, size_ax = fig.axes[0], fig.axes[1]
+    assert acc_ax.get_ylim() == (0, 105)
+    assert [t.get_text() for t in acc_ax.texts] == ["96.8", "96.7", "96.5", "96.5"]
+    bottom, top = size_ax.get_ylim()
+    assert bottom <= 30_586 / 10 and top > 3_449_662
+    heights = [p.get_height() for p in size_ax.patches]
+    assert heights == [1_724_998, 3_449_662, 3_449_629, 30_586]
+    assert [t.get_text() for t in size_ax.texts][-1] == "30,586"
+    plt.close(fig)

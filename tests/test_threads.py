@@ -75,3 +75,17 @@ def test_a_fresh_process_waits_passively(tmp_path):
     r = subprocess.run([sys.executable, "-m", "netcompress", "info"], env=env, capture_output=True, text=True,
                        cwd=tmp_path, timeout=120)
     assert "OpenMP wait policy: ACTIVE (from the environment's OMP_WAIT_POLICY)" in r.stderr
+
+
+def test_info_reports_versions_build_threads_and_devices(capsys):
+    import re
+
+    assert cli_main(["info"]) == 0
+    out = capsys.readouterr().out
+    for section in ("versions", "extension netcompress._C", "threads", "devices"):
+        assert f"\n{section}\n" in f"\n{out}"
+    assert f"  torch: {torch.__version__}" in out
+    # compiled or not, and why (recorded by setup.py's build, or said to be unrecorded)
+    assert re.search(r"  CUDA kernels: (compiled|not compiled) \(.+\)", out)
+    assert f"  torch threads: {torch.get_num_threads()}" in out
+    assert "  CUDA available: " in out
