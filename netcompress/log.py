@@ -69,9 +69,8 @@ class StatusLine:
     On an interactive terminal, a one-line display that log records printed meanwhile go above.
     Elsewhere (a log file, CI, nohup) a glog-style line `progress <label>: iteration ...` at most
     every `interval` seconds, so long work is never silent; Caffe's log parsers ignore these lines
-    (they never contain `Iteration N`). `clock` is a monotonic time source (default
-`progress_clock`; tests pass a fake one).
-    Set `enabled` to False to show nothing (e.g. on every process but rank 0).
+    (they never contain `Iteration N`). `clock` is a monotonic time source (default `progress_clock`;
+    tests pass a fake one). Set `enabled` to False to show nothing (e.g. on all but rank 0).
     """
 
     def __init__(self, total: int, start: int = 0, stream=None, label: str = "train", *,
