@@ -52,12 +52,12 @@ def check_weight_files(paths: Sequence[str]) -> None:
             raise WeightLoadError(f"{where}, '{p}', is a folder, expected a .caffemodel")
 
 
-def copy_weights_list(net: "Net", weights: str | Sequence[str] | None,
-                      verbose: bool = True, strict: bool = False) -> "OrderedDict[str, str]":
+def copy_weights_list(net: "Net", weights: str | Sequence[str] | None, verbose: bool = True,
+                      strict: bool = False, report: bool = True) -> "OrderedDict[str, str]":
     """Copy every file of `weights` into `net` (see the module docstring).
 
     Returns layer name -> the file that filled it. Errors (blob count, shape) name the file; with
-    `strict`, a learnable layer that no file filled is an error too.
+    `report`, a learnable layer that no file filled is named in a WARNING (an error with `strict`).
     """
     paths = split_weights(weights)
     check_weight_files(paths)
@@ -93,6 +93,6 @@ def copy_weights_list(net: "Net", weights: str | Sequence[str] | None,
             if absent:
                 log.info("%s: ignored %d layer(s) the net does not have: %s", path, len(absent),
                          ", ".join(absent))
-    if paths:
+    if paths and report:
         net.report_unfilled(filled, "--weights " + ",".join(paths), strict=strict)
     return filled

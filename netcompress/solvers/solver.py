@@ -314,7 +314,8 @@ class Solver:
             log.info("Rebuilding the nets with stages %s", ", ".join(stages) or "(none)")
         self.net = self._make_train_net(self.seed)
         if self.weights:
-            copy_weights_list(self.net, self.weights, verbose=False)
+            # (layers carried over from the old net below are not "unfilled": no report)
+            copy_weights_list(self.net, self.weights, verbose=False, report=False)
         _carry_over(old_train, self.net)
         self.test_nets = self._make_test_nets(self.seed)
         for i, tn in enumerate(self.test_nets):
