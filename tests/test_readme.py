@@ -1,7 +1,8 @@
 """Every command block of README.md runs, in order, on a fresh copy of the repository's examples
 (issue 21, point 4): each ```bash block as one bash script (from the copy's root, `netcompress`
-being this checkout's `python -m netcompress`), the ```python block with python, and the prototxt
-block parses.
+being this checkout's `python -m netcompress`), the ```python block with python; the prototxt block
+parses, and each ```text synopsis (placeholders and [optional] arguments, with runnable versions in
+the worked examples it links) names real commands.
 
 Two tables keep this honest, and each of their rules must match the README (so they cannot go stale):
 - NOT_RUN: commands that cannot run in a test, with the reason (installing, the suite itself, GPUs,
@@ -22,6 +23,7 @@ import pytest
 import torch
 from google.protobuf import text_format
 
+from netcompress.commands import COMMANDS
 from netcompress.proto import caffe_pb2 as pb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +38,8 @@ NOT_RUN: list[tuple[str, str]] = [
                                     "environment, and --cpu-procs (run) the same training"),
     (r"^netcompress import_pth densenet-100\.pth\.tar", "needs MicroNet's published checkpoint, not shipped"),
     (r"^netcompress micronet_score deploy\.prototxt m\.caffemodel", "needs import_pth's model (above)"),
+    (r"^netcompress (bn_reestimate train_val|micronet_merge train_val|report deploy\.prototxt deploy\.caffemodel)",
+     "needs a quantized MicroNet student: examples/micronet/run.py trains one and runs these (minutes)"),
 ]
 
 # (pattern, replacement): applied to every command (and the python block) in order
@@ -127,6 +131,7 @@ def test_every_readme_block_runs_in_order(clone):
     not_run_used: set[int] = set()
     shorten_used: set[int] = set()
     skipped: list[str] = []
+    synopses = 0
     for lang, text, line in blocks:
         if lang == "bash":
             run = []
@@ -148,12 +153,18 @@ def test_every_readme_block_runs_in_order(clone):
             r = subprocess.run([sys.executable, "-c", code], cwd=clone, env=_env(clone), capture_output=True,
                                text=True, timeout=600)
             assert r.returncode == 0, f"README.md:{line}: the python block failed:\n{r.stderr[-5000:]}"
+        elif lang == "text":  # a synopsis (placeholders, optional arguments): it names real commands
+            for cmd in shell_commands(text):
+                name = cmd.split()[1]
+                assert cmd.startswith("netcompress ") and name in COMMANDS, f"README.md:{line}: {cmd}"
+                synopses += 1
         elif lang == "" and "layer {" in text:
             net = text_format.Parse(text, pb.NetParameter())  # the prototxt snippet parses
             assert [l.type for l in net.layer] == ["DNSConvolution", "INQInnerProduct"]
     # every rule of the two tables still matches something in the README
     assert not_run_used == {k for k, (_, reason) in enumerate(NOT_RUN) if reason}, not_run_used
     assert shorten_used == set(range(len(SHORTEN))), shorten_used
+    assert synopses >= 5
     # what the blocks wrote (a few checks that the commands did their work)
     run = clone / "runs" / "lenet_pipeline"
     assert (run / "summary.json").is_file() and (run / "data" / "mnist5k_train_lmdb").is_dir()
