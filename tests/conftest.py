@@ -83,11 +83,18 @@ def write_datum_lmdb(path: Path, images: np.ndarray, labels: np.ndarray) -> None
 
 
 @pytest.fixture(scope="session")
-def fixture_workdir(caffe_fixtures: Path, tmp_path_factory) -> Path:
+def caffe_split(caffe_fixtures: Path) -> dict[str, np.ndarray]:
+    """The digits Caffe read (`mnist5k_split`): train_x, train_y, test_x, test_y (uint8 N x 1 x 28 x 28,
+    int64 labels) and the source indices."""
+    return mnist5k_split(caffe_fixtures)
+
+
+@pytest.fixture(scope="session")
+def fixture_workdir(caffe_fixtures: Path, caffe_split: dict, tmp_path_factory) -> Path:
     """A folder laid out like the one Caffe ran in: data/mnist5k_{train,test}_lmdb built from the
     fixture's split, the prototxts of lenet/, dns/ and oracle/, and the decompressed .xz files."""
     root = tmp_path_factory.mktemp("caffe_run")
-    split = mnist5k_split(caffe_fixtures)
+    split = caffe_split
     (root / "data").mkdir()
     write_datum_lmdb(root / "data" / "mnist5k_train_lmdb", split["train_x"], split["train_y"])
     write_datum_lmdb(root / "data" / "mnist5k_test_lmdb", split["test_x"], split["test_y"])
