@@ -7,6 +7,7 @@ when the installed torch has CUDA and an nvcc of the same major version is found
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import subprocess
@@ -17,6 +18,7 @@ from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+BUILD_CONFIG: dict = {}  # what the build decided; written beside the extension (`netcompress info` shows it)
 
 
 def _sources(pattern: str) -> list[str]:
@@ -76,6 +78,11 @@ def _extension():
         extra_compile_args["nvcc"] = ["-O3"]
         # Only read by PyInit__C, which reports it as netcompress._C.with_cuda.
         define_macros.append(("NETCOMPRESS_WITH_CUDA", None))
+    BUILD_CONFIG.update({
+        "torch": torch.__version__, "torch_cuda": torch.version.cuda, "python": sys.version.split()[0],
+        "cuda_kernels": with_cuda, "cuda_reason": why, "sources": sources,
+        "flags": extra_compile_args, "macros": [m[0] for m in define_macros], "link": openmp,
+    })
     print(
         "netcompress._C build configuration:\n"
         f"  torch {torch.__version__} (CUDA {torch.version.cuda}), Python {sys.version.split()[0]}\n"
@@ -95,4 +102,19 @@ def _extension():
     )
 
 
-setup(ext_modules=[_extension()], cmdclass={"build_ext": BuildExtension})
+class _BuildExtension(BuildExtension):
+    """BuildExtension that also writes the build configuration as `_build_config.json` beside the
+    extension (pip hides setup.py's output; `netcompress info` reads the file)."""
+
+    def run(self) -> None:
+        super().run()
+        path = os.path.join(os.path.dirname(self.get_ext_fullpath("netcompress._C")), "_build_config.json")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(BUILD_CONFIG, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+
+
+setup(ext_modules=[_extension()], cmdclass={"build_ext": _BuildExtension})

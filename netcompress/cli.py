@@ -7,11 +7,15 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-import torch
+from .threads import configure_threads, prepare_environment, split_threads_option
 
-from .commands import COMMANDS, load_command
-from .errors import NetcompressError
-from .log import get_logger, setup_logging
+prepare_environment()  # before torch loads OpenMP: idle workers wait passively (netcompress/threads.py)
+
+import torch  # noqa: E402
+
+from .commands import COMMANDS, load_command  # noqa: E402
+from .errors import NetcompressError  # noqa: E402
+from .log import get_logger, setup_logging  # noqa: E402
 
 log = get_logger("cli")
 
@@ -19,7 +23,9 @@ __all__ = ["main"]
 
 
 def _usage() -> str:
-    lines = ["usage: netcompress <command> [args]", "", "commands:"]
+    lines = ["usage: netcompress [--threads N] <command> [args]", "",
+             "--threads N: CPU threads (default: the CPUs this process may use; or NETCOMPRESS_THREADS)", "",
+             "commands:"]
     for name, cmd in sorted(COMMANDS.items()):
         lines.append(f"  {name:<24} {cmd.help}")
     lines.append("")
@@ -30,6 +36,11 @@ def _usage() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging()
+    try:
+        threads, argv = split_threads_option(argv)
+    except NetcompressError as e:
+        print(f"netcompress: {e}\n\n{_usage()}", file=sys.stderr)
+        return 2
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0 if argv else 2
@@ -43,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     func = load_command(cmd)
     try:
+        configure_threads(threads)
         return int(func(argv[1:]) or 0)
     except NetcompressError as e:
         log.error("%s", e)

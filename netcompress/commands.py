@@ -26,6 +26,8 @@ COMMANDS: dict[str, Command] = {
     "time": Command("netcompress.timing:main", "benchmark a net layer by layer (caffe time)"),
     "plot": Command("netcompress.solvers.cli:plot_main", "plot training logs as PNG curves"),
     "upgrade": Command("netcompress.upgrade:main", "upgrade legacy net/solver/caffemodel files"),
+    "info": Command("netcompress.info:main",
+                    "versions, how the extension was built (CUDA kernels or not, and why), threads, devices"),
     # Caffe's data tools
     "convert_mnist": Command("netcompress.data.tools:convert_mnist_main",
                              "convert MNIST IDX files to an LMDB (Caffe's convert_mnist_data)"),

@@ -591,7 +591,7 @@ def _train_worker(info: ProcessInfo, cfg: dict) -> None:
     solver = data_parallel_solver(sp, device=info.device, weights=cfg["weights"],
                                   max_iter=cfg["iterations"], sigint_effect=cfg["sigint_effect"],
                                   sighup_effect=cfg["sighup_effect"], options=cfg["options"],
-                                  source=cfg["solver"])
+                                  source=cfg["solver"], strict=cfg.get("strict", False))
     solver.solve(resume_file=cfg["snapshot"])
 
 
@@ -622,7 +622,7 @@ def train_distributed(args, sp: pb.SolverParameter, ids: list[int] | None) -> in
     cfg = {"solver": args.solver, "solver_param": sp.SerializeToString(), "weights": args.weights,
            "snapshot": args.snapshot, "iterations": args.iterations,
            "sigint_effect": args.sigint_effect, "sighup_effect": args.sighup_effect,
-           "options": options_from_args(args)}
+           "options": options_from_args(args), "strict": bool(getattr(args, "strict", False))}
     timeout = float(getattr(args, "dist_timeout", None) or DEFAULT_TIMEOUT_S)
     env = launcher_env()
     if env is not None:

@@ -155,13 +155,17 @@ def write_caffemodel(path: str, net: pb.NetParameter) -> None:
 # ----------------------------------------------------------------------------------------------
 
 def blob_shape(blob: pb.BlobProto) -> tuple[int, ...]:
-    """Shape of a BlobProto: `shape.dim`, or the legacy num/channels/height/width."""
+    """Shape of a BlobProto: `shape.dim`, or the legacy num/channels/height/width.
+
+    Caffe writes a 0-d blob (PReLU `channel_shared`, Scale/Bias `num_axes: 0`) with neither, and
+    one value: that is shape (). A shape-less blob of another count is read as 1-d (lenient).
+    """
     if blob.HasField("shape"):
         return tuple(int(d) for d in blob.shape.dim)
     if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
         return (blob.num, blob.channels, blob.height, blob.width)
     n = len(blob.double_data) or len(blob.data)
-    return (n,) if n else (0,)
+    return () if n == 1 else (n,)
 
 
 def blob_to_array(blob: pb.BlobProto, diff: bool = False) -> np.ndarray:
@@ -185,7 +189,8 @@ def array_to_blob(arr, blob: pb.BlobProto | None = None, diff=None) -> pb.BlobPr
     blob = pb.BlobProto() if blob is None else blob
     a = _to_numpy(arr)
     blob.Clear()
-    blob.shape.dim.extend(int(d) for d in a.shape)
+    if a.ndim:  # Caffe's Blob::ToProto writes no shape for a 0-d blob
+        blob.shape.dim.extend(int(d) for d in a.shape)
     if a.dtype == np.float64:
         blob.double_data.extend(a.ravel().tolist())
     else:
@@ -205,7 +210,8 @@ def _to_numpy(x) -> np.ndarray:
         if str(x.dtype) in ("torch.float16", "torch.bfloat16"):
             x = x.float()
         x = x.numpy()
-    return np.ascontiguousarray(np.asarray(x))
+    x = np.asarray(x)
+    return x if x.flags.c_contiguous else np.ascontiguousarray(x)  # (which would make 0-d 1-d)
 
 
 def read_binaryproto_array(path: str) -> np.ndarray:

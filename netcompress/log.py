@@ -59,23 +59,33 @@ class _StatusAwareHandler(logging.StreamHandler):
             bar.redraw()
 
 
-class StatusLine:
-    """A one-line progress display on an interactive terminal (iterations/s and ETA).
+PROGRESS_INTERVAL = 30.0  # seconds between progress lines when the output is not a terminal
+progress_clock = time.monotonic  # StatusLine's default time source (a test may replace it)
 
-    Log records printed meanwhile go above it. Does nothing when the stream is not a TTY, so
-    logs written to files and pipes stay exactly Caffe's.
+
+class StatusLine:
+    """Progress: iterations, iterations/s, ETA and the current loss.
+
+    On an interactive terminal, a one-line display that log records printed meanwhile go above.
+    Elsewhere (a log file, CI, nohup) a glog-style line `progress <label>: iteration ...` at most
+    every `interval` seconds, so long work is never silent; Caffe's log parsers ignore these lines
+    (they never contain `Iteration N`). `clock` is a monotonic time source (default `progress_clock`;
+    tests pass a fake one). Set `enabled` to False to show nothing (e.g. on all but rank 0).
     """
 
-    def __init__(self, total: int, start: int = 0, stream=None, label: str = "train"):
+    def __init__(self, total: int, start: int = 0, stream=None, label: str = "train", *,
+                 interval: float = PROGRESS_INTERVAL, clock=None):
         self.stream = stream or sys.stderr
-        self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.enabled = True
         self.total, self.start, self.label = total, start, label
-        self.t0 = time.time()
+        self.interval, self.clock = interval, clock or progress_clock
+        self.t0 = self.last_line = self.clock()
         self.text = ""
 
     def __enter__(self) -> "StatusLine":
         global _status
-        if self.enabled:
+        if self.enabled and self.tty:
             _status = self
         return self
 
@@ -86,30 +96,48 @@ class StatusLine:
             _status = None
 
     def update(self, it: int, extra: str = "") -> None:
+        """Iteration `it` is done; `extra` is appended (e.g. "loss 0.1234")."""
         if not self.enabled:
+            return
+        now = self.clock()
+        if not self.tty and now - self.last_line < self.interval:
             return
         done = it - self.start
         todo = self.total - self.start
-        el = time.time() - self.t0
+        el = now - self.t0
         rate = done / el if el > 0 else 0.0
         eta = (self.total - it) / rate if rate > 0 else float("nan")
         frac = done / todo if todo > 0 else 1.0
+        eta_s = "--:--" if eta != eta else _clock_text(eta)
+        if not self.tty:
+            self.last_line = now
+            text = (f"progress {self.label}: iteration {it}/{self.total} ({100 * frac:.0f}%), {rate:.1f} it/s, "
+                    f"ETA {eta_s}" + (f", {extra}" if extra else ""))
+            record = logging.LogRecord(LOGGER_NAME, logging.INFO, __file__, 0, text, None, None)
+            self.stream.write(GlogFormatter().format(record) + "\n")
+            self.stream.flush()
+            return
         width = 24
         fill = int(round(frac * width))
-        eta_s = "--:--" if eta != eta else "%d:%02d" % divmod(int(eta), 60)
         self.text = (f"{self.label} [{'#' * fill}{'.' * (width - fill)}] {it}/{self.total} "
                      f"{rate:.1f} it/s ETA {eta_s} {extra}").rstrip()
         self.redraw()
 
     def clear(self) -> None:
-        if self.enabled and self.text:
+        if self.enabled and self.tty and self.text:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
 
     def redraw(self) -> None:
-        if self.enabled and self.text:
+        if self.enabled and self.tty and self.text:
             self.stream.write("\r" + self.text + "\x1b[K")
             self.stream.flush()
+
+
+def _clock_text(seconds: float) -> str:
+    """m:ss, or h:mm:ss from an hour on."""
+    m, sec = divmod(int(seconds), 60)
+    return "%d:%02d" % (m, sec) if m < 60 else "%d:%02d:%02d" % (m // 60, m % 60, sec)
 
 
 _status: StatusLine | None = None

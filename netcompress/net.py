@@ -6,6 +6,11 @@ addressed by name; a top that repeats its bottom's name is in place; a top used 
 needs no Split layer (autograd sums the gradients). Loss tops are weighed by `loss_weight` (1 for
 the first top of a *Loss layer); `propagate_down: false` stops the gradient into that bottom;
 `param { name }` shares a blob between layers; `lr_mult`/`decay_mult` are kept for the solver.
+
+As in Caffe: `force_backward: true` overrides `propagate_down: false` (the bottom gets its diff);
+parameters with `lr_mult: 0` get no gradient unless the net forces backward; layer names need not
+be unique (a warning says so): weights copy into the first layer of a name, and `layer(name)`
+finds the last (Caffe's `layer_by_name`).
 """
 from __future__ import annotations
 
@@ -106,6 +111,7 @@ class ParamEntry:
     decay_mult: float
     learnable: bool
     name: str = ""  # the ParamSpec name if shared
+    module: str = ""  # the layer's key in `Net.layers` (layer names may repeat; keys do not)
 
     @property
     def key(self) -> str:
@@ -115,6 +121,13 @@ class ParamEntry:
 def _escape(name: str) -> str:
     # nn.Module names cannot contain '.'; keep the mapping reversible.
     return name.replace("%", "%25").replace(".", "%2E")
+
+
+def _module_key(name: str, occurrence: int) -> str:
+    """The `Net.layers` key of the `occurrence`-th (1-based) layer named `name`: the escaped name,
+    then `%23<k>` ('#k') for repeats, which no escaped name can end with ('%' is escaped)."""
+    key = _escape(name)
+    return key if occurrence == 1 else f"{key}%23{occurrence}"
 
 
 def _shape_str(shape: Shape) -> str:
@@ -185,6 +198,9 @@ class Net(nn.Module):
             log.info("Initializing net from parameters: \n%s", text_format.MessageToString(_without_blobs(filtered)))
         self.layers = nn.ModuleDict()
         self.layer_names: list[str] = []
+        self._keys: list[str] = []  # each layer's key in self.layers, in layer order
+        self._last_key: dict[str, str] = {}  # name -> key of the last layer of that name
+        self._first_key: dict[str, str] = {}  # name -> key of the first
         self._bottoms: list[list[str]] = []
         self._tops: list[list[str]] = []
         self._prop_down: list[list[bool]] = []
@@ -204,16 +220,19 @@ class Net(nn.Module):
     def _build(self, param: pb.NetParameter) -> None:
         available: dict[str, None] = OrderedDict()  # blobs produced and not yet consumed
         memory = 0
-        seen_names: set[str] = set()
+        seen_names: dict[str, int] = {}
         for lp in param.layer:
             name = lp.name
             if not name:
                 raise NetDefinitionError(f"{self.source}: a layer of type '{lp.type}' has no name")
-            if name in seen_names:
-                raise NetDefinitionError(f"{self.source}: two layers are named '{name}' in the "
-                                         f"{'TRAIN' if self.phase == pb.TRAIN else 'TEST'} net; "
-                                         "layer names must be unique (weights are matched by name)")
-            seen_names.add(name)
+            occurrence = seen_names.get(name, 0) + 1
+            seen_names[name] = occurrence
+            if occurrence == 2:
+                # Caffe accepts repeated names (e.g. its mnist_autoencoder's two 'loss' layers).
+                log.warning("%s: more than one layer is named '%s' in the %s net; as in Caffe, weights "
+                            "copy into the first of them and name lookups find the last", self.source, name,
+                            "TRAIN" if self.phase == pb.TRAIN else "TEST")
+            key = _module_key(name, occurrence)
             if not lp.type:
                 raise NetDefinitionError(f"{self.source}: layer '{name}' has no type")
             lp_local = pb.LayerParameter()
@@ -286,8 +305,11 @@ class Net(nn.Module):
             if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
                 raise NetDefinitionError(f"layer '{name}': propagate_down must be given once per "
                                          f"bottom ({len(lp.bottom)}), got {len(lp.propagate_down)}")
-            self.layers[_escape(name)] = layer
+            self.layers[key] = layer
             self.layer_names.append(name)
+            self._keys.append(key)
+            self._last_key[name] = key
+            self._first_key.setdefault(name, key)
             self._bottoms.append(list(lp.bottom))
             self._tops.append(tops)
             self._prop_down.append([bool(p) for p in lp.propagate_down] if len(lp.propagate_down)
@@ -295,7 +317,7 @@ class Net(nn.Module):
             if layer.is_input:
                 self.input_names.extend(tops)
             # The layer's own copy, as Caffe's AppendParam reads it (BatchNorm adds lr_mult 0 specs).
-            self._append_params(layer, layer.layer_param)
+            self._append_params(layer, layer.layer_param, key)
         self.output_names: list[str] = sorted(available)  # Caffe iterates a std::set: sorted
         self._log_backward_needs(param)
         if self.verbose:
@@ -317,14 +339,15 @@ class Net(nn.Module):
         check(nb, layer.min_bottoms, layer.max_bottoms, "bottom")
         check(nt, layer.min_tops, layer.max_tops, "top")
 
-    def _append_params(self, layer: Layer, lp: pb.LayerParameter) -> None:
+    def _append_params(self, layer: Layer, lp: pb.LayerParameter, key: str) -> None:
         for i, bname in enumerate(layer.blob_names):
             spec = lp.param[i] if i < len(lp.param) else pb.ParamSpec()
             tensor = getattr(layer, bname)
             pname = spec.name
             if pname and pname in self._param_owner:
-                owner_layer, owner_idx = self._param_owner[pname]
-                owner = self.layer(owner_layer)
+                owner_key, owner_idx = self._param_owner[pname]
+                owner = self.layers[owner_key]
+                owner_layer = owner.name
                 otensor = getattr(owner, owner.blob_names[owner_idx])
                 if spec.share_mode == pb.ParamSpec.PERMISSIVE:
                     ok = otensor.numel() == tensor.numel()
@@ -338,7 +361,7 @@ class Net(nn.Module):
                 if spec.share_mode == pb.ParamSpec.PERMISSIVE and otensor.shape != tensor.shape:
                     raise NetDefinitionError(f"layer '{lp.name}': PERMISSIVE sharing of '{pname}' with a "
                                              "different shape is not supported; reshape the layer")
-                entry = next(e for e in self._params if e.layer == owner_layer and e.index == owner_idx)
+                entry = next(e for e in self._params if e.module == owner_key and e.index == owner_idx)
                 if spec.HasField("lr_mult") and entry.lr_mult != spec.lr_mult:
                     raise NetDefinitionError(f"Shared param '{pname}' has mismatched lr_mult "
                                              f"({entry.lr_mult} in '{owner_layer}', {spec.lr_mult} in '{lp.name}')")
@@ -351,21 +374,26 @@ class Net(nn.Module):
                     layer._buffers[bname] = otensor
                 continue
             if pname:
-                self._param_owner[pname] = (lp.name, i)
+                self._param_owner[pname] = (key, i)
+            learnable = isinstance(tensor, nn.Parameter)
+            if learnable and spec.lr_mult == 0 and not self.param.force_backward:
+                # Caffe's AppendParam: param_propagate_down is lr_mult != 0, so no diff is computed
+                # (force_backward turns every param_propagate_down back on).
+                tensor.requires_grad_(False)
             self._params.append(ParamEntry(layer=lp.name, index=i, tensor=tensor, lr_mult=float(spec.lr_mult),
-                                           decay_mult=float(spec.decay_mult),
-                                           learnable=isinstance(tensor, nn.Parameter), name=pname))
+                                           decay_mult=float(spec.decay_mult), learnable=learnable, name=pname,
+                                           module=key))
 
     def _log_backward_needs(self, param: pb.NetParameter) -> None:
         """Caffe's 'needs backward computation' analysis, used for logging and reporting."""
         force = param.force_backward
         blob_needs: dict[str, bool] = {}
         layer_needs: list[bool] = []
-        for li, name in enumerate(self.layer_names):
-            layer = self.layer(name)
+        for li, key in enumerate(self._keys):
+            layer = self.layers[key]
             need = force or any(blob_needs.get(b, False) for b in self._bottoms[li])
             for e in self._params:
-                if e.layer == name and e.learnable and e.lr_mult != 0:
+                if e.module == key and e.learnable and e.lr_mult != 0:
                     need = True
             if layer.is_data:
                 need = False
@@ -390,7 +418,7 @@ class Net(nn.Module):
                 need = False
             if not contributes:
                 need = False
-            if force and not self.layer(name).is_data:
+            if force and not self.layers[self._keys[li]].is_data:
                 need = True
             self.layer_need_backward[name] = need
             if self.verbose:
@@ -403,18 +431,36 @@ class Net(nn.Module):
 
     # -- access ----------------------------------------------------------------------------
     def layer(self, name: str) -> Layer:
+        """The layer named `name`; of several so named, the last (Caffe's `layer_by_name`)."""
         try:
-            return self.layers[_escape(name)]  # type: ignore[return-value]
+            return self.layers[self._last_key[name]]  # type: ignore[return-value]
         except KeyError:
             raise KeyError(f"no layer named '{name}' in net '{self.name}' "
                            f"(layers: {', '.join(self.layer_names)})") from None
 
     def has_layer(self, name: str) -> bool:
-        return _escape(name) in self.layers
+        return name in self._last_key
 
     def named_layers(self) -> Iterator[tuple[str, Layer]]:
-        for n in self.layer_names:
-            yield n, self.layer(n)
+        """Every layer with its name, in order (a repeated name comes once per layer)."""
+        for n, key in zip(self.layer_names, self._keys):
+            yield n, self.layers[key]  # type: ignore[misc]
+
+    def _labelled_layers(self) -> Iterator[tuple[str, Layer]]:
+        """Every layer under a unique label for saved state: its name, or `name#k` for the k-th
+        layer of a repeated name."""
+        seen: dict[str, int] = {}
+        for n, key in zip(self.layer_names, self._keys):
+            seen[n] = seen.get(n, 0) + 1
+            yield (n if seen[n] == 1 else f"{n}#{seen[n]}"), self.layers[key]  # type: ignore[misc]
+
+    def param_layer(self, entry: ParamEntry) -> Layer:
+        """The layer that owns parameter `entry` (exact where layer names repeat)."""
+        return self.layers[entry.module]  # type: ignore[return-value]
+
+    def learnable_layer_names(self) -> list[str]:
+        """Names of the layers that own a learnable parameter, in order."""
+        return list(OrderedDict.fromkeys(e.layer for e in self._params if e.learnable))
 
     @property
     def params(self) -> "OrderedDict[str, list[torch.Tensor]]":
@@ -425,7 +471,7 @@ class Net(nn.Module):
         """Caffe's learnable_params_ order (every owned blob; see ParamEntry)."""
         # Tensors may have been replaced (sharing with another net); re-read them.
         for e in self._params:
-            layer = self.layer(e.layer)
+            layer = self.layers[e.module]
             e.tensor = getattr(layer, layer.blob_names[e.index])
         return list(self._params)
 
@@ -433,7 +479,7 @@ class Net(nn.Module):
         """Snapshot hook: the generator state of every layer that draws random numbers in its
         forward (Dropout, STOCHASTIC pooling, DummyData), by layer name (uint8 CPU tensors)."""
         states: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-        for name, layer in self.named_layers():
+        for name, layer in self._labelled_layers():
             state = layer.rng_state()
             if state is not None:
                 states[name] = state
@@ -441,8 +487,9 @@ class Net(nn.Module):
 
     def set_rng_state(self, states: "dict[str, torch.Tensor]") -> None:
         """Restore what `rng_state()` returned, so a resumed run draws the same numbers."""
+        layers = dict(self._labelled_layers())
         for name, state in states.items():
-            self.layer(name).set_rng_state(state)
+            layers[name].set_rng_state(state)
 
     def set_iteration(self, iteration: int) -> None:
         """Tell every layer the solver's iteration (Caffe's set_current_iter_num)."""
@@ -472,7 +519,7 @@ class Net(nn.Module):
         """Every layer's `replicated_state()`, as "<layer>.<name>" -> tensor: what must be identical
         on every process of a distributed run."""
         out: "OrderedDict[str, torch.Tensor | None]" = OrderedDict()
-        for lname, layer in self.named_layers():
+        for lname, layer in self._labelled_layers():
             for key, t in layer.replicated_state().items():
                 out[f"{lname}.{key}" if key.isidentifier() else f"{lname} {key}"] = t
         return out
@@ -488,7 +535,7 @@ class Net(nn.Module):
     def extra_state(self) -> dict:
         """Every layer's `snapshot_state()` (layers that have one), by layer name."""
         out = {}
-        for name, layer in self.named_layers():
+        for name, layer in self._labelled_layers():
             st = layer.snapshot_state()
             if st is not None:
                 out[name] = st
@@ -499,7 +546,7 @@ class Net(nn.Module):
 
     def load_extra_state(self, state: dict | None) -> None:
         """Give each layer its saved state (None for all when the snapshot has none)."""
-        for name, layer in self.named_layers():
+        for name, layer in self._labelled_layers():
             layer.restore_state(None if state is None else state.get(name))
         net_state = (state or {}).get("__net__") or {}
         for name, gen_state in (net_state.get("generators") or {}).items():
@@ -530,7 +577,7 @@ class Net(nn.Module):
         of its own."""
         out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
         for li in self._source_layers():
-            layer = self.layers[_escape(self.layer_names[li])]
+            layer = self.layers[self._keys[li]]
             xs = [self._fed.get(t) for t in self._tops[li]] if layer.is_input else []
             y = layer(*xs)
             for t, v in zip(self._tops[li], (y,) if isinstance(y, torch.Tensor) else y):
@@ -547,16 +594,17 @@ class Net(nn.Module):
     def _source_layers(self) -> list[int]:
         """Indices of the layers that produce blobs without bottoms (the data layers)."""
         if self._sources is None:
-            self._sources = [li for li, name in enumerate(self.layer_names)
-                             if self.layers[_escape(name)].is_data and not self._bottoms[li]]
+            self._sources = [li for li, key in enumerate(self._keys)
+                             if self.layers[key].is_data and not self._bottoms[li]]
         return self._sources
 
     def _run(self, inputs: "dict[str, torch.Tensor]",
              given: "dict[str, torch.Tensor] | None") -> "OrderedDict[str, torch.Tensor]":
         blobs = self.blobs
         blobs.clear()
-        for li, name in enumerate(self.layer_names):
-            layer = self.layers[_escape(name)]
+        force = self.param.force_backward
+        for li, key in enumerate(self._keys):
+            layer = self.layers[key]
             if given is not None and li in self._source_layers():
                 out = tuple(given[t] for t in self._tops[li])
             else:
@@ -564,7 +612,8 @@ class Net(nn.Module):
                     xs = [self._as_input(inputs[t]) if t in inputs else self._fed.get(t)
                           for t in self._tops[li]]
                 else:
-                    xs = [blobs[b] if pd else blobs[b].detach()
+                    # Caffe's force_backward overrides propagate_down: false (the bottom gets its diff).
+                    xs = [blobs[b] if (pd or force) else blobs[b].detach()
                           for b, pd in zip(self._bottoms[li], self._prop_down[li])]
                 out = layer(*xs)
                 if isinstance(out, torch.Tensor):
@@ -598,23 +647,30 @@ class Net(nn.Module):
         return x.to(device=self.device, dtype=self.dtype if x.is_floating_point() else x.dtype)
 
     # -- weights ---------------------------------------------------------------------------
-    def copy_from(self, source: pb.NetParameter | str) -> None:
+    def copy_from(self, source: pb.NetParameter | str, *, strict: bool = False,
+                  report: bool = True) -> list[str]:
         """Copy weights by layer name with Caffe's rules (CopyTrainedLayersFrom, fork version).
 
-        Source layers absent here are ignored (logged). A target layer must receive exactly as
-        many blobs as it holds, except masked layers, which may receive fewer (the rest keep their
-        filler values, so a normal model loaded into a masked net gets its filler masks).
-        Shapes must match (a legacy 4-D num/channels/height/width of the same count is accepted).
+        Source layers absent here are ignored (logged). A source layer fills the first layer of
+        its name. A target layer must receive exactly as many blobs as it holds, except masked
+        layers, which may receive fewer (the rest keep their filler values, so a normal model
+        loaded into a masked net gets its filler masks). Shapes must match (a legacy 4-D
+        num/channels/height/width of the same count is accepted).
+
+        With `report`, learnable layers that received nothing (a layer renamed between net and
+        model keeps its random initialization, silently in Caffe) are listed in a WARNING, or
+        with `strict` raise `WeightLoadError`. Returns the names of the layers filled.
         """
         path = source if isinstance(source, str) else "<NetParameter>"
         if isinstance(source, str):
             source = ncio.read_caffemodel(source)
+        filled: list[str] = []
         for sl in source.layer:
             if not self.has_layer(sl.name):
                 if self.verbose:
                     log.info("Ignoring source layer %s", sl.name)
                 continue
-            layer = self.layer(sl.name)
+            layer = self.layers[self._first_key[sl.name]]
             if self.verbose:
                 log.info("Copying source layer %s Type:%s #blobs=%d", sl.name, sl.type, len(sl.blobs))
             n_src, n_dst = len(sl.blobs), len(layer.blob_names)
@@ -635,17 +691,35 @@ class Net(nn.Module):
                             f"mismatch. Source param shape is {_shape_str(tuple(src_shape))}; target "
                             f"param shape is {_shape_str(tuple(target.shape))}. To learn this layer's "
                             "parameters from scratch rather than copying from a saved net, rename the layer.")
-                arr = ncio.blob_to_array(blob).reshape(tuple(target.shape))
+                arr = np.ascontiguousarray(ncio.blob_to_array(blob))  # (ascontiguousarray makes 0-d 1-d)
                 with torch.no_grad():
-                    target.copy_(torch.from_numpy(np.ascontiguousarray(arr)))
+                    target.copy_(torch.from_numpy(arr).reshape(target.shape))
             layer.blobs_loaded(n_src) if hasattr(layer, "blobs_loaded") else None
+            if n_src and sl.name not in filled:
+                filled.append(sl.name)
+        if report:
+            self.report_unfilled(filled, path, strict=strict)
+        return filled
+
+    def report_unfilled(self, filled: Iterable[str], source: str, strict: bool = False) -> list[str]:
+        """Warn about (or with `strict`, refuse) the learnable layers not in `filled`; returns them."""
+        done = set(filled)
+        missing = [n for n in self.learnable_layer_names() if n not in done]
+        if missing:
+            what = (f"{source}: {len(missing)} learnable layer(s) of net '{self.name}' received no weights: "
+                    f"{', '.join(missing)} (the model has no layer of that name, e.g. a layer renamed between "
+                    "net and model)")
+            if strict:
+                raise WeightLoadError(what)
+            log.warning("%s; they keep their initial (filler) values, as in Caffe (--strict makes this an "
+                        "error)", what)
+        return missing
 
     def to_proto(self, write_diff: bool = False) -> pb.NetParameter:
         """The net as a NetParameter with blobs, as Caffe's Net::ToProto writes it."""
         out = pb.NetParameter()
         out.name = self.name
-        for li, name in enumerate(self.layer_names):
-            layer = self.layer(name)
+        for name, layer in self.named_layers():
             lp = out.layer.add()
             lp.CopyFrom(layer.layer_param)
             lp.ClearField("blobs")
@@ -661,11 +735,12 @@ class Net(nn.Module):
         ncio.write_caffemodel(path, self.to_proto(write_diff))
 
     def share_weights_with(self, other: "Net") -> None:
-        """Use `other`'s blobs (by layer name) in this net: Caffe's ShareTrainedLayersWith."""
-        for name, layer in self.named_layers():
-            if not other.has_layer(name):
+        """Use `other`'s blobs (by layer name) in this net: Caffe's ShareTrainedLayersWith (each of
+        `other`'s layers shares into the first layer here of its name)."""
+        for name, src in other.named_layers():
+            if not self.has_layer(name):
                 continue
-            src = other.layer(name)
+            layer = self.layers[self._first_key[name]]
             if len(src.blob_names) != len(layer.blob_names):
                 raise WeightLoadError(f"Incompatible number of blobs for layer '{name}': "
                                       f"{len(src.blob_names)} vs {len(layer.blob_names)}")
@@ -679,7 +754,7 @@ class Net(nn.Module):
                 else:
                     layer._buffers[bn_dst] = s
         for e in self._params:
-            layer = self.layer(e.layer)
+            layer = self.layers[e.module]
             e.tensor = getattr(layer, layer.blob_names[e.index])
 
 

@@ -5,7 +5,14 @@ real MNIST digits (the reference's `lenet_compression_demo.py`):
   -> decode -> test the decoded model.
 
 Each stage writes its nets, solver, log and model into the run folder; the console shows one line
-per stage and a final table, also saved as `summary.json` and `summary.png`.
+per stage (and, during training, a progress line at least every 30 s) and a final table, also saved
+as `summary.json` and `summary.png`. The digits' LMDBs go to `<run folder>/data` by default; every
+path in the folder's nets and solvers is relative to the folder (run them from there), so models do
+not depend on where the repository lies and the folder can be moved.
+
+Ctrl-C snapshots the stage in training and stops with "interrupted at stage X, iteration N";
+the same command again continues: finished stages (`pipeline.json`) are kept and the interrupted
+one resumes from its snapshot, bit for bit as if it had not stopped.
 """
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ import json
 import logging
 import os
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from google.protobuf import text_format
@@ -27,7 +34,7 @@ from .proto import caffe_pb2 as pb
 
 log = get_logger("pipeline")
 
-__all__ = ["run_pipeline", "main", "LENET"]
+__all__ = ["run_pipeline", "main", "LENET", "PipelineInterrupted"]
 
 # The reference's LeNet (examples/mnist/lenet_train_test.prototxt); sources are filled in.
 LENET = """
@@ -89,12 +96,12 @@ def solver_text(net: str, prefix: str, max_iter: int, test_interval: int, displa
 
 
 @contextlib.contextmanager
-def _stage_log(path: str):
-    """Also send the stage's full Caffe-style log to `path`."""
+def _stage_log(path: str, append: bool = False):
+    """Also send the stage's full Caffe-style log to `path` (appended to, for a resumed stage)."""
     from .log import GlogFormatter
 
     logger = logging.getLogger("netcompress")
-    fh = logging.FileHandler(path, mode="w")
+    fh = logging.FileHandler(path, mode="a" if append else "w")
     fh.setFormatter(GlogFormatter())
     fh.setLevel(logging.INFO)
     logger.addHandler(fh)
@@ -123,36 +130,106 @@ def _quiet_stdout():
     return contextlib.redirect_stdout(open(os.devnull, "w"))
 
 
-def run_pipeline(out: str = "runs/lenet_pipeline", data: str = "data", ref_iters: int = 5000,
+class PipelineInterrupted(NetcompressError):
+    """The pipeline stopped at a stage (Ctrl-C); running it again in the same folder continues."""
+
+    exit_code = 130  # as a shell reports a process that SIGINT ended
+
+
+STATE_FILE = "pipeline.json"  # the run folder's settings and finished stages (resumption)
+
+
+@contextlib.contextmanager
+def _in_folder(path: str):
+    """Run inside the run folder: its nets and solvers hold paths relative to it, as Caffe resolves
+    paths against the current directory (so the folder can move, and models do not depend on it)."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def run_pipeline(out: str = "runs/lenet_pipeline", data: str | None = None, ref_iters: int = 5000,
                  dns_iters: int = 5000, inq_iters: int = 1000, seed: int = 1, device: str = "cpu",
-                 verbose: bool = False) -> dict:
-    """Run every stage; return the summary (also written to `out/summary.json` and `.png`)."""
+                 verbose: bool = False, restart: bool = False,
+                 on_solver: Callable[[str, object], None] | None = None) -> dict:
+    """Run every stage; return the summary (also written to `out/summary.json` and `.png`).
+
+    `data` is where the digits' LMDBs go (default `out/data`). Stages that a previous run in `out`
+    finished are kept, and an interrupted stage resumes from its snapshot (`restart` starts over).
+    `on_solver(stage, solver)` is called with each stage's Solver before it trains (e.g. to add a
+    training callback).
+    """
     with _console_level(logging.INFO if verbose else logging.WARNING):
-        return _run(out, data, ref_iters, dns_iters, inq_iters, seed, device, verbose)
+        return _run(out, data, ref_iters, dns_iters, inq_iters, seed, device, verbose, restart, on_solver)
 
 
-def _run(out, data, ref_iters, dns_iters, inq_iters, seed, device, verbose) -> dict:
-    from .data.mnist5k import ensure_mnist5k
-    from .net import Net
-    from .solvers import Solver
-    from .tools.compact import decode_compact, encode_compact
-    from .tools.convert import model2inq_raw
-    from .tools.report import model_report
+def _load_state(path: str, settings: dict, restart: bool, out: str) -> dict:
+    """The finished stages of an earlier run in this folder with the same settings."""
+    if restart or not os.path.exists(path):
+        return {"settings": settings, "rows": {}}
+    with open(path) as f:
+        state = json.load(f)
+    if state.get("settings") != settings:
+        raise NetcompressError(
+            f"{out} holds a pipeline run with other settings ({path}: {state.get('settings')}; this run: "
+            f"{settings}): choose another --out, or add --restart to start that folder over")
+    return state
+
+
+def _latest_snapshot(prefix: str, before: int) -> str | None:
+    """The newest `<prefix>_iter_N.solverstate` with N < before (an interrupted stage's snapshot)."""
+    import glob
+    import re
+
+    best, best_n = None, -1
+    for path in glob.glob(glob.escape(prefix) + "_iter_*.solverstate"):
+        m = re.fullmatch(re.escape(prefix) + r"_iter_(\d+)\.solverstate", path)
+        if m and best_n < int(m.group(1)) < before:
+            best, best_n = path, int(m.group(1))
+    return best
+
+
+def _run(out, data, ref_iters, dns_iters, inq_iters, seed, device, verbose, restart, on_solver) -> dict:
+    from .data.mnist5k import TEST_DB, TRAIN_DB, ensure_mnist5k
 
     print(f"netcompress pipeline: LeNet on the embedded MNIST digits -> {out} "
           f"(stage logs in {os.path.join(out, 'logs')})", flush=True)
     for name, n in (("--ref-iters", ref_iters), ("--dns-iters", dns_iters), ("--inq-iters", inq_iters)):
         if n < 1:
             raise NetcompressError(f"{name} must be at least 1, got {n}")
-    os.makedirs(out, exist_ok=True)
+    root = os.path.abspath(out)
+    data_dir = os.path.abspath(data) if data else os.path.join(root, "data")
+    os.makedirs(root, exist_ok=True)
     for sub in ("nets", "logs", "models"):
-        os.makedirs(os.path.join(out, sub), exist_ok=True)
-    train_lmdb, test_lmdb = (os.path.abspath(p) for p in ensure_mnist5k(data))
-    nets = os.path.join(out, "nets")
-    models = os.path.join(out, "models")
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    ensure_mnist5k(data_dir)
+    rel_data = os.path.relpath(data_dir, root)
+    settings = {"ref_iters": ref_iters, "dns_iters": dns_iters, "inq_iters": inq_iters, "seed": seed}
+    state = _load_state(os.path.join(root, STATE_FILE), settings, restart, out)
+    with _in_folder(root):
+        return _stages(out, os.path.join(rel_data, TRAIN_DB), os.path.join(rel_data, TEST_DB), settings, state,
+                       device, verbose, on_solver)
+
+
+def _stages(out, train_lmdb, test_lmdb, settings, state, device, verbose, on_solver) -> dict:
+    """Every stage, inside the run folder (all paths relative to it)."""
+    from .net import Net
+    from .solvers import Solver
+    from .tools.compact import decode_compact, encode_compact
+    from .tools.convert import model2inq_raw
+    from .tools.report import model_report
+
+    ref_iters, dns_iters, inq_iters, seed = (settings[k] for k in ("ref_iters", "dns_iters", "inq_iters", "seed"))
+    done: dict = state["rows"]
+
+    def save_state() -> None:
+        ncio.atomic_write(STATE_FILE, json.dumps(state, indent=2) + "\n")
 
     def write_net(name: str, text: str) -> str:
-        path = os.path.abspath(os.path.join(nets, name + ".prototxt"))
+        path = os.path.join("nets", name + ".prototxt")
         ncio.atomic_write(path, text)
         return path
 
@@ -160,6 +237,7 @@ def _run(out, data, ref_iters, dns_iters, inq_iters, seed, device, verbose) -> d
     dns_net = write_net("lenet_DNS", lenet_text("dns", train_lmdb, test_lmdb, 128))
     rows: list[dict] = []
     t_start = time.time()
+    where = {"stage": "", "solver": None}  # for the interruption message
 
     def score(net_path: str, model: str) -> tuple[float, float]:
         from .solvers.evaluate import test_net
@@ -168,6 +246,20 @@ def _run(out, data, ref_iters, dns_iters, inq_iters, seed, device, verbose) -> d
         net.copy_from(model)
         s = test_net(net, TEST_ITER)
         return s["accuracy"], s["loss"]
+
+    def show(row: dict, note: str = "") -> None:
+        size = (f"compact {row['compact_bytes']:,} B" if "compact_bytes" in row
+                else f"{row['model_bytes']:,} B")
+        print(f"[{row['stage']:>9}] acc {row['accuracy']:.4f}  loss {row['loss']:.4f}  kept {row['kept']}/{row['total']} "
+              f"({row['kept_pct']:.3f}%)  {size}  ({row['seconds']:.0f} s{note})", flush=True)
+
+    def finished(stage: str) -> dict | None:
+        row = done.get(stage)
+        if row is not None and os.path.exists(row["model"]):
+            rows.append(row)
+            show(row, ", finished by an earlier run")
+            return row
+        return None
 
     def record(stage: str, iters: int, net_path: str, model: str, seconds: float, **extra) -> dict:
         acc, loss = score(net_path, model)
@@ -179,57 +271,89 @@ def _run(out, data, ref_iters, dns_iters, inq_iters, seed, device, verbose) -> d
                "model": model, "model_bytes": os.path.getsize(model), "seconds": round(seconds, 1)}
         row.update(extra)
         rows.append(row)
-        size = (f"compact {row['compact_bytes']:,} B" if "compact_bytes" in row
-                else f"{row['model_bytes']:,} B")
-        print(f"[{stage:>9}] acc {acc:.4f}  loss {loss:.4f}  kept {row['kept']}/{row['total']} "
-              f"({row['kept_pct']:.3f}%)  {size}  ({seconds:.0f} s)", flush=True)
+        done[stage] = row
+        save_state()
+        show(row)
         return row
 
-    def train(stage: str, net_path: str, iters: int, weights: str | None, test_interval: int) -> str:
-        prefix = os.path.abspath(os.path.join(models, stage))
-        solver_path = os.path.join(nets, f"solver_{stage}.prototxt")
+    def train(stage: str, label: str, net_path: str, iters: int, weights: str | None, test_interval: int) -> str:
+        prefix = os.path.join("models", stage)
+        final = f"{prefix}_iter_{iters}.caffemodel"
+        if os.path.exists(final):  # trained by an earlier run, which stopped before scoring it
+            return final
+        solver_path = os.path.join("nets", f"solver_{stage}.prototxt")
         ncio.atomic_write(solver_path, solver_text(net_path, prefix, iters, test_interval,
                                                    display=min(100, iters), seed=seed))
-        with _stage_log(os.path.join(out, "logs", f"{stage}.log")):
-            solver = Solver(solver_path, device=device, weights=weights, verbose=verbose)
-            solver.solve()
-        return f"{prefix}_iter_{iters}.caffemodel"
+        resume = _latest_snapshot(prefix, iters)
+        where["stage"] = label
+        with _stage_log(os.path.join("logs", f"{stage}.log"), append=resume is not None):
+            solver = Solver(solver_path, device=device, weights=None if resume else weights, verbose=verbose)
+            where["solver"] = solver
+            if resume:
+                print(f"[{label:>9}] resuming from {resume}", flush=True)
+            if on_solver is not None:
+                on_solver(label, solver)
+            solver.solve(resume_file=resume)
+        if solver.iter < iters:
+            raise PipelineInterrupted(
+                f"interrupted at stage {label}, iteration {solver.iter} of {iters} (snapshot "
+                f"{os.path.join(out, solver.snapshot_filename('.solverstate'))}); run the same `netcompress "
+                f"pipeline` again (--out {out}) to continue from there")
+        where["solver"] = None
+        return final
 
-    # 1. the reference LeNet from scratch
-    t = time.time()
-    ref_model = train("lenet", normal_net, ref_iters, None, test_interval=max(1, ref_iters))
-    record("reference", ref_iters, normal_net, ref_model, time.time() - t)
-
-    # 2. DNS fine-tuning from it
-    t = time.time()
-    dns_model = train("lenet_DNS", dns_net, dns_iters, ref_model, test_interval=max(1, dns_iters))
-    record("DNS", dns_iters, dns_net, dns_model, time.time() - t)
-
-    # 3. model2INQ_raw, then the INQ stages
-    inq_first = write_net("lenet_inq_30", lenet_text("inq", train_lmdb, test_lmdb, 128, INQ_STAGES[0][1:]))
-    inq_raw = os.path.join(models, "inq_raw.caffemodel")
-    with _stage_log(os.path.join(out, "logs", "model2INQ_raw.log")), _quiet_stdout():
-        model2inq_raw(dns_net, dns_model, inq_first, inq_raw)
-    prev = inq_raw
-    last_net = inq_first
-    for pct, p0, p1 in INQ_STAGES:
+    try:
+        # 1. the reference LeNet from scratch
         t = time.time()
-        net_path = write_net(f"lenet_inq_{pct}", lenet_text("inq", train_lmdb, test_lmdb,
-                                                            64 if pct == 100 else 128, (p0, p1)))
-        iters = 1 if pct == 100 else inq_iters
-        prev = train(f"lenet_inq_{pct}", net_path, iters, prev, test_interval=iters)
-        last_net = net_path
-        record(f"INQ {pct}%", iters, net_path, prev, time.time() - t)
+        if not finished("reference"):
+            ref_model = train("lenet", "reference", normal_net, ref_iters, None, test_interval=max(1, ref_iters))
+            record("reference", ref_iters, normal_net, ref_model, time.time() - t)
+        ref_model = done["reference"]["model"]
 
-    # 4. compact encoding of the INQ-100 model, decoding, and the decoded model's test
-    t = time.time()
-    compact = os.path.join(models, "lenet_compact.binary")
-    decoded = os.path.join(models, "lenet_decoded.caffemodel")
-    with _quiet_stdout():
-        encode_compact(last_net, prev, compact, quiet=True)
-        decode_compact(normal_net, compact, decoded, quiet=True)
+        # 2. DNS fine-tuning from it
+        t = time.time()
+        if not finished("DNS"):
+            dns_model = train("lenet_DNS", "DNS", dns_net, dns_iters, ref_model, test_interval=max(1, dns_iters))
+            record("DNS", dns_iters, dns_net, dns_model, time.time() - t)
+        dns_model = done["DNS"]["model"]
+
+        # 3. model2INQ_raw, then the INQ stages
+        inq_first = write_net("lenet_inq_30", lenet_text("inq", train_lmdb, test_lmdb, 128, INQ_STAGES[0][1:]))
+        inq_raw = os.path.join("models", "inq_raw.caffemodel")
+        if not os.path.exists(inq_raw) or "INQ 30%" not in done:
+            with _stage_log(os.path.join("logs", "model2INQ_raw.log")), _quiet_stdout():
+                model2inq_raw(dns_net, dns_model, inq_first, inq_raw)
+        prev = inq_raw
+        last_net = inq_first
+        for pct, p0, p1 in INQ_STAGES:
+            t = time.time()
+            label = f"INQ {pct}%"
+            net_path = write_net(f"lenet_inq_{pct}", lenet_text("inq", train_lmdb, test_lmdb,
+                                                                64 if pct == 100 else 128, (p0, p1)))
+            iters = 1 if pct == 100 else inq_iters
+            if not finished(label):
+                model = train(f"lenet_inq_{pct}", label, net_path, iters, prev, test_interval=iters)
+                record(label, iters, net_path, model, time.time() - t)
+            prev = done[label]["model"]
+            last_net = net_path
+
+        # 4. compact encoding of the INQ-100 model, decoding, and the decoded model's test
+        t = time.time()
+        compact = os.path.join("models", "lenet_compact.binary")
+        decoded = os.path.join("models", "lenet_decoded.caffemodel")
+        where["stage"] = "decoded"
+        if not finished("decoded"):
+            with _quiet_stdout():
+                encode_compact(last_net, prev, compact, quiet=True)
+                decode_compact(normal_net, compact, decoded, quiet=True)
+            record("decoded", 0, normal_net, decoded, time.time() - t, compact_bytes=os.path.getsize(compact))
+    except KeyboardInterrupt:
+        solver = where["solver"]
+        at = f", iteration {solver.iter}" if solver is not None else ""
+        raise PipelineInterrupted(f"interrupted at stage {where['stage'] or 'set-up'}{at}; run the same "
+                                  f"`netcompress pipeline` again (--out {out}) to continue") from None
+    row = rows[-1]
     dense_bytes = 4 * rows[0]["total"]
-    row = record("decoded", 0, normal_net, decoded, time.time() - t, compact_bytes=os.path.getsize(compact))
     summary = {
         "stages": rows,
         "dense_bytes": dense_bytes,
@@ -239,11 +363,10 @@ def _run(out, data, ref_iters, dns_iters, inq_iters, seed, device, verbose) -> d
         "compact_ratio_vs_dense": dense_bytes / row["compact_bytes"],
         "decoded_matches_inq100": abs(row["accuracy"] - rows[-2]["accuracy"]) < 1e-9,
         "seconds": round(time.time() - t_start, 1),
-        "settings": {"ref_iters": ref_iters, "dns_iters": dns_iters, "inq_iters": inq_iters, "seed": seed,
-                     "device": device, "torch": torch.__version__},
+        "settings": {**settings, "device": device, "torch": torch.__version__},
     }
-    ncio.atomic_write(os.path.join(out, "summary.json"), json.dumps(summary, indent=2) + "\n")
-    _plot(summary, os.path.join(out, "summary.png"))
+    ncio.atomic_write("summary.json", json.dumps(summary, indent=2) + "\n")
+    _plot(summary, "summary.png")
     _print_table(summary)
     return summary
 
@@ -264,7 +387,22 @@ def _print_table(s: dict) -> None:
 
 
 def _plot(s: dict, path: str) -> None:
+    """Write `_figure(s)` as a PNG."""
     import io as _io
+
+    import matplotlib.pyplot as plt
+
+    fig = _figure(s)
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    ncio.atomic_write(path, buf.getvalue())
+
+
+def _figure(s: dict):
+    """Accuracy on its absolute 0-100 % scale (values written at the points), and each stage's file
+    size on a log axis that starts a decade below the smallest (so the compact file's bar shows)."""
+    import math
 
     import matplotlib
     matplotlib.use("Agg")
@@ -272,26 +410,30 @@ def _plot(s: dict, path: str) -> None:
 
     rows = s["stages"]
     names = [r["stage"] for r in rows]
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    a1.plot(names, [100 * r["accuracy"] for r in rows], marker="o")
-    a1.set_ylabel("test accuracy (%)")
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
+    acc = [100 * r["accuracy"] for r in rows]
+    a1.plot(names, acc, marker="o")
+    a1.set_ylim(0, 105)
+    a1.set_ylabel("test accuracy (%, full scale)")
+    for x, y in enumerate(acc):
+        a1.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
     a1.grid(alpha=0.3)
     sizes = [r.get("compact_bytes", r["model_bytes"]) for r in rows]
-    a2.bar(names, sizes, color="tab:orange", alpha=0.7, label="file bytes")
+    colors = ["tab:red" if "compact_bytes" in r else "tab:orange" for r in rows]
+    a2.bar(names, sizes, color=colors, alpha=0.7)
     a2.set_yscale("log")
-    a2.set_ylabel("file size (bytes)")
+    a2.set_ylim(10 ** math.floor(math.log10(min(sizes)) - 1), max(sizes) * 4)
+    for x, b in enumerate(sizes):
+        a2.annotate(f"{b:,}", (x, b), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
+    a2.set_ylabel("file size (bytes; red: the compact file)")
     ax = a2.twinx()
     ax.plot(names, [r["kept_pct"] for r in rows], marker="s", color="tab:green", label="kept %")
     ax.set_yscale("log")
     ax.set_ylabel("parameters kept (%, green)")
-    a2.set_ylabel("file size (bytes; last: compact)")
     a2.tick_params(axis="x", rotation=30)
     fig.suptitle("LeNet compression pipeline (embedded MNIST digits)")
     fig.tight_layout()
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    ncio.atomic_write(path, buf.getvalue())
+    return fig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -300,7 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="The reference's LeNet compression pipeline on the embedded MNIST digits: train, DNS, "
                     "model2INQ_raw, INQ 30/60/80/90/100 %, compact encode, decode, test.")
     p.add_argument("--out", default="runs/lenet_pipeline", help="run folder (default runs/lenet_pipeline)")
-    p.add_argument("--data", default="data", help="where the embedded digits' LMDBs go (default data)")
+    p.add_argument("--data", default=None,
+                   help="where the embedded digits' LMDBs go (default: OUT/data, inside the run folder)")
     p.add_argument("--ref-iters", type=int, default=5000, help="LeNet training iterations (default 5000)")
     p.add_argument("--dns-iters", type=int, default=5000, help="DNS fine-tuning iterations (default 5000)")
     p.add_argument("--inq-iters", type=int, default=1000,
@@ -308,9 +451,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1, help="random_seed of every solver (default 1)")
     p.add_argument("--gpu", default=None, help="GPU id (default: CPU)")
     p.add_argument("--verbose", action="store_true", help="also print every stage's Caffe log")
+    p.add_argument("--restart", action="store_true",
+                   help="start over in OUT (by default a run continues what an earlier run there finished)")
     a = p.parse_args(argv)
     from .device import device_from_gpu_flag
 
     device = str(device_from_gpu_flag(a.gpu))
-    run_pipeline(a.out, a.data, a.ref_iters, a.dns_iters, a.inq_iters, a.seed, device, a.verbose)
+    run_pipeline(a.out, a.data, a.ref_iters, a.dns_iters, a.inq_iters, a.seed, device, a.verbose, a.restart)
     return 0

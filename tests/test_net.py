@@ -239,13 +239,6 @@ def test_layer_names_with_dots_and_slashes():
     assert net.layer("inception_3a/relu.1").name == "inception_3a/relu.1"
 
 
-def test_duplicate_layer_names_are_rejected():
-    text = """layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 } } }
-              layer { name: "in" type: "ReLU" bottom: "x" top: "y" }"""
-    with pytest.raises(NetDefinitionError, match="two layers are named 'in'"):
-        Net(netp(text))
-
-
 def test_force_backward_gives_input_gradients():
     net = Net(netp("force_backward: true\n" + MLP), phase="train", seed=1)
     net.set_input(x=torch.randn(4, 3, 2, 2), y=torch.tensor([0.0, 1.0, 2.0, 1.0]))

@@ -1,5 +1,5 @@
-"""Training against real Caffe's runs on the fixture's 4,000/1,000 MNIST split (slow; skipped
-without ../shared). netcompress starts from Caffe's own initial weights (random_seed), reads the
+"""Training against real Caffe's runs on the fixture's 4,000/1,000 MNIST split (slow;
+tests/fixtures/caffe). netcompress starts from Caffe's own initial weights (random_seed), reads the
 data in the same order and applies the same updates, so its run tracks Caffe's log closely."""
 from __future__ import annotations
 

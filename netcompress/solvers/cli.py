@@ -33,6 +33,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                    help="what Ctrl-C does (default: stop, which snapshots first)")
     p.add_argument("--sighup_effect", "-sighup_effect", default="snapshot",
                    choices=["stop", "snapshot", "none"], help="what SIGHUP does (default: snapshot)")
+    p.add_argument("--strict", action="store_true",
+                   help="a learnable layer that --weights do not fill is an error (default: a warning)")
     add_option_args(p)  # the recipes' options (netcompress.options)
     p.add_argument("--cpu-procs", type=int, default=None,
                    help="data-parallel training on N CPU processes (gloo), for testing and CPU clusters")
@@ -57,7 +59,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         return train_distributed(a, sp, ids)
     solver = Solver(sp, device=device, weights=a.weights, max_iter=a.iterations,
                     sigint_effect=a.sigint_effect, sighup_effect=a.sighup_effect,
-                    options=options_from_args(a), source=a.solver)
+                    options=options_from_args(a), source=a.solver, strict=a.strict)
     solver.solve(resume_file=a.snapshot)
     return 0
 
@@ -95,6 +97,9 @@ def test_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="net prototxt")
     p.add_argument("--weights", required=True, help=".caffemodel to score")
     p.add_argument("--iterations", type=int, default=50, help="number of batches (default 50)")
+    p.add_argument("--strict", action="store_true",
+                   help="a learnable layer that the weights do not fill is an error (default: a warning)")
+    p.add_argument("--verbose", action="store_true", help="also log the net's set-up (layers, top shapes)")
     add_gpu_arg(p)
     add_state_args(p)
     a = p.parse_args(argv)
@@ -103,8 +108,8 @@ def test_main(argv: Sequence[str] | None = None) -> int:
 
     device = device_from_gpu_flag(a.gpu)
     phase, level, stages = state_from_args(a, pb.TEST)
-    net = Net(a.model, phase=phase, level=level, stages=stages, device=device)
-    net.copy_from(a.weights)
+    net = Net(a.model, phase=phase, level=level, stages=stages, device=device, verbose=a.verbose)
+    net.copy_from(a.weights, strict=a.strict)
     log.info("Running for %d iterations.", a.iterations)
     scores = test_net(net, a.iterations, log_batches=True)
     log.info("Loss: %g", scores.loss)

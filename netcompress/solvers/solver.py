@@ -67,6 +67,7 @@ class Solver:
         verbose: log net set-up lines.
         source: the file a SolverParameter `param` was read from: errors name it, and a missing
             snapshot_prefix defaults to its name without extension (as for a path `param`).
+        strict: a learnable layer that `weights` do not fill is an error (otherwise a warning).
     """
 
     def __init__(self, param: pb.SolverParameter | str, *, device: torch.device | str = "cpu",
@@ -74,7 +75,7 @@ class Solver:
                  sigint_effect: str = "stop", sighup_effect: str = "snapshot",
                  rank: int = 0, world_size: int = 1, verbose: bool = True,
                  callbacks: Sequence[TrainingCallback] = (), options: dict | None = None,
-                 source: str | None = None):
+                 source: str | None = None, strict: bool = False):
         if isinstance(param, str):
             source = param
         self.source = source or "<SolverParameter>"
@@ -131,7 +132,8 @@ class Solver:
         self.epoch_iters = self._epoch_iters()
         for net in [self.net, *self.test_nets]:
             net.ctx.epoch_iters = self.epoch_iters
-        copy_weights_list(self.net, weights, verbose=self.root)  # Caffe's comma list, files checked first
+        # Caffe's comma list, files checked first
+        copy_weights_list(self.net, weights, verbose=self.root, strict=strict)
         self.callbacks: list[TrainingCallback] = []
         for cb in [LayerHooks(), *callbacks, *callbacks_for(self)]:
             self.add_callback(cb)
@@ -151,9 +153,10 @@ class Solver:
                         for _ in range(self._nhist)]
             self.history.append(kept)
         for e in self.params:
-            if e.learnable and e.lr_mult == 0 and self._use_lr_mult:
-                # Caffe computes no gradient for lr_mult 0 (param_need_backward false).
-                e.tensor.requires_grad_(False)
+            if e.learnable and e.lr_mult == 0:
+                # Caffe computes no gradient for lr_mult 0 (param_need_backward false), also where the
+                # net forces backward; a rule that ignores lr_mult (LarsSGD) still updates the blob.
+                e.tensor.requires_grad_(not self._use_lr_mult)
 
     def add_callback(self, callback: TrainingCallback) -> TrainingCallback:
         """Add a training callback (after those already added); returns it."""
@@ -227,7 +230,7 @@ class Solver:
             path = getattr(sp, field)
             if self.root:
                 log.info("Creating training net from %s file: %s", field, path)
-            netp = ncio.read_net(path)
+            netp = self._read_net_file(field, path)
         state = pb.NetState(phase=pb.TRAIN)
         if netp.HasField("state"):
             state.MergeFrom(netp.state)
@@ -236,6 +239,15 @@ class Solver:
         state.stage.extend(s for s in self.stages if s not in state.stage)
         return Net(netp, state=state, device=self.device, seed=seed, rank=self.rank,
                    world_size=self.world_size, verbose=self.verbose, options=self.options)
+
+    def _read_net_file(self, field: str, path: str) -> pb.NetParameter:
+        """The net a solver field names; a missing file is reported with the field it came from."""
+        if not os.path.exists(path):
+            raise NetcompressError(
+                f"{self.source}: the solver's `{field}:` field names '{path}', which does not exist. Paths in a "
+                f"solver resolve against the current directory ({os.getcwd()}), as in Caffe: run from the folder "
+                "they are relative to (e.g. the repository root for examples/), or make the path absolute")
+        return ncio.read_net(path)
 
     def _make_test_nets(self, seed: int | None) -> list[Net]:
         sp = self.param
@@ -257,12 +269,12 @@ class Solver:
         for p in sp.test_net_param:
             specs.append(("test_net_param", p))
         for f in sp.test_net:
-            specs.append((f"test_net file: {f}", ncio.read_net(f)))
+            specs.append((f"test_net file: {f}", self._read_net_file("test_net", f)))
         for _ in range(n_general):
             if sp.HasField("net_param"):
                 specs.append(("net_param", sp.net_param))
             else:
-                specs.append((f"net file: {sp.net}", ncio.read_net(sp.net)))
+                specs.append((f"net file: {sp.net}", self._read_net_file("net", sp.net)))
         nets = []
         for i, (where, netp) in enumerate(specs):
             log.info("Creating test net (#%d) specified by %s", i, where)
@@ -302,7 +314,8 @@ class Solver:
             log.info("Rebuilding the nets with stages %s", ", ".join(stages) or "(none)")
         self.net = self._make_train_net(self.seed)
         if self.weights:
-            copy_weights_list(self.net, self.weights, verbose=False)
+            # (layers carried over from the old net below are not "unfilled": no report)
+            copy_weights_list(self.net, self.weights, verbose=False, report=False)
         _carry_over(old_train, self.net)
         self.test_nets = self._make_test_nets(self.seed)
         for i, tn in enumerate(self.test_nets):
@@ -334,8 +347,8 @@ class Solver:
             self.restore(resume_file)
         self._requested = None
         start = self.iter
-        status = StatusLine(sp.max_iter, start)
-        status.enabled = status.enabled and self.root
+        status = StatusLine(sp.max_iter, start, label=os.path.basename(sp.snapshot_prefix) or "train")
+        status.enabled = self.root
         with self._signals(), status as bar:
             self._bar = bar
             self.step(sp.max_iter - self.iter)
@@ -674,7 +687,7 @@ class Solver:
                     local_rate = rate * self._lars_ratio(w, g, wd)
                 else:
                     local_rate = rate * e.lr_mult
-                mask = self.net.layer(e.layer).update_mask(e.index)
+                mask = self.net.param_layer(e).update_mask(e.index)
                 if lr_outside:
                     self._rule(g, self.history[i], rate=1.0, mask=mask, **kw)
                     g.mul_(local_rate)

@@ -277,7 +277,7 @@ def dump_logits(deploy: str, weights: str, source: str, blob: str, out: str, *,
                 dataset: str | None = None, rows: int | None = None, batch: int = 100,
                 phase: str = "TEST", with_data: bool = True, scale: float | None = None,
                 mean_values: Sequence[float] = (), list_file: str | None = None,
-                device: str = "cpu") -> dict:
+                device: str = "cpu", strict: bool = False) -> dict:
     """Run `deploy` (weights from `weights`, a comma list allowed) over `source` and write blob
     `blob` of every row, under the dataset name `dataset` (default: the blob's name), to the
     HDF5 file `out`, with the data tops (unless `with_data` is false) under their own names.
@@ -302,7 +302,7 @@ def dump_logits(deploy: str, weights: str, source: str, blob: str, out: str, *,
     if not os.path.isfile(deploy):
         raise ToolError(f"{deploy} does not exist!")
     teacher = Net(deploy, phase=pb.TEST, device=device, verbose=False)
-    copy_weights_list(teacher, weights, verbose=False)
+    copy_weights_list(teacher, weights, verbose=False, strict=strict)
     if blob not in teacher.blob_shapes:
         raise ToolError(f"{deploy}: no blob '{blob}' (blobs: {', '.join(teacher.blob_shapes)})")
     data_net, where = _data_net(source, ph, batch, scale, mean_values, device)
@@ -394,6 +394,8 @@ def dump_logits_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mean-value", type=float, action="append", default=[],
                    help="LMDB source: transform_param mean_value (repeat per channel)")
     p.add_argument("--gpu", default=None, help="GPU id (default: CPU)")
+    p.add_argument("--strict", action="store_true",
+                   help="a learnable layer that the weights do not fill is an error (default: a warning)")
     try:
         a = p.parse_args(argv)
     except SystemExit as e:
@@ -404,7 +406,7 @@ def dump_logits_main(argv: Sequence[str] | None = None) -> int:
         r = dump_logits(a.deploy, a.weights, a.source, a.blob, a.out, dataset=a.dataset, rows=a.rows,
                         batch=a.batch, phase=a.phase, with_data=a.with_data, scale=a.scale,
                         mean_values=a.mean_value, list_file=a.list_file,
-                        device=str(device_from_gpu_flag(a.gpu)))
+                        device=str(device_from_gpu_flag(a.gpu)), strict=a.strict)
     except (NetcompressError, OSError) as e:
         sys.stdout.flush()
         print(f"Error: {e}", file=sys.stderr)

@@ -583,7 +583,7 @@ def _grow_stages(param: pb.NetParameter) -> list[str]:
 
 def sdn_early_exit(prototxt: str, weights: str, outputs: Sequence[str], thresholds: Sequence[float],
                    ops: Sequence[float] | str = "auto", iterations: int = 50, label: str = "label",
-                   stages: Sequence[str] | None = None, device: str = "cpu") -> dict:
+                   stages: Sequence[str] | None = None, device: str = "cpu", strict: bool = False) -> dict:
     """Run the TEST net for `iterations` batches and tabulate the early-exit cascade."""
     from ..net import Net
 
@@ -597,7 +597,7 @@ def sdn_early_exit(prototxt: str, weights: str, outputs: Sequence[str], threshol
         net = Net(prototxt, phase=pb.TEST, stages=list(stages), device=device, verbose=False)
     except NetcompressError as e:
         raise ToolError(f"cannot build the TEST net of {prototxt} (stages {','.join(stages) or 'none'}): {e}") from None
-    net.copy_from(weights)
+    net.copy_from(weights, strict=strict)
     for o in list(outputs) + [label]:
         if o not in net.blob_shapes:
             raise ToolError(f"{prototxt}: the TEST net (stages {','.join(stages) or 'none'}) has no blob '{o}'; "
@@ -711,6 +711,8 @@ def sdn_early_exit_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gpu", default=None, help="GPU id (default: CPU)")
     p.add_argument("--plot", metavar="OUT.png", help="also plot accuracy against average ops")
     p.add_argument("--json", metavar="OUT", help="also write the table as JSON")
+    p.add_argument("--strict", action="store_true",
+                   help="a learnable layer that the weights do not fill is an error (default: a warning)")
     try:
         a = p.parse_args(argv)
     except SystemExit as e:
@@ -723,7 +725,7 @@ def sdn_early_exit_main(argv: Sequence[str] | None = None) -> int:
         ops = "auto" if a.ops_per_output == "auto" else _parse_floats(a.ops_per_output, "--ops-per-output")
         stages = None if a.stage is None else [s for s in a.stage.split(",") if s]
         r = sdn_early_exit(a.net, a.weights, outputs, thresholds, ops, a.iterations, a.label, stages,
-                           device=str(device_from_gpu_flag(a.gpu)))
+                           device=str(device_from_gpu_flag(a.gpu)), strict=a.strict)
         print_early_exit(r)
         if a.json:
             ncio.atomic_write(a.json, json.dumps(r, indent=2) + "\n")

@@ -10,17 +10,17 @@ import pytest
 from netcompress.proto import caffe_pb2 as pb
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO / ".." / "shared"
-MNIST5K_SPLIT = SHARED / "fixtures" / "caffe" / "data" / "mnist5k_split.npz"
+MNIST5K_SPLIT = REPO / "tests" / "fixtures" / "caffe" / "data" / "mnist5k_split.json"
 
 
 @pytest.fixture(scope="session")
-def mnist5k_split_npz() -> Path:
-    """The reference fixture's split (../shared beside the repository), or skip."""
+def mnist5k_split_digests() -> dict[str, str]:
+    """SHA-256 digests of the split the reference Caffe read (tests/conftest.py `array_digest`)."""
+    import json
+
     if not MNIST5K_SPLIT.is_file():
-        pytest.skip(f"{MNIST5K_SPLIT.resolve()} not found: the Caffe fixtures exist only beside the "
-                    "development checkout (../shared)")
-    return MNIST5K_SPLIT
+        pytest.skip(f"{MNIST5K_SPLIT} not found (a package built without tests/fixtures)")
+    return json.loads(MNIST5K_SPLIT.read_text())["sha256"]
 
 
 def write_records(path: Path, datums: list[pb.Datum], keys: list[bytes] | None = None) -> Path:

@@ -55,7 +55,7 @@ def test_multistep_advances_once_per_call():
 
 
 def test_inv_rates_match_caffe_log():
-    # Lines of ../shared/fixtures/caffe/lenet/train_lenet.log (inv, gamma 1e-4, power 0.75).
+    # Lines of tests/fixtures/caffe/lenet/train_lenet.log(.xz) (inv, gamma 1e-4, power 0.75).
     s = sp(lr_policy="inv", gamma=1e-4, power=0.75)
     logged = {0: "0.01", 100: "0.00992565", 500: "0.00964069", 1400: "0.00906403", 4500: "0.00756788",
               4900: "0.00741498"}

@@ -43,7 +43,7 @@ def autograd_scores(model: str, x: np.ndarray, y: np.ndarray) -> dict[str, torch
     return {n: (w.grad * w).abs().detach() for n, w in W.items()}
 
 
-def test_snip_on_the_fixture_lenet_keeps_8610_and_matches_autograd(in_fixture_workdir, caffe_fixtures, tmp_path,
+def test_snip_on_the_fixture_lenet_keeps_8610_and_matches_autograd(in_fixture_workdir, caffe_split, tmp_path,
                                                                    blobs_of, capsys):
     wd = in_fixture_workdir
     train = lenet_with_batch(wd / "lenet" / "lenet_train_test.prototxt", tmp_path / "lenet100.prototxt", 100)
@@ -53,7 +53,7 @@ def test_snip_on_the_fixture_lenet_keeps_8610_and_matches_autograd(in_fixture_wo
     printed = capsys.readouterr().out.splitlines()
 
     # The scores are |g * w| of an independent autograd computation on the first 100 training digits.
-    split = np.load(caffe_fixtures / "data" / "mnist5k_split.npz")
+    split = caffe_split
     ref = autograd_scores(weights, split["train_x"][:100], split["train_y"][:100])
     assert r.layers == ["conv1", "conv2", "ip1", "ip2"]
     for n in r.layers:

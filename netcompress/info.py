@@ -1,0 +1,114 @@
+"""`netcompress info`: versions, how the extension was built (CUDA kernels or not, and why), threads
+and devices: what a bug report needs, and what pip hides of the build's own output."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+from typing import Sequence
+
+__all__ = ["collect_info", "format_info", "main", "BUILD_CONFIG_FILE"]
+
+# Written beside the extension by setup.py's build_ext (see setup.py `_BuildExtension`).
+BUILD_CONFIG_FILE = "_build_config.json"
+
+
+def _version(module: str) -> str:
+    try:
+        return str(getattr(importlib.import_module(module), "__version__", "?"))
+    except ImportError:
+        return "not installed"
+
+
+def _extension() -> dict:
+    """Whether netcompress._C loads, whether it holds CUDA kernels, and the recorded build configuration."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    out: dict = {"loaded": False}
+    try:
+        from . import _C
+    except ImportError as e:
+        out["error"] = str(e)
+        return out
+    out.update(loaded=True, path=getattr(_C, "__file__", "?"), cuda_kernels=bool(getattr(_C, "with_cuda", 0)))
+    config_path = os.path.join(os.path.dirname(out["path"]) if out["path"] != "?" else here, BUILD_CONFIG_FILE)
+    if os.path.isfile(config_path):
+        with open(config_path) as f:
+            out["build"] = json.load(f)
+        out["build_path"] = config_path
+    return out
+
+
+def collect_info() -> dict:
+    """Everything `netcompress info` prints, as a dict."""
+    import torch
+
+    from . import __version__
+    from .threads import current_choice
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    choice = current_choice()
+    devices = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            devices.append(f"cuda:{i} {p.name} (compute {p.major}.{p.minor}, {p.total_memory / 2**30:.1f} GiB)")
+    return {
+        "versions": {"netcompress": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
+                     "torch": torch.__version__, "torch CUDA": torch.version.cuda or "none (CPU build)",
+                     "numpy": _version("numpy"), "protobuf": _version("google.protobuf"), "lmdb": _version("lmdb"),
+                     "h5py": _version("h5py"), "matplotlib": _version("matplotlib")},
+        "extension": _extension(),
+        "threads": {"torch threads": torch.get_num_threads(), "interop threads": torch.get_num_interop_threads(),
+                    "CPUs this process may use": cpus, "chosen": choice.describe(),
+                    "OpenMP available": torch.backends.openmp.is_available()},
+        "devices": {"CUDA available": torch.cuda.is_available(), "CUDA devices": devices},
+    }
+
+
+def format_info(info: dict) -> str:
+    """The report as lines of `key: value` under section titles."""
+    lines = []
+    lines.append("versions")
+    lines += [f"  {k}: {v}" for k, v in info["versions"].items()]
+    ext = info["extension"]
+    lines.append("extension netcompress._C")
+    if not ext["loaded"]:
+        lines.append(f"  NOT LOADED: {ext.get('error', '?')}")
+        lines.append("  build it with `pip install --no-build-isolation -e .` in the checkout")
+    else:
+        lines.append(f"  file: {ext['path']}")
+        build = ext.get("build")
+        if build:
+            lines.append(f"  CUDA kernels: {'compiled' if ext['cuda_kernels'] else 'not compiled'} "
+                         f"({build.get('cuda_reason', '?')})")
+            lines.append(f"  built against torch {build.get('torch', '?')} (CUDA {build.get('torch_cuda')}), "
+                         f"Python {build.get('python', '?')}")
+            lines.append(f"  sources: {' '.join(build.get('sources', []))}")
+            lines.append(f"  compile flags: {build.get('flags')}, link: {build.get('link')}")
+        else:
+            lines.append(f"  CUDA kernels: {'compiled' if ext['cuda_kernels'] else 'not compiled'} (why is not "
+                         f"recorded: the extension predates {BUILD_CONFIG_FILE}; rebuild to record it)")
+    lines.append("threads")
+    lines += [f"  {k}: {v}" for k, v in info["threads"].items()]
+    lines.append("devices")
+    dev = info["devices"]
+    lines.append(f"  CUDA available: {dev['CUDA available']}")
+    lines += [f"  {d}" for d in dev["CUDA devices"]] or ["  CUDA devices: none (runs on the CPU)"]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="netcompress info",
+                                description="Versions, the extension's build (CUDA kernels or not, and why), "
+                                            "threads and devices.")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    a = p.parse_args(argv)
+    info = collect_info()
+    print(json.dumps(info, indent=2, default=str) if a.json else format_info(info))
+    return 0
