@@ -13,4 +13,6 @@ except ImportError:  # run from a checkout that is not installed
     import netcompress.tools.compact as _tool
 
 if __name__ == "__main__":
-    sys.exit(_tool.decode_compact48_main())
+    from netcompress.boundary import script_main  # one line per error, as `netcompress {command}`
+
+    sys.exit(script_main(_tool.decode_compact48_main))

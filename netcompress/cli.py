@@ -1,6 +1,9 @@
 """The `netcompress` command: dispatches to the entries of `netcompress.commands.COMMANDS`.
 
 Every subcommand is `main(argv) -> int`, testable in process; output follows Caffe's log format.
+Errors go through one boundary (`netcompress.boundary`): an error caused by the input prints one
+line, `netcompress <command>: error: <message>`, and exits 1; a bug prints one line and the path
+of its saved traceback (`--debug`, anywhere on the line, prints it inline).
 """
 from __future__ import annotations
 
@@ -13,11 +16,11 @@ prepare_environment()  # before torch loads OpenMP: idle workers wait passively 
 
 import torch  # noqa: E402
 
+from .boundary import guarded, pop_debug_flag, set_debug  # noqa: E402
 from .commands import COMMANDS, load_command  # noqa: E402
 from .errors import NetcompressError  # noqa: E402
-from .log import get_logger, setup_logging  # noqa: E402
+from .log import setup_logging  # noqa: E402
 
-log = get_logger("cli")
 
 __all__ = ["main"]
 
@@ -29,12 +32,14 @@ def _usage() -> str:
     for name, cmd in sorted(COMMANDS.items()):
         lines.append(f"  {name:<24} {cmd.help}")
     lines.append("")
-    lines.append("`netcompress <command> --help` describes each command.")
+    lines.append("`netcompress <command> --help` describes each command; `--debug` prints the "
+                 "traceback of an unexpected error.")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = pop_debug_flag(sys.argv[1:] if argv is None else argv)
+    set_debug(debug)
     setup_logging()
     try:
         threads, argv = split_threads_option(argv)
@@ -53,16 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"netcompress: unknown command '{cmd}'\n\n{_usage()}", file=sys.stderr)
         return 2
     func = load_command(cmd)
-    try:
+
+    def run() -> int:
         configure_threads(threads)
         return int(func(argv[1:]) or 0)
-    except NetcompressError as e:
-        log.error("%s", e)
-        print(f"netcompress {cmd}: error: {e}", file=sys.stderr)
-        return int(getattr(e, "exit_code", 1))  # e.g. a distributed worker's own exit code
-    except KeyboardInterrupt:
-        print(f"netcompress {cmd}: interrupted", file=sys.stderr)
-        return 130
+    # One line per error (the exit code may be an error's own, e.g. a distributed worker's).
+    return guarded(run, f"netcompress-{cmd}", f"netcompress {cmd}: error: ", interrupted=f"netcompress {cmd}: interrupted")
 
 
 if __name__ == "__main__":

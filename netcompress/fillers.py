@@ -13,7 +13,7 @@ from .errors import NetDefinitionError
 from .proto import caffe_pb2 as pb
 from .rng import CaffeRNG
 
-__all__ = ["fill", "FILLER_TYPES"]
+__all__ = ["fill", "check_filler", "FILLER_TYPES"]
 
 FILLER_TYPES = ("constant", "uniform", "gaussian", "positive_unitball", "xavier", "msra", "bilinear")
 
@@ -51,6 +51,26 @@ class _TorchStream:
         return (torch.rand(n, generator=self.gen) < float(p)).float().numpy()
 
 
+def check_filler(filler: pb.FillerParameter, where: str = "") -> None:
+    """Caffe's filler CHECKs, made before any draw: finite parameters, min <= max for "uniform"
+    (an inverted range would redraw forever), std >= 0 for "gaussian"."""
+    t = filler.type
+    used = {"constant": ("value",), "uniform": ("min", "max"), "gaussian": ("mean", "std")}.get(t, ())
+    for f in used:
+        v = getattr(filler, f)
+        if not math.isfinite(v):
+            raise NetDefinitionError(f"{where}{t} filler: {f} must be a finite number, got {v}")
+    if t == "uniform":
+        if filler.min > filler.max:
+            raise NetDefinitionError(f"{where}uniform filler: min ({filler.min:g}) must not exceed max "
+                                     f"({filler.max:g})")
+        if not math.isfinite(float(np.float32(filler.max)) - float(np.float32(filler.min))):
+            raise NetDefinitionError(f"{where}uniform filler: the range [{filler.min:g}, {filler.max:g}] is "
+                                     "wider than float32 can hold")
+    if t == "gaussian" and filler.std < 0:
+        raise NetDefinitionError(f"{where}gaussian filler: std must be >= 0, got {filler.std:g}")
+
+
 def fill(tensor: torch.Tensor, filler: pb.FillerParameter, rng: CaffeRNG | torch.Generator | None = None,
          where: str = "") -> torch.Tensor:
     """Fill `tensor` in place according to `filler` and return it.
@@ -59,6 +79,7 @@ def fill(tensor: torch.Tensor, filler: pb.FillerParameter, rng: CaffeRNG | torch
     order Caffe draws them, so a seeded net starts from Caffe's own initial weights; `where`
     names the layer for error messages.
     """
+    check_filler(filler, where)
     t = filler.type
     shape = tuple(tensor.shape)
     n = math.prod(shape)

@@ -6,16 +6,21 @@ never leaves a truncated model where a good one was.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
+import signal
+import stat
 import tempfile
+import threading
+import time
 from typing import TypeVar
 
 import numpy as np
 from google.protobuf import message as _pb_message
 from google.protobuf import text_format
 
-from .errors import ProtoParseError
+from .errors import FileError, NetcompressError, ProtoParseError
 from .proto import caffe_pb2 as pb
 
 M = TypeVar("M", bound=_pb_message.Message)
@@ -24,7 +29,8 @@ __all__ = [
     "atomic_write", "parse_text_proto", "read_text_proto", "write_text_proto",
     "read_binary_proto", "write_binary_proto", "read_net", "read_solver", "read_caffemodel",
     "write_caffemodel", "read_binaryproto_array", "write_binaryproto_array", "blob_to_array",
-    "array_to_blob", "blob_shape",
+    "array_to_blob", "blob_shape", "check_input_file", "read_input_bytes", "clean_stale_temporaries",
+    "check_utf8_strings", "MAX_TEXT_PROTO_BYTES", "MAX_BINARY_PROTO_BYTES", "max_text_proto_bytes",
 ]
 
 
@@ -32,48 +38,311 @@ __all__ = [
 # Files
 # ----------------------------------------------------------------------------------------------
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write `data` to `path` atomically: temp file in the same folder, fsync, rename."""
+#: The largest text prototxt read (bytes). Real nets and solvers are far smaller (ResNet-152's
+#: deploy net is ~200 KB); the cap keeps a wrong file (a log, a dataset, a device) from being parsed
+#: into gigabytes of messages. NETCOMPRESS_MAX_PROTOTXT_BYTES overrides it.
+MAX_TEXT_PROTO_BYTES = 16 << 20
+#: The largest binary proto (caffemodel, binaryproto, solverstate): protobuf's own limit, as Caffe's
+#: kProtoReadBytesLimit.
+MAX_BINARY_PROTO_BYTES = (1 << 31) - 1
+
+
+def max_text_proto_bytes() -> int:
+    """`MAX_TEXT_PROTO_BYTES`, or the NETCOMPRESS_MAX_PROTOTXT_BYTES environment variable."""
+    env = os.environ.get("NETCOMPRESS_MAX_PROTOTXT_BYTES", "").strip()
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            value = -1
+        if value <= 0:
+            raise NetcompressError(f"NETCOMPRESS_MAX_PROTOTXT_BYTES must be a positive number of bytes, "
+                                   f"got '{env}'")
+        return value
+    return MAX_TEXT_PROTO_BYTES
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _check_nul(path: str, error: type[FileError] = FileError) -> None:
+    if "\0" in path:
+        raise error(path.replace("\0", "\\0"), "a file name cannot contain a NUL byte")
+
+
+def check_input_file(path: str | os.PathLike, what: str = "file", error: type[FileError] = FileError,
+                     folder_ok: bool = False) -> os.stat_result:
+    """Stat `path` (following symlinks) without opening it; raise `error` naming the path unless it
+    is a regular file (or, with `folder_ok`, a folder).
+
+    FIFOs, devices and sockets are refused before anything opens them: a FIFO blocks an open()
+    forever, and /dev/zero or /dev/urandom never end."""
+    path = os.fspath(path)
+    _check_nul(path, error)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise error(path, "no such file") from None
+        raise error.from_os_error(path, e, "read") from None
+    if stat.S_ISDIR(st.st_mode):
+        if folder_ok:
+            return st
+        raise error(path, f"is a directory, expected a {what}")
+    if not stat.S_ISREG(st.st_mode):
+        raise error(path, f"is {_file_kind(st.st_mode)}, expected a {what}: netcompress reads only "
+                          "regular files (a pipe or a device may block or never end)")
+    return st
+
+
+def read_input_bytes(path: str | os.PathLike, what: str = "file", limit: int | None = None,
+                     error: type[FileError] = FileError, limit_hint: str = "") -> bytes:
+    """The bytes of the regular file `path`, at most `limit` of them (errors name the path).
+
+    The file is opened non-blocking and checked again once open, so a FIFO swapped in after the
+    check cannot block the read."""
+    path = os.fspath(path)
+    st = check_input_file(path, what, error)
+    if limit is not None and st.st_size > limit:
+        raise error(path, f"is {st.st_size:,} bytes; a {what} may have at most {limit:,} bytes{limit_hint}")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise error.from_os_error(path, e, "read") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise error(path, f"is not a regular file, expected a {what}")
+        if hasattr(os, "O_NONBLOCK"):
+            os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read() if limit is None else f.read(limit + 1)
+    except OSError as e:
+        raise error.from_os_error(path, e, "read") from None
+    finally:
+        os.close(fd)
+    if limit is not None and len(data) > limit:
+        raise error(path, f"has more than {limit:,} bytes; a {what} may have at most {limit:,} bytes{limit_hint}")
+    return data
+
+
+# -- atomic writes --------------------------------------------------------------------------------
+# A writer writes `.NAME.XXXXXXXX.tmp` beside NAME (XXXXXXXX: 8 random characters of [a-z0-9_]),
+# holds an exclusive flock on it while writing, and renames it onto NAME. A writer killed by SIGKILL
+# (or by a crash of the machine) leaves its temporary file behind; the next write of the same NAME
+# removes such files when all of these hold (so a concurrent writer's file is never touched):
+#   - the name matches this writer's pattern for NAME exactly (NAME's own temporary files only);
+#   - it is a regular file owned by this user and not modified for STALE_TMP_SECONDS (the moment
+#     between a writer creating its file and locking it is covered by the age);
+#   - nobody holds a lock on it (a live writer holds one for as long as it writes; the kernel drops
+#     the lock of a dead process). Where locks are not supported the file is left alone.
+# SIGTERM while writing (main thread, default SIGTERM action) removes the file, then terminates.
+
+STALE_TMP_SECONDS = 60.0
+_TMP_RANDOM = 8
+_TMP_SUFFIX = ".tmp"
+
+
+def _name_max(folder: str) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def _tmp_prefix(name: str, name_max: int) -> str:
+    """`.NAME.`, NAME cut (on a character boundary) so the temporary name fits the file system."""
+    room = name_max - 2 - _TMP_RANDOM - len(_TMP_SUFFIX)
+    while len(os.fsencode(name)) > room:
+        name = name[:-1]
+    return "." + name + "."
+
+
+def _stale_tmp_pattern(prefix: str) -> "re.Pattern[str]":
+    return re.compile(re.escape(prefix) + "[a-z0-9_]{%d}" % _TMP_RANDOM + re.escape(_TMP_SUFFIX) + r"\Z")
+
+
+def clean_stale_temporaries(path: str | os.PathLike, max_age: float = STALE_TMP_SECONDS) -> list[str]:
+    """Remove the temporary files that killed writers of `path` left (see the rule above); returns
+    the paths removed."""
+    try:
+        import fcntl
+    except ImportError:  # no flock here: liveness cannot be told, so nothing is removed
+        return []
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    mode = "wb" if isinstance(data, (bytes, bytearray, memoryview)) else "w"
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    pattern = _stale_tmp_pattern(_tmp_prefix(os.path.basename(path), _name_max(folder)))
+    removed = []
     try:
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
+        names = [n for n in os.listdir(folder) if pattern.match(n)]
+    except OSError:
+        return removed
+    now = time.time()
+    for n in names:
+        tmp = os.path.join(folder, n)
         try:
-            os.unlink(tmp)
+            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid()
+                    or now - st.st_mtime < max_age):
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live writer holds it, or locks are unsupported here: leave it
+            # Still the file we checked (not replaced meanwhile)?
+            cur = os.lstat(tmp)
+            if (cur.st_dev, cur.st_ino) == (st.st_dev, st.st_ino):
+                os.unlink(tmp)
+                removed.append(tmp)
         except OSError:
             pass
-        raise
+        finally:
+            os.close(fd)
+    if removed:
+        from .log import get_logger
+        get_logger("io").info("Removed %d temporary file(s) an interrupted write of %s left: %s",
+                              len(removed), path, ", ".join(os.path.basename(r) for r in removed))
+    return removed
 
 
-def _read_bytes(path: str) -> bytes:
+def _write_target(path: str) -> str:
+    """Where a write of `path` goes: `path`, or through a symlink its final target (the link is kept)."""
+    if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)) or os.path.basename(path) in ("", ".", ".."):
+        raise FileError(path, "ends with a folder separator or names a folder; expected a file name")
+    if not os.path.islink(path):
+        return path
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return os.path.realpath(path, strict=True)
     except FileNotFoundError:
-        raise ProtoParseError(path, "no such file") from None
-    except IsADirectoryError:
-        raise ProtoParseError(path, "is a directory, expected a file") from None
+        return os.path.realpath(path)  # a dangling link: create its target
+    except OSError as e:
+        raise FileError.from_os_error(path, e, "write") from None
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived while a file was being written (see atomic_write)."""
+
+
+class _TermGuard:
+    """While writing: SIGTERM raises _Terminated (so the temporary file is removed), and is
+    re-delivered with its default action afterwards. Only on the main thread, and only when SIGTERM
+    has its default action (an application's own handler is left alone)."""
+
+    def __enter__(self) -> "_TermGuard":
+        self.active = False
+        if threading.current_thread() is threading.main_thread():
+            try:
+                if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                    signal.signal(signal.SIGTERM, self._handler)
+                    self.active = True
+            except (ValueError, OSError):
+                pass
+        return self
+
+    @staticmethod
+    def _handler(signum, frame):
+        raise _Terminated()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.active:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            if exc_type is _Terminated:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write `data` to `path` atomically: temp file in the same folder, fsync, rename.
+
+    A symlink at `path` is written through (its target is replaced, the link kept). Temporary files
+    of earlier, killed writes of `path` are removed first (rule above). OS errors become a
+    `FileError` naming the path (read-only folder, disk full, name too long, ...)."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    path = os.fspath(path)
+    _check_nul(path)
+    if not isinstance(data, (bytes, bytearray, memoryview, str)):
+        raise TypeError(f"atomic_write: data must be bytes or str, got {type(data).__name__}")
+    target = _write_target(path)
+    folder = os.path.dirname(os.path.abspath(target))
+    name = os.path.basename(target)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise FileError.from_os_error(folder, e, f"create the folder for {path}") from None
+    try:
+        st = os.stat(target)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENAMETOOLONG):  # a long name is reported below
+            raise FileError.from_os_error(path, e, "write") from None
+        st = None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise FileError(path, "is a directory, expected a file name to write")
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        # Renaming onto it would replace a device or FIFO by a regular file (as root: /dev/null).
+        raise FileError(path, f"is {_file_kind(st.st_mode)}: netcompress writes only regular files")
+    name_max = _name_max(folder)
+    if len(os.fsencode(name)) > name_max:
+        raise FileError(path, f"cannot write: the file name has {len(os.fsencode(name))} bytes, the file "
+                              f"system allows at most {name_max}")
+    clean_stale_temporaries(target)
+    mode = "wb" if isinstance(data, (bytes, bytearray, memoryview)) else "w"
+    with _TermGuard():
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(name, name_max), suffix=_TMP_SUFFIX, dir=folder)
+            try:
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "a live writer": see the rule above
+            except OSError:
+                pass
+            with os.fdopen(fd, mode) as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:  # an existing file keeps its mode; a new one gets what a plain open() would give
+                perm = stat.S_IMODE(os.stat(target).st_mode)
+            except OSError:
+                umask = os.umask(0)
+                os.umask(umask)
+                perm = 0o666 & ~umask
+            os.chmod(tmp, perm)
+            os.replace(tmp, target)
+            tmp = None
+        except OSError as e:
+            raise FileError.from_os_error(path, e, "write") from None
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+
+
+def _read_bytes(path: str, limit: int = MAX_BINARY_PROTO_BYTES, what: str = "proto file",
+                limit_hint: str = "") -> bytes:
+    return read_input_bytes(path, what, limit, ProtoParseError, limit_hint)
 
 
 _POS = re.compile(r"^(\d+):(\d+)\s*:\s*(.*)$", re.S)
 
 
 def parse_text_proto(text: str, message: M, path: str = "<string>") -> M:
-    """Parse protobuf text format into `message`; errors name `path`, line and column."""
+    """Parse protobuf text format into `message`; errors name `path`, line and column.
+
+    As Caffe's ReadProtoFromTextFile (protobuf's TextFormat::Parse), a singular field given twice
+    is an error (not "the last one wins")."""
     try:
-        text_format.Merge(text, message)
+        text_format.Parse(text, message)
     except text_format.ParseError as e:
         line, col = getattr(e, "GetLine", lambda: None)(), getattr(e, "GetColumn", lambda: None)()
         msg = str(e)
@@ -86,7 +355,9 @@ def parse_text_proto(text: str, message: M, path: str = "<string>") -> M:
 
 
 def read_text_proto(path: str, message: M) -> M:
-    data = _read_bytes(path)
+    """Parse the text prototxt `path` (a regular file of at most `max_text_proto_bytes()`)."""
+    data = _read_bytes(path, max_text_proto_bytes(), "text prototxt",
+                       " (set NETCOMPRESS_MAX_PROTOTXT_BYTES to raise the limit)")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -100,12 +371,50 @@ def write_text_proto(path: str, message: _pb_message.Message) -> None:
 
 
 def read_binary_proto(path: str, message: M) -> M:
-    data = _read_bytes(path)
+    data = _read_bytes(path, what=f"binary {message.DESCRIPTOR.name}")
     try:
         message.ParseFromString(data)
     except _pb_message.DecodeError as e:
         raise ProtoParseError(path, f"not a binary {message.DESCRIPTOR.full_name} ({e})") from None
+    check_utf8_strings(message, path)
     return message
+
+
+_HAS_STRINGS: dict[str, bool] = {}
+
+
+def _has_strings(desc) -> bool:
+    """Whether messages of this type can hold a string field, at any depth (BlobProto cannot)."""
+    key = desc.full_name
+    if key not in _HAS_STRINGS:
+        _HAS_STRINGS[key] = False  # recursion guard
+        _HAS_STRINGS[key] = any(
+            f.type == f.TYPE_STRING or (f.type == f.TYPE_MESSAGE and _has_strings(f.message_type))
+            for f in desc.fields)
+    return _HAS_STRINGS[key]
+
+
+def check_utf8_strings(message: _pb_message.Message, path: str) -> None:
+    """Raise `ProtoParseError` naming the field when a string field of a parsed binary proto is not
+    UTF-8 (protobuf hands such proto2 strings over as bytes; no prototxt could name them)."""
+    def walk(msg, where: str) -> None:
+        for fd, value in msg.ListFields():
+            values = value if fd.is_repeated else [value]
+            if fd.type == fd.TYPE_STRING:
+                for k, v in enumerate(values):
+                    if isinstance(v, bytes):
+                        idx = f"[{k}]" if fd.is_repeated else ""
+                        raise ProtoParseError(path, f"{where}{fd.name}{idx} is not valid UTF-8 text "
+                                                    f"({v[:60]!r}): the file is corrupted")
+            elif fd.type == fd.TYPE_MESSAGE and _has_strings(fd.message_type):
+                for k, v in enumerate(values):
+                    idx = f"[{k}]" if fd.is_repeated else ""
+                    name = getattr(v, "name", "") if fd.message_type.fields_by_name.get("name") else ""
+                    label = f" '{name}'" if isinstance(name, str) and name else ""
+                    walk(v, f"{where}{fd.name}{idx}{label}.")
+
+    if _has_strings(message.DESCRIPTOR):
+        walk(message, "")
 
 
 def write_binary_proto(path: str, message: _pb_message.Message) -> None:
@@ -136,12 +445,13 @@ def read_caffemodel(path: str, upgrade: bool = True) -> pb.NetParameter:
     """Read a binary NetParameter (.caffemodel). A text prototxt with weights is accepted too."""
     from .upgrade import upgrade_net
 
-    data = _read_bytes(path)
+    data = _read_bytes(path, what="caffemodel")
     net = pb.NetParameter()
     try:
         net.ParseFromString(data)
     except _pb_message.DecodeError as e:
         raise ProtoParseError(path, f"not a binary caffemodel (NetParameter): {e}") from None
+    check_utf8_strings(net, path)
     return upgrade_net(net, path) if upgrade else net
 
 
@@ -171,6 +481,8 @@ def blob_shape(blob: pb.BlobProto) -> tuple[int, ...]:
 def blob_to_array(blob: pb.BlobProto, diff: bool = False) -> np.ndarray:
     """BlobProto to a numpy array of its shape (float32, or float64 for double_data)."""
     shape = blob_shape(blob)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"blob shape {list(shape)} has a negative dimension")
     if diff:
         vals = blob.double_diff if len(blob.double_diff) else blob.diff
         dtype = np.float64 if len(blob.double_diff) else np.float32

@@ -26,8 +26,8 @@ from google.protobuf import text_format
 from torch import nn
 
 from . import io as ncio
-from .errors import NetDefinitionError, WeightLoadError
-from .layers.base import Layer, LayerContext, Shape, create_layer, layer_class
+from .errors import NetcompressError, NetDefinitionError, WeightLoadError
+from .layers.base import INT_MAX, Layer, LayerContext, Shape, create_layer, layer_class
 from .log import get_logger
 from .proto import caffe_pb2 as pb
 from .rng import CaffeRNG
@@ -150,15 +150,18 @@ class Net(nn.Module):
         rng: the Caffe-compatible stream to draw from (a solver's test nets continue its train net's
             stream, as in Caffe); by default a new one seeded with seed + rank.
         verbose: log Caffe's set-up lines (top shapes, memory, backward needs).
+        source: the file a NetParameter `param` was read from (errors name it); a path `param`
+            names itself.
     """
 
     def __init__(self, param: pb.NetParameter | str, phase: int | str = pb.TEST, level: int = 0,
                  stages: Iterable[str] = (), *, weights: str | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  seed: int | None = None, rank: int = 0, world_size: int = 1, verbose: bool = True,
-                 state: pb.NetState | None = None, options: dict | None = None, rng: CaffeRNG | None = None):
+                 state: pb.NetState | None = None, options: dict | None = None, rng: CaffeRNG | None = None,
+                 source: str | None = None):
         super().__init__()
-        self.source = param if isinstance(param, str) else "<NetParameter>"
+        self.source = param if isinstance(param, str) else (source or "<NetParameter>")
         if isinstance(param, str):
             param = ncio.read_net(param)
         else:
@@ -212,7 +215,11 @@ class Net(nn.Module):
         self._param_owner: dict[str, tuple[str, int]] = {}
         self._params: list[ParamEntry] = []
         self._sources: list[int] | None = None  # the data layers' indices (_source_layers)
-        self._build(filtered)
+        try:
+            self._build(filtered)
+        except NetcompressError as e:
+            # Layers name themselves; the file is named here, once, for every set-up error.
+            raise _naming_source(e, self.source) from None
         if weights:
             self.copy_from(weights)
 
@@ -278,6 +285,7 @@ class Net(nn.Module):
             if self.verbose:
                 log.info("Setting up %s", name)
             shapes = layer.top_shapes(bottom_shapes)
+            _check_top_shapes(layer, tops, shapes)
             if len(shapes) != len(tops):
                 raise NetDefinitionError(f"layer '{name}' produces {len(shapes)} tops, the prototxt "
                                          f"names {len(tops)}")
@@ -648,7 +656,7 @@ class Net(nn.Module):
 
     # -- weights ---------------------------------------------------------------------------
     def copy_from(self, source: pb.NetParameter | str, *, strict: bool = False,
-                  report: bool = True) -> list[str]:
+                  report: bool = True, source_name: str | None = None) -> list[str]:
         """Copy weights by layer name with Caffe's rules (CopyTrainedLayersFrom, fork version).
 
         Source layers absent here are ignored (logged). A source layer fills the first layer of
@@ -660,10 +668,16 @@ class Net(nn.Module):
         With `report`, learnable layers that received nothing (a layer renamed between net and
         model keeps its random initialization, silently in Caffe) are listed in a WARNING, or
         with `strict` raise `WeightLoadError`. Returns the names of the layers filled.
+        A model file that fills no layer at all is an error whatever `strict`
+        (`weights.require_some_layer_filled`); NaN or infinite values load with a warning.
+        `source_name` names a NetParameter `source` in messages.
         """
-        path = source if isinstance(source, str) else "<NetParameter>"
+        from .weights import require_some_layer_filled, warn_non_finite
+
+        path = source if isinstance(source, str) else (source_name or "<NetParameter>")
         if isinstance(source, str):
             source = ncio.read_caffemodel(source)
+            require_some_layer_filled(path, source, self)
         filled: list[str] = []
         for sl in source.layer:
             if not self.has_layer(sl.name):
@@ -691,9 +705,13 @@ class Net(nn.Module):
                             f"mismatch. Source param shape is {_shape_str(tuple(src_shape))}; target "
                             f"param shape is {_shape_str(tuple(target.shape))}. To learn this layer's "
                             "parameters from scratch rather than copying from a saved net, rename the layer.")
-                arr = np.ascontiguousarray(ncio.blob_to_array(blob))  # (ascontiguousarray makes 0-d 1-d)
+                try:
+                    arr = np.ascontiguousarray(ncio.blob_to_array(blob))  # (ascontiguousarray makes 0-d 1-d)
+                except ValueError as e:
+                    raise WeightLoadError(f"{path}: layer '{sl.name}', param {j}: {e} (a corrupted model)") from None
                 with torch.no_grad():
                     target.copy_(torch.from_numpy(arr).reshape(target.shape))
+                warn_non_finite(path, sl.name, j, layer.blob_names[j], target)
             layer.blobs_loaded(n_src) if hasattr(layer, "blobs_loaded") else None
             if n_src and sl.name not in filled:
                 filled.append(sl.name)
@@ -756,6 +774,25 @@ class Net(nn.Module):
         for e in self._params:
             layer = self.layers[e.module]
             e.tensor = getattr(layer, layer.blob_names[e.index])
+
+
+def _naming_source(e: NetcompressError, source: str) -> NetcompressError:
+    """`e` (same class and attributes) with its message prefixed by the net's file, unless it names
+    it already or the net has no file."""
+    msg = str(e)
+    if source and source != "<NetParameter>" and not msg.startswith(source):
+        e.args = (f"{source}: {msg}",)
+    return e
+
+
+def _check_top_shapes(layer: Layer, tops: Sequence[str], shapes: Sequence[Shape]) -> None:
+    """Caffe's Blob::Reshape CHECKs on every top: no negative dimension, at most INT_MAX values."""
+    for t, s in zip(tops, shapes):
+        if any(int(d) < 0 for d in s):
+            raise layer.error(f"top '{t}' would have shape {list(s)}, with a negative dimension")
+        if math.prod(s) > INT_MAX:
+            raise layer.error(f"top '{t}' would have shape {list(s)}, {math.prod(s):,} values; a blob holds "
+                              f"at most {INT_MAX:,} (Caffe's limit)")
 
 
 def _convert_hint(source_type: str) -> str:

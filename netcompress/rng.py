@@ -49,6 +49,11 @@ class CaffeRNG:
         [a, nextafter(b)), i.e. u32 / 2^32 * (b' - a) + a in float, redrawn when it reaches b'."""
         a32 = np.float32(a)
         b32 = np.nextafter(np.float32(b), np.float32(np.inf))
+        with np.errstate(over="ignore", invalid="ignore"):
+            width = b32 - a32
+        if not (np.isfinite(a32) and np.isfinite(width) and width > 0):
+            # Caffe's CHECK_LE(a, b); an inverted, infinite or NaN range would redraw forever.
+            raise ValueError(f"uniform: need finite a <= b, got a = {a}, b = {b}")
         out = np.empty(n, np.float32)
         i = 0
         while i < n:

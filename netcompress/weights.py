@@ -15,7 +15,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Sequence
 
 from . import io as ncio
-from .errors import WeightLoadError
+from .errors import WeightLoadError, describe_os_error
 from .log import get_logger
 from .proto import caffe_pb2 as pb
 
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 log = get_logger("net")
 
-__all__ = ["split_weights", "check_weight_files", "copy_weights_list"]
+__all__ = ["split_weights", "check_weight_files", "copy_weights_list", "require_some_layer_filled",
+           "warn_non_finite"]
 
 _ANON = "<NetParameter>"  # how Net.copy_from names a source that is not a file
 
@@ -46,10 +47,54 @@ def check_weight_files(paths: Sequence[str]) -> None:
         where = f"--weights {listed}: file {k} of {n}"
         if not p:
             raise WeightLoadError(f"{where} is empty (two commas, or a comma at an end)")
-        if not os.path.exists(p):
-            raise WeightLoadError(f"{where}, '{p}', does not exist")
+        if "\0" in p:
+            raise WeightLoadError(f"{where}, {p!r}: a file name cannot contain a NUL byte")
+        try:
+            os.stat(p)
+        except FileNotFoundError:
+            raise WeightLoadError(f"{where}, '{p}', does not exist") from None
+        except OSError as e:  # a symlink loop, a name too long, a '/' after a file name
+            raise WeightLoadError(f"{where}, '{p}': {describe_os_error(e, 'read')}") from None
         if os.path.isdir(p):
             raise WeightLoadError(f"{where}, '{p}', is a folder, expected a .caffemodel")
+
+
+def require_some_layer_filled(path: str, source: pb.NetParameter, net: "Net") -> None:
+    """Raise `WeightLoadError` when the model `path` can fill no layer of `net`: it holds no layers
+    (a 0-byte file, /dev/null, a truncated download), or none of its layers with blobs has the name
+    of a net layer with blobs. The net would run on its random initial weights, which is never what
+    a user meant. (A net without any blobs has nothing to fill; it is not an error.)"""
+    wanted = [n for n, layer in net.named_layers() if layer.blob_names]
+    if not wanted:
+        return
+    if not len(source.layer):
+        raise WeightLoadError(f"{path}: the model holds no layers (an empty or truncated file?); the net "
+                              f"{net.source} has {len(wanted)} layer(s) with weights to fill")
+    with_blobs = [sl.name for sl in source.layer if len(sl.blobs)]
+    if not with_blobs:
+        raise WeightLoadError(f"{path}: none of the model's {len(source.layer)} layer(s) holds weights (is it a "
+                              f"net definition rather than a trained model?)")
+    names = set(wanted)
+    if not any(n in names for n in with_blobs):
+        def some(xs: list[str]) -> str:
+            return ", ".join(f"'{x}'" for x in xs[:6]) + (f", ... ({len(xs)} in all)" if len(xs) > 6 else "")
+
+        raise WeightLoadError(f"{path}: no layer of the model matches a layer of the net {net.source} by name "
+                              f"(the model has {some(with_blobs)}; the net has {some(wanted)}), so no weight "
+                              "would be loaded; are the model and the net from the same training?")
+
+
+def warn_non_finite(path: str, layer: str, index: int, blob_name: str, tensor) -> None:
+    """Log a WARNING when a loaded blob holds NaN or infinite values (a diverged training's
+    snapshot): outputs computed from it are NaN, and training stops at the first non-finite loss."""
+    import torch
+
+    finite = torch.isfinite(tensor)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        log.warning("%s: layer '%s' blob %d (%s) holds %d NaN or infinite value(s) of %d: the net's outputs "
+                    "will not be finite (a diverged training's snapshot?)", path, layer, index, blob_name,
+                    bad, tensor.numel())
 
 
 def copy_weights_list(net: "Net", weights: str | Sequence[str] | None, verbose: bool = True,
@@ -64,6 +109,7 @@ def copy_weights_list(net: "Net", weights: str | Sequence[str] | None, verbose: 
     filled: "OrderedDict[str, str]" = OrderedDict()
     for k, path in enumerate(paths, 1):
         source = ncio.read_caffemodel(path)
+        require_some_layer_filled(path, source, net)
         take = pb.NetParameter()
         copied, kept, absent = [], [], []
         for sl in source.layer:
@@ -80,9 +126,11 @@ def copy_weights_list(net: "Net", weights: str | Sequence[str] | None, verbose: 
         if verbose:
             log.info("Finetuning from %s (file %d of %d)", path, k, len(paths))
         try:
-            net.copy_from(take, report=False)
+            net.copy_from(take, report=False, source_name=path)
         except WeightLoadError as e:
             msg = str(e)
+            if msg.startswith(path):
+                raise
             raise WeightLoadError(path + msg[len(_ANON):] if msg.startswith(_ANON) else f"{path}: {msg}") from None
         for name in copied:
             filled[name] = path

@@ -162,11 +162,13 @@ def _linear_taps(dst: int, src: int, scale: float) -> tuple[np.ndarray, np.ndarr
 
 def read_image(path: str, height: int = 0, width: int = 0, is_color: bool = True) -> np.ndarray:
     """Caffe's ReadImageToCVMat: read a file as colour (BGR) or gray, resized if both sizes > 0."""
+    from ..errors import FileError
+    from ..io import read_input_bytes
+
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise FileNotFoundError(f"Could not open or find file {path} ({e.strerror})") from None
+        data = read_input_bytes(path, "image")
+    except FileError as e:
+        raise FileNotFoundError(f"Could not open or find file {path} ({str(e)[len(str(path)) + 2:]})") from None
     img = decode_image(data, "color" if is_color else "gray", name=os.fspath(path))
     if height > 0 and width > 0:
         img = resize_linear(img, height, width)

@@ -37,11 +37,13 @@ __all__ = ["read_idx", "convert_mnist", "convert_imageset", "compute_image_mean"
 def read_idx(path: str, kind: str) -> np.ndarray:
     """Read an MNIST IDX file (optionally gzip-compressed): `kind` "images" -> uint8 (N, rows, cols),
     "labels" -> uint8 (N,). Checks the magic numbers Caffe's converter checks (2051, 2049)."""
+    from ..errors import FileError
+    from ..io import read_input_bytes
+
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise DataError(f"Unable to open file {path}: {e.strerror}") from None
+        raw = read_input_bytes(path, "IDX file")
+    except FileError as e:
+        raise DataError(f"Unable to open file {e}") from None
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)

@@ -14,6 +14,8 @@ the same numbers as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import zlib
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -28,6 +30,16 @@ __all__ = ["Layer", "LayerContext", "register_layer", "layer_class", "known_laye
            "layer_types_where", "registered_class", "create_layer", "Shape", "canonical_axis"]
 
 Shape = tuple[int, ...]
+
+INT_MAX = 2**31 - 1  # Caffe's limit on the values of one blob (Blob::Reshape)
+
+
+def physical_memory() -> int:
+    """The machine's physical memory in bytes (0 when unknown)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 @dataclasses.dataclass
@@ -144,8 +156,34 @@ class Layer(nn.Module):
     def blob_is_learnable(self, index: int) -> bool:
         return isinstance(getattr(self, self.blob_names[index]), nn.Parameter)
 
-    def new_empty(self, *shape: int) -> torch.Tensor:
-        return torch.empty(shape, dtype=self.ctx.dtype)
+    def new_empty(self, *shape: int, what: str = "a parameter blob") -> torch.Tensor:
+        """An uninitialized blob of `shape`, after Caffe's Blob::Reshape checks (`check_shape`);
+        an allocation the machine cannot give is an error naming the layer, not a crash."""
+        self.check_shape(shape, what)
+        try:
+            return torch.empty(shape, dtype=self.ctx.dtype)
+        except (RuntimeError, MemoryError) as e:
+            if isinstance(e, MemoryError) or "alloc" in str(e).lower():
+                nbytes = math.prod(shape) * torch.finfo(self.ctx.dtype).bits // 8
+                raise self.error(f"cannot allocate {what} of shape {list(shape)} ({nbytes:,} bytes): "
+                                 "out of memory") from None
+            raise
+
+    def check_shape(self, shape: Sequence[int], what: str = "a blob") -> None:
+        """Caffe's Blob::Reshape CHECKs: no negative dimension, at most INT_MAX values; and no blob
+        larger than the machine's memory (it could only fail later, or swap the machine to a halt)."""
+        dims = [int(d) for d in shape]
+        if any(d < 0 for d in dims):
+            raise self.error(f"{what} would have shape {dims}, with a negative dimension")
+        count = math.prod(dims)
+        if count > INT_MAX:
+            raise self.error(f"{what} would have shape {dims}, {count:,} values; a blob holds at most "
+                             f"{INT_MAX:,} (Caffe's limit)")
+        nbytes = count * torch.finfo(self.ctx.dtype).bits // 8
+        total = physical_memory()
+        if total and nbytes > total:
+            raise self.error(f"{what} of shape {dims} needs {nbytes / 2**30:.1f} GiB, more than this "
+                             f"machine's {total / 2**30:.1f} GiB of memory")
 
     # -- shapes ----------------------------------------------------------------------------
     def top_shapes(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:

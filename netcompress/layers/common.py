@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from ..fillers import fill
+from ..fillers import check_filler, fill
 from ..proto import caffe_pb2 as pb
 from .base import Layer, LayerContext, Shape, register_layer
 
@@ -35,6 +35,8 @@ class Input(Layer):
         if len(shapes) != ntop:
             raise self.error(f"input_param.shape must be given once or once per top ({ntop}), "
                              f"got {len(shapes)}")
+        for t, shape in zip(param.top, shapes):
+            self.check_shape(shape, f"input_param.shape of top '{t}'")
         self.shapes: list[Shape] = shapes
 
     def forward(self, *inputs: torch.Tensor):
@@ -93,6 +95,8 @@ class DummyData(Layer):
                                  f"({ntop}), got {len(dp.shape)}")
             for i in range(ntop):
                 shapes.append(tuple(int(d) for d in dp.shape[0 if len(dp.shape) == 1 else i].dim))
+        for t, shape in zip(param.top, shapes):
+            self.check_shape(shape, f"the shape of top '{t}'")
         self.shapes = shapes
         if nf == 0:
             default = pb.FillerParameter()
@@ -100,6 +104,8 @@ class DummyData(Layer):
             self.fillers = [default]
         else:
             self.fillers = [f for f in dp.data_filler]
+        for f in self.fillers:  # refilled at every forward: check them now
+            check_filler(f, f"layer '{self.name}': ")
         self._gen = self._init_rng("cpu")  # fillers draw on the CPU (netcompress.fillers)
         self._where = f"layer '{self.name}': "
         # Constant tops are filled once here, the others at every forward (Caffe's refill_).
@@ -135,7 +141,7 @@ class Parameter(Layer):
     def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
         super().__init__(param, bottom_shapes, ctx)
         shape = tuple(int(d) for d in param.parameter_param.shape.dim)
-        self.add_blob("weight", torch.zeros(shape))
+        self.add_blob("weight", self.new_empty(*shape, what="parameter_param.shape").zero_())
 
     def forward(self) -> torch.Tensor:
         return self.weight

@@ -35,6 +35,8 @@ import torch
 from google.protobuf.message import DecodeError
 
 from ..data.db import DataError, LmdbReader, check_backend
+from ..errors import FileError
+from ..io import check_input_file, read_input_bytes
 from ..data.image import read_image
 from ..data.prefetch import LoadFailure, Prefetcher
 from ..data.transformer import DataTransformer, TransformError
@@ -404,10 +406,11 @@ class DataLayer(BasePrefetchingDataLayer):
 def read_image_list(path: str) -> list[tuple[str, int]]:
     """Caffe's image list: one `path label` per line, the label after the last space."""
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise DataError(f"cannot open image list '{path}': {e.strerror}") from None
+        lines = read_input_bytes(path, "image list").decode("utf-8").splitlines()
+    except FileError as e:
+        raise DataError(f"cannot open image list: {e}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"image list '{path}': byte {e.start} is not UTF-8 text") from None
     out = []
     for i, line in enumerate(lines, 1):
         if not line.strip():
@@ -537,6 +540,7 @@ class _HDF5Reader(_Reader):
             return self._cache[1]
         h5py = _h5py()
         try:
+            check_input_file(path, "HDF5 file")
             with h5py.File(path, "r") as f:
                 arrays = []
                 for name in self.datasets:
@@ -547,7 +551,7 @@ class _HDF5Reader(_Reader):
                     if ds.dtype.kind not in "fiub":
                         raise DataError(f"HDF5 dataset '{name}' in {path} has unsupported type {ds.dtype}")
                     arrays.append(np.asarray(ds, dtype=np.float32))
-        except OSError as e:
+        except (OSError, FileError) as e:
             raise DataError(f"Failed opening HDF5 file {path}: {e}") from None
         n = arrays[0].shape[0] if arrays[0].ndim else 0
         for name, a in zip(self.datasets, arrays):
@@ -607,10 +611,11 @@ class HDF5DataLayer(BasePrefetchingDataLayer):
             raise self.error("HDF5Data does not transform data; remove transform_param")
         log.info("Loading list of HDF5 filenames from: %s", hp.source)
         try:
-            with open(hp.source, "r", encoding="utf-8") as f:
-                names = f.read().split()
-        except OSError as e:
-            raise DataError(f"{self.who}: Failed to open source file: {hp.source} ({e.strerror})") from None
+            names = read_input_bytes(hp.source, "list of HDF5 files").decode("utf-8").split()
+        except FileError as e:
+            raise DataError(f"{self.who}: Failed to open source file: {e}") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"{self.who}: {hp.source}: byte {e.start} is not UTF-8 text") from None
         if not names:
             raise DataError(f"{self.who}: Must have at least 1 HDF5 filename listed in {hp.source}")
         log.info("Number of HDF5 files: %d", len(names))
@@ -624,13 +629,14 @@ class HDF5DataLayer(BasePrefetchingDataLayer):
         sizes, shapes = [], None
         for path in files:
             try:
+                check_input_file(path, "HDF5 file")
                 with h5py.File(path, "r") as f:
                     missing = [t for t in tops if t not in f]
                     if missing:
                         raise DataError(f"{self.who}: Failed to find HDF5 dataset '{missing[0]}' in {path} "
                                         f"(datasets: {', '.join(sorted(f.keys()))})")
                     dims = [tuple(int(d) for d in f[t].shape) for t in tops]
-            except OSError as e:
+            except (OSError, FileError) as e:
                 raise DataError(f"{self.who}: Failed opening HDF5 file {path}: {e}") from None
             for t, d in zip(tops, dims):
                 if len(d) < 1 or d[0] != dims[0][0]:

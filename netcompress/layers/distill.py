@@ -16,7 +16,7 @@ from ..log import get_logger
 from ..proto import caffe_pb2 as pb
 from ..solvers.callbacks import TrainingCallback, register_callback
 from .base import LayerContext, Shape, canonical_axis, register_layer
-from .loss import _NLL_CAP, LossLayer, loss_normalizer, normalization_mode
+from .loss import _NLL_CAP, LossLayer, check_label_range, loss_normalizer, normalization_mode
 
 if TYPE_CHECKING:
     from ..net import Net
@@ -140,6 +140,9 @@ class KnowledgeDistillationLoss(LossLayer):
             lab = label.detach().reshape(self.outer, 1, self.inner).long()
             if self.ignore_label is not None:
                 valid = lab.squeeze(1) != self.ignore_label
+            if self.hard_weight != 0:
+                check_label_range(self, lab, s3.shape[1], None if valid is None else valid.unsqueeze(1))
+            if valid is not None:
                 lab = torch.where(valid.unsqueeze(1), lab, torch.zeros_like(lab))
             if self.hard_weight != 0:
                 nll = -torch.log_softmax(s3, dim=1).gather(1, lab).squeeze(1)

@@ -52,6 +52,7 @@ class DNSLayer(MaskedLayer):
 
     def _init_dns(self) -> None:
         dp = getattr(self.layer_param, self.param_field)
+        self._check_dns_params(dp)
         self.gamma = float(dp.gamma)
         self.power = float(dp.power)
         self.c_rate = float(dp.c_rate)
@@ -70,6 +71,27 @@ class DNSLayer(MaskedLayer):
         self._thresholds: tuple[torch.Tensor, torch.Tensor] | None = None
         self._thresholds_of: tuple[torch.Tensor | None, int] = (None, -1)
         self.surgeries = 0  # how many mask updates this layer has done (for reports and tests)
+
+    def _check_dns_params(self, dp) -> None:
+        """The surgery parameters a computation can use (reference-semantics 2.3): gamma >= 0 and
+        power > 0 (the gate (1 + gamma*iter)^-power is otherwise undefined or never decays), any
+        finite c_rate (the reference's AlexNet nets use negative ones), a finite iter_stop (negative:
+        never prune), 0 <= alpha_low <= alpha_high (prune below, splice above)."""
+        f = self.param_field
+        for name in ("gamma", "power", "c_rate", "iter_stop", "alpha_low", "alpha_high"):
+            v = float(getattr(dp, name))
+            if not math.isfinite(v):
+                raise self.error(f"{f}.{name} must be a finite number, got {v}")
+        if dp.gamma < 0:
+            raise self.error(f"{f}.gamma must be >= 0 (the surgery probability is (1 + gamma*iter)^-power), "
+                             f"got {dp.gamma:g}")
+        if dp.power <= 0:
+            raise self.error(f"{f}.power must be > 0 (the surgery probability is (1 + gamma*iter)^-power), "
+                             f"got {dp.power:g}")
+        if dp.alpha_low < 0 or dp.alpha_low > dp.alpha_high:
+            raise self.error(f"{f}: expected 0 <= alpha_low <= alpha_high (prune at |w| <= alpha_low*T, splice "
+                             f"at |w| > alpha_high*T), got alpha_low {dp.alpha_low:g}, alpha_high "
+                             f"{dp.alpha_high:g}")
 
     # -- the per-forward surgery step ------------------------------------------------------
     def before_train_forward(self) -> None:

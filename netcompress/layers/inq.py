@@ -193,6 +193,9 @@ class INQLayer(MaskedLayer):
             raise self.error(f"{self.param_field}.portion needs two values, the previous and the target "
                              f"accumulated portion (e.g. portion: 0.3 portion: 0.6), got {len(ip.portion)}")
         self.portion = (float(ip.portion[0]), float(ip.portion[1]))
+        if not all(math.isfinite(v) for v in self.portion):
+            raise self.error(f"{self.param_field}.portion must be finite numbers, got {self.portion[0]:g}, "
+                             f"{self.portion[1]:g}")
         if self.portion[0] > self.portion[1]:
             raise self.error(f"portion[0] ({self.portion[0]:g}) must not exceed portion[1] "
                              f"({self.portion[1]:g})")

@@ -104,6 +104,8 @@ class SoftmaxWithLoss(LossLayer):
         valid = None
         if self.ignore_label is not None:
             valid = lab != self.ignore_label
+        check_label_range(self, lab, C, valid)
+        if valid is not None:
             lab = torch.where(valid, lab, torch.zeros_like(lab))
         nll = -logp3.gather(1, lab).squeeze(1)
         nll = nll + (nll.clamp_max(_NLL_CAP) - nll).detach()
@@ -124,6 +126,20 @@ class SoftmaxWithLoss(LossLayer):
 def _labels(label: torch.Tensor) -> torch.Tensor:
     """Labels as Caffe reads them: static_cast<int>, i.e. truncation toward zero; no gradient."""
     return label.detach().long()
+
+
+def check_label_range(layer: Layer, lab: torch.Tensor, n: int, valid: torch.Tensor | None = None) -> None:
+    """Labels index the `n` predictions: Caffe only DCHECKs it (a release build reads past the
+    blob); here a label outside [0, n) that is not ignore_label is an error naming the layer."""
+    if lab.device.type == "meta" or lab.numel() == 0:
+        return
+    bad = (lab < 0) | (lab >= n)
+    if valid is not None:
+        bad &= valid
+    if bool(bad.any()):
+        v = int(lab[bad].reshape(-1)[0])
+        raise layer.error(f"label {v} is out of range: labels must lie in [0, {n}) (the predictions' "
+                          f"{n} classes){' or equal ignore_label' if valid is not None else ''}")
 
 
 @register_layer("SigmoidCrossEntropyLoss")
@@ -212,7 +228,9 @@ class MultinomialLogisticLoss(LossLayer):
     def forward(self, p: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         N = p.shape[0]
         p2 = p.reshape(N, -1)
-        prob = p2.gather(1, _labels(label).reshape(N, 1)).squeeze(1)
+        lab = _labels(label).reshape(N, 1)
+        check_label_range(self, lab, p2.shape[1])
+        prob = p2.gather(1, lab).squeeze(1)
         clamped = prob + (prob.clamp_min(K_LOG_THRESHOLD) - prob).detach()
         return -torch.log(clamped).sum() / N
 
@@ -276,6 +294,8 @@ class InfogainLoss(LossLayer):
         valid = None
         if self.ignore_label is not None:
             valid = lab != self.ignore_label
+        check_label_range(self, lab, C, valid)
+        if valid is not None:
             lab = torch.where(valid, lab, torch.zeros_like(lab))
         rows = H[lab]                                  # (outer, inner, C)
         per = (rows.permute(0, 2, 1) * logp3).sum(dim=1)  # (outer, inner)
@@ -308,7 +328,9 @@ class HingeLoss(LossLayer):
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         N = x.shape[0]
         x2 = x.reshape(N, -1)
-        sign = torch.ones_like(x2).scatter_(1, _labels(label).reshape(N, 1), -1.0)
+        lab = _labels(label).reshape(N, 1)
+        check_label_range(self, lab, x2.shape[1])
+        sign = torch.ones_like(x2).scatter_(1, lab, -1.0)
         margin = torch.relu(1 + x2 * sign)
         if self.norm == pb.HingeLossParameter.L1:
             return margin.sum() / N

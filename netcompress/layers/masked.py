@@ -29,11 +29,14 @@ import torch
 
 from .. import ops
 from ..fillers import fill
+from ..log import get_logger
 from ..proto import caffe_pb2 as pb
 from .base import Layer, LayerContext, Shape, register_layer
 from .vision import Convolution, InnerProduct
 
 __all__ = ["MaskedLayer", "MaskedConvolution", "MaskedInnerProduct"]
+
+log = get_logger("layers")
 
 
 class MaskedLayer(Layer):
@@ -59,6 +62,23 @@ class MaskedLayer(Layer):
                                             self.ctx.generator, where), learnable=False)
         self.iteration = 0
         self._held: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def blobs_loaded(self, n_loaded: int) -> None:
+        """After `Net.copy_from` filled the first `n_loaded` blobs: a WARNING for loaded masks
+        holding values other than 0 and 1 (NaN included). The layer computes with them as they are,
+        as the reference does (a DNS forward uses W⊙M, surgery leaves such entries alone; INQ
+        quantizes only mask-1 entries and freezes only mask-0 ones); a converter to a normal model
+        keeps an entry only where its mask is exactly 1."""
+        for name in ("weight_mask", "bias_mask"):
+            if name not in self.blob_names or self.blob_names.index(name) >= n_loaded:
+                continue  # the filler's mask, not the model's
+            m = getattr(self, name)
+            bad = ~((m == 0) | (m == 1))
+            if bool(bad.any()):
+                example = float(m[bad].reshape(-1)[0])
+                log.warning("layer '%s' (%s): the model's %s holds %d value(s) other than 0 and 1 (e.g. %g) of "
+                            "%d; masks should hold only 0 and 1 (the layer uses them as they are)", self.name,
+                            self.type_name, name, int(bad.sum()), example, m.numel())
 
     def masked_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(parameter, mask) for the weight and, with a bias, the bias."""

@@ -197,6 +197,9 @@ class IntQuant(Layer):
         return [tuple(bottom_shapes[0])]
 
 
+_MAX_ALS_ITERS = 100_000
+
+
 class QuantLayer(MaskedLayer):
     """Per-output-channel weight quantization on top of Convolution or InnerProduct (see the module docstring)."""
 
@@ -212,6 +215,9 @@ class QuantLayer(MaskedLayer):
             raise self.error(f"weight_quant_param.bitwidth must be in [2, {_MAX_BITS}], got {self.bitwidth}")
         self.per_channel = bool(wq.per_channel)
         self.als_iters = int(wq.als_iters)
+        if self.als_iters > _MAX_ALS_ITERS:
+            raise self.error(f"weight_quant_param.als_iters must be at most {_MAX_ALS_ITERS:,} (the fit reaches its "
+                             f"fixed point in tens of steps), got {self.als_iters:,}")
         self.refit: str = pb.WeightQuantParameter.Refit.Name(wq.refit)
         self.low, self.high = ops.weight_quant_range(self.bitwidth)
         self._add_masks()
@@ -243,6 +249,7 @@ class QuantLayer(MaskedLayer):
             self.w_alpha.copy_(alpha)
 
     def blobs_loaded(self, n_loaded: int) -> None:
+        super().blobs_loaded(n_loaded)  # the masks' check
         # Weights without w_alpha (a normal or masked model): scales for the loaded weights.
         if n_loaded < len(self.blob_names):
             self.fit_alpha()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from .. import ops
 from ..fillers import fill
 from ..proto import caffe_pb2 as pb
-from .base import Layer, LayerContext, Shape, canonical_axis, register_layer
+from .base import INT_MAX, Layer, LayerContext, Shape, canonical_axis, register_layer
 
 __all__ = ["Convolution", "Deconvolution", "InnerProduct", "Pooling", "canonical_axis"]
 
@@ -73,7 +73,11 @@ class _ConvBase(Layer):
         if any(s <= 0 for s in self.stride):
             raise self.error(f"stride must be positive, got {list(self.stride)}")
         self.dilation = _per_axis(self, cp.dilation, None, None, n, 1, "dilation")
+        if any(d <= 0 for d in self.dilation):
+            raise self.error(f"convolution_param.dilation must be positive, got {list(self.dilation)}")
         self.group = int(cp.group)
+        if self.group < 1:
+            raise self.error(f"convolution_param.group must be at least 1, got {self.group}")
         self.num_output = int(cp.num_output)
         if self.num_output <= 0:
             raise self.error("convolution_param.num_output must be positive")
@@ -87,9 +91,11 @@ class _ConvBase(Layer):
         else:
             wshape = (self.num_output, self.channels // self.group, *self.kernel)
         where = f"layer '{self.name}': "
-        self.add_blob("weight", fill(self.new_empty(*wshape), cp.weight_filler, ctx.generator, where))
+        self.add_blob("weight", fill(self.new_empty(*wshape, what="the weight blob"), cp.weight_filler,
+                                     ctx.generator, where))
         if self.bias_term:
-            self.add_blob("bias", fill(self.new_empty(self.num_output), cp.bias_filler, ctx.generator, where))
+            self.add_blob("bias", fill(self.new_empty(self.num_output, what="the bias blob"), cp.bias_filler,
+                                       ctx.generator, where))
         self._fn = [None, F.conv1d, F.conv2d, F.conv3d][n] if not self.transposed else \
             [None, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d][n]
 
@@ -148,8 +154,9 @@ class _ConvBase(Layer):
             else:
                 num = size + 2 * p - ext
                 out = (num // s if num >= 0 else -(-num // s)) + 1  # C division: toward zero
-            if out <= 0:
-                raise self.error(f"output size {out} along spatial axis {i} is not positive "
+            if out <= 0 or out > INT_MAX:
+                raise self.error(f"output size {out} along spatial axis {i} is "
+                                 f"{'not positive' if out <= 0 else 'larger than a blob can hold'} "
                                  f"(input {size}, kernel {k}, pad {p}, stride {s}, dilation {d})")
             spatial.append(out)
         top = (*shape0[:self.axis], self.num_output, *spatial)
@@ -190,9 +197,11 @@ class InnerProduct(Layer):
         self.bias_term = bool(ip.bias_term)
         wshape = (self.K, self.num_output) if self.transpose else (self.num_output, self.K)
         where = f"layer '{self.name}': "
-        self.add_blob("weight", fill(self.new_empty(*wshape), ip.weight_filler, ctx.generator, where))
+        self.add_blob("weight", fill(self.new_empty(*wshape, what="the weight blob"), ip.weight_filler,
+                                     ctx.generator, where))
         if self.bias_term:
-            self.add_blob("bias", fill(self.new_empty(self.num_output), ip.bias_filler, ctx.generator, where))
+            self.add_blob("bias", fill(self.new_empty(self.num_output, what="the bias blob"), ip.bias_filler,
+                                       ctx.generator, where))
 
     def effective_weight(self) -> torch.Tensor:
         return self.weight
@@ -319,6 +328,12 @@ class Pooling(Layer):
         if out[0] <= 0 or out[1] <= 0:
             raise self.error(f"the pooled output {list(out)} is empty: kernel {list(kernel)} does not "
                              f"fit the {H}x{W} input with pad {list(self.pad)}")
+        for i in range(2):
+            span = (out[i] - 1) * self.stride[i] + kernel[i]
+            if span > INT_MAX:
+                raise self.error(f"the pooling windows span {span:,} positions along spatial axis {i} (stride "
+                                 f"{self.stride[i]}, kernel {kernel[i]}, {out[i]} outputs): more than a blob "
+                                 "can hold")
         return kernel, out
 
     def _torch_compatible(self, H: int, W: int, kernel, out) -> bool:

@@ -163,5 +163,8 @@ def quant_weight_fit(weight: torch.Tensor, mask: torch.Tensor | None, bitwidth: 
         for _ in range(int(iters)):
             q = _ops.quant_weight_codes(w, m, alpha, float(low), float(high)).double()
             num, den = (v * q).sum(dim=1), (q * q).sum(dim=1)
-            alpha = torch.where(den > 0, num / den, torch.zeros_like(num)).to(weight.dtype)
+            new = torch.where(den > 0, num / den, torch.zeros_like(num)).to(weight.dtype)
+            if torch.equal(new, alpha):
+                break  # a fixed point (tens of steps): every further step returns it unchanged
+            alpha = new
         return alpha if per_channel else alpha.expand(rows).clone()

@@ -46,6 +46,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     from ..distributed import launcher_env
     from .solver import Solver
 
+    if a.iterations is not None and a.iterations < 0:
+        raise NetcompressError(f"--iterations must be >= 0, got {a.iterations}")
     if a.cpu_procs is not None and a.cpu_procs < 1:
         raise NetcompressError(f"--cpu-procs must be at least 1, got {a.cpu_procs}")
     if a.cpu_procs and a.gpu:
@@ -106,6 +108,8 @@ def test_main(argv: Sequence[str] | None = None) -> int:
     from ..net import Net
     from .evaluate import test_net
 
+    if a.iterations < 1:
+        raise NetcompressError(f"--iterations must be at least 1, got {a.iterations}")
     device = device_from_gpu_flag(a.gpu)
     phase, level, stages = state_from_args(a, pb.TEST)
     net = Net(a.model, phase=phase, level=level, stages=stages, device=device, verbose=a.verbose)

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
 
-__all__ = ["learning_rate", "LR_POLICIES", "register_lr_policy", "decimal"]
+__all__ = ["learning_rate", "check_lr_policy", "LR_POLICIES", "register_lr_policy", "decimal"]
 
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid", "cosine")
 
@@ -49,6 +49,58 @@ def _known() -> str:
     return ", ".join(list(LR_POLICIES) + sorted(_RECIPE_POLICIES))
 
 
+def _pow(x: float, y: float) -> float:
+    # Python raises where C's pow gives inf or nan; the solver then refuses the non-finite rate.
+    try:
+        return math.pow(x, y)
+    except OverflowError:
+        return math.inf
+    except ValueError:
+        return math.nan
+
+
+def _exp(x: float) -> float:
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
+def check_lr_policy(sp: pb.SolverParameter, where: str) -> None:
+    """What each policy needs, checked before training (Caffe finds some of it only at the iteration
+    that needs it, or never): a known policy; "step" a positive stepsize; "multistep" stepvalues
+    >= 0 in increasing order (and, with stepgamma, one finite gamma >= 0 per stepvalue); "poly" a
+    positive max_iter; "cosine" max_iter > rampup_interval; a gamma >= 0 for the policies that raise
+    it to a power ("step", "exp", "multistep", "inv")."""
+    policy = sp.lr_policy
+    if policy not in LR_POLICIES and policy not in _RECIPE_POLICIES:
+        raise NetcompressError(f"{where}: Unknown learning rate policy: \"{policy}\" (known: {_known()})")
+    if policy == "step" and sp.stepsize <= 0:
+        raise NetcompressError(f"{where}: lr_policy \"step\" needs a positive stepsize, got {sp.stepsize}")
+    if policy == "multistep":
+        values = list(sp.stepvalue)
+        for k, v in enumerate(values):
+            if v < 0:
+                raise NetcompressError(f"{where}: stepvalue must be >= 0, got stepvalue[{k}] = {v}")
+            if k and v <= values[k - 1]:
+                raise NetcompressError(f"{where}: stepvalue must be in increasing order, got {values[k - 1]} "
+                                       f"then {v} (stepvalue[{k - 1}], stepvalue[{k}])")
+        if len(sp.stepgamma):
+            if len(sp.stepgamma) < len(values):
+                raise NetcompressError(f"{where}: lr_policy \"multistep\" with stepgamma needs one stepgamma "
+                                       f"per stepvalue ({len(values)} stepvalue, {len(sp.stepgamma)} stepgamma)")
+            for k, g in enumerate(sp.stepgamma):
+                if not (math.isfinite(g) and g >= 0):
+                    raise NetcompressError(f"{where}: stepgamma must be finite and >= 0, got stepgamma[{k}] = {g:g}")
+    if policy in ("step", "exp", "multistep", "inv") and sp.gamma < 0:
+        raise NetcompressError(f"{where}: lr_policy \"{policy}\" needs gamma >= 0, got {sp.gamma:g}")
+    if policy == "poly" and sp.max_iter <= 0:
+        raise NetcompressError(f"{where}: lr_policy \"poly\" needs a positive max_iter, got {sp.max_iter}")
+    if policy == "cosine" and sp.max_iter <= sp.rampup_interval:
+        raise NetcompressError(f"{where}: lr_policy \"cosine\" needs max_iter ({sp.max_iter}) > rampup_interval "
+                               f"({sp.rampup_interval})")
+
+
 def learning_rate(sp: pb.SolverParameter, it: int, current_step: int) -> tuple[float, int]:
     """The rate for iteration `it` and the updated multistep/step counter.
 
@@ -60,31 +112,31 @@ def learning_rate(sp: pb.SolverParameter, it: int, current_step: int) -> tuple[f
     base = _f32(sp.base_lr)
     gamma = _f32(sp.gamma)
     power = _f32(sp.power)
-    with np.errstate(over="ignore", under="ignore"):
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         if policy == "fixed":
             rate = base
         elif policy == "step":
             if sp.stepsize <= 0:
                 raise NetcompressError("lr_policy \"step\" needs a positive stepsize")
             current_step = it // sp.stepsize
-            rate = base * _f32(math.pow(float(gamma), current_step))
+            rate = base * _f32(_pow(float(gamma), current_step))
         elif policy == "exp":
-            rate = base * _f32(math.pow(float(gamma), it))
+            rate = base * _f32(_pow(float(gamma), it))
         elif policy == "inv":
-            rate = base * _f32(math.pow(float(_f32(1) + gamma * _f32(it)), -float(power)))
+            rate = base * _f32(_pow(float(_f32(1) + gamma * _f32(it)), -float(power)))
         elif policy == "multistep":
             if current_step < len(sp.stepvalue) and it >= sp.stepvalue[current_step]:
                 current_step += 1
                 from ..log import get_logger
                 get_logger("solver").info("MultiStep Status: Iteration %d, step = %d", it, current_step)
-            rate = base * _f32(math.pow(float(gamma), current_step))
+            rate = base * _f32(_pow(float(gamma), current_step))
         elif policy == "poly":
             if sp.max_iter <= 0:
                 raise NetcompressError("lr_policy \"poly\" needs a positive max_iter")
             frac = _f32(1) - _f32(it) / _f32(sp.max_iter)
-            rate = base * _f32(math.pow(float(frac), float(power))) if frac > 0 else _f32(0)
+            rate = base * _f32(_pow(float(frac), float(power))) if frac > 0 else _f32(0)
         elif policy == "sigmoid":
-            rate = base * (_f32(1) / (_f32(1) + _f32(math.exp(-float(gamma) * (it - sp.stepsize)))))
+            rate = base * (_f32(1) / (_f32(1) + _f32(_exp(-float(gamma) * (it - sp.stepsize)))))
         else:
             raise NetcompressError(f"Unknown learning rate policy: \"{policy}\" (known: {_known()})")
         rate = _f32(rate)

@@ -20,6 +20,7 @@ import contextlib
 import math
 import os
 import signal
+import tempfile
 import time
 from collections import deque
 from typing import Sequence
@@ -29,13 +30,13 @@ import torch
 from google.protobuf import text_format
 
 from .. import io as ncio
-from ..errors import NetcompressError
+from ..errors import NetcompressError, describe_os_error
 from ..log import StatusLine, get_logger
 from ..net import Net
 from ..proto import caffe_pb2 as pb
 from ..weights import copy_weights_list
 from .callbacks import LayerHooks, TrainingCallback, callbacks_for
-from .lr import learning_rate
+from .lr import check_lr_policy, learning_rate
 from .state import SIDECAR_SUFFIX, load_state, save_state
 from .step import GRAPH_WARMUP, DeviceLoop, choose_step_mode, graph_refusal
 from .updates import RATE_IN_HISTORY, UPDATE_RULES, history_count
@@ -102,6 +103,7 @@ class Solver:
         self.sigint_effect, self.sighup_effect = sigint_effect, sighup_effect
         self._check_param()
         if self.root:
+            self._check_snapshot_folder()
             log.info("Initializing solver from parameters: \n%s", text_format.MessageToString(sp))
         seed = sp.random_seed if sp.random_seed >= 0 else None
         if seed is not None:
@@ -204,7 +206,13 @@ class Solver:
         if sp.iter_size < 1:
             raise NetcompressError(f"{src}: iter_size should be at least 1, got {sp.iter_size}")
         if sp.type not in UPDATE_RULES:
-            history_count(sp.type)  # raises with the known types
+            try:
+                history_count(sp.type)  # raises with the known types
+            except NetcompressError as e:
+                raise NetcompressError(f"{src}: {e}") from None
+        if sp.regularization_type not in ("L1", "L2"):
+            raise NetcompressError(f"{src}: Unknown regularization type: \"{sp.regularization_type}\" "
+                                   "(use L1 or L2)")
         if sp.snapshot and not sp.snapshot_prefix:
             raise NetcompressError(f"{src}: In solver params, snapshot is specified but "
                                    "snapshot_prefix is not")
@@ -213,6 +221,82 @@ class Solver:
                                    "(the default)")
         if not sp.HasField("lr_policy"):
             raise NetcompressError(f"{src}: lr_policy is not set (e.g. lr_policy: \"fixed\")")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Every number the loop uses, in its meaningful range, before anything is built: Caffe
+        takes most of them as they come (a negative base_lr trains nowhere, max_iter -1 trains
+        nothing, momentum 2 diverges), or finds them only at the iteration that needs them."""
+        sp, src = self.param, self.source
+
+        def bad(field: str, expected: str, got) -> NetcompressError:
+            return NetcompressError(f"{src}: {field} must be {expected}, got {got}")
+
+        def finite(field: str) -> float:
+            v = float(getattr(sp, field))
+            if not math.isfinite(v):
+                raise bad(field, "a finite number", v)
+            return v
+
+        if finite("base_lr") < 0:
+            raise bad("base_lr", ">= 0", f"{sp.base_lr:g}")
+        for field in ("gamma", "power", "clip_gradients", "rampup_lr", "local_gw_ratio"):
+            finite(field)
+        for field in ("weight_decay", "min_lr", "delta"):
+            if finite(field) < 0:
+                raise bad(field, ">= 0", f"{getattr(sp, field):g}")
+        for field in ("momentum", "momentum2"):
+            if not 0 <= finite(field) < 1:
+                raise bad(field, "in [0, 1)", f"{getattr(sp, field):g}")
+        if not 0 <= finite("rms_decay") <= 1:
+            raise bad("rms_decay", "in [0, 1]", f"{sp.rms_decay:g}")
+        for field in ("max_iter", "display", "snapshot", "test_interval", "rampup_interval", "stepsize"):
+            if getattr(sp, field) < 0:
+                raise bad(field, ">= 0", getattr(sp, field))
+        for k, n in enumerate(sp.test_iter):
+            if n <= 0:
+                raise bad(f"test_iter[{k}]" if len(sp.test_iter) > 1 else "test_iter", "positive", n)
+        from .callbacks import _import_recipes
+
+        _import_recipes()  # recipes (and layer modules) may register lr policies
+        check_lr_policy(sp, src)
+
+    def _check_snapshot_folder(self) -> None:
+        """Caffe's CheckSnapshotWritePermissions: a snapshot folder that cannot be written is an error
+        now, not after hours of training."""
+        sp = self.param
+        if not sp.snapshot_prefix or not (sp.snapshot or sp.snapshot_after_train):
+            return
+        if "\0" in sp.snapshot_prefix:
+            raise NetcompressError(f"{self.source}: snapshot_prefix cannot contain a NUL byte, got "
+                                   f"{sp.snapshot_prefix!r}")
+        folder = os.path.dirname(os.path.abspath(sp.snapshot_prefix))
+        probe = folder
+        while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+            probe = os.path.dirname(probe)  # atomic_write creates the missing folders
+        problem = ""
+        if not os.path.isdir(probe):
+            problem = f"{probe} is not a folder"
+        elif probe == folder:
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=".netcompress-probe-", dir=folder)
+                os.close(fd)
+                os.unlink(tmp)
+            except OSError as e:
+                problem = describe_os_error(e, f"write in {folder}")
+        elif not os.access(probe, os.W_OK | os.X_OK):
+            problem = f"cannot create {folder}: {probe} is not writable"
+        longest = os.path.basename(self.snapshot_filename_at(max(sp.max_iter, 0), ".solverstate.nc.npz"))
+        name_max = 255
+        with contextlib.suppress(OSError, ValueError):
+            name_max = os.pathconf(probe, "PC_NAME_MAX")
+        if not problem and len(os.fsencode(longest)) > name_max:
+            problem = (f"its file names (such as {longest[:40]}...) would have {len(os.fsencode(longest))} bytes, "
+                       f"the file system allows {name_max}")
+        if problem:
+            raise NetcompressError(f"{self.source}: Cannot write to snapshot prefix '{sp.snapshot_prefix}': "
+                                   f"{problem}. Make sure that the folder exists and is writable (or set "
+                                   "snapshot: 0 and snapshot_after_train: false).")
 
     def _make_train_net(self, seed: int | None) -> Net:
         sp = self.param
@@ -226,11 +310,13 @@ class Solver:
             if self.root:
                 log.info("Creating training net specified in %s.", field)
             netp = getattr(sp, field)
+            net_source = f"{self.source} ({field})"
         else:
             path = getattr(sp, field)
             if self.root:
                 log.info("Creating training net from %s file: %s", field, path)
             netp = self._read_net_file(field, path)
+            net_source = path
         state = pb.NetState(phase=pb.TRAIN)
         if netp.HasField("state"):
             state.MergeFrom(netp.state)
@@ -238,7 +324,7 @@ class Solver:
         state.phase = pb.TRAIN
         state.stage.extend(s for s in self.stages if s not in state.stage)
         return Net(netp, state=state, device=self.device, seed=seed, rank=self.rank,
-                   world_size=self.world_size, verbose=self.verbose, options=self.options)
+                   world_size=self.world_size, verbose=self.verbose, options=self.options, source=net_source)
 
     def _read_net_file(self, field: str, path: str) -> pb.NetParameter:
         """The net a solver field names; a missing file is reported with the field it came from."""
@@ -265,18 +351,18 @@ class Solver:
                                    f"per test net ({total}), got {len(sp.test_state)}")
         if not self.root:
             return []
-        specs: list[tuple[str, pb.NetParameter]] = []
+        specs: list[tuple[str, pb.NetParameter, str]] = []
         for p in sp.test_net_param:
-            specs.append(("test_net_param", p))
+            specs.append(("test_net_param", p, f"{self.source} (test_net_param)"))
         for f in sp.test_net:
-            specs.append((f"test_net file: {f}", self._read_net_file("test_net", f)))
+            specs.append((f"test_net file: {f}", self._read_net_file("test_net", f), f))
         for _ in range(n_general):
             if sp.HasField("net_param"):
-                specs.append(("net_param", sp.net_param))
+                specs.append(("net_param", sp.net_param, f"{self.source} (net_param)"))
             else:
-                specs.append((f"net file: {sp.net}", self._read_net_file("net", sp.net)))
+                specs.append((f"net file: {sp.net}", self._read_net_file("net", sp.net), sp.net))
         nets = []
-        for i, (where, netp) in enumerate(specs):
+        for i, (where, netp, net_source) in enumerate(specs):
             log.info("Creating test net (#%d) specified by %s", i, where)
             state = pb.NetState(phase=pb.TEST)
             if netp.HasField("state"):
@@ -286,7 +372,7 @@ class Solver:
             state.phase = pb.TEST
             state.stage.extend(s for s in self.stages if s not in state.stage)
             tn = Net(netp, state=state, device=self.device, seed=seed, verbose=self.verbose,
-                     options=self.options, rng=self.net.ctx.generator)
+                     options=self.options, rng=self.net.ctx.generator, source=net_source)
             tn.share_weights_with(self.net)
             nets.append(tn)
         return nets
@@ -338,6 +424,10 @@ class Solver:
     def solve(self, resume_file: str | None = None) -> None:
         """Train to max_iter (Caffe's Solver::Solve), resuming from a .solverstate if given."""
         sp = self.param
+        if not self.net.loss_weights:  # even with max_iter 0, "Iteration 0, loss = 0" would mislead
+            raise NetcompressError(f"{self.net.source}: the TRAIN net has no loss (no *Loss layer and no "
+                                   f"loss_weight{'; it has no layers at all' if not self.net.layer_names else ''}): "
+                                   "nothing to train")
         if self.root:
             log.info("Solving %s", self.net.name)
             log.info("Learning Rate Policy: %s", sp.lr_policy)
@@ -646,6 +736,11 @@ class Solver:
         rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
         for cb in self.callbacks:
             rate = cb.learning_rate(self, rate)
+        if not math.isfinite(rate):
+            sp = self.param
+            raise NetcompressError(f"{self.source}: the learning rate of iteration {self.iter} is {rate} "
+                                   f"(lr_policy \"{sp.lr_policy}\", base_lr {sp.base_lr:g}, gamma {sp.gamma:g}, "
+                                   f"power {sp.power:g}): not a finite number")
         return rate
 
     def apply_update(self, loop: DeviceLoop | None = None) -> None:
@@ -786,7 +881,10 @@ class Solver:
 
     # -- snapshots -------------------------------------------------------------------------
     def snapshot_filename(self, ext: str) -> str:
-        return f"{self.param.snapshot_prefix}_iter_{self.iter}{ext}"
+        return self.snapshot_filename_at(self.iter, ext)
+
+    def snapshot_filename_at(self, iteration: int, ext: str) -> str:
+        return f"{self.param.snapshot_prefix}_iter_{iteration}{ext}"
 
     def _snapshot_point(self) -> None:
         """A snapshot in the loop: every process checks consistency together, then rank 0 writes."""
@@ -843,18 +941,22 @@ class Solver:
         state = ncio.read_binary_proto(path, pb.SolverState())
         self.iter = state.iter
         side = path + SIDECAR_SUFFIX
-        tree = load_state(side) if os.path.exists(side) else None
+        tree = _load_sidecar(side) if os.path.exists(side) else None
         self.restored_state = tree
-        saved = (tree or {}).get("callbacks") or {}
-        for cb in self.callbacks:
-            if cb.state_key:
-                cb.load_state_dict(saved.get(cb.state_key))
+        with _usable_sidecar(side):
+            saved = (tree or {}).get("callbacks") or {}
+            for cb in self.callbacks:
+                if cb.state_key:
+                    cb.load_state_dict(saved.get(cb.state_key))
         if state.HasField("learned_net"):
             model = state.learned_net
             if not os.path.exists(model):
                 alt = os.path.join(os.path.dirname(path), os.path.basename(model))
-                if os.path.exists(alt):
+                if model and os.path.isfile(alt):
                     model = alt
+                else:
+                    raise NetcompressError(f"{path}: its model, learned_net \"{model}\", does not exist (nor beside "
+                                           "the solver state)")
             self.net.copy_from(model)
         self.current_step = state.current_step
         expected = self._nhist * len(self.history)
@@ -865,20 +967,24 @@ class Solver:
         log.info("SGDSolver: restoring history") if self.root else None
         for j, blob in enumerate(state.history):
             k, i = divmod(j, len(self.history))
-            arr = ncio.blob_to_array(blob)
+            try:
+                arr = ncio.blob_to_array(blob)
+            except ValueError as e:
+                raise NetcompressError(f"{path}: history blob {j}: {e} (a corrupted solver state)") from None
             target = self.history[i][k]
             if arr.size != target.numel():
                 raise NetcompressError(f"{path}: history blob {j} has {arr.size} values, parameter "
                                        f"{self.params[i].key} has {target.numel()}")
             target.copy_(torch.from_numpy(arr.reshape(target.shape)))
         if tree is not None:
-            torch.set_rng_state(tree["torch_rng"])
-            _np_set_rng_state(tree["numpy_rng"])
-            if "cuda_rng" in tree and self.device.type == "cuda":
-                torch.cuda.set_rng_state(tree["cuda_rng"], self.device)
-            self.net.load_extra_state(tree["train"])
-            for n, s in zip(self.test_nets, tree["test"]):
-                n.load_extra_state(s)
+            with _usable_sidecar(side):
+                torch.set_rng_state(tree["torch_rng"])
+                _np_set_rng_state(tree["numpy_rng"])
+                if "cuda_rng" in tree and self.device.type == "cuda":
+                    torch.cuda.set_rng_state(tree["cuda_rng"], self.device)
+                self.net.load_extra_state(tree["train"])
+                for n, s in zip(self.test_nets, tree["test"]):
+                    n.load_extra_state(s)
         else:
             log.warning("%s has no netcompress state (%s): data positions, random generators and "
                         "layer state start afresh; the run will not continue bit-identically",
@@ -955,6 +1061,33 @@ def _close_data(net: Net) -> None:
         close = getattr(layer, "close", None)
         if layer.is_data and callable(close):
             close()
+
+
+def _load_sidecar(side: str) -> dict:
+    """The netcompress state beside a .solverstate; a corrupted file is an error naming it."""
+    try:
+        return load_state(side)
+    except NetcompressError:
+        raise
+    except Exception as e:  # a corrupted archive fails in many ways (zip, npy header, json)
+        raise _unusable(side, e) from None
+
+
+def _unusable(side: str, e: BaseException) -> NetcompressError:
+    return NetcompressError(f"{side}: not a usable netcompress solver state ({type(e).__name__}: {e}); it does "
+                            "not belong to this net and solver, or is corrupted. Without it (delete it) the run "
+                            "resumes, but data positions, random generators and layer state start afresh")
+
+
+@contextlib.contextmanager
+def _usable_sidecar(side: str):
+    """Errors of applying a sidecar whose content is not what this solver wrote name the file."""
+    try:
+        yield
+    except NetcompressError:
+        raise
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError, RuntimeError) as e:
+        raise _unusable(side, e) from None
 
 
 def _main_thread() -> bool:

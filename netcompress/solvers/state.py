@@ -87,6 +87,9 @@ def save_state(path: str, tree: dict) -> None:
 
 
 def load_state(path: str) -> dict:
+    from ..io import check_input_file
+
+    check_input_file(path, "netcompress solver state")
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(z["__meta__"].tobytes().decode())
         arrays = {k: z[k] for k in z.files if k != "__meta__"}

@@ -14,7 +14,7 @@ from typing import Callable, Sequence, TextIO
 import numpy as np
 
 from .. import io as ncio
-from ..errors import NetcompressError
+from ..errors import FileError, NetcompressError
 from ..proto import caffe_pb2 as pb
 
 __all__ = [
@@ -22,7 +22,7 @@ __all__ = [
     "PLAIN_WEIGHT_TYPES", "WEIGHT_TYPES", "ModelLayer", "SourceModel", "load_source_model",
     "require_files", "build_target_net", "layer_block", "final_block", "KeptTotals", "run_main",
     "NUM_MARK", "fmt_shape", "kind_of", "apply_mask", "print_lines", "layers_in_test_phase",
-    "bias_term_of",
+    "bias_term_of", "refuse_overwrite", "suspicious_values",
 ]
 
 # Layer categories come from the layer registry (class attributes), never from lists of names
@@ -82,10 +82,16 @@ def run_main(body: Callable[[list[str]], int], usage: str, argv: Sequence[str] |
     """Run a script body with the reference's conventions, on Python 3.
 
     `-h/--help` prints the usage (exit 0); a wrong argument count prints it on stderr (exit 2);
-    a `NetcompressError` prints `Error: <message>` on stderr (exit 1). The reference printed these
-    on stdout and exited 0 after "does not exist" errors; a script in a pipeline needs a failure.
+    errors go through the command line's boundary (`netcompress.boundary`) with the prefix
+    `Error: `: a `NetcompressError` or an OS error prints one line (exit 1), a bug one line and the
+    path of its saved traceback. The reference printed these on stdout and exited 0 after "does not
+    exist" errors; a script in a pipeline needs a failure.
     """
-    args = list(sys.argv[1:] if argv is None else argv)
+    from ..boundary import guarded, pop_debug_flag, set_debug
+
+    args, debug = pop_debug_flag(sys.argv[1:] if argv is None else argv)
+    if debug:
+        set_debug(True)
     if any(a in ("-h", "--help") for a in args):
         print(usage)
         return 0
@@ -93,26 +99,44 @@ def run_main(body: Callable[[list[str]], int], usage: str, argv: Sequence[str] |
         print(usage, file=sys.stderr)
         print(f"Error: expected {nargs} arguments, got {len(args)}", file=sys.stderr)
         return 2
-    try:
-        return int(body(args) or 0)
-    except NetcompressError as e:
-        sys.stdout.flush()
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # writing an output: permission, disk full, ...
-        sys.stdout.flush()
-        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"Error: {where}{e.strerror or e}", file=sys.stderr)
-        return 1
+    return guarded(lambda: body(args), os.path.basename(sys.argv[0] or "script"), "Error: ")
+
+
+def refuse_overwrite(output: str, **inputs: str) -> None:
+    """A `ToolError` when `output` is one of the input files (by name, hard link or symlink): the
+    tools read their inputs fully, so writing would silently replace the input by the result
+    (`parse_model X X` would turn the binary model into its text dump)."""
+    for what, path in inputs.items():
+        try:
+            same = os.path.exists(output) and os.path.exists(path) and os.path.samefile(output, path)
+        except OSError:
+            same = False
+        if same:
+            raise ToolError(f"{output} is also the {what.replace('_', ' ')} ({path}): writing the output there "
+                            "would destroy the input; give another output file")
 
 
 def require_files(*paths: str) -> None:
-    """The reference's existence checks, as errors: `<path> does not exist!`."""
+    """The reference's existence checks, as errors (`<path> does not exist!`), then netcompress's:
+    a regular file (not a folder, FIFO or device), reachable (no symlink loop, no name too long)."""
     for p in paths:
-        if not os.path.exists(p):
-            raise ToolError(f"{p} does not exist!")
+        if "\0" in p:
+            raise ToolError(f"{p!r}: a file name cannot contain a NUL byte")
+        try:
+            os.lstat(p)
+        except FileNotFoundError:
+            raise ToolError(f"{p} does not exist!") from None
+        except OSError as e:
+            raise FileError.from_os_error(p, e, "read") from None
         if os.path.isdir(p):
             raise ToolError(f"{p} is a directory, expected a file")
+        try:
+            os.stat(p)
+        except FileNotFoundError:
+            raise ToolError(f"{p} does not exist! (a symbolic link to a missing file)") from None
+        except OSError:
+            pass  # a symlink loop: named below
+        ncio.check_input_file(p)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,7 +366,35 @@ def load_source_model(prototxt: str, model: str) -> SourceModel:
                 raise ToolError(f"{model}: layer '{lp.name}' ({lp.type} in {prototxt}) stores {n} blob(s); "
                                 f"expected {plain_n} {layout}{hint}")
         out.append(ml)
+        _warn_values(model, ml)
     return SourceModel(prototxt, model, out, missing)
+
+
+def suspicious_values(l: ModelLayer) -> list[str]:
+    """What is wrong with a source layer's values: blobs holding NaN or infinite values, masks holding
+    values other than 0 and 1 (one phrase each; empty when all is well)."""
+    found = []
+    names = ["W", "b"] if l.bias_term else ["W"]
+    for j, a in enumerate(l.blobs[:len(names)] if l.is_weight_layer else l.blobs):
+        bad = int(np.count_nonzero(~np.isfinite(a)))
+        if bad:
+            what = names[j] if l.is_weight_layer else f"blob {j}"
+            found.append(f"{what} holds {bad} NaN or infinite value(s)")
+    for what, m in (("W_mask", l.weight_mask), ("b_mask", l.bias_mask)):
+        if m is not None:
+            bad = int(np.count_nonzero((m != 0) & (m != 1)))
+            if bad:
+                found.append(f"{what} holds {bad} value(s) other than 0 and 1")
+    return found
+
+
+def _warn_values(model: str, l: ModelLayer) -> None:
+    # A warning, not an error: the conversions stay faithful (dns_to_normal keeps an entry only where
+    # its mask is exactly 1, as the reference did); what cannot be done with such values refuses them
+    # itself (encode_compact, model2INQ_raw).
+    for what in suspicious_values(l):
+        sys.stdout.flush()
+        print(f"Warning: {model}: layer '{l.name}': {what}", file=sys.stderr)
 
 
 def build_target_net(prototxt: str):

@@ -16,10 +16,18 @@ codebook: 68 bytes.
 
 Both directions are vectorized with numpy (AlexNet's fc6 has 37.7M entries). The decoder restores
 weights and biases (Decision 8).
+
+The format stores no shapes, so a net whose blobs are larger than the encoded ones would decode
+without complaint. `encode_compact` therefore also writes `<file>.shapes.json` beside the compact
+file (the file itself stays the reference's, byte for byte): each layer's name and weight and bias
+shapes, and the format. `decode_compact` refuses a net whose layers differ from that record; files
+without one (the reference's) get the checks the records allow (sizes, positions).
 """
 from __future__ import annotations
 
 import datetime
+import json
+import os
 import struct
 import time
 from typing import Sequence
@@ -28,19 +36,22 @@ import numpy as np
 import torch
 
 from . import _common
-from ._common import (ModelLayer, ToolError, build_target_net, load_source_model, print_lines, require_files,
-                      run_main)
+from ._common import (ModelLayer, ToolError, build_target_net, fmt_shape, load_source_model, print_lines, refuse_overwrite,
+                      require_files, run_main)
 from .. import io as ncio
 
 __all__ = ["encode_blob", "decode_blob", "encode_layers", "decode_layers", "encode_compact",
            "decode_compact", "sniff_format", "CompactError", "FORMATS", "HEADER_BYTES",
-           "encode_compact_main", "decode_compact_main", "encode_compact48_main", "decode_compact48_main"]
+           "encode_compact_main", "decode_compact_main", "encode_compact48_main", "decode_compact48_main",
+           "SHAPES_SUFFIX"]
 
 VALUE_BITS = 4
 NUM_EXPONENTS = 7  # the reference's num_quantum_exp: codes 1..7 negative, 8..14 positive
 CODEBOOK_SIZE = 1 << VALUE_BITS
 HEADER_BYTES = 4 + 4 * CODEBOOK_SIZE  # int32 N + float32 codebook[16] = 68
 FORMATS = {"4/4": 4, "4/8": 8}  # format name -> bits per index delta
+SHAPES_SUFFIX = ".shapes.json"  # the shapes record beside a compact file (module docstring)
+_SHAPES_KIND = "netcompress compact shapes"
 
 
 class CompactError(ToolError):
@@ -251,6 +262,7 @@ def encode_compact(src_prototxt: str, src_model: str, output: str, idx_bits: int
     Returns the number of bytes written. DNS layers are encoded with their masks applied."""
     _check_bits(idx_bits)
     require_files(src_prototxt, src_model)
+    refuse_overwrite(output, source_prototxt=src_prototxt, source_model=src_model)
     src = load_source_model(src_prototxt, src_model)
     if src.missing:
         name, t = src.missing[0]
@@ -273,6 +285,7 @@ def encode_compact(src_prototxt: str, src_model: str, output: str, idx_bits: int
                   "time for layer [%s]: %f seconds" % (l.name, time.time() - start)]
     data = b"".join(parts)
     ncio.atomic_write(output, data)
+    _write_shapes(output, [(l.name, w, b, l) for l, w, b, _, _ in selected], idx_bits)
     if not quiet:
         print("\n\nlayer list: ", repr([l.name for l, *_ in selected]))
         print_lines(lines)
@@ -282,6 +295,68 @@ def encode_compact(src_prototxt: str, src_model: str, output: str, idx_bits: int
         print("total time: %f s" % (time.time() - total_start))
         print("")
     return len(data)
+
+
+def _format_name(idx_bits: int) -> str:
+    return next(name for name, bits in FORMATS.items() if bits == idx_bits)
+
+
+def _write_shapes(output: str, layers, idx_bits: int) -> None:
+    """`<output>.shapes.json`: the format and, per layer, its name and weight/bias shapes."""
+    record = {"kind": _SHAPES_KIND, "version": 1, "format": _format_name(idx_bits), "layers": [
+        {"name": name, "weight": [int(d) for d in l.weight.shape],
+         "bias": None if b is None else [int(d) for d in l.bias.shape],
+         "legacy": bool(any(l.legacy))} for name, w, b, l in layers]}
+    ncio.atomic_write(output + SHAPES_SUFFIX, json.dumps(record, indent=1) + "\n")
+
+
+def _read_shapes(compact_file: str) -> tuple[str, dict] | None:
+    path = compact_file + SHAPES_SUFFIX
+    if not os.path.isfile(path):
+        return None
+    try:
+        record = json.loads(ncio.read_input_bytes(path, "shapes record", 16 << 20).decode("utf-8"))
+        ok = (isinstance(record, dict) and record.get("kind") == _SHAPES_KIND and record.get("format") in FORMATS
+              and isinstance(record.get("layers"), list)
+              and all(isinstance(l, dict) and isinstance(l.get("weight"), list) for l in record["layers"]))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        ok = False
+    if not ok:
+        raise CompactError(f"{path}: not a shapes record of a compact file (delete it to decode without the "
+                           "shape check)")
+    return path, record
+
+
+def _check_shapes(compact_file: str, targets, idx_bits: int, prototxt: str) -> None:
+    """Refuse a net whose layers differ from those the compact file was encoded from."""
+    found = _read_shapes(compact_file)
+    if found is None:
+        return
+    path, record = found
+    fmt = _format_name(idx_bits)
+    if record["format"] != fmt:
+        other = "decode_compact48" if record["format"] == "4/8" else "decode_compact"
+        raise CompactError(f"{compact_file}: was encoded in the other compact format, {record['format']} ({path}); "
+                           f"this decoder reads {fmt}: use {other}")
+    layers = record["layers"]
+    if len(layers) != len(targets):
+        raise CompactError(f"{compact_file}: was encoded from {len(layers)} layers with parameters ({path}), the net "
+                           f"{prototxt} has {len(targets)}: the file does not match the net")
+    for k, (enc, (name, tl)) in enumerate(zip(layers, targets)):
+        for what, want in (("weight", enc["weight"]), ("bias", enc.get("bias"))):
+            has = what in tl.blob_names
+            got = list(getattr(tl, what).shape) if has else None
+            if want is None and got is None:
+                continue
+            same = want is not None and got is not None and (
+                list(want) == got or (enc.get("legacy") and int(np.prod(want)) == int(np.prod(got))))
+            if not same:
+                def show(s):
+                    return "none" if s is None else fmt_shape(s)
+
+                raise CompactError(f"{compact_file}: layer {k + 1} ('{enc.get('name', '?')}') was encoded with "
+                                   f"{what} shape {show(want)} ({path}), the net {prototxt} has {show(got)} for "
+                                   f"its layer '{name}': the file does not match the net")
 
 
 def _decode_targets(net, prototxt: str) -> list[tuple[str, object]]:
@@ -307,10 +382,11 @@ def decode_compact(net_prototxt: str, compact_file: str, output: str, idx_bits: 
     Returns the net."""
     _check_bits(idx_bits)
     require_files(net_prototxt, compact_file)
+    refuse_overwrite(output, net_prototxt=net_prototxt, compact_file=compact_file)
     net = build_target_net(net_prototxt)
     targets = _decode_targets(net, net_prototxt)
-    with open(compact_file, "rb") as f:
-        data = f.read()
+    _check_shapes(compact_file, targets, idx_bits, net_prototxt)
+    data = ncio.read_input_bytes(compact_file, "compact file")
     total_start = time.time()
     lines, off = [], 0
     for name, tl in targets:

@@ -25,7 +25,8 @@ from .. import io as ncio
 from ..net import Net
 from ._common import (KeptTotals, ModelLayer, SourceModel, ToolError,
                       build_target_net, final_block, fmt_shape, layer_block, load_source_model,
-                      print_lines, require_files, run_main, kind_of)
+                      print_lines, refuse_overwrite, require_files, run_main, kind_of,
+                      suspicious_values)
 
 __all__ = ["dns_to_normal", "inq_to_normal", "model2inq_raw", "parse_model", "ConversionResult",
            "dns_to_normal_main", "inq_to_normal_main", "model2INQ_raw_main", "parse_model_main"]
@@ -143,9 +144,13 @@ def _refuse_inq_source(src: SourceModel, script: str, use: str) -> None:
                 f"quantized weight; {use}")
 
 
-def _convert(mode: str, src_prototxt: str, src_model: str, target_prototxt: str) -> tuple[ConversionResult, Net]:
+def _convert(mode: str, src_prototxt: str, src_model: str, target_prototxt: str,
+             output: str | None = None) -> tuple[ConversionResult, Net]:
     """Check everything and fill the target net; nothing is printed or written yet."""
     require_files(src_prototxt, src_model, target_prototxt)
+    if output is not None:
+        refuse_overwrite(output, source_prototxt=src_prototxt, source_model=src_model,
+                         target_prototxt=target_prototxt)
     src = load_source_model(src_prototxt, src_model)
     _check_missing(src)
     if mode == "dns_to_normal":
@@ -154,6 +159,13 @@ def _convert(mode: str, src_prototxt: str, src_model: str, target_prototxt: str)
         _refuse_inq_source(src, "model2INQ_raw",
                            "it is an INQ model already (train it further as it is, or convert it with "
                            "inq_to_normal first)")
+        for l in src.layers:
+            # INQ quantizes |w| to powers of two and reads its masks as 1 = not yet quantized: NaN or
+            # infinite weights and masks other than 0/1 leave nothing meaningful to train.
+            problems = suspicious_values(l)
+            if problems:
+                raise ToolError(f"{src_model}: layer '{l.name}': {problems[0]}: an INQ raw model cannot be made "
+                                "from it (INQ quantizes the weights to powers of two and needs 0/1 masks)")
     net = build_target_net(target_prototxt)
     w = _Writer(net, src, target_prototxt)
     stats: list[LayerStats] = []
@@ -218,7 +230,7 @@ def _print_stats(res: ConversionResult) -> None:
 def dns_to_normal(dns_prototxt: str, dns_model: str, target_prototxt: str, output: str,
                   quiet: bool = False) -> ConversionResult:
     """Convert a raw DNS (or Guo CConvolution/CInnerProduct) model to a normal model (5.1)."""
-    res, net = _convert("dns_to_normal", dns_prototxt, dns_model, target_prototxt)
+    res, net = _convert("dns_to_normal", dns_prototxt, dns_model, target_prototxt, output)
     if not quiet:
         _print_stats(res)
     net.save(output)
@@ -232,7 +244,7 @@ def dns_to_normal(dns_prototxt: str, dns_model: str, target_prototxt: str, outpu
 def inq_to_normal(inq_prototxt: str, inq_model: str, target_prototxt: str, output: str,
                   quiet: bool = False) -> ConversionResult:
     """Convert a raw INQ model to a normal model: blobs 0 and 1 copied (5.2)."""
-    res, net = _convert("inq_to_normal", inq_prototxt, inq_model, target_prototxt)
+    res, net = _convert("inq_to_normal", inq_prototxt, inq_model, target_prototxt, output)
     if not quiet:
         print("")
         for name in res.layers:
@@ -249,7 +261,7 @@ def inq_to_normal(inq_prototxt: str, inq_model: str, target_prototxt: str, outpu
 def model2inq_raw(src_prototxt: str, src_model: str, inq_prototxt: str, output: str,
                   quiet: bool = False) -> ConversionResult:
     """Convert a raw DNS model or a normal model into an INQ raw model (5.3)."""
-    res, net = _convert("model2INQ_raw", src_prototxt, src_model, inq_prototxt)
+    res, net = _convert("model2INQ_raw", src_prototxt, src_model, inq_prototxt, output)
     if not quiet:
         _print_stats(res)
     net.save(output)
@@ -265,6 +277,7 @@ def model2inq_raw(src_prototxt: str, src_model: str, inq_prototxt: str, output: 
 def parse_model(model: str, output: str, quiet: bool = False) -> None:
     """Write a binary .caffemodel as protobuf text (5.4), as stored (no upgrade)."""
     require_files(model)
+    refuse_overwrite(output, binary_model=model)
     if not quiet:
         print("Parsing binary caffemodel ...")
     param = ncio.read_caffemodel(model, upgrade=False)

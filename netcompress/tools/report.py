@@ -175,8 +175,7 @@ def model_report(prototxt: str, model: str, compact: Sequence[str] = (), check: 
     record_layers = [(c["name"], c["w_count"], c["b_count"] or 0) for c in layers]
     compacts = []
     for path in compact:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = ncio.read_input_bytes(path, "compact file")
         size = len(data)
         compacts.append({"path": path, "bytes": size, "formats": sniff_format(data, record_layers),
                          "ratio": dense / size if size else None})

@@ -1,0 +1,127 @@
+"""The error boundary of every command line: `netcompress <command>`, the tools' `run_main` and the
+`compression_scripts/` shims.
+
+- A `NetcompressError` (bad input: a file, a net, a parameter) prints its message as one line on
+  stderr and exits 1 (or the error's own `exit_code`). No traceback: the message names the file,
+  layer or field.
+- An `OSError` that no reader or writer turned into a `FileError` prints the path and what the
+  error means (read-only, no space, name too long, symlink loop) and exits 1.
+- Anything else is a bug of netcompress: one line with the exception, and the path of a file that
+  holds the traceback; `--debug` (or NETCOMPRESS_DEBUG=1) prints the traceback inline instead.
+- Ctrl-C exits 130 with one line.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+import traceback
+from typing import Callable, Sequence
+
+from .errors import NetcompressError, describe_os_error
+
+__all__ = ["guarded", "script_main", "pop_debug_flag", "set_debug", "debug_enabled", "DEBUG_FLAG"]
+
+DEBUG_FLAG = "--debug"
+_debug = False
+
+
+def set_debug(on: bool) -> None:
+    """Print tracebacks inline (the `--debug` flag)."""
+    global _debug
+    _debug = bool(on)
+
+
+def debug_enabled() -> bool:
+    return _debug or os.environ.get("NETCOMPRESS_DEBUG", "").strip() not in ("", "0")
+
+
+def pop_debug_flag(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """`argv` without `--debug` tokens (before a `--`), and whether there was one."""
+    out, found, rest = [], False, False
+    for a in argv:
+        if not rest and a == DEBUG_FLAG:
+            found = True
+            continue
+        rest = rest or a == "--"
+        out.append(a)
+    return out, found
+
+
+def _save_traceback(prog: str, text: str) -> str | None:
+    """Write `text` to a new file under the temporary folder; its path, or None if that fails."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in prog)[:40] or "netcompress"
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"netcompress-{safe}-{time.strftime('%Y%m%d-%H%M%S')}-",
+                                    suffix=".traceback.txt")
+        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
+            f.write(text)
+        return path
+    except OSError:
+        return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split("\n")).strip()
+
+
+def guarded(body: Callable[[], int | None], prog: str, prefix: str, interrupted: str | None = None) -> int:
+    """Run `body()` and return its exit status, turning every exception into one line on stderr
+    (see the module docstring). `prog` names the command in saved tracebacks; `prefix` starts
+    every message (`netcompress test: error: `, `Error: `); `interrupted` is the line for Ctrl-C
+    (default: the prefix and "interrupted")."""
+    try:
+        return int(body() or 0)
+    except NetcompressError as e:
+        _flush()
+        if debug_enabled():
+            traceback.print_exc(file=sys.stderr)
+        print(f"{prefix}{e}", file=sys.stderr)
+        return int(getattr(e, "exit_code", 1))
+    except KeyboardInterrupt:
+        _flush()
+        print(interrupted or f"{prefix}interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        _flush()
+        if debug_enabled():
+            traceback.print_exc(file=sys.stderr)
+        paths = [p for p in (e.filename, getattr(e, "filename2", None)) if p]
+        where = (" -> ".join(os.fsdecode(p) if isinstance(p, bytes) else str(p) for p in paths) + ": ") if paths else ""
+        print(f"{prefix}{where}{describe_os_error(e)}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug: say so, and keep the traceback
+        _flush()
+        text = traceback.format_exc()
+        what = f"{type(e).__name__}: {_one_line(e)}" if str(e) else type(e).__name__
+        if debug_enabled():
+            sys.stderr.write(text)
+            print(f"{prefix}unexpected {what} (a bug in netcompress; the traceback is above)", file=sys.stderr)
+            return 1
+        saved = _save_traceback(prog, text)
+        if saved is None:
+            sys.stderr.write(text)
+            where = "the traceback is above"
+        else:
+            where = f"the traceback is in {saved}; {DEBUG_FLAG} prints it"
+        print(f"{prefix}unexpected {what} (a bug in netcompress; {where})", file=sys.stderr)
+        return 1
+
+
+def _flush() -> None:
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def script_main(main: Callable[[list[str]], int], argv: Sequence[str] | None = None,
+                prog: str | None = None) -> int:
+    """Run a `compression_scripts/` shim's `main(argv)` inside the boundary (prefix `Error: `, the
+    reference scripts' convention); `--debug` anywhere in argv prints tracebacks."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    args, debug = pop_debug_flag(args)
+    set_debug(debug)
+    name = prog or os.path.basename(sys.argv[0] or "script")
+    return guarded(lambda: main(args), name, "Error: ")

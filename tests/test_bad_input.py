@@ -1,0 +1,598 @@
+"""Bad input (issue 22): each kind of malformed or hostile input, with the exact message it gets.
+
+Hangs, tracebacks, vague messages and silently accepted input, then interrupted writers and the
+command line's error boundary. The fuzz test (test_bad_input_fuzz.py) runs generated mutations.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from netcompress import cli
+from netcompress import io as ncio
+from netcompress.errors import FileError, NetDefinitionError, ProtoParseError, WeightLoadError
+from netcompress.net import Net
+from netcompress.proto import caffe_pb2 as pb
+from netcompress.rng import CaffeRNG
+
+REPO = Path(__file__).resolve().parents[1]
+LENET = (REPO / "examples/mnist/lenet.prototxt").read_text()
+LENET_DNS = (REPO / "examples/mnist/lenet_train_test_DNS.prototxt").read_text()
+
+
+def lenet(tmp_path: Path, old: str = "", new: str = "", name: str = "net.prototxt", text: str = LENET) -> str:
+    """The LeNet deploy net (Input 64x1x28x28) with `old` replaced by `new`, as a file."""
+    if old:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def dns_deploy(tmp_path: Path, old: str = "", new: str = "") -> str:
+    """The DNS LeNet with an Input layer instead of its data layers."""
+    text = LENET_DNS.split('layer {\n  name: "conv1"', 1)[1]
+    text = ('name: "LeNet"\nlayer { name: "data" type: "Input" top: "data" top: "label" input_param { '
+            'shape { dim: 2 dim: 1 dim: 28 dim: 28 } shape { dim: 2 } } }\nlayer {\n  name: "conv1"' + text)
+    return lenet(tmp_path, old, new, "dns.prototxt", text)
+
+
+def error_of(exc_type, fn, *args, **kwargs) -> str:
+    with pytest.raises(exc_type) as ei:
+        fn(*args, **kwargs)
+    return str(ei.value)
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """The one line `netcompress ...` prints for an error (exit 1)."""
+    capsys.readouterr()
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert "Traceback" not in err
+    return lines[-1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Hangs
+# ----------------------------------------------------------------------------------------------
+
+def test_uniform_filler_with_min_above_max_is_refused_at_set_up(tmp_path):
+    with pytest.raises(ValueError, match=r"uniform: need finite a <= b, got a = 1.0, b = -1.0"):
+        CaffeRNG(1).uniform(5, 1.0, -1.0)  # returned never before
+    path = lenet(tmp_path, 'weight_filler {\n      type: "xavier"\n    }',
+                 'weight_filler {\n      type: "uniform"\n      min: 1\n      max: -1\n    }')
+    assert error_of(NetDefinitionError, Net, path) == \
+        f"{path}: layer 'conv1': uniform filler: min (1) must not exceed max (-1)"
+
+
+def test_a_fifo_is_refused_before_it_is_opened(tmp_path, capsys):
+    fifo = tmp_path / "net.fifo"
+    os.mkfifo(fifo)
+    assert cli_error(capsys, ["time", "--model", str(fifo)]) == (
+        f"netcompress time: error: {fifo}: is a FIFO (named pipe), expected a text prototxt: netcompress reads "
+        "only regular files (a pipe or a device may block or never end)")
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+def test_endless_devices_are_refused(device, capsys):
+    if not os.path.exists(device):
+        pytest.skip(f"{device} does not exist here")
+    assert cli_error(capsys, ["train", "--solver", device]) == (
+        f"netcompress train: error: {device}: is a character device, expected a text prototxt: netcompress "
+        "reads only regular files (a pipe or a device may block or never end)")
+
+
+def test_a_text_prototxt_larger_than_the_limit_is_refused_unread(tmp_path, monkeypatch):
+    big = tmp_path / "big.prototxt"
+    with open(big, "wb") as f:
+        f.truncate(50 << 20)  # a 50 MB (sparse) one-line file
+    assert error_of(ProtoParseError, ncio.read_net, str(big)) == (
+        f"{big}: is 52,428,800 bytes; a text prototxt may have at most 16,777,216 bytes "
+        "(set NETCOMPRESS_MAX_PROTOTXT_BYTES to raise the limit)")
+    monkeypatch.setenv("NETCOMPRESS_MAX_PROTOTXT_BYTES", "100")
+    small = lenet(tmp_path)
+    assert error_of(ProtoParseError, ncio.read_net, small).startswith(f"{small}: is {len(LENET):,} bytes; a text "
+                                                                     "prototxt may have at most 100 bytes")
+    monkeypatch.setenv("NETCOMPRESS_MAX_PROTOTXT_BYTES", str(64 << 20))
+    assert ncio.read_net(small).name == "LeNet"
+
+
+# ----------------------------------------------------------------------------------------------
+# Tracebacks, now one-line errors naming file, layer and field
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("old, new, message", [
+    ("num_output: 20\n    kernel_size: 5", "num_output: 20\n    kernel_size: 5\n    group: 0",
+     "layer 'conv1' (type Convolution): convolution_param.group must be at least 1, got 0"),
+    ("num_output: 20\n    kernel_size: 5", "num_output: 20\n    kernel_size: 5\n    dilation: 0",
+     "layer 'conv1' (type Convolution): convolution_param.dilation must be positive, got [0, 0]"),
+    ("num_output: 20\n    kernel_size: 5", "num_output: 20\n    kernel_size: 5\n    pad: 4294967295",
+     "layer 'conv1' (type Convolution): output size 8589934614 along spatial axis 0 is larger than a blob can "
+     "hold (input 28, kernel 5, pad 4294967295, stride 1, dilation 1)"),
+    ("dim: 28 dim: 28", "dim: -1 dim: 28",
+     "layer 'data' (type Input): input_param.shape of top 'data' would have shape [64, 1, -1, 28], with a "
+     "negative dimension"),
+    ("num_output: 500", "num_output: 2000000000",
+     "layer 'ip1' (type InnerProduct): the weight blob would have shape [2000000000, 800], "
+     "1,600,000,000,000 values; a blob holds at most 2,147,483,647 (Caffe's limit)"),
+])
+def test_layer_parameters_that_crashed(tmp_path, capsys, old, new, message):
+    path = lenet(tmp_path, old, new)
+    assert error_of(NetDefinitionError, Net, path) == f"{path}: {message}"
+    assert cli_error(capsys, ["time", "--model", path]) == f"netcompress time: error: {path}: {message}"
+
+
+def test_dns_gamma_below_zero_is_refused(tmp_path):
+    path = dns_deploy(tmp_path, "gamma: 1e-05", "gamma: -1")
+    assert error_of(NetDefinitionError, Net, path, phase="train") == (
+        f"{path}: layer 'conv1' (type DNSConvolution): dns_convolution_param.gamma must be >= 0 (the surgery "
+        "probability is (1 + gamma*iter)^-power), got -1")
+
+
+def _lenet_model(tmp_path: Path) -> tuple[str, pb.NetParameter]:
+    net = Net(lenet(tmp_path), seed=1, verbose=False)
+    return str(tmp_path / "net.prototxt"), net.to_proto()
+
+
+def test_a_blob_whose_values_do_not_fill_its_shape(tmp_path, capsys):
+    net_path, param = _lenet_model(tmp_path)
+    del param.layer[1].blobs[0].data[-1]
+    model = tmp_path / "short.caffemodel"
+    ncio.write_caffemodel(str(model), param)
+    message = (f"{model}: layer 'conv1', param 0: blob has 499 values but its shape [20, 1, 5, 5] holds 500 "
+               "(a corrupted model)")
+    net = Net(net_path, verbose=False)
+    assert error_of(WeightLoadError, net.copy_from, str(model)) == message
+    assert cli_error(capsys, ["test", "--model", net_path, "--weights", str(model)]) == \
+        f"netcompress test: error: {message}"  # the converters caught it, `test` did not
+
+
+def test_a_layer_name_that_is_not_utf8(tmp_path):
+    _, param = _lenet_model(tmp_path)
+    param.layer[1].name = "conv@"
+    model = tmp_path / "utf8.caffemodel"
+    model.write_bytes(param.SerializeToString().replace(b"conv@", b"conv\xff"))
+    assert error_of(ProtoParseError, ncio.read_caffemodel, str(model)) == (
+        f"{model}: layer[1].name is not valid UTF-8 text (b'conv\\xff'): the file is corrupted")
+    text = tmp_path / "utf8.prototxt"
+    text.write_bytes(LENET.encode().replace(b'"conv1"', b'"conv\xff"', 1))
+    assert error_of(ProtoParseError, ncio.read_net, str(text)) == (
+        f"{text}: not a text prototxt (byte {LENET.index('conv1') + 4} is not UTF-8); is it a binary .caffemodel?")
+
+
+TINY_SOLVER = """
+net_param {
+  name: "tiny"
+  layer { name: "data" type: "DummyData" top: "x" top: "y"
+          dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 } data_filler { type: "gaussian" }
+                             data_filler { type: "constant" value: 1 } } }
+  layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip"
+          inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }
+  layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "y" top: "loss" }
+}
+base_lr: 0.1
+lr_policy: "fixed"
+max_iter: 2
+display: 0
+random_seed: 3
+solver_mode: CPU
+"""
+
+
+def solver_file(tmp_path: Path, extra: str = "", name: str = "solver.prototxt") -> str:
+    p = tmp_path / name
+    p.write_text(TINY_SOLVER + extra)
+    return str(p)
+
+
+def test_a_read_only_snapshot_folder_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    path = solver_file(tmp_path, f'snapshot_prefix: "{folder}/s"\n')
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+    else:  # root writes anywhere: the file system's answer is simulated
+        import netcompress.solvers.solver as solver_mod
+
+        def refuse(*a, **k):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        monkeypatch.setattr(solver_mod.tempfile, "mkstemp", refuse)
+    try:
+        assert cli_error(capsys, ["train", "--solver", path]) == (
+            f"netcompress train: error: {path}: Cannot write to snapshot prefix '{folder}/s': cannot write in "
+            f"{folder}: permission denied. Make sure that the folder exists and is writable (or set snapshot: 0 "
+            "and snapshot_after_train: false).")
+    finally:
+        folder.chmod(0o755)
+
+
+def test_a_full_disk_at_the_snapshot_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    path = solver_file(tmp_path, f'snapshot_prefix: "{tmp_path}/s"\n')
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(ncio.os, "fsync", full)
+    assert cli_error(capsys, ["train", "--solver", path]) == (
+        f"netcompress train: error: {tmp_path}/s_iter_2.caffemodel: cannot write: no space left on the device")
+    assert sorted(os.listdir(tmp_path)) == ["solver.prototxt"]
+
+
+def test_symlink_loops_long_names_and_trailing_slashes(tmp_path, capsys):
+    loop = tmp_path / "loop"
+    os.symlink(loop, loop)
+    assert cli_error(capsys, ["time", "--model", str(loop)]) == (
+        f"netcompress time: error: {loop}: cannot read: too many levels of symbolic links (a symlink loop?)")
+    long = tmp_path / ("n" * 300)
+    assert cli_error(capsys, ["time", "--model", str(long)]) == (
+        f"netcompress time: error: {long}: cannot read: file name too long (a name may have at most 255 bytes "
+        "on most file systems)")
+    net = lenet(tmp_path)
+    assert cli_error(capsys, ["time", "--model", net + "/"]) == (
+        f"netcompress time: error: {net}/: cannot read: a part of the path is not a folder (a '/' after a file "
+        "name?)")
+    _, param = _lenet_model(tmp_path)
+    for out, message in ((str(long), f"{long}: cannot write: the file name has 300 bytes, the file system "
+                                     "allows at most 255"),
+                         (str(tmp_path / "out") + "/", f"{tmp_path}/out/: ends with a folder separator or names a "
+                                                       "folder; expected a file name"),
+                         (str(loop), f"{loop}: cannot write: too many levels of symbolic links (a symlink loop?)")):
+        assert error_of(FileError, ncio.write_caffemodel, out, param) == message
+    assert sorted(os.listdir(tmp_path)) == ["loop", "net.prototxt"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Vague: a net error names the prototxt file as well as the layer
+# ----------------------------------------------------------------------------------------------
+
+def test_net_errors_name_the_file_once(tmp_path, capsys):
+    path = lenet(tmp_path, "kernel_size: 2", "kernel_size: 0")
+    message = (f"{path}: layer 'pool1' (type Pooling): kernel dimensions must be positive, got [0, 0]")
+    assert error_of(NetDefinitionError, Net, path) == message
+    # a net inside a solver is named by the solver file and field
+    solver = solver_file(tmp_path, "", "s.prototxt")
+    text = Path(solver).read_text().replace("num_output: 2", "num_output: 0")
+    Path(solver).write_text(text)
+    assert cli_error(capsys, ["train", "--solver", solver]) == (
+        f"netcompress train: error: {solver} (net_param): layer 'ip' (type InnerProduct): "
+        "inner_product_param.num_output must be positive")
+
+
+# ----------------------------------------------------------------------------------------------
+# Accepted but wrong
+# ----------------------------------------------------------------------------------------------
+
+def test_models_that_fill_no_layer_are_errors(tmp_path, capsys):
+    net_path, param = _lenet_model(tmp_path)
+    empty = tmp_path / "empty.caffemodel"
+    empty.write_bytes(b"")
+    assert cli_error(capsys, ["test", "--model", net_path, "--weights", str(empty)]) == (
+        f"netcompress test: error: {empty}: the model holds no layers (an empty or truncated file?); the net "
+        f"{net_path} has 4 layer(s) with weights to fill")
+    assert cli_error(capsys, ["test", "--model", net_path, "--weights", "/dev/null"]) == (
+        "netcompress test: error: /dev/null: is a character device, expected a caffemodel: netcompress reads only "
+        "regular files (a pipe or a device may block or never end)")
+    for lp in param.layer:
+        lp.name = "old_" + lp.name
+    other = tmp_path / "other.caffemodel"
+    ncio.write_caffemodel(str(other), param)
+    message = (f"{other}: no layer of the model matches a layer of the net {net_path} by name (the model has "
+               "'old_conv1', 'old_conv2', 'old_ip1', 'old_ip2'; the net has 'conv1', 'conv2', 'ip1', 'ip2'), so no "
+               "weight would be loaded; are the model and the net from the same training?")
+    assert cli_error(capsys, ["test", "--model", net_path, "--weights", str(other)]) == \
+        f"netcompress test: error: {message}"
+    solver = solver_file(tmp_path)
+    assert cli_error(capsys, ["train", "--solver", solver, "--weights", str(other)]).endswith(
+        f"{other}: no layer of the model matches a layer of the net {solver} (net_param) by name (the model has "
+        "'old_conv1', 'old_conv2', 'old_ip1', 'old_ip2'; the net has 'ip'), so no weight would be loaded; are "
+        "the model and the net from the same training?")
+
+
+def test_an_empty_net_does_not_train(tmp_path, capsys):
+    net = tmp_path / "empty.prototxt"
+    net.write_text('name: "empty"\n')
+    solver = tmp_path / "s.prototxt"
+    solver.write_text(f'net: "{net}"\nbase_lr: 0.1\nlr_policy: "fixed"\nmax_iter: 0\n')
+    message = (f"netcompress train: error: {net}: the TRAIN net has no loss (no *Loss layer and no loss_weight; it "
+               "has no layers at all): nothing to train")
+    assert cli_error(capsys, ["train", "--solver", str(solver)]) == message  # was "Iteration 0, loss = 0"
+    assert cli_error(capsys, ["train", "--solver", str(solver), "--iterations", "5"]) == message
+    assert sorted(os.listdir(tmp_path)) == ["empty.prototxt", "s.prototxt"]
+
+
+@pytest.mark.parametrize("line, message", [
+    ("base_lr: -0.01", "base_lr must be >= 0, got -0.01"),
+    ("base_lr: -inf", "base_lr must be a finite number, got -inf"),
+    ('lr_policy: "multistep" stepvalue: 20 stepvalue: 10', "stepvalue must be in increasing order, got 20 then "
+                                                           "10 (stepvalue[0], stepvalue[1])"),
+    ('lr_policy: "multistep" stepvalue: -5', "stepvalue must be >= 0, got stepvalue[0] = -5"),
+    ("max_iter: -1", "max_iter must be >= 0, got -1"),
+    ("momentum: 2", "momentum must be in [0, 1), got 2"),
+    ("test_iter: -1", "test_iter must be positive, got -1"),
+])
+def test_solver_values_that_were_accepted(tmp_path, capsys, line, message):
+    keys = {k.strip() for k in line.replace('"', " ").split() if k.endswith(":")}
+    text = "\n".join(l for l in TINY_SOLVER.splitlines() if l.split(":")[0] + ":" not in keys)
+    path = tmp_path / "s.prototxt"
+    path.write_text(text + "\n" + line + ("\ntest_net_param { name: 't' }" if "test_iter" in line else "") + "\n")
+    assert cli_error(capsys, ["train", "--solver", str(path)]) == f"netcompress train: error: {path}: {message}"
+
+
+def test_negative_iterations_are_refused(tmp_path, capsys):
+    path = solver_file(tmp_path)
+    assert cli_error(capsys, ["train", "--solver", path, "--iterations", "-1"]) == \
+        "netcompress train: error: --iterations must be >= 0, got -1"
+
+
+def test_duplicate_singular_fields_are_refused_as_caffe_does(tmp_path, capsys):
+    path = solver_file(tmp_path, "base_lr: 0.5\n")
+    line = TINY_SOLVER.count("\n") + 1
+    assert cli_error(capsys, ["train", "--solver", path]) == (
+        f"netcompress train: error: {path}:{line}:10: Message type \"caffe.SolverParameter\" should not have "
+        "multiple \"base_lr\" fields. (while parsing a caffe.SolverParameter)")
+    repeated = solver_file(tmp_path, "", "ok.prototxt")  # repeated fields repeat, as ever
+    assert ncio.read_solver(repeated).max_iter == 2
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("c_rate: 0.4", "c_rate: nan", "dns_convolution_param.c_rate must be a finite number, got nan"),
+    ("c_rate: 0.4", "c_rate: inf", "dns_convolution_param.c_rate must be a finite number, got inf"),
+    ("power: 1.0", "power: 0", "dns_convolution_param.power must be > 0 (the surgery probability is "
+                               "(1 + gamma*iter)^-power), got 0"),
+    ("power: 1.0", "power: -2", "dns_convolution_param.power must be > 0 (the surgery probability is "
+                                "(1 + gamma*iter)^-power), got -2"),
+    ("c_rate: 0.4", "c_rate: 0.4 alpha_low: 1.2 alpha_high: 1.1",
+     "dns_convolution_param: expected 0 <= alpha_low <= alpha_high (prune at |w| <= alpha_low*T, splice at "
+     "|w| > alpha_high*T), got alpha_low 1.2, alpha_high 1.1"),
+])
+def test_dns_parameters_that_were_accepted(tmp_path, old, new, message):
+    path = dns_deploy(tmp_path, old, new)
+    assert error_of(NetDefinitionError, Net, path) == f"{path}: layer 'conv1' (type DNSConvolution): {message}"
+
+
+def test_negative_c_rate_stays_accepted(tmp_path):
+    # The reference's AlexNet DNS nets use c_rate -0.8 ... (reference-semantics 2.3): T = max(mu + c*std, 0).
+    net = Net(dns_deploy(tmp_path, "c_rate: 0.4", "c_rate: -1"), phase="train", verbose=False)
+    assert net.layer("conv1").c_rate == -1.0
+
+
+def _dns_model(tmp_path: Path) -> tuple[str, pb.NetParameter]:
+    path = dns_deploy(tmp_path)
+    return path, Net(path, seed=1, verbose=False).to_proto()
+
+
+def test_nan_weights_and_odd_masks_load_with_warnings(tmp_path, caplog):
+    path, param = _dns_model(tmp_path)
+    param.layer[1].blobs[0].data[3] = float("nan")
+    param.layer[1].blobs[2].data[7] = 0.5
+    model = tmp_path / "odd.caffemodel"
+    ncio.write_caffemodel(str(model), param)
+    net = Net(path, verbose=False)
+    with caplog.at_level("WARNING", logger="netcompress"):
+        net.copy_from(str(model))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"{model}: layer 'conv1' blob 0 (weight) holds 1 NaN or infinite value(s) of 500: the net's outputs will "
+        "not be finite (a diverged training's snapshot?)",
+        "layer 'conv1' (DNSConvolution): the model's weight_mask holds 1 value(s) other than 0 and 1 (e.g. 0.5) "
+        "of 500; masks should hold only 0 and 1 (the layer uses them as they are)"]
+
+
+def test_converters_warn_about_odd_values_and_model2inq_refuses_them(tmp_path, capsys):
+    path, param = _dns_model(tmp_path)
+    param.layer[1].blobs[2].data[7] = 0.5
+    model = tmp_path / "odd.caffemodel"
+    ncio.write_caffemodel(str(model), param)
+    normal = lenet(tmp_path, "64 dim: 1 dim: 28", "2 dim: 1 dim: 28", "normal.prototxt")
+    capsys.readouterr()
+    assert cli.main(["dns_to_normal", path, str(model), normal, str(tmp_path / "n.caffemodel")]) == 0
+    assert capsys.readouterr().err == f"Warning: {model}: layer 'conv1': W_mask holds 1 value(s) other than 0 and 1\n"
+    inq = lenet(tmp_path, "", "", "inq.prototxt", text=Path(normal).read_text().replace(
+        'type: "Convolution"', 'type: "INQConvolution"').replace(
+        "convolution_param {", "inq_convolution_param { portion: 0 portion: 0.5 }\n  convolution_param {"))
+    assert cli_error(capsys, ["model2INQ_raw", path, str(model), inq, str(tmp_path / "i.caffemodel")]) == (
+        f"Error: {model}: layer 'conv1': W_mask holds 1 value(s) other than 0 and 1: an INQ raw model cannot be "
+        "made from it (INQ quantizes the weights to powers of two and needs 0/1 masks)")
+
+
+def test_decode_compact_refuses_a_net_of_other_shapes(tmp_path, capsys):
+    from netcompress.tools.compact import encode_compact
+
+    normal = lenet(tmp_path, "64 dim: 1 dim: 28", "2 dim: 1 dim: 28", "normal.prototxt")
+    param = Net(normal, seed=1, verbose=False).to_proto()
+    for lp in param.layer:
+        for b in lp.blobs:
+            a = ncio.blob_to_array(b)
+            ncio.array_to_blob(np.where(a > 0, 0.125, np.where(a < 0, -0.25, 0)).astype(np.float32), b)
+    model = tmp_path / "pow2.caffemodel"
+    ncio.write_caffemodel(str(model), param)
+    binary = tmp_path / "m.binary"
+    encode_compact(normal, str(model), str(binary), quiet=True)
+    wider = lenet(tmp_path, "num_output: 500", "num_output: 600", "wider.prototxt",
+                  text=Path(normal).read_text())
+    assert cli_error(capsys, ["decode_compact", wider, str(binary), str(tmp_path / "d.caffemodel")]) == (
+        f"Error: {binary}: layer 3 ('ip1') was encoded with weight shape [500, 800] ({binary}.shapes.json), the "
+        f"net {wider} has [600, 800] for its layer 'ip1': the file does not match the net")
+    assert cli.main(["decode_compact", normal, str(binary), str(tmp_path / "d.caffemodel")]) == 0
+
+
+def test_parse_model_refuses_to_overwrite_its_input(tmp_path, capsys):
+    _, param = _lenet_model(tmp_path)
+    model = tmp_path / "m.caffemodel"
+    ncio.write_caffemodel(str(model), param)
+    before = model.read_bytes()
+    assert cli_error(capsys, ["parse_model", str(model), str(model)]) == (
+        f"Error: {model} is also the binary model ({model}): writing the output there would destroy the input; "
+        "give another output file")
+    link = tmp_path / "link.txt"
+    os.symlink(model, link)
+    assert cli_error(capsys, ["parse_model", str(model), str(link)]).startswith(f"Error: {link} is also the binary")
+    assert model.read_bytes() == before
+
+
+# ----------------------------------------------------------------------------------------------
+# Interrupted writers and symlinked outputs
+# ----------------------------------------------------------------------------------------------
+
+WRITER = textwrap.dedent("""
+    import os, sys, time
+    from netcompress import io as ncio
+
+    def stall(fd):  # the write is done; the writer is about to rename: a signal arrives now
+        print("writing", flush=True)
+        time.sleep(120)
+    os.fsync = stall
+    ncio.atomic_write(sys.argv[1], b"new")
+""")
+
+
+def _start_writer(out: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.Popen([sys.executable, "-c", WRITER, str(out)], stdout=subprocess.PIPE, env=env, text=True)
+    assert p.stdout.readline().strip() == "writing"
+    return p
+
+
+def _temporaries(folder: Path) -> list[str]:
+    return sorted(n for n in os.listdir(folder) if n.endswith(".tmp"))
+
+
+def _age(path: Path, seconds: float) -> None:
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def test_sigterm_while_saving_leaves_no_temporary_file(tmp_path):
+    out = tmp_path / "m.caffemodel"
+    out.write_bytes(b"old")
+    p = _start_writer(out)
+    assert len(_temporaries(tmp_path)) == 1
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) == -signal.SIGTERM  # still dies of the signal
+    assert _temporaries(tmp_path) == [] and out.read_bytes() == b"old"
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    out = tmp_path / "m.caffemodel"
+    out.write_bytes(b"old")
+    p = _start_writer(out)
+    p.kill()
+    assert p.wait(timeout=60) == -signal.SIGKILL
+    [left] = _temporaries(tmp_path)
+    assert left.startswith(".m.caffemodel.") and len(left) == len(".m.caffemodel.") + 8 + len(".tmp")
+    ncio.atomic_write(out, b"next")  # too young to be judged stale: kept
+    assert _temporaries(tmp_path) == [left]
+    _age(tmp_path / left, ncio.STALE_TMP_SECONDS + 1)
+    others = [tmp_path / ".other.bin.abcdefgh.tmp", tmp_path / ".m.caffemodel.notmine.tmp"]
+    for f in others:  # another file's temporary, and a name not of the writer's pattern
+        f.write_bytes(b"")
+        _age(f, 3600)
+    ncio.atomic_write(out, b"next")
+    assert out.read_bytes() == b"next"
+    assert _temporaries(tmp_path) == sorted(f.name for f in others)
+
+
+def test_a_live_writers_temporary_file_is_never_removed(tmp_path):
+    out = tmp_path / "m.caffemodel"
+    p = _start_writer(out)
+    try:
+        [live] = _temporaries(tmp_path)
+        _age(tmp_path / live, 3600)  # old, but its writer holds it
+        ncio.atomic_write(out, b"mine")
+        assert _temporaries(tmp_path) == [live] and out.read_bytes() == b"mine"
+    finally:
+        p.kill()
+        p.wait(timeout=60)
+    ncio.atomic_write(out, b"again")  # its writer is gone now
+    assert _temporaries(tmp_path) == []
+
+
+def test_an_output_symlink_is_written_through(tmp_path):
+    target = tmp_path / "models" / "m.caffemodel"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    link = tmp_path / "latest.caffemodel"
+    os.symlink(os.path.relpath(target, tmp_path), link)
+    ncio.atomic_write(link, b"new")
+    assert link.is_symlink() and target.read_bytes() == b"new"
+    dangling = tmp_path / "next.caffemodel"
+    os.symlink(tmp_path / "models" / "n.caffemodel", dangling)
+    ncio.atomic_write(dangling, b"made")
+    assert dangling.is_symlink() and (tmp_path / "models" / "n.caffemodel").read_bytes() == b"made"
+
+
+# ----------------------------------------------------------------------------------------------
+# The error boundary
+# ----------------------------------------------------------------------------------------------
+
+def test_an_error_is_printed_once(tmp_path, capsys):
+    capsys.readouterr()
+    assert cli.main(["time", "--model", str(tmp_path / "none.prototxt")]) == 1
+    err = capsys.readouterr().err
+    # the log's own lines (Caffe's, e.g. "Use CPU.") come first; the error comes once, last
+    assert [l for l in err.splitlines() if "none.prototxt" in l] == [
+        f"netcompress time: error: {tmp_path}/none.prototxt: no such file"]
+    assert err.endswith("no such file\n")
+
+
+def _boom(argv):
+    raise ZeroDivisionError("division by zero")
+
+
+def _denied(argv):
+    raise PermissionError(errno.EACCES, "Permission denied", "/some/where")
+
+
+def test_a_bug_prints_one_line_and_saves_its_traceback(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "load_command", lambda name: _boom)
+    monkeypatch.delenv("NETCOMPRESS_DEBUG", raising=False)
+    assert cli.main(["time"]) == 1
+    err = capsys.readouterr().err
+    [line] = err.splitlines()
+    prefix = "netcompress time: error: unexpected ZeroDivisionError: division by zero (a bug in netcompress; " \
+             "the traceback is in "
+    assert line.startswith(prefix) and line.endswith("; --debug prints it)")
+    saved = line[len(prefix):-len("; --debug prints it)")]
+    text = Path(saved).read_text()
+    os.unlink(saved)
+    assert text.startswith("Traceback (most recent call last):") and "_boom" in text
+    assert cli.main(["time", "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):") and err.splitlines()[-1] == (
+        "netcompress time: error: unexpected ZeroDivisionError: division by zero (a bug in netcompress; the "
+        "traceback is above)")
+    monkeypatch.setattr(cli, "load_command", lambda name: _denied)
+    assert cli.main(["time"]) == 1
+    assert capsys.readouterr().err == "netcompress time: error: /some/where: permission denied\n"
+
+
+def test_the_scripts_share_the_boundary(tmp_path, capsys, monkeypatch):
+    from netcompress.tools._common import run_main
+
+    monkeypatch.setenv("NETCOMPRESS_DEBUG", "1")  # inline: no saved file to clean up
+    assert run_main(lambda args: _boom(args), "usage", [], None) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "Error: unexpected ZeroDivisionError: division by zero (a bug in netcompress; the traceback is above)")
+    monkeypatch.delenv("NETCOMPRESS_DEBUG")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    fifo = tmp_path / "m.fifo"
+    os.mkfifo(fifo)
+    r = subprocess.run([sys.executable, str(REPO / "compression_scripts" / "parse_model.py"), str(fifo),
+                        str(tmp_path / "o.txt")], env=env, capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stderr) == (1, f"Error: {fifo}: is a FIFO (named pipe), expected a file: netcompress "
+                                           "reads only regular files (a pipe or a device may block or never end)\n")
+    r = subprocess.run([sys.executable, "-m", "netcompress", "test", "--model", str(fifo), "--weights", str(fifo)],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stderr.splitlines()[-1] + "\n") == (1, f"netcompress test: error: {fifo}: is a FIFO (named pipe), expected a "
+                                           "text prototxt: netcompress reads only regular files (a pipe or a "
+                                           "device may block or never end)\n")

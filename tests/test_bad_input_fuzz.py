@@ -1,0 +1,1004 @@
+"""Fuzz: generated mutations of the example nets, solvers and models, run through the command line in
+process (and a few hostile paths in subprocesses).
+
+Every case must end with exit 0, 1 (an error the input caused, one line) or 2 (a usage error), never
+with a traceback ("unexpected ..." from the error boundary), never past its time limit, and never
+leave a temporary file behind. Mutations known to be invalid (the parameters of issue 22) must be
+refused with exit 1 and their message. Deterministic: fixed seeds, no dependence on time.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+import random
+import re
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from netcompress import cli
+from netcompress import io as ncio
+from netcompress.proto import caffe_pb2 as pb
+
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = 22
+CASE_SECONDS = 20.0  # a case past this is a hang (the slowest legitimate case takes ~1 s)
+
+
+# ----------------------------------------------------------------------------------------------
+# Running one case
+# ----------------------------------------------------------------------------------------------
+
+class CaseTimeout(BaseException):
+    """Raised by the alarm when a case runs past its limit (a BaseException, so that no error
+    boundary turns it into an ordinary error)."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    def on_alarm(signum, frame):
+        raise CaseTimeout()
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@dataclass
+class Case:
+    kind: str                     # "net", "solver", "model", "compact", "text", ...
+    label: str                    # what was mutated
+    argv: list[str]
+    refuse: str | None = None     # a fragment the error line must hold (an invalid parameter)
+
+
+@dataclass
+class Outcome:
+    case: Case
+    rc: int | None
+    err: str
+    problem: str = ""
+
+
+@contextlib.contextmanager
+def seeded():
+    """Unseeded nets and data layers draw from fixed streams here (they use os.urandom, secrets and
+    torch's initial seed), so every case computes the same values on every run."""
+    import torch
+    from unittest import mock
+
+    torch.manual_seed(SEED)
+    np.random.seed(SEED)
+    with mock.patch("netcompress.rng.os.urandom", lambda n: bytes(range(1, n + 1))), \
+            mock.patch("netcompress.layers.data.secrets.randbits", lambda k: SEED):
+        yield
+
+
+def run_case(case: Case) -> Outcome:
+    out, err = io.StringIO(), io.StringIO()
+    rc: int | None = None
+    problem = ""
+    try:
+        with time_limit(CASE_SECONDS), seeded(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = cli.main(case.argv)
+    except CaseTimeout:
+        problem = f"hang (over {CASE_SECONDS:g} s)"
+    except SystemExit as e:  # argparse's usage errors
+        rc = int(e.code or 0)
+    text = err.getvalue()
+    if not problem:
+        if rc not in (0, 1, 2):
+            problem = f"exit {rc}"
+        elif "Traceback" in text or "unexpected " in text and "(a bug in netcompress" in text:
+            problem = "traceback"
+        elif case.refuse is not None and (rc != 1 or case.refuse not in text):
+            problem = f"accepted or vague (exit {rc}; expected the error to say {case.refuse!r})"
+    return Outcome(case, rc, text, problem)
+
+
+def check_outcomes(outcomes: list[Outcome], folder: Path) -> None:
+    leftovers = [str(p) for p in folder.rglob("*.tmp")]
+    bad = [o for o in outcomes if o.problem]
+    lines = []
+    for o in bad[:25]:
+        tail = [l for l in o.err.strip().splitlines() if l.strip()][-3:]
+        lines.append(f"[{o.case.kind}] {o.case.label}: {o.problem}\n    argv: {o.case.argv}\n    "
+                     + "\n    ".join(tail))
+    assert not bad, f"{len(bad)} of {len(outcomes)} cases failed:\n" + "\n".join(lines)
+    assert not leftovers, f"temporary files left behind: {leftovers}"
+
+
+# ----------------------------------------------------------------------------------------------
+# A working folder like the examples expect (tiny LMDBs at data/mnist5k_*_lmdb)
+# ----------------------------------------------------------------------------------------------
+
+NET_FILES = ["examples/mnist/lenet_train_test.prototxt", "examples/mnist/lenet_train_test_DNS.prototxt",
+             "examples/mnist/lenet_train_test_inq_60.prototxt", "examples/mnist/lenet.prototxt",
+             "examples/cifar10/cifar10_quick.prototxt", "examples/kd/lenet_student_kd_train_test.prototxt",
+             "examples/eresnet/eresnet20_mnist.prototxt"]
+
+
+# Every layer type whose parameters the example nets leave out, each with its parameters set (so
+# that mutations reach them): builds, runs forward and backward, and trains.
+ZOO = """
+name: "zoo"
+layer { name: "in" type: "Input" top: "data" top: "label" input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } shape { dim: 2 } } }
+layer { name: "dummy" type: "DummyData" top: "noise" dummy_data_param { shape { dim: 2 dim: 4 } data_filler { type: "uniform" min: -1 max: 1 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 1 dilation: 1 group: 1 weight_filler { type: "msra" } bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "deconv" type: "Deconvolution" bottom: "conv" top: "deconv" convolution_param { num_output: 4 kernel_size: 2 stride: 2 group: 2 weight_filler { type: "bilinear" } } }
+layer { name: "pool0" type: "Pooling" bottom: "deconv" top: "pool0" pooling_param { pool: AVE kernel_size: 2 stride: 2 pad: 0 } }
+layer { name: "bn" type: "BatchNorm" bottom: "pool0" top: "bn" batch_norm_param { use_global_stats: false moving_average_fraction: 0.999 eps: 1e-5 } }
+layer { name: "scale" type: "Scale" bottom: "bn" top: "scale" scale_param { axis: 1 num_axes: 1 bias_term: true filler { type: "constant" value: 1 } } }
+layer { name: "prelu" type: "PReLU" bottom: "scale" top: "prelu" prelu_param { channel_shared: false filler { type: "constant" value: 0.25 } } }
+layer { name: "elu" type: "ELU" bottom: "prelu" top: "elu" elu_param { alpha: 1 } }
+layer { name: "lrn" type: "LRN" bottom: "elu" top: "lrn" lrn_param { local_size: 3 alpha: 0.0001 beta: 0.75 k: 1 norm_region: ACROSS_CHANNELS } }
+layer { name: "mvn" type: "MVN" bottom: "lrn" top: "mvn" mvn_param { normalize_variance: true across_channels: false eps: 1e-9 } }
+layer { name: "slice" type: "Slice" bottom: "mvn" top: "s1" top: "s2" slice_param { axis: 1 slice_point: 2 } }
+layer { name: "concat" type: "Concat" bottom: "s2" bottom: "s1" top: "cat" concat_param { axis: 1 } }
+layer { name: "eltwise" type: "Eltwise" bottom: "cat" bottom: "mvn" top: "elt" eltwise_param { operation: SUM coeff: 1 coeff: -0.5 } }
+layer { name: "power" type: "Power" bottom: "elt" top: "pow" power_param { power: 2 scale: 0.5 shift: 1 } }
+layer { name: "exp" type: "Exp" bottom: "pow" top: "exp" exp_param { base: -1 scale: 0.1 shift: 0 } }
+layer { name: "log" type: "Log" bottom: "exp" top: "log" log_param { base: -1 scale: 1 shift: 1 } }
+layer { name: "pool1" type: "Pooling" bottom: "log" top: "pool1" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "mixpool" type: "MixedPooling" bottom: "log" top: "mixpool" mixed_pooling_param { kernel_size: 2 stride: 2 } }
+layer { name: "crop" type: "Crop" bottom: "log" bottom: "pool1" top: "crop" crop_param { axis: 2 offset: 1 } }
+layer { name: "tile" type: "Tile" bottom: "crop" top: "tile" tile_param { axis: 1 tiles: 2 } }
+layer { name: "reshape" type: "Reshape" bottom: "tile" top: "reshape" reshape_param { shape { dim: 0 dim: -1 } } }
+layer { name: "flatten" type: "Flatten" bottom: "pool1" top: "flat" flatten_param { axis: 1 end_axis: -1 } }
+layer { name: "actq" type: "ActQuant" bottom: "reshape" top: "actq" act_quant_param { bitwidth: 4 } }
+layer { name: "ip" type: "InnerProduct" bottom: "actq" top: "ip" inner_product_param { num_output: 5 axis: 1 weight_filler { type: "xavier" variance_norm: AVERAGE } bias_filler { type: "constant" } } }
+layer { name: "qip" type: "QuantInnerProduct" bottom: "flat" top: "qip" inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } weight_quant_param { bitwidth: 4 } }
+layer { name: "thresh" type: "Threshold" bottom: "ip" top: "th" threshold_param { threshold: 0 } }
+layer { name: "drop" type: "Dropout" bottom: "ip" top: "drop" dropout_param { dropout_ratio: 0.5 } }
+layer { name: "reduction" type: "Reduction" bottom: "mixpool" top: "red" reduction_param { operation: SUMSQ axis: 1 coeff: 1 } }
+layer { name: "argmax" type: "ArgMax" bottom: "drop" top: "argmax" argmax_param { top_k: 1 axis: 1 } }
+layer { name: "softmax" type: "Softmax" bottom: "drop" top: "prob" softmax_param { axis: 1 } }
+layer { name: "sig" type: "Sigmoid" bottom: "th" top: "sig" }
+layer { name: "tanh" type: "TanH" bottom: "qip" top: "tanh" }
+layer { name: "absval" type: "AbsVal" bottom: "tanh" top: "abs" }
+layer { name: "bnll" type: "BNLL" bottom: "abs" top: "bnll" }
+layer { name: "relu" type: "ReLU" bottom: "bnll" top: "relu" relu_param { negative_slope: 0.1 } }
+layer { name: "embed" type: "Embed" bottom: "label" top: "emb" embed_param { input_dim: 10 num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "bias" type: "Bias" bottom: "emb" top: "biased" bias_param { axis: 1 num_axes: 1 filler { type: "constant" } } }
+layer { name: "param" type: "Parameter" top: "pblob" parameter_param { shape { dim: 2 dim: 5 } } }
+layer { name: "eltwise2" type: "Eltwise" bottom: "biased" bottom: "pblob" top: "elt2" eltwise_param { operation: PROD } }
+layer { name: "eltwise3" type: "Eltwise" bottom: "elt2" bottom: "relu" top: "elt3" eltwise_param { operation: MAX } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "drop" bottom: "label" top: "loss" loss_param { normalization: VALID ignore_label: -1 } }
+layer { name: "eucl" type: "EuclideanLoss" bottom: "elt3" bottom: "prob" top: "eucl" loss_weight: 0.1 }
+layer { name: "hinge" type: "HingeLoss" bottom: "ip" bottom: "label" top: "hinge" hinge_loss_param { norm: L2 } loss_weight: 0.1 }
+layer { name: "sce" type: "SigmoidCrossEntropyLoss" bottom: "ip" bottom: "prob" top: "sce" loss_weight: 0.1 }
+layer { name: "acc" type: "Accuracy" bottom: "drop" bottom: "label" top: "acc" accuracy_param { top_k: 2 } }
+layer { name: "silence" type: "Silence" bottom: "argmax" bottom: "red" bottom: "noise" bottom: "sig" }
+"""
+
+
+def _small_batches(param: pb.NetParameter) -> pb.NetParameter:
+    """The example net with batches of 2 (data layers and Input layers) and at most 20 outputs per
+    inner product (LeNet's ip1 has 500), so a case runs in milliseconds."""
+    for lp in param.layer:
+        if lp.HasField("inner_product_param") and lp.inner_product_param.num_output > 20:
+            lp.inner_product_param.num_output = 20
+        if lp.HasField("data_param"):
+            lp.data_param.batch_size = 2
+        for s in lp.input_param.shape:
+            if len(s.dim):
+                s.dim[0] = min(s.dim[0], 2)
+    return param
+
+
+def write_datum_lmdb(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """uint8 (N, C, H, W) images as Caffe Datum records with keys %08d (as tests/conftest.py)."""
+    import lmdb
+
+    env = lmdb.open(str(path), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        for i, (img, lab) in enumerate(zip(images, labels)):
+            c, h, w = img.shape
+            d = pb.Datum(channels=c, height=h, width=w, data=img.tobytes(), label=int(lab))
+            txn.put(b"%08d" % i, d.SerializeToString())
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fuzz")
+    rng = np.random.default_rng(SEED)
+    (root / "data").mkdir()
+    for split in ("train", "test"):
+        images = rng.integers(0, 256, size=(8, 1, 28, 28), dtype=np.uint8)
+        write_datum_lmdb(root / "data" / f"mnist5k_{split}_lmdb", images, np.arange(8) % 10)
+    for f in NET_FILES:
+        param = _small_batches(ncio.read_net(str(REPO / f)))
+        (root / Path(f).name).write_text(text_format.MessageToString(param))
+    (root / "zoo.prototxt").write_text(ZOO)
+    return root
+
+
+@pytest.fixture(scope="module")
+def models(work: Path) -> dict[str, Path]:
+    """Trained-looking models of the example nets: normal, raw DNS (0/1 masks) and raw INQ."""
+    from netcompress.net import Net
+
+    torch_seed = 5
+    out = {}
+    with contextlib.chdir(work):
+        for key, f in (("normal", "lenet_train_test.prototxt"), ("dns", "lenet_train_test_DNS.prototxt"),
+                       ("inq", "lenet_train_test_inq_60.prototxt")):
+            net = Net(f, phase=pb.TEST, seed=torch_seed, verbose=False)
+            param = net.to_proto()
+            rng = np.random.default_rng(SEED)
+            for lp in param.layer:
+                if key != "normal" and len(lp.blobs) == 4:
+                    for b in lp.blobs[2:]:
+                        b.ClearField("data")
+                        shape = ncio.blob_shape(b)
+                        b.data.extend(rng.integers(0, 2, size=int(np.prod(shape))).astype(np.float32).tolist())
+            path = work / f"{key}.caffemodel"
+            ncio.write_caffemodel(str(path), param)
+            out[key] = path
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Mutating messages
+# ----------------------------------------------------------------------------------------------
+
+INT_POOL = [0, -1, 1, 2, 3, -2147483648, 2147483647]
+UINT_POOL = [0, 1, 2, 3, 2147483647, 4294967295]
+FLOAT_POOL = [0.0, -1.0, 1.0, 0.5, 2.0, 1e30, -1e30, float("nan"), float("inf"), float("-inf")]
+STR_POOL = ["", "x", "data", "conv1", "ip2", "label", "ReLU", "Convolution", "InnerProduct", "Pooling",
+            "Ü-ñame", "a" * 300, "constant", "uniform", "gaussian", "xavier", "msra", "bilinear", "bogus"]
+
+
+def _value_for(fd, rng: random.Random):
+    t = fd.type
+    if t == fd.TYPE_BOOL:
+        return rng.choice([True, False])
+    if t == fd.TYPE_ENUM:
+        return rng.choice([v.number for v in fd.enum_type.values])
+    if t in (fd.TYPE_FLOAT, fd.TYPE_DOUBLE):
+        return rng.choice(FLOAT_POOL)
+    if t in (fd.TYPE_UINT32, fd.TYPE_UINT64, fd.TYPE_FIXED32, fd.TYPE_FIXED64):
+        return rng.choice(UINT_POOL)
+    if t in (fd.TYPE_INT32, fd.TYPE_INT64, fd.TYPE_SINT32, fd.TYPE_SINT64, fd.TYPE_SFIXED32, fd.TYPE_SFIXED64):
+        return rng.choice(INT_POOL)
+    if t == fd.TYPE_STRING:
+        return rng.choice(STR_POOL)
+    return None
+
+
+def _scalar_slots(msg, depth: int = 0) -> list[tuple[object, object]]:
+    """(message, field) for every scalar field of `msg` and of its set sub-messages."""
+    slots = []
+    for fd in msg.DESCRIPTOR.fields:
+        if fd.type == fd.TYPE_MESSAGE:
+            if depth < 3:
+                if fd.is_repeated:
+                    for sub in getattr(msg, fd.name):
+                        slots += _scalar_slots(sub, depth + 1)
+                elif msg.HasField(fd.name):
+                    slots += _scalar_slots(getattr(msg, fd.name), depth + 1)
+        elif fd.type != fd.TYPE_BYTES:
+            slots.append((msg, fd))
+    return slots
+
+
+def _set(msg, fd, value, rng: random.Random) -> None:
+    if fd.is_repeated:
+        field = getattr(msg, fd.name)
+        if len(field) and rng.random() < 0.6:
+            field[rng.randrange(len(field))] = value
+        else:
+            field.append(value)
+    else:
+        setattr(msg, fd.name, value)
+
+
+def mutate_layer_field(param: pb.NetParameter, rng: random.Random) -> str:
+    lp = rng.choice(list(param.layer))
+    # Prefer the fields a layer reads: its own sub-messages (set or not) and fillers.
+    slots = _scalar_slots(lp)
+    msg, fd = rng.choice(slots)
+    value = _value_for(fd, rng)
+    _set(msg, fd, value, rng)
+    return f"layer '{lp.name}' {msg.DESCRIPTOR.name}.{fd.name} = {value!r}"
+
+
+def mutate_structure(param: pb.NetParameter, rng: random.Random) -> str:
+    layers = list(param.layer)
+    op = rng.choice(["drop", "dup", "swap", "bottom", "top", "clear_tops", "type", "all_types"])
+    i = rng.randrange(len(layers))
+    lp = param.layer[i]
+    if op == "drop":
+        del param.layer[i]
+        return f"drop layer '{lp.name}'"
+    if op == "dup":
+        param.layer.add().CopyFrom(lp)
+        return f"duplicate layer '{lp.name}'"
+    if op == "swap":
+        j = rng.randrange(len(layers))
+        a, b = pb.LayerParameter(), pb.LayerParameter()
+        a.CopyFrom(param.layer[i])
+        b.CopyFrom(param.layer[j])
+        param.layer[i].CopyFrom(b)
+        param.layer[j].CopyFrom(a)
+        return f"swap layers {i} and {j}"
+    if op == "bottom":
+        lp.bottom.append(rng.choice(["nowhere", "data", "label", lp.name]))
+        return f"layer '{lp.name}' gets bottom {lp.bottom[-1]!r}"
+    if op == "top":
+        lp.top.append(rng.choice(["data", "extra", lp.name]))
+        return f"layer '{lp.name}' gets top {lp.top[-1]!r}"
+    if op == "clear_tops":
+        del lp.top[:]
+        return f"layer '{lp.name}' loses its tops"
+    from netcompress.layers.base import known_layer_types
+
+    types = known_layer_types()
+    if op == "type":
+        lp.type = rng.choice(types)
+        return f"layer '{lp.name}' becomes a {lp.type}"
+    for lp in param.layer:
+        if lp.type in ("Convolution", "InnerProduct"):
+            lp.type = rng.choice(types)
+    return "every weight layer gets a random type"
+
+
+def mutate_text(text: str, rng: random.Random) -> tuple[bytes, str]:
+    op = rng.choice(["truncate", "delete", "insert", "dup_line", "utf8", "nul", "brace"])
+    b = text.encode()
+    k = rng.randrange(max(1, len(b)))
+    if op == "truncate":
+        return b[:k], f"truncated at byte {k}"
+    if op == "delete":
+        return b[:k] + b[k + 1 + rng.randrange(20):], f"bytes deleted at {k}"
+    if op == "insert":
+        return b[:k] + bytes([rng.choice(b'{}:"#\n 9-.e')]) + b[k:], f"a byte inserted at {k}"
+    if op == "dup_line":
+        lines = [l for l in text.splitlines() if re.match(r"\s*\w+:\s*\S", l)]
+        line = rng.choice(lines)
+        return text.replace(line, line + "\n" + line, 1).encode(), f"line {line.strip()!r} given twice"
+    if op == "utf8":
+        return b[:k] + b"\xff\xfe" + b[k:], f"invalid UTF-8 at byte {k}"
+    if op == "nul":
+        return b[:k] + b"\x00" + b[k:], f"a NUL byte at {k}"
+    return b[:k] + b"}" + b[k:], f"a stray brace at {k}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Net cases: `time` (TRAIN forward and backward) and `test` (TEST) on mutated example nets
+# ----------------------------------------------------------------------------------------------
+
+def net_cases(work: Path, models: dict[str, Path], n: int, rng: random.Random) -> list[Case]:
+    cases = []
+    files = NET_FILES + ["zoo.prototxt"] * 3
+    bases = {f: ncio.read_net(str(work / Path(f).name)) for f in files}
+    mdir = work / "mutants"
+    mdir.mkdir(exist_ok=True)
+    for k in range(n):
+        f = rng.choice(files)
+        param = copy.deepcopy(bases[f])
+        r = rng.random()
+        if r < 0.08:
+            data, label = mutate_text(text_format.MessageToString(param), rng)
+        else:
+            label = (mutate_layer_field if r < 0.75 else mutate_structure)(param, rng)
+            for _ in range(rng.choice([0, 0, 1, 2])):
+                label += "; " + mutate_layer_field(param, rng)
+            data = text_format.MessageToString(param).encode()
+        path = mdir / f"net{k}.prototxt"
+        path.write_bytes(data)
+        if rng.random() < 0.7 or f == "zoo.prototxt":
+            argv = ["time", "--model", str(path), "--iterations", "1"]
+        else:
+            weights = models["dns" if "DNS" in f else "inq" if "inq" in f else "normal"]
+            argv = ["test", "--model", str(path), "--weights", str(weights), "--iterations", "1"]
+        cases.append(Case("net", f"{Path(f).name}: {label}", argv))
+    return cases
+
+
+def test_fuzz_nets(work, models):
+    rng = random.Random(SEED)
+    cases = net_cases(work, models, 260, rng)
+    with contextlib.chdir(work):
+        outcomes = [run_case(c) for c in cases]
+    check_outcomes(outcomes, work)
+    # The fuzz reaches both ends: many mutants are refused, many still run.
+    rcs = [o.rc for o in outcomes]
+    assert rcs.count(0) > 30 and rcs.count(1) > 30, (rcs.count(0), rcs.count(1))
+
+
+# The invalid parameters of issue 22, each placed in an example net: (net, layer, setter, message).
+def _set_path(lp: pb.LayerParameter, path: str, value) -> None:
+    *parents, last = path.split(".")
+    msg = lp
+    for p in parents:
+        m = re.fullmatch(r"(\w+)\[(\d+)\]", p)
+        msg = getattr(msg, m.group(1))[int(m.group(2))] if m else getattr(msg, p)
+    fd = msg.DESCRIPTOR.fields_by_name[last]
+    if fd.is_repeated:
+        del getattr(msg, last)[:]
+        getattr(msg, last).extend(value if isinstance(value, list) else [value])
+    else:
+        setattr(msg, last, value)
+
+
+NAN, INF = float("nan"), float("inf")
+NET_REFUSALS = [
+    ("lenet_train_test", "conv1", "convolution_param.group", 0, "convolution_param.group must be at least 1, got 0"),
+    ("lenet_train_test", "conv2", "convolution_param.dilation", 0, "convolution_param.dilation must be positive"),
+    ("lenet_train_test", "conv1", "convolution_param.pad", 4294967295, "is larger than a blob can hold"),
+    ("lenet", "data", "input_param.shape[0].dim", [2, 1, -1, 28], "with a negative dimension"),
+    ("lenet", "ip1", "inner_product_param.num_output", 2000000000, "a blob holds at most 2,147,483,647"),
+    ("lenet_train_test", "conv1", "convolution_param.weight_filler.type", "uniform", None),
+    ("lenet_train_test_DNS", "conv1", "dns_convolution_param.gamma", -1.0, "dns_convolution_param.gamma must be >= 0"),
+    ("lenet_train_test_DNS", "ip1", "dns_inner_product_param.c_rate", NAN, "c_rate must be a finite number"),
+    ("lenet_train_test_DNS", "ip2", "dns_inner_product_param.c_rate", INF, "c_rate must be a finite number"),
+    ("lenet_train_test_DNS", "conv2", "dns_convolution_param.power", 0.0, "power must be > 0"),
+    ("lenet_train_test_DNS", "conv2", "dns_convolution_param.power", -1.0, "power must be > 0"),
+    ("lenet_train_test_DNS", "ip1", "dns_inner_product_param.alpha_low", 2.0, "alpha_low <= alpha_high"),
+    ("lenet_train_test_DNS", "conv1", "dns_convolution_param.iter_stop", NAN, "iter_stop must be a finite number"),
+    ("lenet_train_test_inq_60", "ip1", "inq_inner_product_param.portion", [0.3, NAN], "portion must be finite"),
+]
+
+
+def refusal_cases(work: Path, rng: random.Random) -> list[Case]:
+    cases = []
+    mdir = work / "refusals"
+    mdir.mkdir(exist_ok=True)
+    for k, (net, layer, path, value, fragment) in enumerate(NET_REFUSALS):
+        param = ncio.read_net(str(work / f"{net}.prototxt"))
+        lp = next(l for l in param.layer if l.name == layer)
+        _set_path(lp, path, value)
+        if path.endswith("weight_filler.type"):  # the hang: a uniform filler with min > max
+            lp.convolution_param.weight_filler.min, lp.convolution_param.weight_filler.max = 1.0, -1.0
+            fragment = "uniform filler: min (1) must not exceed max (-1)"
+        f = mdir / f"{net}_{k}.prototxt"
+        f.write_text(text_format.MessageToString(param))
+        argv = ["time", "--model", str(f), "--iterations", "1"] if k % 2 else ["test", "--model", str(f),
+                                                                                "--weights", "none", "--iterations", "1"]
+        cases.append(Case("refusal", f"{net}: {layer} {path} = {value!r}", argv, refuse=fragment))
+    return cases
+
+
+def test_fuzz_refuses_the_invalid_parameters(work):
+    cases = refusal_cases(work, random.Random(SEED))
+    with contextlib.chdir(work):
+        outcomes = [run_case(c) for c in cases]
+    check_outcomes(outcomes, work)
+    for o in outcomes:  # the file is named as well as the layer
+        assert str(work / "refusals") in o.err, o.err
+
+
+# ----------------------------------------------------------------------------------------------
+# Solver cases: `train` on mutated solvers of the LeNet example (2 iterations at most)
+# ----------------------------------------------------------------------------------------------
+
+BASE_SOLVER = """net: "lenet_train_test.prototxt"
+test_iter: 1
+test_interval: 2
+base_lr: 0.01
+momentum: 0.9
+weight_decay: 0.0005
+lr_policy: "inv"
+gamma: 0.0001
+power: 0.75
+display: 1
+max_iter: 2
+snapshot: 0
+snapshot_prefix: "snap/lenet"
+solver_mode: CPU
+random_seed: 1
+"""
+
+COUNT_POOL = [-2147483648, -1, 0, 1, 2, 3]
+SOLVER_STRINGS = {
+    "lr_policy": ["fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid", "cosine", "bogus", ""],
+    "type": ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam", "LarsSGD", "Bogus", ""],
+    "regularization_type": ["L1", "L2", "L3", ""],
+    "snapshot_prefix": ["", "snap/x", "snap/", "a" * 300, "/proc/nope/x"],
+    "net": ["", "missing.prototxt", "lenet.prototxt", "/dev/null", "data", "lenet_train_test_DNS.prototxt"],
+    "train_net": ["lenet_train_test.prototxt", "missing.prototxt"],
+    "test_net": ["lenet_train_test.prototxt", "lenet.prototxt", "missing.prototxt"],
+}
+# The solver fields of issue 22 that must be refused, with the message.
+SOLVER_REFUSALS = [
+    ("base_lr: -0.01", "base_lr must be >= 0, got -0.01"),
+    ("base_lr: -inf", "base_lr must be a finite number, got -inf"),
+    ("base_lr: nan", "base_lr must be a finite number, got nan"),
+    ('lr_policy: "multistep" stepvalue: 2 stepvalue: 1', "stepvalue must be in increasing order, got 2 then 1"),
+    ('lr_policy: "multistep" stepvalue: -1', "stepvalue must be >= 0, got stepvalue[0] = -1"),
+    ("max_iter: -1", "max_iter must be >= 0, got -1"),
+    ("momentum: 2", "momentum must be in [0, 1), got 2"),
+    ("test_iter: -1", "test_iter must be positive, got -1"),
+    ("base_lr: 0.02", "should not have multiple \"base_lr\" fields"),
+    ("max_iter: 3", "should not have multiple \"max_iter\" fields"),
+]
+
+
+def _without(text: str, fields: list[str]) -> str:
+    return "\n".join(l for l in text.splitlines() if l.split(":")[0].strip() not in fields) + "\n"
+
+
+def solver_cases(work: Path, models: dict[str, Path], n: int, rng: random.Random) -> list[Case]:
+    cases = []
+    sdir = work / "solvers"
+    sdir.mkdir(exist_ok=True)
+    base = ncio.parse_text_proto(BASE_SOLVER, pb.SolverParameter())
+    for k, (line, fragment) in enumerate(SOLVER_REFUSALS):
+        duplicate = "multiple" in fragment
+        keys = [] if duplicate else re.findall(r"(\w+):", line)
+        text = _without(BASE_SOLVER, keys) + line + "\n"
+        f = sdir / f"refuse{k}.prototxt"
+        f.write_text(text)
+        cases.append(Case("solver", f"refused: {line}", ["train", "--solver", str(f)], refuse=fragment))
+    f = sdir / "iterations.prototxt"
+    f.write_text(BASE_SOLVER)
+    cases.append(Case("solver", "--iterations -1", ["train", "--solver", str(f), "--iterations", "-1"],
+                      refuse="--iterations must be >= 0, got -1"))
+    scalars = [fd for fd in pb.SolverParameter.DESCRIPTOR.fields if fd.type != fd.TYPE_MESSAGE]
+    for k in range(n):
+        sp = copy.deepcopy(base)
+        labels = []
+        for _ in range(rng.choice([1, 1, 2, 3])):
+            fd = rng.choice(scalars)
+            if fd.name in SOLVER_STRINGS:
+                value = rng.choice(SOLVER_STRINGS[fd.name])
+            elif fd.name == "stepvalue":
+                value = rng.choice([[2, 1], [-1], [0, 1, 2], [1, 1], [5]])
+            elif fd.name == "random_seed":
+                value = rng.choice([-1, 0, 2**63 - 1, 7])  # -1: unseeded, i.e. seeded() here
+            elif fd.type in (fd.TYPE_INT32, fd.TYPE_INT64):
+                value = rng.choice(COUNT_POOL)
+            else:
+                value = _value_for(fd, rng)
+            if value is None:
+                continue
+            if fd.is_repeated:
+                del getattr(sp, fd.name)[:]
+                getattr(sp, fd.name).extend(value if isinstance(value, list) else [value])
+            else:
+                if fd.name in ("net", "train_net", "net_param", "train_net_param"):
+                    for other in ("net", "train_net", "net_param", "train_net_param"):
+                        sp.ClearField(other)
+                setattr(sp, fd.name, value)
+            labels.append(f"{fd.name} = {value!r}")
+        if rng.random() < 0.15:  # the recipes' solver messages
+            m = getattr(sp, rng.choice(["adaptive_lr", "growth", "snip_schedule", "global_prune"]))
+            m.SetInParent()
+            for fd in rng.sample([f for f in m.DESCRIPTOR.fields if f.type != f.TYPE_MESSAGE], 2):
+                value = rng.choice(COUNT_POOL) if fd.type == fd.TYPE_INT32 else _value_for(fd, rng)
+                _set(m, fd, value, rng)
+                labels.append(f"{m.DESCRIPTOR.name}.{fd.name} = {value!r}")
+            sp.epoch_iters = 1
+        text = text_format.MessageToString(sp)
+        if rng.random() < 0.1:
+            data, what = mutate_text(text, rng)
+            labels.append(what)
+        else:
+            data = text.encode()
+        f = sdir / f"solver{k}.prototxt"
+        f.write_bytes(data)
+        argv = ["train", "--solver", str(f)]
+        r = rng.random()
+        if r < 0.1:
+            argv += ["--iterations", str(rng.choice([-1, 0, 1, 2]))]
+        elif r < 0.2:
+            argv += ["--weights", str(models["normal"])]
+        cases.append(Case("solver", "; ".join(labels), argv))
+    return cases
+
+
+def test_fuzz_solvers(work, models):
+    cases = solver_cases(work, models, 110, random.Random(SEED + 1))
+    with contextlib.chdir(work):
+        outcomes = [run_case(c) for c in cases]
+    check_outcomes(outcomes, work)
+    rcs = [o.rc for o in outcomes]
+    assert rcs.count(0) > 10 and rcs.count(1) > 10, (rcs.count(0), rcs.count(1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Model cases: corrupted and altered caffemodels through `test`, the converters, parse_model, report
+# ----------------------------------------------------------------------------------------------
+
+def _mutate_model_proto(param: pb.NetParameter, rng: random.Random) -> str:
+    layers = [l for l in param.layer if len(l.blobs)]
+    lp = rng.choice(layers)
+    b = rng.choice(list(lp.blobs))
+    op = rng.choice(["rename_all", "rename_one", "drop_blob", "add_blob", "shape", "neg_shape", "huge_shape",
+                     "count", "nan", "inf", "mask", "utf8", "no_layers", "dup_layer", "legacy", "double",
+                     "empty_blob", "no_blobs"])
+    if op == "rename_all":
+        for l in param.layer:
+            l.name = "other_" + l.name
+        return "every layer renamed"
+    if op == "rename_one":
+        lp.name += "_x"
+        return f"layer '{lp.name}' renamed"
+    if op == "drop_blob":
+        del lp.blobs[-1]
+        return f"layer '{lp.name}' loses its last blob"
+    if op == "add_blob":
+        lp.blobs.add().CopyFrom(b)
+        return f"layer '{lp.name}' gets one more blob"
+    if op == "shape":
+        d = rng.randrange(len(b.shape.dim))
+        b.shape.dim[d] += rng.choice([-1, 1])
+        return f"layer '{lp.name}' blob shape changed"
+    if op == "neg_shape":
+        b.shape.dim[0] = -b.shape.dim[0]
+        return f"layer '{lp.name}' blob with a negative dimension"
+    if op == "huge_shape":
+        b.shape.dim[0] = 2**40
+        return f"layer '{lp.name}' blob with a huge dimension"
+    if op == "count":
+        del b.data[rng.randrange(len(b.data)):]
+        return f"layer '{lp.name}': data count does not match the shape"
+    if op in ("nan", "inf"):
+        b.data[rng.randrange(len(b.data))] = float(op)
+        return f"layer '{lp.name}': a {op} weight"
+    if op == "mask":
+        if len(lp.blobs) >= 3:
+            m = lp.blobs[2]
+            m.data[rng.randrange(len(m.data))] = rng.choice([0.5, 2.0, -1.0, float("nan")])
+            return f"layer '{lp.name}': a mask value other than 0/1"
+        b.data[0] = 0.5
+        return f"layer '{lp.name}': a value 0.5"
+    if op == "utf8":
+        lp.name = "conv@@1"  # replaced by invalid UTF-8 bytes below
+        return "a layer name that is not UTF-8"
+    if op == "no_layers":
+        del param.layer[:]
+        return "no layers"
+    if op == "dup_layer":
+        param.layer.add().CopyFrom(lp)
+        return f"layer '{lp.name}' twice"
+    if op == "legacy":
+        dims = list(b.shape.dim)
+        b.ClearField("shape")
+        b.num, b.channels, b.height, b.width = (dims + [1, 1, 1, 1])[:4] if rng.random() < 0.5 else (1, 2, 3, 4)
+        return f"layer '{lp.name}': a legacy 4-D shape"
+    if op == "double":
+        vals = list(b.data)
+        b.ClearField("data")
+        b.double_data.extend(vals[:-1] if rng.random() < 0.5 else vals)
+        return f"layer '{lp.name}': double_data"
+    if op == "empty_blob":
+        b.Clear()
+        return f"layer '{lp.name}': an empty blob"
+    for l in param.layer:
+        del l.blobs[:]
+    return "no blobs at all"
+
+
+def _serialize(param: pb.NetParameter) -> bytes:
+    data = param.SerializeToString()
+    return data.replace(b"conv@@1", b"conv\xff\xfe")
+
+
+def _mutate_bytes(data: bytes, rng: random.Random) -> tuple[bytes, str]:
+    op = rng.choice(["truncate", "flip", "append", "zeros", "empty", "text"])
+    k = rng.randrange(max(1, len(data)))
+    if op == "truncate":
+        return data[:k], f"truncated at byte {k}"
+    if op == "flip":
+        b = bytearray(data)
+        for _ in range(rng.randrange(1, 8)):
+            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+        return bytes(b), "bits flipped"
+    if op == "append":
+        return data + bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64))), "garbage appended"
+    if op == "zeros":
+        return bytes(rng.randrange(1, 4096)), "zero bytes"
+    if op == "empty":
+        return b"", "a 0-byte file"
+    return (REPO / "examples/mnist/lenet.prototxt").read_bytes(), "a text prototxt"
+
+
+MODEL_NETS = {"normal": "lenet_train_test.prototxt", "dns": "lenet_train_test_DNS.prototxt",
+              "inq": "lenet_train_test_inq_60.prototxt"}
+
+
+def model_cases(work: Path, models: dict[str, Path], n: int, rng: random.Random) -> list[Case]:
+    cases = []
+    mdir = work / "models"
+    mdir.mkdir(exist_ok=True)
+    bases = {k: ncio.read_caffemodel(str(p)) for k, p in models.items()}
+    for k in range(n):
+        key = rng.choice(list(bases))
+        param = copy.deepcopy(bases[key])
+        if rng.random() < 0.25:
+            data, label = _mutate_bytes(param.SerializeToString(), rng)
+        else:
+            label = _mutate_model_proto(param, rng)
+            data = _serialize(param)
+        m = mdir / f"m{k}.caffemodel"
+        m.write_bytes(data)
+        out = mdir / f"out{k}"
+        net = MODEL_NETS[key]
+        cmd = rng.choice(["test", "test", "convert", "parse_model", "report", "encode_compact", "train"])
+        if cmd == "test":
+            argv = ["test", "--model", net, "--weights", str(m), "--iterations", "1"]
+        elif cmd == "convert":
+            conv = {"normal": ["model2INQ_raw", net, str(m), MODEL_NETS["inq"]],
+                    "dns": [rng.choice(["dns_to_normal", "model2INQ_raw"]), net, str(m),
+                            MODEL_NETS["normal"]],
+                    "inq": ["inq_to_normal", net, str(m), MODEL_NETS["normal"]]}[key]
+            if conv[0] == "model2INQ_raw" and key == "dns":
+                conv[3] = MODEL_NETS["inq"]
+            argv = conv + [str(out) + ".caffemodel"]
+        elif cmd == "parse_model":
+            argv = ["parse_model", str(m), str(out) + ".txt"]
+        elif cmd == "report":
+            argv = ["report", net, str(m)]
+        elif cmd == "encode_compact":
+            argv = ["encode_compact", net, str(m), str(out) + ".binary"]
+        else:
+            solver = mdir / f"s{k}.prototxt"
+            solver.write_text(BASE_SOLVER.replace("lenet_train_test.prototxt", net)
+                              .replace("max_iter: 2", "max_iter: 1"))
+            argv = ["train", "--solver", str(solver), "--weights", str(m)]
+        cases.append(Case("model", f"{key} model: {label} -> {cmd}", argv))
+    return cases
+
+
+def test_fuzz_models(work, models):
+    cases = model_cases(work, models, 200, random.Random(SEED + 2))
+    with contextlib.chdir(work):
+        outcomes = [run_case(c) for c in cases]
+    check_outcomes(outcomes, work)
+    rcs = [o.rc for o in outcomes]
+    assert rcs.count(0) > 10 and rcs.count(1) > 10, (rcs.count(0), rcs.count(1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Compact cases: corrupted compact files and nets that do not match them, through decode_compact
+# ----------------------------------------------------------------------------------------------
+
+def _pow2(a: np.ndarray) -> np.ndarray:
+    """0 or ±2^e with e among the 7 exponents below the blob's largest (what the format stores)."""
+    mag = np.abs(a)
+    if not mag.any():
+        return np.zeros_like(a, dtype=np.float32)
+    e = np.round(np.log2(np.where(mag > 0, mag, 1))).astype(np.int64)
+    top = int(e[mag > 0].max())
+    keep = (mag > 0) & (e >= top - 6)
+    return np.where(keep, np.sign(a) * np.ldexp(1.0, e), 0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def compact(work: Path, models: dict[str, Path]) -> Path:
+    from netcompress.tools.compact import encode_compact
+
+    param = ncio.read_caffemodel(str(models["normal"]))
+    for lp in param.layer:
+        for b in lp.blobs:
+            a = _pow2(ncio.blob_to_array(b))
+            ncio.array_to_blob(a, b)
+    ncio.write_caffemodel(str(work / "pow2.caffemodel"), param)
+    out = work / "lenet.binary"
+    with contextlib.chdir(work), contextlib.redirect_stdout(io.StringIO()):
+        encode_compact("lenet_train_test.prototxt", "pow2.caffemodel", str(out))
+    return out
+
+
+def compact_cases(work: Path, compact: Path, n: int, rng: random.Random) -> list[Case]:
+    cases = []
+    cdir = work / "compact"
+    cdir.mkdir(exist_ok=True)
+    data = compact.read_bytes()
+    base = ncio.read_net(str(work / "lenet_train_test.prototxt"))
+    # The net differs from the encoded one: refused by the shapes record (issue 22).
+    for k, (layer, n_out) in enumerate((("ip1", 600), ("conv2", 60), ("ip2", 12), ("conv1", 25))):
+        param = copy.deepcopy(base)
+        lp = next(l for l in param.layer if l.name == layer)
+        (lp.inner_product_param if lp.type == "InnerProduct" else lp.convolution_param).num_output = n_out
+        net = cdir / f"wider{k}.prototxt"
+        net.write_text(text_format.MessageToString(param))
+        cases.append(Case("compact", f"{layer} num_output {n_out}",
+                          ["decode_compact", str(net), str(compact), str(cdir / f"w{k}.caffemodel")],
+                          refuse="the file does not match the net"))
+    for k in range(n):
+        f = cdir / f"c{k}.binary"
+        mutated, label = _mutate_bytes(data, rng)
+        f.write_bytes(mutated)
+        if rng.random() < 0.5:
+            (cdir / f"c{k}.binary.shapes.json").write_bytes(Path(str(compact) + ".shapes.json").read_bytes())
+        net = work / "lenet_train_test.prototxt"
+        if rng.random() < 0.3:
+            param = copy.deepcopy(base)
+            label += "; " + mutate_layer_field(param, rng)
+            net = cdir / f"n{k}.prototxt"
+            net.write_text(text_format.MessageToString(param))
+        cmd = rng.choice(["decode_compact", "decode_compact", "decode_compact48", "report"])
+        if cmd == "report":
+            argv = ["report", str(net), str(work / "pow2.caffemodel"), "--compact", str(f)]
+        else:
+            argv = [cmd, str(net), str(f), str(cdir / f"d{k}.caffemodel")]
+        cases.append(Case("compact", label, argv))
+    return cases
+
+
+def test_fuzz_compact_files(work, compact):
+    cases = compact_cases(work, compact, 80, random.Random(SEED + 3))
+    with contextlib.chdir(work):
+        outcomes = [run_case(c) for c in cases]
+    check_outcomes(outcomes, work)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hostile paths: FIFOs, devices, symlink loops, long names, trailing slashes, folders, as every
+# kind of input and output
+# ----------------------------------------------------------------------------------------------
+
+def hostile_paths(folder: Path) -> dict[str, tuple[str, str]]:
+    """name -> (path, a fragment of the error it must give as an input)."""
+    folder.mkdir(exist_ok=True)
+    fifo = folder / "fifo"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    loop = folder / "loop"
+    if not loop.is_symlink():
+        os.symlink(loop, loop)
+    dangling = folder / "dangling"
+    if not dangling.is_symlink():
+        os.symlink(folder / "nowhere", dangling)
+    plain = folder / "plain.caffemodel"
+    plain.write_bytes(b"")
+    return {
+        "fifo": (str(fifo), "is a FIFO (named pipe)"),
+        "/dev/zero": ("/dev/zero", "is a character device"),
+        "/dev/urandom": ("/dev/urandom", "is a character device"),
+        "/dev/null": ("/dev/null", "is a character device"),
+        "symlink loop": (str(loop), "too many levels of symbolic links"),
+        "dangling symlink": (str(dangling), "no such file"),
+        "folder": (str(folder), "is a directory"),
+        "long name": (str(folder / ("n" * 300)), "file name too long"),
+        "trailing slash": (str(plain) + "/", "a part of the path is not a folder"),
+    }
+
+
+def hostile_cases(work: Path, models: dict[str, Path]) -> list[Case]:
+    paths = hostile_paths(work / "hostile")
+    net, model = "lenet_train_test.prototxt", str(models["normal"])
+    solver = work / "hostile_solver.prototxt"
+    solver.write_text(BASE_SOLVER)
+    out = str(work / "hostile" / "out.caffemodel")
+    cases = []
+    for name, (p, fragment) in paths.items():
+        dangling = name == "dangling symlink"
+        positions = {
+            "test --model": (["test", "--model", p, "--weights", model, "--iterations", "1"], fragment),
+            "test --weights": (["test", "--model", net, "--weights", p, "--iterations", "1"], fragment),
+            "train --solver": (["train", "--solver", p], fragment),
+            "train --weights": (["train", "--solver", str(solver), "--weights", p],
+                                {"folder": "is a folder", "dangling symlink": "does not exist"}.get(name, fragment)),
+            "time --model": (["time", "--model", p, "--iterations", "1"], fragment),
+            "parse_model": (["parse_model", p, out + ".txt"], "does not exist" if dangling else fragment),
+            "dns_to_normal": (["dns_to_normal", net, p, net, out], "does not exist" if dangling else fragment),
+            "decode_compact": (["decode_compact", net, p, out], "does not exist" if dangling else fragment),
+            "report": (["report", net, p], "does not exist" if dangling else fragment),
+        }
+        for where, (argv, frag) in positions.items():
+            cases.append(Case("path", f"{name} as {where}", argv, refuse=frag))
+    # ... and as outputs
+    plain = work / "hostile" / "plain.caffemodel"
+    for name, p, fragment in (
+            ("folder", str(work / "hostile"), "is a directory, expected a file name to write"),
+            ("trailing slash", str(work / "hostile" / "new") + "/", "ends with a folder separator"),
+            ("long name", str(work / "hostile" / ("n" * 300)), "the file name has 300 bytes"),
+            ("symlink loop", paths["symlink loop"][0], "too many levels of symbolic links"),
+            ("/dev/null", "/dev/null", "is a character device: netcompress writes only regular files"),
+            ("fifo", paths["fifo"][0], "is a FIFO (named pipe): netcompress writes only regular files"),
+            ("the input itself", model, "would destroy the input")):
+        cases.append(Case("path", f"{name} as parse_model's output", ["parse_model", model, p], refuse=fragment))
+        cases.append(Case("path", f"{name} as dns_to_normal's output",
+                          ["dns_to_normal", net, model, net, p], refuse=fragment))
+    assert plain.read_bytes() == b""
+    return cases
+
+
+def test_fuzz_hostile_paths(work, models):
+    cases = hostile_cases(work, models)
+    with contextlib.chdir(work):
+        outcomes = [run_case(c) for c in cases]
+    check_outcomes(outcomes, work)
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume cases: corrupted .solverstate files and their netcompress sidecars, through `train --snapshot`
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def snapshot(work: Path) -> Path:
+    solver = work / "resume_solver.prototxt"
+    solver.write_text(BASE_SOLVER.replace("snapshot: 0", "snapshot: 2").replace("snap/lenet", "resume/lenet"))
+    with contextlib.chdir(work), contextlib.redirect_stderr(io.StringIO()):
+        assert cli.main(["train", "--solver", str(solver)]) == 0
+    return work / "resume" / "lenet_iter_2.solverstate"
+
+
+def resume_cases(work: Path, snapshot: Path, n: int, rng: random.Random) -> list[Case]:
+    from netcompress.solvers.state import SIDECAR_SUFFIX
+
+    cases = []
+    rdir = work / "resumes"
+    rdir.mkdir(exist_ok=True)
+    solver = str(work / "resume_solver.prototxt")
+    state = ncio.read_binary_proto(str(snapshot), pb.SolverState())
+    side = Path(str(snapshot) + SIDECAR_SUFFIX).read_bytes()
+    for k in range(n):
+        s = copy.deepcopy(state)
+        side_bytes, label = side, ""
+        op = rng.choice(["state_bytes", "side_bytes", "no_side", "history", "learned_net", "iter", "blob"])
+        if op == "history":
+            del s.history[rng.randrange(len(s.history))]
+            label = "one history blob less"
+        elif op == "learned_net":
+            s.learned_net = rng.choice(["", "missing.caffemodel", str(work / "dns.caffemodel"), "/dev/null"])
+            label = f"learned_net {s.learned_net!r}"
+        elif op == "iter":
+            s.iter = rng.choice([-1, 0, 2**31 - 1, 5])
+            label = f"iter {s.iter}"
+        elif op == "blob":
+            b = s.history[rng.randrange(len(s.history))]
+            del b.data[rng.randrange(len(b.data) or 1):]
+            label = "a history blob with too few values"
+        data = s.SerializeToString()
+        if op == "state_bytes":
+            data, label = _mutate_bytes(data, rng)
+        elif op == "side_bytes":
+            side_bytes, label = _mutate_bytes(side, rng)
+            label = "sidecar " + label
+        f = rdir / f"r{k}.solverstate"
+        f.write_bytes(data)
+        if op != "no_side":
+            Path(str(f) + SIDECAR_SUFFIX).write_bytes(side_bytes)
+        else:
+            label = "no sidecar"
+        cases.append(Case("resume", label, ["train", "--solver", solver, "--snapshot", str(f)]))
+    return cases
+
+
+def test_fuzz_resumes(work, snapshot):
+    cases = resume_cases(work, snapshot, 50, random.Random(SEED + 4))
+    with contextlib.chdir(work):
+        outcomes = [run_case(c) for c in cases]
+    check_outcomes(outcomes, work)
+
+
+# ----------------------------------------------------------------------------------------------
+# A few cases in real processes: what blocks or never ends must not hang the command line either
+# ----------------------------------------------------------------------------------------------
+
+def test_fuzz_blocking_inputs_in_a_process(work):
+    import subprocess
+    import sys
+
+    fifo = work / "hostile" / "proc.fifo"
+    fifo.parent.mkdir(exist_ok=True)
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for argv, fragment in ((["time", "--model", str(fifo)], "is a FIFO (named pipe)"),
+                           (["train", "--solver", "/dev/zero"], "is a character device"),
+                           (["test", "--model", "lenet.prototxt", "--weights", "/dev/urandom"],
+                            "is a character device")):
+        r = subprocess.run([sys.executable, "-m", "netcompress", *argv], cwd=work, env=env, capture_output=True,
+                           text=True, timeout=120)
+        errors = [l for l in r.stderr.splitlines() if " error: " in l]
+        assert r.returncode == 1 and len(errors) == 1 and fragment in errors[0], (argv, r.stderr[-2000:])
+        assert "Traceback" not in r.stderr
