@@ -536,20 +536,24 @@ class Solver:
             self._display()
         self.apply_update()
 
+    def _backward(self) -> None:
+        """The backward pass of the net's loss, between the callbacks' before_backward and after_backward."""
+        if self.net.loss is None:  # solve() refuses such a net; step() called directly does not
+            raise NetcompressError(f"the train net '{self.net.name}' has no loss (no *Loss layer "
+                                   "and no loss_weight): nothing to train")
+        for cb in self.callbacks:
+            cb.before_backward(self)
+        self.net.loss.backward()
+        for cb in self.callbacks:
+            cb.after_backward(self)
+
     def _forward_backward(self, loss_t: torch.Tensor | None) -> torch.Tensor:
         """One of the iteration's iter_size forward/backward passes; returns the loss summed so far."""
         cbs = self.callbacks
         for cb in cbs:
             cb.before_forward(self)
         self.net()
-        if self.net.loss is None:
-            raise NetcompressError(f"the train net '{self.net.name}' has no loss (no *Loss layer "
-                                   "and no loss_weight): nothing to train")
-        for cb in cbs:
-            cb.before_backward(self)
-        self.net.loss.backward()
-        for cb in cbs:
-            cb.after_backward(self)
+        self._backward()
         l = self.net.loss.detach()
         return l if loss_t is None else loss_t + l
 
@@ -622,17 +626,9 @@ class Solver:
         self._graph_body_after_forward(loop, rate)
 
     def _graph_body_after_forward(self, loop: DeviceLoop, rate: float) -> None:
-        cbs = self.callbacks
-        if self.net.loss is None:
-            raise NetcompressError(f"the train net '{self.net.name}' has no loss (no *Loss layer "
-                                   "and no loss_weight): nothing to train")
-        for cb in cbs:
-            cb.before_backward(self)
-        self.net.loss.backward()
-        for cb in cbs:
-            cb.after_backward(self)
+        self._backward()
         loop.record_loss(self.net.loss.detach())
-        for cb in cbs:
+        for cb in self.callbacks:
             cb.before_update(self)
         loop.update(self._grads(), rate, fill=False)
 
