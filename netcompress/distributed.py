@@ -11,17 +11,17 @@ once per iteration, after the last backward and before the update. It sums
 the gradients of the learnable parameters in flat buckets (~25 MiB, one dtype each, launched
 asynchronously, then awaited) and divides by W. DDP would overlap that communication with the
 backward pass, but it reduces inside every backward, while Caffe's loop (reference-semantics 2.4,
-4.3) needs the local accumulation of `iter_size` backwards with DNS's per-call gradient masking
-first, and clipping, LARS ratios and INQ freezing on the averaged gradient afterwards; DDP would
+4.3) needs the local accumulation of `iter_size` backwards with the layers' per-call gradient rules
+first, and clipping, LARS ratios and update masks on the averaged gradient afterwards; DDP would
 also broadcast the masks from rank 0 at every forward, hiding a divergence instead of preventing
 it. One all-reduce after the backward gives exactly Caffe's update, on every rank alike.
 
 Consistency (what the reference got wrong, section 4.7): every rank starts from rank 0's blobs
 and solver history (broadcast), the layers' `rank0_state` (data seeds) and the nets' named
-generators (e.g. the DNS surgery gate's); layer state computed from those identical weights (DNS
-statistics, INQ partitions) and draws from those identical generators are then identical, so all
+generators (e.g. a masked layer's random gate); layer state computed from those identical weights
+(mask statistics, partitions) and draws from those identical generators are then identical, so all
 ranks update their masks identically. At every snapshot all ranks compare checksums of the layers'
-`replicated_state()` (masks, DNS statistics) and of the weights, and the run fails loudly, naming
+`replicated_state()` (masks, their statistics) and of the weights, and the run fails loudly, naming
 the layers and ranks, if replicated state differs. Stop/snapshot requests (signals)
 and non-finite losses are agreed collectively, so all ranks stop or snapshot at the same
 iteration. Control messages travel on a gloo group (CPU), gradients on the main backend (NCCL

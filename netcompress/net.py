@@ -506,7 +506,7 @@ class Net(nn.Module):
             layer.set_iteration(iteration)
 
     def before_train_forward(self) -> None:
-        """Run the layers' pre-forward state changes (mask updates, quantization steps) in order."""
+        """Run the layers' pre-forward state changes (e.g. mask updates) in order."""
         for _, layer in self.named_layers():
             layer.before_train_forward()
 

@@ -16,7 +16,7 @@ communicate):
         on_epoch_end                when `iter` closes an epoch of `epoch_iters` iterations
         agree_request               one stop/snapshot decision for all processes
     before_snapshot                 at every snapshot point, before rank 0 writes
-    nets_rebuilt                    after `Solver.rebuild_nets` replaced the nets (e.g. growth)
+    nets_rebuilt                    after `Solver.rebuild_nets` replaced the nets (e.g. with other NetState stages)
     state_dict / load_state_dict    the callback's own state in the snapshot sidecar; a restore
                                     gives it back before loading weights and history
 
@@ -138,8 +138,8 @@ class AfterIteration(TrainingCallback):
 
 _FACTORIES: list[Callable[["Solver"], TrainingCallback | None]] = []
 
-#: The package whose modules register solver-level recipe callbacks (solver fields such as growth or
-#: global_prune, learning-rate schedules with state); all of them are imported. Layer modules
+#: The package whose modules register solver-level recipe callbacks (their solver fields,
+#: learning-rate schedules with state); all of them are imported. Layer modules
 #: register theirs on import too.
 RECIPE_PACKAGE = "netcompress.recipes"
 

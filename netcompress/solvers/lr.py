@@ -5,8 +5,8 @@ reference-semantics 4.2: the policy rate first; then, while `iter < rampup_inter
 
 Caffe's policies compute in float32, as Caffe's Dtype=float does (logged rates agree to the last
 digit). The recipe policies of recipes-spec 5.3 reproduce PyTorch/TensorFlow schedulers, which
-compute in float64 from the decimal values a user writes: `"cosine"` (with the warm-up above, it
-is MicroNet's WarmupCosineLR), `"multistep"` with `stepgamma` (cumulative gammas, INRIA/SDN), and
+compute in float64 from the decimal values a user writes: `"cosine"` (with the warm-up above, a
+warm-up cosine schedule), `"multistep"` with `stepgamma` (cumulative gammas), and
 policies registered by recipes with `register_lr_policy` (e.g. a schedule a training callback
 drives). Their proto floats are read as the shortest decimal that gives the stored float32 (0.1,
 not 0.10000000149), so the rates equal the source's.

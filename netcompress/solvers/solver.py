@@ -454,7 +454,7 @@ class Solver:
             return
         if sp.display and self.iter % sp.display == 0:
             with torch.no_grad():
-                # Unlike Caffe, no layer state changes here (e.g. DNS mask updates): the final
+                # Unlike Caffe, no layer state changes here (e.g. mask updates): the final
                 # test must see the snapshotted model (README: deviations).
                 self.net()
             loss = float(self.net.loss) if self.net.loss is not None else 0.0

@@ -1,8 +1,8 @@
 """netcompress's sidecar snapshot state: what Caffe's SolverState cannot hold.
 
 Caffe's `.solverstate` keeps the iteration, the learning-rate step and the history blobs; a
-run also depends on data positions, random generators, layer state (e.g. DNS statistics, INQ
-flags) and training callbacks' state. That goes into `<prefix>_iter_N.solverstate.nc.npz`: numpy arrays plus a JSON tree
+run also depends on data positions, random generators, layer state (each layer's
+`state_dict` extras, e.g. masks' statistics) and training callbacks' state. That goes into `<prefix>_iter_N.solverstate.nc.npz`: numpy arrays plus a JSON tree
 (no pickle), so Caffe still reads the `.solverstate` and a resumed run continues bit-identically.
 """
 from __future__ import annotations

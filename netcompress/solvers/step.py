@@ -177,7 +177,7 @@ class DeviceLoop:
         self.weight_decay = float(sp.weight_decay)
         # Per (dtype, k): the local rate rate*lr_mult of the k-th distinct lr_mult of that dtype's parameters, as a
         # device scalar refilled every iteration (`_rate_mults` holds the lr_mult). Keyed by position, not by
-        # value, so a callback that changes lr_mult per iteration (growth's grown_lr) reuses the same scalars.
+        # value, so a callback that changes lr_mult per iteration (a recipe's schedule) reuses the same scalars.
         self._rates: dict[tuple[torch.dtype, int], torch.Tensor] = {}
         self._rate_mults: dict[tuple[torch.dtype, int], float] = {}
         self.nets_changed = False  # Solver.rebuild_nets replaced the nets: check the graph again

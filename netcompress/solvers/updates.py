@@ -1,9 +1,9 @@
 """Caffe's per-parameter update rules (ComputeUpdateValue), each writing the update into `g`.
 
 The net then applies `w -= g` (Caffe's Net::Update). `h` names Caffe's history blobs. Freezing
-(a layer's `update_mask`, e.g. INQ's, Decision 5) multiplies the update value and the history by the
+(a layer's `update_mask`, Decision 5) multiplies the update value and the history by the
 mask for every solver: frozen entries get a zero update and a zero history, as the reference's SGD
-and LarsSGD do for INQ.
+and LarsSGD do.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _freeze(mask: torch.Tensor | None, *tensors: torch.Tensor) -> None:
 
 
 def sgd(g, hist, *, rate, momentum, mask=None, **_):
-    """h = momentum*h + rate*g; h *= mask (frozen entries, e.g. INQ's); g = h.
+    """h = momentum*h + rate*g; h *= mask (frozen entries: a layer's update_mask); g = h.
 
     One pass of the fused op (read g, h and the mask, write g and h) instead of four ATen kernels over h.
     Rounding: momentum*h and rate*g are each rounded, then their sum. The former add_(g, alpha=rate) could fuse
