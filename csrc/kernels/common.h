@@ -49,6 +49,10 @@ template <typename T>
 NC_HD inline T sub_rn(T a, T b) {
   return a - b;
 }
+template <typename T>
+NC_HD inline T div_rn(T a, T b) {
+  return a / b;
+}
 
 NC_HD inline float mul_rn(float a, float b) {
 #ifdef __CUDA_ARCH__
@@ -71,6 +75,14 @@ NC_HD inline float sub_rn(float a, float b) {
   return a - b;
 #endif
 }
+// The division too: __fdiv_rn/__ddiv_rn stay IEEE-exact under --use_fast_math or -prec-div=false.
+NC_HD inline float div_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
 NC_HD inline double mul_rn(double a, double b) {
 #ifdef __CUDA_ARCH__
   return __dmul_rn(a, b);
@@ -90,6 +102,13 @@ NC_HD inline double sub_rn(double a, double b) {
   return __dsub_rn(a, b);
 #else
   return a - b;
+#endif
+}
+NC_HD inline double div_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __ddiv_rn(a, b);
+#else
+  return a / b;
 #endif
 }
 

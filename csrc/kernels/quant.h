@@ -6,38 +6,6 @@
 namespace netcompress {
 namespace kernels {
 
-// x / a and a·b rounded to nearest even, spelled out on the device. The formulas below have no a·b + c that nvcc
-// could contract into an FMA, but the intrinsics also keep the division IEEE-exact under --use_fast_math or
-// -prec-div=false, so the CPU loops (built with -ffp-contract=off) and the kernels agree bit for bit.
-NC_HD inline float quant_div(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-NC_HD inline double quant_div(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __ddiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-NC_HD inline float quant_mul(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-NC_HD inline double quant_mul(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-
 // torch.round: halves to even (rint under the default rounding mode; the same as nearbyint, which torch calls).
 NC_HD inline float round_half_even(float x) {
   return rintf(x);
@@ -56,7 +24,7 @@ NC_HD inline acc_t clamp_nan(acc_t v, acc_t lo, acc_t hi) {
 // weight row has α = 0 and q = 0, not the source's 0/0 = NaN).
 template <typename acc_t>
 NC_HD inline acc_t quant_round(acc_t x, acc_t alpha) {
-  return alpha == acc_t{} ? acc_t{} : round_half_even(quant_div(x, alpha));
+  return alpha == acc_t{} ? acc_t{} : round_half_even(div_rn(x, alpha));
 }
 
 // q = clamp(round(x / α), lo, hi): an integer in [lo, hi] (NaN for NaN x).
@@ -68,7 +36,7 @@ NC_HD inline acc_t quant_code(acc_t x, acc_t alpha, acc_t lo, acc_t hi) {
 // §4.5 / §4.6 forward: y = α·clamp(round(x / α), lo, hi).
 template <typename acc_t>
 NC_HD inline acc_t quant_dequant(acc_t x, acc_t alpha, acc_t lo, acc_t hi) {
-  return quant_mul(alpha, quant_code(x, alpha, lo, hi));
+  return mul_rn(alpha, quant_code(x, alpha, lo, hi));
 }
 
 // §5.2 IntQuant forward: clamp(round_half_even(x), lo, hi) (α = 1 without the division and product).
