@@ -6,6 +6,7 @@ never leaves a truncated model where a good one was.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -14,7 +15,7 @@ import stat
 import tempfile
 import threading
 import time
-from typing import TypeVar
+from typing import IO, Iterator, TypeVar
 
 import numpy as np
 from google.protobuf import message as _pb_message
@@ -26,7 +27,7 @@ from .proto import caffe_pb2 as pb
 M = TypeVar("M", bound=_pb_message.Message)
 
 __all__ = [
-    "atomic_write", "parse_text_proto", "read_text_proto", "write_text_proto",
+    "atomic_write", "atomic_file", "parse_text_proto", "read_text_proto", "write_text_proto",
     "read_binary_proto", "write_binary_proto", "read_net", "read_solver", "read_caffemodel",
     "write_caffemodel", "read_binaryproto_array", "write_binaryproto_array", "blob_to_array",
     "array_to_blob", "blob_shape", "check_input_file", "read_input_bytes", "clean_stale_temporaries",
@@ -259,7 +260,18 @@ class _TermGuard:
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write `data` to `path` atomically: temp file in the same folder, fsync, rename.
+    """Write `data` to `path` atomically (see `atomic_file`)."""
+    if not isinstance(data, (bytes, bytearray, memoryview, str)):
+        raise TypeError(f"atomic_write: data must be bytes or str, got {type(data).__name__}")
+    with atomic_file(path, text=isinstance(data, str)) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, text: bool = False) -> Iterator[IO]:
+    """A file object to write `path` through, atomically: a temporary file in the same folder
+    (opened "w+b", seekable, as h5py's file objects need; "w" with `text`), fsynced and renamed onto
+    `path` when the block ends, removed if it raises.
 
     A symlink at `path` is written through (its target is replaced, the link kept). Temporary files
     of earlier, killed writes of `path` are removed first (rule above). OS errors become a
@@ -270,8 +282,6 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
         fcntl = None
     path = os.fspath(path)
     _check_nul(path)
-    if not isinstance(data, (bytes, bytearray, memoryview, str)):
-        raise TypeError(f"atomic_write: data must be bytes or str, got {type(data).__name__}")
     target = _write_target(path)
     folder = os.path.dirname(os.path.abspath(target))
     name = os.path.basename(target)
@@ -295,7 +305,6 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
         raise FileError(path, f"cannot write: the file name has {len(os.fsencode(name))} bytes, the file "
                               f"system allows at most {name_max}")
     clean_stale_temporaries(target)
-    mode = "wb" if isinstance(data, (bytes, bytearray, memoryview)) else "w"
     with _TermGuard():
         tmp = None
         try:
@@ -305,8 +314,8 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "a live writer": see the rule above
             except OSError:
                 pass
-            with os.fdopen(fd, mode) as f:
-                f.write(data)
+            with os.fdopen(fd, "w" if text else "w+b") as f:
+                yield f
                 f.flush()
                 os.fsync(f.fileno())
             try:  # an existing file keeps its mode; a new one gets what a plain open() would give

@@ -86,6 +86,27 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     assert [f for f in os.listdir(tmp_path) if f != "keep.bin"] == []
 
 
+def test_atomic_file_for_writers_that_need_a_file_object(tmp_path):
+    # h5py (dump_logits) writes through atomic_file's seekable file object, with atomic_write's guarantees
+    h5py = pytest.importorskip("h5py")
+    real = tmp_path / "real.h5"
+    real.write_bytes(b"old")
+    link = tmp_path / "link.h5"
+    link.symlink_to(real.name)
+    with ncio.atomic_file(link) as f, h5py.File(f, "w") as h:
+        h.create_dataset("x", data=np.arange(6, dtype=np.float32))
+    assert link.is_symlink()  # written through the link
+    with h5py.File(real, "r") as h:
+        assert h["x"][:].tolist() == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(RuntimeError, match="boom"):
+        with ncio.atomic_file(real) as f:
+            f.write(b"half")
+            raise RuntimeError("boom")
+    with h5py.File(real, "r") as h:  # the old file stays, the temporary file is gone
+        assert h["x"].shape == (6,)
+    assert sorted(os.listdir(tmp_path)) == ["link.h5", "real.h5"]
+
+
 def test_legacy_blob_shape_and_double_data():
     b = pb.BlobProto(num=2, channels=3, height=1, width=2)
     b.data.extend(range(12))

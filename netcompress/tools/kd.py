@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import os
 import sys
-import tempfile
 from typing import Sequence
 
 import numpy as np
@@ -347,24 +346,9 @@ def dump_logits(deploy: str, weights: str, source: str, blob: str, out: str, *,
 
 
 def _write_h5_atomic(path: str, arrays: dict[str, np.ndarray], h5py) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            for name, a in arrays.items():
-                f.create_dataset(name, data=a.astype(np.float32))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with ncio.atomic_file(path) as f, h5py.File(f, "w") as h:
+        for name, a in arrays.items():
+            h.create_dataset(name, data=a.astype(np.float32))
 
 
 def dump_logits_main(argv: Sequence[str] | None = None) -> int:
