@@ -1,9 +1,9 @@
 // MAX pooling on the CPU: aten::max_pool2d_with_indices's values and indices (dilation 1), for NCHW tensors.
 //
 // ATen's CPU kernel for contiguous NCHW input spends tens of cycles per output (LeNet's pool1 at batch 64,
-// 184k outputs: ~3.4 ms on one core, more than its convolution); this loop, with the window size known at
-// compile time for the common 2×2 and 3×3 kernels, takes a fraction of that. The gradient stays ATen's
-// max_pool2d_with_indices_backward, which reads these indices.
+// 184k outputs: ~4 ms on one core, more than its convolution); these loops, with the window size known at
+// compile time for the common 2×2 and 3×3 kernels (and a loop of its own for 2×2 at stride 2), take a tenth.
+// The gradient stays ATen's max_pool2d_with_indices_backward, which reads these indices.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -125,6 +125,41 @@ void interior_any(const scalar_t* x, const Geometry& g, int64_t oh0, int64_t oh1
   }
 }
 
+// 2×2 windows at stride 2 without padding, every window wholly inside the input (LeNet's pooling, and most
+// Caffe nets' 2×2 pools): `planes` planes, all their outputs in one loop nest. The window's top pair (a, b) and
+// bottom pair (c, d) are each reduced, then the bottom winner replaces the top one under the same rule. That picks
+// what the row-major scan a, b, c, d picks: without NaN the first maximum (a tie keeps the earlier pair), and
+// with NaN the last NaN (a NaN bottom winner is the last NaN of c, d; otherwise a NaN top winner stays). Selects
+// on bit masks, no branches: 2-3x faster than `plane` on LeNet's pools (3x2 rather than 4 dependent compares).
+template <typename scalar_t>
+NC_CPU_CLONES void rows_2x2(const scalar_t* __restrict x, int64_t H, int64_t W, int64_t OH, int64_t OW,
+                            int64_t planes, scalar_t* __restrict y, int64_t* __restrict ind) {
+  using U = cpu::bits_t<scalar_t>;
+  const auto select = [](U mask, scalar_t yes, scalar_t no) {
+    return cpu::bit_cast<scalar_t>((cpu::bit_cast<U>(yes) & mask) | (cpu::bit_cast<U>(no) & ~mask));
+  };
+  for (int64_t p = 0; p < planes; ++p) {
+    for (int64_t oh = 0; oh < OH; ++oh) {
+      const scalar_t* __restrict r0 = x + p * H * W + 2 * oh * W;
+      const scalar_t* __restrict r1 = r0 + W;
+      scalar_t* __restrict yo = y + (p * OH + oh) * OW;
+      int64_t* __restrict io = ind + (p * OH + oh) * OW;
+      const int64_t base = 2 * oh * W;  // the flat index of the row pair's first element in its plane
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        const scalar_t a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];
+        const U tb = -static_cast<U>(max_pool_takes(b, a));
+        const U td = -static_cast<U>(max_pool_takes(d, c));
+        const scalar_t top = select(tb, b, a), bot = select(td, d, c);
+        const U tv = -static_cast<U>(max_pool_takes(bot, top));
+        yo[ow] = select(tv, bot, top);
+        const int64_t off_top = static_cast<int64_t>(tb & 1), off_bot = W + static_cast<int64_t>(td & 1);
+        const int64_t mv = -static_cast<int64_t>(tv & 1);
+        io[ow] = base + 2 * ow + ((off_bot & mv) | (off_top & ~mv));
+      }
+    }
+  }
+}
+
 template <typename scalar_t, int K>
 void plane(const scalar_t* x, scalar_t* y, int64_t* ind, const Geometry& g) {
   // The interior: rows and columns whose windows lie wholly inside the input, hs >= 0 and hs + kh <= H.
@@ -198,7 +233,17 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& self, at::In
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     int64_t* ip = ind.mutable_data_ptr<int64_t>();
     const bool k2 = g.kh == 2 && g.kw == 2, k3 = g.kh == 3 && g.kw == 3;
+    constexpr bool kVector = std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>;
+    const bool fast2 = kVector && k2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 && 2 * g.OH <= g.H &&
+                       2 * g.OW <= g.W;
     at::parallel_for(0, planes, grain, [&](int64_t first, int64_t last) {
+      if (fast2) {
+        if constexpr (kVector) {
+          rows_2x2<scalar_t>(xp + first * g.H * g.W, g.H, g.W, g.OH, g.OW, last - first,
+                             yp + first * g.OH * g.OW, ip + first * g.OH * g.OW);
+        }
+        return;
+      }
       for (int64_t p = first; p < last; ++p) {
         const scalar_t* xi = xp + p * g.H * g.W;
         scalar_t* yi = yp + p * g.OH * g.OW;

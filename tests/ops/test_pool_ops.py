@@ -26,6 +26,11 @@ GEOMETRIES = [
     ((1, 2, 9, 601), (3, 3), (2, 2), (1, 1), False),
     ((1, 2, 9, 20), (2, 4), (3, 3), (1, 2), True),
     ((3, 11, 11), (5, 5), (1, 1), (2, 2), False),  # 3-D input
+    # the 2x2 stride-2 path (every window inside): odd sizes in floor mode, short and long rows, 3-D
+    ((2, 3, 9, 11), (2, 2), (2, 2), (0, 0), False),
+    ((3, 5, 8, 8), (2, 2), (2, 2), (0, 0), True),
+    ((1, 2, 6, 70), (2, 2), (2, 2), (0, 0), False),
+    ((4, 10, 10), (2, 2), (2, 2), (0, 0), True),
 ]
 
 
@@ -45,6 +50,22 @@ def test_max_pool_matches_pytorch(dtype, geometry, gen):
     y_ref, ind_ref = ref.max_pool2d(x, k, s, p, ceil)
     assert ind.dtype == torch.int64 and torch.equal(ind, ind_ref)
     assert y.dtype == dtype and _same(y, y_ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_max_pool_2x2_every_window(dtype):
+    """Every 2x2 window over {-inf, -0.0, 0, 1, NaN}: ties, signed zeros, NaNs in every position (the 2x2 stride-2
+    path compares the row pairs first, then their winners, which must pick what row-major order picks)."""
+    import itertools
+    values = [-math.inf, -0.0, 0.0, 1.0, math.nan]
+    windows = torch.tensor(list(itertools.product(values, repeat=4)), dtype=dtype)  # (625, 4)
+    x = windows.view(1, -1, 2, 2)
+    for n_side in (1, 3):  # one window per plane, and 3x3 windows per plane (625 = 5^4 planes / windows)
+        xi = x if n_side == 1 else windows.view(25, 5, 5, 2, 2)[:, :3, :3].permute(0, 1, 3, 2, 4).reshape(1, 25, 6, 6)
+        y, ind = ops.max_pool2d(xi, (2, 2), (2, 2), (0, 0), False)
+        y_ref, ind_ref = ref.max_pool2d(xi, (2, 2), (2, 2), (0, 0), False)
+        assert torch.equal(ind, ind_ref) and _same(y, y_ref)
+        assert bool((((y == y_ref) & (torch.signbit(y) == torch.signbit(y_ref))) | torch.isnan(y_ref)).all())
 
 
 @pytest.mark.parametrize("layout", ["noncontiguous", "random"])
