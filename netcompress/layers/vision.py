@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Sequence
 
 import torch
@@ -35,6 +36,55 @@ def _per_axis(layer: Layer, values: Sequence[int], h: int | None, w: int | None,
         raise layer.error(f"{what} must be given once or once per spatial axis ({n}), "
                           f"got {len(values)} values")
     return tuple(int(v) for v in values)
+
+
+CONV_LAYOUT_ENV = "NETCOMPRESS_CONV_LAYOUT"
+
+
+def _simd_channels() -> int:
+    """The channel block of oneDNN's blocked layouts on this CPU: 16 floats with AVX-512, 8 otherwise."""
+    try:
+        return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
+    except (AttributeError, RuntimeError):  # torch without get_cpu_capability
+        return 8
+
+
+def cpu_channels_last(channels: int, num_output: int, group: int, num_spatial: int) -> bool:
+    """Whether a 2-D convolution runs on the CPU with its input in channels-last (NHWC) memory order.
+
+    PyTorch's CPU convolution is oneDNN's. For an NCHW input it uses oneDNN's blocked layout, which pads both
+    channel axes to a multiple of the SIMD width (16 floats with AVX-512): LeNet's conv2 (20 -> 50 channels)
+    then computes 32 -> 64, 2.0x the arithmetic. For a channels-last input oneDNN uses its brgemm kernels,
+    which need no padding. So: channels-last where a channel count is not a multiple of the block, for
+    ungrouped convolutions past the first layer (with 1-3 input channels, oneDNN's NCHW first-layer kernel is
+    faster). Measured fwd+bwd on one AVX-512 core (benchmarks/RESULTS.md): 1.1-1.5x on such shapes, 0.8-0.9x on
+    aligned ones, which therefore stay NCHW. A rule on the shapes, not a timing, so that a net's numerics do not
+    depend on the machine's load. `NETCOMPRESS_CONV_LAYOUT=nchw` turns it off (bit-identical to earlier runs).
+    """
+    if num_spatial != 2 or group != 1 or channels < 8:
+        return False
+    if os.environ.get(CONV_LAYOUT_ENV, "auto").strip().lower() == "nchw":
+        return False
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return False
+    block = _simd_channels()
+    return channels % block != 0 or num_output % block != 0
+
+
+class _ToChannelsLast(torch.autograd.Function):
+    """x in channels-last memory order; the gradient back in x's order (contiguous NCHW).
+
+    Plain `x.contiguous(memory_format=torch.channels_last)` would hand its gradient on in channels-last order,
+    and the layer below (pooling's backward, a ReLU) would then work on, or copy from, a permuted tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
 
 
 class _ConvBase(Layer):
@@ -96,6 +146,8 @@ class _ConvBase(Layer):
         if self.bias_term:
             self.add_blob("bias", fill(self.new_empty(self.num_output, what="the bias blob"), cp.bias_filler,
                                        ctx.generator, where))
+        self._channels_last = not self.transposed and cpu_channels_last(self.channels, self.num_output,
+                                                                          self.group, n)
         self._fn = [None, F.conv1d, F.conv2d, F.conv3d][n] if not self.transposed else \
             [None, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d][n]
 
@@ -130,6 +182,10 @@ class _ConvBase(Layer):
         if self.transposed:
             y = self._fn(x, w, b, stride=self.stride, padding=self.pad, groups=self.group,
                          dilation=self.dilation)
+        elif self._channels_last and x.device.type == "cpu" and x.dtype == torch.float32:
+            # cpu_channels_last: NHWC in, the result back in NCHW for the layers after it.
+            y = self._fn(_ToChannelsLast.apply(x), w, b, stride=self.stride,
+                         padding=self.pad, dilation=self.dilation, groups=self.group).contiguous()
         else:
             y = self._fn(x, w, b, stride=self.stride, padding=self.pad, dilation=self.dilation,
                          groups=self.group)

@@ -86,6 +86,59 @@ def test_convolution_against_loops(make_layer, fields, shape):
     assert gradcheck(lambda *a: params_call(layer, *a), (x[:1].clone().requires_grad_(), *blobs_for_grad(layer)))
 
 
+@pytest.mark.parametrize("channels,num_output,group,spatial,expected", [
+    (20, 50, 1, 2, True),     # LeNet conv2: 20 and 50 are not multiples of the block
+    (32, 50, 1, 2, True),
+    (1, 20, 1, 2, False),     # LeNet conv1: a first layer stays NCHW
+    (3, 96, 1, 2, False),
+    (32, 64, 1, 2, False),    # aligned on any block (8 or 16)
+    (96, 256, 1, 2, False),
+    (20, 50, 2, 2, False),    # grouped
+    (20, 50, 1, 3, False),    # 3-D
+    (20, 50, 1, 1, False),
+])
+def test_cpu_channels_last_rule(monkeypatch, channels, num_output, group, spatial, expected):
+    from netcompress.layers.vision import CONV_LAYOUT_ENV, cpu_channels_last
+    monkeypatch.delenv(CONV_LAYOUT_ENV, raising=False)
+    if expected and not torch.backends.mkldnn.is_available():
+        expected = False
+    assert cpu_channels_last(channels, num_output, group, spatial) is expected
+    monkeypatch.setenv(CONV_LAYOUT_ENV, "nchw")
+    assert cpu_channels_last(channels, num_output, group, spatial) is False
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs PyTorch's oneDNN (mkldnn) CPU backend")
+def test_convolution_channels_last_path(make_layer, monkeypatch):
+    """LeNet's conv2 in float32 on the CPU runs channels-last: the same results as NCHW up to rounding, its top
+    and the gradient it hands down in NCHW order, and NETCOMPRESS_CONV_LAYOUT=nchw gives exactly PyTorch's NCHW
+    convolution."""
+    from netcompress.layers.vision import CONV_LAYOUT_ENV
+    snippet = ('type: "Convolution" convolution_param { num_output: 50 kernel_size: 5 '
+               'weight_filler { type: "xavier" } bias_filler { type: "uniform" min: -1 max: 1 } }')
+    shape = (4, 20, 12, 12)
+    layers = {}
+    for layout in ("auto", "nchw"):
+        monkeypatch.setenv(CONV_LAYOUT_ENV, layout)
+        layers[layout] = make_layer(snippet, shape, dtype=torch.float32)
+    assert layers["auto"]._channels_last and not layers["nchw"]._channels_last
+    x = rand(*shape).float()
+    grads = {}
+    for layout, layer in layers.items():
+        xi = x.clone().requires_grad_()
+        # a layer below whose output is x (as pooling's is), so the gradient reaching it can be inspected
+        below = xi * 1.0
+        below.retain_grad()
+        y = layer(below)
+        assert y.is_contiguous()  # NCHW for the layers above
+        y.backward(torch.full_like(y, 0.01))
+        grads[layout] = (y.detach(), below.grad, layer.weight.grad, layer.bias.grad)
+        assert below.grad.is_contiguous() and layer.weight.grad.is_contiguous()  # the solver's fused ops read these
+    for a, b in zip(grads["auto"], grads["nchw"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    w, b = layers["nchw"].weight.detach(), layers["nchw"].bias.detach()
+    assert torch.equal(grads["nchw"][0], torch.nn.functional.conv2d(x, w, b))
+
+
 def test_convolution_blob_shapes_and_fillers(make_layer):
     layer = make_layer('type: "Convolution" convolution_param { num_output: 6 kernel_h: 3 kernel_w: 2 group: 2 }',
                        (1, 4, 5, 5))
