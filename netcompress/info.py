@@ -41,11 +41,21 @@ def _extension() -> dict:
     return out
 
 
+def _cpu_capability() -> str:
+    import torch
+
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):  # torch without get_cpu_capability
+        return "unknown"
+
+
 def collect_info() -> dict:
     """Everything `netcompress info` prints, as a dict."""
     import torch
 
     from . import __version__
+    from .layers.vision import cpu_conv_layout
     from .threads import current_choice
 
     try:
@@ -67,7 +77,8 @@ def collect_info() -> dict:
         "threads": {"torch threads": torch.get_num_threads(), "interop threads": torch.get_num_interop_threads(),
                     "CPUs this process may use": cpus, "chosen": choice.describe(),
                     "OpenMP available": torch.backends.openmp.is_available()},
-        "devices": {"CUDA available": torch.cuda.is_available(), "CUDA devices": devices},
+        "devices": {"CUDA available": torch.cuda.is_available(), "CUDA devices": devices,
+                    "CPU capability": _cpu_capability(), "CPU convolution layout": cpu_conv_layout()},
     }
 
 
@@ -100,6 +111,8 @@ def format_info(info: dict) -> str:
     dev = info["devices"]
     lines.append(f"  CUDA available: {dev['CUDA available']}")
     lines += [f"  {d}" for d in dev["CUDA devices"]] or ["  CUDA devices: none (runs on the CPU)"]
+    lines.append(f"  CPU capability: {dev['CPU capability']}")
+    lines.append(f"  CPU convolution layout: {dev['CPU convolution layout']}")
     return "\n".join(lines)
 
 

@@ -49,6 +49,24 @@ def _simd_channels() -> int:
         return 8
 
 
+def _nchw_only() -> str | None:
+    """Why every CPU convolution stays NCHW, or None when the layout rule applies."""
+    if os.environ.get(CONV_LAYOUT_ENV, "auto").strip().lower() == "nchw":
+        return f"{CONV_LAYOUT_ENV}=nchw"
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return "PyTorch's oneDNN backend is not available"
+    return None
+
+
+def cpu_conv_layout() -> str:
+    """The CPU convolution layout rule in force, in words (`netcompress info`)."""
+    why = _nchw_only()
+    if why:
+        return f"NCHW for every convolution ({why})"
+    return (f"channels-last where a channel count is not a multiple of {_simd_channels()} (ungrouped 2-D, "
+            f">= 8 input channels), else NCHW; {CONV_LAYOUT_ENV}=nchw for NCHW everywhere")
+
+
 def cpu_channels_last(channels: int, num_output: int, group: int, num_spatial: int) -> bool:
     """Whether a 2-D convolution runs on the CPU with its input in channels-last (NHWC) memory order.
 
@@ -61,11 +79,7 @@ def cpu_channels_last(channels: int, num_output: int, group: int, num_spatial: i
     aligned ones, which therefore stay NCHW. A rule on the shapes, not a timing, so that a net's numerics do not
     depend on the machine's load. `NETCOMPRESS_CONV_LAYOUT=nchw` turns it off (bit-identical to earlier runs).
     """
-    if num_spatial != 2 or group != 1 or channels < 8:
-        return False
-    if os.environ.get(CONV_LAYOUT_ENV, "auto").strip().lower() == "nchw":
-        return False
-    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+    if num_spatial != 2 or group != 1 or channels < 8 or _nchw_only():
         return False
     block = _simd_channels()
     return channels % block != 0 or num_output % block != 0
