@@ -39,6 +39,10 @@ def _per_axis(layer: Layer, values: Sequence[int], h: int | None, w: int | None,
 
 
 CONV_LAYOUT_ENV = "NETCOMPRESS_CONV_LAYOUT"
+# Below this many output positions (batch x output height x width) a call stays NCHW: the two layout conversions
+# then cost more than the unpadded kernel saves (LeNet's conv2 fwd+bwd, 1 thread: batch 1 0.73x, 2-4 0.9-1.1x,
+# 8 and up 1.2-1.45x; benchmarks/RESULTS.md).
+CHANNELS_LAST_MIN_POSITIONS = 512
 
 
 def _simd_channels() -> int:
@@ -76,7 +80,8 @@ def cpu_channels_last(channels: int, num_output: int, group: int, num_spatial: i
     which need no padding. So: channels-last where a channel count is not a multiple of the block, for
     ungrouped convolutions past the first layer (with 1-3 input channels, oneDNN's NCHW first-layer kernel is
     faster). Measured fwd+bwd on one AVX-512 core (benchmarks/RESULTS.md): 1.1-1.5x on such shapes, 0.8-0.9x on
-    aligned ones, which therefore stay NCHW. A rule on the shapes, not a timing, so that a net's numerics do not
+    aligned ones, which therefore stay NCHW; and a call with fewer than CHANNELS_LAST_MIN_POSITIONS output
+    positions (a batch of one) stays NCHW too. A rule on the shapes, not a timing, so that a net's numerics do not
     depend on the machine's load. `NETCOMPRESS_CONV_LAYOUT=nchw` turns it off (bit-identical to earlier runs).
     """
     if num_spatial != 2 or group != 1 or channels < 8 or _nchw_only():
@@ -162,6 +167,8 @@ class _ConvBase(Layer):
                                        ctx.generator, where))
         self._channels_last = not self.transposed and cpu_channels_last(self.channels, self.num_output,
                                                                           self.group, n)
+        if self._channels_last:  # output positions per sample, for CHANNELS_LAST_MIN_POSITIONS
+            self._positions = math.prod(self.top_shapes([shape0])[0][self.axis + 1:])
         self._fn = [None, F.conv1d, F.conv2d, F.conv3d][n] if not self.transposed else \
             [None, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d][n]
 
@@ -196,7 +203,8 @@ class _ConvBase(Layer):
         if self.transposed:
             y = self._fn(x, w, b, stride=self.stride, padding=self.pad, groups=self.group,
                          dilation=self.dilation)
-        elif self._channels_last and x.device.type == "cpu" and x.dtype == torch.float32:
+        elif (self._channels_last and x.device.type == "cpu" and x.dtype == torch.float32
+              and x.shape[0] * self._positions >= CHANNELS_LAST_MIN_POSITIONS):
             # cpu_channels_last: NHWC in, the result back in NCHW for the layers after it.
             y = self._fn(_ToChannelsLast.apply(x), w, b, stride=self.stride,
                          padding=self.pad, dilation=self.dilation, groups=self.group).contiguous()

@@ -107,6 +107,20 @@ def test_cpu_channels_last_rule(monkeypatch, channels, num_output, group, spatia
     assert cpu_channels_last(channels, num_output, group, spatial) is False
 
 
+def _in_graph(t: torch.Tensor, node_name: str) -> bool:
+    """Whether the autograd graph behind t has a node of that name."""
+    todo, seen = [t.grad_fn], set()
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if type(fn).__name__ == node_name:
+            return True
+        todo += [f for f, _ in fn.next_functions]
+    return False
+
+
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs PyTorch's oneDNN (mkldnn) CPU backend")
 def test_convolution_channels_last_path(make_layer, monkeypatch):
     """LeNet's conv2 in float32 on the CPU runs channels-last: the same results as NCHW up to rounding, its top
@@ -115,7 +129,7 @@ def test_convolution_channels_last_path(make_layer, monkeypatch):
     from netcompress.layers.vision import CONV_LAYOUT_ENV
     snippet = ('type: "Convolution" convolution_param { num_output: 50 kernel_size: 5 '
                'weight_filler { type: "xavier" } bias_filler { type: "uniform" min: -1 max: 1 } }')
-    shape = (4, 20, 12, 12)
+    shape = (8, 20, 12, 12)  # 8 x 8 x 8 = 512 output positions: CHANNELS_LAST_MIN_POSITIONS
     layers = {}
     for layout in ("auto", "nchw"):
         monkeypatch.setenv(CONV_LAYOUT_ENV, layout)
@@ -130,6 +144,7 @@ def test_convolution_channels_last_path(make_layer, monkeypatch):
         below.retain_grad()
         y = layer(below)
         assert y.is_contiguous()  # NCHW for the layers above
+        assert _in_graph(y, "_ToChannelsLastBackward") == (layout == "auto")
         y.backward(torch.full_like(y, 0.01))
         grads[layout] = (y.detach(), below.grad, layer.weight.grad, layer.bias.grad)
         assert below.grad.is_contiguous() and layer.weight.grad.is_contiguous()  # the solver's fused ops read these
@@ -137,6 +152,9 @@ def test_convolution_channels_last_path(make_layer, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     w, b = layers["nchw"].weight.detach(), layers["nchw"].bias.detach()
     assert torch.equal(grads["nchw"][0], torch.nn.functional.conv2d(x, w, b))
+    # a smaller call (here a batch of 4: 256 positions) stays NCHW, where the conversions would cost more
+    x4 = x[:4]
+    assert torch.equal(layers["auto"](x4), torch.nn.functional.conv2d(x4, layers["auto"].weight, layers["auto"].bias))
 
 
 def test_convolution_blob_shapes_and_fillers(make_layer):
