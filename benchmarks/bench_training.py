@@ -11,7 +11,8 @@ InnerProduct -> DNSInnerProduct / INQInnerProduct, with constant-1 mask fillers:
        every update freezes those entries (the masked SGD update).
 Per (net, variant, device, threads):
   fwd+bwd  ms per forward + backward at iteration 0 (what `caffe time` measures: Caffe's DNS layers do their
-           surgery inside every TRAIN forward, and `caffe time` never advances the iteration)
+           surgery inside every TRAIN forward, and `caffe time` never advances the iteration); on the CPU also
+           split into forward and backward, as Caffe's "Average Forward pass" / "Average Backward pass"
   train    iterations/s of Solver.step (forward, backward, SGD momentum update, DNS/INQ hooks)
   memory   peak memory of a few steps of that variant alone, above what its built solver holds: CUDA peak
            allocated (torch.cuda.max_memory_allocated); CPU, which has no allocator statistics, peak resident
@@ -332,14 +333,20 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
 
 
-def _fwd_bwd(net):
+def _fwd_bwd(net, split: list | None = None):
+    """One forward + backward at iteration 0, as `caffe time`. With `split` (CPU only: the host clock is the
+    device's there), each call appends its (forward s, backward s), Caffe's "Average Forward/Backward pass"."""
     def run():
+        t0 = time.perf_counter()
         net.zero_grad(set_to_none=True)
         net.set_iteration(0)
         net.before_train_forward()
         net()
+        t1 = time.perf_counter()
         net.before_backward()
         net.loss.backward()
+        if split is not None:
+            split.append((t1 - t0, time.perf_counter() - t1))
     return run
 
 
@@ -381,8 +388,10 @@ def measure_group(job: dict) -> list[dict]:
         fb_subjects.update({(BASELINE, b): (subjects[(BASELINE, "eager")] if b == job["batch"]
                                             else Baseline(name, b, device)) for b in job["fwd_bwd_batches"]})
 
-    def fwd_bwd(x):
-        return x.fwd_bwd if isinstance(x, Baseline) else _fwd_bwd(x)
+    splits = {k: [] for k in fb_subjects}  # netcompress rows on the CPU: (forward, backward) of each timed pass
+
+    def fwd_bwd(x, split=None):
+        return x.fwd_bwd if isinstance(x, Baseline) else _fwd_bwd(x, split)
 
     for k, x in subjects.items():  # from iteration 0: INQ quantizes there, DNS computes its statistics
         x.step(_warmup_steps(job))
@@ -400,7 +409,7 @@ def measure_group(job: dict) -> list[dict]:
             train[k].append(dt / block)
             spent += dt
         for k, x in fb_subjects.items():
-            fb[k].append(once(fwd_bwd(x)))
+            fb[k].append(once(fwd_bwd(x, splits[k] if device == "cpu" else None)))
         rounds += 1
     out = []
     for (v, m), x in subjects.items():
@@ -415,6 +424,9 @@ def measure_group(job: dict) -> list[dict]:
         for b in job["fwd_bwd_batches"]:
             t = _summary(fb[(v, b)])
             r["fwd_bwd"][str(b)] = {**t, "ms": t["s"] * 1e3}
+            if splits[(v, b)]:  # medians of the parts (they need not add up to the median of the sums)
+                r["fwd_bwd"][str(b)]["forward_ms"] = statistics.median(f for f, _ in splits[(v, b)]) * 1e3
+                r["fwd_bwd"][str(b)]["backward_ms"] = statistics.median(g for _, g in splits[(v, b)]) * 1e3
         loss = x.loss if baseline else x.net.loss
         r["loss"] = float(loss.detach()) if loss is not None else None
         out.append(r)
@@ -640,7 +652,8 @@ def versus_caffe(runs: list[dict]) -> list[dict]:
         for b, v in r["fwd_bwd"].items():
             ref = CAFFE_LENET["fwd_bwd_ms"].get(int(b))
             if ref:
-                entry["fwd_bwd"][b] = {"ms": v["ms"], "caffe_ms": ref, "speedup": ref / v["ms"]}
+                entry["fwd_bwd"][b] = {"ms": v["ms"], "caffe_ms": ref, "speedup": ref / v["ms"],
+                                       **{k: v[k] for k in ("forward_ms", "backward_ms") if k in v}}
         out.append(entry)
     return out
 
@@ -708,14 +721,20 @@ def tables(result: dict) -> str:
                      + C.format_table(rows, [("net", "net"), ("dev", "device"), ("thr", "threads"), ("batch", "batch"),
                                              ("plain", "student it/s"), ("kd", "with KD it/s"), ("x", "time")]))
     if result["vs_caffe"]:
+        def split(f):
+            return f"{C.fmt(f['forward_ms'])} + {C.fmt(f['backward_ms'])}" if "forward_ms" in f else "-"
+
         rows = [{"variant": v["variant"], "thr": v["threads"], "it_s": C.fmt(v["train_it_s"]),
                  "x": f"{v['train_speedup']:.2f}x",
-                 "fb": "  ".join(f"{C.fmt(f['ms'])} ms@{b} ({f['speedup']:.2f}x)" for b, f in v["fwd_bwd"].items())}
+                 "fb": "  ".join(f"{C.fmt(f['ms'])} ms@{b} ({f['speedup']:.2f}x)" for b, f in v["fwd_bwd"].items()),
+                 "split": "  ".join(f"{split(f)}@{b}" for b, f in v["fwd_bwd"].items())}
                 for v in result["vs_caffe"]]
         parts.append("== LeNet vs the reference Caffe (CPU, 1 BLAS thread: 20.7 ms fwd+bwd @64, 40.7 ms @128, "
-                     "31 it/s training; target >= 2x)\n"
+                     "31 it/s training; target >= 2x; forward + backward: medians of each pass's parts, "
+                     "Caffe's \"Average Forward pass\" and \"Average Backward pass\")\n"
                      + C.format_table(rows, [("variant", "variant"), ("thr", "threads"), ("it_s", "train it/s"),
-                                             ("x", "vs 31 it/s"), ("fb", "fwd+bwd (speed-up)")]))
+                                             ("x", "vs 31 it/s"), ("fb", "fwd+bwd (speed-up)"),
+                                             ("split", "forward + backward ms")]))
     return "\n\n".join(parts)
 
 

@@ -100,6 +100,13 @@ def test_training_quick_json(tmp_path):
     assert {(o["variant"]) for o in r["overhead"]} == {"dns", "inq"}
     assert {v["variant"] for v in r["vs_caffe"]} == set(bt.VARIANTS)
     assert all(_positive(v["train_speedup"]) for v in r["vs_caffe"])
+    # Caffe's three `time` figures: forward, backward (CPU: timed inside each pass) and forward+backward
+    for v in r["vs_caffe"]:
+        f = v["fwd_bwd"]["64"]
+        assert _positive(f["forward_ms"]) and _positive(f["backward_ms"])
+        assert f["forward_ms"] + f["backward_ms"] == pytest.approx(f["ms"], rel=0.5)
+    for x in runs:  # the hand-written baseline is timed whole
+        assert ("forward_ms" in x["fwd_bwd"]["64"]) == (x["variant"] != "pytorch")
     # ratios against the baseline, from the same rotation
     assert [(v["variant"], v["step_mode"]) for v in r["vs_pytorch"]] == [(v, "eager") for v in bt.VARIANTS]
     base = next(x for x in runs if x["variant"] == "pytorch")["train"]["it_s"]
@@ -115,6 +122,7 @@ def test_training_quick_json(tmp_path):
     assert ops["dns"] > ops["plain"]  # the surgery's mask updates and masked weights
     text = bt.tables(r)
     assert "== against hand-written PyTorch" in text and "== host work per training step" in text
+    assert re.search(r"\nplain +1 +\S+ +\S+x +\S+ ms@64 \(\S+x\) +\S+ \+ \S+@64\n", text)
     assert re.search(r"\ndns +eager +cpu +%.0f +- " % ops["dns"], text)
     # the KD row: the student alone and with its frozen teacher, one ratio from one run
     [kd] = r["kd"]
