@@ -308,6 +308,11 @@ class Layer(nn.Module):
         elif isinstance(state, dict) and "rng" in state and getattr(self, "_rng", None) is not None:
             self.set_rng_state(state["rng"])
 
+    def non_finite_cause(self) -> str | None:
+        """After a non-finite loss, what this layer knows of its cause, as a sentence for the solver's error
+        (None: nothing). It may read the device: training is stopping."""
+        return None
+
     def error(self, message: str) -> NetDefinitionError:
         return NetDefinitionError(f"layer '{self.name}' (type {self.type_name}): {message}")
 

@@ -54,6 +54,34 @@ class LossLayer(Layer):
     is_loss = True
     auto_top = True
     min_tops, max_tops = 1, 1
+    # Set by `device_label_check`: a device flag, true once a label was out of range (None until it runs).
+    label_fault: torch.Tensor | None = None
+    _label_classes = 0
+
+    def device_label_check(self, lab: torch.Tensor, n: int, valid: torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`check_label_range` without a host read, for labels off the CPU: there a read would synchronize the
+        device at every iteration, and cannot be captured in a CUDA graph (solvers/step.py). Returns the labels
+        clamped into [0, n), safe to gather with, and a 0-d tensor to add to the loss: 0, or NaN when a label
+        (not ignore_label) is out of range. The NaN stops training at the solver's finite-loss check, whose
+        message then names this layer (`non_finite_cause`); `label_fault` keeps the fact on the device."""
+        bad = (lab < 0) | (lab >= n)
+        if valid is not None:
+            bad &= valid
+        any_bad = bad.any()
+        if self.label_fault is None or self.label_fault.device != lab.device:
+            self.label_fault = torch.zeros((), dtype=torch.bool, device=lab.device)
+        self.label_fault.logical_or_(any_bad)
+        self._label_classes = n
+        poison = torch.zeros((), device=lab.device).masked_fill_(any_bad, math.nan)
+        return lab.clamp(0, n - 1), poison
+
+    def non_finite_cause(self) -> str | None:
+        if self.label_fault is None or not bool(self.label_fault):
+            return None
+        ignore = " and not ignore_label" if getattr(self, "ignore_label", None) is not None else ""
+        return (f"Layer '{self.name}' (type {self.type_name}) got a label outside [0, {self._label_classes}) (the "
+                f"predictions' classes){ignore}: the data's labels do not fit the net.")
 
     def check_batch(self, bottom_shapes: Sequence[Shape]) -> None:
         """Caffe's LossLayer::Reshape check: data and label share their first dimension."""
@@ -104,7 +132,11 @@ class SoftmaxWithLoss(LossLayer):
         valid = None
         if self.ignore_label is not None:
             valid = lab != self.ignore_label
-        check_label_range(self, lab, C, valid)
+        poison = None
+        if _host_check(lab):
+            check_label_range(self, lab, C, valid)
+        else:
+            lab, poison = self.device_label_check(lab, C, valid)
         if valid is not None:
             lab = torch.where(valid, lab, torch.zeros_like(lab))
         nll = -logp3.gather(1, lab).squeeze(1)
@@ -117,6 +149,8 @@ class SoftmaxWithLoss(LossLayer):
             count = self.outer * self.inner
         norm = loss_normalizer(self.loss_param, self.outer, self.inner, count)
         loss = nll.sum() / norm
+        if poison is not None:
+            loss = loss + poison
         if len(self.layer_param.top) == 2:
             # Caffe's backward ignores the diff of the probability top: detached.
             return loss, torch.softmax(x.detach(), dim=self.axis)
@@ -126,6 +160,12 @@ class SoftmaxWithLoss(LossLayer):
 def _labels(label: torch.Tensor) -> torch.Tensor:
     """Labels as Caffe reads them: static_cast<int>, i.e. truncation toward zero; no gradient."""
     return label.detach().long()
+
+
+def _host_check(lab: torch.Tensor) -> bool:
+    """Whether a graph-safe loss checks its labels with a host read (check_label_range): on the CPU, where the
+    read costs nothing; elsewhere LossLayer.device_label_check."""
+    return lab.device.type == "cpu"
 
 
 def check_label_range(layer: Layer, lab: torch.Tensor, n: int, valid: torch.Tensor | None = None) -> None:

@@ -654,9 +654,10 @@ class Solver:
         kept = self.last_snapshot or "none was written"
         where = "" if not bad_ranks else \
             f" on rank{'s' if len(bad_ranks) > 1 else ''} {', '.join(map(str, bad_ranks))}"
+        causes = [c for c in (layer.non_finite_cause() for layer in self.net.layers.values()) if c]
+        advice = " ".join(causes) if causes else "Lower base_lr or check the data and weights."
         msg = (f"Iteration {iteration}, loss = {loss}: the loss is not finite{where}, training "
-               f"stopped before applying this update. Last good snapshot: {kept}. Lower base_lr "
-               "or check the data and weights.")
+               f"stopped before applying this update. Last good snapshot: {kept}. {advice}")
         if self.root:
             log.error(msg)
         # Deferred modes: the iterations after it changed no weight or history; the solver stands where

@@ -291,7 +291,9 @@ class DeviceLoop:
         if masked:  # frozen entries: zero history (and so a zero update); h * (mask*ok + (1-ok)), exact
             not_ok = torch.sub(one, ok_f)
             eff = torch._foreach_mul([m for _, m in masked], ok_f)
-            torch._foreach_add_(eff, not_ok)
+            # The explicit overload: given a 0-d tensor, `torch._foreach_add_` picks the Scalar one and reads the
+            # value on the host (a device sync, which a CUDA graph's capture refuses).
+            torch.ops.aten._foreach_add_.Tensor(eff, not_ok)
             torch._foreach_mul_([hs[k] for k, _ in masked], eff)
         torch._foreach_copy_(gs, hs)  # Caffe's diff holds the update
         if self.lr_outside:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from torch.autograd import gradcheck
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from netcompress import io as ncio
 from netcompress.errors import NetDefinitionError
@@ -69,6 +70,53 @@ def test_softmax_with_loss_spatial_ignore_and_normalization(make_layer, mode):
     torch.testing.assert_close(layer(x, lab), torch.tensor(ref, dtype=torch.float64))
     torch.testing.assert_close(grad_of(layer, x, lab), ref_grad)
     assert gradcheck(lambda v: layer(v, lab), (x.clone().requires_grad_(),))
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts host reads of tensor values (what would synchronize a GPU, and break a CUDA graph's capture)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("ignore", [None, 2])
+def test_softmax_with_loss_device_label_check(make_layer, monkeypatch, ignore):
+    """Off the CPU (here forced), SoftmaxWithLoss checks its labels without a host read: the same loss and
+    gradient for good labels; a label out of range makes the loss NaN (the solver's finite check stops there)
+    and the layer names the cause, where the CPU path raises at once."""
+    from netcompress.layers import loss as loss_module
+    extra = f"loss_param {{ ignore_label: {ignore} }}" if ignore is not None else ""
+    layer = make_layer(f'type: "SoftmaxWithLoss" {extra}', (2, 4, 3, 2), (2, 3, 2))
+    x = rand(2, 4, 3, 2) * 3
+    lab = labels(12, 4, shape=(2, 3, 2))
+    if ignore is not None:
+        lab[0, 0, 0] = ignore
+    want, want_grad = layer(x, lab), grad_of(layer, x, lab)
+    monkeypatch.setattr(loss_module, "_host_check", lambda t: False)
+    with _HostReads() as hr:
+        got = layer(x, lab)
+        got_grad = grad_of(layer, x, lab)
+    assert hr.reads == 0
+    assert torch.equal(got, want) and torch.equal(got_grad, want_grad)
+    assert layer.non_finite_cause() is None
+    bad = lab.clone()
+    bad[1, 2, 1] = 4.0  # one class too far
+    with _HostReads() as hr:
+        out = layer(x, bad)
+    assert hr.reads == 0 and torch.isnan(out)
+    assert layer.non_finite_cause() == (
+        "Layer 'layer' (type SoftmaxWithLoss) got a label outside [0, 4) (the predictions' classes)"
+        f"{' and not ignore_label' if ignore is not None else ''}: the data's labels do not fit the net.")
+    assert not torch.isnan(layer(x, lab)) and layer.non_finite_cause() is not None  # good again; the flag stays
+    monkeypatch.setattr(loss_module, "_host_check", lambda t: True)
+    with pytest.raises(NetDefinitionError, match=r"label 4 is out of range: labels must lie in \[0, 4\)"):
+        layer(x, bad)
 
 
 def test_softmax_with_loss_normalize_precedence(make_layer):

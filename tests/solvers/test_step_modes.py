@@ -159,6 +159,36 @@ def test_deferred_non_finite_stop_matches_eager(workdir, caplog):
     assert all(torch.isfinite(t).all() for t in st_d[0])
 
 
+def test_labels_out_of_range_off_the_cpu_stop_with_the_cause(workdir, monkeypatch):
+    # Off the CPU (forced here) SoftmaxWithLoss checks labels on the device (no host read per iteration); a
+    # label past the net's classes (4 digit classes, 3 outputs) then stops training at the finite-loss check,
+    # eager and deferred alike, at the same iteration, with the layer named; on the CPU the layer raises at once.
+    from netcompress.errors import NetDefinitionError
+    from netcompress.layers import loss as loss_module
+
+    def param(prefix):
+        sp = solver_param(workdir, "plain", prefix, display=0, snapshot=0, test_interval=0, epoch_iters=100)
+        del sp.test_iter[:]
+        net = workdir / "net_plain.prototxt"
+        net.write_text(net.read_text().replace("num_output: 4", "num_output: 3"))
+        return sp
+
+    with pytest.raises(NetDefinitionError, match=r"layer 'loss' \(type SoftmaxWithLoss\): label 3 is out of range"):
+        Solver(param("cpu"), verbose=False, options={"step_mode": "eager"}).step(5)
+    monkeypatch.setattr(loss_module, "_host_check", lambda t: False)
+    msgs = {}
+    for mode in ("eager", "deferred"):
+        s = Solver(param(mode), verbose=False, options={"step_mode": mode})
+        with pytest.raises(NonFiniteLossError) as e:
+            s.step(5)
+        msgs[mode] = (str(e.value), s.iter)
+        assert all(torch.isfinite(t).all() for t in s.net.parameters())
+    assert msgs["eager"] == msgs["deferred"]
+    assert ("Layer 'loss' (type SoftmaxWithLoss) got a label outside [0, 3) (the predictions' classes): the data's "
+            "labels do not fit the net.") in msgs["eager"][0]
+    assert "Lower base_lr" not in msgs["eager"][0]
+
+
 def test_deferred_non_finite_stop_keeps_the_last_good_snapshot(workdir, capsys):
     # Through the command line, snapshots every iteration: the same last good snapshot as the eager run, no
     # snapshot after it, the same error line.
@@ -348,6 +378,47 @@ def test_graph_mode_control_flow_equals_deferred(workdir, variant, caplog, monke
     assert _bits_equal(a[0], b[0]) and _bits_equal(a[1], b[1])
     # the graph reads the data layer's tops from inputs of its own, into which every iteration copies them
     assert graph.blobs["data"] is s._loop._static["data"] and graph.blobs["label"] is s._loop._static["label"]
+
+
+class _HostReads(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:  # .item(), bool(t), float(t), int(t)
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("variant", sorted(small_net.VARIANTS))
+def test_the_captured_iteration_reads_nothing_on_the_host(workdir, variant, monkeypatch):
+    # A CUDA graph's capture fails at the first host read (a device sync), so the body the graph mode captures
+    # (forward of the graph-safe layers, backward, loss record, update) must read no tensor value; on the CPU
+    # the loss layers' label check does read (at no cost), so it is switched to its device form here, as on a GPU.
+    import contextlib
+
+    from netcompress.layers import loss as loss_module
+
+    monkeypatch.setattr(loss_module, "_host_check", lambda t: False)
+    reads = []
+
+    def counting_capture(body):
+        with _HostReads() as hr:
+            graph = _ReplayByRerun(holder["solver"], body)
+        reads.append(hr.reads)
+        return graph
+
+    holder = {}
+    real_refusal = step_module.graph_refusal
+    monkeypatch.setattr(step_module, "graph_refusal", lambda s, device=True: real_refusal(s, device=False))
+    monkeypatch.setattr(step_module, "_capture", counting_capture)
+    monkeypatch.setattr(step_module.DeviceLoop, "side_stream_context", lambda self: contextlib.nullcontext())
+    sp = solver_param(workdir, variant, "graph", dropout=False, display=0, test_interval=0, snapshot=0)
+    del sp.test_iter[:]
+    s = holder["solver"] = Solver(sp, verbose=False, options={"step_mode": "graph"})
+    s.step(step_module.GRAPH_WARMUP + 2)
+    assert s.step_mode == "graph" and reads == [0]
 
 
 def _growth_module():
