@@ -566,6 +566,7 @@ class Solver:
             if why:
                 loop.drop_graph()
                 loop.graphed = False
+                self.step_mode = "deferred"  # what runs from here (benchmarks and callers read it)
                 self.net.zero_grad(set_to_none=True)
                 if self.root:
                     log.info("Training step: deferred from iteration %d on (no CUDA graph: %s)", self.iter, why)
@@ -596,6 +597,7 @@ class Solver:
             except Exception as e:  # noqa: BLE001  (any capture failure: run without graphs from here)
                 loop.drop_graph()
                 loop.graphed = False
+                self.step_mode = "deferred"
                 self.net.zero_grad(set_to_none=True)
                 if self.root:
                     log.warning("CUDA graph capture failed at iteration %d (%s: %s); running deferred "

@@ -421,6 +421,37 @@ def test_the_captured_iteration_reads_nothing_on_the_host(workdir, variant, monk
     assert s.step_mode == "graph" and reads == [0]
 
 
+def test_a_failed_capture_runs_deferred_and_says_so(workdir, monkeypatch, caplog):
+    # A capture that fails (on a GPU: a host read, an unsupported op) leaves the solver in the deferred mode,
+    # with a warning, and `step_mode` then says "deferred" (what the benchmark rows report); the run continues
+    # exactly as a deferred one.
+    import contextlib
+
+    def failing_capture(body):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    real_refusal = step_module.graph_refusal
+    monkeypatch.setattr(step_module, "graph_refusal", lambda s, device=True: real_refusal(s, device=False))
+    monkeypatch.setattr(step_module, "_capture", failing_capture)
+    monkeypatch.setattr(step_module.DeviceLoop, "side_stream_context", lambda self: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    kw = dict(dropout=False, display=0, test_interval=0, snapshot=0)
+    sp = solver_param(workdir, "inq", "graph", **kw)
+    del sp.test_iter[:]
+    s = Solver(sp, verbose=False, options={"step_mode": "graph"})
+    with caplog.at_level(logging.WARNING, logger="netcompress"):
+        s.step(step_module.GRAPH_WARMUP + 3)
+    assert s.step_mode == "deferred" and s.iter == step_module.GRAPH_WARMUP + 3
+    assert f"CUDA graph capture failed at iteration {step_module.GRAPH_WARMUP} (RuntimeError: operation not " \
+           "permitted when stream is capturing); running deferred iterations without graphs" in caplog.text
+    sp = solver_param(workdir, "inq", "deferred", **kw)
+    del sp.test_iter[:]
+    d = Solver(sp, verbose=False, options={"step_mode": "deferred"})
+    d.step(step_module.GRAPH_WARMUP + 3)
+    a, b = _state(d), _state(s)
+    assert _bits_equal(a[0], b[0]) and _bits_equal(a[1], b[1])
+
+
 def _growth_module():
     """tests/recipes/test_recipe_growth_snip.py (its net template and solver settings), loaded by path."""
     import importlib.util
