@@ -12,7 +12,8 @@
 #   cuda-tests     python -m pytest -q -m cuda tests: the CPU/CUDA parity tests of every op (equality for the
 #                  element-wise ops), the radix-select threshold, and a DNS and an INQ LeNet training step on
 #                  CUDA equal to the CPU within tolerance (tests/solvers/test_cuda_training_step.py)
-#   cli            python -m netcompress train (--gpu 0) and test (--gpu 0) on a tiny DNS + INQ net (HDF5 data)
+#   cli            python -m netcompress train (--gpu 0) and test (--gpu 0) on a tiny DNS + INQ net (HDF5 data); on
+#                  a GPU the training must run as a CUDA graph (the log's step-mode line, no capture-failed warning)
 #   nccl           the same training on 2 GPUs (--gpu 0,1: 2 ranks, NCCL), only where 2 GPUs are present
 #   bench-kernels  benchmarks/bench_kernels.py --device cuda (sizes 1e4..1e8, float32 and float16)
 #   bench-training benchmarks/bench_training.py --device cuda (LeNet, CIFAR-10 full, AlexNet)
@@ -177,9 +178,17 @@ open(f"{work}/solver.prototxt", "w").write(solver)
 open(f"{work}/solver2.prototxt", "w").write(solver.replace(f'"{work}/tiny"', f'"{work}/tiny2"'))  # 2 ranks
 print("wrote the tiny net, its solver and HDF5 data to", work)
 EOF
-if ((GPUS > 0)); then GPU_FLAG="--gpu 0"; else GPU_FLAG=""; fi
+# On a GPU the training must run as a CUDA graph (step mode auto), captured without the fallback's warning.
+if ((GPUS > 0)); then
+  GPU_FLAG="--gpu 0"
+  GRAPH_CHECK="grep -q 'Training step: CUDA graph' $WORK/train.log && ! grep -q 'CUDA graph capture failed' $WORK/train.log && echo 'the iteration ran as a CUDA graph' &&"
+else
+  GPU_FLAG=""
+  GRAPH_CHECK=""
+fi
 run_step cli 150 "$OUT/cli.log" \
-  "$PY $WORK/make_tiny.py $WORK && $PY -m netcompress train --solver $WORK/solver.prototxt $GPU_FLAG && test -s $WORK/tiny_iter_40.caffemodel && \
+  "$PY $WORK/make_tiny.py $WORK && $PY -m netcompress train --solver $WORK/solver.prototxt $GPU_FLAG 2>&1 | tee $WORK/train.log && \
+   test \${PIPESTATUS[0]} -eq 0 && test -s $WORK/tiny_iter_40.caffemodel && $GRAPH_CHECK \
    $PY -m netcompress test --model $WORK/net.prototxt --weights $WORK/tiny_iter_40.caffemodel --iterations 4 $GPU_FLAG"
 
 # ---- nccl ----
