@@ -68,7 +68,8 @@ def cpu_conv_layout() -> str:
     if why:
         return f"NCHW for every convolution ({why})"
     return (f"channels-last where a channel count is not a multiple of {_simd_channels()} (ungrouped 2-D, "
-            f">= 8 input channels), else NCHW; {CONV_LAYOUT_ENV}=nchw for NCHW everywhere")
+            f">= 8 input channels, calls of >= {CHANNELS_LAST_MIN_POSITIONS} output positions), else NCHW; "
+            f"{CONV_LAYOUT_ENV}=nchw for NCHW everywhere")
 
 
 def cpu_channels_last(channels: int, num_output: int, group: int, num_spatial: int) -> bool:
