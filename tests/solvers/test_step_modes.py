@@ -6,6 +6,7 @@ chosen and refused as documented. The CUDA-graph mode itself is tested under the
 from __future__ import annotations
 
 import logging
+import math
 import re
 
 import numpy as np
@@ -419,6 +420,79 @@ def test_the_captured_iteration_reads_nothing_on_the_host(workdir, variant, monk
     s = holder["solver"] = Solver(sp, verbose=False, options={"step_mode": "graph"})
     s.step(step_module.GRAPH_WARMUP + 2)
     assert s.step_mode == "graph" and reads == [0]
+
+
+WIDE_NET = """
+name: "wide"
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
+        transform_param { scale: 0.00390625 crop_size: 10 } data_param { source: "@TRAIN@" batch_size: 8 backend: LMDB } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 6 kernel_size: 3 weight_filler { type: "xavier" } } }
+layer { name: "prelu" type: "PReLU" bottom: "conv1" top: "prelu" }
+layer { name: "lrn" type: "LRN" bottom: "prelu" top: "lrn" lrn_param { local_size: 3 } }
+layer { name: "slice" type: "Slice" bottom: "lrn" top: "s1" top: "s2" slice_param { axis: 1 slice_point: 3 } }
+layer { name: "elu" type: "ELU" bottom: "s1" top: "elu" }
+layer { name: "tanh" type: "TanH" bottom: "s2" top: "tanh" }
+layer { name: "sum" type: "Eltwise" bottom: "elu" bottom: "tanh" top: "sum" eltwise_param { operation: SUM } }
+layer { name: "prod" type: "Eltwise" bottom: "elu" bottom: "tanh" top: "prod" eltwise_param { operation: PROD } }
+layer { name: "emax" type: "Eltwise" bottom: "sum" bottom: "prod" top: "emax" eltwise_param { operation: MAX } }
+layer { name: "sig" type: "Sigmoid" bottom: "emax" top: "sig" }
+layer { name: "abs" type: "AbsVal" bottom: "sum" top: "abs" }
+layer { name: "bnll" type: "BNLL" bottom: "abs" top: "bnll" }
+layer { name: "pow" type: "Power" bottom: "bnll" top: "pow" power_param { power: 2 scale: 0.5 shift: 1 } }
+layer { name: "log" type: "Log" bottom: "pow" top: "log" }
+layer { name: "exp" type: "Exp" bottom: "log" top: "exp" exp_param { scale: 0.1 } }
+layer { name: "cat" type: "Concat" bottom: "sig" bottom: "exp" top: "cat" }
+layer { name: "scale" type: "Scale" bottom: "cat" top: "scale" scale_param { bias_term: true } }
+layer { name: "bias" type: "Bias" bottom: "scale" top: "bias" }
+layer { name: "thr" type: "Threshold" bottom: "bias" top: "thr" }
+layer { name: "silence" type: "Silence" bottom: "thr" }
+layer { name: "pool" type: "Pooling" bottom: "bias" top: "pool" pooling_param { pool: AVE kernel_size: 2 stride: 2 } }
+layer { name: "pool2" type: "Pooling" bottom: "bias" top: "pool2" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "flat" type: "Flatten" bottom: "pool" top: "flat" }
+layer { name: "resh" type: "Reshape" bottom: "pool2" top: "resh" reshape_param { shape { dim: 0 dim: -1 } } }
+layer { name: "ip_a" type: "InnerProduct" bottom: "flat" top: "ip_a"
+        inner_product_param { num_output: 4 weight_filler { type: "xavier" } } }
+layer { name: "ip_b" type: "InnerProduct" bottom: "resh" top: "ip_b"
+        inner_product_param { num_output: 4 weight_filler { type: "xavier" } } }
+layer { name: "eucl" type: "EuclideanLoss" bottom: "ip_a" bottom: "ip_b" top: "eucl" loss_weight: 0.1 }
+layer { name: "relu" type: "ReLU" bottom: "ip_a" top: "relu_a" }
+layer { name: "soft" type: "Softmax" bottom: "ip_b" top: "soft" }
+layer { name: "silence2" type: "Silence" bottom: "soft" }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "relu_a" bottom: "label" top: "loss" }
+"""
+
+
+def test_the_graph_safe_layer_types_read_nothing_when_captured(workdir, monkeypatch):
+    # The layer types that declare themselves graph-safe (Layer.graph_safe), in one net (Split comes in where a
+    # blob feeds two layers), through the stand-in capture under the host-read counter: no tensor value is read.
+    # Left out here: the DNS/INQ/masked layers (the test above), Deconvolution and Dropout.
+    import contextlib
+
+    from netcompress.layers import loss as loss_module
+
+    monkeypatch.setattr(loss_module, "_host_check", lambda t: False)
+    net = workdir / "wide.prototxt"
+    net.write_text(WIDE_NET.replace("@TRAIN@", str(workdir / "train_lmdb")))
+    reads, holder = [], {}
+
+    def counting_capture(body):
+        with _HostReads() as hr:
+            graph = _ReplayByRerun(holder["solver"], body)
+        reads.append(hr.reads)
+        return graph
+
+    real_refusal = step_module.graph_refusal
+    monkeypatch.setattr(step_module, "graph_refusal", lambda s, device=True: real_refusal(s, device=False))
+    monkeypatch.setattr(step_module, "_capture", counting_capture)
+    monkeypatch.setattr(step_module.DeviceLoop, "side_stream_context", lambda self: contextlib.nullcontext())
+    sp = pb.SolverParameter(net=str(net), base_lr=0.01, lr_policy="fixed", momentum=0.9, weight_decay=5e-4,
+                            max_iter=100, display=0, snapshot=0, random_seed=3, solver_mode=pb.SolverParameter.CPU,
+                            snapshot_prefix=str(workdir / "wide"))
+    s = holder["solver"] = Solver(sp, verbose=False, options={"step_mode": "graph"})
+    s.step(step_module.GRAPH_WARMUP + 2)
+    assert s.step_mode == "graph" and reads == [0]
+    assert math.isfinite(s.smoothed_loss)
 
 
 def test_a_failed_capture_runs_deferred_and_says_so(workdir, monkeypatch, caplog):
