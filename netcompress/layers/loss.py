@@ -150,7 +150,7 @@ class SoftmaxWithLoss(LossLayer):
         norm = loss_normalizer(self.loss_param, self.outer, self.inner, count)
         loss = nll.sum() / norm
         if poison is not None:
-            loss = loss + poison
+            loss = loss + poison.to(loss.dtype)
         if len(self.layer_param.top) == 2:
             # Caffe's backward ignores the diff of the probability top: detached.
             return loss, torch.softmax(x.detach(), dim=self.axis)
