@@ -16,7 +16,7 @@ from ..log import get_logger
 from ..proto import caffe_pb2 as pb
 from ..solvers.callbacks import TrainingCallback, register_callback
 from .base import LayerContext, Shape, canonical_axis, register_layer
-from .loss import _NLL_CAP, LossLayer, check_label_range, loss_normalizer, normalization_mode
+from .loss import _NLL_CAP, LossLayer, loss_normalizer, normalization_mode
 
 if TYPE_CHECKING:
     from ..net import Net
@@ -135,13 +135,13 @@ class KnowledgeDistillationLoss(LossLayer):
             else:  # HINTON, KL
                 per = (lt.exp() * (lt - ls)).sum(dim=1)
         per = per * (self.soft_weight * self.soft_scale)   # (outer, inner)
-        valid = None
+        valid, poison = None, None
         if label is not None:
             lab = label.detach().reshape(self.outer, 1, self.inner).long()
             if self.ignore_label is not None:
                 valid = lab.squeeze(1) != self.ignore_label
             if self.hard_weight != 0:
-                check_label_range(self, lab, s3.shape[1], None if valid is None else valid.unsqueeze(1))
+                lab, poison = self.checked_labels(lab, s3.shape[1], None if valid is None else valid.unsqueeze(1))
             if valid is not None:
                 lab = torch.where(valid.unsqueeze(1), lab, torch.zeros_like(lab))
             if self.hard_weight != 0:
@@ -153,7 +153,8 @@ class KnowledgeDistillationLoss(LossLayer):
             count = valid.sum()
         else:
             count = self.outer * self.inner
-        return per.sum() / loss_normalizer(self.norm_mode, self.outer, self.inner, count)
+        return self.with_label_check(per.sum() / loss_normalizer(self.norm_mode, self.outer, self.inner, count),
+                                     poison)
 
 
 # ----------------------------------------------------------------------------------------------

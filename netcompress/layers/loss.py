@@ -58,11 +58,26 @@ class LossLayer(Layer):
     label_fault: torch.Tensor | None = None
     _label_classes = 0
 
+    def checked_labels(self, lab: torch.Tensor, n: int, valid: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Labels that index `n` predictions, checked: (labels, None) on the CPU, where `check_label_range`
+        raises at once (its host read costs nothing); elsewhere `device_label_check`. Add the second value to
+        the loss with `with_label_check`."""
+        if _host_check(lab):
+            check_label_range(self, lab, n, valid)
+            return lab, None
+        return self.device_label_check(lab, n, valid)
+
+    @staticmethod
+    def with_label_check(loss: torch.Tensor, poison: torch.Tensor | None) -> torch.Tensor:
+        """`loss`, NaN where `checked_labels` found a label out of range off the CPU."""
+        return loss if poison is None else loss + poison.to(loss.dtype)
+
     def device_label_check(self, lab: torch.Tensor, n: int, valid: torch.Tensor | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """`check_label_range` without a host read, for labels off the CPU: there a read would synchronize the
         device at every iteration, and cannot be captured in a CUDA graph (solvers/step.py). Returns the labels
-        clamped into [0, n), safe to gather with, and a 0-d tensor to add to the loss: 0, or NaN when a label
+        clamped into [0, n), safe to index with, and a 0-d tensor to add to the loss: 0, or NaN when a label
         (not ignore_label) is out of range. The NaN stops training at the solver's finite-loss check, whose
         message then names this layer (`non_finite_cause`); `label_fault` keeps the fact on the device."""
         bad = (lab < 0) | (lab >= n)
@@ -132,11 +147,7 @@ class SoftmaxWithLoss(LossLayer):
         valid = None
         if self.ignore_label is not None:
             valid = lab != self.ignore_label
-        poison = None
-        if _host_check(lab):
-            check_label_range(self, lab, C, valid)
-        else:
-            lab, poison = self.device_label_check(lab, C, valid)
+        lab, poison = self.checked_labels(lab, C, valid)
         if valid is not None:
             lab = torch.where(valid, lab, torch.zeros_like(lab))
         nll = -logp3.gather(1, lab).squeeze(1)
@@ -148,9 +159,7 @@ class SoftmaxWithLoss(LossLayer):
         else:
             count = self.outer * self.inner
         norm = loss_normalizer(self.loss_param, self.outer, self.inner, count)
-        loss = nll.sum() / norm
-        if poison is not None:
-            loss = loss + poison.to(loss.dtype)
+        loss = self.with_label_check(nll.sum() / norm, poison)
         if len(self.layer_param.top) == 2:
             # Caffe's backward ignores the diff of the probability top: detached.
             return loss, torch.softmax(x.detach(), dim=self.axis)
@@ -163,8 +172,8 @@ def _labels(label: torch.Tensor) -> torch.Tensor:
 
 
 def _host_check(lab: torch.Tensor) -> bool:
-    """Whether a graph-safe loss checks its labels with a host read (check_label_range): on the CPU, where the
-    read costs nothing; elsewhere LossLayer.device_label_check."""
+    """Whether a loss checks its labels with a host read (check_label_range): on the CPU, where the read costs
+    nothing; elsewhere LossLayer.device_label_check."""
     return lab.device.type == "cpu"
 
 
@@ -269,10 +278,10 @@ class MultinomialLogisticLoss(LossLayer):
         N = p.shape[0]
         p2 = p.reshape(N, -1)
         lab = _labels(label).reshape(N, 1)
-        check_label_range(self, lab, p2.shape[1])
+        lab, poison = self.checked_labels(lab, p2.shape[1])
         prob = p2.gather(1, lab).squeeze(1)
         clamped = prob + (prob.clamp_min(K_LOG_THRESHOLD) - prob).detach()
-        return -torch.log(clamped).sum() / N
+        return self.with_label_check(-torch.log(clamped).sum() / N, poison)
 
 
 @register_layer("InfogainLoss")
@@ -334,7 +343,7 @@ class InfogainLoss(LossLayer):
         valid = None
         if self.ignore_label is not None:
             valid = lab != self.ignore_label
-        check_label_range(self, lab, C, valid)
+        lab, poison = self.checked_labels(lab, C, valid)
         if valid is not None:
             lab = torch.where(valid, lab, torch.zeros_like(lab))
         rows = H[lab]                                  # (outer, inner, C)
@@ -344,7 +353,7 @@ class InfogainLoss(LossLayer):
             count = valid.sum()
         else:
             count = self.outer * self.inner
-        loss = -per.sum() / loss_normalizer(self.mode, self.outer, self.inner, count)
+        loss = self.with_label_check(-per.sum() / loss_normalizer(self.mode, self.outer, self.inner, count), poison)
         if len(self.layer_param.top) == 2:
             return loss, torch.softmax(x.detach(), dim=self.axis)
         return loss
@@ -369,12 +378,12 @@ class HingeLoss(LossLayer):
         N = x.shape[0]
         x2 = x.reshape(N, -1)
         lab = _labels(label).reshape(N, 1)
-        check_label_range(self, lab, x2.shape[1])
+        lab, poison = self.checked_labels(lab, x2.shape[1])
         sign = torch.ones_like(x2).scatter_(1, lab, -1.0)
         margin = torch.relu(1 + x2 * sign)
         if self.norm == pb.HingeLossParameter.L1:
-            return margin.sum() / N
-        return (margin * margin).sum() / N
+            return self.with_label_check(margin.sum() / N, poison)
+        return self.with_label_check((margin * margin).sum() / N, poison)
 
 
 @register_layer("ContrastiveLoss")

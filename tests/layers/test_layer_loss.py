@@ -119,6 +119,39 @@ def test_softmax_with_loss_device_label_check(make_layer, monkeypatch, ignore):
         layer(x, bad)
 
 
+@pytest.mark.parametrize("snippet,x_shape,label_shape,extra", [
+    ('type: "MultinomialLogisticLoss"', (3, 4, 1, 1), (3, 1, 1, 1), None),
+    ('type: "InfogainLoss"', (5, 4), (5,), (4, 4)),
+    ('type: "HingeLoss"', (5, 4), (5,), None),
+    ('type: "KnowledgeDistillationLoss" kd_param { hard_weight: 0.5 soft_weight: 0.5 }', (5, 4), (5,), "teacher"),
+], ids=["multinomial", "infogain", "hinge", "kd"])
+def test_every_label_loss_checks_on_the_device(make_layer, monkeypatch, snippet, x_shape, label_shape, extra):
+    """The other losses that index predictions by label use the same device check off the CPU: the same loss
+    and gradient for good labels without a host read, NaN and the named cause for a label out of range."""
+    from netcompress.layers import loss as loss_module
+    shapes = [x_shape] + ([x_shape] if extra == "teacher" else []) + [label_shape] + \
+        ([extra] if isinstance(extra, tuple) else [])
+    layer = make_layer(snippet, *shapes)
+    x = rand(*x_shape).abs() + 0.1 if "Multinomial" in snippet else rand(*x_shape)
+    inputs = [x] + ([rand(*x_shape, seed=1)] if extra == "teacher" else []) + \
+        [labels(math.prod(label_shape), 4, shape=label_shape)] + \
+        ([rand(*extra, seed=2).abs()] if isinstance(extra, tuple) else [])
+    li = 2 if extra == "teacher" else 1
+    want, want_grad = layer(*inputs), grad_of(layer, *inputs)
+    monkeypatch.setattr(loss_module, "_host_check", lambda t: False)
+    with _HostReads() as hr:
+        got = layer(*inputs)
+        got_grad = grad_of(layer, *inputs)
+    assert hr.reads == 0 and torch.equal(got, want) and torch.equal(got_grad, want_grad)
+    bad = list(inputs)
+    bad[li] = inputs[li].clone()
+    bad[li].view(-1)[0] = 4.0
+    with _HostReads() as hr:
+        out = layer(*bad)
+    assert hr.reads == 0 and torch.isnan(out)
+    assert "got a label outside [0, 4)" in layer.non_finite_cause()
+
+
 def test_softmax_with_loss_normalize_precedence(make_layer):
     x, lab = rand(4, 3), labels(4, 3)
     full = softmax_loss_reference(x, lab, mode="FULL")[0]
