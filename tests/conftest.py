@@ -124,3 +124,20 @@ def in_fixture_workdir(fixture_workdir: Path):
 def lmdb_writer():
     """`write_datum_lmdb` as a fixture, for tests that build their own small LMDBs."""
     return write_datum_lmdb
+
+
+def make_band_digits(n: int, side: int, step: int = 2, width: int = 2, seed: int = 0):
+    """(images, labels): n uint8 (1, side, side) images of 4 classes that a small net learns in a few steps:
+    noise below 80, rows [step*c, step*c + width) of class c brightened by 150 (labels drawn first)."""
+    rs = np.random.RandomState(seed)
+    labels = rs.randint(0, 4, n)
+    imgs = (rs.rand(n, 1, side, side) * 80).astype(np.uint8)
+    for i, c in enumerate(labels):
+        imgs[i, 0, step * c:step * c + width, :] += 150
+    return imgs, labels
+
+
+@pytest.fixture(scope="session")
+def band_digits():
+    """`make_band_digits` as a fixture."""
+    return make_band_digits

@@ -110,13 +110,9 @@ def write_datum_lmdb(path: Path, images: np.ndarray, labels: np.ndarray) -> None
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def workdir(tmp_path_factory, band_digits):
     root = tmp_path_factory.mktemp("dp")
-    rs = np.random.RandomState(0)
-    labels = rs.randint(0, 4, 68)
-    imgs = (rs.rand(68, 1, 10, 10) * 80).astype(np.uint8)
-    for i, c in enumerate(labels):
-        imgs[i, 0, 2 * c:2 * c + 3, :] += 150
+    imgs, labels = band_digits(68, 10, width=3)
     write_datum_lmdb(root / "train_lmdb", imgs[:48], labels[:48])
     write_datum_lmdb(root / "test_lmdb", imgs[48:], labels[48:])
     return root

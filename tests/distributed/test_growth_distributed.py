@@ -31,12 +31,8 @@ layer {{ name: "loss1" type: "SDNLoss" bottom: "out0" bottom: "out1" bottom: "la
 """
 
 
-def test_two_processes_grow_and_prune_identically(tmp_path, lmdb_writer):
-    rs = np.random.RandomState(1)
-    labels = rs.randint(0, 4, 40)
-    imgs = (rs.rand(40, 1, 8, 8) * 80).astype(np.uint8)
-    for i, c in enumerate(labels):
-        imgs[i, 0, 2 * c:2 * c + 2, :] += 150
+def test_two_processes_grow_and_prune_identically(tmp_path, lmdb_writer, band_digits):
+    imgs, labels = band_digits(40, 8, seed=1)
     lmdb_writer(tmp_path / "train", imgs, labels)
     net = tmp_path / "net.prototxt"
     net.write_text(NET.replace("@TRAIN@", str(tmp_path / "train")))

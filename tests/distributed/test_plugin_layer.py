@@ -67,15 +67,11 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: 
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def workdir(tmp_path_factory, band_digits):
     from netcompress.data.db import LmdbWriter
 
     root = tmp_path_factory.mktemp("plugin")
-    rs = np.random.RandomState(1)
-    labels = rs.randint(0, 4, 56)
-    imgs = (rs.rand(56, 1, 6, 6) * 80).astype(np.uint8)
-    for i, c in enumerate(labels):
-        imgs[i, 0, c, :] += 150
+    imgs, labels = band_digits(56, 6, step=1, width=1, seed=1)
     for name, sl in (("train_lmdb", slice(0, 48)), ("test_lmdb", slice(48, 56))):
         with LmdbWriter(str(root / name)) as db:
             for i in range(sl.start, sl.stop):

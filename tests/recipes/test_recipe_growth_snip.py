@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import pytest
 import torch
 
@@ -46,15 +45,11 @@ ICS_4_STAGES = "0,0,1,0,0,1,0,1,0"  # the INRIA default: 3, 3, 2, 1 cells per st
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, band_digits):
     from netcompress.data.mnist5k import write_digits_lmdb
 
     root = tmp_path_factory.mktemp("sdn_data")
-    rs = np.random.RandomState(0)
-    labels = rs.randint(0, 4, 72)
-    imgs = (rs.rand(72, 1, 8, 8) * 80).astype(np.uint8)
-    for i, c in enumerate(labels):
-        imgs[i, 0, 2 * c:2 * c + 2, :] += 150
+    imgs, labels = band_digits(72, 8)
     write_digits_lmdb(str(root / "train"), imgs[:64], labels[:64])
     write_digits_lmdb(str(root / "test"), imgs[64:], labels[64:])
     return root

@@ -2,7 +2,6 @@
 digits-like blobs, as plain, DNS or INQ layers (`VARIANTS`), with its LMDBs (`workdir`) and solver."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from netcompress.proto import caffe_pb2 as pb
@@ -45,13 +44,9 @@ VARIANTS = {
 
 
 @pytest.fixture
-def workdir(tmp_path, lmdb_writer):
+def workdir(tmp_path, lmdb_writer, band_digits):
     """A folder with train_lmdb (40 images) and test_lmdb (20): class-dependent bands, so the task is learnable."""
-    rs = np.random.RandomState(0)
-    labels = rs.randint(0, 4, 60)
-    imgs = (rs.rand(60, 1, 12, 12) * 80).astype(np.uint8)
-    for i, c in enumerate(labels):
-        imgs[i, 0, 3 * c:3 * c + 3, :] += 150
+    imgs, labels = band_digits(60, 12, step=3, width=3)
     lmdb_writer(tmp_path / "train_lmdb", imgs[:40], labels[:40])
     lmdb_writer(tmp_path / "test_lmdb", imgs[40:], labels[40:])
     return tmp_path

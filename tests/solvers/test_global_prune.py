@@ -35,12 +35,8 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
 
 
 @pytest.fixture
-def source(tmp_path, lmdb_writer):
-    rs = np.random.RandomState(0)
-    labels = rs.randint(0, 4, 24)
-    imgs = (rs.rand(24, 1, 8, 8) * 80).astype(np.uint8)
-    for i, c in enumerate(labels):
-        imgs[i, 0, 2 * c:2 * c + 2, :] += 150
+def source(tmp_path, lmdb_writer, band_digits):
+    imgs, labels = band_digits(24, 8)
     lmdb_writer(tmp_path / "train_lmdb", imgs, labels)
     return str(tmp_path / "train_lmdb")
 

@@ -9,7 +9,6 @@ import logging
 import math
 import re
 
-import numpy as np
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -425,7 +424,8 @@ def test_the_captured_iteration_reads_nothing_on_the_host(workdir, variant, monk
 WIDE_NET = """
 name: "wide"
 layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
-        transform_param { scale: 0.00390625 crop_size: 10 } data_param { source: "@TRAIN@" batch_size: 8 backend: LMDB } }
+        transform_param { scale: 0.00390625 crop_size: 10 }
+        data_param { source: "@TRAIN@" batch_size: 8 backend: LMDB } }
 layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
         convolution_param { num_output: 6 kernel_size: 3 weight_filler { type: "xavier" } } }
 layer { name: "prelu" type: "PReLU" bottom: "conv1" top: "prelu" }
@@ -538,18 +538,14 @@ def _growth_module():
     return module
 
 
-def test_deferred_equals_eager_through_growth_pruning_and_freezing(tmp_path):
+def test_deferred_equals_eager_through_growth_pruning_and_freezing(tmp_path, band_digits):
     # Recipe callbacks at work between iterations: growth rebuilds the nets (new parameters, lr_mult changed per
     # update by grown_lr CONSTANT_BASE_LR), SNIP prunes at epoch ends, freeze_zero_params writes zeros back after
     # each update, BatchNorm updates its statistics in the forward. Same bytes in both modes.
     from netcompress.data.mnist5k import write_digits_lmdb
 
     g = _growth_module()
-    rs = np.random.RandomState(0)
-    labels = rs.randint(0, 4, 72)
-    imgs = (rs.rand(72, 1, 8, 8) * 80).astype(np.uint8)
-    for i, c in enumerate(labels):
-        imgs[i, 0, 2 * c:2 * c + 2, :] += 150
+    imgs, labels = band_digits(72, 8)
     write_digits_lmdb(str(tmp_path / "train"), imgs[:64], labels[:64])
     write_digits_lmdb(str(tmp_path / "test"), imgs[64:], labels[64:])
     net = g.make_net(tmp_path, tmp_path, ics="0,1,0,1,1")

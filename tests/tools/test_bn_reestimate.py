@@ -42,12 +42,8 @@ N, B = 24, 4
 
 
 @pytest.fixture
-def setup(tmp_path, lmdb_writer):
-    rs = np.random.RandomState(0)
-    labels = rs.randint(0, 4, N)
-    imgs = (rs.rand(N, 1, 8, 8) * 80).astype(np.uint8)
-    for i, c in enumerate(labels):
-        imgs[i, 0, 2 * c:2 * c + 2, :] += 150
+def setup(tmp_path, lmdb_writer, band_digits):
+    imgs, labels = band_digits(N, 8)
     lmdb_writer(tmp_path / "lmdb", imgs, labels)
 
     def make(bn2="", calibrated=True):
