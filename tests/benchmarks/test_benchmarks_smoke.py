@@ -10,6 +10,7 @@ import re
 import sys
 
 import pytest
+import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -200,3 +201,19 @@ def test_cross_device_checks_run():
         for dname in spec.dtypes:
             case = spec.make(1000, bk.DTYPES[dname], "cpu", bk._gen("cpu", 1234))  # the quick run's inputs
             assert case.cross is not None and case.cross() == "", (spec.name, dname)
+
+
+def test_training_nchw_variants_build_nchw_convolutions(monkeypatch):
+    """`plain-nchw` (and dns-nchw, inq-nchw) builds its net with NETCOMPRESS_CONV_LAYOUT=nchw, and only it: the
+    same rotation then measures the layout rule's gain. Unknown variants are refused."""
+    bt = _load("bench_training")
+    from netcompress.layers.vision import CONV_LAYOUT_ENV
+    monkeypatch.delenv(CONV_LAYOUT_ENV, raising=False)
+    assert bt.parse_args(["--variants", "plain,plain-nchw,dns-nchw"]).variants == ["plain", "plain-nchw", "dns-nchw"]
+    with pytest.raises(SystemExit):
+        bt.parse_args(["--variants", "plain-nhwc"])
+    conv2 = {v: bt.make_solver("lenet", v, 64, "cpu").net.layer("conv2") for v in ("plain", "plain-nchw", "dns-nchw")}
+    assert not conv2["plain-nchw"]._channels_last and not conv2["dns-nchw"]._channels_last
+    assert conv2["plain"]._channels_last == torch.backends.mkldnn.is_available()
+    assert type(conv2["dns-nchw"]).__name__ == "DNSConvolution"
+    assert CONV_LAYOUT_ENV not in os.environ  # put back as it was
