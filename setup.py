@@ -52,6 +52,35 @@ def _nvcc_version(cuda_home: str) -> str | None:
     return m.group(1) if m else None
 
 
+def _cudart_dirs(root: str) -> list[str]:
+    """The folders under a toolkit root, of those torch links from (lib64, lib), that hold libcudart.so."""
+    dirs = [os.path.join(root, "lib64"), os.path.join(root, "lib")]
+    return [d for d in dirs if os.path.exists(os.path.join(d, "libcudart.so"))]
+
+
+def _nvcc_toolkit_root(nvcc: str) -> str | None:
+    """The toolkit root nvcc itself uses (its TOP), which differs from torch's CUDA_HOME when the nvcc on PATH
+    is a wrapper script in another folder (torch takes CUDA_HOME from nvcc's location)."""
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "-c", "x.cu", "-o", "x.o"], capture_output=True, text=True).stderr
+    except OSError:
+        return None
+    m = re.search(r"^#\$ TOP=(.*)$", out, re.M)
+    return os.path.realpath(m.group(1).strip()) if m else None
+
+
+def _check_cuda_runtime(cuda_home: str) -> None:
+    """Stop before compiling when the link would fail on -lcudart and nvcc names the toolkit that would not."""
+    if _cudart_dirs(cuda_home):
+        return
+    top = _nvcc_toolkit_root(os.path.join(cuda_home, "bin", "nvcc"))
+    if top and os.path.realpath(cuda_home) != top and _cudart_dirs(top):
+        where = "from the environment" if os.environ.get("CUDA_HOME") else "torch's guess from the nvcc on PATH"
+        sys.exit(f"netcompress._C: CUDA_HOME is {cuda_home} ({where}), which has no libcudart.so in lib64/ "
+                 f"or lib/, so linking the CUDA kernels would fail ('cannot find -lcudart'); nvcc's own toolkit "
+                 f"is {top}: run again with CUDA_HOME={top}")
+
+
 def _openmp_flags() -> list[str]:
     # at::parallel_for is header code ("#pragma omp parallel") when ATen uses OpenMP: without the flag the
     # CPU kernels would run on one thread. The name libgomp.so.1 resolves to the copy torch already loaded.
@@ -74,6 +103,8 @@ def _extension():
     extra_compile_args: dict[str, list[str]] = {"cxx": cxx}
     define_macros: list[tuple[str, str | None]] = []
     if with_cuda:
+        if CUDA_HOME is not None:
+            _check_cuda_runtime(CUDA_HOME)
         sources += _sources("csrc/cuda/*.cu")
         extra_compile_args["nvcc"] = ["-O3"]
         # Only read by PyInit__C, which reports it as netcompress._C.with_cuda.

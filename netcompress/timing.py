@@ -34,7 +34,7 @@ def time_net(net, iterations: int = 50) -> dict[str, float]:
     log.info("Performing Forward")
     net()
     initial = net.loss if net.loss is not None else torch.zeros(())
-    log.info("Initial loss: %g", float(initial))
+    log.info("Initial loss: %g", float(initial.detach()))
     log.info("Performing Backward")
     _backward(net)
     log.info("*** Benchmark begins ***")

@@ -91,8 +91,9 @@ class ELU(NeuronLayer):
         self.alpha = float(param.elu_param.alpha)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # exp(.) - 1 rather than expm1, as Caffe computes it.
-        neg = torch.clamp_max(x, 0.0)
+        # exp(.) - 1 rather than expm1, as Caffe computes it. min(x, 0) by `where`, not clamp_max: the gradient
+        # must reach x at 0 (Caffe's alpha there), and clamp's gradient at its bound is 1 up to torch 2.13, 0 after.
+        neg = torch.where(x > 0, torch.zeros_like(x), x)
         return torch.where(x > 0, x, self.alpha * (torch.exp(neg) - 1.0))
 
 

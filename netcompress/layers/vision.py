@@ -460,8 +460,9 @@ class Pooling(Layer):
             return y
         xp = self._padded(x, kernel, out, float("-inf"))
         y, idx = F.max_pool2d(xp, kernel, self.stride, return_indices=True)
-        # Caffe starts every window at -FLT_MAX and takes only strictly larger inputs.
-        y_caffe = y.clamp_min(-_FLT_MAX)
+        # Caffe starts every window at -FLT_MAX and takes only strictly larger inputs, so a window of -FLT_MAX
+        # and -inf passes no gradient (`where`: clamp's gradient at its bound differs between torch versions).
+        y_caffe = torch.where(y > -_FLT_MAX, y, torch.full_like(y, -_FLT_MAX))
         if not self.two_tops:
             return y_caffe
         Wp = xp.shape[3]
