@@ -6,6 +6,7 @@ a substring of their name (Decision 7), so no layer is silently left at its init
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import sys
@@ -21,7 +22,7 @@ __all__ = [
     "ToolError", "CONV_TYPES", "IP_TYPES", "DNS_TYPES", "INQ_TYPES", "MASKED_TYPES",
     "PLAIN_WEIGHT_TYPES", "WEIGHT_TYPES", "ModelLayer", "SourceModel", "load_source_model",
     "require_files", "build_target_net", "layer_block", "final_block", "KeptTotals", "run_main",
-    "NUM_MARK", "fmt_shape", "kind_of", "apply_mask", "print_lines", "layers_in_test_phase",
+    "run_tool", "NUM_MARK", "fmt_shape", "kind_of", "apply_mask", "print_lines", "layers_in_test_phase",
     "bias_term_of", "refuse_overwrite", "suspicious_values",
 ]
 
@@ -100,6 +101,26 @@ def run_main(body: Callable[[list[str]], int], usage: str, argv: Sequence[str] |
         print(f"Error: expected {nargs} arguments, got {len(args)}", file=sys.stderr)
         return 2
     return guarded(lambda: body(args), os.path.basename(sys.argv[0] or "script"), "Error: ")
+
+
+def run_tool(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+             body: Callable[[argparse.Namespace], int | None],
+             errors: tuple[type[Exception], ...] = (NetcompressError, OSError)) -> int:
+    """Parse `argv` (None: `sys.argv[1:]`) with `parser` and run `body(args)`, with the recipe tools'
+    conventions: --help and usage errors return argparse's exit code (0 / 2) instead of raising
+    SystemExit (tests call main() in process); one of `errors` (default a NetcompressError or an
+    OSError) prints one `Error: <message>` line on stderr (after flushing stdout) and returns 1;
+    otherwise body's return value (None counts as 0). A SystemExit from the body is not caught."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        return int(body(args) or 0)
+    except errors as e:
+        sys.stdout.flush()
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
 
 
 def refuse_overwrite(output: str, **inputs: str) -> None:

@@ -27,7 +27,6 @@ TEST data layer (`--test-iter`); the test score is the TEST output named by `--m
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
 import torch
@@ -35,7 +34,7 @@ import torch
 from ..errors import NetcompressError
 from ..log import get_logger
 from ..proto import caffe_pb2 as pb
-from ._common import ToolError, require_files
+from ._common import ToolError, require_files, run_tool
 
 log = get_logger("tools")
 
@@ -207,11 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--metric", default="accuracy", help="the TEST output to select by (default accuracy)")
     p.add_argument("--seed", type=int, default=None, help="seeds the TRAIN augmentation and data order")
     p.add_argument("--gpu", default=None, help="GPU id (default: CPU)")
-    try:
-        a = p.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
+
+    def run(a: argparse.Namespace) -> int:
         from ..device import device_from_gpu_flag
 
         for what, v in (("--iters", a.iters), ("--test-iter", a.test_iter)):
@@ -220,14 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         r = bn_reestimate(a.prototxt, a.weights, a.out, epochs=a.epochs, select=a.select, momentum=a.momentum,
                           iters=a.iters, test_iter=a.test_iter, metric=a.metric, seed=a.seed,
                           device=str(device_from_gpu_flag(a.gpu)))
-    except (NetcompressError, OSError) as e:
-        sys.stdout.flush()
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
-    print(f"re-estimated {len(r['layers'])} BatchNorm layers, {r['iters']} TRAIN forwards per epoch")
-    for epoch, s in enumerate(r["scores"]):
-        label = "as loaded" if epoch == 0 else f"epoch {epoch}"
-        val = "-" if s is None else f"{s:.6g}"
-        print(f"  {label}: {r['metric']} = {val}" + ("  <- written" if epoch == r["selected"] else ""))
-    print(f"Wrote {r['out']}")
-    return 0
+        print(f"re-estimated {len(r['layers'])} BatchNorm layers, {r['iters']} TRAIN forwards per epoch")
+        for epoch, s in enumerate(r["scores"]):
+            label = "as loaded" if epoch == 0 else f"epoch {epoch}"
+            val = "-" if s is None else f"{s:.6g}"
+            print(f"  {label}: {r['metric']} = {val}" + ("  <- written" if epoch == r["selected"] else ""))
+        print(f"Wrote {r['out']}")
+        return 0
+    return run_tool(p, argv, run)

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import sys
 from typing import Sequence
 
 from google.protobuf import text_format
@@ -45,6 +44,7 @@ from google.protobuf import text_format
 from .. import io as ncio
 from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
+from ._common import run_tool
 
 __all__ = ["DenseNetConfig", "DataSpec", "densenet_net", "densenet_summary", "describe", "DenseNetError",
            "MICRONET_MEAN", "MICRONET_STD", "main"]
@@ -433,11 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "mirror, Cutout)")
     p.add_argument("--scale", type=float, default=None, help="transform scale with --augment none")
     p.add_argument("--name", default=None, help="the net's name")
-    try:
-        a = p.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
+
+    def run(a: argparse.Namespace) -> int:
         if bool(a.train_source) != bool(a.test_source):
             raise DenseNetError("give both --train-source and --test-source, or neither")
         data = (DataSpec(a.train_source, a.test_source, a.batch_size, a.test_batch_size, a.augment, a.scale)
@@ -451,8 +448,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in describe(cfg, a.form):
             print(line)
         print(f"Wrote {a.out} ({len(net.layer)} layers)")
-    except (NetcompressError, OSError) as e:
-        sys.stdout.flush()
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+    return run_tool(p, argv, run)

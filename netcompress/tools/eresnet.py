@@ -18,7 +18,6 @@ import dataclasses
 import math
 import os
 import re
-import sys
 from typing import Sequence
 
 import numpy as np
@@ -28,7 +27,7 @@ from .. import io as ncio
 from ..errors import NetcompressError
 from ..log import get_logger
 from ..proto import caffe_pb2 as pb
-from ._common import ToolError, fmt_shape, require_files
+from ._common import ToolError, fmt_shape, require_files, run_tool
 
 __all__ = ["make_epsilon_resnet", "make_epsilon_resnet_main", "Block", "find_blocks", "layer_producers",
            "layer_ancestors",
@@ -258,11 +257,8 @@ def make_epsilon_resnet_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--faithful-ratio", action="store_true",
                    help="discarded_ratio over 3n+2 blocks, as the source (Q8)")
     p.add_argument("--name", default=None, help="the net's name (default eresnet<depth>)")
-    try:
-        a = p.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
+
+    def run(a: argparse.Namespace) -> int:
         mean = [float(m) for m in a.mean_value.split(",") if m.strip()]
         net = make_epsilon_resnet(
             a.depth, widths=_ints(a.widths, "--widths"), input_shape=_ints(a.input, "--input"),
@@ -272,12 +268,11 @@ def make_epsilon_resnet_main(argv: Sequence[str] | None = None) -> int:
             test_batch_size=a.test_batch_size, scale=a.scale, mean_value=mean, mirror=a.mirror,
             indicator_tops=a.indicator_tops, faithful_ratio=a.faithful_ratio, name=a.name)
         ncio.write_text_proto(a.out, net)
-    except (NetcompressError, OSError, ValueError) as e:
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
-    gates = sum(l.type == "StrictIdentity" for l in net.layer)
-    print(f"Wrote {a.out}: {net.name}, {gates} gated units, {len(net.layer)} layers")
-    return 0
+        gates = sum(l.type == "StrictIdentity" for l in net.layer)
+        print(f"Wrote {a.out}: {net.name}, {gates} gated units, {len(net.layer)} layers")
+        return 0
+    # ValueError too: a --mean-value that is not a number (float's own message)
+    return run_tool(p, argv, run, errors=(NetcompressError, OSError, ValueError))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -831,11 +826,8 @@ def compress_epsilon_resnet_main(argv: Sequence[str] | None = None) -> int:
                                                   "with weight >= 1)")
     p.add_argument("--input-shape", default=None, help="N,C,H,W of the deploy input (default: the TEST "
                                                        "data layer's)")
-    try:
-        a = p.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
+
+    def run(a: argparse.Namespace) -> int:
         if (a.log_path is None) == (a.solverstate is None):
             raise ToolError("give either --log with --iter, or --solverstate")
         compress_epsilon_resnet(
@@ -843,8 +835,5 @@ def compress_epsilon_resnet_main(argv: Sequence[str] | None = None) -> int:
             iteration=a.iteration, solverstate=a.solverstate, criterion=a.criterion, cfg_path=a.cfg_path,
             caffe_compatible=a.caffe_compatible, output=a.output, gate_iters=a.gate_iters,
             input_shape=_ints(a.input_shape, "--input-shape") if a.input_shape else None)
-    except (NetcompressError, OSError) as e:
-        sys.stdout.flush()
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+    return run_tool(p, argv, run)

@@ -23,9 +23,8 @@ import numpy as np
 import torch
 
 from .. import io as ncio
-from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
-from ._common import WEIGHT_TYPES, ToolError
+from ._common import WEIGHT_TYPES, ToolError, run_tool
 
 __all__ = ["RenameReport", "rename_net", "rename_layers", "rename_layers_main", "dump_logits",
            "dump_logits_main", "BN_STATS"]
@@ -205,20 +204,14 @@ def rename_layers_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--bn-stats", choices=BN_STATS, default="keep",
                    help="BatchNorm use_global_stats: keep (default), global (true: frozen statistics) "
                         "or batch (false: batch statistics in TRAIN, running statistics updated)")
-    try:
-        a = p.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
+
+    def run(a: argparse.Namespace) -> int:
         keep = [b for b in a.keep.split(",") if b]
         report = rename_layers(a.in_prototxt, a.in_model, a.out_prototxt, a.out_model, a.prefix, keep,
                                a.freeze, a.bn_stats)
         _print_rename(report, a.prefix, a.out_prototxt, a.out_model)
-    except (NetcompressError, OSError) as e:
-        sys.stdout.flush()
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+    return run_tool(p, argv, run)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,23 +373,17 @@ def dump_logits_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gpu", default=None, help="GPU id (default: CPU)")
     p.add_argument("--strict", action="store_true",
                    help="a learnable layer that the weights do not fill is an error (default: a warning)")
-    try:
-        a = p.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
+
+    def run(a: argparse.Namespace) -> int:
         from ..device import device_from_gpu_flag
 
         r = dump_logits(a.deploy, a.weights, a.source, a.blob, a.out, dataset=a.dataset, rows=a.rows,
                         batch=a.batch, phase=a.phase, with_data=a.with_data, scale=a.scale,
                         mean_values=a.mean_value, list_file=a.list_file,
                         device=str(device_from_gpu_flag(a.gpu)), strict=a.strict)
-    except (NetcompressError, OSError) as e:
-        sys.stdout.flush()
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {r['rows']} rows from {r['source']} to {r['out']}: "
-          + ", ".join(f"{k} {v}" for k, v in r["datasets"].items()))
-    print(f"wrote the HDF5 list {r['list']} (hdf5_data_param {{ source: \"{r['list']}\" }}; "
-          f"tops: {', '.join(r['datasets'])})")
-    return 0
+        print(f"wrote {r['rows']} rows from {r['source']} to {r['out']}: "
+              + ", ".join(f"{k} {v}" for k, v in r["datasets"].items()))
+        print(f"wrote the HDF5 list {r['list']} (hdf5_data_param {{ source: \"{r['list']}\" }}; "
+              f"tops: {', '.join(r['datasets'])})")
+        return 0
+    return run_tool(p, argv, run)

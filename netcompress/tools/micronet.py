@@ -56,7 +56,6 @@ import argparse
 import dataclasses
 import math
 import pickle
-import sys
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -64,7 +63,7 @@ import numpy as np
 from .. import io as ncio
 from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
-from ._common import ToolError, fmt_shape, require_files
+from ._common import ToolError, fmt_shape, require_files, run_tool
 
 __all__ = ["SCORE_TYPES", "REFERENCES", "adder_tree_bits", "parse_bits", "LayerScore", "ScoreResult",
            "micronet_score", "format_score", "score_main", "MAPS", "import_pth", "import_pth_main",
@@ -547,11 +546,8 @@ def score_main(argv: Sequence[str] | None = None) -> int:
                         "counts channels and k x k")
     p.add_argument("--no-layers", action="store_true", help="leave out the per-layer table")
     p.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT")
-    try:
-        a = p.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
+
+    def run(a: argparse.Namespace) -> int:
         r = micronet_score(a.prototxt, a.weights, a.score_type, a.act_bits, a.weight_bits, a.input,
                            a.reference, a.count)
         for line in format_score(r, per_layer=not a.no_layers):
@@ -565,11 +561,8 @@ def score_main(argv: Sequence[str] | None = None) -> int:
                    "by_type": {k: {"ops": o, "params": q} for k, (o, q) in r.by_kind().items()},
                    "layers": [dataclasses.asdict(l) for l in r.layers]}
             ncio.atomic_write(a.json, json.dumps(doc, indent=2) + "\n")
-    except (NetcompressError, OSError) as e:
-        sys.stdout.flush()
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+    return run_tool(p, argv, run)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -699,16 +692,10 @@ def import_pth_main(argv: Sequence[str] | None = None) -> int:
                    help="micronet-densenet-final: the source's densenet_final/densenet_merged names, as "
                         "make_densenet --form deploy writes the layers")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the last line")
-    try:
-        a = p.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
+
+    def run(a: argparse.Namespace) -> int:
         lines = import_pth(a.pth, a.prototxt, a.out, a.mapping)
         for line in lines[-1:] if a.quiet else lines:
             print(line)
-    except (NetcompressError, OSError) as e:
-        sys.stdout.flush()
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+    return run_tool(p, argv, run)

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from typing import Sequence
 
 import numpy as np
@@ -51,7 +50,7 @@ from .. import io as ncio
 from .. import ops
 from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
-from ._common import ToolError, require_files
+from ._common import ToolError, require_files, run_tool
 
 __all__ = ["merge_micronet", "MergeResult", "main"]
 
@@ -528,11 +527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--output", default=None, help="the logits blob (default: the first loss layer's first bottom)")
     p.add_argument("--input", type=_dims, default=None, metavar="C,H,W",
                    help="input shape instead of opening the data layer's source")
-    try:
-        a = p.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
+
+    def run(a: argparse.Namespace) -> int:
         r = merge_micronet(a.prototxt, a.weights, weight_bits=a.weight_bits, fc_bits=a.fc_bits, output=a.output,
                            input_shape=a.input)
         ncio.write_text_proto(a.out_prototxt, r.deploy)
@@ -540,8 +536,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in r.lines:
             print(line)
         print(f"Wrote {a.out_prototxt} and {a.out_model}")
-    except (NetcompressError, OSError) as e:
-        sys.stdout.flush()
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+    return run_tool(p, argv, run)

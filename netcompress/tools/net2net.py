@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import re
-import sys
 import time
 from typing import Callable, Sequence
 
@@ -39,7 +38,7 @@ import torch
 from .. import io as ncio
 from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
-from ._common import ToolError, require_files, run_main
+from ._common import ToolError, require_files, run_main, run_tool
 
 __all__ = ["NetModel", "load_model", "widen", "deepen", "mutate", "training_log", "quiet_console", "net2wider", "net2deeper",
            "net2net_mutate", "net2net_search", "count_params", "MUTATION_OPS",
@@ -1242,15 +1241,15 @@ def _plot_search(s: dict, path: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 def _run_parsed(p: argparse.ArgumentParser, argv: Sequence[str] | None, body: Callable[[argparse.Namespace], None]) -> int:
-    try:
-        a = p.parse_args(sys.argv[1:] if argv is None else list(argv))
-    except SystemExit as e:
-        return int(e.code or 0)
+    """`run_tool`'s parsing, then `body` inside `run_main`'s boundary (which also reports a bug in one line and
+    saves its traceback, and describes an OSError), so run_tool's own error handler never fires."""
 
-    def run(_: list[str]) -> int:
-        body(a)
-        return 0
-    return run_main(run, p.format_usage(), [], None)
+    def run(a: argparse.Namespace) -> int:
+        def guarded_body(_: list[str]) -> int:
+            body(a)
+            return 0
+        return run_main(guarded_body, p.format_usage(), [], None)
+    return run_tool(p, argv, run)
 
 
 def _io_args(p: argparse.ArgumentParser) -> None:

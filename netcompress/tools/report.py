@@ -32,9 +32,8 @@ from typing import Sequence
 import numpy as np
 
 from .. import io as ncio
-from ..errors import NetcompressError
 from ._common import (KeptTotals, ModelLayer, ToolError, final_block, layer_block,
-                      load_source_model, print_lines, require_files)
+                      load_source_model, print_lines, require_files, run_tool)
 from .compact import sniff_format
 
 __all__ = ["model_report", "main"]
@@ -256,11 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="check that every weight is an integer in [-2^(b-1), 2^(b-1)-1] times a per-channel "
                         "scale; exit 1 naming the layers that are not. SPEC: bits as micronet_score's "
                         "--weight-bits (default=4,last=6; a Quant layer's own bitwidth unless SPEC names it)")
-    try:
-        a = p.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
+
+    def run(a: argparse.Namespace) -> int:
         r = model_report(a.net, a.model, a.compact, a.check_bits)
         print_report(r)
         if a.json:
@@ -270,8 +266,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ToolError("the bit budget is exceeded in " + "; ".join(
                 f"layer '{b['name']}' ({b['type']}, {b['bits']} bits: {len(b['bad'])} of {b['channels']} "
                 "channels)" for b in bad))
-    except (NetcompressError, OSError) as e:
-        sys.stdout.flush()
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+    return run_tool(p, argv, run)

@@ -86,7 +86,7 @@ import torch
 from .. import io as ncio
 from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
-from ._common import ToolError, require_files
+from ._common import ToolError, require_files, run_tool
 
 __all__ = ["SDNNet", "make_sdn_net", "sdn_net_from_template", "parse_template", "early_exit_table",
            "ops_per_output", "sdn_early_exit", "make_sdn_net_main", "sdn_early_exit_main"]
@@ -459,24 +459,18 @@ def make_sdn_net_main(argv: Sequence[str] | None = None) -> int:
                    help="sdn_loss_param.policy of the losses (default: the layer's, SDN)")
     p.add_argument("--ramp-epochs", type=int, default=None,
                    help="sdn_loss_param.ramp_epochs (default: the layer's, 100)")
-    try:
-        a = p.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
+
+    def run(a: argparse.Namespace) -> int:
         ics = _parse_ints(a.ics, "--ics", {0, 1})
         sizes = _parse_ints(a.feature_size, "--feature-size")
         sdn = make_sdn_net(a.template, a.out, ics, dense=a.dense, growth=a.growth, label=a.label,
                            feature_size=sizes, num_classes=a.num_classes, policy=a.policy,
                            ramp_epochs=a.ramp_epochs)
-    except (NetcompressError, OSError) as e:
-        sys.stdout.flush()
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
-    for line in describe(sdn):
-        print(line)
-    print(f"wrote {a.out}")
-    return 0
+        for line in describe(sdn):
+            print(line)
+        print(f"wrote {a.out}")
+        return 0
+    return run_tool(p, argv, run)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -713,11 +707,8 @@ def sdn_early_exit_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", metavar="OUT", help="also write the table as JSON")
     p.add_argument("--strict", action="store_true",
                    help="a learnable layer that the weights do not fill is an error (default: a warning)")
-    try:
-        a = p.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
+
+    def run(a: argparse.Namespace) -> int:
         from ..device import device_from_gpu_flag
 
         outputs = [o for o in a.outputs.split(",") if o]
@@ -731,8 +722,5 @@ def sdn_early_exit_main(argv: Sequence[str] | None = None) -> int:
             ncio.atomic_write(a.json, json.dumps(r, indent=2) + "\n")
         if a.plot:
             plot_early_exit(r, a.plot)
-    except (NetcompressError, OSError) as e:
-        sys.stdout.flush()
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+    return run_tool(p, argv, run)

@@ -36,7 +36,7 @@ from .. import io as ncio
 from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
 from ..recipes.snip import apply_masks, connection_sensitivity, keep_masks
-from ._common import KeptTotals, ToolError, final_block, layer_block, print_lines, require_files
+from ._common import KeptTotals, ToolError, final_block, layer_block, print_lines, require_files, run_tool
 
 __all__ = ["SnipResult", "snip_prune", "masked_net_param", "main"]
 
@@ -186,25 +186,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None,
                    help="seeds the fillers, the data layer and the Xavier draws (default: random, printed)")
     p.add_argument("--gpu", default=None, help="GPU id (default: CPU)")
-    try:
-        a = p.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    if len(a.files) not in (3, 4):
-        p.print_usage(sys.stderr)
-        print(f"Error: expected 3 or 4 files (<train.prototxt> [<weights>] <out.prototxt> "
-              f"<out_raw.caffemodel>), got {len(a.files)}", file=sys.stderr)
-        return 2
-    train, *rest = a.files
-    weights = rest.pop(0) if len(rest) == 3 else None
-    out_prototxt, out_model = rest
-    try:
+
+    def run(a: argparse.Namespace) -> int:
+        if len(a.files) not in (3, 4):
+            p.print_usage(sys.stderr)
+            print(f"Error: expected 3 or 4 files (<train.prototxt> [<weights>] <out.prototxt> "
+                  f"<out_raw.caffemodel>), got {len(a.files)}", file=sys.stderr)
+            return 2
         from ..device import device_from_gpu_flag
 
+        train, *rest = a.files
+        weights = rest.pop(0) if len(rest) == 3 else None
+        out_prototxt, out_model = rest
         snip_prune(train, weights, out_prototxt, out_model, a.keep_ratio, a.batches, a.reinit, a.layers,
                    a.seed, device=str(device_from_gpu_flag(a.gpu)))
-    except (NetcompressError, OSError) as e:
-        sys.stdout.flush()
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+    return run_tool(p, argv, run)
