@@ -22,7 +22,7 @@ __all__ = [
     "ToolError", "CONV_TYPES", "IP_TYPES", "DNS_TYPES", "INQ_TYPES", "MASKED_TYPES",
     "PLAIN_WEIGHT_TYPES", "WEIGHT_TYPES", "ModelLayer", "SourceModel", "load_source_model",
     "require_files", "build_target_net", "layer_block", "final_block", "KeptTotals", "run_main",
-    "run_tool", "NUM_MARK", "fmt_shape", "kind_of", "apply_mask", "print_lines", "layers_in_test_phase",
+    "run_tool", "dims_arg", "NUM_MARK", "fmt_shape", "kind_of", "apply_mask", "print_lines", "layers_in_test_phase",
     "bias_term_of", "refuse_overwrite", "suspicious_values",
 ]
 
@@ -101,6 +101,22 @@ def run_main(body: Callable[[list[str]], int], usage: str, argv: Sequence[str] |
         print(f"Error: expected {nargs} arguments, got {len(args)}", file=sys.stderr)
         return 2
     return guarded(lambda: body(args), os.path.basename(sys.argv[0] or "script"), "Error: ")
+
+
+def dims_arg(example: str, count: int | None = None) -> Callable[[str], tuple[int, ...]]:
+    """An argparse `type` for comma-separated positive sizes such as an input's C,H,W (`count` of them, when
+    given); the error names the form with `example`."""
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            v = tuple(int(t) for t in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected C,H,W (e.g. {example}), got '{text}'") from None
+        if count is not None and len(v) != count:
+            raise argparse.ArgumentTypeError(f"expected C,H,W (e.g. {example}), got '{text}'")
+        if not v or min(v) < 1:
+            raise argparse.ArgumentTypeError(f"expected positive C,H,W, got '{text}'")
+        return v
+    return parse
 
 
 def run_tool(parser: argparse.ArgumentParser, argv: Sequence[str] | None,

@@ -44,7 +44,7 @@ from google.protobuf import text_format
 from .. import io as ncio
 from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
-from ._common import run_tool
+from ._common import dims_arg, run_tool
 
 __all__ = ["DenseNetConfig", "DataSpec", "densenet_net", "densenet_summary", "describe", "DenseNetError",
            "MICRONET_MEAN", "MICRONET_STD", "main"]
@@ -389,16 +389,6 @@ def describe(cfg: DenseNetConfig, form: str) -> list[str]:
     return lines
 
 
-def _triple(text: str) -> tuple[int, int, int]:
-    try:
-        v = tuple(int(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected C,H,W (e.g. 3,32,32), got '{text}'") from None
-    if len(v) != 3:
-        raise argparse.ArgumentTypeError(f"expected C,H,W (e.g. 3,32,32), got '{text}'")
-    return v  # type: ignore[return-value]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`make_densenet <out.prototxt> [--form plain|student|deploy] [--depth D] [--growth K] ...`"""
     p = argparse.ArgumentParser(
@@ -415,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--expansion", type=int, default=4, help="bottleneck width = expansion x growth")
     p.add_argument("--blocks", type=int, default=3, help="dense blocks (default 3)")
     p.add_argument("--classes", type=int, default=100)
-    p.add_argument("--input", type=_triple, default=(3, 32, 32), metavar="C,H,W")
+    p.add_argument("--input", type=dims_arg("3,32,32", 3), default=(3, 32, 32), metavar="C,H,W")
     p.add_argument("--conv-type", choices=CONV_TYPES, default=None)
     p.add_argument("--fc-type", choices=FC_TYPES, default=None)
     p.add_argument("--act-quant", dest="act_quant", action="store_true", default=None,

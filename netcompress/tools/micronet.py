@@ -63,7 +63,7 @@ import numpy as np
 from .. import io as ncio
 from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
-from ._common import ToolError, fmt_shape, require_files, run_tool
+from ._common import ToolError, dims_arg, fmt_shape, require_files, run_tool
 
 __all__ = ["SCORE_TYPES", "REFERENCES", "adder_tree_bits", "parse_bits", "LayerScore", "ScoreResult",
            "micronet_score", "format_score", "score_main", "MAPS", "import_pth", "import_pth_main",
@@ -512,16 +512,6 @@ def format_score(r: ScoreResult, per_layer: bool = True) -> list[str]:
     return lines
 
 
-def _dims(text: str) -> tuple[int, ...]:
-    try:
-        v = tuple(int(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected C,H,W (e.g. 3,32,32), got '{text}'") from None
-    if not v or min(v) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive C,H,W, got '{text}'")
-    return v
-
-
 def score_main(argv: Sequence[str] | None = None) -> int:
     """`micronet_score <deploy.prototxt> <weights> [--score-type 0..6] [--act-bits ...] ...`"""
     p = argparse.ArgumentParser(
@@ -538,7 +528,7 @@ def score_main(argv: Sequence[str] | None = None) -> int:
                    help="activation bits: first=32,default=4,last=32 (the default); a layer name may be a key")
     p.add_argument("--weight-bits", default=None, metavar="SPEC",
                    help="weight bits: default=4,last=6 (the default); a layer name may be a key")
-    p.add_argument("--input", type=_dims, default=None, metavar="C,H,W",
+    p.add_argument("--input", type=dims_arg("3,32,32"), default=None, metavar="C,H,W",
                    help="input shape (default: the prototxt's Input, batch 1)")
     p.add_argument("--reference", choices=sorted(REFERENCES), default="cifar100")
     p.add_argument("--count", choices=("faithful", "corrected"), default="faithful",

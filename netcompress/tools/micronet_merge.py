@@ -50,7 +50,7 @@ from .. import io as ncio
 from .. import ops
 from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
-from ._common import ToolError, require_files, run_tool
+from ._common import ToolError, dims_arg, require_files, run_tool
 
 __all__ = ["merge_micronet", "MergeResult", "main"]
 
@@ -498,16 +498,6 @@ def merge_micronet(prototxt: str, weights: str, *, weight_bits: int | None = Non
     return MergeResult(m.deploy, m.model, m.lines, out)
 
 
-def _dims(text: str) -> tuple[int, ...]:
-    try:
-        v = tuple(int(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected C,H,W (e.g. 1,28,28), got '{text}'") from None
-    if not v or min(v) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive C,H,W, got '{text}'")
-    return v
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`micronet_merge <train.prototxt> <weights> <out_deploy.prototxt> <out.caffemodel> [--weight-bits 4] ...`"""
     p = argparse.ArgumentParser(
@@ -525,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="bits of inner products that are not QuantInnerProduct (post-training, default 6); for a "
                         "QuantInnerProduct it must equal its bitwidth")
     p.add_argument("--output", default=None, help="the logits blob (default: the first loss layer's first bottom)")
-    p.add_argument("--input", type=_dims, default=None, metavar="C,H,W",
+    p.add_argument("--input", type=dims_arg("1,28,28"), default=None, metavar="C,H,W",
                    help="input shape instead of opening the data layer's source")
 
     def run(a: argparse.Namespace) -> int:
