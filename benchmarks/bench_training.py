@@ -35,6 +35,12 @@ per training step (a TorchDispatchMode counts them: ops launched from Python, vi
 a replayed CUDA graph counts as none), on CUDA the stream submissions per step from torch.profiler (kernel and
 graph launches, memcpy, memset), and the wall time per step at batch 1, where the device has almost nothing to
 do: the host time a step costs.
+Compute bound (LeNet on the CPU, beside the Caffe comparison): the FLOP of one forward + backward of its
+Convolution and InnerProduct layers (2 per multiply-accumulate; forward, weight gradient, and bottom gradient but
+for conv1's, whose bottom is the data: 0.844 GFLOP at batch 64), its rate, and the rate of a 1024^3 torch.mm timed
+once per round of the same rotation (the core's practical float32 peak at that thread count); their quotient bounds
+the fwd+bwd time any implementation of these FLOP can reach, and Caffe's time over that bound is the largest
+speed-up over Caffe that the machine allows.
 Knowledge distillation (LeNet, per device and threads): the plain student alone, against the same student with a
 teacher in its net (a copy of the net prefixed t_ by rename_layers, every blob lr_mult 0) and a
 KnowledgeDistillationLoss (HINTON, T 4, soft 0.9, hard 0.1) in place of its SoftmaxWithLoss, timed in rotation
@@ -350,6 +356,46 @@ def _fwd_bwd(net, split: list | None = None):
     return run
 
 
+def fwd_bwd_flop(net) -> float:
+    """Floating-point operations (2 per multiply-accumulate) of one forward + backward of the net's Convolution and
+    InnerProduct layers (any variant) at its batch: the forward, the weight gradient, and the bottom gradient where
+    the bottom comes from a layer that backpropagates (not from the data). What a compute bound is made of: the
+    other layers are memory-bound and small beside these."""
+    from netcompress.tools.sdn import layer_macs
+
+    grad_blobs: set[str] = set()
+    total = 0.0
+    for li, name in enumerate(net.layer_names):
+        bottoms, tops = net._bottoms[li], net._tops[li]
+        bshapes = [net.blob_shapes[b] for b in bottoms]
+        macs = layer_macs(net.layer(name), bshapes, [net.blob_shapes[t] for t in tops])
+        if macs:
+            macs *= bshapes[0][0]  # layer_macs counts per sample
+            total += 2.0 * macs * (2 + any(b in grad_blobs for b in bottoms))
+        if net.layer_need_backward.get(name):
+            grad_blobs.update(tops)
+    return total
+
+
+class Sgemm:
+    """The CPU's float32 matrix-multiply rate at the current thread count (torch.mm of two n x n matrices), the
+    practical peak against which a net's FLOP rate is read. `sample()` times one product: called once per round of
+    the rotation, so that a busy period of a shared machine slows it as it slows the nets."""
+
+    def __init__(self, n: int = 1024):
+        self.a, self.b, self.times = torch.randn(n, n), torch.randn(n, n), []
+        for _ in range(2):
+            torch.mm(self.a, self.b)
+
+    def sample(self) -> None:
+        t0 = time.perf_counter()
+        torch.mm(self.a, self.b)
+        self.times.append(time.perf_counter() - t0)
+
+    def gflops(self) -> float:
+        return 2.0 * self.a.shape[0] ** 3 / statistics.median(self.times) / 1e9
+
+
 def _state_mb(solver) -> float:
     net = solver.net
     b = sum(t.numel() * t.element_size() for t in list(net.parameters()) + list(net.buffers()))
@@ -402,8 +448,11 @@ def measure_group(job: dict) -> list[dict]:
     _sync()
     train = {k: [] for k in subjects}
     fb = {k: [] for k in fb_subjects}
+    sgemm = Sgemm() if device == "cpu" and name == "lenet" else None
     spent, rounds = 0.0, 0
     while rounds < job["iters"] or (spent < job["min_time"] and rounds < 50 * job["iters"]):
+        if sgemm is not None:
+            sgemm.sample()
         for k, x in subjects.items():
             dt = once(lambda: x.step(block))
             train[k].append(dt / block)
@@ -411,6 +460,9 @@ def measure_group(job: dict) -> list[dict]:
         for k, x in fb_subjects.items():
             fb[k].append(once(fwd_bwd(x, splits[k] if device == "cpu" else None)))
         rounds += 1
+    # The compute bound of the Caffe comparison (LeNet on the CPU): this thread count's sgemm rate, timed in the
+    # rotation, and each batch's FLOP.
+    sgemm = sgemm.gflops() if sgemm is not None else None
     out = []
     for (v, m), x in subjects.items():
         t = _summary(train[(v, m)])
@@ -427,6 +479,10 @@ def measure_group(job: dict) -> list[dict]:
             if splits[(v, b)]:  # medians of the parts (they need not add up to the median of the sums)
                 r["fwd_bwd"][str(b)]["forward_ms"] = statistics.median(f for f, _ in splits[(v, b)]) * 1e3
                 r["fwd_bwd"][str(b)]["backward_ms"] = statistics.median(g for _, g in splits[(v, b)]) * 1e3
+            if sgemm is not None and not baseline:
+                r["fwd_bwd"][str(b)]["gflop"] = fwd_bwd_flop(fb_subjects[(v, b)]) / 1e9
+        if sgemm is not None and not baseline:
+            r["sgemm_gflops"] = sgemm
         loss = x.loss if baseline else x.net.loss
         r["loss"] = float(loss.detach()) if loss is not None else None
         out.append(r)
@@ -654,6 +710,11 @@ def versus_caffe(runs: list[dict]) -> list[dict]:
             if ref:
                 entry["fwd_bwd"][b] = {"ms": v["ms"], "caffe_ms": ref, "speedup": ref / v["ms"],
                                        **{k: v[k] for k in ("forward_ms", "backward_ms") if k in v}}
+                if "gflop" in v and r.get("sgemm_gflops"):
+                    bound_ms = v["gflop"] / r["sgemm_gflops"] * 1e3
+                    entry["fwd_bwd"][b].update({
+                        "gflop": v["gflop"], "gflops": v["gflop"] / v["ms"] * 1e3, "sgemm_gflops": r["sgemm_gflops"],
+                        "bound_ms": bound_ms, "max_speedup": ref / bound_ms})
         out.append(entry)
     return out
 
@@ -735,6 +796,20 @@ def tables(result: dict) -> str:
                      + C.format_table(rows, [("variant", "variant"), ("thr", "threads"), ("it_s", "train it/s"),
                                              ("x", "vs 31 it/s"), ("fb", "fwd+bwd (speed-up)"),
                                              ("split", "forward + backward ms")]))
+        rows = [{"variant": v["variant"], "thr": v["threads"], "batch": b, "gflop": f"{f['gflop']:.3f}",
+                 "rate": f"{f['gflops']:.1f}", "peak": f"{f['sgemm_gflops']:.1f}",
+                 "eff": f"{f['gflops'] / f['sgemm_gflops']:.0%}", "bound": f"{C.fmt(f['bound_ms'])} ms",
+                 "max": f"{f['max_speedup']:.2f}x"}
+                for v in result["vs_caffe"] for b, f in v["fwd_bwd"].items() if "gflop" in f]
+        if rows:
+            parts.append("== LeNet's compute bound (GFLOP: forward + backward of the Convolution and InnerProduct "
+                         "layers; rate: GFLOP / fwd+bwd time; sgemm: torch.mm 1024^3 in the same process and threads; "
+                         "bound: GFLOP at the sgemm rate, the fwd+bwd time if every FLOP ran as fast as a large "
+                         "matrix product and nothing else took time; max: Caffe's time / bound, the most any "
+                         "implementation of these FLOP could reach at this thread count)\n"
+                         + C.format_table(rows, [("variant", "variant"), ("thr", "threads"), ("batch", "batch"),
+                                                 ("gflop", "GFLOP"), ("rate", "GFLOP/s"), ("peak", "sgemm GFLOP/s"),
+                                                 ("eff", "of sgemm"), ("bound", "bound"), ("max", "max vs Caffe")]))
     return "\n\n".join(parts)
 
 

@@ -89,7 +89,7 @@ from ..proto import caffe_pb2 as pb
 from ._common import ToolError, require_files, run_tool
 
 __all__ = ["SDNNet", "make_sdn_net", "sdn_net_from_template", "parse_template", "early_exit_table",
-           "ops_per_output", "sdn_early_exit", "make_sdn_net_main", "sdn_early_exit_main"]
+           "ops_per_output", "layer_macs", "sdn_early_exit", "make_sdn_net_main", "sdn_early_exit_main"]
 
 SECTIONS = ("stem", "cell", "dense_cell", "end")
 _MARKER = re.compile(r"^[ \t]*#[ \t]*@(\w+)[ \t]*$")
@@ -519,7 +519,7 @@ def early_exit_table(logits: Sequence[np.ndarray], labels: np.ndarray, threshold
     return rows
 
 
-def _layer_macs(layer, bottom_shapes: list[tuple], top_shapes: list[tuple]) -> int:
+def layer_macs(layer, bottom_shapes: list[tuple], top_shapes: list[tuple]) -> int:
     """Per-sample multiply-accumulates of a Convolution/Deconvolution/InnerProduct (or variant)."""
     from ..layers.vision import InnerProduct, _ConvBase
 
@@ -557,7 +557,7 @@ def ops_per_output(net, outputs: Sequence[str]) -> tuple[list[int], dict[str, in
         deps_f = frozenset(deps)
         for t in tops:
             producers[t] = deps_f
-        m = _layer_macs(layer, [net.blob_shapes[b] for b in bottoms], [net.blob_shapes[t] for t in tops])
+        m = layer_macs(layer, [net.blob_shapes[b] for b in bottoms], [net.blob_shapes[t] for t in tops])
         if m:
             macs[name] = m
     cumulative, reached = [], set()
@@ -600,9 +600,9 @@ def sdn_early_exit(prototxt: str, weights: str, outputs: Sequence[str], threshol
         raise ToolError(f"{prototxt}: the TEST net has Input layers ({', '.join(net.input_names)}); "
                         "sdn_early_exit needs a net whose data layer provides the images and labels")
     if ops == "auto":
-        ops_values, layer_macs = ops_per_output(net, outputs)
+        ops_values, macs_by_layer = ops_per_output(net, outputs)
     else:
-        ops_values, layer_macs = [float(v) for v in ops], {}
+        ops_values, macs_by_layer = [float(v) for v in ops], {}
         if len(ops_values) != len(outputs):
             raise ToolError(f"--ops-per-output: {len(outputs)} outputs need {len(outputs)} values, "
                             f"got {len(ops_values)}")
@@ -624,7 +624,7 @@ def sdn_early_exit(prototxt: str, weights: str, outputs: Sequence[str], threshol
     alone = [float((l.argmax(axis=1) == labels).mean()) for l in logits]
     return {"net": prototxt, "weights": weights, "stages": list(stages), "outputs": list(outputs),
             "samples": int(labels.shape[0]), "ops_per_output": [float(v) for v in ops_values],
-            "ops_counted": "auto" if ops == "auto" else "given", "layer_macs": layer_macs,
+            "ops_counted": "auto" if ops == "auto" else "given", "layer_macs": macs_by_layer,
             "output_accuracy": alone, "thresholds": rows}
 
 

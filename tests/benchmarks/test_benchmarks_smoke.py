@@ -106,6 +106,10 @@ def test_training_quick_json(tmp_path):
         f = v["fwd_bwd"]["64"]
         assert _positive(f["forward_ms"]) and _positive(f["backward_ms"])
         assert f["forward_ms"] + f["backward_ms"] == pytest.approx(f["ms"], rel=0.5)
+        # the compute bound: LeNet's FLOP, its rate, the sgemm rate of the same rotation, Caffe's time over the bound
+        assert f["gflop"] == pytest.approx(0.843648) and _positive(f["sgemm_gflops"])
+        assert f["gflops"] == pytest.approx(f["gflop"] / f["ms"] * 1e3)
+        assert f["max_speedup"] == pytest.approx(20.7 / (f["gflop"] / f["sgemm_gflops"] * 1e3))
     for x in runs:  # the hand-written baseline is timed whole
         assert ("forward_ms" in x["fwd_bwd"]["64"]) == (x["variant"] != "pytorch")
     # ratios against the baseline, from the same rotation
@@ -125,11 +129,22 @@ def test_training_quick_json(tmp_path):
     assert "== against hand-written PyTorch" in text and "== host work per training step" in text
     assert re.search(r"\nplain +1 +\S+ +\S+x +\S+ ms@64 \(\S+x\) +\S+ \+ \S+@64\n", text)
     assert re.search(r"\ndns +eager +cpu +%.0f +- " % ops["dns"], text)
+    assert re.search(r"== LeNet's compute bound .*\n.*\n.*\nplain +1 +64 +0\.844 +\S+ +\S+ +\d+% +\S+ ms +\S+x\n", text)
     # the KD row: the student alone and with its frozen teacher, one ratio from one run
     [kd] = r["kd"]
     assert (kd["net"], kd["device"], kd["threads"], kd["batch"]) == ("lenet", "cpu", 1, 64)
     assert _positive(kd["plain"]["it_s"]) and _positive(kd["kd"]["it_s"]) and _positive(kd["kd_time_vs_plain"])
     assert kd["teacher_frozen"] is True and math.isfinite(kd["loss"])
+
+
+def test_fwd_bwd_flop_counts_the_lenet_layers():
+    # LeNet at batch 64, multiply-accumulates per sample: conv1 20*24*24*25, conv2 50*8*8*500, ip1 800*500, ip2
+    # 500*10; forward + weight gradient for all four, the bottom gradient for all but conv1 (its bottom is the data).
+    bt = _load("bench_training")
+    macs = {"conv1": 20 * 24 * 24 * 25, "conv2": 50 * 8 * 8 * 500, "ip1": 800 * 500, "ip2": 500 * 10}
+    expected = 64 * 2 * (3 * sum(macs.values()) - macs["conv1"])
+    for variant in bt.VARIANTS:
+        assert bt.fwd_bwd_flop(bt.make_solver("lenet", variant, 64, "cpu").net) == expected == 843_648_000
 
 
 def test_training_step_modes_and_baseline_options(tmp_path):
