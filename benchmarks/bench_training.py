@@ -462,7 +462,7 @@ def measure_group(job: dict) -> list[dict]:
         rounds += 1
     # The compute bound of the Caffe comparison (LeNet on the CPU): this thread count's sgemm rate, timed in the
     # rotation, and each batch's FLOP.
-    sgemm = sgemm.gflops() if sgemm is not None else None
+    sgemm_rate = sgemm.gflops() if sgemm is not None else None
     out = []
     for (v, m), x in subjects.items():
         t = _summary(train[(v, m)])
@@ -479,10 +479,10 @@ def measure_group(job: dict) -> list[dict]:
             if splits[(v, b)]:  # medians of the parts (they need not add up to the median of the sums)
                 r["fwd_bwd"][str(b)]["forward_ms"] = statistics.median(f for f, _ in splits[(v, b)]) * 1e3
                 r["fwd_bwd"][str(b)]["backward_ms"] = statistics.median(g for _, g in splits[(v, b)]) * 1e3
-            if sgemm is not None and not baseline:
+            if sgemm_rate is not None and not baseline:
                 r["fwd_bwd"][str(b)]["gflop"] = fwd_bwd_flop(fb_subjects[(v, b)]) / 1e9
-        if sgemm is not None and not baseline:
-            r["sgemm_gflops"] = sgemm
+        if sgemm_rate is not None and not baseline:
+            r["sgemm_gflops"] = sgemm_rate
         loss = x.loss if baseline else x.net.loss
         r["loss"] = float(loss.detach()) if loss is not None else None
         out.append(r)
