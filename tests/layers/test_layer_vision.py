@@ -375,6 +375,22 @@ def test_pooling_empty_window_past_the_input(make_layer):
     assert torch.isnan(ave(rand(1, 1, 6, 6))[0, 0, 3]).all()  # Caffe divides 0 by a pool size of 0
 
 
+def test_pooling_max_floor_keeps_nan_and_passes_no_gradient_below_it(make_layer):
+    # The path of Caffe's own window geometry (a window past the input): a -inf window outputs Caffe's -FLT_MAX
+    # with mask -1 and no gradient on every torch version; a NaN stays NaN.
+    mx = make_layer('type: "Pooling" top: "y" top: "m" pooling_param { pool: MAX kernel_size: 1 stride: 2 }',
+                    (1, 1, 6, 6))
+    x = rand(1, 1, 6, 6)
+    x[0, 0, 0, 0], x[0, 0, 0, 2] = float("nan"), float("-inf")
+    x.requires_grad_()
+    y, m = mx(x)
+    assert torch.isnan(y[0, 0, 0, 0]) and y[0, 0, 0, 1] == -FLT_MAX and m[0, 0, 0, 1] == -1
+    # finite windows pass gradient 1 to their inputs; the -inf window none
+    (y[0, 0, 1:3, 1:3].sum() + y[0, 0, 0, 1]).backward()
+    g = x.grad[0, 0]
+    assert g[0, 2] == 0 and g[2, 2] == 1 and g[4, 4] == 1 and g.sum() == 4
+
+
 def test_pooling_ave_divisor_at_the_border(make_layer):
     layer = make_layer('type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }', (1, 1, 5, 5))
     y = layer(torch.ones(1, 1, 5, 5, dtype=torch.float64))
