@@ -93,8 +93,9 @@ class ELU(NeuronLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # exp(.) - 1 rather than expm1, as Caffe computes it. min(x, 0) by `where`, not clamp_max: the gradient
         # must reach x at 0 (Caffe's alpha there), and clamp's gradient at its bound is 1 up to torch 2.13, 0 after.
-        neg = torch.where(x > 0, torch.zeros_like(x), x)
-        return torch.where(x > 0, x, self.alpha * (torch.exp(neg) - 1.0))
+        pos = x > 0
+        neg = torch.where(pos, 0.0, x)
+        return torch.where(pos, x, self.alpha * (torch.exp(neg) - 1.0))
 
 
 @register_layer("Sigmoid")

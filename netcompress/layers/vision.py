@@ -463,8 +463,7 @@ class Pooling(Layer):
         # Caffe starts every window at -FLT_MAX and takes only strictly larger inputs, so a window of -FLT_MAX
         # and -inf passes no gradient (`where`: clamp's gradient at its bound differs between torch versions). A NaN
         # stays NaN, as in ATen's max pooling (the solver's non-finite check must see it).
-        keep = (y > -_FLT_MAX) | torch.isnan(y)
-        y_caffe = torch.where(keep, y, torch.full_like(y, -_FLT_MAX))
+        y_caffe = torch.where((y > -_FLT_MAX) | torch.isnan(y), y, -_FLT_MAX)
         if not self.two_tops:
             return y_caffe
         Wp = xp.shape[3]
