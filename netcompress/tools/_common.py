@@ -110,8 +110,8 @@ def dims_arg(example: str, count: int | None = None) -> Callable[[str], tuple[in
         try:
             v = tuple(int(t) for t in text.split(","))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected C,H,W (e.g. {example}), got '{text}'") from None
-        if count is not None and len(v) != count:
+            v = None
+        if v is None or (count is not None and len(v) != count):
             raise argparse.ArgumentTypeError(f"expected C,H,W (e.g. {example}), got '{text}'")
         if not v or min(v) < 1:
             raise argparse.ArgumentTypeError(f"expected positive C,H,W, got '{text}'")
