@@ -15,7 +15,8 @@ import sys
 
 import torch
 from setuptools import setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+import torch.utils.cpp_extension as cpp_ext
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD_CONFIG: dict = {}  # what the build decided; written beside the extension (`netcompress info` shows it)
@@ -31,14 +32,15 @@ def _use_cuda() -> tuple[bool, str]:
         return True, "FORCE_CUDA=1"
     if torch.version.cuda is None:
         return False, f"torch {torch.__version__} is built without CUDA"
-    if CUDA_HOME is None:
+    home = cpp_ext.CUDA_HOME
+    if home is None:
         return False, f"torch has CUDA {torch.version.cuda} but no CUDA toolkit (nvcc / CUDA_HOME) was found"
-    toolkit = _nvcc_version(CUDA_HOME)
+    toolkit = _nvcc_version(home)
     if toolkit is not None and toolkit.split(".")[0] != torch.version.cuda.split(".")[0]:
         # torch's BuildExtension refuses a different major version; build the CPU kernels rather than fail.
-        return False, (f"torch has CUDA {torch.version.cuda} but the toolkit at {CUDA_HOME} is CUDA {toolkit}: "
+        return False, (f"torch has CUDA {torch.version.cuda} but the toolkit at {home} is CUDA {toolkit}: "
                        "install a matching toolkit (or torch) for the CUDA kernels; FORCE_CUDA=1 tries anyway")
-    return True, f"torch has CUDA {torch.version.cuda}, toolkit CUDA {toolkit or '?'} at {CUDA_HOME}"
+    return True, f"torch has CUDA {torch.version.cuda}, toolkit CUDA {toolkit or '?'} at {home}"
 
 
 def _nvcc_version(cuda_home: str) -> str | None:
@@ -69,16 +71,20 @@ def _nvcc_toolkit_root(nvcc: str) -> str | None:
     return os.path.realpath(m.group(1).strip()) if m else None
 
 
-def _check_cuda_runtime(cuda_home: str) -> None:
-    """Stop before compiling when the link would fail on -lcudart and nvcc names the toolkit that would not."""
-    if _cudart_dirs(cuda_home):
-        return
-    top = _nvcc_toolkit_root(os.path.join(cuda_home, "bin", "nvcc"))
-    if top and os.path.realpath(cuda_home) != top and _cudart_dirs(top):
-        where = "from the environment" if os.environ.get("CUDA_HOME") else "torch's guess from the nvcc on PATH"
-        sys.exit(f"netcompress._C: CUDA_HOME is {cuda_home} ({where}), which has no libcudart.so in lib64/ "
-                 f"or lib/, so linking the CUDA kernels would fail ('cannot find -lcudart'); nvcc's own toolkit "
-                 f"is {top}: run again with CUDA_HOME={top}")
+def _adopt_nvcc_toolkit() -> str | None:
+    """Where torch's CUDA_HOME has no libcudart.so but the toolkit nvcc itself reports does, build with that one.
+    torch takes CUDA_HOME from the nvcc on PATH, which may be a wrapper script outside its toolkit: the link would
+    then fail ('cannot find -lcudart'). cpp_extension reads its CUDA_HOME when it builds the compile and link
+    commands, so setting it here is enough. Returns the toolkit adopted, or None (CUDA_HOME unchanged; one set in
+    the environment is always kept)."""
+    home = cpp_ext.CUDA_HOME
+    if home is None or os.environ.get("CUDA_HOME") or _cudart_dirs(home):
+        return None
+    top = _nvcc_toolkit_root(os.path.join(home, "bin", "nvcc"))
+    if not (top and _cudart_dirs(top)):
+        return None
+    cpp_ext.CUDA_HOME = top
+    return top
 
 
 def _openmp_flags() -> list[str]:
@@ -95,6 +101,10 @@ def _openmp_flags() -> list[str]:
 
 def _extension():
     with_cuda, why = _use_cuda()
+    if with_cuda:
+        adopted = _adopt_nvcc_toolkit()
+        if adopted:
+            why += f"; built with nvcc's own toolkit {adopted} (no libcudart.so where torch looked)"
     sources = _sources("csrc/netcompress.cpp") + _sources("csrc/autograd.cpp") + _sources("csrc/cpu/*.cpp")
     openmp = _openmp_flags()
     # -ffp-contract=off: the CPU loops have AVX2/AVX-512 clones (csrc/cpu/loops.h); without it GCC would fuse
@@ -103,8 +113,6 @@ def _extension():
     extra_compile_args: dict[str, list[str]] = {"cxx": cxx}
     define_macros: list[tuple[str, str | None]] = []
     if with_cuda:
-        if CUDA_HOME is not None:
-            _check_cuda_runtime(CUDA_HOME)
         sources += _sources("csrc/cuda/*.cu")
         extra_compile_args["nvcc"] = ["-O3"]
         # Only read by PyInit__C, which reports it as netcompress._C.with_cuda.

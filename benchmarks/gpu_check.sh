@@ -106,13 +106,6 @@ say "$ENV_INFO"
 GPUS=$("$PY" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)' 2>/dev/null || echo 0)
 HAVE_NVCC=0
 command -v nvcc >/dev/null 2>&1 && HAVE_NVCC=1
-# torch takes CUDA_HOME from the location of the nvcc on PATH, which is wrong where that nvcc is a wrapper script
-# outside its toolkit (setup.py then stops, naming the toolkit): use the toolkit nvcc itself reports (its TOP).
-if ((HAVE_NVCC)) && [[ -z ${CUDA_HOME:-} ]]; then
-  TOP=$(cd "$WORK" && nvcc --dryrun -c x.cu -o x.o 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n 1)
-  [[ -n $TOP && -d $TOP ]] && export CUDA_HOME=$(realpath "$TOP")
-fi
-say "CUDA_HOME: ${CUDA_HOME:-unset (torch finds the toolkit from nvcc)}"
 if ((GPUS == 0)); then
   say "NO GPU: the steps that need one are skipped; the others run (see the top of this script)."
 fi
