@@ -23,12 +23,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_net(net, iterations: int = 50) -> dict[str, float]:
+def time_net(net, iterations: int = 50) -> dict:
     """Time `iterations` forward+backward passes, then each layer's forward and backward.
 
-    Per-layer backward times come from `torch.autograd.grad` over that layer alone (inputs and
-    parameters), with ones as the incoming gradient, as Caffe times each Layer::Backward.
-    Returns the averages in milliseconds.
+    Per-layer backward times come from `torch.autograd.grad` over that layer alone, with ones as the
+    incoming gradient, as Caffe times each Layer::Backward: for its parameters, and for the bottoms
+    that get a diff in the net's own backward (Caffe's bottom_need_backward: not the data, not a
+    `propagate_down: false` bottom, unless `force_backward`), so a first convolution is not timed
+    for an input gradient that training never computes. Returns the averages in milliseconds: the
+    passes' (`forward_ms`, `backward_ms`, `forward_backward_ms`, `total_ms`) and each layer's
+    (`layers[name]["forward_ms"]`, `layers[name]["backward_ms"]`).
     """
     dev = net.device
     log.info("Performing Forward")
@@ -56,43 +60,58 @@ def time_net(net, iterations: int = 50) -> dict[str, float]:
         total_b += t2 - t1
         log.info("Iteration: %d forward-backward time: %g ms.", j + 1, (t2 - t0) * 1e3)
     total = time.perf_counter() - t_all
-    # Per-layer times: re-run each layer on the blobs of the last pass.
+    # Per-layer times: re-run each layer on the blobs of the last pass. A bottom gets a gradient
+    # where it had one in that pass (net.blobs holds its tensors). One untimed pass first: the
+    # layer-alone calls can differ from the net's (an incoming gradient of another layout), and
+    # oneDNN builds a primitive on its first call of a kind (about 0.3 s for conv1's weight
+    # gradient), which would otherwise land in one layer's average.
+    force = net.param.force_backward
+    need = [[(pd or force) and net.blobs[b].requires_grad for b, pd in zip(net._bottoms[li], net._prop_down[li])]
+            for li in range(len(names))]
+    _layer_pass(net, need, dev, dict(fwd), dict(bwd))
     for _ in range(iterations):
-        blobs = {}
-        for li, name in enumerate(names):
-            layer = net.layer(name)
-            if layer.type_name == "Input":
-                xs = []
-            else:
-                xs = [blobs[b].detach().requires_grad_(blobs[b].is_floating_point())
-                      for b in net._bottoms[li]]
-            t0 = time.perf_counter()
-            out = layer(*xs)
-            _sync(dev)
-            fwd[name] += time.perf_counter() - t0
-            outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
-            for t, y in zip(net._tops[li], outs):
-                blobs[t] = y
-            wrt = [x for x in xs if x.requires_grad] + [p for p in layer.parameters() if p.requires_grad]
-            diffable = [y for y in outs if y.requires_grad]
-            if wrt and diffable:
-                t0 = time.perf_counter()
-                torch.autograd.grad(diffable, wrt, [torch.ones_like(y) for y in diffable],
-                                    allow_unused=True)
-                _sync(dev)
-                bwd[name] += time.perf_counter() - t0
+        _layer_pass(net, need, dev, fwd, bwd)
     log.info("Average time per layer: ")
     for n in names:
         log.info("%10s\tforward: %g ms.", n, fwd[n] / iterations * 1e3)
         log.info("%10s\tbackward: %g ms.", n, bwd[n] / iterations * 1e3)
     res = {"forward_ms": total_f / iterations * 1e3, "backward_ms": total_b / iterations * 1e3,
-           "forward_backward_ms": (total_f + total_b) / iterations * 1e3, "total_ms": total * 1e3}
+           "forward_backward_ms": (total_f + total_b) / iterations * 1e3, "total_ms": total * 1e3,
+           "layers": {n: {"forward_ms": fwd[n] / iterations * 1e3, "backward_ms": bwd[n] / iterations * 1e3}
+                      for n in names}}
     log.info("Average Forward pass: %g ms.", res["forward_ms"])
     log.info("Average Backward pass: %g ms.", res["backward_ms"])
     log.info("Average Forward-Backward: %g ms.", res["forward_backward_ms"])
     log.info("Total Time: %g ms.", res["total_ms"])
     log.info("*** Benchmark ends ***")
     return res
+
+
+def _layer_pass(net, need: list[list[bool]], dev: torch.device, fwd: dict[str, float],
+                bwd: dict[str, float]) -> None:
+    """Each layer's forward, then its backward alone, in order; adds the seconds to fwd/bwd."""
+    blobs = {}
+    for li, name in enumerate(net.layer_names):
+        layer = net.layer(name)
+        if layer.type_name == "Input":
+            xs = []
+        else:
+            xs = [blobs[b].detach().requires_grad_(n and blobs[b].is_floating_point())
+                  for b, n in zip(net._bottoms[li], need[li])]
+        t0 = time.perf_counter()
+        out = layer(*xs)
+        _sync(dev)
+        fwd[name] += time.perf_counter() - t0
+        outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
+        for t, y in zip(net._tops[li], outs):
+            blobs[t] = y
+        wrt = [x for x in xs if x.requires_grad] + [p for p in layer.parameters() if p.requires_grad]
+        diffable = [y for y in outs if y.requires_grad]
+        if wrt and diffable:
+            t0 = time.perf_counter()
+            torch.autograd.grad(diffable, wrt, [torch.ones_like(y) for y in diffable], allow_unused=True)
+            _sync(dev)
+            bwd[name] += time.perf_counter() - t0
 
 
 def _backward(net) -> None:

@@ -1,0 +1,89 @@
+"""`netcompress time`'s per-layer figures: each layer's backward is timed for what the net's own backward
+computes (Caffe's bottom_need_backward), and a slow first call does not land in a layer's average."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from netcompress.net import Net
+from netcompress.proto import caffe_pb2 as pb
+from netcompress.timing import time_net
+from google.protobuf import text_format
+
+NET = """
+name: "t"
+layer { name: "in" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 4 dim: 1 dim: 8 dim: 8 } shape { dim: 4 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 3 kernel_size: 3 weight_filler { type: "xavier" } } }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "ip1" type: "InnerProduct" bottom: "pool1" top: "ip1" propagate_down: PD
+        inner_product_param { num_output: 5 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip1" bottom: "label" top: "loss" }
+"""
+
+
+def _net(force: bool = False, ip1_propagates: bool = True) -> Net:
+    text = ("force_backward: true\n" if force else "") + NET.replace("PD", "true" if ip1_propagates else "false")
+    net = Net(text_format.Parse(text, pb.NetParameter()), phase=pb.TRAIN, seed=3, verbose=False)
+    net.set_input(data=torch.randn(4, 1, 8, 8), label=torch.tensor([0.0, 1.0, 2.0, 3.0]))
+    return net
+
+
+@pytest.fixture
+def grad_calls(monkeypatch):
+    """Every torch.autograd.grad call of time_net's per-layer passes: the shapes it differentiates for."""
+    calls = []
+    real = torch.autograd.grad
+
+    def spy(outputs, inputs, *args, **kwargs):
+        calls.append([tuple(t.shape) for t in inputs])
+        return real(outputs, inputs, *args, **kwargs)
+    monkeypatch.setattr(torch.autograd, "grad", spy)
+    return calls
+
+
+def _bottom_grads(calls, shape) -> int:
+    return sum(shape in c for c in calls)
+
+
+def test_a_first_convolution_is_timed_without_an_input_gradient(grad_calls):
+    net = _net()
+    time_net(net, iterations=2)
+    assert grad_calls, "the per-layer backward passes ran"
+    # conv1's bottom is the data: training computes no gradient for it, so neither does the timing
+    assert _bottom_grads(grad_calls, (4, 1, 8, 8)) == 0
+    # the bottoms that do get a diff in training are differentiated: pool1's (conv1) and ip1's (pool1)
+    assert _bottom_grads(grad_calls, (4, 3, 6, 6)) > 0 and _bottom_grads(grad_calls, (4, 3, 3, 3)) > 0
+
+
+def test_propagate_down_false_and_force_backward_as_in_the_net(grad_calls):
+    time_net(_net(ip1_propagates=False), iterations=1)
+    assert _bottom_grads(grad_calls, (4, 3, 3, 3)) == 0  # ip1's bottom: propagate_down false
+    grad_calls.clear()
+    time_net(_net(force=True, ip1_propagates=False), iterations=1)
+    # force_backward: every bottom gets its diff, the data's too (as Caffe's Net does)
+    assert _bottom_grads(grad_calls, (4, 3, 3, 3)) > 0 and _bottom_grads(grad_calls, (4, 1, 8, 8)) > 0
+
+
+def test_a_slow_first_layer_alone_call_is_not_averaged(monkeypatch):
+    """oneDNN builds a primitive on a call's first use (0.3 s for LeNet's conv1 weight gradient on
+    its own): an untimed per-layer pass takes it, so the averages show the steady time."""
+    net = _net()
+    real = torch.autograd.grad
+    first = [True]
+
+    def slow_once(*args, **kwargs):
+        if first[0]:
+            first[0] = False
+            time.sleep(0.5)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(torch.autograd, "grad", slow_once)
+    res = time_net(net, iterations=2)
+    assert not first[0], "the per-layer pass called autograd.grad"
+    assert set(res["layers"]) == set(net.layer_names)
+    slowest = max(v["backward_ms"] for v in res["layers"].values())
+    assert slowest < 200, f"a first call's 500 ms reached a layer's average: {res['layers']}"
+    assert res["layers"]["conv1"]["backward_ms"] > 0 and res["layers"]["in"]["backward_ms"] == 0
