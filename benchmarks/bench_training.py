@@ -71,6 +71,7 @@ if __package__ in (None, ""):  # run as a script
 
 from benchmarks import _common as C  # noqa: E402
 from netcompress import io as ncio  # noqa: E402
+from netcompress.memory import ENV_MALLOC, configure_memory, current_memory  # noqa: E402
 from netcompress.proto import caffe_pb2 as pb  # noqa: E402
 
 NETS = {
@@ -611,7 +612,7 @@ def run(args: argparse.Namespace) -> dict:
     variants = args.variants or list(VARIANTS)
     threads = args.threads or ([1] if args.quick else sorted({1, torch.get_num_threads()}))
     isolate = args.isolate if args.isolate is not None else not args.quick
-    result = {"benchmark": "bench_training", "machine": C.machine_info(devices),
+    result = {"benchmark": "bench_training", "machine": {**C.machine_info(devices), "malloc": current_memory().describe()},
               "config": {"nets": nets, "variants": variants, "devices": devices, "threads": threads,
                          "quick": args.quick, "isolated": isolate, "reference_caffe_lenet": CAFFE_LENET,
                          "baseline": args.baseline,
@@ -732,7 +733,7 @@ def tables(result: dict) -> str:
                      "iter_ms": C.fmt(r["train"]["s"] * 1e3),
                      "fb": "  ".join(f"{C.fmt(v['ms'])}@{b}" for b, v in r["fwd_bwd"].items()),
                      "state": f"{r['state_mb']:.1f}", "mem": mem})
-    parts = ["== training (medians; it/s of Solver.step; fwd+bwd ms at iteration 0, per batch; state: params + "
+    parts = [f"{result['machine'].get('malloc', '')}\n\n== training (medians; it/s of Solver.step; fwd+bwd ms at iteration 0, per batch; state: params + "
              "masks + history MiB; mem: peak above the built solver, MiB: CUDA allocated, CPU RSS of its own "
              "process)\n"
              + C.format_table(rows, [("net", "net"), ("variant", "variant"), ("mode", "step mode"), ("dev", "device"),
@@ -833,6 +834,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="leave out the hand-written PyTorch LeNet")
     p.add_argument("--no-host", dest="host", action="store_false",
                    help="leave out the host-work table (op calls, launches and host time per step at batch 1)")
+    p.add_argument("--malloc", choices=("keep", "system"),
+                   help="CPU memory: keep freed blocks for the next iteration as the netcompress commands do "
+                        "(default), or glibc's own settings (netcompress/memory.py)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for n in args.nets or []:
@@ -853,6 +857,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.getLogger("netcompress").setLevel(logging.WARNING)
+    if args.malloc:
+        os.environ[ENV_MALLOC] = args.malloc  # the children inherit it
+    configure_memory()  # as the netcompress commands do
     if args.child:
         job = json.loads(args.child)
         kind = job.pop("kind")

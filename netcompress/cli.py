@@ -20,6 +20,7 @@ from .boundary import guarded, pop_debug_flag, set_debug  # noqa: E402
 from .commands import COMMANDS, load_command  # noqa: E402
 from .errors import NetcompressError  # noqa: E402
 from .log import setup_logging  # noqa: E402
+from .memory import configure_memory  # noqa: E402
 
 
 __all__ = ["main"]
@@ -61,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def run() -> int:
         configure_threads(threads)
+        configure_memory()  # freed CPU blocks kept for the next iteration (netcompress/memory.py)
         return int(func(argv[1:]) or 0)
     # One line per error (the exit code may be an error's own, e.g. a distributed worker's).
     return guarded(run, f"netcompress-{cmd}", f"netcompress {cmd}: error: ", interrupted=f"netcompress {cmd}: interrupted")

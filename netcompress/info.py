@@ -56,6 +56,7 @@ def collect_info() -> dict:
 
     from . import __version__
     from .layers.vision import cpu_conv_layout
+    from .memory import current_memory
     from .threads import current_choice
 
     try:
@@ -77,6 +78,7 @@ def collect_info() -> dict:
         "threads": {"torch threads": torch.get_num_threads(), "interop threads": torch.get_num_interop_threads(),
                     "CPUs this process may use": cpus, "chosen": choice.describe(),
                     "OpenMP available": torch.backends.openmp.is_available()},
+        "memory": {"chosen": current_memory().describe()},
         "devices": {"CUDA available": torch.cuda.is_available(), "CUDA devices": devices,
                     "CPU capability": _cpu_capability(), "CPU convolution layout": cpu_conv_layout()},
     }
@@ -107,6 +109,8 @@ def format_info(info: dict) -> str:
                          f"recorded: the extension predates {BUILD_CONFIG_FILE}; rebuild to record it)")
     lines.append("threads")
     lines += [f"  {k}: {v}" for k, v in info["threads"].items()]
+    lines.append("memory")
+    lines += [f"  {k}: {v}" for k, v in info["memory"].items()]
     lines.append("devices")
     dev = info["devices"]
     lines.append(f"  CUDA available: {dev['CUDA available']}")
