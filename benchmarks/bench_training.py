@@ -46,6 +46,11 @@ teacher in its net (a copy of the net prefixed t_ by rename_layers, every blob l
 KnowledgeDistillationLoss (HINTON, T 4, soft 0.9, hard 0.1) in place of its SoftmaxWithLoss, timed in rotation
 in one process: the ratio is the cost of the teacher's forward and the KD loss.
 
+The figures are taken as the netcompress commands run: OpenMP workers wait passively (OMP_WAIT_POLICY=PASSIVE
+unless the environment sets a policy; OMP_WAIT_POLICY=ACTIVE measures spinning workers, about 10 % faster at 2
+threads on an otherwise idle machine and far slower beside another busy process) and freed CPU memory is kept for
+the next iteration (--malloc system for glibc's own settings). Both are printed above the tables.
+
     python benchmarks/bench_training.py                 # full CPU run (+ CUDA when present), ~15 min
     python benchmarks/bench_training.py --quick --json /tmp/t.json
 """
@@ -61,13 +66,17 @@ import subprocess
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-
 if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from netcompress.threads import prepare_environment  # noqa: E402  (imports no torch)
+
+prepare_environment()  # the commands' OpenMP wait policy, set before torch loads OpenMP (netcompress/threads.py)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from benchmarks import _common as C  # noqa: E402
 from netcompress import io as ncio  # noqa: E402
@@ -612,7 +621,8 @@ def run(args: argparse.Namespace) -> dict:
     variants = args.variants or list(VARIANTS)
     threads = args.threads or ([1] if args.quick else sorted({1, torch.get_num_threads()}))
     isolate = args.isolate if args.isolate is not None else not args.quick
-    result = {"benchmark": "bench_training", "machine": {**C.machine_info(devices), "malloc": current_memory().describe()},
+    result = {"benchmark": "bench_training", "machine": {**C.machine_info(devices), "malloc": current_memory().describe(),
+                                                         "omp_wait_policy": _wait_policy()},
               "config": {"nets": nets, "variants": variants, "devices": devices, "threads": threads,
                          "quick": args.quick, "isolated": isolate, "reference_caffe_lenet": CAFFE_LENET,
                          "baseline": args.baseline,
@@ -666,6 +676,14 @@ def run(args: argparse.Namespace) -> dict:
     result["vs_caffe"] = versus_caffe(result["runs"])
     result["vs_pytorch"] = versus_pytorch(result["runs"])
     return result
+
+
+def _wait_policy() -> str:
+    """The OpenMP wait policy the figures were taken with, and who chose it."""
+    from netcompress.threads import choose_threads
+
+    c = choose_threads(default=1)
+    return f"{c.wait_policy or '?'} ({c.wait_note})"
 
 
 def overheads(runs: list[dict]) -> list[dict]:
@@ -733,7 +751,8 @@ def tables(result: dict) -> str:
                      "iter_ms": C.fmt(r["train"]["s"] * 1e3),
                      "fb": "  ".join(f"{C.fmt(v['ms'])}@{b}" for b, v in r["fwd_bwd"].items()),
                      "state": f"{r['state_mb']:.1f}", "mem": mem})
-    parts = [f"{result['machine'].get('malloc', '')}\n\n== training (medians; it/s of Solver.step; fwd+bwd ms at iteration 0, per batch; state: params + "
+    m = result["machine"]
+    parts = [f"{m.get('malloc', '')}\nOpenMP wait policy: {m.get('omp_wait_policy', '?')}\n\n== training (medians; it/s of Solver.step; fwd+bwd ms at iteration 0, per batch; state: params + "
              "masks + history MiB; mem: peak above the built solver, MiB: CUDA allocated, CPU RSS of its own "
              "process)\n"
              + C.format_table(rows, [("net", "net"), ("variant", "variant"), ("mode", "step mode"), ("dev", "device"),
