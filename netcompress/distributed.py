@@ -51,6 +51,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from .errors import NetcompressError
 from .log import get_logger, setup_logging
+from .memory import configure_memory
 from .options import options_from_args
 from .proto import caffe_pb2 as pb
 from .solvers.callbacks import TrainingCallback
@@ -487,6 +488,8 @@ def _spawn_entry(index: int, fn, args, world_size: int, devices: list[str], host
         os.setpgrp()
     except (AttributeError, OSError):
         pass
+    # The commands' malloc settings are this process's, not inherited (torchrun's ranks are commands).
+    configure_memory()
     env = LaunchEnv(index, world_size, index, host, port, "spawn")
     record = None
     try:

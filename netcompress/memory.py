@@ -17,7 +17,9 @@ Left as it is: where the environment already tunes malloc (`GLIBC_TUNABLES` with
 tunable, or a `MALLOC_*_` variable), where another allocator is preloaded (`LD_PRELOAD` naming one), where
 the C library is not glibc, and with `NETCOMPRESS_MALLOC=system`. One INFO line says which.
 
-A script that builds and runs a Solver itself calls `configure_memory()` once for the same effect.
+The ranks that `netcompress train --cpu-procs N` spawns apply it themselves (the settings are the
+process's, not inherited); a script that builds and runs a Solver itself calls `configure_memory()` once
+for the same effect.
 This module does not import torch.
 """
 from __future__ import annotations

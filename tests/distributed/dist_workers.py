@@ -49,3 +49,18 @@ def inject_fault(info, solver_bytes: bytes, mode: str, at_iter: int) -> None:
     solver.solve()
     with open(os.path.join(os.path.dirname(sp.snapshot_prefix), f"done{info.rank}.txt"), "w") as f:
         f.write(str(solver.iter))
+
+
+def report_malloc(info, outdir: str) -> None:
+    """Whether this rank runs with the commands' malloc settings: a 30 MiB block from the brk heap."""
+    from netcompress.memory import current_memory
+
+    block = torch.empty(30 << 18)
+    heap = False
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if line.rstrip().endswith("[heap]"):
+                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                heap = lo <= block.data_ptr() < hi
+    with open(os.path.join(outdir, f"rank{info.rank}.txt"), "w") as f:
+        f.write(f"{current_memory().keep} {heap}")

@@ -330,3 +330,20 @@ def test_data_position_converts_between_world_sizes(tmp_path, caplog):
         l.set_extra_state({"batches_consumed": 2, "seed": 1, "batch_size": 6, "world_size": 1})
     got = sorted(v for l in ranks for v in l()[1].tolist())
     assert got == list(range(12, 18))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not os.path.exists("/proc/self/maps"),
+                    reason="the malloc settings are glibc's (Linux)")
+def test_spawned_ranks_keep_freed_memory_as_the_commands_do(tmp_path, monkeypatch):
+    """A spawned rank is a fresh process: it applies the commands' malloc settings itself
+    (netcompress/memory.py), and NETCOMPRESS_MALLOC=system reaches it through the environment."""
+    from netcompress import memory
+
+    if not memory._is_glibc():
+        pytest.skip("the malloc settings are glibc's")
+    monkeypatch.delenv("NETCOMPRESS_MALLOC", raising=False)
+    launch(dist_workers.report_malloc, 2, (str(tmp_path),))
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == ["True True"] * 2
+    monkeypatch.setenv("NETCOMPRESS_MALLOC", "system")
+    launch(dist_workers.report_malloc, 1, (str(tmp_path),))
+    assert (tmp_path / "rank0.txt").read_text() == "False False"
