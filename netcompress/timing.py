@@ -23,8 +23,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_net(net, iterations: int = 50) -> dict:
+def time_net(net, iterations: int = 50, iteration: int = 0) -> dict:
     """Time `iterations` forward+backward passes, then each layer's forward and backward.
+
+    A TRAIN-phase net runs its layers' per-forward state changes inside each timed forward, as
+    Caffe's fork does inside Layer::Forward (a DNS layer's statistics and surgery, an INQ layer's
+    quantization at iteration 0, a quantizer's refit), at the solver iteration `iteration` (the
+    reference reads an uninitialised counter there; reference-semantics 2.2: take it explicitly,
+    default 0, where a DNS surgery runs at every forward).
 
     Per-layer backward times come from `torch.autograd.grad` over that layer alone, with ones as the
     incoming gradient, as Caffe times each Layer::Backward: for its parameters, and for the bottoms
@@ -35,12 +41,21 @@ def time_net(net, iterations: int = 50) -> dict:
     (`layers[name]["forward_ms"]`, `layers[name]["backward_ms"]`).
     """
     dev = net.device
+    train = net.phase == pb.TRAIN
+    if train:
+        net.set_iteration(iteration)
+
+    def forward() -> None:
+        if train:
+            net.before_train_forward()
+        net()
+
     log.info("Performing Forward")
-    net()
+    forward()
     initial = net.loss if net.loss is not None else torch.zeros(())
     log.info("Initial loss: %g", float(initial.detach()))
     log.info("Performing Backward")
-    _backward(net)
+    _backward(net, train)
     log.info("*** Benchmark begins ***")
     log.info("Testing for %d iterations.", iterations)
     names = net.layer_names
@@ -50,10 +65,10 @@ def time_net(net, iterations: int = 50) -> dict:
     t_all = time.perf_counter()
     for j in range(iterations):
         t0 = time.perf_counter()
-        net()
+        forward()
         _sync(dev)
         t1 = time.perf_counter()
-        _backward(net)
+        _backward(net, train)
         _sync(dev)
         t2 = time.perf_counter()
         total_f += t1 - t0
@@ -68,9 +83,9 @@ def time_net(net, iterations: int = 50) -> dict:
     force = net.param.force_backward
     need = [[(pd or force) and net.blobs[b].requires_grad for b, pd in zip(net._bottoms[li], net._prop_down[li])]
             for li in range(len(names))]
-    _layer_pass(net, need, dev, dict(fwd), dict(bwd))
+    _layer_pass(net, need, dev, dict(fwd), dict(bwd), train)
     for _ in range(iterations):
-        _layer_pass(net, need, dev, fwd, bwd)
+        _layer_pass(net, need, dev, fwd, bwd, train)
     log.info("Average time per layer: ")
     for n in names:
         log.info("%10s\tforward: %g ms.", n, fwd[n] / iterations * 1e3)
@@ -88,8 +103,9 @@ def time_net(net, iterations: int = 50) -> dict:
 
 
 def _layer_pass(net, need: list[list[bool]], dev: torch.device, fwd: dict[str, float],
-                bwd: dict[str, float]) -> None:
-    """Each layer's forward, then its backward alone, in order; adds the seconds to fwd/bwd."""
+                bwd: dict[str, float], train: bool) -> None:
+    """Each layer's forward (with its TRAIN-phase state change), then its backward alone, in order; adds
+    the seconds to fwd/bwd."""
     blobs = {}
     for li, name in enumerate(net.layer_names):
         layer = net.layer(name)
@@ -99,6 +115,8 @@ def _layer_pass(net, need: list[list[bool]], dev: torch.device, fwd: dict[str, f
             xs = [blobs[b].detach().requires_grad_(n and blobs[b].is_floating_point())
                   for b, n in zip(net._bottoms[li], need[li])]
         t0 = time.perf_counter()
+        if train:
+            layer.before_train_forward()
         out = layer(*xs)
         _sync(dev)
         fwd[name] += time.perf_counter() - t0
@@ -114,7 +132,16 @@ def _layer_pass(net, need: list[list[bool]], dev: torch.device, fwd: dict[str, f
             bwd[name] += time.perf_counter() - t0
 
 
-def _backward(net) -> None:
+def _backward(net, train: bool = False) -> None:
+    if train:
+        net.before_backward()  # the layers' per-call gradient rule, as in the solver's step
+    _loss_backward(net)
+    if train:
+        net.after_backward()
+    net.zero_grad(set_to_none=True)
+
+
+def _loss_backward(net) -> None:
     loss = net.loss
     if loss is None:
         outs = [b for b in net.blobs.values() if b.requires_grad]
@@ -123,7 +150,6 @@ def _backward(net) -> None:
         loss = sum(o.sum() for o in outs[-1:])
     if loss.requires_grad:
         loss.backward()
-        net.zero_grad(set_to_none=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,11 +159,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="net prototxt")
     p.add_argument("--weights", default=None, help="optional .caffemodel")
     p.add_argument("--iterations", type=int, default=50, help="timed iterations (default 50)")
+    p.add_argument("--iteration", type=int, default=0,
+                   help="the solver iteration a TRAIN net's layers see (DNS surgery odds, INQ stage; default 0)")
     p.add_argument("--strict", action="store_true",
                    help="a learnable layer that the weights do not fill is an error (default: a warning)")
     add_gpu_arg(p)
     add_state_args(p)
     a = p.parse_args(argv)
+    if a.iterations < 1:
+        p.error(f"--iterations must be at least 1, got {a.iterations}")
+    if a.iteration < 0:
+        p.error(f"--iteration must be at least 0, got {a.iteration}")
     from .net import Net
 
     device = device_from_gpu_flag(a.gpu)
@@ -145,5 +177,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     net = Net(a.model, phase=phase, level=level, stages=stages, device=device)
     if a.weights:
         net.copy_from(a.weights, strict=a.strict)
-    time_net(net, a.iterations)
+    time_net(net, a.iterations, a.iteration)
     return 0

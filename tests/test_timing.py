@@ -87,3 +87,55 @@ def test_a_slow_first_layer_alone_call_is_not_averaged(monkeypatch):
     slowest = max(v["backward_ms"] for v in res["layers"].values())
     assert slowest < 200, f"a first call's 500 ms reached a layer's average: {res['layers']}"
     assert res["layers"]["conv1"]["backward_ms"] > 0 and res["layers"]["in"]["backward_ms"] == 0
+
+
+DNS_NET = """
+name: "d"
+layer { name: "in" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 4 dim: 1 dim: 8 dim: 8 } shape { dim: 4 } } }
+layer { name: "conv1" type: "DNSConvolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 3 kernel_size: 3 weight_filler { type: "xavier" } }
+        dns_convolution_param { gamma: 1e-05 power: 1 c_rate: 0.4 iter_stop: 1000
+                                weight_mask_filler { type: "constant" value: 1 }
+                                bias_mask_filler { type: "constant" value: 1 } } }
+layer { name: "ip1" type: "InnerProduct" bottom: "conv1" top: "ip1"
+        inner_product_param { num_output: 5 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip1" bottom: "label" top: "loss" }
+"""
+
+
+def _dns_net(phase) -> Net:
+    net = Net(text_format.Parse(DNS_NET, pb.NetParameter()), phase=phase, seed=3, verbose=False)
+    net.set_input(data=torch.randn(4, 1, 8, 8), label=torch.tensor([0.0, 1.0, 2.0, 3.0]))
+    return net
+
+
+def test_a_train_net_runs_the_dns_surgery_inside_each_timed_forward():
+    """As Caffe's fork does inside Layer::Forward: the first forward computes the statistics, and at
+    iteration 0 every forward (whole-net and layer-alone, the untimed ones too) runs a surgery."""
+    net = _dns_net(pb.TRAIN)
+    time_net(net, iterations=3)
+    conv = net.layer("conv1")
+    assert conv.stats is not None
+    assert conv.surgeries == 1 + 3 + (1 + 3)  # warm-up, timed passes, per-layer passes (one untimed)
+    # at or past iter_stop, the reference's condition is false: no surgery
+    late = _dns_net(pb.TRAIN)
+    time_net(late, iterations=2, iteration=1000)
+    assert late.layer("conv1").surgeries == 0
+
+
+def test_a_test_net_changes_no_layer_state():
+    net = _dns_net(pb.TEST)
+    time_net(net, iterations=2)
+    assert net.layer("conv1").surgeries == 0 and net.layer("conv1").stats is None
+
+
+def test_time_command_checks_its_counts(capsys):
+    from netcompress.timing import main
+
+    with pytest.raises(SystemExit):
+        main(["--model", "x.prototxt", "--iterations", "0"])
+    assert "--iterations must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--model", "x.prototxt", "--iteration", "-1"])
+    assert "--iteration must be at least 0, got -1" in capsys.readouterr().err
