@@ -9,6 +9,7 @@ import torch
 
 from .cliargs import add_gpu_arg, add_state_args, state_from_args
 from .device import device_from_gpu_flag
+from .errors import NetcompressError
 from .proto import caffe_pb2 as pb
 
 from .log import get_logger
@@ -51,7 +52,14 @@ def time_net(net, iterations: int = 50, iteration: int = 0) -> dict:
         net()
 
     log.info("Performing Forward")
-    forward()
+    try:
+        forward()
+    except NetcompressError as e:
+        if train and e.args and isinstance(e.args[0], str):
+            e.args = (f"{e.args[0]} [time runs a TRAIN net's per-forward steps at solver iteration {iteration}, as "
+                      "Caffe's fork does in Forward: give --weights of a trained model, --iteration N past the "
+                      "layer's step, or --phase TEST]",) + e.args[1:]
+        raise
     initial = net.loss if net.loss is not None else torch.zeros(())
     log.info("Initial loss: %g", float(initial.detach()))
     log.info("Performing Backward")

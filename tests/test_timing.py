@@ -139,3 +139,20 @@ def test_time_command_checks_its_counts(capsys):
     with pytest.raises(SystemExit):
         main(["--model", "x.prototxt", "--iteration", "-1"])
     assert "--iteration must be at least 0, got -1" in capsys.readouterr().err
+
+
+def test_a_fresh_inq_net_fails_with_a_hint_and_times_past_its_step():
+    """An INQ layer quantizes at iteration 0 inside Forward; on fresh weights (a zero bias) that is an
+    error, which `time` completes with what to do instead."""
+    from netcompress.errors import NetcompressError
+
+    text = DNS_NET.replace('type: "DNSConvolution"', 'type: "INQConvolution"').replace(
+        "dns_convolution_param { gamma: 1e-05 power: 1 c_rate: 0.4 iter_stop: 1000",
+        "inq_convolution_param { portion: 0.0 portion: 0.3")
+    net = Net(text_format.Parse(text, pb.NetParameter()), phase=pb.TRAIN, seed=3, verbose=False)
+    net.set_input(data=torch.randn(4, 1, 8, 8), label=torch.tensor([0.0, 1.0, 2.0, 3.0]))
+    with pytest.raises(NetcompressError, match=r"cannot quantize the bias .*\[time runs a TRAIN net's per-forward "
+                                               r"steps at solver iteration 0.*--iteration N"):
+        time_net(net, iterations=1)
+    res = time_net(net, iterations=1, iteration=1)  # past the quantization step
+    assert res["forward_backward_ms"] > 0 and not net.layer("conv1").quantized
