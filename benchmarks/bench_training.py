@@ -80,6 +80,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from benchmarks import _common as C  # noqa: E402
 from netcompress import io as ncio  # noqa: E402
+from netcompress import timing  # noqa: E402
 from netcompress.memory import ENV_MALLOC, configure_memory, current_memory  # noqa: E402
 from netcompress.proto import caffe_pb2 as pb  # noqa: E402
 
@@ -350,17 +351,15 @@ def _peak_rss_mb() -> float:
 
 
 def _fwd_bwd(net, split: list | None = None):
-    """One forward + backward at iteration 0, as `caffe time`. With `split` (CPU only: the host clock is the
-    device's there), each call appends its (forward s, backward s), Caffe's "Average Forward/Backward pass"."""
+    """One forward + backward at iteration 0, as `netcompress time` runs it (its forward_pass and backward_pass).
+    With `split` (CPU only: the host clock is the device's there), each call appends its (forward s, backward s),
+    Caffe's "Average Forward/Backward pass"."""
     def run():
         t0 = time.perf_counter()
-        net.zero_grad(set_to_none=True)
         net.set_iteration(0)
-        net.before_train_forward()
-        net()
+        timing.forward_pass(net, train=True)
         t1 = time.perf_counter()
-        net.before_backward()
-        net.loss.backward()
+        timing.backward_pass(net, train=True)
         if split is not None:
             split.append((t1 - t0, time.perf_counter() - t1))
     return run

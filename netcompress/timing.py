@@ -16,7 +16,7 @@ from .log import get_logger
 
 log = get_logger("time")
 
-__all__ = ["time_net", "main"]
+__all__ = ["time_net", "forward_pass", "backward_pass", "main"]
 
 
 def _sync(device: torch.device) -> None:
@@ -46,14 +46,9 @@ def time_net(net, iterations: int = 50, iteration: int = 0) -> dict:
     if train:
         net.set_iteration(iteration)
 
-    def forward() -> None:
-        if train:
-            net.before_train_forward()
-        net()
-
     log.info("Performing Forward")
     try:
-        forward()
+        forward_pass(net, train)
     except NetcompressError as e:
         if train and e.args and isinstance(e.args[0], str):
             e.args = (f"{e.args[0]} [time runs a TRAIN net's per-forward steps at solver iteration {iteration}, as "
@@ -63,7 +58,7 @@ def time_net(net, iterations: int = 50, iteration: int = 0) -> dict:
     initial = net.loss if net.loss is not None else torch.zeros(())
     log.info("Initial loss: %g", float(initial.detach()))
     log.info("Performing Backward")
-    _backward(net, train)
+    backward_pass(net, train)
     log.info("*** Benchmark begins ***")
     log.info("Testing for %d iterations.", iterations)
     names = net.layer_names
@@ -73,10 +68,10 @@ def time_net(net, iterations: int = 50, iteration: int = 0) -> dict:
     t_all = time.perf_counter()
     for j in range(iterations):
         t0 = time.perf_counter()
-        forward()
+        forward_pass(net, train)
         _sync(dev)
         t1 = time.perf_counter()
-        _backward(net, train)
+        backward_pass(net, train)
         _sync(dev)
         t2 = time.perf_counter()
         total_f += t1 - t0
@@ -140,7 +135,17 @@ def _layer_pass(net, need: list[list[bool]], dev: torch.device, fwd: dict[str, f
             bwd[name] += time.perf_counter() - t0
 
 
-def _backward(net, train: bool = False) -> None:
+def forward_pass(net, train: bool) -> None:
+    """One forward of the whole net as `time` runs it: for a TRAIN net (`train`), the layers' per-forward
+    state changes first (Caffe's fork makes them inside Layer::Forward), at the iteration the net was given."""
+    if train:
+        net.before_train_forward()
+    net()
+
+
+def backward_pass(net, train: bool) -> None:
+    """The backward matching forward_pass (for a TRAIN net inside the layers' per-call gradient rule, as the
+    solver's step runs it); the gradients are then cleared."""
     if train:
         net.before_backward()  # the layers' per-call gradient rule, as in the solver's step
     _loss_backward(net)
