@@ -42,7 +42,8 @@ at::Tensor dns_masked_weight_autograd(const at::Tensor& weight, const at::Tensor
   return DnsMaskedWeight::apply(weight, mask);
 }
 
-// ---- max_pool2d: ATen's gradient of max_pool2d_with_indices (the same indices, so the same scatter) ----
+// ---- max_pool2d: ATen's gradient of max_pool2d_with_indices (the same indices, so the same scatter), by
+// netcompress::_max_pool2d_backward (bit-identical; one pass on the CPU where the windows tile the input) ----
 class MaxPool2d : public torch::autograd::Function<MaxPool2d> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& self, c10::IntArrayRef kernel_size,
@@ -60,16 +61,20 @@ class MaxPool2d : public torch::autograd::Function<MaxPool2d> {
     ctx->saved_data["padding"] = padding.vec();
     ctx->saved_data["ceil_mode"] = ceil_mode;
     ctx->mark_non_differentiable({indices});
+    // No zero gradient materialized for the int64 indices (a tensor of the output's size every step).
+    ctx->set_materialize_grads(false);
     return {values, indices};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grad) {
+    if (!grad[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     const auto saved = ctx->get_saved_variables();
     const auto kernel_size = ctx->saved_data["kernel_size"].toIntVector();
     const auto stride = ctx->saved_data["stride"].toIntVector();
     const auto padding = ctx->saved_data["padding"].toIntVector();
     const bool ceil_mode = ctx->saved_data["ceil_mode"].toBool();
-    at::Tensor gx = at::max_pool2d_with_indices_backward(grad[0], saved[0], kernel_size, stride, padding, {1, 1},
-                                                         ceil_mode, saved[1]);
+    static auto b = op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::IntArrayRef,
+                                  c10::IntArrayRef, c10::IntArrayRef, bool)>("netcompress::_max_pool2d_backward");
+    at::Tensor gx = b.call(grad[0], saved[0], saved[1], kernel_size, stride, padding, ceil_mode);
     return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };

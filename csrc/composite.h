@@ -14,4 +14,10 @@ inline std::tuple<at::Tensor, at::Tensor> max_pool2d_composite(const at::Tensor&
   return at::max_pool2d_with_indices(self, kernel_size, stride, padding, {1, 1}, ceil_mode);
 }
 
+inline at::Tensor max_pool2d_backward_composite(const at::Tensor& grad, const at::Tensor& self,
+                                                const at::Tensor& indices, at::IntArrayRef kernel_size,
+                                                at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode) {
+  return at::max_pool2d_with_indices_backward(grad, self, kernel_size, stride, padding, {1, 1}, ceil_mode, indices);
+}
+
 }  // namespace netcompress

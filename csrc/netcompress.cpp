@@ -52,6 +52,10 @@ TORCH_LIBRARY(netcompress, m) {
   // first maximum in row-major order, NaN propagates); its gradient is aten::max_pool2d_with_indices_backward.
   m.def("max_pool2d(Tensor self, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode) -> "
         "(Tensor, Tensor)", tags);
+  // Its gradient: aten::max_pool2d_with_indices_backward(grad, self, kernel_size, stride, padding, [1, 1],
+  // ceil_mode, indices), bit for bit (the CPU writes windows that tile the input in one pass).
+  m.def("_max_pool2d_backward(Tensor grad, Tensor self, Tensor indices, int[2] kernel_size, int[2] stride, "
+        "int[2] padding, bool ceil_mode) -> Tensor", tags);
 
   // ---- Solver (reference-semantics §4.4, §3.6) ----
   // history <- mask ⊙ (momentum·history + local_rate·grad); grad <- history. No mask: plain SGD momentum.

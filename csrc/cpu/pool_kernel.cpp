@@ -3,7 +3,8 @@
 // ATen's CPU kernel for contiguous NCHW input spends tens of cycles per output (LeNet's pool1 at batch 64,
 // 184k outputs: ~4 ms on one core, more than its convolution); these loops, with the window size known at
 // compile time for the common 2×2 and 3×3 kernels (and a loop of its own for 2×2 at stride 2), take a tenth.
-// The gradient stays ATen's max_pool2d_with_indices_backward, which reads these indices.
+// The gradient is ATen's max_pool2d_with_indices_backward's computation, which reads these indices, with the zeroing
+// of the input gradient moved into the scatter's loop over planes.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -11,6 +12,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstring>
 #include <limits>
 #include <tuple>
 #include <type_traits>
@@ -261,9 +264,79 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& self, at::In
   return {y, ind};
 }
 
+// The gradient, as ATen's CPU kernel computes it for a contiguous float or double input (per plane, in output
+// order: grad_x[ind] += grad_y, -1 skipped, on a zeroed grad_x), with the zeroing done block by block inside the
+// scatter's parallel loop: ATen zeroes the whole tensor first in a parallel region of its own (LeNet's pools at
+// batch 64: 3.7 MB every step), then reads it back to scatter; on 2 threads under passive waiting that region
+// cost as much as the scatter. Returns false, before writing through it, if an index lies outside its plane (not -1,
+// not in [0, H*W)): ATen's kernel would write out of bounds.
+template <typename scalar_t>
+NC_CPU_CLONES bool scatter_backward(const scalar_t* __restrict gy, const int64_t* __restrict ind, int64_t planes,
+                                    int64_t in_plane, int64_t out_plane, scalar_t* __restrict gx) {
+  // By blocks of planes that stay in the L1/L2 cache between the zeroing and the scatter.
+  const int64_t block = std::max<int64_t>(1, (int64_t{1} << 15) / (in_plane * int64_t{sizeof(scalar_t)}));
+  for (int64_t p0 = 0; p0 < planes; p0 += block) {
+    const int64_t p1 = std::min(planes, p0 + block);
+    // Every index in [-1, in_plane), checked in a loop of its own (branch-free, it vectorizes).
+    uint64_t outside = 0;
+    for (int64_t o = p0 * out_plane; o < p1 * out_plane; ++o) {
+      outside |= static_cast<uint64_t>(ind[o] + 1) > static_cast<uint64_t>(in_plane);
+    }
+    if (outside) return false;
+    std::memset(gx + p0 * in_plane, 0, sizeof(scalar_t) * (p1 - p0) * in_plane);
+    for (int64_t p = p0; p < p1; ++p) {
+      scalar_t* xp = gx + p * in_plane;
+      const scalar_t* gp = gy + p * out_plane;
+      const int64_t* ip = ind + p * out_plane;
+      for (int64_t o = 0; o < out_plane; ++o) {
+        const int64_t at = ip[o];
+        if (at != -1) xp[at] += gp[o];
+      }
+    }
+  }
+  return true;
+}
+
+at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad, const at::Tensor& self, const at::Tensor& indices,
+                                   at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                   bool ceil_mode) {
+  const auto aten = [&] {
+    return at::max_pool2d_with_indices_backward(grad, self, kernel_size, stride, padding, {1, 1}, ceil_mode,
+                                                indices);
+  };
+  const at::ScalarType st = self.scalar_type();
+  if ((st != at::kFloat && st != at::kDouble) || grad.scalar_type() != st || indices.scalar_type() != at::kLong ||
+      (self.dim() != 3 && self.dim() != 4) || !self.is_contiguous() || self.numel() == 0 ||
+      grad.dim() != self.dim() || grad.sizes() != indices.sizes() ||
+      grad.sizes().slice(0, self.dim() - 2) != self.sizes().slice(0, self.dim() - 2)) {
+    return aten();  // other types and layouts, and the shapes ATen rejects with its own message
+  }
+  const int64_t in_plane = self.size(-2) * self.size(-1), out_plane = grad.size(-2) * grad.size(-1);
+  const at::Tensor gy = grad.contiguous(), ind = indices.contiguous();
+  at::Tensor gx = at::empty_like(self, at::MemoryFormat::Contiguous);
+  const int64_t planes = self.numel() / in_plane;
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / in_plane);
+  std::atomic<bool> inside{true};
+  AT_DISPATCH_FLOATING_TYPES(st, "max_pool2d_backward_cpu", [&] {
+    const scalar_t* gp = gy.const_data_ptr<scalar_t>();
+    const int64_t* ip = ind.const_data_ptr<int64_t>();
+    scalar_t* xp = gx.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, planes, grain, [&](int64_t first, int64_t last) {
+      if (!scatter_backward<scalar_t>(gp + first * out_plane, ip + first * out_plane, last - first, in_plane,
+                                      out_plane, xp + first * in_plane)) {
+        inside.store(false, std::memory_order_relaxed);
+      }
+    });
+  });
+  TORCH_CHECK(inside.load(), "max_pool2d backward: an index lies outside its ", self.size(-2), "×", self.size(-1),
+              " plane (the indices must come from max_pool2d of this input)");
+  return gx;
+}
+
 }  // namespace
 }  // namespace netcompress
 
 TORCH_LIBRARY_IMPL(netcompress, CPU, m) {
   m.impl("max_pool2d", &netcompress::max_pool2d_cpu);
+  m.impl("_max_pool2d_backward", &netcompress::max_pool2d_backward_cpu);
 }

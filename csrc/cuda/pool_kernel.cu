@@ -6,4 +6,5 @@
 
 TORCH_LIBRARY_IMPL(netcompress, CUDA, m) {
   m.impl("max_pool2d", &netcompress::max_pool2d_composite);
+  m.impl("_max_pool2d_backward", &netcompress::max_pool2d_backward_composite);
 }

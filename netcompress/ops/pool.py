@@ -23,8 +23,14 @@ def _max_pool2d_fake(x, kernel_size, stride, padding, ceil_mode):
     return x.new_empty(shape), x.new_empty(shape, dtype=torch.long)
 
 
+@torch.library.register_fake("netcompress::_max_pool2d_backward")
+def _max_pool2d_backward_fake(grad, x, indices, kernel_size, stride, padding, ceil_mode):
+    return torch.empty_like(x)
+
+
 # Autograd (csrc/autograd.cpp, in C++): ATen's gradient of max_pool2d_with_indices, with the same indices, so
-# the same scatter; the indices output is not differentiable.
+# the same scatter, by `_max_pool2d_backward` (on the CPU one pass where the windows tile the input, bit for bit
+# ATen's result); the indices output is not differentiable.
 
 
 def max_pool2d(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int],

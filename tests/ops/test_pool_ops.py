@@ -87,6 +87,60 @@ def test_max_pool_gradient_is_pytorchs(gen):
     assert torch.equal(ours, x.grad)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_max_pool_backward_is_atens(dtype, threads, gen):
+    """The gradient op equals aten::max_pool2d_with_indices_backward bit for bit (the CPU's own loop for float and
+    double, which zeroes inside the scatter): every geometry, overlapping windows (their sums in ATen's order),
+    -0.0 and NaN gradients, -1 indices (a window of padding only, skipped)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for shape, k, s, p, ceil in GEOMETRIES:
+            x = torch.randint(-2, 3, shape, generator=gen).to(dtype)
+            _, ind = ops.max_pool2d(x, k, s, p, ceil)
+            g = torch.randn(ind.shape, generator=gen).to(dtype)
+            g.view(-1)[::5] = -0.0
+            g.view(-1)[::7] = math.nan
+            for indices in (ind, torch.where(torch.rand(ind.shape, generator=gen) < 0.3, -1, ind)):
+                ours = torch.ops.netcompress._max_pool2d_backward(g, x, indices, list(k), list(s), list(p), ceil)
+                want = torch.ops.aten.max_pool2d_with_indices_backward(g, x, list(k), list(s), list(p), [1, 1],
+                                                                       ceil, indices)
+                assert ours.dtype == dtype and _same(ours, want), (shape, k, s, p, ceil)
+                assert torch.equal(torch.signbit(ours), torch.signbit(want))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_max_pool_backward_rejects_foreign_indices():
+    """An index outside its plane is an error (ATen's CPU kernel would write out of bounds)."""
+    x = torch.randn(2, 3, 8, 8)
+    _, ind = ops.max_pool2d(x, (2, 2), (2, 2), (0, 0), False)
+    for bad in (64, -2, 10 ** 9):
+        wrong = ind.clone()
+        wrong.view(-1)[5] = bad
+        with pytest.raises(RuntimeError, match=r"max_pool2d backward: an index lies outside its 8×8 plane"):
+            torch.ops.netcompress._max_pool2d_backward(torch.ones(2, 3, 4, 4), x, wrong, [2, 2], [2, 2], [0, 0],
+                                                       False)
+
+
+def test_max_pool_backward_has_no_zeroing_pass():
+    """LeNet's pool backward: no zero gradient made for the int64 indices (the autograd node does not
+    materialize it) and no separate zeroing pass over the input gradient (done inside the scatter)."""
+    from torch.profiler import ProfilerActivity, profile
+    x = torch.randn(8, 20, 24, 24, requires_grad=True)
+    y, _ = ops.max_pool2d(x, (2, 2), (2, 2), (0, 0), False)
+    g = torch.randn(y.shape)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        y.backward(g)
+    names = [e.name for e in prof.events()]
+    assert "netcompress::_max_pool2d_backward" in names
+    assert not {"aten::zeros", "aten::zero_", "aten::fill_"} & set(names), sorted(set(names))
+    assert torch.equal(x.grad, torch.ops.aten.max_pool2d_with_indices_backward(
+        g, x.detach(), [2, 2], [2, 2], [0, 0], [1, 1], False, ops.max_pool2d(x.detach(), (2, 2), (2, 2), (0, 0),
+                                                                            False)[1]))
+
+
 def test_max_pool_errors():
     x = torch.zeros(1, 1, 4, 4)
     with pytest.raises(RuntimeError, match="max_pool2d: padding must be at least 0 and at most half the kernel"):
@@ -103,6 +157,10 @@ def test_max_pool_opcheck(dtype):
     x = torch.randn(2, 3, 9, 8, generator=g, dtype=dtype, requires_grad=True)
     torch.library.opcheck(torch.ops.netcompress.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], True))
     torch.library.opcheck(torch.ops.netcompress.max_pool2d.default, (x, [2, 2], [2, 2], [0, 0], False))
+    _, ind = ops.max_pool2d(x.detach(), (3, 3), (2, 2), (1, 1), True)
+    g = torch.randn(ind.shape, generator=g, dtype=dtype)
+    torch.library.opcheck(torch.ops.netcompress._max_pool2d_backward.default,
+                          (g, x.detach(), ind, [3, 3], [2, 2], [1, 1], True))
 
 
 @pytest.mark.cuda
@@ -112,3 +170,15 @@ def test_max_pool_cuda_is_atens(dtype, gen):
     y, ind = ops.max_pool2d(x.cuda(), (3, 3), (2, 2), (0, 0), True)
     y_cpu, ind_cpu = ops.max_pool2d(x, (3, 3), (2, 2), (0, 0), True)
     assert torch.equal(y.cpu(), y_cpu) and torch.equal(ind.cpu(), ind_cpu)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_max_pool_backward_cuda_equals_cpu(dtype, gen):
+    """ATen's CUDA gradient and the CPU's loop agree bit for bit (each input gets at most one window here)."""
+    x = torch.randn(4, 5, 24, 24, generator=gen).to(dtype)
+    _, ind = ops.max_pool2d(x, (2, 2), (2, 2), (0, 0), False)
+    g = torch.randn(ind.shape, generator=gen).to(dtype)
+    cpu = torch.ops.netcompress._max_pool2d_backward(g, x, ind, [2, 2], [2, 2], [0, 0], False)
+    cuda = torch.ops.netcompress._max_pool2d_backward(g.cuda(), x.cuda(), ind.cuda(), [2, 2], [2, 2], [0, 0], False)
+    assert torch.equal(cuda.cpu(), cpu)
