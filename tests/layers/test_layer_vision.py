@@ -283,6 +283,78 @@ def test_inner_product_checks_feature_count(make_layer):
         layer(rand(2, 5))
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs PyTorch's oneDNN (mkldnn) CPU backend")
+@pytest.mark.parametrize("fields", ["num_output: 96", "num_output: 96 transpose: true",
+                                    "num_output: 96 bias_term: false"])
+def test_inner_product_onednn_path(make_layer, monkeypatch, fields):
+    """A float32 CPU InnerProduct of >= ONEDNN_MATMUL_MIN_MACS multiply-adds runs its three products on oneDNN:
+    the float64 results to float32 rounding, the same bits on 1 and 2 threads, gradients only for what needs
+    one, and NETCOMPRESS_CPU_MATMUL=blas gives exactly the BLAS products (F.linear, as before)."""
+    import torch.nn.functional as F
+
+    from netcompress.layers.vision import MATMUL_ENV, ONEDNN_MATMUL_MIN_MACS
+    shape = (128, 8, 10, 10)  # 128 x 800 x 96 multiply-adds
+    assert 128 * 800 * 96 >= ONEDNN_MATMUL_MIN_MACS
+    monkeypatch.delenv(MATMUL_ENV, raising=False)
+    layer = make_layer(f'type: "InnerProduct" inner_product_param {{ {fields} weight_filler {{ type: "gaussian" }} '
+                       'bias_filler { type: "gaussian" } }', shape, dtype=torch.float32)
+    x = rand(*shape).float().requires_grad_()
+    gy = rand(128, 96, seed=1).float()
+    blobs = [b for b in (layer.weight, getattr(layer, "bias", None)) if b is not None]
+
+    def run():
+        y = layer(x)
+        grads = torch.autograd.grad(y, [x, *blobs], gy)
+        return y, [y.detach(), *grads]
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        y1, one = run()
+        torch.set_num_threads(2)
+        _, two = run()
+    finally:
+        torch.set_num_threads(threads)
+    assert _in_graph(y1, "_OneDnnLinearBackward")
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+    # against float64
+    xd, wd = x.detach().double().reshape(128, 800), layer.weight.detach().double()
+    wd = wd if layer.transpose else wd.t()  # [K, N]
+    ref = [xd @ wd + (layer.bias.detach().double() if layer.bias_term else 0)]
+    ref.append((gy.double() @ wd.t()).reshape(shape))
+    ref.append(xd.t() @ gy.double() if layer.transpose else gy.double().t() @ xd)
+    if layer.bias_term:
+        ref.append(gy.double().sum(0))
+    for got, want in zip(one, ref):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
+    # only the gradients asked for: a frozen layer's input gradient alone
+    for b in blobs:
+        b.requires_grad_(False)
+    (gx,) = torch.autograd.grad(layer(x), [x], gy)
+    torch.testing.assert_close(gx, one[1])
+    for b in blobs:
+        b.requires_grad_(True)
+    # BLAS everywhere: exactly PyTorch's own product
+    monkeypatch.setenv(MATMUL_ENV, "blas")
+    w = layer.weight.detach()
+    y = layer(x).detach()
+    want = x.detach().reshape(128, 800) @ w if layer.transpose else F.linear(x.detach().reshape(128, 800), w)
+    assert torch.equal(y, want + layer.bias.detach() if layer.bias_term else want)
+
+
+def test_inner_product_small_or_double_stays_blas(make_layer, monkeypatch):
+    """Below ONEDNN_MATMUL_MIN_MACS (LeNet's ip2), and in float64, the products stay PyTorch's (BLAS)."""
+    from netcompress.layers.vision import MATMUL_ENV
+    monkeypatch.delenv(MATMUL_ENV, raising=False)
+    for dtype, shape in ((torch.float32, (64, 500)), (torch.float64, (128, 800))):
+        layer = make_layer('type: "InnerProduct" inner_product_param { num_output: 10 '
+                           'weight_filler { type: "gaussian" } }', shape, dtype=dtype)
+        x = rand(*shape).to(dtype).requires_grad_()
+        y = layer(x)
+        assert not _in_graph(y, "_OneDnnLinearBackward")
+        assert torch.equal(y, torch.nn.functional.linear(x, layer.weight) + layer.bias)
+
+
 # --- Pooling ----------------------------------------------------------------------------------------
 
 def caffe_pooled(size, k, p, s, any_pad):
