@@ -79,6 +79,94 @@ def test_dns_blob_layout_and_forward_uses_masked_weights():
     assert (conv.weight.grad[conv.weight_mask == 0] != 0).any()
 
 
+def _in_graph(t: torch.Tensor, node_name: str) -> bool:
+    todo, seen = [t.grad_fn], set()
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if type(fn).__name__ == node_name:
+            return True
+        todo += [f for f, _ in fn.next_functions]
+    return False
+
+
+def test_dns_forward_after_surgery_takes_its_masked_weights():
+    """The first forward after a surgery uses the W⊙M the surgery wrote (no second pass), with the same values
+    and the same unmasked gradient as dns_masked_weight; a later forward, or one after W changed, computes W⊙M
+    again."""
+    from netcompress import ops
+    net = make(net_text(conv_extra="c_rate: 0.5", ip_extra="c_rate: 0.5"))
+    feed(net)
+    conv, ip = net.layer("conv"), net.layer("ip")
+    net.set_iteration(0)
+    net.before_train_forward()  # iteration 0: the surgery runs
+    assert conv.surgeries == 1 and (conv.weight_mask == 0).any()
+    net()
+    assert _in_graph(net.blobs["c"], "_SurgeryMaskedBackward") and _in_graph(net.blobs["z"], "_SurgeryMaskedBackward")
+    net.loss.backward()
+    grads = {name: (layer.weight.grad.clone(), layer.bias.grad.clone()) for name, layer in (("conv", conv), ("ip", ip))}
+    out = net.blobs["z"].detach().clone()
+    # the same forward and gradients through dns_masked_weight
+    net.zero_grad(set_to_none=True)
+    net()
+    assert not _in_graph(net.blobs["c"], "_SurgeryMaskedBackward")
+    assert torch.equal(net.blobs["z"], out)
+    net.loss.backward()
+    for name, layer in (("conv", conv), ("ip", ip)):
+        assert torch.equal(layer.weight.grad, grads[name][0]) and torch.equal(layer.bias.grad, grads[name][1])
+    # W and b changed after the surgery (as a solver update does): computed again
+    net.zero_grad(set_to_none=True)
+    conv.surgery()
+    with torch.no_grad():
+        conv.weight.mul_(2)
+        conv.bias.add_(1)
+    net()
+    assert not _in_graph(net.blobs["c"], "_SurgeryMaskedBackward")
+    assert torch.equal(net.blobs["c"], torch.nn.functional.conv2d(
+        net.blobs["x"], ops.dns_masked_weight(conv.weight, conv.weight_mask).detach(),
+        ops.dns_masked_weight(conv.bias, conv.bias_mask).detach()))
+
+
+@pytest.mark.cuda
+def test_dns_forward_after_surgery_on_cuda_computes_its_masked_weights():
+    """On CUDA the forward always runs dns_masked_weight (a CUDA graph would freeze a per-step choice)."""
+    net = Net(text_format.Parse(net_text(conv_extra="c_rate: 0.5"), pb.NetParameter()), phase="train", seed=0,
+              verbose=False, device="cuda")
+    g = torch.Generator().manual_seed(0)
+    net.set_input(x=torch.randn(4, 2, 6, 6, generator=g).cuda(), y=torch.tensor([0.0, 1.0, 2.0, 3.0]).cuda())
+    net.set_iteration(0)
+    net.before_train_forward()
+    assert net.layer("conv").surgeries == 1
+    net()
+    assert not _in_graph(net.blobs["c"], "_SurgeryMaskedBackward")
+
+
+def test_dns_training_same_bits_with_and_without_the_surgery_reuse(monkeypatch):
+    """Training steps in which surgeries run give the same weights, masks and losses whether the forward takes the
+    surgery's W⊙M or computes it (the reuse is a saving, not a change)."""
+    from netcompress import ops
+    from netcompress.layers.dns import DNSLayer
+
+    def run():
+        sp = pb.SolverParameter(base_lr=0.05, lr_policy="fixed", max_iter=6, momentum=0.9, weight_decay=0.01,
+                                random_seed=1, solver_mode=pb.SolverParameter.CPU)
+        text_format.Parse(net_text(conv_extra="c_rate: 0.3", ip_extra="c_rate: 0.3"), sp.net_param)
+        s = Solver(sp, verbose=False)
+        feed(s.net)
+        s.step(6)
+        layers = [s.net.layer("conv"), s.net.layer("ip")]
+        assert all(layer.surgeries >= 5 for layer in layers)
+        return [t.detach().clone() for layer in layers for t in (layer.weight, layer.bias, layer.weight_mask,
+                                                                   layer.bias_mask)]
+
+    reused = run()
+    monkeypatch.setattr(DNSLayer, "_masked", lambda self, p, m: ops.dns_masked_weight(p, m))
+    computed = run()
+    assert all(torch.equal(a, b) for a, b in zip(reused, computed))
+
+
 def test_dns_statistics_and_mask_rule():
     net = make(net_text(conv_extra="c_rate: 0.5 alpha_low: 0.9 alpha_high: 1.2"))
     conv = net.layer("conv")
