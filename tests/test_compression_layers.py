@@ -16,6 +16,8 @@ from netcompress.net import Net
 from netcompress.proto import caffe_pb2 as pb
 from netcompress.solvers import Solver
 
+from graph_helpers import in_graph
+
 ONES = 'weight_mask_filler { type: "constant" value: 1 } bias_mask_filler { type: "constant" value: 1 }'
 
 
@@ -79,19 +81,6 @@ def test_dns_blob_layout_and_forward_uses_masked_weights():
     assert (conv.weight.grad[conv.weight_mask == 0] != 0).any()
 
 
-def _in_graph(t: torch.Tensor, node_name: str) -> bool:
-    todo, seen = [t.grad_fn], set()
-    while todo:
-        fn = todo.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        if type(fn).__name__ == node_name:
-            return True
-        todo += [f for f, _ in fn.next_functions]
-    return False
-
-
 def test_dns_forward_after_surgery_takes_its_masked_weights():
     """The first forward after a surgery uses the W⊙M the surgery wrote (no second pass), with the same values
     and the same unmasked gradient as dns_masked_weight; a later forward, or one after W changed, computes W⊙M
@@ -104,14 +93,14 @@ def test_dns_forward_after_surgery_takes_its_masked_weights():
     net.before_train_forward()  # iteration 0: the surgery runs
     assert conv.surgeries == 1 and (conv.weight_mask == 0).any()
     net()
-    assert _in_graph(net.blobs["c"], "_SurgeryMaskedBackward") and _in_graph(net.blobs["z"], "_SurgeryMaskedBackward")
+    assert in_graph(net.blobs["c"], "_SurgeryMaskedBackward") and in_graph(net.blobs["z"], "_SurgeryMaskedBackward")
     net.loss.backward()
     grads = {name: (layer.weight.grad.clone(), layer.bias.grad.clone()) for name, layer in (("conv", conv), ("ip", ip))}
     out = net.blobs["z"].detach().clone()
     # the same forward and gradients through dns_masked_weight
     net.zero_grad(set_to_none=True)
     net()
-    assert not _in_graph(net.blobs["c"], "_SurgeryMaskedBackward")
+    assert not in_graph(net.blobs["c"], "_SurgeryMaskedBackward")
     assert torch.equal(net.blobs["z"], out)
     net.loss.backward()
     for name, layer in (("conv", conv), ("ip", ip)):
@@ -123,7 +112,7 @@ def test_dns_forward_after_surgery_takes_its_masked_weights():
         conv.weight.mul_(2)
         conv.bias.add_(1)
     net()
-    assert not _in_graph(net.blobs["c"], "_SurgeryMaskedBackward")
+    assert not in_graph(net.blobs["c"], "_SurgeryMaskedBackward")
     assert torch.equal(net.blobs["c"], torch.nn.functional.conv2d(
         net.blobs["x"], ops.dns_masked_weight(conv.weight, conv.weight_mask).detach(),
         ops.dns_masked_weight(conv.bias, conv.bias_mask).detach()))
@@ -140,7 +129,7 @@ def test_dns_forward_after_surgery_on_cuda_computes_its_masked_weights():
     net.before_train_forward()
     assert net.layer("conv").surgeries == 1
     net()
-    assert not _in_graph(net.blobs["c"], "_SurgeryMaskedBackward")
+    assert not in_graph(net.blobs["c"], "_SurgeryMaskedBackward")
 
 
 def test_dns_training_same_bits_with_and_without_the_surgery_reuse(monkeypatch):

@@ -11,6 +11,8 @@ from torch.autograd import gradcheck
 from netcompress.errors import NetDefinitionError
 from netcompress.proto import caffe_pb2 as pb
 
+from graph_helpers import in_graph
+
 FLT_MAX = float(np.finfo(np.float32).max)
 
 
@@ -107,20 +109,6 @@ def test_cpu_channels_last_rule(monkeypatch, channels, num_output, group, spatia
     assert cpu_channels_last(channels, num_output, group, spatial) is False
 
 
-def _in_graph(t: torch.Tensor, node_name: str) -> bool:
-    """Whether the autograd graph behind t has a node of that name."""
-    todo, seen = [t.grad_fn], set()
-    while todo:
-        fn = todo.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        if type(fn).__name__ == node_name:
-            return True
-        todo += [f for f, _ in fn.next_functions]
-    return False
-
-
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs PyTorch's oneDNN (mkldnn) CPU backend")
 def test_convolution_channels_last_path(make_layer, monkeypatch):
     """LeNet's conv2 in float32 on the CPU runs channels-last: the same results as NCHW up to rounding, its top
@@ -144,7 +132,7 @@ def test_convolution_channels_last_path(make_layer, monkeypatch):
         below.retain_grad()
         y = layer(below)
         assert y.is_contiguous()  # NCHW for the layers above
-        assert _in_graph(y, "_ToChannelsLastBackward") == (layout == "auto")
+        assert in_graph(y, "_ToChannelsLastBackward") == (layout == "auto")
         y.backward(torch.full_like(y, 0.01))
         grads[layout] = (y.detach(), below.grad, layer.weight.grad, layer.bias.grad)
         assert below.grad.is_contiguous() and layer.weight.grad.is_contiguous()  # the solver's fused ops read these
@@ -315,7 +303,7 @@ def test_inner_product_onednn_path(make_layer, monkeypatch, fields):
         _, two = run()
     finally:
         torch.set_num_threads(threads)
-    assert _in_graph(y1, "_OneDnnLinearBackward")
+    assert in_graph(y1, "_OneDnnLinearBackward")
     assert all(torch.equal(a, b) for a, b in zip(one, two))
     # against float64
     xd, wd = x.detach().double().reshape(128, 800), layer.weight.detach().double()
@@ -351,7 +339,7 @@ def test_inner_product_small_or_double_stays_blas(make_layer, monkeypatch):
                            'weight_filler { type: "gaussian" } }', shape, dtype=dtype)
         x = rand(*shape).to(dtype).requires_grad_()
         y = layer(x)
-        assert not _in_graph(y, "_OneDnnLinearBackward")
+        assert not in_graph(y, "_OneDnnLinearBackward")
         assert torch.equal(y, torch.nn.functional.linear(x, layer.weight) + layer.bias)
 
 
