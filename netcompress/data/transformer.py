@@ -318,6 +318,18 @@ class DataTransformer:
             x = padded[:, top:top + h, left:left + w]
         return x
 
+    @property
+    def scale_only(self) -> bool:
+        """Whether `transform` is the cast to float32 and the scale alone (no mean, std, crop, mirror or
+        augmentation, so no random draws): a batch of records can then go through `scale_batch` at once."""
+        return (not self.needs_rand and not self.augments and not self.crop_size and self.mean is None
+                and not self.mean_values.size and not self.std_values.size)
+
+    def scale_batch(self, x: np.ndarray) -> np.ndarray:
+        """`transform` of every record of an N x C x H x W batch when `scale_only`: the same float32 operations
+        element by element (hence the same values), in one pass instead of one call per record."""
+        return np.ascontiguousarray(x.astype(np.float32) * self.scale, dtype=np.float32)
+
     def transform_datum(self, datum: pb.Datum, rng: np.random.Generator | None = None,
                         name: str = "<datum>") -> np.ndarray:
         """Decode (if encoded) and transform one Datum into float32 CxH'xW'."""

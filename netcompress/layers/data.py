@@ -351,17 +351,39 @@ class _LmdbDatumReader(_Reader):
 
     def load(self, batch: int) -> list[np.ndarray]:
         rng = self.stream.transform_rng(batch)
+        records = [self.record(self.stream.record(q)) for q in self.stream.positions(batch)]
+        raw = self._raw_batch([datum for _, datum in records])
+        if raw is not None:  # the common case (MNIST, scale only): one pass over the batch
+            return [self.transformer.scale_batch(raw),
+                    np.asarray([datum.label for _, datum in records], dtype=np.float32)]
         data, labels, names = [], [], []
-        for q in self.stream.positions(batch):
-            key, datum = self.record(self.stream.record(q))
+        for key, datum in records:
             name = f"{key!r} of '{self.db.path}'"
             try:
                 data.append(self.transformer.transform_datum(datum, rng, name=name))
             except (TransformError, ValueError) as e:
-                raise DataError(f"record {name}: {e}") from None
+                msg = str(e)  # the transformer's own messages start with the record's name
+                raise DataError(f"record {msg if msg.startswith(name) else f'{name}: {msg}'}") from None
             labels.append(datum.label)
             names.append(repr(key))
         return [_stack(data, names, self.who), np.asarray(labels, dtype=np.float32)]
+
+    def _raw_batch(self, datums: list[pb.Datum]) -> np.ndarray | None:
+        """The batch's pixels as one N x C x H x W uint8 array where the transformation is the scale alone and
+        every record holds raw bytes of one shape; else None (each record then goes through the transformer,
+        which also says what is wrong with a bad one)."""
+        if not self.transformer.scale_only or not datums:
+            return None
+        d0 = datums[0]
+        shape = (int(d0.channels), int(d0.height), int(d0.width))
+        count = shape[0] * shape[1] * shape[2]
+        for d in datums:
+            if (d.encoded or len(d.data) != count or d.channels != shape[0] or d.height != shape[1]
+                    or d.width != shape[2]):
+                return None
+        if count == 0:
+            return None
+        return np.frombuffer(b"".join(d.data for d in datums), dtype=np.uint8).reshape(len(datums), *shape)
 
 
 @register_layer("Data")

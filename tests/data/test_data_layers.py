@@ -57,6 +57,60 @@ def test_data_layer_reads_converter_output_in_order_with_wraparound(tmp_path, ma
     assert any(l.startswith("Opened lmdb") for l in data_log)
 
 
+@pytest.mark.parametrize("phase", [pb.TRAIN, pb.TEST])
+def test_data_layer_scale_only_batches_equal_the_per_record_transform(small_lmdb, make_layer, monkeypatch, phase):
+    """Raw records with a scale-only transform are transformed as one batch (one pass), with the per-record
+    path's values bit for bit; a transform with more than the scale goes record by record."""
+    from netcompress.layers.data import _LmdbDatumReader
+    path, x = small_lmdb
+    calls = []
+    batch_path = _LmdbDatumReader._raw_batch
+
+    def spy(self, datums):
+        out = batch_path(self, datums)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(_LmdbDatumReader, "_raw_batch", spy)
+    got = {}
+    for way in ("batch", "records"):
+        if way == "records":
+            monkeypatch.setattr(_LmdbDatumReader, "_raw_batch", lambda self, datums: None)
+        layer = make_layer(data_layer(path, 4, 'transform_param { scale: 0.00390625 }', prefetch=0), phase=phase)
+        got[way] = [layer() for _ in range(3)]
+        layer.close()
+    assert calls and all(calls)
+    for (d1, l1), (d2, l2) in zip(got["batch"], got["records"]):
+        assert d1.dtype == torch.float32 and torch.equal(d1, d2) and torch.equal(l1, l2)
+    np.testing.assert_array_equal(got["batch"][0][0].numpy(), x[:4].astype(np.float32) * np.float32(0.00390625))
+    # mean_value: record by record
+    monkeypatch.setattr(_LmdbDatumReader, "_raw_batch", spy)
+    calls.clear()
+    layer = make_layer(data_layer(path, 4, 'transform_param { scale: 0.5 mean_value: 3 }', prefetch=0), phase=phase)
+    layer()
+    layer.close()
+    assert calls == [False]
+
+
+def test_data_layer_bad_records_are_named_in_a_scale_only_batch(tmp_path, make_layer):
+    """A record of another size, or one whose bytes do not fill its shape, leaves the batch path to the
+    per-record one, which names the record."""
+    from conftest import raw_images, write_records
+    x = raw_images(4, 1, 4, 4)
+    good = [pb.Datum(channels=1, height=4, width=4, data=x[i].tobytes(), label=i) for i in range(4)]
+    other = good[:2] + [pb.Datum(channels=1, height=5, width=4, data=bytes(20), label=2)] + good[3:]
+    short = good[:3] + [pb.Datum(channels=1, height=4, width=4, data=bytes(15), label=3)]
+    for name, datums, message in (
+            ("other", other, r"record '00000002' is 1x5x4, the batch's first record is 1x4x4"),
+            ("short", short, r"failed: record '00000003' of '[^']*short': Datum holds 15 bytes of data, channels x "
+                             r"height x width = 1x4x4 = 16$")):
+        db = write_records(tmp_path / name, datums)
+        layer = make_layer(data_layer(db, 4, 'transform_param { scale: 0.5 }', prefetch=0))
+        with pytest.raises(DataError, match=message):
+            layer()
+        layer.close()
+
+
 def test_data_layer_in_a_net(small_lmdb):
     path, x = small_lmdb
     text = ('name: "n" layer { ' + data_layer(path, 5, 'transform_param { mean_value: 10 scale: 0.5 }')
