@@ -95,8 +95,15 @@ def test_data_layer_scale_only_batches_equal_the_per_record_transform(small_lmdb
 def test_data_layer_bad_records_are_named_in_a_scale_only_batch(tmp_path, make_layer):
     """A record of another size, or one whose bytes do not fill its shape, leaves the batch path to the
     per-record one, which names the record."""
-    from conftest import raw_images, write_records
-    x = raw_images(4, 1, 4, 4)
+    from netcompress.data.db import LmdbWriter
+
+    def write_records(path, datums):
+        with LmdbWriter(str(path), map_size=1 << 20) as db:
+            for i, d in enumerate(datums):
+                db.put(b"%08d" % i, d.SerializeToString())
+        return path
+
+    x = np.random.default_rng(0).integers(0, 256, size=(4, 1, 4, 4), dtype=np.uint8)
     good = [pb.Datum(channels=1, height=4, width=4, data=x[i].tobytes(), label=i) for i in range(4)]
     other = good[:2] + [pb.Datum(channels=1, height=5, width=4, data=bytes(20), label=2)] + good[3:]
     short = good[:3] + [pb.Datum(channels=1, height=4, width=4, data=bytes(15), label=3)]
