@@ -135,8 +135,8 @@ def test_dns_forward_after_surgery_on_cuda_computes_its_masked_weights():
 def test_dns_training_same_bits_with_and_without_the_surgery_reuse(monkeypatch):
     """Training steps in which surgeries run give the same weights, masks and losses whether the forward takes the
     surgery's W⊙M or computes it (the reuse is a saving, not a change)."""
-    from netcompress import ops
     from netcompress.layers.dns import DNSLayer
+    from netcompress.layers.masked import MaskedLayer
 
     def run():
         sp = pb.SolverParameter(base_lr=0.05, lr_policy="fixed", max_iter=6, momentum=0.9, weight_decay=0.01,
@@ -151,7 +151,7 @@ def test_dns_training_same_bits_with_and_without_the_surgery_reuse(monkeypatch):
                                                                    layer.bias_mask)]
 
     reused = run()
-    monkeypatch.setattr(DNSLayer, "_masked", lambda self, p, m: ops.dns_masked_weight(p, m))
+    monkeypatch.setattr(DNSLayer, "_masked", MaskedLayer._masked)  # W⊙M computed at every forward
     computed = run()
     assert all(torch.equal(a, b) for a, b in zip(reused, computed))
 

@@ -148,24 +148,16 @@ class DNSLayer(MaskedLayer):
         self.surgeries += 1
 
     # -- forward ---------------------------------------------------------------------------
-    def effective_weight(self) -> torch.Tensor:
-        return self._masked(self.weight, self.weight_mask)
-
-    def effective_bias(self) -> torch.Tensor | None:
-        return self._masked(self.bias, self.bias_mask) if self.bias_term else None
-
     def _masked(self, p: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        """W⊙M with dns_masked_weight's gradient rule. The first forward after a surgery takes the W⊙M that the
-        surgery's fused pass has just written (the same op on the same values, so the same bits) instead of
-        computing it again, where W and M are unchanged since (their version counters): 0.3-0.5 ms of a DNS
-        LeNet step at batch 64 when a surgery runs (early in a DNS stage, almost every step). CPU only: a CUDA
-        graph would freeze the choice."""
-        if not self.masked_forward:
-            return p
+        """W⊙M with dns_masked_weight's gradient rule (MaskedLayer._masked). The first forward after a surgery
+        takes the W⊙M that the surgery's fused pass has just written (the same op on the same values, so the
+        same bits) instead of computing it again, where W and M are unchanged since (their version counters):
+        0.3-0.5 ms of a DNS LeNet step at batch 64 when a surgery runs (early in a DNS stage, almost every
+        step). CPU only: a CUDA graph would freeze the choice."""
         held = self._surgery_out.pop(id(p), None)
         if held is not None and held[1] == p._version and held[2] == m._version:
             return _SurgeryMasked.apply(p, held[0])
-        return ops.dns_masked_weight(p, m)
+        return super()._masked(p, m)
 
     def _scratch(self, like: torch.Tensor) -> torch.Tensor:
         """Where the fused surgery pass writes W⊙M (for the forward that follows, see `_masked`). Kept per

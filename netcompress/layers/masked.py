@@ -92,16 +92,15 @@ class MaskedLayer(Layer):
 
     # -- forward ---------------------------------------------------------------------------
     def effective_weight(self) -> torch.Tensor:
-        if self.masked_forward:
-            return ops.dns_masked_weight(self.weight, self.weight_mask)
-        return self.weight
+        return self._masked(self.weight, self.weight_mask)
 
     def effective_bias(self) -> torch.Tensor | None:
-        if not self.bias_term:
-            return None
-        if self.masked_forward:
-            return ops.dns_masked_weight(self.bias, self.bias_mask)
-        return self.bias
+        return self._masked(self.bias, self.bias_mask) if self.bias_term else None
+
+    def _masked(self, p: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """What the forward computes with for one (parameter, mask) pair: p⊙m by the fused op when
+        `masked_forward`, else p as stored."""
+        return ops.dns_masked_weight(p, m) if self.masked_forward else p
 
     # -- the per-call gradient rule --------------------------------------------------------
     def before_backward(self) -> None:
