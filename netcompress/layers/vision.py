@@ -260,32 +260,31 @@ MATMUL_ENV = "NETCOMPRESS_CPU_MATMUL"
 ONEDNN_MATMUL_MIN_MACS = 1 << 20
 
 
-def _onednn_matmul_op():
-    """oneDNN's matrix product as PyTorch exposes it (`mkldnn::_linear_pointwise`, torch 2.0 on), or None where
-    it is missing, PyTorch's oneDNN backend is off, or `NETCOMPRESS_CPU_MATMUL=blas` asks for the BLAS."""
+def _blas_only() -> str | None:
+    """Why every CPU InnerProduct product stays PyTorch's BLAS, or None when the oneDNN rule applies."""
     if os.environ.get(MATMUL_ENV, "auto").strip().lower() == "blas":
-        return None
+        return f"{MATMUL_ENV}=blas"
     if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
-        return None
+        return "PyTorch's oneDNN backend is not available"
     try:
-        return torch.ops.mkldnn._linear_pointwise.default
+        torch.ops.mkldnn._linear_pointwise.default  # noqa: B018 (PyTorch 2.0 on)
     except (AttributeError, RuntimeError):
-        return None
+        return "this PyTorch has no oneDNN matrix product (mkldnn::_linear_pointwise)"
+    return None
 
 
 def cpu_matmul() -> str:
     """The CPU InnerProduct rule in force, in words (`netcompress info`)."""
-    if _onednn_matmul_op() is None:
-        why = (f"{MATMUL_ENV}=blas" if os.environ.get(MATMUL_ENV, "auto").strip().lower() == "blas"
-               else "PyTorch's oneDNN matrix product is not available")
+    why = _blas_only()
+    if why:
         return f"BLAS for every product ({why})"
     return (f"oneDNN for float32 products of >= {ONEDNN_MATMUL_MIN_MACS:,} multiply-adds, else BLAS; "
             f"{MATMUL_ENV}=blas for BLAS everywhere")
 
 
-def _dnn(op, a: torch.Tensor, bt: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def _dnn(a: torch.Tensor, bt: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """a @ bt.T (+ bias, added to each finished sum: the same as adding it after) by oneDNN."""
-    return op(a, bt, bias, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise.default(a, bt, bias, "none", [], "")
 
 
 class _OneDnnLinear(torch.autograd.Function):
@@ -299,25 +298,24 @@ class _OneDnnLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, w, b, transpose, op):
+    def forward(ctx, x, w, b, transpose):
         ctx.save_for_backward(x, w)
-        ctx.transpose, ctx.op, ctx.has_bias = transpose, op, b is not None
-        return _dnn(op, x, w.t() if transpose else w, b)
+        ctx.transpose, ctx.has_bias = transpose, b is not None
+        return _dnn(x, w.t() if transpose else w, b)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
         x, w = ctx.saved_tensors
-        op = ctx.op
         gy = gy.contiguous()  # an expanded gradient (of a sum) has zero strides
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:  # gy @ w (gy @ w.T when transposed)
-            gx = _dnn(op, gy, w if ctx.transpose else w.t())
+            gx = _dnn(gy, w if ctx.transpose else w.t())
         if ctx.needs_input_grad[1]:  # gy.T @ x (x.T @ gy when transposed)
-            gw = _dnn(op, x.t(), gy.t()) if ctx.transpose else _dnn(op, gy.t(), x.t())
+            gw = _dnn(x.t(), gy.t()) if ctx.transpose else _dnn(gy.t(), x.t())
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = gy.sum(0)
-        return gx, gw, gb, None, None
+        return gx, gw, gb, None
 
 
 @register_layer("InnerProduct")
@@ -340,6 +338,8 @@ class InnerProduct(Layer):
         self.K = math.prod(shape[self.axis:])
         self.transpose = bool(ip.transpose)
         self.bias_term = bool(ip.bias_term)
+        # the CPU products' library, decided once as the convolution layout is (_blas_only)
+        self._onednn = _blas_only() is None
         wshape = (self.K, self.num_output) if self.transpose else (self.num_output, self.K)
         where = f"layer '{self.name}': "
         self.add_blob("weight", fill(self.new_empty(*wshape, what="the weight blob"), ip.weight_filler,
@@ -361,12 +361,10 @@ class InnerProduct(Layer):
         lead = x.shape[:self.axis]
         x2 = x.reshape(math.prod(lead), self.K)
         w, b = self.effective_weight(), self.effective_bias()
-        if (x2.device.type == "cpu" and x2.dtype == torch.float32 and w.dtype == torch.float32
+        if (self._onednn and x2.device.type == "cpu" and x2.dtype == torch.float32 and w.dtype == torch.float32
                 and x2.shape[0] * self.K * self.num_output >= ONEDNN_MATMUL_MIN_MACS):
-            op = _onednn_matmul_op()
-            if op is not None:
-                y = _OneDnnLinear.apply(x2.contiguous(), w.contiguous(), b, self.transpose, op)
-                return y.reshape(*lead, self.num_output)
+            y = _OneDnnLinear.apply(x2.contiguous(), w.contiguous(), b, self.transpose)
+            return y.reshape(*lead, self.num_output)
         y = x2 @ w if self.transpose else F.linear(x2, w)
         if b is not None:
             y = y + b

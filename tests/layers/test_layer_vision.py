@@ -322,12 +322,15 @@ def test_inner_product_onednn_path(make_layer, monkeypatch, fields):
     torch.testing.assert_close(gx, one[1])
     for b in blobs:
         b.requires_grad_(True)
-    # BLAS everywhere: exactly PyTorch's own product
+    # BLAS everywhere (a layer built under the switch): exactly PyTorch's own product
     monkeypatch.setenv(MATMUL_ENV, "blas")
-    w = layer.weight.detach()
-    y = layer(x).detach()
-    want = x.detach().reshape(128, 800) @ w if layer.transpose else F.linear(x.detach().reshape(128, 800), w)
-    assert torch.equal(y, want + layer.bias.detach() if layer.bias_term else want)
+    blas = make_layer(f'type: "InnerProduct" inner_product_param {{ {fields} weight_filler {{ type: "gaussian" }} '
+                      'bias_filler { type: "gaussian" } }', shape, dtype=torch.float32)
+    w = blas.weight.detach()
+    y = blas(x)
+    assert not in_graph(y, "_OneDnnLinearBackward")
+    want = x.detach().reshape(128, 800) @ w if blas.transpose else F.linear(x.detach().reshape(128, 800), w)
+    assert torch.equal(y.detach(), want + blas.bias.detach() if blas.bias_term else want)
 
 
 def test_inner_product_small_or_double_stays_blas(make_layer, monkeypatch):
