@@ -59,9 +59,19 @@ def test_max_pool_2x2_every_window(dtype):
     import itertools
     values = [-math.inf, -0.0, 0.0, 1.0, math.nan]
     windows = torch.tensor(list(itertools.product(values, repeat=4)), dtype=dtype)  # (625, 4)
-    x = windows.view(1, -1, 2, 2)
-    for n_side in (1, 3):  # one window per plane, and 3x3 windows per plane (625 = 5^4 planes / windows)
-        xi = x if n_side == 1 else windows.view(25, 5, 5, 2, 2)[:, :3, :3].permute(0, 1, 3, 2, 4).reshape(1, 25, 6, 6)
+
+    def grid(cols: int) -> torch.Tensor:
+        """All windows in one plane, `cols` windows a row (the last row filled with the first windows)."""
+        rows = -(-len(windows) // cols)
+        w = torch.cat([windows, windows[:rows * cols - len(windows)]]).view(rows, cols, 2, 2)
+        return w.permute(0, 2, 1, 3).reshape(1, 1, 2 * rows, 2 * cols)
+
+    # one window per plane; 3x3 windows per plane; rows of 12 (8 + 4 outputs), 15 (8 + 4 + 3) and 625 windows, so
+    # that every window meets the vector loops' lanes and the scalar tail
+    layouts = [windows.view(1, -1, 2, 2),
+               windows.view(25, 5, 5, 2, 2)[:, :3, :3].permute(0, 1, 3, 2, 4).reshape(1, 25, 6, 6),
+               grid(12), grid(15), grid(625)]
+    for xi in layouts:
         y, ind = ops.max_pool2d(xi, (2, 2), (2, 2), (0, 0), False)
         y_ref, ind_ref = ref.max_pool2d(xi, (2, 2), (2, 2), (0, 0), False)
         assert torch.equal(ind, ind_ref) and _same(y, y_ref)
@@ -92,7 +102,8 @@ def test_max_pool_gradient_is_pytorchs(gen):
 def test_max_pool_backward_is_atens(dtype, threads, gen):
     """The gradient op equals aten::max_pool2d_with_indices_backward bit for bit (the CPU's own loop for float and
     double, which zeroes inside the scatter): every geometry, overlapping windows (their sums in ATen's order),
-    -0.0 and NaN gradients, -1 indices (a window of padding only, skipped)."""
+    -0.0 and NaN gradients, -1 indices (a window of padding only, skipped), an index in another window (the
+    2x2 stride-2 path, which writes each window's four elements directly, must then fall back to the scatter)."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -102,7 +113,11 @@ def test_max_pool_backward_is_atens(dtype, threads, gen):
             g = torch.randn(ind.shape, generator=gen).to(dtype)
             g.view(-1)[::5] = -0.0
             g.view(-1)[::7] = math.nan
-            for indices in (ind, torch.where(torch.rand(ind.shape, generator=gen) < 0.3, -1, ind)):
+            # The last output pointing at its neighbour's element: an index outside its own window (two terms
+            # on one element), found after the 2x2 path has written every other window.
+            late = ind.clone()
+            late.view(-1)[-1] = ind.view(-1)[-2]
+            for indices in (ind, torch.where(torch.rand(ind.shape, generator=gen) < 0.3, -1, ind), late):
                 ours = torch.ops.netcompress._max_pool2d_backward(g, x, indices, list(k), list(s), list(p), ceil)
                 want = torch.ops.aten.max_pool2d_with_indices_backward(g, x, list(k), list(s), list(p), [1, 1],
                                                                        ceil, indices)
