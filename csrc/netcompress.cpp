@@ -57,6 +57,13 @@ TORCH_LIBRARY(netcompress, m) {
   m.def("_max_pool2d_backward(Tensor grad, Tensor self, Tensor indices, int[2] kernel_size, int[2] stride, "
         "int[2] padding, bool ceil_mode) -> Tensor", tags);
 
+  // ---- Memory order of 4-D activations (the CPU convolutions' channels-last edges, layers/vision.py) ----
+  // A copy of x (N, C, H, W) in channels-last (NHWC) order: `x.contiguous(memory_format=torch.channels_last)`'s
+  // values, always a new tensor. CPU only.
+  m.def("to_channels_last(Tensor x) -> Tensor", tags);
+  // A copy of x in contiguous (NCHW) order: `x.contiguous()`'s values, always a new tensor. CPU only.
+  m.def("to_contiguous(Tensor x) -> Tensor", tags);
+
   // ---- Solver (reference-semantics §4.4, §3.6) ----
   // history <- mask ⊙ (momentum·history + local_rate·grad); grad <- history. No mask: plain SGD momentum.
   m.def("sgd_momentum_update_(Tensor(a!) grad, Tensor(b!) history, Tensor? mask, float momentum, "

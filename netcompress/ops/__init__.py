@@ -1,7 +1,7 @@
 """netcompress ops: DNS surgery, INQ quantization and the freezing SGD update, as `torch.ops.netcompress.*`.
 
 The kernels live in the compiled extension `netcompress._C` (csrc/); this package loads it and holds, one
-module per op family (`dns`, `inq`, `solver`, `pool`, `quant`), each op's typed wrapper next to its fake (meta)
+module per op family (`dns`, `inq`, `solver`, `pool`, `quant`, `layout`), each op's typed wrapper next to its fake (meta)
 kernel and autograd formula. Pure-PyTorch versions of every op live in `netcompress.ops.reference` as the
 test oracle; nothing falls back to them. Algorithms built on the ops live with the layers that use them
 (the INQ stage in `netcompress.layers.inq`).
@@ -25,6 +25,7 @@ except ImportError as e:  # pragma: no cover - exercised only on a broken instal
 
 from .dns import dns_masked_weight, dns_splice_grad_, dns_stats, dns_thresholds, dns_update_mask_  # noqa: E402
 from .inq import inq_mask_stats, inq_quantize_, inq_threshold  # noqa: E402
+from .layout import to_channels_last, to_contiguous  # noqa: E402
 from .pool import max_pool2d  # noqa: E402
 from .quant import (act_quant, act_quant_range, int_quant, quant_weight, quant_weight_codes,  # noqa: E402
                     quant_weight_fit, weight_quant_range)
@@ -42,6 +43,8 @@ __all__ = [
     "inq_quantize_",
     "sgd_momentum_update_",
     "max_pool2d",
+    "to_channels_last",
+    "to_contiguous",
     "act_quant",
     "act_quant_range",
     "int_quant",

@@ -140,6 +140,14 @@ def test_convolution_channels_last_path(make_layer, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     w, b = layers["nchw"].weight.detach(), layers["nchw"].bias.detach()
     assert torch.equal(grads["nchw"][0], torch.nn.functional.conv2d(x, w, b))
+    # The channels-last path is exactly PyTorch's channels-last convolution (its layout copies are the extension's
+    # to_channels_last / to_contiguous, and the gradient reaches oneDNN channels-last, where PyTorch's reorders it).
+    xr = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    wr, br = layers["auto"].weight.detach().clone().requires_grad_(), layers["auto"].bias.detach().clone().requires_grad_()
+    yr = torch.nn.functional.conv2d(xr, wr, br)
+    yr.backward(torch.full_like(yr, 0.01).contiguous())
+    for got, want in zip(grads["auto"], (yr, xr.grad, wr.grad, br.grad)):
+        assert torch.equal(got, want)
     # a smaller call (here a batch of 4: 256 positions) stays NCHW, where the conversions would cost more
     x4 = x[:4]
     assert torch.equal(layers["auto"](x4), torch.nn.functional.conv2d(x4, layers["auto"].weight, layers["auto"].bias))

@@ -1,0 +1,138 @@
+// NCHW <-> NHWC copies of 4-D tensors on the CPU: `x.contiguous(memory_format=torch.channels_last)` and
+// `x.contiguous()`, the same values in the other memory order.
+//
+// The convolution layers run oneDNN on channels-last input where its blocked NCHW layout would pad the channels
+// (layers/vision.py, cpu_channels_last) and convert at the layer's edges: LeNet's conv2 converts its input, its
+// output and their gradients every step. ATen's copy walks the permuted tensor element by element (about 1.6 ns
+// an element on one core: 110 us for LeNet's 64×20×12×12 input); each sample is a C×HW <-> HW×C matrix
+// transpose, which this does in 8×8 tiles in registers (AVX2 for float; cache-sized scalar tiles otherwise).
+// A copy moves values without arithmetic, so the result is exactly ATen's.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+
+#include "loops.h"
+
+namespace netcompress {
+namespace {
+
+// dst[c * rows + r] = src[r * cols + c] for a rows × cols matrix, in square tiles (both sides stay in the cache).
+template <typename T>
+NC_CPU_CLONES void transpose_scalar(const T* __restrict src, int64_t rows, int64_t cols, T* __restrict dst) {
+  constexpr int64_t kTile = 16;
+  for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
+    const int64_t r1 = std::min(rows, r0 + kTile);
+    for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
+      const int64_t c1 = std::min(cols, c0 + kTile);
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int64_t r = r0; r < r1; ++r) dst[c * rows + r] = src[r * cols + c];
+      }
+    }
+  }
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define NC_HAVE_LAYOUT_AVX2 1
+#define NC_AVX2_TARGET __attribute__((target("avx2")))
+
+inline bool has_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
+
+// One 8×8 tile: rows s[0..7] (stride ss) become columns of d (stride ds).
+NC_AVX2_TARGET inline void tile8(const float* s, int64_t ss, float* d, int64_t ds) {
+  const __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + ss), r2 = _mm256_loadu_ps(s + 2 * ss),
+               r3 = _mm256_loadu_ps(s + 3 * ss), r4 = _mm256_loadu_ps(s + 4 * ss), r5 = _mm256_loadu_ps(s + 5 * ss),
+               r6 = _mm256_loadu_ps(s + 6 * ss), r7 = _mm256_loadu_ps(s + 7 * ss);
+  const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
+               t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+               t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+               u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+               u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+               u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+  _mm256_storeu_ps(d + ds, _mm256_permute2f128_ps(u1, u5, 0x20));
+  _mm256_storeu_ps(d + 2 * ds, _mm256_permute2f128_ps(u2, u6, 0x20));
+  _mm256_storeu_ps(d + 3 * ds, _mm256_permute2f128_ps(u3, u7, 0x20));
+  _mm256_storeu_ps(d + 4 * ds, _mm256_permute2f128_ps(u0, u4, 0x31));
+  _mm256_storeu_ps(d + 5 * ds, _mm256_permute2f128_ps(u1, u5, 0x31));
+  _mm256_storeu_ps(d + 6 * ds, _mm256_permute2f128_ps(u2, u6, 0x31));
+  _mm256_storeu_ps(d + 7 * ds, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+// transpose_scalar for float: whole 8×8 tiles in registers, the ragged right and bottom edges element by element.
+NC_AVX2_TARGET void transpose_avx2(const float* __restrict src, int64_t rows, int64_t cols, float* __restrict dst) {
+  const int64_t rows8 = rows / 8 * 8, cols8 = cols / 8 * 8;
+  for (int64_t r = 0; r < rows8; r += 8) {
+    for (int64_t c = 0; c < cols8; c += 8) tile8(src + r * cols + c, cols, dst + c * rows + r, rows);
+    for (int64_t c = cols8; c < cols; ++c) {
+      for (int64_t i = r; i < r + 8; ++i) dst[c * rows + i] = src[i * cols + c];
+    }
+  }
+  for (int64_t r = rows8; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
+  }
+}
+#endif
+
+// Each of n samples is a rows × cols matrix in src, and becomes its transpose in dst.
+at::Tensor transpose_samples(const at::Tensor& x, int64_t n, int64_t rows, int64_t cols, at::Tensor out) {
+  const int64_t per = rows * cols;
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, per));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "netcompress_layout", [&] {
+#ifdef NC_HAVE_LAYOUT_AVX2
+    const bool avx2 = std::is_same_v<scalar_t, float> && has_avx2();
+#endif
+    const scalar_t* s = x.const_data_ptr<scalar_t>();
+    scalar_t* d = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, n, grain, [&](int64_t first, int64_t last) {
+      for (int64_t i = first; i < last; ++i) {
+#ifdef NC_HAVE_LAYOUT_AVX2
+        if (avx2) {
+          transpose_avx2(reinterpret_cast<const float*>(s + i * per), rows, cols, reinterpret_cast<float*>(d + i * per));
+          continue;
+        }
+#endif
+        transpose_scalar<scalar_t>(s + i * per, rows, cols, d + i * per);
+      }
+    });
+  });
+  return out;
+}
+
+// Whether x is a 4-D floating tensor with something to move: a plain copy (ATen's clone) does the rest, and also
+// the tensors already in both orders (C == 1 or H * W == 1), which ATen's `contiguous` would return as they are.
+// The ops always return a new tensor (their schema declares no alias).
+bool movable(const at::Tensor& x) {
+  return x.dim() == 4 && x.numel() > 0 && at::isFloatingType(x.scalar_type()) && x.size(1) > 1 &&
+         x.size(2) * x.size(3) > 1;
+}
+
+// x (N, C, H, W) in channels-last (NHWC) memory order.
+at::Tensor to_channels_last_cpu(const at::Tensor& x) {
+  if (!movable(x) || !x.is_contiguous()) return x.clone(at::MemoryFormat::ChannelsLast);
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  return transpose_samples(x, x.size(0), x.size(1), x.size(2) * x.size(3), out);
+}
+
+// x (N, C, H, W) in contiguous (NCHW) memory order.
+at::Tensor to_contiguous_cpu(const at::Tensor& x) {
+  if (!movable(x) || !x.is_contiguous(at::MemoryFormat::ChannelsLast)) return x.clone(at::MemoryFormat::Contiguous);
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  return transpose_samples(x, x.size(0), x.size(2) * x.size(3), x.size(1), out);
+}
+
+}  // namespace
+}  // namespace netcompress
+
+TORCH_LIBRARY_IMPL(netcompress, CPU, m) {
+  m.impl("to_channels_last", &netcompress::to_channels_last_cpu);
+  m.impl("to_contiguous", &netcompress::to_contiguous_cpu);
+}

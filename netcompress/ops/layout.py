@@ -1,0 +1,32 @@
+"""NCHW <-> NHWC copies of 4-D CPU tensors (the channels-last edges of the CPU convolutions)."""
+from __future__ import annotations
+
+import torch
+
+from ._common import ops as _ops
+
+__all__ = ["to_channels_last", "to_contiguous"]
+
+
+@torch.library.register_fake("netcompress::to_channels_last")
+def _to_channels_last_fake(x):
+    return torch.empty_like(x, memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("netcompress::to_contiguous")
+def _to_contiguous_fake(x):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """A new tensor with x's values (N, C, H, W) in channels-last memory order, as
+    `x.contiguous(memory_format=torch.channels_last)` (CPU). NCHW input is transposed sample by sample in
+    cache tiles (AVX2 for float32), several times faster than ATen's element-wise copy. Not differentiable
+    (layers/vision.py wraps it)."""
+    return _ops.to_channels_last(x)
+
+
+def to_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """A new tensor with x's values in contiguous (NCHW) memory order, as `x.contiguous()` (CPU); the
+    inverse transpose of `to_channels_last` for channels-last input. Not differentiable."""
+    return _ops.to_contiguous(x)
