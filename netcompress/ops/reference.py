@@ -22,6 +22,8 @@ __all__ = [
     "inq_quantize_",
     "sgd_momentum_update_",
     "max_pool2d",
+    "to_channels_last",
+    "to_contiguous",
     "act_quant",
     "act_quant_backward",
     "int_quant",
@@ -146,6 +148,16 @@ def max_pool2d(x: torch.Tensor, kernel_size, stride, padding=(0, 0), ceil_mode: 
     """PyTorch's own MAX pooling with indices (dilation 1): the op must match it exactly."""
     return torch.nn.functional.max_pool2d(x, tuple(kernel_size), tuple(stride), tuple(padding), ceil_mode=ceil_mode,
                                           return_indices=True)
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """x's values in channels-last memory order (a copy even where `contiguous` would return x)."""
+    return x.clone(memory_format=torch.channels_last)
+
+
+def to_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """x's values in contiguous (NCHW) memory order, in a new tensor."""
+    return x.clone(memory_format=torch.contiguous_format)
 
 
 # ---- MicroNet quantizers (recipes-spec §4.5, §4.6, §5.2) ----
