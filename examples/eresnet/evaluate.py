@@ -72,6 +72,15 @@ def main(argv: list[str] | None = None) -> int:
           f"({count_parameters(test):,} with the side branch) | {right_test / total:.4f} |")
     print(f"| compressed deploy net   | {kept} | {count_parameters(deploy):,} | {right_deploy / total:.4f} |")
     print(f"largest |logit difference|: {worst:.3g}")
+    if worst > 1e-3 * max(1.0, float(ref.abs().max())):
+        mixed = [g[:-5] for g, c in closed.items() if 0 < c < a.iterations]
+        shut = [g[:-5] for g, c in closed.items() if c == a.iterations]
+        print("WARNING: the deploy net computes another function than the TEST net. "
+              + (f"Gates closed on some TEST batches and open on others: {', '.join(mixed)}. " if mixed else "")
+              + f"Gates closed on every TEST batch: {', '.join(shut) or 'none'}; compress_epsilon_resnet drops a "
+              "block only where the training log's is_discarded average reads 1 at --iter, so a gate closed here "
+              "but not on every training batch keeps its block. Compress at an epoch end where every gate's "
+              "average is 0 or 1, or train longer.")
     return 0
 
 
