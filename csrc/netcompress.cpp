@@ -59,9 +59,9 @@ TORCH_LIBRARY(netcompress, m) {
 
   // ---- Memory order of 4-D activations (the CPU convolutions' channels-last edges, layers/vision.py) ----
   // A copy of x (N, C, H, W) in channels-last (NHWC) order: `x.contiguous(memory_format=torch.channels_last)`'s
-  // values, always a new tensor. CPU only.
+  // values, always a new tensor (a tiled transpose on the CPU; ATen's copy on CUDA).
   m.def("to_channels_last(Tensor x) -> Tensor", tags);
-  // A copy of x in contiguous (NCHW) order: `x.contiguous()`'s values, always a new tensor. CPU only.
+  // A copy of x in contiguous (NCHW) order: `x.contiguous()`'s values, always a new tensor.
   m.def("to_contiguous(Tensor x) -> Tensor", tags);
 
   // ---- Solver (reference-semantics §4.4, §3.6) ----

@@ -136,3 +136,10 @@ TORCH_LIBRARY_IMPL(netcompress, CPU, m) {
   m.impl("to_channels_last", &netcompress::to_channels_last_cpu);
   m.impl("to_contiguous", &netcompress::to_contiguous_cpu);
 }
+
+// CUDA (the layers do not call these there; registered so that the ops work on any tensor): ATen's copy, which
+// is fast on the GPU. Device-agnostic code, so it is registered from this always-built file.
+TORCH_LIBRARY_IMPL(netcompress, CUDA, m) {
+  m.impl("to_channels_last", [](const at::Tensor& x) { return x.clone(at::MemoryFormat::ChannelsLast); });
+  m.impl("to_contiguous", [](const at::Tensor& x) { return x.clone(at::MemoryFormat::Contiguous); });
+}

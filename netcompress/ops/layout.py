@@ -1,4 +1,4 @@
-"""NCHW <-> NHWC copies of 4-D CPU tensors (the channels-last edges of the CPU convolutions)."""
+"""NCHW <-> NHWC copies of 4-D tensors (the channels-last edges of the CPU convolutions; ATen's copy on CUDA)."""
 from __future__ import annotations
 
 import torch

@@ -83,3 +83,12 @@ def test_layout_opcheck(gen):
     x = torch.randn(2, 12, 5, 7, generator=gen)
     torch.library.opcheck(torch.ops.netcompress.to_channels_last.default, (x,))
     torch.library.opcheck(torch.ops.netcompress.to_contiguous.default, (x.contiguous(memory_format=CL),))
+
+
+@pytest.mark.cuda
+def test_layout_copies_cuda(gen):
+    x = torch.randn(4, 20, 12, 12, generator=gen)
+    y = ops.to_channels_last(x.cuda())
+    assert y.is_cuda and y.is_contiguous(memory_format=CL) and torch.equal(y.cpu(), x)
+    z = ops.to_contiguous(y)
+    assert z.is_contiguous() and torch.equal(z.cpu(), x)
