@@ -91,36 +91,25 @@ def cpu_channels_last(channels: int, num_output: int, group: int, num_spatial: i
     return channels % block != 0 or num_output % block != 0
 
 
-class _ToChannelsLast(torch.autograd.Function):
-    """x (CPU, NCHW) in channels-last memory order; the gradient back in x's order (contiguous NCHW).
+class _Relayout(torch.autograd.Function):
+    """A CPU channels-last convolution's edges: x in the other memory order (`to_channels_last`: NCHW -> NHWC for
+    its input; else NHWC -> NCHW for its output), the gradient converted back the other way.
 
-    Plain `x.contiguous(memory_format=torch.channels_last)` would hand its gradient on in channels-last order,
-    and the layer below (pooling's backward, a ReLU) would then work on, or copy from, a permuted tensor. Both
-    copies are `ops.to_channels_last` / `ops.to_contiguous` (a tiled transpose per sample: LeNet's conv2 input
-    at batch 64, 111 -> 25 us on one core, against ATen's element-wise copy), which give ATen's values.
+    So the layers around the convolution (pooling, ReLU) see NCHW tensors and gradients, and oneDNN sees its
+    input and its output's gradient channels-last (plain `x.contiguous(memory_format=...)` would hand on the
+    gradient in the permuted order). Every copy is `ops.to_channels_last` / `ops.to_contiguous` (a tiled transpose
+    per sample: LeNet's conv2 input at batch 64, 110 -> 31 us on one core against ATen's element-wise copy), with
+    ATen's values.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return ops.to_channels_last(x)
+    def forward(ctx, x: torch.Tensor, to_channels_last: bool) -> torch.Tensor:
+        ctx.to_channels_last = to_channels_last
+        return ops.to_channels_last(x) if to_channels_last else ops.to_contiguous(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return ops.to_contiguous(grad)
-
-
-class _ToContiguous(torch.autograd.Function):
-    """A channels-last convolution's output (CPU) back in NCHW order for the layers after it; the gradient goes
-    to the convolution's backward in channels-last order, as its input was, so that oneDNN needs no reorder of
-    its own. `_ToChannelsLast` the other way round."""
-
-    @staticmethod
-    def forward(ctx, y: torch.Tensor) -> torch.Tensor:
-        return ops.to_contiguous(y)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return ops.to_channels_last(grad)
+    def backward(ctx, grad: torch.Tensor):
+        return (ops.to_contiguous(grad) if ctx.to_channels_last else ops.to_channels_last(grad)), None
 
 
 class _ConvBase(Layer):
@@ -223,8 +212,9 @@ class _ConvBase(Layer):
         elif (self._channels_last and x.device.type == "cpu" and x.dtype == torch.float32
               and x.shape[0] * self._positions >= CHANNELS_LAST_MIN_POSITIONS):
             # cpu_channels_last: NHWC in, the result back in NCHW for the layers after it.
-            y = _ToContiguous.apply(self._fn(_ToChannelsLast.apply(x), w, b, stride=self.stride,
-                                             padding=self.pad, dilation=self.dilation, groups=self.group))
+            y = self._fn(_Relayout.apply(x, True), w, b, stride=self.stride, padding=self.pad,
+                         dilation=self.dilation, groups=self.group)
+            y = _Relayout.apply(y, False)
         else:
             y = self._fn(x, w, b, stride=self.stride, padding=self.pad, dilation=self.dilation,
                          groups=self.group)

@@ -132,7 +132,7 @@ def test_convolution_channels_last_path(make_layer, monkeypatch):
         below.retain_grad()
         y = layer(below)
         assert y.is_contiguous()  # NCHW for the layers above
-        assert in_graph(y, "_ToChannelsLastBackward") == (layout == "auto")
+        assert in_graph(y, "_RelayoutBackward") == (layout == "auto")
         y.backward(torch.full_like(y, 0.01))
         grads[layout] = (y.detach(), below.grad, layer.weight.grad, layer.bias.grad)
         assert below.grad.is_contiguous() and layer.weight.grad.is_contiguous()  # the solver's fused ops read these
