@@ -36,15 +36,8 @@ NC_CPU_CLONES void transpose_scalar(const T* __restrict src, int64_t rows, int64
   }
 }
 
-#if defined(__GNUC__) && defined(__x86_64__)
+#ifdef NC_HAVE_AVX2_PATH
 #define NC_HAVE_LAYOUT_AVX2 1
-#define NC_AVX2_TARGET __attribute__((target("avx2")))
-
-inline bool has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2");
-  return yes;
-}
-
 // One 8×8 tile: rows s[0..7] (stride ss) become columns of d (stride ds).
 NC_AVX2_TARGET inline void tile8(const float* s, int64_t ss, float* d, int64_t ds) {
   const __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + ss), r2 = _mm256_loadu_ps(s + 2 * ss),
@@ -88,7 +81,7 @@ at::Tensor transpose_samples(const at::Tensor& x, int64_t n, int64_t rows, int64
   const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, per));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "netcompress_layout", [&] {
 #ifdef NC_HAVE_LAYOUT_AVX2
-    const bool avx2 = std::is_same_v<scalar_t, float> && has_avx2();
+    const bool avx2 = std::is_same_v<scalar_t, float> && cpu::has_avx2();
 #endif
     const scalar_t* s = x.const_data_ptr<scalar_t>();
     scalar_t* d = out.mutable_data_ptr<scalar_t>();
@@ -96,7 +89,8 @@ at::Tensor transpose_samples(const at::Tensor& x, int64_t n, int64_t rows, int64
       for (int64_t i = first; i < last; ++i) {
 #ifdef NC_HAVE_LAYOUT_AVX2
         if (avx2) {
-          transpose_avx2(reinterpret_cast<const float*>(s + i * per), rows, cols, reinterpret_cast<float*>(d + i * per));
+          transpose_avx2(reinterpret_cast<const float*>(s + i * per), rows, cols,
+                         reinterpret_cast<float*>(d + i * per));
           continue;
         }
 #endif

@@ -93,6 +93,16 @@ inline bool has_f16c() {
   static const bool yes = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
   return yes;
 }
+
+// Hand-written AVX2 loops (pool_kernel.cpp, layout_kernel.cpp): functions with NC_AVX2_TARGET, called only where
+// has_avx2() holds; the rest of the file stays baseline x86-64.
+#define NC_HAVE_AVX2_PATH 1
+#define NC_AVX2_TARGET __attribute__((target("avx2")))
+
+inline bool has_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
 #endif
 
 // out[i] = float(in[i]), exactly.

@@ -168,20 +168,13 @@ NC_CPU_CLONES void rows_2x2(const scalar_t* __restrict x, int64_t H, int64_t W, 
   }
 }
 
-#if defined(__GNUC__) && defined(__x86_64__)
+#ifdef NC_HAVE_AVX2_PATH
 #define NC_HAVE_POOL_AVX2 1
 // rows_2x2 for float with AVX2, 8 (then 4) outputs at a time: the rows' even and odd columns are split with
 // shuffles and the same three selections run on vectors (`max_pool_takes` is v > best, ordered, or v unordered
 // with itself), so the values and indices are rows_2x2's. GCC does not vectorize rows_2x2's stride-2 loads: it
 // spent ~27 ns on each row of LeNet's pools (12 and 4 outputs), one output at a time. The indices are formed in
 // 32-bit lanes: the caller checks that a plane's flat indices fit (H * W + W < 2^31).
-inline bool has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2");
-  return yes;
-}
-
-#define NC_AVX2_TARGET __attribute__((target("avx2")))
-
 NC_AVX2_TARGET inline __m256 takes8(__m256 v, __m256 best) {
   return _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
 }
@@ -331,7 +324,8 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& self, at::In
                        2 * g.OW <= g.W;
 #ifdef NC_HAVE_POOL_AVX2
     // 32-bit index lanes: every flat index of a plane, plus a row, below 2^31.
-    const bool avx2 = std::is_same_v<scalar_t, float> && fast2 && has_avx2() && g.H * g.W + g.W < (int64_t{1} << 31);
+    const bool avx2 =
+        std::is_same_v<scalar_t, float> && fast2 && cpu::has_avx2() && g.H * g.W + g.W < (int64_t{1} << 31);
 #endif
     at::parallel_for(0, planes, grain, [&](int64_t first, int64_t last) {
       if (fast2) {
@@ -414,7 +408,8 @@ NC_AVX2_TARGET inline __m256i in_window(__m256i d, __m256i w64, __m256i w1_64) {
 NC_AVX2_TARGET bool backward_2x2_avx2(const float* __restrict gy, const int64_t* __restrict ind, int64_t planes,
                                       int64_t H, int64_t W, int64_t OH, int64_t OW, float* __restrict gx) {
   const __m256i w64 = _mm256_set1_epi64x(W), w1_64 = _mm256_set1_epi64x(W + 1);
-  const __m256i w32 = _mm256_set1_epi32(static_cast<int32_t>(W)), w1_32 = _mm256_set1_epi32(static_cast<int32_t>(W + 1));
+  const __m256i w32 = _mm256_set1_epi32(static_cast<int32_t>(W));
+  const __m256i w1_32 = _mm256_set1_epi32(static_cast<int32_t>(W + 1));
   const __m256i one32 = _mm256_set1_epi32(1), zero_i = _mm256_setzero_si256();
   const __m256i pack = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);  // the low 32 bits of 4 int64 to the low half
   const __m256i steps = _mm256_setr_epi64x(0, 2, 4, 6);
@@ -508,7 +503,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad, const at::Tensor& sel
   std::atomic<bool> inside{true};
 #ifdef NC_HAVE_POOL_AVX2
   // rows_2x2's geometry: 2×2 windows at stride 2, no padding, every window inside the input.
-  const bool direct_2x2 = st == at::kFloat && has_avx2() && kernel_size.size() == 2 && stride.size() == 2 &&
+  const bool direct_2x2 = st == at::kFloat && cpu::has_avx2() && kernel_size.size() == 2 && stride.size() == 2 &&
                           padding.size() == 2 && kernel_size[0] == 2 && kernel_size[1] == 2 && stride[0] == 2 &&
                           stride[1] == 2 && padding[0] == 0 && padding[1] == 0 &&
                           2 * grad.size(-2) <= self.size(-2) && 2 * grad.size(-1) <= self.size(-1);

@@ -143,7 +143,8 @@ def test_convolution_channels_last_path(make_layer, monkeypatch):
     # The channels-last path is exactly PyTorch's channels-last convolution (its layout copies are the extension's
     # to_channels_last / to_contiguous, and the gradient reaches oneDNN channels-last, where PyTorch's reorders it).
     xr = x.contiguous(memory_format=torch.channels_last).requires_grad_()
-    wr, br = layers["auto"].weight.detach().clone().requires_grad_(), layers["auto"].bias.detach().clone().requires_grad_()
+    wr = layers["auto"].weight.detach().clone().requires_grad_()
+    br = layers["auto"].bias.detach().clone().requires_grad_()
     yr = torch.nn.functional.conv2d(xr, wr, br)
     yr.backward(torch.full_like(yr, 0.01).contiguous())
     for got, want in zip(grads["auto"], (yr, xr.grad, wr.grad, br.grad)):
