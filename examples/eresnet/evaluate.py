@@ -67,21 +67,30 @@ def main(argv: list[str] | None = None) -> int:
             worst = max(worst, float((out - ref).abs().max()))
     kept = sum(1 for _, l in deploy.named_layers() if l.type_name == "Eltwise")
     print(f"TEST batches: {a.iterations} ({total} digits)")
-    print("gate closed on (batches): " + ", ".join(f"{g[:-5]} {c}" for g, c in closed.items()))
+    print("gate closed on (batches): " + ", ".join(f"{g.removesuffix('_gate')} {c}" for g, c in closed.items()))
     print(f"| uncompressed (TEST net) | {len(gates)} | {main_path_parameters(test, a.logits):,} "
           f"({count_parameters(test):,} with the side branch) | {right_test / total:.4f} |")
     print(f"| compressed deploy net   | {kept} | {count_parameters(deploy):,} | {right_deploy / total:.4f} |")
     print(f"largest |logit difference|: {worst:.3g}")
-    if worst > 1e-3 * max(1.0, float(ref.abs().max())):
-        mixed = [g[:-5] for g, c in closed.items() if 0 < c < a.iterations]
-        shut = [g[:-5] for g, c in closed.items() if c == a.iterations]
-        print("WARNING: the deploy net computes another function than the TEST net. "
-              + (f"Gates closed on some TEST batches and open on others: {', '.join(mixed)}. " if mixed else "")
-              + f"Gates closed on every TEST batch: {', '.join(shut) or 'none'}; compress_epsilon_resnet drops a "
-              "block only where the training log's is_discarded average reads 1 at --iter, so a gate closed here "
-              "but not on every training batch keeps its block. Compress at an epoch end where every gate's "
-              "average is 0 or 1, or train longer.")
+    warning = mismatch_warning(closed, a.iterations, worst, float(ref.abs().max()))
+    if warning:
+        print(warning)
     return 0
+
+
+def mismatch_warning(closed: dict[str, int], batches: int, worst: float, scale: float) -> str | None:
+    """The warning for a deploy net whose logits differ from the TEST net's by more than 1e-3 of their
+    magnitude, naming the gates behind it (`closed`: gate layer -> TEST batches on which it was closed)."""
+    if worst <= 1e-3 * max(1.0, scale):
+        return None
+    mixed = [g.removesuffix("_gate") for g, c in closed.items() if 0 < c < batches]
+    shut = [g.removesuffix("_gate") for g, c in closed.items() if c == batches]
+    return ("WARNING: the deploy net computes another function than the TEST net. "
+            + (f"Gates closed on some TEST batches and open on others: {', '.join(mixed)}. " if mixed else "")
+            + f"Gates closed on every TEST batch: {', '.join(shut) or 'none'}; compress_epsilon_resnet drops a "
+            "block only where the training log's is_discarded average reads 1 at --iter, so a gate closed here "
+            "but not on every training batch keeps its block. Compress at an epoch end where every gate's "
+            "average is 0 or 1, or train longer.")
 
 
 if __name__ == "__main__":
