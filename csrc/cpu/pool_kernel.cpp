@@ -31,6 +31,14 @@ using kernels::max_pool_takes;
 struct Geometry {
   int64_t H, W, OH, OW;
   int64_t kh, kw, sh, sw, ph, pw;
+
+  // 2×2 windows at stride 2 without padding, every one wholly inside the input: they tile (part of) the plane
+  // without overlapping (rows_2x2, and the gradient's backward_2x2_avx2).
+  bool tiles_2x2() const {
+    return kh == 2 && kw == 2 && sh == 2 && sw == 2 && ph == 0 && pw == 0 && 2 * OH <= H && 2 * OW <= W;
+  }
+  // Whether every flat index of a plane, plus a row, fits the AVX2 loops' 32-bit lanes.
+  bool int32_lanes() const { return H * W + W < (int64_t{1} << 31); }
 };
 
 // aten's pooling_output_shape with dilation 1.
@@ -320,12 +328,9 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& self, at::In
     int64_t* ip = ind.mutable_data_ptr<int64_t>();
     const bool k2 = g.kh == 2 && g.kw == 2, k3 = g.kh == 3 && g.kw == 3;
     constexpr bool kVector = std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>;
-    const bool fast2 = kVector && k2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 && 2 * g.OH <= g.H &&
-                       2 * g.OW <= g.W;
+    const bool fast2 = kVector && g.tiles_2x2();
 #ifdef NC_HAVE_POOL_AVX2
-    // 32-bit index lanes: every flat index of a plane, plus a row, below 2^31.
-    const bool avx2 =
-        std::is_same_v<scalar_t, float> && fast2 && cpu::has_avx2() && g.H * g.W + g.W < (int64_t{1} << 31);
+    const bool avx2 = std::is_same_v<scalar_t, float> && fast2 && cpu::has_avx2() && g.int32_lanes();
 #endif
     at::parallel_for(0, planes, grain, [&](int64_t first, int64_t last) {
       if (fast2) {
@@ -502,11 +507,12 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad, const at::Tensor& sel
   const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / in_plane);
   std::atomic<bool> inside{true};
 #ifdef NC_HAVE_POOL_AVX2
-  // rows_2x2's geometry: 2×2 windows at stride 2, no padding, every window inside the input.
-  const bool direct_2x2 = st == at::kFloat && cpu::has_avx2() && kernel_size.size() == 2 && stride.size() == 2 &&
-                          padding.size() == 2 && kernel_size[0] == 2 && kernel_size[1] == 2 && stride[0] == 2 &&
-                          stride[1] == 2 && padding[0] == 0 && padding[1] == 0 &&
-                          2 * grad.size(-2) <= self.size(-2) && 2 * grad.size(-1) <= self.size(-1);
+  bool direct_2x2 = false;
+  if (st == at::kFloat && cpu::has_avx2() && kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2) {
+    const Geometry g{self.size(-2), self.size(-1), grad.size(-2), grad.size(-1), kernel_size[0],
+                     kernel_size[1], stride[0], stride[1], padding[0], padding[1]};
+    direct_2x2 = g.tiles_2x2() && g.int32_lanes();
+  }
 #endif
   AT_DISPATCH_FLOATING_TYPES(st, "max_pool2d_backward_cpu", [&] {
     const scalar_t* gp = gy.const_data_ptr<scalar_t>();
