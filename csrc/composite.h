@@ -20,4 +20,14 @@ inline at::Tensor max_pool2d_backward_composite(const at::Tensor& grad, const at
   return at::max_pool2d_with_indices_backward(grad, self, kernel_size, stride, padding, {1, 1}, ceil_mode, indices);
 }
 
+// The layout ops (a copy in the other memory order) as ATen's copy: the CUDA kernels, and the CPU's for the
+// tensors its transpose does not take.
+inline at::Tensor to_channels_last_composite(const at::Tensor& x) {
+  return x.clone(at::MemoryFormat::ChannelsLast);
+}
+
+inline at::Tensor to_contiguous_composite(const at::Tensor& x) {
+  return x.clone(at::MemoryFormat::Contiguous);
+}
+
 }  // namespace netcompress

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "../composite.h"
 #include "loops.h"
 
 namespace netcompress {
@@ -111,14 +112,14 @@ bool movable(const at::Tensor& x) {
 
 // x (N, C, H, W) in channels-last (NHWC) memory order.
 at::Tensor to_channels_last_cpu(const at::Tensor& x) {
-  if (!movable(x) || !x.is_contiguous()) return x.clone(at::MemoryFormat::ChannelsLast);
+  if (!movable(x) || !x.is_contiguous()) return to_channels_last_composite(x);
   at::Tensor out = at::empty_like(x, at::MemoryFormat::ChannelsLast);
   return transpose_samples(x, x.size(0), x.size(1), x.size(2) * x.size(3), out);
 }
 
 // x (N, C, H, W) in contiguous (NCHW) memory order.
 at::Tensor to_contiguous_cpu(const at::Tensor& x) {
-  if (!movable(x) || !x.is_contiguous(at::MemoryFormat::ChannelsLast)) return x.clone(at::MemoryFormat::Contiguous);
+  if (!movable(x) || !x.is_contiguous(at::MemoryFormat::ChannelsLast)) return to_contiguous_composite(x);
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
   return transpose_samples(x, x.size(0), x.size(2) * x.size(3), x.size(1), out);
 }
@@ -134,6 +135,6 @@ TORCH_LIBRARY_IMPL(netcompress, CPU, m) {
 // CUDA (the layers do not call these there; registered so that the ops work on any tensor): ATen's copy, which
 // is fast on the GPU. Device-agnostic code, so it is registered from this always-built file.
 TORCH_LIBRARY_IMPL(netcompress, CUDA, m) {
-  m.impl("to_channels_last", [](const at::Tensor& x) { return x.clone(at::MemoryFormat::ChannelsLast); });
-  m.impl("to_contiguous", [](const at::Tensor& x) { return x.clone(at::MemoryFormat::Contiguous); });
+  m.impl("to_channels_last", &netcompress::to_channels_last_composite);
+  m.impl("to_contiguous", &netcompress::to_contiguous_composite);
 }

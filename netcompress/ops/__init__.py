@@ -1,9 +1,9 @@
 """netcompress ops: DNS surgery, INQ quantization and the freezing SGD update, as `torch.ops.netcompress.*`.
 
 The kernels live in the compiled extension `netcompress._C` (csrc/); this package loads it and holds, one
-module per op family (`dns`, `inq`, `solver`, `pool`, `quant`, `layout`), each op's typed wrapper next to its fake (meta)
-kernel and autograd formula. Pure-PyTorch versions of every op live in `netcompress.ops.reference` as the
-test oracle; nothing falls back to them. Algorithms built on the ops live with the layers that use them
+module per op family (`dns`, `inq`, `solver`, `pool`, `quant`, `layout`), each op's typed wrapper next to its
+fake (meta) kernel and autograd formula. Pure-PyTorch versions of every op live in `netcompress.ops.reference`
+as the test oracle; nothing falls back to them. Algorithms built on the ops live with the layers that use them
 (the INQ stage in `netcompress.layers.inq`).
 
 Thresholds that come from another op (DNS `low`/`high`, the INQ selection threshold) are one-element
