@@ -53,13 +53,19 @@ def _simd_channels() -> int:
         return 8
 
 
-def _nchw_only() -> str | None:
-    """Why every CPU convolution stays NCHW, or None when the layout rule applies."""
-    if os.environ.get(CONV_LAYOUT_ENV, "auto").strip().lower() == "nchw":
-        return f"{CONV_LAYOUT_ENV}=nchw"
+def _onednn_off(env: str, off: str) -> str | None:
+    """Why a oneDNN rule of the CPU layers is off: the switch `env` set to `off`, or no oneDNN in this PyTorch;
+    None when it applies."""
+    if os.environ.get(env, "auto").strip().lower() == off:
+        return f"{env}={off}"
     if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return "PyTorch's oneDNN backend is not available"
     return None
+
+
+def _nchw_only() -> str | None:
+    """Why every CPU convolution stays NCHW, or None when the layout rule applies."""
+    return _onednn_off(CONV_LAYOUT_ENV, "nchw")
 
 
 def cpu_conv_layout() -> str:
@@ -268,10 +274,9 @@ ONEDNN_MATMUL_MIN_MACS = 1 << 20
 
 def _blas_only() -> str | None:
     """Why every CPU InnerProduct product stays PyTorch's BLAS, or None when the oneDNN rule applies."""
-    if os.environ.get(MATMUL_ENV, "auto").strip().lower() == "blas":
-        return f"{MATMUL_ENV}=blas"
-    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
-        return "PyTorch's oneDNN backend is not available"
+    why = _onednn_off(MATMUL_ENV, "blas")
+    if why:
+        return why
     try:
         torch.ops.mkldnn._linear_pointwise.default  # noqa: B018 (PyTorch 2.0 on)
     except (AttributeError, RuntimeError):
