@@ -377,12 +377,12 @@ class _LmdbDatumReader(_Reader):
         d0 = datums[0]
         shape = (int(d0.channels), int(d0.height), int(d0.width))
         count = shape[0] * shape[1] * shape[2]
+        if count == 0:
+            return None
         for d in datums:
             if (d.encoded or len(d.data) != count or d.channels != shape[0] or d.height != shape[1]
                     or d.width != shape[2]):
                 return None
-        if count == 0:
-            return None
         return np.frombuffer(b"".join(d.data for d in datums), dtype=np.uint8).reshape(len(datums), *shape)
 
 
