@@ -22,12 +22,14 @@
 namespace netcompress {
 namespace {
 
-// dst[c * rows + r] = src[r * cols + c] for a rows × cols matrix, in square tiles (both sides stay in the cache).
+// dst[c * rows + r] = src[r * cols + c] for rows [r_begin, r_end) of a rows × cols matrix, in square tiles (both
+// sides stay in the cache).
 template <typename T>
-NC_CPU_CLONES void transpose_scalar(const T* __restrict src, int64_t rows, int64_t cols, T* __restrict dst) {
+NC_CPU_CLONES void transpose_scalar(const T* __restrict src, int64_t rows, int64_t cols, int64_t r_begin,
+                                    int64_t r_end, T* __restrict dst) {
   constexpr int64_t kTile = 16;
-  for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
-    const int64_t r1 = std::min(rows, r0 + kTile);
+  for (int64_t r0 = r_begin; r0 < r_end; r0 += kTile) {
+    const int64_t r1 = std::min(r_end, r0 + kTile);
     for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
       const int64_t c1 = std::min(cols, c0 + kTile);
       for (int64_t c = c0; c < c1; ++c) {
@@ -62,40 +64,45 @@ NC_AVX2_TARGET inline void tile8(const float* s, int64_t ss, float* d, int64_t d
 }
 
 // transpose_scalar for float: whole 8×8 tiles in registers, the ragged right and bottom edges element by element.
-NC_AVX2_TARGET void transpose_avx2(const float* __restrict src, int64_t rows, int64_t cols, float* __restrict dst) {
-  const int64_t rows8 = rows / 8 * 8, cols8 = cols / 8 * 8;
-  for (int64_t r = 0; r < rows8; r += 8) {
+NC_AVX2_TARGET void transpose_avx2(const float* __restrict src, int64_t rows, int64_t cols, int64_t r_begin,
+                                   int64_t r_end, float* __restrict dst) {
+  const int64_t cols8 = cols / 8 * 8;
+  int64_t r = r_begin;
+  for (; r + 8 <= r_end; r += 8) {
     for (int64_t c = 0; c < cols8; c += 8) tile8(src + r * cols + c, cols, dst + c * rows + r, rows);
     for (int64_t c = cols8; c < cols; ++c) {
       for (int64_t i = r; i < r + 8; ++i) dst[c * rows + i] = src[i * cols + c];
     }
   }
-  for (int64_t r = rows8; r < rows; ++r) {
+  for (; r < r_end; ++r) {
     for (int64_t c = 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
   }
 }
 #endif
 
-// Each of n samples is a rows × cols matrix in src, and becomes its transpose in dst.
+// Each of n samples is a rows × cols matrix in src, and becomes its transpose in dst. The work is split by blocks
+// of kRowBlock rows of a sample, so that one large sample (a batch of one) is spread over the threads too.
 at::Tensor transpose_samples(const at::Tensor& x, int64_t n, int64_t rows, int64_t cols, at::Tensor out) {
-  const int64_t per = rows * cols;
-  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, per));
+  constexpr int64_t kRowBlock = 64;  // a multiple of the 8-row tiles
+  const int64_t per = rows * cols, blocks = (rows + kRowBlock - 1) / kRowBlock;
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, kRowBlock * cols));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "netcompress_layout", [&] {
 #ifdef NC_HAVE_LAYOUT_AVX2
     const bool avx2 = std::is_same_v<scalar_t, float> && cpu::has_avx2();
 #endif
     const scalar_t* s = x.const_data_ptr<scalar_t>();
     scalar_t* d = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, n, grain, [&](int64_t first, int64_t last) {
-      for (int64_t i = first; i < last; ++i) {
+    at::parallel_for(0, n * blocks, grain, [&](int64_t first, int64_t last) {
+      for (int64_t t = first; t < last; ++t) {
+        const int64_t i = t / blocks, r0 = t % blocks * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
 #ifdef NC_HAVE_LAYOUT_AVX2
         if (avx2) {
-          transpose_avx2(reinterpret_cast<const float*>(s + i * per), rows, cols,
+          transpose_avx2(reinterpret_cast<const float*>(s + i * per), rows, cols, r0, r1,
                          reinterpret_cast<float*>(d + i * per));
           continue;
         }
 #endif
-        transpose_scalar<scalar_t>(s + i * per, rows, cols, d + i * per);
+        transpose_scalar<scalar_t>(s + i * per, rows, cols, r0, r1, d + i * per);
       }
     });
   });

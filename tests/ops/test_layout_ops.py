@@ -14,9 +14,9 @@ from op_helpers import noncontiguous
 CL = torch.channels_last
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64]
 # LeNet's conv2 edges; channel and plane sizes on and off the 8x8 tiles; a single channel or position (both orders
-# at once); one sample; an empty batch
+# at once); one sample; one sample of several 64-row blocks each way (split over the threads); an empty batch
 SHAPES = [(64, 20, 12, 12), (64, 50, 8, 8), (3, 5, 7, 9), (2, 16, 8, 8), (2, 9, 3, 17), (1, 33, 5, 5),
-          (2, 1, 4, 4), (2, 8, 1, 1), (0, 4, 3, 3)]
+          (1, 130, 40, 41), (2, 1, 4, 4), (2, 8, 1, 1), (0, 4, 3, 3)]
 
 
 def _values(shape, dtype, gen):
