@@ -5,39 +5,20 @@
 // (layers/vision.py, cpu_channels_last) and convert at the layer's edges: LeNet's conv2 converts its input, its
 // output and their gradients every step. ATen's copy walks the permuted tensor element by element (about 1.6 ns
 // an element on one core: 110 us for LeNet's 64×20×12×12 input); each sample is a C×HW <-> HW×C matrix
-// transpose, which this does in 8×8 tiles in registers (AVX2 for float; cache-sized scalar tiles otherwise).
-// A copy moves values without arithmetic, so the result is exactly ATen's.
+// transpose, which this does for float32 in 8×8 tiles in AVX2 registers (3x ATen's speed); other types, CPUs
+// without AVX2 and other layouts get ATen's copy. A copy moves values without arithmetic, so the result is
+// exactly ATen's.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstring>
-#include <type_traits>
 
 #include "../composite.h"
 #include "loops.h"
 
 namespace netcompress {
 namespace {
-
-// dst[c * rows + r] = src[r * cols + c] for rows [r_begin, r_end) of a rows × cols matrix, in square tiles (both
-// sides stay in the cache).
-template <typename T>
-NC_CPU_CLONES void transpose_scalar(const T* __restrict src, int64_t rows, int64_t cols, int64_t r_begin,
-                                    int64_t r_end, T* __restrict dst) {
-  constexpr int64_t kTile = 16;
-  for (int64_t r0 = r_begin; r0 < r_end; r0 += kTile) {
-    const int64_t r1 = std::min(r_end, r0 + kTile);
-    for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
-      const int64_t c1 = std::min(cols, c0 + kTile);
-      for (int64_t c = c0; c < c1; ++c) {
-        for (int64_t r = r0; r < r1; ++r) dst[c * rows + r] = src[r * cols + c];
-      }
-    }
-  }
-}
 
 #ifdef NC_HAVE_AVX2_PATH
 #define NC_HAVE_LAYOUT_AVX2 1
@@ -63,7 +44,8 @@ NC_AVX2_TARGET inline void tile8(const float* s, int64_t ss, float* d, int64_t d
   _mm256_storeu_ps(d + 7 * ds, _mm256_permute2f128_ps(u3, u7, 0x31));
 }
 
-// transpose_scalar for float: whole 8×8 tiles in registers, the ragged right and bottom edges element by element.
+// dst[c * rows + r] = src[r * cols + c] for rows [r_begin, r_end) of a rows × cols float matrix: whole 8×8 tiles
+// in registers, the ragged right and bottom edges element by element.
 NC_AVX2_TARGET void transpose_avx2(const float* __restrict src, int64_t rows, int64_t cols, int64_t r_begin,
                                    int64_t r_end, float* __restrict dst) {
   const int64_t cols8 = cols / 8 * 8;
@@ -78,57 +60,54 @@ NC_AVX2_TARGET void transpose_avx2(const float* __restrict src, int64_t rows, in
     for (int64_t c = 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
   }
 }
-#endif
 
-// Each of n samples is a rows × cols matrix in src, and becomes its transpose in dst. The work is split by blocks
-// of kRowBlock rows of a sample, so that one large sample (a batch of one) is spread over the threads too.
+// Each of n samples is a rows × cols float matrix in src, and becomes its transpose in dst. The work is split by
+// blocks of kRowBlock rows of a sample, so that one large sample (a batch of one) is spread over the threads too.
 at::Tensor transpose_samples(const at::Tensor& x, int64_t n, int64_t rows, int64_t cols, at::Tensor out) {
   constexpr int64_t kRowBlock = 64;  // a multiple of the 8-row tiles
   const int64_t per = rows * cols, blocks = (rows + kRowBlock - 1) / kRowBlock;
   const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, kRowBlock * cols));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "netcompress_layout", [&] {
-#ifdef NC_HAVE_LAYOUT_AVX2
-    const bool avx2 = std::is_same_v<scalar_t, float> && cpu::has_avx2();
-#endif
-    const scalar_t* s = x.const_data_ptr<scalar_t>();
-    scalar_t* d = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, n * blocks, grain, [&](int64_t first, int64_t last) {
-      for (int64_t t = first; t < last; ++t) {
-        const int64_t i = t / blocks, r0 = t % blocks * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
-#ifdef NC_HAVE_LAYOUT_AVX2
-        if (avx2) {
-          transpose_avx2(reinterpret_cast<const float*>(s + i * per), rows, cols, r0, r1,
-                         reinterpret_cast<float*>(d + i * per));
-          continue;
-        }
-#endif
-        transpose_scalar<scalar_t>(s + i * per, rows, cols, r0, r1, d + i * per);
-      }
-    });
+  const float* s = x.const_data_ptr<float>();
+  float* d = out.mutable_data_ptr<float>();
+  at::parallel_for(0, n * blocks, grain, [&](int64_t first, int64_t last) {
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t i = t / blocks, r0 = t % blocks * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
+      transpose_avx2(s + i * per, rows, cols, r0, r1, d + i * per);
+    }
   });
   return out;
 }
 
-// Whether x is a 4-D floating tensor with something to move: a plain copy (ATen's clone) does the rest, and also
-// the tensors already in both orders (C == 1 or H * W == 1), which ATen's `contiguous` would return as they are.
-// The ops always return a new tensor (their schema declares no alias).
+// Whether the transpose takes x: a 4-D float32 tensor with something to move, on a CPU with AVX2. Everything
+// else is ATen's copy (composite.h), which the transpose does not beat for 16-bit types and which also covers
+// the tensors already in both orders (C == 1 or H * W == 1), which ATen's `contiguous` would return as they are:
+// the ops always return a new tensor (their schema declares no alias).
 bool movable(const at::Tensor& x) {
-  return x.dim() == 4 && x.numel() > 0 && at::isFloatingType(x.scalar_type()) && x.size(1) > 1 &&
-         x.size(2) * x.size(3) > 1;
+  return x.dim() == 4 && x.numel() > 0 && x.scalar_type() == at::kFloat && x.size(1) > 1 &&
+         x.size(2) * x.size(3) > 1 && cpu::has_avx2();
 }
+#endif
 
 // x (N, C, H, W) in channels-last (NHWC) memory order.
 at::Tensor to_channels_last_cpu(const at::Tensor& x) {
-  if (!movable(x) || !x.is_contiguous()) return to_channels_last_composite(x);
-  at::Tensor out = at::empty_like(x, at::MemoryFormat::ChannelsLast);
-  return transpose_samples(x, x.size(0), x.size(1), x.size(2) * x.size(3), out);
+#ifdef NC_HAVE_LAYOUT_AVX2
+  if (movable(x) && x.is_contiguous()) {
+    return transpose_samples(x, x.size(0), x.size(1), x.size(2) * x.size(3),
+                             at::empty_like(x, at::MemoryFormat::ChannelsLast));
+  }
+#endif
+  return to_channels_last_composite(x);
 }
 
 // x (N, C, H, W) in contiguous (NCHW) memory order.
 at::Tensor to_contiguous_cpu(const at::Tensor& x) {
-  if (!movable(x) || !x.is_contiguous(at::MemoryFormat::ChannelsLast)) return to_contiguous_composite(x);
-  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
-  return transpose_samples(x, x.size(0), x.size(2) * x.size(3), x.size(1), out);
+#ifdef NC_HAVE_LAYOUT_AVX2
+  if (movable(x) && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    return transpose_samples(x, x.size(0), x.size(2) * x.size(3), x.size(1),
+                             at::empty_like(x, at::MemoryFormat::Contiguous));
+  }
+#endif
+  return to_contiguous_composite(x);
 }
 
 }  // namespace

@@ -20,13 +20,13 @@ def _to_contiguous_fake(x):
 
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     """A new tensor with x's values (N, C, H, W) in channels-last memory order, as
-    `x.contiguous(memory_format=torch.channels_last)` (CPU). NCHW input is transposed sample by sample in
-    cache tiles (AVX2 for float32), several times faster than ATen's element-wise copy. Not differentiable
-    (layers/vision.py wraps it)."""
+    `x.contiguous(memory_format=torch.channels_last)`. On a CPU with AVX2, float32 NCHW input is transposed
+    sample by sample in 8x8 register tiles, about 3x faster than ATen's element-wise copy; anything else is
+    ATen's copy. Not differentiable (layers/vision.py wraps it)."""
     return _ops.to_channels_last(x)
 
 
 def to_contiguous(x: torch.Tensor) -> torch.Tensor:
-    """A new tensor with x's values in contiguous (NCHW) memory order, as `x.contiguous()` (CPU); the
-    inverse transpose of `to_channels_last` for channels-last input. Not differentiable."""
+    """A new tensor with x's values in contiguous (NCHW) memory order, as `x.contiguous()`; the inverse
+    transpose of `to_channels_last` for channels-last float32 input. Not differentiable."""
     return _ops.to_contiguous(x)
