@@ -410,6 +410,41 @@ def make_quant_weight(n, dtype, device, g) -> Case:
                 _cross(lambda w, m, alpha: (ops.quant_weight(w, m, alpha, -8, 7),), (w, m, alpha), ("wq",)))
 
 
+def _layout_input(n: int, dtype: torch.dtype, device: str, g: torch.Generator) -> torch.Tensor:
+    """n entries as samples of 20x10x10 (LeNet-like: conv2's 20 input channels), or 10x10x10 where n is not a
+    multiple of 2,000 (--quick's 1e3)."""
+    c = 20 if n % 2000 == 0 else 10
+    if n % (c * 100):
+        raise ValueError(f"the layout ops' benchmark needs n a multiple of 1,000, got {n}")
+    return _weights(n, dtype, device, g).reshape(-1, c, 10, 10)
+
+
+def make_to_channels_last(n, dtype, device, g) -> Case:
+    x = _layout_input(n, dtype, device, g)
+
+    def check() -> str:
+        y = ops.to_channels_last(x)
+        if not y.is_contiguous(memory_format=torch.channels_last):
+            return "y: not channels-last"
+        return _compare("y", y, ref.to_channels_last(x))
+
+    return Case(lambda: ops.to_channels_last(x), lambda: ref.to_channels_last(x), ref.to_channels_last,
+                lambda: (x,), None, check, _cross(lambda x: (ops.to_channels_last(x),), (x,), ("y",)))
+
+
+def make_to_contiguous(n, dtype, device, g) -> Case:
+    x = _layout_input(n, dtype, device, g).contiguous(memory_format=torch.channels_last)
+
+    def check() -> str:
+        y = ops.to_contiguous(x)
+        if not y.is_contiguous():
+            return "y: not contiguous"
+        return _compare("y", y, ref.to_contiguous(x))
+
+    return Case(lambda: ops.to_contiguous(x), lambda: ref.to_contiguous(x), ref.to_contiguous,
+                lambda: (x,), None, check, _cross(lambda x: (ops.to_contiguous(x),), (x,), ("y",)))
+
+
 BOTH = ("float32", "float16")
 OPS = [
     OpSpec("dns_masked_weight", "DNS", "forward weight W⊙M", 3, "read W, M; write W⊙M",
@@ -444,6 +479,11 @@ OPS = [
            "read W, M; write Wq (α: one value per 1000 entries)",
            "reference.quant_weight: multiply, compare, divide, round, where, clamp, multiply", True, BOTH,
            make_quant_weight),
+    OpSpec("to_channels_last", "Layout", "NCHW -> NHWC copy (the CPU convolutions' channels-last input)", 2,
+           "read x; write y (samples of 20x10x10)", "x.contiguous(memory_format=torch.channels_last): ATen's copy",
+           False, BOTH, make_to_channels_last),
+    OpSpec("to_contiguous", "Layout", "NHWC -> NCHW copy (their output back)", 2,
+           "read x; write y (samples of 20x10x10)", "x.contiguous(): ATen's copy", False, BOTH, make_to_contiguous),
 ]
 OPS_BY_NAME = {o.name: o for o in OPS}
 # INQ ops accept float32/float64 only (the rounding rule is defined on float32 weights, §3.5); the float16
