@@ -95,10 +95,25 @@ NETS = {
                     batch=4, fwd_bwd_batches=(4,)),
 }
 VARIANTS = ("plain", "dns", "inq")
-# A variant with this suffix (plain-nchw, dns-nchw, inq-nchw) builds its net with NETCOMPRESS_CONV_LAYOUT=nchw:
-# every CPU convolution in NCHW order, as before the layout rule (netcompress.layers.vision.cpu_channels_last).
-# Its `vs plain` ratio in the overhead table is then the rule's gain, measured in the same rotation.
+# A variant with one of these suffixes builds its net with a CPU convolution rule off, so that its `vs plain` ratio
+# in the overhead table is the rule's gain, measured in the same rotation: -nchw (plain-nchw, dns-nchw, inq-nchw)
+# with NETCOMPRESS_CONV_LAYOUT=nchw, every ATen convolution in NCHW order (netcompress.layers.vision.
+# cpu_channels_last); -aten with NETCOMPRESS_CONV_ALGO=aten, no convolution by NNPACK (cpu_fft_conv). Both:
+# plain-aten-nchw.
 NCHW_SUFFIX = "-nchw"
+ATEN_SUFFIX = "-aten"
+RULE_SUFFIXES = {NCHW_SUFFIX: ("NETCOMPRESS_CONV_LAYOUT", "nchw"), ATEN_SUFFIX: ("NETCOMPRESS_CONV_ALGO", "aten")}
+
+
+def base_variant(variant: str) -> str:
+    """The variant without its rule suffixes (plain-aten-nchw -> plain)."""
+    changed = True
+    while changed:
+        changed = False
+        for suffix in RULE_SUFFIXES:
+            if variant.endswith(suffix):
+                variant, changed = variant[:-len(suffix)], True
+    return variant
 BASELINE = "pytorch"          # the hand-written PyTorch row's variant name
 BASELINE_NETS = ("lenet",)    # nets with a hand-written PyTorch baseline
 STEP_MODES = ("auto", "eager", "deferred", "graph")
@@ -209,18 +224,17 @@ def _ones(param) -> None:
 
 
 def make_solver(name: str, variant: str, batch: int, device: str, step_mode: str = "auto"):
-    if variant.endswith(NCHW_SUFFIX):
-        from netcompress.layers.vision import CONV_LAYOUT_ENV
-
-        old = os.environ.get(CONV_LAYOUT_ENV)
-        os.environ[CONV_LAYOUT_ENV] = "nchw"  # read when the layers are built
-        try:
-            return make_solver(name, variant[:-len(NCHW_SUFFIX)], batch, device, step_mode)
-        finally:
-            if old is None:
-                del os.environ[CONV_LAYOUT_ENV]
-            else:
-                os.environ[CONV_LAYOUT_ENV] = old
+    for suffix, (env, value) in RULE_SUFFIXES.items():
+        if variant.endswith(suffix):
+            old = os.environ.get(env)
+            os.environ[env] = value  # read when the layers are built
+            try:
+                return make_solver(name, variant[:-len(suffix)], batch, device, step_mode)
+            finally:
+                if old is None:
+                    del os.environ[env]
+                else:
+                    os.environ[env] = old
     from netcompress.solvers import Solver
 
     sp = pb.SolverParameter()
@@ -836,7 +850,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = C.argument_parser(__doc__, "a smoke run: LeNet, 1 thread, 3 iterations, in-process")
     p.add_argument("--nets", type=lambda s: s.split(","), help=f"comma-separated, of {','.join(NETS)}")
     p.add_argument("--variants", type=lambda s: s.split(","),
-                   help=f"comma-separated, of plain,dns,inq, each also with {NCHW_SUFFIX} (NCHW CPU convolutions)")
+                   help=f"comma-separated, of plain,dns,inq, each also with {NCHW_SUFFIX} (NCHW CPU convolutions) "
+                        f"and/or {ATEN_SUFFIX} (no NNPACK convolutions)")
     p.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")],
                    help="CPU thread counts (default 1 and torch's default)")
     p.add_argument("--batch", type=int, help="training batch for every net (default: per net)")
@@ -861,9 +876,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if n not in NETS:
             p.error(f"--nets: unknown {n!r}; known: {', '.join(NETS)}")
     for v in args.variants or []:
-        if v.removesuffix(NCHW_SUFFIX) not in VARIANTS:
+        if base_variant(v) not in VARIANTS:
             p.error(f"--variants: unknown {v!r}; known: {', '.join(VARIANTS)}, each also with {NCHW_SUFFIX} "
-                    "(NCHW convolutions on the CPU)")
+                    f"(NCHW convolutions on the CPU) and/or {ATEN_SUFFIX} (no NNPACK convolutions)")
     for m in args.step_modes or []:
         if m not in STEP_MODES:
             p.error(f"--step-modes: unknown {m!r}; known: {', '.join(STEP_MODES)}")

@@ -55,7 +55,7 @@ def collect_info() -> dict:
     import torch
 
     from . import __version__
-    from .layers.vision import cpu_conv_layout, cpu_matmul
+    from .layers.vision import cpu_conv_algorithm, cpu_conv_layout, cpu_matmul
     from .memory import current_memory
     from .threads import current_choice
 
@@ -80,7 +80,8 @@ def collect_info() -> dict:
                     "OpenMP available": torch.backends.openmp.is_available()},
         "memory": {"chosen": current_memory().describe()},
         "devices": {"CUDA available": torch.cuda.is_available(), "CUDA devices": devices,
-                    "CPU capability": _cpu_capability(), "CPU convolution layout": cpu_conv_layout(),
+                    "CPU capability": _cpu_capability(), "CPU convolution algorithm": cpu_conv_algorithm(),
+                    "CPU convolution layout": cpu_conv_layout(),
                     "CPU inner products": cpu_matmul()},
     }
 
@@ -117,6 +118,7 @@ def format_info(info: dict) -> str:
     lines.append(f"  CUDA available: {dev['CUDA available']}")
     lines += [f"  {d}" for d in dev["CUDA devices"]] or ["  CUDA devices: none (runs on the CPU)"]
     lines.append(f"  CPU capability: {dev['CPU capability']}")
+    lines.append(f"  CPU convolution algorithm: {dev['CPU convolution algorithm']}")
     lines.append(f"  CPU convolution layout: {dev['CPU convolution layout']}")
     lines.append(f"  CPU inner products: {dev['CPU inner products']}")
     return "\n".join(lines)

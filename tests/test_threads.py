@@ -89,5 +89,6 @@ def test_info_reports_versions_build_threads_and_devices(capsys):
     assert re.search(r"  CUDA kernels: (compiled|not compiled) \(.+\)", out)
     assert f"  torch threads: {torch.get_num_threads()}" in out
     assert "  CUDA available: " in out
+    assert re.search(r"  CPU convolution algorithm: (NNPACK's FFT tiles for|ATen's convolution \(oneDNN\) for every)", out)
     assert re.search(r"  CPU convolution layout: (channels-last where|NCHW for every)", out)
     assert re.search(r"  CPU inner products: (oneDNN for float32 products|BLAS for every product)", out)

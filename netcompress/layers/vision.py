@@ -118,6 +118,96 @@ class _Relayout(torch.autograd.Function):
         return (ops.to_contiguous(grad) if ctx.to_channels_last else ops.to_channels_last(grad)), None
 
 
+CONV_ALGO_ENV = "NETCOMPRESS_CONV_ALGO"
+# NNPACK's FFT tiles are 8x8 (a kernel of 4-8 leaves a 1x1-5x5 output block per tile; 3x3 kernels get Winograd tiles,
+# measured slower than oneDNN on ResNet-sized layers) and 16x16; the weight gradient is computed as a convolution
+# whose kernel is the layer's output, which one 16x16 tile covers when the padded input is at most 16 wide.
+FFT_KERNELS = range(4, 9)
+FFT_MAX_PADDED_INPUT = 16
+
+
+def _fft_off() -> str | None:
+    """Why no CPU convolution takes NNPACK's transform algorithms (the switch, or no NNPACK), or None."""
+    if os.environ.get(CONV_ALGO_ENV, "auto").strip().lower() == "aten":
+        return f"{CONV_ALGO_ENV}=aten"
+    if not ops.nnpack_available():
+        return "this PyTorch has no NNPACK for this CPU"
+    return None
+
+
+def cpu_fft_conv(channels: int, group: int, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int],
+                 dilation: Sequence[int], input_size: Sequence[int]) -> bool:
+    """Whether a 2-D convolution runs on the CPU (float32) by NNPACK's FFT tiles (`ops.nnpack_conv2d`), its data and
+    weight gradients as convolutions of the same op.
+
+    oneDNN computes a convolution as a direct product, bounded by the core's multiply-add rate (LeNet's conv2,
+    20 -> 50 channels, runs at ~70 % of it); NNPACK's 8x8 FFT tiles do a 5x5 kernel's 4x4 output block with a
+    fraction of the multiplications. Measured fwd+bwd against this package's oneDNN path (benchmarks/RESULTS.md):
+    LeNet's conv2 2.0x faster on 1 core, 1.6x on 2; 1.2-2.5x on other 4x4-8x8 kernels with 8-64 input channels and
+    padded inputs up to 16; slower where the padded input is wider (the weight gradient's kernel no longer fits one
+    16x16 tile) and on 3x3 kernels of 64 channels. So: ungrouped, stride 1, undilated, >= 8 input channels, kernel
+    sides in FFT_KERNELS, each padding below the kernel (NNPACK's limit), padded input sides <= FFT_MAX_PADDED_INPUT.
+    A rule on the shapes (not a timing) and NNPACK's values do not depend on the thread count, so a net computes
+    the same on any machine with NNPACK and any number of threads. The rounding is NNPACK's, not oneDNN's (both a
+    few float32 ulps of the output's scale). `NETCOMPRESS_CONV_ALGO=aten` turns it off (the values of earlier runs).
+    """
+    if len(kernel) != 2 or group != 1 or channels < 8 or any(s != 1 for s in stride) or any(d != 1 for d in dilation):
+        return False
+    if any(k not in FFT_KERNELS or p >= k or size + 2 * p > FFT_MAX_PADDED_INPUT
+           for k, p, size in zip(kernel, pad, input_size)):
+        return False
+    return _fft_off() is None
+
+
+def cpu_conv_algorithm() -> str:
+    """The CPU convolution algorithm rule in force, in words (`netcompress info`)."""
+    why = _fft_off()
+    if why:
+        return f"ATen's convolution (oneDNN) for every convolution ({why})"
+    return (f"NNPACK's FFT tiles for float32 2-D convolutions with {FFT_KERNELS.start}-{FFT_KERNELS.stop - 1} "
+            f"kernels, stride 1, >= 8 input channels and padded inputs up to {FFT_MAX_PADDED_INPUT} wide; "
+            f"ATen's (oneDNN) for the others; {CONV_ALGO_ENV}=aten for ATen's everywhere")
+
+
+class _FftConv(torch.autograd.Function):
+    """A stride-1 2-D convolution by `ops.nnpack_conv2d`, and its gradients as convolutions of the same op:
+    the data gradient is the output's gradient, padded by kernel - 1 - pad, correlated with the kernel flipped and
+    its channel axes swapped; the weight gradient is the input (channels as the batch, the batch as the channels)
+    correlated with the output's gradient as the kernel; the bias gradient the output's gradient summed.
+
+    Except the forward of a kernel with a zero in it (DNS and INQ kernels, a pruned model), which is `aten`'s (the
+    layer's ATen convolution, the values of NETCOMPRESS_CONV_ALGO=aten): where every product under a window is
+    zero, a direct sum is exactly zero and FFT tiles leave rounding noise (~1e-8), which decides the exact ties
+    that max pooling resolves to the first element, and with them which positions' inputs a pruned weight's
+    (spliced) gradient sees (tests/test_dns_oracle.py compares with real Caffe's). With every weight nonzero such
+    ties come from identical windows, whose gradients are the same whichever wins."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, pad: tuple[int, int], aten):
+        ctx.save_for_backward(x, w)
+        ctx.pad = pad
+        ctx.has_bias = b is not None
+        if bool((w == 0).any()):
+            return aten(x, w, b)
+        return ops.nnpack_conv2d(x, w, b, pad)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy: torch.Tensor):
+        x, w = ctx.saved_tensors
+        pad = ctx.pad
+        gy = gy.contiguous()
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = ops.nnpack_conv2d(gy, w.flip(2, 3).transpose(0, 1), None,
+                                   (w.shape[2] - 1 - pad[0], w.shape[3] - 1 - pad[1]))
+        if ctx.needs_input_grad[1]:
+            gw = ops.nnpack_conv2d(x.transpose(0, 1), gy.transpose(0, 1), None, pad).transpose(0, 1).contiguous()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = gy.sum((0, 2, 3))
+        return gx, gw, gb, None, None
+
+
 class _ConvBase(Layer):
     """Shared set-up of Convolution and Deconvolution (and their DNS/INQ variants)."""
 
@@ -177,8 +267,11 @@ class _ConvBase(Layer):
         if self.bias_term:
             self.add_blob("bias", fill(self.new_empty(self.num_output, what="the bias blob"), cp.bias_filler,
                                        ctx.generator, where))
+        self._fft = not self.transposed and cpu_fft_conv(self.channels, self.group, self.kernel, self.stride,
+                                                         self.pad, self.dilation, shape0[self.axis + 1:])
+        # (an FFT layer's forward still takes ATen's path for a kernel with zeros: _FftConv)
         self._channels_last = not self.transposed and cpu_channels_last(self.channels, self.num_output,
-                                                                          self.group, n)
+                                                                        self.group, n)
         if self._channels_last:  # output positions per sample, for CHANNELS_LAST_MIN_POSITIONS
             self._positions = math.prod(self.top_shapes([shape0])[0][self.axis + 1:])
         self._fn = [None, F.conv1d, F.conv2d, F.conv3d][n] if not self.transposed else \
@@ -212,21 +305,25 @@ class _ConvBase(Layer):
             widths = self._short_input_pad(x.shape[2:])
             if widths is not None:
                 x = F.pad(x, widths)
-        if self.transposed:
-            y = self._fn(x, w, b, stride=self.stride, padding=self.pad, groups=self.group,
-                         dilation=self.dilation)
-        elif (self._channels_last and x.device.type == "cpu" and x.dtype == torch.float32
-              and x.shape[0] * self._positions >= CHANNELS_LAST_MIN_POSITIONS):
-            # cpu_channels_last: NHWC in, the result back in NCHW for the layers after it.
-            y = self._fn(_Relayout.apply(x, True), w, b, stride=self.stride, padding=self.pad,
-                         dilation=self.dilation, groups=self.group)
-            y = _Relayout.apply(y, False)
+        if self._fft and x.device.type == "cpu" and x.dtype == torch.float32:
+            y = _FftConv.apply(x, w, b, tuple(self.pad), self._aten_conv)  # cpu_fft_conv
         else:
-            y = self._fn(x, w, b, stride=self.stride, padding=self.pad, dilation=self.dilation,
-                         groups=self.group)
+            y = self._aten_conv(x, w, b)
         if self.axis != 1:
             y = y.reshape(*outer, *y.shape[1:])
         return y
+
+    def _aten_conv(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        """ATen's convolution of x (N, C, *spatial), channels-last where cpu_channels_last says."""
+        if self.transposed:
+            return self._fn(x, w, b, stride=self.stride, padding=self.pad, groups=self.group, dilation=self.dilation)
+        if (self._channels_last and x.device.type == "cpu" and x.dtype == torch.float32
+                and x.shape[0] * self._positions >= CHANNELS_LAST_MIN_POSITIONS):
+            # cpu_channels_last: NHWC in, the result back in NCHW for the layers after it.
+            y = self._fn(_Relayout.apply(x, True), w, b, stride=self.stride, padding=self.pad,
+                         dilation=self.dilation, groups=self.group)
+            return _Relayout.apply(y, False)
+        return self._fn(x, w, b, stride=self.stride, padding=self.pad, dilation=self.dilation, groups=self.group)
 
     def forward(self, *bottoms: torch.Tensor):
         w, b = self.effective_weight(), self.effective_bias()

@@ -1,7 +1,7 @@
 """netcompress ops: DNS surgery, INQ quantization and the freezing SGD update, as `torch.ops.netcompress.*`.
 
 The kernels live in the compiled extension `netcompress._C` (csrc/); this package loads it and holds, one
-module per op family (`dns`, `inq`, `solver`, `pool`, `quant`, `layout`), each op's typed wrapper next to its
+module per op family (`dns`, `inq`, `solver`, `pool`, `quant`, `layout`, `conv`), each op's typed wrapper next to its
 fake (meta) kernel and autograd formula. Pure-PyTorch versions of every op live in `netcompress.ops.reference`
 as the test oracle; nothing falls back to them. Algorithms built on the ops live with the layers that use them
 (the INQ stage in `netcompress.layers.inq`).
@@ -23,6 +23,7 @@ except ImportError as e:  # pragma: no cover - exercised only on a broken instal
         f"the import failed with: {e}"
     ) from e
 
+from .conv import nnpack_available, nnpack_conv2d  # noqa: E402
 from .dns import dns_masked_weight, dns_splice_grad_, dns_stats, dns_thresholds, dns_update_mask_  # noqa: E402
 from .inq import inq_mask_stats, inq_quantize_, inq_threshold  # noqa: E402
 from .layout import to_channels_last, to_contiguous  # noqa: E402
@@ -45,6 +46,8 @@ __all__ = [
     "max_pool2d",
     "to_channels_last",
     "to_contiguous",
+    "nnpack_available",
+    "nnpack_conv2d",
     "act_quant",
     "act_quant_range",
     "int_quant",

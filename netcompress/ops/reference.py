@@ -160,6 +160,12 @@ def to_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x.clone(memory_format=torch.contiguous_format)
 
 
+def nnpack_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  padding) -> torch.Tensor:
+    """The convolution nnpack_conv2d computes: F.conv2d with stride 1 (its values up to rounding)."""
+    return torch.nn.functional.conv2d(x, weight, bias, padding=tuple(padding))
+
+
 # ---- MicroNet quantizers (recipes-spec §4.5, §4.6, §5.2) ----
 
 def _code(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

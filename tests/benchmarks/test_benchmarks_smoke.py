@@ -218,17 +218,50 @@ def test_cross_device_checks_run():
             assert case.cross is not None and case.cross() == "", (spec.name, dname)
 
 
-def test_training_nchw_variants_build_nchw_convolutions(monkeypatch):
-    """`plain-nchw` (and dns-nchw, inq-nchw) builds its net with NETCOMPRESS_CONV_LAYOUT=nchw, and only it: the
-    same rotation then measures the layout rule's gain. Unknown variants are refused."""
+def test_training_rule_variants_build_their_convolutions(monkeypatch):
+    """`plain-nchw` (and dns-nchw, inq-nchw) builds its net with NETCOMPRESS_CONV_LAYOUT=nchw, `-aten` with
+    NETCOMPRESS_CONV_ALGO=aten, both suffixes both, and only that net: the same rotation then measures a rule's
+    gain. Unknown variants are refused."""
     bt = _load("bench_training")
-    from netcompress.layers.vision import CONV_LAYOUT_ENV
+    from netcompress import ops
+    from netcompress.layers.vision import CONV_ALGO_ENV, CONV_LAYOUT_ENV
     monkeypatch.delenv(CONV_LAYOUT_ENV, raising=False)
-    assert bt.parse_args(["--variants", "plain,plain-nchw,dns-nchw"]).variants == ["plain", "plain-nchw", "dns-nchw"]
-    with pytest.raises(SystemExit):
-        bt.parse_args(["--variants", "plain-nhwc"])
-    conv2 = {v: bt.make_solver("lenet", v, 64, "cpu").net.layer("conv2") for v in ("plain", "plain-nchw", "dns-nchw")}
+    monkeypatch.delenv(CONV_ALGO_ENV, raising=False)
+    names = ["plain", "plain-nchw", "dns-nchw", "plain-aten", "inq-aten-nchw"]
+    assert bt.parse_args(["--variants", ",".join(names)]).variants == names
+    for bad in ("plain-nhwc", "aten", "plain-aten-x"):
+        with pytest.raises(SystemExit):
+            bt.parse_args(["--variants", bad])
+    conv2 = {v: bt.make_solver("lenet", v, 64, "cpu").net.layer("conv2") for v in names}
+    fft = ops.nnpack_available()
+    onednn = torch.backends.mkldnn.is_available()
+    assert conv2["plain"]._fft == fft and conv2["plain-nchw"]._fft == fft and conv2["dns-nchw"]._fft == fft
+    assert not conv2["plain-aten"]._fft and conv2["plain-aten"]._channels_last == onednn
+    assert not conv2["inq-aten-nchw"]._fft and not conv2["inq-aten-nchw"]._channels_last
     assert not conv2["plain-nchw"]._channels_last and not conv2["dns-nchw"]._channels_last
-    assert conv2["plain"]._channels_last == torch.backends.mkldnn.is_available()
     assert type(conv2["dns-nchw"]).__name__ == "DNSConvolution"
-    assert CONV_LAYOUT_ENV not in os.environ  # put back as it was
+    assert type(conv2["inq-aten-nchw"]).__name__ == "INQConvolution"
+    assert CONV_LAYOUT_ENV not in os.environ and CONV_ALGO_ENV not in os.environ  # put back as they were
+
+
+def test_conv_benchmark_quick(tmp_path, capsys):
+    """bench_conv --quick: LeNet's conv2 in the FFT rule and CIFAR-10's conv2 outside it, both timed by ATen and
+    (where NNPACK runs here) by NNPACK, each within float32 rounding of the float64 convolution."""
+    bc = _load("bench_conv")
+    from netcompress import ops
+    out = tmp_path / "conv.json"
+    assert bc.main(["--quick", "--silent", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "lenet-conv2" in text and "cifar-conv2" in text
+    result = _strict_json(out)
+    runs = {r["shape"]: r for r in result["runs"]}
+    assert set(runs) == {"lenet-conv2", "cifar-conv2"} and result["nnpack"] == ops.nnpack_available()
+    assert runs["lenet-conv2"]["rule"] == ops.nnpack_available() and runs["cifar-conv2"]["rule"] is False
+    for r in runs.values():
+        keys = ["aten"] + (["nnpack"] if result["nnpack"] else [])
+        for k in keys:
+            assert _positive(r[f"{k}_fwd_ms"]) and _positive(r[f"{k}_fwd_bwd_ms"])
+            assert 0 <= r[f"{k}_err"] < 1e-5
+        assert ("speedup" in r) == result["nnpack"]
+    with pytest.raises(SystemExit):
+        bc.main(["--shapes", "nope"])

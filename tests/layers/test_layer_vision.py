@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
+from netcompress import ops
 from netcompress.errors import NetDefinitionError
 from netcompress.proto import caffe_pb2 as pb
 
@@ -114,7 +115,8 @@ def test_convolution_channels_last_path(make_layer, monkeypatch):
     """LeNet's conv2 in float32 on the CPU runs channels-last: the same results as NCHW up to rounding, its top
     and the gradient it hands down in NCHW order, and NETCOMPRESS_CONV_LAYOUT=nchw gives exactly PyTorch's NCHW
     convolution."""
-    from netcompress.layers.vision import CONV_LAYOUT_ENV
+    from netcompress.layers.vision import CONV_ALGO_ENV, CONV_LAYOUT_ENV
+    monkeypatch.setenv(CONV_ALGO_ENV, "aten")  # else this shape takes NNPACK (cpu_fft_conv)
     snippet = ('type: "Convolution" convolution_param { num_output: 50 kernel_size: 5 '
                'weight_filler { type: "xavier" } bias_filler { type: "uniform" min: -1 max: 1 } }')
     shape = (8, 20, 12, 12)  # 8 x 8 x 8 = 512 output positions: CHANNELS_LAST_MIN_POSITIONS
@@ -152,6 +154,108 @@ def test_convolution_channels_last_path(make_layer, monkeypatch):
     # a smaller call (here a batch of 4: 256 positions) stays NCHW, where the conversions would cost more
     x4 = x[:4]
     assert torch.equal(layers["auto"](x4), torch.nn.functional.conv2d(x4, layers["auto"].weight, layers["auto"].bias))
+
+
+@pytest.mark.parametrize("channels, group, kernel, stride, pad, dilation, size, expected", [
+    (20, 1, (5, 5), (1, 1), (0, 0), (1, 1), (12, 12), True),     # LeNet's conv2
+    (32, 1, (5, 5), (1, 1), (2, 2), (1, 1), (12, 12), True),     # padded to 16
+    (8, 1, (4, 8), (1, 1), (3, 0), (1, 1), (10, 16), True),      # rectangular, sides 4 and 8
+    (32, 1, (5, 5), (1, 1), (2, 2), (1, 1), (16, 16), False),    # padded input 20 > 16 (CIFAR-10's conv2)
+    (64, 1, (3, 3), (1, 1), (1, 1), (1, 1), (8, 8), False),      # 3x3: Winograd tiles, slower
+    (20, 1, (9, 9), (1, 1), (0, 0), (1, 1), (12, 12), False),    # kernel above the 8x8 tiles
+    (7, 1, (5, 5), (1, 1), (0, 0), (1, 1), (12, 12), False),     # < 8 input channels (LeNet's conv1: 1)
+    (20, 2, (5, 5), (1, 1), (0, 0), (1, 1), (12, 12), False),    # grouped
+    (20, 1, (5, 5), (2, 2), (0, 0), (1, 1), (12, 12), False),    # strided
+    (20, 1, (5, 5), (1, 1), (0, 0), (2, 2), (12, 12), False),    # dilated
+    (20, 1, (5, 5), (1, 1), (5, 0), (1, 1), (4, 12), False),     # padding not below the kernel
+    (20, 1, (5, 5, 5), (1, 1, 1), (0, 0, 0), (1, 1, 1), (8, 8, 8), False),  # 3-D
+])
+def test_cpu_fft_conv_rule(monkeypatch, channels, group, kernel, stride, pad, dilation, size, expected):
+    from netcompress.layers.vision import CONV_ALGO_ENV, cpu_fft_conv
+    monkeypatch.delenv(CONV_ALGO_ENV, raising=False)
+    expected = expected and ops.nnpack_available()
+    assert cpu_fft_conv(channels, group, kernel, stride, pad, dilation, size) is expected
+    monkeypatch.setenv(CONV_ALGO_ENV, "aten")
+    assert cpu_fft_conv(channels, group, kernel, stride, pad, dilation, size) is False
+
+
+@pytest.mark.skipif(not ops.nnpack_available(), reason="this PyTorch has no NNPACK for this CPU")
+@pytest.mark.parametrize("pad, bias", [(0, True), (2, False)])
+def test_convolution_fft_path(make_layer, monkeypatch, pad, bias):
+    """LeNet's conv2 in float32 on the CPU runs by NNPACK (cpu_fft_conv): its top and all three gradients within
+    float32 rounding of the exact (float64) convolution, in NCHW order and contiguous; NETCOMPRESS_CONV_ALGO=aten
+    gives PyTorch's convolution exactly."""
+    from netcompress.layers.vision import CONV_ALGO_ENV
+    snippet = ('type: "Convolution" convolution_param { num_output: 50 kernel_size: 5 pad: %d bias_term: %s '
+               'weight_filler { type: "xavier" } bias_filler { type: "uniform" min: -1 max: 1 } }'
+               % (pad, "true" if bias else "false"))
+    shape = (16, 20, 12, 12)
+    monkeypatch.delenv(CONV_ALGO_ENV, raising=False)
+    layer = make_layer(snippet, shape, dtype=torch.float32)
+    monkeypatch.setenv(CONV_ALGO_ENV, "aten")
+    plain = make_layer(snippet, shape, dtype=torch.float32)
+    assert layer._fft and not plain._fft
+    x = rand(*shape).float().requires_grad_()
+    y = layer(x)
+    assert in_graph(y, "_FftConvBackward") and y.is_contiguous()
+    gy = rand(*y.shape, seed=1).float()
+    y.backward(gy)
+    xd = x.detach().double().requires_grad_()
+    wd = layer.weight.detach().double().requires_grad_()
+    bd = layer.bias.detach().double().requires_grad_() if bias else None
+    yd = torch.nn.functional.conv2d(xd, wd, bd, padding=pad)
+    yd.backward(gy.double())
+    got = [y, x.grad, layer.weight.grad] + ([layer.bias.grad] if bias else [])
+    want = [yd, xd.grad, wd.grad] + ([bd.grad] if bias else [])
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32 and g.shape == w.shape and g.is_contiguous()
+        assert (g.double() - w).abs().max().item() <= 2e-5 * (w.abs().max().item() + 1.0)
+    xp = x.detach()
+    wp, bp = layer.weight.detach(), (layer.bias.detach() if bias else None)
+    xl = xp.contiguous(memory_format=torch.channels_last) if plain._channels_last else xp
+    assert torch.equal(plain._conv(xp, wp, bp), torch.nn.functional.conv2d(xl, wp, bp, padding=pad))
+    # a float64 net keeps ATen's convolution (NNPACK is float32 only)
+    monkeypatch.delenv(CONV_ALGO_ENV, raising=False)
+    layer64 = make_layer(snippet, shape)
+    x64 = rand(*shape)
+    b64 = layer64.bias if bias else None
+    assert torch.equal(layer64(x64), torch.nn.functional.conv2d(x64, layer64.weight, b64, padding=pad))
+
+
+@pytest.mark.skipif(not ops.nnpack_available(), reason="this PyTorch has no NNPACK for this CPU")
+def test_convolution_fft_path_kernel_with_zeros(make_layer, monkeypatch):
+    """A kernel with a zero (DNS, INQ, a pruned model) takes ATen's forward, exactly NETCOMPRESS_CONV_ALGO=aten's
+    values: where a window's products are all zero the top is exactly 0 (FFT tiles leave ~1e-8 there, which would
+    decide max pooling's ties); the gradients stay NNPACK's, within float32 rounding."""
+    from netcompress.layers.vision import CONV_ALGO_ENV
+    snippet = ('type: "Convolution" convolution_param { num_output: 50 kernel_size: 5 bias_term: false '
+               'weight_filler { type: "xavier" } }')
+    shape = (16, 20, 12, 12)
+    monkeypatch.delenv(CONV_ALGO_ENV, raising=False)
+    layer = make_layer(snippet, shape, dtype=torch.float32)
+    monkeypatch.setenv(CONV_ALGO_ENV, "aten")
+    plain = make_layer(snippet, shape, dtype=torch.float32)
+    with torch.no_grad():
+        layer.weight[:, :, :, 2:] = 0  # the kernel's right part pruned
+        plain.weight.copy_(layer.weight)
+    x = rand(*shape).float()
+    x[:, :, :, :6] = 0  # the windows at the left edge see only zeros under the kept taps
+    xg = x.clone().requires_grad_()
+    y = layer(xg)
+    assert in_graph(y, "_FftConvBackward")
+    assert torch.equal(y.detach(), plain(x).detach())
+    assert (y[:, :, :, :4] == 0).all()  # exact zeros, as Caffe's direct sums give
+    gy = rand(*y.shape, seed=1).float()
+    y.backward(gy)
+    xd, wd = x.double().requires_grad_(), layer.weight.detach().double().requires_grad_()
+    torch.nn.functional.conv2d(xd, wd).backward(gy.double())
+    for g, w in ((xg.grad, xd.grad), (layer.weight.grad, wd.grad)):
+        assert (g.double() - w).abs().max().item() <= 2e-5 * (w.abs().max().item() + 1.0)
+    # with every weight nonzero the same layer's forward is NNPACK's: not ATen's bits
+    with torch.no_grad():
+        layer.weight.copy_(rand(50, 20, 5, 5, seed=2).float())
+        plain.weight.copy_(layer.weight)
+        assert not torch.equal(layer(x), plain(x))
 
 
 def test_convolution_blob_shapes_and_fillers(make_layer):

@@ -1,0 +1,117 @@
+"""nnpack_conv2d: F.conv2d's values (stride 1) up to rounding, the same bits on any number of threads."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from netcompress import ops
+from netcompress.ops import reference as ref
+
+from op_helpers import noncontiguous
+
+pytestmark = pytest.mark.skipif(not ops.nnpack_available(), reason="this PyTorch has no NNPACK for this CPU")
+
+# (N, C, H, W, O, kH, kW, pad): LeNet's conv2 and its two gradient convolutions, paddings up to kernel - 1,
+# rectangular kernels and inputs, one sample, odd batches, a single channel
+SHAPES = [(64, 20, 12, 12, 50, 5, 5, (0, 0)), (64, 50, 8, 8, 20, 5, 5, (4, 4)), (20, 64, 12, 12, 50, 8, 8, (0, 0)),
+          (7, 8, 9, 11, 6, 4, 6, (3, 1)), (1, 16, 10, 10, 5, 5, 5, (2, 2)), (3, 1, 8, 8, 4, 5, 5, (0, 0)),
+          (5, 9, 6, 7, 3, 3, 3, (1, 0))]
+
+
+def _inputs(shape, seed=0, bias=True):
+    n, c, h, w, o, kh, kw, pad = shape
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g)
+    wt = torch.randn(o, c, kh, kw, generator=g)
+    b = torch.randn(o, generator=g) if bias else None
+    return x, wt, b, pad
+
+
+def _close(got: torch.Tensor, x, w, b, pad):
+    """Within float32 rounding of the exact (float64) convolution, relative to the output's scale."""
+    want = ref.nnpack_conv2d(x.double(), w.double(), None if b is None else b.double(), pad)
+    assert got.dtype == torch.float32 and got.shape == want.shape and got.is_contiguous()
+    scale = want.abs().max().item() + 1.0
+    assert (got.double() - want).abs().max().item() <= 2e-5 * scale
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_values(shape, bias):
+    x, w, b, pad = _inputs(shape, bias=bias)
+    _close(ops.nnpack_conv2d(x, w, b, pad), x, w, b, pad)
+
+
+def test_noncontiguous_and_views():
+    x, w, b, pad = _inputs(SHAPES[0])
+    want = ops.nnpack_conv2d(x, w, b, pad)
+    assert torch.equal(ops.nnpack_conv2d(noncontiguous(x), noncontiguous(w), b, pad), want)
+    # a transposed view, as the layer's weight gradient passes (the op copies it)
+    _close(ops.nnpack_conv2d(x.transpose(0, 1), x.transpose(0, 1)[:3, :, :5, :5], None, (0, 0)),
+           x.transpose(0, 1), x.transpose(0, 1)[:3, :, :5, :5], None, (0, 0))
+
+
+@pytest.mark.parametrize("shape", SHAPES[:4])
+def test_same_bits_on_any_thread_count_and_batch_split(shape):
+    """The op splits the batch over the threads: each sample's result does not depend on the split, so the
+    values are the same on 1, 2 or 3 threads and for any slice of the batch."""
+    x, w, b, pad = _inputs(shape, seed=1)
+    old = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(ops.nnpack_conv2d(x, w, b, pad))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    n = x.shape[0]
+    for lo, hi in ((0, 1), (1, n), (n // 2, n)):
+        if hi > lo:
+            assert torch.equal(ops.nnpack_conv2d(x[lo:hi], w, b, pad), outs[0][lo:hi])
+
+
+def test_empty_batch_and_meta():
+    x, w, b, pad = _inputs(SHAPES[0])
+    assert ops.nnpack_conv2d(x[:0], w, b, pad).shape == (0, 50, 8, 8)
+    y = ops.nnpack_conv2d(x.to("meta"), w.to("meta"), b.to("meta"), (2, 1))
+    assert y.shape == (64, 50, 12, 10) and y.device.type == "meta"
+
+
+@pytest.mark.parametrize("args, message", [
+    (dict(pad=(5, 0)), "below the kernel size"),
+    (dict(pad=(-1, 0)), "below the kernel size"),
+    (dict(dtype=torch.float64), "float32 only"),
+    (dict(channels=3), "channels, weight expects"),
+    (dict(bias=7), "bias must have 50 elements"),
+    (dict(size=3), "larger than the padded input"),
+])
+def test_bad_arguments(args, message):
+    x, w, b, pad = _inputs(SHAPES[0])
+    if "dtype" in args:
+        x, w, b = x.to(args["dtype"]), w.to(args["dtype"]), b.to(args["dtype"])
+    if "channels" in args:
+        x = x[:, :args["channels"]]
+    if "bias" in args:
+        b = b[:args["bias"]]
+    if "size" in args:
+        x = x[:, :, :args["size"], :args["size"]]
+    with pytest.raises(RuntimeError, match=message):
+        ops.nnpack_conv2d(x, w, b, args.get("pad", pad))
+
+
+def test_gradient_convolutions_match_aten():
+    """The layer's gradient formulas (layers/vision.py, _FftConv) as convolutions of the op: the data gradient
+    with the kernel flipped and transposed, the weight gradient with the batch and channel axes swapped."""
+    x, w, b, pad = _inputs((16, 20, 12, 12, 50, 5, 5, (1, 2)), seed=2)
+    xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
+    y = F.conv2d(xd, wd, padding=pad)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    y.backward(gy)
+    gyf = gy.float()
+    gx = ops.nnpack_conv2d(gyf, w.flip(2, 3).transpose(0, 1), None, (4 - pad[0], 4 - pad[1]))
+    gw = ops.nnpack_conv2d(x.transpose(0, 1), gyf.transpose(0, 1), None, pad).transpose(0, 1)
+    for got, want in ((gx, xd.grad), (gw, wd.grad)):
+        assert got.shape == want.shape
+        assert (got.double() - want).abs().max().item() <= 2e-5 * (want.abs().max().item() + 1.0)
