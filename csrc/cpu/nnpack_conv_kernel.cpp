@@ -15,6 +15,7 @@
 // result for a sample does not depend on the batch around it nor on the pool's size (tests/ops/test_conv_ops.py
 // asserts the bits at 1 and 2 threads), so the values are the same on any number of threads.
 #include <ATen/ATen.h>
+#include <ATen/Config.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -33,6 +34,8 @@ void nnpack_ready() {
               "not support this CPU)");
   static std::once_flag once;
   std::call_once(once, [] {
+#if AT_PARALLEL_OPENMP
+    // (with ATen's native thread pool, changing the thread count after parallel work only warns and does nothing)
     if (at::in_parallel_region()) return;  // cannot change the thread count here: NNPACK keeps its own choice
     const int threads = at::get_num_threads();
     at::set_num_threads(1);
@@ -44,6 +47,7 @@ void nnpack_ready() {
       throw;
     }
     at::set_num_threads(threads);
+#endif
   });
 }
 
