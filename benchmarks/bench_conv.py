@@ -11,7 +11,8 @@ and `x` is ATen's time over NNPACK's for fwd+bwd (> 1: NNPACK faster). Before ti
 layers' deviation from the float64 convolution, relative to the top's largest magnitude (both are a few float32
 ulps of it; they differ from each other by about as much, never bit for bit).
 The shapes are the ones the rule was set from (benchmarks/RESULTS.md): LeNet's conv2 (the rule's reason), kernels
-4-8 on 8-16 inputs, CIFAR-10's conv2/conv3, a ResNet 3x3 and an AlexNet-like 3x3 layer (outside the rule).
+5-8 on 12-16 inputs (and 4x4), CIFAR-10's conv2 and conv3, a ResNet 3x3 and a wider 3x3 layer (the last five
+outside the rule).
 
     python benchmarks/bench_conv.py                  # ~2 minutes on 2 cores
     python benchmarks/bench_conv.py --quick --json /tmp/c.json

@@ -77,7 +77,7 @@ at::Tensor nnpack_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, cons
   at::Tensor wc = weight.contiguous();
   std::optional<at::Tensor> bc = bias ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
   // Output channels whose kernel is all zeros (DNS prunes whole channels) are their bias exactly, as a direct sum
-  // of zero products gives them (FFT tiles would leave rounding noise there, which breaks the exact ties that
+  // of zero products gives them for finite inputs (FFT tiles would leave rounding noise there, which breaks the exact ties that
   // max pooling resolves to the first element), and are not computed.
   const at::Tensor live = wc.reshape({wc.size(0), -1}).ne(0).any(1);
   const int64_t n_live = live.sum().item<int64_t>();

@@ -119,11 +119,14 @@ class _Relayout(torch.autograd.Function):
 
 
 CONV_ALGO_ENV = "NETCOMPRESS_CONV_ALGO"
-# NNPACK's FFT tiles are 8x8 (a kernel of 4-8 leaves a 1x1-5x5 output block per tile; 3x3 kernels get Winograd tiles,
-# measured slower than oneDNN on ResNet-sized layers) and 16x16; the weight gradient is computed as a convolution
-# whose kernel is the layer's output, which one 16x16 tile covers when the padded input is at most 16 wide.
-FFT_KERNELS = range(4, 9)
+# NNPACK's FFT tiles are 8x8 (a kernel of 5-8 leaves a 1x1-4x4 output block per tile; 3x3 kernels get Winograd tiles,
+# measured slower than oneDNN on ResNet-sized layers; 4x4 ones gained 1.24x on 1 core and lost 7 % on 2) and 16x16;
+# the weight gradient is computed as a convolution whose kernel is the layer's output, which one 16x16 tile covers
+# when the padded input is at most 16 wide.
+FFT_KERNELS = range(5, 9)
 FFT_MAX_PADDED_INPUT = 16
+# Inputs of 8x8 (CIFAR-10's conv3: 32 -> 64 channels, padded by 2) lost to oneDNN, 0.7-0.93x; 12x12 gained 1.5-2x.
+FFT_MIN_INPUT = 12
 
 
 def _fft_off() -> str | None:
@@ -142,18 +145,22 @@ def cpu_fft_conv(channels: int, group: int, kernel: Sequence[int], stride: Seque
 
     oneDNN computes a convolution as a direct product, bounded by the core's multiply-add rate (LeNet's conv2,
     20 -> 50 channels, runs at ~70 % of it); NNPACK's 8x8 FFT tiles do a 5x5 kernel's 4x4 output block with a
-    fraction of the multiplications. Measured fwd+bwd against this package's oneDNN path (benchmarks/RESULTS.md):
-    LeNet's conv2 2.0x faster on 1 core, 1.6x on 2; 1.2-2.5x on other 4x4-8x8 kernels with 8-64 input channels and
-    padded inputs up to 16; slower where the padded input is wider (the weight gradient's kernel no longer fits one
-    16x16 tile) and on 3x3 kernels of 64 channels. So: ungrouped, stride 1, undilated, >= 8 input channels, kernel
-    sides in FFT_KERNELS, each padding below the kernel (NNPACK's limit), padded input sides <= FFT_MAX_PADDED_INPUT.
+    fraction of the multiplications. Measured fwd+bwd against this package's oneDNN path (benchmarks/bench_conv.py,
+    benchmarks/RESULTS.md): LeNet's conv2 1.8-2.0x faster on 1 core, 1.6x on 2; 1.4-2.4x on 1 core and 1.1-2.1x on 2
+    for other 5x5-8x8 kernels with 8-64 input channels and inputs of 12-16 (padded up to 16); slower on 8x8 inputs
+    (CIFAR-10's conv3: 0.7-0.9x), where the padded input is wider than 16 (the weight gradient's kernel no longer
+    fits one 16x16 tile: 0.5x), on 4x4 kernels on 2 cores and on 3x3 kernels of 64 channels. So: ungrouped, stride
+    1, undilated, >= 8 input channels, kernel sides in FFT_KERNELS, each padding below the kernel (NNPACK's limit),
+    input sides >= FFT_MIN_INPUT and padded input sides <= FFT_MAX_PADDED_INPUT.
     A rule on the shapes (not a timing) and NNPACK's values do not depend on the thread count, so a net computes
     the same on any machine with NNPACK and any number of threads. The rounding is NNPACK's, not oneDNN's (both a
-    few float32 ulps of the output's scale). `NETCOMPRESS_CONV_ALGO=aten` turns it off (the values of earlier runs).
+    few float32 ulps of the output's scale), and a NaN or infinity in the input spreads over its FFT tile (a direct
+    convolution keeps it to the windows that hold it; either way the loss is NaN). `NETCOMPRESS_CONV_ALGO=aten`
+    turns it off (the values of earlier runs).
     """
     if len(kernel) != 2 or group != 1 or channels < 8 or any(s != 1 for s in stride) or any(d != 1 for d in dilation):
         return False
-    if any(k not in FFT_KERNELS or p >= k or size + 2 * p > FFT_MAX_PADDED_INPUT
+    if any(k not in FFT_KERNELS or p >= k or size < FFT_MIN_INPUT or size + 2 * p > FFT_MAX_PADDED_INPUT
            for k, p, size in zip(kernel, pad, input_size)):
         return False
     return _fft_off() is None
@@ -165,7 +172,8 @@ def cpu_conv_algorithm() -> str:
     if why:
         return f"ATen's convolution (oneDNN) for every convolution ({why})"
     return (f"NNPACK's FFT tiles for float32 2-D convolutions with {FFT_KERNELS.start}-{FFT_KERNELS.stop - 1} "
-            f"kernels, stride 1, >= 8 input channels and padded inputs up to {FFT_MAX_PADDED_INPUT} wide; "
+            f"kernels, stride 1, >= 8 input channels and inputs {FFT_MIN_INPUT}-{FFT_MAX_PADDED_INPUT} wide "
+            f"(padded); "
             f"ATen's (oneDNN) for the others; {CONV_ALGO_ENV}=aten for ATen's everywhere")
 
 

@@ -159,7 +159,9 @@ def test_convolution_channels_last_path(make_layer, monkeypatch):
 @pytest.mark.parametrize("channels, group, kernel, stride, pad, dilation, size, expected", [
     (20, 1, (5, 5), (1, 1), (0, 0), (1, 1), (12, 12), True),     # LeNet's conv2
     (32, 1, (5, 5), (1, 1), (2, 2), (1, 1), (12, 12), True),     # padded to 16
-    (8, 1, (4, 8), (1, 1), (3, 0), (1, 1), (10, 16), True),      # rectangular, sides 4 and 8
+    (8, 1, (5, 8), (1, 1), (2, 0), (1, 1), (12, 16), True),      # rectangular, sides 5 and 8
+    (32, 1, (5, 5), (1, 1), (2, 2), (1, 1), (8, 8), False),      # input 8 < 12 (CIFAR-10's conv3)
+    (20, 1, (4, 4), (1, 1), (0, 0), (1, 1), (11, 11), False),    # 4x4: no gain on 2 cores
     (32, 1, (5, 5), (1, 1), (2, 2), (1, 1), (16, 16), False),    # padded input 20 > 16 (CIFAR-10's conv2)
     (64, 1, (3, 3), (1, 1), (1, 1), (1, 1), (8, 8), False),      # 3x3: Winograd tiles, slower
     (20, 1, (9, 9), (1, 1), (0, 0), (1, 1), (12, 12), False),    # kernel above the 8x8 tiles

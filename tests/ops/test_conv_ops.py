@@ -115,3 +115,21 @@ def test_gradient_convolutions_match_aten():
     for got, want in ((gx, xd.grad), (gw, wd.grad)):
         assert got.shape == want.shape
         assert (got.double() - want).abs().max().item() <= 2e-5 * (want.abs().max().item() + 1.0)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_all_zero_kernels_give_their_bias_exactly(bias):
+    """An output channel whose kernel is all zeros (a channel DNS pruned whole) is its bias exactly, as a direct
+    sum of zero products is, and the other channels are what the op gives without it; all channels zero: the
+    bias everywhere."""
+    x, w, b, pad = _inputs(SHAPES[0], seed=4, bias=bias)
+    dead = [0, 7, 49]
+    w[dead] = 0
+    y = ops.nnpack_conv2d(x, w, b, pad)
+    want = torch.zeros(()) if b is None else b[dead].view(1, -1, 1, 1)
+    assert torch.equal(y[:, dead], want.expand(y.shape[0], len(dead), *y.shape[2:]))
+    live = [c for c in range(w.shape[0]) if c not in dead]
+    assert torch.equal(y[:, live], ops.nnpack_conv2d(x, w[live], None if b is None else b[live], pad))
+    _close(y, x, w, b, pad)
+    y0 = ops.nnpack_conv2d(x, torch.zeros_like(w), b, pad)
+    assert torch.equal(y0, torch.zeros_like(y0) if b is None else b.view(1, -1, 1, 1).expand_as(y0))
