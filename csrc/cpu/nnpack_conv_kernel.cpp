@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <mutex>
 #include <optional>
+#include <vector>
 
 namespace netcompress {
 namespace {
@@ -79,8 +80,16 @@ at::Tensor nnpack_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, cons
   // Output channels whose kernel is all zeros (DNS prunes whole channels) are their bias exactly, as a direct sum
   // of zero products gives them for finite inputs (FFT tiles would leave rounding noise there, which breaks the exact ties that
   // max pooling resolves to the first element), and are not computed.
-  const at::Tensor live = wc.reshape({wc.size(0), -1}).ne(0).any(1);
-  const int64_t n_live = live.sum().item<int64_t>();
+  std::vector<int64_t> live;  // the output channels with a nonzero weight (a scan that stops at the first)
+  {
+    const float* p = wc.const_data_ptr<float>();
+    const int64_t per = wc.numel() / wc.size(0);
+    for (int64_t o = 0; o < wc.size(0); ++o) {
+      const float* k = p + o * per;
+      if (std::any_of(k, k + per, [](float v) { return v != 0.0f; })) live.push_back(o);
+    }
+  }
+  const int64_t n_live = static_cast<int64_t>(live.size());
   if (n_live < wc.size(0)) {
     if (bias) {
       out.copy_(bc->view({1, -1, 1, 1}).expand_as(out));
@@ -88,7 +97,7 @@ at::Tensor nnpack_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, cons
       out.zero_();
     }
     if (n_live == 0) return out;
-    const at::Tensor index = live.nonzero().view(-1);
+    const at::Tensor index = at::tensor(live, at::TensorOptions().dtype(at::kLong));
     const at::Tensor y = nnpack_conv2d_cpu(xc, wc.index_select(0, index),
                                            bias ? std::optional<at::Tensor>(bc->index_select(0, index))
                                                 : std::nullopt,
