@@ -65,7 +65,8 @@ TORCH_LIBRARY(netcompress, m) {
   m.def("to_contiguous(Tensor x) -> Tensor", tags);
 
   // ---- Convolution by NNPACK (CPU only: the 2-D convolutions layers/vision.py gives it, cpu_fft_conv) ----
-  // F.conv2d(x, weight, bias, stride=1, padding=padding) for float32 NCHW, each padding below the kernel size,
+  // F.conv2d(x, weight, bias, stride=1, padding=padding) for float32 NCHW, kernels up to 16x16, each padding below
+  // the kernel size,
   // by NNPACK's FFT / Winograd tiles (its rounding, not oneDNN's); the same values on any number of threads. An
   // output channel whose kernel is all zeros is its bias exactly (0 without one), as a direct convolution gives.
   m.def("nnpack_conv2d(Tensor x, Tensor weight, Tensor? bias, int[2] padding) -> Tensor", tags);

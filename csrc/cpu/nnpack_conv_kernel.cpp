@@ -63,6 +63,8 @@ at::Tensor nnpack_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, cons
               " channels, weight expects ", weight.size(1));
   TORCH_CHECK(!bias || (bias->dim() == 1 && bias->size(0) == weight.size(0)),
               "netcompress::nnpack_conv2d: bias must have ", weight.size(0), " elements");
+  TORCH_CHECK(weight.size(2) <= 16 && weight.size(3) <= 16, "netcompress::nnpack_conv2d: NNPACK's FFT tiles take "
+              "kernels of at most 16x16, got ", weight.sizes().slice(2));
   TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0 && padding[0] < weight.size(2) &&
                   padding[1] < weight.size(3),
               "netcompress::nnpack_conv2d: padding must be two values each >= 0 and below the kernel size ",

@@ -160,10 +160,15 @@ def cpu_fft_conv(channels: int, group: int, kernel: Sequence[int], stride: Seque
     """
     if len(kernel) != 2 or group != 1 or channels < 8 or any(s != 1 for s in stride) or any(d != 1 for d in dilation):
         return False
-    if any(k not in FFT_KERNELS or p >= k or size < FFT_MIN_INPUT or size + 2 * p > FFT_MAX_PADDED_INPUT
-           for k, p, size in zip(kernel, pad, input_size)):
+    if any(k not in FFT_KERNELS or p >= k for k, p in zip(kernel, pad)) or not fft_input_fits(input_size, pad):
         return False
     return _fft_off() is None
+
+
+def fft_input_fits(input_size: Sequence[int], pad: Sequence[int]) -> bool:
+    """The input-size part of cpu_fft_conv, which a layer checks again at every call (a net reshaped to larger
+    inputs falls back to ATen: NNPACK's weight gradient takes kernels, here the output, of at most 16)."""
+    return all(FFT_MIN_INPUT <= size and size + 2 * p <= FFT_MAX_PADDED_INPUT for size, p in zip(input_size, pad))
 
 
 def cpu_conv_algorithm() -> str:
@@ -313,7 +318,8 @@ class _ConvBase(Layer):
             widths = self._short_input_pad(x.shape[2:])
             if widths is not None:
                 x = F.pad(x, widths)
-        if self._fft and x.device.type == "cpu" and x.dtype == torch.float32:
+        if (self._fft and x.device.type == "cpu" and x.dtype == torch.float32
+                and fft_input_fits(x.shape[2:], self.pad)):
             y = _FftConv.apply(x, w, b, tuple(self.pad), self._aten_conv)  # cpu_fft_conv
         else:
             y = self._aten_conv(x, w, b)

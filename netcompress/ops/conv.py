@@ -31,8 +31,8 @@ def nnpack_available() -> bool:
 
 def nnpack_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   padding: Sequence[int]) -> torch.Tensor:
-    """`F.conv2d(x, weight, bias, stride=1, padding=padding)` for float32 CPU tensors (N, C, H, W), each padding
-    below the kernel's size, by NNPACK's FFT or Winograd tiles: NNPACK's rounding (a few float32 ulps of the
+    """`F.conv2d(x, weight, bias, stride=1, padding=padding)` for float32 CPU tensors (N, C, H, W), kernels of at
+    most 16x16, each padding below the kernel's size, by NNPACK's FFT or Winograd tiles: NNPACK's rounding (a few float32 ulps of the
     output's scale, like oneDNN's, not the same bits), the same values on any number of threads; the batch is
     split over ATen's threads. Not differentiable (layers/vision.py wraps it)."""
     return _ops.nnpack_conv2d(x, weight, bias, [int(p) for p in padding])

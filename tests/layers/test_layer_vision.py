@@ -225,6 +225,25 @@ def test_convolution_fft_path(make_layer, monkeypatch, pad, bias):
 
 
 @pytest.mark.skipif(not ops.nnpack_available(), reason="this PyTorch has no NNPACK for this CPU")
+def test_convolution_fft_layer_called_on_a_larger_input(make_layer, monkeypatch):
+    """A layer set up for 12x12 inputs (FFT rule) and called on 28x28 (a reshaped net) takes ATen's convolution
+    for that call, forward and backward (NNPACK's weight gradient would need a 24x24 kernel), and NNPACK again
+    for 12x12."""
+    from netcompress.layers.vision import CONV_ALGO_ENV
+    snippet = ('type: "Convolution" convolution_param { num_output: 50 kernel_size: 5 '
+               'weight_filler { type: "xavier" } bias_filler { type: "constant" value: 0.1 } }')
+    monkeypatch.delenv(CONV_ALGO_ENV, raising=False)
+    layer = make_layer(snippet, (4, 20, 12, 12), dtype=torch.float32)
+    assert layer._fft
+    big = rand(4, 20, 28, 28).float().requires_grad_()
+    y = layer(big)
+    assert not in_graph(y, "_FftConvBackward")
+    y.sum().backward()
+    assert big.grad.shape == big.shape and layer.weight.grad.shape == layer.weight.shape
+    assert in_graph(layer(rand(4, 20, 12, 12).float().requires_grad_()), "_FftConvBackward")
+
+
+@pytest.mark.skipif(not ops.nnpack_available(), reason="this PyTorch has no NNPACK for this CPU")
 def test_convolution_fft_path_kernel_with_zeros(make_layer, monkeypatch):
     """A kernel with a zero (DNS, INQ, a pruned model) takes ATen's forward, exactly NETCOMPRESS_CONV_ALGO=aten's
     values: where a window's products are all zero the top is exactly 0 (FFT tiles leave ~1e-8 there, which would

@@ -86,6 +86,7 @@ def test_empty_batch_and_meta():
     (dict(channels=3), "channels, weight expects"),
     (dict(bias=7), "bias must have 50 elements"),
     (dict(size=3), "larger than the padded input"),
+    (dict(kernel=17), "at most 16x16"),
 ])
 def test_bad_arguments(args, message):
     x, w, b, pad = _inputs(SHAPES[0])
@@ -97,6 +98,8 @@ def test_bad_arguments(args, message):
         b = b[:args["bias"]]
     if "size" in args:
         x = x[:, :, :args["size"], :args["size"]]
+    if "kernel" in args:
+        x, w = torch.randn(2, 20, 20, 20), torch.randn(50, 20, args["kernel"], args["kernel"])
     with pytest.raises(RuntimeError, match=message):
         ops.nnpack_conv2d(x, w, b, args.get("pad", pad))
 
