@@ -13,7 +13,9 @@
 // thread). This op instead gives each ATen (OpenMP) thread a slice of the batch and makes the pool with one
 // thread before NNPACK's first call, so NNPACK runs on the calling thread, without the pool's lock. NNPACK's
 // result for a sample does not depend on the batch around it nor on the pool's size (tests/ops/test_conv_ops.py
-// asserts the bits at 1 and 2 threads), so the values are the same on any number of threads.
+// asserts the bits at 1, 2 and 3 threads), so the values are the same on any number of threads.
+//
+// An output channel whose kernel is all zeros is its bias, exactly and without computing it (see below).
 #include <ATen/ATen.h>
 #include <ATen/Config.h>
 #include <ATen/Parallel.h>
