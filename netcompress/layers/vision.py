@@ -177,9 +177,8 @@ def cpu_conv_algorithm() -> str:
     if why:
         return f"ATen's convolution (oneDNN) for every convolution ({why})"
     return (f"NNPACK's FFT tiles for float32 2-D convolutions with {FFT_KERNELS.start}-{FFT_KERNELS.stop - 1} "
-            f"kernels, stride 1, >= 8 input channels and inputs {FFT_MIN_INPUT}-{FFT_MAX_PADDED_INPUT} wide "
-            f"(padded); "
-            f"ATen's (oneDNN) for the others; {CONV_ALGO_ENV}=aten for ATen's everywhere")
+            f"kernels, stride 1, >= 8 input channels and inputs {FFT_MIN_INPUT}-{FFT_MAX_PADDED_INPUT} wide with "
+            f"their padding; ATen's (oneDNN) for the others; {CONV_ALGO_ENV}=aten for ATen's everywhere")
 
 
 class _FftConv(torch.autograd.Function):
