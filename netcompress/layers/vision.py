@@ -53,11 +53,16 @@ def _simd_channels() -> int:
         return 8
 
 
-def _onednn_off(env: str, off: str) -> str | None:
-    """Why a oneDNN rule of the CPU layers is off: the switch `env` set to `off`, or no oneDNN in this PyTorch;
-    None when it applies."""
+def _rule_off(env: str, off: str, missing: str | None) -> str | None:
+    """Why a rule of the CPU layers is off: the switch `env` set to `off`, or `missing` (what this PyTorch lacks
+    for it); None when it applies."""
     if os.environ.get(env, "auto").strip().lower() == off:
         return f"{env}={off}"
+    return missing
+
+
+def _onednn_missing() -> str | None:
+    """Why PyTorch's oneDNN cannot serve the CPU layers' oneDNN rules, or None."""
     if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return "PyTorch's oneDNN backend is not available"
     return None
@@ -65,7 +70,7 @@ def _onednn_off(env: str, off: str) -> str | None:
 
 def _nchw_only() -> str | None:
     """Why every CPU convolution stays NCHW, or None when the layout rule applies."""
-    return _onednn_off(CONV_LAYOUT_ENV, "nchw")
+    return _rule_off(CONV_LAYOUT_ENV, "nchw", _onednn_missing())
 
 
 def cpu_conv_layout() -> str:
@@ -131,11 +136,8 @@ FFT_MIN_INPUT = 12
 
 def _fft_off() -> str | None:
     """Why no CPU convolution takes NNPACK's transform algorithms (the switch, or no NNPACK), or None."""
-    if os.environ.get(CONV_ALGO_ENV, "auto").strip().lower() == "aten":
-        return f"{CONV_ALGO_ENV}=aten"
-    if not ops.nnpack_available():
-        return "this PyTorch has no NNPACK for this CPU"
-    return None
+    return _rule_off(CONV_ALGO_ENV, "aten",
+                     None if ops.nnpack_available() else "this PyTorch has no NNPACK for this CPU")
 
 
 def cpu_fft_conv(channels: int, group: int, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int],
@@ -384,7 +386,7 @@ ONEDNN_MATMUL_MIN_MACS = 1 << 20
 
 def _blas_only() -> str | None:
     """Why every CPU InnerProduct product stays PyTorch's BLAS, or None when the oneDNN rule applies."""
-    why = _onednn_off(MATMUL_ENV, "blas")
+    why = _rule_off(MATMUL_ENV, "blas", _onednn_missing())
     if why:
         return why
     try:
