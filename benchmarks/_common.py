@@ -7,6 +7,7 @@ are not told apart.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -252,6 +253,24 @@ def _json_default(x):
     if isinstance(x, (torch.dtype, torch.device)):
         return str(x)
     raise TypeError(f"cannot write {type(x).__name__} to JSON")
+
+
+@contextlib.contextmanager
+def environ(name: str, value: str | None):
+    """Within the block, the environment variable `name` is `value` (None: unset); then as it was. The CPU layers
+    read their rules' switches (NETCOMPRESS_CONV_ALGO, ...) when they are built."""
+    old = os.environ.get(name)
+    try:
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 def ensure_repo_on_path() -> None:

@@ -59,19 +59,9 @@ def _layer(shape, algo: str | None):
     p = text_format.Parse(f'name: "conv" type: "Convolution" bottom: "x" top: "y" convolution_param {{ '
                           f'num_output: {o} kernel_size: {k} pad: {pad} weight_filler {{ type: "xavier" }} '
                           f'bias_filler {{ type: "constant" value: 0.1 }} }}', pb.LayerParameter())
-    old = os.environ.get(CONV_ALGO_ENV)
-    if algo is None:
-        os.environ.pop(CONV_ALGO_ENV, None)
-    else:
-        os.environ[CONV_ALGO_ENV] = algo
-    try:
+    with C.environ(CONV_ALGO_ENV, algo):
         ctx = LayerContext(phase=pb.TRAIN, dtype=torch.float32, generator=CaffeRNG(1), seed=1, rank=0)
         return create_layer(p, [(n, c, size, size)], ctx)
-    finally:
-        if old is None:
-            os.environ.pop(CONV_ALGO_ENV, None)
-        else:
-            os.environ[CONV_ALGO_ENV] = old
 
 
 def _error(layer, x) -> float:
@@ -152,7 +142,8 @@ def run(args) -> dict:
                 r = measure(name, th, 0.0 if args.quick else 0.4)
                 result["runs"].append(r)
                 C.progress(args, f"[cpu x{th}] {name:16s} aten {r['aten_fwd_bwd_ms']:.3g} ms"
-                           + (f"  nnpack {r['nnpack_fwd_bwd_ms']:.3g} ms  {r['speedup']:.2f}x" if "speedup" in r else "")
+                           + (f"  nnpack {r['nnpack_fwd_bwd_ms']:.3g} ms  {r['speedup']:.2f}x"
+                              if "speedup" in r else "")
                            + ("" if r["rule"] else "  (not in the FFT rule)"))
     finally:
         torch.set_num_threads(old)

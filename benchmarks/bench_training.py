@@ -226,15 +226,8 @@ def _ones(param) -> None:
 def make_solver(name: str, variant: str, batch: int, device: str, step_mode: str = "auto"):
     for suffix, (env, value) in RULE_SUFFIXES.items():
         if variant.endswith(suffix):
-            old = os.environ.get(env)
-            os.environ[env] = value  # read when the layers are built
-            try:
+            with C.environ(env, value):  # read when the layers are built
                 return make_solver(name, variant[:-len(suffix)], batch, device, step_mode)
-            finally:
-                if old is None:
-                    del os.environ[env]
-                else:
-                    os.environ[env] = old
     from netcompress.solvers import Solver
 
     sp = pb.SolverParameter()

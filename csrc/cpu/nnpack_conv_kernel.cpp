@@ -82,8 +82,8 @@ at::Tensor nnpack_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, cons
   at::Tensor wc = weight.contiguous();
   std::optional<at::Tensor> bc = bias ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
   // Output channels whose kernel is all zeros (DNS prunes whole channels) are their bias exactly, as a direct sum
-  // of zero products gives them for finite inputs (FFT tiles would leave rounding noise there, which breaks the exact ties that
-  // max pooling resolves to the first element), and are not computed.
+  // of zero products gives them for finite inputs (FFT tiles would leave rounding noise there, which breaks the
+  // exact ties that max pooling resolves to the first element), and are not computed.
   std::vector<int64_t> live;  // the output channels with a nonzero weight (a scan that stops at the first)
   {
     const float* p = wc.const_data_ptr<float>();

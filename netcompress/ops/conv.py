@@ -21,18 +21,16 @@ def _nnpack_conv2d_fake(x, weight, bias, padding):
 
 @functools.lru_cache(maxsize=None)
 def nnpack_available() -> bool:
-    """Whether this PyTorch has NNPACK and it runs on this CPU (x86-64 needs AVX2)."""
-    probe = getattr(torch, "_nnpack_available", None)
-    try:
-        return bool(probe()) if probe is not None else False
-    except RuntimeError:
-        return False
+    """Whether this PyTorch has NNPACK and it runs on this CPU (x86-64 needs AVX2). The call also initialises
+    NNPACK, which ATen's convolution entry does not do itself."""
+    return bool(torch._nnpack_available())
 
 
 def nnpack_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   padding: Sequence[int]) -> torch.Tensor:
     """`F.conv2d(x, weight, bias, stride=1, padding=padding)` for float32 CPU tensors (N, C, H, W), kernels of at
-    most 16x16, each padding below the kernel's size, by NNPACK's FFT or Winograd tiles: NNPACK's rounding (a few float32 ulps of the
-    output's scale, like oneDNN's, not the same bits), the same values on any number of threads; the batch is
-    split over ATen's threads. Not differentiable (layers/vision.py wraps it)."""
+    most 16x16, each padding below the kernel's size, by NNPACK's FFT or Winograd tiles: NNPACK's rounding (a few
+    float32 ulps of the output's scale, like oneDNN's, not the same bits), the same values on any number of
+    threads; the batch is split over ATen's threads. An output channel whose kernel is all zeros is its bias
+    exactly. Not differentiable (layers/vision.py wraps it)."""
     return _ops.nnpack_conv2d(x, weight, bias, [int(p) for p in padding])
