@@ -136,3 +136,24 @@ def test_all_zero_kernels_give_their_bias_exactly(bias):
     _close(y, x, w, b, pad)
     y0 = ops.nnpack_conv2d(x, torch.zeros_like(w), b, pad)
     assert torch.equal(y0, torch.zeros_like(y0) if b is None else b.view(1, -1, 1, 1).expand_as(y0))
+
+
+def test_first_call_keeps_the_thread_count():
+    """The op's first call in a process makes NNPACK's pool with one thread by setting ATen's thread count to 1
+    around a tiny NNPACK call: afterwards torch's thread count is what it was, and the op splits its batch over
+    those threads with the same values as on one (a fresh process, so that the first call is the op's)."""
+    import subprocess
+    import sys
+    code = (
+        "import torch\n"
+        "torch.set_num_threads(2)\n"
+        "from netcompress import ops\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "x, w = torch.randn(6, 8, 12, 12, generator=g), torch.randn(4, 8, 5, 5, generator=g)\n"
+        "y2 = ops.nnpack_conv2d(x, w, None, (0, 0))\n"
+        "assert torch.get_num_threads() == 2, torch.get_num_threads()\n"
+        "torch.set_num_threads(1)\n"
+        "assert torch.equal(ops.nnpack_conv2d(x, w, None, (0, 0)), y2)\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
