@@ -71,6 +71,15 @@ TORCH_LIBRARY(netcompress, m) {
   // output channel whose kernel is all zeros is its bias exactly (0 without one), as a direct convolution gives.
   m.def("nnpack_conv2d(Tensor x, Tensor weight, Tensor? bias, int[2] padding) -> Tensor", tags);
 
+  // ---- Convolution over the nonzero weights (CPU only: pruned kernels, layers/vision.py cpu_sparse_conv) ----
+  // F.conv2d(x, weight, bias, stride=1, padding=padding) for float32 NCHW as a direct sum over the kernel's nonzero
+  // weights: windows that agree where the kernel is nonzero give the same bits; the same values on any number of
+  // threads. An output channel whose kernel is all zeros is its bias exactly (0 without one).
+  m.def("sparse_conv2d(Tensor x, Tensor weight, Tensor? bias, int[2] padding) -> Tensor", tags);
+  // Its data gradient: the gradient of x (N, C, input_size) for the output gradient grad_out, over the nonzero
+  // weights only (float32; the same values on any number of threads).
+  m.def("sparse_conv2d_input(Tensor grad_out, Tensor weight, int[2] input_size, int[2] padding) -> Tensor", tags);
+
   // ---- Solver (reference-semantics §4.4, §3.6) ----
   // history <- mask ⊙ (momentum·history + local_rate·grad); grad <- history. No mask: plain SGD momentum.
   m.def("sgd_momentum_update_(Tensor(a!) grad, Tensor(b!) history, Tensor? mask, float momentum, "

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from netcompress import io as ncio
+from netcompress import ops
 from netcompress.layers.vision import cpu_conv_algorithm
 from netcompress.net import Net
 from netcompress.proto import caffe_pb2 as pb
@@ -87,6 +88,11 @@ def test_one_train_step_matches_caffe(fixture_workdir, oracle):
         assert int(layer.weight_mask.sum()) == kept
         np.testing.assert_array_equal(layer.bias_mask.numpy(), oracle[f"{L}/bmask_after"])
         assert layer.bias_mask.sum() == 0  # all biases pruned
+    conv2 = net.layer("conv2")
+    if conv2._fft:  # its pruned kernel (453 of 25,000 weights kept) takes the sum over its nonzero weights
+        with torch.no_grad():
+            want = ops.sparse_conv2d(net.blobs["pool1"], conv2.effective_weight(), conv2.effective_bias(), (0, 0))
+        assert torch.equal(net.blobs["conv2"].detach(), want)
     # activations (in-place ReLU: the ip1 blob holds the value after the ReLU)
     for blob in ("conv1", "pool1", "conv2", "pool2", "ip1", "ip2", "loss"):
         got = net.blobs[blob].detach().numpy()

@@ -173,6 +173,24 @@ def fft_input_fits(input_size: Sequence[int], pad: Sequence[int]) -> bool:
     return all(FFT_MIN_INPUT <= size and size + 2 * p <= FFT_MAX_PADDED_INPUT for size, p in zip(input_size, pad))
 
 
+# The sparse rule (layers with the FFT rule whose kernel has zeros: DNS, INQ, a pruned model): the direct sum over the
+# nonzero weights (ops.sparse_conv2d) where at most this fraction of the weights is nonzero and a sample's shifted
+# input (channels x kernel width x padded height x output width floats) fits the core's L1/L2 caches comfortably.
+# LeNet's conv2 forward on one core (batch 64, benchmarks/bench_conv.py): 0.81 ms at 20 % nonzero, 0.57 at 10 %,
+# 1.79 at 50 %, against oneDNN's 1.35 (+ its layout copies) whatever the zeros; on inputs whose shifted copy
+# outgrows the L1 cache it lost at every density measured.
+SPARSE_MAX_DENSITY = 0.4
+SPARSE_MAX_SHIFTED = 16 * 1024
+
+
+def sparse_conv_fits(channels: int, kernel: Sequence[int], pad: Sequence[int], input_size: Sequence[int]) -> bool:
+    """The shape part of the sparse rule: a sample's shifted input copy (ops.sparse_conv2d) is at most
+    SPARSE_MAX_SHIFTED floats."""
+    padded_h = input_size[0] + 2 * pad[0]
+    out_w = input_size[1] + 2 * pad[1] - kernel[1] + 1
+    return channels * kernel[1] * padded_h * out_w <= SPARSE_MAX_SHIFTED
+
+
 def cpu_conv_algorithm() -> str:
     """The CPU convolution algorithm rule in force, in words (`netcompress info`)."""
     why = _fft_off()
@@ -180,7 +198,9 @@ def cpu_conv_algorithm() -> str:
         return f"ATen's convolution (oneDNN) for every convolution ({why})"
     return (f"NNPACK's FFT tiles for float32 2-D convolutions with {FFT_KERNELS.start}-{FFT_KERNELS.stop - 1} "
             f"kernels, stride 1, >= 8 input channels and inputs {FFT_MIN_INPUT}-{FFT_MAX_PADDED_INPUT} wide with "
-            f"their padding; ATen's (oneDNN) for the others; {CONV_ALGO_ENV}=aten for ATen's everywhere")
+            f"their padding; their forward with a pruned kernel a direct sum over its nonzero weights (at most "
+            f"{SPARSE_MAX_DENSITY:.0%} of them, small inputs) or ATen's; ATen's (oneDNN) for the others; "
+            f"{CONV_ALGO_ENV}=aten for ATen's everywhere")
 
 
 class _FftConv(torch.autograd.Function):
@@ -189,21 +209,30 @@ class _FftConv(torch.autograd.Function):
     its channel axes swapped; the weight gradient is the input (channels as the batch, the batch as the channels)
     correlated with the output's gradient as the kernel; the bias gradient the output's gradient summed.
 
-    Except the forward of a kernel with a zero in it (DNS and INQ kernels, a pruned model), which is `aten`'s (the
-    layer's ATen convolution, the values of NETCOMPRESS_CONV_ALGO=aten): where every product under a window is
-    zero, a direct sum is exactly zero and FFT tiles leave rounding noise (~1e-8), which decides the exact ties
-    that max pooling resolves to the first element, and with them which positions' inputs a pruned weight's
-    (spliced) gradient sees (tests/test_dns_oracle.py compares with real Caffe's). With every weight nonzero such
-    ties come from identical windows, whose gradients are the same whichever wins."""
+    Except the forward of a kernel with a zero in it (DNS and INQ kernels, a pruned model), which is a direct sum:
+    where every product under a window is zero, a direct sum is exactly zero and FFT tiles leave rounding noise
+    (~1e-8), which decides the exact ties that max pooling resolves to the first element, and with them which
+    positions' inputs a pruned weight's (spliced) gradient sees (tests/test_dns_oracle.py compares with real
+    Caffe's). With every weight nonzero such ties come from identical windows, whose gradients are the same
+    whichever wins. The direct sum is `ops.sparse_conv2d` (over the nonzero weights only) where `sparse` allows it
+    and at most SPARSE_MAX_DENSITY of the weights are nonzero, else `aten`'s (the layer's ATen convolution, the
+    values of NETCOMPRESS_CONV_ALGO=aten). Where the forward took ops.sparse_conv2d the data gradient is
+    `ops.sparse_conv2d_input`, also over the nonzero weights only; the weight gradient is NNPACK's always (DNS
+    splices: a pruned weight gets its gradient too)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, pad: tuple[int, int], aten):
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, pad: tuple[int, int], aten,
+                sparse: bool):
         ctx.save_for_backward(x, w)
         ctx.pad = pad
         ctx.has_bias = b is not None
-        if not bool(w.all()):  # a zero in the kernel
-            return aten(x, w, b)
-        return ops.nnpack_conv2d(x, w, b, pad)
+        nonzero = int(torch.count_nonzero(w))
+        ctx.sparse = sparse and nonzero <= SPARSE_MAX_DENSITY * w.numel()
+        if nonzero == w.numel():
+            return ops.nnpack_conv2d(x, w, b, pad)
+        if ctx.sparse:
+            return ops.sparse_conv2d(x, w, b, pad)
+        return aten(x, w, b)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -212,14 +241,16 @@ class _FftConv(torch.autograd.Function):
         pad = ctx.pad
         gy = gy.contiguous()
         gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and ctx.sparse:
+            gx = ops.sparse_conv2d_input(gy, w, x.shape[2:], pad)
+        elif ctx.needs_input_grad[0]:
             gx = ops.nnpack_conv2d(gy, w.flip(2, 3).transpose(0, 1), None,
                                    (w.shape[2] - 1 - pad[0], w.shape[3] - 1 - pad[1]))
         if ctx.needs_input_grad[1]:
             gw = ops.nnpack_conv2d(x.transpose(0, 1), gy.transpose(0, 1), None, pad).transpose(0, 1).contiguous()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = gy.sum((0, 2, 3))
-        return gx, gw, gb, None, None
+        return gx, gw, gb, None, None, None
 
 
 class _ConvBase(Layer):
@@ -321,7 +352,8 @@ class _ConvBase(Layer):
                 x = F.pad(x, widths)
         if (self._fft and x.device.type == "cpu" and x.dtype == torch.float32
                 and fft_input_fits(x.shape[2:], self.pad)):
-            y = _FftConv.apply(x, w, b, tuple(self.pad), self._aten_conv)  # cpu_fft_conv
+            y = _FftConv.apply(x, w, b, tuple(self.pad), self._aten_conv,  # cpu_fft_conv
+                               sparse_conv_fits(self.channels, self.kernel, self.pad, x.shape[2:]))
         else:
             y = self._aten_conv(x, w, b)
         if self.axis != 1:

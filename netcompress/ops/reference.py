@@ -166,6 +166,18 @@ def nnpack_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return torch.nn.functional.conv2d(x, weight, bias, padding=tuple(padding))
 
 
+def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  padding) -> torch.Tensor:
+    """The convolution sparse_conv2d computes: F.conv2d with stride 1 (its values up to rounding)."""
+    return torch.nn.functional.conv2d(x, weight, bias, padding=tuple(padding))
+
+
+def sparse_conv2d_input(grad_out: torch.Tensor, weight: torch.Tensor, input_size, padding) -> torch.Tensor:
+    """The data gradient sparse_conv2d_input computes: F.conv2d's (stride 1), by autograd."""
+    return torch.nn.grad.conv2d_input((grad_out.shape[0], weight.shape[1], *input_size), weight, grad_out,
+                                      padding=tuple(padding))
+
+
 # ---- MicroNet quantizers (recipes-spec §4.5, §4.6, §5.2) ----
 
 def _code(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

@@ -244,11 +244,15 @@ def test_convolution_fft_layer_called_on_a_larger_input(make_layer, monkeypatch)
 
 
 @pytest.mark.skipif(not ops.nnpack_available(), reason="this PyTorch has no NNPACK for this CPU")
-def test_convolution_fft_path_kernel_with_zeros(make_layer, monkeypatch):
-    """A kernel with a zero (DNS, INQ, a pruned model) takes ATen's forward, exactly NETCOMPRESS_CONV_ALGO=aten's
-    values: where a window's products are all zero the top is exactly 0 (FFT tiles leave ~1e-8 there, which would
-    decide max pooling's ties); the gradients stay NNPACK's, within float32 rounding."""
-    from netcompress.layers.vision import CONV_ALGO_ENV
+@pytest.mark.parametrize("kept, path", [(2, "sparse"), (3, "aten")])
+def test_convolution_fft_path_kernel_with_zeros(make_layer, monkeypatch, kept, path):
+    """A kernel with a zero (DNS, INQ, a pruned model) takes a direct sum for its forward: over the nonzero weights
+    (ops.sparse_conv2d) where at most SPARSE_MAX_DENSITY of them are nonzero, else ATen's, exactly
+    NETCOMPRESS_CONV_ALGO=aten's values. Either way, where a window's products are all zero the top is exactly 0
+    (FFT tiles leave ~1e-8 there, which would decide max pooling's ties) and windows that agree where the kernel
+    is nonzero give the same bits. The data gradient is over the nonzero weights too where the forward was; the
+    weight gradient stays NNPACK's (a pruned weight's too); all within float32 rounding."""
+    from netcompress.layers.vision import CONV_ALGO_ENV, SPARSE_MAX_DENSITY
     snippet = ('type: "Convolution" convolution_param { num_output: 50 kernel_size: 5 bias_term: false '
                'weight_filler { type: "xavier" } }')
     shape = (16, 20, 12, 12)
@@ -257,21 +261,31 @@ def test_convolution_fft_path_kernel_with_zeros(make_layer, monkeypatch):
     monkeypatch.setenv(CONV_ALGO_ENV, "aten")
     plain = make_layer(snippet, shape, dtype=torch.float32)
     with torch.no_grad():
-        layer.weight[:, :, :, 2:] = 0  # the kernel's right part pruned
+        layer.weight[:, :, :, kept:] = 0  # the kernel's right part pruned
         plain.weight.copy_(layer.weight)
+    assert (kept / 5 <= SPARSE_MAX_DENSITY) == (path == "sparse")
     x = rand(*shape).float()
-    x[:, :, :, :6] = 0  # the windows at the left edge see only zeros under the kept taps
+    x[:, :, :, :3] = 0  # the windows at the left edge see only zeros under the kept taps
+    x[:, :, :, 7:9] = x[:, :, :, 2:4]  # windows 2 and 7 agree under two kept columns, not under the pruned ones
     xg = x.clone().requires_grad_()
     y = layer(xg)
     assert in_graph(y, "_FftConvBackward")
-    assert torch.equal(y.detach(), plain(x).detach())
-    assert (y[:, :, :, :4] == 0).all()  # exact zeros, as Caffe's direct sums give
+    if path == "aten":
+        assert torch.equal(y.detach(), plain(x).detach())
+    else:
+        assert torch.equal(y.detach(), ops.sparse_conv2d(x, layer.weight.detach(), None, (0, 0)))
+        assert torch.equal(y[:, :, :, 7], y[:, :, :, 2])  # the same bits: max pooling's ties as Caffe's
+    assert (y[:, :, :, 0] == 0).all()  # exact zeros, as Caffe's direct sums give
     gy = rand(*y.shape, seed=1).float()
     y.backward(gy)
     xd, wd = x.double().requires_grad_(), layer.weight.detach().double().requires_grad_()
-    torch.nn.functional.conv2d(xd, wd).backward(gy.double())
+    yd = torch.nn.functional.conv2d(xd, wd)
+    assert (y.detach().double() - yd).abs().max().item() <= 2e-5 * (yd.abs().max().item() + 1.0)
+    yd.backward(gy.double())
     for g, w in ((xg.grad, xd.grad), (layer.weight.grad, wd.grad)):
         assert (g.double() - w).abs().max().item() <= 2e-5 * (w.abs().max().item() + 1.0)
+    if path == "sparse":  # the data gradient over the nonzero weights too
+        assert torch.equal(xg.grad, ops.sparse_conv2d_input(gy, layer.weight.detach(), x.shape[2:], (0, 0)))
     # with every weight nonzero the same layer's forward is NNPACK's: not ATen's bits
     with torch.no_grad():
         layer.weight.copy_(rand(50, 20, 5, 5, seed=2).float())

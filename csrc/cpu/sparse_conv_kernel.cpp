@@ -1,0 +1,320 @@
+// Stride-1 2-D convolution (F.conv2d's cross-correlation) as a direct sum over the kernel's nonzero weights only.
+//
+// Why: a pruned kernel (DNS keeps 10-20 % of LeNet's conv2) has most of its products zero. oneDNN and NNPACK
+// compute them all; this op visits only the nonzero weights. And a direct sum is exact where it must be: windows
+// that agree wherever the kernel is nonzero give the same bits (the same products, added in the same order),
+// which decides max pooling's ties as Caffe does (layers/vision.py, _FftConv, says why FFT tiles cannot).
+//
+// Layout: for each sample, the padded input is copied once into `xs`, one plane per (input channel, kernel
+// column) holding the padded rows shifted by that column and cut to the output's width. A weight at (c, kh, kw)
+// then reads one contiguous run of xs for every output position of its channel, in the output's own order, so
+// its products are a plain multiply-add over a block of output positions kept in registers.
+//
+// The sum for an output is its weights' products in (input channel, kernel row, kernel column) order, then the
+// bias: the same on any machine (no fused multiply-add, setup.py) and any number of threads (the batch is split
+// over them, and a sample's result does not depend on the split).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#include "cpu/loops.h"
+
+namespace netcompress {
+namespace {
+
+constexpr int64_t kBlock = 64;  // output positions per block of accumulators (4 AVX-512 or 8 AVX2 registers)
+
+// The nonzero weights of a kernel (O, C, kH, kW): for output channel o, entries first[o] .. first[o + 1] - 1 of
+// `offset` (where its input run starts in xs) and `value`.
+struct Taps {
+  std::vector<int64_t> first;
+  std::vector<int32_t> offset;
+  std::vector<float> value;
+};
+
+Taps nonzero_taps(const at::Tensor& w, int64_t padded_h, int64_t out_w) {
+  const int64_t outs = w.size(0), chans = w.size(1), kh = w.size(2), kw = w.size(3);
+  const float* p = w.const_data_ptr<float>();
+  Taps t;
+  t.first.reserve(outs + 1);
+  t.first.push_back(0);
+  for (int64_t o = 0; o < outs; ++o) {
+    for (int64_t c = 0; c < chans; ++c) {
+      for (int64_t i = 0; i < kh; ++i) {
+        for (int64_t j = 0; j < kw; ++j) {
+          const float v = p[((o * chans + c) * kh + i) * kw + j];
+          if (v != 0.0f) {  // a NaN weight is kept (and spreads as in a dense convolution)
+            t.offset.push_back(static_cast<int32_t>(((c * kw + j) * padded_h + i) * out_w));
+            t.value.push_back(v);
+          }
+        }
+      }
+    }
+    t.first.push_back(static_cast<int64_t>(t.value.size()));
+  }
+  return t;
+}
+
+// xs for one sample x (C, H, W): plane (c, j) row r, column q = the padded input at (c, r, q + j), 0 outside.
+void shifted_planes(const float* x, int64_t chans, int64_t h, int64_t w, int64_t kw, int64_t pad_h, int64_t pad_w,
+                    int64_t padded_h, int64_t out_w, float* xs) {
+  for (int64_t c = 0; c < chans; ++c) {
+    for (int64_t j = 0; j < kw; ++j) {
+      for (int64_t r = 0; r < padded_h; ++r) {
+        float* row = xs + ((c * kw + j) * padded_h + r) * out_w;
+        const int64_t ih = r - pad_h;
+        if (ih < 0 || ih >= h) {
+          std::fill(row, row + out_w, 0.0f);
+          continue;
+        }
+        // columns q with q + j - pad_w inside [0, w) copy, the others are the padding's zeros
+        const int64_t lo = std::clamp<int64_t>(pad_w - j, 0, out_w), hi = std::clamp<int64_t>(w + pad_w - j, lo, out_w);
+        const float* src = x + (c * h + ih) * w + (j - pad_w);
+        std::fill(row, row + lo, 0.0f);
+        for (int64_t q = lo; q < hi; ++q) row[q] = src[q];
+        std::fill(row + hi, row + out_w, 0.0f);
+      }
+    }
+  }
+}
+
+#if defined(__GNUC__)
+// 16 floats; in the baseline (SSE2) clone GCC lowers it to four 4-float vectors.
+typedef float vec16 __attribute__((vector_size(64)));
+
+inline vec16 load16(const float* p) {
+  vec16 v;
+  std::memcpy(&v, p, sizeof v);  // an unaligned load
+  return v;
+}
+#endif
+
+// One sample's output planes (outs, plane): out[o][p] = sum over o's taps t of value[t] * xs[offset[t] + p], plus
+// bias[o]. xs has kBlock readable floats past its last plane, so the last block of a plane runs whole.
+NC_CPU_CLONES void tap_sums(const float* xs, const int64_t* first, const int32_t* offset, const float* value,
+                            const float* bias, int64_t outs, int64_t plane, float* out) {
+  for (int64_t o = 0; o < outs; ++o) {
+    const float b = bias ? bias[o] : 0.0f;
+    for (int64_t p0 = 0; p0 < plane; p0 += kBlock) {
+      alignas(64) float acc[kBlock];
+#if defined(__GNUC__)
+      // Explicit vectors keep the block's sums in registers (left to itself GCC interchanges the loops and
+      // runs the products one float at a time).
+      static_assert(kBlock == 64, "four vec16 accumulators");
+      vec16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      for (int64_t t = first[o]; t < first[o + 1]; ++t) {
+        const float* s = xs + offset[t] + p0;
+        const vec16 v = vec16{} + value[t];
+        a0 += v * load16(s);
+        a1 += v * load16(s + 16);
+        a2 += v * load16(s + 32);
+        a3 += v * load16(s + 48);
+      }
+      std::memcpy(acc, &a0, sizeof a0);
+      std::memcpy(acc + 16, &a1, sizeof a1);
+      std::memcpy(acc + 32, &a2, sizeof a2);
+      std::memcpy(acc + 48, &a3, sizeof a3);
+#else
+      for (int64_t q = 0; q < kBlock; ++q) acc[q] = 0.0f;
+      for (int64_t t = first[o]; t < first[o + 1]; ++t) {
+        const float* s = xs + offset[t] + p0;
+        const float v = value[t];
+        for (int64_t q = 0; q < kBlock; ++q) acc[q] += v * s[q];
+      }
+#endif
+      const int64_t len = std::min(kBlock, plane - p0);
+      float* dst = out + o * plane + p0;
+      for (int64_t q = 0; q < len; ++q) dst[q] = acc[q] + b;
+    }
+  }
+}
+
+// The nonzero weights grouped the other way, for the data gradient: for each kernel position k = (c, kh, kw) in
+// (channel, kernel column, kernel row) order, entries first[k] .. first[k + 1] - 1 hold the output channels o (as
+// `offset`, o * padded_plane into the padded output gradient) and the weights; `at[k]` is where k's run starts in
+// the shifted layout (as in nonzero_taps).
+struct InputTaps {
+  std::vector<int64_t> first;
+  std::vector<int32_t> offset;
+  std::vector<float> value;
+  std::vector<int32_t> at;
+};
+
+InputTaps nonzero_input_taps(const at::Tensor& w, int64_t padded_h, int64_t out_w, int64_t padded_plane) {
+  const int64_t outs = w.size(0), chans = w.size(1), kh = w.size(2), kw = w.size(3);
+  const float* p = w.const_data_ptr<float>();
+  InputTaps t;
+  t.first.push_back(0);
+  for (int64_t c = 0; c < chans; ++c) {
+    for (int64_t j = 0; j < kw; ++j) {
+      for (int64_t i = 0; i < kh; ++i) {
+        for (int64_t o = 0; o < outs; ++o) {
+          const float v = p[((o * chans + c) * kh + i) * kw + j];
+          if (v != 0.0f) {
+            t.offset.push_back(static_cast<int32_t>(o * padded_plane));
+            t.value.push_back(v);
+          }
+        }
+        t.first.push_back(static_cast<int64_t>(t.value.size()));
+        t.at.push_back(static_cast<int32_t>(((c * kw + j) * padded_h + i) * out_w));
+      }
+    }
+  }
+  return t;
+}
+
+// One sample's data gradient in the shifted layout: for each kernel position k, the sum over its output channels
+// of weight * that channel's output gradient (a block of positions in registers), added into gxs at k's run.
+// g holds the sample's output gradient with each plane padded with zeros to a multiple of kBlock (padded_plane).
+NC_CPU_CLONES void tap_scatter(const float* g, const int64_t* first, const int32_t* offset, const float* value,
+                               const int32_t* at, int64_t positions, int64_t plane, int64_t padded_plane,
+                               float* gxs) {
+  for (int64_t k = 0; k < positions; ++k) {
+    if (first[k] == first[k + 1]) continue;
+    for (int64_t p0 = 0; p0 < padded_plane; p0 += kBlock) {
+      alignas(64) float acc[kBlock];
+#if defined(__GNUC__)
+      vec16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      for (int64_t t = first[k]; t < first[k + 1]; ++t) {
+        const float* s = g + offset[t] + p0;
+        const vec16 v = vec16{} + value[t];
+        a0 += v * load16(s);
+        a1 += v * load16(s + 16);
+        a2 += v * load16(s + 32);
+        a3 += v * load16(s + 48);
+      }
+      std::memcpy(acc, &a0, sizeof a0);
+      std::memcpy(acc + 16, &a1, sizeof a1);
+      std::memcpy(acc + 32, &a2, sizeof a2);
+      std::memcpy(acc + 48, &a3, sizeof a3);
+#else
+      for (int64_t q = 0; q < kBlock; ++q) acc[q] = 0.0f;
+      for (int64_t t = first[k]; t < first[k + 1]; ++t) {
+        const float* s = g + offset[t] + p0;
+        for (int64_t q = 0; q < kBlock; ++q) acc[q] += value[t] * s[q];
+      }
+#endif
+      const int64_t len = std::min(kBlock, plane - p0);
+      float* dst = gxs + at[k] + p0;
+      for (int64_t q = 0; q < len; ++q) dst[q] += acc[q];
+    }
+  }
+}
+
+// gx (C, H, W) of one sample from its shifted-layout gradient: the sum over kernel columns j, in order, of
+// gxs[c][j][r][q] at the input position (r - pad_h, q + j - pad_w).
+void fold_shifted(const float* gxs, int64_t chans, int64_t h, int64_t w, int64_t kw, int64_t pad_h, int64_t pad_w,
+                  int64_t padded_h, int64_t out_w, float* gx) {
+  std::fill(gx, gx + chans * h * w, 0.0f);
+  for (int64_t c = 0; c < chans; ++c) {
+    for (int64_t j = 0; j < kw; ++j) {
+      for (int64_t ih = 0; ih < h; ++ih) {
+        const float* row = gxs + ((c * kw + j) * padded_h + ih + pad_h) * out_w;
+        const int64_t lo = std::clamp<int64_t>(pad_w - j, 0, out_w), hi = std::clamp<int64_t>(w + pad_w - j, lo, out_w);
+        float* dst = gx + (c * h + ih) * w + (j - pad_w);
+        for (int64_t q = lo; q < hi; ++q) dst[q] += row[q];
+      }
+    }
+  }
+}
+
+at::Tensor sparse_conv2d_input_cpu(const at::Tensor& grad_out, const at::Tensor& weight, at::IntArrayRef input_size,
+                                   at::IntArrayRef padding) {
+  TORCH_CHECK(grad_out.dim() == 4 && weight.dim() == 4, "netcompress::sparse_conv2d_input: grad_out (N, O, outH, "
+              "outW) and weight (O, C, kH, kW) must be 4-D, got ", grad_out.sizes(), " and ", weight.sizes());
+  TORCH_CHECK(grad_out.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat,
+              "netcompress::sparse_conv2d_input: float32 only, got ", grad_out.scalar_type(), " and ",
+              weight.scalar_type());
+  TORCH_CHECK(input_size.size() == 2 && input_size[0] > 0 && input_size[1] > 0,
+              "netcompress::sparse_conv2d_input: input_size must be two values > 0, got ", input_size);
+  TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0,
+              "netcompress::sparse_conv2d_input: padding must be two values >= 0, got ", padding);
+  const int64_t n = grad_out.size(0), outs = weight.size(0), chans = weight.size(1), kh = weight.size(2),
+                kw = weight.size(3), h = input_size[0], w = input_size[1];
+  const int64_t padded_h = h + 2 * padding[0], out_h = padded_h - kh + 1, out_w = w + 2 * padding[1] - kw + 1;
+  TORCH_CHECK(out_h > 0 && out_w > 0 && grad_out.size(1) == outs && grad_out.size(2) == out_h &&
+                  grad_out.size(3) == out_w,
+              "netcompress::sparse_conv2d_input: grad_out ", grad_out.sizes(), " is not the output of a ",
+              weight.sizes(), " kernel on ", input_size, " inputs with padding ", padding, " (expected (N, ", outs,
+              ", ", out_h, ", ", out_w, "))");
+  const int64_t xs_size = chans * kw * padded_h * out_w, plane = out_h * out_w;
+  const int64_t padded_plane = (plane + kBlock - 1) / kBlock * kBlock;
+  TORCH_CHECK(xs_size + kBlock <= INT32_MAX && outs * padded_plane <= INT32_MAX,
+              "netcompress::sparse_conv2d_input: the input or output is too large for this op");
+  at::Tensor gx = at::empty({n, chans, h, w}, grad_out.options());
+  if (gx.numel() == 0) return gx;
+  const at::Tensor gc = grad_out.contiguous();
+  const InputTaps taps = nonzero_input_taps(weight.contiguous(), padded_h, out_w, padded_plane);
+  const float* gp = gc.const_data_ptr<float>();
+  float* xp = gx.mutable_data_ptr<float>();
+  const int64_t positions = chans * kw * kh;
+  at::parallel_for(0, n, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<float> gxs(xs_size + kBlock);
+    std::vector<float> g(outs * padded_plane + kBlock, 0.0f);  // the planes' padding stays zero
+    for (int64_t i = lo; i < hi; ++i) {
+      for (int64_t o = 0; o < outs; ++o) {
+        std::memcpy(g.data() + o * padded_plane, gp + (i * outs + o) * plane, plane * sizeof(float));
+      }
+      std::fill(gxs.begin(), gxs.end(), 0.0f);
+      tap_scatter(g.data(), taps.first.data(), taps.offset.data(), taps.value.data(), taps.at.data(), positions,
+                  plane, padded_plane, gxs.data());
+      fold_shifted(gxs.data(), chans, h, w, kw, padding[0], padding[1], padded_h, out_w, xp + i * chans * h * w);
+    }
+  });
+  return gx;
+}
+
+at::Tensor sparse_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             at::IntArrayRef padding) {
+  TORCH_CHECK(x.dim() == 4 && weight.dim() == 4, "netcompress::sparse_conv2d: x (N, C, H, W) and weight "
+              "(O, C, kH, kW) must be 4-D, got ", x.sizes(), " and ", weight.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
+                  (!bias || bias->scalar_type() == at::kFloat),
+              "netcompress::sparse_conv2d: float32 only, got ", x.scalar_type(), " and ", weight.scalar_type());
+  TORCH_CHECK(x.size(1) == weight.size(1), "netcompress::sparse_conv2d: x has ", x.size(1),
+              " channels, weight expects ", weight.size(1));
+  TORCH_CHECK(!bias || (bias->dim() == 1 && bias->size(0) == weight.size(0)),
+              "netcompress::sparse_conv2d: bias must have ", weight.size(0), " elements");
+  TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0,
+              "netcompress::sparse_conv2d: padding must be two values >= 0, got ", padding);
+  const int64_t n = x.size(0), chans = x.size(1), h = x.size(2), w = x.size(3), outs = weight.size(0),
+                kh = weight.size(2), kw = weight.size(3);
+  const int64_t padded_h = h + 2 * padding[0], out_h = padded_h - kh + 1, out_w = w + 2 * padding[1] - kw + 1;
+  TORCH_CHECK(kh > 0 && kw > 0 && out_h > 0 && out_w > 0, "netcompress::sparse_conv2d: the kernel ",
+              weight.sizes().slice(2), " is empty or larger than the padded input ", x.sizes().slice(2));
+  const int64_t xs_size = chans * kw * padded_h * out_w;
+  TORCH_CHECK(xs_size + kBlock <= INT32_MAX, "netcompress::sparse_conv2d: a sample's shifted input (", xs_size,
+              " floats) is too large for this op; use F.conv2d");
+  at::Tensor out = at::empty({n, outs, out_h, out_w}, x.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor bc = bias ? bias->contiguous() : at::Tensor();
+  const Taps taps = nonzero_taps(weight.contiguous(), padded_h, out_w);
+  const float* xp = xc.const_data_ptr<float>();
+  const float* bp = bias ? bc.const_data_ptr<float>() : nullptr;
+  float* op = out.mutable_data_ptr<float>();
+  const int64_t plane = out_h * out_w;
+  at::parallel_for(0, n, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<float> xs(xs_size + kBlock, 0.0f);
+    for (int64_t i = lo; i < hi; ++i) {
+      shifted_planes(xp + i * chans * h * w, chans, h, w, kw, padding[0], padding[1], padded_h, out_w, xs.data());
+      tap_sums(xs.data(), taps.first.data(), taps.offset.data(), taps.value.data(), bp, outs, plane,
+               op + i * outs * plane);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace netcompress
+
+TORCH_LIBRARY_IMPL(netcompress, CPU, m) {
+  m.impl("sparse_conv2d", &netcompress::sparse_conv2d_cpu);
+  m.impl("sparse_conv2d_input", &netcompress::sparse_conv2d_input_cpu);
+}

@@ -1,0 +1,201 @@
+"""sparse_conv2d: F.conv2d's values (stride 1) up to rounding, as a direct sum over the nonzero weights only: the
+same bits for windows that agree where the kernel is nonzero, on any number of threads and any batch split."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from netcompress import ops
+from netcompress.ops import reference as ref
+
+from op_helpers import noncontiguous
+
+# (N, C, H, W, O, kH, kW, pad): LeNet's conv2 and conv1, paddings (also past the kernel), rectangular kernels and
+# inputs, planes that are not a multiple of the op's 64-position block, one sample, a 1x1 kernel
+SHAPES = [(64, 20, 12, 12, 50, 5, 5, (0, 0)), (8, 1, 28, 28, 20, 5, 5, (0, 0)), (7, 8, 9, 11, 6, 4, 6, (3, 1)),
+          (1, 16, 10, 10, 5, 5, 5, (2, 2)), (5, 9, 6, 7, 3, 3, 3, (1, 0)), (3, 4, 5, 5, 2, 3, 3, (4, 5)),
+          (2, 3, 13, 17, 4, 1, 1, (0, 0))]
+
+
+def _inputs(shape, density=0.2, seed=0, bias=True):
+    n, c, h, w, o, kh, kw, pad = shape
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g)
+    wt = torch.randn(o, c, kh, kw, generator=g) * (torch.rand(o, c, kh, kw, generator=g) < density)
+    b = torch.randn(o, generator=g) if bias else None
+    return x, wt, b, pad
+
+
+def _close(got: torch.Tensor, x, w, b, pad):
+    """Within float32 rounding of the exact (float64) convolution, relative to the output's scale."""
+    want = ref.sparse_conv2d(x.double(), w.double(), None if b is None else b.double(), pad)
+    assert got.dtype == torch.float32 and got.shape == want.shape and got.is_contiguous()
+    scale = want.abs().max().item() + 1.0
+    assert (got.double() - want).abs().max().item() <= 2e-5 * scale
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("bias", [True, False])
+def test_values(shape, density, bias):
+    x, w, b, pad = _inputs(shape, density, bias=bias)
+    _close(ops.sparse_conv2d(x, w, b, pad), x, w, b, pad)
+
+
+def test_windows_that_agree_under_the_kernel_give_the_same_bits():
+    """The property the layer relies on (layers/vision.py, _FftConv): two windows with the same inputs wherever the
+    kernel is nonzero give the same bits, whatever they hold under its zeros, so max pooling's exact ties fall
+    as Caffe's direct sums make them fall."""
+    x, w, b, pad = _inputs(SHAPES[0], seed=1)
+    w[:, :, :, 2:] = 0  # only kernel columns 0 and 1 are kept
+    x[:, :, :, 7:9] = x[:, :, :, 2:4]  # windows 2 and 7 agree on their columns 0-1, not on 2-4
+    assert not torch.equal(x[:, :, :, 4:7], x[:, :, :, 9:12])
+    y = ops.sparse_conv2d(x, w, b, pad)
+    assert torch.equal(y[:, :, :, 7], y[:, :, :, 2])
+    x[:, :, :, :2] = 0  # windows over zeros only: exactly the bias
+    y = ops.sparse_conv2d(x, w, b, pad)
+    assert torch.equal(y[:, :, :, 0], b.view(1, -1, 1).expand(x.shape[0], -1, y.shape[2]))
+
+
+def test_noncontiguous_and_views():
+    x, w, b, pad = _inputs(SHAPES[0])
+    want = ops.sparse_conv2d(x, w, b, pad)
+    assert torch.equal(ops.sparse_conv2d(noncontiguous(x), noncontiguous(w), noncontiguous(b), pad), want)
+    xt = x.transpose(0, 1)  # (20, 64, 12, 12), a view
+    wt = w[:3].reshape(3, 20, 5, 5).repeat(1, 4, 1, 1)[:, :64].transpose(2, 3)
+    _close(ops.sparse_conv2d(xt, wt, None, (1, 1)), xt, wt, None, (1, 1))
+
+
+@pytest.mark.parametrize("shape", SHAPES[:3])
+def test_same_bits_on_any_thread_count_and_batch_split(shape):
+    x, w, b, pad = _inputs(shape, seed=2)
+    old = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(ops.sparse_conv2d(x, w, b, pad))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    n = x.shape[0]
+    for lo, hi in ((0, 1), (1, n), (n // 2, n)):
+        if hi > lo:
+            assert torch.equal(ops.sparse_conv2d(x[lo:hi], w, b, pad), outs[0][lo:hi])
+
+
+def test_all_zero_kernel_and_skipped_products():
+    """All weights zero: the bias everywhere (0 without one). A zero weight's products are skipped: an infinite
+    input under it does not make the output NaN (a dense convolution gives NaN there), one under a kept weight
+    does spread as usual."""
+    x, w, b, pad = _inputs(SHAPES[0], seed=3)
+    y0 = ops.sparse_conv2d(x, torch.zeros_like(w), b, pad)
+    assert torch.equal(y0, b.view(1, -1, 1, 1).expand_as(y0))
+    assert torch.equal(ops.sparse_conv2d(x, torch.zeros_like(w), None, pad), torch.zeros_like(y0))
+    w = torch.zeros_like(w)
+    w[:, :, 0, 0] = 1.0
+    x[0, :, 0, 1] = float("inf")  # under the zero weight (0, 1) of window (0, 0), under (0, 0) of window (0, 1)
+    y = ops.sparse_conv2d(x, w, b, pad)
+    assert torch.isfinite(y[0, :, 0, 0]).all() and torch.isinf(y[0, :, 0, 1]).all()
+
+
+def test_empty_batch_meta_and_opcheck():
+    x, w, b, pad = _inputs(SHAPES[2])
+    assert ops.sparse_conv2d(x[:0], w, b, pad).shape == (0, 6, 12, 8)
+    y = ops.sparse_conv2d(x.to("meta"), w.to("meta"), b.to("meta"), (2, 1))
+    assert y.shape == (7, 6, 10, 8) and y.device.type == "meta"
+    torch.library.opcheck(torch.ops.netcompress.sparse_conv2d.default, (x, w, b, list(pad)))
+    torch.library.opcheck(torch.ops.netcompress.sparse_conv2d.default, (x, w, None, [0, 0]))
+
+
+@pytest.mark.parametrize("args, message", [
+    (dict(pad=(-1, 0)), "two values >= 0"),
+    (dict(dtype=torch.float64), "float32 only"),
+    (dict(channels=3), "channels, weight expects"),
+    (dict(bias=7), "bias must have 50 elements"),
+    (dict(size=3), "larger than the padded input"),
+    (dict(dims=3), "must be 4-D"),
+])
+def test_bad_arguments(args, message):
+    x, w, b, pad = _inputs(SHAPES[0])
+    if "dtype" in args:
+        x, w, b = x.to(args["dtype"]), w.to(args["dtype"]), b.to(args["dtype"])
+    if "channels" in args:
+        x = x[:, :args["channels"]]
+    if "bias" in args:
+        b = b[:args["bias"]]
+    if "size" in args:
+        x = x[:, :, :args["size"], :args["size"]]
+    if "dims" in args:
+        x = x[0]
+    with pytest.raises(RuntimeError, match=message):
+        ops.sparse_conv2d(x, w, b, args.get("pad", pad))
+
+
+# ---- sparse_conv2d_input: the data gradient ----
+
+def _grad_inputs(shape, density=0.2, seed=0):
+    x, w, _, pad = _inputs(shape, density, seed=seed, bias=False)
+    out = torch.nn.functional.conv2d(x, w, padding=pad)
+    gy = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed + 100))
+    return x, w, gy, pad
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 1.0])
+def test_input_gradient_values(shape, density):
+    x, w, gy, pad = _grad_inputs(shape, density)
+    got = ops.sparse_conv2d_input(gy, w, x.shape[2:], pad)
+    want = ref.sparse_conv2d_input(gy.double(), w.double(), x.shape[2:], pad)
+    assert got.dtype == torch.float32 and got.shape == x.shape and got.is_contiguous()
+    assert (got.double() - want).abs().max().item() <= 2e-5 * (want.abs().max().item() + 1.0)
+    if density == 0.0:
+        assert torch.equal(got, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("shape", SHAPES[:3])
+def test_input_gradient_same_bits_on_any_thread_count_and_batch_split(shape):
+    x, w, gy, pad = _grad_inputs(shape, seed=5)
+    old = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(ops.sparse_conv2d_input(gy, w, x.shape[2:], pad))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    n = x.shape[0]
+    for lo, hi in ((0, 1), (n // 2, n)):
+        if hi > lo:
+            assert torch.equal(ops.sparse_conv2d_input(gy[lo:hi], w, x.shape[2:], pad), outs[0][lo:hi])
+    assert torch.equal(ops.sparse_conv2d_input(noncontiguous(gy), noncontiguous(w), x.shape[2:], pad), outs[0])
+
+
+def test_input_gradient_empty_meta_and_opcheck():
+    x, w, gy, pad = _grad_inputs(SHAPES[2])
+    assert ops.sparse_conv2d_input(gy[:0], w, x.shape[2:], pad).shape == (0, *x.shape[1:])
+    y = ops.sparse_conv2d_input(gy.to("meta"), w.to("meta"), x.shape[2:], pad)
+    assert y.shape == x.shape and y.device.type == "meta"
+    torch.library.opcheck(torch.ops.netcompress.sparse_conv2d_input.default, (gy, w, list(x.shape[2:]), list(pad)))
+
+
+@pytest.mark.parametrize("args, message", [
+    (dict(pad=(-1, 0)), "two values >= 0"),
+    (dict(size=(12, 0)), "two values > 0"),
+    (dict(size=(13, 12)), "is not the output of a"),
+    (dict(outs=49), "is not the output of a"),
+    (dict(dtype=torch.float64), "float32 only"),
+    (dict(dims=3), "must be 4-D"),
+])
+def test_input_gradient_bad_arguments(args, message):
+    x, w, gy, pad = _grad_inputs(SHAPES[0])
+    size = args.get("size", x.shape[2:])
+    if "dtype" in args:
+        gy, w = gy.to(args["dtype"]), w.to(args["dtype"])
+    if "outs" in args:
+        w = w[:args["outs"]]
+    if "dims" in args:
+        gy = gy[0]
+    with pytest.raises(RuntimeError, match=message):
+        ops.sparse_conv2d_input(gy, w, size, args.get("pad", pad))
