@@ -14,6 +14,15 @@ The shapes are the ones the rule was set from (benchmarks/RESULTS.md): LeNet's c
 5-8 on 12-16 inputs (and 4x4), CIFAR-10's conv2 and conv3, a ResNet 3x3 and a wider 3x3 layer (the last five
 outside the rule).
 
+A second table, single-channel inputs (the direct rule, netcompress.layers.vision.cpu_direct_conv: LeNet's conv1):
+the ATen layer against the rule's direct sums (forced outside the rule), forward and forward+backward without a
+data gradient (a first layer's). A third table, pruned kernels (the sparse rule,
+netcompress.layers.vision.SPARSE_MAX_DENSITY): the FFT-rule shapes whose shifted input fits the rule, with each
+weight kept at random with probability `kept` (as DNS leaves a kernel), both layers given the same pruned
+weights: `path` is what the rule layer's forward took (sparse: the sum over the nonzero weights,
+ops.sparse_conv2d, and its data gradient ops.sparse_conv2d_input; aten: ATen's forward and NNPACK's gradients),
+timed against the ATen layer's fwd and fwd+bwd.
+
     python benchmarks/bench_conv.py                  # ~2 minutes on 2 cores
     python benchmarks/bench_conv.py --quick --json /tmp/c.json
 """
@@ -44,6 +53,11 @@ SHAPES = {
     "3x3-c128": (64, 128, 12, 128, 3, 1),
 }
 QUICK_SHAPES = ("lenet-conv2", "cifar-conv2")
+KEPT = (0.1, 0.2, 0.4, 0.6)  # fractions of weights kept in the pruned-kernel table
+# single-channel inputs (the direct rule, cpu_direct_conv): LeNet's conv1, the SDN and eps-ResNet examples' first
+# layer (3x3, 8 outputs), a wider 3x3, and a padded 5x5 (outside the rule)
+DIRECT_SHAPES = {"lenet-conv1": (64, 1, 28, 20, 5, 0), "k3-c1-8": (64, 1, 28, 8, 3, 1),
+                 "k3-c1-32": (64, 1, 28, 32, 3, 1), "k5-c1-16-p2": (64, 1, 28, 16, 5, 2)}
 
 
 def _layer(shape, algo: str | None):
@@ -113,6 +127,89 @@ def measure(name: str, threads: int, min_time: float) -> dict:
     return row
 
 
+def measure_pruned(name: str, kept: float, threads: int, min_time: float) -> dict:
+    from netcompress.layers.vision import SPARSE_MAX_DENSITY
+
+    shape = SHAPES[name]
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(1)
+    n, c, size = shape[:3]
+    x = torch.randn(n, c, size, size, generator=g)
+    aten, rule = _layer(shape, "aten"), _layer(shape, None)
+    with torch.no_grad():
+        aten.weight.mul_(torch.rand(aten.weight.shape, generator=g) < kept)
+        rule.weight.copy_(aten.weight)
+        rule.bias.copy_(aten.bias)
+    density = float(torch.count_nonzero(rule.weight)) / rule.weight.numel()
+    row = {"shape": name, "threads": threads, "kept": kept, "density": density,
+           "path": "sparse" if density <= SPARSE_MAX_DENSITY else "aten"}
+    gy = torch.randn(aten.top_shapes([tuple(x.shape)])[0], generator=g)
+    xg = x.clone().requires_grad_()
+
+    def fwd(layer):
+        with torch.no_grad():
+            layer(x)
+
+    def fwd_bwd(layer):
+        layer.zero_grad(set_to_none=True)
+        xg.grad = None
+        layer(xg).backward(gy)
+
+    for key, layer in (("aten", aten), ("rule", rule)):
+        row[f"{key}_err"] = _error(layer, x)
+    for kind, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
+        for key, layer in (("aten", aten), ("rule", rule)):
+            row[f"{key}_{kind}_ms"] = C.time_fn(lambda: fn(layer), "cpu", min_time=min_time)["s"] * 1e3
+    row["speedup_fwd"] = row["aten_fwd_ms"] / row["rule_fwd_ms"]
+    row["speedup"] = row["aten_fwd_bwd_ms"] / row["rule_fwd_bwd_ms"]
+    return row
+
+
+def measure_direct(name: str, threads: int, min_time: float) -> dict:
+    """A single-channel shape (cpu_direct_conv): the ATen layer against the rule's direct sums."""
+    shape = DIRECT_SHAPES[name]
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(2)
+    n, c, size = shape[:3]
+    x = torch.randn(n, c, size, size, generator=g)
+    aten, rule = _layer(shape, "aten"), _layer(shape, None)
+    row = {"shape": name, "threads": threads, "rule": bool(rule._direct)}
+    rule._direct = True  # outside the rule: forced, to show why it is outside
+    with torch.no_grad():
+        rule.weight.copy_(aten.weight)
+        rule.bias.copy_(aten.bias)
+    gy = torch.randn(aten.top_shapes([tuple(x.shape)])[0], generator=g)
+
+    def fwd(layer):
+        with torch.no_grad():
+            layer(x)
+
+    def fwd_bwd(layer):  # a first layer: no data gradient, as in a net
+        layer.zero_grad(set_to_none=True)
+        layer(x).backward(gy)
+
+    for key, layer in (("aten", aten), ("direct", rule)):
+        row[f"{key}_err"] = _error(layer, x)
+        for kind, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
+            row[f"{key}_{kind}_ms"] = C.time_fn(lambda: fn(layer), "cpu", min_time=min_time)["s"] * 1e3
+    row["speedup_fwd"] = row["aten_fwd_ms"] / row["direct_fwd_ms"]
+    row["speedup"] = row["aten_fwd_bwd_ms"] / row["direct_fwd_bwd_ms"]
+    return row
+
+
+def pruned_names(names) -> list[str]:
+    """The shapes of `names` that the FFT rule takes and whose shifted input fits the sparse rule."""
+    from netcompress.layers.vision import cpu_fft_conv, sparse_conv_fits
+
+    out = []
+    for name in names:
+        n, c, size, o, k, pad = SHAPES[name]
+        if (cpu_fft_conv(c, 1, (k, k), (1, 1), (pad, pad), (1, 1), (size, size))
+                and sparse_conv_fits(c, (k, k), (pad, pad), (size, size))):
+            out.append(name)
+    return out
+
+
 def report(result: dict) -> str:
     rows = []
     for r in result["runs"]:
@@ -123,9 +220,34 @@ def report(result: dict) -> str:
                      "err": " / ".join(f"{r[k]:.1e}" for k in ("aten_err", "nnpack_err") if k in r)})
     head = ("shapes: batch x channels x size -> outputs, kernel, pad (stride 1); ms per call, median; "
             "x = ATen fwd+bwd / NNPACK fwd+bwd (rule: the FFT rule takes the shape, or NNPACK forced for this table)")
-    return head + "\n" + C.format_table(rows, [("shape", "shape"), ("t", "threads"), ("rule", "rule"),
-                                               ("af", "ATen fwd"), ("ab", "ATen fwd+bwd"), ("nf", "NNPACK fwd"),
-                                               ("nb", "NNPACK fwd+bwd"), ("x", "x"), ("err", "err ATen / NNPACK")])
+    out = head + "\n" + C.format_table(rows, [("shape", "shape"), ("t", "threads"), ("rule", "rule"),
+                                              ("af", "ATen fwd"), ("ab", "ATen fwd+bwd"), ("nf", "NNPACK fwd"),
+                                              ("nb", "NNPACK fwd+bwd"), ("x", "x"), ("err", "err ATen / NNPACK")])
+    direct = result.get("direct", [])
+    if direct:
+        rows = [{"shape": r["shape"], "t": r["threads"], "rule": "direct" if r["rule"] else "- (forced)",
+                 "af": C.fmt(r["aten_fwd_ms"]), "df": C.fmt(r["direct_fwd_ms"]), "xf": f"{r['speedup_fwd']:.2f}x",
+                 "ab": C.fmt(r["aten_fwd_bwd_ms"]), "db": C.fmt(r["direct_fwd_bwd_ms"]), "x": f"{r['speedup']:.2f}x",
+                 "err": f"{r['aten_err']:.1e} / {r['direct_err']:.1e}"} for r in direct]
+        out += ("\n\nsingle-channel inputs (the direct rule; fwd+bwd without a data gradient, as a first layer); "
+                "x = ATen / direct\n"
+                + C.format_table(rows, [("shape", "shape"), ("t", "threads"), ("rule", "rule"),
+                                        ("af", "ATen fwd"), ("df", "direct fwd"), ("xf", "x fwd"),
+                                        ("ab", "ATen fwd+bwd"), ("db", "direct fwd+bwd"), ("x", "x"),
+                                        ("err", "err ATen / direct")]))
+    pruned = result.get("pruned", [])
+    if pruned:
+        rows = [{"shape": r["shape"], "t": r["threads"], "kept": f"{r['density']:.0%}", "path": r["path"],
+                 "af": C.fmt(r["aten_fwd_ms"]), "rf": C.fmt(r["rule_fwd_ms"]), "xf": f"{r['speedup_fwd']:.2f}x",
+                 "ab": C.fmt(r["aten_fwd_bwd_ms"]), "rb": C.fmt(r["rule_fwd_bwd_ms"]), "x": f"{r['speedup']:.2f}x",
+                 "err": f"{r['aten_err']:.1e} / {r['rule_err']:.1e}"} for r in pruned]
+        out += ("\n\npruned kernels (weights kept at random; path: the rule layer's forward, sparse = over the nonzero "
+                "weights with the data gradient too); x = ATen / rule\n"
+                + C.format_table(rows, [("shape", "shape"), ("t", "threads"), ("kept", "nonzero"), ("path", "path"),
+                                        ("af", "ATen fwd"), ("rf", "rule fwd"), ("xf", "x fwd"),
+                                        ("ab", "ATen fwd+bwd"), ("rb", "rule fwd+bwd"), ("x", "x"),
+                                        ("err", "err ATen / rule")]))
+    return out
 
 
 def run(args) -> dict:
@@ -145,6 +267,22 @@ def run(args) -> dict:
                            + (f"  nnpack {r['nnpack_fwd_bwd_ms']:.3g} ms  {r['speedup']:.2f}x"
                               if "speedup" in r else "")
                            + ("" if r["rule"] else "  (not in the FFT rule)"))
+        result["direct"] = []
+        for th in threads:
+            for name in (list(DIRECT_SHAPES)[:1] if args.quick else DIRECT_SHAPES):
+                r = measure_direct(name, th, 0.0 if args.quick else 0.4)
+                result["direct"].append(r)
+                C.progress(args, f"[cpu x{th}] {name:16s} aten {r['aten_fwd_bwd_ms']:.3g} ms  direct "
+                           f"{r['direct_fwd_bwd_ms']:.3g} ms  {r['speedup']:.2f}x")
+        result["pruned"] = []
+        for th in threads:
+            for name in pruned_names(names):
+                for kept in (KEPT[1:2] if args.quick else KEPT):
+                    r = measure_pruned(name, kept, th, 0.0 if args.quick else 0.4)
+                    result["pruned"].append(r)
+                    C.progress(args, f"[cpu x{th}] {name:16s} {r['density']:.0%} nonzero ({r['path']}): aten "
+                               f"{r['aten_fwd_bwd_ms']:.3g} ms  rule {r['rule_fwd_bwd_ms']:.3g} ms  "
+                               f"{r['speedup']:.2f}x")
     finally:
         torch.set_num_threads(old)
     return result

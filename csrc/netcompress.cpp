@@ -79,6 +79,11 @@ TORCH_LIBRARY(netcompress, m) {
   // Its data gradient: the gradient of x (N, C, input_size) for the output gradient grad_out, over the nonzero
   // weights only (float32; the same values on any number of threads).
   m.def("sparse_conv2d_input(Tensor grad_out, Tensor weight, int[2] input_size, int[2] padding) -> Tensor", tags);
+  // The weight and bias gradients of F.conv2d(x, weight, bias, stride=1, padding=padding) for the output gradient
+  // grad_out, every weight's as a direct dot product (float32; the samples' sums added in a fixed order: the same
+  // values on any number of threads).
+  m.def("direct_conv2d_weight(Tensor x, Tensor grad_out, int[2] kernel_size, int[2] padding) -> (Tensor, Tensor)",
+        tags);
 
   // ---- Solver (reference-semantics §4.4, §3.6) ----
   // history <- mask ⊙ (momentum·history + local_rate·grad); grad <- history. No mask: plain SGD momentum.

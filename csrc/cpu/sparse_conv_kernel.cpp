@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 #include "cpu/loops.h"
@@ -29,6 +30,7 @@ namespace netcompress {
 namespace {
 
 constexpr int64_t kBlock = 64;  // output positions per block of accumulators (4 AVX-512 or 8 AVX2 registers)
+constexpr int64_t kSampleGroup = 8;  // samples whose weight gradients share one set of lane sums
 
 // The nonzero weights of a kernel (O, C, kH, kW): for output channel o, entries first[o] .. first[o + 1] - 1 of
 // `offset` (where its input run starts in xs) and `value`.
@@ -75,9 +77,9 @@ void shifted_planes(const float* x, int64_t chans, int64_t h, int64_t w, int64_t
         }
         // columns q with q + j - pad_w inside [0, w) copy, the others are the padding's zeros
         const int64_t lo = std::clamp<int64_t>(pad_w - j, 0, out_w), hi = std::clamp<int64_t>(w + pad_w - j, lo, out_w);
-        const float* src = x + (c * h + ih) * w + (j - pad_w);
+        const float* src = x + (c * h + ih) * w;
         std::fill(row, row + lo, 0.0f);
-        for (int64_t q = lo; q < hi; ++q) row[q] = src[q];
+        for (int64_t q = lo; q < hi; ++q) row[q] = src[q + j - pad_w];
         std::fill(row + hi, row + out_w, 0.0f);
       }
     }
@@ -217,8 +219,8 @@ void fold_shifted(const float* gxs, int64_t chans, int64_t h, int64_t w, int64_t
       for (int64_t ih = 0; ih < h; ++ih) {
         const float* row = gxs + ((c * kw + j) * padded_h + ih + pad_h) * out_w;
         const int64_t lo = std::clamp<int64_t>(pad_w - j, 0, out_w), hi = std::clamp<int64_t>(w + pad_w - j, lo, out_w);
-        float* dst = gx + (c * h + ih) * w + (j - pad_w);
-        for (int64_t q = lo; q < hi; ++q) dst[q] += row[q];
+        float* dst = gx + (c * h + ih) * w;
+        for (int64_t q = lo; q < hi; ++q) dst[q + j - pad_w] += row[q];
       }
     }
   }
@@ -270,6 +272,97 @@ at::Tensor sparse_conv2d_input_cpu(const at::Tensor& grad_out, const at::Tensor&
   return gx;
 }
 
+// The weight gradient of output channel o over a group of samples: dw[t] = sum over the group's samples s and
+// positions p < plane of g[s][p] * xs[s][offset[t] + p], for every tap t (each (channel, kernel row, kernel column)),
+// and db = the sum of g over the group. xs[s] is sample s's shifted input, g[s] its output gradient for o. Eight
+// taps at a time share each load of g. A sum runs in 16 lanes over the group's samples and the positions below the
+// last multiple of 16, then adds its lanes in order, then the positions past that multiple: a fixed order, so the
+// same bits on any machine.
+NC_CPU_CLONES void tap_dots(const float* const* xs, const float* const* g, int64_t group, int64_t plane,
+                            const int32_t* offset, int64_t taps, float* dw, float* db) {
+  constexpr int64_t kTapBlock = 8;
+  const int64_t body = plane - plane % 16;
+  auto finish = [&](const float* lanes, const float* const* src, int64_t off) {
+    float sum = 0.0f;
+    for (int l = 0; l < 16; ++l) sum += lanes[l];
+    for (int64_t s = 0; s < group; ++s) {
+      for (int64_t p = body; p < plane; ++p) sum += g[s][p] * src[s][off + p];
+    }
+    return sum;
+  };
+  for (int64_t t0 = 0; t0 < taps; t0 += kTapBlock) {
+    const int64_t nt = std::min(kTapBlock, taps - t0);
+    float lanes[kTapBlock][16] = {};
+#if defined(__GNUC__)
+    if (nt == kTapBlock) {
+      vec16 a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {}, a5 = {}, a6 = {}, a7 = {};
+      for (int64_t s = 0; s < group; ++s) {
+        const float* gs = g[s];
+        const float* x0 = xs[s] + offset[t0];
+        const float* x1 = xs[s] + offset[t0 + 1];
+        const float* x2 = xs[s] + offset[t0 + 2];
+        const float* x3 = xs[s] + offset[t0 + 3];
+        const float* x4 = xs[s] + offset[t0 + 4];
+        const float* x5 = xs[s] + offset[t0 + 5];
+        const float* x6 = xs[s] + offset[t0 + 6];
+        const float* x7 = xs[s] + offset[t0 + 7];
+        for (int64_t p = 0; p < body; p += 16) {
+          const vec16 gv = load16(gs + p);
+          a0 += gv * load16(x0 + p);
+          a1 += gv * load16(x1 + p);
+          a2 += gv * load16(x2 + p);
+          a3 += gv * load16(x3 + p);
+          a4 += gv * load16(x4 + p);
+          a5 += gv * load16(x5 + p);
+          a6 += gv * load16(x6 + p);
+          a7 += gv * load16(x7 + p);
+        }
+      }
+      std::memcpy(lanes[0], &a0, sizeof a0);
+      std::memcpy(lanes[1], &a1, sizeof a1);
+      std::memcpy(lanes[2], &a2, sizeof a2);
+      std::memcpy(lanes[3], &a3, sizeof a3);
+      std::memcpy(lanes[4], &a4, sizeof a4);
+      std::memcpy(lanes[5], &a5, sizeof a5);
+      std::memcpy(lanes[6], &a6, sizeof a6);
+      std::memcpy(lanes[7], &a7, sizeof a7);
+    } else {
+      for (int64_t j = 0; j < nt; ++j) {
+        vec16 a = {};
+        for (int64_t s = 0; s < group; ++s) {
+          const float* xj = xs[s] + offset[t0 + j];
+          for (int64_t p = 0; p < body; p += 16) a += load16(g[s] + p) * load16(xj + p);
+        }
+        std::memcpy(lanes[j], &a, sizeof a);
+      }
+    }
+#else
+    for (int64_t j = 0; j < nt; ++j) {
+      for (int64_t s = 0; s < group; ++s) {
+        const float* xj = xs[s] + offset[t0 + j];
+        for (int64_t p = 0; p < body; p += 16) {
+          for (int l = 0; l < 16; ++l) lanes[j][l] += g[s][p + l] * xj[p + l];
+        }
+      }
+    }
+#endif
+    for (int64_t j = 0; j < nt; ++j) dw[t0 + j] = finish(lanes[j], xs, offset[t0 + j]);
+  }
+  // the bias: the same sums with 1 in place of the input
+  float lanes[16] = {};
+  for (int64_t s = 0; s < group; ++s) {
+    for (int64_t p = 0; p < body; p += 16) {
+      for (int l = 0; l < 16; ++l) lanes[l] += g[s][p + l];
+    }
+  }
+  float sum = 0.0f;
+  for (int l = 0; l < 16; ++l) sum += lanes[l];
+  for (int64_t s = 0; s < group; ++s) {
+    for (int64_t p = body; p < plane; ++p) sum += g[s][p];
+  }
+  *db = sum;
+}
+
 at::Tensor sparse_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                              at::IntArrayRef padding) {
   TORCH_CHECK(x.dim() == 4 && weight.dim() == 4, "netcompress::sparse_conv2d: x (N, C, H, W) and weight "
@@ -311,10 +404,77 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, cons
   return out;
 }
 
+std::tuple<at::Tensor, at::Tensor> direct_conv2d_weight_cpu(const at::Tensor& x, const at::Tensor& grad_out,
+                                                             at::IntArrayRef kernel_size, at::IntArrayRef padding) {
+  TORCH_CHECK(x.dim() == 4 && grad_out.dim() == 4, "netcompress::direct_conv2d_weight: x (N, C, H, W) and grad_out "
+              "(N, O, outH, outW) must be 4-D, got ", x.sizes(), " and ", grad_out.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat && grad_out.scalar_type() == at::kFloat,
+              "netcompress::direct_conv2d_weight: float32 only, got ", x.scalar_type(), " and ",
+              grad_out.scalar_type());
+  TORCH_CHECK(kernel_size.size() == 2 && kernel_size[0] > 0 && kernel_size[1] > 0,
+              "netcompress::direct_conv2d_weight: kernel_size must be two values > 0, got ", kernel_size);
+  TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0,
+              "netcompress::direct_conv2d_weight: padding must be two values >= 0, got ", padding);
+  const int64_t n = x.size(0), chans = x.size(1), h = x.size(2), w = x.size(3), outs = grad_out.size(1),
+                kh = kernel_size[0], kw = kernel_size[1];
+  const int64_t padded_h = h + 2 * padding[0], out_h = padded_h - kh + 1, out_w = w + 2 * padding[1] - kw + 1;
+  TORCH_CHECK(out_h > 0 && out_w > 0 && grad_out.size(0) == n && grad_out.size(2) == out_h &&
+                  grad_out.size(3) == out_w,
+              "netcompress::direct_conv2d_weight: grad_out ", grad_out.sizes(), " is not the output of x ",
+              x.sizes(), " with a ", kernel_size, " kernel and padding ", padding, " (expected (", n, ", O, ", out_h,
+              ", ", out_w, "))");
+  const int64_t xs_size = chans * kw * padded_h * out_w;
+  TORCH_CHECK(kSampleGroup * xs_size + kBlock <= INT32_MAX,
+              "netcompress::direct_conv2d_weight: the input is too large for this op");
+  const int64_t taps = chans * kh * kw, plane = out_h * out_w;
+  // Samples in fixed groups of kSampleGroup (not per thread): each group's sums, then the groups' added in order.
+  const int64_t groups = (n + kSampleGroup - 1) / kSampleGroup;
+  at::Tensor partial = at::empty({groups, outs, taps + 1}, x.options());  // + 1: the bias
+  std::vector<int32_t> offset(taps);
+  for (int64_t c = 0; c < chans; ++c) {
+    for (int64_t i = 0; i < kh; ++i) {
+      for (int64_t j = 0; j < kw; ++j) {
+        offset[(c * kh + i) * kw + j] = static_cast<int32_t>(((c * kw + j) * padded_h + i) * out_w);
+      }
+    }
+  }
+  const at::Tensor xc = x.contiguous(), gc = grad_out.contiguous();
+  const float* xp = xc.const_data_ptr<float>();
+  const float* gp = gc.const_data_ptr<float>();
+  float* pp = partial.mutable_data_ptr<float>();
+  at::parallel_for(0, groups, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<float> xs(kSampleGroup * xs_size + kBlock, 0.0f);
+    const float* xs_of[kSampleGroup];
+    const float* g_of[kSampleGroup];
+    for (int64_t grp = lo; grp < hi; ++grp) {
+      const int64_t first = grp * kSampleGroup, count = std::min(kSampleGroup, n - first);
+      for (int64_t s = 0; s < count; ++s) {
+        shifted_planes(xp + (first + s) * chans * h * w, chans, h, w, kw, padding[0], padding[1], padded_h, out_w,
+                       xs.data() + s * xs_size);
+        xs_of[s] = xs.data() + s * xs_size;
+      }
+      for (int64_t o = 0; o < outs; ++o) {
+        for (int64_t s = 0; s < count; ++s) g_of[s] = gp + ((first + s) * outs + o) * plane;
+        float* dst = pp + (grp * outs + o) * (taps + 1);
+        tap_dots(xs_of, g_of, count, plane, offset.data(), taps, dst, dst + taps);
+      }
+    }
+  });
+  at::Tensor total = at::zeros({outs, taps + 1}, x.options());
+  float* dst = total.mutable_data_ptr<float>();
+  const int64_t per = outs * (taps + 1);
+  for (int64_t grp = 0; grp < groups; ++grp) {  // in order: the same sums on any number of threads
+    const float* src = pp + grp * per;
+    for (int64_t k = 0; k < per; ++k) dst[k] += src[k];
+  }
+  return {total.narrow(1, 0, taps).contiguous().view({outs, chans, kh, kw}), total.select(1, taps).contiguous()};
+}
+
 }  // namespace
 }  // namespace netcompress
 
 TORCH_LIBRARY_IMPL(netcompress, CPU, m) {
   m.impl("sparse_conv2d", &netcompress::sparse_conv2d_cpu);
   m.impl("sparse_conv2d_input", &netcompress::sparse_conv2d_input_cpu);
+  m.impl("direct_conv2d_weight", &netcompress::direct_conv2d_weight_cpu);
 }

@@ -191,6 +191,55 @@ def sparse_conv_fits(channels: int, kernel: Sequence[int], pad: Sequence[int], i
     return channels * kernel[1] * padded_h * out_w <= SPARSE_MAX_SHIFTED
 
 
+def cpu_direct_conv(channels: int, group: int, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int],
+                    dilation: Sequence[int], input_size: Sequence[int]) -> bool:
+    """Whether a 2-D convolution of a single-channel input (a grayscale net's first layer: LeNet's conv1) runs on the
+    CPU (float32) as direct sums: the forward by `ops.sparse_conv2d` (over the nonzero weights: all of a dense
+    kernel), the weight and bias gradients by `ops.direct_conv2d_weight` and a data gradient, where one is needed,
+    by `ops.sparse_conv2d_input`.
+
+    oneDNN's kernels for a single input channel pad the output channels to its SIMD block and run 3x3 kernels
+    poorly; its weight gradient's sum over the batch also depends on the thread count. Measured fwd+bwd on one
+    AVX-512 core without a data gradient (benchmarks/bench_conv.py): LeNet's conv1 (5x5, 20 outputs, unpadded)
+    1.17x faster on 1 thread, even on 2; 3x3 with 8-32 outputs 1.24-1.8x on 1 thread (with 8 outputs up to 8x on
+    2, where oneDNN's weight gradient stalls); 5x5 padded by 2 slower (0.67-0.93x: oneDNN's kernel suits it). So:
+    ungrouped, stride 1, undilated, one input channel, kernel sides <= 3 or no padding, a sample's shifted input
+    (kernel width x padded height x output width) at most SPARSE_MAX_SHIFTED floats. The values are the same on
+    any number of threads (the batch's sums are added in fixed groups of samples, in order).
+    `NETCOMPRESS_CONV_ALGO=aten` turns it off (ATen's convolution, the values of earlier runs).
+    """
+    if len(kernel) != 2 or group != 1 or channels != 1 or any(s != 1 for s in stride) or any(d != 1 for d in dilation):
+        return False
+    if max(kernel) > 3 and any(pad):
+        return False
+    if not sparse_conv_fits(channels, kernel, pad, input_size):
+        return False
+    return _rule_off(CONV_ALGO_ENV, "aten", None) is None
+
+
+class _DirectConv(torch.autograd.Function):
+    """A stride-1 2-D convolution as direct sums (cpu_direct_conv): forward ops.sparse_conv2d, data gradient
+    ops.sparse_conv2d_input, weight and bias gradients ops.direct_conv2d_weight."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, pad: tuple[int, int]):
+        ctx.save_for_backward(x, w)
+        ctx.pad = pad
+        ctx.has_bias = b is not None
+        return ops.sparse_conv2d(x, w, b, pad)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy: torch.Tensor):
+        x, w = ctx.saved_tensors
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = ops.sparse_conv2d_input(gy, w, x.shape[2:], ctx.pad)
+        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+            gw, gb = ops.direct_conv2d_weight(x, gy, w.shape[2:], ctx.pad)
+        return gx, gw, (gb if ctx.has_bias else None), None
+
+
 def cpu_conv_algorithm() -> str:
     """The CPU convolution algorithm rule in force, in words (`netcompress info`)."""
     why = _fft_off()
@@ -199,8 +248,9 @@ def cpu_conv_algorithm() -> str:
     return (f"NNPACK's FFT tiles for float32 2-D convolutions with {FFT_KERNELS.start}-{FFT_KERNELS.stop - 1} "
             f"kernels, stride 1, >= 8 input channels and inputs {FFT_MIN_INPUT}-{FFT_MAX_PADDED_INPUT} wide with "
             f"their padding; their forward with a pruned kernel a direct sum over its nonzero weights (at most "
-            f"{SPARSE_MAX_DENSITY:.0%} of them, small inputs) or ATen's; ATen's (oneDNN) for the others; "
-            f"{CONV_ALGO_ENV}=aten for ATen's everywhere")
+            f"{SPARSE_MAX_DENSITY:.0%} of them, small inputs) or ATen's; single-channel inputs (small, stride 1, "
+            f"3x3 or unpadded) by direct sums; ATen's (oneDNN) for the others; {CONV_ALGO_ENV}=aten for ATen's "
+            f"everywhere")
 
 
 class _FftConv(torch.autograd.Function):
@@ -315,6 +365,8 @@ class _ConvBase(Layer):
         self._fft = not self.transposed and cpu_fft_conv(self.channels, self.group, self.kernel, self.stride,
                                                          self.pad, self.dilation, shape0[self.axis + 1:])
         # (an FFT layer's forward still takes ATen's path for a kernel with zeros: _FftConv)
+        self._direct = not self.transposed and cpu_direct_conv(self.channels, self.group, self.kernel, self.stride,
+                                                               self.pad, self.dilation, shape0[self.axis + 1:])
         self._channels_last = not self.transposed and cpu_channels_last(self.channels, self.num_output,
                                                                         self.group, n)
         if self._channels_last:  # output positions per sample, for CHANNELS_LAST_MIN_POSITIONS
@@ -350,7 +402,10 @@ class _ConvBase(Layer):
             widths = self._short_input_pad(x.shape[2:])
             if widths is not None:
                 x = F.pad(x, widths)
-        if (self._fft and x.device.type == "cpu" and x.dtype == torch.float32
+        if (self._direct and x.device.type == "cpu" and x.dtype == torch.float32
+                and sparse_conv_fits(self.channels, self.kernel, self.pad, x.shape[2:])):
+            y = _DirectConv.apply(x, w, b, tuple(self.pad))  # cpu_direct_conv
+        elif (self._fft and x.device.type == "cpu" and x.dtype == torch.float32
                 and fft_input_fits(x.shape[2:], self.pad)):
             y = _FftConv.apply(x, w, b, tuple(self.pad), self._aten_conv,  # cpu_fft_conv
                                sparse_conv_fits(self.channels, self.kernel, self.pad, x.shape[2:]))

@@ -23,7 +23,8 @@ except ImportError as e:  # pragma: no cover - exercised only on a broken instal
         f"the import failed with: {e}"
     ) from e
 
-from .conv import nnpack_available, nnpack_conv2d, sparse_conv2d, sparse_conv2d_input  # noqa: E402
+from .conv import (direct_conv2d_weight, nnpack_available, nnpack_conv2d, sparse_conv2d,  # noqa: E402
+                   sparse_conv2d_input)
 from .dns import dns_masked_weight, dns_splice_grad_, dns_stats, dns_thresholds, dns_update_mask_  # noqa: E402
 from .inq import inq_mask_stats, inq_quantize_, inq_threshold  # noqa: E402
 from .layout import to_channels_last, to_contiguous  # noqa: E402
@@ -50,6 +51,7 @@ __all__ = [
     "nnpack_conv2d",
     "sparse_conv2d",
     "sparse_conv2d_input",
+    "direct_conv2d_weight",
     "act_quant",
     "act_quant_range",
     "int_quant",

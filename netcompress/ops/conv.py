@@ -9,7 +9,7 @@ import torch
 
 from ._common import ops as _ops
 
-__all__ = ["nnpack_available", "nnpack_conv2d", "sparse_conv2d", "sparse_conv2d_input"]
+__all__ = ["direct_conv2d_weight", "nnpack_available", "nnpack_conv2d", "sparse_conv2d", "sparse_conv2d_input"]
 
 
 def _conv2d_fake(name: str):
@@ -30,6 +30,13 @@ def _sparse_conv2d_input_fake(grad_out, weight, input_size, padding):
     torch._check(grad_out.dim() == 4 and weight.dim() == 4,
                  lambda: "sparse_conv2d_input: grad_out and weight must be 4-D")
     return grad_out.new_empty((grad_out.shape[0], weight.shape[1], input_size[0], input_size[1]))
+
+
+@torch.library.register_fake("netcompress::direct_conv2d_weight")
+def _direct_conv2d_weight_fake(x, grad_out, kernel_size, padding):
+    torch._check(x.dim() == 4 and grad_out.dim() == 4, lambda: "direct_conv2d_weight: x and grad_out must be 4-D")
+    return (x.new_empty((grad_out.shape[1], x.shape[1], kernel_size[0], kernel_size[1])),
+            x.new_empty((grad_out.shape[1],)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,3 +75,12 @@ def sparse_conv2d_input(grad_out: torch.Tensor, weight: torch.Tensor, input_size
     in proportion to them). Rounding like a direct convolution's; the same values on any machine and any number
     of threads."""
     return _ops.sparse_conv2d_input(grad_out, weight, [int(s) for s in input_size], [int(p) for p in padding])
+
+
+def direct_conv2d_weight(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: Sequence[int],
+                         padding: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias gradients of `F.conv2d(x, weight, bias, stride=1, padding=padding)` for the output
+    gradient grad_out (float32 CPU): (O, C, *kernel_size) and (O,), every weight's as a direct dot product over the
+    batch and the output positions. The batch's sums are added in fixed groups of samples, in order, so the values
+    are the same on any machine and any number of threads."""
+    return _ops.direct_conv2d_weight(x, grad_out, [int(k) for k in kernel_size], [int(p) for p in padding])

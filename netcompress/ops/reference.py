@@ -172,6 +172,13 @@ def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return torch.nn.functional.conv2d(x, weight, bias, padding=tuple(padding))
 
 
+def direct_conv2d_weight(x: torch.Tensor, grad_out: torch.Tensor, kernel_size, padding):
+    """The gradients direct_conv2d_weight computes: F.conv2d's weight and bias gradients (stride 1), by autograd."""
+    gw = torch.nn.grad.conv2d_weight(x, (grad_out.shape[1], x.shape[1], *kernel_size), grad_out,
+                                     padding=tuple(padding))
+    return gw, grad_out.sum((0, 2, 3))
+
+
 def sparse_conv2d_input(grad_out: torch.Tensor, weight: torch.Tensor, input_size, padding) -> torch.Tensor:
     """The data gradient sparse_conv2d_input computes: F.conv2d's (stride 1), by autograd."""
     return torch.nn.grad.conv2d_input((grad_out.shape[0], weight.shape[1], *input_size), weight, grad_out,

@@ -109,7 +109,9 @@ def test_training_quick_json(tmp_path):
         # the compute bound: LeNet's FLOP, its rate, the sgemm rate of the same rotation, Caffe's time over the bound
         assert f["gflop"] == pytest.approx(0.843648) and _positive(f["sgemm_gflops"])
         assert f["gflops"] == pytest.approx(f["gflop"] / f["ms"] * 1e3)
-        assert f["max_speedup"] == pytest.approx(20.7 / (f["gflop"] / f["sgemm_gflops"] * 1e3))
+        caffe = 22.4 if v["variant"] == "dns" else 20.7  # the DNS rows against Caffe's DNS LeNet
+        assert f["caffe_ms"] == caffe and f["speedup"] == pytest.approx(caffe / f["ms"])
+        assert f["max_speedup"] == pytest.approx(caffe / (f["gflop"] / f["sgemm_gflops"] * 1e3))
     for x in runs:  # the hand-written baseline is timed whole
         assert ("forward_ms" in x["fwd_bwd"]["64"]) == (x["variant"] != "pytorch")
     # ratios against the baseline, from the same rotation
@@ -263,5 +265,18 @@ def test_conv_benchmark_quick(tmp_path, capsys):
             assert _positive(r[f"{k}_fwd_ms"]) and _positive(r[f"{k}_fwd_bwd_ms"])
             assert 0 <= r[f"{k}_err"] < 1e-5
         assert ("speedup" in r) == result["nnpack"]
+    # the single-channel table: LeNet's conv1 by the direct rule, within float32 rounding
+    (d,) = result["direct"]
+    assert d["shape"] == "lenet-conv1" and d["rule"] is True and "single-channel inputs" in text
+    assert all(_positive(d[k]) for k in ("aten_fwd_ms", "direct_fwd_ms", "aten_fwd_bwd_ms", "direct_fwd_bwd_ms"))
+    assert 0 <= d["aten_err"] < 1e-5 and 0 <= d["direct_err"] < 1e-5
+    # the pruned-kernel table: LeNet's conv2 (in the FFT rule where NNPACK runs) with 20 % of its weights kept takes
+    # the sum over the nonzero weights, within float32 rounding too
+    pruned = result["pruned"]
+    assert [(r["shape"], r["kept"]) for r in pruned] == ([("lenet-conv2", 0.2)] if result["nnpack"] else [])
+    for r in pruned:
+        assert r["path"] == "sparse" and 0.1 < r["density"] < 0.3 and "pruned kernels" in text
+        assert all(_positive(r[k]) for k in ("aten_fwd_ms", "rule_fwd_ms", "aten_fwd_bwd_ms", "rule_fwd_bwd_ms"))
+        assert 0 <= r["aten_err"] < 1e-5 and 0 <= r["rule_err"] < 1e-5
     with pytest.raises(SystemExit):
         bc.main(["--shapes", "nope"])

@@ -293,6 +293,58 @@ def test_convolution_fft_path_kernel_with_zeros(make_layer, monkeypatch, kept, p
         assert not torch.equal(layer(x), plain(x))
 
 
+@pytest.mark.parametrize("kernel, pad, bias, needs_input_grad", [(5, 0, True, False), (3, 1, False, True)])
+def test_convolution_single_channel_direct_path(make_layer, monkeypatch, kernel, pad, bias, needs_input_grad):
+    """A single-channel input (LeNet's conv1) in float32 on the CPU runs as direct sums (cpu_direct_conv): its top
+    and gradients within float32 rounding of the exact convolution, the same bits on 1 and 2 threads, and a data
+    gradient where the input needs one; NETCOMPRESS_CONV_ALGO=aten gives PyTorch's convolution exactly."""
+    from netcompress.layers.vision import CONV_ALGO_ENV
+    snippet = ('type: "Convolution" convolution_param { num_output: 20 kernel_size: %d pad: %d bias_term: %s '
+               'weight_filler { type: "xavier" } bias_filler { type: "uniform" min: -1 max: 1 } }'
+               % (kernel, pad, "true" if bias else "false"))
+    shape = (16, 1, 28, 28)
+    monkeypatch.delenv(CONV_ALGO_ENV, raising=False)
+    layer = make_layer(snippet, shape, dtype=torch.float32)
+    monkeypatch.setenv(CONV_ALGO_ENV, "aten")
+    plain = make_layer(snippet, shape, dtype=torch.float32)
+    assert layer._direct and not plain._direct
+    x = rand(*shape).float()
+    gy = rand(*layer.top_shapes([shape])[0], seed=1).float()
+    old = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            layer.zero_grad(set_to_none=True)
+            xg = x.clone().requires_grad_(needs_input_grad)
+            y = layer(xg)
+            assert in_graph(y, "_DirectConvBackward")
+            y.backward(gy)
+            runs.append([y.detach(), layer.weight.grad] + ([layer.bias.grad] if bias else [])
+                        + ([xg.grad] if needs_input_grad else []))
+    finally:
+        torch.set_num_threads(old)
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    xd = x.double().requires_grad_(needs_input_grad)
+    wd = layer.weight.detach().double().requires_grad_()
+    bd = layer.bias.detach().double().requires_grad_() if bias else None
+    yd = torch.nn.functional.conv2d(xd, wd, bd, padding=pad)
+    yd.backward(gy.double())
+    want = [yd, wd.grad] + ([bd.grad] if bias else []) + ([xd.grad] if needs_input_grad else [])
+    for g, w in zip(runs[0], want):
+        assert g.dtype == torch.float32 and g.shape == w.shape and g.is_contiguous()
+        assert (g.double() - w).abs().max().item() <= 2e-5 * (w.abs().max().item() + 1.0)
+    bp = layer.bias.detach() if bias else None
+    assert torch.equal(plain._conv(x, layer.weight.detach(), bp),
+                       torch.nn.functional.conv2d(x, layer.weight.detach(), bp, padding=pad))
+    # outside the rule: 5x5 padded (oneDNN's kernel is faster there), more than one channel, stride 2
+    for snip, shp in (('num_output: 20 kernel_size: 5 pad: 2', shape),
+                      ('num_output: 20 kernel_size: 3', (2, 3, 28, 28)),
+                      ('num_output: 20 kernel_size: 3 stride: 2', shape)):
+        monkeypatch.delenv(CONV_ALGO_ENV, raising=False)
+        assert not make_layer('type: "Convolution" convolution_param { %s }' % snip, shp, dtype=torch.float32)._direct
+
+
 def test_convolution_blob_shapes_and_fillers(make_layer):
     layer = make_layer('type: "Convolution" convolution_param { num_output: 6 kernel_h: 3 kernel_w: 2 group: 2 }',
                        (1, 4, 5, 5))

@@ -199,3 +199,63 @@ def test_input_gradient_bad_arguments(args, message):
         gy = gy[0]
     with pytest.raises(RuntimeError, match=message):
         ops.sparse_conv2d_input(gy, w, size, args.get("pad", pad))
+
+
+# ---- direct_conv2d_weight: the weight and bias gradients ----
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_weight_gradient_values(shape):
+    x, w, gy, pad = _grad_inputs(shape, 1.0, seed=7)
+    gw, gb = ops.direct_conv2d_weight(x, gy, w.shape[2:], pad)
+    want_w, want_b = ref.direct_conv2d_weight(x.double(), gy.double(), w.shape[2:], pad)
+    assert gw.dtype == torch.float32 and gw.shape == w.shape and gb.shape == (w.shape[0],)
+    for got, want in ((gw, want_w), (gb, want_b)):
+        assert (got.double() - want).abs().max().item() <= 2e-5 * (want.abs().max().item() + 1.0)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:3])
+def test_weight_gradient_same_bits_on_any_thread_count(shape):
+    """The batch's sums are added in fixed groups of samples, in order: the same bits on 1, 2 or 3 threads (oneDNN's
+    weight gradient, which this replaces for single-channel inputs, varies with the thread count)."""
+    x, w, gy, pad = _grad_inputs(shape, 1.0, seed=8)
+    old = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(ops.direct_conv2d_weight(x, gy, w.shape[2:], pad))
+    finally:
+        torch.set_num_threads(old)
+    for gw, gb in outs[1:]:
+        assert torch.equal(gw, outs[0][0]) and torch.equal(gb, outs[0][1])
+    gw, gb = ops.direct_conv2d_weight(noncontiguous(x), noncontiguous(gy), w.shape[2:], pad)
+    assert torch.equal(gw, outs[0][0]) and torch.equal(gb, outs[0][1])
+
+
+def test_weight_gradient_empty_meta_and_opcheck():
+    x, w, gy, pad = _grad_inputs(SHAPES[2], 1.0)
+    gw, gb = ops.direct_conv2d_weight(x[:0], gy[:0], w.shape[2:], pad)
+    assert torch.equal(gw, torch.zeros_like(w)) and torch.equal(gb, torch.zeros(w.shape[0]))
+    gw, gb = ops.direct_conv2d_weight(x.to("meta"), gy.to("meta"), w.shape[2:], pad)
+    assert gw.shape == w.shape and gb.shape == (w.shape[0],) and gw.device.type == "meta"
+    torch.library.opcheck(torch.ops.netcompress.direct_conv2d_weight.default, (x, gy, list(w.shape[2:]), list(pad)))
+
+
+@pytest.mark.parametrize("args, message", [
+    (dict(pad=(-1, 0)), "two values >= 0"),
+    (dict(kernel=(5, 0)), "two values > 0"),
+    (dict(kernel=(4, 5)), "is not the output of x"),
+    (dict(batch=3), "is not the output of x"),
+    (dict(dtype=torch.float64), "float32 only"),
+    (dict(dims=3), "must be 4-D"),
+])
+def test_weight_gradient_bad_arguments(args, message):
+    x, w, gy, pad = _grad_inputs(SHAPES[0], 1.0)
+    if "dtype" in args:
+        x, gy = x.to(args["dtype"]), gy.to(args["dtype"])
+    if "batch" in args:
+        gy = gy[:args["batch"]]
+    if "dims" in args:
+        x = x[0]
+    with pytest.raises(RuntimeError, match=message):
+        ops.direct_conv2d_weight(x, gy, args.get("kernel", w.shape[2:]), args.get("pad", pad))
