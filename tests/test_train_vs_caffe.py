@@ -30,14 +30,14 @@ def test_lenet_training_tracks_caffes_log(in_fixture_workdir, tmp_path, capsys):
     assert sorted(acc) == sorted(c_acc) == list(range(0, 5001, 500))
     # the criterion: the final accuracy within 0.5 points of Caffe's 0.968
     assert abs(acc[5000] - 0.968) <= 0.005 + 1e-9
-    # and the curves track Caffe's (observed: accuracy within 0.001, test loss within 0.8%)
+    # and the curves track Caffe's (observed: accuracy within 0.003, test loss within 0.9 %)
     for it in c_acc:
         assert abs(acc[it] - c_acc[it]) <= 0.004 + 1e-9, it
         assert loss[it] == pytest.approx(c_loss[it], rel=0.03), it
     train, c_train = dict(ours.train_loss), dict(caffe.train_loss)
     rel = [abs(train[i] - c_train[i]) / c_train[i] for i in c_train]
     assert len(rel) == 51
-    assert max(rel) < 0.15 and float(np.median(rel)) < 0.05  # observed: 4.5 % and 1 %
+    assert max(rel) < 0.15 and float(np.median(rel)) < 0.05  # observed: 10.2 % and 1.1 %
     # identical start: Caffe's initial weights
     assert train[0] == pytest.approx(2.27565, rel=1e-5)
     assert ncio.read_caffemodel("a_lenet/lenet_iter_5000.caffemodel").layer[1].name == "conv1"
@@ -66,7 +66,7 @@ def test_dns_then_inq_on_caffes_lenet(in_fixture_workdir, capsys):
     dns_model = "b_dns/lenet_DNS_iter_5000.caffemodel"
     rep = model_report("dns/lenet_train_test_DNS.prototxt", dns_model)
     kept = rep["total"]["kept"] / rep["total"]["count"]
-    assert 0.005 <= kept <= 0.02  # Caffe kept 1.047 % (observed here: 1.049 %)
+    assert 0.005 <= kept <= 0.02  # Caffe kept 1.047 % (observed here: 1.052 %)
     dns_acc = _test_accuracy("dns/lenet_train_test_DNS.prototxt", dns_model)
     assert dns_acc >= 0.968 - 0.01
     capsys.readouterr()
@@ -89,4 +89,4 @@ def test_dns_then_inq_on_caffes_lenet(in_fixture_workdir, capsys):
             assert np.all(np.log2(nz) == np.round(np.log2(nz))), layer.name
             assert not ncio.blob_to_array(layer.blobs[2]).any(), layer.name
     inq_acc = _test_accuracy("examples/mnist/lenet_train_test_inq_100.prototxt", prev)
-    assert abs(inq_acc - dns_acc) <= 0.005 + 1e-9  # observed: 0.967 vs 0.965
+    assert abs(inq_acc - dns_acc) <= 0.005 + 1e-9  # observed: 0.969 vs 0.969 (1 and 2 threads)

@@ -176,9 +176,10 @@ def fft_input_fits(input_size: Sequence[int], pad: Sequence[int]) -> bool:
 # The sparse rule (layers with the FFT rule whose kernel has zeros: DNS, INQ, a pruned model): the direct sum over the
 # nonzero weights (ops.sparse_conv2d) where at most this fraction of the weights is nonzero and a sample's shifted
 # input (channels x kernel width x padded height x output width floats) fits the core's L1/L2 caches comfortably.
-# LeNet's conv2 forward on one core (batch 64, benchmarks/bench_conv.py): 0.81 ms at 20 % nonzero, 0.57 at 10 %,
-# 1.79 at 50 %, against oneDNN's 1.35 (+ its layout copies) whatever the zeros; on inputs whose shifted copy
-# outgrows the L1 cache it lost at every density measured.
+# LeNet's conv2 on one core (batch 64, benchmarks/bench_conv.py, with its data gradient): forward+backward 1.76x
+# faster than oneDNN's forward and NNPACK's gradients at 10 % nonzero, 1.41x at 20 %, 1.11x at 40 %; the forward
+# alone 0.67 / 0.97 / 1.61 ms against 1.7-1.8 whatever the zeros, and slower from about 50 %. On inputs whose
+# shifted copy outgrows the L1 cache (CIFAR-10's conv2) it lost at every density measured.
 SPARSE_MAX_DENSITY = 0.4
 SPARSE_MAX_SHIFTED = 16 * 1024
 
