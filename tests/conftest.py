@@ -30,6 +30,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Each test leaves torch's thread count as it found it: a command run in-process (cli_main) sets the count
+    and keeps it, as a command's process does, and later tests then ran on whatever an earlier one left (in the
+    full suite test_train_vs_caffe.py ran on 1 thread, alone on 2: its outcome depended on the order while
+    oneDNN's conv1 gradients depended on the thread count)."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def caffe_fixtures() -> Path:
     """`tests/fixtures/caffe` (skips only where a source package left the folder out)."""
