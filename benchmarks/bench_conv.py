@@ -85,6 +85,31 @@ def _error(layer, x) -> float:
     return (y - want).abs().max().item() / want.abs().max().item()
 
 
+def _time_layers(row: dict, layers: dict, x: torch.Tensor, gy: torch.Tensor, min_time: float,
+                 data_grad: bool = True) -> None:
+    """Fill `row` with each layer's error (`<key>_err`) and its fwd and fwd+bwd times (`<key>_fwd_ms`,
+    `<key>_fwd_bwd_ms` and their iqr), the layers timed in turn for each kind. Without `data_grad` the input
+    needs no gradient (a net's first layer)."""
+    xg = x.clone().requires_grad_(data_grad)
+
+    def fwd(layer):
+        with torch.no_grad():
+            layer(x)
+
+    def fwd_bwd(layer):
+        layer.zero_grad(set_to_none=True)
+        xg.grad = None
+        layer(xg).backward(gy)
+
+    for key, layer in layers.items():
+        row[f"{key}_err"] = _error(layer, x)
+    for kind, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
+        for key, layer in layers.items():
+            t = C.time_fn(lambda: fn(layer), "cpu", min_time=min_time)
+            row[f"{key}_{kind}_ms"] = t["s"] * 1e3
+            row[f"{key}_{kind}_iqr"] = t["iqr_rel"]
+
+
 def measure(name: str, threads: int, min_time: float) -> dict:
     from netcompress import ops
 
@@ -104,24 +129,7 @@ def measure(name: str, threads: int, min_time: float) -> dict:
         fft.bias.data.copy_(aten.bias.data)
         layers["nnpack"] = fft
     gy = torch.randn(aten.top_shapes([tuple(x.shape)])[0], generator=g)
-    xg = x.clone().requires_grad_()
-
-    def fwd(layer):
-        with torch.no_grad():
-            layer(x)
-
-    def fwd_bwd(layer):
-        layer.zero_grad(set_to_none=True)
-        xg.grad = None
-        layer(xg).backward(gy)
-
-    for key, layer in layers.items():
-        row[f"{key}_err"] = _error(layer, x)
-    for kind, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
-        for key, layer in layers.items():
-            t = C.time_fn(lambda: fn(layer), "cpu", min_time=min_time)
-            row[f"{key}_{kind}_ms"] = t["s"] * 1e3
-            row[f"{key}_{kind}_iqr"] = t["iqr_rel"]
+    _time_layers(row, layers, x, gy, min_time)
     if "nnpack" in layers:
         row["speedup"] = row["aten_fwd_bwd_ms"] / row["nnpack_fwd_bwd_ms"]
     return row
@@ -144,22 +152,7 @@ def measure_pruned(name: str, kept: float, threads: int, min_time: float) -> dic
     row = {"shape": name, "threads": threads, "kept": kept, "density": density,
            "path": "sparse" if density <= SPARSE_MAX_DENSITY else "aten"}
     gy = torch.randn(aten.top_shapes([tuple(x.shape)])[0], generator=g)
-    xg = x.clone().requires_grad_()
-
-    def fwd(layer):
-        with torch.no_grad():
-            layer(x)
-
-    def fwd_bwd(layer):
-        layer.zero_grad(set_to_none=True)
-        xg.grad = None
-        layer(xg).backward(gy)
-
-    for key, layer in (("aten", aten), ("rule", rule)):
-        row[f"{key}_err"] = _error(layer, x)
-    for kind, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
-        for key, layer in (("aten", aten), ("rule", rule)):
-            row[f"{key}_{kind}_ms"] = C.time_fn(lambda: fn(layer), "cpu", min_time=min_time)["s"] * 1e3
+    _time_layers(row, {"aten": aten, "rule": rule}, x, gy, min_time)
     row["speedup_fwd"] = row["aten_fwd_ms"] / row["rule_fwd_ms"]
     row["speedup"] = row["aten_fwd_bwd_ms"] / row["rule_fwd_bwd_ms"]
     return row
@@ -179,19 +172,7 @@ def measure_direct(name: str, threads: int, min_time: float) -> dict:
         rule.weight.copy_(aten.weight)
         rule.bias.copy_(aten.bias)
     gy = torch.randn(aten.top_shapes([tuple(x.shape)])[0], generator=g)
-
-    def fwd(layer):
-        with torch.no_grad():
-            layer(x)
-
-    def fwd_bwd(layer):  # a first layer: no data gradient, as in a net
-        layer.zero_grad(set_to_none=True)
-        layer(x).backward(gy)
-
-    for key, layer in (("aten", aten), ("direct", rule)):
-        row[f"{key}_err"] = _error(layer, x)
-        for kind, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
-            row[f"{key}_{kind}_ms"] = C.time_fn(lambda: fn(layer), "cpu", min_time=min_time)["s"] * 1e3
+    _time_layers(row, {"aten": aten, "direct": rule}, x, gy, min_time, data_grad=False)  # a first layer
     row["speedup_fwd"] = row["aten_fwd_ms"] / row["direct_fwd_ms"]
     row["speedup"] = row["aten_fwd_bwd_ms"] / row["direct_fwd_bwd_ms"]
     return row

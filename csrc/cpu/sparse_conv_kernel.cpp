@@ -13,6 +13,11 @@
 // The sum for an output is its weights' products in (input channel, kernel row, kernel column) order, then the
 // bias: the same on any machine (no fused multiply-add, setup.py) and any number of threads (the batch is split
 // over them, and a sample's result does not depend on the split).
+//
+// Also here, on the same layout: sparse_conv2d_input, the data gradient over the nonzero weights (the pruned
+// kernels' rule, layers/vision.py _FftConv), and direct_conv2d_weight, every weight's gradient (and the bias's)
+// as a direct dot product, the batch summed in fixed groups of samples and the groups added in order, so that
+// it too is the same on any number of threads (the single-channel rule, layers/vision.py cpu_direct_conv).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -97,6 +102,41 @@ inline vec16 load16(const float* p) {
 }
 #endif
 
+#if defined(__GNUC__)
+#define NC_INLINE inline __attribute__((always_inline))
+#else
+#define NC_INLINE inline
+#endif
+
+// acc[q] = the sum over t in [first, last), in order, of value[t] * src[offset[t] + q], for q < kBlock. Inlined into
+// each instruction-set clone of its callers.
+NC_INLINE void weighted_runs(const float* src, int64_t first, int64_t last, const int32_t* offset,
+                             const float* value, float* acc) {
+#if defined(__GNUC__)
+  // Explicit vectors keep the block's sums in registers (left to itself GCC interchanges the loops and runs the
+  // products one float at a time).
+  static_assert(kBlock == 64, "four vec16 accumulators");
+  vec16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  for (int64_t t = first; t < last; ++t) {
+    const float* s = src + offset[t];
+    const vec16 v = vec16{} + value[t];
+    a0 += v * load16(s);
+    a1 += v * load16(s + 16);
+    a2 += v * load16(s + 32);
+    a3 += v * load16(s + 48);
+  }
+  std::memcpy(acc, &a0, sizeof a0);
+  std::memcpy(acc + 16, &a1, sizeof a1);
+  std::memcpy(acc + 32, &a2, sizeof a2);
+  std::memcpy(acc + 48, &a3, sizeof a3);
+#else
+  for (int64_t q = 0; q < kBlock; ++q) acc[q] = 0.0f;
+  for (int64_t t = first; t < last; ++t) {
+    for (int64_t q = 0; q < kBlock; ++q) acc[q] += value[t] * src[offset[t] + q];
+  }
+#endif
+}
+
 // One sample's output planes (outs, plane): out[o][p] = sum over o's taps t of value[t] * xs[offset[t] + p], plus
 // bias[o]. xs has kBlock readable floats past its last plane, so the last block of a plane runs whole.
 NC_CPU_CLONES void tap_sums(const float* xs, const int64_t* first, const int32_t* offset, const float* value,
@@ -105,31 +145,7 @@ NC_CPU_CLONES void tap_sums(const float* xs, const int64_t* first, const int32_t
     const float b = bias ? bias[o] : 0.0f;
     for (int64_t p0 = 0; p0 < plane; p0 += kBlock) {
       alignas(64) float acc[kBlock];
-#if defined(__GNUC__)
-      // Explicit vectors keep the block's sums in registers (left to itself GCC interchanges the loops and
-      // runs the products one float at a time).
-      static_assert(kBlock == 64, "four vec16 accumulators");
-      vec16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
-      for (int64_t t = first[o]; t < first[o + 1]; ++t) {
-        const float* s = xs + offset[t] + p0;
-        const vec16 v = vec16{} + value[t];
-        a0 += v * load16(s);
-        a1 += v * load16(s + 16);
-        a2 += v * load16(s + 32);
-        a3 += v * load16(s + 48);
-      }
-      std::memcpy(acc, &a0, sizeof a0);
-      std::memcpy(acc + 16, &a1, sizeof a1);
-      std::memcpy(acc + 32, &a2, sizeof a2);
-      std::memcpy(acc + 48, &a3, sizeof a3);
-#else
-      for (int64_t q = 0; q < kBlock; ++q) acc[q] = 0.0f;
-      for (int64_t t = first[o]; t < first[o + 1]; ++t) {
-        const float* s = xs + offset[t] + p0;
-        const float v = value[t];
-        for (int64_t q = 0; q < kBlock; ++q) acc[q] += v * s[q];
-      }
-#endif
+      weighted_runs(xs + p0, first[o], first[o + 1], offset, value, acc);
       const int64_t len = std::min(kBlock, plane - p0);
       float* dst = out + o * plane + p0;
       for (int64_t q = 0; q < len; ++q) dst[q] = acc[q] + b;
@@ -181,27 +197,7 @@ NC_CPU_CLONES void tap_scatter(const float* g, const int64_t* first, const int32
     if (first[k] == first[k + 1]) continue;
     for (int64_t p0 = 0; p0 < padded_plane; p0 += kBlock) {
       alignas(64) float acc[kBlock];
-#if defined(__GNUC__)
-      vec16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
-      for (int64_t t = first[k]; t < first[k + 1]; ++t) {
-        const float* s = g + offset[t] + p0;
-        const vec16 v = vec16{} + value[t];
-        a0 += v * load16(s);
-        a1 += v * load16(s + 16);
-        a2 += v * load16(s + 32);
-        a3 += v * load16(s + 48);
-      }
-      std::memcpy(acc, &a0, sizeof a0);
-      std::memcpy(acc + 16, &a1, sizeof a1);
-      std::memcpy(acc + 32, &a2, sizeof a2);
-      std::memcpy(acc + 48, &a3, sizeof a3);
-#else
-      for (int64_t q = 0; q < kBlock; ++q) acc[q] = 0.0f;
-      for (int64_t t = first[k]; t < first[k + 1]; ++t) {
-        const float* s = g + offset[t] + p0;
-        for (int64_t q = 0; q < kBlock; ++q) acc[q] += value[t] * s[q];
-      }
-#endif
+      weighted_runs(g + p0, first[k], first[k + 1], offset, value, acc);
       const int64_t len = std::min(kBlock, plane - p0);
       float* dst = gxs + at[k] + p0;
       for (int64_t q = 0; q < len; ++q) dst[q] += acc[q];
