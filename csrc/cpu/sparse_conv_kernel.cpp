@@ -37,6 +37,12 @@ namespace {
 constexpr int64_t kBlock = 64;  // output positions per block of accumulators (4 AVX-512 or 8 AVX2 registers)
 constexpr int64_t kSampleGroup = 8;  // samples whose weight gradients share one set of lane sums
 
+// Where the run of kernel position (channel c, row i, column j) starts in a sample's shifted planes (below): plane
+// (c, j), row i.
+inline int32_t run_start(int64_t c, int64_t i, int64_t j, int64_t kw, int64_t padded_h, int64_t out_w) {
+  return static_cast<int32_t>(((c * kw + j) * padded_h + i) * out_w);
+}
+
 // The nonzero weights of a kernel (O, C, kH, kW): for output channel o, entries first[o] .. first[o + 1] - 1 of
 // `offset` (where its input run starts in xs) and `value`.
 struct Taps {
@@ -57,7 +63,7 @@ Taps nonzero_taps(const at::Tensor& w, int64_t padded_h, int64_t out_w) {
         for (int64_t j = 0; j < kw; ++j) {
           const float v = p[((o * chans + c) * kh + i) * kw + j];
           if (v != 0.0f) {  // a NaN weight is kept (and spreads as in a dense convolution)
-            t.offset.push_back(static_cast<int32_t>(((c * kw + j) * padded_h + i) * out_w));
+            t.offset.push_back(run_start(c, i, j, kw, padded_h, out_w));
             t.value.push_back(v);
           }
         }
@@ -180,7 +186,7 @@ InputTaps nonzero_input_taps(const at::Tensor& w, int64_t padded_h, int64_t out_
           }
         }
         t.first.push_back(static_cast<int64_t>(t.value.size()));
-        t.at.push_back(static_cast<int32_t>(((c * kw + j) * padded_h + i) * out_w));
+        t.at.push_back(run_start(c, i, j, kw, padded_h, out_w));
       }
     }
   }
@@ -430,7 +436,7 @@ std::tuple<at::Tensor, at::Tensor> direct_conv2d_weight_cpu(const at::Tensor& x,
   for (int64_t c = 0; c < chans; ++c) {
     for (int64_t i = 0; i < kh; ++i) {
       for (int64_t j = 0; j < kw; ++j) {
-        offset[(c * kh + i) * kw + j] = static_cast<int32_t>(((c * kw + j) * padded_h + i) * out_w);
+        offset[(c * kh + i) * kw + j] = run_start(c, i, j, kw, padded_h, out_w);
       }
     }
   }
