@@ -259,3 +259,119 @@ def test_weight_gradient_bad_arguments(args, message):
         x = x[0]
     with pytest.raises(RuntimeError, match=message):
         ops.direct_conv2d_weight(x, gy, args.get("kernel", w.shape[2:]), args.get("pad", pad))
+
+
+# ---- the documented summation orders, on every vector path ----
+#
+# The ops' loops are compiled once per instruction set (AVX-512, AVX2, the x86-64 baseline) and pick one per call;
+# NETCOMPRESS_SIMD caps the choice. Every path must give the bits of the order the kernel file documents, emulated
+# here one float32 operation at a time (torch's element-wise mul and add round as the C loops do, with no fused
+# multiply-add).
+
+SIMD_PATHS = ["", "avx2", "baseline"]  # "": the widest the CPU has
+# (N, C, H, W, O, kH, kW, pad): two sample groups of the weight gradient (N > 8) with a short last one, planes
+# with a tail past the last multiple of 16, output channels and taps that leave partial tiles (7 x 9, 6 x 8, 5 x 25)
+ORDER_SHAPES = [(5, 2, 7, 9, 6, 3, 3, (1, 1)), (10, 1, 10, 10, 7, 5, 5, (0, 0)), (3, 3, 6, 5, 5, 2, 4, (1, 2)),
+                (9, 1, 12, 12, 20, 5, 5, (0, 0))]
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32)
+
+
+def _padded(x, pad):
+    return torch.nn.functional.pad(x, (pad[1], pad[1], pad[0], pad[0]))
+
+
+def _forward_in_order(x, w, b, pad):
+    """out = (the products of the nonzero weights in (channel, row, column) order, added from 0) + bias."""
+    xp = _padded(x, pad)
+    o, c, kh, kw = w.shape
+    oh, ow = xp.shape[2] - kh + 1, xp.shape[3] - kw + 1
+    out = torch.empty(x.shape[0], o, oh, ow)
+    for oc in range(o):
+        acc = torch.zeros(x.shape[0], oh, ow)
+        for ci in range(c):
+            for i in range(kh):
+                for j in range(kw):
+                    if w[oc, ci, i, j] != 0:
+                        acc = acc + w[oc, ci, i, j] * xp[:, ci, i:i + oh, j:j + ow]
+        out[:, oc] = acc + (b[oc] if b is not None else 0.0)
+    return out
+
+
+def _weight_gradient_in_order(x, gy, kernel, pad):
+    """Per group of 8 samples: 16 lane sums over the samples and the positions below the last multiple of 16, the
+    lanes added in order from 0, then the positions past it; the groups added in order from 0. The bias: the same
+    with inputs of 1."""
+    n, c = x.shape[:2]
+    o, oh, ow = gy.shape[1:]
+    kh, kw = kernel
+    plane = oh * ow
+    body = plane - plane % 16
+    xp = _padded(x, pad)
+    cols = [xp[:, ci, i:i + oh, j:j + ow].reshape(n, plane) for ci in range(c) for i in range(kh) for j in range(kw)]
+    cols = torch.stack(cols + [torch.ones(n, plane)], dim=1)  # (n, taps + 1, plane)
+    g = gy.reshape(n, o, plane)
+    total = torch.zeros(o, cols.shape[1])
+    for first in range(0, n, 8):
+        group = range(first, min(first + 8, n))
+        lanes = torch.zeros(o, cols.shape[1], 16)
+        for s in group:
+            for p in range(0, body, 16):
+                lanes = lanes + g[s, :, None, p:p + 16] * cols[s, None, :, p:p + 16]
+        sums = torch.zeros(o, cols.shape[1])
+        for lane in range(16):
+            sums = sums + lanes[..., lane]
+        for s in group:
+            for p in range(body, plane):
+                sums = sums + g[s, :, None, p] * cols[s, None, :, p]
+        total = total + sums
+    return total[:, :-1].reshape(o, c, kh, kw), total[:, -1]
+
+
+def _input_gradient_in_order(gy, w, size, pad):
+    """For each kernel position in (channel, column, row) order, the sum over its nonzero weights' output channels in
+    order (from 0) added into the shifted layout; then each input position the sum over the kernel columns, in
+    order, from 0."""
+    n, o, oh, ow = gy.shape
+    c, kh, kw = w.shape[1:]
+    h, wd = size
+    ph, pw = pad
+    gxs = torch.zeros(n, c, kw, h + 2 * ph, ow)
+    for ci in range(c):
+        for j in range(kw):
+            for i in range(kh):
+                nonzero = [oc for oc in range(o) if w[oc, ci, i, j] != 0]
+                if not nonzero:
+                    continue
+                acc = torch.zeros(n, oh, ow)
+                for oc in nonzero:
+                    acc = acc + w[oc, ci, i, j] * gy[:, oc]
+                gxs[:, ci, j, i:i + oh] = gxs[:, ci, j, i:i + oh] + acc
+    gx = torch.zeros(n, c, h, wd)
+    for ci in range(c):
+        for j in range(kw):
+            lo = min(max(pw - j, 0), ow)
+            hi = min(max(wd + pw - j, lo), ow)
+            cols = slice(lo + j - pw, hi + j - pw)
+            gx[:, ci, :, cols] = gx[:, ci, :, cols] + gxs[:, ci, j, ph:ph + h, lo:hi]
+    return gx
+
+
+@pytest.mark.parametrize("simd", SIMD_PATHS)
+@pytest.mark.parametrize("shape", ORDER_SHAPES)
+def test_every_vector_path_sums_in_the_documented_order(shape, simd, monkeypatch):
+    """The forward, the data gradient and the weight and bias gradients give, bit for bit, the sums in the order the
+    kernel file documents, on the AVX-512, AVX2 and baseline paths alike (a path the CPU lacks runs the next one
+    down): results do not depend on the machine, and tile shapes and vector widths are a matter of speed only."""
+    monkeypatch.setenv("NETCOMPRESS_SIMD", simd)
+    x, w, b, pad = _inputs(shape, 0.6, seed=11)
+    assert torch.equal(_bits(ops.sparse_conv2d(x, w, b, pad)), _bits(_forward_in_order(x, w, b, pad)))
+    assert torch.equal(_bits(ops.sparse_conv2d(x, w, None, pad)), _bits(_forward_in_order(x, w, None, pad)))
+    _, _, gy, _ = _grad_inputs(shape, 0.6, seed=11)
+    assert torch.equal(_bits(ops.sparse_conv2d_input(gy, w, x.shape[2:], pad)),
+                       _bits(_input_gradient_in_order(gy, w, x.shape[2:], pad)))
+    gw, gb = ops.direct_conv2d_weight(x, gy, w.shape[2:], pad)
+    want_w, want_b = _weight_gradient_in_order(x, gy, w.shape[2:], pad)
+    assert torch.equal(_bits(gw), _bits(want_w)) and torch.equal(_bits(gb), _bits(want_b))
