@@ -202,8 +202,9 @@ def cpu_direct_conv(channels: int, group: int, kernel: Sequence[int], stride: Se
     oneDNN's kernels for a single input channel pad the output channels to its SIMD block and run 3x3 kernels
     poorly; its weight gradient's sum over the batch also depends on the thread count. Measured fwd+bwd on one
     AVX-512 core without a data gradient (benchmarks/bench_conv.py): LeNet's conv1 (5x5, 20 outputs, unpadded)
-    1.17x faster on 1 thread, even on 2; 3x3 with 8-32 outputs 1.24-1.8x on 1 thread (with 8 outputs up to 8x on
-    2, where oneDNN's weight gradient stalls); 5x5 padded by 2 slower (0.67-0.93x: oneDNN's kernel suits it). So:
+    1.26x faster on 1 thread, 1.27x on 2; 3x3 with 8-32 outputs 1.3-1.9x (with 8 outputs up to 8x on 2, where
+    oneDNN's weight gradient stalls); 5x5 padded by 2 slower (0.67-0.93x: oneDNN's kernel suits it). With AVX2
+    only (simulated) the margins are wider: LeNet's conv1 2.2-2.5x. So:
     ungrouped, stride 1, undilated, one input channel, kernel sides <= 3 or no padding, a sample's shifted input
     (kernel width x padded height x output width) at most SPARSE_MAX_SHIFTED floats. The values are the same on
     any number of threads (the batch's sums are added in fixed groups of samples, in order).
