@@ -104,6 +104,9 @@ def machine_info(devices: Sequence[str]) -> dict:
         "netcompress_with_cuda": ops.WITH_CUDA,
         "git_commit": _git_commit(),
         "load_average_start": load_average(),
+        # the settings that change which kernels run (NETCOMPRESS_SIMD, ONEDNN_MAX_CPU_ISA, thread counts, ...)
+        "environment": {k: v for k, v in sorted(os.environ.items())
+                        if k.startswith(("NETCOMPRESS_", "ONEDNN_", "DNNL_", "MKL_", "OMP_", "KMP_"))},
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if "cuda" in devices and torch.cuda.is_available():

@@ -360,6 +360,16 @@ NC_INLINE void weight_sums(const float* const* xs, const float* const* g, int64_
 
 enum class Isa { kBaseline, kAvx2, kAvx512 };
 
+// NETCOMPRESS_SIMD: unset, empty or "avx512" (no cap), "avx2" or "baseline".
+Isa simd_cap() {
+  const char* cap = std::getenv("NETCOMPRESS_SIMD");
+  if (cap == nullptr || *cap == '\0' || std::strcmp(cap, "avx512") == 0) return Isa::kAvx512;
+  if (std::strcmp(cap, "avx2") == 0) return Isa::kAvx2;
+  if (std::strcmp(cap, "baseline") == 0) return Isa::kBaseline;
+  TORCH_CHECK(false, "NETCOMPRESS_SIMD must be avx512, avx2 or baseline (the widest vector instructions the direct "
+              "convolution sums may use), or unset; got '", cap, "'");
+}
+
 // The widest vector instruction set the CPU has, capped by NETCOMPRESS_SIMD ("avx2" or "baseline"; read at each
 // call, so that tests and benchmarks can compare the paths in one process).
 Isa vector_isa() {
@@ -374,11 +384,10 @@ Isa vector_isa() {
                               ? Isa::kAvx512
                           : v3 ? Isa::kAvx2
                                : Isa::kBaseline;
-  const char* cap = std::getenv("NETCOMPRESS_SIMD");
-  if (cap && std::strcmp(cap, "baseline") == 0) return Isa::kBaseline;
-  if (cap && std::strcmp(cap, "avx2") == 0) return std::min(best, Isa::kAvx2);
-  return best;
+  const Isa cap = simd_cap();
+  return std::min(best, cap);
 #else
+  simd_cap();  // a bad value is an error on every machine
   return Isa::kBaseline;
 #endif
 }

@@ -375,3 +375,13 @@ def test_every_vector_path_sums_in_the_documented_order(shape, simd, monkeypatch
     gw, gb = ops.direct_conv2d_weight(x, gy, w.shape[2:], pad)
     want_w, want_b = _weight_gradient_in_order(x, gy, w.shape[2:], pad)
     assert torch.equal(_bits(gw), _bits(want_w)) and torch.equal(_bits(gb), _bits(want_b))
+
+
+@pytest.mark.parametrize("value", ["avx3", "AVX2", "sse2"])
+def test_a_bad_simd_setting_is_an_error_naming_the_variable(value, monkeypatch):
+    monkeypatch.setenv("NETCOMPRESS_SIMD", value)
+    x, w, b, pad = _inputs(SHAPES[1])
+    with pytest.raises(RuntimeError, match=f"NETCOMPRESS_SIMD must be avx512, avx2 or baseline.*got '{value}'"):
+        ops.sparse_conv2d(x, w, b, pad)
+    monkeypatch.setenv("NETCOMPRESS_SIMD", "avx512")  # no cap: the widest path the CPU has
+    assert torch.equal(ops.sparse_conv2d(x, w, b, pad), _forward_in_order(x, w, b, pad))
