@@ -107,8 +107,9 @@ def _extension():
             why += f"; built with nvcc's own toolkit {adopted} (no libcudart.so where torch looked)"
     sources = _sources("csrc/netcompress.cpp") + _sources("csrc/autograd.cpp") + _sources("csrc/cpu/*.cpp")
     openmp = _openmp_flags()
-    # -ffp-contract=off: the CPU loops have AVX2/AVX-512 clones (csrc/cpu/loops.h); without it GCC would fuse
-    # a*b + c into an FMA in those clones only, and results would depend on the machine.
+    # -ffp-contract=off: the CPU loops have AVX2/AVX-512 copies (csrc/cpu/loops.h, and sparse_conv_kernel.cpp's
+    # per-instruction-set loops); without it GCC would fuse a*b + c into an FMA in those copies only, and results
+    # would depend on the machine.
     cxx = (["/O2"] if sys.platform == "win32" else ["-O3", "-ffp-contract=off"]) + openmp
     extra_compile_args: dict[str, list[str]] = {"cxx": cxx}
     define_macros: list[tuple[str, str | None]] = []

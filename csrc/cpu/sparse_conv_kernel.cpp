@@ -30,8 +30,6 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu/loops.h"
-
 namespace netcompress {
 namespace {
 
@@ -105,10 +103,11 @@ void shifted_planes(const float* x, int64_t chans, int64_t h, int64_t w, int64_t
 #endif
 
 // The loops below are templates over a GCC vector type V of the machine's width: 16 floats with AVX-512, 8 with
-// AVX2, 4 otherwise (a wider type than the instruction set has is lowered by GCC through memory, four times slower
-// than its scalar loop). Each is instantiated once per instruction set by functions compiled for it, and
-// vector_isa() picks one per call (NETCOMPRESS_SIMD caps it, for tests and benchmarks). A sum's order never depends
-// on V: a vector accumulates 16 lanes as 16 / width(V) vectors, so each path gives the same bits.
+// AVX2, 4 otherwise (GCC lowers a type wider than the instruction set through memory: the weight gradient's loop
+// with 16-float vectors took 3.7x as long compiled for AVX2 as for AVX-512, RESULTS.md's ninth session). Each is
+// instantiated once per instruction set by functions compiled for it, and vector_isa() picks one per call
+// (NETCOMPRESS_SIMD caps it, for tests and benchmarks). A sum's order never depends on V: 16 lanes are kept as
+// 16 / width(V) vectors, so each path gives the same bits.
 #if defined(__GNUC__)
 // A vector wider than the file's baseline passed by value would change the ABI; these are only ever inlined.
 #pragma GCC diagnostic ignored "-Wpsabi"
