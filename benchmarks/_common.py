@@ -102,6 +102,7 @@ def machine_info(devices: Sequence[str]) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "netcompress_with_cuda": ops.WITH_CUDA,
+        "direct_sum_simd": ops.direct_sum_simd(),  # the vector path of the direct-sum convolutions
         "git_commit": _git_commit(),
         "load_average_start": load_average(),
         # the settings that change which kernels run (NETCOMPRESS_SIMD, ONEDNN_MAX_CPU_ISA, thread counts, ...)

@@ -9,6 +9,8 @@
 
 #include <torch/library.h>
 
+#include <exception>
+
 TORCH_LIBRARY(netcompress, m) {
   const std::vector<at::Tag> tags = {at::Tag::pt2_compliant_tag};
 
@@ -91,9 +93,29 @@ TORCH_LIBRARY(netcompress, m) {
         "float local_rate) -> ()", tags);
 }
 
+namespace netcompress {
+const char* direct_sum_simd();  // csrc/cpu/sparse_conv_kernel.cpp
+}  // namespace netcompress
+
+static PyObject* py_direct_sum_simd(PyObject*, PyObject*) {
+  try {
+    return PyUnicode_FromString(netcompress::direct_sum_simd());
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return nullptr;
+}
+
+static PyMethodDef netcompress_methods[] = {
+    {"direct_sum_simd", py_direct_sum_simd, METH_NOARGS,
+     "The vector instructions the CPU direct-sum convolutions run with now: 'avx512', 'avx2' or 'baseline'."},
+    {nullptr, nullptr, 0, nullptr}};
+
 // `import netcompress._C` loads this library, which runs the registrations above. The module itself
-// only tells Python whether CUDA kernels were compiled in.
-static struct PyModuleDef netcompress_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+// tells Python whether CUDA kernels were compiled in, and which vector instructions the direct sums use.
+static struct PyModuleDef netcompress_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, netcompress_methods};
 
 extern "C" PyMODINIT_FUNC PyInit__C(void) {
   PyObject* module = PyModule_Create(&netcompress_module);

@@ -50,6 +50,25 @@ def _cpu_capability() -> str:
         return "unknown"
 
 
+def _direct_sums() -> str:
+    """Which vector instructions the direct-sum convolutions use, in words."""
+    try:
+        from . import ops
+
+        path = ops.direct_sum_simd()
+    except ImportError as e:  # the extension is not built: said in its own section
+        return f"unknown ({e.__class__.__name__})"
+    except AttributeError:
+        return "unknown (the extension predates this query: rebuild it)"
+    except RuntimeError as e:
+        return f"error: {e}"
+    names = {"avx512": "AVX-512", "avx2": "AVX2", "baseline": "x86-64 baseline (SSE2) or scalar"}
+    cap = os.environ.get("NETCOMPRESS_SIMD")
+    why = f"NETCOMPRESS_SIMD={cap}" if cap else "the widest this CPU and build allow; NETCOMPRESS_SIMD=avx2 or " \
+        "baseline caps it"
+    return f"{names[path]} vectors ({why}; every choice gives the same bits)"
+
+
 def collect_info() -> dict:
     """Everything `netcompress info` prints, as a dict."""
     import torch
@@ -81,6 +100,7 @@ def collect_info() -> dict:
         "memory": {"chosen": current_memory().describe()},
         "devices": {"CUDA available": torch.cuda.is_available(), "CUDA devices": devices,
                     "CPU capability": _cpu_capability(), "CPU convolution algorithm": cpu_conv_algorithm(),
+                    "CPU direct sums": _direct_sums(),
                     "CPU convolution layout": cpu_conv_layout(),
                     "CPU inner products": cpu_matmul()},
     }
@@ -119,6 +139,7 @@ def format_info(info: dict) -> str:
     lines += [f"  {d}" for d in dev["CUDA devices"]] or ["  CUDA devices: none (runs on the CPU)"]
     lines.append(f"  CPU capability: {dev['CPU capability']}")
     lines.append(f"  CPU convolution algorithm: {dev['CPU convolution algorithm']}")
+    lines.append(f"  CPU direct sums: {dev['CPU direct sums']}")
     lines.append(f"  CPU convolution layout: {dev['CPU convolution layout']}")
     lines.append(f"  CPU inner products: {dev['CPU inner products']}")
     return "\n".join(lines)

@@ -92,3 +92,4 @@ def test_info_reports_versions_build_threads_and_devices(capsys):
     assert re.search(r"  CPU convolution algorithm: (NNPACK's FFT tiles for|ATen's convolution \(oneDNN\) for every)", out)
     assert re.search(r"  CPU convolution layout: (channels-last where|NCHW for every)", out)
     assert re.search(r"  CPU inner products: (oneDNN for float32 products|BLAS for every product)", out)
+    assert re.search(r"  CPU direct sums: (AVX-512|AVX2|x86-64 baseline \(SSE2\) or scalar) vectors \(", out)

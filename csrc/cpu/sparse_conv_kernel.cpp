@@ -592,6 +592,18 @@ std::tuple<at::Tensor, at::Tensor> direct_conv2d_weight_cpu(const at::Tensor& x,
 }
 
 }  // namespace
+
+// The vector instructions the direct sums run with now: "avx512", "avx2" or "baseline" (the module function
+// netcompress._C.direct_sum_simd, for `netcompress info` and the benchmarks' records). Throws for a bad
+// NETCOMPRESS_SIMD, as the ops do.
+const char* direct_sum_simd() {
+  switch (vector_isa()) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "baseline";
+  }
+}
+
 }  // namespace netcompress
 
 TORCH_LIBRARY_IMPL(netcompress, CPU, m) {

@@ -35,6 +35,7 @@ from .solver import sgd_momentum_update_  # noqa: E402
 
 __all__ = [
     "WITH_CUDA",
+    "direct_sum_simd",
     "dns_masked_weight",
     "dns_stats",
     "dns_thresholds",
@@ -63,3 +64,10 @@ __all__ = [
 
 #: Whether the extension was compiled with its CUDA kernels.
 WITH_CUDA: bool = bool(_C.with_cuda)
+
+
+def direct_sum_simd() -> str:
+    """The vector instructions the CPU direct-sum convolutions (sparse_conv2d, sparse_conv2d_input,
+    direct_conv2d_weight) run with now: "avx512", "avx2" or "baseline", the widest the CPU has unless
+    NETCOMPRESS_SIMD caps it. Every choice gives the same bits. RuntimeError for a bad NETCOMPRESS_SIMD."""
+    return _C.direct_sum_simd()

@@ -385,3 +385,18 @@ def test_a_bad_simd_setting_is_an_error_naming_the_variable(value, monkeypatch):
         ops.sparse_conv2d(x, w, b, pad)
     monkeypatch.setenv("NETCOMPRESS_SIMD", "avx512")  # no cap: the widest path the CPU has
     assert torch.equal(ops.sparse_conv2d(x, w, b, pad), _forward_in_order(x, w, b, pad))
+
+
+def test_direct_sum_simd_names_the_path_and_honours_the_cap(monkeypatch):
+    """ops.direct_sum_simd() says which vector path the ops take now (netcompress info prints it): the widest the
+    CPU has, capped by NETCOMPRESS_SIMD, never wider than the cap."""
+    monkeypatch.delenv("NETCOMPRESS_SIMD", raising=False)
+    order = ["baseline", "avx2", "avx512"]
+    best = ops.direct_sum_simd()
+    assert best in order
+    for cap in order:
+        monkeypatch.setenv("NETCOMPRESS_SIMD", cap)
+        assert ops.direct_sum_simd() == order[min(order.index(cap), order.index(best))]
+    monkeypatch.setenv("NETCOMPRESS_SIMD", "avx3")
+    with pytest.raises(RuntimeError, match="NETCOMPRESS_SIMD must be avx512, avx2 or baseline"):
+        ops.direct_sum_simd()
