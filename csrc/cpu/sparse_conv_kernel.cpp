@@ -105,7 +105,7 @@ void shifted_planes(const float* x, int64_t chans, int64_t h, int64_t w, int64_t
 // The loops below are templates over a GCC vector type V of the machine's width: 16 floats with AVX-512, 8 with
 // AVX2, 4 otherwise (GCC lowers a type wider than the instruction set through memory: the weight gradient's loop
 // with 16-float vectors took 3.7x as long compiled for AVX2 as for AVX-512, RESULTS.md's ninth session). Each is
-// instantiated once per instruction set by functions compiled for it, and vector_isa() picks one per call
+// instantiated once per instruction set by functions compiled for it, and vector_isa() picks one per op call
 // (NETCOMPRESS_SIMD caps it, for tests and benchmarks). A sum's order never depends on V: 16 lanes are kept as
 // 16 / width(V) vectors, so each path gives the same bits.
 #if defined(__GNUC__)
@@ -401,8 +401,8 @@ Isa vector_isa() {
 
 // NAME_avx512, NAME_avx2 and NAME_baseline: BODY compiled for each instruction set, with V its vector type and
 // OB x TB the weight gradient's tile for its registers (measured on LeNet's conv1: 4 x 6 0.51 ms, 4 x 4 0.54, the
-// previous 1 x 8 0.70 with AVX-512; AVX2's shapes from 1 x 4 to 3 x 2 within 10 %). NC_ISA_CALL calls the one
-// vector_isa() picks.
+// previous 1 x 8 0.70 with AVX-512; AVX2's shapes from 1 x 4 to 3 x 2 within 10 %). NC_ISA_CALL(isa, NAME, ...)
+// calls the one for isa, which each op takes from vector_isa() once, before its threads start.
 #define NC_ISA_PATHS(NAME, PARAMS, BODY)                                                      \
   NC_TARGET_AVX512 void NAME##_avx512 PARAMS {                                                \
     using V = vec16;                                                                           \
@@ -433,8 +433,8 @@ NC_ISA_PATHS(group_weight_sums,
               const int32_t* offset, int64_t taps, float* dw, int64_t stride),
              (weight_sums<V, OB, TB>(xs, g, group, outs, plane, offset, taps, dw, stride)))
 
-#define NC_ISA_CALL(NAME, ...)                              \
-  switch (vector_isa()) {                                   \
+#define NC_ISA_CALL(ISA, NAME, ...)                         \
+  switch (ISA) {                                            \
     case Isa::kAvx512: NAME##_avx512(__VA_ARGS__); break;   \
     case Isa::kAvx2: NAME##_avx2(__VA_ARGS__); break;       \
     default: NAME##_baseline(__VA_ARGS__); break;           \
@@ -470,12 +470,13 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, cons
   const float* bp = bias ? bc.const_data_ptr<float>() : nullptr;
   float* op = out.mutable_data_ptr<float>();
   const int64_t plane = out_h * out_w;
+  const Isa isa = vector_isa();  // before the threads: NETCOMPRESS_SIMD is read once
   at::parallel_for(0, n, 1, [&](int64_t lo, int64_t hi) {
     std::vector<float> xs(xs_size + kBlock, 0.0f);
     for (int64_t i = lo; i < hi; ++i) {
       shifted_planes(xp + i * chans * h * w, chans, h, w, kw, padding[0], padding[1], padded_h, out_w, xs.data());
-      NC_ISA_CALL(sample_sums, xs.data(), taps.first.data(), taps.offset.data(), taps.value.data(), bp, outs, plane,
-               op + i * outs * plane);
+      NC_ISA_CALL(isa, sample_sums, xs.data(), taps.first.data(), taps.offset.data(), taps.value.data(), bp, outs,
+                  plane, op + i * outs * plane);
     }
   });
   return out;
@@ -511,6 +512,7 @@ at::Tensor sparse_conv2d_input_cpu(const at::Tensor& grad_out, const at::Tensor&
   const float* gp = gc.const_data_ptr<float>();
   float* xp = gx.mutable_data_ptr<float>();
   const int64_t positions = chans * kw * kh;
+  const Isa isa = vector_isa();  // before the threads: NETCOMPRESS_SIMD is read once
   at::parallel_for(0, n, 1, [&](int64_t lo, int64_t hi) {
     std::vector<float> gxs(xs_size + kBlock);
     std::vector<float> g(outs * padded_plane + kBlock, 0.0f);  // the planes' padding stays zero
@@ -519,7 +521,7 @@ at::Tensor sparse_conv2d_input_cpu(const at::Tensor& grad_out, const at::Tensor&
         std::memcpy(g.data() + o * padded_plane, gp + (i * outs + o) * plane, plane * sizeof(float));
       }
       std::fill(gxs.begin(), gxs.end(), 0.0f);
-      NC_ISA_CALL(sample_scatter, g.data(), taps.first.data(), taps.offset.data(), taps.value.data(),
+      NC_ISA_CALL(isa, sample_scatter, g.data(), taps.first.data(), taps.offset.data(), taps.value.data(),
                   taps.at.data(), positions, plane, padded_plane, gxs.data());
       fold_shifted(gxs.data(), chans, h, w, kw, padding[0], padding[1], padded_h, out_w, xp + i * chans * h * w);
     }
@@ -565,6 +567,7 @@ std::tuple<at::Tensor, at::Tensor> direct_conv2d_weight_cpu(const at::Tensor& x,
   const float* xp = xc.const_data_ptr<float>();
   const float* gp = gc.const_data_ptr<float>();
   float* pp = partial.mutable_data_ptr<float>();
+  const Isa isa = vector_isa();  // before the threads: NETCOMPRESS_SIMD is read once
   at::parallel_for(0, groups, 1, [&](int64_t lo, int64_t hi) {
     std::vector<float> xs(kSampleGroup * xs_size + kBlock, 0.0f);
     const float* xs_of[kSampleGroup];
@@ -577,8 +580,8 @@ std::tuple<at::Tensor, at::Tensor> direct_conv2d_weight_cpu(const at::Tensor& x,
         xs_of[s] = xs.data() + s * xs_size;
       }
       for (int64_t s = 0; s < count; ++s) g_of[s] = gp + (first + s) * outs * plane;
-      NC_ISA_CALL(group_weight_sums, xs_of, g_of, count, outs, plane, offset.data(), taps, pp + grp * outs * (taps + 1),
-                  taps + 1);
+      NC_ISA_CALL(isa, group_weight_sums, xs_of, g_of, count, outs, plane, offset.data(), taps,
+                  pp + grp * outs * (taps + 1), taps + 1);
     }
   });
   at::Tensor total = at::zeros({outs, taps + 1}, x.options());
