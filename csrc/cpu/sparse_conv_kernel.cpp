@@ -369,7 +369,7 @@ Isa simd_cap() {
               "convolution sums may use), or unset; got '", cap, "'");
 }
 
-// The widest vector instruction set the CPU has, capped by NETCOMPRESS_SIMD ("avx2" or "baseline"; read at each
+// The widest vector instruction set the CPU has, capped by NETCOMPRESS_SIMD ("avx2" or "baseline"; read at each op
 // call, so that tests and benchmarks can compare the paths in one process).
 Isa vector_isa() {
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 11
