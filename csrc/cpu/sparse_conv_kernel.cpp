@@ -125,10 +125,28 @@ NC_INLINE V loadv(const float* p) {
   return v;
 }
 #else
-using vec4 = float;  // the scalar loops ignore the vector type
-using vec8 = float;
-using vec16 = float;
+struct vec4 {};  // the scalar loops ignore the vector type; distinct types still name the paths' tiles (Tile)
+struct vec8 {};
+struct vec16 {};
 #endif
+
+// The weight gradient's tile for a vector type: OB output channels x TB taps, their sums in registers (16 floats a
+// sum: 24 of AVX-512's 32 registers for 4 x 6). Measured on LeNet's conv1: 4 x 6 0.51 ms, 4 x 4 0.54, 5 x 5 0.50,
+// the previous 1 x 8 0.70 with AVX-512; AVX2's shapes from 1 x 4 to 3 x 2 within 10 % of each other.
+template <typename V>
+struct Tile;
+template <>
+struct Tile<vec16> {
+  static constexpr int OB = 4, TB = 6;
+};
+template <>
+struct Tile<vec8> {
+  static constexpr int OB = 2, TB = 3;
+};
+template <>
+struct Tile<vec4> {
+  static constexpr int OB = 1, TB = 3;
+};
 
 // acc[q] = the sum over t in [first, last), in order, of value[t] * src[offset[t] + q], for q < kBlock.
 template <typename V>
@@ -244,7 +262,7 @@ void fold_shifted(const float* gxs, int64_t chans, int64_t h, int64_t w, int64_t
 // the sum over the group's samples s (in order) and the positions p < body with p % 16 == l (in order) of
 // g[s][i * plane + p] * xs[s][offset[j] + p]. xs[s] is sample s's shifted input, g[s] its output gradient at the
 // tile's first channel. Each load of g serves TB taps and each load of xs OB channels; the tile's sums stay in
-// registers (OB x TB x 16 floats: 24 of AVX-512's 32 registers for 4 x 6). Every sum runs in the same order
+// registers (OB x TB x 16 floats, Tile). Every sum runs in the same order
 // whatever the tile and the vector width, so they are a matter of speed only.
 template <typename V, int OB, int TB>
 NC_INLINE void dot_tile(const float* const* xs, const float* const* g, int64_t group, int64_t body, int64_t plane,
@@ -304,15 +322,16 @@ NC_INLINE void dot_tile_upto(int64_t ob, int64_t tb, const float* const* xs, con
   dot_tile<V, OB, TB>(xs, g, group, body, plane, offset, lanes);
 }
 
-// The weight and bias gradients of output channels [0, outs) over a group of samples, in tiles of up to OB channels
-// x TB taps: dw[o][t] = the sum over the group's samples s and positions p < plane of g[s][o * plane + p] *
+// The weight and bias gradients of output channels [0, outs) over a group of samples, in tiles of up to Tile<V>'s
+// OB channels x TB taps: dw[o][t] = the sum over the group's samples s and positions p < plane of g[s][o * plane + p] *
 // xs[s][offset[t] + p], for every tap t (each (channel, kernel row, kernel column)), and db[o] = the sum of g over
 // the group (dw and db rows `stride` apart). A sum runs in 16 lanes over the group's samples and the positions below
 // the last multiple of 16, then adds its lanes in order, then the positions past that multiple: a fixed order, so
 // the same bits on any machine and with any tiles.
-template <typename V, int OB, int TB>
+template <typename V>
 NC_INLINE void weight_sums(const float* const* xs, const float* const* g, int64_t group, int64_t outs, int64_t plane,
                            const int32_t* offset, int64_t taps, float* dw, int64_t stride) {
+  constexpr int OB = Tile<V>::OB, TB = Tile<V>::TB;
   const int64_t body = plane - plane % 16;
   auto finish = [&](const float* lanes, int64_t o, int64_t off) {
     float sum = 0.0f;
@@ -399,39 +418,26 @@ Isa vector_isa() {
 #define NC_TARGET_AVX2
 #endif
 
-// NAME_avx512, NAME_avx2 and NAME_baseline: BODY compiled for each instruction set, with V its vector type and
-// OB x TB the weight gradient's tile for its registers (measured on LeNet's conv1: 4 x 6 0.51 ms, 4 x 4 0.54, the
-// previous 1 x 8 0.70 with AVX-512; AVX2's shapes from 1 x 4 to 3 x 2 within 10 %). NC_ISA_CALL(isa, NAME, ...)
-// calls the one for isa, which each op takes from vector_isa() once, before its threads start.
-#define NC_ISA_PATHS(NAME, PARAMS, BODY)                                                      \
-  NC_TARGET_AVX512 void NAME##_avx512 PARAMS {                                                \
-    using V = vec16;                                                                           \
-    constexpr int OB = 4, TB = 6;                                                              \
-    BODY;                                                                                      \
-  }                                                                                            \
-  NC_TARGET_AVX2 void NAME##_avx2 PARAMS {                                                    \
-    using V = vec8;                                                                            \
-    constexpr int OB = 2, TB = 3;                                                              \
-    BODY;                                                                                      \
-  }                                                                                            \
-  void NAME##_baseline PARAMS {                                                               \
-    using V = vec4;                                                                            \
-    constexpr int OB = 1, TB = 3;                                                              \
-    BODY;                                                                                      \
-  }
+// NAME_avx512, NAME_avx2 and NAME_baseline: the template FN<V> compiled for each instruction set, with V its
+// vector type. NC_ISA_CALL(isa, NAME, ...) calls the one for isa, which each op takes from vector_isa() once, before
+// its threads start.
+#define NC_ISA_PATHS(NAME, FN, PARAMS, ARGS)                                        \
+  NC_TARGET_AVX512 void NAME##_avx512 PARAMS { FN<vec16> ARGS; }                    \
+  NC_TARGET_AVX2 void NAME##_avx2 PARAMS { FN<vec8> ARGS; }                         \
+  void NAME##_baseline PARAMS { FN<vec4> ARGS; }
 
-NC_ISA_PATHS(sample_sums,
+NC_ISA_PATHS(sample_sums, tap_sums,
              (const float* xs, const int64_t* first, const int32_t* offset, const float* value, const float* bias,
               int64_t outs, int64_t plane, float* out),
-             (void)OB; (void)TB; tap_sums<V>(xs, first, offset, value, bias, outs, plane, out))
-NC_ISA_PATHS(sample_scatter,
+             (xs, first, offset, value, bias, outs, plane, out))
+NC_ISA_PATHS(sample_scatter, tap_scatter,
              (const float* g, const int64_t* first, const int32_t* offset, const float* value, const int32_t* at,
               int64_t positions, int64_t plane, int64_t padded_plane, float* gxs),
-             (void)OB; (void)TB; tap_scatter<V>(g, first, offset, value, at, positions, plane, padded_plane, gxs))
-NC_ISA_PATHS(group_weight_sums,
+             (g, first, offset, value, at, positions, plane, padded_plane, gxs))
+NC_ISA_PATHS(group_weight_sums, weight_sums,
              (const float* const* xs, const float* const* g, int64_t group, int64_t outs, int64_t plane,
               const int32_t* offset, int64_t taps, float* dw, int64_t stride),
-             (weight_sums<V, OB, TB>(xs, g, group, outs, plane, offset, taps, dw, stride)))
+             (xs, g, group, outs, plane, offset, taps, dw, stride))
 
 #define NC_ISA_CALL(ISA, NAME, ...)                         \
   switch (ISA) {                                            \
