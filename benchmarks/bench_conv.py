@@ -110,25 +110,32 @@ def _time_layers(row: dict, layers: dict, x: torch.Tensor, gy: torch.Tensor, min
             row[f"{key}_{kind}_iqr"] = t["iqr_rel"]
 
 
+def _setup(shape, threads: int, seed: int):
+    """Threads set; a random input and output gradient; the ATen layer and the rule's layer (the layer as the net
+    builds it) with the same weights."""
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(seed)
+    n, c, size = shape[:3]
+    x = torch.randn(n, c, size, size, generator=g)
+    aten, rule = _layer(shape, "aten"), _layer(shape, None)
+    with torch.no_grad():
+        rule.weight.copy_(aten.weight)
+        rule.bias.copy_(aten.bias)
+    gy = torch.randn(aten.top_shapes([tuple(x.shape)])[0], generator=g)
+    return g, x, gy, aten, rule
+
+
 def measure(name: str, threads: int, min_time: float) -> dict:
     from netcompress import ops
 
     shape = SHAPES[name]
-    torch.set_num_threads(threads)
-    g = torch.Generator().manual_seed(0)
-    n, c, size = shape[:3]
-    x = torch.randn(n, c, size, size, generator=g)
-    aten = _layer(shape, "aten")
-    fft = _layer(shape, None)
+    _, x, gy, aten, fft = _setup(shape, threads, 0)
     row = {"shape": name, "threads": threads, "rule": bool(fft._fft)}
     layers = {"aten": aten}
     if ops.nnpack_available() and shape[5] < shape[4]:
         # outside the rule: the same layer forced onto NNPACK, to show why it is outside
         fft._fft, fft._channels_last = True, False
-        fft.weight.data.copy_(aten.weight.data)
-        fft.bias.data.copy_(aten.bias.data)
         layers["nnpack"] = fft
-    gy = torch.randn(aten.top_shapes([tuple(x.shape)])[0], generator=g)
     _time_layers(row, layers, x, gy, min_time)
     if "nnpack" in layers:
         row["speedup"] = row["aten_fwd_bwd_ms"] / row["nnpack_fwd_bwd_ms"]
@@ -138,20 +145,13 @@ def measure(name: str, threads: int, min_time: float) -> dict:
 def measure_pruned(name: str, kept: float, threads: int, min_time: float) -> dict:
     from netcompress.layers.vision import SPARSE_MAX_DENSITY
 
-    shape = SHAPES[name]
-    torch.set_num_threads(threads)
-    g = torch.Generator().manual_seed(1)
-    n, c, size = shape[:3]
-    x = torch.randn(n, c, size, size, generator=g)
-    aten, rule = _layer(shape, "aten"), _layer(shape, None)
+    g, x, gy, aten, rule = _setup(SHAPES[name], threads, 1)
     with torch.no_grad():
         aten.weight.mul_(torch.rand(aten.weight.shape, generator=g) < kept)
         rule.weight.copy_(aten.weight)
-        rule.bias.copy_(aten.bias)
     density = float(torch.count_nonzero(rule.weight)) / rule.weight.numel()
     row = {"shape": name, "threads": threads, "kept": kept, "density": density,
            "path": "sparse" if density <= SPARSE_MAX_DENSITY else "aten"}
-    gy = torch.randn(aten.top_shapes([tuple(x.shape)])[0], generator=g)
     _time_layers(row, {"aten": aten, "rule": rule}, x, gy, min_time)
     row["speedup_fwd"] = row["aten_fwd_ms"] / row["rule_fwd_ms"]
     row["speedup"] = row["aten_fwd_bwd_ms"] / row["rule_fwd_bwd_ms"]
@@ -160,18 +160,9 @@ def measure_pruned(name: str, kept: float, threads: int, min_time: float) -> dic
 
 def measure_direct(name: str, threads: int, min_time: float) -> dict:
     """A single-channel shape (cpu_direct_conv): the ATen layer against the rule's direct sums."""
-    shape = DIRECT_SHAPES[name]
-    torch.set_num_threads(threads)
-    g = torch.Generator().manual_seed(2)
-    n, c, size = shape[:3]
-    x = torch.randn(n, c, size, size, generator=g)
-    aten, rule = _layer(shape, "aten"), _layer(shape, None)
+    _, x, gy, aten, rule = _setup(DIRECT_SHAPES[name], threads, 2)
     row = {"shape": name, "threads": threads, "rule": bool(rule._direct)}
     rule._direct = True  # outside the rule: forced, to show why it is outside
-    with torch.no_grad():
-        rule.weight.copy_(aten.weight)
-        rule.bias.copy_(aten.bias)
-    gy = torch.randn(aten.top_shapes([tuple(x.shape)])[0], generator=g)
     _time_layers(row, {"aten": aten, "direct": rule}, x, gy, min_time, data_grad=False)  # a first layer
     row["speedup_fwd"] = row["aten_fwd_ms"] / row["direct_fwd_ms"]
     row["speedup"] = row["aten_fwd_bwd_ms"] / row["direct_fwd_bwd_ms"]
