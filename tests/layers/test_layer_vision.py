@@ -182,6 +182,16 @@ def test_cpu_fft_conv_rule(monkeypatch, channels, group, kernel, stride, pad, di
 
 
 @pytest.mark.skipif(not ops.nnpack_available(), reason="this PyTorch has no NNPACK for this CPU")
+def _rule_and_aten_layers(make_layer, monkeypatch, snippet, shape):
+    """The float32 layer as the CPU rules build it, and the same layer under NETCOMPRESS_CONV_ALGO=aten (which stays
+    set for the rest of the test)."""
+    from netcompress.layers.vision import CONV_ALGO_ENV
+    monkeypatch.delenv(CONV_ALGO_ENV, raising=False)
+    layer = make_layer(snippet, shape, dtype=torch.float32)
+    monkeypatch.setenv(CONV_ALGO_ENV, "aten")
+    return layer, make_layer(snippet, shape, dtype=torch.float32)
+
+
 @pytest.mark.parametrize("pad, bias", [(0, True), (2, False)])
 def test_convolution_fft_path(make_layer, monkeypatch, pad, bias):
     """LeNet's conv2 in float32 on the CPU runs by NNPACK (cpu_fft_conv): its top and all three gradients within
@@ -192,10 +202,7 @@ def test_convolution_fft_path(make_layer, monkeypatch, pad, bias):
                'weight_filler { type: "xavier" } bias_filler { type: "uniform" min: -1 max: 1 } }'
                % (pad, "true" if bias else "false"))
     shape = (16, 20, 12, 12)
-    monkeypatch.delenv(CONV_ALGO_ENV, raising=False)
-    layer = make_layer(snippet, shape, dtype=torch.float32)
-    monkeypatch.setenv(CONV_ALGO_ENV, "aten")
-    plain = make_layer(snippet, shape, dtype=torch.float32)
+    layer, plain = _rule_and_aten_layers(make_layer, monkeypatch, snippet, shape)
     assert layer._fft and not plain._fft
     x = rand(*shape).float().requires_grad_()
     y = layer(x)
@@ -252,14 +259,11 @@ def test_convolution_fft_path_kernel_with_zeros(make_layer, monkeypatch, kept, p
     (FFT tiles leave ~1e-8 there, which would decide max pooling's ties) and windows that agree where the kernel
     is nonzero give the same bits. The data gradient is over the nonzero weights too where the forward was; the
     weight gradient stays NNPACK's (a pruned weight's too); all within float32 rounding."""
-    from netcompress.layers.vision import CONV_ALGO_ENV, SPARSE_MAX_DENSITY
+    from netcompress.layers.vision import SPARSE_MAX_DENSITY
     snippet = ('type: "Convolution" convolution_param { num_output: 50 kernel_size: 5 bias_term: false '
                'weight_filler { type: "xavier" } }')
     shape = (16, 20, 12, 12)
-    monkeypatch.delenv(CONV_ALGO_ENV, raising=False)
-    layer = make_layer(snippet, shape, dtype=torch.float32)
-    monkeypatch.setenv(CONV_ALGO_ENV, "aten")
-    plain = make_layer(snippet, shape, dtype=torch.float32)
+    layer, plain = _rule_and_aten_layers(make_layer, monkeypatch, snippet, shape)
     with torch.no_grad():
         layer.weight[:, :, :, kept:] = 0  # the kernel's right part pruned
         plain.weight.copy_(layer.weight)
@@ -303,10 +307,7 @@ def test_convolution_single_channel_direct_path(make_layer, monkeypatch, kernel,
                'weight_filler { type: "xavier" } bias_filler { type: "uniform" min: -1 max: 1 } }'
                % (kernel, pad, "true" if bias else "false"))
     shape = (16, 1, 28, 28)
-    monkeypatch.delenv(CONV_ALGO_ENV, raising=False)
-    layer = make_layer(snippet, shape, dtype=torch.float32)
-    monkeypatch.setenv(CONV_ALGO_ENV, "aten")
-    plain = make_layer(snippet, shape, dtype=torch.float32)
+    layer, plain = _rule_and_aten_layers(make_layer, monkeypatch, snippet, shape)
     assert layer._direct and not plain._direct
     x = rand(*shape).float()
     gy = rand(*layer.top_shapes([shape])[0], seed=1).float()
