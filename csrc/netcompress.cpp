@@ -94,7 +94,8 @@ TORCH_LIBRARY(netcompress, m) {
 }
 
 namespace netcompress {
-const char* direct_sum_simd();  // csrc/cpu/sparse_conv_kernel.cpp
+const char* direct_sum_simd();             // csrc/cpu/sparse_conv_kernel.cpp
+int add_lean_entries(PyObject* module);  // csrc/lean_entries.cpp
 }  // namespace netcompress
 
 static PyObject* py_direct_sum_simd(PyObject*, PyObject*) {
@@ -114,7 +115,8 @@ static PyMethodDef netcompress_methods[] = {
     {nullptr, nullptr, 0, nullptr}};
 
 // `import netcompress._C` loads this library, which runs the registrations above. The module itself
-// tells Python whether CUDA kernels were compiled in, and which vector instructions the direct sums use.
+// tells Python whether CUDA kernels were compiled in, which vector instructions the direct sums use, and holds
+// the lean entries of csrc/lean_entries.cpp.
 static struct PyModuleDef netcompress_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, netcompress_methods};
 
 extern "C" PyMODINIT_FUNC PyInit__C(void) {
@@ -125,7 +127,7 @@ extern "C" PyMODINIT_FUNC PyInit__C(void) {
 #else
   const long with_cuda = 0;
 #endif
-  if (PyModule_AddIntConstant(module, "with_cuda", with_cuda) != 0) {
+  if (PyModule_AddIntConstant(module, "with_cuda", with_cuda) != 0 || netcompress::add_lean_entries(module) != 0) {
     Py_DECREF(module);
     return nullptr;
   }

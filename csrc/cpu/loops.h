@@ -23,8 +23,13 @@
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 11
 #define NC_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// For a loop that only streams (a load or two, one operation, a store): 32-byte vectors at most, as ATen's
+// own element-wise kernels use. Measured on an AVX-512 Xeon, W⊙M over 1e4-1e5 floats (L2-resident) took
+// ~10 % longer with 64-byte vectors than with 32-byte ones, and ~5 % less in L1; the same bits either way.
+#define NC_CPU_CLONES_STREAM __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define NC_CPU_CLONES
+#define NC_CPU_CLONES_STREAM
 #endif
 
 namespace netcompress {

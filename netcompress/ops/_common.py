@@ -3,9 +3,15 @@ from __future__ import annotations
 
 import torch
 
-from .. import _C  # noqa: F401  (loads the extension: registers torch.ops.netcompress.*)
+from .. import _C  # loads the extension: registers torch.ops.netcompress.*
 
 ops = torch.ops.netcompress
+
+# The ops with a lean C++ entry (csrc/lean_entries.cpp): the same dispatcher call as torch.ops.netcompress.<op>
+# without its boxed argument parsing, which costs as much as these single-pass ops on small tensors. Their
+# wrappers call torch.ops instead while torch.compile traces them (Dynamo cannot see into the entry).
+lean = _C
+is_compiling = torch.compiler.is_compiling
 
 
 def scalar_tensor(x: float | torch.Tensor) -> torch.Tensor:

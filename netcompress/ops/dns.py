@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import ops as _ops, scalar_tensor as _scalar_tensor
+from ._common import is_compiling as _is_compiling, lean as _lean, ops as _ops, scalar_tensor as _scalar_tensor
 
 __all__ = ["dns_masked_weight", "dns_stats", "dns_thresholds", "dns_update_mask_", "dns_splice_grad_"]
 
@@ -41,7 +41,9 @@ def dns_masked_weight(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     weight, mask: same shape (any), dtype (float16/bfloat16/float32/float64) and device. Returns a new
     contiguous tensor of that shape. Its gradient flows to `weight` unmasked (§2.4); `mask` gets none.
     """
-    return _ops.dns_masked_weight(weight, mask)
+    if _is_compiling():
+        return _ops.dns_masked_weight(weight, mask)
+    return _lean.dns_masked_weight(weight, mask)
 
 
 def dns_stats(weight: torch.Tensor, weight_mask: torch.Tensor, bias: torch.Tensor | None = None,

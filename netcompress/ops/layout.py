@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import ops as _ops
+from ._common import is_compiling as _is_compiling, lean as _lean, ops as _ops
 
 __all__ = ["to_channels_last", "to_contiguous"]
 
@@ -23,10 +23,14 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     `x.contiguous(memory_format=torch.channels_last)`. On a CPU with AVX2, float32 NCHW input is transposed
     sample by sample in 8x8 register tiles, about 3x faster than ATen's element-wise copy; anything else is
     ATen's copy. Not differentiable (layers/vision.py wraps it)."""
-    return _ops.to_channels_last(x)
+    if _is_compiling():
+        return _ops.to_channels_last(x)
+    return _lean.to_channels_last(x)
 
 
 def to_contiguous(x: torch.Tensor) -> torch.Tensor:
     """A new tensor with x's values in contiguous (NCHW) memory order, as `x.contiguous()`; the inverse
     transpose of `to_channels_last` for channels-last float32 input. Not differentiable."""
-    return _ops.to_contiguous(x)
+    if _is_compiling():
+        return _ops.to_contiguous(x)
+    return _lean.to_contiguous(x)
