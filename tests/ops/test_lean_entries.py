@@ -38,6 +38,15 @@ def test_same_values_as_torch_ops(name, dtype, n, gen):
     assert all(lean.data_ptr() != a.data_ptr() for a in args)  # a new tensor, as the schema says
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", LEAN_OPS)
+def test_cuda_same_values_as_torch_ops(name, gen):
+    for n in (16, 2 * GIL_KEPT_BELOW):
+        args = _args(name, n, torch.float32, gen, device="cuda")
+        lean, boxed = getattr(_C, name)(*args), getattr(BOXED, name)(*args)
+        assert lean.device.type == "cuda" and lean.stride() == boxed.stride() and torch.equal(lean, boxed)
+
+
 def test_noncontiguous_and_meta_and_parameters(gen):
     w, m = torch.randn(6, 10, generator=gen), random_mask((6, 10), generator=gen)
     assert torch.equal(_C.dns_masked_weight(noncontiguous(w), noncontiguous(m)), w * m)
