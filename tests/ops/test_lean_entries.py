@@ -177,3 +177,25 @@ def test_compiled_wrappers_trace_the_boxed_op(gen):
 
     compiled = torch.compile(f, backend="eager", fullgraph=True)
     assert torch.equal(compiled(w, m), w * m)
+
+
+def test_make_fx_and_export_record_the_ops(gen):
+    # Tracers that work below Dynamo (a dispatch mode: make_fx) or through it (torch.export) see the ops themselves.
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def f(w, m):
+        return ops.to_channels_last(ops.dns_masked_weight(w, m).reshape(2, 3, 2, 2))
+
+    w, m = torch.randn(24, generator=gen), random_mask((24,), generator=gen)
+    want = ["netcompress.dns_masked_weight.default", "netcompress.to_channels_last.default"]
+    for mode in ("real", "fake"):
+        g = make_fx(f, tracing_mode=mode)(w, m)
+        assert [str(n.target) for n in g.graph.nodes if str(n.target).startswith("netcompress.")] == want
+
+    class M(torch.nn.Module):
+        def forward(self, w, m):
+            return f(w, m)
+
+    ep = torch.export.export(M(), (w, m))
+    assert [str(n.target) for n in ep.graph.nodes if str(n.target).startswith("netcompress.")] == want
+    assert torch.equal(ep.module()(w, m), f(w, m))
