@@ -71,12 +71,20 @@ def test_kernels_quick_json(kernels_result, capsys):
     first = [x for x in r["results"] if x["op"] == bk.OPS[0].name]
     assert all("s" in x["variants"]["compile"] for x in first)
     assert r["targets"] == []  # no size reaches 1e6 in a quick run
+    # Issue 20's floor over the sizes from 1e4 up (1e5 in a quick run): one row per op and dtype.
+    floor = {(f["op"], f["dtype"]): f for f in r["eager_floor"]}
+    assert set(floor) == {(x["op"], x["dtype"]) for x in r["results"]}
+    for (op, dtype), f in floor.items():
+        at = next(x for x in r["results"] if (x["op"], x["dtype"], x["n"]) == (op, dtype, f["at_n"]))
+        assert f["at_n"] >= bk.EAGER_FLOOR_MIN_SIZE and f["worst_vs_eager"] == at["speedup_vs_eager"]
+        assert f["pass"] == (f["worst_vs_eager"] >= bk.EAGER_FLOOR_TOLERANCE)
 
 
 def test_kernels_table_printed(kernels_result):
     bk, r = kernels_result
     text = bk.tables(r)
     assert "copy" in text and "dns_update_mask_" in text and "inq_threshold" in text
+    assert "no op slower than its eager composition at >= 1e+04 elements" in text
 
 
 def test_training_quick_json(tmp_path):
