@@ -23,9 +23,10 @@
 namespace netcompress {
 namespace {
 
-// Calls on fewer elements keep the GIL: they take a few microseconds, and releasing and taking it back costs
-// ~0.15 us (a quarter of a 16-element call). Longer ones release it, as ATen's bindings do, so that other
-// Python threads (a data layer's prefetch) run meanwhile.
+// CPU calls on fewer elements keep the GIL: they take a few microseconds, and releasing and taking it back costs
+// ~0.15 us (a quarter of a 16-element call). Every other call releases it, as ATen's bindings do: a longer CPU
+// call so that other Python threads (a data layer's prefetch) run meanwhile, and any device call because a
+// kernel launch can wait for room in the device's queue.
 constexpr int64_t kKeepGilBelow = 1 << 15;
 
 // Releases the GIL for its scope (taken back on an exception too).
@@ -64,7 +65,9 @@ class LeanEntry {
     if (kwnames != nullptr || !plain_tensors(args, nargs)) return PyObject_Vectorcall(boxed_, args, nargs, kwnames);
     std::array<const at::Tensor*, N> t;
     for (size_t i = 0; i < N; ++i) t[i] = &THPVariable_Unpack(args[i]);
-    if (t[0]->numel() < kKeepGilBelow) return THPVariable_Wrap(call(t, std::make_index_sequence<N>{}));
+    if (t[0]->is_cpu() && t[0]->numel() < kKeepGilBelow) {
+      return THPVariable_Wrap(call(t, std::make_index_sequence<N>{}));
+    }
     at::Tensor out;
     {
       WithoutGil no_gil;
