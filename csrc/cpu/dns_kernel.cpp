@@ -25,8 +25,8 @@ using cpu::kLanes;
 // ---- loops (one instruction-set clone each; __restrict: the arrays never overlap) ----
 
 template <typename scalar_t, typename acc_t>
-NC_CPU_CLONES_STREAM void masked_weight_loop(int64_t n, const scalar_t* __restrict w, const scalar_t* __restrict m,
-                                      scalar_t* __restrict out) {
+NC_CPU_CLONES_STREAM void masked_weight_loop(int64_t n, const scalar_t* __restrict w,
+                                             const scalar_t* __restrict m, scalar_t* __restrict out) {
   for (int64_t i = 0; i < n; ++i) {
     out[i] = static_cast<scalar_t>(dns_masked(static_cast<acc_t>(w[i]), static_cast<acc_t>(m[i])));
   }
