@@ -446,6 +446,13 @@ NC_ISA_PATHS(group_weight_sums, weight_sums,
     default: NAME##_baseline(__VA_ARGS__); break;           \
   }
 
+// A kernel size, input size or padding argument: two values, each > 0 (positive) or >= 0.
+void check_pair(const char* op, const char* name, at::IntArrayRef v, bool positive) {
+  const int64_t low = positive ? 1 : 0;
+  TORCH_CHECK(v.size() == 2 && v[0] >= low && v[1] >= low, "netcompress::", op, ": ", name, " must be two values ",
+              positive ? "> 0" : ">= 0", ", got ", v);
+}
+
 at::Tensor sparse_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                              at::IntArrayRef padding) {
   TORCH_CHECK(x.dim() == 4 && weight.dim() == 4, "netcompress::sparse_conv2d: x (N, C, H, W) and weight "
@@ -457,8 +464,7 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, cons
               " channels, weight expects ", weight.size(1));
   TORCH_CHECK(!bias || (bias->dim() == 1 && bias->size(0) == weight.size(0)),
               "netcompress::sparse_conv2d: bias must have ", weight.size(0), " elements");
-  TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0,
-              "netcompress::sparse_conv2d: padding must be two values >= 0, got ", padding);
+  check_pair("sparse_conv2d", "padding", padding, false);
   const int64_t n = x.size(0), chans = x.size(1), h = x.size(2), w = x.size(3), outs = weight.size(0),
                 kh = weight.size(2), kw = weight.size(3);
   const int64_t padded_h = h + 2 * padding[0], out_h = padded_h - kh + 1, out_w = w + 2 * padding[1] - kw + 1;
@@ -495,10 +501,8 @@ at::Tensor sparse_conv2d_input_cpu(const at::Tensor& grad_out, const at::Tensor&
   TORCH_CHECK(grad_out.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat,
               "netcompress::sparse_conv2d_input: float32 only, got ", grad_out.scalar_type(), " and ",
               weight.scalar_type());
-  TORCH_CHECK(input_size.size() == 2 && input_size[0] > 0 && input_size[1] > 0,
-              "netcompress::sparse_conv2d_input: input_size must be two values > 0, got ", input_size);
-  TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0,
-              "netcompress::sparse_conv2d_input: padding must be two values >= 0, got ", padding);
+  check_pair("sparse_conv2d_input", "input_size", input_size, true);
+  check_pair("sparse_conv2d_input", "padding", padding, false);
   const int64_t n = grad_out.size(0), outs = weight.size(0), chans = weight.size(1), kh = weight.size(2),
                 kw = weight.size(3), h = input_size[0], w = input_size[1];
   const int64_t padded_h = h + 2 * padding[0], out_h = padded_h - kh + 1, out_w = w + 2 * padding[1] - kw + 1;
@@ -542,10 +546,8 @@ std::tuple<at::Tensor, at::Tensor> direct_conv2d_weight_cpu(const at::Tensor& x,
   TORCH_CHECK(x.scalar_type() == at::kFloat && grad_out.scalar_type() == at::kFloat,
               "netcompress::direct_conv2d_weight: float32 only, got ", x.scalar_type(), " and ",
               grad_out.scalar_type());
-  TORCH_CHECK(kernel_size.size() == 2 && kernel_size[0] > 0 && kernel_size[1] > 0,
-              "netcompress::direct_conv2d_weight: kernel_size must be two values > 0, got ", kernel_size);
-  TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0,
-              "netcompress::direct_conv2d_weight: padding must be two values >= 0, got ", padding);
+  check_pair("direct_conv2d_weight", "kernel_size", kernel_size, true);
+  check_pair("direct_conv2d_weight", "padding", padding, false);
   const int64_t n = x.size(0), chans = x.size(1), h = x.size(2), w = x.size(3), outs = grad_out.size(1),
                 kh = kernel_size[0], kw = kernel_size[1];
   const int64_t padded_h = h + 2 * padding[0], out_h = padded_h - kh + 1, out_w = w + 2 * padding[1] - kw + 1;
