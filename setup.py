@@ -1,9 +1,8 @@
 """Builds the netcompress._C extension; everything else about the package is in pyproject.toml.
 
-C++ sources (csrc/netcompress.cpp, csrc/autograd.cpp, csrc/lean_entries.cpp, csrc/cpu/*.cpp) are always built; the
-CUDA sources (csrc/cuda/*.cu) only when the installed torch has CUDA and an nvcc of the same major version is found,
-or when FORCE_CUDA=1. Install with `pip install --no-build-isolation -e .` so the extension compiles against the torch
-already installed.
+C++ sources (csrc/*.cpp, csrc/cpu/*.cpp) are always built; the CUDA sources (csrc/cuda/*.cu) only when the installed
+torch has CUDA and an nvcc of the same major version is found, or when FORCE_CUDA=1. Install with `pip install
+--no-build-isolation -e .` so the extension compiles against the torch already installed.
 """
 from __future__ import annotations
 
@@ -106,8 +105,7 @@ def _extension():
         adopted = _adopt_nvcc_toolkit()
         if adopted:
             why += f"; built with nvcc's own toolkit {adopted} (no libcudart.so where torch looked)"
-    sources = (_sources("csrc/netcompress.cpp") + _sources("csrc/autograd.cpp") + _sources("csrc/lean_entries.cpp")
-               + _sources("csrc/cpu/*.cpp"))
+    sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     openmp = _openmp_flags()
     # -ffp-contract=off: the CPU loops have AVX2/AVX-512 copies (csrc/cpu/loops.h, and sparse_conv_kernel.cpp's
     # per-instruction-set loops); without it GCC would fuse a*b + c into an FMA in those copies only, and results
