@@ -29,18 +29,6 @@ namespace {
 // kernel launch can wait for room in the device's queue.
 constexpr int64_t kKeepGilBelow = 1 << 15;
 
-// Releases the GIL for its scope (taken back on an exception too).
-class WithoutGil {
- public:
-  WithoutGil() : state_(PyEval_SaveThread()) {}
-  WithoutGil(const WithoutGil&) = delete;
-  WithoutGil& operator=(const WithoutGil&) = delete;
-  ~WithoutGil() { PyEval_RestoreThread(state_); }
-
- private:
-  PyThreadState* state_;
-};
-
 template <size_t>
 using TensorArg = const at::Tensor&;
 
@@ -70,7 +58,7 @@ class LeanEntry {
     }
     at::Tensor out;
     {
-      WithoutGil no_gil;
+      pybind11::gil_scoped_release no_gil;
       out = call(t, std::make_index_sequence<N>{});
     }
     return THPVariable_Wrap(std::move(out));

@@ -7,9 +7,8 @@
 // the INQ selection threshold) are one-element tensors, so a whole DNS or INQ step runs without a host sync.
 #include <Python.h>
 
+#include <torch/csrc/Exceptions.h>
 #include <torch/library.h>
-
-#include <exception>
 
 TORCH_LIBRARY(netcompress, m) {
   const std::vector<at::Tag> tags = {at::Tag::pt2_compliant_tag};
@@ -99,14 +98,9 @@ int add_lean_entries(PyObject* module);  // csrc/lean_entries.cpp
 }  // namespace netcompress
 
 static PyObject* py_direct_sum_simd(PyObject*, PyObject*) {
-  try {
-    return PyUnicode_FromString(netcompress::direct_sum_simd());
-  } catch (const c10::Error& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-  }
-  return nullptr;
+  HANDLE_TH_ERRORS
+  return PyUnicode_FromString(netcompress::direct_sum_simd());
+  END_HANDLE_TH_ERRORS
 }
 
 static PyMethodDef netcompress_methods[] = {
