@@ -7,19 +7,41 @@ CHECKOUT is a clone whose extension is built in place (`python setup.py build_ex
 `PYTHONPATH=CHECKOUT` selects CHECKOUT only where nothing earlier on `sys.path` holds a netcompress: the script's
 own folder and the current folder (for `-c` and `-m`) come first, and every benchmark script puts its own
 repository first, so `PYTHONPATH=old python benchmarks/bench_kernels.py` run from a new checkout times the new
-build in both arms. This imports CHECKOUT's netcompress before the target runs (later imports get that module
-whatever the target does to `sys.path`), says on stderr which one it loaded, and runs the target with `runpy` in
-this process. pip's editable finders, which come after `sys.path`, are taken out of `sys.meta_path` as well, so
-that nothing of the installed tree can be picked up. A benchmark script of CHECKOUT itself
+build in both arms. This puts a finder first on `sys.meta_path` that resolves `netcompress` to CHECKOUT's package
+whatever the target does to `sys.path` (pip's editable finders are taken out as well), says on stderr which one
+was loaded, and runs the target with `runpy` in this process. Nothing is imported before the target runs: the
+target imports torch and netcompress in its own order, so whatever it sets before torch loads OpenMP (the
+commands' `OMP_WAIT_POLICY=PASSIVE`, netcompress/threads.py) takes effect as in a plain run. (An earlier version
+imported torch first, so the old arm ran with OpenMP's default, spinning workers: LeNet on 2 threads 6.7 ms
+against 8.9 ms in a plain `python -m netcompress time` of the same build.) A benchmark script of CHECKOUT itself
 (CHECKOUT/benchmarks/...) is the fairer old arm: it times what that checkout's benchmark timed.
 """
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import os
 import runpy
 import sys
 
 USAGE = "usage: run_checkout.py CHECKOUT (SCRIPT | -m MODULE) [ARGS...]"
+
+
+class _CheckoutFinder(importlib.abc.MetaPathFinder):
+    """Finds the top-level `netcompress` in CHECKOUT only (its submodules follow the package's own path)."""
+
+    def __init__(self, checkout: str):
+        self.checkout = checkout
+        self.said = False
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "netcompress":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, [self.checkout])
+        if spec is not None and not self.said:  # (runpy looks the package up twice)
+            print(f"run_checkout.py: netcompress from {os.path.dirname(spec.origin)}", file=sys.stderr)
+            self.said = True
+        return spec
 
 
 def use_checkout(checkout: str) -> None:
@@ -30,7 +52,7 @@ def use_checkout(checkout: str) -> None:
     if "netcompress" in sys.modules:
         raise SystemExit("run_checkout.py: netcompress is imported already; call use_checkout first")
     sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in (getattr(f, "__module__", "") or "")]
-    sys.path.insert(0, checkout)
+    sys.meta_path.insert(0, _CheckoutFinder(checkout))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,10 +62,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     checkout = os.path.abspath(argv[0])
     use_checkout(checkout)
-    import torch  # noqa: F401  (the extension needs torch's libraries loaded first)
-    import netcompress
-
-    print(f"run_checkout.py: netcompress from {os.path.dirname(netcompress.__file__)}", file=sys.stderr)
     if argv[1] == "-m":
         sys.argv = [argv[2]] + argv[3:]
         runpy.run_module(argv[2], run_name="__main__", alter_sys=True)

@@ -94,6 +94,7 @@ TORCH_LIBRARY(netcompress, m) {
 
 namespace netcompress {
 const char* direct_sum_simd();             // csrc/cpu/sparse_conv_kernel.cpp
+const char* nnpack_calls();                // csrc/cpu/nnpack_conv_kernel.cpp
 int add_lean_entries(PyObject* module);  // csrc/lean_entries.cpp
 }  // namespace netcompress
 
@@ -103,14 +104,20 @@ static PyObject* py_direct_sum_simd(PyObject*, PyObject*) {
   END_HANDLE_TH_ERRORS
 }
 
+static PyObject* py_nnpack_calls(PyObject*, PyObject*) {
+  return PyUnicode_FromString(netcompress::nnpack_calls());
+}
+
 static PyMethodDef netcompress_methods[] = {
     {"direct_sum_simd", py_direct_sum_simd, METH_NOARGS,
      "The vector instructions the CPU direct-sum convolutions run with now: 'avx512', 'avx2' or 'baseline'."},
+    {"nnpack_calls", py_nnpack_calls, METH_NOARGS,
+     "How nnpack_conv2d reaches NNPACK: 'direct' (its own calls and workspaces), 'aten' (ATen's entry) or 'none'."},
     {nullptr, nullptr, 0, nullptr}};
 
 // `import netcompress._C` loads this library, which runs the registrations above. The module itself
-// tells Python whether CUDA kernels were compiled in, which vector instructions the direct sums use, and holds
-// the lean entries of csrc/lean_entries.cpp.
+// tells Python whether CUDA kernels were compiled in, which vector instructions the direct sums use, how the
+// FFT convolutions reach NNPACK, and holds the lean entries of csrc/lean_entries.cpp.
 static struct PyModuleDef netcompress_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, netcompress_methods};
 
 extern "C" PyMODINIT_FUNC PyInit__C(void) {

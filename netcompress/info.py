@@ -69,6 +69,22 @@ def _direct_sums() -> str:
     return f"{names[path]} vectors ({why}; every choice gives the same bits)"
 
 
+def _nnpack_calls() -> str:
+    """How the FFT convolutions reach NNPACK, in words."""
+    try:
+        from . import ops
+
+        how = ops.nnpack_calls()
+    except ImportError as e:  # the extension is not built: said in its own section
+        return f"unknown ({e.__class__.__name__})"
+    except AttributeError:
+        return "unknown (the extension predates this query: rebuild it)"
+    return {"direct": "called directly, with a workspace per thread and call shape",
+            "aten": "through ATen's _nnpack_spatial_convolution (this libtorch does not export NNPACK's functions; "
+                    "the same bits, one workspace per thread for every call: slower in a training step)",
+            "none": "this PyTorch has no NNPACK"}.get(how, how)
+
+
 def collect_info() -> dict:
     """Everything `netcompress info` prints, as a dict."""
     import torch
@@ -101,6 +117,7 @@ def collect_info() -> dict:
         "devices": {"CUDA available": torch.cuda.is_available(), "CUDA devices": devices,
                     "CPU capability": _cpu_capability(), "CPU convolution algorithm": cpu_conv_algorithm(),
                     "CPU direct sums": _direct_sums(),
+                    "CPU NNPACK calls": _nnpack_calls(),
                     "CPU convolution layout": cpu_conv_layout(),
                     "CPU inner products": cpu_matmul()},
     }
@@ -140,6 +157,7 @@ def format_info(info: dict) -> str:
     lines.append(f"  CPU capability: {dev['CPU capability']}")
     lines.append(f"  CPU convolution algorithm: {dev['CPU convolution algorithm']}")
     lines.append(f"  CPU direct sums: {dev['CPU direct sums']}")
+    lines.append(f"  CPU NNPACK calls: {dev['CPU NNPACK calls']}")
     lines.append(f"  CPU convolution layout: {dev['CPU convolution layout']}")
     lines.append(f"  CPU inner products: {dev['CPU inner products']}")
     return "\n".join(lines)

@@ -93,3 +93,4 @@ def test_info_reports_versions_build_threads_and_devices(capsys):
     assert re.search(r"  CPU convolution layout: (channels-last where|NCHW for every)", out)
     assert re.search(r"  CPU inner products: (oneDNN for float32 products|BLAS for every product)", out)
     assert re.search(r"  CPU direct sums: (AVX-512|AVX2|x86-64 baseline \(SSE2\) or scalar) vectors \(", out)
+    assert re.search(r"  CPU NNPACK calls: (called directly|through ATen's|this PyTorch has no NNPACK)", out)

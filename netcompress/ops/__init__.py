@@ -36,6 +36,7 @@ from .solver import sgd_momentum_update_  # noqa: E402
 __all__ = [
     "WITH_CUDA",
     "direct_sum_simd",
+    "nnpack_calls",
     "dns_masked_weight",
     "dns_stats",
     "dns_thresholds",
@@ -64,6 +65,13 @@ __all__ = [
 
 #: Whether the extension was compiled with its CUDA kernels.
 WITH_CUDA: bool = bool(_C.with_cuda)
+
+
+def nnpack_calls() -> str:
+    """How nnpack_conv2d reaches NNPACK: "direct" (its own calls, with a workspace per thread and call shape:
+    csrc/cpu/nnpack_conv_kernel.cpp), "aten" (ATen's `_nnpack_spatial_convolution`, where libtorch does not export
+    NNPACK's functions) or "none" (this PyTorch has no NNPACK). The same bits either way."""
+    return _C.nnpack_calls()
 
 
 def direct_sum_simd() -> str:

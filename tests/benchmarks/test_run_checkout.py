@@ -49,3 +49,13 @@ def test_this_checkout_by_default_and_bad_arguments(tmp_path):
     bad = _run(str(tmp_path), "x.py")
     assert bad.returncode != 0 and "not a netcompress checkout" in bad.stderr
     assert _run(REPO).returncode == 2 and "usage: run_checkout.py" in _run(REPO).stderr
+
+
+def test_nothing_is_imported_before_the_target(tmp_path):
+    """The target imports torch (and sets what must precede it, as the commands' OMP_WAIT_POLICY) itself."""
+    script = tmp_path / "probe.py"
+    script.write_text("import sys\nprint('torch' in sys.modules, 'netcompress' in sys.modules)\n"
+                      "import netcompress\nprint(netcompress.MARK)\n")
+    r = _run(_stub_checkout(tmp_path / "old"), str(script))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["False False", "the stub checkout"]

@@ -157,3 +157,73 @@ def test_first_call_keeps_the_thread_count():
         "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_same_bits_as_atens_nnpack_entry(shape, bias):
+    """The op calls NNPACK itself (its own workspaces) with the algorithm ATen's `_nnpack_spatial_convolution`
+    asks for, sample by sample for one sample as ATen does: on one thread the same bits as ATen's entry."""
+    x, w, b, pad = _inputs(shape, seed=2, bias=bias)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        got = ops.nnpack_conv2d(x, w, b, pad)
+        want = torch._nnpack_spatial_convolution(x, w, b, pad)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(got, want)
+
+
+def test_many_shapes_in_turn():
+    """A workspace per call shape, at most 16 per thread (the least recently used freed): 20 shapes called in
+    turn, twice round, each result what the shape gives on its own."""
+    shapes = [(2 + i % 3, 8 + i, 12, 12 + i % 4, 4 + i % 5, 5, 5, (i % 3, i % 2)) for i in range(20)]
+    first = []
+    for s in shapes:
+        x, w, b, pad = _inputs(s, seed=3)
+        first.append(ops.nnpack_conv2d(x, w, b, pad))
+        _close(first[-1], x, w, b, pad)
+    for s, want in zip(shapes, first):
+        x, w, b, pad = _inputs(s, seed=3)
+        assert torch.equal(ops.nnpack_conv2d(x, w, b, pad), want)
+
+
+def test_concurrent_python_threads():
+    """Workspaces are per thread: Python threads calling the op at once on different shapes get the results of
+    calls made one at a time."""
+    import threading
+    cases = [_inputs(s, seed=4) for s in SHAPES[:4]]
+    want = [ops.nnpack_conv2d(x, w, b, pad) for x, w, b, pad in cases]
+    errors = []
+
+    def work(i):
+        x, w, b, pad = cases[i % len(cases)]
+        for _ in range(5):
+            if not torch.equal(ops.nnpack_conv2d(x, w, b, pad), want[i % len(cases)]):
+                errors.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_calls_nnpack_directly_where_libtorch_exports_it():
+    """ops.nnpack_calls() says "direct" exactly where libtorch exports NNPACK's two entry points (the op's own
+    calls, with its workspaces; else ATen's entry), so a libtorch that stops exporting them shows in
+    `netcompress info` and here rather than only as a slower step."""
+    import ctypes
+    import os
+    import sys
+
+    how = ops.nnpack_calls()
+    assert how in ("direct", "aten")  # this module runs only where NNPACK is available
+    if not sys.platform.startswith("linux"):
+        assert how == "aten"
+        return
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+    exported = all(hasattr(lib, f) for f in ("nnp_convolution_output", "nnp_convolution_inference"))
+    assert how == ("direct" if exported else "aten")
