@@ -23,6 +23,12 @@ weights: `path` is what the rule layer's forward took (sparse: the sum over the 
 ops.sparse_conv2d, and its data gradient ops.sparse_conv2d_input; aten: ATen's forward and NNPACK's gradients),
 timed against the ATen layer's fwd and fwd+bwd.
 
+A fourth table, NNPACK's workspace (1 thread): the three NNPACK convolutions of a FFT-rule layer's training step
+(forward, data gradient, weight gradient; LeNet's conv2 and the other rule shapes) called in turn, through ATen's
+`_nnpack_spatial_convolution` (one workspace per thread for every call) and through `ops.nnpack_conv2d` (which calls
+NNPACK itself with a workspace per call shape where libtorch exports NNPACK: `ops.nnpack_calls()`), and each call
+repeated on its own (`alone`, the sum). One thread only: ATen's entry would run on NNPACK's one-thread pool.
+
     python benchmarks/bench_conv.py                  # ~2 minutes on 2 cores
     python benchmarks/bench_conv.py --quick --json /tmp/c.json
 """
@@ -182,6 +188,31 @@ def pruned_names(names) -> list[str]:
     return out
 
 
+def measure_workspace(name: str, min_time: float) -> dict:
+    """The three NNPACK calls of an FFT-rule layer's step in turn, by ATen's entry and by ops.nnpack_conv2d, on one
+    thread; and each call repeated alone through the op."""
+    from netcompress import ops
+
+    n, c, size, o, k, pad = SHAPES[name]
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(n, c, size, size, generator=g), torch.randn(o, c, k, k, generator=g)
+    out = size + 2 * pad - k + 1
+    gy = torch.randn(n, o, out, out, generator=g)
+    # as _FftConv's backward calls them: the flipped kernel with its channel axes swapped; the batch as channels
+    calls = [(x, w, (pad, pad)), (gy, w.flip(2, 3).transpose(0, 1).contiguous(), (k - 1 - pad, k - 1 - pad)),
+             (x.transpose(0, 1).contiguous(), gy.transpose(0, 1).contiguous(), (pad, pad))]
+    for a, b, p in calls:  # the same bits both ways
+        assert torch.equal(ops.nnpack_conv2d(a, b, None, p), torch._nnpack_spatial_convolution(a, b, None, p))
+    row = {"shape": name, "calls": ops.nnpack_calls()}
+    for key, conv in (("aten", torch._nnpack_spatial_convolution), ("op", ops.nnpack_conv2d)):
+        row[f"{key}_ms"] = C.time_fn(lambda: [conv(a, b, None, p) for a, b, p in calls], "cpu",
+                                     min_time=min_time)["s"] * 1e3
+    row["alone_ms"] = sum(C.time_fn(lambda: ops.nnpack_conv2d(a, b, None, p), "cpu", min_time=min_time)["s"] * 1e3
+                          for a, b, p in calls)
+    return row
+
+
 def report(result: dict) -> str:
     rows = []
     for r in result["runs"]:
@@ -219,6 +250,14 @@ def report(result: dict) -> str:
                                         ("af", "ATen fwd"), ("rf", "rule fwd"), ("xf", "x fwd"),
                                         ("ab", "ATen fwd+bwd"), ("rb", "rule fwd+bwd"), ("x", "x"),
                                         ("err", "err ATen / rule")]))
+    workspace = result.get("workspace", [])
+    if workspace:
+        rows = [{"shape": r["shape"], "calls": r["calls"], "a": C.fmt(r["aten_ms"]), "o": C.fmt(r["op_ms"]),
+                 "x": f"{r['aten_ms'] / r['op_ms']:.2f}x", "alone": C.fmt(r["alone_ms"])} for r in workspace]
+        out += ("\n\nNNPACK's workspace, 1 thread: forward, data gradient and weight gradient in turn, ms; x = ATen's "
+                "entry / the op; alone = the op's three calls each repeated on its own, summed\n"
+                + C.format_table(rows, [("shape", "shape"), ("calls", "op calls NNPACK"), ("a", "ATen's entry"),
+                                        ("o", "op"), ("x", "x"), ("alone", "alone")]))
     return out
 
 
@@ -255,6 +294,14 @@ def run(args) -> dict:
                     C.progress(args, f"[cpu x{th}] {name:16s} {r['density']:.0%} nonzero ({r['path']}): aten "
                                f"{r['aten_fwd_bwd_ms']:.3g} ms  rule {r['rule_fwd_bwd_ms']:.3g} ms  "
                                f"{r['speedup']:.2f}x")
+        result["workspace"] = []
+        if ops.nnpack_available():
+            for name in names:
+                if SHAPES[name][5] < SHAPES[name][4]:  # NNPACK takes the shape
+                    r = measure_workspace(name, 0.0 if args.quick else 0.4)
+                    result["workspace"].append(r)
+                    C.progress(args, f"[cpu x1] {name:16s} NNPACK step: ATen's entry {r['aten_ms']:.3g} ms  op "
+                               f"{r['op_ms']:.3g} ms  alone {r['alone_ms']:.3g} ms")
     finally:
         torch.set_num_threads(old)
     return result

@@ -286,5 +286,11 @@ def test_conv_benchmark_quick(tmp_path, capsys):
         assert r["path"] == "sparse" and 0.1 < r["density"] < 0.3 and "pruned kernels" in text
         assert all(_positive(r[k]) for k in ("aten_fwd_ms", "rule_fwd_ms", "aten_fwd_bwd_ms", "rule_fwd_bwd_ms"))
         assert 0 <= r["aten_err"] < 1e-5 and 0 <= r["rule_err"] < 1e-5
+    # the workspace table: NNPACK's calls of a step by ATen's entry and by the op (same bits: checked before timing)
+    workspace = result["workspace"]
+    assert [r["shape"] for r in workspace] == (["lenet-conv2", "cifar-conv2"] if result["nnpack"] else [])
+    for r in workspace:
+        assert r["calls"] == ops.nnpack_calls() and "NNPACK's workspace" in text
+        assert all(_positive(r[k]) for k in ("aten_ms", "op_ms", "alone_ms"))
     with pytest.raises(SystemExit):
         bc.main(["--shapes", "nope"])
