@@ -12,12 +12,12 @@
 // life of the process, and NNPACK spreads one call's tiles over it (on a 2-core machine no faster than one
 // thread). This op instead gives each ATen (OpenMP) thread a slice of the batch and runs NNPACK on the calling
 // thread, without the pool's lock (its own calls pass no pool; for ATen's entry it makes the pool with one thread
-// before NNPACK's first call). NNPACK's
-// result for a sample does not depend on the batch around it nor on the pool's size (tests/ops/test_conv_ops.py
-// asserts the bits at 1, 2 and 3 threads), so the values are the same on any number of threads.
+// before NNPACK's first call). NNPACK's result for a sample does not depend on the batch around it nor on the
+// pool's size (tests/ops/test_conv_ops.py asserts the bits at 1, 2 and 3 threads), so the values are the same on
+// any number of threads.
 //
-// Workspace: NNPACK needs a scratch buffer per call (the FFT tiles' transforms: LeNet's conv2 at batch 64 1.4 MB
-// forward, 5.6 MB for each gradient). ATen keeps one per thread for every call. Measured on one core, LeNet's conv2
+// Workspace: NNPACK needs a scratch buffer per call (the FFT tiles' transforms: LeNet's conv2 at batch 64 1.3 MB
+// forward, 5.4 MB for each gradient). ATen keeps one per thread for every call. Measured on one core, LeNet's conv2
 // forward, data gradient and weight gradient, called in turn as a training step calls them: 5.5 ms with one
 // buffer (ATen's, or one of our own), 4.6 ms with a buffer per call shape, 4.4 ms each repeated on its own; two
 // buffers at offsets of 2 MB or more within one allocation recover it, 64 B - 1 MB apart do not (a cache effect of
@@ -109,7 +109,9 @@ struct Workspace {
 
 // The calling thread's workspaces, one per call shape (see the top of the file), the most recently used first; at
 // most kMaxEntries of them and, beyond the newest, kMaxBytes in all (the oldest are freed): a net's few FFT layers
-// keep theirs, a stream of new shapes cannot hold memory without bound.
+// keep theirs, a stream of new shapes cannot hold memory without bound. A workspace grows with the thread's slice
+// of the batch (LeNet's conv2 gradients: 5.4 MB at 64 samples, 71 MB at 1024), so the bound is wide: below a
+// step's total the workspaces would be freed and faulted in again at every call.
 class WorkspaceCache {
  public:
   using Key = std::array<int64_t, 9>;  // batch, input and output channels, input h and w, kernel h and w, padding
@@ -137,7 +139,7 @@ class WorkspaceCache {
 
  private:
   static constexpr size_t kMaxEntries = 16;
-  static constexpr size_t kMaxBytes = size_t{256} << 20;
+  static constexpr size_t kMaxBytes = size_t{1} << 30;
   struct Entry {
     Key key;
     Workspace workspace;
