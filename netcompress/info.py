@@ -50,18 +50,25 @@ def _cpu_capability() -> str:
         return "unknown"
 
 
-def _direct_sums() -> str:
-    """Which vector instructions the direct-sum convolutions use, in words."""
+def _ask_extension(query: str) -> tuple[str | None, str | None]:
+    """`ops.<query>()` and None, or None and why it could not be asked, in words."""
     try:
         from . import ops
 
-        path = ops.direct_sum_simd()
+        return getattr(ops, query)(), None
     except ImportError as e:  # the extension is not built: said in its own section
-        return f"unknown ({e.__class__.__name__})"
+        return None, f"unknown ({e.__class__.__name__})"
     except AttributeError:
-        return "unknown (the extension predates this query: rebuild it)"
+        return None, "unknown (the extension predates this query: rebuild it)"
     except RuntimeError as e:
-        return f"error: {e}"
+        return None, f"error: {e}"
+
+
+def _direct_sums() -> str:
+    """Which vector instructions the direct-sum convolutions use, in words."""
+    path, why_not = _ask_extension("direct_sum_simd")
+    if why_not:
+        return why_not
     names = {"avx512": "AVX-512", "avx2": "AVX2", "baseline": "x86-64 baseline (SSE2) or scalar"}
     cap = os.environ.get("NETCOMPRESS_SIMD")
     why = f"NETCOMPRESS_SIMD={cap}" if cap else "the widest this CPU and build allow; NETCOMPRESS_SIMD=avx2 or " \
@@ -71,14 +78,9 @@ def _direct_sums() -> str:
 
 def _nnpack_calls() -> str:
     """How the FFT convolutions reach NNPACK, in words."""
-    try:
-        from . import ops
-
-        how = ops.nnpack_calls()
-    except ImportError as e:  # the extension is not built: said in its own section
-        return f"unknown ({e.__class__.__name__})"
-    except AttributeError:
-        return "unknown (the extension predates this query: rebuild it)"
+    how, why_not = _ask_extension("nnpack_calls")
+    if why_not:
+        return why_not
     return {"direct": "called directly, with a workspace per thread and call shape",
             "aten": "through ATen's _nnpack_spatial_convolution (this libtorch does not export NNPACK's functions; "
                     "the same bits, one workspace per thread for every call: slower in a training step)",
