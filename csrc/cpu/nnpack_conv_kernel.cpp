@@ -34,24 +34,25 @@
 
 #include <algorithm>
 #include <array>
-#include <cstdlib>
-#include <memory>
+#include <cstdint>
 #include <mutex>
 #include <optional>
 #include <vector>
 
 #if AT_NNPACK_ENABLED() && defined(__linux__)
 #include <nnpack.h>
+// The two entry points' types (nnpack.h also declares C++ overloads of both names; these pick the C functions).
+using NnpOutput = nnp_status(nnp_convolution_algorithm, size_t, size_t, size_t, nnp_size, nnp_padding, nnp_size,
+                             const float*, const float*, const float*, float*, void*, size_t*, nnp_activation,
+                             const void*, pthreadpool_t, nnp_profile*);
+using NnpInference = nnp_status(nnp_convolution_algorithm, nnp_convolution_transform_strategy, size_t, size_t,
+                                nnp_size, nnp_padding, nnp_size, nnp_size, const float*, const float*, const float*,
+                                float*, void*, size_t*, nnp_activation, const void*, pthreadpool_t, nnp_profile*);
 // Weak: a libtorch without these exports loads this extension all the same (their addresses are then null), and
 // the op takes ATen's entry.
 extern "C" {
-__attribute__((weak)) nnp_status nnp_convolution_output(
-    nnp_convolution_algorithm, size_t, size_t, size_t, nnp_size, nnp_padding, nnp_size, const float*, const float*,
-    const float*, float*, void*, size_t*, nnp_activation, const void*, pthreadpool_t, nnp_profile*);
-__attribute__((weak)) nnp_status nnp_convolution_inference(
-    nnp_convolution_algorithm, nnp_convolution_transform_strategy, size_t, size_t, nnp_size, nnp_padding, nnp_size,
-    nnp_size, const float*, const float*, const float*, float*, void*, size_t*, nnp_activation, const void*,
-    pthreadpool_t, nnp_profile*);
+__attribute__((weak)) NnpOutput nnp_convolution_output;
+__attribute__((weak)) NnpInference nnp_convolution_inference;
 }
 #define NC_NNPACK_DIRECT 1
 #else
@@ -87,23 +88,18 @@ void nnpack_ready() {
 }
 
 #if NC_NNPACK_DIRECT
-// An NNPACK workspace: 64-byte aligned (NNPACK's requirement), grown to the largest call seen.
+// An NNPACK workspace, grown to the largest call seen: bytes from ATen's CPU allocator, whose 64-byte alignment
+// (c10::gAlignment) is NNPACK's requirement.
 struct Workspace {
-  struct Free {
-    void operator()(void* p) const { std::free(p); }
-  };
-  std::unique_ptr<void, Free> buffer;
-  size_t size = 0;
+  at::Tensor buffer;
+
+  size_t size() const { return buffer.defined() ? static_cast<size_t>(buffer.numel()) : 0; }
 
   void* reserve(size_t bytes) {
-    if (bytes > size) {
-      void* p = nullptr;
-      TORCH_CHECK(posix_memalign(&p, 64, bytes) == 0, "netcompress::nnpack_conv2d: cannot allocate NNPACK's ",
-                  bytes, "-byte workspace");
-      buffer.reset(p);
-      size = bytes;
-    }
-    return buffer.get();
+    if (bytes > size()) buffer = at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions().dtype(at::kByte));
+    void* p = buffer.data_ptr();
+    TORCH_INTERNAL_ASSERT(reinterpret_cast<uintptr_t>(p) % 64 == 0, "NNPACK's workspace is not 64-byte aligned");
+    return p;
   }
 };
 
@@ -128,10 +124,10 @@ class WorkspaceCache {
 
   // Frees the least recently used workspaces past the limits (call after the newest has grown).
   void trim() {
-    size_t bytes = entries_.front().workspace.size;
+    size_t bytes = entries_.front().workspace.size();
     size_t keep = 1;
-    while (keep < entries_.size() && keep < kMaxEntries && bytes + entries_[keep].workspace.size <= kMaxBytes) {
-      bytes += entries_[keep].workspace.size;
+    while (keep < entries_.size() && keep < kMaxEntries && bytes + entries_[keep].workspace.size() <= kMaxBytes) {
+      bytes += entries_[keep].workspace.size();
       ++keep;
     }
     entries_.resize(keep);
@@ -147,28 +143,17 @@ class WorkspaceCache {
   std::vector<Entry> entries_;
 };
 
-// (nnpack.h adds C++ overloads of both names; these pointer types pick the exported C functions)
-using OutputFn = nnp_status (*)(nnp_convolution_algorithm, size_t, size_t, size_t, nnp_size, nnp_padding, nnp_size,
-                                const float*, const float*, const float*, float*, void*, size_t*, nnp_activation,
-                                const void*, pthreadpool_t, nnp_profile*);
-using InferenceFn = nnp_status (*)(nnp_convolution_algorithm, nnp_convolution_transform_strategy, size_t, size_t,
-                                   nnp_size, nnp_padding, nnp_size, nnp_size, const float*, const float*, const float*,
-                                   float*, void*, size_t*, nnp_activation, const void*, pthreadpool_t, nnp_profile*);
+// NNPACK's entry points, null where libtorch does not export them.
+NnpOutput* const output_fn = &nnp_convolution_output;
+NnpInference* const inference_fn = &nnp_convolution_inference;
 
-// Whether libtorch exports both functions (the weak references are resolved, not null).
-bool nnpack_exported() {
-  const OutputFn output_fn = &nnp_convolution_output;
-  const InferenceFn inference_fn = &nnp_convolution_inference;
-  return output_fn != nullptr && inference_fn != nullptr;
-}
+bool nnpack_exported() { return output_fn != nullptr && inference_fn != nullptr; }
 
 // y = conv(x, w) + b on the calling thread (NNPACK's thread pool argument null), as ATen's
 // `_nnpack_spatial_convolution` computes it: one sample by nnp_convolution_inference, more by nnp_convolution_output.
 // x, w, b contiguous float32; b null for none. False where NNPACK's exports are missing (nothing computed).
 bool nnpack_direct(const at::Tensor& x, const at::Tensor& w, const float* b, at::Tensor& y, at::IntArrayRef padding) {
   if (!nnpack_exported()) return false;
-  const OutputFn output_fn = &nnp_convolution_output;
-  const InferenceFn inference_fn = &nnp_convolution_inference;
   thread_local WorkspaceCache workspaces;
   thread_local std::vector<float> zeros;  // the bias where there is none (NNPACK always adds one)
   const size_t n = x.size(0), in_c = x.size(1), out_c = w.size(0);
@@ -196,8 +181,8 @@ bool nnpack_direct(const at::Tensor& x, const at::Tensor& w, const float* b, at:
     return output_fn(nnp_convolution_algorithm_auto, n, in_c, out_c, input_size, pad, kernel_size, xp, wp, b, yp,
                      buffer, size, nnp_activation_identity, nullptr, nullptr, nullptr);
   };
-  size_t capacity = workspace.size;  // a copy: NNPACK lowers it to the call's need
-  nnp_status status = workspace.size ? call(workspace.buffer.get(), &capacity) : nnp_status_insufficient_buffer;
+  size_t capacity = workspace.size();  // a copy: NNPACK lowers it to the call's need
+  nnp_status status = capacity ? call(workspace.buffer.data_ptr(), &capacity) : nnp_status_insufficient_buffer;
   if (status == nnp_status_insufficient_buffer) {
     size_t need = 0;
     status = call(nullptr, &need);
