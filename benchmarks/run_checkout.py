@@ -11,10 +11,10 @@ build in both arms. This puts a finder first on `sys.meta_path` that resolves `n
 whatever the target does to `sys.path` (pip's editable finders are taken out as well), says on stderr which one
 was loaded, and runs the target with `runpy` in this process. Nothing is imported before the target runs: the
 target imports torch and netcompress in its own order, so whatever it sets before torch loads OpenMP (the
-commands' `OMP_WAIT_POLICY=PASSIVE`, netcompress/threads.py) takes effect as in a plain run. (An earlier version
-imported torch first, so the old arm ran with OpenMP's default, spinning workers: LeNet on 2 threads 6.7 ms
-against 8.9 ms in a plain `python -m netcompress time` of the same build.) A benchmark script of CHECKOUT itself
-(CHECKOUT/benchmarks/...) is the fairer old arm: it times what that checkout's benchmark timed.
+commands' `OMP_WAIT_POLICY=PASSIVE`, netcompress/threads.py) takes effect as in a plain run (benchmarks/RESULTS.md,
+eleventh session: importing torch first gave the old arm spinning workers). Run both arms the same way. A
+benchmark script of CHECKOUT itself (CHECKOUT/benchmarks/...) is the fairer old arm: it times what that
+checkout's benchmark timed.
 """
 from __future__ import annotations
 
