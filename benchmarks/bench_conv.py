@@ -131,14 +131,19 @@ def _setup(shape, threads: int, seed: int):
     return g, x, gy, aten, rule
 
 
-def measure(name: str, threads: int, min_time: float) -> dict:
+def _nnpack_takes(shape) -> bool:
+    """Whether NNPACK can run the shape at all (here, and padding below the kernel), inside the FFT rule or not."""
     from netcompress import ops
 
+    return ops.nnpack_available() and shape[5] < shape[4]
+
+
+def measure(name: str, threads: int, min_time: float) -> dict:
     shape = SHAPES[name]
     _, x, gy, aten, fft = _setup(shape, threads, 0)
     row = {"shape": name, "threads": threads, "rule": bool(fft._fft)}
     layers = {"aten": aten}
-    if ops.nnpack_available() and shape[5] < shape[4]:
+    if _nnpack_takes(shape):
         # outside the rule: the same layer forced onto NNPACK, to show why it is outside
         fft._fft, fft._channels_last = True, False
         layers["nnpack"] = fft
@@ -295,13 +300,11 @@ def run(args) -> dict:
                                f"{r['aten_fwd_bwd_ms']:.3g} ms  rule {r['rule_fwd_bwd_ms']:.3g} ms  "
                                f"{r['speedup']:.2f}x")
         result["workspace"] = []
-        if ops.nnpack_available():
-            for name in names:
-                if SHAPES[name][5] < SHAPES[name][4]:  # NNPACK takes the shape
-                    r = measure_workspace(name, 0.0 if args.quick else 0.4)
-                    result["workspace"].append(r)
-                    C.progress(args, f"[cpu x1] {name:16s} NNPACK step: ATen's entry {r['aten_ms']:.3g} ms  op "
-                               f"{r['op_ms']:.3g} ms  alone {r['alone_ms']:.3g} ms")
+        for name in filter(lambda n: _nnpack_takes(SHAPES[n]), names):
+            r = measure_workspace(name, 0.0 if args.quick else 0.4)
+            result["workspace"].append(r)
+            C.progress(args, f"[cpu x1] {name:16s} NNPACK step: ATen's entry {r['aten_ms']:.3g} ms  op "
+                       f"{r['op_ms']:.3g} ms  alone {r['alone_ms']:.3g} ms")
     finally:
         torch.set_num_threads(old)
     return result
