@@ -1,4 +1,4 @@
-"""Caffe's data layers: Data (LMDB), ImageData, HDF5Data and MemoryData.
+"""Caffe's data layers: Data (LMDB), ImageData, HDF5Data and MemoryData; and HDF5Output, which writes.
 
 Each prefetching layer reads records on a background thread (`netcompress.data.prefetch`), up to
 `data_param.prefetch` batches ahead (0 loads synchronously in `forward`), and wraps to the first
@@ -35,8 +35,8 @@ import torch
 from google.protobuf.message import DecodeError
 
 from ..data.db import DataError, LmdbReader, check_backend
-from ..errors import FileError
-from ..io import check_input_file, read_input_bytes
+from ..errors import FileError, NetDefinitionError
+from ..io import atomic_file, check_input_file, read_input_bytes
 from ..data.image import read_image
 from ..data.prefetch import LoadFailure, Prefetcher
 from ..data.transformer import DataTransformer, TransformError
@@ -47,7 +47,7 @@ from .base import Layer, LayerContext, Shape, register_layer
 
 log = get_logger("data")
 
-__all__ = ["BasePrefetchingDataLayer", "DataLayer", "ImageDataLayer", "HDF5DataLayer",
+__all__ = ["BasePrefetchingDataLayer", "DataLayer", "ImageDataLayer", "HDF5DataLayer", "HDF5OutputLayer",
            "MemoryDataLayer", "DataError", "resolve_seed", "read_image_list"]
 
 _RESTART = "Restarting data prefetching from start."
@@ -539,11 +539,11 @@ class ImageDataLayer(BasePrefetchingDataLayer):
 # HDF5Data
 # ----------------------------------------------------------------------------------------------
 
-def _h5py():
+def _h5py(who: str = "HDF5Data"):
     try:
         import h5py
     except ImportError as e:  # pragma: no cover - h5py is a declared dependency
-        raise DataError("HDF5Data needs the 'h5py' package: pip install h5py") from e
+        raise DataError(f"{who} needs the 'h5py' package: pip install h5py") from e
     return h5py
 
 
@@ -676,6 +676,103 @@ class HDF5DataLayer(BasePrefetchingDataLayer):
         self.files = files
         b = int(hp.batch_size)
         self._shapes = [(b,) + tuple(s) for s in shapes]
+
+
+# ----------------------------------------------------------------------------------------------
+# HDF5Output
+# ----------------------------------------------------------------------------------------------
+
+@register_layer("HDF5Output")
+class HDF5OutputLayer(Layer):
+    """Caffe's HDF5Output: writes its two bottoms to `hdf5_output_param.file_name` as the datasets "data"
+    and "label", in the net's float type, each in Caffe's legacy 4-D shape (N, C, H, W): missing trailing
+    axes are 1 (a label of shape (N,) is written as (N, 1, 1, 1)); a bottom of more than 4 axes is an
+    error. It has no tops and passes no gradient back.
+
+    As in Caffe, set-up creates the file, empty (an existing file is truncated), and every forward writes
+    the rows it was given. Caffe can do that only once: a second forward fails to create the datasets
+    again. Here every forward appends its rows, so the file holds the rows of every forward since set-up,
+    in order (e.g. a whole test set dumped over test iterations); all forwards must give the same item
+    shape. The rows are kept on the host and the file is rewritten whole at each forward, atomically
+    (a temporary file, then a rename), so a reader never sees a half-written file. Only the process of
+    rank 0 writes (in a distributed run only rank 0 tests).
+    """
+
+    min_bottoms = max_bottoms = 2
+    min_tops = max_tops = 0
+    dataset_names = ("data", "label")  # Caffe's HDF5_DATA_DATASET_NAME, HDF5_DATA_LABEL_NAME
+
+    def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
+        super().__init__(param, bottom_shapes, ctx)
+        self.file_name = param.hdf5_output_param.file_name
+        if not self.file_name:
+            raise self.error("hdf5_output_param.file_name must name the HDF5 file to write")
+        self._legacy_shapes(*self.bottom_shapes)  # validate now
+        self._rows: list[tuple[np.ndarray, np.ndarray]] = []
+        self._item_shapes: tuple[Shape, Shape] | None = None
+        self._dtype = np.float64 if ctx.dtype == torch.float64 else np.float32
+        self._write()  # Caffe's H5Fcreate(H5F_ACC_TRUNC) at set-up: the file, empty
+
+    def _legacy_shapes(self, data: Shape, label: Shape) -> tuple[Shape, Shape]:
+        """Both bottoms' shapes as Caffe's 4-D num/channels/height/width, with the batch check."""
+        out = []
+        for what, s in (("data", data), ("label", label)):
+            if len(s) > 4:
+                raise self.error(f"writes blobs of at most 4 axes (Caffe's N x C x H x W datasets); the {what} "
+                                 f"bottom has shape {list(s)}")
+            out.append(tuple(s) + (1,) * (4 - len(s)))
+        if out[0][0] != out[1][0]:
+            raise self.error(f"data blob and label blob must have the same batch size, got shapes {list(data)} "
+                             f"and {list(label)}")
+        return out[0], out[1]
+
+    def top_shapes(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
+        self._legacy_shapes(tuple(bottom_shapes[0]), tuple(bottom_shapes[1]))
+        return []
+
+    def forward(self, data: torch.Tensor, label: torch.Tensor):
+        shapes = self._legacy_shapes(tuple(data.shape), tuple(label.shape))
+        if data.device.type == "meta" or self.ctx.rank != 0:
+            return ()
+        items = (shapes[0][1:], shapes[1][1:])
+        if self._item_shapes is not None and items != self._item_shapes:
+            raise self.error(f"cannot append items of shapes {[list(s) for s in items]} to the datasets of "
+                             f"{self.file_name}, whose items have shapes {[list(s) for s in self._item_shapes]}")
+        dtype = torch.float64 if self._dtype is np.float64 else torch.float32
+        rows = tuple(t.detach().to(device="cpu", dtype=dtype).reshape(s).numpy().copy()
+                     for t, s in zip((data, label), shapes))
+        before = self._item_shapes
+        self._rows.append(rows)
+        self._item_shapes = items
+        log.info("Saving HDF5 file %s", self.file_name)
+        try:
+            self._write()
+        except NetDefinitionError:  # the rows held stay those of the file on disk
+            self._rows.pop()
+            self._item_shapes = before
+            raise
+        log.info("Successfully saved %d rows", shapes[0][0])
+        return ()
+
+    def _write(self) -> None:
+        if self.ctx.rank != 0:
+            return
+        h5py = _h5py("HDF5Output")
+        try:
+            with atomic_file(self.file_name) as f, h5py.File(f, "w") as h:
+                if self._item_shapes is None:
+                    return  # no forward yet: an empty file
+                total = sum(r[0].shape[0] for r in self._rows)
+                for j, name in enumerate(self.dataset_names):
+                    ds = h.create_dataset(name, shape=(total, *self._item_shapes[j]), dtype=self._dtype)
+                    at = 0
+                    for r in self._rows:
+                        ds[at:at + r[j].shape[0]] = r[j]
+                        at += r[j].shape[0]
+        except FileError as e:  # its message starts with the path
+            raise self.error(f"Failed to write HDF5 file: {e}") from None
+        except OSError as e:
+            raise self.error(f"Failed to write HDF5 file {self.file_name}: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Layers that move data without arithmetic: Split, Concat, Slice, Flatten, Reshape, Crop, Tile,
-Silence. Their gradients are plain routing, which autograd provides."""
+Silence, BatchReindex, Filter. Their gradients are plain routing, which autograd provides."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ import torch
 from ..proto import caffe_pb2 as pb
 from .base import Layer, LayerContext, Shape, canonical_axis, register_layer
 
-__all__ = ["Split", "Concat", "Slice", "Flatten", "Reshape", "Crop", "Tile", "Silence"]
+__all__ = ["Split", "Concat", "Slice", "Flatten", "Reshape", "Crop", "Tile", "Silence", "BatchReindex", "Filter"]
 
 
 def _no_in_place(layer: Layer, param: pb.LayerParameter) -> None:
@@ -307,3 +307,92 @@ class Silence(Layer):
 
     def top_shapes(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
         return []
+
+
+@register_layer("BatchReindex")
+class BatchReindex(Layer):
+    """Caffe BatchReindex: top = bottom[0][bottom[1]] along the first axis, (M, ...) for M indices.
+
+    bottom[1] is a 1-D blob of indices, read as Caffe reads them (`static_cast<int>`: truncated toward zero,
+    after checking the value itself against 0 <= index < N); indices may repeat, and the gradient of a row
+    is the sum of the gradients of every top row taken from it. The indices get no gradient (Caffe aborts
+    with "Cannot backprop to index" when asked for one; here they are simply not differentiated). An index
+    out of range (or NaN) is an error naming the layer, the index and the batch size. Checking the indices
+    reads them on the host at every forward.
+    """
+
+    min_bottoms = max_bottoms = 2
+    min_tops = max_tops = 1
+
+    def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
+        super().__init__(param, bottom_shapes, ctx)
+        self._top_shape(*self.bottom_shapes)  # validate now
+
+    def _top_shape(self, data: Shape, index: Shape) -> Shape:
+        if len(index) != 1:
+            raise self.error(f"bottom[1] (the indices) must be 1-D, got shape {list(index)}")
+        if len(data) < 1:
+            raise self.error("bottom[0] needs a first (batch) axis to index, got a 0-D blob")
+        return (index[0], *data[1:])
+
+    def top_shapes(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
+        return [self._top_shape(tuple(bottom_shapes[0]), tuple(bottom_shapes[1]))]
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        self._top_shape(tuple(x.shape), tuple(index.shape))
+        index = index.detach()
+        n = x.shape[0]
+        if index.numel() and index.device.type != "meta":
+            bad = ~((index >= 0) & (index < n))  # Caffe's CHECK_GE / CHECK_LT on the value (NaN fails both)
+            if bool(bad.any()):
+                i = int(torch.nonzero(bad)[0])
+                raise self.error(f"index {float(index[i]):g} at position {i} of bottom[1] is out of range for a "
+                                 f"batch of {n}: indices must satisfy 0 <= index < {n}")
+        return x.index_select(0, index.to(device=x.device, dtype=torch.int64))
+
+
+@register_layer("Filter")
+class Filter(Layer):
+    """Caffe Filter: keeps the items (along the first axis) whose selector is nonzero.
+
+    Bottoms: K blobs to filter, then the selector, of shape (N,) or (N, 1, ...); every bottom has the
+    selector's N items. Top k holds the selected items of bottom k, in order; its first axis is the number
+    of selected items, which depends on the data (so finding them reads the selector on the host at every
+    forward). A selector value counts as selected when it is nonzero, NaN included (C's truth). The
+    gradient goes to the selected items of bottoms 0..K-1 (0 elsewhere); the selector gets none.
+
+    At set-up (`top_shapes`) the tops have the bottoms' own shapes, full batch: what Caffe's first Reshape
+    reports before any data is seen. With no item selected the tops are empty, and the gradient is 0
+    (Caffe's backward divides by the top's item count there).
+    """
+
+    min_bottoms = 2
+    min_tops = 1
+
+    def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
+        super().__init__(param, bottom_shapes, ctx)
+        if len(param.top) != len(param.bottom) - 1:
+            raise self.error(f"needs one top per filtered bottom (every bottom but the last, the selector): "
+                             f"{len(param.bottom)} bottoms need {len(param.bottom) - 1} tops, got {len(param.top)}")
+        self._check(self.bottom_shapes)
+
+    def _check(self, shapes: Sequence[Shape]) -> None:
+        selector = shapes[-1]
+        if len(selector) < 1 or any(d != 1 for d in selector[1:]):
+            raise self.error(f"the selector (the last bottom) must have shape (N,) or (N, 1, ...), got "
+                             f"{list(selector)}")
+        for i, s in enumerate(shapes[:-1]):
+            if len(s) < 1 or s[0] != selector[0]:
+                raise self.error(f"bottom {i} must have as many items as the selector ({selector[0]}) along its "
+                                 f"first axis, got shape {list(s)}")
+
+    def top_shapes(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
+        shapes = [tuple(s) for s in bottom_shapes]
+        self._check(shapes)
+        return shapes[:-1]  # Caffe's first Reshape: the full batch, before any selector is read
+
+    def forward(self, *bottoms: torch.Tensor):
+        self._check([tuple(b.shape) for b in bottoms])
+        selected = torch.nonzero(bottoms[-1].detach().reshape(-1) != 0).reshape(-1)
+        tops = tuple(b.index_select(0, selected.to(b.device)) for b in bottoms[:-1])
+        return tops[0] if len(tops) == 1 else tops

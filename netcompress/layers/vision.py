@@ -1,4 +1,4 @@
-"""Convolution, Deconvolution, InnerProduct and Pooling with Caffe's geometry and numerics."""
+"""Convolution, Deconvolution, Im2col, InnerProduct, Pooling and SPP with Caffe's geometry and numerics."""
 from __future__ import annotations
 
 import math
@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from ..errors import NetDefinitionError
 from ..fillers import fill
 from ..proto import caffe_pb2 as pb
 from .base import INT_MAX, Layer, LayerContext, Shape, canonical_axis, register_layer
 
-__all__ = ["Convolution", "Deconvolution", "InnerProduct", "Pooling", "canonical_axis"]
+__all__ = ["Convolution", "Deconvolution", "Im2col", "InnerProduct", "Pooling", "SPP", "canonical_axis"]
 
 
 def _per_axis(layer: Layer, values: Sequence[int], h: int | None, w: int | None, n: int,
@@ -36,6 +37,26 @@ def _per_axis(layer: Layer, values: Sequence[int], h: int | None, w: int | None,
         raise layer.error(f"{what} must be given once or once per spatial axis ({n}), "
                           f"got {len(values)} values")
     return tuple(int(v) for v in values)
+
+
+def _conv_geometry(layer: Layer, cp: pb.ConvolutionParameter, n: int
+                   ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(kernel, pad, stride, dilation) of a convolution_param with `n` spatial axes, by Caffe's
+    BaseConvolutionLayer/Im2colLayer rules (`_per_axis`); pad_h or pad_w alone is allowed (the other is 0)."""
+    opt = lambda f: getattr(cp, f) if cp.HasField(f) else None  # noqa: E731
+    kernel = _per_axis(layer, cp.kernel_size, opt("kernel_h"), opt("kernel_w"), n, 0, "kernel")
+    if any(k <= 0 for k in kernel):
+        raise layer.error(f"kernel size must be specified and positive, got {list(kernel)}")
+    pad_h = cp.pad_h if (cp.HasField("pad_h") or cp.HasField("pad_w")) else None
+    pad_w = cp.pad_w if (cp.HasField("pad_h") or cp.HasField("pad_w")) else None
+    pad = _per_axis(layer, cp.pad, pad_h, pad_w, n, 0, "pad")
+    stride = _per_axis(layer, cp.stride, opt("stride_h"), opt("stride_w"), n, 1, "stride")
+    if any(s <= 0 for s in stride):
+        raise layer.error(f"stride must be positive, got {list(stride)}")
+    dilation = _per_axis(layer, cp.dilation, None, None, n, 1, "dilation")
+    if any(d <= 0 for d in dilation):
+        raise layer.error(f"convolution_param.dilation must be positive, got {list(dilation)}")
+    return kernel, pad, stride, dilation
 
 
 CONV_LAYOUT_ENV = "NETCOMPRESS_CONV_LAYOUT"
@@ -305,6 +326,28 @@ class _FftConv(torch.autograd.Function):
         return gx, gw, gb, None, None, None
 
 
+def short_input_pad(kernel: Sequence[int], pad: Sequence[int], dilation: Sequence[int],
+                    spatial: Sequence[int]) -> list[int] | None:
+    """F.pad widths for an input shorter than one (dilated) kernel window along some axis, or None.
+
+    Caffe divides `size + 2*pad - extent` by the stride in C, truncating toward zero, so a numerator in
+    (-stride, 0) still gives one output, whose window runs past the padded input and reads zeros there
+    (im2col). PyTorch refuses such an input; the zeros are appended here instead.
+    """
+    widths: list[int] = []
+    for i in reversed(range(len(kernel))):
+        short = dilation[i] * (kernel[i] - 1) + 1 - spatial[i] - 2 * pad[i]
+        widths += [0, max(0, short)]
+    return widths if any(widths) else None
+
+
+def conv_output_size(size: int, kernel: int, pad: int, stride: int, dilation: int) -> int:
+    """Caffe's convolution (and im2col) output size: (size + 2 pad - extent) / stride + 1, the division
+    C's, truncating toward zero."""
+    num = size + 2 * pad - (dilation * (kernel - 1) + 1)
+    return (num // stride if num >= 0 else -(-num // stride)) + 1
+
+
 class _ConvBase(Layer):
     """Shared set-up of Convolution and Deconvolution (and their DNS/INQ variants)."""
 
@@ -330,19 +373,7 @@ class _ConvBase(Layer):
             if s != shape0:
                 raise self.error(f"all bottoms must have the same shape, got {list(shape0)} and {list(s)}")
         n = self.num_spatial
-        opt = lambda f: getattr(cp, f) if cp.HasField(f) else None  # noqa: E731
-        self.kernel = _per_axis(self, cp.kernel_size, opt("kernel_h"), opt("kernel_w"), n, 0, "kernel")
-        if any(k <= 0 for k in self.kernel):
-            raise self.error(f"kernel size must be specified and positive, got {list(self.kernel)}")
-        pad_h = cp.pad_h if (cp.HasField("pad_h") or cp.HasField("pad_w")) else None
-        pad_w = cp.pad_w if (cp.HasField("pad_h") or cp.HasField("pad_w")) else None
-        self.pad = _per_axis(self, cp.pad, pad_h, pad_w, n, 0, "pad")
-        self.stride = _per_axis(self, cp.stride, opt("stride_h"), opt("stride_w"), n, 1, "stride")
-        if any(s <= 0 for s in self.stride):
-            raise self.error(f"stride must be positive, got {list(self.stride)}")
-        self.dilation = _per_axis(self, cp.dilation, None, None, n, 1, "dilation")
-        if any(d <= 0 for d in self.dilation):
-            raise self.error(f"convolution_param.dilation must be positive, got {list(self.dilation)}")
+        self.kernel, self.pad, self.stride, self.dilation = _conv_geometry(self, cp, n)
         self.group = int(cp.group)
         if self.group < 1:
             raise self.error(f"convolution_param.group must be at least 1, got {self.group}")
@@ -384,17 +415,8 @@ class _ConvBase(Layer):
         return self.bias if self.bias_term else None
 
     def _short_input_pad(self, spatial: Sequence[int]) -> list[int] | None:
-        """F.pad widths for an input shorter than one (dilated) kernel window along some axis.
-
-        Caffe divides `size + 2*pad - extent` by the stride in C, truncating toward zero, so a numerator in
-        (-stride, 0) still gives one output, whose window runs past the padded input and reads zeros there
-        (im2col). PyTorch refuses such an input; the zeros are appended here instead.
-        """
-        widths: list[int] = []
-        for i in reversed(range(self.num_spatial)):
-            short = self.dilation[i] * (self.kernel[i] - 1) + 1 - spatial[i] - 2 * self.pad[i]
-            widths += [0, max(0, short)]
-        return widths if any(widths) else None
+        """F.pad widths for an input shorter than one (dilated) kernel window (`short_input_pad`)."""
+        return short_input_pad(self.kernel, self.pad, self.dilation, spatial)
 
     def _conv(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         outer = x.shape[:self.axis]
@@ -444,8 +466,7 @@ class _ConvBase(Layer):
             if self.transposed:
                 out = s * (size - 1) + ext - 2 * p
             else:
-                num = size + 2 * p - ext
-                out = (num // s if num >= 0 else -(-num // s)) + 1  # C division: toward zero
+                out = conv_output_size(size, k, p, s, d)
             if out <= 0 or out > INT_MAX:
                 raise self.error(f"output size {out} along spatial axis {i} is "
                                  f"{'not positive' if out <= 0 else 'larger than a blob can hold'} "
@@ -465,6 +486,83 @@ class Deconvolution(_ConvBase):
     """Caffe Deconvolution: the transposed convolution, weight [C_in, num_output/group, *k]."""
 
     transposed = True
+
+
+@register_layer("Im2col")
+class Im2col(Layer):
+    """Caffe Im2col: the columns a convolution would multiply, as a blob.
+
+    `convolution_param` gives the axis, kernel, pad, stride and dilation by Convolution's rules (num_output,
+    group, bias and fillers are not read). The top keeps the axes before the channel axis and has
+    C * prod(kernel) channels, ordered channel-major then kernel offset in row-major order
+    (c * kh * kw + i * kw + j in 2-D), over Convolution's output positions; a tap in the padding or past
+    the input reads 0. The gradient sums the columns back onto the input (col2im). Caffe's
+    `force_nd_im2col` chooses its N-D kernel over the 2-D one; both give the same values, and so do the
+    two paths here (F.unfold for 2-D, index gathers otherwise).
+    """
+
+    min_bottoms = max_bottoms = 1
+    min_tops = max_tops = 1
+
+    def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
+        super().__init__(param, bottom_shapes, ctx)
+        cp = param.convolution_param
+        shape = self.bottom_shapes[0]
+        self.axis = canonical_axis(cp.axis, len(shape), self, "convolution_param.axis")
+        self.num_spatial = len(shape) - self.axis - 1
+        if self.num_spatial < 1:
+            raise self.error(f"bottom shape {list(shape)} has no spatial axes after the channel axis {self.axis}")
+        self.kernel, self.pad, self.stride, self.dilation = _conv_geometry(self, cp, self.num_spatial)
+        self.force_nd = bool(cp.force_nd_im2col)
+        self._top_shape(shape)  # validate now
+
+    def _top_shape(self, s: Shape) -> Shape:
+        if len(s) != self.axis + 1 + self.num_spatial:
+            raise self.error(f"needs a {self.axis + 1 + self.num_spatial}-D bottom (channel axis {self.axis} and "
+                             f"{self.num_spatial} spatial axes), got shape {list(s)}")
+        out = []
+        for i in range(self.num_spatial):
+            size = s[self.axis + 1 + i]
+            o = conv_output_size(size, self.kernel[i], self.pad[i], self.stride[i], self.dilation[i])
+            if o <= 0:
+                # Caffe would make an empty top here (or fail on a negative size); Convolution refuses it too.
+                raise self.error(f"output size {o} along spatial axis {i} is not positive (input {size}, kernel "
+                                 f"{self.kernel[i]}, pad {self.pad[i]}, stride {self.stride[i]}, dilation "
+                                 f"{self.dilation[i]})")
+            out.append(o)
+        return (*s[:self.axis], s[self.axis] * math.prod(self.kernel), *out)
+
+    def top_shapes(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
+        return [self._top_shape(tuple(bottom_shapes[0]))]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top = self._top_shape(tuple(x.shape))
+        out = top[self.axis + 1:]
+        x = x.reshape(-1, *x.shape[self.axis:])  # Caffe's num_: the axes before the channel axis
+        widths = short_input_pad(self.kernel, self.pad, self.dilation, x.shape[2:])
+        if widths is not None:
+            x = F.pad(x, widths)
+        if self.num_spatial == 2 and not self.force_nd and x.shape[0] > 0:
+            cols = F.unfold(x, self.kernel, dilation=self.dilation, padding=self.pad, stride=self.stride)
+        else:
+            cols = self._gather(x, out)
+        return cols.reshape(top)
+
+    def _gather(self, x: torch.Tensor, out: Sequence[int]) -> torch.Tensor:
+        """im2col for any number of spatial axes: per axis, the padded input at
+        o * stride + k * dilation for every (kernel offset k, output position o)."""
+        n = self.num_spatial
+        widths = [w for i in reversed(range(n)) for w in (self.pad[i], self.pad[i])]
+        cols = F.pad(x, widths) if any(widths) else x
+        for i in range(n):
+            taps = torch.arange(self.kernel[i], device=x.device) * self.dilation[i]
+            starts = torch.arange(out[i], device=x.device) * self.stride[i]
+            dim = 2 + 2 * i  # the axes before it are already (kernel, output) pairs
+            cols = cols.index_select(dim, (taps[:, None] + starts[None, :]).reshape(-1))
+            cols = cols.unflatten(dim, (self.kernel[i], out[i]))
+        # (N, C, k0, o0, k1, o1, ...) -> (N, C, k0, k1, ..., o0, o1, ...)
+        order = [0, 1] + [2 + 2 * i for i in range(n)] + [3 + 2 * i for i in range(n)]
+        return cols.permute(order)
 
 
 MATMUL_ENV = "NETCOMPRESS_CPU_MATMUL"
@@ -788,3 +886,100 @@ class Pooling(Layer):
         N, C, H, W = bottom_shapes[0]
         _, out = self._geometry(H, W)
         return [(N, C, *out)] * len(self.layer_param.top)
+
+
+def spp_level_geometry(level: int, size: int) -> tuple[int, int]:
+    """(kernel = stride, pad) of pyramid level `level` along an axis of `size` (Caffe's
+    SPPLayer::GetPoolingParam): 2**level bins, kernel ceil(size / bins), and half the shortfall
+    kernel * bins - size as padding, rounded up."""
+    bins = 2 ** level
+    kernel = -(-size // bins)
+    return kernel, (kernel * bins - size + 1) // 2
+
+
+_SPP_METHODS = {pb.SPPParameter.MAX: pb.PoolingParameter.MAX, pb.SPPParameter.AVE: pb.PoolingParameter.AVE,
+                pb.SPPParameter.STOCHASTIC: pb.PoolingParameter.STOCHASTIC}
+
+
+@register_layer("SPP")
+class SPP(Layer):
+    """Caffe SPP (spatial pyramid pooling) on a 4-D bottom.
+
+    Level i (0 <= i < pyramid_height) is a Pooling layer with kernel = stride = ceil(size / 2**i) and pad
+    (kernel * 2**i - size + 1) // 2 per axis (`spp_level_geometry`), with Pooling's geometry and numerics
+    (the level's output is what Caffe's Pooling makes of those parameters, usually 2**i x 2**i bins). With
+    pyramid_height 1 the top is that Pooling top, (N, C, h, w); otherwise each level's top is flattened to
+    (N, C*h*w) (channel-major) and the levels are concatenated along axis 1, level 0 first. As in Caffe's
+    Reshape, the levels follow the bottom's actual H x W at every forward. A level that Pooling refuses
+    (pad >= kernel, which happens once 2**i exceeds the size; padding with STOCHASTIC) is an error naming
+    this layer, at set-up or at the forward of a new input size.
+
+    STOCHASTIC levels share this layer's generator (drawn in level order, saved with its snapshot state) and
+    follow this layer's phase: in TEST they use the deterministic TEST rule. (Caffe builds its inner Pooling
+    layers from a fresh LayerParameter, whose phase defaults to TRAIN, so they sample in TEST nets too.)
+    """
+
+    min_bottoms = max_bottoms = 1
+    min_tops = max_tops = 1
+
+    def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
+        super().__init__(param, bottom_shapes, ctx)
+        sp = param.spp_param
+        self.pyramid_height = int(sp.pyramid_height)
+        if self.pyramid_height < 1:
+            raise self.error(f"spp_param.pyramid_height must be at least 1, got {self.pyramid_height}")
+        if sp.pool not in _SPP_METHODS:
+            raise self.error(f"unknown pooling method {sp.pool}")
+        self.method = _SPP_METHODS[sp.pool]
+        if self.method == pb.PoolingParameter.STOCHASTIC:
+            self._init_rng()
+        # The Pooling layer of every level for the last bottom size seen: a plain attribute, so that they
+        # are no submodules (no state of their own; the net's module tree and state_dict stay Caffe's).
+        self._pools_for: tuple[int, int] | None = None
+        self._pools: list[Pooling] = []
+        self._levels(self._spatial(self.bottom_shapes[0]))  # validate now
+
+    def _spatial(self, shape: Sequence[int]) -> tuple[int, int]:
+        if len(shape) != 4:
+            raise self.error(f"needs a 4-D bottom (N, C, H, W), got shape {list(shape)}")
+        H, W = int(shape[2]), int(shape[3])
+        if H <= 0 or W <= 0:
+            raise self.error(f"the input height and width must be positive, got shape {list(shape)}")
+        return H, W
+
+    def _levels(self, hw: tuple[int, int]) -> list[Pooling]:
+        if self._pools_for == hw:
+            return self._pools
+        H, W = hw
+        pools = []
+        for i in range(self.pyramid_height):
+            (kh, ph), (kw, pw) = spp_level_geometry(i, H), spp_level_geometry(i, W)
+            lp = pb.LayerParameter(name=f"{self.name}/level{i}", type="Pooling", bottom=["x"], top=["y"])
+            pp = lp.pooling_param
+            pp.pool = self.method
+            pp.kernel_h, pp.kernel_w, pp.stride_h, pp.stride_w, pp.pad_h, pp.pad_w = kh, kw, kh, kw, ph, pw
+            try:
+                pool = Pooling(lp, [(1, 1, H, W)], self.ctx)
+            except NetDefinitionError as e:
+                reason = str(e).removeprefix(f"layer '{lp.name}' (type Pooling): ")
+                raise self.error(f"pyramid level {i} ({2 ** i}x{2 ** i} bins) on a {H}x{W} input takes pooling "
+                                 f"kernel [{kh}, {kw}], stride [{kh}, {kw}], pad [{ph}, {pw}], which Pooling "
+                                 f"refuses: {reason}") from None
+            if self.method == pb.PoolingParameter.STOCHASTIC:
+                pool._rng = self._rng
+            pools.append(pool)
+        self._pools_for, self._pools = hw, pools
+        return pools
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pools = self._levels(self._spatial(x.shape))
+        if self.pyramid_height == 1:
+            return pools[0](x)
+        return torch.cat([pool(x).flatten(1) for pool in pools], dim=1)
+
+    def top_shapes(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
+        shape = tuple(bottom_shapes[0])
+        tops = [pool.top_shapes([shape])[0] for pool in self._levels(self._spatial(shape))]
+        if self.pyramid_height == 1:
+            return tops
+        return [(shape[0], sum(math.prod(t[1:]) for t in tops))]

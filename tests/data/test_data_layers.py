@@ -1,8 +1,9 @@
-"""Data, ImageData, HDF5Data and MemoryData: order, wrap-around, determinism, resume, sharding."""
+"""Data, ImageData, HDF5Data and MemoryData: order, wrap-around, determinism, resume, sharding; HDF5Output."""
 from __future__ import annotations
 
 import gc
 import io
+import re
 import threading
 
 import numpy as np
@@ -12,6 +13,7 @@ from google.protobuf import text_format
 
 from netcompress.data.db import DataError
 from netcompress.data.tools import convert_mnist
+from netcompress.errors import NetDefinitionError
 from netcompress.net import Net
 from netcompress.proto import caffe_pb2 as pb
 
@@ -426,6 +428,141 @@ def test_hdf5_missing_dataset_is_named(h5_source, make_layer):
     with pytest.raises(DataError, match="dataset 'weights'"):
         make_layer(f'name: "h" type: "HDF5Data" top: "weights" hdf5_data_param {{ source: "{h5_source}" '
                    f'batch_size: 1 }}')
+
+
+# -- HDF5Output ------------------------------------------------------------------------------
+
+def h5_output(path, *shapes, dtype=torch.float32, rank=0):
+    from netcompress.layers import LayerContext, create_layer
+
+    p = text_format.Parse(f'name: "out" type: "HDF5Output" bottom: "data" bottom: "label" '
+                          f'hdf5_output_param {{ file_name: "{path}" }}', pb.LayerParameter())
+    return create_layer(p, list(shapes), LayerContext(dtype=dtype, rank=rank))
+
+
+def read_h5(path):
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return {k: np.asarray(v) for k, v in f.items()}
+
+
+def test_hdf5_output_writes_data_and_label_as_caffe_names_them(tmp_path, data_log):
+    # Caffe's HDF5OutputLayerTest: the blobs read back equal what the layer was given; Caffe's legacy
+    # N x C x H x W datasets (a label of shape (N,) becomes (N, 1, 1, 1)), in the net's float type
+    out = tmp_path / "out.h5"
+    layer = h5_output(out, (5, 8, 5, 5), (5,))
+    assert layer.top_shapes([(5, 8, 5, 5), (5,)]) == []
+    assert read_h5(out) == {}  # set-up creates the file, empty (Caffe's H5Fcreate)
+    data = torch.randn(5, 8, 5, 5, generator=torch.Generator().manual_seed(0))
+    label = torch.arange(5, dtype=torch.float32)
+    assert layer(data, label) == ()
+    got = read_h5(out)
+    assert sorted(got) == ["data", "label"]
+    assert got["data"].dtype == np.float32 and np.array_equal(got["data"], data.numpy())
+    assert got["label"].shape == (5, 1, 1, 1) and np.array_equal(got["label"].reshape(-1), label.numpy())
+    assert "Saving HDF5 file " + str(out) in data_log and "Successfully saved 5 rows" in data_log
+    double = h5_output(tmp_path / "d.h5", (2, 3), (2, 1), dtype=torch.float64)
+    double(torch.ones(2, 3, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64))
+    got = read_h5(tmp_path / "d.h5")
+    assert got["data"].dtype == np.float64 and got["data"].shape == (2, 3, 1, 1) and got["label"].shape == (2, 1, 1, 1)
+
+
+def test_hdf5_output_appends_every_forward(tmp_path):
+    # Caffe can write once (a second forward fails to create the datasets again); here each forward's
+    # rows are appended, and the file after each forward holds every row so far
+    out = tmp_path / "out.h5"
+    out.write_bytes(b"an older file")
+    layer = h5_output(out, (3, 2), (3,))
+    assert read_h5(out) == {}  # truncated at set-up, as Caffe's H5F_ACC_TRUNC
+    batches = [(torch.full((n, 2), float(k)), torch.arange(n, dtype=torch.float32) + 10 * k)
+               for k, n in enumerate([3, 1, 0, 2])]  # batch sizes may vary (e.g. after a Filter)
+    for k, (d, l) in enumerate(batches):
+        layer(d, l)
+        got = read_h5(out)
+        rows = sum(b[0].shape[0] for b in batches[:k + 1])
+        assert got["data"].shape == (rows, 2, 1, 1) and got["label"].shape == (rows, 1, 1, 1)
+    assert got["data"].reshape(-1, 2)[:, 0].tolist() == [0, 0, 0, 1, 3, 3]
+    assert got["label"].reshape(-1).tolist() == [0, 1, 2, 10, 30, 31]
+    with pytest.raises(NetDefinitionError, match=r"layer 'out' \(type HDF5Output\): cannot append items of shapes "
+                                                 r"\[\[3, 1, 1\], \[1, 1, 1\]\] to the datasets of "
+                                                 + re.escape(str(out))):
+        layer(torch.zeros(1, 3), torch.zeros(1))
+    assert read_h5(out)["data"].shape == (6, 2, 1, 1)
+
+
+def test_hdf5_output_write_is_atomic(tmp_path, monkeypatch):
+    import h5py
+
+    out = tmp_path / "out.h5"
+    layer = h5_output(out, (2, 2), (2,))
+    layer(torch.ones(2, 2), torch.ones(2))
+    inode = out.stat().st_ino
+    layer(torch.ones(2, 2), torch.ones(2))
+    assert out.stat().st_ino != inode  # a new file renamed onto the name, not the old one rewritten
+
+    def broken(self, *a, **k):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", broken)
+    with pytest.raises(NetDefinitionError, match=rf"layer 'out' \(type HDF5Output\): Failed to write HDF5 file: "
+                                                 rf"{re.escape(str(out))}: cannot write: disk on fire"):
+        layer(torch.ones(2, 2), torch.ones(2))
+    monkeypatch.undo()
+    assert read_h5(out)["data"].shape == (4, 2, 1, 1)  # the last complete file stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]  # and no temporary file
+    layer(torch.ones(2, 2), torch.ones(2))
+    assert read_h5(out)["data"].shape == (6, 2, 1, 1)  # the failed forward's rows are not in the next file
+
+
+def test_hdf5_output_errors_name_the_layer_and_file(tmp_path):
+    with pytest.raises(NetDefinitionError, match=r"\(type HDF5Output\): hdf5_output_param.file_name must name"):
+        h5_output("", (2, 3), (2,))
+    with pytest.raises(NetDefinitionError, match=r"\(type HDF5Output\): writes blobs of at most 4 axes .* the data "
+                                                 r"bottom has shape \[2, 1, 1, 1, 1\]"):
+        h5_output(tmp_path / "o.h5", (2, 1, 1, 1, 1), (2,))
+    with pytest.raises(NetDefinitionError, match=r"\(type HDF5Output\): data blob and label blob must have the same "
+                                                 r"batch size, got shapes \[2, 3\] and \[3\]"):
+        h5_output(tmp_path / "o.h5", (2, 3), (3,))
+    (tmp_path / "file").write_text("x")
+    bad = tmp_path / "file" / "o.h5"
+    with pytest.raises(NetDefinitionError, match=rf"layer 'out' \(type HDF5Output\): Failed to write HDF5 file: "
+                                                 rf".*{re.escape(str(bad.parent))}"):
+        h5_output(bad, (2, 3), (2,))
+    layer = h5_output(tmp_path / "o.h5", (2, 3), (2,))
+    with pytest.raises(NetDefinitionError, match="same batch size"):
+        layer(torch.zeros(2, 3), torch.zeros(4))
+
+
+def test_hdf5_output_writes_only_on_rank_0(tmp_path):
+    layer = h5_output(tmp_path / "o.h5", (2, 3), (2,), rank=1)
+    layer(torch.zeros(2, 3), torch.zeros(2))
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_hdf5_output_in_a_net(tmp_path):
+    out = tmp_path / "dump.h5"
+    text = f"""
+    layer {{ name: "in" type: "Input" top: "data" top: "label" input_param {{ shape {{ dim: 3 dim: 4 }} shape {{ dim: 3 dim: 2 }} }} }}
+    layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param {{ num_output: 2 weight_filler {{ type: "xavier" }} }} }}
+    layer {{ name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "label" top: "loss" }}
+    layer {{ name: "dump" type: "HDF5Output" bottom: "ip" bottom: "label" hdf5_output_param {{ file_name: "{out}" }} }}
+    """
+    net = Net(text_format.Parse(text, pb.NetParameter()), phase=pb.TRAIN, seed=1, verbose=False)
+    assert read_h5(out) == {}
+    gen = torch.Generator().manual_seed(0)
+    ips, labels = [], []
+    for _ in range(2):
+        net.zero_grad()
+        label = torch.randn(3, 2, generator=gen)
+        net(data=torch.randn(3, 4, generator=gen), label=label)
+        net.loss.backward()
+        assert net.layer("ip").weight.grad is not None
+        ips.append(net.blobs["ip"].detach())
+        labels.append(label)
+    got = read_h5(out)
+    assert np.array_equal(got["data"].reshape(6, 2), torch.cat(ips).numpy())
+    assert np.array_equal(got["label"].reshape(6, 2), torch.cat(labels).numpy())
 
 
 # -- MemoryData ------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Split, Concat, Slice, Flatten, Reshape, Crop, Tile, Silence: shapes, values, routing, errors."""
+"""Split, Concat, Slice, Flatten, Reshape, Crop, Tile, Silence, BatchReindex, Filter: shapes, values, routing,
+errors."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,6 +8,7 @@ import torch
 from torch.autograd import gradcheck
 
 from netcompress.errors import NetDefinitionError
+from netcompress.proto import caffe_pb2 as pb
 
 
 def rand(*shape, seed=0):
@@ -188,3 +190,211 @@ def test_silence(make_layer, make_net):
     assert net.output_names == ["y"]  # the silenced blob is no output
     out = net(x=rand(2, 3), label=torch.zeros(2, dtype=torch.float64))
     assert list(out) == ["y"]
+
+
+# --- BatchReindex -----------------------------------------------------------------------------------
+
+def batch_reindex_reference(x, perm, top_diff=None):
+    """Transcription of Caffe's BatchReindexLayer Forward_cpu / Backward_cpu over flat indices
+    (static_cast<int> of each index; the backward adds every top diff onto its source row)."""
+    xf = x.reshape(-1).tolist()
+    inner = x.numel() // x.shape[0]
+    count = len(perm) * inner
+    out = [xf[int(perm[i // inner]) * inner + i % inner] for i in range(count)]
+    y = torch.tensor(out, dtype=x.dtype).reshape(len(perm), *x.shape[1:])
+    if top_diff is None:
+        return y
+    diff = [0.0] * x.numel()
+    td = top_diff.reshape(-1).tolist()
+    for i in range(count):
+        diff[int(perm[i // inner]) * inner + i % inner] += td[i]
+    return y, torch.tensor(diff, dtype=x.dtype).reshape(x.shape)
+
+
+def test_batch_reindex_caffes_forward(make_layer):
+    # Caffe's BatchReindexLayerTest: a 5x4x3x2 blob of 0..119, indices 4 0 4 0 1 2
+    layer = make_layer('type: "BatchReindex"', (5, 4, 3, 2), (6,))
+    assert layer.top_shapes([(5, 4, 3, 2), (6,)]) == [(6, 4, 3, 2)]
+    x = torch.arange(120, dtype=torch.float64).reshape(5, 4, 3, 2)
+    perm = torch.tensor([4, 0, 4, 0, 1, 2], dtype=torch.float64)
+    y = layer(x, perm)
+    assert torch.equal(y, batch_reindex_reference(x, perm.tolist()))
+    for n, p in enumerate([4, 0, 4, 0, 1, 2]):
+        assert torch.equal(y[n], x[p])
+
+
+def test_batch_reindex_accumulates_the_gradient_of_repeated_indices(make_layer):
+    layer = make_layer('type: "BatchReindex"', (5, 3, 2), (7,))
+    perm = [4, 0, 4, 0, 1, 2, 4]
+    x = rand(5, 3, 2).requires_grad_()
+    top_diff = rand(7, 3, 2, seed=1)
+    y = layer(x, torch.tensor(perm, dtype=torch.float64))
+    (y * top_diff).sum().backward()
+    ref_y, ref_diff = batch_reindex_reference(x.detach(), perm, top_diff)
+    assert torch.equal(y.detach(), ref_y)
+    torch.testing.assert_close(x.grad, ref_diff)
+    torch.testing.assert_close(x.grad[4], top_diff[0] + top_diff[2] + top_diff[6])  # three uses, summed
+    assert torch.all(x.grad[3] == 0)                                                # never used
+    index = torch.tensor(perm, dtype=torch.float64)
+    assert gradcheck(lambda v: layer(v, index), (x.detach().clone().requires_grad_(),))
+
+
+def test_batch_reindex_reads_indices_as_caffe_does(make_layer):
+    layer = make_layer('type: "BatchReindex"', (5, 2), (4,))
+    x = rand(5, 2)
+    # static_cast<int>: 2.7 -> 2, 4.99 -> 4 (the check is on the value: 4.99 < 5)
+    idx = torch.tensor([2.7, 4.99, 0.0, 1.2], dtype=torch.float64)
+    assert torch.equal(layer(x, idx), x[[2, 4, 0, 1]])
+    assert torch.equal(layer(x, torch.tensor([3, 3, 1, 0])), x[[3, 3, 1, 0]])  # integer indices too
+    idx = torch.tensor([1.0, 0.0, 3.0, 2.0], requires_grad=True)
+    xg = x.clone().requires_grad_()
+    layer(xg, idx).sum().backward()
+    assert idx.grad is None and torch.equal(xg.grad, torch.tensor([[1.0, 1]] * 4 + [[0, 0]], dtype=torch.float64))
+    empty = make_layer('type: "BatchReindex"', (5, 2), (0,))
+    assert empty.top_shapes([(5, 2), (0,)]) == [(0, 2)]
+    assert tuple(empty(x, torch.zeros(0)).shape) == (0, 2)
+
+
+@pytest.mark.parametrize("bad,shown", [(5.0, "5"), (-1.0, "-1"), (-0.5, "-0.5"), (float("nan"), "nan")])
+def test_batch_reindex_refuses_an_index_out_of_range(make_layer, bad, shown):
+    layer = make_layer('type: "BatchReindex"', (5, 2), (3,))
+    with pytest.raises(NetDefinitionError, match=rf"layer 'layer' \(type BatchReindex\): index {shown} at position 1 "
+                                                 r"of bottom\[1\] is out of range for a batch of 5: indices must "
+                                                 r"satisfy 0 <= index < 5"):
+        layer(rand(5, 2), torch.tensor([0.0, bad, 1.0], dtype=torch.float64))
+
+
+def test_batch_reindex_shape_errors(make_layer):
+    with pytest.raises(NetDefinitionError,
+                       match=r"\(type BatchReindex\): bottom\[1\] \(the indices\) must be 1-D, got shape \[3, 1\]"):
+        make_layer('type: "BatchReindex"', (5, 2), (3, 1))
+    with pytest.raises(NetDefinitionError, match=r"\(type BatchReindex\): bottom\[0\] needs a first"):
+        make_layer('type: "BatchReindex"', (), (3,))
+
+
+def test_batch_reindex_net_sets_up_and_runs_forward_and_backward(make_net):
+    net = make_net("""
+    layer { name: "in" type: "Input" top: "data" top: "idx" top: "target"
+            input_param { shape { dim: 5 dim: 3 } shape { dim: 4 } shape { dim: 4 dim: 2 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }
+    layer { name: "reindex" type: "BatchReindex" bottom: "ip" bottom: "idx" top: "picked" }
+    layer { name: "loss" type: "EuclideanLoss" bottom: "picked" bottom: "target" top: "loss" }
+    """, phase=pb.TRAIN, seed=1)
+    assert net.blob_shapes["picked"] == (4, 2)
+    x, target = rand(5, 3), rand(4, 2, seed=1)
+    idx = torch.tensor([4.0, 4.0, 0.0, 2.0], dtype=torch.float64)
+    net(data=x, idx=idx, target=target)
+    assert torch.equal(net.blobs["picked"], net.blobs["ip"][[4, 4, 0, 2]])
+    net.loss.backward()
+    diff = (net.blobs["picked"] - target).detach() / 4          # EuclideanLoss: (a - b) / N
+    torch.testing.assert_close(net.layer("ip").weight.grad, diff.t() @ x[[4, 4, 0, 2]])
+
+
+# --- Filter ---------------------------------------------------------------------------------------
+
+def filter_reference(bottoms, selector, top_diffs=None):
+    """Transcription of Caffe's FilterLayer: indices_to_forward_ are the items with a nonzero selector,
+    each top copies them in order; the backward walks the bottom's items, copying the next forwarded
+    item's top diff and zeroing the others. (Caffe takes the item size from the top there, which divides
+    by zero when nothing is selected; the bottom's item size is the same otherwise.)"""
+    sel = selector.reshape(-1).tolist()
+    indices = [i for i, v in enumerate(sel) if v]
+    tops = [torch.stack([b[i] for i in indices]) if indices else b[:0].clone() for b in bottoms]
+    if top_diffs is None:
+        return tops
+    diffs = []
+    for b, td in zip(bottoms, top_diffs):
+        d = torch.empty_like(b)
+        nxt = 0
+        for n in range(b.shape[0]):
+            if nxt >= len(indices) or n != indices[nxt]:
+                d[n] = 0
+            else:
+                d[n] = td[nxt]
+                nxt += 1
+        diffs.append(d)
+    return tops, diffs
+
+
+def make_filter(make_layer, *shapes):
+    return make_layer('type: "Filter"', *shapes, tops=len(shapes) - 1)
+
+
+def test_filter_caffes_reshape_and_forward(make_layer):
+    # Caffe's FilterLayerTest: data 4x3x6x4, labels 4x1x1x1, selector 0 1 1 0
+    shapes = [(4, 3, 6, 4), (4, 1, 1, 1), (4, 1, 1, 1)]
+    layer = make_filter(make_layer, *shapes)
+    assert layer.top_shapes(shapes) == shapes[:2]  # set-up: the bottoms' shapes (Caffe's first Reshape)
+    data, labels = rand(*shapes[0]), torch.tensor([3.0, 1, 4, 0], dtype=torch.float64).reshape(4, 1, 1, 1)
+    sel = torch.tensor([0.0, 1, 1, 0], dtype=torch.float64).reshape(4, 1, 1, 1)
+    top_data, top_labels = layer(data, labels, sel)
+    assert tuple(top_data.shape) == (2, 3, 6, 4) and tuple(top_labels.shape) == (2, 1, 1, 1)
+    assert top_labels.reshape(-1).tolist() == [1.0, 4.0]
+    assert torch.equal(top_data[0], data[1]) and torch.equal(top_data[1], data[2])
+
+
+@pytest.mark.parametrize("selector", [[0, 0, 0, 0, 0], [0, 1, 1, 0, 1], [1, 1, 1, 1, 1], [0, 0, -2.5, 0, 0],
+                                      [float("nan"), 0, 0, 0, 0.5]])
+def test_filter_forward_and_backward_against_caffe(make_layer, selector):
+    layer = make_filter(make_layer, (5, 3, 2), (5,), (5, 1))
+    data, labels = rand(5, 3, 2).requires_grad_(), rand(5, seed=1).requires_grad_()
+    sel = torch.tensor(selector, dtype=torch.float64).reshape(5, 1).requires_grad_()
+    tops = layer(data, labels, sel)
+    kept = sum(1 for v in selector if v != 0)  # NaN is nonzero: selected (C's truth)
+    assert [t.shape[0] for t in tops] == [kept, kept]
+    top_diffs = [rand(*tops[0].shape, seed=2), rand(*tops[1].shape, seed=3)]
+    ref_tops, ref_diffs = filter_reference([data.detach(), labels.detach()], sel.detach(), top_diffs)
+    assert all(torch.equal(t.detach(), r) for t, r in zip(tops, ref_tops))
+    sum((t * d).sum() for t, d in zip(tops, top_diffs)).backward()
+    assert torch.equal(data.grad, ref_diffs[0]) and torch.equal(labels.grad, ref_diffs[1])
+    assert sel.grad is None  # the selector gets no gradient
+    if kept:
+        fixed = (labels.detach(), sel.detach())
+        assert gradcheck(lambda d: layer(d, *fixed)[0], (data.detach().clone().requires_grad_(),))
+
+
+def test_filter_one_filtered_bottom(make_layer):
+    layer = make_filter(make_layer, (3, 2), (3,))
+    x = rand(3, 2)
+    y = layer(x, torch.tensor([1.0, 0, 1], dtype=torch.float64))
+    assert isinstance(y, torch.Tensor) and torch.equal(y, x[[0, 2]])
+
+
+def test_filter_errors(make_layer):
+    with pytest.raises(NetDefinitionError, match=r"\(type Filter\): needs one top per filtered bottom .*3 bottoms "
+                                                 r"need 2 tops, got 1"):
+        make_layer('type: "Filter"', (4, 2), (4, 1), (4,))
+    with pytest.raises(NetDefinitionError, match=r"\(type Filter\): the selector \(the last bottom\) must have shape "
+                                                 r"\(N,\) or \(N, 1, ...\), got \[4, 2\]"):
+        make_filter(make_layer, (4, 3), (4, 2))
+    with pytest.raises(NetDefinitionError, match=r"\(type Filter\): bottom 1 must have as many items as the selector "
+                                                 r"\(4\) along its first axis, got shape \[3, 1\]"):
+        make_filter(make_layer, (4, 3), (3, 1), (4,))
+    layer = make_filter(make_layer, (4, 3), (4,))
+    with pytest.raises(NetDefinitionError, match=r"\(type Filter\): bottom 0 must have as many items"):
+        layer(rand(5, 3), torch.ones(4, dtype=torch.float64))
+
+
+def test_filter_net_runs_with_varying_selections(make_net):
+    net = make_net("""
+    layer { name: "in" type: "Input" top: "data" top: "sel" input_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 1 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }
+    layer { name: "filter" type: "Filter" bottom: "ip" bottom: "data" bottom: "sel" top: "ip_kept" top: "data_kept" }
+    layer { name: "ip2" type: "InnerProduct" bottom: "ip_kept" top: "out" loss_weight: 1
+            inner_product_param { num_output: 1 bias_term: false weight_filler { type: "constant" value: 1 } } }
+    """, phase=pb.TRAIN, seed=1)
+    # set-up reports the full batch (Caffe's first Reshape); the layers after it set up for it
+    assert net.blob_shapes["ip_kept"] == (4, 2) and net.blob_shapes["data_kept"] == (4, 3)
+    x = rand(4, 3)
+    ip = net.layer("ip")
+    for selector in ([0, 0, 0, 0], [1, 0, 0, 1], [0, 1, 1, 1], [1, 1, 1, 1]):
+        net.zero_grad()
+        sel = torch.tensor(selector, dtype=torch.float64).reshape(4, 1)
+        net(data=x, sel=sel)
+        keep = [i for i, v in enumerate(selector) if v]
+        assert tuple(net.blobs["out"].shape) == (len(keep), 1)
+        assert torch.equal(net.blobs["data_kept"], x[keep])
+        net.loss.backward()
+        # loss = sum over kept items of (W x + b) . 1: d/dW = column sums of the kept inputs, d/db = count
+        torch.testing.assert_close(ip.weight.grad, x[keep].sum(0).expand(2, 3))
+        torch.testing.assert_close(ip.bias.grad, torch.full((2,), float(len(keep)), dtype=torch.float64))

@@ -756,3 +756,263 @@ def test_stochastic_pooling_train_phase(make_layer):
     a = layer(xs)
     layer.set_rng_state(state)
     assert torch.equal(layer(xs), a)
+
+
+# --- SPP ----------------------------------------------------------------------------------------
+
+def spp_reference(x, height, method):
+    """Transcription of Caffe's SPPLayer: level i pools with GetPoolingParam's kernel, stride and pad
+    (Caffe's Pooling: pool_reference), flattens, and the levels are concatenated; height 1 is the pooling top."""
+    N, _, H, W = x.shape
+    outs = []
+    for level in range(height):
+        bins = 2 ** level
+        kh, kw = int(math.ceil(H / float(bins))), int(math.ceil(W / float(bins)))
+        ph, pw = (kh * bins - H + 1) // 2, (kw * bins - W + 1) // 2
+        y, _ = pool_reference(x, method, (kh, kw), (kh, kw), (ph, pw))
+        outs.append(y)
+    if height == 1:
+        return outs[0]
+    return torch.cat([y.reshape(N, -1) for y in outs], dim=1)
+
+
+def spp(make_layer, height, shape, method="MAX", **kw):
+    return make_layer(f'type: "SPP" spp_param {{ pyramid_height: {height} pool: {method} }}', shape, **kw)
+
+
+def test_spp_hand_worked_order(make_layer):
+    # levels in order, each flattened channel-major: [level 0: c0, c1][level 1: c0 (2x2), c1 (2x2)]
+    layer = spp(make_layer, 2, (1, 2, 4, 4))
+    x = torch.arange(32, dtype=torch.float64).reshape(1, 2, 4, 4)
+    assert layer(x).tolist() == [[15, 31, 5, 7, 13, 15, 21, 23, 29, 31]]
+    ave = spp(make_layer, 2, (1, 2, 4, 4), "AVE")
+    assert ave(x).tolist() == [[7.5, 23.5, 2.5, 4.5, 10.5, 12.5, 18.5, 20.5, 26.5, 28.5]]
+
+
+@pytest.mark.parametrize("shape,height,top", [
+    ((2, 3, 9, 8), 3, (2, 63)),          # Caffe's TestSetup: 3 * (1 + 4 + 16)
+    ((4, 3, 1024, 765), 5, (4, 1023)),   # TestEqualOutputDims: 3 * 341
+    ((10, 3, 7, 7), 3, (10, 63)),        # TestEqualOutputDims2
+    ((2, 3, 9, 8), 1, (2, 3, 1, 1)),     # height 1: the Pooling top itself, 4-D
+])
+def test_spp_top_shapes_of_caffes_tests(make_layer, shape, height, top):
+    assert spp(make_layer, height, shape).top_shapes([shape]) == [top]
+
+
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+@pytest.mark.parametrize("height", [1, 2, 3])
+@pytest.mark.parametrize("hw", [(9, 8), (7, 7), (6, 9), (13, 11)])
+def test_spp_against_caffe_transcription(make_layer, method, height, hw):
+    shape = (2, 3, *hw)
+    layer = spp(make_layer, height, shape, method)
+    x = rand(*shape, seed=height)
+    y = layer(x)
+    ref = spp_reference(x, height, method)
+    torch.testing.assert_close(y, ref)
+    assert [tuple(y.shape)] == layer.top_shapes([shape])
+    if height > 1:  # the fixed length SPP exists for: 3 * (4**height - 1) / 3 per item
+        assert y.shape[1] == 3 * (4 ** height - 1) // 3
+
+
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+def test_spp_gradcheck(make_layer, method):
+    layer = spp(make_layer, 3, (1, 2, 9, 8), method)
+    assert gradcheck(layer, (rand(1, 2, 9, 8, seed=3).requires_grad_(),))
+    one = spp(make_layer, 1, (1, 2, 5, 7), method)
+    assert gradcheck(one, (rand(1, 2, 5, 7, seed=4).requires_grad_(),))
+
+
+def test_spp_follows_the_input_size_at_every_forward(make_layer):
+    layer = spp(make_layer, 3, (2, 3, 9, 8))
+    for hw in [(7, 7), (13, 11), (9, 8)]:
+        x = rand(2, 3, *hw, seed=hw[0])
+        y = layer(x)
+        assert tuple(y.shape) == (2, 63)
+        torch.testing.assert_close(y, spp_reference(x, 3, "MAX"))
+
+
+def test_spp_height_one_is_global_pooling(make_layer):
+    x = rand(2, 3, 5, 7)
+    torch.testing.assert_close(spp(make_layer, 1, (2, 3, 5, 7))(x), x.amax(dim=(2, 3), keepdim=True))
+    torch.testing.assert_close(spp(make_layer, 1, (2, 3, 5, 7), "AVE")(x), x.mean(dim=(2, 3), keepdim=True))
+
+
+def test_spp_stochastic(make_layer):
+    # STOCHASTIC levels need no padding: sizes divisible by 2**(height - 1)
+    x = rand(2, 2, 8, 8).abs() + 0.1
+    test = spp(make_layer, 2, (2, 2, 8, 8), "STOCHASTIC")
+    ref = []
+    for k in (8, 4):
+        win = x.unfold(2, k, k).unfold(3, k, k)  # (N, C, bins, bins, k, k)
+        ref.append(((win * win).sum((-1, -2)) / win.sum((-1, -2))).reshape(2, -1))
+    torch.testing.assert_close(test(x), torch.cat(ref, dim=1))  # TEST: Caffe's TEST rule, deterministic
+    train = spp(make_layer, 2, (2, 2, 8, 8), "STOCHASTIC", phase=pb.TRAIN, seed=5)
+    state = train.rng_state()
+    a = train(x)
+    for j, k in enumerate((8, 4)):  # every sample is one of its window's values
+        win = x.unfold(2, k, k).unfold(3, k, k).reshape(2, 2, -1, k * k)
+        got = a[:, [0, 2][j]:[2, 10][j]].reshape(2, 2, -1, 1)
+        assert bool(((win - got).abs() < 1e-12).any(-1).all())
+    assert train.snapshot_state() is not None
+    train.set_rng_state(state)
+    assert torch.equal(train(x), a)  # one generator, drawn level by level: reproducible
+
+
+@pytest.mark.parametrize("snippet,shape,msg", [
+    ('spp_param { }', (1, 1, 4, 4), "pyramid_height must be at least 1"),
+    ('spp_param { pyramid_height: 2 }', (1, 4, 4), r"4-D bottom \(N, C, H, W\), got shape \[1, 4, 4\]"),
+    ('spp_param { pyramid_height: 2 }', (1, 1, 0, 4), "height and width must be positive"),
+    ('spp_param { pyramid_height: 4 }', (2, 3, 9, 8),
+     r"pyramid level 3 \(8x8 bins\) on a 9x8 input takes pooling kernel \[2, 1\], stride \[2, 1\], pad \[4, 0\], "
+     r"which Pooling refuses: pad \[4, 0\] must be smaller than the kernel \[2, 1\]"),
+    ('spp_param { pyramid_height: 2 pool: STOCHASTIC }', (1, 1, 9, 8), "padding is implemented only for AVE and MAX"),
+])
+def test_spp_errors(make_layer, snippet, shape, msg):
+    with pytest.raises(NetDefinitionError, match=r"layer 'layer' \(type SPP\): .*" + msg):
+        make_layer(f'type: "SPP" {snippet}', shape)
+
+
+def test_spp_refuses_a_forward_input_its_levels_cannot_pool(make_layer):
+    layer = spp(make_layer, 3, (1, 1, 9, 8))
+    with pytest.raises(NetDefinitionError, match=r"\(type SPP\): pyramid level 2 \(4x4 bins\) on a 3x8 input"):
+        layer(rand(1, 1, 3, 8))
+
+
+def test_spp_net_sets_up_and_runs_forward_and_backward(make_net):
+    net = make_net("""
+    layer { name: "in" type: "Input" top: "data" top: "label" input_param { shape { dim: 2 dim: 3 dim: 9 dim: 8 } shape { dim: 2 } } }
+    layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+            convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
+    layer { name: "spp" type: "SPP" bottom: "conv" top: "spp" spp_param { pyramid_height: 3 pool: MAX } }
+    layer { name: "ip" type: "InnerProduct" bottom: "spp" top: "ip" inner_product_param { num_output: 5 weight_filler { type: "xavier" } } }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+    """, phase=pb.TRAIN, seed=1)
+    assert net.blob_shapes["spp"] == (2, 84)
+    for hw in [(9, 8), (7, 7)]:  # another input size: the same pyramid length, the same InnerProduct
+        net.zero_grad()
+        net(data=rand(2, 3, *hw, seed=hw[0]), label=torch.tensor([1.0, 3.0], dtype=torch.float64))
+        assert tuple(net.blobs["spp"].shape) == (2, 84)
+        torch.testing.assert_close(net.blobs["spp"], spp_reference(net.blobs["conv"].detach(), 3, "MAX"))
+        net.loss.backward()
+        conv = net.layer("conv")
+        assert conv.weight.grad is not None and bool(conv.weight.grad.abs().sum() > 0)
+
+
+# --- Im2col -------------------------------------------------------------------------------------
+
+def im2col_reference(x, kernel, pad, stride, dilation, axis=1):
+    """Transcription of Caffe's im2col_nd_cpu (every image of the axes before `axis` in turn): column
+    channel c_col = c * prod(kernel) + row-major kernel offset; taps outside the image read 0."""
+    import itertools
+
+    x = x.numpy()
+    outer, C, spatial = x.shape[:axis], x.shape[axis], x.shape[axis + 1:]
+    n = len(spatial)
+    out = [int((spatial[i] + 2 * pad[i] - (dilation[i] * (kernel[i] - 1) + 1)) / stride[i]) + 1 for i in range(n)]
+    ksize = math.prod(kernel)
+    imgs = x.reshape(-1, C, *spatial)
+    y = np.zeros((imgs.shape[0], C * ksize, *out))
+    for b in range(imgs.shape[0]):
+        for c_col in range(C * ksize):
+            offset, d_offset = c_col, [0] * n
+            for d in reversed(range(n)):
+                if d < n - 1:
+                    offset //= kernel[d + 1]
+                d_offset[d] = offset % kernel[d]
+            c_im = c_col // ksize
+            for pos in itertools.product(*[range(o) for o in out]):
+                idx = [pos[d] * stride[d] - pad[d] + d_offset[d] * dilation[d] for d in range(n)]
+                if all(0 <= idx[d] < spatial[d] for d in range(n)):
+                    y[(b, c_col, *pos)] = imgs[(b, c_im, *idx)]
+    return torch.from_numpy(y.reshape(*outer, C * ksize, *out))
+
+
+IM2COL_CASES = [
+    # fields, input shape
+    ("kernel_size: 3 stride: 2", (2, 3, 6, 5)),                           # Caffe's Im2colLayerTest blob
+    ("kernel_size: 3 stride: 2 dilation: 3", (2, 3, 10, 9)),              # TestDilatedGradient
+    ("kernel_h: 5 kernel_w: 3 stride: 2", (2, 3, 6, 5)),                  # TestRect
+    ("kernel_size: 3 pad: 1 stride: 1", (1, 2, 4, 5)),
+    ("kernel_size: 2 kernel_size: 3 pad: 2 pad: 0 stride: 3 stride: 1 dilation: 2 dilation: 1", (1, 2, 7, 6)),
+    ("kernel_size: 3 pad_h: 1 stride: 2", (1, 2, 5, 5)),                  # pad_w defaults to 0 (Caffe)
+    ("kernel_size: 3 stride: 2", (1, 2, 2, 5)),                           # shorter than the kernel: (2 - 3) / 2 -> 0
+    ("kernel_size: 2 stride: 2 pad: 1", (2, 2, 3)),                       # 1-D
+    ("kernel_size: 2 stride: 1 pad: 1 dilation: 2", (1, 2, 3, 4, 3)),     # 3-D
+    ("axis: 2 kernel_size: 2 stride: 1", (2, 3, 2, 4, 4)),                # axes before the channel axis: images
+]
+
+
+@pytest.mark.parametrize("force_nd", [False, True])
+@pytest.mark.parametrize("fields,shape", IM2COL_CASES)
+def test_im2col_against_caffe_loop(make_layer, fields, shape, force_nd):
+    layer = make_layer(f'type: "Im2col" convolution_param {{ {fields} force_nd_im2col: {str(force_nd).lower()} }}',
+                       shape)
+    x = rand(*shape)
+    y = layer(x)
+    ref = im2col_reference(x, layer.kernel, layer.pad, layer.stride, layer.dilation, layer.axis)
+    assert torch.equal(y, ref)
+    assert [tuple(y.shape)] == layer.top_shapes([shape])
+    small = rand(*((1,) + tuple(shape[1:])), seed=1).requires_grad_()
+    assert gradcheck(layer, (small,))
+
+
+def test_im2col_caffes_setup_and_top_left_blocks(make_layer):
+    layer = make_layer('type: "Im2col" convolution_param { kernel_size: 3 stride: 2 dilation: 3 }', (2, 3, 10, 11))
+    assert layer.top_shapes([(2, 3, 10, 11)]) == [(2, 27, 2, 3)]    # Caffe's TestSetup
+    x = rand(2, 3, 6, 5)
+    y = make_layer('type: "Im2col" convolution_param { kernel_size: 3 stride: 2 }', (2, 3, 6, 5))(x)
+    for c in range(27):                                               # TestForward
+        assert y[0, c, 0, 0] == x[0, c // 9, (c // 3) % 3, c % 3]
+    y = make_layer('type: "Im2col" convolution_param { kernel_h: 5 kernel_w: 3 stride: 2 }', (2, 3, 6, 5))(x)
+    for c in range(45):                                               # TestRect
+        assert y[0, c, 0, 0] == x[0, c // 15, (c // 3) % 5, c % 3]
+
+
+def test_im2col_gradient_sums_overlapping_columns(make_layer):
+    # kernel 2, stride 1 on a 1x3 row: the middle input is in two windows, so its gradient is 2 (col2im)
+    layer = make_layer('type: "Im2col" convolution_param { kernel_h: 1 kernel_w: 2 }', (1, 1, 1, 3))
+    x = rand(1, 1, 1, 3).requires_grad_()
+    layer(x).sum().backward()
+    assert x.grad.reshape(-1).tolist() == [1.0, 2.0, 1.0]
+
+
+def test_im2col_times_weights_is_a_convolution(make_layer):
+    fields = "kernel_size: 3 pad: 1 stride: 2 dilation: 2"
+    x = rand(2, 3, 9, 8)
+    cols = make_layer(f'type: "Im2col" convolution_param {{ {fields} }}', (2, 3, 9, 8))(x)
+    conv = make_layer(f'type: "Convolution" convolution_param {{ num_output: 4 bias_term: false {fields} '
+                      'weight_filler { type: "gaussian" std: 1 } }', (2, 3, 9, 8))
+    y = torch.einsum("ok,nkhw->nohw", conv.weight.detach().reshape(4, -1), cols)
+    torch.testing.assert_close(y, conv(x))
+
+
+@pytest.mark.parametrize("fields,shape,msg", [
+    ("", (1, 2, 5, 5), "kernel size must be specified and positive"),
+    ("kernel_size: 3 stride: 0", (1, 2, 5, 5), "stride must be positive"),
+    ("kernel_h: 3", (1, 2, 5, 5), "both kernel_h and kernel_w are required"),
+    ("kernel_size: 2 kernel_size: 2 kernel_size: 2", (1, 2, 5, 5), "once per spatial axis"),
+    ("axis: 3 kernel_size: 2", (1, 2, 5, 5), "no spatial axes"),
+    ("kernel_size: 4 stride: 3", (1, 2, 5, 1), r"output size 0 along spatial axis 1 is not positive"),
+])
+def test_im2col_errors(make_layer, fields, shape, msg):
+    with pytest.raises(NetDefinitionError, match=r"layer 'layer' \(type Im2col\): .*" + msg):
+        make_layer(f'type: "Im2col" convolution_param {{ {fields} }}', shape)
+
+
+def test_im2col_net_sets_up_and_runs_forward_and_backward(make_net):
+    net = make_net("""
+    force_backward: true
+    layer { name: "in" type: "Input" top: "data" top: "target" input_param { shape { dim: 2 dim: 2 dim: 5 dim: 5 } shape { dim: 2 dim: 3 } } }
+    layer { name: "cols" type: "Im2col" bottom: "data" top: "cols" convolution_param { kernel_size: 3 stride: 2 pad: 1 } }
+    layer { name: "ip" type: "InnerProduct" bottom: "cols" top: "ip" inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }
+    layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "target" top: "loss" }
+    """, phase=pb.TRAIN, seed=1)
+    assert net.blob_shapes["cols"] == (2, 18, 3, 3)
+    x = rand(2, 2, 5, 5)
+    net(data=x, target=rand(2, 3, seed=1))
+    assert torch.equal(net.blobs["cols"], im2col_reference(x, (3, 3), (1, 1), (2, 2), (1, 1)))
+    net.loss.backward()
+    ip = net.layer("ip")
+    # the InnerProduct's weight gradient is (d loss / d ip)^T @ cols, cols being Caffe's columns
+    diff = (net.blobs["ip"] - rand(2, 3, seed=1)).detach() / 2
+    torch.testing.assert_close(ip.weight.grad, diff.t() @ net.blobs["cols"].detach().reshape(2, -1))
