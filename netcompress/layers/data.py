@@ -689,13 +689,14 @@ class HDF5OutputLayer(Layer):
     axes are 1 (a label of shape (N,) is written as (N, 1, 1, 1)); a bottom of more than 4 axes is an
     error. It has no tops and passes no gradient back.
 
-    As in Caffe, set-up creates the file, empty (an existing file is truncated), and every forward writes
-    the rows it was given. Caffe can do that only once: a second forward fails to create the datasets
-    again. Here every forward appends its rows, so the file holds the rows of every forward since set-up,
-    in order (e.g. a whole test set dumped over test iterations); all forwards must give the same item
-    shape. The rows are kept on the host and the file is rewritten whole at each forward, atomically
-    (a temporary file, then a rename), so a reader never sees a half-written file. Only the process of
-    rank 0 writes (in a distributed run only rank 0 tests).
+    As in Caffe, set-up creates the file, empty (an existing file is truncated; the empty file is written to a
+    temporary name and renamed), and every forward writes the rows it was given. Caffe can do that only once: a
+    second forward fails to create the datasets again. Here every forward appends its rows to the datasets in
+    place (resizable, chunked), so the file holds the rows of every forward since set-up, in order (e.g. a whole
+    test set's features dumped over test iterations), at a cost proportional to the rows written and with nothing
+    kept in memory; all forwards must give the same item shape. A write that fails is undone (the datasets are
+    cut back to their earlier length), and the file is closed after every forward, so it can be read between
+    forwards. Only the process of rank 0 writes (in a distributed run only rank 0 tests).
     """
 
     min_bottoms = max_bottoms = 2
@@ -708,10 +709,16 @@ class HDF5OutputLayer(Layer):
         if not self.file_name:
             raise self.error("hdf5_output_param.file_name must name the HDF5 file to write")
         self._legacy_shapes(*self.bottom_shapes)  # validate now
-        self._rows: list[tuple[np.ndarray, np.ndarray]] = []
-        self._item_shapes: tuple[Shape, Shape] | None = None
         self._dtype = np.float64 if ctx.dtype == torch.float64 else np.float32
-        self._write()  # Caffe's H5Fcreate(H5F_ACC_TRUNC) at set-up: the file, empty
+        if ctx.rank == 0:  # Caffe's H5Fcreate(H5F_ACC_TRUNC) at set-up: the file, empty
+            h5py = _h5py("HDF5Output")
+            try:
+                with atomic_file(self.file_name) as f, h5py.File(f, "w"):
+                    pass
+            except FileError as e:  # its message starts with the path
+                raise self.error(f"Failed to write HDF5 file: {e}") from None
+            except OSError as e:
+                raise self.error(f"Failed to write HDF5 file {self.file_name}: {e}") from None
 
     def _legacy_shapes(self, data: Shape, label: Shape) -> tuple[Shape, Shape]:
         """Both bottoms' shapes as Caffe's 4-D num/channels/height/width, with the batch check."""
@@ -734,43 +741,43 @@ class HDF5OutputLayer(Layer):
         shapes = self._legacy_shapes(tuple(data.shape), tuple(label.shape))
         if data.device.type == "meta" or self.ctx.rank != 0:
             return ()
-        items = (shapes[0][1:], shapes[1][1:])
-        if self._item_shapes is not None and items != self._item_shapes:
-            raise self.error(f"cannot append items of shapes {[list(s) for s in items]} to the datasets of "
-                             f"{self.file_name}, whose items have shapes {[list(s) for s in self._item_shapes]}")
         dtype = torch.float64 if self._dtype is np.float64 else torch.float32
-        rows = tuple(t.detach().to(device="cpu", dtype=dtype).reshape(s).numpy().copy()
-                     for t, s in zip((data, label), shapes))
-        before = self._item_shapes
-        self._rows.append(rows)
-        self._item_shapes = items
+        rows = [t.detach().to(device="cpu", dtype=dtype).reshape(s).numpy()
+                for t, s in zip((data, label), shapes)]
         log.info("Saving HDF5 file %s", self.file_name)
-        try:
-            self._write()
-        except NetDefinitionError:  # the rows held stay those of the file on disk
-            self._rows.pop()
-            self._item_shapes = before
-            raise
+        self._append(rows)
         log.info("Successfully saved %d rows", shapes[0][0])
         return ()
 
-    def _write(self) -> None:
-        if self.ctx.rank != 0:
-            return
+    def _append(self, rows: list[np.ndarray]) -> None:
+        """Append `rows` (data, label) to the file's datasets (created at the first forward); undone on failure."""
         h5py = _h5py("HDF5Output")
         try:
-            with atomic_file(self.file_name) as f, h5py.File(f, "w") as h:
-                if self._item_shapes is None:
-                    return  # no forward yet: an empty file
-                total = sum(r[0].shape[0] for r in self._rows)
-                for j, name in enumerate(self.dataset_names):
-                    ds = h.create_dataset(name, shape=(total, *self._item_shapes[j]), dtype=self._dtype)
-                    at = 0
-                    for r in self._rows:
-                        ds[at:at + r[j].shape[0]] = r[j]
-                        at += r[j].shape[0]
-        except FileError as e:  # its message starts with the path
-            raise self.error(f"Failed to write HDF5 file: {e}") from None
+            with h5py.File(self.file_name, "a") as h:
+                for name, r in zip(self.dataset_names, rows):
+                    ds = h.get(name)
+                    if ds is not None and ds.shape[1:] != r.shape[1:]:
+                        items = [list(x.shape[1:]) for x in rows]
+                        held = [list(h[n].shape[1:]) for n in self.dataset_names if n in h]
+                        raise self.error(f"cannot append items of shapes {items} to the datasets of "
+                                         f"{self.file_name}, whose items have shapes {held}")
+                lengths = {n: h[n].shape[0] for n in self.dataset_names if n in h}
+                try:
+                    for name, r in zip(self.dataset_names, rows):
+                        ds = h.get(name)
+                        if ds is None:
+                            ds = h.create_dataset(name, shape=(0, *r.shape[1:]), maxshape=(None, *r.shape[1:]),
+                                                  dtype=self._dtype, chunks=True)
+                        n = ds.shape[0]
+                        ds.resize(n + r.shape[0], axis=0)
+                        ds[n:] = r
+                except BaseException:
+                    for name in self.dataset_names:  # the rows of this forward are not left half-written
+                        if name in h:
+                            h[name].resize(lengths.get(name, 0), axis=0)
+                    raise
+        except NetDefinitionError:
+            raise
         except OSError as e:
             raise self.error(f"Failed to write HDF5 file {self.file_name}: {e}") from None
 

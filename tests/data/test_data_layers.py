@@ -491,28 +491,37 @@ def test_hdf5_output_appends_every_forward(tmp_path):
     assert read_h5(out)["data"].shape == (6, 2, 1, 1)
 
 
-def test_hdf5_output_write_is_atomic(tmp_path, monkeypatch):
+def test_hdf5_output_appends_in_place_and_undoes_a_failed_write(tmp_path, monkeypatch):
     import h5py
 
     out = tmp_path / "out.h5"
     layer = h5_output(out, (2, 2), (2,))
     layer(torch.ones(2, 2), torch.ones(2))
     inode = out.stat().st_ino
-    layer(torch.ones(2, 2), torch.ones(2))
-    assert out.stat().st_ino != inode  # a new file renamed onto the name, not the old one rewritten
+    layer(torch.full((2, 2), 2.0), torch.ones(2))
+    assert out.stat().st_ino == inode  # appended to, not rewritten (the cost of a forward is its own rows)
 
-    def broken(self, *a, **k):
-        raise OSError("disk on fire")
+    real = h5py.Dataset.__setitem__
+    calls = []
 
-    monkeypatch.setattr(h5py.Group, "create_dataset", broken)
-    with pytest.raises(NetDefinitionError, match=rf"layer 'out' \(type HDF5Output\): Failed to write HDF5 file: "
-                                                 rf"{re.escape(str(out))}: cannot write: disk on fire"):
+    def broken(self, key, value):
+        calls.append(self.name)
+        if self.name == "/label":  # data already grown and written: the failure comes half-way
+            raise OSError("disk on fire")
+        return real(self, key, value)
+
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", broken)
+    with pytest.raises(NetDefinitionError, match=rf"layer 'out' \(type HDF5Output\): Failed to write HDF5 file "
+                                                 rf"{re.escape(str(out))}: disk on fire"):
         layer(torch.ones(2, 2), torch.ones(2))
     monkeypatch.undo()
-    assert read_h5(out)["data"].shape == (4, 2, 1, 1)  # the last complete file stays
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]  # and no temporary file
-    layer(torch.ones(2, 2), torch.ones(2))
-    assert read_h5(out)["data"].shape == (6, 2, 1, 1)  # the failed forward's rows are not in the next file
+    assert calls == ["/data", "/label"]
+    got = read_h5(out)
+    assert got["data"].shape == (4, 2, 1, 1) and got["label"].shape == (4, 1, 1, 1)  # cut back to before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]
+    layer(torch.full((2, 2), 3.0), torch.ones(2))
+    got = read_h5(out)
+    assert got["data"].reshape(-1, 2)[:, 0].tolist() == [1, 1, 2, 2, 3, 3]
 
 
 def test_hdf5_output_errors_name_the_layer_and_file(tmp_path):

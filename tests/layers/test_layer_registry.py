@@ -16,6 +16,9 @@ CAFFE_TYPES = [
     "MultinomialLogisticLoss", "PReLU", "Parameter", "Pooling", "Power", "ReLU", "Reduction", "Reshape",
     "Scale", "Sigmoid", "SigmoidCrossEntropyLoss", "Silence", "Slice", "Softmax", "SoftmaxWithLoss",
     "Split", "TanH", "Threshold", "Tile",
+    # and the rest of BVLC Caffe's layer types but Clip, Swish and WindowData (README, "Caffe's layer types")
+    "BatchReindex", "Filter", "HDF5Output", "Im2col", "LSTM", "LSTMUnit", "Python", "RNN", "SPP",
+    "Data", "ImageData", "HDF5Data", "MemoryData",
 ]
 
 
