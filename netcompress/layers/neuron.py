@@ -214,6 +214,42 @@ class BNLL(NeuronLayer):
         return torch.where(pos, xp + torch.log1p(torch.exp(-xp)), torch.log1p(torch.exp(xn)))
 
 
+@register_layer("Clip")
+class Clip(NeuronLayer):
+    """BVLC Caffe's Clip: min(max(x, clip_param.min), clip_param.max); the gradient passes where
+    min <= x <= max, bounds included, as Caffe's backward. A NaN stays NaN (Caffe's CPU code would give min,
+    its GPU code max; the solver's non-finite check must see it). `where`, not clamp: clamp's gradient at its
+    bounds differs between torch versions."""
+
+    def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
+        super().__init__(param, bottom_shapes, ctx)
+        cp = param.clip_param
+        if not (param.HasField("clip_param") and cp.HasField("min") and cp.HasField("max")):
+            raise self.error("clip_param needs both min and max (BVLC Caffe requires them)")
+        self.min, self.max = float(cp.min), float(cp.max)
+        if not self.min <= self.max:
+            raise self.error(f"clip_param.min ({self.min:g}) must not exceed clip_param.max ({self.max:g})")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.where(x < self.min, self.min, x)
+        return torch.where(x > self.max, self.max, y)
+
+
+@register_layer("Swish")
+class Swish(NeuronLayer):
+    """BVLC Caffe's Swish: x * sigmoid(beta x), with `swish_param.beta` (default 1); beta x is rounded to x's
+    dtype first and the sigmoid is Caffe's Sigmoid layer's (0.5 tanh(0.5 z) + 0.5 in double), as Caffe's layer
+    runs its inner Sigmoid. The gradient, Caffe's beta y + s (1 - beta y), is the true derivative."""
+
+    def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
+        super().__init__(param, bottom_shapes, ctx)
+        self.beta = float(param.swish_param.beta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x * self.beta).to(torch.float64)
+        return x * (0.5 * torch.tanh(0.5 * z) + 0.5).to(x.dtype)
+
+
 @register_layer("Threshold")
 class Threshold(NeuronLayer):
     """1 where x > threshold, else 0. Caffe has no backward for it: the top carries no gradient."""

@@ -261,3 +261,88 @@ def test_neuron_layers_keep_shape_and_count_checks(make_net):
         make_net('''
             layer { name: "in" type: "Input" top: "x" top: "z" input_param { shape { dim: 2 } } }
             layer { name: "r" type: "ReLU" bottom: "x" bottom: "z" top: "y" }''')
+
+
+# --- Clip / Swish (BVLC Caffe's later neuron layers) -----------------------------------------------
+
+def test_clip(make_layer):
+    layer = make_layer('type: "Clip" clip_param { min: -0.5 max: 0.75 }', SHAPE)
+    x = rand(*SHAPE)
+    x.view(-1)[:4] = torch.tensor([-0.5, 0.75, float("nan"), -3.0], dtype=x.dtype)  # both bounds, NaN, below
+    y = layer(x)
+    ref = elementwise(lambda v: v if math.isnan(v) else max(-0.5, min(v, 0.75)), x)
+    assert torch.equal(y.isnan(), ref.isnan()) and torch.equal(y.nan_to_num(), ref.nan_to_num())
+    xr = x.clone().requires_grad_()
+    layer(xr).backward(torch.full(SHAPE, 3.0, dtype=x.dtype))
+    # Caffe: top_diff * (x >= min && x <= max), the bounds included (a NaN compares false)
+    expect = elementwise(lambda v: 3.0 if -0.5 <= v <= 0.75 else 0.0, x)
+    assert torch.equal(xr.grad.view(-1)[:2], torch.tensor([3.0, 3.0], dtype=x.dtype))
+    assert torch.equal(xr.grad.view(-1)[3:], expect.view(-1)[3:])
+    xs = away_from(rand(*SHAPE, seed=1), (-0.5, 0.75)).requires_grad_()
+    assert gradcheck(layer, (xs,))
+    with pytest.raises(NetDefinitionError, match="clip_param needs both min and max"):
+        make_layer('type: "Clip" clip_param { min: 1 }', SHAPE)
+    with pytest.raises(NetDefinitionError, match=r"clip_param.min \(2\) must not exceed clip_param.max \(1\)"):
+        make_layer('type: "Clip" clip_param { min: 2 max: 1 }', SHAPE)
+
+
+@pytest.mark.parametrize("beta", [None, 1.5, -0.25])
+def test_swish(make_layer, beta):
+    snippet = 'type: "Swish"' + (f" swish_param {{ beta: {beta} }}" if beta is not None else "")
+    b = 1.0 if beta is None else beta
+    for dtype in (torch.float64, torch.float32):
+        layer = make_layer(snippet, SHAPE, dtype=dtype)
+        x = rand(*SHAPE, dtype=dtype)
+        # Caffe: z = beta x in Dtype, s = its Sigmoid layer (0.5 tanh(0.5 z) + 0.5 in double), y = x s in Dtype
+        z = (x * b).double()
+        s = elementwise(lambda v: 0.5 * math.tanh(0.5 * v) + 0.5, z).to(dtype)
+        torch.testing.assert_close(layer(x), x * s, rtol=1e-14 if dtype == torch.float64 else 2e-7, atol=0)
+        xr = x.clone().requires_grad_()
+        y = layer(xr)
+        y.backward(torch.ones_like(x))
+        caffe_grad = b * y.detach() + s * (1 - b * y.detach())  # Swish's Backward_cpu
+        torch.testing.assert_close(xr.grad, caffe_grad, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)
+    assert gradcheck(make_layer(snippet, SHAPE), (rand(*SHAPE).requires_grad_(),))
+
+
+def test_clip_and_swish_parameters_round_trip_through_text_and_binary():
+    from google.protobuf import text_format
+
+    text = ('name: "c" type: "Clip" bottom: "x" top: "x" clip_param { min: -1 max: 6 }\n')
+    lp = text_format.Parse(text, pb.LayerParameter())
+    again = pb.LayerParameter.FromString(lp.SerializeToString())
+    assert (again.clip_param.min, again.clip_param.max) == (-1.0, 6.0)
+    assert text_format.MessageToString(again).count("clip_param") == 1
+    sw = text_format.Parse('name: "s" type: "Swish" swish_param { beta: 2 }', pb.LayerParameter())
+    assert pb.LayerParameter.FromString(sw.SerializeToString()).swish_param.beta == 2.0
+
+
+def test_a_bvlc_caffemodel_with_clip_and_swish_layers_loads(tmp_path, make_net):
+    """BVLC Caffe writes clip_param as field 148 and swish_param as 147 (the fork's DNS fields here): such a
+    caffemodel parses, and its weights load by layer name."""
+    import struct
+
+    from netcompress.proto import caffe_pb2 as pb
+
+    def field(number: int, payload: bytes) -> bytes:  # a length-delimited field (numbers < 2048)
+        key = (number << 3) | 2
+        return bytes([0x80 | (key & 0x7F), key >> 7, len(payload)]) + payload
+
+    clip = b"\x0d" + struct.pack("<f", -1.0) + b"\x15" + struct.pack("<f", 1.0)  # min, max: fixed32 fields 1, 2
+    swish = b"\x0d" + struct.pack("<f", 1.0)
+    model = pb.NetParameter(name="bvlc")
+    ip = model.layer.add(name="ip", type="InnerProduct")
+    ip.blobs.add(shape=pb.BlobShape(dim=[2, 3]), data=[1, 2, 3, 4, 5, 6])
+    ip.blobs.add(shape=pb.BlobShape(dim=[2]), data=[7, 8])
+    raw = model.SerializeToString()
+    raw += field(100, pb.LayerParameter(name="clip", type="Clip").SerializeToString() + field(148, clip))
+    raw += field(100, pb.LayerParameter(name="sw", type="Swish").SerializeToString() + field(147, swish))
+    (tmp_path / "bvlc.caffemodel").write_bytes(raw)
+    net = make_net('input: "x" input_shape { dim: 1 dim: 3 }\n'
+                   'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip" inner_product_param { num_output: 2 } }\n'
+                   'layer { name: "clip" type: "Clip" bottom: "ip" top: "c" clip_param { min: -1 max: 1 } }\n'
+                   'layer { name: "sw" type: "Swish" bottom: "c" top: "s" }\n')
+    net.copy_from(str(tmp_path / "bvlc.caffemodel"))
+    assert net.layer("ip").weight.flatten().tolist() == [1, 2, 3, 4, 5, 6]
+    net(x=torch.ones(1, 3, dtype=torch.float64))
+    assert net.blobs["c"].tolist() == [[1.0, 1.0]]  # 6 + 7 and 15 + 8 clipped to 1

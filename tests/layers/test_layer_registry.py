@@ -16,8 +16,8 @@ CAFFE_TYPES = [
     "MultinomialLogisticLoss", "PReLU", "Parameter", "Pooling", "Power", "ReLU", "Reduction", "Reshape",
     "Scale", "Sigmoid", "SigmoidCrossEntropyLoss", "Silence", "Slice", "Softmax", "SoftmaxWithLoss",
     "Split", "TanH", "Threshold", "Tile",
-    # and the rest of BVLC Caffe's layer types but Clip, Swish and WindowData (README, "Caffe's layer types")
-    "BatchReindex", "Filter", "HDF5Output", "Im2col", "LSTM", "LSTMUnit", "Python", "RNN", "SPP",
+    # and the rest of BVLC Caffe's layer types but WindowData (README, "Caffe's layer types")
+    "BatchReindex", "Clip", "Filter", "HDF5Output", "Im2col", "LSTM", "LSTMUnit", "Python", "RNN", "SPP", "Swish",
     "Data", "ImageData", "HDF5Data", "MemoryData",
 ]
 
