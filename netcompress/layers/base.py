@@ -4,12 +4,14 @@ A layer is an `nn.Module` built from its Caffe `LayerParameter` and the shapes o
 It reads its own `*_param` message once in `__init__`, holds learnable blobs as `nn.Parameter`
 and other blobs (masks, BatchNorm statistics) as persistent buffers, and lists them in Caffe's
 blob order in `blob_names`. `forward(*bottoms)` is pure; state changes that Caffe makes inside
-Forward (DNS mask updates, INQ quantization) are explicit methods the training loop calls. Two
+Forward (DNS mask updates, INQ quantization) are explicit methods the training loop calls. The
 documented exceptions: BatchNorm updates its running statistics inside a TRAIN forward (as Caffe
-does, under `torch.no_grad()`), and layers that draw random numbers (Dropout, STOCHASTIC pooling,
-DummyData) advance their own generator. That generator's state is the snapshot hook
-`rng_state()` / `set_rng_state()` (and `Net.rng_state()` for a whole net), so a resumed run draws
-the same numbers as an uninterrupted one.
+does, under `torch.no_grad()`); layers that draw random numbers (Dropout, STOCHASTIC pooling,
+DummyData) advance their own generator, whose state is the snapshot hook `rng_state()` /
+`set_rng_state()` (and `Net.rng_state()` for a whole net), so a resumed run draws the same numbers
+as an uninterrupted one; RNN and LSTM carry their final state to the next forward, as Caffe's
+recurrent layers do (snapshotted too); and layers that write or call out (HDF5Output, Python)
+do what their Caffe counterparts do at every forward.
 """
 from __future__ import annotations
 
