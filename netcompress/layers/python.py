@@ -5,7 +5,7 @@ current directory, where Caffe users' `PYTHONPATH=.` points) and constructed wit
 `param_str` and `phase` are set, then `setup(bottom, top)` and `reshape(bottom, top)` run at set-up, and
 `reshape` and `forward` at every forward, `backward(top, propagate_down, bottom)` at every backward, over
 blobs holding numpy arrays (netcompress.pycaffe). Where no `caffe` module is imported, netcompress.pycaffe
-stands in for it while the module is imported, so `import caffe` / `class L(caffe.Layer)` work unchanged.
+stands in for it (`caffe`, `caffe.proto`), so `import caffe` / `class L(caffe.Layer)` work unchanged.
 
 The tensors cross to numpy and back at each call (on a GPU through the host), as a pycaffe layer's
 `blob.data` is host memory in Caffe too; the layer's own blobs (`self.blobs.add_blob`) are learnable
@@ -35,8 +35,7 @@ def _np_dtype(dtype: torch.dtype) -> np.dtype:
 def _import_layer_module(layer: Layer, module: str) -> Any:
     """The module `module`, imported with the current directory on the path and netcompress.pycaffe as
     `caffe` where no other `caffe` is imported (an installed pycaffe would need Caffe's C++ library)."""
-    if "caffe" not in sys.modules:
-        sys.modules["caffe"] = pycaffe
+    pycaffe.install_as_caffe()
     here = os.getcwd()
     added = here not in sys.path
     if added:
@@ -46,8 +45,8 @@ def _import_layer_module(layer: Layer, module: str) -> Any:
     except Exception as e:  # the user's module: any error at import is reported with the layer
         hint = ""
         if isinstance(e, ModuleNotFoundError) and (e.name or "").startswith("caffe"):
-            hint = (" (netcompress provides only caffe.Layer, caffe.TRAIN and caffe.TEST of pycaffe to Python "
-                    "layers; a layer module that needs the rest of pycaffe cannot run here)")
+            hint = (" (netcompress.pycaffe stands in for caffe: it provides caffe.Net, caffe.proto and "
+                    "caffe.Layer, not this module)")
         elif isinstance(e, ModuleNotFoundError) and e.name == module.split(".")[0]:
             hint = (f" (looked in the current directory {here} and on the Python path; put the module's folder "
                     f"in PYTHONPATH, as Caffe needs it too)")

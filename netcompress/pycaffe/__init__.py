@@ -1,0 +1,135 @@
+"""pycaffe on netcompress: `import netcompress.pycaffe as caffe` runs Caffe-era Python scripts unchanged.
+
+What is here, with pycaffe's names and behaviour (BVLC Caffe's python/caffe):
+
+- `caffe.Net(prototxt, caffe.TEST)`, `caffe.Net(prototxt, caffe.TEST, weights=...)` (and `level=`, `stages=`),
+  the legacy `caffe.Net(prototxt, weights, phase)`: `blobs`, `params`, `layers`, `layer_dict`, `inputs`,
+  `outputs`, `blob_loss_weights`, `top_names`, `bottom_names`, `forward`, `backward`, `forward_all`,
+  `forward_backward_all`, `reshape`, `copy_from`, `save`, `save_hdf5`, `load_hdf5`, `share_with`,
+  `clear_param_diffs`, `set_input_arrays` (MemoryData), and the before/after forward/backward callbacks
+  (`netcompress.pycaffe.net` says how the numpy arrays stay coherent with the net's tensors);
+- `caffe.proto.caffe_pb2`, `caffe.TRAIN` / `caffe.TEST`, `caffe.Layer` for Python layers;
+- `set_mode_cpu`, `set_mode_gpu`, `set_device` (the device of nets and solvers created afterwards),
+  `set_random_seed`, `init_log`, `log`, `layer_type_list`, `Timer`, and the solver count/rank functions of a
+  single process.
+
+Not yet here: `caffe.io` and the solvers. Not here: `caffe.NetSpec` / `caffe.layers` / `caffe.params` /
+`caffe.to_proto` (net_spec: write the prototxt instead) and `caffe.Detector` (it needs selective-search
+windows): using them raises NotImplementedError. `caffe.draw` is not provided.
+
+A Caffe *Python layer* module that does `import caffe` gets this package where no other `caffe` is imported
+(`install_as_caffe`, used by layers/python.py), `caffe.proto` included.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from types import ModuleType
+
+from .. import proto
+from ..proto import caffe_pb2
+from ._base import (TEST, TRAIN, Blob, BlobVec, Layer, set_device, set_mode_cpu, set_mode_gpu,
+                    set_random_seed)
+from .net import Net
+
+__all__ = ["Net", "Blob", "BlobVec", "Layer", "TRAIN", "TEST", "Timer", "proto", "set_mode_cpu", "set_mode_gpu", "set_device", "set_random_seed",
+           "init_log", "log", "layer_type_list", "solver_count", "set_solver_count", "solver_rank",
+           "set_solver_rank", "set_multiprocess", "install_as_caffe"]
+
+__version__ = "1.0.0"  # the BVLC Caffe release whose Python interface this follows
+
+_log = logging.getLogger("netcompress.pycaffe")
+_solver = {"count": 1, "rank": 0, "multiprocess": False}
+
+
+def init_log(level: int = 0, stderr: bool = False) -> None:
+    """glog's set-up: messages of glog `level` and above (0 INFO, 1 WARNING, 2 ERROR, 3 FATAL) go to stderr."""
+    from ..log import setup_logging
+
+    setup_logging({0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR}.get(int(level), logging.CRITICAL))
+
+
+def log(message: str) -> None:
+    """An INFO line in Caffe's log."""
+    _log.info("%s", message)
+
+
+def layer_type_list() -> list[str]:
+    """The layer types that nets may use (Caffe's LayerRegistry), sorted."""
+    from ..layers.base import known_layer_types
+
+    return known_layer_types()
+
+
+def solver_count() -> int:
+    return _solver["count"]
+
+
+def set_solver_count(count: int) -> None:
+    _solver["count"] = int(count)
+
+
+def solver_rank() -> int:
+    return _solver["rank"]
+
+
+def set_solver_rank(rank: int) -> None:
+    _solver["rank"] = int(rank)
+
+
+def set_multiprocess(multiprocess: bool) -> None:
+    _solver["multiprocess"] = bool(multiprocess)
+
+
+class Timer:
+    """Caffe's Timer: `start()`, `stop()`, `ms` (the last start-to-stop time, or up to now while running)."""
+
+    def __init__(self):
+        self._start: float | None = None
+        self._elapsed = 0.0
+        self._running = False
+
+    def start(self) -> None:
+        self._start = time.perf_counter()
+        self._running = True
+
+    def stop(self) -> None:
+        if self._running:
+            self._elapsed = time.perf_counter() - self._start
+            self._running = False
+
+    @property
+    def ms(self) -> float:
+        if self._running:
+            return (time.perf_counter() - self._start) * 1e3
+        return self._elapsed * 1e3
+
+
+_NOT_PROVIDED = {
+    "layers": "net_spec (caffe.layers, caffe.params, caffe.NetSpec, caffe.to_proto)",
+    "params": "net_spec (caffe.layers, caffe.params, caffe.NetSpec, caffe.to_proto)",
+    "NetSpec": "net_spec (caffe.layers, caffe.params, caffe.NetSpec, caffe.to_proto)",
+    "to_proto": "net_spec (caffe.layers, caffe.params, caffe.NetSpec, caffe.to_proto)",
+    "Detector": "caffe.Detector",
+}
+
+
+def __getattr__(name: str):
+    if name in _NOT_PROVIDED:
+        raise NotImplementedError(f"{_NOT_PROVIDED[name]} is not provided by netcompress.pycaffe; write the "
+                                  "net as a prototxt" if name != "Detector" else
+                                  "caffe.Detector (windowed detection) is not provided by netcompress.pycaffe")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def install_as_caffe() -> bool:
+    """Make this package importable as `caffe` (with `caffe.proto`, `caffe.proto.caffe_pb2`) where
+    no module named `caffe` is imported yet; True if it was installed."""
+    if "caffe" in sys.modules:
+        return False
+    me: ModuleType = sys.modules[__name__]
+    sys.modules["caffe"] = me
+    sys.modules["caffe.proto"] = proto
+    sys.modules["caffe.proto.caffe_pb2"] = caffe_pb2
+    return True

@@ -1,0 +1,168 @@
+"""pycaffe's building blocks: `Blob`, `BlobVec`, `Layer` (the base of a Python layer), `TRAIN` / `TEST`, and the
+module-level state that pycaffe keeps in Caffe's singleton (CPU or GPU mode, the device, the random seed).
+
+Blobs hold numpy arrays, as pycaffe's do: `blob.data` and `blob.diff` are arrays to write into
+(`top[0].data[...] = x`), not attributes to assign; `blob.reshape(*shape)` gives a blob of a new shape (its
+values then undefined, zeros here, as Caffe's may be anything). A net's blobs (`netcompress.pycaffe.net`)
+subclass `Blob` and keep their arrays coherent with the net's tensors.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..proto import caffe_pb2 as _pb
+from ..rng import CaffeRNG
+
+__all__ = ["Blob", "BlobVec", "Layer", "TRAIN", "TEST", "set_mode_cpu", "set_mode_gpu", "set_device",
+           "set_random_seed", "device", "net_rng"]
+
+TRAIN: int = _pb.TRAIN
+TEST: int = _pb.TEST
+
+
+def check_dims(shape: tuple, who: str = "Blob.reshape") -> tuple[int, ...]:
+    """`shape` as a tuple of ints, or a ValueError: Caffe's Blob::Reshape takes non-negative integers."""
+    dims = []
+    for d in shape:
+        if isinstance(d, (bool, float)) or not isinstance(d, (int, np.integer)) or d < 0:
+            raise ValueError(f"{who} takes non-negative integer dimensions, got {shape!r}")
+        dims.append(int(d))
+    return tuple(dims)
+
+
+class Blob:
+    """A Caffe blob: `data` and `diff`, two arrays of one shape."""
+
+    def __init__(self, shape: tuple[int, ...] = (), dtype: np.dtype | type = np.float32):
+        self._dtype = np.dtype(dtype)
+        self._data = np.zeros((), self._dtype)
+        self._diff = np.zeros((), self._dtype)
+        self.reshape(*shape)
+
+    def reshape(self, *shape: int) -> None:
+        """Caffe's Blob.reshape(*dims): keeps the arrays when the shape is the same."""
+        dims = check_dims(shape)
+        if dims != self._data.shape:
+            self._data = np.zeros(dims, self._dtype)
+            self._diff = np.zeros(dims, self._dtype)
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._data
+
+    @property
+    def diff(self) -> np.ndarray:
+        return self._diff
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._data.shape)
+
+    @property
+    def count(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def _legacy(self, index: int) -> int:
+        # Caffe's LegacyShape: the 4-D accessors of a blob of at most 4 axes, 1 past its last axis
+        shape = self.shape
+        if len(shape) > 4:
+            raise ValueError(f"num/channels/height/width need a blob of at most 4 axes, this one has shape "
+                             f"{shape}")
+        return shape[index] if index < len(shape) else 1
+
+    num = property(lambda self: self._legacy(0))
+    channels = property(lambda self: self._legacy(1))
+    height = property(lambda self: self._legacy(2))
+    width = property(lambda self: self._legacy(3))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(shape={self.shape})"
+
+
+class BlobVec(list):
+    """A layer's parameter blobs (`self.blobs`): `add_blob(*shape)` appends one, which the solver then trains."""
+
+    def add_blob(self, *shape: int) -> None:
+        self.append(Blob(shape))
+
+
+class Layer:
+    """Base class of a Caffe Python layer. Caffe constructs it with the layer's LayerParameter, then sets
+    `param_str` and `phase` (`caffe.TRAIN` or `caffe.TEST`) and calls `setup(bottom, top)`; before every
+    forward it calls `reshape(bottom, top)`; `backward(top, propagate_down, bottom)` writes the bottoms' diffs
+    (and its blobs' diffs) from the tops' diffs. bottom and top are lists of Blob."""
+
+    def __init__(self, param: _pb.LayerParameter | None = None):
+        self.blobs = BlobVec()
+        self.param_str = ""
+        self.phase = TRAIN
+
+    @property
+    def type(self) -> str:
+        return "Python"
+
+    def setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        pass
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must define reshape(bottom, top)")
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must define forward(bottom, top)")
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must define backward(top, propagate_down, bottom)")
+
+
+# -- Caffe's singleton: mode, device, random seed ---------------------------------------------------------------
+_state: dict = {"gpu": False, "device": 0, "seed": None, "rng": None}
+
+
+def set_mode_cpu() -> None:
+    """Nets and solvers created from now on live on the CPU (pycaffe's default)."""
+    _state["gpu"] = False
+
+
+def set_mode_gpu() -> None:
+    """Nets and solvers created from now on live on the GPU chosen by `set_device` (0 by default). As in a
+    CPU-only Caffe, asking works anywhere; creating a net then fails where there is no CUDA device."""
+    _state["gpu"] = True
+
+
+def set_device(device_id: int) -> None:
+    """The GPU that GPU-mode nets and solvers use (Caffe::SetDevice)."""
+    if isinstance(device_id, bool) or not isinstance(device_id, (int, np.integer)) or device_id < 0:
+        raise ValueError(f"set_device takes a non-negative device number, got {device_id!r}")
+    _state["device"] = int(device_id)
+
+
+def set_random_seed(seed: int) -> None:
+    """Caffe::set_random_seed: the fillers of nets created from now on draw from one stream seeded with `seed`
+    (continued from net to net, as Caffe's one generator), and torch's generator is seeded too (the layers that
+    draw at run time, e.g. Dropout, seed theirs from it)."""
+    seed = int(seed)
+    _state["seed"] = seed
+    _state["rng"] = CaffeRNG(seed)
+    torch.manual_seed(seed)
+
+
+def device() -> torch.device:
+    """The device of the current mode; a clear error in GPU mode without a CUDA device."""
+    if not _state["gpu"]:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("caffe.set_mode_gpu() was called, but torch sees no CUDA device (Caffe: \"Cannot use "
+                           "GPU in CPU-only Caffe\"); call caffe.set_mode_cpu()")
+    n = torch.cuda.device_count()
+    if _state["device"] >= n:
+        raise RuntimeError(f"caffe.set_device({_state['device']}): only {n} CUDA device(s) are visible")
+    return torch.device("cuda", _state["device"])
+
+
+def net_rng() -> tuple[int | None, CaffeRNG | None]:
+    """(seed, stream) for a new net: the stream of `set_random_seed`, or (None, None) for a fresh random one."""
+    return _state["seed"], _state["rng"]

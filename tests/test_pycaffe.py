@@ -1,0 +1,390 @@
+"""netcompress.pycaffe as `caffe`: pycaffe's Net, io and solver interfaces over netcompress nets.
+
+The expectations come from BVLC Caffe's python/caffe (pycaffe.py, _caffe.cpp, test/test_net.py) and from files real Caffe wrote (tests/fixtures/caffe: its LeNet caffemodel,
+the log of its TEST-net set-up and the first batch of `caffe test`).
+"""
+from __future__ import annotations
+
+import lzma
+import os
+import re
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from google.protobuf import text_format
+
+import netcompress.pycaffe as caffe
+from netcompress.net import Net as CoreNet
+from netcompress.proto import caffe_pb2 as pb
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEPLOY = os.path.join(REPO, "examples", "mnist", "lenet.prototxt")
+LENET = "lenet/lenet_train_test.prototxt"
+WEIGHTS = "lenet/lenet_iter_5000.caffemodel"
+
+
+def simple_net_file(tmp_path, num_output: int = 13) -> str:
+    """pycaffe's test_net.py net (after Caffe's test_net.cpp)."""
+    path = tmp_path / "simple.prototxt"
+    path.write_text(textwrap.dedent(f"""\
+        name: 'testnet' force_backward: true
+        layer {{ type: 'DummyData' name: 'data' top: 'data' top: 'label'
+          dummy_data_param {{ num: 5 channels: 2 height: 3 width: 4
+            num: 5 channels: 1 height: 1 width: 1
+            data_filler {{ type: 'gaussian' std: 1 }}
+            data_filler {{ type: 'constant' }} }} }}
+        layer {{ type: 'Convolution' name: 'conv' bottom: 'data' top: 'conv'
+          convolution_param {{ num_output: 11 kernel_size: 2 pad: 3
+            weight_filler {{ type: 'gaussian' std: 1 }}
+            bias_filler {{ type: 'constant' value: 2 }} }}
+            param {{ decay_mult: 1 }} param {{ decay_mult: 0 }} }}
+        layer {{ type: 'InnerProduct' name: 'ip' bottom: 'conv' top: 'ip_blob'
+          inner_product_param {{ num_output: {num_output}
+            weight_filler {{ type: 'gaussian' std: 2.5 }}
+            bias_filler {{ type: 'constant' value: -3 }} }} }}
+        layer {{ type: 'SoftmaxWithLoss' name: 'loss' bottom: 'ip_blob' bottom: 'label' top: 'loss' }}
+        """))
+    return str(path)
+
+
+@pytest.fixture
+def simple_net(tmp_path):
+    net = caffe.Net(simple_net_file(tmp_path), caffe.TRAIN)
+    net.blobs["label"].data[...] = np.random.RandomState(0).randint(13, size=net.blobs["label"].data.shape)
+    return net
+
+
+@pytest.fixture(autouse=True)
+def _cpu_mode():
+    caffe.set_mode_cpu()
+    yield
+    caffe.set_mode_cpu()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pycaffe's test_net.py
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_inputs_outputs_names_and_layers(simple_net):
+    net = simple_net
+    assert net.inputs == [] and net.outputs == ["loss"]
+    assert list(net.top_names.items()) == [("data", ["data", "label"]), ("conv", ["conv"]), ("ip", ["ip_blob"]),
+                                           ("loss", ["loss"])]
+    assert list(net.bottom_names.items()) == [("data", []), ("conv", ["data"]), ("ip", ["conv"]),
+                                              ("loss", ["ip_blob", "label"])]
+    assert list(net.layer_dict) == list(net._layer_names)
+    assert [net.layer_dict[n].type for n in net._layer_names] == [l.type for l in net.layers] == \
+        ["DummyData", "Convolution", "InnerProduct", "SoftmaxWithLoss"]
+    assert [b.shape for b in net.params["conv"]] == [(11, 2, 2, 2), (11,)]
+    assert list(net.params) == ["conv", "ip"]
+    assert net.blobs["conv"].shape == (5, 11, 8, 9) and net.blobs["loss"].data.shape == ()
+    assert (net.blobs["data"].num, net.blobs["data"].channels, net.blobs["label"].height) == (5, 2, 1)
+    assert net.blob_loss_weights == {"data": 0, "label": 0, "conv": 0, "ip_blob": 0, "loss": 1}
+    assert net.blobs["loss"].diff == 1.0  # Caffe sets a loss top's diff to its weight at set-up
+
+
+def test_forward_backward_and_clear_param_diffs(simple_net):
+    net = simple_net
+    labels = net.blobs["label"].data.copy()
+    out = net.forward()
+    assert set(out) == {"loss"} and np.isfinite(out["loss"])
+    assert np.array_equal(net.blobs["label"].data, labels)  # a constant DummyData top keeps what was written
+    assert net.blobs["data"].data.std() > 0.5  # the gaussian top is refilled
+    grads = net.backward()
+    assert grads == {}  # the diffs of the (no) inputs
+    assert np.abs(net.blobs["data"].diff).max() > 0  # force_backward: true reaches the data
+    diff = net.params["conv"][0].diff
+    first = diff.copy()
+    assert first.max() > 0
+    net.backward()  # Caffe's parameter diffs accumulate; the array held is the diff
+    np.testing.assert_allclose(diff, 2 * first, rtol=1e-5)
+    net.clear_param_diffs()
+    assert (diff == 0).all()
+    net.backward()
+    np.testing.assert_allclose(diff, first, rtol=1e-5)
+
+
+def test_forward_and_backward_start_end(simple_net):
+    net = simple_net
+    conv, ip = net.blobs["conv"], net.blobs["ip_blob"]
+    rs = np.random.RandomState(1)
+    conv.data[:] = rs.uniform(size=conv.data.shape).astype(np.float32)
+    out = net.forward(start="ip", end="ip")
+    assert "ip_blob" in out
+    w, b = net.params["ip"][0].data, net.params["ip"][1].data
+    manual = np.array([w @ conv.data[i].reshape(-1) + b for i in range(conv.data.shape[0])])
+    np.testing.assert_allclose(ip.data, manual, rtol=1e-3, atol=1e-5)
+    top = rs.uniform(size=ip.data.shape).astype(np.float32)
+    ip.diff[:] = top
+    out = net.backward(start="ip", end="ip")
+    assert "conv" in out
+    manual = np.array([w.T @ top[i] for i in range(top.shape[0])]).reshape(conv.data.shape)
+    np.testing.assert_allclose(conv.diff, manual, rtol=1e-3, atol=1e-5)
+
+
+def test_backward_before_any_forward(tmp_path):
+    """pycaffe's test_backward_start_end runs on a fresh net: the layer's backward from the blobs as they are."""
+    net = caffe.Net(simple_net_file(tmp_path), caffe.TRAIN)
+    top = np.ones(net.blobs["ip_blob"].shape, np.float32)
+    net.blobs["ip_blob"].diff[...] = top
+    net.backward(start="ip", end="ip")
+    np.testing.assert_allclose(net.blobs["conv"].diff.reshape(5, -1), top @ net.params["ip"][0].data, rtol=1e-5)
+
+
+def test_save_and_read_and_hdf5(simple_net, tmp_path):
+    net = simple_net
+    path = str(tmp_path / "m.caffemodel")
+    net.save(path)
+    net_file = simple_net_file(tmp_path)
+    for other in (caffe.Net(net_file, path, caffe.TRAIN), caffe.Net(net_file, caffe.TRAIN, weights=path),
+                  caffe.Net(net_file, phase=caffe.TRAIN, weights=path)):
+        for name in net.params:
+            for a, b in zip(net.params[name], other.params[name]):
+                assert np.array_equal(a.data, b.data)
+    h5 = str(tmp_path / "m.h5")
+    net.save_hdf5(h5)
+    other = caffe.Net(net_file, caffe.TRAIN)
+    other.load_hdf5(h5)
+    for name in net.params:
+        for a, b in zip(net.params[name], other.params[name]):
+            assert np.array_equal(a.data, b.data)
+    other = caffe.Net(net_file, caffe.TRAIN)
+    other.copy_from(h5)  # Caffe's CopyTrainedLayersFrom reads either format
+    assert np.array_equal(other.params["ip"][0].data, net.params["ip"][0].data)
+    # share_with: the data is shared (Caffe's ShareData), the diffs are not
+    other = caffe.Net(net_file, caffe.TRAIN)
+    other.share_with(net)
+    net.params["ip"][1].data[...] += 1
+    assert np.array_equal(other.params["ip"][1].data, net.params["ip"][1].data)
+    net.clear_param_diffs()
+    other.forward()
+    other.backward()
+    assert other.params["ip"][0].diff.any() and not net.params["ip"][0].diff.any()
+    with pytest.raises(TypeError, match="needs the phase"):
+        caffe.Net(net_file)
+    with pytest.raises(RuntimeError, match="Could not open file"):
+        caffe.Net(str(tmp_path / "missing.prototxt"), caffe.TEST)
+
+
+def test_memory_outlives_the_net(simple_net):
+    net = simple_net
+    params = sum(map(list, net.params.values()), [])
+    blobs = list(net.blobs.values())
+    del net
+    total = sum(float(p.data.sum() + p.diff.sum()) for p in params)
+    total += sum(float(b.data.sum() + b.diff.sum()) for b in blobs)
+    assert np.isfinite(total)
+
+
+LEVELS = """
+layer { name: "data" type: "DummyData" top: "data" dummy_data_param { shape { dim: 1 dim: 1 dim: 10 dim: 10 } } }
+layer { name: "NoLevel" type: "InnerProduct" bottom: "data" top: "NoLevel" inner_product_param { num_output: 1 } }
+layer { name: "Level0Only" type: "InnerProduct" bottom: "data" top: "Level0Only"
+        include { min_level: 0 max_level: 0 } inner_product_param { num_output: 1 } }
+layer { name: "Level1Only" type: "InnerProduct" bottom: "data" top: "Level1Only"
+        include { min_level: 1 max_level: 1 } inner_product_param { num_output: 1 } }
+layer { name: "Level>=0" type: "InnerProduct" bottom: "data" top: "Level>=0"
+        include { min_level: 0 } inner_product_param { num_output: 1 } }
+layer { name: "Level>=1" type: "InnerProduct" bottom: "data" top: "Level>=1"
+        include { min_level: 1 } inner_product_param { num_output: 1 } }
+"""
+
+STAGES = """
+layer { name: "data" type: "DummyData" top: "data" dummy_data_param { shape { dim: 1 dim: 1 dim: 10 dim: 10 } } }
+layer { name: "A" type: "InnerProduct" bottom: "data" top: "A" include { stage: "A" }
+        inner_product_param { num_output: 1 } }
+layer { name: "B" type: "InnerProduct" bottom: "data" top: "B" include { stage: "B" }
+        inner_product_param { num_output: 1 } }
+layer { name: "AorB" type: "InnerProduct" bottom: "data" top: "AorB" include { stage: "A" } include { stage: "B" }
+        inner_product_param { num_output: 1 } }
+layer { name: "AandB" type: "InnerProduct" bottom: "data" top: "AandB" include { stage: "A" stage: "B" }
+        inner_product_param { num_output: 1 } }
+"""
+
+ALL_IN_ONE = """
+layer { name: "train_data" type: "DummyData" top: "data" top: "label"
+  dummy_data_param { shape { dim: 1 dim: 1 dim: 10 dim: 10 } shape { dim: 1 dim: 1 dim: 1 dim: 1 } }
+  include { phase: TRAIN stage: "train" } }
+layer { name: "val_data" type: "DummyData" top: "data" top: "label"
+  dummy_data_param { shape { dim: 1 dim: 1 dim: 10 dim: 10 } shape { dim: 1 dim: 1 dim: 1 dim: 1 } }
+  include { phase: TEST stage: "val" } }
+layer { name: "deploy_data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 10 dim: 10 } }
+  include { phase: TEST stage: "deploy" } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 2 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss"
+  include: { phase: TRAIN stage: "train" } include: { phase: TEST stage: "val" } }
+layer { name: "pred" type: "Softmax" bottom: "ip" top: "pred" include: { phase: TEST stage: "deploy" } }
+"""
+
+
+def test_levels_stages_and_all_in_one(tmp_path):
+    def blobs(text, *args, **kw):
+        (tmp_path / "n.prototxt").write_text(text)
+        net = caffe.Net(str(tmp_path / "n.prototxt"), *args, **kw)
+        return net, [b for b in net.blobs if "data" not in b]
+
+    assert blobs(LEVELS, caffe.TEST)[1] == ["NoLevel", "Level0Only", "Level>=0"]
+    assert blobs(LEVELS, caffe.TEST, level=1)[1] == ["NoLevel", "Level1Only", "Level>=0", "Level>=1"]
+    assert blobs(STAGES, caffe.TEST, stages=["A"])[1] == ["A", "AorB"]
+    assert blobs(STAGES, caffe.TEST, stages=["B"])[1] == ["B", "AorB"]
+    assert blobs(STAGES, caffe.TEST, stages=["A", "B"])[1] == ["A", "B", "AorB", "AandB"]
+    for phase, stage, outputs in ((caffe.TRAIN, "train", ["loss"]), (caffe.TEST, "val", ["loss"]),
+                                  (caffe.TEST, "deploy", ["pred"])):
+        net, _ = blobs(ALL_IN_ONE, phase, stages=[stage])
+        assert list(net.blobs["data"].shape) == [1, 1, 10, 10] and net.outputs == outputs
+    net, _ = blobs(ALL_IN_ONE, caffe.TEST, stages=["deploy"])
+    assert net.inputs == ["data"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Caffe's own LeNet (tests/fixtures/caffe)
+# ----------------------------------------------------------------------------------------------------------------
+
+def _caffe_test_net_setup(caffe_fixtures):
+    """From Caffe's training log, its TEST net: [(layer, bottoms, tops)], {layer: needs backward}, outputs."""
+    log = lzma.decompress((caffe_fixtures / "lenet" / "train_lenet.log.xz").read_bytes()).decode()
+    start = [m.start() for m in re.finditer(r"Creating Layer mnist\n", log)][1]
+    text = log[start - 200:log.index("Network initialization done.", start)]
+    layers, need = [], {}
+    for line in text.splitlines():
+        if m := re.search(r"Creating Layer (\S+)$", line):
+            layers.append((m.group(1), [], []))
+        elif m := re.search(r"\] (\S+) <- (\S+)$", line):
+            layers[-1][1].append(m.group(2))
+        elif m := re.search(r"\] (\S+) -> (\S+)( \(in-place\))?$", line):
+            layers[-1][2].append(m.group(2))
+        elif m := re.search(r"\] (\S+) (needs|does not need) backward computation", line):
+            need[m.group(1)] = m.group(2) == "needs"
+    return layers, need, re.findall(r"This network produces output (\S+)", text)
+
+
+def test_lenet_test_net_is_caffes_net(in_fixture_workdir, caffe_fixtures):
+    """Split layers, blob names, backward needs and outputs as Caffe set up the same TEST net, and the first
+    test batch's figures of `caffe test` (caffe_test.log: Batch 0, accuracy = 0.93, loss = 0.318116)."""
+    layers, need, outputs = _caffe_test_net_setup(caffe_fixtures)
+    net = caffe.Net(LENET, caffe.TEST, weights=WEIGHTS)
+    assert [(n, net.bottom_names[n], net.top_names[n]) for n in net._layer_names] == layers
+    assert dict(zip(net._layer_names, net._layer_need)) == need
+    assert net.outputs == outputs == ["accuracy", "loss"]
+    assert list(net.blobs)[:4] == ["data", "label", "label_mnist_1_split_0", "label_mnist_1_split_1"]
+    out = net.forward()
+    assert float(out["accuracy"]) == pytest.approx(0.93, abs=1e-6)
+    assert float(out["loss"]) == pytest.approx(0.318116, rel=1e-5)
+    # Split tops share their bottom's data; the Split's backward sums its tops' diffs
+    assert np.array_equal(net.blobs["ip2_ip2_0_split_1"].data, net.blobs["ip2"].data)
+    net.backward()
+    assert np.abs(net.blobs["ip2_ip2_0_split_1"].diff).max() > 0
+    assert not net.blobs["ip2_ip2_0_split_0"].diff.any()  # accuracy runs no backward
+    np.testing.assert_array_equal(net.blobs["ip2"].diff, net.blobs["ip2_ip2_0_split_1"].diff)
+    # in place: ip1's data is relu1's output, its diff the gradient at ip1's own output (zero where cut)
+    assert (net.blobs["ip1"].data >= 0).all()
+    assert not net.blobs["ip1"].diff[net.blobs["ip1"].data == 0].any()
+    assert net.blobs["ip1"].diff.any()
+
+
+def test_train_net_matches_netcompress_net(in_fixture_workdir):
+    """The same prototxt, weights and first batch: every blob, the loss and every parameter diff as the
+    netcompress Net's forward and autograd backward give them."""
+    net = caffe.Net(LENET, caffe.TRAIN, weights=WEIGHTS)
+    core = CoreNet(LENET, phase="train", weights=WEIGHTS, verbose=False)
+    out = net.forward()
+    core()
+    core.loss.backward()
+    assert float(out["loss"]) == pytest.approx(float(core.loss.detach()), rel=1e-6)
+    for name, t in core.blobs.items():
+        np.testing.assert_allclose(net.blobs[name].data, t.detach().numpy(), rtol=1e-6, atol=1e-6)
+    net.backward()
+    for name, layer in core.named_layers():
+        for blob, p in zip(net.params.get(name, []), layer.blobs()):
+            np.testing.assert_allclose(blob.diff, p.grad.numpy(), rtol=1e-4, atol=1e-7)
+    # net surgery: the params are the weights
+    assert np.shares_memory(net.params["conv1"][0].data, net.netcompress_net.layer("conv1").weight.detach().numpy())
+
+
+def test_save_writes_caffes_model_back_byte_for_byte(in_fixture_workdir, tmp_path):
+    net = caffe.Net(LENET, caffe.TRAIN, weights=WEIGHTS)
+    net.save(str(tmp_path / "again.caffemodel"))
+    assert (tmp_path / "again.caffemodel").read_bytes() == (in_fixture_workdir / WEIGHTS).read_bytes()
+    # a TEST net is saved with the Split layers Caffe's Net::ToProto writes (bottoms renamed to their tops)
+    net = caffe.Net(LENET, caffe.TEST, weights=WEIGHTS)
+    net.save(str(tmp_path / "test.caffemodel"))
+    saved = pb.NetParameter()
+    saved.ParseFromString((tmp_path / "test.caffemodel").read_bytes())
+    assert [l.name for l in saved.layer] == net._layer_names
+    split = saved.layer[net._layer_names.index("ip2_ip2_0_split")]
+    assert (split.type, list(split.bottom), list(split.top), split.phase) == \
+        ("Split", ["ip2"], ["ip2_ip2_0_split_0", "ip2_ip2_0_split_1"], pb.TEST)
+    assert list(saved.layer[net._layer_names.index("loss")].bottom) == ["ip2_ip2_0_split_1", "label_mnist_1_split_1"]
+    again = caffe.Net(LENET, caffe.TEST, weights=str(tmp_path / "test.caffemodel"))
+    assert np.array_equal(again.params["ip2"][0].data, net.params["ip2"][0].data)
+
+
+def test_net_surgery_changes_the_output_and_is_saved(in_fixture_workdir, tmp_path):
+    net = caffe.Net(DEPLOY, caffe.TEST, weights=WEIGHTS)
+    x = np.random.RandomState(0).rand(64, 1, 28, 28).astype(np.float32)
+    before = net.forward(data=x)["prob"].copy()
+    assert (before.argmax(1) != 7).any()
+    net.params["ip2"][0].data[...] = 0
+    net.params["ip2"][1].data[...] = np.eye(10, dtype=np.float32)[7] * 5
+    after = net.forward(data=x)["prob"]
+    assert (after.argmax(1) == 7).all()
+    np.testing.assert_allclose(after[0], np.exp(5 * np.eye(10)[7]) / np.exp(5 * np.eye(10)[7]).sum(), rtol=1e-5)
+    net.save(str(tmp_path / "surgery.caffemodel"))
+    again = caffe.Net(DEPLOY, caffe.TEST, weights=str(tmp_path / "surgery.caffemodel"))
+    assert np.array_equal(again.forward(data=x)["prob"], after)
+
+
+def test_reshape_forward_all_and_input_checks(in_fixture_workdir):
+    net = caffe.Net(DEPLOY, caffe.TEST, weights=WEIGHTS)
+    weights = net.params["conv1"][0].data
+    x = np.random.RandomState(1).rand(70, 1, 28, 28).astype(np.float32)
+    full = net.forward_all(data=x)
+    assert set(full) == {"prob"} and full["prob"].shape == (70, 10)
+    batch = net.forward(data=x[:64])["prob"].copy()
+    np.testing.assert_array_equal(full["prob"][:64], batch)
+    with pytest.raises(ValueError, match="Input is not batch sized"):
+        net.forward(data=x[:3])
+    with pytest.raises(ValueError, match="do not match net inputs"):
+        net.forward(image=x[:64])
+    net.blobs["data"].reshape(3, 1, 28, 28)
+    net.reshape()
+    assert net.blobs["prob"].data.shape == (3, 10) and net.blobs["conv1"].shape == (3, 20, 24, 24)
+    np.testing.assert_allclose(net.forward(data=x[:3])["prob"], batch[:3], rtol=1e-5, atol=1e-7)
+    assert np.shares_memory(weights, net.params["conv1"][0].data)  # held parameter arrays stay valid
+    np.testing.assert_allclose(net.forward_all(data=x[:7])["prob"], batch[:7], rtol=1e-5, atol=1e-7)
+    # a deploy net contributes to no loss: Caffe runs no backward without force_backward
+    assert not net.backward(prob=np.ones((3, 10), np.float32))["data"].any()
+
+
+def test_backward_from_given_output_diffs_with_force_backward(in_fixture_workdir):
+    param = text_format.Parse(open(DEPLOY).read(), pb.NetParameter())
+    param.force_backward = True
+    net = caffe.Net(param, caffe.TEST, weights=WEIGHTS)
+    core = CoreNet(param, phase="test", weights=WEIGHTS, verbose=False)
+    x = np.random.RandomState(2).rand(64, 1, 28, 28).astype(np.float32)
+    top = np.random.RandomState(3).randn(64, 10).astype(np.float32)
+    net.forward(data=x)
+    grads = net.backward(prob=top)
+    prob = core(data=torch.from_numpy(x))["prob"]
+    prob.backward(torch.from_numpy(top))
+    np.testing.assert_allclose(grads["data"], core.blobs["data"].grad.numpy(), rtol=1e-4, atol=1e-7)
+    outs, diffs = net.forward_backward_all(data=x[:10], prob=top[:10])
+    assert outs["prob"].shape == (10, 10) and diffs["data"].shape == (10, 1, 28, 28)
+    np.testing.assert_allclose(diffs["data"], grads["data"][:10], rtol=1e-4, atol=1e-7)
+
+
+def test_host_copies_stay_coherent_off_the_cpu(in_fixture_workdir, monkeypatch):
+    """The GPU path (host copies of the parameters) run on the CPU: a write reaches the next forward, a solver
+    update reaches the next read."""
+    from netcompress.pycaffe import net as pnet
+
+    monkeypatch.setattr(pnet, "_DIRECT_CPU_VIEWS", False)
+    net = caffe.Net(DEPLOY, caffe.TEST, weights=WEIGHTS)
+    bias = net.params["ip2"][1].data
+    assert not np.shares_memory(bias, net.netcompress_net.layer("ip2").bias.detach().numpy())
+    bias[...] = np.eye(10, dtype=np.float32)[4] * 100
+    x = np.random.RandomState(0).rand(64, 1, 28, 28).astype(np.float32)
+    assert (net.forward(data=x)["prob"].argmax(1) == 4).all()
+    np.testing.assert_array_equal(net.netcompress_net.layer("ip2").bias.detach().numpy(), bias)
