@@ -1,6 +1,7 @@
 """netcompress.pycaffe as `caffe`: pycaffe's Net, io and solver interfaces over netcompress nets.
 
-The expectations come from BVLC Caffe's python/caffe (pycaffe.py, _caffe.cpp, test/test_net.py) and from files real Caffe wrote (tests/fixtures/caffe: its LeNet caffemodel,
+The expectations come from BVLC Caffe's python/caffe (pycaffe.py, _caffe.cpp, io.py, test/test_net.py,
+test/test_io.py) and from files real Caffe wrote (tests/fixtures/caffe: its LeNet caffemodel,
 the log of its TEST-net set-up and the first batch of `caffe test`).
 """
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import lzma
 import os
 import re
+import sys
 import textwrap
 
 import numpy as np
@@ -388,3 +390,173 @@ def test_host_copies_stay_coherent_off_the_cpu(in_fixture_workdir, monkeypatch):
     x = np.random.RandomState(0).rand(64, 1, 28, 28).astype(np.float32)
     assert (net.forward(data=x)["prob"].argmax(1) == 4).all()
     np.testing.assert_array_equal(net.netcompress_net.layer("ip2").bias.detach().numpy(), bias)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# caffe.io
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_transformer_order_of_operations():
+    rs = np.random.RandomState(0)
+    img = rs.rand(6, 5, 3).astype(np.float32)
+    t = caffe.io.Transformer({"data": (1, 3, 6, 5)})
+    t.set_transpose("data", (2, 0, 1))
+    t.set_channel_swap("data", (2, 1, 0))
+    t.set_raw_scale("data", 255)
+    mean = np.array([104.0, 117.0, 123.0])
+    t.set_mean("data", mean)
+    t.set_input_scale("data", 0.5)
+    keep = img.copy()
+    out = t.preprocess("data", img)
+    expected = (img.transpose(2, 0, 1)[[2, 1, 0]] * 255 - mean[:, None, None]) * 0.5
+    assert out.dtype == np.float32 and out.shape == (3, 6, 5)
+    np.testing.assert_allclose(out, expected, rtol=1e-5)
+    assert np.array_equal(img, keep)
+    np.testing.assert_allclose(t.deprocess("data", out[None]), img, rtol=1e-5, atol=1e-5)
+    # an image mean of another size is resized to the input's
+    t2 = caffe.io.Transformer({"data": (1, 3, 6, 5)})
+    t2.set_mean("data", np.ones((3, 12, 10)) * np.array([100.0, 101.0, 102.0])[:, None, None])
+    np.testing.assert_allclose(t2.mean["data"], np.ones((3, 6, 5)) * np.array([100.0, 101.0, 102.0])[:, None, None],
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="Mean channels"):
+        t2.set_mean("data", np.zeros(4))
+    with pytest.raises(ValueError, match="not one of the net inputs"):
+        t2.preprocess("label", img)
+    with pytest.raises(ValueError, match="Transpose order"):
+        t2.set_transpose("data", (1, 0))
+    # an image of another size is resized before the transpose
+    assert t.preprocess("data", rs.rand(12, 10, 3)).shape == (3, 6, 5)
+
+
+def test_resize_image_is_scikit_images_bilinear_with_a_zero_border():
+    im = np.array([[0.0, 1.0], [1.0, 1.0]])[:, :, None]  # in [0, 1]: no rescaling around it
+    out = caffe.io.resize_image(im, (4, 4))
+    # output pixel i samples input coordinate (i + 0.5) / 2 - 0.5: -0.25, 0.25, 0.75, 1.25
+    w = np.array([[0.75, 0.0], [0.75, 0.25], [0.25, 0.75], [0.0, 0.75]])  # weights of input pixels 0 and 1
+    np.testing.assert_allclose(out[:, :, 0], w @ im[:, :, 0] @ w.T, rtol=1e-6)
+    assert out.dtype == np.float32
+    assert np.array_equal(caffe.io.resize_image(np.full((3, 3, 3), 0.4), (5, 2)), np.full((5, 2, 3), 0.4, np.float32))
+    # the value range is kept: scaled to [0, 1] for the interpolation and back
+    np.testing.assert_allclose(caffe.io.resize_image(im * 200 + 10, (4, 4)), out * 200 + 10, rtol=1e-5)
+    assert caffe.io.resize_image(np.random.rand(4, 4, 5), (8, 6)).shape == (8, 6, 5)  # scipy's zoom
+
+
+def test_oversample_crops_and_mirrors():
+    im = np.arange(5 * 6 * 2, dtype=np.float32).reshape(5, 6, 2)
+    crops = caffe.io.oversample([im, im + 1], (3, 4))
+    assert crops.shape == (20, 3, 4, 2) and crops.dtype == np.float32
+    corners = [(0, 0), (0, 2), (2, 0), (2, 2), (1, 1)]  # center corner: int(5/2 - 1.5), int(6/2 - 2)
+    for k, (r, c) in enumerate(corners):
+        assert np.array_equal(crops[k], im[r:r + 3, c:c + 4])
+        assert np.array_equal(crops[5 + k], im[r:r + 3, c:c + 4][:, ::-1])
+    assert np.array_equal(crops[10:], crops[:10] + 1)
+
+
+def test_load_image_colour_gray_alpha_and_sixteen_bit(tmp_path):
+    from PIL import Image
+
+    rs = np.random.RandomState(0)
+    rgb = rs.randint(0, 256, (7, 9, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    img = caffe.io.load_image(str(tmp_path / "rgb.png"))
+    assert img.dtype == np.float32 and img.shape == (7, 9, 3)
+    np.testing.assert_allclose(img, rgb / 255.0, rtol=1e-6)
+    gray = caffe.io.load_image(str(tmp_path / "rgb.png"), color=False)
+    assert gray.shape == (7, 9, 1)
+    np.testing.assert_allclose(gray[:, :, 0], (rgb / 255.0) @ [0.2125, 0.7154, 0.0721], rtol=1e-5)
+    g = rs.randint(0, 256, (4, 5), dtype=np.uint8)
+    Image.fromarray(g).save(tmp_path / "g.png")
+    np.testing.assert_allclose(caffe.io.load_image(str(tmp_path / "g.png")), np.repeat(g[:, :, None] / 255.0, 3, 2),
+                               rtol=1e-6)
+    np.testing.assert_allclose(caffe.io.load_image(str(tmp_path / "g.png"), color=False)[:, :, 0], g / 255.0,
+                               rtol=1e-6)
+    rgba = np.dstack([rgb, np.full((7, 9), 128, np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    np.testing.assert_allclose(caffe.io.load_image(str(tmp_path / "rgba.png")), rgb / 255.0, rtol=1e-6)
+    g16 = (rs.randint(0, 65536, (3, 4))).astype(np.uint16)
+    Image.fromarray(g16).save(tmp_path / "g16.png")
+    np.testing.assert_allclose(caffe.io.load_image(str(tmp_path / "g16.png"), color=False)[:, :, 0],
+                               g16 / 65535.0, rtol=1e-6)
+    Image.fromarray(rgb).convert("P").save(tmp_path / "p.png")
+    assert caffe.io.load_image(str(tmp_path / "p.png")).shape == (7, 9, 3)
+
+
+def test_blobproto_and_datum_round_trips():
+    blob = pb.BlobProto()
+    blob.data.extend(np.zeros(100).tolist())
+    blob.num, blob.channels, blob.height, blob.width = 1, 1, 10, 10
+    assert caffe.io.blobproto_to_array(blob).shape == (1, 1, 10, 10)
+    blob = pb.BlobProto()
+    blob.data.extend(np.zeros(100).tolist())
+    blob.shape.dim.extend([10, 10])
+    assert caffe.io.blobproto_to_array(blob).shape == (10, 10)
+    blob = pb.BlobProto()
+    blob.data.extend(np.zeros(100).tolist())
+    with pytest.raises(ValueError):
+        caffe.io.blobproto_to_array(blob)
+    blob = pb.BlobProto()
+    blob.data.append(123)
+    assert caffe.io.blobproto_to_array(blob) == 123
+    arr = np.random.RandomState(0).randn(2, 3, 4).astype(np.float32)
+    back = caffe.io.blobproto_to_array(caffe.io.array_to_blobproto(arr, diff=2 * arr))
+    assert back.dtype == np.float64 and np.array_equal(back, arr)
+    assert np.array_equal(caffe.io.blobproto_to_array(caffe.io.array_to_blobproto(arr, 2 * arr), return_diff=True),
+                          2 * arr)
+    arrays = caffe.io.blobprotovector_str_to_arraylist(caffe.io.arraylist_to_blobprotovector_str([arr, arr[0]]))
+    assert [a.shape for a in arrays] == [(2, 3, 4), (3, 4)] and np.array_equal(arrays[1], arr[0])
+    d8 = np.random.RandomState(1).randint(0, 256, (3, 4, 5)).astype(np.uint8)
+    datum = caffe.io.array_to_datum(d8, label=7)
+    assert datum.data == d8.tobytes() and datum.label == 7 and not len(datum.float_data)
+    assert np.array_equal(caffe.io.datum_to_array(datum), d8) and caffe.io.datum_to_array(datum).dtype == np.uint8
+    assert np.array_equal(caffe.io.datum_to_array(caffe.io.array_to_datum(arr)), arr)
+    assert len(caffe.io.array_to_datum(np.ones((10, 10, 3)), label=1).SerializeToString()) > \
+        len(caffe.io.array_to_datum(np.ones((10, 10, 3))).SerializeToString())
+    with pytest.raises(ValueError, match="Incorrect array shape"):
+        caffe.io.array_to_datum(np.zeros((2, 2)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The rest of the module
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_python_layer_imports_caffe_io_and_is_the_net_s_layer(tmp_path, monkeypatch):
+    (tmp_path / "io_layer.py").write_text(textwrap.dedent('''\
+        import caffe
+        import caffe.io
+        from caffe.proto import caffe_pb2
+
+
+        class Double(caffe.Layer):
+            def setup(self, bottom, top):
+                self.calls = 0
+                self.shape = caffe.io.blobproto_to_array(caffe.io.array_to_blobproto(bottom[0].data)).shape
+
+            def reshape(self, bottom, top):
+                top[0].reshape(*bottom[0].data.shape)
+
+            def forward(self, bottom, top):
+                self.calls += 1
+                top[0].data[...] = 2 * bottom[0].data
+
+            def backward(self, top, propagate_down, bottom):
+                bottom[0].diff[...] = 2 * top[0].diff
+        '''))
+    monkeypatch.chdir(tmp_path)
+    had = {k: sys.modules.get(k) for k in ("caffe", "caffe.io", "caffe.proto", "caffe.proto.caffe_pb2")}
+    try:
+        (tmp_path / "n.prototxt").write_text(
+            'force_backward: true input: "x" input_shape { dim: 2 dim: 3 }\n'
+            'layer { type: "Python" name: "d" bottom: "x" top: "y"\n'
+            '        python_param { module: "io_layer" layer: "Double" } }')
+        net = caffe.Net(str(tmp_path / "n.prototxt"), caffe.TEST)
+        layer = net.layers[1]
+        assert type(layer).__name__ == "Double" and layer.shape == (2, 3) and layer.type == "Python"
+        assert net.forward(x=np.ones((2, 3)))["y"].tolist() == [[2.0] * 3] * 2 and layer.calls == 1
+        assert net.backward(y=np.ones((2, 3)))["x"].tolist() == [[2.0] * 3] * 2
+    finally:
+        sys.modules.pop("io_layer", None)
+        for k, v in had.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v

@@ -5,7 +5,7 @@ current directory, where Caffe users' `PYTHONPATH=.` points) and constructed wit
 `param_str` and `phase` are set, then `setup(bottom, top)` and `reshape(bottom, top)` run at set-up, and
 `reshape` and `forward` at every forward, `backward(top, propagate_down, bottom)` at every backward, over
 blobs holding numpy arrays (netcompress.pycaffe). Where no `caffe` module is imported, netcompress.pycaffe
-stands in for it (`caffe`, `caffe.proto`), so `import caffe` / `class L(caffe.Layer)` work unchanged.
+stands in for it (`caffe`, `caffe.io`, `caffe.proto`), so `import caffe` / `class L(caffe.Layer)` work unchanged.
 
 The tensors cross to numpy and back at each call (on a GPU through the host), as a pycaffe layer's
 `blob.data` is host memory in Caffe too; the layer's own blobs (`self.blobs.add_blob`) are learnable
@@ -45,7 +45,7 @@ def _import_layer_module(layer: Layer, module: str) -> Any:
     except Exception as e:  # the user's module: any error at import is reported with the layer
         hint = ""
         if isinstance(e, ModuleNotFoundError) and (e.name or "").startswith("caffe"):
-            hint = (" (netcompress.pycaffe stands in for caffe: it provides caffe.Net, caffe.proto and "
+            hint = (" (netcompress.pycaffe stands in for caffe: it provides caffe.Net, caffe.io, caffe.proto and "
                     "caffe.Layer, not this module)")
         elif isinstance(e, ModuleNotFoundError) and e.name == module.split(".")[0]:
             hint = (f" (looked in the current directory {here} and on the Python path; put the module's folder "

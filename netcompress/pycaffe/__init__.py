@@ -8,17 +8,18 @@ What is here, with pycaffe's names and behaviour (BVLC Caffe's python/caffe):
   `forward_backward_all`, `reshape`, `copy_from`, `save`, `save_hdf5`, `load_hdf5`, `share_with`,
   `clear_param_diffs`, `set_input_arrays` (MemoryData), and the before/after forward/backward callbacks
   (`netcompress.pycaffe.net` says how the numpy arrays stay coherent with the net's tensors);
-- `caffe.proto.caffe_pb2`, `caffe.TRAIN` / `caffe.TEST`, `caffe.Layer` for Python layers;
+- `caffe.io` (Transformer, load_image with Pillow, resize_image, oversample, BlobProto and Datum conversions),
+  `caffe.proto.caffe_pb2`, `caffe.TRAIN` / `caffe.TEST`, `caffe.Layer` for Python layers;
 - `set_mode_cpu`, `set_mode_gpu`, `set_device` (the device of nets and solvers created afterwards),
   `set_random_seed`, `init_log`, `log`, `layer_type_list`, `Timer`, and the solver count/rank functions of a
   single process.
 
-Not yet here: `caffe.io` and the solvers. Not here: `caffe.NetSpec` / `caffe.layers` / `caffe.params` /
+Not yet here: the solvers. Not here: `caffe.NetSpec` / `caffe.layers` / `caffe.params` /
 `caffe.to_proto` (net_spec: write the prototxt instead) and `caffe.Detector` (it needs selective-search
 windows): using them raises NotImplementedError. `caffe.draw` is not provided.
 
 A Caffe *Python layer* module that does `import caffe` gets this package where no other `caffe` is imported
-(`install_as_caffe`, used by layers/python.py), `caffe.proto` included.
+(`install_as_caffe`, used by layers/python.py), `caffe.io` and `caffe.proto` included.
 """
 from __future__ import annotations
 
@@ -29,11 +30,13 @@ from types import ModuleType
 
 from .. import proto
 from ..proto import caffe_pb2
+from . import io
 from ._base import (TEST, TRAIN, Blob, BlobVec, Layer, set_device, set_mode_cpu, set_mode_gpu,
                     set_random_seed)
 from .net import Net
 
-__all__ = ["Net", "Blob", "BlobVec", "Layer", "TRAIN", "TEST", "Timer", "proto", "set_mode_cpu", "set_mode_gpu", "set_device", "set_random_seed",
+__all__ = ["Net", "Blob", "BlobVec", "Layer", "TRAIN", "TEST", "Timer", "io", "proto", "set_mode_cpu",
+           "set_mode_gpu", "set_device", "set_random_seed",
            "init_log", "log", "layer_type_list", "solver_count", "set_solver_count", "solver_rank",
            "set_solver_rank", "set_multiprocess", "install_as_caffe"]
 
@@ -124,12 +127,13 @@ def __getattr__(name: str):
 
 
 def install_as_caffe() -> bool:
-    """Make this package importable as `caffe` (with `caffe.proto`, `caffe.proto.caffe_pb2`) where
+    """Make this package importable as `caffe` (with `caffe.io`, `caffe.proto`, `caffe.proto.caffe_pb2`) where
     no module named `caffe` is imported yet; True if it was installed."""
     if "caffe" in sys.modules:
         return False
     me: ModuleType = sys.modules[__name__]
     sys.modules["caffe"] = me
+    sys.modules["caffe.io"] = io
     sys.modules["caffe.proto"] = proto
     sys.modules["caffe.proto.caffe_pb2"] = caffe_pb2
     return True
