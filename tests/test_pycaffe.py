@@ -1,7 +1,7 @@
 """netcompress.pycaffe as `caffe`: pycaffe's Net, io and solver interfaces over netcompress nets.
 
 The expectations come from BVLC Caffe's python/caffe (pycaffe.py, _caffe.cpp, io.py, test/test_net.py,
-test/test_io.py) and from files real Caffe wrote (tests/fixtures/caffe: its LeNet caffemodel,
+test/test_solver.py, test/test_io.py) and from files real Caffe wrote (tests/fixtures/caffe: its LeNet caffemodel,
 the log of its TEST-net set-up and the first batch of `caffe test`).
 """
 from __future__ import annotations
@@ -393,6 +393,106 @@ def test_host_copies_stay_coherent_off_the_cpu(in_fixture_workdir, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Solvers
+# ----------------------------------------------------------------------------------------------------------------
+
+SOLVER = """net: "lenet/lenet_train_test.prototxt"
+test_iter: 2 test_interval: 10 base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005
+lr_policy: "inv" gamma: 0.0001 power: 0.75 display: 0 max_iter: 25 snapshot: 0
+snapshot_prefix: "snap/lenet" snapshot_after_train: false random_seed: 1
+"""
+
+
+def test_sgd_solver_trains_lenet(in_fixture_workdir):
+    os.makedirs("snap", exist_ok=True)
+    (in_fixture_workdir / "pysolver.prototxt").write_text(SOLVER)
+    solver = caffe.SGDSolver("pysolver.prototxt")
+    assert isinstance(solver, caffe.SGDSolver) and solver.iter == 0 and solver.param.max_iter == 25
+    assert solver.lr == pytest.approx(0.01)
+    assert len(solver.test_nets) == 1
+    test_w = solver.test_nets[0].params["conv1"][0].data
+    assert np.shares_memory(test_w, solver.net.params["conv1"][0].data)  # the test net shares the weights
+    before = test_w.copy()
+    losses = []
+    for _ in range(20):
+        solver.step(1)
+        losses.append(float(solver.net.blobs["loss"].data))
+    assert solver.iter == 20
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
+    assert not np.array_equal(before, test_w)  # trained in place
+    assert 0 < float(solver.test_nets[0].blobs["accuracy"].data) <= 1  # tested at iteration 10 (and 20)
+    solver.snapshot()
+    assert os.path.isfile("snap/lenet_iter_20.caffemodel") and os.path.isfile("snap/lenet_iter_20.solverstate")
+    solver.step(2)
+    assert solver.iter == 22
+    solver.solve()
+    assert solver.iter == 25
+    other = caffe.get_solver("pysolver.prototxt")
+    assert type(other) is caffe.SGDSolver
+    other.restore("snap/lenet_iter_20.solverstate")
+    assert other.iter == 20
+    ref = caffe.Net(LENET, caffe.TEST, weights="snap/lenet_iter_20.caffemodel")
+    assert np.array_equal(other.net.params["ip1"][0].data, ref.params["ip1"][0].data)
+
+
+def test_solver_scenarios_of_pycaffe(tmp_path, monkeypatch):
+    """test_solver.py: solve to max_iter, apply_update from a set diff, snapshot names, nets outliving the
+    solver; and a net fed through its input blob trains on what the script writes."""
+    monkeypatch.chdir(tmp_path)
+    net_file = simple_net_file(tmp_path)
+    (tmp_path / "s.prototxt").write_text(
+        f"net: '{net_file}' test_iter: 10 test_interval: 10 base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 "
+        "lr_policy: 'inv' gamma: 0.0001 power: 0.75 display: 100 max_iter: 100 snapshot_after_train: false "
+        "snapshot_prefix: 'model' random_seed: 2")
+    solver = caffe.SGDSolver(str(tmp_path / "s.prototxt"))
+    rs = np.random.RandomState(0)
+    for net in [solver.net, *solver.test_nets]:
+        net.blobs["label"].data[...] = rs.randint(13, size=net.blobs["label"].data.shape)
+    data = solver.net.layers[1].blobs[0].data[...]
+    data[...] = 0
+    solver.net.layers[1].blobs[0].diff[...] = 1
+    solver.apply_update()
+    assert np.abs(data - -0.01).max() < 1e-7
+    solver.snapshot()
+    assert os.path.isfile("model_iter_0.caffemodel") and os.path.isfile("model_iter_0.solverstate")
+    calls = []
+    solver.add_callback(lambda: calls.append("start"), lambda: calls.append("grad"))
+    solver.solve()
+    assert solver.iter == 100 and calls == ["start"] + ["grad"] * 100
+    assert np.isfinite(solver.net.blobs["loss"].data)
+    nets = [solver.net, *solver.test_nets]
+    del solver
+    assert all(np.isfinite(sum(float(p.data.sum() + p.diff.sum()) for ps in n.params.values() for p in ps))
+               for n in nets)
+
+
+def test_input_fed_solver_learns_what_the_script_writes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.prototxt").write_text(textwrap.dedent("""\
+        layer { name: "in" type: "Input" top: "x" top: "y"
+                input_param { shape { dim: 8 dim: 3 } shape { dim: 8 dim: 1 } } }
+        layer { name: "fc" type: "InnerProduct" bottom: "x" top: "p" inner_product_param { num_output: 1
+                weight_filler { type: "constant" value: 0 } } }
+        layer { name: "loss" type: "EuclideanLoss" bottom: "p" bottom: "y" top: "loss" }
+        """))
+    (tmp_path / "s.prototxt").write_text("net: 'net.prototxt' base_lr: 0.1 lr_policy: 'fixed' max_iter: 100 "
+                                         "display: 0 snapshot_after_train: false random_seed: 1")
+    solver = caffe.get_solver(str(tmp_path / "s.prototxt"))
+    rs = np.random.RandomState(0)
+    true_w = np.array([1.0, -2.0, 0.5], np.float32)
+    for _ in range(60):
+        x = rs.randn(8, 3).astype(np.float32)
+        solver.net.blobs["x"].data[...] = x
+        solver.net.blobs["y"].data[...] = (x @ true_w)[:, None]
+        solver.step(1)
+    np.testing.assert_allclose(solver.net.params["fc"][0].data.ravel(), true_w, atol=0.05)
+    assert solver.net.blobs["loss"].data < 1e-2
+    with pytest.raises(NotImplementedError, match="solver's net"):
+        solver.net.blobs["x"].reshape(4, 3)
+        solver.step(1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # caffe.io
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -518,6 +618,29 @@ def test_blobproto_and_datum_round_trips():
 # ----------------------------------------------------------------------------------------------------------------
 # The rest of the module
 # ----------------------------------------------------------------------------------------------------------------
+
+def test_classifier_and_module_functions(in_fixture_workdir, caffe_split):
+    clf = caffe.Classifier(DEPLOY, WEIGHTS, image_dims=(32, 32), raw_scale=1.0)
+    images = [caffe_split["test_x"][i].transpose(1, 2, 0) / 255.0 for i in range(5)]
+    probs = clf.predict(images, oversample=True)
+    assert probs.shape == (5, 10)
+    np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
+    assert clf.predict(images, oversample=False).shape == (5, 10)
+    assert "Convolution" in caffe.layer_type_list() and caffe.TRAIN == 0 and caffe.TEST == 1
+    caffe.set_mode_gpu()
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            caffe.Net(DEPLOY, caffe.TEST)
+    caffe.set_mode_cpu()
+    with pytest.raises(NotImplementedError, match="net_spec"):
+        caffe.NetSpec()
+    with pytest.raises(NotImplementedError, match="net_spec"):
+        from netcompress.pycaffe import layers  # noqa: F401
+    timer = caffe.Timer()
+    timer.start()
+    timer.stop()
+    assert timer.ms >= 0
+
 
 def test_python_layer_imports_caffe_io_and_is_the_net_s_layer(tmp_path, monkeypatch):
     (tmp_path / "io_layer.py").write_text(textwrap.dedent('''\

@@ -8,15 +8,17 @@ What is here, with pycaffe's names and behaviour (BVLC Caffe's python/caffe):
   `forward_backward_all`, `reshape`, `copy_from`, `save`, `save_hdf5`, `load_hdf5`, `share_with`,
   `clear_param_diffs`, `set_input_arrays` (MemoryData), and the before/after forward/backward callbacks
   (`netcompress.pycaffe.net` says how the numpy arrays stay coherent with the net's tensors);
+- `caffe.SGDSolver`, `NesterovSolver`, `AdaGradSolver`, `RMSPropSolver`, `AdaDeltaSolver`, `AdamSolver`,
+  `caffe.get_solver` (`netcompress.pycaffe.solver`);
 - `caffe.io` (Transformer, load_image with Pillow, resize_image, oversample, BlobProto and Datum conversions),
-  `caffe.proto.caffe_pb2`, `caffe.TRAIN` / `caffe.TEST`, `caffe.Layer` for Python layers;
+  `caffe.Classifier`, `caffe.proto.caffe_pb2`, `caffe.TRAIN` / `caffe.TEST`, `caffe.Layer` for Python layers;
 - `set_mode_cpu`, `set_mode_gpu`, `set_device` (the device of nets and solvers created afterwards),
   `set_random_seed`, `init_log`, `log`, `layer_type_list`, `Timer`, and the solver count/rank functions of a
   single process.
 
-Not yet here: the solvers. Not here: `caffe.NetSpec` / `caffe.layers` / `caffe.params` /
-`caffe.to_proto` (net_spec: write the prototxt instead) and `caffe.Detector` (it needs selective-search
-windows): using them raises NotImplementedError. `caffe.draw` is not provided.
+Not here: `caffe.NetSpec` / `caffe.layers` / `caffe.params` / `caffe.to_proto` (net_spec: write the prototxt
+instead), `caffe.Detector` (it needs selective-search windows) and `caffe.NCCL` (multi-GPU training from Python;
+use `netcompress train --gpu 0,1`): using them raises NotImplementedError. `caffe.draw` is not provided.
 
 A Caffe *Python layer* module that does `import caffe` gets this package where no other `caffe` is imported
 (`install_as_caffe`, used by layers/python.py), `caffe.io` and `caffe.proto` included.
@@ -33,12 +35,16 @@ from ..proto import caffe_pb2
 from . import io
 from ._base import (TEST, TRAIN, Blob, BlobVec, Layer, set_device, set_mode_cpu, set_mode_gpu,
                     set_random_seed)
+from .classifier import Classifier
 from .net import Net
+from .solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NCCL, NesterovSolver, RMSPropSolver, SGDSolver,
+                     Solver, get_solver)
 
-__all__ = ["Net", "Blob", "BlobVec", "Layer", "TRAIN", "TEST", "Timer", "io", "proto", "set_mode_cpu",
-           "set_mode_gpu", "set_device", "set_random_seed",
+__all__ = ["Net", "Blob", "BlobVec", "Layer", "TRAIN", "TEST", "Solver", "SGDSolver", "NesterovSolver",
+           "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "get_solver", "NCCL", "Timer",
+           "Classifier", "io", "proto", "set_mode_cpu", "set_mode_gpu", "set_device", "set_random_seed",
            "init_log", "log", "layer_type_list", "solver_count", "set_solver_count", "solver_rank",
-           "set_solver_rank", "set_multiprocess", "install_as_caffe"]
+           "set_solver_rank", "set_multiprocess", "has_nccl", "install_as_caffe"]
 
 __version__ = "1.0.0"  # the BVLC Caffe release whose Python interface this follows
 
@@ -83,6 +89,11 @@ def set_solver_rank(rank: int) -> None:
 
 def set_multiprocess(multiprocess: bool) -> None:
     _solver["multiprocess"] = bool(multiprocess)
+
+
+def has_nccl() -> bool:
+    """False: pycaffe's NCCL interface is not provided."""
+    return False
 
 
 class Timer:

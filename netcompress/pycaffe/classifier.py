@@ -1,0 +1,60 @@
+"""`caffe.Classifier`: a TEST net that classifies H x W x K images (scaled, center-cropped or oversampled)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from . import io as caffe_io
+from ._base import TEST
+from .net import Net
+
+__all__ = ["Classifier"]
+
+
+class Classifier(Net):
+    """pycaffe's Classifier: `Classifier(model_file, pretrained_file, image_dims=None, mean=None,
+    input_scale=None, raw_scale=None, channel_swap=None)`. Images are resized to `image_dims` (default: the
+    input's size), cropped to the input's size, and preprocessed by a `caffe.io.Transformer` (transpose to
+    K x H x W, then the given channel swap, raw scale, mean and input scale)."""
+
+    def __init__(self, model_file, pretrained_file, image_dims: Sequence[int] | None = None,
+                 mean: np.ndarray | None = None, input_scale: float | None = None, raw_scale: float | None = None,
+                 channel_swap: Sequence[int] | None = None):
+        super().__init__(model_file, TEST, weights=pretrained_file)
+        in_ = self.inputs[0]
+        self.transformer = caffe_io.Transformer({in_: self.blobs[in_].data.shape})
+        self.transformer.set_transpose(in_, (2, 0, 1))
+        if mean is not None:
+            self.transformer.set_mean(in_, mean)
+        if input_scale is not None:
+            self.transformer.set_input_scale(in_, input_scale)
+        if raw_scale is not None:
+            self.transformer.set_raw_scale(in_, raw_scale)
+        if channel_swap is not None:
+            self.transformer.set_channel_swap(in_, channel_swap)
+        self.crop_dims = np.array(self.blobs[in_].data.shape[2:])
+        self.image_dims = self.crop_dims if not image_dims else image_dims
+
+    def predict(self, inputs: Sequence[np.ndarray], oversample: bool = True) -> np.ndarray:
+        """Class probabilities (N x C) of N images (each H x W x K): with `oversample`, the mean over the ten
+        crops of `caffe.io.oversample`; otherwise of the center crop."""
+        h, w = (int(d) for d in self.image_dims)
+        scaled = np.zeros((len(inputs), h, w, inputs[0].shape[2]), dtype=np.float32)
+        for i, im in enumerate(inputs):
+            scaled[i] = caffe_io.resize_image(im, (h, w))
+        if oversample:
+            crops = caffe_io.oversample(scaled, self.crop_dims)
+        else:
+            center = np.array([h, w]) / 2.0
+            lo = (center - self.crop_dims / 2.0).astype(int)
+            hi = (center + self.crop_dims / 2.0).astype(int)
+            crops = scaled[:, lo[0]:hi[0], lo[1]:hi[1], :]
+        in_ = self.inputs[0]
+        caffe_in = np.zeros((len(crops), crops.shape[3], crops.shape[1], crops.shape[2]), dtype=np.float32)
+        for i, crop in enumerate(crops):
+            caffe_in[i] = self.transformer.preprocess(in_, crop)
+        predictions = self.forward_all(**{in_: caffe_in})[self.outputs[0]]
+        if oversample:
+            predictions = predictions.reshape((len(predictions) // 10, 10, -1)).mean(1)
+        return predictions

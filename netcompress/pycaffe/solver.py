@@ -1,0 +1,202 @@
+"""pycaffe's solvers (`caffe.SGDSolver(path)`, ..., `caffe.get_solver(path)`) over netcompress's Solver.
+
+The training itself is netcompress's Solver (Caffe's loop, update rules and snapshots); these classes give it
+pycaffe's interface: `net` and `test_nets` are `caffe.Net`s (blobs and params as numpy arrays), `step(n)`,
+`solve(resume_file)`, `iter`, `restore`, `snapshot`, `apply_update`, `param`, `lr`, `add_callback`,
+`share_weights`. As in pycaffe, the class decides the update rule (`caffe.AdamSolver(path)` runs Adam whatever the
+file's `type`); `get_solver` takes the file's. The device is the module's mode (`caffe.set_mode_gpu()`), not the
+file's `solver_mode`, as pycaffe's.
+
+Around every call the nets' numpy side is made coherent: what a script wrote into an input blob, a DummyData
+constant top or (on a GPU) a parameter reaches the nets first, and afterwards the blobs hold the last forward's
+values. The solver's backward keeps only the parameters' gradients, so after `step` the activations' `.diff`
+arrays are not those of the last iteration (run `net.backward()` for them).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from ..proto import caffe_pb2 as pb
+from . import _base
+from .net import Net, _check_file
+
+__all__ = ["Solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver",
+           "AdamSolver", "get_solver", "NCCL"]
+
+
+class Solver:
+    """A solver from a solver prototxt (see the module docstring)."""
+
+    _solver_type: str | None = None  # the update rule this class runs; None: the file's `type`
+
+    def __init__(self, solver_file):
+        from .. import io as ncio
+        from ..solvers import Solver as CoreSolver
+
+        if isinstance(solver_file, pb.SolverParameter):
+            sp, source = solver_file, None
+        else:
+            source = _check_file(solver_file)
+            sp = ncio.read_solver(source)
+        if self._solver_type is not None:
+            sp.type = self._solver_type
+        self._core = CoreSolver(sp, device=_base.device(), source=source)
+        self._wrappers: dict[int, tuple[Any, Net]] = {}
+
+    # -- nets ---------------------------------------------------------------------------------------------------
+    def _wrap(self, core_net) -> Net:
+        held = self._wrappers.get(id(core_net))
+        if held is None or held[0] is not core_net:
+            held = (core_net, Net(None, _core=core_net, _owner=self))
+            self._wrappers[id(core_net)] = held
+        return held[1]
+
+    @property
+    def net(self) -> Net:
+        """The TRAIN net."""
+        return self._wrap(self._core.net)
+
+    @property
+    def test_nets(self) -> list[Net]:
+        """The TEST nets, which share the TRAIN net's weights."""
+        return [self._wrap(n) for n in self._core.test_nets]
+
+    def _nets(self) -> list[Net]:
+        return [self.net, *self.test_nets]
+
+    def _before(self) -> None:
+        for net in self._nets():
+            if any(net._callbacks.values()):
+                raise NotImplementedError(
+                    "net callbacks (before_forward, after_forward, before_backward, after_backward) run in "
+                    "net.forward() and net.backward() here; the solver's own iterations do not call them")
+            net._flush()
+            net._feed_inputs()
+
+    def _after(self) -> None:
+        for net in self._nets():
+            net._after_core_run()
+
+    # -- pycaffe's Solver -----------------------------------------------------------------------------------------
+    @property
+    def iter(self) -> int:
+        return self._core.iter
+
+    @property
+    def param(self) -> pb.SolverParameter:
+        """The SolverParameter in use (changes, e.g. to base_lr, apply from the next iteration)."""
+        return self._core.param
+
+    @property
+    def lr(self) -> float:
+        """The current iteration's learning rate (SGDSolver::GetLearningRate)."""
+        return self._core.learning_rate()
+
+    def step(self, iters: int) -> None:
+        """Run `iters` iterations (tests and snapshots at their intervals, as in Caffe)."""
+        self._before()
+        try:
+            self._core.step(int(iters))
+        finally:
+            self._after()
+
+    def solve(self, resume_file: str | None = None) -> None:
+        """Train to max_iter, first restoring `resume_file` (a .solverstate) if given."""
+        self._before()
+        try:
+            self._core.solve(None if resume_file is None else os.fspath(resume_file))
+        finally:
+            self._after()
+
+    def restore(self, state_file) -> None:
+        """Resume from a .solverstate: the weights, the iteration and the update history."""
+        self._before()
+        self._core.restore(_check_file(state_file))
+        self._after()
+
+    def snapshot(self) -> None:
+        """Write <snapshot_prefix>_iter_<iter>.caffemodel and .solverstate."""
+        self._before()
+        self._core.snapshot()
+
+    def apply_update(self) -> None:
+        """Caffe's ApplyUpdate on the current parameter diffs: the rate, clipping, regularization, the rule's
+        update value, w -= update (the iteration is not advanced)."""
+        self._before()
+        self._core.apply_update()
+        self._after()
+
+    def share_weights(self, net: Net) -> None:
+        """`net` shares this solver's TRAIN-net weights (by layer name)."""
+        net.share_with(self.net)
+
+    def add_callback(self, on_start: Callable[[], Any], on_gradients_ready: Callable[[], Any]) -> None:
+        """`on_start()` when training starts, `on_gradients_ready()` after each iteration's backward passes,
+        before the update."""
+        from ..solvers.callbacks import TrainingCallback
+
+        class _Callback(TrainingCallback):
+            def on_start(self, solver) -> None:
+                on_start()
+
+            def before_update(self, solver) -> None:
+                on_gradients_ready()
+
+        self._core.add_callback(_Callback())
+
+    @property
+    def netcompress_solver(self):
+        """The netcompress Solver underneath."""
+        return self._core
+
+
+class SGDSolver(Solver):
+    _solver_type = "SGD"
+
+
+class NesterovSolver(SGDSolver):
+    _solver_type = "Nesterov"
+
+
+class AdaGradSolver(SGDSolver):
+    _solver_type = "AdaGrad"
+
+
+class RMSPropSolver(SGDSolver):
+    _solver_type = "RMSProp"
+
+
+class AdaDeltaSolver(SGDSolver):
+    _solver_type = "AdaDelta"
+
+
+class AdamSolver(SGDSolver):
+    _solver_type = "Adam"
+
+
+_BY_TYPE = {cls._solver_type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,
+                                               AdaDeltaSolver, AdamSolver)}
+
+
+def get_solver(solver_file) -> Solver:
+    """The solver of the file's `type` (SolverRegistry::CreateSolver)."""
+    from .. import io as ncio
+
+    path = _check_file(solver_file)
+    sp = ncio.read_solver(path)
+
+    return _BY_TYPE.get(sp.type, Solver)(path)
+
+
+class NCCL:
+    """pycaffe's multi-GPU NCCL helper: not available (netcompress trains on several GPUs with
+    `netcompress train --gpu ...`, torch.distributed)."""
+
+    def __init__(self, *args, **kwargs):
+        raise NotImplementedError("caffe.NCCL (multi-GPU training from Python) is not provided; run "
+                                  "`netcompress train` with several GPUs instead")
+
+    @staticmethod
+    def new_uid():
+        raise NotImplementedError("caffe.NCCL is not provided")
