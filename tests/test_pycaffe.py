@@ -538,7 +538,16 @@ def test_resize_image_is_scikit_images_bilinear_with_a_zero_border():
     assert np.array_equal(caffe.io.resize_image(np.full((3, 3, 3), 0.4), (5, 2)), np.full((5, 2, 3), 0.4, np.float32))
     # the value range is kept: scaled to [0, 1] for the interpolation and back
     np.testing.assert_allclose(caffe.io.resize_image(im * 200 + 10, (4, 4)), out * 200 + 10, rtol=1e-5)
-    assert caffe.io.resize_image(np.random.rand(4, 4, 5), (8, 6)).shape == (8, 6, 5)  # scipy's zoom
+
+
+def test_resize_image_of_other_channel_counts_needs_scipy(monkeypatch):
+    im = np.random.default_rng(0).random((4, 4, 5))
+    monkeypatch.setitem(sys.modules, "scipy.ndimage", None)  # as if scipy were not installed
+    with pytest.raises(ImportError, match=r"an image of 5 channels is resized by scipy.ndimage.zoom.*pip install"):
+        caffe.io.resize_image(im, (8, 6))
+    monkeypatch.undo()
+    pytest.importorskip("scipy.ndimage", reason="scipy is not a netcompress dependency")
+    assert caffe.io.resize_image(im, (8, 6)).shape == (8, 6, 5)  # scipy's zoom, as pycaffe
 
 
 def test_oversample_crops_and_mirrors():

@@ -22,7 +22,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .. import pycaffe
 from ..proto import caffe_pb2 as pb
 from .base import Layer, LayerContext, Shape, register_layer
 
@@ -35,6 +34,7 @@ def _np_dtype(dtype: torch.dtype) -> np.dtype:
 def _import_layer_module(layer: Layer, module: str) -> Any:
     """The module `module`, imported with the current directory on the path and netcompress.pycaffe as
     `caffe` where no other `caffe` is imported (an installed pycaffe would need Caffe's C++ library)."""
+    pycaffe = _pycaffe()
     pycaffe.install_as_caffe()
     here = os.getcwd()
     added = here not in sys.path
@@ -56,7 +56,15 @@ def _import_layer_module(layer: Layer, module: str) -> Any:
             sys.path.remove(here)
 
 
-def _blob_from(t: torch.Tensor, blob: pycaffe.Blob) -> None:
+def _pycaffe():
+    """netcompress.pycaffe, imported when a Python layer is built: it sits above the net (caffe.Net, the solvers),
+    so this module, below the net, does not import it at load time."""
+    from .. import pycaffe
+
+    return pycaffe
+
+
+def _blob_from(t: torch.Tensor, blob) -> None:
     blob.reshape(*t.shape)
     np.copyto(blob.data, t.detach().to("cpu", copy=False).numpy(), casting="unsafe")
 
@@ -72,6 +80,7 @@ class PythonLayer(Layer):
             raise self.error("python_param needs both module and layer (the module to import and the class in it)")
         # share_in_parallel (one layer object for Caffe's GPU solver threads) needs nothing here: every process
         # of a distributed run builds its own nets and layers.
+        pycaffe = _pycaffe()
         mod = _import_layer_module(self, pp.module)
         cls = getattr(mod, pp.layer, None)
         if not isinstance(cls, type):

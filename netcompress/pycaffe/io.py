@@ -4,7 +4,8 @@ Images are read with Pillow instead of scikit-image, to the same result: float32
 H x W x 1, grayscale through scikit-image's weights (0.2125, 0.7154, 0.0721). `resize_image` interpolates as
 scikit-image's `resize(..., order, mode='constant')` did in Caffe's time (before scikit-image 0.15: no Gaussian
 smoothing before a downsampling; pixels outside the image count as 0), orders 0 and 1 here; images of other
-than 1 or 3 channels go through scipy's `ndimage.zoom`, as in pycaffe.
+than 1 or 3 channels go through scipy's `ndimage.zoom`, as in pycaffe (scipy is then needed: it is no
+dependency of netcompress, and without it such a call says so).
 
 Differences from pycaffe's io: `Transformer.preprocess` never writes into the caller's array (pycaffe's scales a
 float32 image in place when it needs no resize and no channel swap), and `load_image` reads the first frame of
@@ -317,7 +318,11 @@ def resize_image(im: np.ndarray, new_dims: Sequence[int], interp_order: int = 1)
             ret.fill(im_min)
             return ret
     else:
-        from scipy.ndimage import zoom
+        try:
+            from scipy.ndimage import zoom
+        except ImportError:
+            raise ImportError(f"resize_image: an image of {im.shape[-1]} channels is resized by scipy.ndimage.zoom, "
+                              f"as pycaffe does; install scipy (pip install scipy) for it") from None
 
         scale = tuple(np.array(new_dims, dtype=float) / np.array(im.shape[:2]))
         resized = zoom(im, scale + (1,), order=interp_order)
