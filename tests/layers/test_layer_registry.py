@@ -36,3 +36,10 @@ def test_unknown_and_duplicate_types():
         create_layer(p, [(2,)], LayerContext())
     with pytest.raises(NetDefinitionError, match="'ReLU' is registered twice"):
         register_layer("ReLU")(type("AnotherReLU", (Layer,), {}))
+
+
+def test_the_one_bvlc_type_not_run_says_what_to_do_instead():
+    p = text_format.Parse('name: "w" type: "WindowData" top: "data" top: "label"', pb.LayerParameter())
+    with pytest.raises(NetDefinitionError, match=r"Layer type 'WindowData': R-CNN's window-file data layer is not "
+                                                 r"implemented in netcompress; crop the windows into an LMDB"):
+        create_layer(p, [], LayerContext())
