@@ -3,29 +3,6 @@ builds and trains, as in Caffe (issue 21, point 10)."""
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-from pathlib import Path
-
-import pytest
-
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-@pytest.fixture
-def mnist_folder(tmp_path):
-    """A folder laid out like the repository root: examples/mnist and data/ with the digits."""
-    from netcompress.data.mnist5k import ensure_mnist5k
-
-    ensure_mnist5k(str(tmp_path / "data"))
-    shutil.copytree(EXAMPLES / "mnist", tmp_path / "examples" / "mnist")
-    old = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        yield tmp_path
-    finally:
-        os.chdir(old)
 
 
 def test_autoencoder_builds_and_trains(mnist_folder, caplog):
