@@ -24,6 +24,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _has_per_forward_steps(net) -> bool:
+    """Whether a layer of `net` acts on the solver iteration in its TRAIN forwards (its `set_iteration` or
+    `before_train_forward` hook: DNS surgery, INQ stages), which `time` runs at one iteration; the hint about
+    that iteration is only worth giving for such nets."""
+    from .layers.base import Layer
+
+    return any(type(layer).set_iteration is not Layer.set_iteration
+               or type(layer).before_train_forward is not Layer.before_train_forward
+               for layer in net.layers.values())
+
+
 def time_net(net, iterations: int = 50, iteration: int = 0) -> dict:
     """Time `iterations` forward+backward passes, then each layer's forward and backward.
 
@@ -50,7 +61,7 @@ def time_net(net, iterations: int = 50, iteration: int = 0) -> dict:
     try:
         forward_pass(net, train)
     except NetcompressError as e:
-        if train and e.args and isinstance(e.args[0], str):
+        if train and e.args and isinstance(e.args[0], str) and _has_per_forward_steps(net):
             e.args = (f"{e.args[0]} [time runs a TRAIN net's per-forward steps at solver iteration {iteration}, as "
                       "Caffe's fork does in Forward: give --weights of a trained model, --iteration N past the "
                       "layer's step, or --phase TEST]",) + e.args[1:]

@@ -251,3 +251,19 @@ def test_the_commands_import_layer_modules_from_the_current_directory(layer_dir,
         'name: "py" input: "data" input_shape { dim: 2 dim: 3 }\n' + _py("ten", mod, "Times10", ["data"], ["y"]))
     assert cli_main(["time", "--model", "net.prototxt", "--iterations", "2"]) == 0
     assert "ten\tforward:" in capsys.readouterr().err
+
+
+def test_time_gives_the_iteration_hint_only_for_nets_with_per_forward_steps(layer_dir, capsys, monkeypatch):
+    from netcompress.cli import main as cli_main
+    from netcompress.layers.python import PythonLayer
+
+    folder, mod = layer_dir
+    (folder / "net.prototxt").write_text(
+        'name: "py" input: "data" input_shape { dim: 2 dim: 3 }\n' + _py("l", mod, "Broken", ["data"], ["y"]))
+    assert cli_main(["time", "--model", "net.prototxt", "--iterations", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"{mod}.Broken forward raised ValueError: no forward today" in err
+    assert "solver iteration" not in err  # the layer's own error: no hint about DNS/INQ steps
+    monkeypatch.setattr(PythonLayer, "set_iteration", lambda self, iteration: None)  # a layer with steps
+    assert cli_main(["time", "--model", "net.prototxt", "--iterations", "1"]) == 1
+    assert "[time runs a TRAIN net's per-forward steps at solver iteration 0" in capsys.readouterr().err
