@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..data.transformer import array_to_datum as _array_to_datum, datum_to_array as _datum_to_array
 from ..proto import caffe_pb2
 
 __all__ = ["blobproto_to_array", "array_to_blobproto", "arraylist_to_blobprotovector_str",
@@ -63,29 +64,24 @@ def blobprotovector_str_to_arraylist(s: bytes) -> list[np.ndarray]:
 
 
 def array_to_datum(arr: np.ndarray, label: int | None = None) -> caffe_pb2.Datum:
-    """A Datum of a C x H x W array: uint8 values as the `data` bytes, other types as `float_data`."""
+    """A Datum of a C x H x W array: uint8 values as the `data` bytes, other types as `float_data`
+    (netcompress.data.transformer's, as Caffe's tools write it); the label left unset without one, as pycaffe."""
     arr = np.asarray(arr)
     if arr.ndim != 3:
         raise ValueError(f"Incorrect array shape: a Datum holds a 3-D (channels, height, width) array, got shape "
                          f"{list(arr.shape)}")
-    datum = caffe_pb2.Datum()
-    datum.channels, datum.height, datum.width = (int(d) for d in arr.shape)
-    if arr.dtype == np.uint8:
-        datum.data = arr.tobytes()
-    else:
-        datum.float_data.extend(arr.astype(float).flat)
-    if label is not None:
-        datum.label = label
+    datum = _array_to_datum(arr, 0 if label is None else label)
+    if label is None:
+        datum.ClearField("label")
     return datum
 
 
 def datum_to_array(datum: caffe_pb2.Datum) -> np.ndarray:
-    """The Datum's values as a C x H x W array: uint8 from `data`, else float64 from `float_data` (the label is
+    """The Datum's values as a C x H x W array (netcompress.data.transformer's reading, with its checks): uint8
+    from `data`, a writable copy; float64 from `float_data`, as pycaffe returns them (the label is
     `datum.label`)."""
-    shape = (datum.channels, datum.height, datum.width)
-    if len(datum.data):
-        return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape).copy()
-    return np.array(datum.float_data, dtype=np.float64).reshape(shape)
+    arr = _datum_to_array(datum)
+    return arr.copy() if arr.dtype == np.uint8 else arr.astype(np.float64)
 
 
 # ----------------------------------------------------------------------------------------------------------------
