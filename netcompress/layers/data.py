@@ -776,8 +776,6 @@ class HDF5OutputLayer(Layer):
                         if name in h:
                             h[name].resize(lengths.get(name, 0), axis=0)
                     raise
-        except NetDefinitionError:
-            raise
         except OSError as e:
             raise self.error(f"Failed to write HDF5 file {self.file_name}: {e}") from None
 
