@@ -30,11 +30,11 @@ COMMANDS: dict[str, Command] = {
                     "versions, how the extension was built (CUDA kernels or not, and why), threads, devices"),
     # Caffe's data tools
     "convert_mnist": Command("netcompress.data.tools:convert_mnist_main",
-                             "convert MNIST IDX files to an LMDB (Caffe's convert_mnist_data)"),
+                             "convert MNIST IDX files to an LMDB or LevelDB (Caffe's convert_mnist_data)"),
     "convert_imageset": Command("netcompress.data.tools:convert_imageset_main",
-                                "convert an image list to an LMDB (Caffe's convert_imageset)"),
+                                "convert an image list to an LMDB or LevelDB (Caffe's convert_imageset)"),
     "compute_image_mean": Command("netcompress.data.tools:compute_image_mean_main",
-                                  "compute the mean image of an LMDB (Caffe's compute_image_mean)"),
+                                  "compute the mean image of an LMDB or LevelDB (Caffe's compute_image_mean)"),
     "mnist5k": Command("netcompress.data.tools:mnist5k_main",
                        "write the embedded 5,000 real MNIST digits as train/test LMDBs"),
     # the reference fork's compression scripts

@@ -1,4 +1,4 @@
-"""LMDB access for Caffe databases: a positional reader and an atomic, growing writer.
+"""Caffe's databases, LMDB and LevelDB: positional readers and atomic writers.
 
 Caffe's Data layer walks its database with a cursor in key order and wraps to the first record at
 the end; `LmdbReader.value_at(i)` reads the i-th record in that order, moving a cursor forward
@@ -6,6 +6,13 @@ the end; `LmdbReader.value_at(i)` reads the i-th record in that order, moving a 
 `LmdbWriter` builds a new database in a temporary sibling folder, doubling LMDB's map size
 whenever it fills (as Caffe's LMDB transaction does), and renames the folder into place on
 `close`, so a database that exists is complete.
+
+`LeveldbReader` and `LeveldbWriter` do the same for LevelDB (Caffe's default backend) through the
+`plyvel` package, an optional dependency (`pip install plyvel`, or netcompress's `leveldb` extra),
+with Caffe's LevelDB options (64 KiB blocks, a 256 MiB write buffer, snappy compression where the
+library has it). LevelDB stores no record count, so a reader counts the keys once when it opens,
+and it lets one process at a time open a database: a process's readers share one handle.
+`resolve_backend`, `open_reader` and `open_writer` choose between the two.
 """
 from __future__ import annotations
 
@@ -21,8 +28,13 @@ from ..proto import caffe_pb2 as pb
 
 log = get_logger("data")
 
-__all__ = ["DataError", "lmdb_module", "open_lmdb", "is_lmdb", "is_leveldb", "check_backend",
-           "LmdbReader", "LmdbWriter", "lmdb_entries"]
+__all__ = ["DataError", "LMDB", "LEVELDB", "lmdb_module", "plyvel_module", "open_lmdb", "is_lmdb",
+           "is_leveldb", "resolve_backend", "backend_name", "open_reader", "open_writer", "LmdbReader",
+           "LmdbWriter", "LeveldbReader", "LeveldbWriter", "lmdb_entries"]
+
+LMDB, LEVELDB = "lmdb", "leveldb"
+_KIND = {LMDB: "LMDB", LEVELDB: "LevelDB"}
+_A_KIND = {LMDB: "an LMDB", LEVELDB: "a LevelDB"}
 
 
 class DataError(NetcompressError):
@@ -37,6 +49,15 @@ def lmdb_module():
     return lmdb
 
 
+def plyvel_module():
+    try:
+        import plyvel
+    except ImportError as e:
+        raise DataError("reading or writing LevelDB needs the 'plyvel' package: pip install plyvel "
+                        "(or pip install 'netcompress[leveldb]'); or convert the database to LMDB") from e
+    return plyvel
+
+
 def is_lmdb(path: str) -> bool:
     """Whether `path` is an LMDB environment (a folder with data.mdb, or the data file itself)."""
     return os.path.isfile(os.path.join(path, "data.mdb")) or (
@@ -47,22 +68,55 @@ def is_leveldb(path: str) -> bool:
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, "CURRENT")) and not is_lmdb(path)
 
 
-def check_backend(source: str, backend: int | None, who: str) -> None:
-    """Refuse LevelDB clearly. `backend` is None when the prototxt leaves it unset.
+def backend_name(backend: str | int | None) -> str | None:
+    """"lmdb" / "leveldb" from a `DataParameter.DB` value or a command-line spelling; None stays None."""
+    if backend is None:
+        return None
+    if isinstance(backend, int):
+        return {pb.DataParameter.LMDB: LMDB, pb.DataParameter.LEVELDB: LEVELDB}[backend]
+    name = str(backend).lower()
+    if name not in _KIND:
+        raise DataError(f"unknown database backend '{backend}' (expected lmdb or leveldb)")
+    return name
 
-    Caffe's default backend is LEVELDB; a prototxt that omits `backend` but points at an LMDB is
-    read as LMDB, which is what its author meant.
+
+def resolve_backend(source: str, backend: str | int | None, who: str, flag: bool = False) -> str:
+    """The backend to read `source` with: "lmdb" or "leveldb".
+
+    `backend` is the prototxt's `DataParameter.DB` value (or "lmdb"/"leveldb"), None when the
+    prototxt leaves it unset. Caffe's default is LEVELDB; an unset backend is taken from what the
+    folder holds, so a prototxt that omits it but points at an LMDB reads the LMDB its author meant.
+    A backend that names the other kind of database than the folder holds is an error that says so
+    (in a command's `--backend=` spelling where `flag`).
     """
-    msg = (f"{who}: LevelDB is not supported (source '{source}'); convert the database to LMDB "
-           "(e.g. Caffe's convert_imageset/convert_mnist_data with --backend=lmdb) and set "
-           "'backend: LMDB'")
-    if backend == pb.DataParameter.LEVELDB or (backend is None and is_leveldb(source)):
-        raise DataError(msg)
+    want = backend_name(backend)
     if not os.path.exists(source):
-        raise DataError(f"{who}: no such LMDB: '{source}' (relative paths are taken from the "
+        kind = _KIND[want] if want else "database (LMDB or LevelDB)"
+        raise DataError(f"{who}: no such {kind}: '{source}' (relative paths are taken from the "
                         f"current directory, {os.getcwd()})")
-    if not is_lmdb(source):
-        raise DataError(f"{who}: '{source}' is not an LMDB (no data.mdb inside)")
+    found = LMDB if is_lmdb(source) else LEVELDB if is_leveldb(source) else None
+    if found is None:
+        kind = _KIND[want] if want else "LMDB or a LevelDB"
+        raise DataError(f"{who}: '{source}' is not an {kind} (an LMDB folder holds data.mdb, a "
+                        "LevelDB folder CURRENT)")
+    if want is not None and want != found:
+        if flag:
+            raise DataError(f"{who}: --backend={want} but '{source}' is {_A_KIND[found]}; give "
+                            f"--backend={found} (or leave --backend out: the folder says which)")
+        raise DataError(f"{who}: 'backend: {want.upper()}' but '{source}' is {_A_KIND[found]}; set "
+                        f"'backend: {found.upper()}' (or leave backend out: the folder says which)")
+    return found
+
+
+def open_reader(source: str, backend: str | int | None = None, who: str = "database", flag: bool = False):
+    """A positional reader (`LmdbReader` or `LeveldbReader`) of `source`; see `resolve_backend`."""
+    kind = resolve_backend(source, backend, who, flag)
+    return LmdbReader(source) if kind == LMDB else LeveldbReader(source)
+
+
+def open_writer(path: str, backend: str = LMDB, **kwargs):
+    """An atomic writer (`LmdbWriter` or `LeveldbWriter`) of a new database at `path`."""
+    return LmdbWriter(path, **kwargs) if backend_name(backend) == LMDB else LeveldbWriter(path, **kwargs)
 
 
 # LMDB forbids opening one environment twice in a process, so read-only environments are shared
@@ -113,6 +167,8 @@ def lmdb_entries(path: str) -> int:
 
 class LmdbReader:
     """Records of an LMDB by position in key order. One cursor per thread that reads."""
+
+    kind = "LMDB"
 
     def __init__(self, path: str):
         self.path = path
@@ -225,6 +281,185 @@ class LmdbWriter:
                 shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> "LmdbWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+# ----------------------------------------------------------------------------------------------
+# LevelDB
+# ----------------------------------------------------------------------------------------------
+
+# Caffe's LevelDB options (db_leveldb.cpp): 64 KiB blocks, a 256 MiB write buffer, at most 100
+# open files; LevelDB's default compression (snappy) is kept.
+_LEVELDB_OPTIONS = dict(block_size=65536, write_buffer_size=268435456, max_open_files=100)
+
+
+class _LeveldbHandle:
+    """One open plyvel DB, shared by a process's readers of that folder (LevelDB's lock admits one
+    opener) and closed when the last reader lets go (plyvel's DB cannot be weakly referenced)."""
+
+    __slots__ = ("db", "__weakref__")
+
+    def __init__(self, db):
+        self.db = db
+
+    def __del__(self):
+        try:
+            self.db.close()
+        except Exception:  # pragma: no cover - closing at interpreter exit
+            pass
+
+
+_LEVELDB_SHARED: "weakref.WeakValueDictionary[tuple, _LeveldbHandle]" = weakref.WeakValueDictionary()
+
+
+def _leveldb_error(path: str, e: Exception) -> DataError:
+    msg = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+    if "LOCK" in msg and ("unavailable" in msg or "held" in msg):
+        return DataError(f"cannot open LevelDB '{path}': another process has it open (LevelDB admits "
+                         f"one process at a time; LMDB many) ({msg})")
+    return DataError(f"cannot open LevelDB '{path}': {msg}")
+
+
+def open_leveldb(path: str) -> _LeveldbHandle:
+    """The process's shared handle of an existing LevelDB (opened for reading)."""
+    plyvel = plyvel_module()
+    path = os.fspath(path)
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_dev, st.st_ino)
+    with _SHARED_LOCK:
+        handle = _LEVELDB_SHARED.get(key)
+        if handle is None:
+            try:
+                handle = _LeveldbHandle(plyvel.DB(path, create_if_missing=False, **_LEVELDB_OPTIONS))
+            except plyvel.Error as e:
+                raise _leveldb_error(path, e) from None
+            _LEVELDB_SHARED[key] = handle
+        return handle
+
+
+class LeveldbReader:
+    """Records of a LevelDB by position in key order, as `LmdbReader`. One iterator per thread;
+    the record count is the keys counted once at opening."""
+
+    kind = "LevelDB"
+
+    def __init__(self, path: str):
+        self.path = os.fspath(path)
+        self._handle = open_leveldb(self.path)
+        self.db = self._handle.db
+        n = 0
+        with self.db.snapshot() as snap, snap.iterator(include_value=False) as it:
+            for _ in it:
+                n += 1
+        self.num_records = n
+        self._local = threading.local()
+
+    def _iterator(self):
+        st = self._local
+        if getattr(st, "it", None) is None:
+            st.it = self.db.iterator()
+            st.pos, st.item = -1, None
+        return st
+
+    def item_at(self, index: int) -> tuple[bytes, bytes]:
+        """(key, value) of the record at `index` (0 <= index < num_records) in key order."""
+        if not 0 <= index < self.num_records:
+            raise IndexError(f"record {index} of LevelDB '{self.path}' ({self.num_records} records)")
+        st = self._iterator()
+        if index < st.pos:
+            st.it.seek_to_start()
+            st.pos = -1
+        while st.pos < index:
+            try:
+                st.item = next(st.it)
+            except StopIteration:
+                raise DataError(f"LevelDB '{self.path}' ended at record {st.pos + 1}, {self.num_records} "
+                                "were counted when it was opened (was it modified while open?)") from None
+            st.pos += 1
+        return st.item
+
+    def value_at(self, index: int) -> bytes:
+        return self.item_at(index)[1]
+
+    def first_value(self) -> bytes:
+        with self.db.iterator(include_key=False) as it:
+            for value in it:
+                return value
+        raise DataError(f"LevelDB '{self.path}' is empty")
+
+
+class LeveldbWriter:
+    """Write a new LevelDB at `path` atomically (temporary folder, then rename), as `LmdbWriter`.
+
+    Args:
+        path: the database folder to create; it must not exist (as in Caffe).
+        commit_every: records per write batch (Caffe's tools write every 1,000).
+        map_size: accepted for `LmdbWriter`'s signature; LevelDB has no map.
+    """
+
+    def __init__(self, path: str, commit_every: int = 1000, map_size: int | None = None):
+        plyvel = plyvel_module()
+        self.path = os.fspath(path)
+        if os.path.exists(self.path):
+            raise DataError(f"cannot create LevelDB '{self.path}': it already exists (remove it first)")
+        parent = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(parent, exist_ok=True)
+        self._tmp = tempfile.mkdtemp(prefix="." + os.path.basename(self.path) + ".", suffix=".tmp",
+                                     dir=parent)
+        os.chmod(self._tmp, 0o755)
+        try:
+            self._db = plyvel.DB(self._tmp, create_if_missing=True, **_LEVELDB_OPTIONS)
+        except plyvel.Error as e:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise _leveldb_error(self.path, e) from None
+        self.commit_every = int(commit_every)
+        self._pending: list[tuple[bytes, bytes]] = []
+        self.count = 0
+        self._closed = False
+
+    def put(self, key: bytes | str, value: bytes) -> None:
+        if isinstance(key, str):
+            key = key.encode()
+        self._pending.append((key, bytes(value)))
+        self.count += 1
+        if len(self._pending) >= self.commit_every:
+            self.commit()
+
+    def commit(self) -> None:
+        if self._pending:
+            with self._db.write_batch() as batch:
+                for k, v in self._pending:
+                    batch.put(k, v)
+            self._pending.clear()
+
+    def close(self) -> str:
+        """Write what is pending and move the database into place. Returns its path."""
+        if self._closed:
+            return self.path
+        self.commit()
+        self._db.close()
+        self._closed = True
+        if os.path.exists(self.path):
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise DataError(f"cannot create LevelDB '{self.path}': it appeared while writing")
+        os.rename(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self._db.close()
+            finally:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> "LeveldbWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -2,8 +2,8 @@
 
 Each tool is a function and a `*_main(argv) -> int` entry point taking Caffe's arguments (gflags
 spellings such as ``--gray``, ``-gray=true`` and ``--resize_height=256`` are accepted). They are
-`netcompress <name>` commands through `netcompress.commands`. Databases are LMDB only (LevelDB is refused) and are
-written atomically (`LmdbWriter`).
+`netcompress <name>` commands through `netcompress.commands`. Databases are LMDB (the default, as in Caffe's
+tools) or LevelDB (`--backend=leveldb`, through the optional plyvel package) and are written atomically.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import NetcompressError
 from ..log import get_logger, setup_logging
 from ..proto import caffe_pb2 as pb
-from .db import DataError, LmdbReader, LmdbWriter
+from .db import LMDB, DataError, backend_name, open_reader, open_writer
 from .image import encode_image, read_image
 from .transformer import datum_to_array
 
@@ -67,15 +67,16 @@ def read_idx(path: str, kind: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, count=count, offset=offset).reshape(shape)
 
 
-def convert_mnist(images: str, labels: str, db_path: str, map_size: int = 1 << 26) -> int:
-    """Caffe's convert_mnist_data: IDX images + labels -> LMDB of raw 1xHxW Datums, keys %08d."""
+def convert_mnist(images: str, labels: str, db_path: str, map_size: int = 1 << 26,
+                  backend: str = LMDB) -> int:
+    """Caffe's convert_mnist_data: IDX images + labels -> LMDB (or LevelDB) of raw 1xHxW Datums, keys %08d."""
     x = read_idx(images, "images")
     y = read_idx(labels, "labels")
     if len(x) != len(y):
         raise DataError(f"{images} holds {len(x)} images, {labels} holds {len(y)} labels")
     log.info("A total of %d items.", len(x))
     log.info("Rows: %d Cols: %d", x.shape[1], x.shape[2])
-    with LmdbWriter(db_path, map_size=map_size) as db:
+    with open_writer(db_path, backend, map_size=map_size) as db:
         datum = pb.Datum(channels=1, height=int(x.shape[1]), width=int(x.shape[2]))
         for i in range(len(x)):
             datum.data = x[i].tobytes()
@@ -97,8 +98,8 @@ def _ext(name: str) -> str:
 def convert_imageset(root_folder: str, list_file: str, db_path: str, *, gray: bool = False,
                      shuffle: bool = False, resize_height: int = 0, resize_width: int = 0,
                      check_size: bool = False, encoded: bool = False, encode_type: str = "",
-                     seed: int | None = None, map_size: int = 1 << 26) -> int:
-    """Caffe's convert_imageset: the images of a `path label` list -> LMDB of Datums.
+                     seed: int | None = None, map_size: int = 1 << 26, backend: str = LMDB) -> int:
+    """Caffe's convert_imageset: the images of a `path label` list -> LMDB (or LevelDB) of Datums.
 
     Keys are ``%08d_<path>`` (the line number before skipping unreadable images, which are
     logged and left out, as in Caffe). Raw Datums are CxHxW BGR (or 1 channel with `gray`);
@@ -120,7 +121,7 @@ def convert_imageset(root_folder: str, list_file: str, db_path: str, *, gray: bo
         encoded = True
     rh, rw = max(0, resize_height), max(0, resize_width)
     count, data_size = 0, None
-    with LmdbWriter(db_path, map_size=map_size) as db:
+    with open_writer(db_path, backend, map_size=map_size) as db:
         for line_id, (name, label) in enumerate(lines):
             path = root_folder + name
             try:
@@ -167,16 +168,17 @@ def convert_imageset(root_folder: str, list_file: str, db_path: str, *, gray: bo
 # compute_image_mean
 # ----------------------------------------------------------------------------------------------
 
-def compute_image_mean(db_path: str, out_path: str | None = None) -> tuple[np.ndarray, list[float]]:
+def compute_image_mean(db_path: str, out_path: str | None = None,
+                       backend: str | None = None) -> tuple[np.ndarray, list[float]]:
     """Caffe's compute_image_mean: the mean image (1xCxHxW float32) and per-channel means.
 
     Sums in float32 record by record, as Caffe's BlobProto accumulator does, so the result is
     Caffe's to the bit. Encoded records are decoded natively (BGR). Writes `out_path` as a
-    .binaryproto when given.
+    .binaryproto when given. `backend` ("lmdb" / "leveldb") must match the database when given.
     """
     from ..io import write_binaryproto_array
 
-    db = LmdbReader(db_path)
+    db = open_reader(db_path, backend, "compute_image_mean", flag=True)
     total = None
     shape = None
     count = 0
@@ -199,7 +201,7 @@ def compute_image_mean(db_path: str, out_path: str | None = None) -> tuple[np.nd
         if count % 10000 == 0:
             log.info("Processed %d files.", count)
     if count == 0:
-        raise DataError(f"LMDB '{db_path}' is empty")
+        raise DataError(f"{db.kind} '{db_path}' is empty")
     if count % 10000:
         log.info("Processed %d files.", count)
     mean = (total / np.float32(count)).astype(np.float32)[None]
@@ -254,14 +256,10 @@ def _bool_flag(p: argparse.ArgumentParser, name: str, help: str) -> None:
     p.add_argument(f"--no{name}", dest=name, action="store_false", help=argparse.SUPPRESS)
 
 
-def _backend(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="lmdb", help="database backend (only lmdb is supported)")
-
-
-def _check_backend_arg(backend: str) -> None:
-    if backend.lower() != "lmdb":
-        raise DataError(f"backend '{backend}' is not supported: netcompress reads and writes LMDB "
-                        "only (LevelDB is not supported; use --backend=lmdb)")
+def _backend(p: argparse.ArgumentParser, default: str | None = "lmdb") -> None:
+    p.add_argument("--backend", default=default, help=(
+        "the database's backend: lmdb or leveldb (needs the plyvel package); default: "
+        + (default or "what the folder holds")))
 
 
 def _run(prog: str, body: Callable[[], int]) -> int:
@@ -277,17 +275,16 @@ def _run(prog: str, body: Callable[[], int]) -> int:
 
 
 def convert_mnist_main(argv: list[str] | None = None) -> int:
-    """convert_mnist [--backend=lmdb] IMAGES LABELS OUTPUT_DB"""
+    """convert_mnist [--backend=lmdb|leveldb] IMAGES LABELS OUTPUT_DB"""
     def body() -> int:
         p = argparse.ArgumentParser(prog="convert_mnist", description=(
-            "Convert MNIST IDX files (optionally .gz) to the LMDB format Caffe's Data layer reads."))
+            "Convert MNIST IDX files (optionally .gz) to the LMDB (or LevelDB) format Caffe's Data layer reads."))
         p.add_argument("images", help="IDX image file, e.g. train-images-idx3-ubyte[.gz]")
         p.add_argument("labels", help="IDX label file, e.g. train-labels-idx1-ubyte[.gz]")
-        p.add_argument("db", help="output LMDB folder (must not exist)")
+        p.add_argument("db", help="output database folder (must not exist)")
         _backend(p)
         a = p.parse_args(_gflags(sys.argv[1:] if argv is None else argv, [], ["backend"]))
-        _check_backend_arg(a.backend)
-        convert_mnist(a.images, a.labels, a.db)
+        convert_mnist(a.images, a.labels, a.db, backend=backend_name(a.backend))
         return 0
     return _run("convert_mnist", body)
 
@@ -296,7 +293,7 @@ def convert_imageset_main(argv: list[str] | None = None) -> int:
     """convert_imageset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME"""
     def body() -> int:
         p = argparse.ArgumentParser(prog="convert_imageset", description=(
-            "Convert a set of images to the LMDB format used as input for Caffe. LISTFILE holds "
+            "Convert a set of images to the LMDB (or LevelDB) format used as input for Caffe. LISTFILE holds "
             "'path label' lines; ROOTFOLDER is prepended to each path as is."))
         p.add_argument("root_folder")
         p.add_argument("list_file")
@@ -313,27 +310,25 @@ def convert_imageset_main(argv: list[str] | None = None) -> int:
         bools = ["gray", "shuffle", "check_size", "encoded"]
         vals = ["encode_type", "resize_width", "resize_height", "seed", "backend"]
         a = p.parse_args(_gflags(sys.argv[1:] if argv is None else argv, bools, vals))
-        _check_backend_arg(a.backend)
         convert_imageset(a.root_folder, a.list_file, a.db, gray=a.gray, shuffle=a.shuffle,
                          resize_height=a.resize_height, resize_width=a.resize_width,
                          check_size=a.check_size, encoded=a.encoded, encode_type=a.encode_type,
-                         seed=a.seed)
+                         seed=a.seed, backend=backend_name(a.backend))
         return 0
     return _run("convert_imageset", body)
 
 
 def compute_image_mean_main(argv: list[str] | None = None) -> int:
-    """compute_image_mean [--backend=lmdb] INPUT_DB [OUTPUT_FILE]"""
+    """compute_image_mean [--backend=lmdb|leveldb] INPUT_DB [OUTPUT_FILE]"""
     def body() -> int:
         p = argparse.ArgumentParser(prog="compute_image_mean", description=(
-            "Compute the mean image of an LMDB of Datums and write it as a .binaryproto "
+            "Compute the mean image of an LMDB or LevelDB of Datums and write it as a .binaryproto "
             "(1xCxHxW); log the per-channel means."))
         p.add_argument("db")
         p.add_argument("output", nargs="?", default=None, help="output .binaryproto")
-        _backend(p)
+        _backend(p, None)
         a = p.parse_args(_gflags(sys.argv[1:] if argv is None else argv, [], ["backend"]))
-        _check_backend_arg(a.backend)
-        compute_image_mean(a.db, a.output)
+        compute_image_mean(a.db, a.output, backend=backend_name(a.backend))
         return 0
     return _run("compute_image_mean", body)
 

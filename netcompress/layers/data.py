@@ -1,4 +1,4 @@
-"""Caffe's data layers: Data (LMDB), ImageData, HDF5Data and MemoryData; and HDF5Output, which writes.
+"""Caffe's data layers: Data (LMDB or LevelDB), ImageData, HDF5Data and MemoryData; and HDF5Output, which writes.
 
 Each prefetching layer reads records on a background thread (`netcompress.data.prefetch`), up to
 `data_param.prefetch` batches ahead (0 loads synchronously in `forward`), and wraps to the first
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from google.protobuf.message import DecodeError
 
-from ..data.db import DataError, LmdbReader, check_backend
+from ..data.db import DataError, LeveldbReader, LmdbReader, open_reader
 from ..errors import FileError, NetDefinitionError
 from ..io import atomic_file, check_input_file, read_input_bytes
 from ..data.image import read_image
@@ -333,11 +333,12 @@ class BasePrefetchingDataLayer(Layer):
 
 
 # ----------------------------------------------------------------------------------------------
-# Data (LMDB)
+# Data (LMDB or LevelDB)
 # ----------------------------------------------------------------------------------------------
 
-class _LmdbDatumReader(_Reader):
-    def __init__(self, db: LmdbReader, transformer: DataTransformer, stream: _Stream, who: str):
+class _DatumReader(_Reader):
+    def __init__(self, db: LmdbReader | LeveldbReader, transformer: DataTransformer, stream: _Stream,
+                 who: str):
         self.db, self.transformer, self.stream, self.who = db, transformer, stream, who
 
     def record(self, index: int) -> tuple[str, pb.Datum]:
@@ -346,7 +347,7 @@ class _LmdbDatumReader(_Reader):
         try:
             datum.ParseFromString(value)
         except Exception as e:
-            raise DataError(f"record {key!r} of LMDB '{self.db.path}' is not a Datum: {e}") from None
+            raise DataError(f"record {key!r} of {self.db.kind} '{self.db.path}' is not a Datum: {e}") from None
         return key.decode("utf-8", "replace"), datum
 
     def load(self, batch: int) -> list[np.ndarray]:
@@ -388,10 +389,10 @@ class _LmdbDatumReader(_Reader):
 
 @register_layer("Data")
 class DataLayer(BasePrefetchingDataLayer):
-    """Caffe's Data layer on an LMDB of Datum records (tops: data, and optionally label).
+    """Caffe's Data layer on an LMDB or a LevelDB of Datum records (tops: data, and optionally label).
 
-    `data_param`: source, batch_size, rand_skip, backend (LMDB; LevelDB is refused with a
-    conversion hint), prefetch. `transform_param` as in `DataTransformer`.
+    `data_param`: source, batch_size, rand_skip, backend (LMDB or LEVELDB; left unset, the folder
+    says which), prefetch. `transform_param` as in `DataTransformer`.
     """
 
     @classmethod
@@ -403,12 +404,11 @@ class DataLayer(BasePrefetchingDataLayer):
         dp = param.data_param
         self.source = dp.source
         self._warn_deprecated(dp)
-        check_backend(dp.source, dp.backend if dp.HasField("backend") else None, self.who)
-        db = LmdbReader(dp.source)
-        log.info("Opened lmdb %s", dp.source)
+        db = open_reader(dp.source, dp.backend if dp.HasField("backend") else None, self.who)
+        log.info("Opened %s %s", db.kind.lower(), dp.source)
         self.transformer = DataTransformer(param.transform_param, ctx.phase, name=self.who)
         stream = self._make_stream(db.num_records, dp.batch_size, dp.rand_skip)
-        self.reader = _LmdbDatumReader(db, self.transformer, stream, self.who)
+        self.reader = _DatumReader(db, self.transformer, stream, self.who)
         # Shapes from the first record, as Caffe's DataLayerSetUp reads it.
         first = pb.Datum()
         try:

@@ -220,28 +220,31 @@ def rename_layers_main(argv: Sequence[str] | None = None) -> int:
 
 def _data_net(source: str, phase: int, batch: int, scale: float | None, mean_values: Sequence[float],
               device: str):
-    """The data layers of `source` (a net prototxt) or a Data layer over `source` (an LMDB)."""
-    from ..data.db import is_lmdb
+    """The data layers of `source` (a net prototxt) or a Data layer over `source` (an LMDB or a
+    LevelDB)."""
+    from ..data.db import LMDB, DataError, resolve_backend
     from ..net import Net, filter_net
 
     if os.path.isdir(source) or source.endswith(".mdb"):
-        if not is_lmdb(source):
-            raise ToolError(f"{source}: not an LMDB (no data.mdb) and not a net prototxt")
+        try:
+            kind = resolve_backend(source, None, "dump_logits")
+        except DataError as e:
+            raise ToolError(f"{e}; nor is it a net prototxt") from None
         param = pb.NetParameter(name="dump_logits_data")
         lp = param.layer.add(name="data", type="Data")
         lp.top.extend(["data", "label"])
         lp.data_param.source = source
         lp.data_param.batch_size = batch
-        lp.data_param.backend = pb.DataParameter.LMDB
+        lp.data_param.backend = pb.DataParameter.LMDB if kind == LMDB else pb.DataParameter.LEVELDB
         if scale is not None:
             lp.transform_param.scale = scale
         lp.transform_param.mean_value.extend(mean_values)
-        where = f"LMDB {source}"
+        where = f"{'LMDB' if kind == LMDB else 'LevelDB'} {source}"
     else:
         if not os.path.isfile(source):
             raise ToolError(f"{source} does not exist!")
         if scale is not None or mean_values:
-            raise ToolError("--scale and --mean-value apply to an LMDB source; a data prototxt has "
+            raise ToolError("--scale and --mean-value apply to a database source; a data prototxt has "
                             "its own transform_param")
         full = ncio.read_net(source)
         filtered = filter_net(full, pb.NetState(phase=phase), verbose=False)
@@ -275,7 +278,8 @@ def dump_logits(deploy: str, weights: str, source: str, blob: str, out: str, *,
     HDF5 file `out`, with the data tops (unless `with_data` is false) under their own names.
 
     `source` is a net prototxt whose data layers (layers without bottoms, in `phase`) give the
-    inputs, or an LMDB of Datum records read by a Data layer (`batch`, `scale`, `mean_values`).
+    inputs, or an LMDB or LevelDB of Datum records read by a Data layer (`batch`, `scale`,
+    `mean_values`).
     The net's inputs are fed from the data tops of the same name; a net with one input that no
     data top names takes the first data top. `rows` defaults to the number of records of the
     source (one pass). Also writes `list_file` (default: `out` with `.txt`), the one-line list
@@ -353,7 +357,7 @@ def dump_logits_main(argv: Sequence[str] | None = None) -> int:
                     "file that hdf5_data_param.source names (transfer-set distillation).")
     p.add_argument("deploy", help="the net (deploy prototxt with Input layers)")
     p.add_argument("weights", help=".caffemodel (a comma list is accepted)")
-    p.add_argument("source", help="a net prototxt whose data layers give the inputs, or an LMDB")
+    p.add_argument("source", help="a net prototxt whose data layers give the inputs, or an LMDB or LevelDB")
     p.add_argument("--blob", required=True, help="the blob to write (e.g. the logits, fc)")
     p.add_argument("--out", required=True, help="the HDF5 file to write (e.g. logits.h5)")
     p.add_argument("--dataset", default=None, help="its dataset name (default: the blob's name)")
@@ -366,10 +370,10 @@ def dump_logits_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-data", dest="with_data", action="store_false",
                    help="write only the blob, not the data tops (then the student reads the data from a "
                         "source in the same order, unshuffled)")
-    p.add_argument("--batch", type=int, default=100, help="LMDB source: batch size (default 100)")
-    p.add_argument("--scale", type=float, default=None, help="LMDB source: transform_param scale")
+    p.add_argument("--batch", type=int, default=100, help="database source: batch size (default 100)")
+    p.add_argument("--scale", type=float, default=None, help="database source: transform_param scale")
     p.add_argument("--mean-value", type=float, action="append", default=[],
-                   help="LMDB source: transform_param mean_value (repeat per channel)")
+                   help="database source: transform_param mean_value (repeat per channel)")
     p.add_argument("--gpu", default=None, help="GPU id (default: CPU)")
     p.add_argument("--strict", action="store_true",
                    help="a learnable layer that the weights do not fill is an error (default: a warning)")

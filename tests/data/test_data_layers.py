@@ -63,21 +63,21 @@ def test_data_layer_reads_converter_output_in_order_with_wraparound(tmp_path, ma
 def test_data_layer_scale_only_batches_equal_the_per_record_transform(small_lmdb, make_layer, monkeypatch, phase):
     """Raw records with a scale-only transform are transformed as one batch (one pass), with the per-record
     path's values bit for bit; a transform with more than the scale goes record by record."""
-    from netcompress.layers.data import _LmdbDatumReader
+    from netcompress.layers.data import _DatumReader
     path, x = small_lmdb
     calls = []
-    batch_path = _LmdbDatumReader._raw_batch
+    batch_path = _DatumReader._raw_batch
 
     def spy(self, datums):
         out = batch_path(self, datums)
         calls.append(out is not None)
         return out
 
-    monkeypatch.setattr(_LmdbDatumReader, "_raw_batch", spy)
+    monkeypatch.setattr(_DatumReader, "_raw_batch", spy)
     got = {}
     for way in ("batch", "records"):
         if way == "records":
-            monkeypatch.setattr(_LmdbDatumReader, "_raw_batch", lambda self, datums: None)
+            monkeypatch.setattr(_DatumReader, "_raw_batch", lambda self, datums: None)
         layer = make_layer(data_layer(path, 4, 'transform_param { scale: 0.00390625 }', prefetch=0), phase=phase)
         got[way] = [layer() for _ in range(3)]
         layer.close()
@@ -86,7 +86,7 @@ def test_data_layer_scale_only_batches_equal_the_per_record_transform(small_lmdb
         assert d1.dtype == torch.float32 and torch.equal(d1, d2) and torch.equal(l1, l2)
     np.testing.assert_array_equal(got["batch"][0][0].numpy(), x[:4].astype(np.float32) * np.float32(0.00390625))
     # mean_value: record by record
-    monkeypatch.setattr(_LmdbDatumReader, "_raw_batch", spy)
+    monkeypatch.setattr(_DatumReader, "_raw_batch", spy)
     calls.clear()
     layer = make_layer(data_layer(path, 4, 'transform_param { scale: 0.5 mean_value: 3 }', prefetch=0), phase=phase)
     layer()
@@ -256,15 +256,19 @@ def test_errors_in_the_prefetch_thread_are_raised_in_forward(tmp_path, write_rec
     layer.close()
 
 
-def test_leveldb_is_refused_with_a_conversion_hint(tmp_path, make_layer):
+def test_a_backend_that_names_the_other_kind_of_database_is_an_error(tmp_path, small_lmdb, make_layer):
     (tmp_path / "ldb").mkdir()
     (tmp_path / "ldb" / "CURRENT").write_text("MANIFEST-000001\n")
-    with pytest.raises(DataError, match="LevelDB is not supported.*convert.*LMDB"):
-        make_layer(f'name: "d" type: "Data" top: "data" data_param {{ source: "{tmp_path}/ldb" '
+    with pytest.raises(DataError, match=r"'backend: LMDB' but '.*ldb' is a LevelDB; set 'backend: LEVELDB'"):
+        make_layer(data_layer(tmp_path / "ldb", 1))
+    path, _ = small_lmdb
+    with pytest.raises(DataError, match=r"'backend: LEVELDB' but '.*small_lmdb' is an LMDB; set 'backend: LMDB'"):
+        make_layer(f'name: "d" type: "Data" top: "data" data_param {{ source: "{path}" '
                    f'batch_size: 1 backend: LEVELDB }}')
-    # backend left unset (Caffe's default is LEVELDB) on a LevelDB folder: the same error
-    with pytest.raises(DataError, match="LevelDB is not supported"):
-        make_layer(f'name: "d" type: "Data" top: "data" data_param {{ source: "{tmp_path}/ldb" '
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"'.*empty' is not an LMDB or a LevelDB \(an LMDB folder holds "
+                                        r"data.mdb, a LevelDB folder CURRENT\)"):
+        make_layer(f'name: "d" type: "Data" top: "data" data_param {{ source: "{tmp_path}/empty" '
                    f'batch_size: 1 }}')
 
 

@@ -56,8 +56,8 @@ def test_convert_mnist_rejects_bad_magic_and_existing_db(tmp_path, capsys):
     (tmp_path / "img").write_bytes(idx_bytes(x, 2051))
     assert convert_mnist_main([str(tmp_path / "img"), str(tmp_path / "lab"), str(tmp_path / "db")]) == 1
     assert "already exists" in capsys.readouterr().err
-    assert convert_mnist_main(["--backend=leveldb", "a", "b", "c"]) == 1
-    assert "LevelDB is not supported" in capsys.readouterr().err
+    assert convert_mnist_main(["--backend=rocksdb", "a", "b", "c"]) == 1
+    assert "unknown database backend 'rocksdb' (expected lmdb or leveldb)" in capsys.readouterr().err
 
 
 def test_read_idx_reports_truncation(tmp_path):

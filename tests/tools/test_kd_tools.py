@@ -281,6 +281,31 @@ def test_dump_logits_from_an_lmdb_reads_back_through_hdf5data(transfer_set, caps
         np.testing.assert_allclose(net.blobs["t_logits"].numpy(), want[rows], rtol=1e-6, atol=1e-6)
 
 
+def test_dump_logits_from_a_leveldb_writes_what_the_lmdb_gives(transfer_set, capsys):
+    pytest.importorskip("plyvel", reason="LevelDB support needs the optional plyvel package")
+    from netcompress.data.db import LeveldbWriter, open_reader
+
+    root, _, _, deploy, model = transfer_set
+    src = open_reader(str(root / "train_lmdb"))
+    with LeveldbWriter(str(root / "train_leveldb")) as w:
+        for i in range(src.num_records):
+            w.put(*src.item_at(i))
+    outs = []
+    for name in ("train_lmdb", "train_leveldb"):
+        outs.append(root / f"{name}.h5")
+        assert cli.main(["dump_logits", str(deploy), str(model), str(root / name), "--blob", "logits",
+                         "--out", str(outs[-1]), "--batch", "4", "--scale", "0.00390625"]) == 0
+    assert "from LevelDB " in capsys.readouterr().out
+    with h5py.File(outs[0], "r") as a, h5py.File(outs[1], "r") as b:
+        assert sorted(a) == sorted(b)
+        for k in a:
+            np.testing.assert_array_equal(a[k][:], b[k][:])
+    (root / "neither").mkdir()
+    assert cli.main(["dump_logits", str(deploy), str(model), str(root / "neither"), "--blob", "logits",
+                     "--out", str(root / "x.h5")]) == 1
+    assert "is not an LMDB or a LevelDB" in capsys.readouterr().err
+
+
 def test_dump_logits_from_a_data_prototxt(transfer_set, capsys):
     root, images, labels, deploy, model = transfer_set
     data = root / "data.prototxt"
