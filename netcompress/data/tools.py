@@ -1,4 +1,4 @@
-"""Caffe's data tools: convert_mnist_data, convert_imageset, compute_image_mean, and mnist5k.
+"""Caffe's data tools: convert_mnist_data, convert_imageset, compute_image_mean; and convert_db and mnist5k.
 
 Each tool is a function and a `*_main(argv) -> int` entry point taking Caffe's arguments (gflags
 spellings such as ``--gray``, ``-gray=true`` and ``--resize_height=256`` are accepted). They are
@@ -25,8 +25,8 @@ from .transformer import datum_to_array
 
 log = get_logger("data")
 
-__all__ = ["read_idx", "convert_mnist", "convert_imageset", "compute_image_mean",
-           "convert_mnist_main", "convert_imageset_main", "compute_image_mean_main",
+__all__ = ["read_idx", "convert_mnist", "convert_imageset", "compute_image_mean", "convert_db",
+           "convert_mnist_main", "convert_imageset_main", "compute_image_mean_main", "convert_db_main",
            "mnist5k_main"]
 
 
@@ -221,6 +221,25 @@ def compute_image_mean(db_path: str, out_path: str | None = None,
     return mean, channel_means
 
 
+# ----------------------------------------------------------------------------------------------
+# convert_db (not a Caffe tool: LevelDB <-> LMDB)
+# ----------------------------------------------------------------------------------------------
+
+def convert_db(src: str, dst: str, backend: str = LMDB, src_backend: str | None = None) -> int:
+    """Copy every record of the database `src` (LMDB or LevelDB, as the folder holds, or `src_backend`)
+    into a new database `dst` of `backend`, keys and values unchanged, in key order. Returns the count."""
+    db = open_reader(src, src_backend, "convert_db", flag=True)
+    log.info("Copying %d records of %s '%s' to a new %s '%s'", db.num_records, db.kind, src,
+             "LMDB" if backend_name(backend) == LMDB else "LevelDB", dst)
+    with open_writer(dst, backend) as out:
+        for i in range(db.num_records):
+            out.put(*db.item_at(i))
+            if (i + 1) % 10000 == 0:
+                log.info("Processed %d records.", i + 1)
+    log.info("Processed %d records.", db.num_records)
+    return db.num_records
+
+
 def _g(v: float) -> str:
     return "%g" % v  # C++ ostream's default 6 significant digits
 
@@ -331,6 +350,22 @@ def compute_image_mean_main(argv: list[str] | None = None) -> int:
         compute_image_mean(a.db, a.output, backend=backend_name(a.backend))
         return 0
     return _run("compute_image_mean", body)
+
+
+def convert_db_main(argv: list[str] | None = None) -> int:
+    """convert_db [--backend=lmdb|leveldb] INPUT_DB OUTPUT_DB"""
+    def body() -> int:
+        p = argparse.ArgumentParser(prog="convert_db", description=(
+            "Copy the records of an LMDB or LevelDB (the folder says which) into a new database of "
+            "--backend, keys and values unchanged: e.g. a LevelDB to an LMDB, which several processes "
+            "(a data-parallel run) can read at once."))
+        p.add_argument("db", help="input database folder")
+        p.add_argument("output", help="output database folder (must not exist)")
+        _backend(p)
+        a = p.parse_args(_gflags(sys.argv[1:] if argv is None else argv, [], ["backend"]))
+        convert_db(a.db, a.output, backend_name(a.backend))
+        return 0
+    return _run("convert_db", body)
 
 
 def mnist5k_main(argv: list[str] | None = None) -> int:

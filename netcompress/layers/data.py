@@ -1,4 +1,5 @@
-"""Caffe's data layers: Data (LMDB or LevelDB), ImageData, HDF5Data and MemoryData; and HDF5Output, which writes.
+"""Caffe's data layers: Data (LMDB or LevelDB), ImageData, HDF5Data and MemoryData; and HDF5Output,
+which writes.
 
 Each prefetching layer reads records on a background thread (`netcompress.data.prefetch`), up to
 `data_param.prefetch` batches ahead (0 loads synchronously in `forward`), and wraps to the first
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from google.protobuf.message import DecodeError
 
-from ..data.db import DataError, LeveldbReader, LmdbReader, open_reader
+from ..data.db import LEVELDB, DataError, LeveldbReader, LmdbReader, open_reader, resolve_backend
 from ..errors import FileError, NetDefinitionError
 from ..io import atomic_file, check_input_file, read_input_bytes
 from ..data.image import read_image
@@ -404,7 +405,13 @@ class DataLayer(BasePrefetchingDataLayer):
         dp = param.data_param
         self.source = dp.source
         self._warn_deprecated(dp)
-        db = open_reader(dp.source, dp.backend if dp.HasField("backend") else None, self.who)
+        backend = resolve_backend(dp.source, dp.backend if dp.HasField("backend") else None, self.who)
+        if backend == LEVELDB and self.sharded:
+            raise DataError(f"{self.who}: the {self.world_size} processes of a data-parallel run cannot "
+                            f"share the LevelDB '{dp.source}' (LevelDB admits one process at a time); "
+                            f"copy it to an LMDB, which they can: netcompress convert_db {dp.source} "
+                            "<new lmdb folder>")
+        db = open_reader(dp.source, backend, self.who)
         log.info("Opened %s %s", db.kind.lower(), dp.source)
         self.transformer = DataTransformer(param.transform_param, ctx.phase, name=self.who)
         stream = self._make_stream(db.num_records, dp.batch_size, dp.rand_skip)

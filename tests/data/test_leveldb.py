@@ -210,3 +210,32 @@ def test_train_from_a_leveldb(mnist_idx, tmp_path):
         f'test_interval: 6 display: 0 snapshot_prefix: "{tmp_path / "s"}" random_seed: 1 solver_mode: CPU')
     assert main(["train", "--solver", str(tmp_path / "solver.prototxt")]) == 0
     assert (tmp_path / "s_iter_6.caffemodel").is_file()
+
+
+def test_convert_db_copies_a_leveldb_to_an_lmdb_and_back(mnist_idx, tmp_path, capsys):
+    from netcompress.cli import main
+
+    img, lab, _, _ = mnist_idx
+    convert_mnist(str(img), str(lab), str(tmp_path / "ldb"), backend="leveldb")
+    assert main(["convert_db", str(tmp_path / "ldb"), str(tmp_path / "mdb")]) == 0
+    assert main(["convert_db", "--backend=leveldb", str(tmp_path / "mdb"), str(tmp_path / "ldb2")]) == 0
+    a, b, c = (open_reader(str(tmp_path / n)) for n in ("ldb", "mdb", "ldb2"))
+    assert (a.kind, b.kind, c.kind) == ("LevelDB", "LMDB", "LevelDB")
+    items = [a.item_at(i) for i in range(a.num_records)]
+    assert len(items) == 23
+    assert [b.item_at(i) for i in range(b.num_records)] == items == [c.item_at(i) for i in range(c.num_records)]
+    capsys.readouterr()
+    assert main(["convert_db", str(tmp_path / "ldb"), str(tmp_path / "mdb")]) == 1
+    assert "convert_db: error: cannot create LMDB '" in capsys.readouterr().err
+
+
+def test_a_data_parallel_train_net_refuses_a_leveldb_and_says_how_to_copy_it(mnist_idx, tmp_path, make_layer):
+    img, lab, _, y = mnist_idx
+    convert_mnist(str(img), str(lab), str(tmp_path / "ldb"), backend="leveldb")
+    with pytest.raises(DataError, match=r"the 2 processes of a data-parallel run cannot share the LevelDB "
+                                        r"'.*ldb' .*netcompress convert_db .*ldb <new lmdb folder>"):
+        make_layer(data_layer(tmp_path / "ldb", 4), phase=pb.TRAIN, rank=1, world_size=2)
+    # rank 0's TEST net (only rank 0 tests) reads it
+    layer = make_layer(data_layer(tmp_path / "ldb", 4), phase=pb.TEST, rank=0, world_size=2)
+    assert layer()[1].tolist() == y[:4].astype(np.float32).tolist()
+    layer.close()
