@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 
 from ..errors import NetcompressError
@@ -353,11 +354,15 @@ class LeveldbReader:
         self.path = os.fspath(path)
         self._handle = open_leveldb(self.path)
         self.db = self._handle.db
-        n = 0
+        start, n = time.perf_counter(), 0
         with self.db.snapshot() as snap, snap.iterator(include_value=False) as it:
             for _ in it:
                 n += 1
         self.num_records = n
+        took = time.perf_counter() - start
+        if took >= 2.0:  # a large database: say what the pause at set-up was
+            log.info("Counted the %d records of LevelDB %s in %.1f s (LevelDB stores no count)", n,
+                     self.path, took)
         self._local = threading.local()
 
     def _iterator(self):
