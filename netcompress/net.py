@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections import OrderedDict
 from typing import Iterable, Iterator, Sequence
 
@@ -27,6 +26,7 @@ from torch import nn
 
 from . import io as ncio
 from .errors import NetcompressError, NetDefinitionError, WeightLoadError
+from .graph import GraphLayer, SplitLayer, SplitPlan, backward_needs, param_needs_backward, plan_splits
 from .layers.base import INT_MAX, Layer, LayerContext, Shape, create_layer, layer_class
 from .log import get_logger
 from .proto import caffe_pb2 as pb
@@ -228,7 +228,11 @@ class Net(nn.Module):
         available: dict[str, None] = OrderedDict()  # blobs produced and not yet consumed
         memory = 0
         seen_names: dict[str, int] = {}
-        for lp in param.layer:
+        # Caffe's Split layers are not built (a blob read twice is read twice), but the log names
+        # them, their tops and their memory as Caffe's does, and the backward analysis runs over them.
+        splits = plan_splits(param.layer)
+        top_loss: list[list[float]] = []
+        for li, lp in enumerate(param.layer):
             name = lp.name
             if not name:
                 raise NetDefinitionError(f"{self.source}: a layer of type '{lp.type}' has no name")
@@ -256,7 +260,7 @@ class Net(nn.Module):
                         f"blobs available at this point: {', '.join(self.blob_shapes) or 'none'}")
                 bottom_shapes.append(self.blob_shapes[b])
                 if self.verbose:
-                    log.info("%s <- %s", name, b)
+                    log.info("%s <- %s", name, splits.bottoms[li][i])
             cls = layer_class(lp.type)
             tops = list(lp.top)
             n_auto = max(0, (cls.min_tops or 0) - len(tops)) if cls.auto_top else 0
@@ -296,11 +300,13 @@ class Net(nn.Module):
             if cls.is_loss and not len(lp.loss_weight) and len(tops) > 1:
                 del lp_local.loss_weight[:]
                 lp_local.loss_weight.extend([1.0] + [0.0] * (len(tops) - 1))
+            weights = []
             for j, (t, s) in enumerate(zip(tops, shapes)):
                 self.blob_shapes[t] = tuple(s)
                 if t not in auto_tops:
                     available[t] = None
                 w = float(lp.loss_weight[j]) if len(lp.loss_weight) else (1.0 if (j == 0 and layer.is_loss) else 0.0)
+                weights.append(w)
                 if self.verbose:
                     log.info("Top shape: %s", _shape_str(tuple(s)))
                 if w != 0.0:
@@ -308,8 +314,13 @@ class Net(nn.Module):
                     if self.verbose:
                         log.info("    with loss weight %g", w)
                 memory += math.prod(s) if len(s) else 1
+            top_loss.append(weights)
             if self.verbose:
                 log.info("Memory required for data: %d", memory * torch.finfo(self.dtype).bits // 8)
+            for sp in splits.splits[li]:
+                memory += self._log_split(sp)
+                if self.verbose:
+                    log.info("Memory required for data: %d", memory * torch.finfo(self.dtype).bits // 8)
             if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
                 raise NetDefinitionError(f"layer '{name}': propagate_down must be given once per "
                                          f"bottom ({len(lp.bottom)}), got {len(lp.propagate_down)}")
@@ -327,7 +338,7 @@ class Net(nn.Module):
             # The layer's own copy, as Caffe's AppendParam reads it (BatchNorm adds lr_mult 0 specs).
             self._append_params(layer, layer.layer_param, key)
         self.output_names: list[str] = sorted(available)  # Caffe iterates a std::set: sorted
-        self._log_backward_needs(param)
+        self._log_backward_needs(param, splits, top_loss)
         if self.verbose:
             for o in self.output_names:
                 log.info("This network produces output %s", o)
@@ -392,50 +403,50 @@ class Net(nn.Module):
                                            decay_mult=float(spec.decay_mult), learnable=learnable, name=pname,
                                            module=key))
 
-    def _log_backward_needs(self, param: pb.NetParameter) -> None:
-        """Caffe's 'needs backward computation' analysis, used for logging and reporting."""
-        force = param.force_backward
-        blob_needs: dict[str, bool] = {}
-        layer_needs: list[bool] = []
+    def _log_split(self, sp: SplitLayer) -> int:
+        """Log a Split layer's set-up as Caffe's does; returns its tops' count of values."""
+        shape = self.blob_shapes[sp.bottom]
+        count = math.prod(shape) if len(shape) else 1
+        if self.verbose:
+            log.info("Creating Layer %s", sp.name)
+            log.info("%s <- %s", sp.name, sp.bottom)
+            for t in sp.tops:
+                log.info("%s -> %s", sp.name, t)
+            log.info("Setting up %s", sp.name)
+            for k in range(len(sp.tops)):
+                log.info("Top shape: %s", _shape_str(shape))
+                if k == 0 and sp.loss_weight:
+                    log.info("    with loss weight %g", sp.loss_weight)
+        return count * len(sp.tops)
+
+    def _log_backward_needs(self, param: pb.NetParameter, splits: SplitPlan, top_loss: list[list[float]]) -> None:
+        """Caffe's 'needs backward computation' analysis (netcompress.graph), over the layers and the
+        Split layers Caffe would insert: logged as Caffe logs it, and kept in `layer_need_backward`
+        (after force_backward, as Caffe's `layer_need_backward()`)."""
+        graph: list[GraphLayer] = []
+        core_index: list[int | None] = []
         for li, key in enumerate(self._keys):
             layer = self.layers[key]
-            need = force or any(blob_needs.get(b, False) for b in self._bottoms[li])
-            for e in self._params:
-                if e.module == key and e.learnable and e.lr_mult != 0:
-                    need = True
-            if layer.is_data:
-                need = False
-            layer_needs.append(need)
-            for t in self._tops[li]:
-                blob_needs[t] = need
-        under_loss: set[str] = set()
-        skip_backp: set[str] = set()
+            lp = param.layer[li]
+            graph.append(GraphLayer(
+                name=self.layer_names[li], bottoms=splits.bottoms[li], tops=self._tops[li], loss=top_loss[li],
+                param_need=param_needs_backward(layer.layer_param, len(layer.blob_names)),
+                propagate_down=[bool(p) for p in lp.propagate_down] if len(lp.propagate_down) else None,
+                allow_force=[layer.allow_force_backward(k) for k in range(len(lp.bottom))]))
+            core_index.append(li)
+            for sp in splits.splits[li]:
+                graph.append(GraphLayer(name=sp.name, bottoms=[sp.bottom], tops=sp.tops,
+                                        loss=[sp.loss_weight] + [0.0] * (len(sp.tops) - 1), param_need=False,
+                                        propagate_down=None, allow_force=[True]))
+                core_index.append(None)
+        needs = backward_needs(graph, bool(param.force_backward))
         self.layer_need_backward: dict[str, bool] = {}
-        for li in reversed(range(len(self.layer_names))):
-            name = self.layer_names[li]
-            contributes, skip = False, True
-            for t in self._tops[li]:
-                if t in self.loss_weights or t in under_loss:
-                    contributes = True
-                if t not in skip_backp:
-                    skip = False
-                if contributes and not skip:
-                    break
-            need = layer_needs[li]
-            if need and skip:
-                need = False
-            if not contributes:
-                need = False
-            if force and not self.layers[self._keys[li]].is_data:
-                need = True
-            self.layer_need_backward[name] = need
+        for gi in reversed(range(len(graph))):
             if self.verbose:
-                log.info("%s %s backward computation.", name, "needs" if need else "does not need")
-            for j, b in enumerate(self._bottoms[li]):
-                if contributes:
-                    under_loss.add(b)
-                if not self._prop_down[li][j]:
-                    skip_backp.add(b)
+                log.info("%s %s backward computation.", graph[gi].name,
+                         "needs" if needs.logged[gi] else "does not need")
+            if core_index[gi] is not None:
+                self.layer_need_backward[graph[gi].name] = needs.layer[gi]
 
     # -- access ----------------------------------------------------------------------------
     def layer(self, name: str) -> Layer:

@@ -158,6 +158,11 @@ class Layer(nn.Module):
     def blob_is_learnable(self, index: int) -> bool:
         return isinstance(getattr(self, self.blob_names[index]), nn.Parameter)
 
+    def allow_force_backward(self, bottom: int) -> bool:
+        """Caffe's AllowForceBackward: whether `force_backward` may give this bottom a diff (loss
+        layers refuse their labels, recurrent layers their sequence continuation indicators)."""
+        return True
+
     def new_empty(self, *shape: int, what: str = "a parameter blob") -> torch.Tensor:
         """An uninitialized blob of `shape`, after Caffe's Blob::Reshape checks (`check_shape`);
         an allocation the machine cannot give is an error naming the layer, not a crash."""

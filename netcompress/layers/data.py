@@ -36,7 +36,7 @@ import torch
 from google.protobuf.message import DecodeError
 
 from ..data.db import LEVELDB, DataError, LeveldbReader, LmdbReader, open_reader, resolve_backend
-from ..errors import FileError, NetDefinitionError
+from ..errors import FileError
 from ..io import atomic_file, check_input_file, read_input_bytes
 from ..data.image import read_image
 from ..data.prefetch import LoadFailure, Prefetcher

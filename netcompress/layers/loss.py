@@ -58,6 +58,9 @@ class LossLayer(Layer):
     label_fault: torch.Tensor | None = None
     _label_classes = 0
 
+    def allow_force_backward(self, bottom: int) -> bool:
+        return bottom != 1  # Caffe's LossLayer: the labels get no forced diff
+
     def checked_labels(self, lab: torch.Tensor, n: int, valid: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Labels that index `n` predictions, checked: (labels, None) on the CPU, where `check_label_range`
@@ -245,6 +248,9 @@ class EuclideanLoss(LossLayer):
     graph_safe = True  # audited: device work only (Layer.graph_safe)
     min_bottoms = max_bottoms = 2
 
+    def allow_force_backward(self, bottom: int) -> bool:
+        return True  # both bottoms are predictions
+
     def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
         super().__init__(param, bottom_shapes, ctx)
         a, b = self.bottom_shapes
@@ -395,6 +401,9 @@ class ContrastiveLoss(LossLayer):
     it is reproduced with a straight-through surrogate. b gets the negated gradient; y none."""
 
     min_bottoms = max_bottoms = 3
+
+    def allow_force_backward(self, bottom: int) -> bool:
+        return bottom != 2  # the similarity labels
 
     def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
         super().__init__(param, bottom_shapes, ctx)

@@ -124,6 +124,9 @@ class _Recurrent(Layer):
     min_bottoms = 2
     min_tops = 1
 
+    def allow_force_backward(self, bottom: int) -> bool:
+        return bottom != 1  # no diff to the sequence continuation indicators, as in Caffe
+
     def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
         super().__init__(param, bottom_shapes, ctx)
         rp = param.recurrent_param
@@ -363,6 +366,9 @@ class LSTMUnit(Layer):
 
     min_bottoms = max_bottoms = 3
     min_tops = max_tops = 2
+
+    def allow_force_backward(self, bottom: int) -> bool:
+        return bottom != 2  # cont, as in Caffe
 
     def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
         super().__init__(param, bottom_shapes, ctx)

@@ -23,16 +23,16 @@ first (a Dropout then draws a new mask).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from collections import OrderedDict
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import NetDefinitionError, WeightLoadError
+from ..graph import GraphLayer, backward_needs, param_needs_backward, plan_splits
 from ..log import get_logger
 from ..net import Net as CoreNet
 from ..proto import caffe_pb2 as pb
@@ -330,78 +330,32 @@ class _CLayer:
     allow_force: list[bool]
 
 
-def _split_blob(layer: str, blob: str, idx: int, k: int) -> str:
-    return f"{blob}_{layer}_{idx}_split_{k}"
-
-
 def _caffe_layers(core: CoreNet) -> list[_CLayer]:
-    """The net's layers as Caffe's Net holds them after InsertSplits (util/insert_splits.cpp): a Split layer
-    after each top that several bottoms (or a bottom and an explicit loss_weight) use, those bottoms renamed."""
+    """The net's layers as Caffe's Net holds them after InsertSplits (netcompress.graph.plan_splits): a Split
+    layer after each top that several bottoms (or a bottom and an explicit loss_weight) use, those bottoms
+    renamed."""
     params = list(core.param.layer)
     if len(params) != len(core._keys):
         raise NetDefinitionError(f"net '{core.name}': {len(params)} layers in its parameter, {len(core._keys)} built")
-    last_top: dict[str, tuple[int, int]] = {}
-    source: dict[tuple[int, int], tuple[int, int]] = {}
-    uses: dict[tuple[int, int], int] = {}
-    weight: dict[tuple[int, int], float] = {}
-    for i, lp in enumerate(params):
-        for j, b in enumerate(lp.bottom):
-            src = last_top[b]
-            source[(i, j)] = src
-            uses[src] = uses.get(src, 0) + 1
-        for j, t in enumerate(lp.top):
-            last_top[t] = (i, j)
-        for j in range(min(len(lp.loss_weight), len(lp.top))):
-            src = last_top[lp.top[j]]
-            weight[src] = float(lp.loss_weight[j])
-            if lp.loss_weight[j]:
-                uses[src] = uses.get(src, 0) + 1
-    taken: dict[tuple[int, int], int] = {}
+    plan = plan_splits(params)
     out: list[_CLayer] = []
     for i, lp in enumerate(params):
         key = core._keys[i]
         layer = core.layers[key]
-        bottoms = list(lp.bottom)
-        for j, b in enumerate(bottoms):
-            src = source[(i, j)]
-            if uses.get(src, 0) > 1:
-                bottoms[j] = _split_blob(params[src[0]].name, b, src[1], taken.get(src, 0))
-                taken[src] = taken.get(src, 0) + 1
         core_tops = list(core._tops[i])
         tops = [t if j < len(lp.top) else "(automatic)" for j, t in enumerate(core_tops)]
-        splits: list[_CLayer] = []
-        cleared = False
-        for j, t in enumerate(lp.top):
-            n = uses.get((i, j), 0)
-            if n > 1:
-                w = weight.get((i, j), 0.0)
-                splits.append(_CLayer(name=f"{t}_{lp.name}_{j}_split", type="Split", key=None, bottoms=[t],
-                                      tops=[_split_blob(lp.name, t, j, k) for k in range(n)],
-                                      core_tops=[None] * n, loss=[w if k == 0 else 0.0 for k in range(n)],
-                                      allow_force=[True]))
-                if w:
-                    cleared = True  # InsertSplits clears the layer's loss_weight: the Split's first top has it
-                    taken[(i, j)] = taken.get((i, j), 0) + 1
-        given = [] if cleared else [float(w) for w in lp.loss_weight]
+        given = [] if plan.cleared[i] else [float(w) for w in lp.loss_weight]
         if not given and layer.is_loss:
-            given = [1.0]  # LossLayer::LayerSetUp's default
+            given = [1.0]  # LossLayer::LayerSetUp's default (also after InsertSplits cleared the weights)
         loss = [given[j] if j < len(given) else 0.0 for j in range(len(tops))]
-        out.append(_CLayer(name=lp.name, type=lp.type, key=key, bottoms=bottoms, tops=tops, core_tops=core_tops,
-                           loss=loss, allow_force=[_allow_force_backward(layer, k) for k in range(len(bottoms))]))
-        out.extend(splits)
+        out.append(_CLayer(name=lp.name, type=lp.type, key=key, bottoms=plan.bottoms[i], tops=tops,
+                           core_tops=core_tops, loss=loss,
+                           allow_force=[layer.allow_force_backward(k) for k in range(len(lp.bottom))]))
+        for sp in plan.splits[i]:
+            n = len(sp.tops)
+            out.append(_CLayer(name=sp.name, type="Split", key=None, bottoms=[sp.bottom], tops=list(sp.tops),
+                               core_tops=[None] * n, loss=[sp.loss_weight] + [0.0] * (n - 1), allow_force=[True]))
     return out
-
-
-def _allow_force_backward(layer, bottom: int) -> bool:
-    # Caffe's AllowForceBackward: a loss layer's labels get no forced diff (EuclideanLoss: both bottoms do;
-    # ContrastiveLoss: its third bottom is the labels)
-    if not layer.is_loss:
-        return True
-    if layer.type_name == "EuclideanLoss":
-        return True
-    if layer.type_name == "ContrastiveLoss":
-        return bottom != 2
-    return bottom != 1
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -544,61 +498,23 @@ class Net:
         return cl.key is not None and self._core.layers[cl.key].is_input
 
     def _analyse_backward(self) -> None:
-        """Caffe's Net::Init backward analysis: which layers run a backward and which bottoms get a diff."""
+        """Caffe's Net::Init backward analysis (netcompress.graph): which layers run a backward and which
+        bottoms get a diff."""
         core = self._core
-        nb = len(self._blob_list)
-        blob_need = [False] * nb
-        layer_need: list[bool] = []
-        bottom_need: list[list[bool]] = []
-        for i, cl in enumerate(self._cl):
-            lp = None if cl.key is None else core.layers[cl.key].layer_param
-            need = False
-            bn = []
-            for k, b in enumerate(self._bids[i]):
-                need |= blob_need[b]
-                bn.append(bool(lp.propagate_down[k]) if lp is not None and len(lp.propagate_down) else blob_need[b])
-            if cl.key is not None:
+        graph = []
+        for cl in self._cl:
+            if cl.key is None:
+                param_need, prop = False, None
+            else:
                 layer = core.layers[cl.key]
-                need |= any(isinstance(p, nn.Parameter) and p.requires_grad for p in layer.blobs())
-            layer_need.append(need)
-            bottom_need.append(bn)
-            if need:
-                for t in self._tids[i]:
-                    blob_need[t] = True
-        under_loss: set[str] = set()
-        skip: set[str] = set()
-        for i in range(len(self._cl) - 1, -1, -1):
-            cl = self._cl[i]
-            contributes, skip_down = False, True
-            for j, t in enumerate(self._tids[i]):
-                name = self._blob_names[t]
-                if cl.loss[j] or name in under_loss:
-                    contributes = True
-                if name not in skip:
-                    skip_down = False
-                if contributes and not skip_down:
-                    break
-            if layer_need[i] and skip_down:
-                layer_need[i] = False
-                bottom_need[i] = [False] * len(bottom_need[i])
-            if not contributes:
-                layer_need[i] = False
-            for k, b in enumerate(self._bids[i]):
-                name = self._blob_names[b]
-                if contributes:
-                    under_loss.add(name)
-                else:
-                    bottom_need[i][k] = False
-                if not bottom_need[i][k]:
-                    skip.add(name)
-        if core.param.force_backward:
-            for i, cl in enumerate(self._cl):
-                layer_need[i] = True
-                for k, b in enumerate(self._bids[i]):
-                    bottom_need[i][k] = bottom_need[i][k] or cl.allow_force[k]
-                    blob_need[b] = blob_need[b] or bottom_need[i][k]
-        self._layer_need = layer_need
-        self._bottom_need = bottom_need
+                lp = layer.layer_param
+                param_need = param_needs_backward(lp, len(layer.blob_names))
+                prop = [bool(p) for p in lp.propagate_down] if len(lp.propagate_down) else None
+            graph.append(GraphLayer(name=cl.name, bottoms=cl.bottoms, tops=cl.tops, loss=cl.loss,
+                                    param_need=param_need, propagate_down=prop, allow_force=cl.allow_force))
+        needs = backward_needs(graph, bool(core.param.force_backward))
+        self._layer_need = needs.layer
+        self._bottom_need = needs.bottom
 
     # -- pycaffe's properties -----------------------------------------------------------------------------------
     @property

@@ -1,0 +1,164 @@
+"""netcompress.graph: Caffe's Split layers and Net::Init's backward analysis, in the core Net's set-up log and
+in pycaffe's view, against the log Caffe itself wrote for the fixture LeNet."""
+from __future__ import annotations
+
+import logging
+import lzma
+import re
+
+import pytest
+from google.protobuf import text_format
+
+from netcompress import pycaffe as caffe
+from netcompress.graph import GraphLayer, backward_needs, param_needs_backward, plan_splits
+from netcompress.net import Net
+from netcompress.proto import caffe_pb2 as pb
+
+
+class _NetLog(logging.Handler):
+    """The messages netcompress/net.py logs (Caffe's net.cpp lines)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.filename == "net.py":
+            self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def net_log():
+    logger = logging.getLogger("netcompress")
+    h, old = _NetLog(), logger.level
+    logger.addHandler(h)
+    logger.setLevel(logging.INFO)
+    try:
+        yield h.lines
+    finally:
+        logger.removeHandler(h)
+        logger.setLevel(old)
+
+
+def _caffe_net_setups(caffe_fixtures) -> list[list[str]]:
+    """Caffe's net.cpp lines of each net set-up in its training log (TRAIN net, then TEST net)."""
+    log = lzma.decompress((caffe_fixtures / "lenet" / "train_lenet.log.xz").read_bytes()).decode()
+    nets, cur = [], []
+    for m in re.finditer(r"^I\S+ \S+ +\d+ net\.cpp:\d+\] (.*)$", log, re.M):
+        cur.append(m.group(1))
+        if m.group(1) == "Network initialization done.":
+            nets.append(cur)
+            cur = []
+    return nets
+
+
+@pytest.mark.parametrize("phase", [pb.TRAIN, pb.TEST])
+def test_the_set_up_log_is_caffes_line_for_line(in_fixture_workdir, caffe_fixtures, net_log, phase):
+    """Every net.cpp line Caffe logged while setting up the fixture LeNet (Split layers with their tops and
+    memory, bottoms renamed to Split tops, the backward analysis, outputs), in order; the parameter dump
+    that follows "Initializing net from parameters" is left out (its float spellings differ)."""
+    want = _caffe_net_setups(caffe_fixtures)[0 if phase == pb.TRAIN else 1]
+    Net("lenet/lenet_train_test.prototxt", phase=phase)
+    got = [line for line in net_log if not line.startswith("Initializing net from parameters")]
+    want = [line for line in want if not line.startswith("Initializing net from parameters")]
+    assert got == want
+    # the TEST net reads label and ip2 twice (accuracy and loss): Caffe's two Split layers
+    assert ("label_mnist_1_split does not need backward computation." in got) == (phase == pb.TEST)
+
+
+def _net(text: str) -> pb.NetParameter:
+    return text_format.Parse(text, pb.NetParameter())
+
+
+def _graph(net: Net, param: pb.NetParameter) -> list[GraphLayer]:
+    plan = plan_splits(param.layer)
+    out = []
+    for i, lp in enumerate(param.layer):
+        layer = net.layer(lp.name)
+        out.append(GraphLayer(lp.name, plan.bottoms[i], list(lp.top), [net.loss_weights.get(t, 0.0) for t in lp.top],
+                              param_needs_backward(layer.layer_param, len(layer.blob_names)),
+                              [bool(p) for p in lp.propagate_down] if len(lp.propagate_down) else None,
+                              [layer.allow_force_backward(k) for k in range(len(lp.bottom))]))
+        for sp in plan.splits[i]:
+            out.append(GraphLayer(sp.name, [sp.bottom], sp.tops, [sp.loss_weight] + [0.0] * (len(sp.tops) - 1),
+                                  False, None, [True]))
+    return out
+
+
+BRANCHES = """
+layer { name: "d" type: "DummyData" top: "x" top: "label"
+        dummy_data_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }
+layer { name: "a" type: "InnerProduct" bottom: "x" top: "a" inner_product_param { num_output: 4 } }
+layer { name: "probe" type: "InnerProduct" bottom: "a" top: "probe" inner_product_param { num_output: 2 } }
+layer { name: "frozen" type: "InnerProduct" bottom: "a" top: "f" param { lr_mult: 0 } param { lr_mult: 0 }
+        inner_product_param { num_output: 5 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "f" bottom: "label" top: "loss" }
+"""
+
+
+def test_a_branch_that_feeds_no_loss_needs_no_backward_and_force_backward_turns_all_on(net_log):
+    param = _net(BRANCHES)
+    net = Net(param, phase=pb.TRAIN)
+    lines = [line for line in net_log if "backward computation" in line]
+    assert lines == ["loss needs backward computation.", "frozen needs backward computation.",
+                     "probe does not need backward computation.", "a_a_0_split needs backward computation.",
+                     "a needs backward computation.", "d does not need backward computation."]
+    assert net.layer_need_backward == {"loss": True, "frozen": True, "probe": False, "a": True, "d": False}
+    # force_backward: Caffe logs the analysis before forcing; afterwards every layer needs a backward, and every
+    # bottom gets a diff except the loss layer's labels (AllowForceBackward)
+    param.force_backward = True
+    net_log.clear()
+    net = Net(param, phase=pb.TRAIN)
+    assert [line for line in net_log if "backward computation" in line] == lines
+    assert all(net.layer_need_backward.values())
+    needs = backward_needs(_graph(net, param), True)
+    names = [g.name for g in _graph(net, param)]
+    assert needs.bottom[names.index("loss")] == [True, False]
+    assert needs.logged[names.index("probe")] is False and needs.layer[names.index("probe")] is True
+
+
+def test_propagate_down_false_stops_the_backward_below_it(net_log):
+    param = _net(BRANCHES.replace('bottom: "a" top: "f"', 'bottom: "a" top: "f" propagate_down: false'))
+    net = Net(param, phase=pb.TRAIN)
+    # nothing below 'frozen' is asked for a gradient; 'frozen' itself still "needs" one, as Caffe decides (a
+    # bottom that needs a diff makes the layer need a backward before propagate_down is looked at)
+    assert net.layer_need_backward == {"loss": True, "frozen": True, "probe": False, "a": False, "d": False}
+
+
+LSTM_NET = """
+force_backward: true
+layer { name: "d" type: "DummyData" top: "x" top: "cont" top: "label"
+        dummy_data_param { shape { dim: 3 dim: 2 dim: 4 } shape { dim: 3 dim: 2 } shape { dim: 3 dim: 2 } } }
+layer { name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" top: "h"
+        recurrent_param { num_output: 5 weight_filler { type: "uniform" min: -0.1 max: 0.1 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "h" top: "ip" inner_product_param { num_output: 3 axis: 2 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" softmax_param { axis: 2 } }
+"""
+
+
+def test_force_backward_gives_no_diff_to_a_recurrent_layers_cont(tmp_path):
+    """Caffe's RecurrentLayer::AllowForceBackward refuses bottom 1 (cont); LSTMUnit bottom 2; loss layers their
+    labels; EuclideanLoss neither of its bottoms."""
+    path = tmp_path / "lstm.prototxt"
+    path.write_text(LSTM_NET)
+    net = caffe.Net(str(path), caffe.TRAIN)
+    need = dict(zip(net._layer_names, net._bottom_need))
+    assert need["lstm"] == [True, False]
+    assert need["loss"] == [True, False]
+    core = Net(_net(LSTM_NET), phase=pb.TRAIN)
+    assert [core.layer(n).allow_force_backward(k) for n, k in (("lstm", 0), ("lstm", 1), ("loss", 1))] == \
+        [True, False, False]
+
+
+def test_splits_carry_an_explicit_loss_weight_and_rename_bottoms():
+    param = _net("""
+        layer { name: "d" type: "DummyData" top: "x" dummy_data_param { shape { dim: 2 dim: 3 } } }
+        layer { name: "e" type: "EuclideanLoss" bottom: "x" bottom: "x" top: "l" loss_weight: 0.5 }
+        layer { name: "use" type: "Power" bottom: "l" top: "p" }""")
+    plan = plan_splits(param.layer)
+    assert plan.bottoms == [[], ["x_d_0_split_0", "x_d_0_split_1"], ["l_e_0_split_1"]]
+    assert [(s.name, s.bottom, s.tops, s.loss_weight) for s in plan.splits[1]] == \
+        [("l_e_0_split", "l", ["l_e_0_split_0", "l_e_0_split_1"], 0.5)]
+    assert plan.cleared == [False, True, False]
+    # an unknown bottom is left for the net to report where it builds the layer
+    assert plan_splits(_net('layer { name: "u" type: "ReLU" bottom: "nope" top: "y" }').layer).bottoms == [["nope"]]
