@@ -35,6 +35,8 @@ COMMANDS: dict[str, Command] = {
                                 "convert an image list to an LMDB or LevelDB (Caffe's convert_imageset)"),
     "compute_image_mean": Command("netcompress.data.tools:compute_image_mean_main",
                                   "compute the mean image of an LMDB or LevelDB (Caffe's compute_image_mean)"),
+    "extract_features": Command("netcompress.tools.features:extract_features_main",
+                                "a trained net's blobs over its data into new LMDBs/LevelDBs (Caffe's extract_features)"),
     "convert_db": Command("netcompress.data.tools:convert_db_main",
                           "copy a database's records into a new LMDB or LevelDB (e.g. LevelDB -> LMDB)"),
     "mnist5k": Command("netcompress.data.tools:mnist5k_main",
