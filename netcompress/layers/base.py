@@ -372,20 +372,11 @@ def known_layer_types() -> list[str]:
     return sorted(_REGISTRY)
 
 
-# BVLC Caffe's layer types that netcompress does not run, and what to do instead.
-UNSUPPORTED_TYPES = {
-    "WindowData": "R-CNN's window-file data layer is not implemented in netcompress; crop the windows into an "
-                  "LMDB (`netcompress convert_imageset`) for a Data layer, or sample them in a Python layer",
-}
-
-
 def layer_class(type_name: str) -> type[Layer]:
     _load_builtin_layers()
     try:
         return _REGISTRY[type_name]
     except KeyError:
-        if type_name in UNSUPPORTED_TYPES:
-            raise NetDefinitionError(f"Layer type '{type_name}': {UNSUPPORTED_TYPES[type_name]}") from None
         raise NetDefinitionError(f"Unknown layer type: '{type_name}' (known types: "
                                  f"{', '.join(sorted(_REGISTRY))})") from None
 

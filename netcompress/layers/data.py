@@ -1,5 +1,5 @@
-"""Caffe's data layers: Data (LMDB or LevelDB), ImageData, HDF5Data and MemoryData; and HDF5Output,
-which writes.
+"""Caffe's data layers: Data (LMDB or LevelDB), ImageData, WindowData, HDF5Data and MemoryData; and
+HDF5Output, which writes.
 
 Each prefetching layer reads records on a background thread (`netcompress.data.prefetch`), up to
 `data_param.prefetch` batches ahead (0 loads synchronously in `forward`), and wraps to the first
@@ -24,12 +24,14 @@ not a whole number of the new batches.
 """
 from __future__ import annotations
 
+import math
 import os
+import re
 import secrets
 import threading
 import weakref
 import zlib
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -37,8 +39,8 @@ from google.protobuf.message import DecodeError
 
 from ..data.db import LEVELDB, DataError, LeveldbReader, LmdbReader, open_reader, resolve_backend
 from ..errors import FileError
-from ..io import atomic_file, check_input_file, read_input_bytes
-from ..data.image import read_image
+from ..io import atomic_file, check_input_file, read_binaryproto_array, read_input_bytes
+from ..data.image import read_image, resize_linear
 from ..data.prefetch import LoadFailure, Prefetcher
 from ..data.transformer import DataTransformer, TransformError
 from ..log import get_logger
@@ -48,8 +50,8 @@ from .base import Layer, LayerContext, Shape, register_layer
 
 log = get_logger("data")
 
-__all__ = ["BasePrefetchingDataLayer", "DataLayer", "ImageDataLayer", "HDF5DataLayer", "HDF5OutputLayer",
-           "MemoryDataLayer", "DataError", "resolve_seed", "read_image_list"]
+__all__ = ["BasePrefetchingDataLayer", "DataLayer", "ImageDataLayer", "WindowDataLayer", "HDF5DataLayer",
+           "HDF5OutputLayer", "MemoryDataLayer", "DataError", "resolve_seed", "read_image_list", "read_window_file"]
 
 _RESTART = "Restarting data prefetching from start."
 # Stream tags keep the generators of different purposes apart.
@@ -540,6 +542,294 @@ class ImageDataLayer(BasePrefetchingDataLayer):
         b = int(ip.batch_size)
         self._shapes = [(b, c, h, w), (b,)]
         log.info("output data size: %d,%d,%d,%d", b, c, h, w)
+
+
+# ----------------------------------------------------------------------------------------------
+# WindowData
+# ----------------------------------------------------------------------------------------------
+
+class _Window(NamedTuple):
+    image: int
+    label: int
+    overlap: float
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+    line: int
+
+
+def read_window_file(path: str, root_folder: str, fg_threshold: float, bg_threshold: float
+                     ) -> tuple[list[tuple[str, int]], list[_Window], list[_Window], dict[int, int]]:
+    """R-CNN's window file, as Caffe's WindowData reads it: per image `# index`, its path (root_folder
+    prepended as is), channels, height, width, the number of windows, then `label overlap x1 y1 x2 y2` per
+    window. Returns the images (path, channels), the foreground windows (overlap >= fg_threshold; label >
+    0), the background windows (overlap < bg_threshold; label and overlap set to 0) and the label
+    histogram. Windows in between are dropped, as in Caffe."""
+    try:
+        text = read_input_bytes(path, "window file").decode("utf-8")
+    except FileError as e:
+        raise DataError(f"Failed to open window file {e}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"window file '{path}': byte {e.start} is not UTF-8 text") from None
+    tokens = [(m.group(), text.count("\n", 0, m.start()) + 1) for m in re.finditer(r"\S+", text)]
+    pos = 0
+
+    def take(what: str, kind: type = str):
+        nonlocal pos
+        if pos >= len(tokens):
+            last = tokens[-1][1] if tokens else 1
+            raise DataError(f"window file '{path}' ends at line {last} where {what} was expected")
+        tok, line = tokens[pos]
+        pos += 1
+        try:
+            return kind(tok), line
+        except ValueError:
+            raise DataError(f"window file '{path}', line {line}: expected {what}, got '{tok}'") from None
+
+    if not tokens:
+        raise DataError(f"Window file is empty: '{path}'")
+    images: list[tuple[str, int]] = []
+    fg: list[_Window] = []
+    bg: list[_Window] = []
+    hist = {0: 0}
+    while pos < len(tokens):
+        tag, line = take("'#'")
+        if tag != "#":
+            raise DataError(f"window file '{path}', line {line}: expected '#' before an image's index, got '{tag}'")
+        index, line = take("the image index", int)
+        if index != len(images):
+            raise DataError(f"window file '{path}', line {line}: image index {index}, expected {len(images)} (Caffe "
+                            "looks images up by this index: they must be numbered 0, 1, ... in order)")
+        name, _ = take("the image path")
+        channels, line = take("the image's channels", int)
+        if channels != 3:
+            raise DataError(f"window file '{path}', line {line}: {channels} channels; WindowData reads every "
+                            "image in colour (3 channels), as Caffe's does")
+        height, _ = take("the image's height", int)
+        width, _ = take("the image's width", int)
+        count, line = take("the number of windows", int)
+        if count < 0:
+            raise DataError(f"window file '{path}', line {line}: a negative number of windows ({count})")
+        images.append((root_folder + name, channels))
+        for _ in range(count):
+            label, line = take("a window's class label", int)
+            overlap, _ = take("a window's overlap", float)
+            x1, _ = take("a window's x1", int)
+            y1, _ = take("a window's y1", int)
+            x2, _ = take("a window's x2", int)
+            y2, _ = take("a window's y2", int)
+            if x2 < x1 or y2 < y1:
+                raise DataError(f"window file '{path}', line {line}: window ({x1}, {y1}, {x2}, {y2}) has x2 < x1 "
+                                "or y2 < y1")
+            if np.float32(overlap) >= np.float32(fg_threshold):
+                if label <= 0:
+                    raise DataError(f"window file '{path}', line {line}: a foreground window (overlap {overlap} >= "
+                                    f"fg_threshold {fg_threshold}) has class label {label}; it must be > 0 (0 is "
+                                    "the background)")
+                fg.append(_Window(index, label, overlap, x1, y1, x2, y2, line))
+                hist[label] = hist.get(label, 0) + 1
+            elif np.float32(overlap) < np.float32(bg_threshold):
+                bg.append(_Window(index, 0, 0.0, x1, y1, x2, y2, line))
+                hist[0] += 1
+        if index % 100 == 0:
+            log.info("num: %d %s %d %d %d windows to process: %d", index, root_folder + name, channels, height,
+                     width, count)
+    return images, fg, bg, hist
+
+
+def _round(v: np.float32) -> int:
+    """C's round() of a float: half away from zero."""
+    return int(math.copysign(math.floor(abs(float(v)) + 0.5), float(v)))
+
+
+class _WindowReader(_Reader):
+    """Batch b: num_bg background windows, then num_fg foreground ones, drawn with replacement from the
+    batch's generator; each cropped (with context padding or as a square), warped to crop_size and
+    mirrored as Caffe's WindowDataLayer::load_batch does."""
+
+    def __init__(self, images: list[tuple[str, int]], fg: list[_Window], bg: list[_Window], *, batch_size: int,
+                 crop: int, channels: int, num_fg: int, mirror: bool, scale: float, context_pad: int,
+                 square: bool, mean: np.ndarray | None, mean_values: np.ndarray | None, cache: bool,
+                 stream: _Stream, who: str, source: str):
+        self.images, self.fg, self.bg = images, fg, bg
+        self.batch_size, self.crop, self.channels, self.num_fg = batch_size, crop, channels, num_fg
+        self.mirror, self.scale = mirror, np.float32(scale)
+        self.context_pad, self.square = context_pad, square
+        self.mean, self.mean_values = mean, mean_values
+        self.stream, self.who, self.source = stream, who, source
+        self._cache: list[bytes] | None = None
+        if cache:
+            self._cache = [self._read(i) for i in range(len(images))]
+
+    def log_restarts(self, batch: int) -> None:  # windows are sampled, not read in order
+        pass
+
+    def _read(self, index: int) -> bytes:
+        path = self.images[index][0]
+        try:
+            return read_input_bytes(path, "image")
+        except FileError as e:
+            raise DataError(f"Could not open or find file {path} ({str(e)[len(path) + 2:]})") from None
+
+    def image(self, index: int) -> np.ndarray:
+        data = self._cache[index] if self._cache is not None else self._read(index)
+        from ..data.image import decode_image
+
+        try:
+            return decode_image(data, "color", name=self.images[index][0])
+        except ValueError as e:
+            raise DataError(str(e)) from None
+
+    def geometry(self, w: _Window, rows: int, cols: int, do_mirror: bool) -> tuple[int, int, int, int, int, int,
+                                                                                    int, int]:
+        """(x1, y1, x2, y2) of the region to crop, the (height, width) to warp it to, and the (pad_h, pad_w)
+        at which it lands in the crop_size x crop_size output: Caffe's arithmetic, in float."""
+        x1, y1, x2, y2 = w.x1, w.y1, w.x2, w.y2
+        crop = self.crop
+        height = width = crop
+        pad_h = pad_w = 0
+        if self.context_pad > 0 or self.square:
+            f = np.float32
+            context_scale = f(crop) / f(crop - 2 * self.context_pad)
+            half_h, half_w = f((y2 - y1 + 1) / 2.0), f((x2 - x1 + 1) / 2.0)
+            cx, cy = f(x1) + half_w, f(y1) + half_h
+            if self.square:
+                half_h = half_w = max(half_h, half_w)
+            x1, x2 = _round(cx - half_w * context_scale), _round(cx + half_w * context_scale)
+            y1, y2 = _round(cy - half_h * context_scale), _round(cy + half_h * context_scale)
+            unclipped_h, unclipped_w = y2 - y1 + 1, x2 - x1 + 1
+            pad_x1, pad_y1 = max(0, -x1), max(0, -y1)
+            pad_x2, pad_y2 = max(0, x2 - cols + 1), max(0, y2 - rows + 1)
+            x1, x2, y1, y2 = x1 + pad_x1, x2 - pad_x2, y1 + pad_y1, y2 - pad_y2
+            if x1 > x2 or y1 > y2:
+                raise DataError(f"{self.who}: the window of line {w.line} of '{self.source}' lies outside its "
+                                f"{cols}x{rows} image {self.images[w.image][0]}")
+            scale_x, scale_y = f(crop) / f(unclipped_w), f(crop) / f(unclipped_h)
+            width, height = _round(f(x2 - x1 + 1) * scale_x), _round(f(y2 - y1 + 1) * scale_y)
+            pad_x1, pad_x2 = _round(f(pad_x1) * scale_x), _round(f(pad_x2) * scale_x)
+            pad_y1 = _round(f(pad_y1) * scale_y)
+            pad_h = pad_y1
+            pad_w = pad_x2 if do_mirror else pad_x1  # the padding is mirrored too
+            height, width = min(height, crop - pad_h), min(width, crop - pad_w)
+        elif x1 < 0 or y1 < 0 or x2 >= cols or y2 >= rows:
+            raise DataError(f"{self.who}: the window ({w.x1}, {w.y1}, {w.x2}, {w.y2}) of line {w.line} of "
+                            f"'{self.source}' lies outside its {cols}x{rows} image {self.images[w.image][0]} "
+                            "(without context_pad or crop_mode square the window is cropped as it is)")
+        if height <= 0 or width <= 0:
+            raise DataError(f"{self.who}: the window of line {w.line} of '{self.source}' warps to {width}x{height} "
+                            "pixels")
+        return x1, y1, x2, y2, height, width, pad_h, pad_w
+
+    def load(self, batch: int) -> list[np.ndarray]:
+        rng = self.stream.transform_rng(batch)
+        crop, c = self.crop, self.channels
+        data = np.zeros((self.batch_size, c, crop, crop), np.float32)
+        labels = np.empty(self.batch_size, np.float32)
+        item = 0
+        for pool, count in ((self.bg, self.batch_size - self.num_fg), (self.fg, self.num_fg)):
+            for _ in range(count):
+                w = pool[int(rng.integers(1 << 32)) % len(pool)]
+                do_mirror = self.mirror and int(rng.integers(1 << 32)) % 2 == 1
+                img = self.image(w.image)
+                x1, y1, x2, y2, h, wd, pad_h, pad_w = self.geometry(w, img.shape[0], img.shape[1], do_mirror)
+                patch = resize_linear(img[y1:y2 + 1, x1:x2 + 1], h, wd)
+                if do_mirror:
+                    patch = patch[:, ::-1]
+                x = patch.transpose(2, 0, 1).astype(np.float32)
+                if self.mean is not None:
+                    off = (self.mean.shape[2] - crop) // 2
+                    x = x - self.mean[:, off + pad_h:off + pad_h + h, off + pad_w:off + pad_w + wd]
+                elif self.mean_values is not None:
+                    x = x - self.mean_values[:, None, None]
+                data[item, :, pad_h:pad_h + h, pad_w:pad_w + wd] = x * self.scale
+                labels[item] = w.label
+                item += 1
+        return [data, labels]
+
+
+@register_layer("WindowData")
+class WindowDataLayer(BasePrefetchingDataLayer):
+    """Caffe's WindowData layer (R-CNN's fine-tuning data): windows of the images a window file lists,
+    a batch drawn as `fg_fraction` foreground windows (overlap >= fg_threshold, their class label) and the
+    rest background ones (overlap < bg_threshold, label 0), each cropped with `context_pad` pixels of
+    context (or as a square, `crop_mode: "square"`) and warped to `transform_param.crop_size`, mirrored at
+    random with `transform_param.mirror` (in either phase, as Caffe), less `transform_param.mean_file` or
+    `mean_value`, times `window_data_param.scale`. Draws come from the batch's generator (the module
+    docstring), not from Caffe's stream."""
+
+    min_tops = max_tops = 2
+
+    @classmethod
+    def setup_draws(cls, param: pb.LayerParameter, phase: int) -> int:
+        tp = param.transform_param
+        # the transformer's seed, the layer's own generator (mirror or crop_size), the prefetch thread's seed
+        return transform_setup_draws(tp, phase) + int(bool(tp.mirror or tp.crop_size)) + 1
+
+    def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
+        super().__init__(param, bottom_shapes, ctx)
+        wp, tp = param.window_data_param, param.transform_param
+        self.source = wp.source
+        ignored = [f for f in ("mean_file", "crop_size", "mirror") if wp.HasField(f)]
+        if ignored:
+            log.warning("%s: %s in window_data_param are ignored (as in Caffe); WindowData reads them from "
+                        "transform_param", self.who, ", ".join(ignored))
+        if tp.HasField("scale"):
+            log.warning("%s: transform_param.scale is ignored (as in Caffe); WindowData scales by "
+                        "window_data_param.scale", self.who)
+        crop_mode = wp.crop_mode
+        if crop_mode not in ("warp", "square"):
+            raise self.error(f"crop_mode must be \"warp\" or \"square\", got \"{crop_mode}\"")
+        crop = int(tp.crop_size)
+        if crop <= 0:
+            raise self.error("transform_param.crop_size must be set (> 0): the size windows are warped to")
+        if 2 * int(wp.context_pad) >= crop:
+            raise self.error(f"context_pad {wp.context_pad} leaves no window in a crop of {crop} pixels")
+        log.info("Window data layer:\n  foreground (object) overlap threshold: %s\n  background (non-object) "
+                 "overlap threshold: %s\n  foreground sampling fraction: %s\n  cache_images: %d\n  root_folder: %s",
+                 _g(wp.fg_threshold), _g(wp.bg_threshold), _g(wp.fg_fraction), int(wp.cache_images),
+                 wp.root_folder)
+        images, fg, bg, hist = read_window_file(wp.source, wp.root_folder, wp.fg_threshold, wp.bg_threshold)
+        log.info("Number of images: %d", len(images))
+        for label in sorted(hist):
+            log.info("class %d has %d samples", label, hist[label])
+        log.info("Amount of context padding: %d", wp.context_pad)
+        log.info("Crop mode: %s", crop_mode)
+        if not fg or not bg:
+            raise DataError(f"{self.who}: window file '{wp.source}' has {len(fg)} foreground and {len(bg)} "
+                            "background windows; WindowData needs both (Caffe CHECKs both at every batch)")
+        b = int(wp.batch_size)
+        channels = images[-1][1]
+        mean = mean_values = None
+        if tp.HasField("mean_file"):
+            if len(tp.mean_value):
+                raise self.error("Cannot specify mean_file and mean_value at the same time")
+            log.info("Loading mean file from: %s", tp.mean_file)
+            mean = read_binaryproto_array(tp.mean_file).astype(np.float32)
+            mean = mean.reshape(mean.shape[-3:]) if mean.ndim >= 3 else mean
+            off = (mean.shape[-1] - crop) // 2 if mean.ndim == 3 else -1
+            if mean.ndim != 3 or mean.shape[0] != channels or off < 0 or off + crop > mean.shape[1]:
+                raise self.error(f"mean_file '{tp.mean_file}' has shape {list(mean.shape)}; WindowData needs "
+                                 f"{channels} channels and at least {crop}x{crop} pixels around the centre column "
+                                 "offset (Caffe reads its rows and columns at (width - crop_size) / 2)")
+        elif len(tp.mean_value):
+            if len(tp.mean_value) not in (1, channels):
+                raise self.error(f"Specify either 1 mean_value or as many as channels: {channels}")
+            mean_values = np.asarray(list(tp.mean_value) * (channels if len(tp.mean_value) == 1 else 1),
+                                     np.float32)
+        num_fg = int(np.float32(b) * np.float32(wp.fg_fraction))
+        stream = self._make_stream(len(fg) + len(bg), b)
+        self.reader = _WindowReader(images, fg, bg, batch_size=b, crop=crop, channels=channels, num_fg=num_fg,
+                                    mirror=bool(tp.mirror), scale=wp.scale, context_pad=int(wp.context_pad),
+                                    square=crop_mode == "square", mean=mean, mean_values=mean_values,
+                                    cache=bool(wp.cache_images), stream=stream, who=self.who, source=wp.source)
+        self._shapes = [(b, channels, crop, crop), (b,)]
+        log.info("output data size: %d,%d,%d,%d", b, channels, crop, crop)
+
+
+def _g(v: float) -> str:
+    """A float as C++'s ostream prints it (6 significant digits)."""
+    return f"{float(np.float32(v)):.6g}"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,9 +16,9 @@ CAFFE_TYPES = [
     "MultinomialLogisticLoss", "PReLU", "Parameter", "Pooling", "Power", "ReLU", "Reduction", "Reshape",
     "Scale", "Sigmoid", "SigmoidCrossEntropyLoss", "Silence", "Slice", "Softmax", "SoftmaxWithLoss",
     "Split", "TanH", "Threshold", "Tile",
-    # and the rest of BVLC Caffe's layer types but WindowData (README, "Caffe's layer types")
+    # and the rest of BVLC Caffe's layer types (README, "Caffe's layer types")
     "BatchReindex", "Clip", "Filter", "HDF5Output", "Im2col", "LSTM", "LSTMUnit", "Python", "RNN", "SPP", "Swish",
-    "Data", "ImageData", "HDF5Data", "MemoryData",
+    "Data", "ImageData", "HDF5Data", "MemoryData", "WindowData",
 ]
 
 
@@ -38,8 +38,9 @@ def test_unknown_and_duplicate_types():
         register_layer("ReLU")(type("AnotherReLU", (Layer,), {}))
 
 
-def test_the_one_bvlc_type_not_run_says_what_to_do_instead():
-    p = text_format.Parse('name: "w" type: "WindowData" top: "data" top: "label"', pb.LayerParameter())
-    with pytest.raises(NetDefinitionError, match=r"Layer type 'WindowData': R-CNN's window-file data layer is not "
-                                                 r"implemented in netcompress; crop the windows into an LMDB"):
-        create_layer(p, [], LayerContext())
+def test_every_bvlc_layer_type_runs():
+    """Every type BVLC Caffe registers (tools/bvlc_check.py's list, from its REGISTER_LAYER_* lines) is a
+    netcompress layer."""
+    from netcompress.tools.bvlc_check import BVLC_LAYER_TYPES
+
+    assert BVLC_LAYER_TYPES <= set(known_layer_types())
