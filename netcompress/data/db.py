@@ -213,30 +213,40 @@ class LmdbReader:
             return cur.value()
 
 
-class LmdbWriter:
-    """Write a new LMDB at `path` atomically (temporary folder, then rename).
+class _AtomicDbWriter:
+    """A new database built in a temporary sibling folder and renamed into place on `close`, so a
+    database that exists is complete; `abort` (or an exception in a `with` block) removes it.
+    Records are written in batches of `commit_every`. Subclasses open, write and close the store."""
 
-    Args:
-        path: the database folder to create; it must not exist (as in Caffe).
-        map_size: initial map size in bytes; doubled whenever a commit finds the map full.
-        commit_every: records per transaction (Caffe commits every 1,000).
-    """
+    kind = ""
 
-    def __init__(self, path: str, map_size: int = 1 << 26, commit_every: int = 1000):
+    def __init__(self, path: str, commit_every: int):
         self.path = os.fspath(path)
         if os.path.exists(self.path):
-            raise DataError(f"cannot create LMDB '{self.path}': it already exists (remove it first)")
+            raise DataError(f"cannot create {self.kind} '{self.path}': it already exists (remove it first)")
         parent = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(parent, exist_ok=True)
         self._tmp = tempfile.mkdtemp(prefix="." + os.path.basename(self.path) + ".", suffix=".tmp",
                                      dir=parent)
         os.chmod(self._tmp, 0o755)  # mkdtemp's 0700 would hide the database from other users
-        self.map_size = int(map_size)
         self.commit_every = int(commit_every)
-        self._env = open_lmdb(self._tmp, readonly=False, map_size=self.map_size)
         self._pending: list[tuple[bytes, bytes]] = []
         self.count = 0
         self._closed = False
+        try:
+            self._open(self._tmp)
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
+
+    def _open(self, folder: str) -> None:
+        raise NotImplementedError
+
+    def _write(self, records: list[tuple[bytes, bytes]]) -> None:
+        raise NotImplementedError
+
+    def _close_store(self) -> None:
+        raise NotImplementedError
 
     def put(self, key: bytes | str, value: bytes) -> None:
         if isinstance(key, str):
@@ -247,29 +257,20 @@ class LmdbWriter:
             self.commit()
 
     def commit(self) -> None:
-        lmdb = lmdb_module()
-        while self._pending:
-            try:
-                with self._env.begin(write=True) as txn:
-                    for k, v in self._pending:
-                        txn.put(k, v)
-                self._pending.clear()
-            except lmdb.MapFullError:
-                self.map_size *= 2
-                log.info("Doubling LMDB map size to %dMB", self.map_size >> 20)
-                self._env.set_mapsize(self.map_size)
+        if self._pending:
+            self._write(self._pending)
+            self._pending.clear()
 
     def close(self) -> str:
-        """Commit what is pending and move the database into place. Returns its path."""
+        """Write what is pending and move the database into place. Returns its path."""
         if self._closed:
             return self.path
         self.commit()
-        self._env.sync(True)
-        self._env.close()
+        self._close_store()
         self._closed = True
         if os.path.exists(self.path):
             shutil.rmtree(self._tmp, ignore_errors=True)
-            raise DataError(f"cannot create LMDB '{self.path}': it appeared while writing")
+            raise DataError(f"cannot create {self.kind} '{self.path}': it appeared while writing")
         os.rename(self._tmp, self.path)
         return self.path
 
@@ -277,11 +278,11 @@ class LmdbWriter:
         if not self._closed:
             self._closed = True
             try:
-                self._env.close()
+                self._close_store()
             finally:
                 shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def __enter__(self) -> "LmdbWriter":
+    def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -289,6 +290,43 @@ class LmdbWriter:
             self.close()
         else:
             self.abort()
+
+
+class LmdbWriter(_AtomicDbWriter):
+    """Write a new LMDB at `path` atomically (temporary folder, then rename).
+
+    Args:
+        path: the database folder to create; it must not exist (as in Caffe).
+        map_size: initial map size in bytes; doubled whenever a commit finds the map full.
+        commit_every: records per transaction (Caffe commits every 1,000).
+    """
+
+    kind = "LMDB"
+
+    def __init__(self, path: str, map_size: int = 1 << 26, commit_every: int = 1000):
+        self.map_size = int(map_size)
+        super().__init__(path, commit_every)
+
+    def _open(self, folder: str) -> None:
+        self._env = open_lmdb(folder, readonly=False, map_size=self.map_size)
+
+    def _write(self, records: list[tuple[bytes, bytes]]) -> None:
+        lmdb = lmdb_module()
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    for k, v in records:
+                        txn.put(k, v)
+                return
+            except lmdb.MapFullError:
+                self.map_size *= 2
+                log.info("Doubling LMDB map size to %dMB", self.map_size >> 20)
+                self._env.set_mapsize(self.map_size)
+
+    def _close_store(self) -> None:
+        if not self._closed:  # closing after a successful write: make it durable first
+            self._env.sync(True)
+        self._env.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -399,7 +437,7 @@ class LeveldbReader:
         raise DataError(f"LevelDB '{self.path}' is empty")
 
 
-class LeveldbWriter:
+class LeveldbWriter(_AtomicDbWriter):
     """Write a new LevelDB at `path` atomically (temporary folder, then rename), as `LmdbWriter`.
 
     Args:
@@ -408,67 +446,22 @@ class LeveldbWriter:
         map_size: accepted for `LmdbWriter`'s signature; LevelDB has no map.
     """
 
+    kind = "LevelDB"
+
     def __init__(self, path: str, commit_every: int = 1000, map_size: int | None = None):
-        plyvel = plyvel_module()
-        self.path = os.fspath(path)
-        if os.path.exists(self.path):
-            raise DataError(f"cannot create LevelDB '{self.path}': it already exists (remove it first)")
-        parent = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(parent, exist_ok=True)
-        self._tmp = tempfile.mkdtemp(prefix="." + os.path.basename(self.path) + ".", suffix=".tmp",
-                                     dir=parent)
-        os.chmod(self._tmp, 0o755)
+        self._plyvel = plyvel_module()
+        super().__init__(path, commit_every)
+
+    def _open(self, folder: str) -> None:
         try:
-            self._db = plyvel.DB(self._tmp, create_if_missing=True, **_LEVELDB_OPTIONS)
-        except plyvel.Error as e:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._db = self._plyvel.DB(folder, create_if_missing=True, **_LEVELDB_OPTIONS)
+        except self._plyvel.Error as e:
             raise _leveldb_error(self.path, e) from None
-        self.commit_every = int(commit_every)
-        self._pending: list[tuple[bytes, bytes]] = []
-        self.count = 0
-        self._closed = False
 
-    def put(self, key: bytes | str, value: bytes) -> None:
-        if isinstance(key, str):
-            key = key.encode()
-        self._pending.append((key, bytes(value)))
-        self.count += 1
-        if len(self._pending) >= self.commit_every:
-            self.commit()
+    def _write(self, records: list[tuple[bytes, bytes]]) -> None:
+        with self._db.write_batch() as batch:
+            for k, v in records:
+                batch.put(k, v)
 
-    def commit(self) -> None:
-        if self._pending:
-            with self._db.write_batch() as batch:
-                for k, v in self._pending:
-                    batch.put(k, v)
-            self._pending.clear()
-
-    def close(self) -> str:
-        """Write what is pending and move the database into place. Returns its path."""
-        if self._closed:
-            return self.path
-        self.commit()
+    def _close_store(self) -> None:
         self._db.close()
-        self._closed = True
-        if os.path.exists(self.path):
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            raise DataError(f"cannot create LevelDB '{self.path}': it appeared while writing")
-        os.rename(self._tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        if not self._closed:
-            self._closed = True
-            try:
-                self._db.close()
-            finally:
-                shutil.rmtree(self._tmp, ignore_errors=True)
-
-    def __enter__(self) -> "LeveldbWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
