@@ -138,6 +138,27 @@ def lmdb_writer():
     return write_datum_lmdb
 
 
+def read_datum_records(path) -> list:
+    """Every (key, Datum) of an LMDB or LevelDB, in key order, through netcompress's reader."""
+    from netcompress.data.db import open_reader
+    from netcompress.proto import caffe_pb2 as pb
+
+    db = open_reader(str(path))
+    out = []
+    for i in range(db.num_records):
+        k, v = db.item_at(i)
+        d = pb.Datum()
+        d.ParseFromString(v)
+        out.append((k, d))
+    return out
+
+
+@pytest.fixture
+def datum_records():
+    """`read_datum_records` as a fixture."""
+    return read_datum_records
+
+
 def make_band_digits(n: int, side: int, step: int = 2, width: int = 2, seed: int = 0):
     """(images, labels): n uint8 (1, side, side) images of 4 classes that a small net learns in a few steps:
     noise below 80, rows [step*c, step*c + width) of class c brightened by 150 (labels drawn first)."""

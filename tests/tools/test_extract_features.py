@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from netcompress import cli
-from netcompress.data.db import open_reader
 from netcompress.net import Net
 from netcompress.proto import caffe_pb2 as pb
 from netcompress.tools.features import extract_features
@@ -39,19 +38,8 @@ def trained(tmp_path, lmdb_writer):
     return tmp_path, images, proto, model
 
 
-def _rows(path) -> list[tuple[bytes, pb.Datum]]:
-    db = open_reader(str(path))
-    out = []
-    for i in range(db.num_records):
-        k, v = db.item_at(i)
-        d = pb.Datum()
-        d.ParseFromString(v)
-        out.append((k, d))
-    return out
-
-
 @pytest.mark.parametrize("db_type", ["lmdb", "leveldb"])
-def test_extract_features_writes_caffes_records(trained, db_type, capsys):
+def test_extract_features_writes_caffes_records(trained, db_type, datum_records):
     if db_type == "leveldb":
         pytest.importorskip("plyvel", reason="LevelDB support needs the optional plyvel package")
     root, images, proto, model = trained
@@ -65,7 +53,7 @@ def test_extract_features_writes_caffes_records(trained, db_type, capsys):
         w, b = net.layer("ip").weight, net.layer("ip").bias
         want_ip = torch.relu(x.reshape(12, -1) @ w.T + b).numpy()
         want_conv = torch.nn.functional.conv2d(x, net.layer("conv").weight, net.layer("conv").bias).numpy()
-    ip_rows, conv_rows = _rows(ip_db), _rows(conv_db)
+    ip_rows, conv_rows = datum_records(ip_db), datum_records(conv_db)
     assert [k for k, _ in ip_rows] == [b"%010d" % i for i in range(12)] == [k for k, _ in conv_rows]
     d = ip_rows[5][1]
     assert (d.channels, d.height, d.width, d.label, len(d.data), d.encoded) == (5, 1, 1, 0, 0, False)
