@@ -15,7 +15,7 @@ import stat
 import tempfile
 import threading
 import time
-from typing import IO, Iterator, TypeVar
+from typing import IO, Iterator, Sequence, TypeVar
 
 import numpy as np
 from google.protobuf import message as _pb_message
@@ -450,10 +450,80 @@ def read_solver(path: str, upgrade: bool = True) -> pb.SolverParameter:
     return upgrade_solver(solver, path) if upgrade else solver
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def is_hdf5(path: str | os.PathLike, what: str = "file") -> bool:
+    """Whether the regular file `path` starts with HDF5's signature (Caffe's `.caffemodel.h5`,
+    `.solverstate.h5`); Caffe writes no user block, so offset 0 is where it is."""
+    check_input_file(path, what)
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == HDF5_SIGNATURE
+    except OSError as e:
+        raise FileError.from_os_error(os.fspath(path), e, "read") from None
+
+
+def read_hdf5_weights(path: str) -> pb.NetParameter:
+    """Caffe's HDF5 weights (Net::ToHDF5: a `/data/<layer>/<blob index>` dataset for each blob a layer
+    owns) as a NetParameter of layer names and blobs, in the file's (name) order, as
+    CopyTrainedLayersFromHDF5 reads them. A blob a layer shares with an earlier layer, which Caffe
+    does not write, is an empty BlobProto at its index (`Net.copy_from` skips it for a shared blob
+    and refuses it for an owned one, as Caffe)."""
+    import h5py
+
+    check_input_file(path, "caffemodel")
+    net = pb.NetParameter()
+    try:
+        with h5py.File(path, "r") as f:
+            data = f.get("data")
+            if not isinstance(data, h5py.Group):
+                raise ProtoParseError(path, "an HDF5 file without Caffe's /data group (not a .caffemodel.h5)")
+            for name in data:
+                group = data[name]
+                if not isinstance(group, h5py.Group) or not all(k.isdigit() for k in group):
+                    raise ProtoParseError(path, f"/data/{name} is not a layer's group of blobs 0, 1, ...")
+                lp = net.layer.add(name=name)
+                for j in range(max((int(k) + 1 for k in group), default=0)):
+                    blob = lp.blobs.add()
+                    if str(j) in group:
+                        array_to_blob(np.asarray(group[str(j)], dtype=np.float32), blob)
+    except (OSError, ValueError, TypeError) as e:
+        raise ProtoParseError(path, f"not a readable HDF5 weights file ({e})") from None
+    return net
+
+
+def write_hdf5_weights(path: str, layers: Sequence[tuple[str, Sequence[np.ndarray | None]]],
+                       diffs: Sequence[Sequence[np.ndarray]] | None = None) -> None:
+    """Write Caffe's HDF5 weights atomically: for each (layer name, blobs), the group `/data/<name>`
+    with a float32 dataset per blob that is not None (None: a blob shared with an earlier layer);
+    with `diffs`, `/diff/<name>` with every blob's diff, as Net::ToHDF5 with write_diff."""
+    import h5py
+
+    with atomic_file(path) as f, h5py.File(f, "w") as h:
+        data = h.create_group("data")
+        diff = h.create_group("diff") if diffs is not None else None
+        for i, (name, blobs) in enumerate(layers):
+            if name in data:
+                raise FileError(path, f"two layers are named '{name}'; Caffe's HDF5 weights hold one group "
+                                      "per layer name (save as a binary .caffemodel instead)")
+            g = data.create_group(name)
+            for j, a in enumerate(blobs):
+                if a is not None:
+                    g.create_dataset(str(j), data=np.asarray(a, dtype=np.float32))
+            if diff is not None:
+                gd = diff.create_group(name)
+                for j, a in enumerate(diffs[i]):
+                    gd.create_dataset(str(j), data=np.asarray(a, dtype=np.float32))
+
+
 def read_caffemodel(path: str, upgrade: bool = True) -> pb.NetParameter:
-    """Read a binary NetParameter (.caffemodel). A text prototxt with weights is accepted too."""
+    """Read a binary NetParameter (.caffemodel), or Caffe's HDF5 weights (`read_hdf5_weights`; told apart
+    by content, as Caffe's CopyTrainedLayersFrom does). A text prototxt with weights is accepted too."""
     from .upgrade import upgrade_net
 
+    if is_hdf5(path, "caffemodel"):
+        return read_hdf5_weights(path)
     data = _read_bytes(path, what="caffemodel")
     net = pb.NetParameter()
     try:

@@ -704,9 +704,15 @@ class Net(nn.Module):
                     f"{path}: Incompatible number of blobs for layer '{sl.name}': the model has "
                     f"{n_src}, the net's {layer.type_name} layer expects {n_dst}"
                     + (_convert_hint(sl.type) if n_src > n_dst else ""))
+            key = self._first_key[sl.name]
             for j in range(n_src):
                 blob = sl.blobs[j]
                 target = getattr(layer, layer.blob_names[j])
+                if blob.ByteSize() == 0:  # no blob j in an HDF5 file (ncio.read_hdf5_weights)
+                    if not any(e.module == key and e.index == j for e in self._params):
+                        continue  # a blob this layer shares with an earlier one: Caffe writes it once
+                    raise WeightLoadError(f"{path}: Incompatible number of blobs for layer '{sl.name}': the model "
+                                          f"has no blob {j}, which the net's {layer.type_name} layer owns")
                 src_shape = ncio.blob_shape(blob)
                 if tuple(src_shape) != tuple(target.shape):
                     legacy = not blob.HasField("shape") and math.prod(src_shape) == target.numel()
@@ -762,6 +768,25 @@ class Net(nn.Module):
     def save(self, path: str, write_diff: bool = False) -> None:
         """Write the weights as a binary .caffemodel (atomically)."""
         ncio.write_caffemodel(path, self.to_proto(write_diff))
+
+    def save_hdf5(self, path: str, write_diff: bool = False) -> None:
+        """Write the weights as Caffe's HDF5 weights file (Net::ToHDF5, `snapshot_format: HDF5`),
+        atomically: a group per layer in Caffe's order, the Split layers' (empty) groups included, a
+        float32 dataset per blob the layer owns; with `write_diff` the diffs under /diff."""
+        owned = {(e.module, e.index) for e in self._params}
+        splits = plan_splits(self.param.layer)
+        layers, diffs = [], []
+        for li, key in enumerate(self._keys):
+            layer = self.layers[key]
+            blobs = [t.detach().to("cpu", torch.float32).numpy() if (key, j) in owned else None
+                     for j, t in enumerate(layer.blobs())]
+            layers.append((self.layer_names[li], blobs))
+            diffs.append([(t.grad if isinstance(t, nn.Parameter) and t.grad is not None else torch.zeros_like(t))
+                          .detach().to("cpu", torch.float32).numpy() for t in layer.blobs()] if write_diff else [])
+            for sp in splits.splits[li]:
+                layers.append((sp.name, []))
+                diffs.append([])
+        ncio.write_hdf5_weights(path, layers, diffs if write_diff else None)
 
     def share_weights_with(self, other: "Net") -> None:
         """Use `other`'s blobs (by layer name) in this net: Caffe's ShareTrainedLayersWith (each of

@@ -975,13 +975,10 @@ class Net:
 
     # -- weights ------------------------------------------------------------------------------------------------
     def copy_from(self, path) -> None:
-        """Copy weights by layer name from a .caffemodel (or Caffe's HDF5 weights file)."""
+        """Copy weights by layer name from a .caffemodel or Caffe's HDF5 weights file (told apart by content)."""
         path = _check_file(path)
         self._flush()
-        if _is_hdf5(path):
-            self.load_hdf5(path)
-        else:
-            self._core.copy_from(path)
+        self._core.copy_from(path)
 
     def save(self, path) -> None:
         """Write the weights as a binary .caffemodel, as Caffe's Net::ToProto (Split layers included)."""
@@ -1009,57 +1006,12 @@ class Net:
 
     def save_hdf5(self, path) -> None:
         """Caffe's Net::ToHDF5: /data/<layer>/<i> datasets (float32), a parameter shared by name written once."""
-        import h5py
-
         self._flush()
-        owned = {(e.module, e.index) for e in self._core.learnable_params()}
-        tmp = os.fspath(path) + ".tmp"
-        with h5py.File(tmp, "w") as f:
-            data = f.create_group("data")
-            for cl in self._cl:
-                if cl.name in data:
-                    raise RuntimeError(f"Error saving weights to {path}: two layers are named '{cl.name}'")
-                g = data.create_group(cl.name)
-                if cl.key is None:
-                    continue
-                layer = self._core.layers[cl.key]
-                for j, t in enumerate(layer.blobs()):
-                    if (cl.key, j) in owned:
-                        g.create_dataset(str(j), data=t.detach().to("cpu", torch.float32).numpy())
-        os.replace(tmp, os.fspath(path))
+        self._core.save_hdf5(os.fspath(path))
 
     def load_hdf5(self, path) -> None:
-        """Caffe's CopyTrainedLayersFromHDF5: by layer name (the last layer of a name), blob j from dataset 'j'."""
-        import h5py
-
-        path = _check_file(path)
-        self._flush()
-        core = self._core
-        with h5py.File(path, "r") as f:
-            if "data" not in f:
-                raise WeightLoadError(f"Error reading weights from {path}: no /data group")
-            owned = {(e.module, e.index) for e in core.learnable_params()}
-            for name in f["data"]:
-                if not core.has_layer(name):
-                    log.info("Ignoring source layer %s", name)
-                    continue
-                key = core._last_key[name]
-                layer = core.layers[key]
-                g = f["data"][name]
-                if len(g) > len(layer.blob_names):
-                    raise WeightLoadError(f"{path}: Incompatible number of blobs for layer {name}")
-                for j, bname in enumerate(layer.blob_names):
-                    if str(j) not in g:
-                        if (key, j) not in owned:
-                            continue  # shared with another layer's blob
-                        raise WeightLoadError(f"{path}: Incompatible number of blobs for layer {name}")
-                    arr = np.asarray(g[str(j)])
-                    target = getattr(layer, bname)
-                    if tuple(arr.shape) != tuple(target.shape):
-                        raise WeightLoadError(f"{path}: Cannot load blob {j} of layer {name} from hdf5; dims "
-                                              f"mismatch: {list(arr.shape)} vs {list(target.shape)}")
-                    with torch.no_grad():
-                        target.copy_(torch.from_numpy(arr.astype(np.float32)).to(target.device, target.dtype))
+        """Caffe's CopyTrainedLayersFromHDF5 (see `copy_from`)."""
+        self.copy_from(path)
 
     def share_with(self, other: "Net") -> None:
         """Caffe's ShareTrainedLayersWith: each of `other`'s layers shares its blobs' data (not their diffs)
@@ -1102,7 +1054,3 @@ class Net:
     def after_backward(self, fn: Callable[[int], Any]) -> None:
         self._callbacks["after_backward"].append(fn)
 
-
-def _is_hdf5(path: str) -> bool:
-    with open(path, "rb") as f:
-        return f.read(8) == b"\x89HDF\r\n\x1a\n"

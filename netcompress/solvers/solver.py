@@ -216,9 +216,6 @@ class Solver:
         if sp.snapshot and not sp.snapshot_prefix:
             raise NetcompressError(f"{src}: In solver params, snapshot is specified but "
                                    "snapshot_prefix is not")
-        if sp.snapshot_format == pb.SolverParameter.HDF5:
-            raise NetcompressError(f"{src}: snapshot_format HDF5 is not supported; use BINARYPROTO "
-                                   "(the default)")
         if not sp.HasField("lr_policy"):
             raise NetcompressError(f"{src}: lr_policy is not set (e.g. lr_policy: \"fixed\")")
         self._check_ranges()
@@ -286,7 +283,7 @@ class Solver:
                 problem = describe_os_error(e, f"write in {folder}")
         elif not os.access(probe, os.W_OK | os.X_OK):
             problem = f"cannot create {folder}: {probe} is not writable"
-        longest = os.path.basename(self.snapshot_filename_at(max(sp.max_iter, 0), ".solverstate.nc.npz"))
+        longest = os.path.basename(self.snapshot_filename_at(max(sp.max_iter, 0), self._state_ext() + SIDECAR_SUFFIX))
         name_max = 255
         with contextlib.suppress(OSError, ValueError):
             name_max = os.pathconf(probe, "PC_NAME_MAX")
@@ -894,21 +891,35 @@ class Solver:
         else:
             self._last_snapshot_iter = self.iter
 
+    def _hdf5(self) -> bool:
+        return self.param.snapshot_format == pb.SolverParameter.HDF5
+
+    def _state_ext(self) -> str:
+        return ".solverstate.h5" if self._hdf5() else ".solverstate"
+
     def snapshot(self) -> str:
-        """Write <prefix>_iter_N.caffemodel, .solverstate and the netcompress sidecar, atomically."""
+        """Write <prefix>_iter_N.caffemodel, .solverstate and the netcompress sidecar, atomically
+        (.caffemodel.h5 and .solverstate.h5 with `snapshot_format: HDF5`, as Caffe)."""
         if not self.param.snapshot_prefix:
             raise NetcompressError(f"{self.source}: cannot snapshot: snapshot_prefix is not set")
         self.net.before_snapshot()
-        model = self.snapshot_filename(".caffemodel")
-        log.info("Snapshotting to binary proto file %s", model)
-        self.net.save(model, write_diff=self.param.snapshot_diff)
-        state = pb.SolverState(iter=self.iter, learned_net=model, current_step=self.current_step)
-        for k in range(self._nhist):
-            for hist in self.history:
-                ncio.array_to_blob(hist[k], state.history.add())
-        sfile = self.snapshot_filename(".solverstate")
-        log.info("Snapshotting solver state to binary proto file %s", sfile)
-        ncio.write_binary_proto(sfile, state)
+        history = [hist[k] for k in range(self._nhist) for hist in self.history]  # Caffe's history_ order
+        sfile = self.snapshot_filename(self._state_ext())
+        if self._hdf5():
+            model = self.snapshot_filename(".caffemodel.h5")
+            log.info("Snapshotting to HDF5 file %s", model)
+            self.net.save_hdf5(model, write_diff=self.param.snapshot_diff)
+            log.info("Snapshotting solver state to HDF5 file %s", sfile)
+            write_hdf5_state(sfile, self.iter, model, self.current_step, history)
+        else:
+            model = self.snapshot_filename(".caffemodel")
+            log.info("Snapshotting to binary proto file %s", model)
+            self.net.save(model, write_diff=self.param.snapshot_diff)
+            state = pb.SolverState(iter=self.iter, learned_net=model, current_step=self.current_step)
+            for h in history:
+                ncio.array_to_blob(h, state.history.add())
+            log.info("Snapshotting solver state to binary proto file %s", sfile)
+            ncio.write_binary_proto(sfile, state)
         save_state(sfile + SIDECAR_SUFFIX, self._extra_state())
         self.last_snapshot = model
         self._last_snapshot_iter = self.iter
@@ -936,8 +947,9 @@ class Solver:
 
         The callbacks get their saved state first (`load_state_dict`, with `iter` already set), so
         that one may rebuild the nets to the snapshot's structure (`rebuild_nets`) before the
-        weights, the history and the layers' state are loaded into them."""
-        state = ncio.read_binary_proto(path, pb.SolverState())
+        weights, the history and the layers' state are loaded into them. A file whose name ends in
+        `.h5` is read as Caffe's HDF5 solver state (Solver::Restore's rule)."""
+        state = read_hdf5_state(path) if path.endswith(".h5") else ncio.read_binary_proto(path, pb.SolverState())
         self.iter = state.iter
         side = path + SIDECAR_SUFFIX
         tree = _load_sidecar(side) if os.path.exists(side) else None
@@ -1025,6 +1037,55 @@ class Solver:
                     signal.signal(sig, h)
 
         return _Ctx()
+
+
+def write_hdf5_state(path: str, iteration: int, model: str, current_step: int, history) -> None:
+    """Caffe's SGDSolver::SnapshotSolverStateToHDF5, atomically: int datasets `iter` and `current_step`,
+    the string `learned_net` (NUL-terminated, as H5LTmake_dataset_string writes it), and a float32
+    dataset per history blob in /history."""
+    import h5py
+
+    with ncio.atomic_file(path) as f, h5py.File(f, "w") as h:
+        h.create_dataset("iter", data=np.array([iteration], np.int32))
+        raw = os.fsencode(model) + b"\0"
+        tid = h5py.h5t.C_S1.copy()
+        tid.set_size(len(raw))
+        tid.set_strpad(h5py.h5t.STR_NULLTERM)
+        dset = h5py.h5d.create(h.id, b"learned_net", tid, h5py.h5s.create(h5py.h5s.SCALAR))
+        dset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array(raw, dtype=f"S{len(raw)}"))
+        h.create_dataset("current_step", data=np.array([current_step], np.int32))
+        g = h.create_group("history")
+        for i, t in enumerate(history):
+            g.create_dataset(str(i), data=t.detach().to("cpu", torch.float32).numpy())
+
+
+def read_hdf5_state(path: str) -> pb.SolverState:
+    """Caffe's HDF5 solver state (`write_hdf5_state`) as a SolverState; errors name the file."""
+    import h5py
+
+    ncio.check_input_file(path, "solver state")
+    state = pb.SolverState()
+    try:
+        with h5py.File(path, "r") as h:
+            missing = [k for k in ("iter", "current_step", "history") if k not in h]
+            if missing:
+                raise NetcompressError(f"{path}: not Caffe's HDF5 solver state (no {', '.join(missing)})")
+            state.iter = int(np.asarray(h["iter"]).reshape(-1)[0])
+            state.current_step = int(np.asarray(h["current_step"]).reshape(-1)[0])
+            if "learned_net" in h:
+                raw = h["learned_net"][()]
+                raw = raw.tobytes() if isinstance(raw, np.ndarray) else raw
+                state.learned_net = os.fsdecode(bytes(raw).split(b"\0", 1)[0])
+            hist = h["history"]
+            for i in range(len(hist)):
+                if str(i) not in hist:
+                    raise NetcompressError(f"{path}: /history has {len(hist)} entries but no '{i}'")
+                ncio.array_to_blob(np.asarray(hist[str(i)], dtype=np.float32), state.history.add())
+    except NetcompressError:
+        raise
+    except (OSError, ValueError, TypeError, IndexError) as e:
+        raise NetcompressError(f"{path}: not a readable HDF5 solver state ({e})") from None
+    return state
 
 
 def _carry_over(old: Net, new: Net, blobs=lambda name: True) -> None:
