@@ -10,14 +10,15 @@ What is here, with pycaffe's names and behaviour (BVLC Caffe's python/caffe):
   (`netcompress.pycaffe.net` says how the numpy arrays stay coherent with the net's tensors);
 - `caffe.SGDSolver`, `NesterovSolver`, `AdaGradSolver`, `RMSPropSolver`, `AdaDeltaSolver`, `AdamSolver`,
   `caffe.get_solver` (`netcompress.pycaffe.solver`);
+- `caffe.NetSpec`, `caffe.layers`, `caffe.params`, `caffe.to_proto` (net_spec: nets written in Python,
+  `netcompress.pycaffe.net_spec`);
 - `caffe.io` (Transformer, load_image with Pillow, resize_image, oversample, BlobProto and Datum conversions),
   `caffe.Classifier`, `caffe.proto.caffe_pb2`, `caffe.TRAIN` / `caffe.TEST`, `caffe.Layer` for Python layers;
 - `set_mode_cpu`, `set_mode_gpu`, `set_device` (the device of nets and solvers created afterwards),
   `set_random_seed`, `init_log`, `log`, `layer_type_list`, `Timer`, and the solver count/rank functions of a
   single process.
 
-Not here: `caffe.NetSpec` / `caffe.layers` / `caffe.params` / `caffe.to_proto` (net_spec: write the prototxt
-instead), `caffe.Detector` (it needs selective-search windows) and `caffe.NCCL` (multi-GPU training from Python;
+Not here: `caffe.Detector` (it needs selective-search windows) and `caffe.NCCL` (multi-GPU training from Python;
 use `netcompress train --gpu 0,1`): using them raises NotImplementedError. `caffe.draw` is not provided.
 
 A Caffe *Python layer* module that does `import caffe` gets this package where no other `caffe` is imported
@@ -37,6 +38,7 @@ from ._base import (TEST, TRAIN, Blob, BlobVec, Layer, set_device, set_mode_cpu,
                     set_random_seed)
 from .classifier import Classifier
 from .net import Net
+from .net_spec import NetSpec, layers, params, to_proto
 from .solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NCCL, NesterovSolver, RMSPropSolver, SGDSolver,
                      Solver, get_solver)
 
@@ -44,7 +46,8 @@ __all__ = ["Net", "Blob", "BlobVec", "Layer", "TRAIN", "TEST", "Solver", "SGDSol
            "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "get_solver", "NCCL", "Timer",
            "Classifier", "io", "proto", "set_mode_cpu", "set_mode_gpu", "set_device", "set_random_seed",
            "init_log", "log", "layer_type_list", "solver_count", "set_solver_count", "solver_rank",
-           "set_solver_rank", "set_multiprocess", "has_nccl", "install_as_caffe"]
+           "set_solver_rank", "set_multiprocess", "has_nccl", "install_as_caffe", "NetSpec", "layers", "params",
+           "to_proto"]
 
 __version__ = "1.0.0"  # the BVLC Caffe release whose Python interface this follows
 
@@ -120,25 +123,15 @@ class Timer:
         return self._elapsed * 1e3
 
 
-_NOT_PROVIDED = {
-    "layers": "net_spec (caffe.layers, caffe.params, caffe.NetSpec, caffe.to_proto)",
-    "params": "net_spec (caffe.layers, caffe.params, caffe.NetSpec, caffe.to_proto)",
-    "NetSpec": "net_spec (caffe.layers, caffe.params, caffe.NetSpec, caffe.to_proto)",
-    "to_proto": "net_spec (caffe.layers, caffe.params, caffe.NetSpec, caffe.to_proto)",
-    "Detector": "caffe.Detector",
-}
-
-
 def __getattr__(name: str):
-    if name in _NOT_PROVIDED:
-        raise NotImplementedError(f"{_NOT_PROVIDED[name]} is not provided by netcompress.pycaffe; write the "
-                                  "net as a prototxt" if name != "Detector" else
-                                  "caffe.Detector (windowed detection) is not provided by netcompress.pycaffe")
+    if name == "Detector":
+        raise NotImplementedError("caffe.Detector (windowed detection) is not provided by netcompress.pycaffe")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def install_as_caffe() -> bool:
-    """Make this package importable as `caffe` (with `caffe.io`, `caffe.proto`, `caffe.proto.caffe_pb2`) where
+    """Make this package importable as `caffe` (with `caffe.io`, `caffe.proto`, `caffe.proto.caffe_pb2`,
+    `caffe.net_spec`) where
     no module named `caffe` is imported yet; True if it was installed."""
     if "caffe" in sys.modules:
         return False
@@ -147,4 +140,5 @@ def install_as_caffe() -> bool:
     sys.modules["caffe.io"] = io
     sys.modules["caffe.proto"] = proto
     sys.modules["caffe.proto.caffe_pb2"] = caffe_pb2
+    sys.modules["caffe.net_spec"] = sys.modules[f"{__name__}.net_spec"]
     return True
