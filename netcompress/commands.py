@@ -37,6 +37,8 @@ COMMANDS: dict[str, Command] = {
                                   "compute the mean image of an LMDB or LevelDB (Caffe's compute_image_mean)"),
     "extract_features": Command("netcompress.tools.features:extract_features_main",
                                 "a trained net's blobs over its data into new LMDBs/LevelDBs (Caffe's extract_features)"),
+    "draw_net": Command("netcompress.tools.draw:main",
+                        "draw a net's graph to an image or DOT file (Caffe's python/draw_net.py; needs pydot)"),
     "convert_db": Command("netcompress.data.tools:convert_db_main",
                           "copy a database's records into a new LMDB or LevelDB (e.g. LevelDB -> LMDB)"),
     "mnist5k": Command("netcompress.data.tools:mnist5k_main",

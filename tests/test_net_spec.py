@@ -115,7 +115,7 @@ def test_python_layers_see_caffe_net_spec(tmp_path, monkeypatch):
     for name in ("caffe", "caffe.io", "caffe.proto", "caffe.proto.caffe_pb2", "caffe.net_spec"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     assert caffe.install_as_caffe()
-    from caffe import net_spec  # noqa: F401  (what a Caffe script may import)
+    from caffe import net_spec  # what a Caffe script may import
     import caffe as c
 
-    assert c.layers is L and c.NetSpec is caffe.NetSpec
+    assert c.layers is L and c.NetSpec is caffe.NetSpec and net_spec.to_proto is caffe.to_proto

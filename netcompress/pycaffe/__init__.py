@@ -19,7 +19,8 @@ What is here, with pycaffe's names and behaviour (BVLC Caffe's python/caffe):
   single process.
 
 Not here: `caffe.Detector` (it needs selective-search windows) and `caffe.NCCL` (multi-GPU training from Python;
-use `netcompress train --gpu 0,1`): using them raises NotImplementedError. `caffe.draw` is not provided.
+use `netcompress train --gpu 0,1`): using them raises NotImplementedError. `caffe.draw` draws nets through
+pydot (`netcompress.tools.draw`).
 
 A Caffe *Python layer* module that does `import caffe` gets this package where no other `caffe` is imported
 (`install_as_caffe`, used by layers/python.py), `caffe.io` and `caffe.proto` included.
@@ -124,6 +125,10 @@ class Timer:
 
 
 def __getattr__(name: str):
+    if name == "draw":  # a submodule pycaffe scripts import themselves (`import caffe.draw`); pydot is optional
+        import importlib
+
+        return importlib.import_module(f"{__name__}.draw")
     if name == "Detector":
         raise NotImplementedError("caffe.Detector (windowed detection) is not provided by netcompress.pycaffe")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -141,4 +146,5 @@ def install_as_caffe() -> bool:
     sys.modules["caffe.proto"] = proto
     sys.modules["caffe.proto.caffe_pb2"] = caffe_pb2
     sys.modules["caffe.net_spec"] = sys.modules[f"{__name__}.net_spec"]
+    sys.modules["caffe.draw"] = __getattr__("draw")
     return True

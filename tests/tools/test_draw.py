@@ -1,0 +1,83 @@
+"""draw_net / caffe.draw: the graph of a net as Caffe's drawing module builds it (pydot), DOT text and images."""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from netcompress import cli
+from netcompress import io as ncio
+from netcompress.proto import caffe_pb2 as pb
+
+pydot = pytest.importorskip("pydot", reason="drawing nets needs the optional pydot package")
+
+LENET = Path(__file__).resolve().parents[2] / "examples" / "mnist" / "lenet_train_test.prototxt"
+
+
+def _graph(path, rankdir="LR", phase=None, display_lrm=False):
+    """The graph draw_net built for `path` (compared with its DOT text, so the file is that graph)."""
+    from netcompress.tools.draw import get_pydot_graph
+
+    g = get_pydot_graph(ncio.read_net(str(LENET)), rankdir, phase=phase, display_lrm=display_lrm)
+    assert Path(path).read_text() == g.to_string()
+    nodes = {n.get_name().strip('"'): n for n in g.get_nodes()}
+    edges = [(e.get_source().strip('"'), e.get_destination().strip('"'), e.get("label")) for e in g.get_edges()]
+    return g, nodes, edges
+
+
+def test_draw_net_writes_caffes_graph_as_dot_text(tmp_path, capsys):
+    out = tmp_path / "lenet.dot"
+    assert cli.main(["draw_net", str(LENET), str(out), "--display_lrm"]) == 0
+    assert f"Drawing net to {out}" in capsys.readouterr().out
+    g, nodes, edges = _graph(out, display_lrm=True)
+    assert g.get_name() == "LeNet" and g.get("rankdir") == "LR"
+    conv1 = r"conv1\n(Convolution)\nkernel size: 5\nstride: 1\npad: 0\nlr mult: 1.0, 2.0"
+    assert nodes[conv1].get("fillcolor").strip('"') == "#FF5050" and nodes[conv1].get("shape") == "record"
+    pool1 = r"pool1\n(Pooling MAX)\nkernel size: 2\nstride: 2\npad: 0"
+    assert nodes[pool1].get("fillcolor").strip('"') == "#FF9900"
+    assert nodes[r"relu1\n(ReLU)"].get("fillcolor").strip('"') == "#90EE90"  # in place
+    assert nodes["data"].get("shape") == "octagon"
+    assert ("data", conv1, '""') in edges and (conv1, "conv1", "20") in edges
+    # both Data layers (all phases) and the TEST-only accuracy layer
+    assert sum(1 for e in edges if e[1] == "data") == 2
+    assert any(name.startswith(r"accuracy\n") for name in nodes)
+
+
+def test_phase_and_rankdir(tmp_path):
+    out = tmp_path / "train.gv"
+    assert cli.main(["draw_net", str(LENET), str(out), "--phase", "TRAIN", "--rankdir", "TB"]) == 0
+    _, nodes, edges = _graph(out, "TB", pb.TRAIN)
+    assert not any(name.startswith("accuracy") for name in nodes)  # TEST only
+    assert sum(1 for e in edges if e[1] == "data") == 1
+    assert "conv1 (Convolution) kernel size: 5 stride: 1 pad: 0" in nodes  # vertical: words on one line
+
+
+def test_caffe_draw_is_pycaffes_module(tmp_path):
+    import netcompress.pycaffe as caffe
+
+    net = ncio.read_net(str(LENET))
+    caffe.draw.draw_net_to_file(net, str(tmp_path / "x.raw"), "LR", caffe.TEST)
+    assert (tmp_path / "x.raw").read_text().startswith("digraph LeNet {")
+    with pytest.raises(ValueError, match="ReLU layers do not have a learning rate multiplier"):
+        caffe.draw.get_layer_lr_mult(pb.LayerParameter(type="ReLU"))
+
+
+def test_images_need_graphviz(tmp_path, capsys):
+    out = tmp_path / "lenet.png"
+    if shutil.which("dot") is None:
+        assert cli.main(["draw_net", str(LENET), str(out)]) == 1
+        assert "drawing a .png file needs Graphviz's 'dot' program" in capsys.readouterr().err
+        assert not out.exists()
+    else:
+        assert cli.main(["draw_net", str(LENET), str(out)]) == 0
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(["draw_net", str(LENET), str(tmp_path / "noext")]) == 1
+    assert "no extension to take the image format from" in capsys.readouterr().err
+
+
+def test_without_pydot_the_error_says_what_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pydot", None)
+    assert cli.main(["draw_net", str(LENET), str(tmp_path / "x.dot")]) == 1
+    assert "drawing a net needs the 'pydot' package: pip install pydot" in capsys.readouterr().err
