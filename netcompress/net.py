@@ -230,7 +230,8 @@ class Net(nn.Module):
         seen_names: dict[str, int] = {}
         # Caffe's Split layers are not built (a blob read twice is read twice), but the log names
         # them, their tops and their memory as Caffe's does, and the backward analysis runs over them.
-        splits = plan_splits(param.layer)
+        splits = self._splits = plan_splits(param.layer)
+        self.split_names = {sp.name for layer_splits in splits.splits for sp in layer_splits}
         top_loss: list[list[float]] = []
         for li, lp in enumerate(param.layer):
             name = lp.name
@@ -692,7 +693,7 @@ class Net(nn.Module):
         filled: list[str] = []
         for sl in source.layer:
             if not self.has_layer(sl.name):
-                if self.verbose:
+                if self.verbose and sl.name not in self.split_names:  # Caffe's net has that Split layer
                     log.info("Ignoring source layer %s", sl.name)
                 continue
             layer = self.layers[self._first_key[sl.name]]
@@ -751,18 +752,35 @@ class Net(nn.Module):
         return missing
 
     def to_proto(self, write_diff: bool = False) -> pb.NetParameter:
-        """The net as a NetParameter with blobs, as Caffe's Net::ToProto writes it."""
+        """The net as a NetParameter with blobs, as Caffe's Net::ToProto writes it: with the Split layers
+        Caffe inserts (no blobs), the bottoms they feed renamed to their tops, and a loss weight that
+        InsertSplits moves to a Split's first top cleared from its layer (a loss layer then has its
+        default 1 again, as Caffe's LossLayer::LayerSetUp adds it)."""
         out = pb.NetParameter()
         out.name = self.name
-        for name, layer in self.named_layers():
+        splits = self._splits
+        for li, (name, layer) in enumerate(self.named_layers()):
             lp = out.layer.add()
             lp.CopyFrom(layer.layer_param)
             lp.ClearField("blobs")
+            if list(lp.bottom) != splits.bottoms[li]:
+                del lp.bottom[:]
+                lp.bottom.extend(splits.bottoms[li])
+            if splits.cleared[li]:
+                del lp.loss_weight[:]
+                if layer.is_loss:
+                    lp.loss_weight.append(1.0)
             for t in layer.blobs():
                 grad = t.grad if (write_diff and isinstance(t, nn.Parameter) and t.grad is not None) else None
                 if write_diff and grad is None:
                     grad = torch.zeros_like(t)
                 ncio.array_to_blob(t, lp.blobs.add(), diff=grad)
+            for sp in splits.splits[li]:
+                s = out.layer.add(name=sp.name, type="Split", phase=self.phase)
+                s.bottom.append(sp.bottom)
+                s.top.extend(sp.tops)
+                if sp.loss_weight:
+                    s.loss_weight.extend([sp.loss_weight] + [0.0] * (len(sp.tops) - 1))
         return out
 
     def save(self, path: str, write_diff: bool = False) -> None:
@@ -774,7 +792,7 @@ class Net(nn.Module):
         atomically: a group per layer in Caffe's order, the Split layers' (empty) groups included, a
         float32 dataset per blob the layer owns; with `write_diff` the diffs under /diff."""
         owned = {(e.module, e.index) for e in self._params}
-        splits = plan_splits(self.param.layer)
+        splits = self._splits
         layers, diffs = [], []
         for li, key in enumerate(self._keys):
             layer = self.layers[key]

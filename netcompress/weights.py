@@ -114,7 +114,8 @@ def copy_weights_list(net: "Net", weights: str | Sequence[str] | None, verbose: 
         copied, kept, absent = [], [], []
         for sl in source.layer:
             if not net.has_layer(sl.name):
-                absent.append(sl.name)
+                if sl.name not in net.split_names:  # (a Split layer Caffe inserts in this net too: no blobs)
+                    absent.append(sl.name)
             elif not len(sl.blobs) and not net.layer(sl.name).blob_names:
                 continue  # nothing to copy (ReLU, Pooling, ...)
             elif sl.name in filled and filled[sl.name] != path:

@@ -7,6 +7,7 @@ import lzma
 import re
 
 import pytest
+import torch
 from google.protobuf import text_format
 
 from netcompress import pycaffe as caffe
@@ -162,3 +163,48 @@ def test_splits_carry_an_explicit_loss_weight_and_rename_bottoms():
     assert plan.cleared == [False, True, False]
     # an unknown bottom is left for the net to report where it builds the layer
     assert plan_splits(_net('layer { name: "u" type: "ReLU" bottom: "nope" top: "y" }').layer).bottoms == [["nope"]]
+
+
+SPLIT_NET = """
+name: "branches"
+layer { name: "d" type: "DummyData" top: "x" top: "label"
+        dummy_data_param { shape { dim: 2 dim: 3 } shape { dim: 2 } data_filler { type: "gaussian" } } }
+layer { name: "a" type: "InnerProduct" bottom: "x" top: "a" inner_product_param { num_output: 4
+        weight_filler { type: "gaussian" } } }
+layer { name: "b" type: "InnerProduct" bottom: "a" top: "b" inner_product_param { num_output: 3
+        weight_filler { type: "gaussian" } } }
+layer { name: "c" type: "InnerProduct" bottom: "a" top: "c" inner_product_param { num_output: 3
+        weight_filler { type: "gaussian" } } }
+layer { name: "sum" type: "Eltwise" bottom: "b" bottom: "c" top: "s" }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "s" bottom: "label" top: "loss" }
+"""
+
+
+def test_saved_models_hold_caffes_split_layers_and_load_back_quietly(tmp_path, net_log):
+    """Caffe's Net::ToProto writes the Split layers it inserted and the renamed bottoms: so does the core's save
+    (a model re-saved is Caffe's byte for byte), and loading such a model names no Split layer as ignored."""
+    net = Net(_net(SPLIT_NET), phase=pb.TRAIN, seed=1)
+    proto = net.to_proto()
+    assert [(lp.name, lp.type, list(lp.bottom), list(lp.top)) for lp in proto.layer] == [
+        ("d", "DummyData", [], ["x", "label"]),
+        ("a", "InnerProduct", ["x"], ["a"]),
+        ("a_a_0_split", "Split", ["a"], ["a_a_0_split_0", "a_a_0_split_1"]),
+        ("b", "InnerProduct", ["a_a_0_split_0"], ["b"]),
+        ("c", "InnerProduct", ["a_a_0_split_1"], ["c"]),
+        ("sum", "Eltwise", ["b", "c"], ["s"]),
+        ("loss", "SoftmaxWithLoss", ["s", "label"], ["loss"]),
+    ]
+    split = proto.layer[2]
+    assert split.phase == pb.TRAIN and not len(split.blobs) and not len(split.loss_weight)
+    path = tmp_path / "m.caffemodel"
+    net.save(str(path))
+    # pycaffe's save writes the same bytes
+    (tmp_path / "net.prototxt").write_text(SPLIT_NET)
+    pc = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TRAIN, weights=str(path))
+    pc.save(str(tmp_path / "p.caffemodel"))
+    assert (tmp_path / "p.caffemodel").read_bytes() == path.read_bytes()
+    net_log.clear()
+    other = Net(_net(SPLIT_NET), phase=pb.TRAIN, seed=2, weights=str(path))
+    assert not [line for line in net_log if "Ignoring source layer" in line]
+    for name in ("a", "b", "c"):
+        assert torch.equal(other.layer(name).weight, net.layer(name).weight)

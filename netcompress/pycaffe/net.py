@@ -985,24 +985,7 @@ class Net:
         from .. import io as ncio
 
         self._flush()
-        proto = self._core.to_proto()
-        out = pb.NetParameter()
-        out.name = proto.name
-        by_key = dict(zip(self._core._keys, proto.layer))
-        for cl in self._cl:
-            lp = out.layer.add()
-            if cl.key is None:
-                lp.name, lp.type = cl.name, "Split"
-                lp.bottom.extend(cl.bottoms)
-                lp.top.extend(cl.tops)
-                if any(cl.loss):
-                    lp.loss_weight.extend(cl.loss)
-                lp.phase = self._core.phase
-            else:
-                lp.CopyFrom(by_key[cl.key])
-                del lp.bottom[:]
-                lp.bottom.extend(cl.bottoms)
-        ncio.write_caffemodel(os.fspath(path), out)
+        ncio.write_caffemodel(os.fspath(path), self._core.to_proto())
 
     def save_hdf5(self, path) -> None:
         """Caffe's Net::ToHDF5: /data/<layer>/<i> datasets (float32), a parameter shared by name written once."""
