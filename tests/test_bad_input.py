@@ -372,15 +372,17 @@ def test_negative_c_rate_stays_accepted(tmp_path):
     assert net.layer("conv1").c_rate == -1.0
 
 
-def _dns_model(tmp_path: Path) -> tuple[str, pb.NetParameter]:
+def _dns_model(tmp_path: Path) -> tuple[str, pb.NetParameter, pb.LayerParameter]:
+    """The DNS deploy net's file, its model as a NetParameter (Split layers included), and that model's conv1."""
     path = dns_deploy(tmp_path)
-    return path, Net(path, seed=1, verbose=False).to_proto()
+    param = Net(path, seed=1, verbose=False).to_proto()
+    return path, param, next(lp for lp in param.layer if lp.name == "conv1")
 
 
 def test_nan_weights_and_odd_masks_load_with_warnings(tmp_path, caplog):
-    path, param = _dns_model(tmp_path)
-    param.layer[1].blobs[0].data[3] = float("nan")
-    param.layer[1].blobs[2].data[7] = 0.5
+    path, param, conv1 = _dns_model(tmp_path)
+    conv1.blobs[0].data[3] = float("nan")
+    conv1.blobs[2].data[7] = 0.5
     model = tmp_path / "odd.caffemodel"
     ncio.write_caffemodel(str(model), param)
     net = Net(path, verbose=False)
@@ -395,8 +397,8 @@ def test_nan_weights_and_odd_masks_load_with_warnings(tmp_path, caplog):
 
 
 def test_converters_warn_about_odd_values_and_model2inq_refuses_them(tmp_path, capsys):
-    path, param = _dns_model(tmp_path)
-    param.layer[1].blobs[2].data[7] = 0.5
+    path, param, conv1 = _dns_model(tmp_path)
+    conv1.blobs[2].data[7] = 0.5
     model = tmp_path / "odd.caffemodel"
     ncio.write_caffemodel(str(model), param)
     normal = lenet(tmp_path, "64 dim: 1 dim: 28", "2 dim: 1 dim: 28", "normal.prototxt")
