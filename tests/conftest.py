@@ -138,24 +138,11 @@ def lmdb_writer():
     return write_datum_lmdb
 
 
-def read_datum_records(path) -> list:
-    """Every (key, Datum) of an LMDB or LevelDB, in key order, through netcompress's reader."""
-    from netcompress.data.db import open_reader
-    from netcompress.proto import caffe_pb2 as pb
-
-    db = open_reader(str(path))
-    out = []
-    for i in range(db.num_records):
-        k, v = db.item_at(i)
-        d = pb.Datum()
-        d.ParseFromString(v)
-        out.append((k, d))
-    return out
-
-
 @pytest.fixture
 def datum_records():
-    """`read_datum_records` as a fixture."""
+    """`db_helpers.read_datum_records` as a fixture."""
+    from db_helpers import read_datum_records
+
     return read_datum_records
 
 

@@ -13,22 +13,13 @@ from netcompress.data.transformer import datum_to_array
 from netcompress.io import read_binaryproto_array
 from netcompress.proto import caffe_pb2 as pb
 
+from db_helpers import read_datum_records as records
+
 
 def idx_bytes(arr: np.ndarray, magic: int) -> bytes:
     head = magic.to_bytes(4, "big") + len(arr).to_bytes(4, "big")
     head += b"".join(int(d).to_bytes(4, "big") for d in arr.shape[1:])
     return head + arr.tobytes()
-
-
-def records(path) -> list[tuple[bytes, pb.Datum]]:
-    db = LmdbReader(str(path))
-    out = []
-    for i in range(db.num_records):
-        k, v = db.item_at(i)
-        d = pb.Datum()
-        d.ParseFromString(v)
-        out.append((k, d))
-    return out
 
 
 @pytest.mark.parametrize("compress", [False, True])
