@@ -595,7 +595,7 @@ def _train_worker(info: ProcessInfo, cfg: dict) -> None:
                                   max_iter=cfg["iterations"], sigint_effect=cfg["sigint_effect"],
                                   sighup_effect=cfg["sighup_effect"], options=cfg["options"],
                                   source=cfg["solver"], strict=cfg.get("strict", False))
-    solver.solve(resume_file=cfg["snapshot"])
+    solver.run_train(cfg["snapshot"])
 
 
 def _launcher_device(env: LaunchEnv, args, ids: list[int] | None) -> torch.device:

@@ -4,6 +4,7 @@ data in the same order and applies the same updates, so its run tracks Caffe's l
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import numpy as np
@@ -41,6 +42,27 @@ def test_lenet_training_tracks_caffes_log(in_fixture_workdir, tmp_path, capsys):
     # identical start: Caffe's initial weights
     assert train[0] == pytest.approx(2.27565, rel=1e-5)
     assert ncio.read_caffemodel("a_lenet/lenet_iter_5000.caffemodel").layer[1].name == "conv1"
+    # the same kinds of log lines in the same order: every message Caffe's tool and solvers logged (numbers
+    # aside), first occurrences in order, is one of ours in that order; ours adds only its own notes
+    theirs, mine = _templates(in_fixture_workdir / "lenet" / "train_lenet.log"), _templates(log_file)
+    assert [t for t in mine if t in theirs] == theirs
+    # (threads and memory settings, epochs, and the progress line that stands in for a terminal's status bar)
+    extra = [t for t in mine if t not in theirs]
+    assert extra and all(t.startswith(("CPU threads: ", "CPU memory: ", "Epoch N done ", "progress ")) for t in extra)
+
+
+def _templates(path) -> list[str]:
+    """The distinct messages of a training log outside the nets' set-up (net.cpp / net.py lines, checked in
+    tests/test_graph.py), numbers replaced by N, in the order they first appear."""
+    out: list[str] = []
+    for line in open(path, encoding="utf-8"):
+        m = re.match(r"^[IWEF]\S+ \S+ +\d+ (\S+?):\d+\] (.*)$", line.rstrip("\n"))
+        if not m or m.group(1) in ("net.cpp", "net.py", "layer_factory.hpp"):
+            continue
+        t = re.sub(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?", "N", m.group(2))
+        if t not in out:
+            out.append(t)
+    return out
 
 
 def _test_accuracy(net_path: str, model: str) -> float:

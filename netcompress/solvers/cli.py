@@ -62,7 +62,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     solver = Solver(sp, device=device, weights=a.weights, max_iter=a.iterations,
                     sigint_effect=a.sigint_effect, sighup_effect=a.sighup_effect,
                     options=options_from_args(a), source=a.solver, strict=a.strict)
-    solver.solve(resume_file=a.snapshot)
+    solver.run_train(a.snapshot)
     return 0
 
 

@@ -463,6 +463,19 @@ class Solver:
         if self.root:
             log.info("Optimization Done.")
 
+    def run_train(self, snapshot: str | None = None) -> None:
+        """`caffe train`'s sequence (tools/caffe.cpp): "Resuming from" and the restore, "Starting
+        Optimization", `solve`, and the tool's own "Optimization Done." (also after an early stop)."""
+        if snapshot:
+            if self.root:
+                log.info("Resuming from %s", snapshot)
+            self.restore(snapshot)
+        if self.root:
+            log.info("Starting Optimization")
+        self.solve()
+        if self.root:
+            log.info("Optimization Done.")
+
     def step(self, iters: int) -> None:
         """Run `iters` iterations (Caffe's Solver::Step). The step mode (solvers/step.py: eager, deferred
         or a CUDA graph) is chosen at the first call and logged unless the CPU runs eager by default."""

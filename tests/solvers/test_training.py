@@ -151,6 +151,16 @@ def test_caffe_log_lines_and_parser(workdir, tmp_path, capsys):
     assert f"Snapshotting to binary proto file {workdir}/run_plain_iter_8.caffemodel" in err
     assert f"Snapshotting solver state to binary proto file {workdir}/run_plain_iter_8.solverstate" in err
     assert err.rstrip().endswith("Optimization Done.")
+    # caffe.cpp's own lines around Solver::Solve's: "Starting Optimization" before "Solving", and its
+    # "Optimization Done." after the solver's
+    assert err.index("] Starting Optimization\n") < err.index("] Solving small\n")
+    assert err.count("] Optimization Done.\n") == 2
+    # resuming: caffe.cpp's "Resuming from" and the restore come before "Starting Optimization"
+    capsys.readouterr()
+    assert cli_main(["train", "--solver", str(path), "--snapshot", str(workdir / "run_plain_iter_8.solverstate")]) == 0
+    err2 = capsys.readouterr().err
+    assert err2.index("] Resuming from ") < err2.index("] SGDSolver: restoring history") < \
+        err2.index("] Starting Optimization\n") < err2.index("] Solving small\n")
     # order: the test at iteration 4 comes before iteration 4's display line
     assert err.index("Iteration 4, Testing net") < err.index("Iteration 4 (")
     lg = parse_log(str(log_file))
