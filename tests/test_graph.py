@@ -41,9 +41,9 @@ def net_log():
         logger.setLevel(old)
 
 
-def _caffe_net_setups(caffe_fixtures) -> list[list[str]]:
-    """Caffe's net.cpp lines of each net set-up in its training log (TRAIN net, then TEST net)."""
-    log = lzma.decompress((caffe_fixtures / "lenet" / "train_lenet.log.xz").read_bytes()).decode()
+def _caffe_net_setups(caffe_fixtures, log_name: str = "train_lenet.log.xz") -> list[list[str]]:
+    """Caffe's net.cpp lines of each net set-up in one of its logs (training: the TRAIN net, then the TEST net)."""
+    log = lzma.decompress((caffe_fixtures / "lenet" / log_name).read_bytes()).decode()
     nets, cur = [], []
     for m in re.finditer(r"^I\S+ \S+ +\d+ net\.cpp:\d+\] (.*)$", log, re.M):
         cur.append(m.group(1))
@@ -53,12 +53,15 @@ def _caffe_net_setups(caffe_fixtures) -> list[list[str]]:
     return nets
 
 
-@pytest.mark.parametrize("phase", [pb.TRAIN, pb.TEST])
-def test_the_set_up_log_is_caffes_line_for_line(in_fixture_workdir, caffe_fixtures, net_log, phase):
-    """Every net.cpp line Caffe logged while setting up the fixture LeNet (Split layers with their tops and
-    memory, bottoms renamed to Split tops, the backward analysis, outputs), in order; the parameter dump
-    that follows "Initializing net from parameters" is left out (its float spellings differ)."""
-    want = _caffe_net_setups(caffe_fixtures)[0 if phase == pb.TRAIN else 1]
+@pytest.mark.parametrize("phase, log_name, index", [(pb.TRAIN, "train_lenet.log.xz", 0),
+                                                    (pb.TEST, "train_lenet.log.xz", 1),
+                                                    (pb.TEST, "caffe_test.log.xz", 0)])
+def test_the_set_up_log_is_caffes_line_for_line(in_fixture_workdir, caffe_fixtures, net_log, phase, log_name, index):
+    """Every net.cpp line Caffe logged while setting up the fixture LeNet in `caffe train` (its TRAIN and TEST
+    nets) and `caffe test` (Split layers with their tops and memory, bottoms renamed to Split tops, the backward
+    analysis, outputs), in order; the parameter dump after "Initializing net from parameters" is left out (its
+    float spellings differ)."""
+    want = _caffe_net_setups(caffe_fixtures, log_name)[index]
     Net("lenet/lenet_train_test.prototxt", phase=phase)
     got = [line for line in net_log if not line.startswith("Initializing net from parameters")]
     want = [line for line in want if not line.startswith("Initializing net from parameters")]

@@ -113,6 +113,8 @@ def extract_features_main(argv: Sequence[str] | None = None) -> int:
 
         if a.device_id < 0:
             raise ToolError(f"DEVICE_ID must be at least 0, got {a.device_id}")
+        if a.mode == "GPU" and not torch.cuda.is_available():
+            raise ToolError("GPU mode, but no CUDA device is available here; give CPU (or leave the mode out)")
         device = device_from_gpu_flag(str(a.device_id) if a.mode == "GPU" else None)
         extract_features(a.pretrained_net_param, a.feature_extraction_proto_file, a.blob_names.split(","),
                          a.dataset_names.split(","), a.num_mini_batches, a.db_type, device)
