@@ -119,3 +119,100 @@ def test_python_layers_see_caffe_net_spec(tmp_path, monkeypatch):
     import caffe as c
 
     assert c.layers is L and c.NetSpec is caffe.NetSpec and net_spec.to_proto is caffe.to_proto
+
+
+def _fcn_vgg(n, data):
+    """FCN's VGG-16 trunk (voc-fcn*/net.py): conv1_1 padded by 100, 3x3 convolutions, 2x2 max poolings, fc6 as a
+    7x7 convolution and fc7 as a 1x1 one."""
+    def conv_relu(bottom, nout, ks=3, pad=1):
+        conv = L.Convolution(bottom, kernel_size=ks, num_output=nout, pad=pad)
+        return conv, L.ReLU(conv, in_place=True)
+
+    def max_pool(bottom):
+        return L.Pooling(bottom, pool=P.Pooling.MAX, kernel_size=2, stride=2)
+
+    n.conv1_1, n.relu1_1 = conv_relu(data, 64, pad=100)
+    n.conv1_2, n.relu1_2 = conv_relu(n.relu1_1, 64)
+    n.pool1 = max_pool(n.relu1_2)
+    n.conv2_1, n.relu2_1 = conv_relu(n.pool1, 128)
+    n.conv2_2, n.relu2_2 = conv_relu(n.relu2_1, 128)
+    n.pool2 = max_pool(n.relu2_2)
+    n.conv3_1, n.relu3_1 = conv_relu(n.pool2, 256)
+    n.conv3_2, n.relu3_2 = conv_relu(n.relu3_1, 256)
+    n.conv3_3, n.relu3_3 = conv_relu(n.relu3_2, 256)
+    n.pool3 = max_pool(n.relu3_3)
+    n.conv4_1, n.relu4_1 = conv_relu(n.pool3, 512)
+    n.conv4_2, n.relu4_2 = conv_relu(n.relu4_1, 512)
+    n.conv4_3, n.relu4_3 = conv_relu(n.relu4_2, 512)
+    n.pool4 = max_pool(n.relu4_3)
+    n.conv5_1, n.relu5_1 = conv_relu(n.pool4, 512)
+    n.conv5_2, n.relu5_2 = conv_relu(n.relu5_1, 512)
+    n.conv5_3, n.relu5_3 = conv_relu(n.relu5_2, 512)
+    n.pool5 = max_pool(n.relu5_3)
+    n.fc6, n.relu6 = conv_relu(n.pool5, 4096, ks=7, pad=0)
+    n.fc7, n.relu7 = conv_relu(n.relu6, 4096, ks=1, pad=0)
+    return n
+
+
+def test_coord_map_crops_fcn_as_its_prototxts_do():
+    """caffe.coord_map.crop on FCN's nets gives the offsets of FCN's published prototxts: 19 for FCN-32s's score;
+    5 and 27 for FCN-16s's score_pool4c and score; 5, 9 and 31 for FCN-8s's."""
+    from netcompress.pycaffe.coord_map import coord_map_from_to, crop
+
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 3, 500, 500]))
+    _fcn_vgg(n, n.data)
+    n.score_fr = L.Convolution(n.relu7, num_output=21, kernel_size=1, pad=0)
+    n.upscore = L.Deconvolution(n.score_fr, convolution_param=dict(num_output=21, kernel_size=64, stride=32,
+                                                                   bias_term=False))
+    n.score = crop(n.upscore, n.data)
+    proto = n.to_proto()
+    score = proto.layer[-1]
+    assert (score.type, list(score.bottom), score.crop_param.axis, list(score.crop_param.offset)) == \
+        ("Crop", ["upscore", "data"], 2, [19])
+    # FCN-8s: the fused skips
+    n.upscore2 = L.Deconvolution(n.score_fr, convolution_param=dict(num_output=21, kernel_size=4, stride=2,
+                                                                    bias_term=False))
+    n.score_pool4 = L.Convolution(n.pool4, num_output=21, kernel_size=1, pad=0)
+    n.score_pool4c = crop(n.score_pool4, n.upscore2)
+    n.fuse_pool4 = L.Eltwise(n.upscore2, n.score_pool4c, operation=P.Eltwise.SUM)
+    n.upscore_pool4 = L.Deconvolution(n.fuse_pool4, convolution_param=dict(num_output=21, kernel_size=4,
+                                                                           stride=2, bias_term=False))
+    n.score_pool3 = L.Convolution(n.pool3, num_output=21, kernel_size=1, pad=0)
+    n.score_pool3c = crop(n.score_pool3, n.upscore_pool4)
+    n.fuse_pool3 = L.Eltwise(n.upscore_pool4, n.score_pool3c, operation=P.Eltwise.SUM)
+    n.upscore8 = L.Deconvolution(n.fuse_pool3, convolution_param=dict(num_output=21, kernel_size=16, stride=8,
+                                                                      bias_term=False))
+    n.score8 = crop(n.upscore8, n.data)
+    offsets = {lp.name: list(lp.crop_param.offset) for lp in n.to_proto().layer if lp.type == "Crop"}
+    assert offsets == {"score": [19], "score_pool4c": [5], "score_pool3c": [9], "score8": [31]}
+    # FCN-16s's score: 2x then 16x from the pool4 fusion
+    n.upscore16 = L.Deconvolution(n.fuse_pool4, convolution_param=dict(num_output=21, kernel_size=32, stride=16,
+                                                                       bias_term=False))
+    assert list(crop(n.upscore16, n.data).fn.params["crop_param"]["offset"]) == [27]
+    ax, a, b = coord_map_from_to(n.upscore, n.data)
+    assert (ax, float(a[0]), float(b[0])) == (1, 1.0, -19.0)
+    with pytest.raises(ValueError, match="scale mismatch on crop"):
+        crop(n.score_fr, n.data)
+    with pytest.raises(RuntimeError, match="Could not compute map between tops"):
+        crop(n.score_fr, L.Input(shape=dict(dim=[1, 3, 8, 8])))
+
+
+def test_a_small_fcn_crop_builds_and_aligns_with_its_input(tmp_path):
+    """A small net of FCN's shape: the Crop that coord_map writes gives the input's spatial size when run."""
+    from netcompress.pycaffe.coord_map import crop
+
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 2, 23, 23]))
+    n.conv = L.Convolution(n.data, kernel_size=3, num_output=4, pad=10, weight_filler=dict(type="xavier"))
+    n.pool = L.Pooling(n.conv, pool=P.Pooling.MAX, kernel_size=2, stride=2)
+    n.score = L.Convolution(n.pool, kernel_size=1, num_output=3, weight_filler=dict(type="xavier"))
+    n.up = L.Deconvolution(n.score, convolution_param=dict(num_output=3, kernel_size=4, stride=2, bias_term=False,
+                                                           weight_filler=dict(type="bilinear")))
+    n.out = crop(n.up, n.data)
+    (tmp_path / "fcn.prototxt").write_text(str(n.to_proto()))
+    net = caffe.Net(str(tmp_path / "fcn.prototxt"), caffe.TEST)
+    net.blobs["data"].data[...] = np.random.default_rng(0).standard_normal((1, 2, 23, 23))
+    assert net.forward()["out"].shape == (1, 3, 23, 23)
+    # the 3x3 convolution's padding shifts by 10 - 1 = 9, the 2x2 pooling and the 4x4 deconvolution by 1 more
+    assert list(n.to_proto().layer[-1].crop_param.offset) == [10]

@@ -11,7 +11,7 @@ What is here, with pycaffe's names and behaviour (BVLC Caffe's python/caffe):
 - `caffe.SGDSolver`, `NesterovSolver`, `AdaGradSolver`, `RMSPropSolver`, `AdaDeltaSolver`, `AdamSolver`,
   `caffe.get_solver` (`netcompress.pycaffe.solver`);
 - `caffe.NetSpec`, `caffe.layers`, `caffe.params`, `caffe.to_proto` (net_spec: nets written in Python,
-  `netcompress.pycaffe.net_spec`);
+  `netcompress.pycaffe.net_spec`) and `caffe.coord_map` (`crop`, as FCN's net definitions use it);
 - `caffe.io` (Transformer, load_image with Pillow, resize_image, oversample, BlobProto and Datum conversions),
   `caffe.Classifier`, `caffe.proto.caffe_pb2`, `caffe.TRAIN` / `caffe.TEST`, `caffe.Layer` for Python layers;
 - `set_mode_cpu`, `set_mode_gpu`, `set_device` (the device of nets and solvers created afterwards),
@@ -125,10 +125,10 @@ class Timer:
 
 
 def __getattr__(name: str):
-    if name == "draw":  # a submodule pycaffe scripts import themselves (`import caffe.draw`); pydot is optional
+    if name in ("draw", "coord_map"):  # submodules scripts import themselves (`import caffe.draw`)
         import importlib
 
-        return importlib.import_module(f"{__name__}.draw")
+        return importlib.import_module(f"{__name__}.{name}")
     if name == "Detector":
         raise NotImplementedError("caffe.Detector (windowed detection) is not provided by netcompress.pycaffe")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -136,7 +136,7 @@ def __getattr__(name: str):
 
 def install_as_caffe() -> bool:
     """Make this package importable as `caffe` (with `caffe.io`, `caffe.proto`, `caffe.proto.caffe_pb2`,
-    `caffe.net_spec`) where
+    `caffe.net_spec`, `caffe.draw`, `caffe.coord_map`) where
     no module named `caffe` is imported yet; True if it was installed."""
     if "caffe" in sys.modules:
         return False
@@ -147,4 +147,5 @@ def install_as_caffe() -> bool:
     sys.modules["caffe.proto.caffe_pb2"] = caffe_pb2
     sys.modules["caffe.net_spec"] = sys.modules[f"{__name__}.net_spec"]
     sys.modules["caffe.draw"] = __getattr__("draw")
+    sys.modules["caffe.coord_map"] = __getattr__("coord_map")
     return True

@@ -237,11 +237,11 @@ def test_errors_name_the_layer_and_what_was_expected(layer_dir, tmp_path):
     net = _net(head + _py("l", mod, "Broken", ["data"], ["y"]))
     with pytest.raises(NetcompressError, match=rf"layer 'l'.*{mod}.Broken forward raised ValueError: no forward"):
         net(data=torch.zeros(2, 3))
-    (tmp_path / "needs_coord_map.py").write_text("import caffe.coord_map\n")
-    with pytest.raises(NetcompressError, match=r"'needs_coord_map' cannot be imported.*stands in for caffe.*not "
+    (tmp_path / "needs_detector.py").write_text("import caffe.detector\n")
+    with pytest.raises(NetcompressError, match=r"'needs_detector' cannot be imported.*stands in for caffe.*not "
                                                r"this"):
-        _net(head + _py("l", "needs_coord_map", "X", ["data"], ["y"]))
-    sys.modules.pop("needs_coord_map", None)
+        _net(head + _py("l", "needs_detector", "X", ["data"], ["y"]))
+    sys.modules.pop("needs_detector", None)
 
 
 def test_the_commands_import_layer_modules_from_the_current_directory(layer_dir, capsys):
