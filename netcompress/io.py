@@ -543,6 +543,14 @@ def write_caffemodel(path: str, net: pb.NetParameter) -> None:
 # Blobs
 # ----------------------------------------------------------------------------------------------
 
+def is_placeholder_blob(blob: pb.BlobProto) -> bool:
+    """Whether `blob` is `read_hdf5_weights`' stand-in for a blob the file does not hold: no shape, no
+    legacy dimensions, no values (checked field by field: serializing a large blob to size it would
+    cost as much as reading it)."""
+    return not (blob.HasField("shape") or len(blob.data) or len(blob.double_data) or blob.HasField("num")
+                or blob.HasField("channels") or blob.HasField("height") or blob.HasField("width"))
+
+
 def blob_shape(blob: pb.BlobProto) -> tuple[int, ...]:
     """Shape of a BlobProto: `shape.dim`, or the legacy num/channels/height/width.
 

@@ -487,6 +487,11 @@ class Net(nn.Module):
         """Layer name -> its blobs (pycaffe's `net.params`), for layers that have blobs."""
         return OrderedDict((n, l.blobs()) for n, l in self.named_layers() if l.blob_names)
 
+    def _owned_blobs(self) -> set[tuple[str, int]]:
+        """(layer key, blob index) of every blob its layer owns (Caffe's param_owners_ == -1); the
+        others are shared from an earlier layer's."""
+        return {(e.module, e.index) for e in self._params}
+
     def learnable_params(self) -> list[ParamEntry]:
         """Caffe's learnable_params_ order (every owned blob; see ParamEntry)."""
         # Tensors may have been replaced (sharing with another net); re-read them.
@@ -709,8 +714,8 @@ class Net(nn.Module):
             for j in range(n_src):
                 blob = sl.blobs[j]
                 target = getattr(layer, layer.blob_names[j])
-                if blob.ByteSize() == 0:  # no blob j in an HDF5 file (ncio.read_hdf5_weights)
-                    if not any(e.module == key and e.index == j for e in self._params):
+                if ncio.is_placeholder_blob(blob):  # no blob j in an HDF5 file (ncio.read_hdf5_weights)
+                    if (key, j) not in self._owned_blobs():
                         continue  # a blob this layer shares with an earlier one: Caffe writes it once
                     raise WeightLoadError(f"{path}: Incompatible number of blobs for layer '{sl.name}': the model "
                                           f"has no blob {j}, which the net's {layer.type_name} layer owns")
@@ -791,7 +796,7 @@ class Net(nn.Module):
         """Write the weights as Caffe's HDF5 weights file (Net::ToHDF5, `snapshot_format: HDF5`),
         atomically: a group per layer in Caffe's order, the Split layers' (empty) groups included, a
         float32 dataset per blob the layer owns; with `write_diff` the diffs under /diff."""
-        owned = {(e.module, e.index) for e in self._params}
+        owned = self._owned_blobs()
         splits = self._splits
         layers, diffs = [], []
         for li, key in enumerate(self._keys):
