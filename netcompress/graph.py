@@ -30,6 +30,14 @@ class SplitLayer:
     tops: list[str]
     loss_weight: float  # of its first top; 0 when none
 
+    def top_loss(self) -> list[float]:
+        """Each top's loss weight, as ConfigureSplitLayer gives them (the first carries the weight)."""
+        return [self.loss_weight] + [0.0] * (len(self.tops) - 1)
+
+    def graph_layer(self) -> "GraphLayer":
+        return GraphLayer(name=self.name, bottoms=[self.bottom], tops=self.tops, loss=self.top_loss(),
+                          param_need=False, propagate_down=None, allow_force=[True])
+
 
 @dataclasses.dataclass
 class SplitPlan:

@@ -422,8 +422,10 @@ class Net(nn.Module):
 
     def _log_backward_needs(self, param: pb.NetParameter, splits: SplitPlan, top_loss: list[list[float]]) -> None:
         """Caffe's 'needs backward computation' analysis (netcompress.graph), over the layers and the
-        Split layers Caffe would insert: logged as Caffe logs it, and kept in `layer_need_backward`
-        (after force_backward, as Caffe's `layer_need_backward()`)."""
+        Split layers Caffe would insert: logged as Caffe logs it, kept whole in `backward` (a
+        BackwardNeeds in Caffe's layer order, each layer followed by its Split layers: pycaffe's view)
+        and by layer name in `layer_need_backward` (after force_backward, as Caffe's
+        `layer_need_backward()`)."""
         graph: list[GraphLayer] = []
         core_index: list[int | None] = []
         for li, key in enumerate(self._keys):
@@ -436,11 +438,9 @@ class Net(nn.Module):
                 allow_force=[layer.allow_force_backward(k) for k in range(len(lp.bottom))]))
             core_index.append(li)
             for sp in splits.splits[li]:
-                graph.append(GraphLayer(name=sp.name, bottoms=[sp.bottom], tops=sp.tops,
-                                        loss=[sp.loss_weight] + [0.0] * (len(sp.tops) - 1), param_need=False,
-                                        propagate_down=None, allow_force=[True]))
+                graph.append(sp.graph_layer())
                 core_index.append(None)
-        needs = backward_needs(graph, bool(param.force_backward))
+        needs = self.backward = backward_needs(graph, bool(param.force_backward))
         self.layer_need_backward: dict[str, bool] = {}
         for gi in reversed(range(len(graph))):
             if self.verbose:
@@ -785,7 +785,7 @@ class Net(nn.Module):
                 s.bottom.append(sp.bottom)
                 s.top.extend(sp.tops)
                 if sp.loss_weight:
-                    s.loss_weight.extend([sp.loss_weight] + [0.0] * (len(sp.tops) - 1))
+                    s.loss_weight.extend(sp.top_loss())
         return out
 
     def save(self, path: str, write_diff: bool = False) -> None:

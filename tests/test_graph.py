@@ -11,7 +11,7 @@ import torch
 from google.protobuf import text_format
 
 from netcompress import pycaffe as caffe
-from netcompress.graph import GraphLayer, backward_needs, param_needs_backward, plan_splits
+from netcompress.graph import plan_splits
 from netcompress.net import Net
 from netcompress.proto import caffe_pb2 as pb
 
@@ -74,21 +74,6 @@ def _net(text: str) -> pb.NetParameter:
     return text_format.Parse(text, pb.NetParameter())
 
 
-def _graph(net: Net, param: pb.NetParameter) -> list[GraphLayer]:
-    plan = plan_splits(param.layer)
-    out = []
-    for i, lp in enumerate(param.layer):
-        layer = net.layer(lp.name)
-        out.append(GraphLayer(lp.name, plan.bottoms[i], list(lp.top), [net.loss_weights.get(t, 0.0) for t in lp.top],
-                              param_needs_backward(layer.layer_param, len(layer.blob_names)),
-                              [bool(p) for p in lp.propagate_down] if len(lp.propagate_down) else None,
-                              [layer.allow_force_backward(k) for k in range(len(lp.bottom))]))
-        for sp in plan.splits[i]:
-            out.append(GraphLayer(sp.name, [sp.bottom], sp.tops, [sp.loss_weight] + [0.0] * (len(sp.tops) - 1),
-                                  False, None, [True]))
-    return out
-
-
 BRANCHES = """
 layer { name: "d" type: "DummyData" top: "x" top: "label"
         dummy_data_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }
@@ -115,8 +100,9 @@ def test_a_branch_that_feeds_no_loss_needs_no_backward_and_force_backward_turns_
     net = Net(param, phase=pb.TRAIN)
     assert [line for line in net_log if "backward computation" in line] == lines
     assert all(net.layer_need_backward.values())
-    needs = backward_needs(_graph(net, param), True)
-    names = [g.name for g in _graph(net, param)]
+    needs = net.backward  # in Caffe's order: each layer, then the Split layers after it
+    names = ["d", "a", "a_a_0_split", "probe", "frozen", "loss"]
+    assert len(needs.layer) == len(names)
     assert needs.bottom[names.index("loss")] == [True, False]
     assert needs.logged[names.index("probe")] is False and needs.layer[names.index("probe")] is True
 

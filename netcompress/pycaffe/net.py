@@ -32,7 +32,6 @@ import torch
 from torch import nn
 
 from ..errors import NetDefinitionError, WeightLoadError
-from ..graph import GraphLayer, backward_needs, param_needs_backward, plan_splits
 from ..log import get_logger
 from ..net import Net as CoreNet
 from ..proto import caffe_pb2 as pb
@@ -327,17 +326,16 @@ class _CLayer:
     tops: list[str]
     core_tops: list[str | None]
     loss: list[float]
-    allow_force: list[bool]
 
 
 def _caffe_layers(core: CoreNet) -> list[_CLayer]:
-    """The net's layers as Caffe's Net holds them after InsertSplits (netcompress.graph.plan_splits): a Split
+    """The net's layers as Caffe's Net holds them after InsertSplits (the core net's Split plan): a Split
     layer after each top that several bottoms (or a bottom and an explicit loss_weight) use, those bottoms
     renamed."""
     params = list(core.param.layer)
     if len(params) != len(core._keys):
         raise NetDefinitionError(f"net '{core.name}': {len(params)} layers in its parameter, {len(core._keys)} built")
-    plan = plan_splits(params)
+    plan = core._splits  # the core net's InsertSplits plan (netcompress.graph.plan_splits)
     out: list[_CLayer] = []
     for i, lp in enumerate(params):
         key = core._keys[i]
@@ -349,12 +347,11 @@ def _caffe_layers(core: CoreNet) -> list[_CLayer]:
             given = [1.0]  # LossLayer::LayerSetUp's default (also after InsertSplits cleared the weights)
         loss = [given[j] if j < len(given) else 0.0 for j in range(len(tops))]
         out.append(_CLayer(name=lp.name, type=lp.type, key=key, bottoms=plan.bottoms[i], tops=tops,
-                           core_tops=core_tops, loss=loss,
-                           allow_force=[layer.allow_force_backward(k) for k in range(len(lp.bottom))]))
+                           core_tops=core_tops, loss=loss))
         for sp in plan.splits[i]:
             n = len(sp.tops)
             out.append(_CLayer(name=sp.name, type="Split", key=None, bottoms=[sp.bottom], tops=list(sp.tops),
-                               core_tops=[None] * n, loss=[sp.loss_weight] + [0.0] * (n - 1), allow_force=[True]))
+                               core_tops=[None] * n, loss=sp.top_loss()))
     return out
 
 
@@ -489,32 +486,14 @@ class Net:
             for j, b in enumerate(tids):
                 weights[b] = cl.loss[j]
         self._blob_loss_weights = weights
-        self._analyse_backward()
+        # Net::Init's backward analysis: the core net's, over the same layers in the same order
+        self._layer_need, self._bottom_need = self._core.backward.layer, self._core.backward.bottom
         self._blobs_dict = OrderedDict(zip(names, blobs))
         self._params_dict = None
         self._layers_list = None
 
     def _is_input_top(self, cl: _CLayer) -> bool:
         return cl.key is not None and self._core.layers[cl.key].is_input
-
-    def _analyse_backward(self) -> None:
-        """Caffe's Net::Init backward analysis (netcompress.graph): which layers run a backward and which
-        bottoms get a diff."""
-        core = self._core
-        graph = []
-        for cl in self._cl:
-            if cl.key is None:
-                param_need, prop = False, None
-            else:
-                layer = core.layers[cl.key]
-                lp = layer.layer_param
-                param_need = param_needs_backward(lp, len(layer.blob_names))
-                prop = [bool(p) for p in lp.propagate_down] if len(lp.propagate_down) else None
-            graph.append(GraphLayer(name=cl.name, bottoms=cl.bottoms, tops=cl.tops, loss=cl.loss,
-                                    param_need=param_need, propagate_down=prop, allow_force=cl.allow_force))
-        needs = backward_needs(graph, bool(core.param.force_backward))
-        self._layer_need = needs.layer
-        self._bottom_need = needs.bottom
 
     # -- pycaffe's properties -----------------------------------------------------------------------------------
     @property
