@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import secrets
 import threading
 import weakref
@@ -39,8 +38,8 @@ from google.protobuf.message import DecodeError
 
 from ..data.db import LEVELDB, DataError, LeveldbReader, LmdbReader, open_reader, resolve_backend
 from ..errors import FileError
-from ..io import atomic_file, check_input_file, read_binaryproto_array, read_input_bytes
-from ..data.image import read_image, resize_linear
+from ..io import atomic_file, check_input_file, read_input_bytes
+from ..data.image import decode_image, read_image, resize_linear
 from ..data.prefetch import LoadFailure, Prefetcher
 from ..data.transformer import DataTransformer, TransformError
 from ..log import get_logger
@@ -548,10 +547,12 @@ class ImageDataLayer(BasePrefetchingDataLayer):
 # WindowData
 # ----------------------------------------------------------------------------------------------
 
+_WINDOW_CHANNELS = 3  # WindowData reads every image in colour (cv::imread's CV_LOAD_IMAGE_COLOR)
+
+
 class _Window(NamedTuple):
     image: int
     label: int
-    overlap: float
     x1: int
     y1: int
     x2: int
@@ -560,41 +561,37 @@ class _Window(NamedTuple):
 
 
 def read_window_file(path: str, root_folder: str, fg_threshold: float, bg_threshold: float
-                     ) -> tuple[list[tuple[str, int]], list[_Window], list[_Window], dict[int, int]]:
+                     ) -> tuple[list[str], list[_Window], list[_Window], dict[int, int]]:
     """R-CNN's window file, as Caffe's WindowData reads it: per image `# index`, its path (root_folder
-    prepended as is), channels, height, width, the number of windows, then `label overlap x1 y1 x2 y2` per
-    window. Returns the images (path, channels), the foreground windows (overlap >= fg_threshold; label >
-    0), the background windows (overlap < bg_threshold; label and overlap set to 0) and the label
-    histogram. Windows in between are dropped, as in Caffe."""
+    prepended as is), channels (3: WindowData reads images in colour), height, width, the number of windows,
+    then `label overlap x1 y1 x2 y2` per window. Returns the images' paths, the foreground windows (overlap
+    >= fg_threshold; label > 0), the background windows (overlap < bg_threshold; label set to 0) and the
+    label histogram. Windows in between are dropped, as in Caffe. One pass over the tokens, line by line."""
     try:
         text = read_input_bytes(path, "window file").decode("utf-8")
     except FileError as e:
         raise DataError(f"Failed to open window file {e}") from None
     except UnicodeDecodeError as e:
         raise DataError(f"window file '{path}': byte {e.start} is not UTF-8 text") from None
-    tokens = [(m.group(), text.count("\n", 0, m.start()) + 1) for m in re.finditer(r"\S+", text)]
-    pos = 0
+    tokens = ((tok, n) for n, line in enumerate(text.splitlines(), 1) for tok in line.split())
+    last_line = 1
 
     def take(what: str, kind: type = str):
-        nonlocal pos
-        if pos >= len(tokens):
-            last = tokens[-1][1] if tokens else 1
-            raise DataError(f"window file '{path}' ends at line {last} where {what} was expected")
-        tok, line = tokens[pos]
-        pos += 1
+        nonlocal last_line
         try:
-            return kind(tok), line
+            tok, last_line = next(tokens)
+        except StopIteration:
+            raise DataError(f"window file '{path}' ends at line {last_line} where {what} was expected") from None
+        try:
+            return kind(tok), last_line
         except ValueError:
-            raise DataError(f"window file '{path}', line {line}: expected {what}, got '{tok}'") from None
+            raise DataError(f"window file '{path}', line {last_line}: expected {what}, got '{tok}'") from None
 
-    if not tokens:
-        raise DataError(f"Window file is empty: '{path}'")
-    images: list[tuple[str, int]] = []
+    images: list[str] = []
     fg: list[_Window] = []
     bg: list[_Window] = []
     hist = {0: 0}
-    while pos < len(tokens):
-        tag, line = take("'#'")
+    for tag, line in tokens:
         if tag != "#":
             raise DataError(f"window file '{path}', line {line}: expected '#' before an image's index, got '{tag}'")
         index, line = take("the image index", int)
@@ -603,7 +600,7 @@ def read_window_file(path: str, root_folder: str, fg_threshold: float, bg_thresh
                             "looks images up by this index: they must be numbered 0, 1, ... in order)")
         name, _ = take("the image path")
         channels, line = take("the image's channels", int)
-        if channels != 3:
+        if channels != _WINDOW_CHANNELS:
             raise DataError(f"window file '{path}', line {line}: {channels} channels; WindowData reads every "
                             "image in colour (3 channels), as Caffe's does")
         height, _ = take("the image's height", int)
@@ -611,7 +608,7 @@ def read_window_file(path: str, root_folder: str, fg_threshold: float, bg_thresh
         count, line = take("the number of windows", int)
         if count < 0:
             raise DataError(f"window file '{path}', line {line}: a negative number of windows ({count})")
-        images.append((root_folder + name, channels))
+        images.append(root_folder + name)
         for _ in range(count):
             label, line = take("a window's class label", int)
             overlap, _ = take("a window's overlap", float)
@@ -627,14 +624,16 @@ def read_window_file(path: str, root_folder: str, fg_threshold: float, bg_thresh
                     raise DataError(f"window file '{path}', line {line}: a foreground window (overlap {overlap} >= "
                                     f"fg_threshold {fg_threshold}) has class label {label}; it must be > 0 (0 is "
                                     "the background)")
-                fg.append(_Window(index, label, overlap, x1, y1, x2, y2, line))
+                fg.append(_Window(index, label, x1, y1, x2, y2, line))
                 hist[label] = hist.get(label, 0) + 1
             elif np.float32(overlap) < np.float32(bg_threshold):
-                bg.append(_Window(index, 0, 0.0, x1, y1, x2, y2, line))
+                bg.append(_Window(index, 0, x1, y1, x2, y2, line))
                 hist[0] += 1
         if index % 100 == 0:
             log.info("num: %d %s %d %d %d windows to process: %d", index, root_folder + name, channels, height,
                      width, count)
+    if not images:
+        raise DataError(f"Window file is empty: '{path}'")
     return images, fg, bg, hist
 
 
@@ -648,12 +647,12 @@ class _WindowReader(_Reader):
     batch's generator; each cropped (with context padding or as a square), warped to crop_size and
     mirrored as Caffe's WindowDataLayer::load_batch does."""
 
-    def __init__(self, images: list[tuple[str, int]], fg: list[_Window], bg: list[_Window], *, batch_size: int,
-                 crop: int, channels: int, num_fg: int, mirror: bool, scale: float, context_pad: int,
+    def __init__(self, images: list[str], fg: list[_Window], bg: list[_Window], *, batch_size: int,
+                 crop: int, num_fg: int, mirror: bool, scale: float, context_pad: int,
                  square: bool, mean: np.ndarray | None, mean_values: np.ndarray | None, cache: bool,
                  stream: _Stream, who: str, source: str):
         self.images, self.fg, self.bg = images, fg, bg
-        self.batch_size, self.crop, self.channels, self.num_fg = batch_size, crop, channels, num_fg
+        self.batch_size, self.crop, self.num_fg = batch_size, crop, num_fg
         self.mirror, self.scale = mirror, np.float32(scale)
         self.context_pad, self.square = context_pad, square
         self.mean, self.mean_values = mean, mean_values
@@ -666,7 +665,7 @@ class _WindowReader(_Reader):
         pass
 
     def _read(self, index: int) -> bytes:
-        path = self.images[index][0]
+        path = self.images[index]
         try:
             return read_input_bytes(path, "image")
         except FileError as e:
@@ -674,10 +673,8 @@ class _WindowReader(_Reader):
 
     def image(self, index: int) -> np.ndarray:
         data = self._cache[index] if self._cache is not None else self._read(index)
-        from ..data.image import decode_image
-
         try:
-            return decode_image(data, "color", name=self.images[index][0])
+            return decode_image(data, "color", name=self.images[index])
         except ValueError as e:
             raise DataError(str(e)) from None
 
@@ -704,7 +701,7 @@ class _WindowReader(_Reader):
             x1, x2, y1, y2 = x1 + pad_x1, x2 - pad_x2, y1 + pad_y1, y2 - pad_y2
             if x1 > x2 or y1 > y2:
                 raise DataError(f"{self.who}: the window of line {w.line} of '{self.source}' lies outside its "
-                                f"{cols}x{rows} image {self.images[w.image][0]}")
+                                f"{cols}x{rows} image {self.images[w.image]}")
             scale_x, scale_y = f(crop) / f(unclipped_w), f(crop) / f(unclipped_h)
             width, height = _round(f(x2 - x1 + 1) * scale_x), _round(f(y2 - y1 + 1) * scale_y)
             pad_x1, pad_x2 = _round(f(pad_x1) * scale_x), _round(f(pad_x2) * scale_x)
@@ -714,7 +711,7 @@ class _WindowReader(_Reader):
             height, width = min(height, crop - pad_h), min(width, crop - pad_w)
         elif x1 < 0 or y1 < 0 or x2 >= cols or y2 >= rows:
             raise DataError(f"{self.who}: the window ({w.x1}, {w.y1}, {w.x2}, {w.y2}) of line {w.line} of "
-                            f"'{self.source}' lies outside its {cols}x{rows} image {self.images[w.image][0]} "
+                            f"'{self.source}' lies outside its {cols}x{rows} image {self.images[w.image]} "
                             "(without context_pad or crop_mode square the window is cropped as it is)")
         if height <= 0 or width <= 0:
             raise DataError(f"{self.who}: the window of line {w.line} of '{self.source}' warps to {width}x{height} "
@@ -723,8 +720,8 @@ class _WindowReader(_Reader):
 
     def load(self, batch: int) -> list[np.ndarray]:
         rng = self.stream.transform_rng(batch)
-        crop, c = self.crop, self.channels
-        data = np.zeros((self.batch_size, c, crop, crop), np.float32)
+        crop = self.crop
+        data = np.zeros((self.batch_size, _WINDOW_CHANNELS, crop, crop), np.float32)
         labels = np.empty(self.batch_size, np.float32)
         item = 0
         for pool, count in ((self.bg, self.batch_size - self.num_fg), (self.fg, self.num_fg)):
@@ -741,7 +738,7 @@ class _WindowReader(_Reader):
                     off = (self.mean.shape[2] - crop) // 2
                     x = x - self.mean[:, off + pad_h:off + pad_h + h, off + pad_w:off + pad_w + wd]
                 elif self.mean_values is not None:
-                    x = x - self.mean_values[:, None, None]
+                    x = x - self.mean_values
                 data[item, :, pad_h:pad_h + h, pad_w:pad_w + wd] = x * self.scale
                 labels[item] = w.label
                 item += 1
@@ -762,9 +759,9 @@ class WindowDataLayer(BasePrefetchingDataLayer):
 
     @classmethod
     def setup_draws(cls, param: pb.LayerParameter, phase: int) -> int:
-        tp = param.transform_param
-        # the transformer's seed, the layer's own generator (mirror or crop_size), the prefetch thread's seed
-        return transform_setup_draws(tp, phase) + int(bool(tp.mirror or tp.crop_size)) + 1
+        # the transformer's seed, the layer's own generator (drawn for mirror or a crop_size, which WindowData
+        # needs), the prefetch thread's seed
+        return transform_setup_draws(param.transform_param, phase) + 2
 
     def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
         super().__init__(param, bottom_shapes, ctx)
@@ -785,10 +782,9 @@ class WindowDataLayer(BasePrefetchingDataLayer):
             raise self.error("transform_param.crop_size must be set (> 0): the size windows are warped to")
         if 2 * int(wp.context_pad) >= crop:
             raise self.error(f"context_pad {wp.context_pad} leaves no window in a crop of {crop} pixels")
-        log.info("Window data layer:\n  foreground (object) overlap threshold: %s\n  background (non-object) "
-                 "overlap threshold: %s\n  foreground sampling fraction: %s\n  cache_images: %d\n  root_folder: %s",
-                 _g(wp.fg_threshold), _g(wp.bg_threshold), _g(wp.fg_fraction), int(wp.cache_images),
-                 wp.root_folder)
+        log.info("Window data layer:\n  foreground (object) overlap threshold: %g\n  background (non-object) "
+                 "overlap threshold: %g\n  foreground sampling fraction: %g\n  cache_images: %d\n  root_folder: %s",
+                 wp.fg_threshold, wp.bg_threshold, wp.fg_fraction, int(wp.cache_images), wp.root_folder)
         images, fg, bg, hist = read_window_file(wp.source, wp.root_folder, wp.fg_threshold, wp.bg_threshold)
         log.info("Number of images: %d", len(images))
         for label in sorted(hist):
@@ -799,37 +795,29 @@ class WindowDataLayer(BasePrefetchingDataLayer):
             raise DataError(f"{self.who}: window file '{wp.source}' has {len(fg)} foreground and {len(bg)} "
                             "background windows; WindowData needs both (Caffe CHECKs both at every batch)")
         b = int(wp.batch_size)
-        channels = images[-1][1]
-        mean = mean_values = None
-        if tp.HasField("mean_file"):
-            if len(tp.mean_value):
-                raise self.error("Cannot specify mean_file and mean_value at the same time")
-            log.info("Loading mean file from: %s", tp.mean_file)
-            mean = read_binaryproto_array(tp.mean_file).astype(np.float32)
-            mean = mean.reshape(mean.shape[-3:]) if mean.ndim >= 3 else mean
-            off = (mean.shape[-1] - crop) // 2 if mean.ndim == 3 else -1
-            if mean.ndim != 3 or mean.shape[0] != channels or off < 0 or off + crop > mean.shape[1]:
+        channels = _WINDOW_CHANNELS
+        # The mean file or values as every data layer reads them (the transformer's checks); WindowData
+        # subtracts them itself, at its own offsets.
+        means = DataTransformer(tp, ctx.phase, name=self.who)
+        mean, mean_values = means.mean, None
+        if mean is not None:
+            off = (mean.shape[2] - crop) // 2
+            if mean.shape[0] != channels or off < 0 or off + crop > mean.shape[1]:
                 raise self.error(f"mean_file '{tp.mean_file}' has shape {list(mean.shape)}; WindowData needs "
                                  f"{channels} channels and at least {crop}x{crop} pixels around the centre column "
                                  "offset (Caffe reads its rows and columns at (width - crop_size) / 2)")
-        elif len(tp.mean_value):
-            if len(tp.mean_value) not in (1, channels):
+        elif means.mean_values.size:
+            if means.mean_values.size not in (1, channels):
                 raise self.error(f"Specify either 1 mean_value or as many as channels: {channels}")
-            mean_values = np.asarray(list(tp.mean_value) * (channels if len(tp.mean_value) == 1 else 1),
-                                     np.float32)
+            mean_values = np.broadcast_to(means.mean_values, (channels,))[:, None, None]
         num_fg = int(np.float32(b) * np.float32(wp.fg_fraction))
         stream = self._make_stream(len(fg) + len(bg), b)
-        self.reader = _WindowReader(images, fg, bg, batch_size=b, crop=crop, channels=channels, num_fg=num_fg,
+        self.reader = _WindowReader(images, fg, bg, batch_size=b, crop=crop, num_fg=num_fg,
                                     mirror=bool(tp.mirror), scale=wp.scale, context_pad=int(wp.context_pad),
                                     square=crop_mode == "square", mean=mean, mean_values=mean_values,
                                     cache=bool(wp.cache_images), stream=stream, who=self.who, source=wp.source)
         self._shapes = [(b, channels, crop, crop), (b,)]
         log.info("output data size: %d,%d,%d,%d", b, channels, crop, crop)
-
-
-def _g(v: float) -> str:
-    """A float as C++'s ostream prints it (6 significant digits)."""
-    return f"{float(np.float32(v)):.6g}"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -163,6 +163,12 @@ def test_bad_settings_and_files(tmp_path, images, make_layer):
     (tmp_path / "bad_index.txt").write_text("# 1\nim0.png 3 16 16 0\n")
     with pytest.raises(DataError, match=r"line 1: image index 1, expected 0"):
         make_layer(layer_text(tmp_path / "bad_index.txt", tmp_path))
+    (tmp_path / "short.txt").write_text("# 0\nim0.png 3 16 16 1\n1 0.9 0 0\n")
+    with pytest.raises(DataError, match=r"short.txt' ends at line 3 where a window's x2 was expected"):
+        make_layer(layer_text(tmp_path / "short.txt", tmp_path))
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(DataError, match=r"Window file is empty: '.*empty.txt'"):
+        make_layer(layer_text(tmp_path / "empty.txt", tmp_path))
     (tmp_path / "gray.txt").write_text("# 0\nim0.png 1 16 16 0\n")
     with pytest.raises(DataError, match=r"line 2: 1 channels; WindowData reads every image in colour"):
         make_layer(layer_text(tmp_path / "gray.txt", tmp_path))
