@@ -30,7 +30,7 @@ from ..proto import caffe_pb2 as pb
 log = get_logger("data")
 
 __all__ = ["DataError", "LMDB", "LEVELDB", "lmdb_module", "plyvel_module", "open_lmdb", "is_lmdb",
-           "is_leveldb", "resolve_backend", "backend_name", "open_reader", "open_writer", "LmdbReader",
+           "is_leveldb", "resolve_backend", "backend_name", "kind_name", "open_reader", "open_writer", "LmdbReader",
            "LmdbWriter", "LeveldbReader", "LeveldbWriter", "lmdb_entries"]
 
 LMDB, LEVELDB = "lmdb", "leveldb"
@@ -115,9 +115,15 @@ def open_reader(source: str, backend: str | int | None = None, who: str = "datab
     return LmdbReader(source) if kind == LMDB else LeveldbReader(source)
 
 
-def open_writer(path: str, backend: str = LMDB, **kwargs):
-    """An atomic writer (`LmdbWriter` or `LeveldbWriter`) of a new database at `path`."""
-    return LmdbWriter(path, **kwargs) if backend_name(backend) == LMDB else LeveldbWriter(path, **kwargs)
+def open_writer(path: str, backend: str = LMDB, map_size: int = 1 << 26):
+    """An atomic writer (`LmdbWriter` or `LeveldbWriter`) of a new database at `path`; `map_size` is
+    LMDB's initial map (LevelDB has none)."""
+    return LmdbWriter(path, map_size=map_size) if backend_name(backend) == LMDB else LeveldbWriter(path)
+
+
+def kind_name(backend: str | int) -> str:
+    """"LMDB" or "LevelDB", as messages spell the backend."""
+    return _KIND[backend_name(backend)]
 
 
 # LMDB forbids opening one environment twice in a process, so read-only environments are shared
@@ -166,51 +172,73 @@ def lmdb_entries(path: str) -> int:
     return int(open_lmdb(path).stat()["entries"])
 
 
-class LmdbReader:
-    """Records of an LMDB by position in key order. One cursor per thread that reads."""
+class _PositionalReader:
+    """Records by position in key order, as Caffe's Data layer walks its database: one cursor per
+    thread that reads, stepped forward to the position asked for and started afresh before the first
+    record when a position before the current one is asked for (a new epoch). Subclasses give `kind`,
+    `path`, `num_records`, and a cursor: `_start()` (before the first record), `_advance(cursor)` (to
+    the next record: False at the end) and `_current(cursor)` (its key and value, read only at the
+    position asked for)."""
 
-    kind = "LMDB"
+    kind = ""
+    path = ""
+    num_records = 0
 
-    def __init__(self, path: str):
-        self.path = path
-        self.env = open_lmdb(path)
-        self.num_records = int(self.env.stat()["entries"])
+    def __init__(self):
         self._local = threading.local()
 
-    def _cursor(self):
-        st = self._local
-        if getattr(st, "cursor", None) is None:
-            st.txn = self.env.begin(buffers=False)
-            st.cursor = st.txn.cursor()
-            if not st.cursor.first():
-                raise DataError(f"LMDB '{self.path}' is empty")
-            st.pos = 0
-        return st
+    def _start(self):
+        raise NotImplementedError
+
+    def _advance(self, cursor) -> bool:
+        raise NotImplementedError
+
+    def _current(self, cursor) -> tuple[bytes, bytes]:
+        raise NotImplementedError
 
     def item_at(self, index: int) -> tuple[bytes, bytes]:
         """(key, value) of the record at `index` (0 <= index < num_records) in key order."""
         if not 0 <= index < self.num_records:
-            raise IndexError(f"record {index} of LMDB '{self.path}' ({self.num_records} records)")
-        st = self._cursor()
-        if index < st.pos:
-            st.cursor.first()
-            st.pos = 0
+            raise IndexError(f"record {index} of {self.kind} '{self.path}' ({self.num_records} records)")
+        st = self._local
+        if getattr(st, "cursor", None) is None or index < st.pos:
+            st.cursor, st.pos = self._start(), -1
         while st.pos < index:
-            if not st.cursor.next():
-                raise DataError(f"LMDB '{self.path}' ended at record {st.pos}, its stat says "
-                                f"{self.num_records} records (was it modified while open?)")
+            if not self._advance(st.cursor):
+                raise DataError(f"{self.kind} '{self.path}' ended at record {st.pos + 1}, it held {self.num_records} "
+                                "when it was opened (was it modified while open?)")
             st.pos += 1
-        return st.cursor.key(), st.cursor.value()
+        return self._current(st.cursor)
 
     def value_at(self, index: int) -> bytes:
         return self.item_at(index)[1]
 
     def first_value(self) -> bytes:
-        with self.env.begin(buffers=False) as txn:
-            cur = txn.cursor()
-            if not cur.first():
-                raise DataError(f"LMDB '{self.path}' is empty")
-            return cur.value()
+        cursor = self._start()
+        if not self._advance(cursor):
+            raise DataError(f"{self.kind} '{self.path}' is empty")
+        return self._current(cursor)[1]
+
+
+class LmdbReader(_PositionalReader):
+    """Records of an LMDB by position in key order (`_PositionalReader`); the count is LMDB's own."""
+
+    kind = "LMDB"
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.env = open_lmdb(path)
+        self.num_records = int(self.env.stat()["entries"])
+
+    def _start(self):
+        return self.env.begin(buffers=False).cursor()  # unpositioned: next() goes to the first record
+
+    def _advance(self, cursor) -> bool:
+        return cursor.next()
+
+    def _current(self, cursor) -> tuple[bytes, bytes]:
+        return cursor.key(), cursor.value()
 
 
 class _AtomicDbWriter:
@@ -382,13 +410,30 @@ def open_leveldb(path: str) -> _LeveldbHandle:
         return handle
 
 
-class LeveldbReader:
-    """Records of a LevelDB by position in key order, as `LmdbReader`. One iterator per thread;
-    the record count is the keys counted once at opening."""
+class _LeveldbCursor:
+    """A plyvel iterator with the record it stands on (plyvel's iterators return records as they step)."""
+
+    __slots__ = ("it", "item")
+
+    def __init__(self, it):
+        self.it, self.item = it, None
+
+    def advance(self) -> bool:
+        try:
+            self.item = next(self.it)
+        except StopIteration:
+            return False
+        return True
+
+
+class LeveldbReader(_PositionalReader):
+    """Records of a LevelDB by position in key order (`_PositionalReader`); LevelDB stores no count,
+    so the keys are counted once at opening."""
 
     kind = "LevelDB"
 
     def __init__(self, path: str):
+        super().__init__()
         self.path = os.fspath(path)
         self._handle = open_leveldb(self.path)
         self.db = self._handle.db
@@ -401,40 +446,15 @@ class LeveldbReader:
         if took >= 2.0:  # a large database: say what the pause at set-up was
             log.info("Counted the %d records of LevelDB %s in %.1f s (LevelDB stores no count)", n,
                      self.path, took)
-        self._local = threading.local()
 
-    def _iterator(self):
-        st = self._local
-        if getattr(st, "it", None) is None:
-            st.it = self.db.iterator()
-            st.pos, st.item = -1, None
-        return st
+    def _start(self):
+        return _LeveldbCursor(self.db.iterator())
 
-    def item_at(self, index: int) -> tuple[bytes, bytes]:
-        """(key, value) of the record at `index` (0 <= index < num_records) in key order."""
-        if not 0 <= index < self.num_records:
-            raise IndexError(f"record {index} of LevelDB '{self.path}' ({self.num_records} records)")
-        st = self._iterator()
-        if index < st.pos:
-            st.it.seek_to_start()
-            st.pos = -1
-        while st.pos < index:
-            try:
-                st.item = next(st.it)
-            except StopIteration:
-                raise DataError(f"LevelDB '{self.path}' ended at record {st.pos + 1}, {self.num_records} "
-                                "were counted when it was opened (was it modified while open?)") from None
-            st.pos += 1
-        return st.item
+    def _advance(self, cursor) -> bool:
+        return cursor.advance()
 
-    def value_at(self, index: int) -> bytes:
-        return self.item_at(index)[1]
-
-    def first_value(self) -> bytes:
-        with self.db.iterator(include_key=False) as it:
-            for value in it:
-                return value
-        raise DataError(f"LevelDB '{self.path}' is empty")
+    def _current(self, cursor) -> tuple[bytes, bytes]:
+        return cursor.item
 
 
 class LeveldbWriter(_AtomicDbWriter):
@@ -443,12 +463,11 @@ class LeveldbWriter(_AtomicDbWriter):
     Args:
         path: the database folder to create; it must not exist (as in Caffe).
         commit_every: records per write batch (Caffe's tools write every 1,000).
-        map_size: accepted for `LmdbWriter`'s signature; LevelDB has no map.
     """
 
     kind = "LevelDB"
 
-    def __init__(self, path: str, commit_every: int = 1000, map_size: int | None = None):
+    def __init__(self, path: str, commit_every: int = 1000):
         self._plyvel = plyvel_module()
         super().__init__(path, commit_every)
 

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import NetcompressError
 from ..log import get_logger, setup_logging
 from ..proto import caffe_pb2 as pb
-from .db import LMDB, DataError, backend_name, open_reader, open_writer
+from .db import LMDB, DataError, backend_name, kind_name, open_reader, open_writer
 from .image import encode_image, read_image
 from .transformer import datum_to_array
 
@@ -225,12 +225,12 @@ def compute_image_mean(db_path: str, out_path: str | None = None,
 # convert_db (not a Caffe tool: LevelDB <-> LMDB)
 # ----------------------------------------------------------------------------------------------
 
-def convert_db(src: str, dst: str, backend: str = LMDB, src_backend: str | None = None) -> int:
-    """Copy every record of the database `src` (LMDB or LevelDB, as the folder holds, or `src_backend`)
-    into a new database `dst` of `backend`, keys and values unchanged, in key order. Returns the count."""
-    db = open_reader(src, src_backend, "convert_db", flag=True)
-    log.info("Copying %d records of %s '%s' to a new %s '%s'", db.num_records, db.kind, src,
-             "LMDB" if backend_name(backend) == LMDB else "LevelDB", dst)
+def convert_db(src: str, dst: str, backend: str = LMDB) -> int:
+    """Copy every record of the database `src` (LMDB or LevelDB, as the folder holds) into a new
+    database `dst` of `backend`, keys and values unchanged, in key order. Returns the count."""
+    db = open_reader(src, None, "convert_db")
+    log.info("Copying %d records of %s '%s' to a new %s '%s'", db.num_records, db.kind, src, kind_name(backend),
+             dst)
     with open_writer(dst, backend) as out:
         for i in range(db.num_records):
             out.put(*db.item_at(i))

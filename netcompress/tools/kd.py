@@ -222,7 +222,7 @@ def _data_net(source: str, phase: int, batch: int, scale: float | None, mean_val
               device: str):
     """The data layers of `source` (a net prototxt) or a Data layer over `source` (an LMDB or a
     LevelDB)."""
-    from ..data.db import LMDB, DataError, resolve_backend
+    from ..data.db import LMDB, DataError, kind_name, resolve_backend
     from ..net import Net, filter_net
 
     if os.path.isdir(source) or source.endswith(".mdb"):
@@ -239,7 +239,7 @@ def _data_net(source: str, phase: int, batch: int, scale: float | None, mean_val
         if scale is not None:
             lp.transform_param.scale = scale
         lp.transform_param.mean_value.extend(mean_values)
-        where = f"{'LMDB' if kind == LMDB else 'LevelDB'} {source}"
+        where = f"{kind_name(kind)} {source}"
     else:
         if not os.path.isfile(source):
             raise ToolError(f"{source} does not exist!")
