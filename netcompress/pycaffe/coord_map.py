@@ -93,32 +93,28 @@ def _mappable_bottoms(top: Top) -> tuple:
     return top.fn.inputs[:1] if top.fn.type_name == "Crop" else top.fn.inputs
 
 
+def _walk(start: Top):
+    """Breadth-first from `start` towards the data: each top reached, with the mapping from it to `start`."""
+    maps = {start: (None, 1, 0)}
+    frontier = deque([start])
+    while frontier:
+        top = frontier.popleft()
+        yield top, maps[top]
+        try:
+            step = coord_map(top.fn)
+        except UndefinedMapException:
+            continue
+        for bottom in _mappable_bottoms(top):
+            maps[bottom] = compose(maps[top], step)
+            frontier.append(bottom)
+
+
 def coord_map_from_to(top_from: Top, top_to: Top) -> tuple:
     """The coordinate mapping from `top_from` to `top_to`, through their nearest common ancestor blob."""
-    from_maps = {top_from: (None, 1, 0)}
-    frontier = deque([top_from])
-    while frontier:
-        top = frontier.popleft()
-        try:
-            step = coord_map(top.fn)
-        except UndefinedMapException:
-            continue
-        for bottom in _mappable_bottoms(top):
-            from_maps[bottom] = compose(from_maps[top], step)
-            frontier.append(bottom)
-    to_maps = {top_to: (None, 1, 0)}
-    frontier = deque([top_to])
-    while frontier:
-        top = frontier.popleft()
+    from_maps = dict(_walk(top_from))
+    for top, to_map in _walk(top_to):
         if top in from_maps:
-            return compose(to_maps[top], inverse(from_maps[top]))
-        try:
-            step = coord_map(top.fn)
-        except UndefinedMapException:
-            continue
-        for bottom in _mappable_bottoms(top):
-            to_maps[bottom] = compose(to_maps[top], step)
-            frontier.append(bottom)
+            return compose(to_map, inverse(from_maps[top]))
     raise RuntimeError("Could not compute map between tops; are they connected by spatial layers?")
 
 
