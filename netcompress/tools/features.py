@@ -13,7 +13,6 @@ import contextlib
 import sys
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from ..log import get_logger
@@ -81,7 +80,7 @@ def extract_features(weights: str, proto: str, blob_names: Sequence[str], datase
                 datum.channels, datum.height, datum.width = channels, height, width
                 for row in rows:
                     del datum.float_data[:]
-                    datum.float_data.extend(np.asarray(row, dtype=np.float32).tolist())
+                    datum.float_data.extend(row.tolist())
                     db.put(b"%010d" % counts[name], datum.SerializeToString())
                     counts[name] += 1
                     if counts[name] % 1000 == 0:

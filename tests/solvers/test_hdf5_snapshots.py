@@ -136,3 +136,17 @@ def test_a_caffe_written_hdf5_state_reads(tmp_path):
         read_hdf5_state(str(tmp_path / "x.h5"))
     with pytest.raises(Exception, match=r"x.h5: an HDF5 file without Caffe's /data group"):
         ncio.read_caffemodel(str(tmp_path / "x.h5"))
+
+
+def test_snapshot_diff_writes_every_blobs_diff_under_diff(workdir):
+    """snapshot_diff with HDF5: Net::ToHDF5's /diff group holds every blob's diff (shared or not), /data the values."""
+    solver = Solver(solver_param(workdir, "plain", max_iter=2, snapshot_format=HDF5, snapshot_diff=True),
+                    verbose=False)
+    solver.solve()
+    with h5py.File(workdir / "run_plain_iter_2.caffemodel.h5", "r") as f:
+        assert sorted(f) == ["data", "diff"] and sorted(f["diff"]) == sorted(f["data"])
+        grad = solver.net.layer("ip1").weight.grad
+        assert grad is not None and grad.abs().sum() > 0
+        np.testing.assert_array_equal(f["diff/ip1/0"][()], grad.numpy())
+        np.testing.assert_array_equal(f["data/ip1/0"][()], solver.net.layer("ip1").weight.detach().numpy())
+        assert len(f["diff/relu1"]) == 0
