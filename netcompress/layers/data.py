@@ -785,7 +785,10 @@ class WindowDataLayer(BasePrefetchingDataLayer):
         log.info("Window data layer:\n  foreground (object) overlap threshold: %g\n  background (non-object) "
                  "overlap threshold: %g\n  foreground sampling fraction: %g\n  cache_images: %d\n  root_folder: %s",
                  wp.fg_threshold, wp.bg_threshold, wp.fg_fraction, int(wp.cache_images), wp.root_folder)
-        images, fg, bg, hist = read_window_file(wp.source, wp.root_folder, wp.fg_threshold, wp.bg_threshold)
+        try:
+            images, fg, bg, hist = read_window_file(wp.source, wp.root_folder, wp.fg_threshold, wp.bg_threshold)
+        except DataError as e:
+            raise DataError(f"{self.who}: {e}") from None
         log.info("Number of images: %d", len(images))
         for label in sorted(hist):
             log.info("class %d has %d samples", label, hist[label])

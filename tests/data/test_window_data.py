@@ -158,7 +158,7 @@ def test_bad_settings_and_files(tmp_path, images, make_layer):
         make_layer(layer_text(src, tmp_path, extra='crop_mode: "round"'))
     with pytest.raises(NetDefinitionError, match="context_pad 4 leaves no window in a crop of 8 pixels"):
         make_layer(layer_text(src, tmp_path, extra="context_pad: 4"))
-    with pytest.raises(DataError, match="Failed to open window file"):
+    with pytest.raises(DataError, match=r"layer .* \(type WindowData\): Failed to open window file"):
         make_layer(layer_text(tmp_path / "nope.txt", tmp_path))
     (tmp_path / "bad_index.txt").write_text("# 1\nim0.png 3 16 16 0\n")
     with pytest.raises(DataError, match=r"line 1: image index 1, expected 0"):

@@ -1,6 +1,7 @@
 """The training loop's guarantees: bit-identical resume, signals, NaN stop, Caffe's log lines."""
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import re
@@ -167,6 +168,18 @@ def test_caffe_log_lines_and_parser(workdir, tmp_path, capsys):
     assert [it for it, _ in lg.train_loss] == [0, 2, 4, 6, 8]
     assert [it for it, _ in lg.test[0]["acc"]] == [0, 4, 8]
     assert [it for it, _ in lg.lr] == [0, 2, 4, 6]
+    # Caffe's parse_log.py tables (netcompress parse_log) of the same log: one row per display and per test
+    assert cli_main(["parse_log", str(log_file), str(tmp_path)]) == 0
+    with open(tmp_path / "train.log.train", newline="") as f:
+        train_rows = list(csv.DictReader(f))
+    with open(tmp_path / "train.log.test", newline="") as f:
+        test_rows = list(csv.DictReader(f))
+    # (the final "Iteration 8, loss = X" line has no "Train net output" line, so no row, as in Caffe's script)
+    assert [r["NumIters"] for r in train_rows] == ["0.0", "2.0", "4.0", "6.0"]
+    assert [float(r["loss"]) for r in train_rows] == [v for _, v in lg.train_loss[:4]]
+    assert [r["NumIters"] for r in test_rows] == ["0.0", "4.0", "8.0"]
+    assert [float(r["acc"]) for r in test_rows] == [v for _, v in lg.test[0]["acc"]]
+    assert float(train_rows[2]["LearningRate"]) == lg.lr[1][1]  # the rate logged before iteration 4's outputs
     out_png = tmp_path / "curves.png"
     assert cli_main(["plot", str(log_file), "--out", str(out_png)]) == 0
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
