@@ -19,8 +19,8 @@ from typing import Sequence
 
 from .proto import caffe_pb2 as pb
 
-__all__ = ["SplitLayer", "SplitPlan", "split_blob_name", "plan_splits", "GraphLayer", "BackwardNeeds",
-           "backward_needs", "param_needs_backward"]
+__all__ = ["SplitLayer", "SplitPlan", "split_blob_name", "plan_splits", "remove_splits", "GraphLayer",
+           "BackwardNeeds", "backward_needs", "param_needs_backward"]
 
 
 @dataclasses.dataclass
@@ -95,6 +95,40 @@ def plan_splits(layers: Sequence[pb.LayerParameter]) -> SplitPlan:
         plan.splits.append(splits)
         plan.cleared.append(cleared)
     return plan
+
+
+def remove_splits(net: pb.NetParameter) -> pb.NetParameter:
+    """`net` without its Split layers, as before InsertSplits: a bottom that read a Split's top reads the
+    Split's bottom, and a loss weight InsertSplits moved onto a Split goes back to the top it weighs. Caffe
+    writes its Split layers into a caffemodel; they hold no blobs, and their names follow their layers' and
+    blobs' names, so a tool that renames a model's layers drops them (the net that loads it inserts its own)."""
+    out = pb.NetParameter()
+    out.CopyFrom(net)
+    del out.layer[:]
+    source: dict[str, str] = {}          # a Split's top -> the blob it copies
+    producer: dict[str, tuple[int, int]] = {}  # blob -> (index in out.layer, top index) of its last writer
+    for lp in net.layer:
+        if lp.type == "Split" and len(lp.bottom) == 1:
+            blob = source.get(lp.bottom[0], lp.bottom[0])
+            for t in lp.top:
+                source[t] = blob
+            weight = next((w for w in lp.loss_weight if w), 0.0)
+            if weight and blob in producer:
+                # (the layer's own loss_weight, if any, is the 1 a loss layer's set-up gave it after
+                # InsertSplits cleared the written one: Caffe's ToProto writes that)
+                i, j = producer[blob]
+                writer = out.layer[i]
+                if len(writer.loss_weight) < len(writer.top):
+                    writer.loss_weight.extend([0.0] * (len(writer.top) - len(writer.loss_weight)))
+                writer.loss_weight[j] = weight
+            continue
+        layer = out.layer.add()
+        layer.CopyFrom(lp)
+        for j, b in enumerate(lp.bottom):
+            layer.bottom[j] = source.get(b, b)
+        for j, t in enumerate(lp.top):
+            producer[t] = (len(out.layer) - 1, j)
+    return out
 
 
 def param_needs_backward(lp: pb.LayerParameter, num_blobs: int) -> bool:

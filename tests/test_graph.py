@@ -11,7 +11,7 @@ import torch
 from google.protobuf import text_format
 
 from netcompress import pycaffe as caffe
-from netcompress.graph import plan_splits
+from netcompress.graph import plan_splits, remove_splits
 from netcompress.net import Net
 from netcompress.proto import caffe_pb2 as pb
 
@@ -197,3 +197,28 @@ def test_saved_models_hold_caffes_split_layers_and_load_back_quietly(tmp_path, n
     assert not [line for line in net_log if "Ignoring source layer" in line]
     for name in ("a", "b", "c"):
         assert torch.equal(other.layer(name).weight, net.layer(name).weight)
+
+
+def test_remove_splits_undoes_insert_splits():
+    """A saved model's Split layers removed give back the net as written: bottoms read the Split's bottom,
+    and a loss weight InsertSplits moved onto a Split goes back to its layer."""
+    written = _net(SPLIT_NET)
+    saved = Net(written, phase=pb.TRAIN, seed=1, verbose=False).to_proto()
+    assert "Split" in [lp.type for lp in saved.layer]
+    back = remove_splits(saved)
+    assert [(lp.name, list(lp.bottom), list(lp.top)) for lp in back.layer] == \
+        [(lp.name, list(lp.bottom), list(lp.top)) for lp in written.layer]
+    assert [len(lp.blobs) for lp in back.layer] == [len(lp.blobs) for lp in saved.layer if lp.type != "Split"]
+    weighted = _net("""
+        layer { name: "d" type: "DummyData" top: "x" dummy_data_param { shape { dim: 2 dim: 3 } } }
+        layer { name: "e" type: "EuclideanLoss" bottom: "x" bottom: "x" top: "l" loss_weight: 0.5 }
+        layer { name: "use" type: "Power" bottom: "l" top: "p" }""")
+    saved = Net(weighted, phase=pb.TRAIN, verbose=False).to_proto()
+    e = next(lp for lp in saved.layer if lp.name == "e")
+    # InsertSplits cleared e's 0.5 (the Split carries it); the loss layer's set-up then gave it 1, which Caffe's
+    # ToProto writes
+    assert list(e.loss_weight) == [1.0] and list(e.bottom) == ["x_d_0_split_0", "x_d_0_split_1"]
+    back = remove_splits(saved)
+    assert [lp.name for lp in back.layer] == ["d", "e", "use"]
+    assert list(back.layer[1].bottom) == ["x", "x"] and list(back.layer[1].loss_weight) == [0.5]
+    assert list(back.layer[2].bottom) == ["l"]

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .. import io as ncio
+from ..graph import remove_splits
 from ..proto import caffe_pb2 as pb
 from ._common import WEIGHT_TYPES, ToolError, run_tool
 
@@ -156,7 +157,9 @@ def rename_layers(in_prototxt: str, in_model: str, out_prototxt: str, out_model:
     new_net, report = rename_net(net, prefix, keep, freeze, bn_stats, counts)
     # The caffemodel's layer records carry their own LayerParameter: rename them the same way,
     # so that the model also reads as a net (parse_model, upgrade tools) with consistent names.
-    new_model, _ = rename_net(model, prefix, report.kept_blobs, freeze, bn_stats, counts)
+    # Its Split layers (Caffe writes them; no blobs) go: their names would no longer be the ones the net
+    # that loads the model gives its own (`<blob>_<layer>_<index>_split` of the renamed names).
+    new_model, _ = rename_net(remove_splits(model), prefix, report.kept_blobs, freeze, bn_stats, counts)
     ncio.write_text_proto(out_prototxt, new_net)
     ncio.write_caffemodel(out_model, new_model)
     return report

@@ -130,7 +130,7 @@ def test_weights_list_shape_error_names_the_file(tmp_path):
 
 # --- rename_layers ----------------------------------------------------------------------------------
 
-def test_rename_layers_round_trip(tmp_path, capsys):
+def test_rename_layers_round_trip(tmp_path, capsys, caplog):
     proto, model = _teacher(tmp_path)
     out_p, out_m = tmp_path / "t.prototxt", tmp_path / "t.caffemodel"
     assert cli.main(["rename_layers", str(proto), str(model), str(out_p), str(out_m), "--prefix", "t_",
@@ -153,6 +153,15 @@ def test_rename_layers_round_trip(tmp_path, capsys):
             assert not l.batch_norm_param.HasField("use_global_stats")  # --bn-stats keep
     assert [l.name for l in ncio.read_caffemodel(str(out_m)).layer if len(l.blobs)] == \
         ["t_conv", "t_bn", "t_scale", "t_fc"]
+    # the teacher's model holds Caffe's Split layers for "label" and "fc" (loss and accuracy read them);
+    # renamed, "fc_fc_0_split" would not be the Split the renamed net names ("t_fc_t_fc_0_split"), so
+    # rename_layers drops them
+    assert [l.name for l in ncio.read_caffemodel(str(model)).layer if l.type == "Split"] == \
+        ["label_data_1_split", "fc_fc_0_split"]
+    assert "Split" not in [l.type for l in ncio.read_caffemodel(str(out_m)).layer]
+    with caplog.at_level(logging.INFO, logger="netcompress"):
+        Net(str(out_p), phase=pb.TEST, weights=str(out_m))
+    assert not [r for r in caplog.records if "Ignoring source layer" in r.getMessage()]
     # the renamed net computes what the original did, blob for blob
     x, y = _inputs()
     a = Net(str(proto), phase=pb.TEST, weights=str(model), verbose=False)
