@@ -252,6 +252,7 @@ class Net(nn.Module):
             if not lp_local.HasField("phase"):
                 lp_local.phase = self.phase
             if self.verbose:
+                log.info("Creating layer %s", name)  # Caffe's layer_factory line
                 log.info("Creating Layer %s", name)
             bottom_shapes = []
             for i, b in enumerate(lp.bottom):
@@ -272,10 +273,8 @@ class Net(nn.Module):
                 # Caffe's LossLayer::LayerSetUp records its default weight in its LayerParameter,
                 # so a saved model carries `loss_weight: 1` (and ours is byte-identical).
                 lp_local.loss_weight.append(1.0)
-            layer = create_layer(lp_local, bottom_shapes, self.ctx)
-            self.ctx.generator.skip(cls.setup_draws(lp_local, self.phase))  # Caffe's set-up draws
-            for b in lp.bottom:
-                available.pop(b, None)
+            # The tops before the layer's set-up (Caffe's AppendTop comes before Layer::SetUp, which logs
+            # e.g. a Data layer's "output data size")
             for j, t in enumerate(tops):
                 in_place = j < len(lp.bottom) and lp.bottom[j] == t
                 if t in self.blob_shapes and not in_place:
@@ -286,6 +285,13 @@ class Net(nn.Module):
             for t in auto_tops:
                 if self.verbose:
                     log.info("%s -> (automatic)", name)
+            if self.verbose:
+                for _ in range(cls.factory_children(lp_local)):
+                    log.info("Creating layer %s", name)
+            layer = create_layer(lp_local, bottom_shapes, self.ctx)
+            self.ctx.generator.skip(cls.setup_draws(lp_local, self.phase))  # Caffe's set-up draws
+            for b in lp.bottom:
+                available.pop(b, None)
             tops += auto_tops
             if self.verbose:
                 log.info("Setting up %s", name)
@@ -409,6 +415,7 @@ class Net(nn.Module):
         shape = self.blob_shapes[sp.bottom]
         count = math.prod(shape) if len(shape) else 1
         if self.verbose:
+            log.info("Creating layer %s", sp.name)  # Caffe's layer_factory line
             log.info("Creating Layer %s", sp.name)
             log.info("%s <- %s", sp.name, sp.bottom)
             for t in sp.tops:

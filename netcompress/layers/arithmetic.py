@@ -145,6 +145,10 @@ class Scale(Layer):
     for a second bottom like that bottom. Blob order: [scale, bias], or [bias] with two bottoms.
     """
 
+    @classmethod
+    def factory_children(cls, param: pb.LayerParameter) -> int:
+        return int(param.scale_param.bias_term)  # its Bias layer
+
     graph_safe = True  # audited: device work only (Layer.graph_safe)
     min_bottoms, max_bottoms = 1, 2
     min_tops = max_tops = 1

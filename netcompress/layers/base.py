@@ -274,6 +274,13 @@ class Layer(nn.Module):
         return None
 
     @classmethod
+    def factory_children(cls, param: pb.LayerParameter) -> int:
+        """How many inner layers Caffe's set-up of this layer creates through its layer factory (each logs
+        "Creating layer <this layer's name>" after the layer's tops): SoftmaxWithLoss's and InfogainLoss's
+        Softmax, a Scale's Bias."""
+        return 0
+
+    @classmethod
     def setup_draws(cls, param: pb.LayerParameter, phase: int) -> int:
         """How many values Caffe's set-up of this layer takes from the global random stream besides
         its fillers (data layers seed their transformer and prefetch thread)."""

@@ -122,6 +122,10 @@ class SoftmaxWithLoss(LossLayer):
     `loss_param.normalization` (default VALID), or the deprecated `normalize`.
     """
 
+    @classmethod
+    def factory_children(cls, param: pb.LayerParameter) -> int:
+        return 1  # its Softmax
+
     graph_safe = True  # audited: device work only (Layer.graph_safe)
     min_bottoms = max_bottoms = 2
     min_tops, max_tops = 1, 2
@@ -298,6 +302,10 @@ class InfogainLoss(LossLayer):
     `infogain_loss_param.source` (a binaryproto) or given as a third bottom. Caffe's gradient,
     p * rowsum(H)[label] - H[label, :], ignores the 1e-20 clamp; a straight-through clamp
     reproduces that. An optional second top returns the probabilities (no gradient back)."""
+
+    @classmethod
+    def factory_children(cls, param: pb.LayerParameter) -> int:
+        return 1  # its Softmax
 
     min_bottoms, max_bottoms = 2, 3
     min_tops, max_tops = 1, 2
