@@ -39,6 +39,8 @@ COMMANDS: dict[str, Command] = {
                                 "convert an image list to an LMDB or LevelDB (Caffe's convert_imageset)"),
     "compute_image_mean": Command("netcompress.data.tools:compute_image_mean_main",
                                   "compute the mean image of an LMDB or LevelDB (Caffe's compute_image_mean)"),
+    "classify": Command("netcompress.tools.classify:main",
+                        "classify image files with a deploy net and save the outputs as .npy (Caffe's python/classify.py)"),
     "extract_features": Command("netcompress.tools.features:extract_features_main",
                                 "a trained net's blobs over its data into new LMDBs/LevelDBs (Caffe's extract_features)"),
     "summarize": Command("netcompress.tools.summarize:main",

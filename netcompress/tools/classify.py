@@ -1,0 +1,177 @@
+"""Classifying image files with a trained deploy net: Caffe's python/classify.py, with the top-k printout of its
+examples/cpp_classification.
+
+`netcompress classify INPUT OUTPUT.npy --model_def deploy.prototxt --pretrained_model M.caffemodel` reads INPUT
+(an image file, a folder of `*.EXT` images, or an .npy array of H x W x K images), runs pycaffe's
+`Classifier` (resize to --images_dim, the ten crops of `caffe.io.oversample` averaged unless --center_only,
+then the channel swap, raw scale, mean and input scale of a `caffe.io.Transformer`) and saves the N x C
+outputs to OUTPUT.npy (written atomically). With --labels FILE (one class name a line, as Caffe's
+synset_words.txt), it also prints each input's top --top_k classes, `0.9731 - "n01440764 tench"`, as
+cpp_classification does.
+
+Where Caffe's script was written for its ImageNet model, this one takes the net's own input: --model_def and
+--pretrained_model are required; --images_dim defaults to the input's height and width; a net with a
+one-channel input reads its images in gray (Caffe's script always read colour, so it could not feed LeNet);
+--channel_swap (default 2,1,0: RGB to BGR) applies to three-channel inputs only; --mean_file takes a
+.binaryproto (what `compute_image_mean` writes) as well as an .npy, a mean image of another size being
+resized to the input's.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import os
+import time
+from typing import Sequence
+
+import numpy as np
+
+from .. import io as ncio
+from ._common import ToolError, run_tool
+
+__all__ = ["load_inputs", "read_labels", "main"]
+
+
+def load_inputs(path: str, ext: str, color: bool) -> list[np.ndarray]:
+    """The images of an .npy file (N x H x W x K, or one H x W x K), a folder's `*.ext` files, or one file."""
+    from ..pycaffe import io as caffe_io
+
+    path = os.path.expanduser(path)
+    if path.endswith("npy"):
+        print(f"Loading file: {path}")
+        try:
+            arr = np.load(path)
+        except (OSError, ValueError) as e:
+            raise ToolError(f"{path}: not a readable .npy array ({e})") from None
+        if arr.ndim == 3:
+            arr = arr[np.newaxis]
+        if arr.ndim != 4:
+            raise ToolError(f"{path}: expected N x H x W x K images (4 axes, or 3 for one image), got shape "
+                            f"{arr.shape}")
+        return list(arr.astype(np.float32))
+    if os.path.isdir(path):
+        print(f"Loading folder: {path}")
+        files = sorted(glob.glob(os.path.join(glob.escape(path), "*." + ext)))
+        if not files:
+            raise ToolError(f"{path}: no *.{ext} images in the folder (--ext names another extension)")
+    elif os.path.isfile(path):
+        print(f"Loading file: {path}")
+        files = [path]
+    else:
+        raise ToolError(f"{path}: no such image, folder or .npy file")
+    images = []
+    for f in files:
+        try:
+            images.append(caffe_io.load_image(f, color=color))
+        except Exception as e:  # PIL's errors for a file it cannot read come in several kinds
+            raise ToolError(f"{f}: cannot read the image ({e})") from None
+    return images
+
+
+def read_labels(path: str, classes: int) -> list[str]:
+    """One class name a line; as many lines as the net has outputs."""
+    try:
+        labels = [line.rstrip("\r\n") for line in open(path, encoding="utf-8")]
+    except OSError as e:
+        raise ToolError(f"cannot read the labels file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ToolError(f"{path}: byte {e.start} is not UTF-8 text") from None
+    while labels and not labels[-1]:
+        labels.pop()
+    if len(labels) != classes:
+        raise ToolError(f"{path}: {len(labels)} labels, but the net has {classes} outputs (one name a line)")
+    return labels
+
+
+def _read_mean(path: str) -> np.ndarray:
+    if path.endswith(".npy"):
+        try:
+            return np.load(path)
+        except (OSError, ValueError) as e:
+            raise ToolError(f"{path}: not a readable .npy array ({e})") from None
+    arr = ncio.read_binaryproto_array(path)
+    return arr[0] if arr.ndim == 4 else arr
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ToolError(f"{what} takes comma-separated integers, got '{text}'") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="netcompress classify", description=(
+        "Classify images with a trained deploy net and save the outputs as .npy (Caffe's python/classify.py); "
+        "with --labels, print each image's top classes (Caffe's cpp_classification)."))
+    p.add_argument("input_file", help="input image, directory, or npy")
+    p.add_argument("output_file", help="output npy filename")
+    p.add_argument("--model_def", required=True, help="model definition file (a deploy prototxt)")
+    p.add_argument("--pretrained_model", required=True, help="trained model weights file")
+    p.add_argument("--gpu", action="store_true", help="switch for GPU computation")
+    p.add_argument("--center_only", action="store_true",
+                   help="predict from the center crop alone instead of averaging the ten crops (default)")
+    p.add_argument("--images_dim", default=None,
+                   help="canonical 'height,width' the images are resized to (default: the net input's)")
+    p.add_argument("--mean_file", default="",
+                   help="data set mean (K x H x W .npy, or a .binaryproto); '' for no mean subtraction")
+    p.add_argument("--input_scale", type=float, help="multiply input features by this after the mean")
+    p.add_argument("--raw_scale", type=float, default=255.0,
+                   help="multiply raw input (in [0, 1]) by this before preprocessing (default 255)")
+    p.add_argument("--channel_swap", default="2,1,0",
+                   help="order to permute three input channels (default RGB -> BGR, as Caffe's OpenCV)")
+    p.add_argument("--ext", default="jpg", help="image file extension when input_file is a directory")
+    p.add_argument("--labels", default=None, help="class names, one a line: print each input's top classes")
+    p.add_argument("--top_k", type=int, default=5, help="how many classes --labels prints (default 5)")
+
+    def body(a: argparse.Namespace) -> int:
+        from .. import pycaffe as caffe
+
+        for path, what in ((a.model_def, "--model_def"), (a.pretrained_model, "--pretrained_model")):
+            if not os.path.isfile(path):
+                raise ToolError(f"{what} {path}: no such file")
+        if a.top_k < 1:
+            raise ToolError(f"--top_k must be at least 1, got {a.top_k}")
+        if a.gpu:
+            caffe.set_mode_gpu()
+            print("GPU mode")
+        else:
+            caffe.set_mode_cpu()
+            print("CPU mode")
+        mean = _read_mean(a.mean_file) if a.mean_file else None
+        image_dims = _ints(a.images_dim, "--images_dim") if a.images_dim else None
+        if image_dims is not None and (len(image_dims) != 2 or min(image_dims) < 1):
+            raise ToolError(f"--images_dim takes 'height,width', got '{a.images_dim}'")
+        classifier = caffe.Classifier(a.model_def, a.pretrained_model, image_dims=image_dims, mean=mean,
+                                      input_scale=a.input_scale, raw_scale=a.raw_scale)
+        in_ = classifier.inputs[0]
+        shape = classifier.blobs[in_].data.shape
+        if len(shape) != 4:
+            raise ToolError(f"{a.model_def}: input '{in_}' is {shape}; classify feeds N x K x H x W images")
+        channels = shape[1]
+        if a.channel_swap and channels == 3:
+            classifier.transformer.set_channel_swap(in_, _ints(a.channel_swap, "--channel_swap"))
+        inputs = load_inputs(a.input_file, a.ext, color=channels != 1)
+        for i, im in enumerate(inputs):
+            if im.ndim != 3 or im.shape[2] != channels:
+                raise ToolError(f"input {i} is {im.shape}; the net takes {channels}-channel images")
+        print(f"Classifying {len(inputs)} inputs.")
+        start = time.time()
+        predictions = classifier.predict(inputs, not a.center_only)
+        print(f"Done in {time.time() - start:.2f} s.")
+        if a.labels:
+            flat = predictions.reshape(len(predictions), -1)
+            labels = read_labels(a.labels, flat.shape[1])
+            for i, row in enumerate(flat):
+                print(f"---------- Prediction for input {i} ----------")
+                for k in np.argsort(-row, kind="stable")[:a.top_k]:
+                    print(f'{row[k]:.4f} - "{labels[k]}"')
+        print(f"Saving results into {a.output_file}")
+        buf = io.BytesIO()
+        np.save(buf, predictions)
+        ncio.atomic_write(a.output_file if a.output_file.endswith(".npy") else a.output_file + ".npy",
+                          buf.getvalue())
+        return 0
+
+    return run_tool(p, None if argv is None else list(argv), body)
