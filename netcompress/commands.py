@@ -41,6 +41,8 @@ COMMANDS: dict[str, Command] = {
                                   "compute the mean image of an LMDB or LevelDB (Caffe's compute_image_mean)"),
     "classify": Command("netcompress.tools.classify:main",
                         "classify image files with a deploy net and save the outputs as .npy (Caffe's python/classify.py)"),
+    "detect": Command("netcompress.tools.detect:main",
+                      "classify windows of images with context padding, R-CNN style (Caffe's python/detect.py)"),
     "extract_features": Command("netcompress.tools.features:extract_features_main",
                                 "a trained net's blobs over its data into new LMDBs/LevelDBs (Caffe's extract_features)"),
     "summarize": Command("netcompress.tools.summarize:main",

@@ -13,14 +13,15 @@ What is here, with pycaffe's names and behaviour (BVLC Caffe's python/caffe):
 - `caffe.NetSpec`, `caffe.layers`, `caffe.params`, `caffe.to_proto` (net_spec: nets written in Python,
   `netcompress.pycaffe.net_spec`) and `caffe.coord_map` (`crop`, as FCN's net definitions use it);
 - `caffe.io` (Transformer, load_image with Pillow, resize_image, oversample, BlobProto and Datum conversions),
-  `caffe.Classifier`, `caffe.proto.caffe_pb2`, `caffe.TRAIN` / `caffe.TEST`, `caffe.Layer` for Python layers;
+  `caffe.Classifier`, `caffe.Detector` (R-CNN's windowed detection), `caffe.proto.caffe_pb2`,
+  `caffe.TRAIN` / `caffe.TEST`, `caffe.Layer` for Python layers;
 - `set_mode_cpu`, `set_mode_gpu`, `set_device` (the device of nets and solvers created afterwards),
   `set_random_seed`, `init_log`, `log`, `layer_type_list`, `Timer`, and the solver count/rank functions of a
   single process.
 
-Not here: `caffe.Detector` (it needs selective-search windows) and `caffe.NCCL` (multi-GPU training from Python;
-use `netcompress train --gpu 0,1`): using them raises NotImplementedError. `caffe.draw` draws nets through
-pydot (`netcompress.tools.draw`).
+Not here: `caffe.NCCL` (multi-GPU training from Python; use `netcompress train --gpu 0,1`): using it raises
+NotImplementedError; `Detector.detect_selective_search` needs Caffe's external selective-search module.
+`caffe.draw` draws nets through pydot (`netcompress.tools.draw`).
 
 A Caffe *Python layer* module that does `import caffe` gets this package where no other `caffe` is imported
 (`install_as_caffe`, used by layers/python.py), `caffe.io` and `caffe.proto` included.
@@ -38,6 +39,7 @@ from . import io
 from ._base import (TEST, TRAIN, Blob, BlobVec, Layer, set_device, set_mode_cpu, set_mode_gpu,
                     set_random_seed)
 from .classifier import Classifier
+from .detector import Detector
 from .net import Net
 from .net_spec import NetSpec, layers, params, to_proto
 from .solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NCCL, NesterovSolver, RMSPropSolver, SGDSolver,
@@ -45,7 +47,7 @@ from .solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NCCL, NesterovSo
 
 __all__ = ["Net", "Blob", "BlobVec", "Layer", "TRAIN", "TEST", "Solver", "SGDSolver", "NesterovSolver",
            "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "get_solver", "NCCL", "Timer",
-           "Classifier", "io", "proto", "set_mode_cpu", "set_mode_gpu", "set_device", "set_random_seed",
+           "Classifier", "Detector", "io", "proto", "set_mode_cpu", "set_mode_gpu", "set_device", "set_random_seed",
            "init_log", "log", "layer_type_list", "solver_count", "set_solver_count", "solver_rank",
            "set_solver_rank", "set_multiprocess", "has_nccl", "install_as_caffe", "NetSpec", "layers", "params",
            "to_proto"]
@@ -129,8 +131,6 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")
-    if name == "Detector":
-        raise NotImplementedError("caffe.Detector (windowed detection) is not provided by netcompress.pycaffe")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -1,0 +1,203 @@
+"""Windowed detection from the command line: Caffe's python/detect.py over `caffe.Detector`.
+
+`netcompress detect WINDOWS.csv OUT.csv|OUT.h5 --model_def deploy.prototxt --pretrained_model M.caffemodel` reads
+a CSV with a header naming `filename`, `ymin`, `xmin`, `ymax` and `xmax` (in any order; other columns are
+ignored), crops every window with --context_pad pixels of context (default 16, R-CNN's), warps it to the net's
+input and writes one row a window: the file name, the window and the net's output. A .txt input lists image
+files, one a line, for --crop_mode selective_search (the external module Caffe used; the default for .txt).
+
+The output, written atomically: a .csv has the columns filename, ymin, xmin, ymax, xmax, class0 ... (what Caffe's
+script meant to write; its CSV branch referred to names it never defined), any other name an HDF5 file of three
+datasets, `filename` (strings), `window` (N x 4) and `prediction` (N x C), readable with h5py alone (Caffe's was
+a pandas DataFrame, which needs PyTables). As in Caffe's script, a --mean_file image (.npy, or a .binaryproto)
+is reduced to its per-channel mean; the channel swap applies to three-channel inputs only.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import time
+from typing import Sequence
+
+import numpy as np
+
+from .. import io as ncio
+from ._common import ToolError, run_tool
+
+__all__ = ["read_windows", "write_detections", "main"]
+
+COORD_COLS = ["ymin", "xmin", "ymax", "xmax"]
+
+
+def read_windows(path: str) -> list[tuple[str, list[list[int]]]]:
+    """(image file, windows) in the order the files first appear; each window ymin, xmin, ymax, xmax."""
+    try:
+        f = open(path, newline="", encoding="utf-8")
+    except OSError as e:
+        raise ToolError(f"cannot read the windows file {path}: {e.strerror or e}") from None
+    with f:
+        reader = csv.DictReader(f, skipinitialspace=True)
+        fields = [c.strip() for c in reader.fieldnames or []]
+        reader.fieldnames = fields
+        missing = [c for c in ["filename"] + COORD_COLS if c not in fields]
+        if missing:
+            raise ToolError(f"{path}:1: the header must name filename, ymin, xmin, ymax and xmax; "
+                            f"missing {', '.join(missing)} (header: {', '.join(fields) or 'none'})")
+        grouped: dict[str, list[list[int]]] = {}
+        try:
+            for row in reader:
+                line = reader.line_num
+                window = []
+                for c in COORD_COLS:
+                    text = (row.get(c) or "").strip()
+                    try:
+                        v = float(text)
+                    except ValueError:
+                        v = float("nan")
+                    if not v.is_integer():
+                        raise ToolError(f"{path}:{line}: {c} must be a whole pixel index, got '{text}'")
+                    window.append(int(v))
+                if window[2] <= window[0] or window[3] <= window[1]:
+                    raise ToolError(f"{path}:{line}: the window {tuple(window)} is empty (ymax must exceed ymin "
+                                    "and xmax xmin)")
+                grouped.setdefault(row["filename"].strip(), []).append(window)
+        except UnicodeDecodeError as e:
+            raise ToolError(f"{path}: byte {e.start} is not UTF-8 text") from None
+    if not grouped:
+        raise ToolError(f"{path}: no windows after the header")
+    return list(grouped.items())
+
+
+def _read_image_list(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except OSError as e:
+        raise ToolError(f"cannot read the image list {path}: {e.strerror or e}") from None
+
+
+def write_detections(path: str, detections: Sequence[dict]) -> None:
+    """One row a window: CSV for a .csv name, else HDF5 (datasets filename, window, prediction)."""
+    predictions = np.stack([np.asarray(d["prediction"], dtype=np.float32).ravel() for d in detections])
+    windows = np.array([[int(v) for v in d["window"]] for d in detections], dtype=np.int64).reshape(-1, 4)
+    names = [str(d["filename"]) for d in detections]
+    if path.lower().endswith("csv"):
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["filename"] + COORD_COLS + [f"class{k}" for k in range(predictions.shape[1])])
+        for name, window, pred in zip(names, windows, predictions):
+            w.writerow([name] + window.tolist() + [repr(float(v)) for v in pred])
+        ncio.atomic_write(path, buf.getvalue())
+        return
+    import h5py
+
+    with ncio.atomic_file(path) as f:
+        with h5py.File(f, "w") as h5:
+            h5.create_dataset("filename", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
+            h5.create_dataset("window", data=windows)
+            h5.create_dataset("prediction", data=predictions)
+
+
+def _read_mean(path: str) -> np.ndarray:
+    if path.endswith(".npy"):
+        try:
+            mean = np.load(path)
+        except (OSError, ValueError) as e:
+            raise ToolError(f"{path}: not a readable .npy array ({e})") from None
+    else:
+        mean = ncio.read_binaryproto_array(path)
+        mean = mean[0] if mean.ndim == 4 else mean
+    if mean.ndim == 3 and mean.shape[1:] != (1, 1):
+        mean = mean.mean(1).mean(1)  # as Caffe's detect.py: one value a channel
+    return mean.reshape(-1) if mean.ndim == 3 else mean
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ToolError(f"{what} takes comma-separated integers, got '{text}'") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="netcompress detect", description=(
+        "Classify windows of images with a deploy net, R-CNN style (Caffe's python/detect.py): a .csv of "
+        "filename, ymin, xmin, ymax, xmax windows, or a .txt image list for selective search."))
+    p.add_argument("input_file", help=".csv of windows (header: filename, ymin, xmin, ymax, xmax) or .txt of images")
+    p.add_argument("output_file", help="output .csv, or HDF5 (any other name)")
+    p.add_argument("--model_def", required=True, help="model definition file (a deploy prototxt)")
+    p.add_argument("--pretrained_model", required=True, help="trained model weights file")
+    p.add_argument("--crop_mode", choices=["list", "selective_search"], default=None,
+                   help="how windows are chosen (default: list for a .csv, selective_search for a .txt)")
+    p.add_argument("--gpu", action="store_true", help="switch for GPU computation")
+    p.add_argument("--mean_file", default="",
+                   help="data set mean (.npy or .binaryproto), reduced to one value a channel; '' for none")
+    p.add_argument("--input_scale", type=float, help="multiply input features by this after the mean")
+    p.add_argument("--raw_scale", type=float, default=255.0,
+                   help="multiply raw input (in [0, 1]) by this before preprocessing (default 255)")
+    p.add_argument("--channel_swap", default="2,1,0",
+                   help="order to permute three input channels (default RGB -> BGR, as Caffe's OpenCV)")
+    p.add_argument("--context_pad", type=int, default=16, help="amount of surrounding context to collect")
+
+    def body(a: argparse.Namespace) -> int:
+        from .. import pycaffe as caffe
+
+        for path, what in ((a.input_file, "input_file"), (a.model_def, "--model_def"),
+                           (a.pretrained_model, "--pretrained_model")):
+            if not os.path.isfile(path):
+                raise ToolError(f"{what} {path}: no such file")
+        ext = a.input_file.lower().rsplit(".", 1)[-1]
+        if ext not in ("txt", "csv"):
+            raise ToolError(f"{a.input_file}: unknown input file type (a .csv of windows or a .txt of images)")
+        mode = a.crop_mode or ("list" if ext == "csv" else "selective_search")
+        if mode == "list" and ext != "csv":
+            raise ToolError(f"--crop_mode list takes a .csv of windows, got {a.input_file}")
+        if a.context_pad < 0:
+            raise ToolError(f"--context_pad must be >= 0, got {a.context_pad}")
+        mean = _read_mean(a.mean_file) if a.mean_file else None
+        start = time.time()
+        print("Loading input...")
+        if mode == "list":
+            images_windows = read_windows(a.input_file)
+            for fname, _ in images_windows:
+                if not os.path.isfile(fname):
+                    raise ToolError(f"{a.input_file}: image {fname}: no such file")
+        else:
+            images = _read_image_list(a.input_file)
+        if a.gpu:
+            caffe.set_mode_gpu()
+            print("GPU mode")
+        else:
+            caffe.set_mode_cpu()
+            print("CPU mode")
+        try:
+            detector = caffe.Detector(a.model_def, a.pretrained_model, mean=mean, input_scale=a.input_scale,
+                                      raw_scale=a.raw_scale, context_pad=a.context_pad)
+        except ValueError as e:
+            raise ToolError(f"--context_pad: {e}") from None
+        in_ = detector.inputs[0]
+        shape = detector.blobs[in_].data.shape
+        if len(shape) != 4 or (a.context_pad and shape[2] != shape[3]):
+            raise ToolError(f"{a.model_def}: input '{in_}' is {shape}; detect feeds square N x K x S x S windows")
+        if a.channel_swap and shape[1] == 3:
+            detector.transformer.set_channel_swap(in_, _ints(a.channel_swap, "--channel_swap"))
+            detector.configure_crop(a.context_pad)  # the context mean in the images' channel order
+        if mode == "list":
+            try:
+                detections = detector.detect_windows(images_windows)
+            except ValueError as e:
+                raise ToolError(f"{a.input_file}: {e}") from None
+        else:
+            try:
+                detections = detector.detect_selective_search(images)
+            except ImportError as e:
+                raise ToolError(f"{e} (or give a .csv of windows with --crop_mode list)") from None
+        print(f"Processed {len(detections)} windows in {time.time() - start:.3f} s.")
+        start = time.time()
+        write_detections(a.output_file, detections)
+        print(f"Saved to {a.output_file} in {time.time() - start:.3f} s.")
+        return 0
+
+    return run_tool(p, None if argv is None else list(argv), body)
