@@ -26,6 +26,7 @@ from torch import nn
 
 from . import io as ncio
 from .errors import NetcompressError, NetDefinitionError, WeightLoadError
+from .debuginfo import DebugRecorder
 from .graph import GraphLayer, SplitLayer, SplitPlan, backward_needs, param_needs_backward, plan_splits
 from .layers.base import INT_MAX, Layer, LayerContext, Shape, create_layer, layer_class
 from .log import get_logger
@@ -215,6 +216,9 @@ class Net(nn.Module):
         self._param_owner: dict[str, tuple[str, int]] = {}
         self._params: list[ParamEntry] = []
         self._sources: list[int] | None = None  # the data layers' indices (_source_layers)
+        # Caffe's debug_info (netcompress.debuginfo): the NetParameter's, and the solver's on display iterations
+        self.debug_info = bool(param.debug_info)
+        self._debug = DebugRecorder(self)
         try:
             self._build(filtered)
         except NetcompressError as e:
@@ -448,6 +452,15 @@ class Net(nn.Module):
                 graph.append(sp.graph_layer())
                 core_index.append(None)
         needs = self.backward = backward_needs(graph, bool(param.force_backward))
+        self._graph = graph  # Caffe's layers, Split layers included (debug_info names them)
+        self._graph_index = [gi for gi, li in enumerate(core_index) if li is not None]
+        self._split_graph_index: list[list[int]] = [[] for _ in self._keys]
+        owner = 0  # the layer a Split follows (the graph starts with a layer)
+        for gi, li in enumerate(core_index):
+            if li is None:
+                self._split_graph_index[owner].append(gi)
+            else:
+                owner = li
         self.layer_need_backward: dict[str, bool] = {}
         for gi in reversed(range(len(graph))):
             if self.verbose:
@@ -647,6 +660,8 @@ class Net(nn.Module):
                     # Caffe's force_backward overrides propagate_down: false (the bottom gets its diff).
                     xs = [blobs[b] if (pd or force) else blobs[b].detach()
                           for b, pd in zip(self._bottoms[li], self._prop_down[li])]
+                    if self.debug_info:
+                        xs = self._debug.watch_bottoms(li, xs)
                 out = layer(*xs)
                 if isinstance(out, torch.Tensor):
                     out = (out,)
@@ -655,12 +670,19 @@ class Net(nn.Module):
                 out = tuple(y.detach().requires_grad_() if y.is_floating_point() else y for y in out)
             for t, y in zip(self._tops[li], out):
                 blobs[t] = y
+            if self.debug_info:
+                self._debug.forward(li, out)
         loss = None
         for t, w in self.loss_weights.items():
             term = blobs[t].sum() * w
             loss = term if loss is None else loss + term
         self.loss = loss
         return OrderedDict((o, blobs[o]) for o in self.output_names)
+
+    def log_backward_debug_info(self) -> None:
+        """Caffe's debug_info lines of the backward just run (`loss.backward()`), when `debug_info` is on."""
+        if self.debug_info:
+            self._debug.backward()
 
     def set_input(self, **tensors) -> None:
         """Values for Input tops that persist across forwards (like pycaffe's `blobs[...].data`),

@@ -505,6 +505,7 @@ class Solver:
             for cb in cbs:
                 cb.before_iteration(self)
             display = bool(sp.display and self.iter % sp.display == 0)
+            self.net.debug_info = display and sp.debug_info  # as Caffe's Solver::Step sets it
             if loop is None:
                 self._eager_iteration(start, display)
             else:
@@ -554,6 +555,7 @@ class Solver:
         for cb in self.callbacks:
             cb.before_backward(self)
         self.net.loss.backward()
+        self.net.log_backward_debug_info()  # Caffe's debug_info lines (display iterations only)
         for cb in self.callbacks:
             cb.after_backward(self)
 
@@ -850,6 +852,7 @@ class Solver:
         sp = self.param
         net = self.test_nets[index]
         log.info("Iteration %d, Testing net (#%d)", self.iter, index)
+        net.debug_info = bool(sp.debug_info)  # Caffe's test nets log every forward with debug_info
         n = sp.test_iter[index]
         sums: list[float] = []
         names: list[str] = []

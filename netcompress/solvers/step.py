@@ -110,6 +110,8 @@ def graph_refusal(solver: "Solver", device: bool = True) -> str | None:
         return why
     if solver.param.iter_size != 1:
         return f"iter_size is {solver.param.iter_size} (the gradient hooks run between backward passes)"
+    if solver.param.debug_info:
+        return "debug_info logs every layer's blobs from the host, which a replayed graph does not run"
     for _, layer in solver.net.named_layers():
         why = layer.graph_refusal()
         if why:
@@ -143,6 +145,8 @@ def choose_step_mode(solver: "Solver") -> tuple[str, str]:
     # auto
     if solver.device.type == "cpu":
         return "eager", "the CPU reads each loss at no cost"
+    if solver.param.debug_info:
+        return "eager", "debug_info reads every layer's blobs on the host at display iterations"
     why_graph = graph_refusal(solver)
     if not why_graph:
         return "graph", "the default where it applies (step_mode deferred turns graphs off)"
