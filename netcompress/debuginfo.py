@@ -25,7 +25,8 @@ from .log import get_logger
 if TYPE_CHECKING:  # pragma: no cover
     from .net import Net
 
-__all__ = ["abs_mean", "fmt", "DebugRecorder"]
+__all__ = ["abs_mean", "fmt", "param_display_name", "log_forward", "log_backward", "backward_params",
+           "DebugRecorder"]
 
 log = get_logger("net")
 
@@ -43,6 +44,33 @@ def abs_mean(t: torch.Tensor | None, count: int | None = None) -> float:
 def fmt(x: float) -> str:
     """A float as C++'s default ostream writes it (6 significant digits, %g)."""
     return "%g" % x
+
+
+def param_display_name(specs, index: int) -> str:
+    """Caffe's param_display_names_: the ParamSpec's name, else the blob's index."""
+    return specs[index].name if index < len(specs) and specs[index].name else str(index)
+
+
+def log_forward(layer: str, tops: Sequence[tuple[str, torch.Tensor]], params: Sequence[tuple[str, torch.Tensor]]) -> None:
+    """Net::ForwardDebugInfo's lines of one layer."""
+    for name, t in tops:
+        log.info("    [Forward] Layer %s, top blob %s data: %s", layer, name, fmt(abs_mean(t)))
+    for shown, t in params:
+        log.info("    [Forward] Layer %s, param blob %s data: %s", layer, shown, fmt(abs_mean(t)))
+
+
+def log_backward(layer: str, bottoms: Sequence[tuple[str, float]], params: Sequence[tuple[int, torch.Tensor]]) -> None:
+    """Net::BackwardDebugInfo's lines of one layer: its bottoms' mean |diff|, its blobs' (lr_mult != 0) mean
+    |grad|."""
+    for name, value in bottoms:
+        log.info("    [Backward] Layer %s, bottom blob %s diff: %s", layer, name, fmt(value))
+    for index, p in params:
+        log.info("    [Backward] Layer %s, param blob %d diff: %s", layer, index, fmt(abs_mean(p.grad, p.numel())))
+
+
+def backward_params(layer) -> list[tuple[int, torch.Tensor]]:
+    """A layer's blobs that get a diff (Caffe's param_propagate_down: lr_mult != 0), with their indices."""
+    return [(i, b) for i, b in enumerate(layer.blobs()) if isinstance(b, torch.nn.Parameter) and b.requires_grad]
 
 
 class DebugRecorder:
@@ -75,19 +103,13 @@ class DebugRecorder:
     def forward(self, li: int, outs: Sequence[torch.Tensor]) -> None:
         """The lines of layer `li` after its forward, and of the Split layers after it."""
         net = self.net
-        name = net.layer_names[li]
-        for t, y in zip(net._tops[li], outs):
-            log.info("    [Forward] Layer %s, top blob %s data: %s", name, t, fmt(abs_mean(y)))
         layer = net.layers[net._keys[li]]
         specs = layer.layer_param.param
-        for i, blob in enumerate(layer.blobs()):
-            shown = specs[i].name if i < len(specs) and specs[i].name else str(i)
-            log.info("    [Forward] Layer %s, param blob %s data: %s", name, shown, fmt(abs_mean(blob)))
+        log_forward(net.layer_names[li], list(zip(net._tops[li], outs)),
+                    [(param_display_name(specs, i), b) for i, b in enumerate(layer.blobs())])
         for sp, gi in zip(net._splits.splits[li], net._split_graph_index[li]):
             blob = net.blobs[sp.bottom]
-            value = fmt(abs_mean(blob))
-            for t in sp.tops:
-                log.info("    [Forward] Layer %s, top blob %s data: %s", sp.name, t, value)
+            log_forward(sp.name, [(t, blob) for t in sp.tops], [])
             if torch.is_grad_enabled() and blob.requires_grad and self.net.backward.bottom[gi][0]:
                 blob.register_hook(self._catch(gi, 0))
 
@@ -101,17 +123,9 @@ class DebugRecorder:
             if not needs.layer[gi]:
                 continue
             g = graph[gi]
-            for j, b in enumerate(g.bottoms):
-                if needs.bottom[gi][j]:
-                    log.info("    [Backward] Layer %s, bottom blob %s diff: %s", g.name, b,
-                             fmt(self.bottom_diff.get((gi, j), 0.0)))
+            bottoms = [(b, self.bottom_diff.get((gi, j), 0.0)) for j, b in enumerate(g.bottoms) if needs.bottom[gi][j]]
             li = core.get(gi)
-            if li is None:
-                continue
-            for i, blob in enumerate(net.layers[net._keys[li]].blobs()):
-                if isinstance(blob, torch.nn.Parameter) and blob.requires_grad:
-                    log.info("    [Backward] Layer %s, param blob %d diff: %s", g.name, i,
-                             fmt(abs_mean(blob.grad, blob.numel())))
+            log_backward(g.name, bottoms, [] if li is None else backward_params(net.layers[net._keys[li]]))
         asum_data = asum_diff = sumsq_data = sumsq_diff = 0.0
         for entry in net.learnable_params():
             t = entry.tensor.detach()

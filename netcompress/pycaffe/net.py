@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..debuginfo import abs_mean, backward_params, log_backward, log_forward, param_display_name
 from ..errors import NetDefinitionError, WeightLoadError
 from ..log import get_logger
 from ..net import Net as CoreNet
@@ -719,6 +720,8 @@ class Net:
                 for w, y in zip(cl.loss, outs):
                     if w:
                         loss += w * float(y.detach().double().sum())
+            if core.debug_info:
+                self._forward_debug_info(i)
             for fn in self._callbacks["after_forward"]:
                 fn(i)
         self._runner_blobs = dict(core.blobs)
@@ -804,6 +807,8 @@ class Net:
                         self._split_backward(i)
                     else:
                         self._layer_backward(i)
+                    if core.debug_info:
+                        self._backward_debug_info(i)
                 for fn in self._callbacks["after_backward"]:
                     fn(i)
         finally:
@@ -812,6 +817,23 @@ class Net:
         if core.device.type == "cpu":
             for blob in self._blob_list:
                 blob._dmem.sync_down()
+
+    def _forward_debug_info(self, i: int) -> None:
+        """Net::ForwardDebugInfo (netcompress.debuginfo): layer i's tops and blobs."""
+        cl = self._cl[i]
+        tops = [(cl.tops[k], self._blob_list[t]._data_tensor()) for k, t in enumerate(self._tids[i])]
+        params = []
+        if cl.key is not None:
+            layer = self._core.layers[cl.key]
+            params = [(param_display_name(layer.layer_param.param, k), b) for k, b in enumerate(layer.blobs())]
+        log_forward(cl.name, tops, params)
+
+    def _backward_debug_info(self, i: int) -> None:
+        """Net::BackwardDebugInfo: layer i's bottoms that get a diff, and its blobs with lr_mult != 0."""
+        cl = self._cl[i]
+        bottoms = [(cl.bottoms[k], abs_mean(self._blob_list[b]._diff_tensor(self._blob_list[b]._data_tensor())))
+                   for k, b in enumerate(self._bids[i]) if self._bottom_need[i][k]]
+        log_backward(cl.name, bottoms, [] if cl.key is None else backward_params(self._core.layers[cl.key]))
 
     def _split_backward(self, i: int) -> None:
         if not self._bottom_need[i][0]:

@@ -150,3 +150,27 @@ def test_the_solver_logs_display_iterations_and_test_forwards(workdir, lines):
     plain.solve()
     for a, b in zip(solver.net.learnable_params(), plain.net.learnable_params()):
         assert torch.equal(a.tensor, b.tensor), a.key
+
+
+def test_pycaffe_forward_and_backward_write_the_same_lines(tmp_path, lines):
+    """pycaffe's net.forward() / net.backward() (layer by layer, as Caffe's BackwardFromTo: no norms line) log
+    what the core net's forward and backward log."""
+    from netcompress import pycaffe as caffe
+
+    (tmp_path / "net.prototxt").write_text(BRANCHED)
+    core = Net(str(tmp_path / "net.prototxt"), phase=pb.TRAIN, seed=4, verbose=False)
+    core.save(str(tmp_path / "w.caffemodel"))
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+    label = torch.tensor([2.0, 0.0, 1.0, 1.0])
+    core(x=x, label=label)
+    core.loss.backward()
+    core.log_backward_debug_info()
+    want = lines.debug_lines()
+    lines.records.clear()
+    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TRAIN, weights=str(tmp_path / "w.caffemodel"))
+    net.blobs["x"].data[...] = x.numpy()
+    net.blobs["label"].data[...] = label.numpy()
+    net.forward()
+    net.backward()
+    assert lines.debug_lines() == want
+    assert not [r for r in lines.records if "All net params" in r.getMessage()]
