@@ -24,6 +24,8 @@ COMMANDS: dict[str, Command] = {
     "train": Command("netcompress.solvers.cli:train_main", "train a model from a solver prototxt (caffe train)"),
     "test": Command("netcompress.solvers.cli:test_main", "score a model on its TEST data (caffe test)"),
     "time": Command("netcompress.timing:main", "benchmark a net layer by layer (caffe time)"),
+    "device_query": Command("netcompress.device:device_query_main",
+                            "show the properties of GPUs (caffe device_query --gpu 0)"),
     "plot": Command("netcompress.solvers.cli:plot_main", "plot training logs as PNG curves"),
     "upgrade": Command("netcompress.upgrade:main", "upgrade legacy net/solver/caffemodel files"),
     "parse_log": Command("netcompress.tools.logs:parse_log_main",

@@ -7,6 +7,8 @@ data-parallel run uses.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from .errors import NetcompressError
@@ -15,7 +17,7 @@ from .proto import caffe_pb2 as pb
 
 log = get_logger("device")
 
-__all__ = ["parse_gpu_flag", "device_from_gpu_flag", "device_for"]
+__all__ = ["parse_gpu_flag", "device_from_gpu_flag", "device_for", "device_query_lines", "device_query_main"]
 
 
 def _cuda_count() -> int:
@@ -70,3 +72,52 @@ def device_for(gpu: str | None, sp: pb.SolverParameter | None = None) -> tuple[t
             return device_from_gpu_flag(str(sp.device_id)), [sp.device_id]
         log.info("solver_mode is GPU but no CUDA device is available: using the CPU")
     return device_from_gpu_flag(None), None
+
+
+# Caffe::DeviceQuery's lines: (label, cudaDeviceProp field, torch's property name or None when torch does not
+# expose it). Labels are padded to Caffe's column.
+_QUERY_FIELDS = [
+    ("Major revision number:", "major"),
+    ("Minor revision number:", "minor"),
+    ("Name:", "name"),
+    ("Total global memory:", "total_memory"),
+    ("Total shared memory per block:", "shared_memory_per_block"),
+    ("Total registers per block:", "regs_per_block"),
+    ("Warp size:", "warp_size"),
+    ("Maximum threads per block:", "max_threads_per_block"),
+    ("Number of multiprocessors:", "multi_processor_count"),
+]
+
+
+def device_query_lines(device_id: int, props) -> list[str]:
+    """Caffe::DeviceQuery's lines for one device, from torch's device properties (the fields torch exposes;
+    Caffe's others, e.g. the texture alignment, are not available through torch and are left out)."""
+    lines = [f"{'Device id:':<31}{device_id}"]
+    for label, attr in _QUERY_FIELDS:
+        value = getattr(props, attr, None)
+        if value is not None:
+            lines.append(f"{label:<31}{value}")
+    return lines
+
+
+def device_query_main(argv: Sequence[str] | None = None) -> int:
+    """`netcompress device_query --gpu 0[,1|all]`: Caffe's device_query verb."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="netcompress device_query",
+                                description="Show the properties of GPUs (caffe device_query).")
+    p.add_argument("--gpu", "-gpu", default=None, help="the GPU ids to query: 0, 0,1 or all")
+    a = p.parse_args(argv)
+    if not a.gpu:
+        raise NetcompressError("Need a device ID to query: --gpu 0 (or a list, or all)")
+    if a.gpu.strip().lower() == "cpu":
+        raise NetcompressError(f"--gpu {a.gpu}: name GPU ids to query (0, 0,1 or all)")
+    if _cuda_count() == 0:
+        raise NetcompressError(f"--gpu {a.gpu}: no CUDA device is available to query (this torch build has CUDA: "
+                               f"{torch.version.cuda is not None})")
+    ids = parse_gpu_flag(a.gpu)
+    log.info("Querying GPUs %s", a.gpu)
+    for i in ids:
+        for line in device_query_lines(i, torch.cuda.get_device_properties(i)):
+            log.info("%s", line)
+    return 0
