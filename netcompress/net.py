@@ -257,6 +257,11 @@ class Net(nn.Module):
                 lp_local.phase = self.phase
             if self.verbose:
                 log.info("Creating layer %s", name)  # Caffe's layer_factory line
+            cls = layer_class(lp.type)
+            constructed = cls.construct(lp_local, self.ctx)  # the layer's constructor work (a Data layer's open)
+            if constructed is not None:
+                self.ctx._constructed[name] = constructed
+            if self.verbose:
                 log.info("Creating Layer %s", name)
             bottom_shapes = []
             for i, b in enumerate(lp.bottom):
@@ -267,7 +272,6 @@ class Net(nn.Module):
                 bottom_shapes.append(self.blob_shapes[b])
                 if self.verbose:
                     log.info("%s <- %s", name, splits.bottoms[li][i])
-            cls = layer_class(lp.type)
             tops = list(lp.top)
             n_auto = max(0, (cls.min_tops or 0) - len(tops)) if cls.auto_top else 0
             # Caffe's anonymous tops: logged as "(automatic)", counted in the loss, never a net output.

@@ -24,10 +24,8 @@ class _NetLog(logging.Handler):
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        # net.py's lines, and the Data layer's own set-up line (data.py's "Opened lmdb" comes in the layer's
-        # set-up, where Caffe logs it from the layer factory, before "Creating Layer": left out)
-        if record.filename == "net.py" or (record.filename == "data.py" and
-                                           record.getMessage().startswith("output data size")):
+        # net.py's lines, and the Data layer's own ("Opened lmdb", "output data size")
+        if record.filename in ("net.py", "data.py"):
             self.lines.append(record.getMessage())
 
 
@@ -45,11 +43,12 @@ def net_log():
 
 
 def _caffe_net_setups(caffe_fixtures, log_name: str = "train_lenet.log.xz") -> list[list[str]]:
-    """Caffe's net.cpp, layer_factory.hpp and data_layer.cpp lines of each net set-up in one of its logs
-    (training: the TRAIN net, then the TEST net)."""
+    """Caffe's net.cpp, layer_factory.hpp, db_lmdb.cpp and data_layer.cpp lines of each net set-up in one of its
+    logs (training: the TRAIN net, then the TEST net)."""
     log = lzma.decompress((caffe_fixtures / "lenet" / log_name).read_bytes()).decode()
     nets, cur = [], []
-    for m in re.finditer(r"^I\S+ \S+ +\d+ (?:net\.cpp|layer_factory\.hpp|data_layer\.cpp):\d+\] (.*)$", log, re.M):
+    for m in re.finditer(r"^I\S+ \S+ +\d+ (?:net\.cpp|layer_factory\.hpp|data_layer\.cpp|db_lmdb\.cpp):\d+\] (.*)$",
+                         log, re.M):
         cur.append(m.group(1))
         if m.group(1) == "Network initialization done.":
             nets.append(cur)
@@ -61,10 +60,10 @@ def _caffe_net_setups(caffe_fixtures, log_name: str = "train_lenet.log.xz") -> l
                                                     (pb.TEST, "train_lenet.log.xz", 1),
                                                     (pb.TEST, "caffe_test.log.xz", 0)])
 def test_the_set_up_log_is_caffes_line_for_line(in_fixture_workdir, caffe_fixtures, net_log, phase, log_name, index):
-    """Every net.cpp, layer_factory.hpp and data_layer.cpp line Caffe logged while setting up the fixture LeNet in `caffe train` (its TRAIN and TEST
-    nets) and `caffe test` (Split layers with their tops and memory, bottoms renamed to Split tops, the backward
-    analysis, outputs), in order; the parameter dump after "Initializing net from parameters" is left out (its
-    float spellings differ)."""
+    """Every net.cpp, layer_factory.hpp, db_lmdb.cpp and data_layer.cpp line Caffe logged while setting up the
+    fixture LeNet in `caffe train` (its TRAIN and TEST nets) and `caffe test` (Split layers with their tops and
+    memory, bottoms renamed to Split tops, the backward analysis, outputs), in order; the parameter dump after
+    "Initializing net from parameters" is left out (its float spellings differ)."""
     want = _caffe_net_setups(caffe_fixtures, log_name)[index]
     Net("lenet/lenet_train_test.prototxt", phase=phase)
     got = [line for line in net_log if not line.startswith("Initializing net from parameters")]

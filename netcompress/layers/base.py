@@ -68,6 +68,12 @@ class LayerContext:
     # once its nets are built; 0 outside a solver. Layers with epoch schedules read it at run time.
     epoch_iters: int = 0
     _generators: dict[str, torch.Generator] = dataclasses.field(default_factory=dict, repr=False)
+    # What a layer class's `construct` returned, by layer name, until its __init__ takes it
+    _constructed: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    def take_constructed(self, layer_name: str) -> Any:
+        """What `Layer.construct` gave for the layer `layer_name` (once; None when it was not called)."""
+        return self._constructed.pop(layer_name, None)
 
     def named_generator(self, name: str, default_seed: int = 1) -> torch.Generator:
         """The net's generator called `name` (a CPU torch.Generator), created at first use and seeded
@@ -271,6 +277,13 @@ class Layer(nn.Module):
     def epoch_size(self) -> tuple[int, int] | None:
         """A data layer's (records in its source, records per batch of this process), from which
         the solver derives `epoch_iters`; None for other layers."""
+        return None
+
+    @classmethod
+    def construct(cls, param: pb.LayerParameter, ctx: "LayerContext") -> Any:
+        """The work of Caffe's layer constructor, which its layer factory runs before the net's "Creating Layer"
+        line (a Data layer opens its database there, and logs so): the Net calls it right after its factory
+        line and hands the result to `__init__` through `ctx.take_constructed(name)`. None: nothing to do."""
         return None
 
     @classmethod

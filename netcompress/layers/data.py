@@ -401,19 +401,29 @@ class DataLayer(BasePrefetchingDataLayer):
     def setup_draws(cls, param: pb.LayerParameter, phase: int) -> int:
         return transform_setup_draws(param.transform_param, phase) + 1  # + the prefetch thread's seed
 
+    @classmethod
+    def construct(cls, param: pb.LayerParameter, ctx: LayerContext):
+        """Caffe's DataLayer constructor: open the database (logged before the net's "Creating Layer")."""
+        dp = param.data_param
+        who = f"layer '{param.name}' (type {param.type})"
+        backend = resolve_backend(dp.source, dp.backend if dp.HasField("backend") else None, who)
+        if backend == LEVELDB and int(ctx.world_size) > 1 and ctx.phase == pb.TRAIN:
+            raise DataError(f"{who}: the {ctx.world_size} processes of a data-parallel run cannot "
+                            f"share the LevelDB '{dp.source}' (LevelDB admits one process at a time); "
+                            f"copy it to an LMDB, which they can: netcompress convert_db {dp.source} "
+                            "<new lmdb folder>")
+        db = open_reader(dp.source, backend, who)
+        log.info("Opened %s %s", db.kind.lower(), dp.source)
+        return db
+
     def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
         super().__init__(param, bottom_shapes, ctx)
         dp = param.data_param
         self.source = dp.source
         self._warn_deprecated(dp)
-        backend = resolve_backend(dp.source, dp.backend if dp.HasField("backend") else None, self.who)
-        if backend == LEVELDB and self.sharded:
-            raise DataError(f"{self.who}: the {self.world_size} processes of a data-parallel run cannot "
-                            f"share the LevelDB '{dp.source}' (LevelDB admits one process at a time); "
-                            f"copy it to an LMDB, which they can: netcompress convert_db {dp.source} "
-                            "<new lmdb folder>")
-        db = open_reader(dp.source, backend, self.who)
-        log.info("Opened %s %s", db.kind.lower(), dp.source)
+        db = ctx.take_constructed(param.name)
+        if db is None:  # built outside a Net (create_layer): open here
+            db = self.construct(param, ctx)
         self.transformer = DataTransformer(param.transform_param, ctx.phase, name=self.who)
         stream = self._make_stream(db.num_records, dp.batch_size, dp.rand_skip)
         self.reader = _DatumReader(db, self.transformer, stream, self.who)
