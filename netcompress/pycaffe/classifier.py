@@ -12,6 +12,24 @@ from .net import Net
 __all__ = ["Classifier"]
 
 
+def input_transformer(net: Net, mean: np.ndarray | None, input_scale: float | None, raw_scale: float | None,
+                      channel_swap: Sequence[int] | None) -> caffe_io.Transformer:
+    """The Transformer of `net`'s first input that Classifier and Detector set up: H x W x K images transposed,
+    then the channel swap, raw scale, mean and input scale that are given."""
+    in_ = net.inputs[0]
+    transformer = caffe_io.Transformer({in_: net.blobs[in_].data.shape})
+    transformer.set_transpose(in_, (2, 0, 1))
+    if mean is not None:
+        transformer.set_mean(in_, mean)
+    if input_scale is not None:
+        transformer.set_input_scale(in_, input_scale)
+    if raw_scale is not None:
+        transformer.set_raw_scale(in_, raw_scale)
+    if channel_swap is not None:
+        transformer.set_channel_swap(in_, channel_swap)
+    return transformer
+
+
 class Classifier(Net):
     """pycaffe's Classifier: `Classifier(model_file, pretrained_file, image_dims=None, mean=None,
     input_scale=None, raw_scale=None, channel_swap=None)`. Images are resized to `image_dims` (default: the
@@ -23,16 +41,7 @@ class Classifier(Net):
                  channel_swap: Sequence[int] | None = None):
         super().__init__(model_file, TEST, weights=pretrained_file)
         in_ = self.inputs[0]
-        self.transformer = caffe_io.Transformer({in_: self.blobs[in_].data.shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        self.transformer = input_transformer(self, mean, input_scale, raw_scale, channel_swap)
         self.crop_dims = np.array(self.blobs[in_].data.shape[2:])
         self.image_dims = self.crop_dims if not image_dims else image_dims
 

@@ -30,7 +30,8 @@ import numpy as np
 from .. import io as ncio
 from ._common import ToolError, run_tool
 
-__all__ = ["load_inputs", "read_labels", "main"]
+__all__ = ["load_inputs", "read_labels", "read_mean", "ints", "add_net_args", "check_net_args", "swap_channels",
+           "main"]
 
 
 def load_inputs(path: str, ext: str, color: bool) -> list[np.ndarray]:
@@ -84,7 +85,8 @@ def read_labels(path: str, classes: int) -> list[str]:
     return labels
 
 
-def _read_mean(path: str) -> np.ndarray:
+def read_mean(path: str) -> np.ndarray:
+    """A mean (.npy, or a .binaryproto as compute_image_mean writes it, its batch axis dropped)."""
     if path.endswith(".npy"):
         try:
             return np.load(path)
@@ -94,11 +96,47 @@ def _read_mean(path: str) -> np.ndarray:
     return arr[0] if arr.ndim == 4 else arr
 
 
-def _ints(text: str, what: str) -> list[int]:
+def ints(text: str, what: str) -> list[int]:
+    """Comma-separated integers of option `what`."""
     try:
         return [int(s) for s in text.split(",")]
     except ValueError:
         raise ToolError(f"{what} takes comma-separated integers, got '{text}'") from None
+
+
+def add_net_args(p: argparse.ArgumentParser, mean_help: str) -> None:
+    """The options Caffe's classify.py and detect.py share: the net, the mode, the preprocessing."""
+    p.add_argument("--model_def", required=True, help="model definition file (a deploy prototxt)")
+    p.add_argument("--pretrained_model", required=True, help="trained model weights file")
+    p.add_argument("--gpu", action="store_true", help="switch for GPU computation")
+    p.add_argument("--mean_file", default="", help=mean_help)
+    p.add_argument("--input_scale", type=float, help="multiply input features by this after the mean")
+    p.add_argument("--raw_scale", type=float, default=255.0,
+                   help="multiply raw input (in [0, 1]) by this before preprocessing (default 255)")
+    p.add_argument("--channel_swap", default="2,1,0",
+                   help="order to permute three input channels (default RGB -> BGR, as Caffe's OpenCV)")
+
+
+def check_net_args(a: argparse.Namespace) -> None:
+    """The net's files exist; pycaffe's mode set as --gpu says (printed, as Caffe's scripts do)."""
+    from .. import pycaffe as caffe
+
+    for path, what in ((a.model_def, "--model_def"), (a.pretrained_model, "--pretrained_model")):
+        if not os.path.isfile(path):
+            raise ToolError(f"{what} {path}: no such file")
+    if a.gpu:
+        caffe.set_mode_gpu()
+        print("GPU mode")
+    else:
+        caffe.set_mode_cpu()
+        print("CPU mode")
+
+
+def swap_channels(net, channel_swap: str) -> None:
+    """--channel_swap on `net`'s transformer, for a three-channel input (others keep their channels)."""
+    in_ = net.inputs[0]
+    if channel_swap and net.blobs[in_].data.shape[1] == 3:
+        net.transformer.set_channel_swap(in_, ints(channel_swap, "--channel_swap"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,20 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "with --labels, print each image's top classes (Caffe's cpp_classification)."))
     p.add_argument("input_file", help="input image, directory, or npy")
     p.add_argument("output_file", help="output npy filename")
-    p.add_argument("--model_def", required=True, help="model definition file (a deploy prototxt)")
-    p.add_argument("--pretrained_model", required=True, help="trained model weights file")
-    p.add_argument("--gpu", action="store_true", help="switch for GPU computation")
+    add_net_args(p, "data set mean (K x H x W .npy, or a .binaryproto); '' for no mean subtraction")
     p.add_argument("--center_only", action="store_true",
                    help="predict from the center crop alone instead of averaging the ten crops (default)")
     p.add_argument("--images_dim", default=None,
                    help="canonical 'height,width' the images are resized to (default: the net input's)")
-    p.add_argument("--mean_file", default="",
-                   help="data set mean (K x H x W .npy, or a .binaryproto); '' for no mean subtraction")
-    p.add_argument("--input_scale", type=float, help="multiply input features by this after the mean")
-    p.add_argument("--raw_scale", type=float, default=255.0,
-                   help="multiply raw input (in [0, 1]) by this before preprocessing (default 255)")
-    p.add_argument("--channel_swap", default="2,1,0",
-                   help="order to permute three input channels (default RGB -> BGR, as Caffe's OpenCV)")
     p.add_argument("--ext", default="jpg", help="image file extension when input_file is a directory")
     p.add_argument("--labels", default=None, help="class names, one a line: print each input's top classes")
     p.add_argument("--top_k", type=int, default=5, help="how many classes --labels prints (default 5)")
@@ -128,19 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body(a: argparse.Namespace) -> int:
         from .. import pycaffe as caffe
 
-        for path, what in ((a.model_def, "--model_def"), (a.pretrained_model, "--pretrained_model")):
-            if not os.path.isfile(path):
-                raise ToolError(f"{what} {path}: no such file")
         if a.top_k < 1:
             raise ToolError(f"--top_k must be at least 1, got {a.top_k}")
-        if a.gpu:
-            caffe.set_mode_gpu()
-            print("GPU mode")
-        else:
-            caffe.set_mode_cpu()
-            print("CPU mode")
-        mean = _read_mean(a.mean_file) if a.mean_file else None
-        image_dims = _ints(a.images_dim, "--images_dim") if a.images_dim else None
+        check_net_args(a)
+        mean = read_mean(a.mean_file) if a.mean_file else None
+        image_dims = ints(a.images_dim, "--images_dim") if a.images_dim else None
         if image_dims is not None and (len(image_dims) != 2 or min(image_dims) < 1):
             raise ToolError(f"--images_dim takes 'height,width', got '{a.images_dim}'")
         classifier = caffe.Classifier(a.model_def, a.pretrained_model, image_dims=image_dims, mean=mean,
@@ -150,8 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(shape) != 4:
             raise ToolError(f"{a.model_def}: input '{in_}' is {shape}; classify feeds N x K x H x W images")
         channels = shape[1]
-        if a.channel_swap and channels == 3:
-            classifier.transformer.set_channel_swap(in_, _ints(a.channel_swap, "--channel_swap"))
+        swap_channels(classifier, a.channel_swap)
         inputs = load_inputs(a.input_file, a.ext, color=channels != 1)
         for i, im in enumerate(inputs):
             if im.ndim != 3 or im.shape[2] != channels:

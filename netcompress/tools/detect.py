@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import io as ncio
 from ._common import ToolError, run_tool
+from .classify import add_net_args, check_net_args, read_mean, swap_channels
 
 __all__ = ["read_windows", "write_detections", "main"]
 
@@ -100,25 +101,12 @@ def write_detections(path: str, detections: Sequence[dict]) -> None:
             h5.create_dataset("prediction", data=predictions)
 
 
-def _read_mean(path: str) -> np.ndarray:
-    if path.endswith(".npy"):
-        try:
-            mean = np.load(path)
-        except (OSError, ValueError) as e:
-            raise ToolError(f"{path}: not a readable .npy array ({e})") from None
-    else:
-        mean = ncio.read_binaryproto_array(path)
-        mean = mean[0] if mean.ndim == 4 else mean
+def _channel_mean(path: str) -> np.ndarray:
+    """--mean_file reduced to one value a channel, as Caffe's detect.py does."""
+    mean = read_mean(path)
     if mean.ndim == 3 and mean.shape[1:] != (1, 1):
-        mean = mean.mean(1).mean(1)  # as Caffe's detect.py: one value a channel
+        mean = mean.mean(1).mean(1)
     return mean.reshape(-1) if mean.ndim == 3 else mean
-
-
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",")]
-    except ValueError:
-        raise ToolError(f"{what} takes comma-separated integers, got '{text}'") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,27 +115,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "filename, ymin, xmin, ymax, xmax windows, or a .txt image list for selective search."))
     p.add_argument("input_file", help=".csv of windows (header: filename, ymin, xmin, ymax, xmax) or .txt of images")
     p.add_argument("output_file", help="output .csv, or HDF5 (any other name)")
-    p.add_argument("--model_def", required=True, help="model definition file (a deploy prototxt)")
-    p.add_argument("--pretrained_model", required=True, help="trained model weights file")
     p.add_argument("--crop_mode", choices=["list", "selective_search"], default=None,
                    help="how windows are chosen (default: list for a .csv, selective_search for a .txt)")
-    p.add_argument("--gpu", action="store_true", help="switch for GPU computation")
-    p.add_argument("--mean_file", default="",
-                   help="data set mean (.npy or .binaryproto), reduced to one value a channel; '' for none")
-    p.add_argument("--input_scale", type=float, help="multiply input features by this after the mean")
-    p.add_argument("--raw_scale", type=float, default=255.0,
-                   help="multiply raw input (in [0, 1]) by this before preprocessing (default 255)")
-    p.add_argument("--channel_swap", default="2,1,0",
-                   help="order to permute three input channels (default RGB -> BGR, as Caffe's OpenCV)")
+    add_net_args(p, "data set mean (.npy or .binaryproto), reduced to one value a channel; '' for none")
     p.add_argument("--context_pad", type=int, default=16, help="amount of surrounding context to collect")
 
     def body(a: argparse.Namespace) -> int:
         from .. import pycaffe as caffe
 
-        for path, what in ((a.input_file, "input_file"), (a.model_def, "--model_def"),
-                           (a.pretrained_model, "--pretrained_model")):
-            if not os.path.isfile(path):
-                raise ToolError(f"{what} {path}: no such file")
+        if not os.path.isfile(a.input_file):
+            raise ToolError(f"input_file {a.input_file}: no such file")
         ext = a.input_file.lower().rsplit(".", 1)[-1]
         if ext not in ("txt", "csv"):
             raise ToolError(f"{a.input_file}: unknown input file type (a .csv of windows or a .txt of images)")
@@ -156,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ToolError(f"--crop_mode list takes a .csv of windows, got {a.input_file}")
         if a.context_pad < 0:
             raise ToolError(f"--context_pad must be >= 0, got {a.context_pad}")
-        mean = _read_mean(a.mean_file) if a.mean_file else None
+        mean = _channel_mean(a.mean_file) if a.mean_file else None
         start = time.time()
         print("Loading input...")
         if mode == "list":
@@ -166,12 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise ToolError(f"{a.input_file}: image {fname}: no such file")
         else:
             images = _read_image_list(a.input_file)
-        if a.gpu:
-            caffe.set_mode_gpu()
-            print("GPU mode")
-        else:
-            caffe.set_mode_cpu()
-            print("CPU mode")
+        check_net_args(a)
         try:
             detector = caffe.Detector(a.model_def, a.pretrained_model, mean=mean, input_scale=a.input_scale,
                                       raw_scale=a.raw_scale, context_pad=a.context_pad)
@@ -181,9 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         shape = detector.blobs[in_].data.shape
         if len(shape) != 4 or (a.context_pad and shape[2] != shape[3]):
             raise ToolError(f"{a.model_def}: input '{in_}' is {shape}; detect feeds square N x K x S x S windows")
-        if a.channel_swap and shape[1] == 3:
-            detector.transformer.set_channel_swap(in_, _ints(a.channel_swap, "--channel_swap"))
-            detector.configure_crop(a.context_pad)  # the context mean in the images' channel order
+        swap_channels(detector, a.channel_swap)
+        detector.configure_crop(a.context_pad)  # the context mean in the images' channel order
         if mode == "list":
             try:
                 detections = detector.detect_windows(images_windows)
