@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import logging
+import os
 import re
 import sys
 from typing import Callable, Sequence
@@ -25,9 +26,9 @@ from .transformer import datum_to_array
 
 log = get_logger("data")
 
-__all__ = ["read_idx", "convert_mnist", "convert_imageset", "compute_image_mean", "convert_db",
-           "convert_mnist_main", "convert_imageset_main", "compute_image_mean_main", "convert_db_main",
-           "mnist5k_main"]
+__all__ = ["read_idx", "convert_mnist", "read_cifar_batch", "convert_cifar", "convert_imageset", "compute_image_mean",
+           "convert_db", "convert_mnist_main", "convert_cifar_main", "convert_imageset_main", "compute_image_mean_main",
+           "convert_db_main", "mnist5k_main"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -84,6 +85,67 @@ def convert_mnist(images: str, labels: str, db_path: str, map_size: int = 1 << 2
             db.put(b"%08d" % i, datum.SerializeToString())
     log.info("Processed %d files.", len(x))
     return len(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# convert_cifar (Caffe's examples/cifar10/convert_cifar_data)
+# ----------------------------------------------------------------------------------------------
+
+CIFAR_SIZE = 32
+CIFAR_IMAGE_BYTES = 3 * CIFAR_SIZE * CIFAR_SIZE
+CIFAR_BATCH = 10000  # records in each of CIFAR-10's binary batch files; train keys count in these steps
+CIFAR_TRAIN_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)]
+CIFAR_TEST_FILE = "test_batch.bin"
+
+
+def read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """One binary CIFAR-10 batch: uint8 images N x 3 x 32 x 32 (R, G, B planes, as stored) and labels."""
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise DataError(f"cannot read the CIFAR-10 batch {path}: {e.strerror or e}") from None
+    record = 1 + CIFAR_IMAGE_BYTES
+    if raw.size == 0 or raw.size % record:
+        raise DataError(f"{path}: {raw.size} bytes, not a whole number of CIFAR-10 records ({record} bytes each: "
+                        f"a label byte and a 3x32x32 image; a batch holds {CIFAR_BATCH})")
+    rows = raw.reshape(-1, record)
+    if rows.shape[0] != CIFAR_BATCH:
+        log.warning("%s holds %d records (CIFAR-10's batches hold %d)", path, rows.shape[0], CIFAR_BATCH)
+    labels = rows[:, 0].astype(np.int8).astype(np.int64)  # Caffe reads the label as a (signed) char
+    return rows[:, 1:].reshape(-1, 3, CIFAR_SIZE, CIFAR_SIZE), labels
+
+
+def convert_cifar(input_folder: str, output_folder: str, backend: str = LMDB) -> tuple[int, int]:
+    """Caffe's convert_cifar_data: data_batch_1..5.bin into OUTPUT/cifar10_train_<db> (keys %05d of
+    batch * 10000 + item) and test_batch.bin into OUTPUT/cifar10_test_<db> (keys %05d), raw 3x32x32 Datums.
+    Every input is read and checked before either database is written (each atomically)."""
+    kind = backend_name(backend)
+    if not os.path.isdir(input_folder):
+        raise DataError(f"{input_folder}: no such folder (the one holding CIFAR-10's binary batch files)")
+    if not os.path.isdir(output_folder):
+        raise DataError(f"{output_folder}: no such output folder")
+    paths = [os.path.join(input_folder, f) for f in CIFAR_TRAIN_FILES + [CIFAR_TEST_FILE]]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise DataError(f"{input_folder}: missing {', '.join(os.path.basename(p) for p in missing)} (CIFAR-10's "
+                        "binary version: data_batch_1.bin ... data_batch_5.bin and test_batch.bin, gunzipped)")
+    batches = [read_cifar_batch(p) for p in paths]
+    datum = pb.Datum(channels=3, height=CIFAR_SIZE, width=CIFAR_SIZE)
+    counts = []
+    for name, parts in (("train", list(enumerate(batches[:-1]))), ("test", [(0, batches[-1])])):
+        log.info("Writing %s data", "Training" if name == "train" else "Testing")
+        with open_writer(os.path.join(output_folder, f"cifar10_{name}_{kind}"), kind) as db:
+            n = 0
+            for fileid, (images, labels) in parts:
+                if name == "train":
+                    log.info("Training Batch %d", fileid + 1)
+                for item in range(len(images)):
+                    datum.data = images[item].tobytes()
+                    datum.label = int(labels[item])
+                    db.put(b"%05d" % (fileid * CIFAR_BATCH + item), datum.SerializeToString())
+                    n += 1
+        counts.append(n)
+    return counts[0], counts[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,6 +368,23 @@ def convert_mnist_main(argv: list[str] | None = None) -> int:
         convert_mnist(a.images, a.labels, a.db, backend=backend_name(a.backend))
         return 0
     return _run("convert_mnist", body)
+
+
+def convert_cifar_main(argv: list[str] | None = None) -> int:
+    """convert_cifar INPUT_FOLDER OUTPUT_FOLDER [lmdb|leveldb]"""
+    def body() -> int:
+        p = argparse.ArgumentParser(prog="convert_cifar", description=(
+            "Convert CIFAR-10's binary batches (data_batch_1..5.bin, test_batch.bin) to "
+            "OUTPUT_FOLDER/cifar10_{train,test}_<db_type> (Caffe's examples/cifar10/convert_cifar_data)."))
+        p.add_argument("input_folder", help="the folder of the gunzipped binary batch files")
+        p.add_argument("output_folder", help="where cifar10_train_<db_type> and cifar10_test_<db_type> go")
+        p.add_argument("db_type", nargs="?", default="lmdb", choices=["lmdb", "leveldb"],
+                       help="lmdb (default) or leveldb")
+        a = p.parse_args(sys.argv[1:] if argv is None else argv)
+        train, test = convert_cifar(a.input_folder, a.output_folder, a.db_type)
+        log.info("Wrote %d training and %d test images", train, test)
+        return 0
+    return _run("convert_cifar", body)
 
 
 def convert_imageset_main(argv: list[str] | None = None) -> int:

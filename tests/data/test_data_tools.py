@@ -169,3 +169,58 @@ def test_the_data_tools_are_cli_subcommands():
     assert load_command("convert_mnist") is convert_mnist_main
     assert load_command("convert_imageset") is convert_imageset_main
     assert load_command("compute_image_mean") is compute_image_mean_main
+
+
+def _cifar_batch(path, images: np.ndarray, labels: np.ndarray) -> None:
+    rows = np.concatenate([labels.astype(np.uint8)[:, None], images.reshape(len(images), -1)], axis=1)
+    path.write_bytes(rows.tobytes())
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "leveldb"])
+def test_convert_cifar_writes_caffes_two_databases(tmp_path, backend, data_log):
+    """convert_cifar_data's layout: the five training batches under keys batch * 10000 + item, the test batch
+    under its own; raw 3x32x32 Datums in the files' R, G, B planes. (Small batches: each logs a warning.)"""
+    if backend == "leveldb":
+        pytest.importorskip("plyvel")
+    from netcompress.data.tools import convert_cifar_main
+
+    rng = np.random.default_rng(3)
+    src, out = tmp_path / "cifar-10-batches-bin", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    batches = {}
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        x = rng.integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+        y = rng.integers(0, 10, 3)
+        _cifar_batch(src / name, x, y)
+        batches[name] = (x, y)
+    assert convert_cifar_main([str(src), str(out), backend]) == 0
+    train = records(out / f"cifar10_train_{backend}")
+    assert [k for k, _ in train] == [b"%05d" % (f * 10000 + i) for f in range(5) for i in range(3)]
+    x, y = batches["data_batch_2.bin"]
+    d = dict(train)[b"10001"]
+    assert (d.channels, d.height, d.width, d.label, d.encoded) == (3, 32, 32, int(y[1]), False)
+    assert d.data == x[1].tobytes()
+    test = records(out / f"cifar10_test_{backend}")
+    assert [k for k, _ in test] == [b"00000", b"00001", b"00002"]
+    assert test[2][1].data == batches["test_batch.bin"][0][2].tobytes()
+    assert any("holds 3 records (CIFAR-10's batches hold 10000)" in m for m in data_log)
+
+
+def test_convert_cifar_checks_every_input_first(tmp_path, capsys):
+    from netcompress.data.tools import convert_cifar_main
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    for i in range(1, 6):
+        _cifar_batch(src / f"data_batch_{i}.bin", np.zeros((1, 3, 32, 32), np.uint8), np.zeros(1))
+    assert convert_cifar_main([str(src), str(out)]) == 1
+    assert "missing test_batch.bin" in capsys.readouterr().err
+    (src / "test_batch.bin").write_bytes(b"\x00" * 3000)
+    assert convert_cifar_main([str(src), str(out)]) == 1
+    assert "test_batch.bin: 3000 bytes, not a whole number of CIFAR-10 records (3073 bytes each" in \
+        capsys.readouterr().err
+    assert not list(out.iterdir())  # nothing written: the inputs are checked before either database
+    assert convert_cifar_main([str(src), str(tmp_path / "nowhere")]) == 1
+    assert "nowhere: no such output folder" in capsys.readouterr().err
