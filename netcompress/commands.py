@@ -37,6 +37,9 @@ COMMANDS: dict[str, Command] = {
     # Caffe's data tools
     "convert_mnist": Command("netcompress.data.tools:convert_mnist_main",
                              "convert MNIST IDX files to an LMDB or LevelDB (Caffe's convert_mnist_data)"),
+    "convert_mnist_siamese": Command("netcompress.data.tools:convert_mnist_siamese_main",
+                                     "random MNIST digit pairs for Caffe's siamese example "
+                                     "(convert_mnist_siamese_data)"),
     "convert_cifar": Command("netcompress.data.tools:convert_cifar_main",
                              "convert CIFAR-10's binary batches to LMDBs or LevelDBs (Caffe's convert_cifar_data)"),
     "convert_imageset": Command("netcompress.data.tools:convert_imageset_main",

@@ -26,9 +26,10 @@ from .transformer import datum_to_array
 
 log = get_logger("data")
 
-__all__ = ["read_idx", "convert_mnist", "read_cifar_batch", "convert_cifar", "convert_imageset", "compute_image_mean",
-           "convert_db", "convert_mnist_main", "convert_cifar_main", "convert_imageset_main", "compute_image_mean_main",
-           "convert_db_main", "mnist5k_main"]
+__all__ = ["read_idx", "convert_mnist", "convert_mnist_siamese", "read_cifar_batch", "convert_cifar",
+           "convert_imageset", "compute_image_mean", "convert_db", "convert_mnist_main", "convert_mnist_siamese_main",
+           "convert_cifar_main", "convert_imageset_main", "compute_image_mean_main", "convert_db_main",
+           "mnist5k_main"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -85,6 +86,37 @@ def convert_mnist(images: str, labels: str, db_path: str, map_size: int = 1 << 2
             db.put(b"%08d" % i, datum.SerializeToString())
     log.info("Processed %d files.", len(x))
     return len(x)
+
+
+def convert_mnist_siamese(images: str, labels: str, db_path: str, seed: int | None = None,
+                          backend: str = "leveldb") -> int:
+    """Caffe's examples/siamese/convert_mnist_siamese_data: as many random pairs as there are images, each a
+    2xHxW Datum (the two images as channels) labelled 1 where their digits agree, else 0; keys %08d. The pairs
+    are drawn as Caffe draws them (two `caffe_rng_rand() % N` a pair, from a boost::mt19937): Caffe seeds that
+    engine at random, `seed` reproduces a run (logged either way). Caffe writes a LevelDB, as its siamese
+    example reads."""
+    from ..rng import CaffeRNG
+
+    x = read_idx(images, "images")
+    y = read_idx(labels, "labels")
+    if len(x) != len(y):
+        raise DataError(f"{images} holds {len(x)} images, {labels} holds {len(y)} labels")
+    n = len(x)
+    if n == 0:
+        raise DataError(f"{images}: no images to pair")
+    rng = CaffeRNG(seed)
+    log.info("A total of %d items.", n)
+    log.info("Rows: %d Cols: %d", x.shape[1], x.shape[2])
+    log.info("Pairs drawn with seed %d", rng.seed)
+    draws = rng.rand_u32(2 * n).astype(np.int64) % n
+    with open_writer(db_path, backend) as db:
+        datum = pb.Datum(channels=2, height=int(x.shape[1]), width=int(x.shape[2]))
+        for item in range(n):
+            i, j = int(draws[2 * item]), int(draws[2 * item + 1])
+            datum.data = x[i].tobytes() + x[j].tobytes()
+            datum.label = int(y[i] == y[j])
+            db.put(b"%08d" % item, datum.SerializeToString())
+    return n
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,6 +400,23 @@ def convert_mnist_main(argv: list[str] | None = None) -> int:
         convert_mnist(a.images, a.labels, a.db, backend=backend_name(a.backend))
         return 0
     return _run("convert_mnist", body)
+
+
+def convert_mnist_siamese_main(argv: list[str] | None = None) -> int:
+    """convert_mnist_siamese [--backend=leveldb|lmdb] [--seed N] IMAGES LABELS OUTPUT_DB"""
+    def body() -> int:
+        p = argparse.ArgumentParser(prog="convert_mnist_siamese", description=(
+            "Write random pairs of MNIST digits (2-channel Datums, label 1 where the digits agree) for Caffe's "
+            "siamese example (examples/siamese/convert_mnist_siamese_data)."))
+        p.add_argument("images", help="IDX image file, e.g. train-images-idx3-ubyte[.gz]")
+        p.add_argument("labels", help="IDX label file, e.g. train-labels-idx1-ubyte[.gz]")
+        p.add_argument("db", help="output database folder (must not exist)")
+        p.add_argument("--seed", type=int, default=None, help="seed of the pair draws (default: random, logged)")
+        _backend(p, "leveldb")
+        a = p.parse_args(_gflags(sys.argv[1:] if argv is None else argv, [], ["backend", "seed"]))
+        convert_mnist_siamese(a.images, a.labels, a.db, seed=a.seed, backend=backend_name(a.backend))
+        return 0
+    return _run("convert_mnist_siamese", body)
 
 
 def convert_cifar_main(argv: list[str] | None = None) -> int:

@@ -224,3 +224,55 @@ def test_convert_cifar_checks_every_input_first(tmp_path, capsys):
     assert not list(out.iterdir())  # nothing written: the inputs are checked before either database
     assert convert_cifar_main([str(src), str(tmp_path / "nowhere")]) == 1
     assert "nowhere: no such output folder" in capsys.readouterr().err
+
+
+SIAMESE_NET = """
+name: "siamese"
+layer { name: "pair_data" type: "Data" top: "pair_data" top: "sim"
+        data_param { source: "@DB@" batch_size: 8 backend: @BACKEND@ } transform_param { scale: 0.00390625 } }
+layer { name: "slice_pair" type: "Slice" bottom: "pair_data" top: "data" top: "data_p"
+        slice_param { slice_dim: 1 slice_point: 1 } }
+layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "feat" param { name: "ip1_w" } param { name: "ip1_b" }
+        inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }
+layer { name: "ip1_p" type: "InnerProduct" bottom: "data_p" top: "feat_p" param { name: "ip1_w" }
+        param { name: "ip1_b" } inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "ContrastiveLoss" bottom: "feat" bottom: "feat_p" bottom: "sim" top: "loss"
+        contrastive_loss_param { margin: 1 } }
+"""
+
+
+@pytest.mark.parametrize("backend", ["leveldb", "lmdb"])
+def test_convert_mnist_siamese_pairs_and_a_siamese_net_trains_on_them(tmp_path, backend, data_log):
+    """Caffe's pair draws (two caffe_rng_rand() % N a pair, from the seeded mt19937), 2-channel Datums labelled
+    1 for the same digit; then the siamese example's layout (Slice, two towers sharing their weights,
+    ContrastiveLoss) trains a few iterations on them."""
+    if backend == "leveldb":
+        pytest.importorskip("plyvel")
+    from netcompress.data.tools import convert_mnist_siamese_main
+    from netcompress.rng import CaffeRNG
+    from netcompress.solvers import Solver
+
+    x = np.random.default_rng(1).integers(0, 256, (12, 28, 28), dtype=np.uint8)
+    y = (np.arange(12) % 3).astype(np.uint8)
+    (tmp_path / "img").write_bytes(idx_bytes(x, 2051))
+    (tmp_path / "lab").write_bytes(idx_bytes(y, 2049))
+    db = tmp_path / f"pairs_{backend}"
+    assert convert_mnist_siamese_main([str(tmp_path / "img"), str(tmp_path / "lab"), str(db), "--seed", "5",
+                                       f"--backend={backend}"]) == 0
+    assert "Pairs drawn with seed 5" in data_log
+    draws = CaffeRNG(5).rand_u32(24) % 12
+    recs = records(db)
+    assert [k for k, _ in recs] == [b"%08d" % i for i in range(12)]
+    for item, (_, d) in enumerate(recs):
+        i, j = int(draws[2 * item]), int(draws[2 * item + 1])
+        assert (d.channels, d.height, d.width) == (2, 28, 28)
+        assert d.data == x[i].tobytes() + x[j].tobytes()
+        assert d.label == int(y[i] == y[j])
+    net = tmp_path / "siamese.prototxt"
+    net.write_text(SIAMESE_NET.replace("@DB@", str(db)).replace("@BACKEND@", backend.upper()))
+    sp = pb.SolverParameter(net=str(net), base_lr=0.01, lr_policy="fixed", momentum=0.9, max_iter=6, display=0,
+                            snapshot=0, random_seed=2, solver_mode=pb.SolverParameter.CPU)
+    solver = Solver(sp, verbose=False)
+    solver.solve()
+    assert solver.iter == 6 and np.isfinite(solver.smoothed_loss)
+    assert solver.net.layer("ip1").weight is solver.net.layer("ip1_p").weight  # the towers share
