@@ -30,6 +30,8 @@ COMMANDS: dict[str, Command] = {
     "upgrade": Command("netcompress.upgrade:main", "upgrade legacy net/solver/caffemodel files"),
     "parse_log": Command("netcompress.tools.logs:parse_log_main",
                          "a training log's train and test outputs as CSV tables (Caffe's tools/extra/parse_log.py)"),
+    "plot_training_log": Command("netcompress.tools.logs:plot_training_log_main",
+                                 "one chart type (0-7) of training logs (Caffe's tools/extra/plot_training_log.py)"),
     "extract_seconds": Command("netcompress.tools.logs:extract_seconds_main",
                                "seconds since the solver's start of each iteration line (Caffe's extract_seconds.py)"),
     "info": Command("netcompress.info:main",

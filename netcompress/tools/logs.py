@@ -1,4 +1,4 @@
-"""Caffe's log tools on Python 3: tools/extra/parse_log.py and extract_seconds.py.
+"""Caffe's log tools on Python 3: tools/extra/parse_log.py, extract_seconds.py and plot_training_log.py.
 
 `netcompress parse_log LOG OUTDIR` writes `OUTDIR/<LOG's name>.train` and `.test`: CSV tables (Excel dialect,
 as Caffe's script writes them) with the columns NumIters, Seconds, LearningRate and then every net output in
@@ -39,7 +39,8 @@ from ..log import get_logger
 from ._common import ToolError, run_tool
 
 __all__ = ["GlogLine", "glog_lines", "CaffeLogTables", "parse_caffe_log", "csv_text", "extract_seconds",
-           "parse_log_main", "extract_seconds_main"]
+           "CHART_TYPES", "chart_series", "plot_training_log", "parse_log_main", "extract_seconds_main",
+           "plot_training_log_main"]
 
 log = get_logger("tools.logs")
 
@@ -233,6 +234,105 @@ def extract_seconds_main(argv: Sequence[str] | None = None) -> int:
             raise ToolError(f"{a.input_file}: no such log file")
         seconds = extract_seconds(a.input_file, a.year)
         ncio.atomic_write(a.output_file, "".join(f"{s:f}\n" for s in seconds))
+        return 0
+
+    return run_tool(p, None if argv is None else list(argv), body)
+
+
+# Caffe's plot_training_log.py chart types: each y field (sorted) against each x field.
+CHART_TYPES = [f"{y}  vs. {x}" for y in ("Test accuracy", "Test loss", "Train learning rate", "Train loss")
+               for x in ("Iters", "Seconds")]
+_DISPLAY_LOSS = re.compile(r"\] Iteration (\d+)(?: \([^)]*\))?, loss = ([-+.\deEinfa]+)")
+_RATE = re.compile(r"\] Iteration (\d+), lr = ([-+.\deE]+)")
+_TEST_NET = re.compile(r"\] Iteration (\d+), Testing net \(#(\d+)\)")
+_TEST_VALUE = re.compile(r"\]\s+Test net output #([01]): \S+ = ([-+.\deEinfa]+)")
+
+
+def chart_series(path: str, chart_type: int, year: int | None = None) -> tuple[list[float], list[float]]:
+    """(x, y) of one chart type over a training log, read as Caffe's parse_log.sh reads it: the train loss of
+    the display lines ("Iteration N (...), loss = X"), the rate of "Iteration N, lr = X", and test net #0's
+    outputs #0 (accuracy) and #1 (loss); seconds from the "Solving" line."""
+    y_name, x_name = CHART_TYPES[chart_type].split("  vs. ")
+    lines = glog_lines(path, year)
+    start = next((ln.time for ln in lines if "Solving" in ln.text), None)
+    if start is None:
+        raise ToolError(f"{path}: no timed 'Solving' line: not a Caffe or netcompress training log")
+    xs: list[float] = []
+    ys: list[float] = []
+    test_iter, test_net = None, None
+    want_output = "1" if y_name == "Test loss" else "0"
+    for ln in lines:
+        if ln.time is None:
+            continue
+        seconds = (ln.time - start).total_seconds()
+        m = None
+        if y_name == "Train loss":
+            m = _DISPLAY_LOSS.search(ln.text)
+        elif y_name == "Train learning rate":
+            m = _RATE.search(ln.text)
+        else:
+            t = _TEST_NET.search(ln.text)
+            if t:
+                test_iter, test_net = int(t.group(1)), int(t.group(2))
+                continue
+            v = _TEST_VALUE.search(ln.text)
+            if v and test_net == 0 and v.group(1) == want_output:
+                xs.append(float(test_iter) if x_name == "Iters" else seconds)
+                ys.append(float(v.group(2)))
+            continue
+        if m:
+            xs.append(float(m.group(1)) if x_name == "Iters" else seconds)
+            ys.append(float(m.group(2)))
+    return xs, ys
+
+
+def plot_training_log(chart_type: int, out_png: str, logs: Sequence[str], year: int | None = None) -> list[int]:
+    """One chart of each log's series (Caffe's plot_training_log.py), written atomically; returns the number of
+    points of each log."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y_name, x_name = CHART_TYPES[chart_type].split("  vs. ")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    counts = []
+    for path in logs:
+        xs, ys = chart_series(path, chart_type, year)
+        counts.append(len(xs))
+        label = os.path.basename(path)
+        label = label[:-4] if label.endswith(".log") else label
+        ax.plot(xs, ys, label=label, marker="o", markersize=3, linewidth=0.75)
+    ax.legend(loc="lower right" if "accuracy" in y_name else "upper right", ncol=1)
+    ax.set_title(CHART_TYPES[chart_type])
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    ncio.atomic_write(out_png, buf.getvalue())
+    return counts
+
+
+def plot_training_log_main(argv: Sequence[str] | None = None) -> int:
+    types = "\n".join(f"  {i}: {t}" for i, t in enumerate(CHART_TYPES))
+    p = argparse.ArgumentParser(prog="netcompress plot_training_log", formatter_class=argparse.RawTextHelpFormatter,
+                                description="Plot one chart of training logs (Caffe's tools/extra/"
+                                            f"plot_training_log.py). Chart types:\n{types}")
+    p.add_argument("chart_type", type=int, help=f"0-{len(CHART_TYPES) - 1} (see above)")
+    p.add_argument("png", help="where to save the chart (.png)")
+    p.add_argument("logs", nargs="+", help="training logs (Caffe's or netcompress's); several are overlaid")
+    _year_arg(p)
+
+    def body(a: argparse.Namespace) -> int:
+        if not 0 <= a.chart_type < len(CHART_TYPES):
+            raise ToolError(f"{a.chart_type} is not a valid chart type (0-{len(CHART_TYPES) - 1}):\n{types}")
+        for path in a.logs:
+            if not os.path.isfile(path):
+                raise ToolError(f"{path}: no such log file")
+        counts = plot_training_log(a.chart_type, a.png, a.logs, a.year)
+        for path, n in zip(a.logs, counts):
+            if not n:
+                log.warning("%s: no points for '%s'", path, CHART_TYPES[a.chart_type])
         return 0
 
     return run_tool(p, None if argv is None else list(argv), body)

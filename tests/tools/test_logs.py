@@ -135,3 +135,24 @@ def test_extract_seconds_cli(caffe_log, tmp_path):
     assert len(lines) == after_start.count("Iteration")
     assert lines[0] == "0.001185"  # "Iteration 0, Testing net (#0)", 1.185 ms after "Solving LeNet"
     assert [float(x) for x in lines] == sorted(float(x) for x in lines)
+
+
+def test_plot_training_log_chart_types(caffe_log, tmp_path, capsys):
+    from netcompress.tools.logs import CHART_TYPES, chart_series, plot_training_log_main
+
+    assert CHART_TYPES[0] == "Test accuracy  vs. Iters" and CHART_TYPES[7] == "Train loss  vs. Seconds"
+    x, y = chart_series(str(caffe_log), 0)   # test net #0's output #0 by iteration
+    assert x == [float(i) for i in range(0, 5001, 500)] and y[0] == 0.099 and y[-1] == 0.968
+    x, y = chart_series(str(caffe_log), 3)   # its output #1 (loss) by seconds since "Solving"
+    assert len(x) == 11 and x[1] == pytest.approx(12.317215) and y[-1] == 0.125635
+    x, y = chart_series(str(caffe_log), 4)   # "Iteration N, lr = X"
+    assert x[:2] == [0.0, 100.0] and y[:2] == [0.01, 0.00992565] and len(x) == 50
+    x, y = chart_series(str(caffe_log), 6)   # the display lines' loss, the final "Iteration 5000, loss" included
+    assert x[-1] == 5000.0 and y[0] == 2.27565 and len(x) == 51
+    out = tmp_path / "chart.png"
+    assert plot_training_log_main(["6", str(out), str(caffe_log), str(caffe_log)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_training_log_main(["8", str(out), str(caffe_log)]) == 1
+    assert "8 is not a valid chart type (0-7)" in capsys.readouterr().err
+    assert plot_training_log_main(["1", str(out), str(tmp_path / "none.log")]) == 1
+    assert "none.log: no such log file" in capsys.readouterr().err
