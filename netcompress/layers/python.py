@@ -46,8 +46,8 @@ def _import_layer_module(layer: Layer, module: str) -> Any:
         hint = ""
         if isinstance(e, ModuleNotFoundError) and (e.name or "").startswith("caffe"):
             hint = (" (netcompress.pycaffe stands in for caffe: it provides caffe.Net, the solvers, caffe.io, "
-                    "caffe.proto, caffe.net_spec, caffe.draw, caffe.coord_map, caffe.Classifier and caffe.Layer, not "
-                    "this module)")
+                    "caffe.proto, caffe.net_spec, caffe.draw, caffe.coord_map, caffe.Classifier, caffe.Detector and "
+                    "caffe.Layer, not this module)")
         elif isinstance(e, ModuleNotFoundError) and e.name == module.split(".")[0]:
             hint = (f" (looked in the current directory {here} and on the Python path; put the module's folder "
                     f"in PYTHONPATH, as Caffe needs it too)")

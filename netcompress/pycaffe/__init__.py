@@ -136,7 +136,7 @@ def __getattr__(name: str):
 
 def install_as_caffe() -> bool:
     """Make this package importable as `caffe` (with `caffe.io`, `caffe.proto`, `caffe.proto.caffe_pb2`,
-    `caffe.net_spec`, `caffe.draw`, `caffe.coord_map`) where
+    `caffe.net_spec`, `caffe.draw`, `caffe.coord_map`, `caffe.classifier`, `caffe.detector`) where
     no module named `caffe` is imported yet; True if it was installed."""
     if "caffe" in sys.modules:
         return False
@@ -148,4 +148,6 @@ def install_as_caffe() -> bool:
     sys.modules["caffe.net_spec"] = sys.modules[f"{__name__}.net_spec"]
     sys.modules["caffe.draw"] = __getattr__("draw")
     sys.modules["caffe.coord_map"] = __getattr__("coord_map")
+    sys.modules["caffe.classifier"] = sys.modules[f"{__name__}.classifier"]
+    sys.modules["caffe.detector"] = sys.modules[f"{__name__}.detector"]
     return True

@@ -221,7 +221,7 @@ def test_python_euclidean_loss_equals_the_built_in_layer_and_trains(layer_dir, t
         torch.testing.assert_close(finals[0][k], v, rtol=1e-4, atol=1e-6)
 
 
-def test_errors_name_the_layer_and_what_was_expected(layer_dir, tmp_path):
+def test_errors_name_the_layer_and_what_was_expected(layer_dir, tmp_path, monkeypatch):
     _, mod = layer_dir
     head = 'name: "py" input: "data" input_shape { dim: 2 dim: 3 }\n'
     with pytest.raises(NetcompressError, match=r"layer 'l'.*'no_such_module' cannot be imported.*PYTHONPATH"):
@@ -237,11 +237,20 @@ def test_errors_name_the_layer_and_what_was_expected(layer_dir, tmp_path):
     net = _net(head + _py("l", mod, "Broken", ["data"], ["y"]))
     with pytest.raises(NetcompressError, match=rf"layer 'l'.*{mod}.Broken forward raised ValueError: no forward"):
         net(data=torch.zeros(2, 3))
-    (tmp_path / "needs_detector.py").write_text("import caffe.detector\n")
-    with pytest.raises(NetcompressError, match=r"'needs_detector' cannot be imported.*stands in for caffe.*not "
+    (tmp_path / "needs_extension.py").write_text("import caffe._caffe\n")  # pycaffe's C++ module itself
+    with pytest.raises(NetcompressError, match=r"'needs_extension' cannot be imported.*stands in for caffe.*not "
                                                r"this"):
-        _net(head + _py("l", "needs_detector", "X", ["data"], ["y"]))
-    sys.modules.pop("needs_detector", None)
+        _net(head + _py("l", "needs_extension", "X", ["data"], ["y"]))
+    sys.modules.pop("needs_extension", None)
+    (tmp_path / "uses_detector.py").write_text("import caffe.detector\nimport caffe.classifier\n"
+                                               "X = caffe.detector.Detector\n")
+    import importlib
+
+    from netcompress import pycaffe
+    pycaffe.install_as_caffe()  # (done where a Python layer is built; no-op when caffe is imported already)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert importlib.import_module("uses_detector").X is pycaffe.Detector
+    sys.modules.pop("uses_detector", None)
 
 
 def test_the_commands_import_layer_modules_from_the_current_directory(layer_dir, capsys):
