@@ -70,6 +70,32 @@ def _blob_from(t: torch.Tensor, blob) -> None:
     np.copyto(blob.data, t.detach().to("cpu", copy=False).numpy(), casting="unsafe")
 
 
+_DUAL_TYPES: dict[tuple[type, type], type | None] = {}
+
+
+def _also_of_type(err: Exception, cause: Exception) -> Exception:
+    """`err` as an instance of a class deriving from both its type and `cause`'s (built once per pair), or `err`
+    itself where Python refuses the combination (incompatible layouts, an __init__ that takes other arguments)."""
+    key = (type(err), type(cause))
+    if issubclass(key[0], key[1]):
+        return err
+    if key not in _DUAL_TYPES:
+        try:
+            _DUAL_TYPES[key] = type(key[0].__name__, key, {"__module__": key[0].__module__})
+        except TypeError:
+            _DUAL_TYPES[key] = None
+    cls = _DUAL_TYPES[key]
+    if cls is None:
+        return err
+    try:
+        dual = cls(*err.args)
+    except Exception:  # the cause's class takes other arguments
+        return err
+    if str(dual) != str(err):  # a __str__ of the cause's class (KeyError quotes its message)
+        return err
+    return dual
+
+
 @register_layer("Python")
 class PythonLayer(Layer):
     """A pycaffe layer class (module and class from `python_param`) run inside the net."""
@@ -107,13 +133,27 @@ class PythonLayer(Layer):
                 raise self.error(f"{self.impl_name}.blobs[{i}] is a {type(blob).__name__}; add blobs with "
                                  f"self.blobs.add_blob(*shape)")
             self.add_blob(f"blob{i}", torch.from_numpy(np.array(blob.data, dtype=self._dtype)))
+            # The layer's own view of the blob is the net's parameter, as in Caffe (one memory): what the net
+            # loads (copy_from, share_with, a solver step) shows in `self.blobs[i].data` and what a script writes
+            # there is the weight. On a GPU it is a host copy of the parameter at each read.
+            blob._source = self._param_host_view(f"blob{i}")
+
+    def _param_host_view(self, name: str):
+        def view() -> np.ndarray:
+            t = getattr(self, name).detach()
+            if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
+                return t.numpy()
+            return t.to("cpu", torch.float32 if t.dtype not in (torch.float32, torch.float64) else t.dtype).numpy()
+        return view
 
     def _call(self, what: str, fn):
-        """fn(), an error in the layer's own code reported with the layer's name and class."""
+        """fn(), an error in the layer's own code reported with the layer's name and class: a NetDefinitionError
+        that is also of the error's own type where Python allows it (`except RuntimeError` around caffe.Net
+        catches the RuntimeError a layer's setup raised, as in pycaffe)."""
         try:
             return fn()
         except Exception as e:
-            raise self.error(f"{self.impl_name} {what} raised {type(e).__name__}: {e}") from e
+            raise _also_of_type(self.error(f"{self.impl_name} {what} raised {type(e).__name__}: {e}"), e) from e
 
     def top_shapes(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
         shapes = [tuple(int(d) for d in s) for s in bottom_shapes]

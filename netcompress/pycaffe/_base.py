@@ -8,6 +8,8 @@ subclass `Blob` and keep their arrays coherent with the net's tensors.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -38,18 +40,25 @@ class Blob:
         self._dtype = np.dtype(dtype)
         self._data = np.zeros((), self._dtype)
         self._diff = np.zeros((), self._dtype)
+        # Where `data` comes from when it is another object's memory (a Python layer's parameter: the net's
+        # tensor), else None
+        self._source: Callable[[], np.ndarray] | None = None
         self.reshape(*shape)
 
     def reshape(self, *shape: int) -> None:
         """Caffe's Blob.reshape(*dims): keeps the arrays when the shape is the same."""
         dims = check_dims(shape)
+        if self._source is not None:
+            if dims == self.shape:
+                return
+            self._source = None  # a new shape: the blob's own memory from here on
         if dims != self._data.shape:
             self._data = np.zeros(dims, self._dtype)
             self._diff = np.zeros(dims, self._dtype)
 
     @property
     def data(self) -> np.ndarray:
-        return self._data
+        return self._source() if self._source is not None else self._data
 
     @property
     def diff(self) -> np.ndarray:
@@ -57,7 +66,7 @@ class Blob:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self._data.shape)
+        return tuple(self.data.shape)
 
     @property
     def count(self) -> int:

@@ -16,8 +16,8 @@ import numpy as np
 
 from .net_spec import Function, Top, layers as L
 
-__all__ = ["PASS_THROUGH_LAYERS", "UndefinedMapException", "AxisMismatchException", "conv_params", "crop_params",
-           "coord_map", "compose", "inverse", "coord_map_from_to", "crop"]
+__all__ = ["PASS_THROUGH_LAYERS", "UndefinedMapException", "AxisMismatchException", "CoordMapError", "conv_params",
+           "crop_params", "coord_map", "compose", "inverse", "coord_map_from_to", "crop"]
 
 PASS_THROUGH_LAYERS = ["AbsVal", "BatchNorm", "Bias", "BNLL", "Dropout", "Eltwise", "ELU", "Log", "LRN", "Exp",
                        "MVN", "Power", "ReLU", "PReLU", "Scale", "Sigmoid", "Split", "TanH", "Threshold"]
@@ -31,12 +31,17 @@ class AxisMismatchException(Exception):
     """Two mappings along different axes cannot be composed."""
 
 
+class CoordMapError(ValueError, AssertionError):
+    """A check pycaffe's coord_map makes with `assert` (a crop's scale and offsets, the legacy _h/_w
+    parameters): a ValueError that `except AssertionError` catches too, as scripts written for Caffe's do."""
+
+
 def conv_params(fn: Function) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
     """(axis, stride, extent, pad) of a Convolution, Deconvolution, Im2col or Pooling layer's keywords."""
     params = fn.params.get("convolution_param", fn.params)
     legacy = {"pad_h", "pad_w", "kernel_h", "kernel_w", "stride_h", "stride_w"} & set(fn.params)
     if legacy:
-        raise ValueError(f"{fn.type_name}: cropping does not support the legacy _h/_w parameters "
+        raise CoordMapError(f"{fn.type_name}: cropping does not support the legacy _h/_w parameters "
                          f"({', '.join(sorted(legacy))})")
     if "kernel_size" not in params:
         raise ValueError(f"{fn.type_name}: kernel_size is needed to map coordinates through the layer")
@@ -123,10 +128,10 @@ def crop(top_from: Top, top_to: Top):
     their coordinate mapping."""
     ax, a, b = coord_map_from_to(top_from, top_to)
     if not np.all(np.asarray(a) == 1):
-        raise ValueError(f"scale mismatch on crop (a = {a})")
+        raise CoordMapError(f"scale mismatch on crop (a = {a})")
     if not np.all(np.asarray(b) <= 0):
-        raise ValueError(f"cannot crop negative offset (b = {b})")
+        raise CoordMapError(f"cannot crop negative offset (b = {b})")
     if not np.all(np.round(b) == b):
-        raise ValueError(f"cannot crop noninteger offset (b = {b})")
+        raise CoordMapError(f"cannot crop noninteger offset (b = {b})")
     return L.Crop(top_from, top_to, crop_param=dict(axis=ax + 1,  # +1: the first cropped axis
                                                     offset=[int(v) for v in -np.round(np.array(b, ndmin=1))]))

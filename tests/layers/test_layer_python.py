@@ -24,6 +24,16 @@ import numpy as np
 import caffe
 
 
+class RaisesRuntime(caffe.Layer):
+    def setup(self, bottom, top):
+        raise RuntimeError("bad setup")
+
+
+class RaisesKey(caffe.Layer):
+    def setup(self, bottom, top):
+        raise KeyError("missing")
+
+
 class Times10(caffe.Layer):
     def setup(self, bottom, top):
         pass
@@ -277,3 +287,42 @@ def test_time_gives_the_iteration_hint_only_for_nets_with_per_forward_steps(laye
     monkeypatch.setattr(PythonLayer, "set_iteration", lambda self, iteration: None)  # a layer with steps
     assert cli_main(["time", "--model", "net.prototxt", "--iterations", "1"]) == 1
     assert "[time runs a TRAIN net's per-forward steps at solver iteration 0" in capsys.readouterr().err
+
+
+def test_the_layers_blobs_are_the_nets_parameters(layer_dir, tmp_path):
+    """`self.blobs[i].data` is the parameter's memory, as in Caffe: a script's write there is the weight that is
+    saved, and copy_from / share_with show in it (pycaffe's own test_parameter does this)."""
+    from netcompress import pycaffe as caffe
+
+    _, mod = layer_dir
+    (tmp_path / "net.prototxt").write_text('name: "p" input: "data" input_shape { dim: 2 dim: 3 }\n'
+                                           + _py("scaled", mod, "Scaled", ["data"], ["y"]))
+    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TRAIN)
+    layer = net.layers[list(net._layer_names).index("scaled")]
+    assert layer.blobs[0].data[0] == np.float32(0.5)
+    layer.blobs[0].data[0] = 2.0
+    net.blobs["data"].data[...] = 1.0
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["y"].data, np.full((2, 3), 2.0, np.float32))
+    assert net.params["scaled"][0].data[0] == 2.0
+    net.save(str(tmp_path / "w.caffemodel"))
+    layer.blobs[0].data[0] = -1.0
+    net.copy_from(str(tmp_path / "w.caffemodel"))
+    assert layer.blobs[0].data[0] == 2.0
+    other = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TRAIN)
+    other.share_with(net)
+    assert other.layers[list(other._layer_names).index("scaled")].blobs[0].data[0] == 2.0
+
+
+def test_an_error_keeps_the_layers_own_type(layer_dir):
+    """caffe.Net around a layer whose setup raises RuntimeError raises a RuntimeError (pycaffe's test_exception),
+    which is also the NetDefinitionError naming the layer; a KeyError (its own str) stays a NetDefinitionError."""
+    _, mod = layer_dir
+    head = 'name: "py" input: "data" input_shape { dim: 2 dim: 3 }\n'
+    with pytest.raises(RuntimeError) as info:
+        _net(head + _py("l", mod, "RaisesRuntime", ["data"], ["y"]))
+    assert isinstance(info.value, NetcompressError)
+    assert f"layer 'l' (type Python): {mod}.RaisesRuntime setup raised RuntimeError: bad setup" in str(info.value)
+    with pytest.raises(NetcompressError) as info:
+        _net(head + _py("l", mod, "RaisesKey", ["data"], ["y"]))
+    assert not isinstance(info.value, KeyError) and "raised KeyError" in str(info.value)
