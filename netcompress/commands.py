@@ -56,6 +56,8 @@ COMMANDS: dict[str, Command] = {
                                 "a trained net's blobs over its data into new LMDBs/LevelDBs (Caffe's extract_features)"),
     "summarize": Command("netcompress.tools.summarize:main",
                          "a net's layers, blobs, params and windows, a row a layer (Caffe's tools/extra/summarize.py)"),
+    "pycaffe": Command("netcompress.tools.run_pycaffe:main",
+                       "run a Caffe-era pycaffe script unchanged (its 'import caffe' gets netcompress.pycaffe)"),
     "draw_net": Command("netcompress.tools.draw:main",
                         "draw a net's graph to an image or DOT file (Caffe's python/draw_net.py; needs pydot)"),
     "convert_db": Command("netcompress.data.tools:convert_db_main",

@@ -1,0 +1,69 @@
+"""Running a Caffe-era pycaffe script unchanged: `netcompress pycaffe SCRIPT.py [ARGS...]`.
+
+The script's `import caffe` (and `caffe.io`, `caffe.proto.caffe_pb2`, `from caffe import layers as L`, ...) gets
+netcompress.pycaffe, then the script runs as `python SCRIPT.py ARGS...` would run it: as `__main__`, with
+`sys.argv` its name and arguments, its folder first on the import path (its own modules, a Python layer's
+module beside it). Errors in the script print Python's traceback and exit 1; `sys.exit(n)` exits n. Where a real
+Caffe is installed, the script still gets netcompress.pycaffe here (plain `python SCRIPT.py` gets Caffe's).
+"""
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+import traceback
+from typing import Sequence
+
+from ._common import ToolError
+
+__all__ = ["run_script", "main"]
+
+USAGE = """usage: netcompress pycaffe SCRIPT.py [ARGS...]
+
+Run a Caffe-era pycaffe script unchanged: its `import caffe` gets netcompress.pycaffe (caffe.Net, the solvers,
+caffe.io, caffe.proto, net_spec, draw, coord_map, Classifier, Detector, Layer), and it runs as
+`python SCRIPT.py ARGS...` would."""
+
+
+def run_script(path: str, args: Sequence[str]) -> int:
+    """Run `path` as __main__ with `caffe` standing for netcompress.pycaffe; its exit status."""
+    from .. import pycaffe
+
+    if not os.path.isfile(path):
+        raise ToolError(f"{path}: no such script")
+    if "caffe" in sys.modules and sys.modules["caffe"] is not pycaffe:
+        raise ToolError("a module named 'caffe' is already imported in this process; run the script in a fresh "
+                        "process")
+    pycaffe.install_as_caffe()
+    folder = os.path.dirname(os.path.abspath(path))
+    old_argv, old_path = sys.argv[:], sys.path[:]
+    sys.argv = [path, *args]
+    sys.path.insert(0, folder)
+    try:
+        runpy.run_path(path, run_name="__main__")
+        return 0
+    except SystemExit as e:
+        if e.code is None:
+            return 0
+        if isinstance(e.code, int):
+            return e.code
+        print(e.code, file=sys.stderr)
+        return 1
+    except Exception:
+        # the script's own error: Python's traceback, without this runner's frames
+        etype, value, tb = sys.exc_info()
+        own = tb
+        while own is not None and os.path.abspath(own.tb_frame.f_code.co_filename) != os.path.abspath(path):
+            own = own.tb_next
+        traceback.print_exception(etype, value, own or tb, file=sys.stderr)
+        return 1
+    finally:
+        sys.argv, sys.path[:] = old_argv, old_path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if args else 2
+    return run_script(args[0], args[1:])

@@ -1,0 +1,62 @@
+"""netcompress pycaffe SCRIPT.py: a Caffe-era script's `import caffe` gets netcompress.pycaffe."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from netcompress.cli import main as cli_main
+
+REPO = Path(__file__).resolve().parents[2]
+
+SCRIPT = '''
+import sys
+import caffe
+from caffe import layers as L, params as P, to_proto
+from caffe.proto import caffe_pb2
+import helper  # a module beside the script
+
+n = caffe.NetSpec()
+n.data = L.Input(shape=dict(dim=[2, 3]))
+n.ip = L.InnerProduct(n.data, num_output=int(sys.argv[1]), weight_filler=dict(type="constant", value=1))
+with open(sys.argv[2], "w") as f:
+    f.write(str(n.to_proto()))
+net = caffe.Net(sys.argv[2], caffe.TEST)
+net.blobs["data"].data[...] = 1
+out = net.forward()["ip"]
+print("ip", out.shape, float(out.sum()), helper.VALUE, isinstance(net, caffe.Net))
+sys.exit(int(sys.argv[3]))
+'''
+
+
+def test_a_script_runs_unchanged(tmp_path):
+    (tmp_path / "make_net.py").write_text(SCRIPT)
+    (tmp_path / "helper.py").write_text("VALUE = 7\n")
+    # in a fresh process, as a user runs it (no 'caffe' imported before)
+    proc = subprocess.run([sys.executable, "-m", "netcompress", "pycaffe", str(tmp_path / "make_net.py"), "4",
+                           str(tmp_path / "net.prototxt"), "0"], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert "ip (2, 4) 24.0 7 True" in proc.stdout
+    assert 'type: "InnerProduct"' in (tmp_path / "net.prototxt").read_text()
+
+
+def test_exit_codes_and_errors(tmp_path, capsys):
+    (tmp_path / "make_net.py").write_text(SCRIPT)
+    (tmp_path / "helper.py").write_text("VALUE = 7\n")
+    assert cli_main(["pycaffe", str(tmp_path / "make_net.py"), "2", str(tmp_path / "n.prototxt"), "3"]) == 3
+    (tmp_path / "broken.py").write_text(textwrap.dedent("""
+        import caffe
+        def f():
+            return caffe.Net("/no/such.prototxt", caffe.TEST)
+        f()
+    """))
+    assert cli_main(["pycaffe", str(tmp_path / "broken.py")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "broken.py\", line 5" in err and "/no/such.prototxt" in err
+    assert "runpy" not in err  # the runner's own frames are left out
+    assert cli_main(["pycaffe", str(tmp_path / "none.py")]) == 1
+    assert "none.py: no such script" in capsys.readouterr().err
+    assert cli_main(["pycaffe"]) == 2
