@@ -33,6 +33,7 @@ NOT_RUN: list[tuple[str, str]] = [
     (r"^pip install ", "installs netcompress: the test runs in the installed package"),
     (r"^python -m pytest", "the test suite itself"),
     (r"--gpu all|--gpu 0,1", "needs CUDA devices" if torch.cuda.device_count() < 2 else ""),
+    (r"^netcompress device_query --gpu 0", "needs a CUDA device" if torch.cuda.device_count() < 1 else ""),
     (r"^torchrun --nnodes=2", "needs two machines"),
     (r"^torchrun --nproc_per_node", "a torchrun launch of 4 processes; tests/distributed covers the torchrun "
                                     "environment, and --cpu-procs (run) the same training"),
