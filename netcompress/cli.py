@@ -61,8 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     func = load_command(cmd)
 
     def run() -> int:
-        configure_threads(threads)
-        configure_memory()  # freed CPU blocks kept for the next iteration (netcompress/memory.py)
+        if COMMANDS[cmd].computes:
+            configure_threads(threads)
+            configure_memory()  # freed CPU blocks kept for the next iteration (netcompress/memory.py)
         return int(func(argv[1:]) or 0)
     # One line per error (the exit code may be an error's own, e.g. a distributed worker's).
     return guarded(run, f"netcompress-{cmd}", f"netcompress {cmd}: error: ", interrupted=f"netcompress {cmd}: interrupted")

@@ -17,6 +17,9 @@ __all__ = ["Command", "COMMANDS", "load_command"]
 class Command(NamedTuple):
     target: str   # "package.module:function"
     help: str
+    # Whether the command runs nets: the CPU threads and the allocator are set up (and logged) first. Tools that
+    # only read or write files (logs, prototxts) skip that.
+    computes: bool = True
 
 
 COMMANDS: dict[str, Command] = {
@@ -25,15 +28,18 @@ COMMANDS: dict[str, Command] = {
     "test": Command("netcompress.solvers.cli:test_main", "score a model on its TEST data (caffe test)"),
     "time": Command("netcompress.timing:main", "benchmark a net layer by layer (caffe time)"),
     "device_query": Command("netcompress.device:device_query_main",
-                            "show the properties of GPUs (caffe device_query --gpu 0)"),
-    "plot": Command("netcompress.solvers.cli:plot_main", "plot training logs as PNG curves"),
-    "upgrade": Command("netcompress.upgrade:main", "upgrade legacy net/solver/caffemodel files"),
+                            "show the properties of GPUs (caffe device_query --gpu 0)", computes=False),
+    "plot": Command("netcompress.solvers.cli:plot_main", "plot training logs as PNG curves", computes=False),
+    "upgrade": Command("netcompress.upgrade:main", "upgrade legacy net/solver/caffemodel files", computes=False),
     "parse_log": Command("netcompress.tools.logs:parse_log_main",
-                         "a training log's train and test outputs as CSV tables (Caffe's tools/extra/parse_log.py)"),
+                         "a training log's train and test outputs as CSV tables (Caffe's tools/extra/parse_log.py)",
+                         computes=False),
     "plot_training_log": Command("netcompress.tools.logs:plot_training_log_main",
-                                 "one chart type (0-7) of training logs (Caffe's tools/extra/plot_training_log.py)"),
+                                 "one chart type (0-7) of training logs (Caffe's tools/extra/plot_training_log.py)",
+                                 computes=False),
     "extract_seconds": Command("netcompress.tools.logs:extract_seconds_main",
-                               "seconds since the solver's start of each iteration line (Caffe's extract_seconds.py)"),
+                               "seconds since the solver's start of each iteration line (Caffe's extract_seconds.py)",
+                               computes=False),
     "info": Command("netcompress.info:main",
                     "versions, how the extension was built (CUDA kernels or not, and why), threads, devices"),
     # Caffe's data tools
@@ -49,17 +55,19 @@ COMMANDS: dict[str, Command] = {
     "compute_image_mean": Command("netcompress.data.tools:compute_image_mean_main",
                                   "compute the mean image of an LMDB or LevelDB (Caffe's compute_image_mean)"),
     "classify": Command("netcompress.tools.classify:main",
-                        "classify image files with a deploy net and save the outputs as .npy (Caffe's python/classify.py)"),
+                        "classify images with a deploy net, outputs saved as .npy (Caffe's python/classify.py)"),
     "detect": Command("netcompress.tools.detect:main",
                       "classify windows of images with context padding, R-CNN style (Caffe's python/detect.py)"),
     "extract_features": Command("netcompress.tools.features:extract_features_main",
                                 "a trained net's blobs over its data into new LMDBs/LevelDBs (Caffe's extract_features)"),
     "summarize": Command("netcompress.tools.summarize:main",
-                         "a net's layers, blobs, params and windows, a row a layer (Caffe's tools/extra/summarize.py)"),
+                         "a net's layers, blobs, params and windows, a row a layer (Caffe's tools/extra/summarize.py)",
+                         computes=False),
     "pycaffe": Command("netcompress.tools.run_pycaffe:main",
                        "run a Caffe-era pycaffe script unchanged (its 'import caffe' gets netcompress.pycaffe)"),
     "draw_net": Command("netcompress.tools.draw:main",
-                        "draw a net's graph to an image or DOT file (Caffe's python/draw_net.py; needs pydot)"),
+                        "draw a net's graph to an image or DOT file (Caffe's python/draw_net.py; needs pydot)",
+                        computes=False),
     "convert_db": Command("netcompress.data.tools:convert_db_main",
                           "copy a database's records into a new LMDB or LevelDB (e.g. LevelDB -> LMDB)"),
     "mnist5k": Command("netcompress.data.tools:mnist5k_main",

@@ -119,3 +119,16 @@ def test_training_without_a_terminal_prints_progress(tmp_path, monkeypatch, caps
     assert [l.split("] ")[1].split(",")[0] for l in lines] == [
         "progress tiny: iteration 1/3 (33%)", "progress tiny: iteration 2/3 (67%)", "progress tiny: iteration 3/3 (100%)"]
     assert all(re.search(r", loss [\d.e+-]+$", l) for l in lines)
+
+
+def test_file_tools_skip_the_thread_and_allocator_set_up(tmp_path, capsys):
+    """Commands that only read or write files (Command.computes False) log no CPU-thread or malloc lines."""
+    from netcompress.commands import COMMANDS
+
+    assert not COMMANDS["summarize"].computes and COMMANDS["train"].computes
+    net = tmp_path / "n.prototxt"
+    net.write_text('layer { name: "d" type: "Input" top: "x" input_param { shape { dim: 1 } } }')
+    assert cli_main(["summarize", str(net), "--color", "never"]) == 0
+    captured = capsys.readouterr()
+    assert "CPU threads" not in captured.err and "CPU memory" not in captured.err
+    assert captured.out.split() == ["d", "Input", "->", "x"]
