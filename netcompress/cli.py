@@ -17,7 +17,7 @@ prepare_environment()  # before torch loads OpenMP: idle workers wait passively 
 import torch  # noqa: E402
 
 from .boundary import guarded, pop_debug_flag, set_debug  # noqa: E402
-from .commands import COMMANDS, load_command  # noqa: E402
+from .commands import COMMANDS, SECTIONS, load_command  # noqa: E402
 from .errors import NetcompressError  # noqa: E402
 from .log import setup_logging  # noqa: E402
 from .memory import configure_memory  # noqa: E402
@@ -30,8 +30,16 @@ def _usage() -> str:
     lines = ["usage: netcompress [--threads N] <command> [args]", "",
              "--threads N: CPU threads (default: the CPUs this process may use; or NETCOMPRESS_THREADS)", "",
              "commands:"]
-    for name, cmd in sorted(COMMANDS.items()):
-        lines.append(f"  {name:<24} {cmd.help}")
+    listed = set()
+    for title, names in SECTIONS:
+        lines.append(f"  {title}:")
+        for name in names:
+            lines.append(f"    {name:<24} {COMMANDS[name].help}")
+            listed.add(name)
+    rest = sorted(set(COMMANDS) - listed)  # (tests/test_cli.py keeps this empty)
+    if rest:
+        lines.append("  other:")
+        lines += [f"    {name:<24} {COMMANDS[name].help}" for name in rest]
     lines.append("")
     lines.append("`netcompress <command> --help` describes each command; `--debug` prints the "
                  "traceback of an unexpected error.")

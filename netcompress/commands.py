@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable, NamedTuple, Sequence
 
-__all__ = ["Command", "COMMANDS", "load_command"]
+__all__ = ["Command", "COMMANDS", "SECTIONS", "load_command"]
 
 
 class Command(NamedTuple):
@@ -131,6 +131,23 @@ COMMANDS: dict[str, Command] = {
     "pipeline": Command("netcompress.pipeline:main",
                         "the LeNet compression pipeline end to end on the embedded digits"),
 }
+
+
+# How `netcompress --help` lists the commands: (title, names), every command in one section.
+SECTIONS: list[tuple[str, list[str]]] = [
+    ("Caffe's tool verbs", ["train", "test", "time", "device_query", "upgrade", "info"]),
+    ("Caffe's data tools", ["mnist5k", "convert_mnist", "convert_cifar", "convert_mnist_siamese", "convert_imageset",
+                            "compute_image_mean", "convert_db", "extract_features"]),
+    ("Caffe's Python and log tools", ["pycaffe", "classify", "detect", "draw_net", "summarize", "parse_log",
+                                      "extract_seconds", "plot_training_log", "plot"]),
+    ("the reference fork's compression scripts", ["dns_to_normal", "inq_to_normal", "model2INQ_raw", "parse_model",
+                                                  "encode_compact", "decode_compact", "encode_compact48",
+                                                  "decode_compact48", "report"]),
+    ("recipes", ["rename_layers", "dump_logits", "net2wider", "net2deeper", "net2net_mutate", "net2net_search",
+                 "snip_prune", "make_sdn_net", "sdn_early_exit", "micronet_score", "import_pth", "make_densenet",
+                 "bn_reestimate", "micronet_merge", "make_epsilon_resnet", "compress_epsilon_resnet"]),
+    ("pipelines", ["pipeline"]),
+]
 
 
 def load_command(name: str) -> Callable[[Sequence[str]], int]:

@@ -132,3 +132,14 @@ def test_file_tools_skip_the_thread_and_allocator_set_up(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "CPU threads" not in captured.err and "CPU memory" not in captured.err
     assert captured.out.split() == ["d", "Input", "->", "x"]
+
+
+def test_help_lists_every_command_once_by_section(capsys):
+    from netcompress.commands import COMMANDS, SECTIONS
+
+    names = [n for _, group in SECTIONS for n in group]
+    assert sorted(names) == sorted(COMMANDS) and len(names) == len(set(names))
+    assert cli_main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "  Caffe's tool verbs:\n    train " in out and "other:" not in out
+    assert out.index("    pipeline ") > out.index("    compress_epsilon_resnet ")
