@@ -87,6 +87,28 @@ def _nnpack_calls() -> str:
             "none": "this PyTorch has no NNPACK"}.get(how, how)
 
 
+# The optional packages and programs, what each enables, and how to get it.
+_OPTIONAL = [
+    ("plyvel", "LevelDB sources and --backend=leveldb (Caffe's default backend)", "pip install plyvel"),
+    ("pydot", "draw_net and caffe.draw", "pip install pydot"),
+]
+
+
+def _optional() -> dict:
+    """Each optional package's version, or what it would enable and how to install it; Graphviz's dot too."""
+    import shutil
+
+    out = {}
+    for module, enables, how in _OPTIONAL:
+        version = _version(module)
+        out[module] = (f"{version} ({enables})" if version != "not installed"
+                       else f"not installed: {enables} need it ({how})")
+    dot = shutil.which("dot")
+    out["graphviz dot"] = (f"{dot} (draw_net's image formats)" if dot else
+                           "not found: draw_net writes .dot/.gv/.raw only (apt-get install graphviz for images)")
+    return out
+
+
 def collect_info() -> dict:
     """Everything `netcompress info` prints, as a dict."""
     import torch
@@ -110,7 +132,8 @@ def collect_info() -> dict:
         "versions": {"netcompress": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
                      "torch": torch.__version__, "torch CUDA": torch.version.cuda or "none (CPU build)",
                      "numpy": _version("numpy"), "protobuf": _version("google.protobuf"), "lmdb": _version("lmdb"),
-                     "h5py": _version("h5py"), "matplotlib": _version("matplotlib")},
+                     "Pillow": _version("PIL"), "h5py": _version("h5py"), "matplotlib": _version("matplotlib")},
+        "optional": _optional(),
         "extension": _extension(),
         "threads": {"torch threads": torch.get_num_threads(), "interop threads": torch.get_num_interop_threads(),
                     "CPUs this process may use": cpus, "chosen": choice.describe(),
@@ -130,6 +153,8 @@ def format_info(info: dict) -> str:
     lines = []
     lines.append("versions")
     lines += [f"  {k}: {v}" for k, v in info["versions"].items()]
+    lines.append("optional")
+    lines += [f"  {k}: {v}" for k, v in info["optional"].items()]
     ext = info["extension"]
     lines.append("extension netcompress._C")
     if not ext["loaded"]:

@@ -143,3 +143,19 @@ def test_help_lists_every_command_once_by_section(capsys):
     out = capsys.readouterr().out
     assert "  Caffe's tool verbs:\n    train " in out and "other:" not in out
     assert out.index("    pipeline ") > out.index("    compress_epsilon_resnet ")
+
+
+def test_info_names_the_optional_packages_and_what_they_enable(monkeypatch):
+    import shutil
+
+    from netcompress import info
+
+    real = info._version
+    monkeypatch.setattr(info, "_version", lambda m: "not installed" if m == "plyvel" else real(m))
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    opt = info._optional()
+    assert opt["plyvel"] == ("not installed: LevelDB sources and --backend=leveldb (Caffe's default backend) need it "
+                             "(pip install plyvel)")
+    assert opt["graphviz dot"].startswith("not found: draw_net writes .dot/.gv/.raw only")
+    text = info.format_info({**info.collect_info(), "optional": opt})
+    assert "\noptional\n  plyvel: not installed" in text and "  Pillow: " in text
