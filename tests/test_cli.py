@@ -159,3 +159,21 @@ def test_info_names_the_optional_packages_and_what_they_enable(monkeypatch):
     assert opt["graphviz dot"].startswith("not found: draw_net writes .dot/.gv/.raw only")
     text = info.format_info({**info.collect_info(), "optional": opt})
     assert "\noptional\n  plyvel: not installed" in text and "  Pillow: " in text
+
+
+def test_the_extension_imports_first_and_the_package_stays_light(tmp_path):
+    """`import netcompress._C` as a process's first import loads torch first (the extension links to libc10
+    without a path to it); `import netcompress` alone does not import torch."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    r = subprocess.run([sys.executable, "-c", "import netcompress._C as c; print(c.__name__)"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "netcompress._C", r.stderr
+    r = subprocess.run([sys.executable, "-c", "import sys, netcompress; print('torch' in sys.modules)"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.stdout.strip() == "False", r.stderr
