@@ -17,7 +17,7 @@ class _TorchBeforeExtension:
     @staticmethod
     def find_spec(name, path=None, target=None):
         if name == __name__ + "._C":
-            import torch  # noqa: F401
+            __import__("torch")
         return None
 
 
