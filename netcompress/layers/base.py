@@ -279,6 +279,11 @@ class Layer(nn.Module):
         the solver derives `epoch_iters`; None for other layers."""
         return None
 
+    def sync_host_writes(self) -> None:
+        """Bring writes a script made into host copies of this layer's parameters to the parameters (a Python
+        layer's blobs on a GPU); called before a save and by pycaffe before it uses the net. Most layers have
+        none."""
+
     @classmethod
     def construct(cls, param: pb.LayerParameter, ctx: "LayerContext") -> Any:
         """The work of Caffe's layer constructor, which its layer factory runs before the net's "Creating Layer"

@@ -67,7 +67,51 @@ def _pycaffe():
 
 def _blob_from(t: torch.Tensor, blob) -> None:
     blob.reshape(*t.shape)
-    np.copyto(blob.data, t.detach().to("cpu", copy=False).numpy(), casting="unsafe")
+    t = t.detach().to("cpu", copy=False)
+    if t.dtype not in (torch.float32, torch.float64, torch.float16):  # numpy has no bfloat16
+        t = t.float()
+    np.copyto(blob.data, t.numpy(), casting="unsafe")
+
+
+class _ParamHostView:
+    """A Python layer's `self.blobs[i].data`: the parameter's own memory where it is a CPU float32/float64 tensor
+    (one memory, as Caffe's); else a host copy kept as Caffe's SyncedMemory keeps one: refreshed from the
+    parameter when it changed there (a solver step, copy_from), and, as a read may be a write (Caffe's
+    mutable_cpu_data), pushed back before the layer's next forward, a save or a pycaffe call (`push`)."""
+
+    def __init__(self, layer: "PythonLayer", name: str):
+        self.layer, self.name = layer, name
+        self.host: np.ndarray | None = None
+        self.seen: tuple[int, int] | None = None  # (id, version) of the parameter the copy was made from
+        self.dirty = False
+
+    def _param(self) -> torch.Tensor:
+        return getattr(self.layer, self.name)
+
+    def _state(self) -> tuple[int, int]:
+        p = self._param()
+        return id(p), p._version
+
+    def __call__(self) -> np.ndarray:
+        t = self._param().detach()
+        if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
+            return t.numpy()
+        state = self._state()
+        if self.host is None or state != self.seen or self.host.shape != tuple(t.shape):
+            self.host = t.to("cpu", torch.float32).numpy().copy()
+            self.seen = state
+        self.dirty = True
+        return self.host
+
+    def push(self) -> None:
+        if not self.dirty or self.host is None:
+            return
+        if self.seen == self._state():  # else the parameter changed since (copy_from, a step): its value wins
+            p = self._param()
+            with torch.no_grad():
+                p.copy_(torch.from_numpy(self.host).to(p.device, p.dtype))
+            self.seen = self._state()
+        self.dirty = False
 
 
 _DUAL_TYPES: dict[tuple[type, type], type | None] = {}
@@ -136,15 +180,14 @@ class PythonLayer(Layer):
             # The layer's own view of the blob is the net's parameter, as in Caffe (one memory): what the net
             # loads (copy_from, share_with, a solver step) shows in `self.blobs[i].data` and what a script writes
             # there is the weight. On a GPU it is a host copy of the parameter at each read.
-            blob._source = self._param_host_view(f"blob{i}")
+            blob._source = _ParamHostView(self, f"blob{i}")
 
-    def _param_host_view(self, name: str):
-        def view() -> np.ndarray:
-            t = getattr(self, name).detach()
-            if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
-                return t.numpy()
-            return t.to("cpu", torch.float32 if t.dtype not in (torch.float32, torch.float64) else t.dtype).numpy()
-        return view
+    def sync_host_writes(self) -> None:
+        """Push what was written into the host copies of parameters that live elsewhere (a GPU, a bfloat16
+        net) to the parameters."""
+        for blob in self.impl.blobs:
+            if isinstance(getattr(blob, "_source", None), _ParamHostView):
+                blob._source.push()
 
     def _call(self, what: str, fn):
         """fn(), an error in the layer's own code reported with the layer's name and class: a NetDefinitionError
@@ -168,6 +211,7 @@ class PythonLayer(Layer):
         return [getattr(self, n) for n in self.blob_names]
 
     def forward(self, *bottoms: torch.Tensor):
+        self.sync_host_writes()
         tops = _PyCaffeLayer.apply(self, len(bottoms), *bottoms, *self._params())
         return tops[0] if len(tops) == 1 else tops
 
@@ -176,7 +220,8 @@ class PythonLayer(Layer):
         for t, blob in zip(bottoms, self._bottoms):
             _blob_from(t, blob)
         for p, blob in zip(params, self.impl.blobs):
-            _blob_from(p, blob)
+            if getattr(blob, "_source", None) is None:  # (a parameter's view is the parameter already)
+                _blob_from(p, blob)
         self._call("reshape", lambda: self.impl.reshape(self._bottoms, self._tops))
         self._call("forward", lambda: self.impl.forward(self._bottoms, self._tops))
         like = bottoms[0] if bottoms else (params[0] if params else None)

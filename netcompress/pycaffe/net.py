@@ -596,6 +596,8 @@ class Net:
         for pblob in list(self._mirrored):
             pblob._push()
         core = self._core
+        for _, layer in core.named_layers():
+            layer.sync_host_writes()
         for cl, tids in zip(self._cl, self._tids):
             if cl.key is None:
                 continue
