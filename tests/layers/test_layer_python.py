@@ -328,19 +328,21 @@ def test_an_error_keeps_the_layers_own_type(layer_dir):
     assert not isinstance(info.value, KeyError) and "raised KeyError" in str(info.value)
 
 
-def test_blobs_of_a_parameter_held_elsewhere_sync_as_caffes_synced_memory(layer_dir, tmp_path):
-    """Where the parameter is not a CPU float32/64 tensor (a GPU's; here a bfloat16 net's), `self.blobs[i].data` is
-    a host copy: a write there reaches the parameter before the next forward and a save; a change of the
+@pytest.mark.parametrize("device, dtype", [("cpu", torch.bfloat16),
+                                           pytest.param("cuda", torch.float32, marks=pytest.mark.cuda)])
+def test_blobs_of_a_parameter_held_elsewhere_sync_as_caffes_synced_memory(layer_dir, tmp_path, device, dtype):
+    """Where the parameter is not a CPU float32/64 tensor (a GPU's, a bfloat16 net's), `self.blobs[i].data` is a
+    host copy: a write there reaches the parameter before the next forward and a save; a change of the
     parameter (an update, copy_from) shows at the next read."""
     _, mod = layer_dir
     net = _net('name: "p" input: "data" input_shape { dim: 2 dim: 3 }\n' + _py("s", mod, "Scaled", ["data"], ["y"]),
-               dtype=torch.bfloat16)
+               dtype=dtype, device=device)
     layer = net.layer("s")
     blob = layer.impl.blobs[0]
-    assert blob.data[0] == 0.5 and layer.blob0.dtype == torch.bfloat16
+    assert blob.data[0] == 0.5 and layer.blob0.dtype == dtype and layer.blob0.device.type == device
     blob.data[0] = 2.0                                   # a script's write into the host copy
-    y = net(data=torch.ones(2, 3, dtype=torch.bfloat16))["y"]
-    assert torch.equal(y, torch.full((2, 3), 2.0, dtype=torch.bfloat16)) and float(layer.blob0.detach()[0]) == 2.0
+    y = net(data=torch.ones(2, 3, dtype=dtype, device=device))["y"]
+    assert torch.equal(y.cpu(), torch.full((2, 3), 2.0, dtype=dtype)) and float(layer.blob0.detach()[0]) == 2.0
     with torch.no_grad():
         layer.blob0.add_(1.0)                            # a solver's in-place update
     assert blob.data[0] == 3.0
@@ -352,5 +354,5 @@ def test_blobs_of_a_parameter_held_elsewhere_sync_as_caffes_synced_memory(layer_
     blob.data[0] = 5.0
     net.copy_from(str(tmp_path / "w.caffemodel"))       # the parameter changed after the write: its value wins
     assert blob.data[0] == 4.0
-    net(data=torch.ones(2, 3, dtype=torch.bfloat16))
+    net(data=torch.ones(2, 3, dtype=dtype, device=device))
     assert float(layer.blob0.detach()[0]) == 4.0
