@@ -174,3 +174,22 @@ def test_pycaffe_forward_and_backward_write_the_same_lines(tmp_path, lines):
     net.backward()
     assert lines.debug_lines() == want
     assert not [r for r in lines.records if "All net params" in r.getMessage()]
+
+
+@pytest.mark.cuda
+def test_the_lines_on_cuda_are_the_cpus(lines):
+    """The same net on a GPU writes the same lines, its values within float rounding of the CPU's."""
+    def run(device):
+        lines.records.clear()
+        net = Net(text_format.Parse(BRANCHED, pb.NetParameter()), phase=pb.TRAIN, seed=4, verbose=False,
+                  device=device)
+        x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)).to(device)
+        net(x=x, label=torch.tensor([0.0, 1.0, 2.0, 1.0], device=device))
+        net.loss.backward()
+        net.log_backward_debug_info()
+        return [m.rsplit(": ", 1) for m in lines.debug_lines()]
+
+    cpu, gpu = run("cpu"), run("cuda")
+    assert [k for k, _ in cpu] == [k for k, _ in gpu] and cpu
+    for (k, a), (_, b) in zip(cpu, gpu):
+        assert float(b) == pytest.approx(float(a), rel=1e-4, abs=1e-6), k
