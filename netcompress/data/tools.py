@@ -132,10 +132,13 @@ CIFAR_TEST_FILE = "test_batch.bin"
 
 def read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     """One binary CIFAR-10 batch: uint8 images N x 3 x 32 x 32 (R, G, B planes, as stored) and labels."""
+    from ..errors import FileError
+    from ..io import read_input_bytes
+
     try:
-        raw = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise DataError(f"cannot read the CIFAR-10 batch {path}: {e.strerror or e}") from None
+        raw = np.frombuffer(read_input_bytes(path, "CIFAR-10 batch"), dtype=np.uint8)
+    except FileError as e:
+        raise DataError(str(e)) from None
     record = 1 + CIFAR_IMAGE_BYTES
     if raw.size == 0 or raw.size % record:
         raise DataError(f"{path}: {raw.size} bytes, not a whole number of CIFAR-10 records ({record} bytes each: "
@@ -157,7 +160,7 @@ def convert_cifar(input_folder: str, output_folder: str, backend: str = LMDB) ->
     if not os.path.isdir(output_folder):
         raise DataError(f"{output_folder}: no such output folder")
     paths = [os.path.join(input_folder, f) for f in CIFAR_TRAIN_FILES + [CIFAR_TEST_FILE]]
-    missing = [p for p in paths if not os.path.isfile(p)]
+    missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         raise DataError(f"{input_folder}: missing {', '.join(os.path.basename(p) for p in missing)} (CIFAR-10's "
                         "binary version: data_batch_1.bin ... data_batch_5.bin and test_batch.bin, gunzipped)")

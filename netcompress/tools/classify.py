@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import io as ncio
+from ..errors import NetcompressError
 from ._common import ToolError, run_tool
 
 __all__ = ["load_inputs", "read_labels", "read_mean", "ints", "add_net_args", "check_net_args", "swap_channels",
@@ -41,10 +42,7 @@ def load_inputs(path: str, ext: str, color: bool) -> list[np.ndarray]:
     path = os.path.expanduser(path)
     if path.endswith("npy"):
         print(f"Loading file: {path}")
-        try:
-            arr = np.load(path)
-        except (OSError, ValueError) as e:
-            raise ToolError(f"{path}: not a readable .npy array ({e})") from None
+        arr = _load_npy(path)
         if arr.ndim == 3:
             arr = arr[np.newaxis]
         if arr.ndim != 4:
@@ -63,6 +61,7 @@ def load_inputs(path: str, ext: str, color: bool) -> list[np.ndarray]:
         raise ToolError(f"{path}: no such image, folder or .npy file")
     images = []
     for f in files:
+        ncio.check_input_file(f, "image")
         try:
             images.append(caffe_io.load_image(f, color=color))
         except Exception as e:  # PIL's errors for a file it cannot read come in several kinds
@@ -73,9 +72,7 @@ def load_inputs(path: str, ext: str, color: bool) -> list[np.ndarray]:
 def read_labels(path: str, classes: int) -> list[str]:
     """One class name a line; as many lines as the net has outputs."""
     try:
-        labels = [line.rstrip("\r\n") for line in open(path, encoding="utf-8")]
-    except OSError as e:
-        raise ToolError(f"cannot read the labels file {path}: {e.strerror or e}") from None
+        labels = ncio.read_input_bytes(path, "labels file").decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
         raise ToolError(f"{path}: byte {e.start} is not UTF-8 text") from None
     while labels and not labels[-1]:
@@ -85,13 +82,19 @@ def read_labels(path: str, classes: int) -> list[str]:
     return labels
 
 
+def _load_npy(path: str) -> np.ndarray:
+    """An .npy file's array (a regular file only; no pickled objects)."""
+    data = ncio.read_input_bytes(path, ".npy array")
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise ToolError(f"{path}: not a readable .npy array ({e})") from None
+
+
 def read_mean(path: str) -> np.ndarray:
     """A mean (.npy, or a .binaryproto as compute_image_mean writes it, its batch axis dropped)."""
     if path.endswith(".npy"):
-        try:
-            return np.load(path)
-        except (OSError, ValueError) as e:
-            raise ToolError(f"{path}: not a readable .npy array ({e})") from None
+        return _load_npy(path)
     arr = ncio.read_binaryproto_array(path)
     return arr[0] if arr.ndim == 4 else arr
 
@@ -122,8 +125,10 @@ def check_net_args(a: argparse.Namespace) -> None:
     from .. import pycaffe as caffe
 
     for path, what in ((a.model_def, "--model_def"), (a.pretrained_model, "--pretrained_model")):
-        if not os.path.isfile(path):
-            raise ToolError(f"{what} {path}: no such file")
+        try:
+            ncio.check_input_file(path, f"{what} file")
+        except NetcompressError as e:
+            raise ToolError(f"{what} {e}") from None
     if a.gpu:
         caffe.set_mode_gpu()
         print("GPU mode")

@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import time
 from typing import Sequence
 
 import numpy as np
 
 from .. import io as ncio
+from ..errors import NetcompressError
 from ._common import ToolError, run_tool
 from .classify import add_net_args, check_net_args, read_mean, swap_channels
 
@@ -35,10 +35,10 @@ COORD_COLS = ["ymin", "xmin", "ymax", "xmax"]
 def read_windows(path: str) -> list[tuple[str, list[list[int]]]]:
     """(image file, windows) in the order the files first appear; each window ymin, xmin, ymax, xmax."""
     try:
-        f = open(path, newline="", encoding="utf-8")
-    except OSError as e:
-        raise ToolError(f"cannot read the windows file {path}: {e.strerror or e}") from None
-    with f:
+        text = ncio.read_input_bytes(path, "windows file").decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ToolError(f"{path}: byte {e.start} is not UTF-8 text") from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f, skipinitialspace=True)
         fields = [c.strip() for c in reader.fieldnames or []]
         reader.fieldnames = fields
@@ -64,8 +64,8 @@ def read_windows(path: str) -> list[tuple[str, list[list[int]]]]:
                     raise ToolError(f"{path}:{line}: the window {tuple(window)} is empty (ymax must exceed ymin "
                                     "and xmax xmin)")
                 grouped.setdefault(row["filename"].strip(), []).append(window)
-        except UnicodeDecodeError as e:
-            raise ToolError(f"{path}: byte {e.start} is not UTF-8 text") from None
+        except csv.Error as e:
+            raise ToolError(f"{path}:{reader.line_num}: {e}") from None
     if not grouped:
         raise ToolError(f"{path}: no windows after the header")
     return list(grouped.items())
@@ -73,10 +73,10 @@ def read_windows(path: str) -> list[tuple[str, list[list[int]]]]:
 
 def _read_image_list(path: str) -> list[str]:
     try:
-        with open(path, encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip()]
-    except OSError as e:
-        raise ToolError(f"cannot read the image list {path}: {e.strerror or e}") from None
+        text = ncio.read_input_bytes(path, "image list").decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ToolError(f"{path}: byte {e.start} is not UTF-8 text") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def write_detections(path: str, detections: Sequence[dict]) -> None:
@@ -123,8 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body(a: argparse.Namespace) -> int:
         from .. import pycaffe as caffe
 
-        if not os.path.isfile(a.input_file):
-            raise ToolError(f"input_file {a.input_file}: no such file")
+        ncio.check_input_file(a.input_file, "windows .csv or image list .txt")
         ext = a.input_file.lower().rsplit(".", 1)[-1]
         if ext not in ("txt", "csv"):
             raise ToolError(f"{a.input_file}: unknown input file type (a .csv of windows or a .txt of images)")
@@ -139,8 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if mode == "list":
             images_windows = read_windows(a.input_file)
             for fname, _ in images_windows:
-                if not os.path.isfile(fname):
-                    raise ToolError(f"{a.input_file}: image {fname}: no such file")
+                try:
+                    ncio.check_input_file(fname, "image")
+                except NetcompressError as e:
+                    raise ToolError(f"{a.input_file}: image {e}") from None
         else:
             images = _read_image_list(a.input_file)
         check_net_args(a)

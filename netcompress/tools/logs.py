@@ -64,28 +64,28 @@ class GlogLine:
 def glog_lines(path: str, year: int | None = None) -> Iterator[GlogLine]:
     """The lines of a glog-format log with their times. A prefix without a year (glog before 0.6) takes
     `year`, by default the file's change time's year, and one more each time the month goes back."""
+    text_all = ncio.read_input_bytes(path, "training log").decode("utf-8", errors="replace")
     if year is None:
         year = datetime.datetime.fromtimestamp(os.path.getctime(path)).year
     last_month = 0
-    with open(path, errors="replace") as f:
-        for number, text in enumerate(f, 1):
-            m = _PREFIX.match(text)
-            when = None
-            if m:
-                month = int(m.group(2))
-                if m.group(1):
-                    line_year = int(m.group(1))
-                else:
-                    if month < last_month:
-                        year += 1
-                    line_year = year
-                last_month = month
-                try:
-                    when = datetime.datetime(line_year, month, int(m.group(3)), int(m.group(4)), int(m.group(5)),
-                                             int(m.group(6)), int(m.group(7)[:6].ljust(6, "0")))
-                except ValueError:  # a prefix-like line with an impossible date
-                    when = None
-            yield GlogLine(number, when, text)
+    for number, text in enumerate(io.StringIO(text_all, newline=None), 1):  # as a text file reads
+        m = _PREFIX.match(text)
+        when = None
+        if m:
+            month = int(m.group(2))
+            if m.group(1):
+                line_year = int(m.group(1))
+            else:
+                if month < last_month:
+                    year += 1
+                line_year = year
+            last_month = month
+            try:
+                when = datetime.datetime(line_year, month, int(m.group(3)), int(m.group(4)), int(m.group(5)),
+                                         int(m.group(6)), int(m.group(7)[:6].ljust(6, "0")))
+            except ValueError:  # a prefix-like line with an impossible date
+                when = None
+        yield GlogLine(number, when, text)
 
 
 @dataclasses.dataclass
@@ -114,8 +114,6 @@ class _Rows:
 def parse_caffe_log(path: str, year: int | None = None) -> CaffeLogTables:
     """The train and test tables of a training log, as Caffe's parse_log.py reads them (see the module's
     docstring for the differences)."""
-    if not os.path.isfile(path):
-        raise ToolError(f"{path}: no such log file")
     lines = glog_lines(path, year)
     start = None
     for line in lines:
@@ -230,8 +228,7 @@ def extract_seconds_main(argv: Sequence[str] | None = None) -> int:
     _year_arg(p)
 
     def body(a: argparse.Namespace) -> int:
-        if not os.path.isfile(a.input_file):
-            raise ToolError(f"{a.input_file}: no such log file")
+        ncio.check_input_file(a.input_file, "training log")
         seconds = extract_seconds(a.input_file, a.year)
         ncio.atomic_write(a.output_file, "".join(f"{s:f}\n" for s in seconds))
         return 0
@@ -327,8 +324,7 @@ def plot_training_log_main(argv: Sequence[str] | None = None) -> int:
         if not 0 <= a.chart_type < len(CHART_TYPES):
             raise ToolError(f"{a.chart_type} is not a valid chart type (0-{len(CHART_TYPES) - 1}):\n{types}")
         for path in a.logs:
-            if not os.path.isfile(path):
-                raise ToolError(f"{path}: no such log file")
+            ncio.check_input_file(path, "training log")
         counts = plot_training_log(a.chart_type, a.png, a.logs, a.year)
         for path, n in zip(a.logs, counts):
             if not n:

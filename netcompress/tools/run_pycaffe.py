@@ -29,8 +29,9 @@ def run_script(path: str, args: Sequence[str]) -> int:
     """Run `path` as __main__ with `caffe` standing for netcompress.pycaffe; its exit status."""
     from .. import pycaffe
 
-    if not os.path.isfile(path):
-        raise ToolError(f"{path}: no such script")
+    from .. import io as ncio
+
+    ncio.check_input_file(path, "Python script")
     if "caffe" in sys.modules and sys.modules["caffe"] is not pycaffe:
         raise ToolError("a module named 'caffe' is already imported in this process; run the script in a fresh "
                         "process")

@@ -142,4 +142,8 @@ def test_bad_input(scene, tmp_path, capsys):
         fails(f"filename,ymin,xmin,ymax,xmax\n{paths[0]},60,60,70,70\n", "--context_pad", "0")
     assert "selective_search_ijcv_with_python" in fails(f"{paths[0]}\n", name="images.txt")
     assert "unknown input file type" in fails("x", name="w.json")
+    import os
+    os.mkfifo(tmp_path / "pipe.csv")
+    assert main([str(tmp_path / "pipe.csv"), out, *base]) == 1
+    assert "pipe.csv: is a FIFO (named pipe)" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()

@@ -4,10 +4,12 @@ from __future__ import annotations
 import csv
 import lzma
 import math
+import os
 import re
 
 import pytest
 
+from netcompress.errors import NetcompressError
 from netcompress.tools._common import ToolError
 from netcompress.tools.logs import csv_text, extract_seconds, extract_seconds_main, parse_caffe_log, parse_log_main
 
@@ -105,8 +107,12 @@ def test_single_row_and_missing_columns(tmp_path):
 
 
 def test_bad_input(tmp_path, capsys):
-    with pytest.raises(ToolError, match=r"nope.log: no such log file"):
+    with pytest.raises(NetcompressError, match=r"nope.log: no such file"):
         parse_caffe_log(str(tmp_path / "nope.log"))
+    fifo = tmp_path / "fifo.log"
+    os.mkfifo(fifo)  # a pipe would block a reader: refused before it is opened
+    with pytest.raises(NetcompressError, match=r"fifo.log: is a FIFO \(named pipe\), expected a training log"):
+        parse_caffe_log(str(fifo))
     test_log = tmp_path / "caffe_test.log"
     test_log.write_text("I1122 04:47:00.000000 7 caffe.cpp:1] Batch 0, accuracy = 0.97\n")
     with pytest.raises(ToolError, match=r"caffe_test.log: no 'Solving' line: not a Caffe or netcompress training"):
@@ -155,4 +161,4 @@ def test_plot_training_log_chart_types(caffe_log, tmp_path, capsys):
     assert plot_training_log_main(["8", str(out), str(caffe_log)]) == 1
     assert "8 is not a valid chart type (0-7)" in capsys.readouterr().err
     assert plot_training_log_main(["1", str(out), str(tmp_path / "none.log")]) == 1
-    assert "none.log: no such log file" in capsys.readouterr().err
+    assert "none.log: no such file" in capsys.readouterr().err

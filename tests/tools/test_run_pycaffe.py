@@ -58,5 +58,5 @@ def test_exit_codes_and_errors(tmp_path, capsys):
     assert "Traceback" in err and "broken.py\", line 5" in err and "/no/such.prototxt" in err
     assert "runpy" not in err  # the runner's own frames are left out
     assert cli_main(["pycaffe", str(tmp_path / "none.py")]) == 1
-    assert "none.py: no such script" in capsys.readouterr().err
+    assert "none.py: no such file" in capsys.readouterr().err
     assert cli_main(["pycaffe"]) == 2
