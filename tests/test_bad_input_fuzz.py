@@ -890,6 +890,11 @@ def hostile_cases(work: Path, models: dict[str, Path]) -> list[Case]:
             "dns_to_normal": (["dns_to_normal", net, p, net, out], "does not exist" if dangling else fragment),
             "decode_compact": (["decode_compact", net, p, out], "does not exist" if dangling else fragment),
             "report": (["report", net, p], "does not exist" if dangling else fragment),
+            "summarize": (["summarize", p], fragment),
+            "parse_log": (["parse_log", p, str(work)], fragment),
+            "extract_seconds": (["extract_seconds", p, out + ".txt"], fragment),
+            "detect": (["detect", p, out + ".csv", "--model_def", net, "--pretrained_model", model], fragment),
+            "pycaffe": (["pycaffe", p], fragment),
         }
         for where, (argv, frag) in positions.items():
             cases.append(Case("path", f"{name} as {where}", argv, refuse=frag))
