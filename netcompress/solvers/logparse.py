@@ -4,12 +4,13 @@ from __future__ import annotations
 import dataclasses
 import re
 
-__all__ = ["TrainingLog", "parse_log", "plot_logs"]
+__all__ = ["TrainingLog", "parse_log", "plot_logs", "TRAIN_LOSS", "LEARNING_RATE", "TESTING", "TEST_OUTPUT"]
 
-_TRAIN = re.compile(r"\] Iteration (\d+)(?: \([^)]*\))?, loss = ([-+.\deEinfa]+)")
-_LR = re.compile(r"\] Iteration (\d+), lr = ([-+.\deE]+)")
-_TESTING = re.compile(r"\] Iteration (\d+), Testing net \(#(\d+)\)")
-_TEST_OUT = re.compile(r"\]\s+Test net output #(\d+): (\S+) = ([-+.\deEinfa]+)")
+# The solver's lines, as Caffe writes them (netcompress.tools.logs reads them too):
+TRAIN_LOSS = re.compile(r"\] Iteration (\d+)(?: \([^)]*\))?, loss = ([-+.\deEinfa]+)")  # iteration, loss
+LEARNING_RATE = re.compile(r"\] Iteration (\d+), lr = ([-+.\deE]+)")                     # iteration, rate
+TESTING = re.compile(r"\] Iteration (\d+), Testing net \(#(\d+)\)")                     # iteration, test net
+TEST_OUTPUT = re.compile(r"\]\s+Test net output #(\d+): (\S+) = ([-+.\deEinfa]+)")       # index, name, value
 
 
 @dataclasses.dataclass
@@ -30,19 +31,19 @@ def parse_log(path: str) -> TrainingLog:
     current = None
     with open(path, errors="replace") as f:
         for line in f:
-            m = _TRAIN.search(line)
+            m = TRAIN_LOSS.search(line)
             if m:
                 out.train_loss.append((int(m.group(1)), float(m.group(2))))
                 continue
-            m = _LR.search(line)
+            m = LEARNING_RATE.search(line)
             if m:
                 out.lr.append((int(m.group(1)), float(m.group(2))))
                 continue
-            m = _TESTING.search(line)
+            m = TESTING.search(line)
             if m:
                 current = (int(m.group(1)), int(m.group(2)))
                 continue
-            m = _TEST_OUT.search(line)
+            m = TEST_OUTPUT.search(line)
             if m and current is not None:
                 it, net = current
                 out.test.setdefault(net, {}).setdefault(m.group(2), []).append((it, float(m.group(3))))

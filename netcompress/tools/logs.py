@@ -36,6 +36,7 @@ from typing import Iterator, Sequence
 
 from .. import io as ncio
 from ..log import get_logger
+from ..solvers.logparse import LEARNING_RATE, TEST_OUTPUT, TESTING, TRAIN_LOSS
 from ._common import ToolError, run_tool
 
 __all__ = ["GlogLine", "glog_lines", "CaffeLogTables", "parse_caffe_log", "csv_text", "extract_seconds",
@@ -49,7 +50,6 @@ _ITERATION = re.compile(r"Iteration (\d+)")
 _TRAIN_OUTPUT = re.compile(r"Train net output #(\d+): (\S+) = ([\.\deE+-]+)")
 _TEST_OUTPUT = re.compile(r"Test net output #(\d+): (\S+) = ([\.\deE+-]+)")
 _LEARNING_RATE = re.compile(r"lr = ([-+]?[0-9]*\.?[0-9]+([eE]?[-+]?[0-9]+)?)")
-_TESTING = re.compile(r"Testing net \(#(\d+)\)")
 # glog's prefix: severity, [year]month day, time with microseconds.
 _PREFIX = re.compile(r"^\s*[IWEF](\d{4})?(\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d+)\s")
 
@@ -111,21 +111,24 @@ class _Rows:
         return self.rows
 
 
+def _solving_time(lines: Iterator[GlogLine], path: str) -> datetime.datetime:
+    """The time of the solver's "Solving" line, which the log tools count seconds from (`lines` is left after
+    it, as Caffe's get_start_time leaves its file)."""
+    for line in lines:
+        if "Solving" in line.text:
+            if line.time is None:
+                raise ToolError(f"{path}:{line.number}: the 'Solving' line has no glog time prefix "
+                                "(IMMDD hh:mm:ss.uuuuuu or IYYYYMMDD ...)")
+            return line.time
+    raise ToolError(f"{path}: no 'Solving' line: not a Caffe or netcompress training log (the log tools time "
+                    "every row from the solver's start)")
+
+
 def parse_caffe_log(path: str, year: int | None = None) -> CaffeLogTables:
     """The train and test tables of a training log, as Caffe's parse_log.py reads them (see the module's
     docstring for the differences)."""
     lines = glog_lines(path, year)
-    start = None
-    for line in lines:
-        if "Solving" in line.text:
-            start = line.time
-            if start is None:
-                raise ToolError(f"{path}:{line.number}: the 'Solving' line has no glog time prefix "
-                                "(IMMDD hh:mm:ss.uuuuuu or IYYYYMMDD ...)")
-            break
-    if start is None:
-        raise ToolError(f"{path}: no 'Solving' line: not a Caffe or netcompress training log (parse_log times "
-                        "every row from the solver's start)")
+    start = _solving_time(lines, path)
     train, test = _Rows(), _Rows()
     iteration, rate, test_net = -1, math.nan, 0
     for line in lines:
@@ -138,9 +141,9 @@ def parse_caffe_log(path: str, year: int | None = None) -> CaffeLogTables:
         m = _LEARNING_RATE.search(line.text)
         if m:
             rate = float(m.group(1))
-        m = _TESTING.search(line.text)
+        m = TESTING.search(line.text)
         if m:
-            test_net = int(m.group(1))
+            test_net = int(m.group(2))
         m = _TRAIN_OUTPUT.search(line.text)
         if m:
             train.add(iteration, seconds, rate, m.group(2), float(m.group(3)))
@@ -168,9 +171,7 @@ def extract_seconds(path: str, year: int | None = None) -> list[float]:
     """Seconds since the 'Solving' line of every later line that names an iteration (Caffe's
     extract_seconds.py)."""
     lines = glog_lines(path, year)
-    start = next((ln.time for ln in lines if "Solving" in ln.text), None)
-    if start is None:
-        raise ToolError(f"{path}: no timed 'Solving' line: not a Caffe or netcompress training log")
+    start = _solving_time(lines, path)
     return [(ln.time - start).total_seconds() for ln in lines if "Iteration" in ln.text and ln.time is not None]
 
 
@@ -228,7 +229,6 @@ def extract_seconds_main(argv: Sequence[str] | None = None) -> int:
     _year_arg(p)
 
     def body(a: argparse.Namespace) -> int:
-        ncio.check_input_file(a.input_file, "training log")
         seconds = extract_seconds(a.input_file, a.year)
         ncio.atomic_write(a.output_file, "".join(f"{s:f}\n" for s in seconds))
         return 0
@@ -239,10 +239,6 @@ def extract_seconds_main(argv: Sequence[str] | None = None) -> int:
 # Caffe's plot_training_log.py chart types: each y field (sorted) against each x field.
 CHART_TYPES = [f"{y}  vs. {x}" for y in ("Test accuracy", "Test loss", "Train learning rate", "Train loss")
                for x in ("Iters", "Seconds")]
-_DISPLAY_LOSS = re.compile(r"\] Iteration (\d+)(?: \([^)]*\))?, loss = ([-+.\deEinfa]+)")
-_RATE = re.compile(r"\] Iteration (\d+), lr = ([-+.\deE]+)")
-_TEST_NET = re.compile(r"\] Iteration (\d+), Testing net \(#(\d+)\)")
-_TEST_VALUE = re.compile(r"\]\s+Test net output #([01]): \S+ = ([-+.\deEinfa]+)")
 
 
 def chart_series(path: str, chart_type: int, year: int | None = None) -> tuple[list[float], list[float]]:
@@ -251,9 +247,7 @@ def chart_series(path: str, chart_type: int, year: int | None = None) -> tuple[l
     outputs #0 (accuracy) and #1 (loss); seconds from the "Solving" line."""
     y_name, x_name = CHART_TYPES[chart_type].split("  vs. ")
     lines = glog_lines(path, year)
-    start = next((ln.time for ln in lines if "Solving" in ln.text), None)
-    if start is None:
-        raise ToolError(f"{path}: no timed 'Solving' line: not a Caffe or netcompress training log")
+    start = _solving_time(lines, path)
     xs: list[float] = []
     ys: list[float] = []
     test_iter, test_net = None, None
@@ -264,18 +258,18 @@ def chart_series(path: str, chart_type: int, year: int | None = None) -> tuple[l
         seconds = (ln.time - start).total_seconds()
         m = None
         if y_name == "Train loss":
-            m = _DISPLAY_LOSS.search(ln.text)
+            m = TRAIN_LOSS.search(ln.text)
         elif y_name == "Train learning rate":
-            m = _RATE.search(ln.text)
+            m = LEARNING_RATE.search(ln.text)
         else:
-            t = _TEST_NET.search(ln.text)
+            t = TESTING.search(ln.text)
             if t:
                 test_iter, test_net = int(t.group(1)), int(t.group(2))
                 continue
-            v = _TEST_VALUE.search(ln.text)
+            v = TEST_OUTPUT.search(ln.text)
             if v and test_net == 0 and v.group(1) == want_output:
                 xs.append(float(test_iter) if x_name == "Iters" else seconds)
-                ys.append(float(v.group(2)))
+                ys.append(float(v.group(3)))
             continue
         if m:
             xs.append(float(m.group(1)) if x_name == "Iters" else seconds)
@@ -323,8 +317,6 @@ def plot_training_log_main(argv: Sequence[str] | None = None) -> int:
     def body(a: argparse.Namespace) -> int:
         if not 0 <= a.chart_type < len(CHART_TYPES):
             raise ToolError(f"{a.chart_type} is not a valid chart type (0-{len(CHART_TYPES) - 1}):\n{types}")
-        for path in a.logs:
-            ncio.check_input_file(path, "training log")
         counts = plot_training_log(a.chart_type, a.png, a.logs, a.year)
         for path, n in zip(a.logs, counts):
             if not n:
