@@ -25,8 +25,7 @@ from .log import get_logger
 if TYPE_CHECKING:  # pragma: no cover
     from .net import Net
 
-__all__ = ["abs_mean", "fmt", "param_display_name", "log_forward", "log_backward", "backward_params",
-           "DebugRecorder"]
+__all__ = ["abs_mean", "forward_params", "log_forward", "log_backward", "backward_params", "DebugRecorder"]
 
 log = get_logger("net")
 
@@ -41,31 +40,32 @@ def abs_mean(t: torch.Tensor | None, count: int | None = None) -> float:
     return float(t.detach().abs().sum(dtype=torch.float64)) / n
 
 
-def fmt(x: float) -> str:
-    """A float as C++'s default ostream writes it (6 significant digits, %g)."""
-    return "%g" % x
+# Values print with %g: C++'s default ostream, 6 significant digits.
 
 
-def param_display_name(specs, index: int) -> str:
-    """Caffe's param_display_names_: the ParamSpec's name, else the blob's index."""
-    return specs[index].name if index < len(specs) and specs[index].name else str(index)
+def forward_params(layer) -> list[tuple[str, torch.Tensor]]:
+    """A layer's blobs with Caffe's param_display_names_: the ParamSpec's name, else the blob's index."""
+    specs = layer.layer_param.param
+    return [(specs[i].name if i < len(specs) and specs[i].name else str(i), b) for i, b in enumerate(layer.blobs())]
 
 
-def log_forward(layer: str, tops: Sequence[tuple[str, torch.Tensor]], params: Sequence[tuple[str, torch.Tensor]]) -> None:
+def log_forward(layer: str, tops: Sequence[tuple[str, torch.Tensor]],
+                params: Sequence[tuple[str, torch.Tensor]]) -> None:
     """Net::ForwardDebugInfo's lines of one layer."""
     for name, t in tops:
-        log.info("    [Forward] Layer %s, top blob %s data: %s", layer, name, fmt(abs_mean(t)))
+        log.info("    [Forward] Layer %s, top blob %s data: %g", layer, name, abs_mean(t))
     for shown, t in params:
-        log.info("    [Forward] Layer %s, param blob %s data: %s", layer, shown, fmt(abs_mean(t)))
+        log.info("    [Forward] Layer %s, param blob %s data: %g", layer, shown, abs_mean(t))
 
 
-def log_backward(layer: str, bottoms: Sequence[tuple[str, float]], params: Sequence[tuple[int, torch.Tensor]]) -> None:
+def log_backward(layer: str, bottoms: Sequence[tuple[str, float]],
+                 params: Sequence[tuple[int, torch.Tensor]]) -> None:
     """Net::BackwardDebugInfo's lines of one layer: its bottoms' mean |diff|, its blobs' (lr_mult != 0) mean
     |grad|."""
     for name, value in bottoms:
-        log.info("    [Backward] Layer %s, bottom blob %s diff: %s", layer, name, fmt(value))
+        log.info("    [Backward] Layer %s, bottom blob %s diff: %g", layer, name, value)
     for index, p in params:
-        log.info("    [Backward] Layer %s, param blob %d diff: %s", layer, index, fmt(abs_mean(p.grad, p.numel())))
+        log.info("    [Backward] Layer %s, param blob %d diff: %g", layer, index, abs_mean(p.grad, p.numel()))
 
 
 def backward_params(layer) -> list[tuple[int, torch.Tensor]]:
@@ -103,10 +103,7 @@ class DebugRecorder:
     def forward(self, li: int, outs: Sequence[torch.Tensor]) -> None:
         """The lines of layer `li` after its forward, and of the Split layers after it."""
         net = self.net
-        layer = net.layers[net._keys[li]]
-        specs = layer.layer_param.param
-        log_forward(net.layer_names[li], list(zip(net._tops[li], outs)),
-                    [(param_display_name(specs, i), b) for i, b in enumerate(layer.blobs())])
+        log_forward(net.layer_names[li], list(zip(net._tops[li], outs)), forward_params(net.layers[net._keys[li]]))
         for sp, gi in zip(net._splits.splits[li], net._split_graph_index[li]):
             blob = net.blobs[sp.bottom]
             log_forward(sp.name, [(t, blob) for t in sp.tops], [])
@@ -123,7 +120,8 @@ class DebugRecorder:
             if not needs.layer[gi]:
                 continue
             g = graph[gi]
-            bottoms = [(b, self.bottom_diff.get((gi, j), 0.0)) for j, b in enumerate(g.bottoms) if needs.bottom[gi][j]]
+            bottoms = [(b, self.bottom_diff.get((gi, j), 0.0)) for j, b in enumerate(g.bottoms)
+                       if needs.bottom[gi][j]]
             li = core.get(gi)
             log_backward(g.name, bottoms, [] if li is None else backward_params(net.layers[net._keys[li]]))
         asum_data = asum_diff = sumsq_data = sumsq_diff = 0.0
@@ -135,6 +133,6 @@ class DebugRecorder:
             if grad is not None:
                 asum_diff += float(grad.abs().sum(dtype=torch.float64))
                 sumsq_diff += float(grad.double().square().sum())
-        log.error("    [Backward] All net params (data, diff): L1 norm = (%s, %s); L2 norm = (%s, %s)",
-                  fmt(asum_data), fmt(asum_diff), fmt(math.sqrt(sumsq_data)), fmt(math.sqrt(sumsq_diff)))
+        log.error("    [Backward] All net params (data, diff): L1 norm = (%g, %g); L2 norm = (%g, %g)",
+                  asum_data, asum_diff, math.sqrt(sumsq_data), math.sqrt(sumsq_diff))
         self.bottom_diff.clear()

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..debuginfo import abs_mean, backward_params, log_backward, log_forward, param_display_name
+from ..debuginfo import abs_mean, backward_params, forward_params, log_backward, log_forward
 from ..errors import NetDefinitionError, WeightLoadError
 from ..log import get_logger
 from ..net import Net as CoreNet
@@ -824,11 +824,7 @@ class Net:
         """Net::ForwardDebugInfo (netcompress.debuginfo): layer i's tops and blobs."""
         cl = self._cl[i]
         tops = [(cl.tops[k], self._blob_list[t]._data_tensor()) for k, t in enumerate(self._tids[i])]
-        params = []
-        if cl.key is not None:
-            layer = self._core.layers[cl.key]
-            params = [(param_display_name(layer.layer_param.param, k), b) for k, b in enumerate(layer.blobs())]
-        log_forward(cl.name, tops, params)
+        log_forward(cl.name, tops, [] if cl.key is None else forward_params(self._core.layers[cl.key]))
 
     def _backward_debug_info(self, i: int) -> None:
         """Net::BackwardDebugInfo: layer i's bottoms that get a diff, and its blobs with lr_mult != 0."""
