@@ -74,8 +74,8 @@ def device_for(gpu: str | None, sp: pb.SolverParameter | None = None) -> tuple[t
     return device_from_gpu_flag(None), None
 
 
-# Caffe::DeviceQuery's lines: (label, cudaDeviceProp field, torch's property name or None when torch does not
-# expose it). Labels are padded to Caffe's column.
+# Caffe::DeviceQuery's lines that torch's device properties can fill: (Caffe's label, torch's property name; a
+# property this torch lacks is left out). Labels are padded to Caffe's column.
 _QUERY_FIELDS = [
     ("Major revision number:", "major"),
     ("Minor revision number:", "minor"),
@@ -110,12 +110,12 @@ def device_query_main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not a.gpu:
         raise NetcompressError("Need a device ID to query: --gpu 0 (or a list, or all)")
-    if a.gpu.strip().lower() == "cpu":
-        raise NetcompressError(f"--gpu {a.gpu}: name GPU ids to query (0, 0,1 or all)")
-    if _cuda_count() == 0:
+    if _cuda_count() == 0:  # (parse_gpu_flag's own message tells a training run to use the CPU instead)
         raise NetcompressError(f"--gpu {a.gpu}: no CUDA device is available to query (this torch build has CUDA: "
                                f"{torch.version.cuda is not None})")
     ids = parse_gpu_flag(a.gpu)
+    if ids is None:
+        raise NetcompressError(f"--gpu {a.gpu}: name GPU ids to query (0, 0,1 or all)")
     log.info("Querying GPUs %s", a.gpu)
     for i in ids:
         for line in device_query_lines(i, torch.cuda.get_device_properties(i)):

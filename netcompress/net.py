@@ -260,7 +260,7 @@ class Net(nn.Module):
             cls = layer_class(lp.type)
             constructed = cls.construct(lp_local, self.ctx)  # the layer's constructor work (a Data layer's open)
             if constructed is not None:
-                self.ctx._constructed[name] = constructed
+                self.ctx.keep_constructed(name, constructed)
             if self.verbose:
                 log.info("Creating Layer %s", name)
             bottom_shapes = []

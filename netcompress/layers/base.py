@@ -71,6 +71,10 @@ class LayerContext:
     # What a layer class's `construct` returned, by layer name, until its __init__ takes it
     _constructed: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
+    def keep_constructed(self, layer_name: str, value: Any) -> None:
+        """Hold what `Layer.construct` gave for the layer `layer_name` until its __init__ takes it."""
+        self._constructed[layer_name] = value
+
     def take_constructed(self, layer_name: str) -> Any:
         """What `Layer.construct` gave for the layer `layer_name` (once; None when it was not called)."""
         return self._constructed.pop(layer_name, None)
