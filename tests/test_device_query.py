@@ -37,6 +37,8 @@ def test_query_on_fake_devices_and_errors(monkeypatch, caplog):
                                                                   "Device id:                     1"]
     with pytest.raises(NetcompressError, match="device 2 does not exist"):
         device.device_query_main(["--gpu", "2"])
+    with pytest.raises(NetcompressError, match=r"--gpu cpu: name GPU ids to query"):
+        device.device_query_main(["--gpu", "cpu"])
     with pytest.raises(NetcompressError, match="Need a device ID to query"):
         device.device_query_main([])
     monkeypatch.setattr(device, "_cuda_count", lambda: 0)
