@@ -22,7 +22,7 @@ __all__ = [
     "ToolError", "CONV_TYPES", "IP_TYPES", "DNS_TYPES", "INQ_TYPES", "MASKED_TYPES",
     "PLAIN_WEIGHT_TYPES", "WEIGHT_TYPES", "ModelLayer", "SourceModel", "load_source_model",
     "require_files", "build_target_net", "layer_block", "final_block", "KeptTotals", "run_main",
-    "run_tool", "dims_arg", "NUM_MARK", "fmt_shape", "kind_of", "apply_mask", "print_lines", "layers_in_test_phase",
+    "run_tool", "comma_ints", "dims_arg", "NUM_MARK", "fmt_shape", "kind_of", "apply_mask", "print_lines", "layers_in_test_phase",
     "bias_term_of", "refuse_overwrite", "suspicious_values",
 ]
 
@@ -101,6 +101,14 @@ def run_main(body: Callable[[list[str]], int], usage: str, argv: Sequence[str] |
         print(f"Error: expected {nargs} arguments, got {len(args)}", file=sys.stderr)
         return 2
     return guarded(lambda: body(args), os.path.basename(sys.argv[0] or "script"), "Error: ")
+
+
+def comma_ints(text: str, what: str) -> list[int]:
+    """The comma-separated integers `text` of option `what` (empty parts skipped), or a ToolError naming it."""
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ToolError(f"{what}: expected comma-separated integers, got '{text}'") from None
 
 
 def dims_arg(example: str, count: int | None = None) -> Callable[[str], tuple[int, ...]]:

@@ -29,9 +29,9 @@ import numpy as np
 
 from .. import io as ncio
 from ..errors import NetcompressError
-from ._common import ToolError, run_tool
+from ._common import ToolError, comma_ints, run_tool
 
-__all__ = ["load_inputs", "read_labels", "read_mean", "ints", "add_net_args", "check_net_args", "swap_channels",
+__all__ = ["load_inputs", "read_labels", "read_mean", "add_net_args", "check_net_args", "swap_channels",
            "main"]
 
 
@@ -99,14 +99,6 @@ def read_mean(path: str) -> np.ndarray:
     return arr[0] if arr.ndim == 4 else arr
 
 
-def ints(text: str, what: str) -> list[int]:
-    """Comma-separated integers of option `what`."""
-    try:
-        return [int(s) for s in text.split(",")]
-    except ValueError:
-        raise ToolError(f"{what} takes comma-separated integers, got '{text}'") from None
-
-
 def add_net_args(p: argparse.ArgumentParser, mean_help: str) -> None:
     """The options Caffe's classify.py and detect.py share: the net, the mode, the preprocessing."""
     p.add_argument("--model_def", required=True, help="model definition file (a deploy prototxt)")
@@ -141,7 +133,7 @@ def swap_channels(net, channel_swap: str) -> None:
     """--channel_swap on `net`'s transformer, for a three-channel input (others keep their channels)."""
     in_ = net.inputs[0]
     if channel_swap and net.blobs[in_].data.shape[1] == 3:
-        net.transformer.set_channel_swap(in_, ints(channel_swap, "--channel_swap"))
+        net.transformer.set_channel_swap(in_, comma_ints(channel_swap, "--channel_swap"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ToolError(f"--top_k must be at least 1, got {a.top_k}")
         check_net_args(a)
         mean = read_mean(a.mean_file) if a.mean_file else None
-        image_dims = ints(a.images_dim, "--images_dim") if a.images_dim else None
+        image_dims = comma_ints(a.images_dim, "--images_dim") if a.images_dim else None
         if image_dims is not None and (len(image_dims) != 2 or min(image_dims) < 1):
             raise ToolError(f"--images_dim takes 'height,width', got '{a.images_dim}'")
         classifier = caffe.Classifier(a.model_def, a.pretrained_model, image_dims=image_dims, mean=mean,

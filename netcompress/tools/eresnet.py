@@ -27,7 +27,7 @@ from .. import io as ncio
 from ..errors import NetcompressError
 from ..log import get_logger
 from ..proto import caffe_pb2 as pb
-from ._common import ToolError, fmt_shape, require_files, run_tool
+from ._common import ToolError, comma_ints, fmt_shape, require_files, run_tool
 
 __all__ = ["make_epsilon_resnet", "make_epsilon_resnet_main", "Block", "find_blocks", "layer_producers",
            "layer_ancestors",
@@ -222,13 +222,6 @@ def make_epsilon_resnet(depth: int, *, widths: Sequence[int] = (16, 32, 64),
     return net
 
 
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ToolError(f"{what}: expected comma-separated integers, got '{text}'") from None
-
-
 def make_epsilon_resnet_main(argv: Sequence[str] | None = None) -> int:
     """`make_epsilon_resnet --depth D --out train_val.prototxt [options]`"""
     p = argparse.ArgumentParser(
@@ -261,7 +254,7 @@ def make_epsilon_resnet_main(argv: Sequence[str] | None = None) -> int:
     def run(a: argparse.Namespace) -> int:
         mean = [float(m) for m in a.mean_value.split(",") if m.strip()]
         net = make_epsilon_resnet(
-            a.depth, widths=_ints(a.widths, "--widths"), input_shape=_ints(a.input, "--input"),
+            a.depth, widths=comma_ints(a.widths, "--widths"), input_shape=comma_ints(a.input, "--input"),
             num_classes=a.classes, epsilon=a.epsilon, epsilon_start_epoch=a.epsilon_start_epoch,
             side_output=not a.no_side_output, side_after=a.side_after, side_weight=a.side_weight,
             train_source=a.train_source, test_source=a.test_source, batch_size=a.batch_size,
@@ -834,6 +827,6 @@ def compress_epsilon_resnet_main(argv: Sequence[str] | None = None) -> int:
             a.train_prototxt, a.weights, a.out_prototxt, a.out_model, log_path=a.log_path,
             iteration=a.iteration, solverstate=a.solverstate, criterion=a.criterion, cfg_path=a.cfg_path,
             caffe_compatible=a.caffe_compatible, output=a.output, gate_iters=a.gate_iters,
-            input_shape=_ints(a.input_shape, "--input-shape") if a.input_shape else None)
+            input_shape=comma_ints(a.input_shape, "--input-shape") if a.input_shape else None)
         return 0
     return run_tool(p, argv, run)
