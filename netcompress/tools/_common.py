@@ -22,7 +22,8 @@ __all__ = [
     "ToolError", "CONV_TYPES", "IP_TYPES", "DNS_TYPES", "INQ_TYPES", "MASKED_TYPES",
     "PLAIN_WEIGHT_TYPES", "WEIGHT_TYPES", "ModelLayer", "SourceModel", "load_source_model",
     "require_files", "build_target_net", "layer_block", "final_block", "KeptTotals", "run_main",
-    "run_tool", "comma_ints", "dims_arg", "NUM_MARK", "fmt_shape", "kind_of", "apply_mask", "print_lines", "layers_in_test_phase",
+    "run_tool", "comma_ints", "dims_arg", "NUM_MARK", "fmt_shape", "kind_of", "apply_mask", "print_lines",
+    "layers_in_test_phase",
     "bias_term_of", "refuse_overwrite", "suspicious_values",
 ]
 
