@@ -30,8 +30,9 @@ __all__ = [
     "atomic_write", "atomic_file", "parse_text_proto", "read_text_proto", "write_text_proto",
     "read_binary_proto", "write_binary_proto", "read_net", "read_solver", "read_caffemodel",
     "write_caffemodel", "read_binaryproto_array", "write_binaryproto_array", "blob_to_array",
-    "array_to_blob", "blob_shape", "check_input_file", "read_input_bytes", "clean_stale_temporaries",
-    "check_utf8_strings", "MAX_TEXT_PROTO_BYTES", "MAX_BINARY_PROTO_BYTES", "max_text_proto_bytes",
+    "array_to_blob", "blob_shape", "check_input_file", "read_input_bytes", "read_input_text",
+    "clean_stale_temporaries", "check_utf8_strings", "is_placeholder_blob", "MAX_TEXT_PROTO_BYTES",
+    "MAX_BINARY_PROTO_BYTES", "max_text_proto_bytes",
 ]
 
 
@@ -129,6 +130,16 @@ def read_input_bytes(path: str | os.PathLike, what: str = "file", limit: int | N
     if limit is not None and len(data) > limit:
         raise error(path, f"has more than {limit:,} bytes; a {what} may have at most {limit:,} bytes{limit_hint}")
     return data
+
+
+def read_input_text(path: str | os.PathLike, what: str = "file") -> str:
+    """The UTF-8 text of the regular file `path` (`read_input_bytes`); a byte that is not UTF-8 is an error
+    naming the path and the byte's offset."""
+    data = read_input_bytes(path, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FileError(path, f"byte {e.start} is not UTF-8 text (expected a {what})") from None
 
 
 # -- atomic writes --------------------------------------------------------------------------------

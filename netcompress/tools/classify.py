@@ -71,10 +71,7 @@ def load_inputs(path: str, ext: str, color: bool) -> list[np.ndarray]:
 
 def read_labels(path: str, classes: int) -> list[str]:
     """One class name a line; as many lines as the net has outputs."""
-    try:
-        labels = ncio.read_input_bytes(path, "labels file").decode("utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise ToolError(f"{path}: byte {e.start} is not UTF-8 text") from None
+    labels = ncio.read_input_text(path, "labels file").splitlines()
     while labels and not labels[-1]:
         labels.pop()
     if len(labels) != classes:

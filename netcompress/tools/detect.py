@@ -34,11 +34,7 @@ COORD_COLS = ["ymin", "xmin", "ymax", "xmax"]
 
 def read_windows(path: str) -> list[tuple[str, list[list[int]]]]:
     """(image file, windows) in the order the files first appear; each window ymin, xmin, ymax, xmax."""
-    try:
-        text = ncio.read_input_bytes(path, "windows file").decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ToolError(f"{path}: byte {e.start} is not UTF-8 text") from None
-    with io.StringIO(text, newline="") as f:
+    with io.StringIO(ncio.read_input_text(path, "windows file"), newline="") as f:
         reader = csv.DictReader(f, skipinitialspace=True)
         fields = [c.strip() for c in reader.fieldnames or []]
         reader.fieldnames = fields
@@ -72,11 +68,7 @@ def read_windows(path: str) -> list[tuple[str, list[list[int]]]]:
 
 
 def _read_image_list(path: str) -> list[str]:
-    try:
-        text = ncio.read_input_bytes(path, "image list").decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ToolError(f"{path}: byte {e.start} is not UTF-8 text") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [line.strip() for line in ncio.read_input_text(path, "image list").splitlines() if line.strip()]
 
 
 def write_detections(path: str, detections: Sequence[dict]) -> None:

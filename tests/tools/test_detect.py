@@ -142,6 +142,9 @@ def test_bad_input(scene, tmp_path, capsys):
         fails(f"filename,ymin,xmin,ymax,xmax\n{paths[0]},60,60,70,70\n", "--context_pad", "0")
     assert "selective_search_ijcv_with_python" in fails(f"{paths[0]}\n", name="images.txt")
     assert "unknown input file type" in fails("x", name="w.json")
+    (tmp_path / "latin1.csv").write_bytes(b"filename,ymin,xmin,ymax,xmax\nb\xe9.png,0,0,28,28\n")
+    assert main([str(tmp_path / "latin1.csv"), out, *base]) == 1
+    assert "latin1.csv: byte 30 is not UTF-8 text (expected a windows file)" in capsys.readouterr().err
     import os
     os.mkfifo(tmp_path / "pipe.csv")
     assert main([str(tmp_path / "pipe.csv"), out, *base]) == 1
