@@ -69,15 +69,21 @@ def read_idx(path: str, kind: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, count=count, offset=offset).reshape(shape)
 
 
-def convert_mnist(images: str, labels: str, db_path: str, map_size: int = 1 << 26,
-                  backend: str = LMDB) -> int:
-    """Caffe's convert_mnist_data: IDX images + labels -> LMDB (or LevelDB) of raw 1xHxW Datums, keys %08d."""
+def _read_mnist(images: str, labels: str) -> tuple[np.ndarray, np.ndarray]:
+    """An IDX image file and its label file, of one length (logged as Caffe's converters log them)."""
     x = read_idx(images, "images")
     y = read_idx(labels, "labels")
     if len(x) != len(y):
         raise DataError(f"{images} holds {len(x)} images, {labels} holds {len(y)} labels")
     log.info("A total of %d items.", len(x))
     log.info("Rows: %d Cols: %d", x.shape[1], x.shape[2])
+    return x, y
+
+
+def convert_mnist(images: str, labels: str, db_path: str, map_size: int = 1 << 26,
+                  backend: str = LMDB) -> int:
+    """Caffe's convert_mnist_data: IDX images + labels -> LMDB (or LevelDB) of raw 1xHxW Datums, keys %08d."""
+    x, y = _read_mnist(images, labels)
     with open_writer(db_path, backend, map_size=map_size) as db:
         datum = pb.Datum(channels=1, height=int(x.shape[1]), width=int(x.shape[2]))
         for i in range(len(x)):
@@ -97,16 +103,11 @@ def convert_mnist_siamese(images: str, labels: str, db_path: str, seed: int | No
     example reads."""
     from ..rng import CaffeRNG
 
-    x = read_idx(images, "images")
-    y = read_idx(labels, "labels")
-    if len(x) != len(y):
-        raise DataError(f"{images} holds {len(x)} images, {labels} holds {len(y)} labels")
+    x, y = _read_mnist(images, labels)
     n = len(x)
     if n == 0:
         raise DataError(f"{images}: no images to pair")
     rng = CaffeRNG(seed)
-    log.info("A total of %d items.", n)
-    log.info("Rows: %d Cols: %d", x.shape[1], x.shape[2])
     log.info("Pairs drawn with seed %d", rng.seed)
     draws = rng.rand_u32(2 * n).astype(np.int64) % n
     with open_writer(db_path, backend) as db:
