@@ -150,6 +150,12 @@ def _load_tensors(reader: _Reader, pin: bool, batch: int) -> list[torch.Tensor]:
     return tensors
 
 
+def _sharded(ctx: LayerContext) -> bool:
+    """Whether a data layer reads its share of the records: TRAIN in a data-parallel run (Caffe's Skip();
+    only rank 0 tests)."""
+    return int(ctx.world_size) > 1 and ctx.phase == pb.TRAIN
+
+
 class BasePrefetchingDataLayer(Layer):
     """Common machinery: seed, sharding, prefetch thread, extra state (see the module docstring).
 
@@ -169,7 +175,7 @@ class BasePrefetchingDataLayer(Layer):
         self.rank, self.world_size = int(ctx.rank), int(ctx.world_size)
         if not 0 <= self.rank < max(1, self.world_size):
             raise self.error(f"rank {self.rank} is outside world_size {self.world_size}")
-        self.sharded = self.world_size > 1 and ctx.phase == pb.TRAIN
+        self.sharded = _sharded(ctx)
         self._batches = 0
         self._prefetcher: Prefetcher | None = None
         self._finalizer: weakref.finalize | None = None
@@ -407,7 +413,7 @@ class DataLayer(BasePrefetchingDataLayer):
         dp = param.data_param
         who = f"layer '{param.name}' (type {param.type})"
         backend = resolve_backend(dp.source, dp.backend if dp.HasField("backend") else None, who)
-        if backend == LEVELDB and int(ctx.world_size) > 1 and ctx.phase == pb.TRAIN:
+        if backend == LEVELDB and _sharded(ctx):
             raise DataError(f"{who}: the {ctx.world_size} processes of a data-parallel run cannot "
                             f"share the LevelDB '{dp.source}' (LevelDB admits one process at a time); "
                             f"copy it to an LMDB, which they can: netcompress convert_db {dp.source} "
