@@ -2,7 +2,6 @@
 in pycaffe's view, against the log Caffe itself wrote for the fixture LeNet."""
 from __future__ import annotations
 
-import logging
 import lzma
 import re
 
@@ -15,31 +14,15 @@ from netcompress.graph import plan_splits, remove_splits
 from netcompress.net import Net
 from netcompress.proto import caffe_pb2 as pb
 
-
-class _NetLog(logging.Handler):
-    """The messages netcompress/net.py logs (Caffe's net.cpp lines)."""
-
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        # net.py's lines, and the Data layer's own ("Opened lmdb", "output data size")
-        if record.filename in ("net.py", "data.py"):
-            self.lines.append(record.getMessage())
+from log_helpers import netcompress_log
 
 
 @pytest.fixture
 def net_log():
-    logger = logging.getLogger("netcompress")
-    h, old = _NetLog(), logger.level
-    logger.addHandler(h)
-    logger.setLevel(logging.INFO)
-    try:
+    """The messages netcompress/net.py logs (Caffe's net.cpp lines), and the Data layer's own ("Opened lmdb",
+    "output data size")."""
+    with netcompress_log(lambda r: r.filename in ("net.py", "data.py")) as h:
         yield h.lines
-    finally:
-        logger.removeHandler(h)
-        logger.setLevel(old)
 
 
 def _caffe_net_setups(caffe_fixtures, log_name: str = "train_lenet.log.xz") -> list[list[str]]:

@@ -13,6 +13,7 @@ from netcompress.net import Net
 from netcompress.proto import caffe_pb2 as pb
 from netcompress.solvers import Solver
 
+from log_helpers import netcompress_log
 from small_net import solver_param, workdir  # noqa: F401 (workdir: a fixture)
 
 BRANCHED = """
@@ -31,30 +32,15 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "s" bottom: "label" top: "l
 """
 
 
-class Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-    def debug_lines(self) -> list[str]:
-        return [r.getMessage() for r in self.records
-                if re.match(r"    \[(Forward|Backward)\] Layer ", r.getMessage())]
+def debug_lines(h) -> list[str]:
+    """The [Forward]/[Backward] lines of layers among the captured messages."""
+    return [m for m in h.lines if re.match(r"    \[(Forward|Backward)\] Layer ", m)]
 
 
 @pytest.fixture
 def lines():
-    logger = logging.getLogger("netcompress")
-    h, old = Lines(), logger.level
-    logger.addHandler(h)
-    logger.setLevel(logging.INFO)
-    try:
+    with netcompress_log() as h:
         yield h
-    finally:
-        logger.removeHandler(h)
-        logger.setLevel(old)
 
 
 def mean_abs(t: torch.Tensor) -> str:
@@ -72,7 +58,7 @@ def test_lines_order_and_values(lines):
         blobs[t].retain_grad()
     net.loss.backward()
     net.log_backward_debug_info()
-    got = lines.debug_lines()
+    got = debug_lines(lines)
     wa, ba = net.layer("a").weight, net.layer("a").bias
     wb, bb = net.layer("b").weight, net.layer("b").bias
     wc, bc = net.layer("c").weight, net.layer("c").bias
@@ -119,12 +105,12 @@ def test_lines_order_and_values(lines):
     assert norms.getMessage() == (f"    [Backward] All net params (data, diff): L1 norm = ({l1d:g}, {l1g:g}); "
                                   f"L2 norm = ({l2d:g}, {l2g:g})")
     # off: nothing
-    lines.records.clear()
+    lines.clear()
     net.debug_info = False
     net(x=x, label=label)
     net.loss.backward()
     net.log_backward_debug_info()
-    assert not lines.debug_lines()
+    assert not debug_lines(lines)
 
 
 def test_the_solver_logs_display_iterations_and_test_forwards(workdir, lines):
@@ -165,14 +151,14 @@ def test_pycaffe_forward_and_backward_write_the_same_lines(tmp_path, lines):
     core(x=x, label=label)
     core.loss.backward()
     core.log_backward_debug_info()
-    want = lines.debug_lines()
-    lines.records.clear()
+    want = debug_lines(lines)
+    lines.clear()
     net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TRAIN, weights=str(tmp_path / "w.caffemodel"))
     net.blobs["x"].data[...] = x.numpy()
     net.blobs["label"].data[...] = label.numpy()
     net.forward()
     net.backward()
-    assert lines.debug_lines() == want
+    assert debug_lines(lines) == want
     assert not [r for r in lines.records if "All net params" in r.getMessage()]
 
 
@@ -180,14 +166,14 @@ def test_pycaffe_forward_and_backward_write_the_same_lines(tmp_path, lines):
 def test_the_lines_on_cuda_are_the_cpus(lines):
     """The same net on a GPU writes the same lines, its values within float rounding of the CPU's."""
     def run(device):
-        lines.records.clear()
+        lines.clear()
         net = Net(text_format.Parse(BRANCHED, pb.NetParameter()), phase=pb.TRAIN, seed=4, verbose=False,
                   device=device)
         x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)).to(device)
         net(x=x, label=torch.tensor([0.0, 1.0, 2.0, 1.0], device=device))
         net.loss.backward()
         net.log_backward_debug_info()
-        return [m.rsplit(": ", 1) for m in lines.debug_lines()]
+        return [m.rsplit(": ", 1) for m in debug_lines(lines)]
 
     cpu, gpu = run("cpu"), run("cuda")
     assert [k for k, _ in cpu] == [k for k, _ in gpu] and cpu
