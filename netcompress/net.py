@@ -797,9 +797,8 @@ class Net(nn.Module):
         out = pb.NetParameter()
         out.name = self.name
         splits = self._splits
-        for _, layer in self.named_layers():
-            layer.sync_host_writes()
         for li, (name, layer) in enumerate(self.named_layers()):
+            layer.sync_host_writes()  # (a Python layer's host copies of its parameters)
             lp = out.layer.add()
             lp.CopyFrom(layer.layer_param)
             lp.ClearField("blobs")
