@@ -34,23 +34,19 @@ void launch_quantize_v(int64_t n, scalar_t* w, scalar_t* m, const ScalarRef& thr
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// One pass per kRadixBits of the key, from the top: float32 keys have 31 bits (the sign is clear), float64 63.
-// The last pass's digit may overlap bits already chosen (the low kRadixBits bits); they agree, so that is harmless.
+// The passes of for_each_select_pass (inq_kernels.cuh), each one launch over the whole tensor.
 template <typename scalar_t, int V>
 void launch_select_v(const at::Tensor& like, int64_t n, const scalar_t* w, const scalar_t* m, int64_t k,
                      scalar_t* out, cudaStream_t stream) {
   static const int per_sm = resident_blocks_per_sm(inq_select_pass_kernel<scalar_t, V>);
   const int blocks = reduction_blocks(n, V, per_sm);
   const Scratch scratch = make_scratch(like, blocks, 0, true);
-  constexpr int kKeyBits = int(sizeof(scalar_t)) * 8 - 1;
   auto* state = static_cast<SelectState*>(scratch.state);
-  for (int shift = kKeyBits - kRadixBits, first = 1;; shift -= kRadixBits, first = 0) {
-    const int s = std::max(shift, 0);
+  for_each_select_pass<scalar_t>([&](int shift, int first, int last) {
     inq_select_pass_kernel<scalar_t, V><<<blocks, kThreads, 0, stream>>>(
-        n, w, m, static_cast<long long>(k), s, first, s == 0, state, scratch.hist, scratch.ticket, out);
+        n, w, m, static_cast<long long>(k), shift, first, last, state, scratch.hist, scratch.ticket, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (s == 0) break;
-  }
+  });
 }
 
 at::Tensor inq_mask_stats_cuda(const at::Tensor& weight, const at::Tensor& mask) {

@@ -225,6 +225,19 @@ __global__ void __launch_bounds__(kThreads) inq_select_pass_kernel(int64_t n, co
   for (int j = 0; j < kPerThread; ++j) hist[threadIdx.x * kPerThread + j] = 0ull;
 }
 
+// The passes of one selection (host side): launch(shift, first, last) once per kRadixBits of the key, from the
+// top. float32 keys have 31 bits (the sign is clear), float64 63; the last pass's digit may overlap bits already
+// chosen (the low kRadixBits bits), which agree, so that is harmless.
+template <typename scalar_t, typename Launch>
+inline void for_each_select_pass(Launch&& launch) {
+  constexpr int kKeyBits = int(sizeof(scalar_t)) * 8 - 1;
+  for (int shift = kKeyBits - kRadixBits, first = 1;; shift -= kRadixBits, first = 0) {
+    const int s = shift > 0 ? shift : 0;
+    launch(s, first, s == 0);
+    if (s == 0) break;
+  }
+}
+
 }  // namespace cuda
 }  // namespace netcompress
 

@@ -20,18 +20,7 @@
 namespace netcompress {
 namespace cuda {
 
-// ---- grids ----
-
-inline int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
-
-// Element-wise kernels: one 16-byte pack per thread (the pack loop of loops.cuh is grid-stride, so a grid this
-// large is only a bound for the biggest tensors). Many short blocks balance the SMs without a per-device size.
-inline int elementwise_blocks(int64_t n, int vec) {
-  const int64_t blocks = ceil_div(ceil_div(n, vec), kThreads);
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(blocks, int64_t(1) << 30)));
-}
+// ---- grids (the formulas are loops.cuh's; here the device's figures) ----
 
 // How many blocks of `kernel` (kThreads threads, static shared memory only) one SM holds at once.
 template <typename Kernel>
@@ -41,10 +30,6 @@ inline int resident_blocks_per_sm(Kernel kernel) {
   return std::max(blocks, 1);
 }
 
-// Reductions (one partial per block, folded by the last block): one full wave of resident blocks, fewer for a
-// small input. The grid, and with it the order of the float64 sums, is fixed per device and size, so a result
-// is the same bits on every run on that device. `per_sm` is the kernel's resident_blocks_per_sm, which the
-// caller computes once (a function-local static per kernel instantiation).
 // The current device's multiprocessor count, looked up once per device (no ATen/cuda/CUDAContext.h: it needs
 // the cuSPARSE and cuBLAS headers, which a compile-only toolkit may lack).
 inline int sm_count() {
@@ -59,11 +44,10 @@ inline int sm_count() {
   return sms;
 }
 
+// A reduction's grid on the current device (reduce.cuh's formula): `per_sm` is the kernel's
+// resident_blocks_per_sm, which the caller computes once (a function-local static per kernel instantiation).
 inline int reduction_blocks(int64_t n, int vec, int per_sm) {
-  const int sms = sm_count();
-  const int64_t wave = std::min<int64_t>(int64_t(sms) * per_sm, kMaxReduceBlocks);
-  const int64_t blocks = ceil_div(ceil_div(n, vec), kThreads);
-  return static_cast<int>(std::max<int64_t>(1, std::min(blocks, wave)));
+  return reduction_blocks_in_wave(n, vec, int64_t(sm_count()) * per_sm);
 }
 
 // Whether `vec`-wide packs may be used: every pointer 16-byte aligned.

@@ -1,10 +1,12 @@
-// Loop helpers shared by the CUDA kernels, without torch: 16-byte packs, the grid-stride loop over packs with a
-// scalar tail, scalar arguments read on the device, and float bit casts. CI compiles this header alone with nvcc.
+// Loop helpers shared by the CUDA kernels, without torch: grid sizes, 16-byte packs, the grid-stride loop over
+// packs with a scalar tail, scalar arguments read on the device, and float bit casts. CI compiles this header
+// alone with nvcc; tests/ops/cuda_emu runs it on the host.
 #pragma once
 
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <algorithm>
 #include <type_traits>
 
 namespace netcompress {
@@ -30,6 +32,19 @@ __device__ __forceinline__ Pack<T, kVec> load_pack(const T* p) {
 template <typename T, int kVec>
 __device__ __forceinline__ void store_pack(T* p, const Pack<T, kVec>& x) {
   *reinterpret_cast<Pack<T, kVec>*>(p) = x;
+}
+
+// ---- grids (host side; launch.h and the emulated kernels' tests launch with these) ----
+
+inline int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+// Element-wise kernels: one 16-byte pack per thread (the pack loop below is grid-stride, so a grid this large is
+// only a bound for the biggest tensors). Many short blocks balance the SMs without a per-device size.
+inline int elementwise_blocks(int64_t n, int vec) {
+  const int64_t blocks = ceil_div(ceil_div(n, vec), kThreads);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(blocks, int64_t(1) << 30)));
 }
 
 __device__ __forceinline__ int64_t global_thread() {

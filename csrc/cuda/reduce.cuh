@@ -18,6 +18,15 @@ namespace cuda {
 // The most blocks a reduction is launched with (one full wave on today's GPUs is ~1000).
 constexpr int kMaxReduceBlocks = 4096;
 
+// Reductions (one partial per block, folded by the last block): one full wave of resident blocks (`wave`: the
+// device's SMs times the kernel's resident blocks per SM, launch.h), fewer for a small input. The grid, and with
+// it the order of the float64 sums, is then fixed per device and size, so a result is the same bits on every run
+// on that device.
+inline int reduction_blocks_in_wave(int64_t n, int vec, int64_t wave) {
+  const int64_t blocks = ceil_div(ceil_div(n, vec), kThreads);
+  return static_cast<int>(std::max<int64_t>(1, std::min({blocks, wave, int64_t(kMaxReduceBlocks)})));
+}
+
 // Folds `acc` over the block in a fixed tree order; the block's total ends in shared[0].
 template <typename Acc>
 __device__ inline void block_fold(Acc acc, Acc* shared) {
