@@ -260,26 +260,25 @@ inline T __shfl_up_sync(unsigned int mask, T v, unsigned int delta) {
   return ::nc_emu::shuffle(mask, v, -static_cast<int>(delta));
 }
 
+namespace nc_emu {
+template <typename To, typename From>
+inline To bit_cast(From x) {
+  static_assert(sizeof(To) == sizeof(From), "a bit cast keeps the width");
+  To y;
+  memcpy(&y, &x, sizeof y);
+  return y;
+}
+}  // namespace nc_emu
+
 inline unsigned int __float_as_uint(float x) {
-  unsigned int u;
-  memcpy(&u, &x, sizeof u);
-  return u;
+  return ::nc_emu::bit_cast<unsigned int>(x);
 }
-
 inline float __uint_as_float(unsigned int u) {
-  float x;
-  memcpy(&x, &u, sizeof x);
-  return x;
+  return ::nc_emu::bit_cast<float>(u);
 }
-
 inline long long __double_as_longlong(double x) {
-  long long u;
-  memcpy(&u, &x, sizeof u);
-  return u;
+  return ::nc_emu::bit_cast<long long>(x);
 }
-
 inline double __longlong_as_double(long long u) {
-  double x;
-  memcpy(&x, &u, sizeof x);
-  return x;
+  return ::nc_emu::bit_cast<double>(u);
 }

@@ -41,22 +41,18 @@ struct Types {
   using acc_t = A;
 };
 
-template <typename F>
+// kFloatOnly: the INQ kernels, which take float32 and float64 only (as their op files dispatch).
+template <bool kFloatOnly, typename F>
 void dispatch(int dtype, F&& f) {
-  switch (dtype) {
-    case 0: f(Types<float, float>{}); break;
-    case 1: f(Types<double, double>{}); break;
-    case 2: f(Types<c10::Half, float>{}); break;
-    case 3: f(Types<c10::BFloat16, float>{}); break;
-    default: throw std::runtime_error("dtype code " + std::to_string(dtype) + " is not 0-3");
+  if (dtype == 0) return f(Types<float, float>{});
+  if (dtype == 1) return f(Types<double, double>{});
+  if constexpr (kFloatOnly) {
+    throw std::runtime_error("INQ kernels take float32 or float64");
+  } else {
+    if (dtype == 2) return f(Types<c10::Half, float>{});
+    if (dtype == 3) return f(Types<c10::BFloat16, float>{});
+    throw std::runtime_error("dtype code " + std::to_string(dtype) + " is not 0-3");
   }
-}
-
-// INQ ops take float32 and float64 only, as their op files dispatch.
-template <typename F>
-void dispatch_inq(int dtype, F&& f) {
-  if (dtype != 0 && dtype != 1) throw std::runtime_error("INQ kernels take float32 or float64");
-  dispatch(dtype, f);
 }
 
 template <typename F>
@@ -104,13 +100,17 @@ struct ReduceScratch {
   }
 };
 
-template <typename T, typename Kernel>
-void pick_vec(int vec, Kernel&& kernel) {
-  if (vec) {
-    kernel(std::integral_constant<int, kPackOf<T>>{});
-  } else {
-    kernel(std::integral_constant<int, 1>{});
-  }
+// f(Types<T, A>{}, std::integral_constant<int, V>{}) for the dtype and the pack width vec asks for.
+template <bool kFloatOnly = false, typename F>
+void with_vec(int dtype, int vec, F&& f) {
+  dispatch<kFloatOnly>(dtype, [&](auto types) {
+    using T = typename decltype(types)::scalar_t;
+    if (vec) {
+      f(types, std::integral_constant<int, kPackOf<T>>{});
+    } else {
+      f(types, std::integral_constant<int, 1>{});
+    }
+  });
 }
 
 }  // namespace
@@ -134,15 +134,13 @@ int emu_configure(unsigned long long seed, int order, long long wave, long long 
 
 int emu_dns_masked_weight(int dtype, int vec, long long n, const void* w, const void* m, void* out) {
   return guarded([&] {
-    dispatch(dtype, [&](auto types) {
+    with_vec(dtype, vec, [&](auto types, auto v) {
       using T = typename decltype(types)::scalar_t;
       using A = typename decltype(types)::acc_t;
-      pick_vec<T>(vec, [&](auto v) {
-        constexpr int V = decltype(v)::value;
-        launch(elementwise_grid(n, V), [&] {
-          dns_masked_weight_kernel<T, A, V>(n, static_cast<const T*>(w), static_cast<const T*>(m),
-                                            static_cast<T*>(out));
-        });
+      constexpr int V = decltype(v)::value;
+      launch(elementwise_grid(n, V), [&] {
+        dns_masked_weight_kernel<T, A, V>(n, static_cast<const T*>(w), static_cast<const T*>(m),
+                                          static_cast<T*>(out));
       });
     });
   });
@@ -152,19 +150,17 @@ int emu_dns_masked_weight(int dtype, int vec, long long n, const void* w, const 
 int emu_dns_stats(int dtype, int vec, long long nw, const void* w, const void* wm, long long nb, const void* b,
                   const void* bm, double* out) {
   return guarded([&] {
-    dispatch(dtype, [&](auto types) {
+    with_vec(dtype, vec, [&](auto types, auto v) {
       using T = typename decltype(types)::scalar_t;
-      pick_vec<T>(vec, [&](auto v) {
-        constexpr int V = decltype(v)::value;
-        const int blocks = reduction_blocks_in_wave(nw + nb, V, options.wave);
-        ReduceScratch<kernels::DnsStatsAcc> scratch(blocks);
-        launch(blocks, [&] {
-          dns_stats_kernel<T, V>(nw, static_cast<const T*>(w), static_cast<const T*>(wm), nb,
-                                 static_cast<const T*>(b), static_cast<const T*>(bm), scratch.partials.data(),
-                                 &scratch.ticket, out);
-        });
-        scratch.check_ticket();
+      constexpr int V = decltype(v)::value;
+      const int blocks = reduction_blocks_in_wave(nw + nb, V, options.wave);
+      ReduceScratch<kernels::DnsStatsAcc> scratch(blocks);
+      launch(blocks, [&] {
+        dns_stats_kernel<T, V>(nw, static_cast<const T*>(w), static_cast<const T*>(wm), nb,
+                               static_cast<const T*>(b), static_cast<const T*>(bm), scratch.partials.data(),
+                               &scratch.ticket, out);
       });
+      scratch.check_ticket();
     });
   });
 }
@@ -176,15 +172,13 @@ int emu_dns_update_mask(int dtype, int vec, long long n, const void* w, void* m,
     double low64, high64;
     const ScalarRef low_ref = scalar_ref(low_kind, low, &low32, &low64);
     const ScalarRef high_ref = scalar_ref(high_kind, high, &high32, &high64);
-    dispatch(dtype, [&](auto types) {
+    with_vec(dtype, vec, [&](auto types, auto v) {
       using T = typename decltype(types)::scalar_t;
       using A = typename decltype(types)::acc_t;
-      pick_vec<T>(vec, [&](auto v) {
-        constexpr int V = decltype(v)::value;
-        launch(elementwise_grid(n, V), [&] {
-          dns_update_mask_kernel<T, A, V>(n, static_cast<const T*>(w), static_cast<T*>(m), static_cast<T*>(out),
-                                          low_ref, high_ref);
-        });
+      constexpr int V = decltype(v)::value;
+      launch(elementwise_grid(n, V), [&] {
+        dns_update_mask_kernel<T, A, V>(n, static_cast<const T*>(w), static_cast<T*>(m), static_cast<T*>(out),
+                                        low_ref, high_ref);
       });
     });
   });
@@ -192,15 +186,13 @@ int emu_dns_update_mask(int dtype, int vec, long long n, const void* w, void* m,
 
 int emu_dns_splice_grad(int dtype, int vec, long long n, void* diff, const void* m, const void* g) {
   return guarded([&] {
-    dispatch(dtype, [&](auto types) {
+    with_vec(dtype, vec, [&](auto types, auto v) {
       using T = typename decltype(types)::scalar_t;
       using A = typename decltype(types)::acc_t;
-      pick_vec<T>(vec, [&](auto v) {
-        constexpr int V = decltype(v)::value;
-        launch(elementwise_grid(n, V), [&] {
-          dns_splice_grad_kernel<T, A, V>(n, static_cast<T*>(diff), static_cast<const T*>(m),
-                                          static_cast<const T*>(g));
-        });
+      constexpr int V = decltype(v)::value;
+      launch(elementwise_grid(n, V), [&] {
+        dns_splice_grad_kernel<T, A, V>(n, static_cast<T*>(diff), static_cast<const T*>(m),
+                                        static_cast<const T*>(g));
       });
     });
   });
@@ -209,18 +201,16 @@ int emu_dns_splice_grad(int dtype, int vec, long long n, void* diff, const void*
 // out: [max|v| mask==1, max|v| mask==0, #mask==1, #mask==0, #other].
 int emu_inq_mask_stats(int dtype, int vec, long long n, const void* w, const void* m, double* out) {
   return guarded([&] {
-    dispatch_inq(dtype, [&](auto types) {
+    with_vec</*kFloatOnly=*/true>(dtype, vec, [&](auto types, auto v) {
       using T = typename decltype(types)::scalar_t;
-      pick_vec<T>(vec, [&](auto v) {
-        constexpr int V = decltype(v)::value;
-        const int blocks = reduction_blocks_in_wave(n, V, options.wave);
-        ReduceScratch<kernels::InqRangeAcc> scratch(blocks);
-        launch(blocks, [&] {
-          inq_mask_stats_kernel<T, V>(n, static_cast<const T*>(w), static_cast<const T*>(m),
-                                      scratch.partials.data(), &scratch.ticket, out);
-        });
-        scratch.check_ticket();
+      constexpr int V = decltype(v)::value;
+      const int blocks = reduction_blocks_in_wave(n, V, options.wave);
+      ReduceScratch<kernels::InqRangeAcc> scratch(blocks);
+      launch(blocks, [&] {
+        inq_mask_stats_kernel<T, V>(n, static_cast<const T*>(w), static_cast<const T*>(m),
+                                    scratch.partials.data(), &scratch.ticket, out);
       });
+      scratch.check_ticket();
     });
   });
 }
@@ -231,26 +221,24 @@ int emu_inq_threshold(int dtype, int vec, long long n, const void* w, const void
                       int* passes) {
   return guarded([&] {
     if (n_keep < 0 || n_keep >= n) throw std::runtime_error("n_keep must be in [0, n)");
-    dispatch_inq(dtype, [&](auto types) {
+    with_vec</*kFloatOnly=*/true>(dtype, vec, [&](auto types, auto v) {
       using T = typename decltype(types)::scalar_t;
-      pick_vec<T>(vec, [&](auto v) {
-        constexpr int V = decltype(v)::value;
-        const int blocks = reduction_blocks_in_wave(n, V, options.wave);
-        ReduceScratch<char> scratch(blocks);
-        SelectState state{};
-        std::vector<unsigned long long> hist(kRadixBins, 0ull);
-        *passes = 0;
-        for_each_select_pass<T>([&](int shift, int first, int last) {
-          launch(blocks, [&] {
-            inq_select_pass_kernel<T, V>(n, static_cast<const T*>(w), static_cast<const T*>(m), n_keep, shift,
-                                         first, last, &state, hist.data(), &scratch.ticket, static_cast<T*>(out));
-          });
-          ++*passes;
-          scratch.check_ticket();
-          for (int b = 0; b < kRadixBins; ++b) {
-            if (hist[b] != 0) throw std::runtime_error("a pass left histogram bin " + std::to_string(b) + " set");
-          }
+      constexpr int V = decltype(v)::value;
+      const int blocks = reduction_blocks_in_wave(n, V, options.wave);
+      ReduceScratch<char> scratch(blocks);
+      SelectState state{};
+      std::vector<unsigned long long> hist(kRadixBins, 0ull);
+      *passes = 0;
+      for_each_select_pass<T>([&](int shift, int first, int last) {
+        launch(blocks, [&] {
+          inq_select_pass_kernel<T, V>(n, static_cast<const T*>(w), static_cast<const T*>(m), n_keep, shift,
+                                       first, last, &state, hist.data(), &scratch.ticket, static_cast<T*>(out));
         });
+        ++*passes;
+        scratch.check_ticket();
+        for (int b = 0; b < kRadixBins; ++b) {
+          if (hist[b] != 0) throw std::runtime_error("a pass left histogram bin " + std::to_string(b) + " set");
+        }
       });
     });
   });
@@ -263,13 +251,11 @@ int emu_inq_quantize(int dtype, int vec, long long n, void* w, void* m, int thr_
     const ScalarRef ref = scalar_ref(thr_kind, thr, &thr32, &thr64);
     // inq_kernel.cu clamps the exponent before the launch.
     const int e_min = static_cast<int>(std::max<long long>(std::min<long long>(n2, 1 << 20), -(1 << 20)));
-    dispatch_inq(dtype, [&](auto types) {
+    with_vec</*kFloatOnly=*/true>(dtype, vec, [&](auto types, auto v) {
       using T = typename decltype(types)::scalar_t;
-      pick_vec<T>(vec, [&](auto v) {
-        constexpr int V = decltype(v)::value;
-        launch(elementwise_grid(n, V), [&] {
-          inq_quantize_kernel<T, V>(n, static_cast<T*>(w), static_cast<T*>(m), ref, e_min);
-        });
+      constexpr int V = decltype(v)::value;
+      launch(elementwise_grid(n, V), [&] {
+        inq_quantize_kernel<T, V>(n, static_cast<T*>(w), static_cast<T*>(m), ref, e_min);
       });
     });
   });
@@ -283,7 +269,7 @@ int emu_act_quant(int dtype, int scaled, int backward, long long n, const void* 
     float alpha32;
     double alpha64;
     const ScalarRef ref = scaled ? scalar_ref(alpha_kind, alpha, &alpha32, &alpha64) : ScalarRef{nullptr, 0, 0.0};
-    dispatch(dtype, [&](auto types) {
+    dispatch<false>(dtype, [&](auto types) {
       using T = typename decltype(types)::scalar_t;
       using A = typename decltype(types)::acc_t;
       const A lo = static_cast<A>(low), hi = static_cast<A>(high);
@@ -310,7 +296,7 @@ int emu_act_quant(int dtype, int scaled, int backward, long long n, const void* 
 int emu_quant_weight(int dtype, int dequant, long long n, long long row_len, const void* w, const void* m,
                      const void* alpha, void* out, double low, double high) {
   return guarded([&] {
-    dispatch(dtype, [&](auto types) {
+    dispatch<false>(dtype, [&](auto types) {
       using T = typename decltype(types)::scalar_t;
       using A = typename decltype(types)::acc_t;
       const A lo = static_cast<A>(low), hi = static_cast<A>(high);
@@ -331,21 +317,18 @@ int emu_quant_weight(int dtype, int dequant, long long n, long long row_len, con
 int emu_sgd_momentum_update(int dtype, int vec, long long n, void* g, void* h, const void* mask, double momentum,
                             double local_rate) {
   return guarded([&] {
-    dispatch(dtype, [&](auto types) {
+    with_vec(dtype, vec, [&](auto types, auto v) {
       using T = typename decltype(types)::scalar_t;
       using A = typename decltype(types)::acc_t;
+      constexpr int V = decltype(v)::value;
       const A mom = static_cast<A>(momentum), rate = static_cast<A>(local_rate);
-      pick_vec<T>(vec, [&](auto v) {
-        constexpr int V = decltype(v)::value;
-        launch(elementwise_grid(n, V), [&] {
-          if (mask != nullptr) {
-            sgd_momentum_update_kernel<T, A, V, true>(n, static_cast<T*>(g), static_cast<T*>(h),
-                                                      static_cast<const T*>(mask), mom, rate);
-          } else {
-            sgd_momentum_update_kernel<T, A, V, false>(n, static_cast<T*>(g), static_cast<T*>(h), nullptr, mom,
-                                                       rate);
-          }
-        });
+      launch(elementwise_grid(n, V), [&] {
+        if (mask != nullptr) {
+          sgd_momentum_update_kernel<T, A, V, true>(n, static_cast<T*>(g), static_cast<T*>(h),
+                                                    static_cast<const T*>(mask), mom, rate);
+        } else {
+          sgd_momentum_update_kernel<T, A, V, false>(n, static_cast<T*>(g), static_cast<T*>(h), nullptr, mom, rate);
+        }
       });
     });
   });
