@@ -16,11 +16,13 @@ What is here, with pycaffe's names and behaviour (BVLC Caffe's python/caffe):
   `caffe.Classifier`, `caffe.Detector` (R-CNN's windowed detection), `caffe.proto.caffe_pb2`,
   `caffe.TRAIN` / `caffe.TEST`, `caffe.Layer` for Python layers;
 - `set_mode_cpu`, `set_mode_gpu`, `set_device` (the device of nets and solvers created afterwards),
-  `set_random_seed`, `init_log`, `log`, `layer_type_list`, `Timer`, and the solver count/rank functions of a
-  single process.
+  `set_random_seed`, `init_log`, `log`, `layer_type_list`, `Timer`;
+- multi-process training as BVLC's python/train.py does it: `set_solver_count`, `set_solver_rank`,
+  `set_multiprocess`, `caffe.NCCL(solver, uid)` with `NCCL.new_uid()`, `bcast()`, `solver.add_callback(nccl)` and
+  `net.after_backward(nccl)` (`netcompress.pycaffe.solver`; over torch.distributed, NCCL between GPUs and gloo
+  between CPU processes).
 
-Not here: `caffe.NCCL` (multi-GPU training from Python; use `netcompress train --gpu 0,1`): using it raises
-NotImplementedError; `Detector.detect_selective_search` needs Caffe's external selective-search module.
+Not here: `Detector.detect_selective_search` needs Caffe's external selective-search module.
 `caffe.draw` draws nets through pydot (`netcompress.tools.draw`).
 
 A Caffe *Python layer* module that does `import caffe` gets this package where no other `caffe` is imported
@@ -36,8 +38,8 @@ from types import ModuleType
 from .. import proto
 from ..proto import caffe_pb2
 from . import io
-from ._base import (TEST, TRAIN, Blob, BlobVec, Layer, set_device, set_mode_cpu, set_mode_gpu,
-                    set_random_seed)
+from ._base import (TEST, TRAIN, Blob, BlobVec, Layer, set_device, set_mode_cpu, set_mode_gpu, set_multiprocess,
+                    set_random_seed, set_solver_count, set_solver_rank, solver_count, solver_rank)
 from .classifier import Classifier
 from .detector import Detector
 from .net import Net
@@ -55,7 +57,6 @@ __all__ = ["Net", "Blob", "BlobVec", "Layer", "TRAIN", "TEST", "Solver", "SGDSol
 __version__ = "1.0.0"  # the BVLC Caffe release whose Python interface this follows
 
 _log = logging.getLogger("netcompress.pycaffe")
-_solver = {"count": 1, "rank": 0, "multiprocess": False}
 
 
 def init_log(level: int = 0, stderr: bool = False) -> None:
@@ -77,29 +78,10 @@ def layer_type_list() -> list[str]:
     return known_layer_types()
 
 
-def solver_count() -> int:
-    return _solver["count"]
-
-
-def set_solver_count(count: int) -> None:
-    _solver["count"] = int(count)
-
-
-def solver_rank() -> int:
-    return _solver["rank"]
-
-
-def set_solver_rank(rank: int) -> None:
-    _solver["rank"] = int(rank)
-
-
-def set_multiprocess(multiprocess: bool) -> None:
-    _solver["multiprocess"] = bool(multiprocess)
-
-
 def has_nccl() -> bool:
-    """False: pycaffe's NCCL interface is not provided."""
-    return False
+    """True: `caffe.NCCL` averages the gradients of solvers in separate processes (torch.distributed: NCCL
+    between GPUs, gloo between CPU processes)."""
+    return True
 
 
 class Timer:
@@ -134,11 +116,12 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def install_as_caffe() -> bool:
+def install_as_caffe(_replacing: ModuleType | None = None) -> bool:
     """Make this package importable as `caffe` (with `caffe.io`, `caffe.proto`, `caffe.proto.caffe_pb2`,
     `caffe.net_spec`, `caffe.draw`, `caffe.coord_map`, `caffe.classifier`, `caffe.detector`) where
-    no module named `caffe` is imported yet; True if it was installed."""
-    if "caffe" in sys.modules:
+    no module named `caffe` is imported yet; True if it was installed. (`_replacing`: the stand-in module of
+    `pycaffe/importable`, which is `caffe` while it imports and gives way to this one.)"""
+    if "caffe" in sys.modules and sys.modules["caffe"] is not _replacing:
         return False
     me: ModuleType = sys.modules[__name__]
     sys.modules["caffe"] = me

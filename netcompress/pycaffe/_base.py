@@ -1,5 +1,6 @@
 """pycaffe's building blocks: `Blob`, `BlobVec`, `Layer` (the base of a Python layer), `TRAIN` / `TEST`, and the
-module-level state that pycaffe keeps in Caffe's singleton (CPU or GPU mode, the device, the random seed).
+module-level state that pycaffe keeps in Caffe's singleton (CPU or GPU mode, the device, the random seed, the
+solver count and rank of a multi-process run).
 
 Blobs hold numpy arrays, as pycaffe's do: `blob.data` and `blob.diff` are arrays to write into
 (`top[0].data[...] = x`), not attributes to assign; `blob.reshape(*shape)` gives a blob of a new shape (its
@@ -17,7 +18,8 @@ from ..proto import caffe_pb2 as _pb
 from ..rng import CaffeRNG
 
 __all__ = ["Blob", "BlobVec", "Layer", "TRAIN", "TEST", "set_mode_cpu", "set_mode_gpu", "set_device",
-           "set_random_seed", "device", "net_rng"]
+           "set_random_seed", "device", "net_rng", "solver_count", "set_solver_count", "solver_rank",
+           "set_solver_rank", "set_multiprocess", "multiprocess"]
 
 TRAIN: int = _pb.TRAIN
 TEST: int = _pb.TEST
@@ -128,7 +130,8 @@ class Layer:
 
 
 # -- Caffe's singleton: mode, device, random seed ---------------------------------------------------------------
-_state: dict = {"gpu": False, "device": 0, "seed": None, "rng": None}
+_state: dict = {"gpu": False, "device": 0, "seed": None, "rng": None, "solver_count": 1, "solver_rank": 0,
+                "multiprocess": False}
 
 
 def set_mode_cpu() -> None:
@@ -170,6 +173,45 @@ def device() -> torch.device:
     if _state["device"] >= n:
         raise RuntimeError(f"caffe.set_device({_state['device']}): only {n} CUDA device(s) are visible")
     return torch.device("cuda", _state["device"])
+
+
+def _non_negative(value, who: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{who} takes a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def solver_count() -> int:
+    """How many solvers train together (Caffe::solver_count; 1 unless a script such as python/train.py sets it)."""
+    return _state["solver_count"]
+
+
+def set_solver_count(count: int) -> None:
+    """Solvers created from now on are one of `count` that train together: each reads its share of a Data
+    layer's records (Caffe's DataLayer::Skip), and only rank 0 tests, logs and snapshots. `caffe.NCCL` then
+    averages their gradients."""
+    count = _non_negative(count, "set_solver_count")
+    if count == 0:
+        raise ValueError("set_solver_count takes a count of at least 1, got 0")
+    _state["solver_count"] = count
+
+
+def solver_rank() -> int:
+    """This process's solver among `solver_count()` (Caffe::solver_rank)."""
+    return _state["solver_rank"]
+
+
+def set_solver_rank(rank: int) -> None:
+    _state["solver_rank"] = _non_negative(rank, "set_solver_rank")
+
+
+def multiprocess() -> bool:
+    return _state["multiprocess"]
+
+
+def set_multiprocess(value: bool) -> None:
+    """Caffe::set_multiprocess: the solvers run in separate processes (python/train.py; caffe.NCCL sets it)."""
+    _state["multiprocess"] = bool(value)
 
 
 def net_rng() -> tuple[int | None, CaffeRNG | None]:

@@ -1034,5 +1034,14 @@ class Net:
         self._callbacks["before_backward"].append(fn)
 
     def after_backward(self, fn: Callable[[int], Any]) -> None:
+        """`fn(layer index)` after each layer's backward; or `after_backward(nccl)` (python/train.py with
+        layer_wise_reduce): that NCCL averages this solver net's gradients, all of them before the update."""
+        from .solver import NCCL
+
+        if isinstance(fn, NCCL):
+            if self._owner is None:
+                raise ValueError("net.after_backward(nccl) applies to a solver's net (solver.net)")
+            fn.attach(self._owner)
+            return
         self._callbacks["after_backward"].append(fn)
 

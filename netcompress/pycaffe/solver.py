@@ -3,8 +3,9 @@
 The training itself is netcompress's Solver (Caffe's loop, update rules and snapshots); these classes give it
 pycaffe's interface: `net` and `test_nets` are `caffe.Net`s (blobs and params as numpy arrays), `step(n)`,
 `solve(resume_file)`, `iter`, `restore`, `snapshot`, `apply_update`, `param`, `lr`, `add_callback`,
-`share_weights`. As in pycaffe, the class decides the update rule (`caffe.AdamSolver(path)` runs Adam whatever the
-file's `type`); `get_solver` takes the file's. The device is the module's mode (`caffe.set_mode_gpu()`), not the
+`share_weights`; and `NCCL`, which averages the gradients of solvers in separate processes, as BVLC's
+python/train.py uses it. As in pycaffe, the class decides the update rule (`caffe.AdamSolver(path)` runs Adam
+whatever the file's `type`); `get_solver` takes the file's. The device is the module's mode (`caffe.set_mode_gpu()`), not the
 file's `solver_mode`, as pycaffe's.
 
 Around every call the nets' numpy side is made coherent: what a script wrote into an input blob, a DummyData
@@ -15,6 +16,8 @@ arrays are not those of the last iteration (run `net.backward()` for them).
 from __future__ import annotations
 
 import os
+import tempfile
+import uuid
 from typing import Any, Callable
 
 from ..proto import caffe_pb2 as pb
@@ -41,7 +44,12 @@ class Solver:
             sp = ncio.read_solver(source)
         if self._solver_type is not None:
             sp.type = self._solver_type
-        self._core = CoreSolver(sp, device=_base.device(), source=source)
+        # One of solver_count() solvers (python/train.py sets the count and rank first): its share of the data,
+        # and only rank 0 tests, logs and snapshots, as Caffe's root solver.
+        rank, count = _base.solver_rank(), _base.solver_count()
+        if rank >= count:
+            raise ValueError(f"caffe.set_solver_rank({rank}) is not below caffe.set_solver_count({count})")
+        self._core = CoreSolver(sp, device=_base.device(), source=source, rank=rank, world_size=count)
         self._wrappers: dict[int, tuple[Any, Net]] = {}
 
     # -- nets ---------------------------------------------------------------------------------------------------
@@ -131,10 +139,19 @@ class Solver:
         """`net` shares this solver's TRAIN-net weights (by layer name)."""
         net.share_with(self.net)
 
-    def add_callback(self, on_start: Callable[[], Any], on_gradients_ready: Callable[[], Any]) -> None:
+    def add_callback(self, on_start: "Callable[[], Any] | NCCL", on_gradients_ready: Callable[[], Any] | None = None
+                     ) -> None:
         """`on_start()` when training starts, `on_gradients_ready()` after each iteration's backward passes,
-        before the update."""
+        before the update; or `add_callback(nccl)`: that NCCL averages the gradients there."""
         from ..solvers.callbacks import TrainingCallback
+
+        if isinstance(on_start, NCCL):
+            if on_gradients_ready is not None:
+                raise TypeError("add_callback(nccl) takes the NCCL alone")
+            on_start.attach(self)
+            return
+        if on_gradients_ready is None:
+            raise TypeError("add_callback takes on_start and on_gradients_ready, or an NCCL")
 
         class _Callback(TrainingCallback):
             def on_start(self, solver) -> None:
@@ -189,14 +206,92 @@ def get_solver(solver_file) -> Solver:
     return _BY_TYPE.get(sp.type, Solver)(path)
 
 
-class NCCL:
-    """pycaffe's multi-GPU NCCL helper: not available (netcompress trains on several GPUs with
-    `netcompress train --gpu ...`, torch.distributed)."""
+_UID_PREFIX = b"netcompress-nccl:"
 
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError("caffe.NCCL (multi-GPU training from Python) is not provided; run "
-                                  "`netcompress train` with several GPUs instead")
+
+class NCCL:
+    """pycaffe's NCCL: the solvers of separate processes train as one, their gradients averaged before each
+    update (Caffe's NCCL::on_gradients_ready: the sum over the solvers, divided by their count).
+
+    As in BVLC's python/train.py: the parent takes `uid = caffe.NCCL.new_uid()` and starts one process per solver;
+    each calls `caffe.set_solver_count(n)`, `caffe.set_solver_rank(r)` (before creating its solver: the count
+    and rank decide its share of the data), creates its solver, then `nccl = caffe.NCCL(solver, uid)`,
+    `nccl.bcast()` (every solver takes rank 0's weights) and `solver.add_callback(nccl)`; with
+    `layer_wise_reduce` (the default) also `solver.net.after_backward(nccl)`, which Caffe uses to reduce each
+    layer's gradients as soon as its backward ends: here they are averaged together, before the update, with
+    the same result. The processes meet through torch.distributed (the uid names the rendezvous): NCCL between
+    GPUs, gloo between CPU processes, as `netcompress train --gpu 0,1` or `--cpu-procs 2`.
+    """
+
+    def __init__(self, solver: Solver, uid: bytes):
+        import torch.distributed as dist
+
+        from ..distributed import DataParallel
+
+        if not isinstance(solver, Solver):
+            raise TypeError(f"caffe.NCCL takes a caffe solver and a uid, got {type(solver).__name__}")
+        core = solver._core
+        count, rank = _base.solver_count(), _base.solver_rank()
+        if (core.rank, core.world_size) != (rank, count):
+            raise ValueError(f"caffe.NCCL: the solver was created as rank {core.rank} of {core.world_size}, but "
+                             f"caffe.solver_rank() / solver_count() are now {rank} / {count}; call "
+                             "caffe.set_solver_count and caffe.set_solver_rank before creating the solver, as "
+                             "python/train.py does")
+        _base.set_multiprocess(True)
+        if dist.is_initialized():
+            if (dist.get_rank(), dist.get_world_size()) != (rank, count):
+                raise ValueError(f"caffe.NCCL: torch.distributed is already set up as rank {dist.get_rank()} of "
+                                 f"{dist.get_world_size()}, not rank {rank} of {count}")
+        else:
+            if core.device.type == "cuda":
+                import torch
+
+                torch.cuda.set_device(core.device)
+            dist.init_process_group("nccl" if core.device.type == "cuda" else "gloo",
+                                    init_method=_init_method(uid), world_size=count, rank=rank)
+            import atexit
+
+            atexit.register(_destroy_group)
+        self._solver = solver
+        self._parallel = DataParallel(core.device)
+        self._attached = False
 
     @staticmethod
-    def new_uid():
-        raise NotImplementedError("caffe.NCCL is not provided")
+    def new_uid() -> bytes:
+        """A new rendezvous for the solvers of one run (bytes, as Caffe's Python 3 binding returns): a file
+        path in the temporary folder that the processes' torch.distributed store shares (one machine, or
+        machines sharing that folder)."""
+        folder = tempfile.gettempdir()
+        path = os.path.join(folder, f"netcompress-nccl-{os.getpid()}-{uuid.uuid4().hex}")
+        return _UID_PREFIX + path.encode()
+
+    def bcast(self) -> None:
+        """Every solver takes rank 0's weights (and DNS/INQ masks): Caffe's NCCL::Broadcast."""
+        core = self._solver._core
+        self._solver._before()
+        self._parallel._broadcast([e.tensor for e in core.params])
+        self._solver._after()
+
+    def attach(self, solver: Solver) -> None:
+        """Average `solver`'s gradients before each update (`solver.add_callback(nccl)`; once however often it
+        is asked, also through `net.after_backward(nccl)`)."""
+        if solver is not self._solver:
+            raise ValueError("caffe.NCCL: add_callback(nccl) on a solver other than the one it was created for")
+        if not self._attached:
+            self._solver._core.add_callback(self._parallel)
+            self._attached = True
+
+
+def _init_method(uid) -> str:
+    if isinstance(uid, str):
+        uid = uid.encode()
+    if not isinstance(uid, (bytes, bytearray)) or not uid.startswith(_UID_PREFIX):
+        raise ValueError(f"caffe.NCCL: {uid!r} is not a uid from caffe.NCCL.new_uid()")
+    return "file://" + bytes(uid[len(_UID_PREFIX):]).decode()
+
+
+def _destroy_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -4,7 +4,10 @@ The script's `import caffe` (and `caffe.io`, `caffe.proto.caffe_pb2`, `from caff
 netcompress.pycaffe, then the script runs as `python SCRIPT.py ARGS...` would run it: as `__main__`, with
 `sys.argv` its name and arguments, its folder first on the import path (its own modules, a Python layer's
 module beside it). Errors in the script print Python's traceback and exit 1; `sys.exit(n)` exits n. Where a real
-Caffe is installed, the script still gets netcompress.pycaffe here (plain `python SCRIPT.py` gets Caffe's).
+Caffe is installed, the script still gets netcompress.pycaffe here (plain `python SCRIPT.py` gets Caffe's). The
+processes the script starts get it too: the import path and PYTHONPATH lead with pycaffe/importable, whose
+`caffe` stands for netcompress.pycaffe (multiprocessing's spawn and forkserver children import the script again,
+as python/train.py's solvers do where fork is not the default).
 """
 from __future__ import annotations
 
@@ -35,11 +38,16 @@ def run_script(path: str, args: Sequence[str]) -> int:
     if "caffe" in sys.modules and sys.modules["caffe"] is not pycaffe:
         raise ToolError("a module named 'caffe' is already imported in this process; run the script in a fresh "
                         "process")
+    from ..pycaffe import importable
+
     pycaffe.install_as_caffe()
     folder = os.path.dirname(os.path.abspath(path))
-    old_argv, old_path = sys.argv[:], sys.path[:]
+    old_argv, old_path, old_env = sys.argv[:], sys.path[:], os.environ.get("PYTHONPATH")
     sys.argv = [path, *args]
-    sys.path.insert(0, folder)
+    # The script's folder, then `caffe`'s stand-in: in sys.path for multiprocessing's children (they take the
+    # parent's path), in PYTHONPATH for other interpreters.
+    sys.path[0:0] = [folder, importable.FOLDER]
+    os.environ["PYTHONPATH"] = os.pathsep.join([importable.FOLDER, *([old_env] if old_env else [])])
     try:
         runpy.run_path(path, run_name="__main__")
         return 0
@@ -60,6 +68,10 @@ def run_script(path: str, args: Sequence[str]) -> int:
         return 1
     finally:
         sys.argv, sys.path[:] = old_argv, old_path
+        if old_env is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old_env
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -60,3 +60,40 @@ def test_exit_codes_and_errors(tmp_path, capsys):
     assert cli_main(["pycaffe", str(tmp_path / "none.py")]) == 1
     assert "none.py: no such file" in capsys.readouterr().err
     assert cli_main(["pycaffe"]) == 2
+
+
+CHILDREN = '''
+import multiprocessing
+import subprocess
+import sys
+
+import caffe
+
+
+def report(queue):
+    import caffe as child_caffe  # a spawned child imports this script again, `import caffe` included
+    queue.put(child_caffe.__name__)
+
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    p = ctx.Process(target=report, args=(queue,))
+    p.start()
+    p.join()
+    other = subprocess.run([sys.executable, "-c", "import caffe, caffe.io; print(caffe.__name__, caffe.io.__name__)"],
+                           capture_output=True, text=True)
+    print("spawned:", queue.get(), "| python -c:", other.stdout.strip(), other.stderr.strip()[-300:])
+    sys.exit(p.exitcode)
+'''
+
+
+def test_the_scripts_own_processes_import_caffe_too(tmp_path, capfd):
+    # python/train.py starts its solvers with multiprocessing; where the start method is spawn or forkserver
+    # (Python 3.14's default) the children import the script again, and other scripts may start `python`.
+    (tmp_path / "children.py").write_text(CHILDREN)
+    before = os.environ.get("PYTHONPATH")
+    assert cli_main(["pycaffe", str(tmp_path / "children.py")]) == 0
+    out = capfd.readouterr().out
+    assert "spawned: netcompress.pycaffe | python -c: netcompress.pycaffe netcompress.pycaffe.io" in out
+    assert os.environ.get("PYTHONPATH") == before  # the runner leaves the environment as it found it
