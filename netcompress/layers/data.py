@@ -419,7 +419,8 @@ class DataLayer(BasePrefetchingDataLayer):
                             f"copy it to an LMDB, which they can: netcompress convert_db {dp.source} "
                             "<new lmdb folder>")
         db = open_reader(dp.source, backend, who)
-        log.info("Opened %s %s", db.kind.lower(), dp.source)
+        if backend == LEVELDB or ctx.rank == 0:  # db_lmdb.cpp logs on the root solver only, db_leveldb.cpp always
+            log.info("Opened %s %s", db.kind.lower(), dp.source)
         return db
 
     def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
@@ -442,7 +443,8 @@ class DataLayer(BasePrefetchingDataLayer):
             raise DataError(f"{self.who}: first record of '{dp.source}': {e}") from None
         b = int(dp.batch_size)
         self._shapes = [(b, c, h, w), (b,)]
-        log.info("output data size: %d,%d,%d,%d", b, c, h, w)
+        if ctx.rank == 0:  # Caffe's root solver
+            log.info("output data size: %d,%d,%d,%d", b, c, h, w)
 
 
 # ----------------------------------------------------------------------------------------------

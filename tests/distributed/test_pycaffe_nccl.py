@@ -89,8 +89,11 @@ def test_train_py_flow_trains_as_the_cli_does(workdir, start_method):
     for n in names:
         np.testing.assert_array_equal(ranks[1][f"bcast/{n}"], ranks[0][f"before/{n}"], err_msg=n)
         np.testing.assert_array_equal(ranks[1][f"trained/{n}"], ranks[0][f"trained/{n}"], err_msg=n)
-    # Only rank 0 logged and snapshotted, as Caffe's root solver.
+    # Only rank 0 logged and snapshotted, as Caffe's root solver (glog's third field is the process id).
     assert "Data-parallel training on 2 processes (gloo)" in done.stderr
+    solver_pids = {line.split()[2] for line in done.stderr.splitlines()
+                   if line.startswith("I") and any(f" {m}.py:" in line for m in ("net", "data", "solver"))}
+    assert len(solver_pids) == 1, solver_pids
     assert (workdir / f"{prefix}_iter_{ITERS}.caffemodel").is_file()
     # The same training as the command's two processes, bit for bit (masks included).
     if not (workdir / f"cli_iter_{ITERS}.caffemodel").is_file():
