@@ -281,7 +281,7 @@ class DataParallel(TrainingCallback):
         if solver.restored_state is not None:
             self._restore_rank_state(solver)
         tensors = [e.tensor for e in solver.params] + [h for hs in solver.history for h in hs]
-        self._broadcast(tensors)
+        self.broadcast(tensors)
         self._sync_rank0_state(solver)
         if solver.root:
             log.info("Data-parallel training on %d processes (%s): batch_size is per process, "
@@ -291,10 +291,11 @@ class DataParallel(TrainingCallback):
         # New layers drew their fillers from each rank's own stream (seed + rank): take rank 0's,
         # as at the start. (Every rank rebuilds at the same point of the loop or of a restore.)
         tensors = [e.tensor for e in solver.params] + [h for hs in solver.history for h in hs]
-        self._broadcast(tensors)
+        self.broadcast(tensors)
         self._sync_rank0_state(solver)
 
-    def _broadcast(self, tensors: list[torch.Tensor]) -> None:
+    def broadcast(self, tensors: list[torch.Tensor]) -> None:
+        """Every rank takes rank 0's values of `tensors`, in place (a collective: every rank calls it alike)."""
         groups: dict[tuple, list[torch.Tensor]] = {}
         for t in tensors:
             groups.setdefault((t.device, t.dtype), []).append(t)

@@ -5,8 +5,8 @@ pycaffe's interface: `net` and `test_nets` are `caffe.Net`s (blobs and params as
 `solve(resume_file)`, `iter`, `restore`, `snapshot`, `apply_update`, `param`, `lr`, `add_callback`,
 `share_weights`; and `NCCL`, which averages the gradients of solvers in separate processes, as BVLC's
 python/train.py uses it. As in pycaffe, the class decides the update rule (`caffe.AdamSolver(path)` runs Adam
-whatever the file's `type`); `get_solver` takes the file's. The device is the module's mode (`caffe.set_mode_gpu()`), not the
-file's `solver_mode`, as pycaffe's.
+whatever the file's `type`); `get_solver` takes the file's. The device is the module's mode
+(`caffe.set_mode_gpu()`), not the file's `solver_mode`, as pycaffe's.
 
 Around every call the nets' numpy side is made coherent: what a script wrote into an input blob, a DummyData
 constant top or (on a GPU) a parameter reaches the nets first, and afterwards the blobs hold the last forward's
@@ -269,7 +269,7 @@ class NCCL:
         """Every solver takes rank 0's weights (and DNS/INQ masks): Caffe's NCCL::Broadcast."""
         core = self._solver._core
         self._solver._before()
-        self._parallel._broadcast([e.tensor for e in core.params])
+        self._parallel.broadcast([e.tensor for e in core.params])
         self._solver._after()
 
     def attach(self, solver: Solver) -> None:
