@@ -413,11 +413,19 @@ def test_sgd_solver_trains_lenet(in_fixture_workdir):
     test_w = solver.test_nets[0].params["conv1"][0].data
     assert np.shares_memory(test_w, solver.net.params["conv1"][0].data)  # the test net shares the weights
     before = test_w.copy()
-    losses = []
+    held = solver.net.blobs["ip2"].data  # an activation array a script keeps: CPU Caffe's is the blob's memory
+    losses, held_seen = [], []
     for _ in range(20):
         solver.step(1)
         losses.append(float(solver.net.blobs["loss"].data))
+        held_seen.append(held.copy())
     assert solver.iter == 20
+    # The held array shows each step's values; a blob not asked for until now shows the last step's.
+    assert not np.array_equal(held_seen[-1], held_seen[-2])
+    assert held is solver.net.blobs["ip2"].data
+    core = solver.netcompress_solver.net
+    np.testing.assert_array_equal(held, core.blobs["ip2"].detach().numpy())
+    np.testing.assert_array_equal(solver.net.blobs["conv1"].data, core.blobs["conv1"].detach().numpy())
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
     assert not np.array_equal(before, test_w)  # trained in place
     assert 0 < float(solver.test_nets[0].blobs["accuracy"].data) <= 1  # tested at iteration 10 (and 20)

@@ -57,7 +57,7 @@ class _Memory:
     host array is refreshed from a newer tensor when read, and a host array handed to the script is uploaded
     before the net reads it."""
 
-    __slots__ = ("host", "dev", "host_newer", "dev_newer", "fill")
+    __slots__ = ("host", "dev", "host_newer", "dev_newer", "fill", "handed_out")
 
     def __init__(self, shape: tuple[int, ...], fill: float = 0.0):
         self.fill = fill
@@ -65,6 +65,7 @@ class _Memory:
         self.dev: torch.Tensor | None = None
         self.host_newer = False
         self.dev_newer = False
+        self.handed_out = False  # the script has had the host array (and may hold it)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -99,6 +100,7 @@ class _Memory:
         """The host array, up to date, which the caller may now write (Caffe's mutable_cpu_data)."""
         self.sync_down()
         self.host_newer = True
+        self.handed_out = True
         return self.host
 
     def to_dev(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -620,12 +622,14 @@ class Net:
             self._core.set_input(**fed)
 
     def _after_core_run(self) -> None:
-        """After the core net ran (a solver step, a test): take its tensors; on the CPU copy them to the host."""
+        """After the core net ran (a solver step, a test): take its tensors; on the CPU copy them into the host
+        arrays the script has had, which it may hold (in CPU Caffe such an array is the blob's memory, so it
+        shows each step's values). The others are copied when the script asks for them."""
         cpu = self._core.device.type == "cpu"
         for blob in self._blob_list:
             if blob._alias is None:
                 blob._pull()
-                if cpu:
+                if cpu and blob._mem.handed_out:
                     blob._mem.sync_down()
 
     # -- reshape ------------------------------------------------------------------------------------------------
