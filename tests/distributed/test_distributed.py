@@ -110,15 +110,6 @@ def write_datum_lmdb(path: Path, images: np.ndarray, labels: np.ndarray) -> None
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, band_digits):
-    root = tmp_path_factory.mktemp("dp")
-    imgs, labels = band_digits(68, 10, width=3)
-    write_datum_lmdb(root / "train_lmdb", imgs[:48], labels[:48])
-    write_datum_lmdb(root / "test_lmdb", imgs[48:], labels[48:])
-    return root
-
-
-@pytest.fixture(scope="module")
 def one_process(workdir):
     """The reference: 1 process x batch 2B."""
     s = Solver(make_solver(workdir, 2 * B, "one"), verbose=False)

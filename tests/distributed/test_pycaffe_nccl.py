@@ -18,7 +18,7 @@ import pytest
 import netcompress.pycaffe as caffe
 from netcompress.cli import main as cli_main
 from netcompress.pycaffe.solver import _init_method
-from test_distributed import ITERS, B, make_solver, model_blobs, write_datum_lmdb, write_solver
+from test_distributed import ITERS, B, make_solver, model_blobs, write_solver
 
 SCRIPT = textwrap.dedent('''
     import multiprocessing
@@ -60,15 +60,6 @@ SCRIPT = textwrap.dedent('''
             p.join()
         sys.exit(max(p.exitcode for p in procs))
 ''')
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory, band_digits):
-    root = tmp_path_factory.mktemp("nccl")
-    imgs, labels = band_digits(68, 10, width=3)
-    write_datum_lmdb(root / "train_lmdb", imgs[:48], labels[:48])
-    write_datum_lmdb(root / "test_lmdb", imgs[48:], labels[48:])
-    return root
 
 
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])  # spawn: the children import the script again
