@@ -25,12 +25,10 @@ import time
 from typing import Callable, Sequence
 
 import torch
-from google.protobuf import text_format
 
 from . import io as ncio
 from .errors import NetcompressError
 from .log import get_logger
-from .proto import caffe_pb2 as pb
 
 log = get_logger("pipeline")
 
