@@ -263,6 +263,11 @@ class NCCL:
         machines sharing that folder)."""
         folder = tempfile.gettempdir()
         path = os.path.join(folder, f"netcompress-nccl-{os.getpid()}-{uuid.uuid4().hex}")
+        # The solvers' processes leave the file behind (they exit without tearing their group down, as
+        # multiprocessing's children skip atexit); the process that made the uid removes it when it exits.
+        import atexit
+
+        atexit.register(_remove_quietly, path)
         return _UID_PREFIX + path.encode()
 
     def bcast(self) -> None:
@@ -288,6 +293,13 @@ def _init_method(uid) -> str:
     if not isinstance(uid, (bytes, bytearray)) or not uid.startswith(_UID_PREFIX):
         raise ValueError(f"caffe.NCCL: {uid!r} is not a uid from caffe.NCCL.new_uid()")
     return "file://" + bytes(uid[len(_UID_PREFIX):]).decode()
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _destroy_group() -> None:

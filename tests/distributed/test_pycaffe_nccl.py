@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,9 +72,11 @@ def test_train_py_flow_trains_as_the_cli_does(workdir, start_method):
     solver = write_solver(workdir, make_solver(workdir, B, prefix), f"{prefix}_solver.prototxt")
     out = workdir / f"dump_{start_method}"
     out.mkdir()
+    rendezvous = set(Path(tempfile.gettempdir()).glob("netcompress-nccl-*"))
     done = subprocess.run([sys.executable, "-m", "netcompress", "pycaffe", str(script), solver, "2", str(out),
                            start_method], capture_output=True, text=True, timeout=300, cwd=workdir)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert set(Path(tempfile.gettempdir()).glob("netcompress-nccl-*")) <= rendezvous  # the uid's file is gone
     ranks = [dict(np.load(out / f"rank{r}.npz")) for r in range(2)]
     names = [k.split("/", 1)[1] for k in ranks[0] if k.startswith("trained/")]
     # The ranks drew their own fillers (seed + rank); bcast gave every rank rank 0's weights.
