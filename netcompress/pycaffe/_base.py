@@ -19,7 +19,7 @@ from ..rng import CaffeRNG
 
 __all__ = ["Blob", "BlobVec", "Layer", "TRAIN", "TEST", "set_mode_cpu", "set_mode_gpu", "set_device",
            "set_random_seed", "device", "net_rng", "solver_count", "set_solver_count", "solver_rank",
-           "set_solver_rank", "set_multiprocess", "multiprocess"]
+           "set_solver_rank", "set_multiprocess"]
 
 TRAIN: int = _pb.TRAIN
 TEST: int = _pb.TEST
@@ -203,10 +203,6 @@ def solver_rank() -> int:
 
 def set_solver_rank(rank: int) -> None:
     _state["solver_rank"] = _non_negative(rank, "set_solver_rank")
-
-
-def multiprocess() -> bool:
-    return _state["multiprocess"]
 
 
 def set_multiprocess(value: bool) -> None:
