@@ -87,17 +87,17 @@ ScalarRef scalar_ref(int kind, double value, float* f32, double* f64) {
   }
 }
 
-// A reduction's scratch, as launch.h's make_scratch lays it out: the ticket and the select state and histogram
-// zeroed, the partials not.
+// reduce.cuh: a kernel leaves its ticket as it found it (launch.h's make_scratch zeroes it once per call).
+void check_ticket(unsigned int ticket) {
+  if (ticket != 0) throw std::runtime_error("the ticket was left at " + std::to_string(ticket));
+}
+
+// A reduction's scratch, as make_scratch lays it out: the ticket zeroed, one partial per block not.
 template <typename Acc>
 struct ReduceScratch {
   unsigned int ticket = 0;
   std::vector<Acc> partials;
   explicit ReduceScratch(int blocks) : partials(static_cast<size_t>(blocks)) {}
-  // reduce.cuh: a kernel leaves its ticket as it found it.
-  void check_ticket() const {
-    if (ticket != 0) throw std::runtime_error("the ticket was left at " + std::to_string(ticket));
-  }
 };
 
 // f(Types<T, A>{}, std::integral_constant<int, V>{}) for the dtype and the pack width vec asks for.
@@ -160,7 +160,7 @@ int emu_dns_stats(int dtype, int vec, long long nw, const void* w, const void* w
                                static_cast<const T*>(b), static_cast<const T*>(bm), scratch.partials.data(),
                                &scratch.ticket, out);
       });
-      scratch.check_ticket();
+      check_ticket(scratch.ticket);
     });
   });
 }
@@ -210,7 +210,7 @@ int emu_inq_mask_stats(int dtype, int vec, long long n, const void* w, const voi
         inq_mask_stats_kernel<T, V>(n, static_cast<const T*>(w), static_cast<const T*>(m),
                                     scratch.partials.data(), &scratch.ticket, out);
       });
-      scratch.check_ticket();
+      check_ticket(scratch.ticket);
     });
   });
 }
@@ -225,17 +225,17 @@ int emu_inq_threshold(int dtype, int vec, long long n, const void* w, const void
       using T = typename decltype(types)::scalar_t;
       constexpr int V = decltype(v)::value;
       const int blocks = reduction_blocks_in_wave(n, V, options.wave);
-      ReduceScratch<char> scratch(blocks);
+      unsigned int ticket = 0;  // inq_threshold's scratch: the ticket, the select state and histogram, zeroed
       SelectState state{};
       std::vector<unsigned long long> hist(kRadixBins, 0ull);
       *passes = 0;
       for_each_select_pass<T>([&](int shift, int first, int last) {
         launch(blocks, [&] {
           inq_select_pass_kernel<T, V>(n, static_cast<const T*>(w), static_cast<const T*>(m), n_keep, shift,
-                                       first, last, &state, hist.data(), &scratch.ticket, static_cast<T*>(out));
+                                       first, last, &state, hist.data(), &ticket, static_cast<T*>(out));
         });
         ++*passes;
-        scratch.check_ticket();
+        check_ticket(ticket);
         for (int b = 0; b < kRadixBins; ++b) {
           if (hist[b] != 0) throw std::runtime_error("a pass left histogram bin " + std::to_string(b) + " set");
         }
