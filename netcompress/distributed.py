@@ -445,9 +445,10 @@ def _backend_for(device: torch.device) -> str:
 
 def run_in_process_group(fn: Callable[..., Any], env: LaunchEnv, device: torch.device | str,
                          args: Sequence[Any] = (), timeout_s: float = DEFAULT_TIMEOUT_S,
-                         store=None) -> Any:
+                         store=None, teardown: bool = True) -> Any:
     """Initialise the default process group for this process (NCCL for a CUDA device, else gloo),
-    run `fn(ProcessInfo, *args)`, and tear the group down. Errors name this rank."""
+    run `fn(ProcessInfo, *args)`, and tear the group down (unless `teardown` is false: a process
+    that leaves by `os._exit` right after). Errors name this rank."""
     device = torch.device(device)
     backend = _backend_for(device)
     _configure_rank_logging(env.rank)
@@ -470,7 +471,8 @@ def run_in_process_group(fn: Callable[..., Any], env: LaunchEnv, device: torch.d
             e.args = (f"rank {env.rank}: {e}",) + e.args[1:]
         raise
     finally:
-        dist.destroy_process_group()
+        if teardown:
+            dist.destroy_process_group()
 
 
 def _is_comm_error(e: BaseException) -> bool:
@@ -496,7 +498,9 @@ def _spawn_entry(index: int, fn, args, world_size: int, devices: list[str], host
     try:
         store = dist.TCPStore(host, port, world_size, False,
                               timeout=datetime.timedelta(seconds=timeout_s))
-        run_in_process_group(fn, env, devices[index], args, timeout_s, store=store)
+        # No teardown: this process ends below without it. torch 2.4's gloo can hang for good in
+        # destroy_process_group (pytorch#75097), and leaving is all a spawned rank has left to do.
+        run_in_process_group(fn, env, devices[index], args, timeout_s, store=store, teardown=False)
     except KeyboardInterrupt:
         record = {"kind": "interrupted", "message": "interrupted", "exit_code": 130}
     except NetcompressError as e:
@@ -510,7 +514,19 @@ def _spawn_entry(index: int, fn, args, world_size: int, devices: list[str], host
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             json.dump(record, f)
         os.replace(path + ".tmp", path)
-        sys.exit(record["exit_code"])
+    _leave(record["exit_code"] if record is not None else 0)
+
+
+def _leave(code: int) -> None:
+    """End a spawned rank now: flush what it wrote, then `os._exit`, without the interpreter's
+    shutdown (which would tear the process group down in its destructors: see _spawn_entry)."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(code)
 
 
 def _failure(errdir: str, exc: BaseException, nprocs: int) -> WorkerError:
