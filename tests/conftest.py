@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from db_helpers import write_datum_lmdb
 
 REPO = Path(__file__).resolve().parents[1]
 CAFFE_FIXTURES = REPO / "tests" / "fixtures" / "caffe"
@@ -77,21 +78,6 @@ def mnist5k_split(caffe_fixtures: Path) -> dict[str, np.ndarray]:
     bad = [k for k, d in digests.items() if array_digest(split[k]) != d]
     assert not bad, f"the MNIST-5k split differs from the one Caffe read: {bad}"
     return split
-
-
-def write_datum_lmdb(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """Write uint8 (N, C, H, W) images as Caffe Datum records with keys %08d (Caffe's layout)."""
-    import lmdb
-
-    from netcompress.proto import caffe_pb2 as pb
-
-    n, c, h, w = images.shape
-    env = lmdb.open(str(path), map_size=max(1 << 24, images.nbytes * 3))
-    with env.begin(write=True) as txn:
-        for i in range(n):
-            d = pb.Datum(channels=c, height=h, width=w, data=images[i].tobytes(), label=int(labels[i]))
-            txn.put(b"%08d" % i, d.SerializeToString())
-    env.close()
 
 
 @pytest.fixture(scope="session")

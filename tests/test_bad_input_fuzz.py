@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
+from db_helpers import write_datum_lmdb
 from netcompress import cli
 from netcompress import io as ncio
 from netcompress.proto import caffe_pb2 as pb
@@ -195,19 +196,6 @@ def _small_batches(param: pb.NetParameter) -> pb.NetParameter:
             if len(s.dim):
                 s.dim[0] = min(s.dim[0], 2)
     return param
-
-
-def write_datum_lmdb(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """uint8 (N, C, H, W) images as Caffe Datum records with keys %08d (as tests/conftest.py)."""
-    import lmdb
-
-    env = lmdb.open(str(path), map_size=1 << 24)
-    with env.begin(write=True) as txn:
-        for i, (img, lab) in enumerate(zip(images, labels)):
-            c, h, w = img.shape
-            d = pb.Datum(channels=c, height=h, width=w, data=img.tobytes(), label=int(lab))
-            txn.put(b"%08d" % i, d.SerializeToString())
-    env.close()
 
 
 @pytest.fixture(scope="module")

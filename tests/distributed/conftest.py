@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_distributed import write_datum_lmdb
+from db_helpers import write_datum_lmdb
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import dist_workers
+from db_helpers import write_datum_lmdb
 from netcompress import io as ncio
 from netcompress.cli import main as cli_main
 from netcompress.distributed import (GradientAllReduce, WorkerError, first_host, launch,
@@ -96,17 +97,6 @@ def assert_same_training(got: dict, want: dict) -> None:
             np.testing.assert_array_equal(got[k], want[k], err_msg=f"mask {k}")
         else:
             np.testing.assert_allclose(got[k], want[k], rtol=RTOL, atol=ATOL, err_msg=k)
-
-
-def write_datum_lmdb(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """uint8 (N, C, H, W) images as Caffe Datum records, keys %08d."""
-    from netcompress.data.db import LmdbWriter
-
-    n, c, h, w = images.shape
-    with LmdbWriter(str(path)) as db:
-        for i in range(n):
-            d = pb.Datum(channels=c, height=h, width=w, data=images[i].tobytes(), label=int(labels[i]))
-            db.put(b"%08d" % i, d.SerializeToString())
 
 
 @pytest.fixture(scope="module")
