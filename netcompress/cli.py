@@ -74,7 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure_memory()  # freed CPU blocks kept for the next iteration (netcompress/memory.py)
         return int(func(argv[1:]) or 0)
     # One line per error (the exit code may be an error's own, e.g. a distributed worker's).
-    return guarded(run, f"netcompress-{cmd}", f"netcompress {cmd}: error: ", interrupted=f"netcompress {cmd}: interrupted")
+    code = guarded(run, f"netcompress-{cmd}", f"netcompress {cmd}: error: ", interrupted=f"netcompress {cmd}: interrupted")
+    dist_mod = sys.modules.get("netcompress.distributed")
+    if dist_mod is not None and dist_mod.group_left_open():
+        dist_mod.leave(code)  # a rank under torchrun / srun: ends here, its process group open
+    return code
 
 
 if __name__ == "__main__":

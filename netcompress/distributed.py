@@ -447,8 +447,11 @@ def run_in_process_group(fn: Callable[..., Any], env: LaunchEnv, device: torch.d
                          args: Sequence[Any] = (), timeout_s: float = DEFAULT_TIMEOUT_S,
                          store=None, teardown: bool = True) -> Any:
     """Initialise the default process group for this process (NCCL for a CUDA device, else gloo),
-    run `fn(ProcessInfo, *args)`, and tear the group down (unless `teardown` is false: a process
-    that leaves by `os._exit` right after). Errors name this rank."""
+    run `fn(ProcessInfo, *args)`, and tear the group down. Errors name this rank.
+
+    `teardown=False` is for a process that ends right after (`leave`): torch 2.4's gloo can hang for
+    good in `destroy_process_group` (pytorch#75097), and ending the process closes the group anyway."""
+    global _group_left_open
     device = torch.device(device)
     backend = _backend_for(device)
     _configure_rank_logging(env.rank)
@@ -473,6 +476,8 @@ def run_in_process_group(fn: Callable[..., Any], env: LaunchEnv, device: torch.d
     finally:
         if teardown:
             dist.destroy_process_group()
+        else:
+            _group_left_open = True
 
 
 def _is_comm_error(e: BaseException) -> bool:
@@ -498,8 +503,7 @@ def _spawn_entry(index: int, fn, args, world_size: int, devices: list[str], host
     try:
         store = dist.TCPStore(host, port, world_size, False,
                               timeout=datetime.timedelta(seconds=timeout_s))
-        # No teardown: this process ends below without it. torch 2.4's gloo can hang for good in
-        # destroy_process_group (pytorch#75097), and leaving is all a spawned rank has left to do.
+        # No teardown: this process ends below (`leave`) once its result is reported.
         run_in_process_group(fn, env, devices[index], args, timeout_s, store=store, teardown=False)
     except KeyboardInterrupt:
         record = {"kind": "interrupted", "message": "interrupted", "exit_code": 130}
@@ -514,12 +518,20 @@ def _spawn_entry(index: int, fn, args, world_size: int, devices: list[str], host
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             json.dump(record, f)
         os.replace(path + ".tmp", path)
-    _leave(record["exit_code"] if record is not None else 0)
+    leave(record["exit_code"] if record is not None else 0)
 
 
-def _leave(code: int) -> None:
-    """End a spawned rank now: flush what it wrote, then `os._exit`, without the interpreter's
-    shutdown (which would tear the process group down in its destructors: see _spawn_entry)."""
+_group_left_open = False
+
+
+def group_left_open() -> bool:
+    """Whether this process ran `run_in_process_group(..., teardown=False)`, and so must `leave`."""
+    return _group_left_open
+
+
+def leave(code: int) -> None:
+    """End this process now with `code`: flush its logs and output, then `os._exit`, skipping the
+    interpreter's shutdown, whose destructors would tear a process group down (run_in_process_group)."""
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -653,7 +665,8 @@ def train_distributed(args, sp: pb.SolverParameter, ids: list[int] | None) -> in
         if env.rank == 0:
             log.info("Distributed training (%s): %d processes, rendezvous %s:%d", env.source,
                      env.world_size, env.master_addr, env.master_port)
-        run_in_process_group(_train_worker, env, device, (cfg,), timeout)
+        # The command ends by `leave` (cli.main) rather than a teardown: see run_in_process_group.
+        run_in_process_group(_train_worker, env, device, (cfg,), timeout, teardown=False)
         return 0
     if args.cpu_procs:
         devices = [torch.device("cpu")] * args.cpu_procs

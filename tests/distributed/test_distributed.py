@@ -180,25 +180,50 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchrun_style_environment(workdir, two_processes):
-    """Two `python -m netcompress train` processes given torchrun's variables train as one run."""
-    sp = make_solver(workdir, B, "envrun", max_iter=SNAP)
-    solver = write_solver(workdir, sp, "envrun_solver.prototxt")
+def _torchrun_style(workdir, args: list[str]) -> list[subprocess.CompletedProcess]:
+    """`python -m netcompress ARGS` on two processes given torchrun's variables (none left behind)."""
     port = _free_port()
     procs = []
     for r in range(2):
         env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                    PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-        procs.append(subprocess.Popen([sys.executable, "-m", "netcompress", "train", "--solver", solver],
-                                      env=env, cwd=str(workdir), stdout=subprocess.PIPE,
+        procs.append(subprocess.Popen([sys.executable, "-m", "netcompress", *args], env=env,
+                                      cwd=str(workdir), stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
-    outs = [p.communicate(timeout=120)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(outs)
+    try:
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    return [subprocess.CompletedProcess(p.args, p.returncode, out) for p, out in zip(procs, outs)]
+
+
+def test_torchrun_style_environment(workdir, two_processes):
+    """Two `python -m netcompress train` processes given torchrun's variables train as one run."""
+    sp = make_solver(workdir, B, "envrun", max_iter=SNAP)
+    solver = write_solver(workdir, sp, "envrun_solver.prototxt")
+    runs = _torchrun_style(workdir, ["train", "--solver", solver])
+    outs = [r.stdout for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], "\n".join(outs)
     assert "Optimization Done." in outs[0]
     assert "Iteration 2, lr = " in outs[0] and "Iteration 2, lr = " not in outs[1]  # rank 0 logs
     assert (workdir / f"envrun_iter_{SNAP}.caffemodel").read_bytes() == \
         (workdir / f"two_iter_{SNAP}.caffemodel").read_bytes()
+
+
+def test_torchrun_style_error_reaches_the_exit_code(workdir):
+    """A rank's error under a launcher is its one error line and exit code (the command leaves
+    without tearing its process group down)."""
+    sp = make_solver(workdir, B, "enverr", max_iter=SNAP)
+    solver = write_solver(workdir, sp, "enverr_solver.prototxt")
+    missing = workdir / "no_such.caffemodel"
+    runs = _torchrun_style(workdir, ["train", "--solver", solver, "--weights", str(missing)])
+    for rank, r in enumerate(runs):
+        assert r.returncode not in (0, None), r.stdout
+        assert f"netcompress train: error: rank {rank}: " in r.stdout, r.stdout
+        assert "no_such.caffemodel" in r.stdout
 
 
 @pytest.mark.parametrize("mode", ["mask", "nan", "stop"])
