@@ -3,7 +3,8 @@
 With `debug_info: true` in a solver (or a NetParameter), Caffe's Net logs after each layer's forward
 `    [Forward] Layer L, top blob T data: M` for its tops and `... param blob P data: M` for its blobs (P the
 ParamSpec's name, else the blob's index), after each backward `    [Backward] Layer L, bottom blob B diff: M` for
-the bottoms that get a diff and `... param blob I diff: M` for the blobs with lr_mult != 0, and after the whole
+the bottoms that get a diff and `... param blob I diff: M` for the blobs with lr_mult != 0 (all under
+force_backward; a DNS/INQ mask too, with a zero diff, as in the reference fork), and after the whole
 backward, as an ERROR line, `    [Backward] All net params (data, diff): L1 norm = (a, b); L2 norm = (c, d)`.
 The solver turns it on for the train net on display iterations only, and for the test nets always (their
 forwards). The Split layers Caffe inserts are in the lines too: a Split's tops carry its bottom's data, each
@@ -68,9 +69,14 @@ def log_backward(layer: str, bottoms: Sequence[tuple[str, float]],
         log.info("    [Backward] Layer %s, param blob %d diff: %g", layer, index, abs_mean(p.grad, p.numel()))
 
 
-def backward_params(layer) -> list[tuple[int, torch.Tensor]]:
-    """A layer's blobs that get a diff (Caffe's param_propagate_down: lr_mult != 0), with their indices."""
-    return [(i, b) for i, b in enumerate(layer.blobs()) if isinstance(b, torch.nn.Parameter) and b.requires_grad]
+def backward_params(layer, force_backward: bool = False) -> list[tuple[int, torch.Tensor]]:
+    """A layer's blobs that Caffe's BackwardDebugInfo lists, with their indices: those with
+    param_propagate_down, i.e. the layer's ParamSpec lr_mult != 0 (1 when not given), or every blob under
+    force_backward. A blob that takes no gradient here (a DNS/INQ mask, which the reference fork holds as
+    a blob with the default ParamSpec) is listed all the same, with Caffe's zero diff."""
+    specs = layer.layer_param.param
+    return [(i, b) for i, b in enumerate(layer.blobs())
+            if force_backward or (specs[i].lr_mult if i < len(specs) else 1.0) != 0]
 
 
 class DebugRecorder:
@@ -123,7 +129,8 @@ class DebugRecorder:
             bottoms = [(b, self.bottom_diff.get((gi, j), 0.0)) for j, b in enumerate(g.bottoms)
                        if needs.bottom[gi][j]]
             li = core.get(gi)
-            log_backward(g.name, bottoms, [] if li is None else backward_params(net.layers[net._keys[li]]))
+            params = [] if li is None else backward_params(net.layers[net._keys[li]], net.param.force_backward)
+            log_backward(g.name, bottoms, params)
         asum_data = asum_diff = sumsq_data = sumsq_diff = 0.0
         for entry in net.learnable_params():
             t = entry.tensor.detach()

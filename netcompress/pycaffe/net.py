@@ -831,11 +831,12 @@ class Net:
         log_forward(cl.name, tops, [] if cl.key is None else forward_params(self._core.layers[cl.key]))
 
     def _backward_debug_info(self, i: int) -> None:
-        """Net::BackwardDebugInfo: layer i's bottoms that get a diff, and its blobs with lr_mult != 0."""
+        """Net::BackwardDebugInfo: layer i's bottoms that get a diff, and its blobs with param_propagate_down."""
         cl = self._cl[i]
         bottoms = [(cl.bottoms[k], abs_mean(self._blob_list[b]._diff_tensor(self._blob_list[b]._data_tensor())))
                    for k, b in enumerate(self._bids[i]) if self._bottom_need[i][k]]
-        log_backward(cl.name, bottoms, [] if cl.key is None else backward_params(self._core.layers[cl.key]))
+        params = [] if cl.key is None else backward_params(self._core.layers[cl.key], self._core.param.force_backward)
+        log_backward(cl.name, bottoms, params)
 
     def _split_backward(self, i: int) -> None:
         if not self._bottom_need[i][0]:

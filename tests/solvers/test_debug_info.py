@@ -113,6 +113,41 @@ def test_lines_order_and_values(lines):
     assert not debug_lines(lines)
 
 
+MASKED = """
+name: "masked"
+debug_info: true
+layer { name: "d" type: "Input" top: "x" top: "label" input_param { shape { dim: 4 dim: 3 } shape { dim: 4 } } }
+layer { name: "dns" type: "DNSInnerProduct" bottom: "x" top: "h" param { lr_mult: 1 } param { lr_mult: 2 }
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" } } }
+layer { name: "inq" type: "INQInnerProduct" bottom: "h" top: "s" %s
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" } }
+        inq_inner_product_param { portion: 0 portion: 0.5 num_quantum_values: 7 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "s" bottom: "label" top: "loss" }
+"""
+
+
+@pytest.mark.parametrize("inq_params, force", [("", False), ("param { } param { } param { lr_mult: 0 } "
+                                                                 "param { lr_mult: 0 }", False),
+                                                ("param { lr_mult: 0 } " * 4, True)])
+def test_masks_are_listed_as_the_reference_forks_blobs(lines, inq_params, force):
+    """The reference fork's DNS/INQ masks are blobs 2 and 3 with their ParamSpec (lr_mult 1 unless given): Caffe's
+    BackwardDebugInfo lists them with a zero diff; lr_mult 0 leaves them out; force_backward lists every blob."""
+    text = MASKED % inq_params + ("force_backward: true\n" if force else "")
+    net = Net(text_format.Parse(text, pb.NetParameter()), phase=pb.TRAIN, seed=4, verbose=False)
+    net(x=torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), label=torch.tensor([0.0, 1.0, 2.0, 1.0]))
+    net.loss.backward()
+    net.log_backward_debug_info()
+    got = [m for m in debug_lines(lines) if ", param blob " in m and "[Backward]" in m]
+    inq, dns = net.layer("inq"), net.layer("dns")
+    inq_listed = [0, 1, 2, 3] if force or not inq_params else [0, 1]
+    want = [f"    [Backward] Layer inq, param blob {i} diff: "
+            f"{mean_abs(inq.blobs()[i].grad) if i < 2 and inq.blobs()[i].grad is not None else 0}"
+            for i in inq_listed]
+    want += [f"    [Backward] Layer dns, param blob {i} diff: {mean_abs(dns.blobs()[i].grad) if i < 2 else 0}"
+             for i in range(4)]
+    assert got == want
+
+
 def test_the_solver_logs_display_iterations_and_test_forwards(workdir, lines):
     sp = solver_param(workdir, max_iter=5, display=2, test_interval=4, snapshot=0, debug_info=True)
     solver = Solver(sp)
