@@ -87,6 +87,36 @@ def _adopt_nvcc_toolkit() -> str | None:
     return top
 
 
+def _cuda_arch_list() -> str | None:
+    """TORCH_CUDA_ARCH_LIST for a CUDA build where no GPU is visible (a build machine, a container): the
+    architectures torch itself was built for, those this nvcc compiles, the newest also as PTX for later GPUs.
+    torch's cpp_extension otherwise takes the list from the visible GPUs and, with none, fails (an IndexError in
+    _get_cuda_arch_flags). None where a GPU is visible (built for it) or the environment sets the list."""
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return None
+    try:
+        if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+            return None
+        flags = torch._C._cuda_getArchFlags()
+    except (AttributeError, RuntimeError):
+        return None
+    archs = sorted({m.group(1) for m in re.finditer(r"sm_(\d+)", flags or "")}, key=int)
+    home = cpp_ext.CUDA_HOME
+    try:
+        out = subprocess.run([os.path.join(home, "bin", "nvcc"), "--list-gpu-arch"], capture_output=True,
+                             text=True, check=True).stdout if home else ""
+    except (OSError, subprocess.CalledProcessError):
+        out = ""
+    known = set(re.findall(r"compute_(\d+)", out))
+    if known:
+        archs = [a for a in archs if a in known]
+    if not archs:
+        return None
+    listed = [f"{a[:-1]}.{a[-1]}" for a in archs]
+    listed[-1] += "+PTX"
+    return ";".join(listed)
+
+
 def _openmp_flags() -> list[str]:
     # at::parallel_for is header code ("#pragma omp parallel") when ATen uses OpenMP: without the flag the
     # CPU kernels would run on one thread. The name libgomp.so.1 resolves to the copy torch already loaded.
@@ -105,6 +135,10 @@ def _extension():
         adopted = _adopt_nvcc_toolkit()
         if adopted:
             why += f"; built with nvcc's own toolkit {adopted} (no libcudart.so where torch looked)"
+        archs = _cuda_arch_list()
+        if archs:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+            why += f"; no GPU visible: built for torch's architectures {archs} (TORCH_CUDA_ARCH_LIST chooses)"
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     openmp = _openmp_flags()
     # -ffp-contract=off: the CPU loops have AVX2/AVX-512 copies (csrc/cpu/loops.h, and sparse_conv_kernel.cpp's
@@ -121,6 +155,7 @@ def _extension():
     BUILD_CONFIG.update({
         "torch": torch.__version__, "torch_cuda": torch.version.cuda, "python": sys.version.split()[0],
         "cuda_kernels": with_cuda, "cuda_reason": why, "sources": sources,
+        "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None,
         "flags": extra_compile_args, "macros": [m[0] for m in define_macros], "link": openmp,
     })
     print(

@@ -42,6 +42,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from typing import Any, Callable, Sequence
 
@@ -449,8 +450,8 @@ def run_in_process_group(fn: Callable[..., Any], env: LaunchEnv, device: torch.d
     """Initialise the default process group for this process (NCCL for a CUDA device, else gloo),
     run `fn(ProcessInfo, *args)`, and tear the group down. Errors name this rank.
 
-    `teardown=False` is for a process that ends right after (`leave`): torch 2.4's gloo can hang for
-    good in `destroy_process_group` (pytorch#75097), and ending the process closes the group anyway."""
+    `teardown=False` is for a process that ends right after (`leave`): no teardown, so none that can hang
+    (`destroy_process_group` below), and ending the process closes the group anyway."""
     global _group_left_open
     device = torch.device(device)
     backend = _backend_for(device)
@@ -475,9 +476,22 @@ def run_in_process_group(fn: Callable[..., Any], env: LaunchEnv, device: torch.d
         raise
     finally:
         if teardown:
-            dist.destroy_process_group()
+            destroy_process_group()
         else:
             _group_left_open = True
+
+
+def destroy_process_group() -> None:
+    """`dist.destroy_process_group()`, first letting gloo's worker threads finish.
+
+    A gloo worker drops a finished collective (and with it the caller's tensors) just after the caller's
+    wait returns; where the caller has already let go of its Python tensors, that drop needs the GIL. The
+    teardown joins the workers while holding the GIL, so the two wait on each other for good (seen with torch
+    2.4: ~ProcessGroupGloo in std::thread::join, a worker in gil_scoped_acquire under ~AsyncGatherWork;
+    pytorch#75097). A short sleep hands the workers the GIL first."""
+    if dist.is_initialized():
+        time.sleep(0.1)
+        dist.destroy_process_group()
 
 
 def _is_comm_error(e: BaseException) -> bool:
