@@ -13,12 +13,19 @@ import re
 import subprocess
 import sys
 
+import setuptools
 import torch
 from setuptools import setup
 import torch.utils.cpp_extension as cpp_ext
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+# pyproject.toml's [project] table and editable installs need setuptools >= 64. An older one (a Python 3.9 venv
+# has 58) installs a package named UNKNOWN without dependencies or commands, and says nothing.
+if tuple(int(x) for x in re.findall(r"\d+", setuptools.__version__)[:2]) < (64, 0):
+    sys.exit(f"netcompress: building needs setuptools >= 64, found {setuptools.__version__} at "
+             f"{os.path.dirname(setuptools.__file__)}: run  pip install -U 'setuptools>=64'  and install again")
 BUILD_CONFIG: dict = {}  # what the build decided; written beside the extension (`netcompress info` shows it)
 
 

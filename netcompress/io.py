@@ -232,11 +232,12 @@ def _write_target(path: str) -> str:
     if not os.path.islink(path):
         return path
     try:
-        return os.path.realpath(path, strict=True)
+        os.stat(path)  # follows the links: a loop raises ELOOP (realpath's strict mode is Python 3.10+)
     except FileNotFoundError:
-        return os.path.realpath(path)  # a dangling link: create its target
+        pass  # a dangling link: create its target
     except OSError as e:
         raise FileError.from_os_error(path, e, "write") from None
+    return os.path.realpath(path)
 
 
 class _Terminated(BaseException):

@@ -43,6 +43,17 @@ class CaseTimeout(BaseException):
 
 
 @contextlib.contextmanager
+def _chdir(path):
+    """contextlib.chdir, which is Python 3.11+."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+@contextlib.contextmanager
 def time_limit(seconds: float):
     def on_alarm(signum, frame):
         raise CaseTimeout()
@@ -220,7 +231,7 @@ def models(work: Path) -> dict[str, Path]:
 
     torch_seed = 5
     out = {}
-    with contextlib.chdir(work):
+    with _chdir(work):
         for key, f in (("normal", "lenet_train_test.prototxt"), ("dns", "lenet_train_test_DNS.prototxt"),
                        ("inq", "lenet_train_test_inq_60.prototxt")):
             net = Net(f, phase=pb.TEST, seed=torch_seed, verbose=False)
@@ -399,7 +410,7 @@ def net_cases(work: Path, models: dict[str, Path], n: int, rng: random.Random) -
 def test_fuzz_nets(work, models):
     rng = random.Random(SEED)
     cases = net_cases(work, models, 260, rng)
-    with contextlib.chdir(work):
+    with _chdir(work):
         outcomes = [run_case(c) for c in cases]
     check_outcomes(outcomes, work)
     # The fuzz reaches both ends: many mutants are refused, many still run.
@@ -462,7 +473,7 @@ def refusal_cases(work: Path, rng: random.Random) -> list[Case]:
 
 def test_fuzz_refuses_the_invalid_parameters(work):
     cases = refusal_cases(work, random.Random(SEED))
-    with contextlib.chdir(work):
+    with _chdir(work):
         outcomes = [run_case(c) for c in cases]
     check_outcomes(outcomes, work)
     for o in outcomes:  # the file is named as well as the layer
@@ -590,7 +601,7 @@ def solver_cases(work: Path, models: dict[str, Path], n: int, rng: random.Random
 
 def test_fuzz_solvers(work, models):
     cases = solver_cases(work, models, 110, random.Random(SEED + 1))
-    with contextlib.chdir(work):
+    with _chdir(work):
         outcomes = [run_case(c) for c in cases]
     check_outcomes(outcomes, work)
     rcs = [o.rc for o in outcomes]
@@ -744,7 +755,7 @@ def model_cases(work: Path, models: dict[str, Path], n: int, rng: random.Random)
 
 def test_fuzz_models(work, models):
     cases = model_cases(work, models, 200, random.Random(SEED + 2))
-    with contextlib.chdir(work):
+    with _chdir(work):
         outcomes = [run_case(c) for c in cases]
     check_outcomes(outcomes, work)
     rcs = [o.rc for o in outcomes]
@@ -777,7 +788,7 @@ def compact(work: Path, models: dict[str, Path]) -> Path:
             ncio.array_to_blob(a, b)
     ncio.write_caffemodel(str(work / "pow2.caffemodel"), param)
     out = work / "lenet.binary"
-    with contextlib.chdir(work), contextlib.redirect_stdout(io.StringIO()):
+    with _chdir(work), contextlib.redirect_stdout(io.StringIO()):
         encode_compact("lenet_train_test.prototxt", "pow2.caffemodel", str(out))
     return out
 
@@ -821,7 +832,7 @@ def compact_cases(work: Path, compact: Path, n: int, rng: random.Random) -> list
 
 def test_fuzz_compact_files(work, compact):
     cases = compact_cases(work, compact, 80, random.Random(SEED + 3))
-    with contextlib.chdir(work):
+    with _chdir(work):
         outcomes = [run_case(c) for c in cases]
     check_outcomes(outcomes, work)
 
@@ -905,7 +916,7 @@ def hostile_cases(work: Path, models: dict[str, Path]) -> list[Case]:
 
 def test_fuzz_hostile_paths(work, models):
     cases = hostile_cases(work, models)
-    with contextlib.chdir(work):
+    with _chdir(work):
         outcomes = [run_case(c) for c in cases]
     check_outcomes(outcomes, work)
     assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
@@ -919,7 +930,7 @@ def test_fuzz_hostile_paths(work, models):
 def snapshot(work: Path) -> Path:
     solver = work / "resume_solver.prototxt"
     solver.write_text(BASE_SOLVER.replace("snapshot: 0", "snapshot: 2").replace("snap/lenet", "resume/lenet"))
-    with contextlib.chdir(work), contextlib.redirect_stderr(io.StringIO()):
+    with _chdir(work), contextlib.redirect_stderr(io.StringIO()):
         assert cli.main(["train", "--solver", str(solver)]) == 0
     return work / "resume" / "lenet_iter_2.solverstate"
 
@@ -968,7 +979,7 @@ def resume_cases(work: Path, snapshot: Path, n: int, rng: random.Random) -> list
 
 def test_fuzz_resumes(work, snapshot):
     cases = resume_cases(work, snapshot, 50, random.Random(SEED + 4))
-    with contextlib.chdir(work):
+    with _chdir(work):
         outcomes = [run_case(c) for c in cases]
     check_outcomes(outcomes, work)
 
