@@ -26,6 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if tuple(int(x) for x in re.findall(r"\d+", setuptools.__version__)[:2]) < (64, 0):
     sys.exit(f"netcompress: building needs setuptools >= 64, found {setuptools.__version__} at "
              f"{os.path.dirname(setuptools.__file__)}: run  pip install -U 'setuptools>=64'  and install again")
+
 BUILD_CONFIG: dict = {}  # what the build decided; written beside the extension (`netcompress info` shows it)
 
 
