@@ -64,3 +64,24 @@ def report_malloc(info, outdir: str) -> None:
                 heap = lo <= block.data_ptr() < hi
     with open(os.path.join(outdir, f"rank{info.rank}.txt"), "w") as f:
         f.write(f"{current_memory().keep} {heap}")
+
+
+def watch_teardown(info, outdir: str, fail: bool) -> None:
+    """One all-reduce, with torch's destroy_process_group wrapped to leave a file if this rank calls it;
+    then return, or raise (fail) on rank 1."""
+    import torch.distributed as dist
+
+    real = dist.destroy_process_group
+
+    def recorded(*args, **kwargs):
+        with open(os.path.join(outdir, f"teardown{info.rank}"), "w") as f:
+            f.write("called")
+        return real(*args, **kwargs)
+
+    dist.destroy_process_group = recorded
+    t = torch.ones(3)
+    dist.all_reduce(t)
+    with open(os.path.join(outdir, f"done{info.rank}"), "w") as f:
+        f.write(str(int(t.sum())))
+    if fail and info.rank == 1:
+        raise ValueError("rank 1 fails on purpose")

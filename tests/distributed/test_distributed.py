@@ -226,6 +226,19 @@ def test_torchrun_style_error_reaches_the_exit_code(workdir):
         assert "no_such.caffemodel" in r.stdout
 
 
+@pytest.mark.parametrize("fail", [False, True])
+def test_spawned_ranks_leave_without_a_teardown(tmp_path, fail):
+    """launch's ranks end by os._exit without destroy_process_group, which torch 2.4's gloo can hang in
+    (distributed.run_in_process_group); their results and errors still reach the launcher."""
+    if fail:
+        with pytest.raises(WorkerError, match="rank 1: rank 1 fails on purpose"):
+            launch(dist_workers.watch_teardown, 2, (str(tmp_path), True))
+    else:
+        launch(dist_workers.watch_teardown, 2, (str(tmp_path), False))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done0", "done1"]  # no teardown file
+    assert (tmp_path / "done0").read_text() == "6"
+
+
 @pytest.mark.parametrize("mode", ["mask", "nan", "stop"])
 def test_one_rank_going_astray(workdir, mode):
     prefix = f"fault_{mode}"
