@@ -339,9 +339,7 @@ class DataParallel(TrainingCallback):
         _np_set_rng_state(st["numpy_rng"])
         if "cuda_rng" in st and solver.device.type == "cuda":
             torch.cuda.set_rng_state(st["cuda_rng"], solver.device)
-        for name, s in st.get("layers", {}).items():
-            if solver.net.has_layer(name):
-                solver.net.layer(name).set_rng_state(s)
+        solver.net.set_rng_state(st.get("layers", {}), strict=False)
 
     def _restore_rank_state(self, solver) -> None:
         """After every rank restored rank 0's snapshot: give rank r its own generators back (rank

@@ -534,11 +534,13 @@ class Net(nn.Module):
                 states[name] = state
         return states
 
-    def set_rng_state(self, states: "dict[str, torch.Tensor]") -> None:
-        """Restore what `rng_state()` returned, so a resumed run draws the same numbers."""
+    def set_rng_state(self, states: "dict[str, torch.Tensor]", strict: bool = True) -> None:
+        """Restore what `rng_state()` returned, so a resumed run draws the same numbers (`strict=False`: skip
+        the states of layers this net does not have)."""
         layers = dict(self._labelled_layers())
         for name, state in states.items():
-            layers[name].set_rng_state(state)
+            if strict or name in layers:
+                layers[name].set_rng_state(state)
 
     def set_iteration(self, iteration: int) -> None:
         """Tell every layer the solver's iteration (Caffe's set_current_iter_num)."""

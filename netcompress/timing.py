@@ -50,7 +50,8 @@ def time_net(net, iterations: int = 50, iteration: int = 0) -> dict:
     `propagate_down: false` bottom, unless `force_backward`), so a first convolution is not timed
     for an input gradient that training never computes. Returns the averages in milliseconds: the
     passes' (`forward_ms`, `backward_ms`, `forward_backward_ms`, `total_ms`) and each layer's
-    (`layers[name]["forward_ms"]`, `layers[name]["backward_ms"]`).
+    (`layers[name]["forward_ms"]`, `layers[name]["backward_ms"]`; the k-th of several layers of one name,
+    which Caffe allows and times each, as `name#k` from k = 2).
     """
     dev = net.device
     train = net.phase == pb.TRAIN
@@ -72,9 +73,9 @@ def time_net(net, iterations: int = 50, iteration: int = 0) -> dict:
     backward_pass(net, train)
     log.info("*** Benchmark begins ***")
     log.info("Testing for %d iterations.", iterations)
-    names = net.layer_names
-    fwd = {n: 0.0 for n in names}
-    bwd = {n: 0.0 for n in names}
+    names = net.layer_names  # by position: Caffe lets layers share a name, and times each
+    fwd = [0.0] * len(names)
+    bwd = [0.0] * len(names)
     total_f = total_b = 0.0
     t_all = time.perf_counter()
     for j in range(iterations):
@@ -97,17 +98,18 @@ def time_net(net, iterations: int = 50, iteration: int = 0) -> dict:
     force = net.param.force_backward
     need = [[(pd or force) and net.blobs[b].requires_grad for b, pd in zip(net._bottoms[li], net._prop_down[li])]
             for li in range(len(names))]
-    _layer_pass(net, need, dev, dict(fwd), dict(bwd), train)
+    _layer_pass(net, need, dev, list(fwd), list(bwd), train)
     for _ in range(iterations):
         _layer_pass(net, need, dev, fwd, bwd, train)
     log.info("Average time per layer: ")
-    for n in names:
-        log.info("%10s\tforward: %g ms.", n, fwd[n] / iterations * 1e3)
-        log.info("%10s\tbackward: %g ms.", n, bwd[n] / iterations * 1e3)
+    for li, n in enumerate(names):
+        log.info("%10s\tforward: %g ms.", n, fwd[li] / iterations * 1e3)
+        log.info("%10s\tbackward: %g ms.", n, bwd[li] / iterations * 1e3)
     res = {"forward_ms": total_f / iterations * 1e3, "backward_ms": total_b / iterations * 1e3,
            "forward_backward_ms": (total_f + total_b) / iterations * 1e3, "total_ms": total * 1e3,
-           "layers": {n: {"forward_ms": fwd[n] / iterations * 1e3, "backward_ms": bwd[n] / iterations * 1e3}
-                      for n in names}}
+           "layers": {label: {"forward_ms": fwd[li] / iterations * 1e3,
+                              "backward_ms": bwd[li] / iterations * 1e3}
+                      for li, (label, _) in enumerate(net._labelled_layers())}}
     log.info("Average Forward pass: %g ms.", res["forward_ms"])
     log.info("Average Backward pass: %g ms.", res["backward_ms"])
     log.info("Average Forward-Backward: %g ms.", res["forward_backward_ms"])
@@ -116,13 +118,12 @@ def time_net(net, iterations: int = 50, iteration: int = 0) -> dict:
     return res
 
 
-def _layer_pass(net, need: list[list[bool]], dev: torch.device, fwd: dict[str, float],
-                bwd: dict[str, float], train: bool) -> None:
+def _layer_pass(net, need: list[list[bool]], dev: torch.device, fwd: list[float], bwd: list[float],
+                train: bool) -> None:
     """Each layer's forward (with its TRAIN-phase state change), then its backward alone, in order; adds
-    the seconds to fwd/bwd."""
+    the seconds to fwd/bwd (by layer position)."""
     blobs = {}
-    for li, name in enumerate(net.layer_names):
-        layer = net.layer(name)
+    for li, (_, layer) in enumerate(net.named_layers()):
         if layer.type_name == "Input":
             xs = []
         else:
@@ -133,7 +134,7 @@ def _layer_pass(net, need: list[list[bool]], dev: torch.device, fwd: dict[str, f
             layer.before_train_forward()
         out = layer(*xs)
         _sync(dev)
-        fwd[name] += time.perf_counter() - t0
+        fwd[li] += time.perf_counter() - t0
         outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
         for t, y in zip(net._tops[li], outs):
             blobs[t] = y
@@ -143,7 +144,7 @@ def _layer_pass(net, need: list[list[bool]], dev: torch.device, fwd: dict[str, f
             t0 = time.perf_counter()
             torch.autograd.grad(diffable, wrt, [torch.ones_like(y) for y in diffable], allow_unused=True)
             _sync(dev)
-            bwd[name] += time.perf_counter() - t0
+            bwd[li] += time.perf_counter() - t0
 
 
 def forward_pass(net, train: bool) -> None:

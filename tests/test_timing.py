@@ -89,6 +89,21 @@ def test_a_slow_first_layer_alone_call_is_not_averaged(monkeypatch):
     assert res["layers"]["conv1"]["backward_ms"] > 0 and res["layers"]["in"]["backward_ms"] == 0
 
 
+def test_layers_sharing_a_name_are_each_timed(caplog):
+    """Caffe lets layers share a name and times each by its position; here the Input and pool1 are both named
+    "in" (the per-layer pass took the last layer of a name for both, and fed the data's layer pool1's inputs)."""
+    net = Net(text_format.Parse(NET.replace('name: "pool1"', 'name: "in"').replace("PD", "true"), pb.NetParameter()),
+              phase=pb.TRAIN, seed=3, verbose=False)
+    net.set_input(data=torch.randn(4, 1, 8, 8), label=torch.tensor([0.0, 1.0, 2.0, 3.0]))
+    with caplog.at_level("INFO", logger="netcompress"):
+        res = time_net(net, iterations=2)
+    assert list(res["layers"]) == ["in", "conv1", "in#2", "ip1", "loss"]
+    assert res["layers"]["in"]["backward_ms"] == 0 and res["layers"]["in#2"]["backward_ms"] > 0
+    forward_lines = [r.getMessage().split("\t")[0].strip() for r in caplog.records
+                     if "\tforward: " in r.getMessage()]
+    assert forward_lines == ["in", "conv1", "in", "ip1", "loss"]  # Caffe's lines: a layer's own name, in order
+
+
 DNS_NET = """
 name: "d"
 layer { name: "in" type: "Input" top: "data" top: "label"

@@ -113,7 +113,7 @@ class Growth(TrainingCallback):
     # -- grown_lr: CONSTANT_BASE_LR --------------------------------------------------------------
     def nets_rebuilt(self, solver: "Solver") -> None:
         self._grown = [e for e in solver.params
-                       if e.learnable and layer_stage(solver.net.layer(e.layer).layer_param, self.prefix) > 0]
+                       if e.learnable and layer_stage(solver.net.param_layer(e).layer_param, self.prefix) > 0]
 
     def before_update(self, solver: "Solver") -> None:
         if not self.constant_lr:

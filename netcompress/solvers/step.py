@@ -94,7 +94,7 @@ def deferred_refusal(solver: "Solver") -> str | None:
     for e in solver.params:
         if e.learnable and e.tensor.dtype not in (torch.float32, torch.float64):
             return f"parameter {e.key} is {e.tensor.dtype} (the deferred update is exact for float32/float64)"
-        mask = solver.net.layer(e.layer).update_mask(e.index) if e.learnable else None
+        mask = solver.net.param_layer(e).update_mask(e.index) if e.learnable else None
         if mask is not None and mask.dtype != e.tensor.dtype:
             return f"parameter {e.key} has a {mask.dtype} update mask"
     return None
@@ -290,7 +290,7 @@ class DeviceLoop:
             torch.where(self.ok, g, neg0, out=g)
         torch._foreach_mul_(hs, mom_ok)
         torch._foreach_add_(hs, gs)
-        masked = [(k, s.net.layer(s.params[i].layer).update_mask(s.params[i].index)) for k, i in enumerate(idx)]
+        masked = [(k, s.net.param_layer(s.params[i]).update_mask(s.params[i].index)) for k, i in enumerate(idx)]
         masked = [(k, m) for k, m in masked if m is not None]
         if masked:  # frozen entries: zero history (and so a zero update); h * (mask*ok + (1-ok)), exact
             not_ok = torch.sub(one, ok_f)

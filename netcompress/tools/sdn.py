@@ -545,13 +545,12 @@ def layer_macs(layer, bottom_shapes: list[tuple], top_shapes: list[tuple]) -> in
 
 def ops_per_output(net, outputs: Sequence[str]) -> tuple[list[int], dict[str, int]]:
     """Cumulative per-sample MACs to reach each output (see the module docstring), and the MACs of
-    every counted layer."""
-    producers: dict[str, frozenset[str]] = {}
-    macs: dict[str, int] = {}
-    for li, name in enumerate(net.layer_names):
-        layer = net.layer(name)
+    every counted layer (by name; the k-th of several layers of one name as `name#k` from k = 2)."""
+    producers: dict[str, frozenset[int]] = {}  # blob -> the positions of the layers it depends on
+    macs: dict[int, int] = {}
+    for li, (_, layer) in enumerate(net.named_layers()):
         bottoms, tops = net._bottoms[li], net._tops[li]
-        deps = {name}
+        deps = {li}
         for b in bottoms:
             deps |= producers.get(b, frozenset())
         deps_f = frozenset(deps)
@@ -559,14 +558,15 @@ def ops_per_output(net, outputs: Sequence[str]) -> tuple[list[int], dict[str, in
             producers[t] = deps_f
         m = layer_macs(layer, [net.blob_shapes[b] for b in bottoms], [net.blob_shapes[t] for t in tops])
         if m:
-            macs[name] = m
+            macs[li] = m
     cumulative, reached = [], set()
     for o in outputs:
         if o not in producers:
             raise ToolError(f"no layer of the net produces the output blob '{o}'")
         reached |= producers[o]
-        cumulative.append(sum(macs.get(n, 0) for n in reached))
-    return cumulative, macs
+        cumulative.append(sum(macs.get(li, 0) for li in reached))
+    labels = [label for label, _ in net._labelled_layers()]
+    return cumulative, {labels[li]: m for li, m in sorted(macs.items())}
 
 
 def _grow_stages(param: pb.NetParameter) -> list[str]:

@@ -98,6 +98,27 @@ def test_deferred_equals_eager_other_forms(workdir, kw, caplog):
     assert _bits_equal(a[0], b[0]) and _bits_equal(a[1], b[1])
 
 
+def test_deferred_equals_eager_where_layer_names_repeat(workdir, caplog):
+    # Caffe lets two layers share a name; the INQ net's conv1 and ip1 both named "q" here. The deferred update
+    # must freeze each parameter by its own layer's mask (it took the last layer of the name for both, and then
+    # ip1's mask for conv1's weights). No test net: sharing weights by name with one fails, as in Caffe.
+    def same_names(prefix):
+        sp = solver_param(workdir, "inq", prefix, test_interval=0)
+        del sp.test_iter[:]
+        net = workdir / f"net_{prefix}.prototxt"
+        text = (workdir / "net_inq.prototxt").read_text()
+        net.write_text(text.replace('name: "conv1"', 'name: "q"').replace('name: "ip1"', 'name: "q"'))
+        sp.net = str(net)
+        return sp
+
+    eager, eager_lines = _solve(same_names("eager"), "eager", caplog)
+    deferred, deferred_lines = _solve(same_names("deferred"), "deferred", caplog)
+    assert {e.layer for e in deferred.params} == {"q"} and len({e.module for e in deferred.params}) == 2
+    assert deferred_lines == eager_lines and eager.smoothed_loss == deferred.smoothed_loss
+    a, b = _state(eager), _state(deferred)
+    assert _bits_equal(a[0], b[0]) and _bits_equal(a[1], b[1])
+
+
 def test_deferred_reads_the_loss_only_where_needed(workdir, monkeypatch):
     # No display, test, epoch end or snapshot point: the loss buffer is read when full (LOSS_SLOTS, made small here) and at
     # the end of step(); the smoothed loss is the eager one.

@@ -357,6 +357,18 @@ def test_auto_ops_count_conv_deconv_and_inner_product_macs():
                    expected["conv1"] + expected["ic1"] + expected["conv2"] + expected["up"] + expected["fc"]]
 
 
+def test_auto_ops_count_layers_sharing_a_name_each():
+    # Caffe lets layers share a name: each is counted, and only into the outputs that need it.
+    net = Net(ncio.parse_text_proto("""
+        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 } } }
+        layer { name: "fc" type: "InnerProduct" bottom: "data" top: "a" inner_product_param { num_output: 4 } }
+        layer { name: "fc" type: "InnerProduct" bottom: "data" top: "b" inner_product_param { num_output: 3 } }
+    """, pb.NetParameter()), phase=pb.TEST, verbose=False)
+    ops, macs = sdn.ops_per_output(net, ["a", "b"])
+    assert macs == {"fc": 24, "fc#2": 18}
+    assert ops == [24, 42]  # "b" reached: both layers counted once each
+
+
 def test_early_exit_table_boundaries():
     # conf >= q exits (SDN's comparison); the final output is never tested against q
     x = np.log(np.array([[2.0, 1.0, 1.0]]))   # softmax max exactly 0.5
