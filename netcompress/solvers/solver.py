@@ -142,14 +142,15 @@ class Solver:
         if self.root:
             log.info("Solver scaffolding done.")
 
-    def _set_params(self, old_history: dict[str, list[torch.Tensor]] | None = None) -> None:
-        """`params` from the train net and their `history`: the tensors of `old_history` (by
-        ParamEntry key) where given and of the same shape, else zeros."""
+    def _set_params(self, old_history: dict[tuple[str, int], list[torch.Tensor]] | None = None) -> None:
+        """`params` from the train net and their `history`: the tensors of `old_history` (by the
+        ParamEntry's (module, index): its layer's k-th name and blob) where given and of the same shape, else
+        zeros."""
         self.params = self.net.learnable_params()
         old_history = old_history or {}
         self.history = []
         for e in self.params:
-            kept = old_history.get(e.key)
+            kept = old_history.get((e.module, e.index))
             if kept is None or any(h.shape != e.tensor.shape for h in kept):
                 kept = [torch.zeros_like(e.tensor, memory_format=torch.contiguous_format)
                         for _ in range(self._nhist)]
@@ -391,7 +392,7 @@ class Solver:
         """
         stages = list(dict.fromkeys(stages))
         old_train, old_tests = self.net, self.test_nets
-        old_history = {e.key: h for e, h in zip(self.params, self.history)}
+        old_history = {(e.module, e.index): h for e, h in zip(self.params, self.history)}
         self.stages = stages
         if self.root:
             log.info("Rebuilding the nets with stages %s", ", ".join(stages) or "(none)")
@@ -1106,11 +1107,13 @@ def read_hdf5_state(path: str) -> pb.SolverState:
 
 def _carry_over(old: Net, new: Net, blobs=lambda name: True) -> None:
     """Copy, for every layer name in both nets, the blobs (where `blobs(name)`) and the layer's
-    snapshot state from `old` into `new`, and `old`'s named generators (see Solver.rebuild_nets)."""
-    for name, layer in new.named_layers():
-        if not old.has_layer(name):
+    snapshot state from `old` into `new`, and `old`'s named generators (see Solver.rebuild_nets). Of several
+    layers of one name, the k-th takes the old net's k-th."""
+    sources = dict(old._labelled_layers())
+    for (label, layer), name in zip(new._labelled_layers(), new.layer_names):
+        src = sources.get(label)
+        if src is None:
             continue
-        src = old.layer(name)
         if blobs(name):
             if len(src.blob_names) != len(layer.blob_names):
                 raise NetcompressError(f"layer '{name}' holds {len(src.blob_names)} blobs in the old net and "

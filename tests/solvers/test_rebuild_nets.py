@@ -142,3 +142,32 @@ def test_a_layer_that_changes_shape_between_stages_is_an_error(solver_param, tmp
     with pytest.raises(NetcompressError, match="layer 'fc' changes the shape of blob 'weight' from \\[4, 48\\] "
                                                "to \\[5, 48\\] between stages"):
         s.rebuild_nets(["more"])
+
+
+def test_layers_sharing_a_name_carry_over_each_its_own(solver_param, tmp_path):
+    # Caffe lets two layers share a name ("fc" twice here, of different shapes): the k-th of the new net takes
+    # the k-th of the old one's blobs and history (both took the last's: a shape error).
+    text = NET.replace('layer { name: "extra"',
+                       'layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc2"\n'
+                       '        inner_product_param { num_output: 6 weight_filler { type: "xavier" } } }\n'
+                       'layer { name: "extra"')
+    assert text != NET
+    sp = solver_param(test_interval=0)
+    del sp.test_iter[:]  # (a test net shares weights by name, the first of a name: Caffe too fails on these)
+    path = tmp_path / "twice.prototxt"
+    path.write_text(text.replace("@TRAIN@", str(tmp_path / "train")).replace("@TEST@", str(tmp_path / "test")))
+    sp.net = str(path)
+    s = Solver(sp, verbose=False)
+    s.step(3)
+    fcs = lambda net: [l for n, l in net.named_layers() if n == "fc"]  # noqa: E731
+    old_blobs = [[t.clone() for t in l.blobs()] for l in fcs(s.net)]
+    assert [tuple(b[0].shape) for b in old_blobs] == [(4, 48), (6, 48)]
+    old_hist = [[h.clone() for h in hist] for e, hist in zip(s.params, s.history) if e.layer == "fc"]
+    assert len(old_hist) == 4 and float(old_hist[0][0].abs().sum()) > 0 and float(old_hist[2][0].abs().sum()) > 0
+    s.rebuild_nets(["more"])
+    for layer, saved in zip(fcs(s.net), old_blobs):
+        assert all(torch.equal(t, v) for t, v in zip(layer.blobs(), saved))
+    new_hist = [hist for e, hist in zip(s.params, s.history) if e.layer == "fc"]
+    assert all(torch.equal(h, o) for hs, os_ in zip(new_hist, old_hist) for h, o in zip(hs, os_))
+    s.step(2)
+    assert s.iter == 5
