@@ -97,8 +97,16 @@ def _log2_floor(x: float) -> int:
     return math.floor(math.log(4.0 * x / 3.0) / math.log(2.0))
 
 
+def _require_finite(stats: list[float]) -> None:
+    """An infinite |w| has no power of two (the reference's int cast of log2(inf) is undefined)."""
+    if math.isinf(stats[0]) or math.isinf(stats[1]):
+        where = "an unquantized" if math.isinf(stats[0]) else "a quantized"
+        raise INQRangeError(f"{where} entry is infinite (a diverged model?); expected finite values")
+
+
 def _exponent_range(stats: list[float], num_quantum_values: int) -> tuple[int, int]:
     # Mirrors ComputeQuantumRange: a maximum of −1 is the reference's "still INT_MIN" (no entry seen).
+    _require_finite(stats)
     max_t, max_q, n_q = stats[0], stats[1], stats[3]
     if max_q >= 0.0 and abs(max_q) <= _FLT_EPSILON:
         # (a) pruned entries, all ~0, nothing quantized yet: a DNS-pruned model at its first INQ stage.
@@ -157,6 +165,7 @@ def inq_quantize_portion_(weight: torch.Tensor, mask: torch.Tensor, portion: tup
     largest-|v| mask-1 entries so that about portion[1] of the initially unquantized entries are done.
     """
     stats = ops.inq_mask_stats(weight, mask).tolist()
+    _require_finite(stats)
     count, n_yet = weight.numel(), int(stats[2])
     p0, p1 = portion
     if n_yet == 0 and stats[1] > _FLT_EPSILON:

@@ -167,7 +167,11 @@ class Exp(NeuronLayer):
             raise self.error(f"exp_param.base must be strictly positive (or -1 for e), got {base}")
         log_base = 1.0 if base == -1.0 else math.log(base)
         self.inner_scale = log_base * scale
-        self.outer_scale = 1.0 if shift == 0.0 else (math.exp(shift) if base == -1.0 else base ** shift)
+        try:
+            self.outer_scale = 1.0 if shift == 0.0 else (math.exp(shift) if base == -1.0 else base ** shift)
+        except OverflowError:
+            raise self.error(f"exp_param: base^shift overflows (base {base:g}{' (e)' if base == -1.0 else ''}, shift "
+                             f"{shift:g}), so every output would be infinite; expected a smaller shift") from None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.exp(x if self.inner_scale == 1.0 else x * self.inner_scale)

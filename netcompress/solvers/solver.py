@@ -967,6 +967,9 @@ class Solver:
         weights, the history and the layers' state are loaded into them. A file whose name ends in
         `.h5` is read as Caffe's HDF5 solver state (Solver::Restore's rule)."""
         state = read_hdf5_state(path) if path.endswith(".h5") else ncio.read_binary_proto(path, pb.SolverState())
+        if state.iter < 0:
+            raise NetcompressError(f"{path}: the solver state's iteration is {state.iter}; expected 0 or more (a "
+                                   "corrupted solver state)")
         self.iter = state.iter
         side = path + SIDECAR_SUFFIX
         tree = _load_sidecar(side) if os.path.exists(side) else None

@@ -174,6 +174,13 @@ def test_exp_log_reject_bad_base(make_layer, kind):
         make_layer(f'type: "{kind}" {kind.lower()}_param {{ base: -2 }}', SHAPE)
 
 
+@pytest.mark.parametrize("base, shift", [(-1, 1e30), (10, 1e30), (0.5, -1e30)])
+def test_exp_refuses_a_scale_that_overflows(make_layer, base, shift):
+    # base^shift past a double: refused with the layer's name (it raised OverflowError); Caffe's float gives inf
+    with pytest.raises(NetDefinitionError, match=r"layer 'layer' \(type Exp\).*base\^shift overflows"):
+        make_layer(f'type: "Exp" exp_param {{ base: {base} shift: {shift} }}', SHAPE)
+
+
 def test_bnll(make_layer):
     layer = make_layer('type: "BNLL"', SHAPE)
     x = rand(*SHAPE) * 5

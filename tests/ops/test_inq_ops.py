@@ -339,10 +339,19 @@ def test_exponent_range_partly_quantized():  # case (c)
     ([0.5, 0.25], [0.0, 0.0], r"case \(c\), partly quantized model.*none left"),
     ([0.5, 1e-9], [0.0, 1.0], r"case \(c\), partly quantized model"),
     ([0.5, 0.9], [0.0, 1.0], r"case \(c\), hard situation"),
+    ([float("inf"), 0.5], [1.0, 1.0], r"an unquantized entry is infinite"),
+    ([float("-inf"), 0.5], [0.0, 1.0], r"a quantized entry is infinite"),
 ])
 def test_exponent_range_checks(w, m, match):
     with pytest.raises(inq.INQRangeError, match=match):
         inq.inq_exponent_range(torch.tensor(w), torch.tensor(m), 7)
+
+
+@pytest.mark.parametrize("m", [[1.0, 1.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+def test_a_stage_refuses_an_infinite_weight(m):
+    # (it raised OverflowError from the exponent's rounding, or from the "every entry quantized" skip)
+    with pytest.raises(inq.INQRangeError, match=r"entry is infinite \(a diverged model\?\)"):
+        inq.inq_quantize_portion_(torch.tensor([float("inf"), 0.5, 0.25]), torch.tensor(m), (0.0, 0.5), 7)
 
 
 # ---- a whole stage: inq_quantize_portion_ ------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 from netcompress.solvers.callbacks import AfterIteration
 from netcompress import io as ncio
 from netcompress.cli import main as cli_main
+from netcompress.errors import NetcompressError
 from netcompress.proto import caffe_pb2 as pb
 from netcompress.solvers import Solver
 from netcompress.solvers.logparse import parse_log
@@ -72,6 +73,19 @@ def test_resume_from_a_caffe_style_solverstate_warns(workdir, caplog):
     assert "has no netcompress state" in caplog.text
     assert "no DNS statistics at iteration 5" in caplog.text
     assert s.iter == 12
+
+
+def test_a_negative_iteration_in_a_solverstate_is_refused(workdir):
+    # (it trained on from iteration -1, the warm-up's rate then 0 / 0)
+    Solver(solver_param(workdir), verbose=False).solve()
+    path = workdir / "run_plain_iter_5.solverstate"
+    state = pb.SolverState.FromString(path.read_bytes())
+    state.iter = -1
+    path.write_bytes(state.SerializeToString())
+    s = Solver(solver_param(workdir, snapshot_prefix=str(workdir / "x")), verbose=False)
+    with pytest.raises(NetcompressError, match=r"run_plain_iter_5.solverstate: the solver state's iteration is -1; "
+                                               r"expected 0 or more"):
+        s.solve(resume_file=str(path))
 
 
 def test_history_length_mismatch_is_clear(workdir):
