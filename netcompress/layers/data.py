@@ -344,6 +344,15 @@ class BasePrefetchingDataLayer(Layer):
 # Data (LMDB or LevelDB)
 # ----------------------------------------------------------------------------------------------
 
+def _record_message(e: BaseException, owner: str, name: str) -> str:
+    """What went wrong with the record `name`, said once: the transformer's messages about a record start with
+    its owner's name (the layer, which the caller names already), the decoder's hold the record's name."""
+    msg = str(e)
+    if msg.startswith(f"{owner}: "):
+        msg = msg[len(owner) + 2:]
+    return msg if name in msg else f"{name}: {msg}"
+
+
 class _DatumReader(_Reader):
     def __init__(self, db: LmdbReader | LeveldbReader, transformer: DataTransformer, stream: _Stream,
                  who: str):
@@ -371,8 +380,8 @@ class _DatumReader(_Reader):
             try:
                 data.append(self.transformer.transform_datum(datum, rng, name=name))
             except (TransformError, ValueError) as e:
-                msg = str(e)  # the transformer's own messages start with the record's name
-                raise DataError(f"record {msg if msg.startswith(name) else f'{name}: {msg}'}") from None
+                msg = _record_message(e, self.transformer.name, name)
+                raise DataError(f"record {msg}" if msg.startswith(name) else msg) from None
             labels.append(datum.label)
             names.append(repr(key))
         return [_stack(data, names, self.who), np.asarray(labels, dtype=np.float32)]
@@ -436,11 +445,12 @@ class DataLayer(BasePrefetchingDataLayer):
         self.reader = _DatumReader(db, self.transformer, stream, self.who)
         # Shapes from the first record, as Caffe's DataLayerSetUp reads it.
         first = pb.Datum()
+        name = f"first record of '{dp.source}'"
         try:
             first.ParseFromString(db.first_value())
-            c, h, w = self.transformer.output_shape(self.transformer.datum_array(first).shape)
+            c, h, w = self.transformer.output_shape(self.transformer.datum_array(first, name).shape)
         except (TransformError, ValueError, DecodeError) as e:
-            raise DataError(f"{self.who}: first record of '{dp.source}': {e}") from None
+            raise DataError(f"{self.who}: {_record_message(e, self.who, name)}") from None
         b = int(dp.batch_size)
         self._shapes = [(b, c, h, w), (b,)]
         if ctx.rank == 0:  # Caffe's root solver

@@ -120,6 +120,38 @@ def test_data_layer_bad_records_are_named_in_a_scale_only_batch(tmp_path, make_l
         layer.close()
 
 
+def test_data_layer_bad_records_are_named_once(tmp_path, make_layer):
+    """The record and the layer each named once (the layer was named twice, and a first record as '<datum>')."""
+    from netcompress.data.db import LmdbWriter
+
+    def write_records(path, datums):
+        with LmdbWriter(str(path), map_size=1 << 20) as db:
+            for i, d in enumerate(datums):
+                db.put(b"%08d" % i, d.SerializeToString())
+        return path
+
+    good = pb.Datum(channels=1, height=4, width=4, data=bytes(16), label=1)
+    none = pb.Datum(channels=0, height=4, width=4, label=1)
+    short = pb.Datum(channels=1, height=4, width=4, data=bytes(15), label=1)
+    garbage = pb.Datum(encoded=True, data=b"garbage", label=1)
+    layer_name = r"layer 'd' \(type Data\)"
+    first = r"first record of '[^']*{}'"
+    for name, datums, at_set_up, message in (
+            ("none0", [none, good], True, first + r": a record has 0 channels$"),
+            ("short0", [short, good], True, first + r": Datum holds 15 bytes of data, channels x height x width "
+                                                    r"= 1x4x4 = 16$"),
+            ("garbage0", [garbage, good], True, r"Could not decode image " + first + ": UnidentifiedImageError"),
+            ("none1", [good, none], False, r"failed: record '00000001' of '[^']*{}': a record has 0 channels$"),
+            ("garbage1", [good, garbage], False, r"failed: Could not decode image '00000001' of '[^']*{}': "
+                                                 r"UnidentifiedImageError")):
+        db = write_records(tmp_path / name, datums)
+        text = data_layer(db, 2, 'transform_param { mean_value: 1 }', prefetch=0)
+        with pytest.raises(DataError) as got:
+            make_layer(text)() if not at_set_up else make_layer(text)
+        assert re.search(message.format(name), str(got.value)), str(got.value)
+        assert len(re.findall(layer_name, str(got.value))) == 1 and "<datum>" not in str(got.value)
+
+
 def test_data_layer_in_a_net(small_lmdb):
     path, x = small_lmdb
     text = ('name: "n" layer { ' + data_layer(path, 5, 'transform_param { mean_value: 10 scale: 0.5 }')
