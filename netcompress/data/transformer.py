@@ -57,8 +57,9 @@ def decode_mode(force_color: bool, force_gray: bool) -> str:
     return "color" if force_color else "gray" if force_gray else "native"
 
 
-def datum_to_array(datum: pb.Datum, mode: str = "native", name: str = "<datum>") -> np.ndarray:
-    """A Datum's pixels as CxHxW: uint8 for `data` (decoded when `encoded`), float32 for `float_data`.
+def datum_to_array(datum: pb.Datum, mode: str = "native", name: str = "the Datum") -> np.ndarray:
+    """A Datum's pixels as CxHxW: uint8 for `data` (decoded when `encoded`), float32 for `float_data`. `name`:
+    what error messages call it (a record's key and database, say).
 
     Encoded images come out in BGR order (see `netcompress.data.image`).
     """
@@ -206,7 +207,7 @@ class DataTransformer:
             return c, self.crop_size, self.crop_size
         return c, h, w
 
-    def datum_array(self, datum: pb.Datum, name: str = "<datum>") -> np.ndarray:
+    def datum_array(self, datum: pb.Datum, name: str = "the Datum") -> np.ndarray:
         """The Datum's CxHxW pixels, decoded with force_color/force_gray when encoded."""
         if not datum.encoded and (self.force_color or self.force_gray) and not self._warned_force:
             self._warned_force = True
@@ -331,7 +332,7 @@ class DataTransformer:
         return np.ascontiguousarray(x.astype(np.float32) * self.scale, dtype=np.float32)
 
     def transform_datum(self, datum: pb.Datum, rng: np.random.Generator | None = None,
-                        name: str = "<datum>") -> np.ndarray:
+                        name: str = "the Datum") -> np.ndarray:
         """Decode (if encoded) and transform one Datum into float32 CxH'xW'."""
         return self.transform(self.datum_array(datum, name), rng)
 

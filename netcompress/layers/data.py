@@ -318,7 +318,7 @@ class BasePrefetchingDataLayer(Layer):
 
     def _load_error(self, batch: int, exc: BaseException) -> DataError:
         if isinstance(exc, DataError):
-            msg = str(exc)
+            msg = _unowned(exc, self.who)
         else:
             msg = f"{type(exc).__name__}: {exc}"
         return DataError(f"{self.who}: loading batch {batch} from '{self.source}' failed: {msg}")
@@ -344,12 +344,18 @@ class BasePrefetchingDataLayer(Layer):
 # Data (LMDB or LevelDB)
 # ----------------------------------------------------------------------------------------------
 
-def _record_message(e: BaseException, owner: str, name: str) -> str:
-    """What went wrong with the record `name`, said once: the transformer's messages about a record start with
-    its owner's name (the layer, which the caller names already), the decoder's hold the record's name."""
+def _unowned(e: BaseException, owner: str) -> str:
+    """`e`'s message without its owner's name in front (the transformer's and readers' messages start with their
+    layer's name, which the caller that wraps them names already)."""
     msg = str(e)
-    if msg.startswith(f"{owner}: "):
+    while msg.startswith(f"{owner}: "):
         msg = msg[len(owner) + 2:]
+    return msg
+
+
+def _record_message(e: BaseException, owner: str, name: str) -> str:
+    """What went wrong with the record `name`, said once (the decoder's messages hold the record's name)."""
+    msg = _unowned(e, owner)
     return msg if name in msg else f"{name}: {msg}"
 
 
@@ -499,6 +505,9 @@ class _ImageListReader(_Reader):
             hint = ""
             if self.root and not self.root.endswith(("/", os.sep)):
                 hint = f" (root_folder '{self.root}' is prepended as is: end it with '/')"
+            elif name != name.rstrip():
+                hint = (" (the name ends in spaces: a list line is split at its last space, as in Caffe, so the "
+                        "spaces before the label belong to the name)")
             raise DataError(f"{e}{hint}") from None
         except ValueError as e:
             raise DataError(str(e)) from None
@@ -513,7 +522,7 @@ class _ImageListReader(_Reader):
             try:
                 data.append(self.transformer.transform(x, rng))
             except TransformError as e:
-                raise DataError(f"image {self.root + self.lines[k][0]}: {e}") from None
+                raise DataError(f"image {self.root + self.lines[k][0]}: {_unowned(e, self.transformer.name)}") from None
             labels.append(self.lines[k][1])
             names.append(self.root + self.lines[k][0])
         return [_stack(data, names, self.who), np.asarray(labels, dtype=np.float32)]
@@ -564,8 +573,8 @@ class ImageDataLayer(BasePrefetchingDataLayer):
         try:
             first = self.reader.image(stream.record(stream.positions(0)[0]))
             c, h, w = self.transformer.output_shape(first.shape)
-        except DataError as e:
-            raise DataError(f"{self.who}: {e}") from None
+        except (DataError, TransformError) as e:
+            raise DataError(f"{self.who}: {_unowned(e, self.who)}") from None
         b = int(ip.batch_size)
         self._shapes = [(b, c, h, w), (b,)]
         log.info("output data size: %d,%d,%d,%d", b, c, h, w)
@@ -1185,7 +1194,8 @@ class MemoryDataLayer(Layer):
         rng = np.random.default_rng([self.seed, zlib.crc32(self.name.encode()), _TAG_TRANSFORM, 0,
                                      self._adds])
         self._adds += 1
-        x = np.stack([self.transformer.transform_datum(d, rng) for d in datums])
+        x = np.stack([self.transformer.transform_datum(d, rng, name=f"Datum {i} of the {len(datums)} added")
+                      for i, d in enumerate(datums)])
         y = np.asarray([d.label for d in datums], dtype=np.float32)
         self._set(x, y, transformed=True)
 

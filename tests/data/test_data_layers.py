@@ -401,6 +401,38 @@ def test_image_data_missing_file_names_it(tmp_path, image_list, make_layer):
     layer.close()
 
 
+def test_image_data_errors_name_the_layer_once(tmp_path, image_list, make_layer):
+    from PIL import Image
+
+    root, lst = image_list
+    once = r"^layer 'img' \(type ImageData\): (?!.*layer 'img')"
+    with pytest.raises(DataError, match=once + r"crop_size 9 is larger than the record \(5x6\)"):  # at set-up
+        make_layer(image_layer(lst, root, 2, extra="transform_param { crop_size: 9 }"))
+    layer = make_layer(image_layer(lst, root, 2, extra="transform_param { mean_value: 1 mean_value: 2 }"))
+    with pytest.raises(DataError, match=once + r"loading batch 0 from '[^']*' failed: image [^:]*im 0.png: "
+                                              r"Specify either 1 mean_value or as many as channels: 3"):
+        layer()
+    layer.close()
+    Image.new("RGB", (7, 5)).save(root / "wide.png")
+    lst.write_text("im 0.png 0\nwide.png 1\n")
+    layer = make_layer(image_layer(lst, root, 2))
+    with pytest.raises(DataError, match=once + r"loading batch 0 from '[^']*' failed: record [^ ]*wide.png is "
+                                              r"3x5x7, the batch's first record is 3x5x6"):
+        layer()
+    layer.close()
+
+
+def test_image_data_explains_a_name_that_ends_in_spaces(tmp_path, image_list, make_layer):
+    # "im 1.png   1": Caffe splits a line at its last space, so the name is "im 1.png  " (two spaces)
+    root, lst = image_list
+    lst.write_text("im 0.png 0\nim 1.png   1\n")
+    layer = make_layer(image_layer(lst, root, 2))
+    with pytest.raises(DataError, match=r"im 1.png   \(no such file\) \(the name ends in spaces: a list line is "
+                                        r"split at its last space"):
+        layer()
+    layer.close()
+
+
 def test_image_data_requires_both_new_sizes(image_list, make_layer):
     root, lst = image_list
     from netcompress.errors import NetDefinitionError
