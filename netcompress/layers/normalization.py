@@ -52,8 +52,11 @@ class LRN(Layer):
         if self.region == pb.LRNParameter.ACROSS_CHANNELS:
             # Window sum over channels (zero padding), then k + alpha/n * sum, as Caffe's GPU
             # kernel does (the CPU one adds alpha/n * x^2 terms one by one onto k).
-            padded = F.pad(sq, (0, 0, 0, 0, self.pre_pad, self.pre_pad))
-            window = padded.unfold(1, self.size, 1).sum(dim=-1)
+            # A window wider than the channels on each side adds only zeros past them: cut it to the channels
+            # (a local_size of 2^31 - 1 asked for terabytes of padding; the sums keep the same terms).
+            pad = min(self.pre_pad, x.shape[1] - 1)
+            padded = F.pad(sq, (0, 0, 0, 0, pad, pad))
+            window = padded.unfold(1, 2 * pad + 1, 1).sum(dim=-1)
             scale = window * (self.alpha / self.size) + self.k
             return x * torch.pow(scale, -self.beta)
         pooled = F.avg_pool2d(sq, self.size, stride=1, padding=self.pre_pad, ceil_mode=True,

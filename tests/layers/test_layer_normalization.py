@@ -56,6 +56,16 @@ def test_lrn_across_channels(make_layer, size, alpha, beta, k):
     assert gradcheck(layer, (x.clone().requires_grad_(),))
 
 
+@pytest.mark.parametrize("size", [9, 13, 2147483647])
+def test_lrn_across_channels_wider_than_the_channels(make_layer, size):
+    # A window past the channels on both sides (it padded 2^31 - 2 zero channels: terabytes)
+    layer = make_layer(f'type: "LRN" lrn_param {{ local_size: {size} alpha: 3 beta: 0.75 }}', (2, 4, 3, 3))
+    x = rand(2, 4, 3, 3)
+    torch.testing.assert_close(layer(x), lrn_across_reference(x, size, 3.0, 0.75, 1.0))
+    if size < 100:
+        assert gradcheck(layer, (x.clone().requires_grad_(),))
+
+
 @pytest.mark.parametrize("size,alpha,beta", [(3, 1.0, 0.75), (5, 2.0, 0.5)])
 def test_lrn_within_channel(make_layer, size, alpha, beta):
     layer = make_layer(f'type: "LRN" lrn_param {{ local_size: {size} alpha: {alpha} beta: {beta} k: 7 '
