@@ -6,6 +6,9 @@
   layer or field.
 - An `OSError` that no reader or writer turned into a `FileError` prints the path and what the
   error means (read-only, no space, name too long, symlink loop) and exits 1.
+- Running out of memory (Python's MemoryError, torch's CPU allocator or CUDA out of memory) prints one line
+  with the allocator's own words and what to change, and exits 1: the net or the batch is too large for the
+  machine, which is the input's doing, not a bug.
 - Anything else is a bug of netcompress: one line with the exception, and the path of a file that
   holds the traceback; `--debug` (or NETCOMPRESS_DEBUG=1) prints the traceback inline instead.
 - Ctrl-C exits 130 with one line.
@@ -66,6 +69,18 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split("\n")).strip()
 
 
+_OOM_SIGNS = ("can't allocate memory", "CUDA out of memory", "out of memory")
+
+
+def _out_of_memory(e: BaseException) -> str | None:
+    """The allocator's message (its first line) when `e` says memory ran out, else None."""
+    if isinstance(e, MemoryError):
+        return str(e) or "MemoryError"
+    if isinstance(e, RuntimeError) and any(sign in str(e) for sign in _OOM_SIGNS):
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return None
+
+
 def guarded(body: Callable[[], int | None], prog: str, prefix: str, interrupted: str | None = None) -> int:
     """Run `body()` and return its exit status, turning every exception into one line on stderr
     (see the module docstring). `prog` names the command in saved tracebacks; `prefix` starts
@@ -93,6 +108,13 @@ def guarded(body: Callable[[], int | None], prog: str, prefix: str, interrupted:
         return 1
     except Exception as e:  # a bug: say so, and keep the traceback
         _flush()
+        oom = _out_of_memory(e)
+        if oom is not None:
+            if debug_enabled():
+                traceback.print_exc(file=sys.stderr)
+            print(f"{prefix}out of memory: {oom} (the net's blobs at this batch size need more memory than the "
+                  "machine or GPU has: lower batch_size, or check the layers' sizes)", file=sys.stderr)
+            return 1
         text = traceback.format_exc()
         what = f"{type(e).__name__}: {_one_line(e)}" if str(e) else type(e).__name__
         if debug_enabled():

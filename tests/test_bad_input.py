@@ -585,6 +585,27 @@ def test_a_bug_prints_one_line_and_saves_its_traceback(capsys, monkeypatch):
     assert printed(capsys.readouterr().err) == ["netcompress time: error: /some/where: permission denied"]
 
 
+@pytest.mark.parametrize("exc, said", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 1099511628800 bytes. Error code 12 (Cannot allocate memory)"),
+     "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+     "allocate 1099511628800 bytes. Error code 12 (Cannot allocate memory)"),
+    (RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.1 GiB total capacity)\nmore"),
+     "CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.1 GiB total capacity)"),
+    (MemoryError(), "MemoryError"),
+])
+def test_running_out_of_memory_is_one_line_not_a_bug(capsys, monkeypatch, exc, said):
+    # (it was reported as "unexpected ... (a bug in netcompress ...)", with a saved traceback)
+    def oom(argv):
+        raise exc
+    monkeypatch.setattr(cli, "load_command", lambda name: oom)
+    monkeypatch.delenv("NETCOMPRESS_DEBUG", raising=False)
+    assert cli.main(["time"]) == 1
+    assert printed(capsys.readouterr().err) == [
+        f"netcompress time: error: out of memory: {said} (the net's blobs at this batch size need more memory "
+        "than the machine or GPU has: lower batch_size, or check the layers' sizes)"]
+
+
 def test_the_scripts_share_the_boundary(tmp_path, capsys, monkeypatch):
     from netcompress.tools._common import run_main
 
