@@ -102,6 +102,8 @@ def fill(tensor: torch.Tensor, filler: pb.FillerParameter, rng: CaffeRNG | torch
         rows = vals.reshape(num, -1)
         for i in range(num):  # Caffe sums each row sequentially in float
             rows[i] /= np.add.accumulate(rows[i], dtype=np.float32)[-1] if rows.shape[1] else f32(1)
+    elif t in ("xavier", "msra") and n == 0:
+        vals = np.empty(0, np.float32)  # an empty blob: its fan is 0 and its scale infinite, but nothing is drawn
     elif t == "xavier":
         scale = np.sqrt(f32(3.0) / f32(_norm_n(filler, shape)), dtype=np.float32)
         vals = rng.uniform(n, -scale, scale)

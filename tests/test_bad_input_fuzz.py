@@ -991,6 +991,181 @@ def test_fuzz_resumes(work, snapshot):
 
 
 # ----------------------------------------------------------------------------------------------
+# Data cases: damaged records of a Data layer's LMDB, an ImageData list and its images, HDF5Data files
+# ----------------------------------------------------------------------------------------------
+
+DATA_TAIL = """
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+        inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+DATA_SOLVER = 'net: "net.prototxt" base_lr: 0.01 lr_policy: "fixed" max_iter: 3 display: 1 snapshot: 0\n'
+
+
+def _datum_mutant(d: pb.Datum, rng: random.Random) -> tuple[bytes, str]:
+    op = rng.choice(["truncated", "a byte changed", "dims", "encoded", "float_data", "empty", "label", "short data",
+                     "data and float_data", "zero dims"])
+    if op == "truncated":
+        b = d.SerializeToString()
+        return b[:rng.randrange(len(b))], op
+    if op == "a byte changed":
+        b = bytearray(d.SerializeToString())
+        b[rng.randrange(len(b))] = rng.randrange(256)
+        return bytes(b), op
+    if op == "dims":
+        field = rng.choice(["channels", "height", "width"])
+        setattr(d, field, rng.choice([0, 2, 3, 5, 7, -1, 2**31 - 1]))
+        op = f"{field} {getattr(d, field)}"
+    elif op == "encoded":
+        d.encoded = True
+        d.data = rng.choice([b"", b"garbage", b"\x89PNG\r\n\x1a\n" + b"x" * 30, d.data])
+    elif op == "float_data":
+        d.ClearField("data")
+        d.float_data.extend(rng.choice([[0.5] * 36, [0.5] * 5, [float("nan")] * 36, []]))
+    elif op == "empty":
+        return b"", op
+    elif op == "label":
+        d.label = rng.choice([-1, 3, 2**31 - 1, -2**31])
+    elif op == "short data":
+        d.data = d.data[:rng.randrange(len(d.data))]
+    elif op == "data and float_data":
+        d.float_data.extend([0.5] * 36)
+    else:
+        d.channels = d.height = d.width = 0
+        d.data = b""
+    return d.SerializeToString(), op
+
+
+def _lmdb_case(folder: Path, rng: random.Random) -> str:
+    import lmdb
+
+    np_rng = np.random.default_rng(rng.randrange(2**32))
+    env = lmdb.open(str(folder / "db"), map_size=1 << 22)
+    labels = []
+    with env.begin(write=True) as txn:
+        for i in range(5):
+            d = pb.Datum(channels=1, height=6, width=6, data=np_rng.integers(0, 256, 36, dtype=np.uint8).tobytes(),
+                         label=i % 3)
+            v = d.SerializeToString()
+            if rng.random() < 0.35:
+                v, op = _datum_mutant(d, rng)
+                labels.append(f"record {i}: {op}")
+            txn.put(b"%08d" % i, v)
+    env.close()
+    tp = rng.choice(["", "crop_size: 4", "crop_size: 9", "mirror: true", "mean_value: 3", "scale: 0.1"])
+    (folder / "net.prototxt").write_text(
+        f'layer {{ name: "d" type: "Data" top: "data" top: "label" transform_param {{ {tp} }} '
+        f'data_param {{ source: "db" batch_size: 2 backend: LMDB }} }}' + DATA_TAIL)
+    return "Data: " + ("; ".join(labels) or "no record changed") + (f"; {tp}" if tp else "")
+
+
+def _image_list_case(folder: Path, rng: random.Random) -> str:
+    from PIL import Image
+
+    np_rng = np.random.default_rng(rng.randrange(2**32))
+    lines = []
+    for i in range(4):
+        size = (6, 6 + rng.choice([0, 0, 0, 2]))
+        Image.fromarray(np_rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(folder / f"im {i}.png")
+        lines.append(f"im {i}.png {i % 3}")
+    op = rng.choice(["a missing image", "a corrupt image", "no label", "a bad label", "an empty list",
+                     "an empty image", "blank lines", "spaces before the label", "a huge label", "a gray image",
+                     "nothing"])
+    if op == "a missing image":
+        lines[rng.randrange(4)] = "gone.png 1"
+    elif op == "a corrupt image":
+        (folder / "im 1.png").write_bytes(b"\x89PNG garbage")
+    elif op == "no label":
+        lines[rng.randrange(4)] = "im0.png"
+    elif op == "a bad label":
+        lines[rng.randrange(4)] = "im 0.png x1"
+    elif op == "an empty list":
+        lines = []
+    elif op == "an empty image":
+        (folder / "im 2.png").write_bytes(b"")
+    elif op == "blank lines":
+        lines[1:1] = ["", "   "]
+    elif op == "spaces before the label":
+        lines[0] = "im 0.png    2"
+    elif op == "a huge label":
+        lines[0] = "im 0.png -99999999999"
+    elif op == "a gray image":
+        Image.fromarray(np.zeros((6, 6), np.uint8)).save(folder / "im 3.png")
+    (folder / "list.txt").write_text("\n".join(lines) + "\n")
+    extra = rng.choice(["", "new_height: 5 new_width: 5", "shuffle: true", "is_color: false",
+                        "new_height: 0 new_width: 5", "rand_skip: 7", 'root_folder: "/nonexistent"'])
+    if "root_folder" not in extra:
+        extra += f' root_folder: "{folder}/"'
+    tp = rng.choice(["", "crop_size: 4", "crop_size: 20", "mirror: true", "mean_value: 1 mean_value: 2"])
+    (folder / "net.prototxt").write_text(
+        f'layer {{ name: "d" type: "ImageData" top: "data" top: "label" transform_param {{ {tp} }} '
+        f'image_data_param {{ source: "list.txt" batch_size: 2 {extra} }} }}' + DATA_TAIL)
+    return f"ImageData: {op}; {extra}; {tp}"
+
+
+def _hdf5_case(folder: Path, rng: random.Random) -> str:
+    import h5py
+
+    n = rng.choice([0, 1, 3, 4])
+    op = rng.choice(["nothing", "no label", "integer data", "2-D data", "fewer labels", "a missing file",
+                     "not HDF5", "a scalar label", "an empty list", "NaN data", "1-D data"])
+    data = np.random.default_rng(n).random((n, 2, 3, 3)).astype(np.float32)
+    label = (np.arange(n) % 3).astype(np.float32)
+    if op == "integer data":
+        data = data.astype(np.int64)
+    elif op == "2-D data":
+        data = data.reshape(n, 18)
+    elif op == "fewer labels":
+        label = label[:-1] if n else np.zeros(2, np.float32)
+    elif op == "NaN data":
+        data[...] = np.nan
+    elif op == "1-D data":
+        data = np.zeros(n, np.float32)
+    with h5py.File(folder / "a.h5", "w") as f:
+        f["data"] = data
+        if op == "a scalar label":
+            f["label"] = 1.0
+        elif op != "no label":
+            f["label"] = label
+    if op == "not HDF5":
+        (folder / "a.h5").write_text("hello")
+    listed = {"a missing file": "zz.h5\n", "an empty list": ""}.get(op, "a.h5\n")
+    (folder / "list.txt").write_text(listed)
+    shuffle = rng.choice(["", "shuffle: true"])
+    (folder / "net.prototxt").write_text(
+        f'layer {{ name: "d" type: "HDF5Data" top: "data" top: "label" '
+        f'hdf5_data_param {{ source: "list.txt" batch_size: 2 {shuffle} }} }}' + DATA_TAIL)
+    return f"HDF5Data: {op}, {n} rows {shuffle}"
+
+
+def data_cases(work: Path, n: int, rng: random.Random) -> list[tuple[Path, Case]]:
+    cases = []
+    for k in range(n):
+        folder = work / "datafuzz" / f"c{k}"
+        folder.mkdir(parents=True)
+        label = rng.choice([_lmdb_case, _image_list_case, _hdf5_case])(folder, rng)
+        (folder / "solver.prototxt").write_text(DATA_SOLVER + f'snapshot_prefix: "{folder}/s"\n')
+        argv = rng.choice([["time", "--model", "net.prototxt", "--iterations", "2"],
+                           ["train", "--solver", "solver.prototxt"]])
+        cases.append((folder, Case("data", label, argv)))
+    return cases
+
+
+def test_fuzz_data_sources(work):
+    outcomes = []
+    for folder, case in data_cases(work, round(120 * SCALE), random.Random(SEED + 5)):
+        with _chdir(folder):
+            o = run_case(case)
+        said = [l for l in o.err.splitlines() if " error: " in l]
+        if not o.problem and said and (said[-1].count("layer 'd' (type") > 1 or "<datum>" in said[-1]):
+            o.problem = "names the layer twice, or a record as '<datum>'"
+        outcomes.append(o)
+    check_outcomes(outcomes, work)
+    rcs = [o.rc for o in outcomes]
+    assert rcs.count(0) > 5 and rcs.count(1) > 40, (rcs.count(0), rcs.count(1))
+
+
+# ----------------------------------------------------------------------------------------------
 # A few cases in real processes: what blocks or never ends must not hang the command line either
 # ----------------------------------------------------------------------------------------------
 

@@ -44,6 +44,16 @@ def setup_draws(lp: pb.LayerParameter, phase: int) -> int:
     return layer_class(lp.type).setup_draws(lp, phase)
 
 
+@pytest.mark.parametrize("kind", ["xavier", "msra"])
+def test_an_empty_blob_draws_nothing(kind):
+    # A blob with no elements (an InnerProduct over a 0-wide input) has a fan of 0: nothing to draw, as in Caffe
+    # (the infinite scale was refused by the uniform draw: "need finite a <= b")
+    rng = CaffeRNG(7)
+    t = fill(torch.empty(3, 0), pb.FillerParameter(type=kind), rng)
+    assert t.shape == (3, 0)
+    assert rng.uniform(2, 0.0, 1.0).tolist() == CaffeRNG(7).uniform(2, 0.0, 1.0).tolist()  # the stream unmoved
+
+
 def test_setup_draws_of_data_layers():
     lp = pb.LayerParameter(type="Data")
     assert setup_draws(lp, pb.TRAIN) == 1  # the prefetch thread's seed

@@ -197,6 +197,9 @@ class DataTransformer:
         c, h, w = (int(d) for d in shape)
         if c <= 0:
             raise TransformError(f"{self.name}: a record has {c} channels")
+        if h <= 0 or w <= 0:
+            raise TransformError(f"{self.name}: a record is {c}x{h}x{w} (channels x height x width): it holds no "
+                                 "pixels")
         if h < self.crop_size or w < self.crop_size:
             raise TransformError(f"{self.name}: crop_size {self.crop_size} is larger than the "
                                  f"record ({h}x{w})")

@@ -138,6 +138,8 @@ def test_data_layer_bad_records_are_named_once(tmp_path, make_layer):
     first = r"first record of '[^']*{}'"
     for name, datums, at_set_up, message in (
             ("none0", [none, good], True, first + r": a record has 0 channels$"),
+            ("flat0", [pb.Datum(channels=1, height=4, width=0, label=1), good], True,
+             first + r": a record is 1x4x0 \(channels x height x width\): it holds no pixels$"),
             ("short0", [short, good], True, first + r": Datum holds 15 bytes of data, channels x height x width "
                                                     r"= 1x4x4 = 16$"),
             ("garbage0", [garbage, good], True, r"Could not decode image " + first + ": UnidentifiedImageError"),
