@@ -68,8 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     func = load_command(cmd)
 
+    args = argv[1:]
+    asks_help = any(a in ("-h", "--help") for a in (args[:args.index("--")] if "--" in args else args))
+
     def run() -> int:
-        if COMMANDS[cmd].computes:
+        if COMMANDS[cmd].computes and not asks_help:  # (--help: the usage alone, no set-up lines)
             configure_threads(threads)
             configure_memory()  # freed CPU blocks kept for the next iteration (netcompress/memory.py)
         return int(func(argv[1:]) or 0)

@@ -134,6 +134,19 @@ def test_file_tools_skip_the_thread_and_allocator_set_up(tmp_path, capsys):
     assert captured.out.split() == ["d", "Input", "->", "x"]
 
 
+@pytest.mark.parametrize("cmd", ["train", "net2wider", "pipeline"])
+def test_a_commands_help_is_the_usage_alone(capsys, cmd):
+    # (a computing command logged its CPU-thread and allocator lines before the usage)
+    try:
+        code = cli_main([cmd, "--help"])
+    except SystemExit as e:  # argparse's own exit (the tools' run_main returns it instead)
+        code = e.code
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "CPU threads" not in captured.err and "CPU memory" not in captured.err
+    assert captured.out.startswith("usage: ")
+
+
 def test_help_lists_every_command_once_by_section(capsys):
     from netcompress.commands import COMMANDS, SECTIONS
 
