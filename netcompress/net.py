@@ -28,7 +28,7 @@ from . import io as ncio
 from .errors import NetcompressError, NetDefinitionError, WeightLoadError
 from .debuginfo import DebugRecorder
 from .graph import GraphLayer, SplitLayer, SplitPlan, backward_needs, param_needs_backward, plan_splits
-from .layers.base import INT_MAX, Layer, LayerContext, Shape, create_layer, layer_class
+from .layers.base import INT_MAX, Layer, LayerContext, Shape, check_blob_count, create_layer, layer_class
 from .log import get_logger
 from .proto import caffe_pb2 as pb
 from .rng import CaffeRNG
@@ -360,18 +360,8 @@ class Net(nn.Module):
             log.info("Network initialization done.")
 
     def _check_counts(self, layer: type[Layer], lp: pb.LayerParameter, nt: int) -> None:
-        nb = len(lp.bottom)
-
-        def check(n: int, lo, hi, what: str) -> None:
-            if lo is not None and hi is not None and lo == hi and n != lo:
-                raise NetDefinitionError(f"layer '{lp.name}' (type {lp.type}) takes {lo} {what} blob(s), got {n}")
-            if lo is not None and n < lo:
-                raise NetDefinitionError(f"layer '{lp.name}' (type {lp.type}) takes at least {lo} {what} blob(s), got {n}")
-            if hi is not None and n > hi:
-                raise NetDefinitionError(f"layer '{lp.name}' (type {lp.type}) takes at most {hi} {what} blob(s), got {n}")
-
-        check(nb, layer.min_bottoms, layer.max_bottoms, "bottom")
-        check(nt, layer.min_tops, layer.max_tops, "top")
+        check_blob_count(lp, len(lp.bottom), layer.min_bottoms, layer.max_bottoms, "bottom")
+        check_blob_count(lp, nt, layer.min_tops, layer.max_tops, "top")
 
     def _append_params(self, layer: Layer, lp: pb.LayerParameter, key: str) -> None:
         for i, bname in enumerate(layer.blob_names):

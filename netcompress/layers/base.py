@@ -29,7 +29,7 @@ from ..proto import caffe_pb2 as pb
 from ..rng import CaffeRNG
 
 __all__ = ["Layer", "LayerContext", "register_layer", "layer_class", "known_layer_types",
-           "layer_types_where", "registered_class", "create_layer", "Shape", "canonical_axis"]
+           "layer_types_where", "registered_class", "create_layer", "check_blob_count", "Shape", "canonical_axis"]
 
 Shape = tuple[int, ...]
 
@@ -410,8 +410,20 @@ def layer_class(type_name: str) -> type[Layer]:
                                  f"{', '.join(sorted(_REGISTRY))})") from None
 
 
+def check_blob_count(param: pb.LayerParameter, n: int, lo: int | None, hi: int | None, what: str) -> None:
+    """Raise NetDefinitionError when a layer gets `n` bottom or top (`what`) blobs outside [lo, hi]."""
+    head = f"layer '{param.name}' (type {param.type}) takes"
+    if lo is not None and hi is not None and lo == hi and n != lo:
+        raise NetDefinitionError(f"{head} {lo} {what} blob(s), got {n}")
+    if lo is not None and n < lo:
+        raise NetDefinitionError(f"{head} at least {lo} {what} blob(s), got {n}")
+    if hi is not None and n > hi:
+        raise NetDefinitionError(f"{head} at most {hi} {what} blob(s), got {n}")
+
+
 def create_layer(param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext) -> Layer:
     cls = layer_class(param.type)
+    check_blob_count(param, len(bottom_shapes), cls.min_bottoms, cls.max_bottoms, "bottom")
     layer = cls(param, bottom_shapes, ctx)
     layer.type_name = param.type  # aliases (CConvolution vs DNSConvolution) keep their own name
     return layer

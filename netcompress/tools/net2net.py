@@ -124,6 +124,12 @@ def load_model(prototxt: str, weights: str) -> NetModel:
     param = ncio.read_net(prototxt)
     model = ncio.read_caffemodel(weights)
     net = _build_net(param, prototxt)
+    names = [lp.name for lp in net.param.layer]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:  # every edit finds its layers, and their weights, by name
+        raise ToolError(f"{prototxt}: more than one layer of the TEST-phase net is named "
+                        f"{', '.join(repr(n) for n in repeated)}; the Net2Net tools find layers by name: give each "
+                        "its own")
     try:
         net.copy_from(model)
     except NetcompressError as e:

@@ -44,3 +44,15 @@ def test_every_bvlc_layer_type_runs():
     from netcompress.tools.bvlc_check import BVLC_LAYER_TYPES
 
     assert BVLC_LAYER_TYPES <= set(known_layer_types())
+
+
+@pytest.mark.parametrize("text, shapes, message", [
+    ('name: "loss" type: "SoftmaxWithLoss"', [(2, 3)], "layer 'loss' (type SoftmaxWithLoss) takes 2 bottom blob(s), got 1"),
+    ('name: "r" type: "ReLU"', [(2, 3), (2, 3)], "layer 'r' (type ReLU) takes 1 bottom blob(s), got 2"),
+    ('name: "c" type: "Concat"', [], "layer 'c' (type Concat) takes at least 1 bottom blob(s), got 0"),
+])
+def test_create_layer_checks_the_bottom_count(text, shapes, message):
+    # A layer made outside a Net (a tool's own walk over a prototxt, micronet_score's) gets the Net's check
+    # (SoftmaxWithLoss with one bottom raised IndexError)
+    with pytest.raises(NetDefinitionError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        create_layer(text_format.Parse(text, pb.LayerParameter()), shapes, LayerContext())

@@ -383,6 +383,19 @@ def test_net2wider_refusals_name_the_layer(tmp_path, capsys, case):
     assert not out_p.exists() and not out_w.exists()
 
 
+def test_the_tools_refuse_layers_that_share_a_name(tmp_path, capsys):
+    # (net2wider raised AttributeError: the name found the last layer so named, here the second, a ReLU)
+    text = INPUT + conv("c1", "data", 4) + layer("c1", "ReLU", ["c1"], ["c1"]) + conv("c2", "c1", 2)
+    proto, model = make_model(tmp_path, text, seed=6)
+    o = [str(tmp_path / "o.prototxt"), str(tmp_path / "o.caffemodel")]
+    assert net2net.net2wider_main([proto, model, *o, "--layer", "c1", "--width", "8"]) == 1
+    assert "more than one layer of the TEST-phase net is named 'c1'; the Net2Net tools find layers by name" \
+        in capsys.readouterr().err
+    assert net2net.net2deeper_main([proto, model, *o, "--after", "c2"]) == 1
+    assert "is named 'c1'" in capsys.readouterr().err
+    assert not Path(o[0]).exists() and not Path(o[1]).exists()
+
+
 def test_net2wider_refuses_a_train_only_consumer(tmp_path, capsys):
     text = (INPUT + conv("c1", "data", 4) + conv("c2", "c1", 2)
             + conv("aux", "c1", 2).replace("} }\n", "} include { phase: TRAIN } }\n"))
