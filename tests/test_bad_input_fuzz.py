@@ -1,5 +1,6 @@
-"""Fuzz: generated mutations of the example nets, solvers and models, run through the command line in
-process (and a few hostile paths in subprocesses).
+"""Fuzz: generated mutations of the example nets, solvers, models and data sources, run through the command
+line in process: training, testing, timing and the conversion, recipe and net tools (and a few hostile paths
+in subprocesses).
 
 Every case must end with exit 0, 1 (an error the input caused, one line) or 2 (a usage error), never
 with a traceback ("unexpected ..." from the error boundary), never past its time limit, and never
@@ -988,6 +989,59 @@ def test_fuzz_resumes(work, snapshot):
     with _chdir(work):
         outcomes = [run_case(c) for c in cases]
     check_outcomes(outcomes, work)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tool cases: mutated LeNet nets through the conversion, recipe and net tools, with their models
+# ----------------------------------------------------------------------------------------------
+
+TOOL_NETS = {"lenet_train_test.prototxt": "normal", "lenet_train_test_DNS.prototxt": "dns",
+             "lenet_train_test_inq_60.prototxt": "inq", "lenet.prototxt": "normal"}
+
+
+def tool_cases(work: Path, models: dict[str, Path], n: int, rng: random.Random) -> list[Case]:
+    bases = {f: ncio.read_net(str(work / f)) for f in TOOL_NETS}
+    tdir = work / "tools"
+    tdir.mkdir(exist_ok=True)
+    cases = []
+    for k in range(n):
+        f = rng.choice(list(bases))
+        param = copy.deepcopy(bases[f])
+        label = f
+        if rng.random() < 0.85:
+            label += ": " + (mutate_layer_field if rng.random() < 0.7 else mutate_structure)(param, rng)
+        net = tdir / f"t{k}.prototxt"
+        net.write_text(text_format.MessageToString(param))
+        net, model, out = str(net), str(models[TOOL_NETS[f]]), str(tdir / f"o{k}")
+        name = rng.choice(["conv1", "conv2", "ip1", "ip2", "pool1", "relu1", "nope"])
+        plain, inq = str(work / "lenet_train_test.prototxt"), str(work / "lenet_train_test_inq_60.prototxt")
+        argv = rng.choice([
+            ["net2wider", "--layer", name, "--width", str(rng.choice([1, 30, 0, -3])), net, model, f"{out}.prototxt",
+             f"{out}.caffemodel"],
+            ["net2deeper", "--after", name, net, model, f"{out}.prototxt", f"{out}.caffemodel"],
+            ["snip_prune", "--keep-ratio", str(rng.choice([0.1, 0.0, 1.0, 1.5, -1])), net, model, f"{out}.prototxt",
+             f"{out}.caffemodel"],
+            ["rename_layers", "--prefix", rng.choice(["t_", ""]), net, model, f"{out}.prototxt", f"{out}.caffemodel"],
+            ["report", net, model],
+            ["micronet_score", net, model],
+            ["summarize", net],
+            ["upgrade", net, f"{out}.prototxt"],
+            ["dns_to_normal", net, model, rng.choice([plain, net]), f"{out}.caffemodel"],
+            ["inq_to_normal", net, model, rng.choice([plain, net]), f"{out}.caffemodel"],
+            ["model2INQ_raw", net, model, rng.choice([inq, net]), f"{out}.caffemodel"],
+            ["draw_net", net, f"{out}.dot"],
+        ])
+        cases.append(Case("tool", f"{label} | {argv[0]}", argv))
+    return cases
+
+
+def test_fuzz_tools(work, models):
+    cases = tool_cases(work, models, round(150 * SCALE), random.Random(SEED + 6))
+    with _chdir(work):
+        outcomes = [run_case(c) for c in cases]
+    check_outcomes(outcomes, work)
+    rcs = [o.rc for o in outcomes]
+    assert rcs.count(0) > 30 and rcs.count(1) > 30, (rcs.count(0), rcs.count(1))
 
 
 # ----------------------------------------------------------------------------------------------
