@@ -69,7 +69,7 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split("\n")).strip()
 
 
-_OOM_SIGNS = ("can't allocate memory", "CUDA out of memory", "out of memory")
+_OOM_SIGNS = ("can't allocate memory", "out of memory")  # torch's CPU allocator; CUDA's
 
 
 def _out_of_memory(e: BaseException) -> str | None:

@@ -54,7 +54,7 @@ class LRN(Layer):
             # kernel does (the CPU one adds alpha/n * x^2 terms one by one onto k).
             # A window wider than the channels on each side adds only zeros past them: cut it to the channels
             # (a local_size of 2^31 - 1 asked for terabytes of padding; the sums keep the same terms).
-            pad = min(self.pre_pad, x.shape[1] - 1)
+            pad = max(0, min(self.pre_pad, x.shape[1] - 1))
             padded = F.pad(sq, (0, 0, 0, 0, pad, pad))
             window = padded.unfold(1, 2 * pad + 1, 1).sum(dim=-1)
             scale = window * (self.alpha / self.size) + self.k

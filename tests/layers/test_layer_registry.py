@@ -47,7 +47,8 @@ def test_every_bvlc_layer_type_runs():
 
 
 @pytest.mark.parametrize("text, shapes, message", [
-    ('name: "loss" type: "SoftmaxWithLoss"', [(2, 3)], "layer 'loss' (type SoftmaxWithLoss) takes 2 bottom blob(s), got 1"),
+    ('name: "loss" type: "SoftmaxWithLoss"', [(2, 3)],
+     "layer 'loss' (type SoftmaxWithLoss) takes 2 bottom blob(s), got 1"),
     ('name: "r" type: "ReLU"', [(2, 3), (2, 3)], "layer 'r' (type ReLU) takes 1 bottom blob(s), got 2"),
     ('name: "c" type: "Concat"', [], "layer 'c' (type Concat) takes at least 1 bottom blob(s), got 0"),
 ])
