@@ -256,11 +256,15 @@ NC_AVX2_TARGET void rows_2x2_avx2(const float* __restrict x, int64_t H, int64_t 
 
 template <typename scalar_t, int K>
 void plane(const scalar_t* x, scalar_t* y, int64_t* ind, const Geometry& g) {
-  // The interior: rows and columns whose windows lie wholly inside the input, hs >= 0 and hs + kh <= H.
+  // The interior: rows and columns whose windows lie wholly inside the input, hs >= 0 and hs + kh <= H. None
+  // where the kernel is larger than the padded-at-the-top input (H - kh + ph < 0: a ceil-mode window over a
+  // small input); C++'s division truncates towards zero, so that case must not reach it (it made row 0
+  // "interior" for H 2, kh 3, and its window read the next plane).
+  const int64_t last_h = g.H - g.kh + g.ph, last_w = g.W - g.kw + g.pw;
   const int64_t oh0 = std::min(g.OH, (g.ph + g.sh - 1) / g.sh);
-  const int64_t oh1 = std::max(oh0, std::min(g.OH, (g.H - g.kh + g.ph) / g.sh + 1));
+  const int64_t oh1 = last_h < 0 ? oh0 : std::max(oh0, std::min(g.OH, last_h / g.sh + 1));
   const int64_t ow0 = std::min(g.OW, (g.pw + g.sw - 1) / g.sw);
-  const int64_t ow1 = std::max(ow0, std::min(g.OW, (g.W - g.kw + g.pw) / g.sw + 1));
+  const int64_t ow1 = last_w < 0 ? ow0 : std::max(ow0, std::min(g.OW, last_w / g.sw + 1));
   constexpr bool kVector = std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>;
   if constexpr (kVector) {
     if (oh1 > oh0 && ow1 > ow0) interior_any<scalar_t>(x, g, oh0, oh1, ow0, ow1, y, ind);

@@ -53,6 +53,29 @@ def test_max_pool_matches_pytorch(dtype, geometry, gen):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_max_pool_every_small_geometry(dtype, gen):
+    # Inputs of 1-6 rows and columns under kernels up to 5, strides up to 3, paddings up to 2, both modes: a
+    # kernel taller or wider than the input read the next plane (row 0 was taken for an interior row when
+    # H - kh + ph < 0: C++'s division truncates towards zero), with indices outside the plane.
+    checked = 0
+    for h in range(1, 7):
+        for w in range(1, 7):
+            for k in range(1, 6):
+                for st in range(1, 4):
+                    for p in range(0, k // 2 + 1):
+                        for ceil in (False, True):
+                            x = torch.randint(-3, 4, (2, 2, h, w), generator=gen).to(dtype)
+                            try:
+                                y_ref, ind_ref = ref.max_pool2d(x, (k, k), (st, st), (p, p), ceil)
+                            except RuntimeError:
+                                continue  # an empty output (ATen refuses it, as the op does)
+                            y, ind = ops.max_pool2d(x, (k, k), (st, st), (p, p), ceil)
+                            assert torch.equal(ind, ind_ref) and _same(y, y_ref), (h, w, k, st, p, ceil)
+                            checked += 1
+    assert checked > 1500
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_max_pool_2x2_every_window(dtype):
     """Every 2x2 window over {-inf, -0.0, 0, 1, NaN}: ties, signed zeros, NaNs in every position (the 2x2 stride-2
     path compares the row pairs first, then their winners, which must pick what row-major order picks)."""
