@@ -384,6 +384,9 @@ class HingeLoss(LossLayer):
     def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: LayerContext):
         super().__init__(param, bottom_shapes, ctx)
         self.check_batch(self.bottom_shapes)
+        label = self.bottom_shapes[1]
+        if math.prod(label[1:]) != 1:  # (Caffe reads the first N values of a larger label blob)
+            raise self.error(f"the label must hold one value per sample (N, 1, 1, 1), got shape {list(label)}")
         self.norm = param.hinge_loss_param.norm
         if self.norm not in (pb.HingeLossParameter.L1, pb.HingeLossParameter.L2):
             raise self.error(f"unknown hinge_loss_param.norm {self.norm}")

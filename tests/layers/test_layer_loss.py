@@ -325,6 +325,14 @@ def test_hinge_loss(make_layer, norm):
     torch.testing.assert_close(grad_of(layer, x, lab), torch.from_numpy(g))
 
 
+def test_hinge_loss_refuses_a_label_of_several_values_per_sample(make_layer):
+    # (it raised a reshape error in its forward; Caffe reads the first N values of such a blob)
+    with pytest.raises(NetDefinitionError, match=r"the label must hold one value per sample \(N, 1, 1, 1\), got "
+                                                 r"shape \[4, 3, 2, 2\]"):
+        make_layer('type: "HingeLoss"', (4, 3), (4, 3, 2, 2))
+    make_layer('type: "HingeLoss"', (4, 3), (4, 1, 1, 1))  # Caffe's (N, 1, 1, 1) labels
+
+
 @pytest.mark.parametrize("legacy", [False, True])
 def test_contrastive_loss(make_layer, legacy):
     margin = 2.0
