@@ -381,6 +381,8 @@ class _ConvBase(Layer):
         if self.num_output <= 0:
             raise self.error("convolution_param.num_output must be positive")
         self.channels = shape0[self.axis]
+        if self.channels <= 0:  # (a 0-channel bottom gave a 0-channel top at run time, not the shape set up)
+            raise self.error(f"the bottom has no channels (shape {list(shape0)}, channel axis {self.axis})")
         if self.channels % self.group or self.num_output % self.group:
             raise self.error(f"channels ({self.channels}) and num_output ({self.num_output}) must be "
                              f"multiples of group ({self.group})")

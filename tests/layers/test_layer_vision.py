@@ -403,6 +403,14 @@ def test_convolution_errors(make_layer, fields, msg):
         layer.top_shapes([(1, 4, 5, 5)])
 
 
+@pytest.mark.parametrize("kind", ["Convolution", "Deconvolution", "DNSConvolution", "INQConvolution"])
+def test_a_convolution_over_no_channels_is_refused(make_layer, kind):
+    # (set up as if it had them, it returned a top of no channels at run time: the next layer failed in ATen)
+    with pytest.raises(NetDefinitionError, match=r"the bottom has no channels \(shape \[2, 0, 8, 8\], channel "
+                                                 r"axis 1\)"):
+        make_layer(f'type: "{kind}" convolution_param {{ num_output: 2 kernel_size: 3 }}', (2, 0, 8, 8))
+
+
 def deconv2d_reference(x, w, b, stride, pad, group):
     """Caffe's deconvolution: every input pixel scatters its weighted kernel (col2im), then crop pad."""
     x, w = x.numpy(), w.numpy()
