@@ -148,6 +148,10 @@ def connection_sensitivity(net: "Net", layers: Sequence[str], batches: int = 1,
                 for _ in range(batches):
                     net()
                     loss = _loss_all_ones(net)
+                    if not loss.requires_grad:  # (a loss_weight on a data top, say: autograd's error named no layer)
+                        raise NetcompressError(f"net '{net.name}': its loss ({', '.join(net.loss_weights)}) does not "
+                                               f"depend on the weights of {', '.join(n for n, _ in chosen)}: SNIP "
+                                               "scores the gradient of the loss with respect to them")
                     (loss / batches if batches > 1 else loss).backward()
             scores = {}
             for n, l in chosen:

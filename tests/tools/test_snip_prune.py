@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from netcompress import cli
 from netcompress import io as ncio
+from netcompress.errors import NetcompressError
 from netcompress.net import Net
 from netcompress.proto import caffe_pb2 as pb
 from netcompress.recipes.snip import connection_sensitivity, keep_masks
@@ -166,6 +167,23 @@ layer {{ name: "loss" type: "SDNLoss" bottom: "ic" bottom: "fc" bottom: "label" 
     xs = connection_sensitivity(net, ["fc"], batches=1, reinit=gen)
     assert not torch.equal(xs["fc"], scores["fc"]) and torch.equal(net.layer("fc").weight, before["fc"][0])
     assert not torch.equal(gen.get_state(), torch.Generator().manual_seed(5).get_state())
+
+
+def test_a_loss_that_the_weights_do_not_reach_is_refused():
+    # A loss_weight on an input blob (the only "loss"): autograd's "does not require grad" named no layer
+    text = """
+name: "n"
+layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 } } loss_weight: 1 }
+layer { name: "fc" type: "MaskedInnerProduct" bottom: "data" top: "fc"
+        inner_product_param { num_output: 3 weight_filler { type: "xavier" } }
+        dns_inner_product_param { weight_mask_filler { type: "constant" value: 1 }
+                                  bias_mask_filler { type: "constant" value: 1 } } }
+"""
+    net = Net(ncio.parse_text_proto(text, pb.NetParameter()), phase=pb.TRAIN, verbose=False)
+    net.set_input(data=torch.ones(2, 4))
+    with pytest.raises(NetcompressError, match=r"net 'n': its loss \(data\) does not depend on the weights of fc: SNIP "
+                                        r"scores the gradient"):
+        connection_sensitivity(net, ["fc"])
 
 
 def test_keep_masks_ties_and_edge_cases():
