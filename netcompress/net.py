@@ -360,7 +360,7 @@ class Net(nn.Module):
             log.info("Network initialization done.")
 
     def _check_counts(self, layer: type[Layer], lp: pb.LayerParameter, nt: int) -> None:
-        check_blob_count(lp, len(lp.bottom), layer.min_bottoms, layer.max_bottoms, "bottom")
+        # (the bottom count: create_layer checks it, for every caller)
         check_blob_count(lp, nt, layer.min_tops, layer.max_tops, "top")
 
     def _append_params(self, layer: Layer, lp: pb.LayerParameter, key: str) -> None:
@@ -480,7 +480,7 @@ class Net(nn.Module):
         for n, key in zip(self.layer_names, self._keys):
             yield n, self.layers[key]  # type: ignore[misc]
 
-    def _labelled_layers(self) -> Iterator[tuple[str, Layer]]:
+    def labelled_layers(self) -> Iterator[tuple[str, Layer]]:
         """Every layer under a unique label for saved state: its name, or `name#k` for the k-th
         layer of a repeated name."""
         seen: dict[str, int] = {}
@@ -518,7 +518,7 @@ class Net(nn.Module):
         """Snapshot hook: the generator state of every layer that draws random numbers in its
         forward (Dropout, STOCHASTIC pooling, DummyData), by layer name (uint8 CPU tensors)."""
         states: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-        for name, layer in self._labelled_layers():
+        for name, layer in self.labelled_layers():
             state = layer.rng_state()
             if state is not None:
                 states[name] = state
@@ -527,7 +527,7 @@ class Net(nn.Module):
     def set_rng_state(self, states: "dict[str, torch.Tensor]", strict: bool = True) -> None:
         """Restore what `rng_state()` returned, so a resumed run draws the same numbers (`strict=False`: skip
         the states of layers this net does not have)."""
-        layers = dict(self._labelled_layers())
+        layers = dict(self.labelled_layers())
         for name, state in states.items():
             if strict or name in layers:
                 layers[name].set_rng_state(state)
@@ -560,7 +560,7 @@ class Net(nn.Module):
         """Every layer's `replicated_state()`, as "<layer>.<name>" -> tensor: what must be identical
         on every process of a distributed run."""
         out: "OrderedDict[str, torch.Tensor | None]" = OrderedDict()
-        for lname, layer in self._labelled_layers():
+        for lname, layer in self.labelled_layers():
             for key, t in layer.replicated_state().items():
                 out[f"{lname}.{key}" if key.isidentifier() else f"{lname} {key}"] = t
         return out
@@ -576,7 +576,7 @@ class Net(nn.Module):
     def extra_state(self) -> dict:
         """Every layer's `snapshot_state()` (layers that have one), by layer name."""
         out = {}
-        for name, layer in self._labelled_layers():
+        for name, layer in self.labelled_layers():
             st = layer.snapshot_state()
             if st is not None:
                 out[name] = st
@@ -587,7 +587,7 @@ class Net(nn.Module):
 
     def load_extra_state(self, state: dict | None) -> None:
         """Give each layer its saved state (None for all when the snapshot has none)."""
-        for name, layer in self._labelled_layers():
+        for name, layer in self.labelled_layers():
             layer.restore_state(None if state is None else state.get(name))
         net_state = (state or {}).get("__net__") or {}
         for name, gen_state in (net_state.get("generators") or {}).items():

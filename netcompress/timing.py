@@ -109,7 +109,7 @@ def time_net(net, iterations: int = 50, iteration: int = 0) -> dict:
            "forward_backward_ms": (total_f + total_b) / iterations * 1e3, "total_ms": total * 1e3,
            "layers": {label: {"forward_ms": fwd[li] / iterations * 1e3,
                               "backward_ms": bwd[li] / iterations * 1e3}
-                      for li, (label, _) in enumerate(net._labelled_layers())}}
+                      for li, (label, _) in enumerate(net.labelled_layers())}}
     log.info("Average Forward pass: %g ms.", res["forward_ms"])
     log.info("Average Backward pass: %g ms.", res["backward_ms"])
     log.info("Average Forward-Backward: %g ms.", res["forward_backward_ms"])

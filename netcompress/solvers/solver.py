@@ -1112,8 +1112,8 @@ def _carry_over(old: Net, new: Net, blobs=lambda name: True) -> None:
     """Copy, for every layer name in both nets, the blobs (where `blobs(name)`) and the layer's
     snapshot state from `old` into `new`, and `old`'s named generators (see Solver.rebuild_nets). Of several
     layers of one name, the k-th takes the old net's k-th."""
-    sources = dict(old._labelled_layers())
-    for (label, layer), name in zip(new._labelled_layers(), new.layer_names):
+    sources = dict(old.labelled_layers())
+    for (label, layer), name in zip(new.labelled_layers(), new.layer_names):
         src = sources.get(label)
         if src is None:
             continue

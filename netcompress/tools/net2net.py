@@ -30,6 +30,7 @@ import math
 import os
 import re
 import time
+from collections import Counter
 from typing import Callable, Sequence
 
 import numpy as np
@@ -124,8 +125,7 @@ def load_model(prototxt: str, weights: str) -> NetModel:
     param = ncio.read_net(prototxt)
     model = ncio.read_caffemodel(weights)
     net = _build_net(param, prototxt)
-    names = [lp.name for lp in net.param.layer]
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    repeated = sorted(n for n, k in Counter(lp.name for lp in net.param.layer).items() if k > 1)
     if repeated:  # every edit finds its layers, and their weights, by name
         raise ToolError(f"{prototxt}: more than one layer of the TEST-phase net is named "
                         f"{', '.join(repr(n) for n in repeated)}; the Net2Net tools find layers by name: give each "

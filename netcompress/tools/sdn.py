@@ -565,7 +565,7 @@ def ops_per_output(net, outputs: Sequence[str]) -> tuple[list[int], dict[str, in
             raise ToolError(f"no layer of the net produces the output blob '{o}'")
         reached |= producers[o]
         cumulative.append(sum(macs.get(li, 0) for li in reached))
-    labels = [label for label, _ in net._labelled_layers()]
+    labels = [label for label, _ in net.labelled_layers()]
     return cumulative, {labels[li]: m for li, m in sorted(macs.items())}
 
 
