@@ -201,6 +201,36 @@ layer { name: "acc" type: "Accuracy" bottom: "drop" bottom: "label" top: "acc" a
 layer { name: "silence" type: "Silence" bottom: "argmax" bottom: "red" bottom: "noise" bottom: "sig" }
 """
 
+# The remaining layer types (recurrent, compression and recipe layers, the rarer losses), likewise.
+ZOO2 = """
+name: "zoo2"
+layer { name: "in" type: "Input" top: "data" top: "label" top: "seq" top: "cont" top: "sim" top: "H" input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } shape { dim: 2 } shape { dim: 2 dim: 2 dim: 4 } shape { dim: 2 dim: 2 } shape { dim: 2 } shape { dim: 5 dim: 5 } } }
+layer { name: "cconv" type: "CConvolution" bottom: "data" top: "cconv" convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "xavier" } } cconvolution_param { gamma: 0.0001 power: 1 c_rate: 1 iter_stop: 100 } }
+layer { name: "mconv" type: "MaskedConvolution" bottom: "cconv" top: "mconv" convolution_param { num_output: 4 kernel_size: 1 weight_filler { type: "xavier" } } }
+layer { name: "qconv" type: "QuantConvolution" bottom: "mconv" top: "qconv" convolution_param { num_output: 4 kernel_size: 1 weight_filler { type: "xavier" } } weight_quant_param { bitwidth: 4 } }
+layer { name: "swish" type: "Swish" bottom: "qconv" top: "swish" swish_param { beta: 1 } }
+layer { name: "clip" type: "Clip" bottom: "swish" top: "clip" clip_param { min: -1 max: 1 } }
+layer { name: "iq" type: "IntQuant" bottom: "clip" top: "iq" int_quant_param { low: 0 high: 15 } }
+layer { name: "spp" type: "SPP" bottom: "iq" top: "spp" spp_param { pyramid_height: 2 pool: MAX } }
+layer { name: "im2col" type: "Im2col" bottom: "iq" top: "cols" convolution_param { kernel_size: 2 stride: 2 } }
+layer { name: "cip" type: "CInnerProduct" bottom: "spp" top: "cip" inner_product_param { num_output: 5 weight_filler { type: "xavier" } } cinner_product_param { gamma: 0.0001 power: 1 c_rate: 1 } }
+layer { name: "mip" type: "MaskedInnerProduct" bottom: "cols" top: "mip" inner_product_param { num_output: 5 weight_filler { type: "xavier" } } }
+layer { name: "lstm" type: "LSTM" bottom: "seq" bottom: "cont" top: "h" recurrent_param { num_output: 3 weight_filler { type: "uniform" min: -0.3 max: 0.3 } } }
+layer { name: "rnn" type: "RNN" bottom: "seq" bottom: "cont" top: "hr" recurrent_param { num_output: 3 weight_filler { type: "uniform" min: -0.3 max: 0.3 } } }
+layer { name: "hsum" type: "Eltwise" bottom: "h" bottom: "hr" top: "hsum" }
+layer { name: "hip" type: "InnerProduct" bottom: "hsum" top: "hip" inner_product_param { num_output: 1 axis: 2 weight_filler { type: "xavier" } } }
+layer { name: "hloss" type: "EuclideanLoss" bottom: "hip" bottom: "cont" top: "hloss" loss_weight: 0.1 }
+layer { name: "reidx" type: "BatchReindex" bottom: "mip" bottom: "label" top: "reidx" }
+layer { name: "filt" type: "Filter" bottom: "cip" bottom: "sim" top: "filt" }
+layer { name: "prob" type: "Softmax" bottom: "reidx" top: "prob" }
+layer { name: "contrast" type: "ContrastiveLoss" bottom: "cip" bottom: "mip" bottom: "sim" top: "contrast" contrastive_loss_param { margin: 1 } loss_weight: 0.1 }
+layer { name: "mlog" type: "MultinomialLogisticLoss" bottom: "prob" bottom: "label" top: "mlog" loss_weight: 0.1 }
+layer { name: "info" type: "InfogainLoss" bottom: "cip" bottom: "label" bottom: "H" top: "info" loss_weight: 0.1 }
+layer { name: "kd" type: "KDLoss" bottom: "cip" bottom: "mip" bottom: "label" top: "kd" kd_param { mode: HINTON temperature: 2 hard_weight: 0.5 } }
+layer { name: "sdn" type: "SDNLoss" bottom: "mip" bottom: "cip" bottom: "label" top: "sdn" sdn_loss_param { epoch_iters: 2 } }
+layer { name: "silence" type: "Silence" bottom: "filt" }
+"""
+
 
 def _small_batches(param: pb.NetParameter) -> pb.NetParameter:
     """The example net with batches of 2 (data layers and Input layers) and at most 20 outputs per
@@ -228,6 +258,7 @@ def work(tmp_path_factory) -> Path:
         param = _small_batches(ncio.read_net(str(REPO / f)))
         (root / Path(f).name).write_text(text_format.MessageToString(param))
     (root / "zoo.prototxt").write_text(ZOO)
+    (root / "zoo2.prototxt").write_text(ZOO2)
     return root
 
 
@@ -388,7 +419,7 @@ def mutate_text(text: str, rng: random.Random) -> tuple[bytes, str]:
 
 def net_cases(work: Path, models: dict[str, Path], n: int, rng: random.Random) -> list[Case]:
     cases = []
-    files = NET_FILES + ["zoo.prototxt"] * 3
+    files = NET_FILES + ["zoo.prototxt"] * 3 + ["zoo2.prototxt"] * 2
     bases = {f: ncio.read_net(str(work / Path(f).name)) for f in files}
     mdir = work / "mutants"
     mdir.mkdir(exist_ok=True)
@@ -405,7 +436,7 @@ def net_cases(work: Path, models: dict[str, Path], n: int, rng: random.Random) -
             data = text_format.MessageToString(param).encode()
         path = mdir / f"net{k}.prototxt"
         path.write_bytes(data)
-        if rng.random() < 0.7 or f == "zoo.prototxt":
+        if rng.random() < 0.7 or f.startswith("zoo"):
             argv = ["time", "--model", str(path), "--iterations", "1"]
         else:
             weights = models["dns" if "DNS" in f else "inq" if "inq" in f else "normal"]

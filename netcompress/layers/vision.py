@@ -1,6 +1,7 @@
 """Convolution, Deconvolution, Im2col, InnerProduct, Pooling and SPP with Caffe's geometry and numerics."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Sequence
@@ -263,6 +264,51 @@ class _DirectConv(torch.autograd.Function):
         return gx, gw, (gb if ctx.has_bias else None), None
 
 
+# oneDNN, ATen's CPU convolution for float32, reads or writes out of bounds when a stride is very large: its
+# data gradient crashed the process (SIGSEGV or SIGFPE; torch 2.13) in a sweep of 1-3-D shapes from a stride of
+# 5,874 with 64 channels, 2,048 with 512 and 1,449 with 1,024 (the limit falls as the channels grow); a stride
+# past the input, which Caffe accepts, meets it first. Above this stride a CPU convolution runs ATen's own kernels
+# (_PlainConv); no usual net has a stride near it.
+ONEDNN_MAX_STRIDE = 64
+
+
+@contextlib.contextmanager
+def _onednn_off():
+    """ATen without oneDNN for the calls inside (torch.backends.mkldnn.flags would also reset its precision
+    settings, with a warning)."""
+    was = torch._C._get_mkldnn_enabled()
+    torch._C._set_mkldnn_enabled(False)
+    try:
+        yield
+    finally:
+        torch._C._set_mkldnn_enabled(was)
+
+
+class _PlainConv(torch.autograd.Function):
+    """ATen's convolution (or transposed convolution) with oneDNN switched off for its forward and backward: the
+    path of a CPU convolution whose stride exceeds ONEDNN_MAX_STRIDE (same values up to rounding)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: tuple[int, ...],
+                pad: tuple[int, ...], dilation: tuple[int, ...], groups: int, transposed: bool):
+        ctx.save_for_backward(x, w)
+        ctx.geometry = (list(stride), list(pad), list(dilation), transposed, [0] * len(stride), groups)
+        ctx.bias_sizes = list(b.shape) if b is not None else None
+        with _onednn_off():
+            return torch.ops.aten.convolution(x, w, b, *ctx.geometry)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy: torch.Tensor):
+        x, w = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                ctx.bias_sizes is not None and ctx.needs_input_grad[2]]
+        with _onednn_off():
+            gx, gw, gb = torch.ops.aten.convolution_backward(gy.contiguous(), x, w, ctx.bias_sizes, *ctx.geometry,
+                                                             mask)
+        return gx, gw, gb, None, None, None, None, None
+
+
 def cpu_conv_algorithm() -> str:
     """The CPU convolution algorithm rule in force, in words (`netcompress info`)."""
     why = _fft_off()
@@ -443,6 +489,8 @@ class _ConvBase(Layer):
 
     def _aten_conv(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         """ATen's convolution of x (N, C, *spatial), channels-last where cpu_channels_last says."""
+        if x.device.type == "cpu" and max(self.stride) > ONEDNN_MAX_STRIDE:
+            return _PlainConv.apply(x, w, b, self.stride, self.pad, self.dilation, self.group, self.transposed)
         if self.transposed:
             return self._fn(x, w, b, stride=self.stride, padding=self.pad, groups=self.group, dilation=self.dilation)
         if (self._channels_last and x.device.type == "cpu" and x.dtype == torch.float32

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -409,6 +411,71 @@ def test_a_convolution_over_no_channels_is_refused(make_layer, kind):
     with pytest.raises(NetDefinitionError, match=r"the bottom has no channels \(shape \[2, 0, 8, 8\], channel "
                                                  r"axis 1\)"):
         make_layer(f'type: "{kind}" convolution_param {{ num_output: 2 kernel_size: 3 }}', (2, 0, 8, 8))
+
+
+# Run in a child process: without _PlainConv, oneDNN's data gradient crashes the process (SIGFPE or SIGSEGV) at
+# these strides. Each layer's float32 values and gradients on the device (argv[1]) are compared with the same
+# layer in float64 on the CPU.
+_HUGE_STRIDE_CHECK = r"""
+import sys
+import torch
+from google.protobuf import text_format
+from netcompress.layers import LayerContext, create_layer
+from netcompress.layers import vision
+from netcompress.proto import caffe_pb2 as pb
+from netcompress.rng import CaffeRNG
+
+calls = []
+plain = vision._PlainConv.apply
+vision._PlainConv.apply = lambda *a: calls.append(1) or plain(*a)
+
+
+device = sys.argv[1]
+
+
+def layer(snippet, shape, dtype, device):
+    p = text_format.Parse(snippet, pb.LayerParameter(name="c", bottom=["x"], top=["y"]))
+    return create_layer(p, [shape], LayerContext(phase=pb.TRAIN, dtype=dtype, generator=CaffeRNG(3),
+                                                 device=torch.device(device)))
+
+
+for kind, shape, geometry in [
+        ("Convolution", (2, 20, 12, 12), "kernel_size: 5 stride: 2147483647"),  # LeNet's conv2 (the fuzz's case)
+        ("Convolution", (2, 3, 9), "kernel_size: 3 pad: 1 stride: 30000"),
+        ("Convolution", (1, 2, 40000), "kernel_size: 5 stride: 30000"),  # two windows
+        ("Convolution", (1, 64, 6, 6, 6), "kernel_size: 5 stride: 6642"),
+        ("Convolution", (2, 4, 7, 7), "kernel_size: 3 stride: 5000 stride: 1"),
+        ("Deconvolution", (2, 4, 1, 1), "kernel_size: 3 stride: 2147483647"),
+        ("Deconvolution", (2, 4, 1, 1, 1), "kernel_size: 2 stride: 30000"),
+        ("Deconvolution", (2, 4, 3), "kernel_size: 3 pad: 1 stride: 100000")]:
+    snippet = (f'type: "{kind}" convolution_param {{ num_output: 4 {geometry} '
+               'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } }')
+    f32, f64 = layer(snippet, shape, torch.float32, device), layer(snippet, shape, torch.float64, "cpu")
+    with torch.no_grad():
+        for a, b in zip(f32.parameters(), f64.parameters()):
+            b.copy_(a)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    ys, grads = [], []
+    for lay, dtype, dev in ((f32, torch.float32, device), (f64, torch.float64, "cpu")):
+        xi = x.to(dev, dtype).requires_grad_()
+        y = lay(xi)
+        gy = torch.linspace(-1, 1, y.numel(), dtype=dtype, device=dev).reshape(y.shape)
+        grads.append(torch.autograd.grad(y, [xi, *lay.parameters()], gy))
+        ys.append(y)
+    assert tuple(ys[0].shape) == tuple(f32.top_shapes([shape])[0]), (kind, geometry)
+    torch.testing.assert_close(ys[0].cpu().double(), ys[1], rtol=1e-4, atol=1e-4)
+    for g32, g64 in zip(*grads):
+        torch.testing.assert_close(g32.cpu().double(), g64, rtol=1e-4, atol=1e-4)
+assert len(calls) == (16 if device == "cpu" else 8), calls  # every CPU layer took _PlainConv
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_convolution_with_a_stride_past_onednn_limit(device):
+    r = subprocess.run([sys.executable, "-c", _HUGE_STRIDE_CHECK, device], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stdout, r.stderr[-3000:])
 
 
 def deconv2d_reference(x, w, b, stride, pad, group):
