@@ -852,6 +852,23 @@ class Pooling(Layer):
                 return False
         return True
 
+    def _live(self, H: int, W: int, kernel, out) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(kernel, out) for `_padded`'s windows: only the windows that start inside the input (Caffe keeps the
+        others, which hold nothing: -FLT_MAX for MAX, a sum of 0 for AVE and STOCHASTIC; `_beyond` adds them),
+        with the kernel cut to the padded input, so that the padded input spans at most H + pad + kernel, however
+        far the stride and the kernel reach past the input (a stride of 2^30 padded it to 2^30 x 2^30)."""
+        kernel_live, out_live = [], []
+        for size, k, p, s, o in zip((H, W), kernel, self.pad, self.stride, out):
+            out_live.append(min(o, (size + p - 1) // s + 1))  # window i starts at i*s - p
+            kernel_live.append(min(k, size + p))  # (covers every input position of its window)
+        return (kernel_live[0], kernel_live[1]), (out_live[0], out_live[1])
+
+    @staticmethod
+    def _beyond(y: torch.Tensor, out, value: float) -> torch.Tensor:
+        """y of the live windows (`_live`) with the windows past the input appended, each `value`."""
+        extra_h, extra_w = out[0] - y.shape[2], out[1] - y.shape[3]
+        return F.pad(y, (0, extra_w, 0, extra_h), value=value) if extra_h or extra_w else y
+
     def _padded(self, x: torch.Tensor, kernel, out, value: float) -> torch.Tensor:
         """x padded (or cropped) so that plain strided windows are exactly Caffe's windows."""
         H, W = x.shape[2], x.shape[3]
@@ -873,9 +890,10 @@ class Pooling(Layer):
             if fast:
                 return F.avg_pool2d(x, kernel, self.stride, self.pad, ceil_mode=True,
                                     count_include_pad=True)
-            sums = F.avg_pool2d(self._padded(x, kernel, out, 0.0), kernel, self.stride,
+            kernel_live, out_live = self._live(H, W, kernel, out)
+            sums = F.avg_pool2d(self._padded(x, kernel_live, out_live, 0.0), kernel_live, self.stride,
                                 divisor_override=1)
-            return sums / self._ave_divisor(H, W, kernel, out, x)
+            return self._beyond(sums, out, 0.0) / self._ave_divisor(H, W, kernel, out, x)
         if fast:
             if x.device.type == "cpu":
                 # netcompress's op: F.max_pool2d's values, indices and gradient; on the CPU several times
@@ -888,18 +906,19 @@ class Pooling(Layer):
             if self.two_tops:
                 return y, idx.to(x.dtype)
             return y
-        xp = self._padded(x, kernel, out, float("-inf"))
-        y, idx = F.max_pool2d(xp, kernel, self.stride, return_indices=True)
+        kernel_live, out_live = self._live(H, W, kernel, out)
+        xp = self._padded(x, kernel_live, out_live, float("-inf"))
+        y, idx = F.max_pool2d(xp, kernel_live, self.stride, return_indices=True)
         # Caffe starts every window at -FLT_MAX and takes only strictly larger inputs, so a window of -FLT_MAX
         # and -inf passes no gradient (`where`: clamp's gradient at its bound differs between torch versions). A NaN
         # stays NaN, as in ATen's max pooling (the solver's non-finite check must see it).
-        y_caffe = torch.where((y > -_FLT_MAX) | torch.isnan(y), y, -_FLT_MAX)
+        y_caffe = self._beyond(torch.where((y > -_FLT_MAX) | torch.isnan(y), y, -_FLT_MAX), out, -_FLT_MAX)
         if not self.two_tops:
             return y_caffe
         Wp = xp.shape[3]
         real = (idx // Wp - self.pad[0]) * W + (idx % Wp - self.pad[1])
         mask = torch.where(y.detach() == float("-inf"), torch.full_like(real, -1), real)
-        return y_caffe, mask.to(x.dtype)
+        return y_caffe, self._beyond(mask.to(x.dtype), out, -1.0)
 
     def _ave_divisor(self, H: int, W: int, kernel, out, like: torch.Tensor) -> torch.Tensor:
         sizes = []
@@ -912,25 +931,28 @@ class Pooling(Layer):
 
     def _stochastic(self, x: torch.Tensor, kernel, out) -> torch.Tensor:
         N, C, H, W = x.shape
-        kh, kw = kernel
-        sh, sw = self.stride
-        oh, ow = out
+        (kh, kw), (oh, ow) = self._live(H, W, kernel, out)
         # Windows are clipped to the image (no padding); zeros beyond it weigh nothing.
-        xp = self._padded(x, kernel, out, 0.0)
-        cols = F.unfold(xp, (kh, kw), stride=(sh, sw)).view(N, C, kh * kw, oh * ow)
+        xp = self._padded(x, (kh, kw), (oh, ow), 0.0)
+        cols = F.unfold(xp, (kh, kw), stride=self.stride).view(N, C, kh * kw, oh * ow)
         total = cols.sum(dim=2)
         if self.phase == pb.TRAIN:
             gen = self._rng
-            u = torch.rand(total.shape, generator=gen, device=gen.device, dtype=torch.float32)
+            u = torch.rand((N, C, *out), generator=gen, device=gen.device, dtype=torch.float32)  # every window's
+            u = u[:, :, :oh, :ow].reshape(N, C, oh * ow)
             thres = u.to(device=x.device, dtype=x.dtype) * total.detach()
             cum = cols.detach().cumsum(dim=2)
-            pick = (cum < thres.unsqueeze(2)).sum(dim=2, keepdim=True).clamp_max(kh * kw - 1)
+            last = kh * kw - 1
+            if (kh, kw) != tuple(kernel):  # a cut window: its last position, where rounding can leave the pick, is
+                cols = F.pad(cols, (0, 0, 0, 1))  # past the input, in a slot of its own (0, no gradient)
+                last += 1
+            pick = (cum < thres.unsqueeze(2)).sum(dim=2, keepdim=True).clamp_max(last)
             y = cols.gather(2, pick).squeeze(2)
         else:
             positive = total > 0
             safe = torch.where(positive, total, torch.ones_like(total))
             y = torch.where(positive, (cols * cols).sum(dim=2) / safe, torch.zeros_like(total))
-        return y.view(N, C, oh, ow)
+        return self._beyond(y.view(N, C, oh, ow), out, 0.0)
 
     def top_shapes(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
         N, C, H, W = bottom_shapes[0]

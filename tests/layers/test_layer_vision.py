@@ -678,6 +678,14 @@ POOL_CASES = [
     ("kernel_h: 3 kernel_w: 2 stride_h: 1 stride_w: 2 pad_h: 1 pad_w: 0", (4, 5), (4, 3)),
     ("kernel_size: 1 stride: 2", (6, 6), (4, 4)),          # unpadded: Caffe keeps a window past the input
     ("kernel_size: 2 stride: 3 pad_h: 0 pad_w: 1", (7, 7), (3, 3)),
+    # strides and kernels far past the input (Caffe runs them; padding the input to span every window ran out
+    # of memory or overflowed a size)
+    ("kernel_size: 2 stride: 1073741824", (12, 12), (2, 2)),   # the second window starts past the input
+    ("kernel_h: 3 kernel_w: 2 stride_h: 100000 stride_w: 5", (12, 12), (2, 3)),
+    ("kernel_size: 100000 stride: 100000", (12, 9), (1, 1)),
+    ("kernel_size: 40 stride: 1000000", (12, 12), (1, 1)),
+    ("kernel_size: 3 stride: 1073741824 pad: 1", (12, 12), (1, 1)),
+    ("kernel_size: 100000 stride: 2147483647", (12, 12), (1, 1)),
 ]
 
 
@@ -831,6 +839,59 @@ def test_stochastic_pooling_train_phase(make_layer):
     a = layer(xs)
     layer.set_rng_state(state)
     assert torch.equal(layer(xs), a)
+
+
+def stochastic_reference(x, kernel, stride, out, u, train):
+    """Caffe's stochastic pooling (its GPU kernels) window by window, with the draws u (N, C, *out): windows
+    clipped to the input; TRAIN takes the first entry whose running sum reaches u * sum (past the last entry: the
+    window's last position, 0 when that lies past the input), TEST sum(x^2) / sum(x)."""
+    N, C, H, W = x.shape
+    y = torch.zeros(N, C, *out, dtype=x.dtype)
+    for n in range(N):
+        for c in range(C):
+            for ph in range(out[0]):
+                for pw in range(out[1]):
+                    hs, ws = ph * stride[0], pw * stride[1]
+                    win = x[n, c, hs:min(hs + kernel[0], H), ws:min(ws + kernel[1], W)].reshape(-1)
+                    total = float(win.sum()) if win.numel() else 0.0
+                    if not train:
+                        y[n, c, ph, pw] = float((win * win).sum()) / total if total > 0 else 0.0
+                        continue
+                    thres, cum, picked = float(u[n, c, ph, pw]) * total, 0.0, None
+                    for v in win.tolist():
+                        cum += v
+                        if cum >= thres:
+                            picked = v
+                            break
+                    if picked is None:
+                        past = hs + kernel[0] > H or ws + kernel[1] > W
+                        picked = 0.0 if past or not win.numel() else float(win[-1])
+                    y[n, c, ph, pw] = picked
+    return y
+
+
+@pytest.mark.parametrize("fields,shape,out", [
+    ("kernel_size: 2 stride: 1073741824", (2, 3, 12, 12), (2, 2)),  # windows starting past the input
+    ("kernel_size: 100000 stride: 100000", (2, 3, 12, 9), (1, 1)),  # a kernel past the input
+    ("kernel_h: 3 kernel_w: 40 stride_h: 5 stride_w: 1000000", (2, 2, 12, 12), (3, 1)),
+    ("kernel_size: 3 stride: 2", (2, 2, 7, 6), (3, 3)),
+])
+@pytest.mark.parametrize("phase", [pb.TRAIN, pb.TEST])
+def test_stochastic_pooling_past_the_input(make_layer, fields, shape, out, phase):
+    # (padding the input to span every window ran out of memory or overflowed a size at these strides)
+    layer = make_layer(f'type: "Pooling" pooling_param {{ pool: STOCHASTIC {fields} }}', shape, phase=phase, seed=7)
+    x = rand(*shape).abs()
+    x[0, 0] = 0.0  # all-zero windows
+    g = torch.Generator()
+    g.set_state(layer.rng_state())
+    u = torch.rand((shape[0], shape[1], *out), generator=g, dtype=torch.float32).double()
+    xg = x.clone().requires_grad_()
+    y = layer(xg)
+    assert tuple(y.shape) == (*shape[:2], *out)
+    torch.testing.assert_close(y.detach(), stochastic_reference(x, layer.kernel, layer.stride, out, u,
+                                                                phase == pb.TRAIN))
+    y.sum().backward()
+    assert torch.isfinite(xg.grad).all()
 
 
 # --- SPP ----------------------------------------------------------------------------------------
