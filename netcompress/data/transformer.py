@@ -106,6 +106,11 @@ class DataTransformer:
         param = param if param is not None else pb.TransformationParameter()
         self.name = name
         self.phase = phase
+        for field, values in (("scale", [param.scale]), ("mean_value", param.mean_value),
+                              ("std_value", param.std_value)):
+            if not np.all(np.isfinite(np.asarray(values, dtype=np.float32))):  # (inf * a 0 pixel is NaN data)
+                raise TransformError(f"{name}: transform_param.{field} must be finite, got "
+                                     f"{[float(v) for v in values]}")
         self.scale = np.float32(param.scale)
         self.mirror = bool(param.mirror)
         self.crop_size = int(param.crop_size)

@@ -295,6 +295,10 @@ def test_augmentations_are_train_only():
     ('autoaugment { op { name: "Invert" prob: 1.5 level: 1 } }', r"prob must lie in \[0, 1\]"),
     ('pad_crop { pad: 2 max_offset: 5 }', "larger than 2 \\* pad = 4"),
     ('std_value: 0', "std_value must be non-zero"),
+    ('scale: inf', r"transform_param.scale must be finite, got \[inf\]"),
+    ('scale: 1e39', r"transform_param.scale must be finite, got \[inf\]"),  # past float32
+    ('mean_value: 1 mean_value: nan', r"transform_param.mean_value must be finite, got \[1.0, nan\]"),
+    ('std_value: -inf', r"transform_param.std_value must be finite"),
 ])
 def test_bad_parameters_are_named(text, match):
     with pytest.raises(TransformError, match=match):
