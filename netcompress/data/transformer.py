@@ -92,6 +92,10 @@ def array_to_datum(arr: np.ndarray, label: int = 0) -> pb.Datum:
     return d
 
 
+# autoaugment.num_ops above this is refused: each record takes that many drawn ops in turn (1-3 in the policies).
+MAX_AUG_OPS = 1000
+
+
 class DataTransformer:
     """Caffe's DataTransformer for one `TransformationParameter` and phase.
 
@@ -162,8 +166,9 @@ class DataTransformer:
                 except aug.AutoAugmentError as e:
                     raise TransformError(f"{name}: {e}") from None
             if ops:
-                if ap.num_ops < 1:
-                    raise TransformError(f"{name}: autoaugment.num_ops must be at least 1, got {ap.num_ops}")
+                if not 1 <= ap.num_ops <= MAX_AUG_OPS:  # (2^31 - 1 ops per record ran for ever)
+                    raise TransformError(f"{name}: autoaugment.num_ops must lie in [1, {MAX_AUG_OPS:,}] (ops "
+                                         f"applied to each record in turn; policies use 1-3), got {ap.num_ops}")
                 self.aug_ops, self.aug_num = ops, int(ap.num_ops)
                 self.aug_last_only = ap.compose == pb.AutoAugmentParameter.LAST_ONLY
         # Pad (with zeros) and crop back to the same size at a random offset.
@@ -321,10 +326,15 @@ class DataTransformer:
                 fill = (np.float32(0) - mv) / (np.float32(1) if std is None else std)
             else:
                 fill = np.zeros((c, 1, 1), np.float32)
-            padded = np.empty((c, h + 2 * p, w + 2 * p), np.float32)
-            padded[...] = fill
-            padded[:, p:p + h, p:p + w] = x
-            x = padded[:, top:top + h, left:left + w]
+            # The h x w window at (top, left) of the record padded by p, without the padded record (a pad of 10^5
+            # asked for 149 GiB): the fill, and the record where it overlaps the window (row r at r - dy).
+            out = np.empty((c, h, w), np.float32)
+            out[...] = fill
+            dy, dx = top - p, left - p
+            ys, ye, xs, xe = max(0, dy), min(h, h + dy), max(0, dx), min(w, w + dx)
+            if ys < ye and xs < xe:
+                out[:, ys - dy:ye - dy, xs - dx:xe - dx] = x[:, ys:ye, xs:xe]
+            x = out
         return x
 
     @property

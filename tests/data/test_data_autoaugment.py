@@ -221,6 +221,29 @@ def test_pad_crop_default_offsets_reach_2_pad():
     assert {t for t, _ in offs} == set(range(9))
 
 
+@pytest.mark.parametrize("pad,max_offset", [(3, 0), (11, 0), (40, 5), (100000, 0), (1073741824, 0)])
+def test_pad_crop_takes_the_window_of_the_padded_record_without_padding_it(pad, max_offset):
+    # (the record was padded first: a pad of 10^5 asked for 149 GiB, 2^30 overflowed numpy's sizes)
+    x = (1 + np.arange(3 * 5 * 7, dtype=np.float32)).reshape(3, 5, 7)
+    t = DataTransformer(tp(f"pad_crop {{ pad: {pad} max_offset: {max_offset} }}"), pb.TRAIN)
+    rng, draws = np.random.default_rng(2), np.random.default_rng(2)
+    limit = max_offset or 2 * pad
+    inside = 0
+    for _ in range(60):
+        top, left = int(draws.integers(limit + 1)), int(draws.integers(limit + 1))  # the transformer's draws
+        y = t.transform(x, rng)
+        expected = np.zeros_like(y)
+        for r in range(5):
+            for c in range(7):
+                i, j = top + r - pad, left + c - pad  # the padded record's (top + r, left + c)
+                if 0 <= i < 5 and 0 <= j < 7:
+                    expected[:, r, c] = x[:, i, j]
+        np.testing.assert_array_equal(y, expected)
+        inside += bool(expected.any())
+    if pad < 40:
+        assert inside > 0  # some windows hold part of the record (with pad 40 and offsets 0-5 none does)
+
+
 def test_pad_crop_fill_zero_before_mean_pads_with_normalised_black():
     t = tp("mean_value: 10 mean_value: 20 std_value: 2 std_value: 4 pad_crop { pad: 2 fill: ZERO_BEFORE_MEAN }")
     x = np.full((2, 4, 4), 30, np.uint8)
@@ -295,6 +318,8 @@ def test_augmentations_are_train_only():
     ('autoaugment { op { name: "Invert" prob: 1.5 level: 1 } }', r"prob must lie in \[0, 1\]"),
     ('pad_crop { pad: 2 max_offset: 5 }', "larger than 2 \\* pad = 4"),
     ('std_value: 0', "std_value must be non-zero"),
+    ('autoaugment { policy: MICRONET_CIFAR100 num_ops: 0 }', r"num_ops must lie in \[1, 1,000\].*got 0"),
+    ('autoaugment { policy: MICRONET_CIFAR100 num_ops: 2147483647 }', r"num_ops must lie in \[1, 1,000\]"),
     ('scale: inf', r"transform_param.scale must be finite, got \[inf\]"),
     ('scale: 1e39', r"transform_param.scale must be finite, got \[inf\]"),  # past float32
     ('mean_value: 1 mean_value: nan', r"transform_param.mean_value must be finite, got \[1.0, nan\]"),
