@@ -600,15 +600,20 @@ class Im2col(Layer):
 
     def _gather(self, x: torch.Tensor, out: Sequence[int]) -> torch.Tensor:
         """im2col for any number of spatial axes: per axis, the padded input at
-        o * stride + k * dilation for every (kernel offset k, output position o)."""
+        o * stride + k * dilation for every (kernel offset k, output position o).
+
+        The padding is not built: a position in it reads one zero appended to its axis (padding the input
+        itself, a pad of 2^30 with a stride to match overflowed a size)."""
         n = self.num_spatial
-        widths = [w for i in reversed(range(n)) for w in (self.pad[i], self.pad[i])]
-        cols = F.pad(x, widths) if any(widths) else x
+        cols = F.pad(x, [0, 1] * n)
         for i in range(n):
+            size = x.shape[2 + i]
             taps = torch.arange(self.kernel[i], device=x.device) * self.dilation[i]
             starts = torch.arange(out[i], device=x.device) * self.stride[i]
+            at = (taps[:, None] + starts[None, :]).reshape(-1) - self.pad[i]
+            at = torch.where((at >= 0) & (at < size), at, size)
             dim = 2 + 2 * i  # the axes before it are already (kernel, output) pairs
-            cols = cols.index_select(dim, (taps[:, None] + starts[None, :]).reshape(-1))
+            cols = cols.index_select(dim, at)
             cols = cols.unflatten(dim, (self.kernel[i], out[i]))
         # (N, C, k0, o0, k1, o1, ...) -> (N, C, k0, k1, ..., o0, o1, ...)
         order = [0, 1] + [2 + 2 * i for i in range(n)] + [3 + 2 * i for i in range(n)]

@@ -1075,6 +1075,10 @@ IM2COL_CASES = [
     ("kernel_size: 2 stride: 2 pad: 1", (2, 2, 3)),                       # 1-D
     ("kernel_size: 2 stride: 1 pad: 1 dilation: 2", (1, 2, 3, 4, 3)),     # 3-D
     ("axis: 2 kernel_size: 2 stride: 1", (2, 3, 2, 4, 4)),                # axes before the channel axis: images
+    # pads and strides far past the input (padding the input itself ran out of memory or overflowed a size)
+    ("kernel_size: 2 pad: 100000 stride: 100000", (1, 2, 7)),
+    ("kernel_size: 3 pad: 1073741824 stride: 1073741824", (1, 2, 5, 4)),
+    ("kernel_size: 3 pad: 1073741824 stride: 1073741824", (1, 2, 5, 4, 3)),
 ]
 
 
