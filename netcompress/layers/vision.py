@@ -767,7 +767,8 @@ class Pooling(Layer):
     padding does not (`count_include_pad=True` with ceil_mode). The common cases run on
     PyTorch's pooling directly; geometries PyTorch refuses or sizes differently (pad > kernel/2,
     which Caffe allows, and unpadded layers whose last window starts past the input, which Caffe
-    keeps) run on an explicitly padded input with the same results.
+    keeps) run on an explicitly padded input with the same results (padded only as far as the windows
+    that start inside the input reach; those past it are empty: `_live`).
 
     STOCHASTIC (Caffe implements it on GPU only; no padding): in TRAIN, one activation per
     window is drawn with probability proportional to its value (the first whose running sum
