@@ -452,6 +452,7 @@ class _ConvBase(Layer):
                                                                         self.group, n)
         if self._channels_last:  # output positions per sample, for CHANNELS_LAST_MIN_POSITIONS
             self._positions = math.prod(self.top_shapes([shape0])[0][self.axis + 1:])
+        self._plain_cpu = max(self.stride) > ONEDNN_MAX_STRIDE  # _PlainConv on the CPU
         self._fn = [None, F.conv1d, F.conv2d, F.conv3d][n] if not self.transposed else \
             [None, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d][n]
 
@@ -489,7 +490,7 @@ class _ConvBase(Layer):
 
     def _aten_conv(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         """ATen's convolution of x (N, C, *spatial), channels-last where cpu_channels_last says."""
-        if x.device.type == "cpu" and max(self.stride) > ONEDNN_MAX_STRIDE:
+        if self._plain_cpu and x.device.type == "cpu":
             return _PlainConv.apply(x, w, b, self.stride, self.pad, self.dilation, self.group, self.transposed)
         if self.transposed:
             return self._fn(x, w, b, stride=self.stride, padding=self.pad, groups=self.group, dilation=self.dilation)
@@ -768,7 +769,7 @@ class Pooling(Layer):
     PyTorch's pooling directly; geometries PyTorch refuses or sizes differently (pad > kernel/2,
     which Caffe allows, and unpadded layers whose last window starts past the input, which Caffe
     keeps) run on an explicitly padded input with the same results (padded only as far as the windows
-    that start inside the input reach; those past it are empty: `_live`).
+    that start inside the input reach; those past it are empty: `_padded`).
 
     STOCHASTIC (Caffe implements it on GPU only; no padding): in TRAIN, one activation per
     window is drawn with probability proportional to its value (the first whose running sum
@@ -858,30 +859,28 @@ class Pooling(Layer):
                 return False
         return True
 
-    def _live(self, H: int, W: int, kernel, out) -> tuple[tuple[int, int], tuple[int, int]]:
-        """(kernel, out) for `_padded`'s windows: only the windows that start inside the input (Caffe keeps the
-        others, which hold nothing: -FLT_MAX for MAX, a sum of 0 for AVE and STOCHASTIC; `_beyond` adds them),
-        with the kernel cut to the padded input, so that the padded input spans at most H + pad + kernel, however
-        far the stride and the kernel reach past the input (a stride of 2^30 padded it to 2^30 x 2^30)."""
-        kernel_live, out_live = [], []
-        for size, k, p, s, o in zip((H, W), kernel, self.pad, self.stride, out):
-            out_live.append(min(o, (size + p - 1) // s + 1))  # window i starts at i*s - p
-            kernel_live.append(min(k, size + p))  # (covers every input position of its window)
-        return (kernel_live[0], kernel_live[1]), (out_live[0], out_live[1])
-
     @staticmethod
     def _beyond(y: torch.Tensor, out, value: float) -> torch.Tensor:
-        """y of the live windows (`_live`) with the windows past the input appended, each `value`."""
+        """y of the windows `_padded` keeps with the windows past the input appended, each `value`."""
         extra_h, extra_w = out[0] - y.shape[2], out[1] - y.shape[3]
         return F.pad(y, (0, extra_w, 0, extra_h), value=value) if extra_h or extra_w else y
 
-    def _padded(self, x: torch.Tensor, kernel, out, value: float) -> torch.Tensor:
-        """x padded (or cropped) so that plain strided windows are exactly Caffe's windows."""
+    def _padded(self, x: torch.Tensor, kernel, out, value: float):
+        """(x padded or cropped, kernel, out) such that plain strided windows of that kernel over it are exactly
+        Caffe's windows that start inside the input (Caffe keeps the others, which hold nothing: -FLT_MAX for MAX,
+        a sum of 0 for AVE and STOCHASTIC; `_beyond` appends them), `out` counting those; the kernel is cut to the
+        padded input, so the padded input spans at most H + pad + kernel, however far the stride and the kernel
+        reach past the input (padded to span every window, a stride of 2^30 made it 2^30 x 2^30)."""
         H, W = x.shape[2], x.shape[3]
-        ph, pw = self.pad
-        bottom = (out[0] - 1) * self.stride[0] + kernel[0] - H - ph
-        right = (out[1] - 1) * self.stride[1] + kernel[1] - W - pw
-        return F.pad(x, (pw, right, ph, bottom), value=value)
+        kernel_live, out_live, widths = [], [], []
+        for size, k, p, s, o in zip((H, W), kernel, self.pad, self.stride, out):
+            o = min(o, (size + p - 1) // s + 1)  # window i starts at i*s - p
+            k = min(k, size + p)  # (covers every input position of its window)
+            kernel_live.append(k)
+            out_live.append(o)
+            widths.append((p, (o - 1) * s + k - size - p))
+        (ph, bottom), (pw, right) = widths
+        return F.pad(x, (pw, right, ph, bottom), value=value), tuple(kernel_live), tuple(out_live)
 
     def forward(self, x: torch.Tensor):
         if x.dim() != 4:
@@ -896,9 +895,8 @@ class Pooling(Layer):
             if fast:
                 return F.avg_pool2d(x, kernel, self.stride, self.pad, ceil_mode=True,
                                     count_include_pad=True)
-            kernel_live, out_live = self._live(H, W, kernel, out)
-            sums = F.avg_pool2d(self._padded(x, kernel_live, out_live, 0.0), kernel_live, self.stride,
-                                divisor_override=1)
+            xp, kernel_live, _ = self._padded(x, kernel, out, 0.0)
+            sums = F.avg_pool2d(xp, kernel_live, self.stride, divisor_override=1)
             return self._beyond(sums, out, 0.0) / self._ave_divisor(H, W, kernel, out, x)
         if fast:
             if x.device.type == "cpu":
@@ -912,8 +910,7 @@ class Pooling(Layer):
             if self.two_tops:
                 return y, idx.to(x.dtype)
             return y
-        kernel_live, out_live = self._live(H, W, kernel, out)
-        xp = self._padded(x, kernel_live, out_live, float("-inf"))
+        xp, kernel_live, _ = self._padded(x, kernel, out, float("-inf"))
         y, idx = F.max_pool2d(xp, kernel_live, self.stride, return_indices=True)
         # Caffe starts every window at -FLT_MAX and takes only strictly larger inputs, so a window of -FLT_MAX
         # and -inf passes no gradient (`where`: clamp's gradient at its bound differs between torch versions). A NaN
@@ -937,9 +934,8 @@ class Pooling(Layer):
 
     def _stochastic(self, x: torch.Tensor, kernel, out) -> torch.Tensor:
         N, C, H, W = x.shape
-        (kh, kw), (oh, ow) = self._live(H, W, kernel, out)
         # Windows are clipped to the image (no padding); zeros beyond it weigh nothing.
-        xp = self._padded(x, (kh, kw), (oh, ow), 0.0)
+        xp, (kh, kw), (oh, ow) = self._padded(x, kernel, out, 0.0)
         cols = F.unfold(xp, (kh, kw), stride=self.stride).view(N, C, kh * kw, oh * ow)
         total = cols.sum(dim=2)
         if self.phase == pb.TRAIN:
