@@ -425,12 +425,10 @@ from netcompress.layers import vision
 from netcompress.proto import caffe_pb2 as pb
 from netcompress.rng import CaffeRNG
 
+device = sys.argv[1]
 calls = []
 plain = vision._PlainConv.apply
 vision._PlainConv.apply = lambda *a: calls.append(1) or plain(*a)
-
-
-device = sys.argv[1]
 
 
 def layer(snippet, shape, dtype, device):
@@ -844,9 +842,11 @@ def test_stochastic_pooling_train_phase(make_layer):
 def stochastic_reference(x, kernel, stride, out, u, train):
     """Caffe's stochastic pooling (its GPU kernels) window by window, with the draws u (N, C, *out): windows
     clipped to the input; TRAIN takes the first entry whose running sum reaches u * sum (past the last entry: the
-    window's last position, 0 when that lies past the input), TEST sum(x^2) / sum(x)."""
+    window's last position, 0 when that lies past the input), TEST sum(x^2) / sum(x). Returns y and, for TRAIN,
+    how many picks are input entries (each receives a gradient of 1)."""
     N, C, H, W = x.shape
     y = torch.zeros(N, C, *out, dtype=x.dtype)
+    picked_inputs = 0
     for n in range(N):
         for c in range(C):
             for ph in range(out[0]):
@@ -865,9 +865,10 @@ def stochastic_reference(x, kernel, stride, out, u, train):
                             break
                     if picked is None:
                         past = hs + kernel[0] > H or ws + kernel[1] > W
-                        picked = 0.0 if past or not win.numel() else float(win[-1])
-                    y[n, c, ph, pw] = picked
-    return y
+                        picked = None if past or not win.numel() else float(win[-1])
+                    picked_inputs += picked is not None
+                    y[n, c, ph, pw] = picked or 0.0
+    return y, picked_inputs
 
 
 @pytest.mark.parametrize("fields,shape,out", [
@@ -888,10 +889,12 @@ def test_stochastic_pooling_past_the_input(make_layer, fields, shape, out, phase
     xg = x.clone().requires_grad_()
     y = layer(xg)
     assert tuple(y.shape) == (*shape[:2], *out)
-    torch.testing.assert_close(y.detach(), stochastic_reference(x, layer.kernel, layer.stride, out, u,
-                                                                phase == pb.TRAIN))
+    ref, picked_inputs = stochastic_reference(x, layer.kernel, layer.stride, out, u, phase == pb.TRAIN)
+    torch.testing.assert_close(y.detach(), ref)
     y.sum().backward()
     assert torch.isfinite(xg.grad).all()
+    if phase == pb.TRAIN:  # a gradient of 1 to the input entry of each pick (none for a pick past the input)
+        assert float(xg.grad.sum()) == picked_inputs
 
 
 # --- SPP ----------------------------------------------------------------------------------------
