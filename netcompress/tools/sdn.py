@@ -376,8 +376,7 @@ def sdn_net_from_template(text: str, ics: Sequence[int], *, dense: bool = False,
 def make_sdn_net(template: str, out: str, ics: Sequence[int], **kw) -> SDNNet:
     """Read `template`, build the SDN net (see `sdn_net_from_template`) and write it to `out`."""
     require_files(template)
-    with open(template, "r", encoding="utf-8") as f:
-        text = f.read()
+    text = ncio.read_input_text(template, "cells prototxt template")
     sdn = sdn_net_from_template(text, ics, path=template, **kw)
     ncio.write_text_proto(out, sdn.net)
     return sdn
@@ -505,7 +504,8 @@ def early_exit_table(logits: Sequence[np.ndarray], labels: np.ndarray, threshold
     for q in thresholds:
         confident = conf[:, :n_out - 1] >= q
         any_conf = confident.any(axis=1)
-        first = np.where(any_conf, confident.argmax(axis=1), -1)
+        # (with the final output alone there is no IC to exit at: argmax of an empty row is an error)
+        first = np.where(any_conf, confident.argmax(axis=1), -1) if n_out > 1 else np.full(N, -1)
         best = conf.argmax(axis=1)  # the first of equally confident outputs, as np.argmax in SDN
         answer = np.where(any_conf, first, best)
         correct = pred[np.arange(N), answer] == labels

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -232,6 +233,11 @@ def test_make_sdn_net_cli_errors(template, tmp_path, capsys):
     assert sdn.make_sdn_net_main([str(bad), "--ics", "1", "--out", out]) == 1
     line = TEMPLATE.splitlines().index(next(l for l in TEMPLATE.splitlines() if 'cell${k}_relu1' in l)) + 1
     assert f"{bad}:{line}" in capsys.readouterr().err  # the template's own line number
+    binary = tmp_path / "binary.prototxt-template"
+    binary.write_bytes(TEMPLATE.encode()[:40] + b"\xff\xfe" + TEMPLATE.encode()[40:])
+    assert sdn.make_sdn_net_main([str(binary), "--ics", "1", "--out", out]) == 1
+    assert f"{binary}: byte 40 is not UTF-8 text (expected a cells prototxt template)" in capsys.readouterr().err
+    assert not os.path.exists(out)
 
 
 def test_small_feature_maps_get_a_plain_linear_ic(template, tmp_path):
@@ -375,6 +381,10 @@ def test_early_exit_table_boundaries():
     rows = sdn.early_exit_table([x, x], np.array([0]), [0.5, 0.5000001], [1, 3])
     assert (rows[0]["early"], rows[0]["late"]) == ([1], 0)
     assert (rows[1]["early"], rows[1]["late"], rows[1]["average_ops"]) == ([0], 1, 3.0)
+    # the final output alone (--outputs fc): every sample is answered late, by it
+    rows = sdn.early_exit_table([np.log(np.array([[2.0, 1.0], [1.0, 3.0]]))], np.array([0, 0]), [0.5], [7])
+    assert (rows[0]["early"], rows[0]["late"], rows[0]["late_answered"]) == ([], 2, [2])
+    assert (rows[0]["correct"], rows[0]["average_ops"]) == (1, 7.0)
 
 
 # --- scripts ------------------------------------------------------------------------------------------
