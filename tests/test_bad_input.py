@@ -274,6 +274,35 @@ def test_net_errors_name_the_file_once(tmp_path, capsys):
         "inner_product_param.num_output must be positive")
 
 
+def test_tool_errors_name_the_files_once_and_no_placeholder(tmp_path, capsys):
+    # The tools build nets and load models from messages they made; the errors still name the user's
+    # files (not "<NetParameter>"), each once, and the layer once.
+    net_path, param = _lenet_model(tmp_path)
+    model = str(tmp_path / "lenet.caffemodel")
+    ncio.write_caffemodel(model, param)
+    padded = lenet(tmp_path, "kernel_size: 5", "kernel_size: 5 pad: 1", "padded.prototxt")
+    astray = lenet(tmp_path, 'bottom: "pool2"', 'bottom: "nowhere"', "astray.prototxt")
+    two_tops = lenet(tmp_path, 'top: "conv1"', 'top: "conv1" top: "extra"', "two_tops.prototxt")
+    out = [str(tmp_path / "o.prototxt"), str(tmp_path / "o.caffemodel")]
+    unknown = "Unknown bottom blob 'nowhere' (layer 'ip1', bottom index 0)"
+    for argv, expected in (
+            (["net2wider", "--layer", "ip1", "--width", "30", padded, model, *out],
+             f"{model} does not load into {padded}: Cannot copy param 0 weights from layer 'ip1'; shape mismatch"),
+            (["net2deeper", "--after", "ip1", astray, model, *out],
+             f"cannot build the TEST-phase net of {astray} (data layers open their sources, relative to the "
+             f"current folder): {unknown}"),
+            (["snip_prune", "--keep-ratio", "0.5", astray, model, *out],
+             f"cannot build the TRAIN net of {astray} (its layers conv1, conv2, ip1, ip2 masked): {unknown}"),
+            (["micronet_score", two_tops, model],
+             f"{two_tops}: layer 'conv1' (type Convolution): needs as many tops as bottoms, got 1 bottoms and 2 tops"),
+            (["dns_to_normal", dns_deploy(tmp_path), model, astray, out[1]],
+             f"cannot build the net of {astray} (TEST phase, as pycaffe did; data layers open their sources): "
+             f"{unknown}")):
+        said = cli_error(capsys, argv)
+        assert said.startswith(f"Error: {expected}"), (argv[0], said)
+        assert "<NetParameter>" not in said and said.count(astray) <= 1, said
+
+
 # ----------------------------------------------------------------------------------------------
 # Accepted but wrong
 # ----------------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """Fuzz: generated mutations of the example nets, solvers, models and data sources, run through the command
-line in process: training, testing, timing and the conversion, recipe and net tools (and a few hostile paths
-in subprocesses).
+line in process: training, testing, timing and the conversion, recipe, log and net tools (and a few hostile
+paths in subprocesses).
 
 Every case must end with exit 0, 1 (an error the input caused, one line) or 2 (a usage error), never
-with a traceback ("unexpected ..." from the error boundary), never past its time limit, and never
-leave a temporary file behind. Mutations known to be invalid (the parameters of issue 22) must be
+with a traceback ("unexpected ..." from the error boundary), never past its time limit, never with an
+error line that names a net "<NetParameter>" or a layer twice in a row, and never leave a temporary file
+behind. Mutations known to be invalid (the parameters of issue 22) must be
 refused with exit 1 and their message. Deterministic: fixed seeds, no dependence on time.
 
 A deeper campaign, by hand: NETCOMPRESS_FUZZ_SEED=N (default 22) draws other cases, NETCOMPRESS_FUZZ_SCALE=K
@@ -121,9 +122,23 @@ def run_case(case: Case) -> Outcome:
             problem = f"exit {rc}"
         elif "Traceback" in text or "unexpected " in text and "(a bug in netcompress" in text:
             problem = "traceback"
+        elif _muddled(text):
+            problem = f"a muddled message ({_muddled(text)})"
         elif case.refuse is not None and (rc != 1 or case.refuse not in text):
             problem = f"accepted or vague (exit {rc}; expected the error to say {case.refuse!r})"
     return Outcome(case, rc, text, problem)
+
+
+def _muddled(text: str) -> str:
+    """What makes the error line hard to read: a net or record named by a placeholder instead of its file,
+    or the same layer named twice in a row."""
+    said = [l for l in text.splitlines() if l.startswith("Error: ") or " error: " in l]
+    if not said:
+        return ""
+    if "<NetParameter>" in said[-1] or "<datum>" in said[-1]:
+        return "a placeholder for the file"
+    m = re.search(r"(layer '[^']*') \([^)]*\): \1", said[-1])
+    return f"{m.group(1)} named twice" if m else ""
 
 
 def check_outcomes(outcomes: list[Outcome], folder: Path) -> None:
@@ -1073,6 +1088,199 @@ def test_fuzz_tools(work, models):
     check_outcomes(outcomes, work)
     rcs = [o.rc for o in outcomes]
     assert rcs.count(0) > 30 and rcs.count(1) > 30, (rcs.count(0), rcs.count(1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Recipe and log tools the tool cases above leave out, each on a base it accepts (an SDN net, a
+# calibrated MicroNet student and its integer deploy net, a trained ε-ResNet with its solverstate, a
+# training log, a PyTorch state dict), then mutated
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def recipe_bases(work: Path) -> Path:
+    folder = work / "recipes"
+    folder.mkdir(exist_ok=True)
+
+    def ok(argv):
+        o = run_case(Case("base", argv[0], argv))
+        assert o.rc == 0 and not o.problem, (argv, o.err[-3000:])
+        return o
+
+    def solver(name, net):
+        (folder / f"{name}_solver.prototxt").write_text(
+            f'net: "recipes/{net}" base_lr: 0.01 lr_policy: "fixed" max_iter: 2 display: 1 test_iter: 1 '
+            f'test_interval: 2 snapshot: 0 snapshot_prefix: "recipes/{name}"\n')
+        return ok(["train", "--solver", f"recipes/{name}_solver.prototxt"])
+
+    with _chdir(work), seeded():
+        r = folder
+        ok(["make_sdn_net", str(REPO / "examples/sdn/cells.prototxt-template"), "--ics", "0,1,0,1,0,1,0",
+            "--feature-size", "14", "--out", str(r / "sdn.prototxt")])
+        (r / "sdn.prototxt").write_text(text_format.MessageToString(_small_batches(ncio.read_net(str(r / "sdn.prototxt")))))
+        solver("sdn", "sdn.prototxt")
+        ok(["make_densenet", "--form", "student", "--depth", "10", "--growth", "2", "--input", "1,28,28",
+            "--train-source", "data/mnist5k_train_lmdb", "--test-source", "data/mnist5k_test_lmdb",
+            "--batch-size", "2", "--test-batch-size", "2", str(r / "student.prototxt")])
+        solver("student", "student.prototxt")  # calibrates the ActQuant layers
+        ok(["micronet_merge", str(r / "student.prototxt"), str(r / "student_iter_2.caffemodel"),
+            str(r / "deploy.prototxt"), str(r / "deploy.caffemodel")])
+        (r / "eres.prototxt").write_text((work / "eresnet20_mnist.prototxt").read_text())
+        (r / "train.log").write_text(solver("eres", "eres.prototxt").err)
+        (r / "lenet.prototxt").write_text((work / "lenet.prototxt").read_text())
+        (r / "lenet_tt.prototxt").write_text((work / "lenet_train_test.prototxt").read_text())
+    return folder
+
+
+def _state_dict_mutant(model: pb.NetParameter, path: Path, rng: random.Random) -> str:
+    """deploy.caffemodel as the state dict import_pth reads back (its map's names), often damaged."""
+    import torch
+
+    from netcompress.tools.micronet import MAPS
+
+    name_of = MAPS["micronet-densenet-final"][1]
+    sd = {name_of(lp.name, i): torch.from_numpy(ncio.blob_to_array(b).copy())
+          for lp in model.layer for i, b in enumerate(lp.blobs)}
+    keys = list(sd)
+    op = rng.choice(["none", "drop", "extra", "shape", "int", "nan", "not a tensor", "wrapped", "module.",
+                     "list", "short list", "tensor", "garbage", "empty"])
+    k = rng.choice(keys)
+    if op == "drop":
+        del sd[k]
+    elif op == "extra":
+        sd[rng.choice(["nowhere.weight", "conv1.running_mean", "x", k.replace("weight", "bias")])] = torch.ones(2)
+    elif op == "shape":
+        sd[k] = torch.zeros(*[d + rng.choice([0, 1]) for d in sd[k].shape], 1)
+    elif op == "int":
+        sd[k] = sd[k].to(torch.int64)
+    elif op == "nan":
+        sd[k] = torch.full_like(sd[k], float("nan"))
+    elif op == "not a tensor":
+        sd[k] = rng.choice([1.5, "w", [1, 2]])
+    obj = {"wrapped": {"state_dict": sd}, "module.": {"module." + k: v for k, v in sd.items()},
+           "list": list(sd.values()), "short list": list(sd.values())[:-1], "tensor": torch.zeros(3)}.get(op, sd)
+    if op in ("garbage", "empty"):
+        path.write_bytes(b"PK\x03\x04 garbage" if op == "garbage" else b"")
+    else:
+        torch.save(obj, path)
+    return f"state dict: {op}" + (f" ({k})" if op in ("drop", "shape", "int", "nan", "not a tensor") else "")
+
+
+def _log_mutant(text: str, rng: random.Random) -> tuple[bytes, str]:
+    if rng.random() < 0.5:
+        return mutate_text(text, rng)
+    lines = text.splitlines()
+    i = rng.randrange(len(lines))
+    j = rng.randrange(max(1, len(lines[i])))
+    lines[i] = lines[i][:j] + rng.choice(["9999999999", "-1", "nan", "inf", "", " ", "x", "e+99", "=", ":"]) + \
+        lines[i][j + 1:]
+    return "\n".join(lines).encode(), f"line {i + 1} now {lines[i]!r}"
+
+
+def recipe_cases(work: Path, bases: Path, n: int, rng: random.Random) -> list[Case]:
+    nets = {f: ncio.read_net(str(bases / f)) for f in ("sdn.prototxt", "student.prototxt", "deploy.prototxt",
+                                                       "eres.prototxt", "lenet.prototxt", "lenet_tt.prototxt")}
+    deploy_model = ncio.read_caffemodel(str(bases / "deploy.caffemodel"))
+    log = (bases / "train.log").read_text()
+    template = (REPO / "examples/sdn/cells.prototxt-template").read_text()
+    rdir = bases / "cases"
+    rdir.mkdir(exist_ok=True)
+    cases = []
+
+    def mutant(f: str, k: int) -> tuple[str, str]:
+        param = copy.deepcopy(nets[f])
+        label = f
+        if rng.random() < 0.85:
+            label += ": " + (mutate_layer_field if rng.random() < 0.7 else mutate_structure)(param, rng)
+        path = rdir / f"{k}_{f}"
+        path.write_text(text_format.MessageToString(param))
+        return str(path), label
+
+    def pick(valid, *other, p=0.8):
+        return valid if rng.random() < p else rng.choice(other)
+
+    b = str(bases)
+    for k in range(n):
+        tool = rng.choice(["sdn_early_exit", "micronet_merge", "bn_reestimate", "micronet_score",
+                           "compress_epsilon_resnet", "dump_logits", "extract_features", "net2net_mutate",
+                           "make_sdn_net", "import_pth", "parse_log", "extract_seconds", "plot_training_log"])
+        out = str(rdir / f"o{k}")
+        if tool == "sdn_early_exit":
+            net, label = mutant("sdn.prototxt", k)
+            argv = [tool, net, f"{b}/sdn_iter_2.caffemodel", "--outputs",
+                    pick("ic1,ic2,ic3,fc", "ic3,fc", "fc", "nope,fc", "ic1,ic1", ""), "--iterations",
+                    pick("1", "2", "0"), "--json", f"{out}.json", "--plot", f"{out}.png"]
+            if rng.random() < 0.15:
+                argv += ["--thresholds", rng.choice(["0.5", "", "nan", "2", "-1,0.5", "x"])]
+            if rng.random() < 0.15:
+                argv += ["--ops-per-output", rng.choice(["auto", "1,2,3,4", "1", "-1,2,3,4", "nan,1,1,1"])]
+        elif tool == "micronet_merge":
+            net, label = mutant("student.prototxt", k)
+            argv = [tool, net, f"{b}/student_iter_2.caffemodel", f"{out}.prototxt", f"{out}.caffemodel"]
+            if rng.random() < 0.2:
+                argv += ["--weight-bits", rng.choice(["0", "1", "8", "33", "-1"])]
+            if rng.random() < 0.2:
+                argv += ["--input", rng.choice(["1,28,28", "0,0,0", "1,2", "1,1,1"])]
+        elif tool == "bn_reestimate":
+            net, label = mutant("student.prototxt", k)
+            argv = [tool, net, f"{b}/student_iter_2.caffemodel", f"{out}.caffemodel", "--epochs", pick("1", "0", "2"),
+                    "--iters", pick("1", "0", "2"), "--test-iter", pick("1", "0"),
+                    "--momentum", pick("0.1", "0", "1", "-1", "nan")]
+        elif tool == "micronet_score":
+            net, label = mutant("deploy.prototxt", k)
+            argv = [tool, net, f"{b}/deploy.caffemodel"]
+        elif tool == "compress_epsilon_resnet":
+            net, label = mutant("eres.prototxt", k)
+            argv = [tool, net, f"{b}/eres_iter_2.caffemodel", f"{out}.prototxt", f"{out}.caffemodel",
+                    "--solverstate", f"{b}/eres_iter_2.solverstate", "--cfg", f"{out}.cfg"]
+            if rng.random() < 0.5:
+                argv += ["--criterion", "gate", "--gate-iters", pick("1", "0", "2")]
+        elif tool == "dump_logits":
+            net, label = mutant("lenet.prototxt", k)
+            source = pick(f"{b}/lenet_tt.prototxt", "data/mnist5k_test_lmdb", mutant("lenet_tt.prototxt", n + k)[0])
+            argv = [tool, net, str(work / "normal.caffemodel"), source, "--blob", pick("ip2", "prob", "nope", "data"),
+                    "--out", f"{out}.h5", "--rows", pick("3", "1", "0", "100")]
+            argv += rng.choice([[], [], ["--batch", rng.choice(["1", "0", "3"])], ["--no-data"]])
+        elif tool == "extract_features":
+            net, label = mutant("lenet_tt.prototxt", k)
+            argv = [tool, str(work / "normal.caffemodel"), net, pick("ip2", "ip2,conv1", "nope", "ip2,ip2"),
+                    pick(f"{out}_db", f"{out}_a,{out}_b", ""), pick("1", "0", "2"), pick("lmdb", "leveldb", "x")]
+        elif tool == "net2net_mutate":
+            net, label = mutant("lenet_tt.prototxt", k)
+            argv = [tool, net, str(work / "normal.caffemodel"), out, "--seed", str(rng.randrange(100))]
+            if rng.random() < 0.3:
+                argv += ["--ops", rng.choice(["deeper", "wider", "skip", "group", "deeper_pool", "x", ""])]
+            if rng.random() < 0.2:
+                argv += ["--max-width", rng.choice(["1", "0", "-1", "2"])]
+        elif tool == "make_sdn_net":
+            data, label = mutate_text(template, rng) if rng.random() < 0.6 else (template.encode(), "the template")
+            path = rdir / f"{k}.prototxt-template"
+            path.write_bytes(data)
+            argv = [tool, str(path), "--ics", pick("0,1,0,1,0,1,0", "1", "", "2,1,0,1,0,1,0", "x"),
+                    "--out", f"{out}.prototxt", "--feature-size", pick("14", "0", "1", "14,14")]
+            argv += rng.choice([[], ["--growth"], ["--dense"], ["--num-classes", rng.choice(["0", "1"])],
+                                ["--ramp-epochs", rng.choice(["0", "-1"])]])
+        elif tool == "import_pth":
+            label = _state_dict_mutant(deploy_model, rdir / f"{k}.pth", rng)
+            argv = [tool, str(rdir / f"{k}.pth"), f"{b}/deploy.prototxt", f"{out}.caffemodel",
+                    "--map", "micronet-densenet-final"]
+        else:
+            data, label = _log_mutant(log, rng)
+            path = rdir / f"{k}.log"
+            path.write_bytes(data)
+            argv = {"parse_log": [tool, str(path), str(rdir)],
+                    "extract_seconds": [tool, str(path), f"{out}.txt"],
+                    "plot_training_log": [tool, str(rng.randrange(8)), f"{out}.png", str(path)]}[tool]
+        cases.append(Case("recipe", f"{label} | {tool}", argv))
+    return cases
+
+
+def test_fuzz_recipe_tools(work, models, recipe_bases):
+    cases = recipe_cases(work, recipe_bases, round(120 * SCALE), random.Random(SEED + 7))
+    with _chdir(work):
+        outcomes = [run_case(c) for c in cases]
+    check_outcomes(outcomes, work)
+    rcs = [o.rc for o in outcomes]
+    assert rcs.count(0) > 20 and rcs.count(1) > 20, (rcs.count(0), rcs.count(1))
 
 
 # ----------------------------------------------------------------------------------------------

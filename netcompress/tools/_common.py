@@ -21,7 +21,7 @@ from ..proto import caffe_pb2 as pb
 __all__ = [
     "ToolError", "CONV_TYPES", "IP_TYPES", "DNS_TYPES", "INQ_TYPES", "MASKED_TYPES",
     "PLAIN_WEIGHT_TYPES", "WEIGHT_TYPES", "ModelLayer", "SourceModel", "load_source_model",
-    "require_files", "build_target_net", "layer_block", "final_block", "KeptTotals", "run_main",
+    "require_files", "build_target_net", "net_error_text", "layer_block", "final_block", "KeptTotals", "run_main",
     "run_tool", "comma_ints", "dims_arg", "NUM_MARK", "fmt_shape", "kind_of", "apply_mask", "print_lines",
     "layers_in_test_phase",
     "bias_term_of", "refuse_overwrite", "suspicious_values",
@@ -443,6 +443,13 @@ def _warn_values(model: str, l: ModelLayer) -> None:
         print(f"Warning: {model}: layer '{l.name}': {what}", file=sys.stderr)
 
 
+def net_error_text(e: Exception, source: str) -> str:
+    """The message of `e`, raised by a Net built with the name `source`, without the `source: ` it starts
+    with: for a caller whose own message names `source` already."""
+    msg = str(e)
+    return msg[len(source) + 2:] if msg.startswith(f"{source}: ") else msg
+
+
 def build_target_net(prototxt: str):
     """The target net in TEST phase with its filler values (pycaffe `caffe.Net(prototxt, TEST)`)."""
     from ..net import Net
@@ -451,7 +458,7 @@ def build_target_net(prototxt: str):
         return Net(prototxt, phase=pb.TEST, verbose=False)
     except NetcompressError as e:
         raise ToolError(f"cannot build the net of {prototxt} (TEST phase, as pycaffe did; data layers "
-                        f"open their sources): {e}") from None
+                        f"open their sources): {net_error_text(e, prototxt)}") from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def check_bvlc_net(prototxt: str, caffemodel: str, phase: int = pb.TEST) -> Bvlc
                  for l in model.layer if l.type and l.type not in BVLC_LAYER_TYPES]
     if problems:
         raise ToolError("not a BVLC Caffe net:\n  " + "\n  ".join(problems))
-    net = Net(param, phase=phase, verbose=False)
+    net = Net(param, phase=phase, verbose=False, source=prototxt)
     stored = {l.name: l for l in model.layer}
     checked = 0
     for name, layer in net.named_layers():

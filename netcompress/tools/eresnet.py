@@ -27,7 +27,7 @@ from .. import io as ncio
 from ..errors import NetcompressError
 from ..log import get_logger
 from ..proto import caffe_pb2 as pb
-from ._common import ToolError, comma_ints, fmt_shape, require_files, run_tool
+from ._common import ToolError, comma_ints, fmt_shape, net_error_text, require_files, run_tool
 
 __all__ = ["make_epsilon_resnet", "make_epsilon_resnet_main", "Block", "find_blocks", "layer_producers",
            "layer_ancestors",
@@ -708,10 +708,10 @@ def compress_epsilon_resnet(train_prototxt: str, weights: str, out_prototxt: str
             shapes[tops[0]] = tuple(int(d) for d in input_shape)
         else:
             try:
-                probe = Net(param, phase=pb.TEST, verbose=False)
+                probe = Net(param, phase=pb.TEST, verbose=False, source=train_prototxt)
             except (NetcompressError, OSError) as e:
                 raise ToolError(f"{train_prototxt}: building the TEST net to learn the input shape failed "
-                                f"({e}); give --input-shape N,C,H,W") from e
+                                f"({net_error_text(e, train_prototxt)}); give --input-shape N,C,H,W") from e
             for ts in data_tops.values():
                 for t in ts:
                     shapes[t] = probe.blob_shapes[t]

@@ -242,7 +242,7 @@ def _data_net(source: str, phase: int, batch: int, scale: float | None, mean_val
         if scale is not None:
             lp.transform_param.scale = scale
         lp.transform_param.mean_value.extend(mean_values)
-        where = f"{kind_name(kind)} {source}"
+        where = named = f"{kind_name(kind)} {source}"
     else:
         if not os.path.isfile(source):
             raise ToolError(f"{source} does not exist!")
@@ -258,8 +258,8 @@ def _data_net(source: str, phase: int, batch: int, scale: float | None, mean_val
         if not len(param.layer):
             raise ToolError(f"{source}: no data layer (a layer without bottoms) in the "
                             f"{pb.Phase.Name(phase)} phase")
-        where = f"the {pb.Phase.Name(phase)} data layers of {source}"
-    return Net(param, phase=phase, device=device, verbose=False), where
+        where, named = f"the {pb.Phase.Name(phase)} data layers of {source}", source
+    return Net(param, phase=phase, device=device, verbose=False, source=named), where
 
 
 def _records(net) -> int | None:

@@ -185,8 +185,10 @@ def deploy_layers(prototxt: str, input_shape: Sequence[int] | None = None) -> tu
                 blob_shapes = [tuple(int(d) for d in t.shape) for t in layer.blobs()]
             except ToolError:
                 raise
-            except NetcompressError as e:
-                raise ToolError(f"{where}: {e}") from None
+            except NetcompressError as e:  # the layer's own errors name it already
+                said = str(e)
+                raise ToolError(f"{prototxt}: {said}" if said.startswith(f"layer '{lp.name}'") else f"{where}: {said}") \
+                    from None
         if len(tops) != len(lp.top):
             raise ToolError(f"{where}: names {len(lp.top)} tops, the layer makes {len(tops)}")
         for t, s in zip(lp.top, tops):

@@ -50,7 +50,7 @@ from .. import io as ncio
 from .. import ops
 from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
-from ._common import ToolError, dims_arg, require_files, run_tool
+from ._common import ToolError, dims_arg, net_error_text, require_files, run_tool
 
 __all__ = ["merge_micronet", "MergeResult", "main"]
 
@@ -129,9 +129,10 @@ def _data_shapes(lp: pb.LayerParameter, prototxt: str) -> dict[str, tuple[int, .
     q.ClearField("include")
     q.ClearField("exclude")
     try:
-        net = Net(netp, phase=pb.TEST, verbose=False)
+        net = Net(netp, phase=pb.TEST, verbose=False, source=prototxt)
     except NetcompressError as e:
-        raise ToolError(f"{prototxt}: cannot open data layer '{lp.name}' to learn the input shape ({e}); give "
+        raise ToolError(f"{prototxt}: cannot open data layer '{lp.name}' to learn the input shape "
+                        f"({net_error_text(e, prototxt)}); give "
                         "--input C,H,W") from None
     return {t: tuple(net.blob_shapes[t]) for t in lp.top}
 
@@ -174,7 +175,7 @@ def _student_net(prototxt: str, weights: str, output: str | None, input_shape: S
             continue
         q = sub.layer.add()
         q.CopyFrom(lp)
-    net = Net(sub, phase=pb.TEST, verbose=False)
+    net = Net(sub, phase=pb.TEST, verbose=False, source=prototxt)  # its layers are the prototxt's
     stored = {l.name for l in ncio.read_caffemodel(weights).layer if len(l.blobs)}
     missing = [n for n, l in net.named_layers() if l.blob_names and n not in stored]
     if missing:

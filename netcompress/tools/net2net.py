@@ -39,7 +39,7 @@ import torch
 from .. import io as ncio
 from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
-from ._common import ToolError, require_files, run_main, run_tool
+from ._common import ToolError, net_error_text, require_files, run_main, run_tool
 
 __all__ = ["NetModel", "load_model", "widen", "deepen", "mutate", "training_log", "quiet_console", "net2wider", "net2deeper",
            "net2net_mutate", "net2net_search", "count_params", "MUTATION_OPS",
@@ -113,10 +113,10 @@ def _build_net(param: pb.NetParameter, what: str):
     from ..net import Net
 
     try:
-        return Net(param, phase=pb.TEST, verbose=False)
+        return Net(param, phase=pb.TEST, verbose=False, source=what)
     except NetcompressError as e:
         raise ToolError(f"cannot build the TEST-phase net of {what} (data layers open their sources, "
-                        f"relative to the current folder): {e}") from None
+                        f"relative to the current folder): {net_error_text(e, what)}") from None
 
 
 def load_model(prototxt: str, weights: str) -> NetModel:
@@ -131,9 +131,9 @@ def load_model(prototxt: str, weights: str) -> NetModel:
                         f"{', '.join(repr(n) for n in repeated)}; the Net2Net tools find layers by name: give each "
                         "its own")
     try:
-        net.copy_from(model)
+        net.copy_from(model, source_name=weights)
     except NetcompressError as e:
-        raise ToolError(f"{weights} does not load into {prototxt}: {e}") from None
+        raise ToolError(f"{weights} does not load into {prototxt}: {net_error_text(e, weights)}") from None
     return NetModel(prototxt, weights, param, model, net)
 
 
@@ -141,9 +141,10 @@ def _rebuild(m: NetModel, param: pb.NetParameter, model: pb.NetParameter, what: 
     """The edited net, built and loaded: proves the new prototxt and caffemodel belong together."""
     net = _build_net(param, f"the {what} net")
     try:
-        net.copy_from(model)
+        net.copy_from(model, source_name=f"the {what} caffemodel")
     except NetcompressError as e:
-        raise ToolError(f"the {what} caffemodel does not load into the {what} net: {e}") from None
+        raise ToolError(f"the {what} caffemodel does not load into the {what} net: "
+                        f"{net_error_text(e, f'the {what} caffemodel')}") from None
     return NetModel(m.prototxt, m.weights, param, model, net)
 
 

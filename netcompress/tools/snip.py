@@ -36,7 +36,7 @@ from .. import io as ncio
 from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
 from ..recipes.snip import apply_masks, connection_sensitivity, keep_masks
-from ._common import KeptTotals, ToolError, final_block, layer_block, print_lines, require_files, run_tool
+from ._common import KeptTotals, ToolError, final_block, layer_block, net_error_text, print_lines, require_files, run_tool
 
 __all__ = ["SnipResult", "snip_prune", "masked_net_param", "main"]
 
@@ -127,10 +127,10 @@ def snip_prune(train_prototxt: str, weights: str | None, out_prototxt: str, out_
     names = _choose(param, layers, train_prototxt)
     masked = masked_net_param(param, names)
     try:
-        net = Net(masked, phase=pb.TRAIN, seed=seed, device=device, verbose=False)
+        net = Net(masked, phase=pb.TRAIN, seed=seed, device=device, verbose=False, source=train_prototxt)
     except NetcompressError as e:
         raise ToolError(f"cannot build the TRAIN net of {train_prototxt} (its layers {', '.join(names)} "
-                        f"masked): {e}") from None
+                        f"masked): {net_error_text(e, train_prototxt)}") from None
     if weights:
         net.copy_from(weights)
     if not any(t for t in net.loss_weights):
