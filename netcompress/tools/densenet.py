@@ -342,9 +342,11 @@ def densenet_net(cfg: DenseNetConfig = DenseNetConfig(), form: str = "plain", *,
         raise DenseNetError(f"conv_type must be one of {', '.join(CONV_TYPES)}, got '{conv_type}'")
     if fc_type not in FC_TYPES:
         raise DenseNetError(f"fc_type must be one of {', '.join(FC_TYPES)}, got '{fc_type}'")
+    # the layers' own limits (ActQuant with signed: AUTO and the signed weight quantizers need a sign bit)
     for what, bits in (("act_bits", act_bits), ("weight_bits", weight_bits), ("fc_bits", fc_bits)):
-        if not 1 <= bits <= 16:
-            raise DenseNetError(f"{what} must lie in 1..16, got {bits}")
+        if not 2 <= bits <= 16:
+            raise DenseNetError(f"{what} must lie in 2..16 (the ActQuant and QuantConvolution/QuantInnerProduct "
+                                f"limits), got {bits}")
     b = _Builder(cfg, form, conv_type, fc_type, act_quant, act_bits, weight_bits, fc_bits)
     net = b.net
     net.name = name or f"DenseNet-BC-{cfg.depth}-{cfg.growth}" + ("" if form == "plain" else f"-{form}")

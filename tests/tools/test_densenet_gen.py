@@ -248,6 +248,11 @@ def test_command_writes_the_prototxt(tmp_path, capsys):
     (["--train-source", "x"], "both --train-source and --test-source"),
     (["--form", "deploy", "--conv-type", "QuantConvolution"], "the deploy form has fixed layer types"),
     (["--input", "3,1,1"], "too small"),
+    # 1-bit settings the layers refuse: the net written would not build
+    (["--form", "student", "--act-bits", "1"], "act_bits must lie in 2..16"),
+    (["--form", "student", "--weight-bits", "1"], "weight_bits must lie in 2..16"),
+    (["--fc-type", "QuantInnerProduct", "--fc-bits", "1"], "fc_bits must lie in 2..16"),
+    (["--form", "student", "--act-bits", "17"], "act_bits must lie in 2..16"),
 ])
 def test_command_errors(tmp_path, capsys, args, match):
     import re
