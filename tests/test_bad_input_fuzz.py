@@ -418,7 +418,8 @@ def mutate_text(text: str, rng: random.Random) -> tuple[bytes, str]:
     if op == "insert":
         return b[:k] + bytes([rng.choice(b'{}:"#\n 9-.e')]) + b[k:], f"a byte inserted at {k}"
     if op == "dup_line":
-        lines = [l for l in text.splitlines() if re.match(r"\s*\w+:\s*\S", l)]
+        lines = [l for l in text.splitlines() if re.match(r"\s*\w+:\s*\S", l)] or \
+            [l for l in text.splitlines() if l.strip()]  # a text that is not a prototxt (a window file)
         line = rng.choice(lines)
         return text.replace(line, line + "\n" + line, 1).encode(), f"line {line.strip()!r} given twice"
     if op == "utf8":
@@ -1284,7 +1285,8 @@ def test_fuzz_recipe_tools(work, models, recipe_bases):
 
 
 # ----------------------------------------------------------------------------------------------
-# Data cases: damaged records of a Data layer's LMDB, an ImageData list and its images, HDF5Data files
+# Data cases: damaged records of a Data layer's LMDB, an ImageData list and its images, HDF5Data files,
+# WindowData's window files
 # ----------------------------------------------------------------------------------------------
 
 DATA_TAIL = """
@@ -1431,12 +1433,52 @@ def _hdf5_case(folder: Path, rng: random.Random) -> str:
     return f"HDF5Data: {op}, {n} rows {shuffle}"
 
 
+def _window_case(folder: Path, rng: random.Random) -> str:
+    """WindowData (R-CNN window files): two images and their windows, the file's text or a value damaged."""
+    from PIL import Image
+
+    np_rng = np.random.default_rng(rng.randrange(2**32))
+    for i in range(2):
+        Image.fromarray(np_rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    text = ("# 0\nim0.png\n3\n10\n12\n3\n1 0.9 0 0 6 6\n2 0.7 3 2 11 9\n0 0.1 1 1 5 5\n"
+            "# 1\nim1.png\n3\n10\n12\n2\n3 0.8 5 4 11 9\n0 0.0 0 0 11 9\n")
+    lines = text.splitlines()
+    i = rng.randrange(len(lines))
+    op = rng.choice(["nothing", "nothing", "a value", "a value", "a line dropped", "a line given twice", "text"])
+    if op == "a value":
+        tokens = lines[i].split()
+        j = rng.randrange(len(tokens))
+        tokens[j] = rng.choice(["-1", "0", "999", "2147483648", "nan", "x", "1e30", "0.5", "#", "im9.png", ""])
+        lines[i] = " ".join(tokens)
+        op = f"line {i + 1} now {lines[i]!r}"
+    elif op == "a line dropped":
+        del lines[i]
+        op += f" ({i + 1})"
+    elif op == "a line given twice":
+        lines.insert(i, lines[i])
+        op += f" ({i + 1})"
+    data = "\n".join(lines).encode() + b"\n"
+    if op == "text":
+        data, op = mutate_text(text, rng)
+    (folder / "windows.txt").write_bytes(data)
+    extra = rng.choice(["", "context_pad: 1", "context_pad: 3", 'crop_mode: "square"', "fg_fraction: 1",
+                        "fg_fraction: 0", "cache_images: true", "fg_threshold: 0.95", "bg_threshold: 0",
+                        "mean_file: \"nope.binaryproto\""])
+    tp = rng.choice(["crop_size: 4", "crop_size: 4 mirror: true", "crop_size: 4 mean_value: 1 mean_value: 2 "
+                     "mean_value: 3", "crop_size: 30", "crop_size: 4 scale: 0.5"])
+    (folder / "net.prototxt").write_text(
+        f'layer {{ name: "d" type: "WindowData" top: "data" top: "label" transform_param {{ {tp} }} '
+        f'window_data_param {{ source: "windows.txt" root_folder: "{folder}/" batch_size: 2 {extra} }} }}'
+        + DATA_TAIL.replace("num_output: 3", "num_output: 4"))
+    return f"WindowData: {op}; {extra}; {tp}"
+
+
 def data_cases(work: Path, n: int, rng: random.Random) -> list[tuple[Path, Case]]:
     cases = []
     for k in range(n):
         folder = work / "datafuzz" / f"c{k}"
         folder.mkdir(parents=True)
-        label = rng.choice([_lmdb_case, _image_list_case, _hdf5_case])(folder, rng)
+        label = rng.choice([_lmdb_case, _image_list_case, _hdf5_case, _window_case])(folder, rng)
         (folder / "solver.prototxt").write_text(DATA_SOLVER + f'snapshot_prefix: "{folder}/s"\n')
         argv = rng.choice([["time", "--model", "net.prototxt", "--iterations", "2"],
                            ["train", "--solver", "solver.prototxt"]])
