@@ -139,6 +139,24 @@ def test_layer_parameters_that_crashed(tmp_path, capsys, old, new, message):
     assert cli_error(capsys, ["time", "--model", path]) == f"netcompress time: error: {path}: {message}"
 
 
+def test_a_memory_data_net_on_the_command_line_says_where_its_data_comes_from(tmp_path, capsys):
+    # MemoryData is fed from Python (pycaffe); the commands have nothing to give it (it was a RuntimeError
+    # reported as a bug in netcompress)
+    path = tmp_path / "memory.prototxt"
+    path.write_text('layer { name: "m" type: "MemoryData" top: "data" top: "label" memory_data_param { batch_size: 2 '
+                    'channels: 1 height: 3 width: 3 } }\n'
+                    'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { '
+                    'num_output: 3 } }\n'
+                    'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }\n')
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(f'net: "{path}" base_lr: 0.1 lr_policy: "fixed" max_iter: 2 snapshot_prefix: "{tmp_path}/s"\n')
+    for command, argv in (("time", ["--model", str(path), "--iterations", "1"]), ("train", ["--solver", str(solver)])):
+        said = cli_error(capsys, [command, *argv])
+        assert said.startswith(f"netcompress {command}: error: ") and \
+            "layer 'm' (type MemoryData) holds no data: its arrays come from Python (pycaffe's " \
+            "net.set_input_arrays(data, labels)" in said, said
+
+
 def test_dns_gamma_below_zero_is_refused(tmp_path):
     path = dns_deploy(tmp_path, "gamma: 1e-05", "gamma: -1")
     assert error_of(NetDefinitionError, Net, path, phase="train") == (

@@ -1200,9 +1200,11 @@ class MemoryDataLayer(Layer):
         self._set(x, y, transformed=True)
 
     def forward(self):
-        if self._data is None:
-            raise RuntimeError(f"layer '{self.name}' (MemoryData) needs data: call "
-                               "set_input_arrays(data, labels) first")
+        if self._data is None:  # (Caffe: a failed CHECK, "MemoryDataLayer needs to be initialized by calling Reset")
+            raise DataError(f"layer '{self.name}' (type MemoryData) holds no data: its arrays come from Python "
+                            "(pycaffe's net.set_input_arrays(data, labels) or add_datum_vector, called before the "
+                            "forward pass); the command line has none to give it (use a Data, HDF5Data or Input layer "
+                            "there)")
         p, b = self._pos, self.batch_size
         x, y = self._data[p:p + b], self._labels[p:p + b]
         self._pos = (p + b) % self._data.shape[0]

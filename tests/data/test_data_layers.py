@@ -654,7 +654,7 @@ def memory_layer(batch=2, extra=""):
 def test_memory_data_serves_arrays_in_batches_and_wraps(make_layer):
     layer = make_layer(memory_layer(2))
     assert layer.top_shapes([]) == [(2, 1, 2, 3), (2,)]
-    with pytest.raises(RuntimeError, match="set_input_arrays"):
+    with pytest.raises(DataError, match=r"layer 'm' \(type MemoryData\) holds no data: .*set_input_arrays"):
         layer()
     x = np.arange(4 * 6, dtype=np.float32).reshape(4, 1, 2, 3)
     layer.set_input_arrays(x, np.arange(4, dtype=np.float32).reshape(4, 1, 1, 1))
