@@ -55,8 +55,9 @@ def get_layer_lr_mult(layer: pb.LayerParameter) -> tuple[float, float]:
     if layer.type not in _LEARNING:
         raise ValueError(f"{layer.type} layers do not have a learning rate multiplier")
     mults = [p.lr_mult for p in layer.param]
-    if len(mults) > 2:
-        raise ValueError(f"layer '{layer.name}' has {len(mults)} param specs; expected at most 2")
+    if len(mults) > 2:  # a net error (Caffe: "Too many params specified for layer"), not a misuse of this function
+        raise ToolError(f"layer '{layer.name}' ({layer.type}) has {len(mults)} param specs; it has at most 2 "
+                        "blobs (weights and bias) to give them to")
     return tuple(mults + [1.0] * (2 - len(mults)))  # type: ignore[return-value]
 
 
@@ -164,7 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         net = ncio.read_net(a.input_net_proto_file)
         print(f"Drawing net to {a.output_image_file}")
         phase = {"TRAIN": pb.TRAIN, "TEST": pb.TEST}.get(a.phase)
-        draw_net_to_file(net, a.output_image_file, a.rankdir, phase, a.display_lrm)
+        try:
+            draw_net_to_file(net, a.output_image_file, a.rankdir, phase, a.display_lrm)
+        except ToolError as e:  # a layer's error gets the file it is in
+            raise ToolError(f"{a.input_net_proto_file}: {e}" if str(e).startswith("layer '") else str(e)) from None
         return 0
 
     return run_tool(p, None if argv is None else list(argv), body)

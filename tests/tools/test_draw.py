@@ -9,6 +9,7 @@ import pytest
 
 from netcompress import cli
 from netcompress import io as ncio
+from netcompress.errors import NetcompressError
 from netcompress.proto import caffe_pb2 as pb
 
 pydot = pytest.importorskip("pydot", reason="drawing nets needs the optional pydot package")
@@ -54,12 +55,20 @@ def test_phase_and_rankdir(tmp_path):
     assert "conv1 (Convolution) kernel size: 5 stride: 1 pad: 0" in nodes  # vertical: words on one line
 
 
-def test_caffe_draw_is_pycaffes_module(tmp_path):
+def test_caffe_draw_is_pycaffes_module(tmp_path, capsys):
     import netcompress.pycaffe as caffe
 
     net = ncio.read_net(str(LENET))
     caffe.draw.draw_net_to_file(net, str(tmp_path / "x.raw"), "LR", caffe.TEST)
     assert (tmp_path / "x.raw").read_text().startswith("digraph LeNet {")
+    three = pb.LayerParameter(name="ip", type="InnerProduct")
+    three.param.add(lr_mult=1), three.param.add(lr_mult=2), three.param.add(lr_mult=3)
+    with pytest.raises(NetcompressError, match=r"layer 'ip' \(InnerProduct\) has 3 param specs; it has at most 2"):
+        caffe.draw.get_layer_lr_mult(three)  # a bad net (it was a ValueError, a bug in netcompress at the command line)
+    bad = tmp_path / "three.prototxt"
+    bad.write_text(f"layer {{ {three} }}".replace("\n", " "))
+    assert cli.main(["draw_net", str(bad), str(tmp_path / "three.dot"), "--display_lrm"]) == 1
+    assert f"Error: {bad}: layer 'ip' (InnerProduct) has 3 param specs" in capsys.readouterr().err
     with pytest.raises(ValueError, match="ReLU layers do not have a learning rate multiplier"):
         caffe.draw.get_layer_lr_mult(pb.LayerParameter(type="ReLU"))
 
