@@ -1076,7 +1076,7 @@ def tool_cases(work: Path, models: dict[str, Path], n: int, rng: random.Random) 
             ["dns_to_normal", net, model, rng.choice([plain, net]), f"{out}.caffemodel"],
             ["inq_to_normal", net, model, rng.choice([plain, net]), f"{out}.caffemodel"],
             ["model2INQ_raw", net, model, rng.choice([inq, net]), f"{out}.caffemodel"],
-            ["draw_net", net, f"{out}.dot"],
+            ["draw_net", net, f"{out}.dot", "--display_lrm"],
         ])
         cases.append(Case("tool", f"{label} | {argv[0]}", argv))
     return cases
