@@ -86,16 +86,19 @@ def _to_uint8(img) -> tuple[np.ndarray, bool]:
     return np.ascontiguousarray(rgb[..., ::-1]), False
 
 
+# encode_image's extensions and the Pillow format each writes
+ENCODINGS = {"jpg": "JPEG", "jpeg": "JPEG", "jpe": "JPEG", "png": "PNG", "bmp": "BMP", "tif": "TIFF", "tiff": "TIFF",
+             "ppm": "PPM", "pgm": "PPM", "pbm": "PPM", "webp": "WEBP"}
+ENCODINGS_SAID = "jpg, png, bmp, tiff, ppm or webp"
+
+
 def encode_image(img: np.ndarray, ext: str = "png", quality: int = 95) -> bytes:
     """Encode HxWxC uint8 BGR (or HxWx1 / HxW gray) like cv::imencode (JPEG quality 95)."""
     Image = _pil()
     ext = ext.lower().lstrip(".")
-    fmt = {"jpg": "JPEG", "jpeg": "JPEG", "jpe": "JPEG", "png": "PNG", "bmp": "BMP",
-           "tif": "TIFF", "tiff": "TIFF", "ppm": "PPM", "pgm": "PPM", "pbm": "PPM",
-           "webp": "WEBP"}.get(ext)
+    fmt = ENCODINGS.get(ext)
     if fmt is None:
-        raise ValueError(f"encode_image: unsupported encoding '{ext}' (use jpg, png, bmp, tiff, "
-                         "ppm or webp)")
+        raise ValueError(f"encode_image: unsupported encoding '{ext}' (use {ENCODINGS_SAID})")
     a = np.asarray(img, dtype=np.uint8)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[..., 0]

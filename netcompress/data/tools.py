@@ -21,8 +21,8 @@ from ..errors import NetcompressError
 from ..log import get_logger, setup_logging
 from ..proto import caffe_pb2 as pb
 from .db import LMDB, DataError, backend_name, kind_name, open_reader, open_writer
-from .image import encode_image, read_image
-from .transformer import datum_to_array
+from .image import ENCODINGS, ENCODINGS_SAID, encode_image, read_image
+from .transformer import datum_to_array, parse_datum
 
 log = get_logger("data")
 
@@ -208,6 +208,9 @@ def convert_imageset(root_folder: str, list_file: str, db_path: str, *, gray: bo
     """
     from ..layers.data import read_image_list
 
+    if encode_type and encode_type.lower().lstrip(".") not in ENCODINGS:  # (Caffe: cv::imencode fails on the first image)
+        raise DataError(f"encode_type '{encode_type}' is not an image format convert_imageset writes (use "
+                        f"{ENCODINGS_SAID})")
     is_color = not gray
     lines = read_image_list(list_file)
     if shuffle:
@@ -283,9 +286,9 @@ def compute_image_mean(db_path: str, out_path: str | None = None,
     log.info("Starting iteration")
     for i in range(db.num_records):
         key, value = db.item_at(i)
-        datum = pb.Datum()
-        datum.ParseFromString(value)
-        x = datum_to_array(datum, "native", name=f"record {key!r} of '{db_path}'")
+        name = f"record {key!r} of {db.kind} '{db_path}'"
+        datum = parse_datum(value, name)
+        x = datum_to_array(datum, "native", name=name)
         if shape is None:
             shape = x.shape
             if datum.encoded:

@@ -57,6 +57,16 @@ def decode_mode(force_color: bool, force_gray: bool) -> str:
     return "color" if force_color else "gray" if force_gray else "native"
 
 
+def parse_datum(value: bytes, name: str) -> pb.Datum:
+    """The Datum a database record holds; `name` (a record's key and database) in the error if it holds none."""
+    datum = pb.Datum()
+    try:
+        datum.ParseFromString(value)
+    except Exception as e:  # protobuf's DecodeError, or a RuntimeWarning-free ValueError from the C++ parser
+        raise DataError(f"{name} is not a Datum: {e}") from None
+    return datum
+
+
 def datum_to_array(datum: pb.Datum, mode: str = "native", name: str = "the Datum") -> np.ndarray:
     """A Datum's pixels as CxHxW: uint8 for `data` (decoded when `encoded`), float32 for `float_data`. `name`:
     what error messages call it (a record's key and database, say).

@@ -41,7 +41,7 @@ from ..errors import FileError
 from ..io import atomic_file, check_input_file, read_input_bytes
 from ..data.image import decode_image, read_image, resize_linear
 from ..data.prefetch import LoadFailure, Prefetcher
-from ..data.transformer import DataTransformer, TransformError
+from ..data.transformer import DataTransformer, TransformError, parse_datum
 from ..log import get_logger
 from ..proto import caffe_pb2 as pb
 from ..rng import transform_setup_draws
@@ -366,12 +366,7 @@ class _DatumReader(_Reader):
 
     def record(self, index: int) -> tuple[str, pb.Datum]:
         key, value = self.db.item_at(index)
-        datum = pb.Datum()
-        try:
-            datum.ParseFromString(value)
-        except Exception as e:
-            raise DataError(f"record {key!r} of {self.db.kind} '{self.db.path}' is not a Datum: {e}") from None
-        return key.decode("utf-8", "replace"), datum
+        return key.decode("utf-8", "replace"), parse_datum(value, f"record {key!r} of {self.db.kind} '{self.db.path}'")
 
     def load(self, batch: int) -> list[np.ndarray]:
         rng = self.stream.transform_rng(batch)

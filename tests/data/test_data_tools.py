@@ -109,6 +109,15 @@ def test_convert_imageset_encoded_and_shuffled(pngs, tmp_path):
     assert d.encoded and datum_to_array(d).shape == (3, 2, 2)
 
 
+def test_convert_imageset_refuses_an_unknown_encode_type_before_writing(pngs, tmp_path, capsys):
+    root, lst, _ = pngs
+    assert convert_imageset_main(["--encode_type=bogus", f"{root}/", str(lst), str(tmp_path / "db")]) == 1
+    err = capsys.readouterr().err  # (was a ValueError from the first image's encoding: a traceback)
+    assert "encode_type 'bogus' is not an image format convert_imageset writes (use jpg, png, bmp, tiff, ppm or " \
+        "webp)" in err and "Traceback" not in err
+    assert not (tmp_path / "db").exists()
+
+
 def test_convert_imageset_skips_unreadable_and_checks_size(pngs, tmp_path, capsys):
     from PIL import Image
 
@@ -144,6 +153,18 @@ def test_compute_image_mean(tmp_path, write_records, data_log):
 
 def test_compute_image_mean_usage_error_returns_nonzero():
     assert compute_image_mean_main([]) == 2
+
+
+def test_compute_image_mean_names_a_record_that_is_not_a_datum(tmp_path, capsys):
+    from netcompress.data.db import LmdbWriter
+
+    with LmdbWriter(str(tmp_path / "db"), map_size=1 << 20) as db:
+        db.put(b"00000000", pb.Datum(channels=1, height=2, width=2, data=bytes(4)).SerializeToString())
+        db.put(b"00000001", b"\x0a\xff")  # a truncated field: protobuf's DecodeError (was a traceback)
+    assert compute_image_mean_main([str(tmp_path / "db"), str(tmp_path / "mean.binaryproto")]) == 1
+    err = capsys.readouterr().err
+    assert f"record b'00000001' of LMDB '{tmp_path / 'db'}' is not a Datum: Error parsing message" in err
+    assert "Traceback" not in err and not (tmp_path / "mean.binaryproto").exists()
 
 
 def test_lmdb_writer_grows_the_map_and_is_atomic(tmp_path, data_log):
