@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import io
 import os
+import re
 
 import numpy as np
+
+from .db import DataError
 
 __all__ = ["decode_image", "encode_image", "read_image", "resize_linear", "bgr_to_gray"]
 
@@ -38,6 +41,11 @@ def bgr_to_gray(img: np.ndarray) -> np.ndarray:
     return y.astype(np.uint8)[..., None]
 
 
+class ImageDecodeError(DataError, ValueError):
+    """Bytes that are no image (an error the input caused; a ValueError as well, for the callers that skip such
+    images as Caffe does)."""
+
+
 def decode_image(data: bytes, mode: str = "native", name: str = "<image>") -> np.ndarray:
     """Decode JPEG/PNG/... bytes to HxWxC uint8 (BGR, or one gray channel) like cv::imdecode.
 
@@ -56,7 +64,8 @@ def decode_image(data: bytes, mode: str = "native", name: str = "<image>") -> np
             img.draft("L", img.size)
         img.load()
     except Exception as e:  # Pillow raises several types for corrupt data
-        raise ValueError(f"Could not decode image {name}: {type(e).__name__}: {e}") from None
+        said = re.sub(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e))  # (Pillow's name for our buffer)
+        raise ImageDecodeError(f"Could not decode image {name}: {type(e).__name__}: {said}") from None
     arr, is_gray = _to_uint8(img)
     if mode == "gray":
         return arr if is_gray else bgr_to_gray(arr)

@@ -165,6 +165,13 @@ def test_compute_image_mean_names_a_record_that_is_not_a_datum(tmp_path, capsys)
     err = capsys.readouterr().err
     assert f"record b'00000001' of LMDB '{tmp_path / 'db'}' is not a Datum: Error parsing message" in err
     assert "Traceback" not in err and not (tmp_path / "mean.binaryproto").exists()
+    # an encoded record that is no image (was a ValueError: a traceback)
+    with LmdbWriter(str(tmp_path / "enc"), map_size=1 << 20) as db:
+        db.put(b"00000000", pb.Datum(encoded=True, data=b"garbage").SerializeToString())
+    assert compute_image_mean_main([str(tmp_path / "enc"), str(tmp_path / "mean.binaryproto")]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().endswith(f"error: Could not decode image record b'00000000' of LMDB '{tmp_path / 'enc'}': "
+                                "UnidentifiedImageError: cannot identify image file"), err
 
 
 def test_lmdb_writer_grows_the_map_and_is_atomic(tmp_path, data_log):
