@@ -57,6 +57,8 @@ def read_idx(path: str, kind: str) -> np.ndarray:
     magic, n = int.from_bytes(raw[0:4], "big"), int.from_bytes(raw[4:8], "big")
     if magic != want:
         raise DataError(f"{path}: Incorrect {kind[:-1]} file magic {magic} (expected {want})")
+    if kind == "images" and len(raw) < 16:
+        raise DataError(f"{path}: truncated: an IDX image file's header takes 16 bytes, the file holds {len(raw)}")
     if kind == "labels":
         shape, offset = (n,), 8
     else:

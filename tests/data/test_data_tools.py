@@ -53,7 +53,11 @@ def test_convert_mnist_rejects_bad_magic_and_existing_db(tmp_path, capsys):
 
 def test_read_idx_reports_truncation(tmp_path):
     (tmp_path / "t").write_bytes(idx_bytes(np.zeros((3, 2, 2), np.uint8), 2051)[:-2])
-    with pytest.raises(DataError, match="truncated"):
+    with pytest.raises(DataError, match="truncated: the header announces 12 bytes of images, the file holds 10"):
+        read_idx(str(tmp_path / "t"), "images")
+    # cut inside the image header (it said "the file holds -2")
+    (tmp_path / "t").write_bytes(idx_bytes(np.zeros((3, 2, 2), np.uint8), 2051)[:14])
+    with pytest.raises(DataError, match="truncated: an IDX image file's header takes 16 bytes, the file holds 14"):
         read_idx(str(tmp_path / "t"), "images")
 
 
