@@ -1501,6 +1501,110 @@ def test_fuzz_data_sources(work):
 
 
 # ----------------------------------------------------------------------------------------------
+# Caffe's data tools on damaged inputs: MNIST IDX files (plain or gzip), CIFAR-10 batches, image lists,
+# databases of damaged Datums
+# ----------------------------------------------------------------------------------------------
+
+def _idx(kind: str, n: int, np_rng) -> bytes:
+    import struct
+
+    if kind == "images":
+        return struct.pack(">IIII", 2051, n, 4, 4) + np_rng.integers(0, 256, n * 16, dtype=np.uint8).tobytes()
+    return struct.pack(">II", 2049, n) + (np.arange(n) % 10).astype(np.uint8).tobytes()
+
+
+def data_tool_cases(work: Path, n: int, rng: random.Random) -> list[tuple[Path, Case]]:
+    import gzip
+
+    import lmdb
+    from PIL import Image
+
+    cases = []
+    for k in range(n):
+        folder = work / "datatools" / f"c{k}"
+        folder.mkdir(parents=True)
+        np_rng = np.random.default_rng(rng.randrange(2**32))
+        tool = rng.choice(["convert_mnist", "convert_mnist_siamese", "convert_cifar", "convert_imageset",
+                           "compute_image_mean", "convert_db"])
+        said = []
+
+        def damaged(data: bytes) -> bytes:
+            if rng.random() < 0.6:
+                data, op = _mutate_bytes(data, rng)
+                said.append(op)
+            return data
+
+        if tool.startswith("convert_mnist"):
+            m = rng.choice([0, 1, 3, 10])
+            images, labels = _idx("images", m, np_rng), _idx("labels", rng.choice([m, m, m + 1, max(0, m - 1)]), np_rng)
+            if rng.random() < 0.5:
+                images = damaged(images)
+            else:
+                labels = damaged(labels)
+            name = "images.gz" if rng.random() < 0.2 else "images"
+            (folder / name).write_bytes(gzip.compress(images) if name.endswith(".gz") else images)
+            (folder / "labels").write_bytes(labels)
+            argv = [tool, name, "labels", "db"] + rng.choice([[], ["--backend", "leveldb"], ["--backend", "x"]])
+        elif tool == "convert_cifar":
+            (folder / "in").mkdir()
+            (folder / "out").mkdir()
+            names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+            for name in names:
+                (folder / "in" / name).write_bytes(b"".join(bytes([i]) + np_rng.integers(0, 256, 3072, dtype=np.uint8)
+                                                            .tobytes() for i in range(2)))
+            victim = folder / "in" / rng.choice(names)
+            if rng.random() < 0.2:
+                victim.unlink()
+                said.append(f"{victim.name} missing")
+            else:
+                victim.write_bytes(damaged(victim.read_bytes()))
+                said.append(victim.name)
+            argv = [tool, "in", "out"] + rng.choice([[], ["leveldb"], ["x"]])
+        elif tool == "convert_imageset":
+            for i in range(3):
+                size = (5, 6 + (i == 2 and rng.random() < 0.3), 3)
+                Image.fromarray(np_rng.integers(0, 256, size, dtype=np.uint8)).save(folder / f"i{i}.png")
+            if rng.random() < 0.4:
+                victim = folder / f"i{rng.randrange(3)}.png"
+                victim.write_bytes(damaged(victim.read_bytes()))
+            text = "".join(f"i{i}.png {i}\n" for i in range(3))
+            data = text.encode()
+            if rng.random() < 0.4:
+                data, op = mutate_text(text, rng)
+                said.append(op)
+            (folder / "list.txt").write_bytes(data)
+            argv = [tool, f"{folder}/", "list.txt", "db"] + rng.sample(
+                ["--gray", "--shuffle", "--check_size", "--encoded", "--encode_type=png", "--encode_type=bogus",
+                 "--resize_width=3", "--resize_height=0", "--resize_width=-1", "--seed=3"], rng.randint(0, 3))
+        else:
+            env = lmdb.open(str(folder / "db"), map_size=1 << 22)
+            with env.begin(write=True) as txn:
+                for i in range(4):
+                    d = pb.Datum(channels=1, height=3, width=3, data=np_rng.integers(0, 256, 9, dtype=np.uint8).tobytes(),
+                                 label=i)
+                    value = d.SerializeToString()
+                    if rng.random() < 0.35:
+                        value, op = _datum_mutant(d, rng)
+                        said.append(f"record {i}: {op}")
+                    txn.put(b"%08d" % i, value)
+            env.close()
+            argv = [tool, "db", "mean.binaryproto" if tool == "compute_image_mean" else "out"] + \
+                rng.choice([[], ["--backend", "leveldb"], ["--backend", "lmdb"]])
+        cases.append((folder, Case("data tool", "; ".join(said) or "intact", argv)))
+    return cases
+
+
+def test_fuzz_data_tools(work):
+    outcomes = []
+    for folder, case in data_tool_cases(work, round(100 * SCALE), random.Random(SEED + 8)):
+        with _chdir(folder):
+            outcomes.append(run_case(case))
+    check_outcomes(outcomes, work)
+    rcs = [o.rc for o in outcomes]
+    assert rcs.count(0) > 20 and rcs.count(1) > 20, (rcs.count(0), rcs.count(1))
+
+
+# ----------------------------------------------------------------------------------------------
 # A few cases in real processes: what blocks or never ends must not hang the command line either
 # ----------------------------------------------------------------------------------------------
 
