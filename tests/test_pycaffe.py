@@ -526,6 +526,9 @@ def test_transformer_order_of_operations():
     t2.set_mean("data", np.ones((3, 12, 10)) * np.array([100.0, 101.0, 102.0])[:, None, None])
     np.testing.assert_allclose(t2.mean["data"], np.ones((3, 6, 5)) * np.array([100.0, 101.0, 102.0])[:, None, None],
                                rtol=1e-6)
+    # a constant mean image of another size stays that constant (pycaffe's normalisation divided by 0: NaN)
+    t2.set_mean("data", np.full((3, 12, 10), 7.0))
+    np.testing.assert_array_equal(t2.mean["data"], np.full((3, 6, 5), 7.0))
     with pytest.raises(ValueError, match="Mean channels"):
         t2.set_mean("data", np.zeros(4))
     with pytest.raises(ValueError, match="not one of the net inputs"):

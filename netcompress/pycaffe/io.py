@@ -188,9 +188,12 @@ class Transformer:
             if tuple(ms) != tuple(self.inputs[in_][1:]):
                 in_shape = tuple(self.inputs[in_][1:])
                 m_min, m_max = mean.min(), mean.max()
-                normal_mean = (mean - m_min) / (m_max - m_min)
-                mean = resize_image(normal_mean.transpose((1, 2, 0)), in_shape[1:]).transpose((2, 0, 1)) * \
-                    (m_max - m_min) + m_min
+                if m_max == m_min:  # a constant mean stays that constant (pycaffe divides by 0: a NaN mean)
+                    mean = np.full((ms[0], *in_shape[1:]), m_min, dtype=mean.dtype)
+                else:
+                    normal_mean = (mean - m_min) / (m_max - m_min)
+                    mean = resize_image(normal_mean.transpose((1, 2, 0)), in_shape[1:]).transpose((2, 0, 1)) * \
+                        (m_max - m_min) + m_min
         self.mean[in_] = mean
 
     def set_input_scale(self, in_: str, scale: float) -> None:

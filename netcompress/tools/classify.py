@@ -31,7 +31,7 @@ from .. import io as ncio
 from ..errors import NetcompressError
 from ._common import ToolError, comma_ints, run_tool
 
-__all__ = ["load_inputs", "read_labels", "read_mean", "add_net_args", "check_net_args", "swap_channels",
+__all__ = ["load_inputs", "read_labels", "read_mean", "set_checked_mean", "add_net_args", "check_net_args", "swap_channels",
            "main"]
 
 
@@ -96,6 +96,18 @@ def read_mean(path: str) -> np.ndarray:
     return arr[0] if arr.ndim == 4 else arr
 
 
+def set_checked_mean(net, mean: np.ndarray, path: str) -> None:
+    """--mean_file on `net`'s transformer (pycaffe's set_mean, which resizes an image of another size), once it is
+    known to fit the first input: one value a channel, or an image with the input's channels."""
+    in_ = net.inputs[0]
+    k = int(net.blobs[in_].data.shape[1])
+    fits = (mean.ndim in (1, 3) and mean.shape[0] == k and mean.size > 0) or (mean.ndim == 2 and k == 1 and mean.size)
+    if not fits:
+        raise ToolError(f"{path}: a mean of shape {list(mean.shape)} does not fit the {k}-channel input '{in_}' "
+                        f"(expected one value a channel, or a {k} x H x W image)")
+    net.transformer.set_mean(in_, mean)
+
+
 def add_net_args(p: argparse.ArgumentParser, mean_help: str) -> None:
     """The options Caffe's classify.py and detect.py share: the net, the mode, the preprocessing."""
     p.add_argument("--model_def", required=True, help="model definition file (a deploy prototxt)")
@@ -158,12 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         image_dims = comma_ints(a.images_dim, "--images_dim") if a.images_dim else None
         if image_dims is not None and (len(image_dims) != 2 or min(image_dims) < 1):
             raise ToolError(f"--images_dim takes 'height,width', got '{a.images_dim}'")
-        classifier = caffe.Classifier(a.model_def, a.pretrained_model, image_dims=image_dims, mean=mean,
+        classifier = caffe.Classifier(a.model_def, a.pretrained_model, image_dims=image_dims,
                                       input_scale=a.input_scale, raw_scale=a.raw_scale)
         in_ = classifier.inputs[0]
         shape = classifier.blobs[in_].data.shape
         if len(shape) != 4:
             raise ToolError(f"{a.model_def}: input '{in_}' is {shape}; classify feeds N x K x H x W images")
+        if mean is not None:
+            set_checked_mean(classifier, mean, a.mean_file)
         channels = shape[1]
         swap_channels(classifier, a.channel_swap)
         inputs = load_inputs(a.input_file, a.ext, color=channels != 1)

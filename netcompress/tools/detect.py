@@ -25,7 +25,7 @@ import numpy as np
 from .. import io as ncio
 from ..errors import NetcompressError
 from ._common import ToolError, run_tool
-from .classify import add_net_args, check_net_args, read_mean, swap_channels
+from .classify import add_net_args, check_net_args, read_mean, set_checked_mean, swap_channels
 
 __all__ = ["read_windows", "write_detections", "main"]
 
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             images = _read_image_list(a.input_file)
         check_net_args(a)
         try:
-            detector = caffe.Detector(a.model_def, a.pretrained_model, mean=mean, input_scale=a.input_scale,
+            detector = caffe.Detector(a.model_def, a.pretrained_model, input_scale=a.input_scale,
                                       raw_scale=a.raw_scale, context_pad=a.context_pad)
         except ValueError as e:
             raise ToolError(f"--context_pad: {e}") from None
@@ -146,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         shape = detector.blobs[in_].data.shape
         if len(shape) != 4 or (a.context_pad and shape[2] != shape[3]):
             raise ToolError(f"{a.model_def}: input '{in_}' is {shape}; detect feeds square N x K x S x S windows")
+        if mean is not None:
+            set_checked_mean(detector, mean, a.mean_file)
         swap_channels(detector, a.channel_swap)
         detector.configure_crop(a.context_pad)  # the context mean in the images' channel order
         if mode == "list":

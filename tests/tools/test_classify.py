@@ -108,6 +108,14 @@ def test_bad_input(digits, tmp_path, capsys):
     assert "--model_def" in capsys.readouterr().err
     assert main([str(folder / "001.png"), out, *base, "--images_dim", "28"]) == 1
     assert "--images_dim takes 'height,width', got '28'" in capsys.readouterr().err
+    # a mean that does not fit the 1-channel input (it was pycaffe's ValueError: a traceback)
+    np.save(tmp_path / "rgb_mean.npy", np.zeros((3, 28, 28), np.float32))
+    assert main([str(folder / "001.png"), out, *base, "--mean_file", str(tmp_path / "rgb_mean.npy")]) == 1
+    assert (f"{tmp_path / 'rgb_mean.npy'}: a mean of shape [3, 28, 28] does not fit the 1-channel input 'data' "
+            "(expected one value a channel, or a 1 x H x W image)") in capsys.readouterr().err
+    np.save(tmp_path / "wide_mean.npy", np.zeros(2, np.float32))
+    assert main([str(folder / "001.png"), out, *base, "--mean_file", str(tmp_path / "wide_mean.npy")]) == 1
+    assert "wide_mean.npy: a mean of shape [2] does not fit" in capsys.readouterr().err
     assert not (tmp_path / "o.npy").exists()
 
 

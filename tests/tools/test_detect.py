@@ -140,6 +140,10 @@ def test_bad_input(scene, tmp_path, capsys):
         fails(f"filename,ymin,xmin,ymax,xmax\n{paths[0]},0,0,28,28\n", "--context_pad", "14")
     assert "crops nothing of the 56x56 image" in \
         fails(f"filename,ymin,xmin,ymax,xmax\n{paths[0]},60,60,70,70\n", "--context_pad", "0")
+    import numpy as np
+    np.save(tmp_path / "mean4.npy", np.zeros(4, np.float32))  # (was "--context_pad: Mean channels incompatible")
+    assert "mean4.npy: a mean of shape [4] does not fit the" in \
+        fails(f"filename,ymin,xmin,ymax,xmax\n{paths[0]},0,0,28,28\n", "--mean_file", str(tmp_path / "mean4.npy"))
     assert "selective_search_ijcv_with_python" in fails(f"{paths[0]}\n", name="images.txt")
     assert "unknown input file type" in fails("x", name="w.json")
     (tmp_path / "latin1.csv").write_bytes(b"filename,ymin,xmin,ymax,xmax\nb\xe9.png,0,0,28,28\n")
