@@ -176,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         shape = classifier.blobs[in_].data.shape
         if len(shape) != 4:
             raise ToolError(f"{a.model_def}: input '{in_}' is {shape}; classify feeds N x K x H x W images")
+        if image_dims is not None and (image_dims[0] < shape[2] or image_dims[1] < shape[3]):
+            raise ToolError(f"--images_dim {image_dims[0]},{image_dims[1]} is smaller than the net's {shape[2]}x"
+                            f"{shape[3]} input: the crops the net sees are cut from images of that size")
         if mean is not None:
             set_checked_mean(classifier, mean, a.mean_file)
         channels = shape[1]

@@ -108,6 +108,9 @@ def test_bad_input(digits, tmp_path, capsys):
     assert "--model_def" in capsys.readouterr().err
     assert main([str(folder / "001.png"), out, *base, "--images_dim", "28"]) == 1
     assert "--images_dim takes 'height,width', got '28'" in capsys.readouterr().err
+    for crop in ([], ["--center_only"]):  # (center_only was numpy's broadcast error: a traceback)
+        assert main([str(folder / "001.png"), out, *base, "--images_dim", "27,30", *crop]) == 1
+        assert "--images_dim 27,30 is smaller than the net's 28x28 input" in capsys.readouterr().err
     # a mean that does not fit the 1-channel input (it was pycaffe's ValueError: a traceback)
     np.save(tmp_path / "rgb_mean.npy", np.zeros((3, 28, 28), np.float32))
     assert main([str(folder / "001.png"), out, *base, "--mean_file", str(tmp_path / "rgb_mean.npy")]) == 1
