@@ -1605,6 +1605,87 @@ def test_fuzz_data_tools(work):
 
 
 # ----------------------------------------------------------------------------------------------
+# classify and detect (Caffe's python/classify.py and detect.py): damaged images, arrays, means, label and
+# window files, odd preprocessing options
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def classify_bases(work: Path) -> Path:
+    from PIL import Image
+
+    from netcompress.net import Net
+
+    folder = work / "classify"
+    (folder / "imgs").mkdir(parents=True)
+    (folder / "deploy.prototxt").write_text((REPO / "examples/mnist/lenet.prototxt").read_text().replace("dim: 64",
+                                                                                                         "dim: 1"))
+    with seeded():
+        ncio.write_caffemodel(str(folder / "m.caffemodel"),
+                              Net(str(folder / "deploy.prototxt"), seed=1, verbose=False).to_proto())
+    np_rng = np.random.default_rng(SEED)
+    for i, shape in enumerate([(28, 28), (29, 28, 3), (30, 31, 3)]):
+        Image.fromarray(np_rng.integers(0, 256, shape, dtype=np.uint8)).save(folder / "imgs" / f"{i}.png")
+    np.save(folder / "good.npy", np_rng.random((2, 28, 28, 1)).astype(np.float32))
+    np.save(folder / "mean.npy", np.zeros((1, 28, 28), np.float32))
+    (folder / "labels.txt").write_text("".join(f"class {i}\n" for i in range(10)))
+    (folder / "windows.csv").write_text(f"filename,ymin,xmin,ymax,xmax\n{folder}/imgs/0.png,0,0,20,20\n"
+                                        f"{folder}/imgs/1.png,2,3,27,25\n")
+    return folder
+
+
+def classify_cases(bases: Path, n: int, rng: random.Random) -> list[Case]:
+    cases = []
+    for k in range(n):
+        tool = rng.choice(["classify", "detect"])
+        swap, label = {}, "intact"
+        if rng.random() < 0.5:
+            victim = rng.choice(["imgs/0.png", "imgs/1.png", "good.npy", "mean.npy", "windows.csv", "labels.txt",
+                                 "deploy.prototxt"])
+            data = (bases / victim).read_bytes()
+            data, op = mutate_text(data.decode(), rng) if victim.endswith(("csv", "txt", "prototxt")) else \
+                _mutate_bytes(data, rng)
+            swap[victim] = str(bases / f"{k}_{Path(victim).name}")
+            Path(swap[victim]).write_bytes(data)
+            label = f"{victim}: {op}"
+
+        def file(name: str) -> str:
+            return swap.get(name, str(bases / name))
+
+        source = rng.choice(["imgs/0.png", "imgs/1.png", "good.npy", "imgs"]) if tool == "classify" else "windows.csv"
+        argv = [tool, file(source), str(bases / f"o{k}.{'npy' if tool == 'classify' else 'csv'}"),
+                "--model_def", file("deploy.prototxt"), "--pretrained_model", str(bases / "m.caffemodel")]
+        if rng.random() < 0.4:
+            argv += ["--mean_file", rng.choice([file("mean.npy"), "", str(bases / "nope.npy"), str(bases / "m.caffemodel")])]
+        if rng.random() < 0.3:
+            argv += ["--channel_swap", rng.choice(["2,1,0", "0", "x", "0,0,0", "5,1,0", ""])]
+        if rng.random() < 0.3:
+            argv += ["--raw_scale", rng.choice(["255", "0", "nan", "-1"])]
+        if rng.random() < 0.3:
+            argv += ["--input_scale", rng.choice(["1", "0", "inf"])]
+        if tool == "classify":
+            argv += rng.choice([[], ["--center_only"]])
+            if rng.random() < 0.3:
+                argv += ["--images_dim", rng.choice(["28,28", "32,30", "0,0", "1,1", "x", "30"])]
+            if rng.random() < 0.3:
+                argv += ["--labels", file("labels.txt"), "--top_k", rng.choice(["5", "0", "100"])]
+            if source == "imgs":
+                argv += ["--ext", rng.choice(["png", "png", "jpg"])]
+        else:
+            argv += ["--context_pad", rng.choice(["0", "1", "4", "4", "16", "-1"])]
+        cases.append(Case(tool, label, argv))
+    return cases
+
+
+def test_fuzz_classify_and_detect(work, classify_bases):
+    cases = classify_cases(classify_bases, round(80 * SCALE), random.Random(SEED + 9))
+    with _chdir(classify_bases):
+        outcomes = [run_case(c) for c in cases]
+    check_outcomes(outcomes, work)
+    rcs = [o.rc for o in outcomes]
+    assert rcs.count(0) > 15 and rcs.count(1) > 15, (rcs.count(0), rcs.count(1))
+
+
+# ----------------------------------------------------------------------------------------------
 # A few cases in real processes: what blocks or never ends must not hang the command line either
 # ----------------------------------------------------------------------------------------------
 

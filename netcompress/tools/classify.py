@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import glob
 import io
+import math
 import os
 import time
 from typing import Sequence
@@ -125,6 +126,9 @@ def check_net_args(a: argparse.Namespace) -> None:
     """The net's files exist; pycaffe's mode set as --gpu says (printed, as Caffe's scripts do)."""
     from .. import pycaffe as caffe
 
+    for value, what in ((a.raw_scale, "--raw_scale"), (a.input_scale, "--input_scale")):
+        if value is not None and not math.isfinite(value):  # (every input, and so every output, would be NaN)
+            raise ToolError(f"{what} must be a finite number, got {value}")
     for path, what in ((a.model_def, "--model_def"), (a.pretrained_model, "--pretrained_model")):
         try:
             ncio.check_input_file(path, f"{what} file")
