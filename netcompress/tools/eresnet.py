@@ -734,8 +734,9 @@ def compress_epsilon_resnet(train_prototxt: str, weights: str, out_prototxt: str
 
     # -- ChannelPad as a frozen 1x1 Convolution ------------------------------------------------
     pad_weights: dict[str, torch.Tensor] = {}
+    made = f"the deploy net made from {train_prototxt}"  # (a net that does not build names the train prototxt)
     if caffe_compatible:
-        shaped = Net(deploy, phase=pb.TEST, verbose=False)
+        shaped = Net(deploy, phase=pb.TEST, verbose=False, source=made)
         for j, lp in enumerate(deploy.layer):
             if lp.type == "ChannelPad":
                 conv, w = channel_pad_as_convolution(lp, int(shaped.blob_shapes[lp.bottom[0]][1]))
@@ -748,7 +749,7 @@ def compress_epsilon_resnet(train_prototxt: str, weights: str, out_prototxt: str
                             + " (convert DNS/INQ layers with dns_to_normal / inq_to_normal first)")
 
     # -- weights -------------------------------------------------------------------------------
-    net = Net(deploy, phase=pb.TEST, verbose=False)
+    net = Net(deploy, phase=pb.TEST, verbose=False, source=made)
     with torch.no_grad():
         for name, layer in net.named_layers():
             if not layer.blob_names:

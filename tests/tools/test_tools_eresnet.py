@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from netcompress import io as ncio
+from netcompress.errors import NetcompressError
 from netcompress.log import GlogFormatter
 from netcompress.net import Net
 from netcompress.proto import caffe_pb2 as pb
@@ -238,6 +240,15 @@ def test_log_errors_name_the_file_and_the_step(tmp_path):
         read_discard_log(str(tmp_path / "train.log"), 30)
     proto, model, _ = _untrained(tmp_path, [])
     with pytest.raises(ToolError, match="no 'res1.1_gate/is_discarded' line"):
+        compress_epsilon_resnet(str(proto), str(model), str(tmp_path / "a"), str(tmp_path / "b"),
+                                log_path=str(tmp_path / "train.log"), iteration=300, quiet=True)
+    # a train prototxt that does not build gives a deploy net that does not: named after it (was "<NetParameter>")
+    param = ncio.read_net(str(proto))
+    del next(lp for lp in param.layer if lp.name == "res1.2").top[:]
+    ncio.write_text_proto(str(proto), param)
+    _log(tmp_path / "train.log", 300, {u: 0.0 for u in UNITS})
+    with pytest.raises(NetcompressError, match=re.escape(f"the deploy net made from {proto}: Unknown bottom blob "
+                                                         "'res1.2' (layer 'res2.0_bn1'")):
         compress_epsilon_resnet(str(proto), str(model), str(tmp_path / "a"), str(tmp_path / "b"),
                                 log_path=str(tmp_path / "train.log"), iteration=300, quiet=True)
 
