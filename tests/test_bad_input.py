@@ -157,6 +157,21 @@ def test_a_memory_data_net_on_the_command_line_says_where_its_data_comes_from(tm
             "net.set_input_arrays(data, labels)" in said, said
 
 
+def test_plot_of_a_log_without_curves_and_of_a_zero_loss(tmp_path, capsys):
+    import warnings
+
+    (tmp_path / "empty.log").write_text("hello\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "No artists with labels found to put in legend" was one
+        assert cli_error(capsys, ["plot", "--out", str(tmp_path / "e.png"), str(tmp_path / "empty.log")]) == (
+            f"netcompress plot: error: {tmp_path / 'empty.log'}: no training loss, test output or learning rate "
+            "lines to plot (not a Caffe or netcompress training log?)")
+        (tmp_path / "zero.log").write_text("I1207 00:00:00.000000 1 solver.cpp:218] Iteration 0, lr = 0.01\n"
+                                           "I1207 00:00:00.000000 1 solver.cpp:218] Iteration 0, loss = 0\n")
+        assert cli.main(["plot", "--out", str(tmp_path / "z.png"), str(tmp_path / "zero.log")]) == 0
+    assert (tmp_path / "z.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "e.png").exists()
+
+
 def test_dns_gamma_below_zero_is_refused(tmp_path):
     path = dns_deploy(tmp_path, "gamma: 1e-05", "gamma: -1")
     assert error_of(NetDefinitionError, Net, path, phase="train") == (

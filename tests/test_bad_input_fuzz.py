@@ -1203,7 +1203,7 @@ def recipe_cases(work: Path, bases: Path, n: int, rng: random.Random) -> list[Ca
     for k in range(n):
         tool = rng.choice(["sdn_early_exit", "micronet_merge", "bn_reestimate", "micronet_score",
                            "compress_epsilon_resnet", "dump_logits", "extract_features", "net2net_mutate",
-                           "make_sdn_net", "import_pth", "parse_log", "extract_seconds", "plot_training_log"])
+                           "make_sdn_net", "import_pth", "parse_log", "extract_seconds", "plot_training_log", "plot"])
         out = str(rdir / f"o{k}")
         if tool == "sdn_early_exit":
             net, label = mutant("sdn.prototxt", k)
@@ -1270,7 +1270,8 @@ def recipe_cases(work: Path, bases: Path, n: int, rng: random.Random) -> list[Ca
             path.write_bytes(data)
             argv = {"parse_log": [tool, str(path), str(rdir)],
                     "extract_seconds": [tool, str(path), f"{out}.txt"],
-                    "plot_training_log": [tool, str(rng.randrange(8)), f"{out}.png", str(path)]}[tool]
+                    "plot_training_log": [tool, str(rng.randrange(8)), f"{out}.png", str(path)],
+                    "plot": [tool, "--out", f"{out}.png", str(path)] + rng.choice([[], [f"{b}/train.log"]])}[tool]
         cases.append(Case("recipe", f"{label} | {tool}", argv))
     return cases
 

@@ -61,7 +61,17 @@ def plot_logs(paths: list[str], out_png: str, labels: list[str] | None = None) -
     from ..io import atomic_write
 
     logs = [parse_log(p) for p in paths]
+    if not any(lg.train_loss or lg.test or lg.lr for lg in logs):
+        from ..errors import NetcompressError
+
+        raise NetcompressError(f"{', '.join(paths)}: no training loss, test output or learning rate lines to plot "
+                               "(not a Caffe or netcompress training log?)")
     labels = labels or [os.path.basename(p) for p in paths]
+
+    def legend(ax) -> None:  # (matplotlib warns about a legend of no curves)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+
     test_names = sorted({(n, k) for lg in logs for n, d in lg.test.items() for k in d})
     panels = 2 + len(test_names)
     fig, axes = plt.subplots(panels, 1, figsize=(8, 2.6 * panels), squeeze=False)
@@ -71,8 +81,9 @@ def plot_logs(paths: list[str], out_png: str, labels: list[str] | None = None) -
             xs, ys = zip(*lg.train_loss)
             ax.plot(xs, ys, label=lab)
     ax.set_ylabel("train loss")
-    ax.set_yscale("log")
-    ax.legend(fontsize=8)
+    if all(y > 0 for lg in logs for _, y in lg.train_loss) and any(lg.train_loss for lg in logs):
+        ax.set_yscale("log")  # (a loss of 0 or below, or none at all, stays on a linear axis)
+    legend(ax)
     for i, (net, name) in enumerate(test_names):
         ax = axes[1 + i, 0]
         for lg, lab in zip(logs, labels):
@@ -81,7 +92,7 @@ def plot_logs(paths: list[str], out_png: str, labels: list[str] | None = None) -
                 xs, ys = zip(*pts)
                 ax.plot(xs, ys, marker="o", markersize=3, label=lab)
         ax.set_ylabel(f"test #{net} {name}")
-        ax.legend(fontsize=8)
+        legend(ax)
     ax = axes[-1, 0]
     for lg, lab in zip(logs, labels):
         if lg.lr:
