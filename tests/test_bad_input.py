@@ -172,6 +172,24 @@ def test_plot_of_a_log_without_curves_and_of_a_zero_loss(tmp_path, capsys):
     assert (tmp_path / "z.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "e.png").exists()
 
 
+def test_a_damaged_solver_state_sidecar_leaves_no_file_open(tmp_path):
+    import gc
+    import warnings
+
+    from netcompress.solvers.state import load_state, save_state
+
+    path = tmp_path / "s_iter_2.solverstate.nc.npz"
+    save_state(str(path), {"history": np.zeros(64, np.float32), "it": 2})
+    path.write_bytes(path.read_bytes()[:300])  # the zip's directory cut off
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(Exception):
+            load_state(str(path))
+        gc.collect()
+    # numpy's np.load(path) kept the file open when the zip inside was damaged
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
+
+
 def test_dns_gamma_below_zero_is_refused(tmp_path):
     path = dns_deploy(tmp_path, "gamma: 1e-05", "gamma: -1")
     assert error_of(NetDefinitionError, Net, path, phase="train") == (

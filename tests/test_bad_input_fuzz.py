@@ -22,6 +22,7 @@ import os
 import random
 import re
 import signal
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +111,9 @@ def run_case(case: Case) -> Outcome:
     rc: int | None = None
     problem = ""
     try:
-        with time_limit(CASE_SECONDS), seeded(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with time_limit(CASE_SECONDS), seeded(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             rc = cli.main(case.argv)
     except CaseTimeout:
         problem = f"hang (over {CASE_SECONDS:g} s)"
@@ -122,6 +125,9 @@ def run_case(case: Case) -> Outcome:
             problem = f"exit {rc}"
         elif "Traceback" in text or "unexpected " in text and "(a bug in netcompress" in text:
             problem = "traceback"
+        elif caught:  # numpy's, torch's or matplotlib's warning, printed to the user as it is
+            problem = f"a Python warning: {caught[0].category.__name__}: {caught[0].message} ({caught[0].filename}:" \
+                      f"{caught[0].lineno})"
         elif _muddled(text):
             problem = f"a muddled message ({_muddled(text)})"
         elif case.refuse is not None and (rc != 1 or case.refuse not in text):

@@ -87,10 +87,11 @@ def save_state(path: str, tree: dict) -> None:
 
 
 def load_state(path: str) -> dict:
-    from ..io import check_input_file
+    from ..io import read_input_bytes
 
-    check_input_file(path, "netcompress solver state")
-    with np.load(path, allow_pickle=False) as z:
+    # (from bytes: numpy's np.load of a path leaves the file open when the zip inside is damaged)
+    data = read_input_bytes(path, "netcompress solver state")
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
         meta = json.loads(z["__meta__"].tobytes().decode())
         arrays = {k: z[k] for k in z.files if k != "__meta__"}
     return decode_tree(meta, arrays)
