@@ -129,6 +129,8 @@ def check_net_args(a: argparse.Namespace) -> None:
     for value, what in ((a.raw_scale, "--raw_scale"), (a.input_scale, "--input_scale")):
         if value is not None and not math.isfinite(value):  # (every input, and so every output, would be NaN)
             raise ToolError(f"{what} must be a finite number, got {value}")
+    if a.raw_scale == 0:  # (every input would be the negated mean; detect divides its context mean by it)
+        raise ToolError("--raw_scale must not be 0")
     for path, what in ((a.model_def, "--model_def"), (a.pretrained_model, "--pretrained_model")):
         try:
             ncio.check_input_file(path, f"{what} file")

@@ -111,6 +111,8 @@ def test_bad_input(digits, tmp_path, capsys):
     for option, value in (("--raw_scale", "nan"), ("--input_scale", "inf")):  # NaN outputs and numpy's warning
         assert main([str(folder / "001.png"), out, *base, option, value]) == 1
         assert f"{option} must be a finite number, got {float(value)}" in capsys.readouterr().err
+    assert main([str(folder / "001.png"), out, *base, "--raw_scale", "0"]) == 1
+    assert "--raw_scale must not be 0" in capsys.readouterr().err
     for crop in ([], ["--center_only"]):  # (center_only was numpy's broadcast error: a traceback)
         assert main([str(folder / "001.png"), out, *base, "--images_dim", "27,30", *crop]) == 1
         assert "--images_dim 27,30 is smaller than the net's 28x28 input" in capsys.readouterr().err
