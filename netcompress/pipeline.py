@@ -200,6 +200,9 @@ def _run(out, data, ref_iters, dns_iters, inq_iters, seed, device, verbose, rest
             raise NetcompressError(f"{name} must be at least 1, got {n}")
     root = os.path.abspath(out)
     data_dir = os.path.abspath(data) if data else os.path.join(root, "data")
+    for path, option in ((root, "--out"), (data_dir, "--data")):  # (makedirs would say only "already exists")
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise NetcompressError(f"{path}: is a file; {option} names a folder (made if missing)")
     os.makedirs(root, exist_ok=True)
     for sub in ("nets", "logs", "models"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)

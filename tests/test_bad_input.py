@@ -190,6 +190,14 @@ def test_a_damaged_solver_state_sidecar_leaves_no_file_open(tmp_path):
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
 
 
+def test_pipeline_folders_that_are_files(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    for option in ("--out", "--data"):  # (was "afile: already exists", from makedirs)
+        other = [] if option == "--out" else ["--out", str(tmp_path / "run")]
+        assert cli_error(capsys, ["pipeline", option, str(tmp_path / "afile"), *other, "--ref-iters", "1"]) == (
+            f"netcompress pipeline: error: {tmp_path / 'afile'}: is a file; {option} names a folder (made if missing)")
+
+
 def test_dns_gamma_below_zero_is_refused(tmp_path):
     path = dns_deploy(tmp_path, "gamma: 1e-05", "gamma: -1")
     assert error_of(NetDefinitionError, Net, path, phase="train") == (
