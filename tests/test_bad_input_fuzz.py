@@ -1123,7 +1123,8 @@ def recipe_bases(work: Path) -> Path:
         r = folder
         ok(["make_sdn_net", str(REPO / "examples/sdn/cells.prototxt-template"), "--ics", "0,1,0,1,0,1,0",
             "--feature-size", "14", "--out", str(r / "sdn.prototxt")])
-        (r / "sdn.prototxt").write_text(text_format.MessageToString(_small_batches(ncio.read_net(str(r / "sdn.prototxt")))))
+        sdn = _small_batches(ncio.read_net(str(r / "sdn.prototxt")))
+        (r / "sdn.prototxt").write_text(text_format.MessageToString(sdn))
         solver("sdn", "sdn.prototxt")
         ok(["make_densenet", "--form", "student", "--depth", "10", "--growth", "2", "--input", "1,28,28",
             "--train-source", "data/mnist5k_train_lmdb", "--test-source", "data/mnist5k_test_lmdb",
@@ -1587,8 +1588,8 @@ def data_tool_cases(work: Path, n: int, rng: random.Random) -> list[tuple[Path, 
             env = lmdb.open(str(folder / "db"), map_size=1 << 22)
             with env.begin(write=True) as txn:
                 for i in range(4):
-                    d = pb.Datum(channels=1, height=3, width=3, data=np_rng.integers(0, 256, 9, dtype=np.uint8).tobytes(),
-                                 label=i)
+                    pixels = np_rng.integers(0, 256, 9, dtype=np.uint8).tobytes()
+                    d = pb.Datum(channels=1, height=3, width=3, data=pixels, label=i)
                     value = d.SerializeToString()
                     if rng.random() < 0.35:
                         value, op = _datum_mutant(d, rng)
@@ -1662,7 +1663,8 @@ def classify_cases(bases: Path, n: int, rng: random.Random) -> list[Case]:
         argv = [tool, file(source), str(bases / f"o{k}.{'npy' if tool == 'classify' else 'csv'}"),
                 "--model_def", file("deploy.prototxt"), "--pretrained_model", str(bases / "m.caffemodel")]
         if rng.random() < 0.4:
-            argv += ["--mean_file", rng.choice([file("mean.npy"), "", str(bases / "nope.npy"), str(bases / "m.caffemodel")])]
+            argv += ["--mean_file", rng.choice([file("mean.npy"), "", str(bases / "nope.npy"),
+                                                str(bases / "m.caffemodel")])]
         if rng.random() < 0.3:
             argv += ["--channel_swap", rng.choice(["2,1,0", "0", "x", "0,0,0", "5,1,0", ""])]
         if rng.random() < 0.3:

@@ -210,7 +210,8 @@ def convert_imageset(root_folder: str, list_file: str, db_path: str, *, gray: bo
     """
     from ..layers.data import read_image_list
 
-    if encode_type and encode_type.lower().lstrip(".") not in ENCODINGS:  # (Caffe: cv::imencode fails on the first image)
+    # (Caffe: cv::imencode fails on the first image)
+    if encode_type and encode_type.lower().lstrip(".") not in ENCODINGS:
         raise DataError(f"encode_type '{encode_type}' is not an image format convert_imageset writes (use "
                         f"{ENCODINGS_SAID})")
     is_color = not gray

@@ -32,7 +32,8 @@ from .. import io as ncio
 from ..errors import NetcompressError
 from ._common import ToolError, comma_ints, run_tool
 
-__all__ = ["load_inputs", "read_labels", "read_mean", "set_checked_mean", "add_net_args", "check_net_args", "swap_channels",
+__all__ = ["load_inputs", "read_labels", "read_mean", "set_checked_mean", "add_net_args", "check_net_args",
+           "swap_channels",
            "main"]
 
 

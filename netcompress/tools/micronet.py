@@ -187,8 +187,8 @@ def deploy_layers(prototxt: str, input_shape: Sequence[int] | None = None) -> tu
                 raise
             except NetcompressError as e:  # the layer's own errors name it already
                 said = str(e)
-                raise ToolError(f"{prototxt}: {said}" if said.startswith(f"layer '{lp.name}'") else f"{where}: {said}") \
-                    from None
+                named = said.startswith(f"layer '{lp.name}'")
+                raise ToolError(f"{prototxt}: {said}" if named else f"{where}: {said}") from None
         if len(tops) != len(lp.top):
             raise ToolError(f"{where}: names {len(lp.top)} tops, the layer makes {len(tops)}")
         for t, s in zip(lp.top, tops):

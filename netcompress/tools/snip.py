@@ -36,7 +36,8 @@ from .. import io as ncio
 from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
 from ..recipes.snip import apply_masks, connection_sensitivity, keep_masks
-from ._common import KeptTotals, ToolError, final_block, layer_block, net_error_text, print_lines, require_files, run_tool
+from ._common import (KeptTotals, ToolError, final_block, layer_block, net_error_text, print_lines, require_files,
+                      run_tool)
 
 __all__ = ["SnipResult", "snip_prune", "masked_net_param", "main"]
 
