@@ -159,6 +159,21 @@ def check_outcomes(outcomes: list[Outcome], folder: Path) -> None:
     assert not leftovers, f"temporary files left behind: {leftovers}"
 
 
+def run_and_check(cases: list, work: Path, folder: Path | None = None, ends: tuple[int, int] | None = None) -> None:
+    """Run `cases` in `folder` (default `work`; a case given as (folder, case) runs in its own), check their
+    outcomes, and with `ends` = (a, b) that more than a ran (exit 0) and more than b were refused (exit 1):
+    the fuzz reaches both ends."""
+    outcomes = []
+    for case in cases:
+        where, case = case if isinstance(case, tuple) else (folder or work, case)
+        with _chdir(where):
+            outcomes.append(run_case(case))
+    check_outcomes(outcomes, work)
+    if ends is not None:
+        rcs = [o.rc for o in outcomes]
+        assert rcs.count(0) > ends[0] and rcs.count(1) > ends[1], (rcs.count(0), rcs.count(1))
+
+
 # ----------------------------------------------------------------------------------------------
 # A working folder like the examples expect (tiny LMDBs at data/mnist5k_*_lmdb)
 # ----------------------------------------------------------------------------------------------
@@ -413,6 +428,15 @@ def mutate_structure(param: pb.NetParameter, rng: random.Random) -> str:
     return "every weight layer gets a random type"
 
 
+def write_mutant(base: pb.NetParameter, path: Path, label: str, rng: random.Random) -> str:
+    """`base` with a field or its structure mutated (85 % of the time), written to `path`; returns the label."""
+    param = copy.deepcopy(base)
+    if rng.random() < 0.85:
+        label += ": " + (mutate_layer_field if rng.random() < 0.7 else mutate_structure)(param, rng)
+    path.write_text(text_format.MessageToString(param))
+    return label
+
+
 def mutate_text(text: str, rng: random.Random) -> tuple[bytes, str]:
     op = rng.choice(["truncate", "delete", "insert", "dup_line", "utf8", "nul", "brace"])
     b = text.encode()
@@ -468,14 +492,7 @@ def net_cases(work: Path, models: dict[str, Path], n: int, rng: random.Random) -
 
 
 def test_fuzz_nets(work, models):
-    rng = random.Random(SEED)
-    cases = net_cases(work, models, round(260 * SCALE), rng)
-    with _chdir(work):
-        outcomes = [run_case(c) for c in cases]
-    check_outcomes(outcomes, work)
-    # The fuzz reaches both ends: many mutants are refused, many still run.
-    rcs = [o.rc for o in outcomes]
-    assert rcs.count(0) > 30 and rcs.count(1) > 30, (rcs.count(0), rcs.count(1))
+    run_and_check(net_cases(work, models, round(260 * SCALE), random.Random(SEED)), work, ends=(30, 30))
 
 
 # The invalid parameters of issue 22, each placed in an example net: (net, layer, setter, message).
@@ -660,12 +677,7 @@ def solver_cases(work: Path, models: dict[str, Path], n: int, rng: random.Random
 
 
 def test_fuzz_solvers(work, models):
-    cases = solver_cases(work, models, round(110 * SCALE), random.Random(SEED + 1))
-    with _chdir(work):
-        outcomes = [run_case(c) for c in cases]
-    check_outcomes(outcomes, work)
-    rcs = [o.rc for o in outcomes]
-    assert rcs.count(0) > 10 and rcs.count(1) > 10, (rcs.count(0), rcs.count(1))
+    run_and_check(solver_cases(work, models, round(110 * SCALE), random.Random(SEED + 1)), work, ends=(10, 10))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -814,12 +826,7 @@ def model_cases(work: Path, models: dict[str, Path], n: int, rng: random.Random)
 
 
 def test_fuzz_models(work, models):
-    cases = model_cases(work, models, round(200 * SCALE), random.Random(SEED + 2))
-    with _chdir(work):
-        outcomes = [run_case(c) for c in cases]
-    check_outcomes(outcomes, work)
-    rcs = [o.rc for o in outcomes]
-    assert rcs.count(0) > 10 and rcs.count(1) > 10, (rcs.count(0), rcs.count(1))
+    run_and_check(model_cases(work, models, round(200 * SCALE), random.Random(SEED + 2)), work, ends=(10, 10))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -891,10 +898,7 @@ def compact_cases(work: Path, compact: Path, n: int, rng: random.Random) -> list
 
 
 def test_fuzz_compact_files(work, compact):
-    cases = compact_cases(work, compact, round(80 * SCALE), random.Random(SEED + 3))
-    with _chdir(work):
-        outcomes = [run_case(c) for c in cases]
-    check_outcomes(outcomes, work)
+    run_and_check(compact_cases(work, compact, round(80 * SCALE), random.Random(SEED + 3)), work)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -975,10 +979,7 @@ def hostile_cases(work: Path, models: dict[str, Path]) -> list[Case]:
 
 
 def test_fuzz_hostile_paths(work, models):
-    cases = hostile_cases(work, models)
-    with _chdir(work):
-        outcomes = [run_case(c) for c in cases]
-    check_outcomes(outcomes, work)
+    run_and_check(hostile_cases(work, models), work)
     assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
 
 
@@ -1038,10 +1039,7 @@ def resume_cases(work: Path, snapshot: Path, n: int, rng: random.Random) -> list
 
 
 def test_fuzz_resumes(work, snapshot):
-    cases = resume_cases(work, snapshot, round(50 * SCALE), random.Random(SEED + 4))
-    with _chdir(work):
-        outcomes = [run_case(c) for c in cases]
-    check_outcomes(outcomes, work)
+    run_and_check(resume_cases(work, snapshot, round(50 * SCALE), random.Random(SEED + 4)), work)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1059,13 +1057,8 @@ def tool_cases(work: Path, models: dict[str, Path], n: int, rng: random.Random) 
     cases = []
     for k in range(n):
         f = rng.choice(list(bases))
-        param = copy.deepcopy(bases[f])
-        label = f
-        if rng.random() < 0.85:
-            label += ": " + (mutate_layer_field if rng.random() < 0.7 else mutate_structure)(param, rng)
-        net = tdir / f"t{k}.prototxt"
-        net.write_text(text_format.MessageToString(param))
-        net, model, out = str(net), str(models[TOOL_NETS[f]]), str(tdir / f"o{k}")
+        label = write_mutant(bases[f], tdir / f"t{k}.prototxt", f, rng)
+        net, model, out = str(tdir / f"t{k}.prototxt"), str(models[TOOL_NETS[f]]), str(tdir / f"o{k}")
         name = rng.choice(["conv1", "conv2", "ip1", "ip2", "pool1", "relu1", "nope"])
         plain, inq = str(work / "lenet_train_test.prototxt"), str(work / "lenet_train_test_inq_60.prototxt")
         argv = rng.choice([
@@ -1089,12 +1082,7 @@ def tool_cases(work: Path, models: dict[str, Path], n: int, rng: random.Random) 
 
 
 def test_fuzz_tools(work, models):
-    cases = tool_cases(work, models, round(150 * SCALE), random.Random(SEED + 6))
-    with _chdir(work):
-        outcomes = [run_case(c) for c in cases]
-    check_outcomes(outcomes, work)
-    rcs = [o.rc for o in outcomes]
-    assert rcs.count(0) > 30 and rcs.count(1) > 30, (rcs.count(0), rcs.count(1))
+    run_and_check(tool_cases(work, models, round(150 * SCALE), random.Random(SEED + 6)), work, ends=(30, 30))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1195,13 +1183,7 @@ def recipe_cases(work: Path, bases: Path, n: int, rng: random.Random) -> list[Ca
     cases = []
 
     def mutant(f: str, k: int) -> tuple[str, str]:
-        param = copy.deepcopy(nets[f])
-        label = f
-        if rng.random() < 0.85:
-            label += ": " + (mutate_layer_field if rng.random() < 0.7 else mutate_structure)(param, rng)
-        path = rdir / f"{k}_{f}"
-        path.write_text(text_format.MessageToString(param))
-        return str(path), label
+        return str(rdir / f"{k}_{f}"), write_mutant(nets[f], rdir / f"{k}_{f}", f, rng)
 
     def pick(valid, *other, p=0.8):
         return valid if rng.random() < p else rng.choice(other)
@@ -1284,12 +1266,7 @@ def recipe_cases(work: Path, bases: Path, n: int, rng: random.Random) -> list[Ca
 
 
 def test_fuzz_recipe_tools(work, models, recipe_bases):
-    cases = recipe_cases(work, recipe_bases, round(120 * SCALE), random.Random(SEED + 7))
-    with _chdir(work):
-        outcomes = [run_case(c) for c in cases]
-    check_outcomes(outcomes, work)
-    rcs = [o.rc for o in outcomes]
-    assert rcs.count(0) > 20 and rcs.count(1) > 20, (rcs.count(0), rcs.count(1))
+    run_and_check(recipe_cases(work, recipe_bases, round(120 * SCALE), random.Random(SEED + 7)), work, ends=(20, 20))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1339,22 +1316,29 @@ def _datum_mutant(d: pb.Datum, rng: random.Random) -> tuple[bytes, str]:
     return d.SerializeToString(), op
 
 
-def _lmdb_case(folder: Path, rng: random.Random) -> str:
+def _write_damaged_lmdb(path: Path, n: int, side: int, classes: int, np_rng, rng: random.Random) -> list[str]:
+    """An LMDB of n one-channel side x side Datums (label i % classes), each damaged 35 % of the time; returns
+    what was done to which record."""
     import lmdb
 
-    np_rng = np.random.default_rng(rng.randrange(2**32))
-    env = lmdb.open(str(folder / "db"), map_size=1 << 22)
-    labels = []
+    said = []
+    env = lmdb.open(str(path), map_size=1 << 22)
     with env.begin(write=True) as txn:
-        for i in range(5):
-            d = pb.Datum(channels=1, height=6, width=6, data=np_rng.integers(0, 256, 36, dtype=np.uint8).tobytes(),
-                         label=i % 3)
-            v = d.SerializeToString()
+        for i in range(n):
+            pixels = np_rng.integers(0, 256, side * side, dtype=np.uint8).tobytes()
+            d = pb.Datum(channels=1, height=side, width=side, data=pixels, label=i % classes)
+            value = d.SerializeToString()
             if rng.random() < 0.35:
-                v, op = _datum_mutant(d, rng)
-                labels.append(f"record {i}: {op}")
-            txn.put(b"%08d" % i, v)
+                value, op = _datum_mutant(d, rng)
+                said.append(f"record {i}: {op}")
+            txn.put(b"%08d" % i, value)
     env.close()
+    return said
+
+
+def _lmdb_case(folder: Path, rng: random.Random) -> str:
+    np_rng = np.random.default_rng(rng.randrange(2**32))
+    labels = _write_damaged_lmdb(folder / "db", 5, 6, 3, np_rng, rng)
     tp = rng.choice(["", "crop_size: 4", "crop_size: 9", "mirror: true", "mean_value: 3", "scale: 0.1"])
     (folder / "net.prototxt").write_text(
         f'layer {{ name: "d" type: "Data" top: "data" top: "label" transform_param {{ {tp} }} '
@@ -1524,7 +1508,6 @@ def _idx(kind: str, n: int, np_rng) -> bytes:
 def data_tool_cases(work: Path, n: int, rng: random.Random) -> list[tuple[Path, Case]]:
     import gzip
 
-    import lmdb
     from PIL import Image
 
     cases = []
@@ -1585,17 +1568,7 @@ def data_tool_cases(work: Path, n: int, rng: random.Random) -> list[tuple[Path, 
                 ["--gray", "--shuffle", "--check_size", "--encoded", "--encode_type=png", "--encode_type=bogus",
                  "--resize_width=3", "--resize_height=0", "--resize_width=-1", "--seed=3"], rng.randint(0, 3))
         else:
-            env = lmdb.open(str(folder / "db"), map_size=1 << 22)
-            with env.begin(write=True) as txn:
-                for i in range(4):
-                    pixels = np_rng.integers(0, 256, 9, dtype=np.uint8).tobytes()
-                    d = pb.Datum(channels=1, height=3, width=3, data=pixels, label=i)
-                    value = d.SerializeToString()
-                    if rng.random() < 0.35:
-                        value, op = _datum_mutant(d, rng)
-                        said.append(f"record {i}: {op}")
-                    txn.put(b"%08d" % i, value)
-            env.close()
+            said += _write_damaged_lmdb(folder / "db", 4, 3, 10, np_rng, rng)
             argv = [tool, "db", "mean.binaryproto" if tool == "compute_image_mean" else "out"] + \
                 rng.choice([[], ["--backend", "leveldb"], ["--backend", "lmdb"]])
         cases.append((folder, Case("data tool", "; ".join(said) or "intact", argv)))
@@ -1603,13 +1576,7 @@ def data_tool_cases(work: Path, n: int, rng: random.Random) -> list[tuple[Path, 
 
 
 def test_fuzz_data_tools(work):
-    outcomes = []
-    for folder, case in data_tool_cases(work, round(100 * SCALE), random.Random(SEED + 8)):
-        with _chdir(folder):
-            outcomes.append(run_case(case))
-    check_outcomes(outcomes, work)
-    rcs = [o.rc for o in outcomes]
-    assert rcs.count(0) > 20 and rcs.count(1) > 20, (rcs.count(0), rcs.count(1))
+    run_and_check(data_tool_cases(work, round(100 * SCALE), random.Random(SEED + 8)), work, ends=(20, 20))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1686,12 +1653,8 @@ def classify_cases(bases: Path, n: int, rng: random.Random) -> list[Case]:
 
 
 def test_fuzz_classify_and_detect(work, classify_bases):
-    cases = classify_cases(classify_bases, round(80 * SCALE), random.Random(SEED + 9))
-    with _chdir(classify_bases):
-        outcomes = [run_case(c) for c in cases]
-    check_outcomes(outcomes, work)
-    rcs = [o.rc for o in outcomes]
-    assert rcs.count(0) > 15 and rcs.count(1) > 15, (rcs.count(0), rcs.count(1))
+    run_and_check(classify_cases(classify_bases, round(80 * SCALE), random.Random(SEED + 9)), work, classify_bases,
+                  ends=(15, 15))
 
 
 # ----------------------------------------------------------------------------------------------
