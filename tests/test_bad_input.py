@@ -170,6 +170,9 @@ def test_plot_of_a_log_without_curves_and_of_a_zero_loss(tmp_path, capsys):
                                            "I1207 00:00:00.000000 1 solver.cpp:218] Iteration 0, loss = 0\n")
         assert cli.main(["plot", "--out", str(tmp_path / "z.png"), str(tmp_path / "zero.log")]) == 0
     assert (tmp_path / "z.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "e.png").exists()
+    os.mkfifo(tmp_path / "pipe.log")  # (was "no such log file")
+    assert cli_error(capsys, ["plot", "--out", str(tmp_path / "p.png"), str(tmp_path / "pipe.log")]).startswith(
+        f"netcompress plot: error: {tmp_path / 'pipe.log'}: is a FIFO (named pipe), expected a training log")
 
 
 def test_a_damaged_solver_state_sidecar_leaves_no_file_open(tmp_path):

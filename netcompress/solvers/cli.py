@@ -80,10 +80,10 @@ def plot_main(argv: Sequence[str] | None = None) -> int:
     labels = a.labels.split(",") if a.labels else None
     if labels and len(labels) != len(a.logs):
         raise NetcompressError(f"--labels has {len(labels)} names for {len(a.logs)} logs")
-    import os
-    for path in a.logs:
-        if not os.path.isfile(path):
-            raise NetcompressError(f"{path}: no such log file")
+    from ..io import check_input_file
+
+    for path in a.logs:  # (a FIFO, a folder or a device is named as such: it was "no such log file")
+        check_input_file(path, "training log")
     logs = plot_logs(a.logs, a.out, labels)
     for lg in logs:
         if not lg.train_loss and not lg.test:
