@@ -62,7 +62,7 @@ def parse_datum(value: bytes, name: str) -> pb.Datum:
     datum = pb.Datum()
     try:
         datum.ParseFromString(value)
-    except Exception as e:  # protobuf's DecodeError, or a RuntimeWarning-free ValueError from the C++ parser
+    except Exception as e:  # protobuf's DecodeError (its C++ and Python parsers raise alike)
         raise DataError(f"{name} is not a Datum: {e}") from None
     return datum
 

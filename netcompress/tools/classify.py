@@ -33,8 +33,7 @@ from ..errors import NetcompressError
 from ._common import ToolError, comma_ints, run_tool
 
 __all__ = ["load_inputs", "read_labels", "read_mean", "set_checked_mean", "add_net_args", "check_net_args",
-           "swap_channels",
-           "main"]
+           "swap_channels", "main"]
 
 
 def load_inputs(path: str, ext: str, color: bool) -> list[np.ndarray]:
@@ -103,7 +102,7 @@ def set_checked_mean(net, mean: np.ndarray, path: str) -> None:
     known to fit the first input: one value a channel, or an image with the input's channels."""
     in_ = net.inputs[0]
     k = int(net.blobs[in_].data.shape[1])
-    fits = (mean.ndim in (1, 3) and mean.shape[0] == k and mean.size > 0) or (mean.ndim == 2 and k == 1 and mean.size)
+    fits = mean.size > 0 and ((mean.ndim in (1, 3) and mean.shape[0] == k) or (mean.ndim == 2 and k == 1))
     if not fits:
         raise ToolError(f"{path}: a mean of shape {list(mean.shape)} does not fit the {k}-channel input '{in_}' "
                         f"(expected one value a channel, or a {k} x H x W image)")
