@@ -16,6 +16,7 @@ and it lets one process at a time open a database: a process's readers share one
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ import threading
 import time
 import weakref
 
-from ..errors import NetcompressError
+from ..errors import NetcompressError, describe_os_error
 from ..log import get_logger
 from ..proto import caffe_pb2 as pb
 
@@ -253,7 +254,12 @@ class _AtomicDbWriter:
         if os.path.exists(self.path):
             raise DataError(f"cannot create {self.kind} '{self.path}': it already exists (remove it first)")
         parent = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(parent, exist_ok=True)
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as e:  # (a file where a folder of the path should be: "already exists" or "not a directory")
+            reason = "a part of it is a file, not a folder" if e.errno in (errno.EEXIST, errno.ENOTDIR) else \
+                describe_os_error(e)
+            raise DataError(f"cannot create {self.kind} '{self.path}': its folder {parent}: {reason}") from None
         self._tmp = tempfile.mkdtemp(prefix="." + os.path.basename(self.path) + ".", suffix=".tmp",
                                      dir=parent)
         os.chmod(self._tmp, 0o755)  # mkdtemp's 0700 would hide the database from other users

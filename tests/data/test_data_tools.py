@@ -51,6 +51,19 @@ def test_convert_mnist_rejects_bad_magic_and_existing_db(tmp_path, capsys):
     assert "unknown database backend 'rocksdb' (expected lmdb or leveldb)" in capsys.readouterr().err
 
 
+def test_a_database_under_a_file_names_the_folder(tmp_path, capsys):
+    from netcompress.data.tools import mnist5k_main
+
+    (tmp_path / "afile").write_text("x")
+    for argv, db in ((["afile"], "afile/mnist5k_train_lmdb"), (["afile/sub"], "afile/sub/mnist5k_train_lmdb")):
+        with pytest.MonkeyPatch.context() as m:
+            m.chdir(tmp_path)
+            assert mnist5k_main(argv) == 1
+        err = capsys.readouterr().err  # (was the OSError's own "[Errno 17] File exists: '...afile'")
+        assert f"mnist5k: error: cannot create LMDB '{db}': its folder {tmp_path / argv[0]}: a part of it is a " \
+            "file, not a folder" in err and "Errno" not in err
+
+
 def test_read_idx_reports_truncation(tmp_path):
     (tmp_path / "t").write_bytes(idx_bytes(np.zeros((3, 2, 2), np.uint8), 2051)[:-2])
     with pytest.raises(DataError, match="truncated: the header announces 12 bytes of images, the file holds 10"):
