@@ -137,12 +137,14 @@ def run_case(case: Case) -> Outcome:
 
 def _muddled(text: str) -> str:
     """What makes the error line hard to read: a net or record named by a placeholder instead of its file,
-    or the same layer named twice in a row."""
+    the same layer named twice in a row, or an OS error's raw text ("[Errno 2] No such file ...")."""
     said = [l for l in text.splitlines() if l.startswith("Error: ") or " error: " in l]
     if not said:
         return ""
     if "<NetParameter>" in said[-1] or "<datum>" in said[-1]:
         return "a placeholder for the file"
+    if "[Errno " in said[-1]:
+        return "an OS error's raw text"
     m = re.search(r"(layer '[^']*') \([^)]*\): \1", said[-1])
     return f"{m.group(1)} named twice" if m else ""
 

@@ -251,6 +251,8 @@ class _AtomicDbWriter:
 
     def __init__(self, path: str, commit_every: int):
         self.path = os.fspath(path)
+        if not self.path:  # (its temporary folder would go beside the current folder, and the rename fail)
+            raise DataError(f"a new {self.kind} needs a name; the path is empty")
         if os.path.exists(self.path):
             raise DataError(f"cannot create {self.kind} '{self.path}': it already exists (remove it first)")
         parent = os.path.dirname(os.path.abspath(self.path))

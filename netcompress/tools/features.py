@@ -49,6 +49,9 @@ def extract_features(weights: str, proto: str, blob_names: Sequence[str], datase
                         "be equal")
     if len(set(dataset_names)) != len(dataset_names):
         raise ToolError(f"a dataset is named twice in {','.join(dataset_names)}")
+    if "" in dataset_names or "" in blob_names:
+        raise ToolError(f"an empty name in the blob names '{','.join(blob_names)}' or the dataset names "
+                        f"'{','.join(dataset_names)}'")
     if num_mini_batches < 0:
         raise ToolError(f"num_mini_batches must be at least 0, got {num_mini_batches}")
     try:

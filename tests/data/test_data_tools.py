@@ -62,6 +62,8 @@ def test_a_database_under_a_file_names_the_folder(tmp_path, capsys):
         err = capsys.readouterr().err  # (was the OSError's own "[Errno 17] File exists: '...afile'")
         assert f"mnist5k: error: cannot create LMDB '{db}': its folder {tmp_path / argv[0]}: a part of it is a " \
             "file, not a folder" in err and "Errno" not in err
+    with pytest.raises(DataError, match="a new LMDB needs a name; the path is empty"):
+        LmdbWriter("")  # (its temporary folder went beside the current folder)
 
 
 def test_read_idx_reports_truncation(tmp_path):

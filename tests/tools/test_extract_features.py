@@ -78,6 +78,8 @@ def test_extract_features_refuses_bad_arguments_before_writing(trained, capsys):
     assert "num_mini_batches must be at least 0, got -1" in capsys.readouterr().err
     assert run("ip,conv", f"{out},{out}", "1", "lmdb") == 1
     assert "a dataset is named twice" in capsys.readouterr().err
+    assert run("ip", "", "1", "lmdb") == 1  # (its temporary folder went beside the current one; the rename failed)
+    assert "an empty name in the blob names 'ip' or the dataset names ''" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert run("ip", out, "1", "lmdb", "GPU", "0") == 1
         assert "GPU mode, but no CUDA device is available here; give CPU" in capsys.readouterr().err
