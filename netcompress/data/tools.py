@@ -17,7 +17,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import FileError, NetcompressError
 from ..log import get_logger, setup_logging
 from ..proto import caffe_pb2 as pb
 from .db import LMDB, DataError, backend_name, kind_name, open_reader, open_writer
@@ -388,17 +387,12 @@ def _backend(p: argparse.ArgumentParser, default: str | None = "lmdb") -> None:
 def _run(prog: str, body: Callable[[], int]) -> int:
     if not logging.getLogger("netcompress").handlers:
         setup_logging()
-    try:
-        return body()
+    from ..boundary import guarded
+
+    try:  # the command line's boundary: an input error or an OS error is one line (path and plain reason)
+        return guarded(body, prog, f"{prog}: error: ")
     except SystemExit as e:  # argparse: usage errors and --help
         return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except NetcompressError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # the path and a plain reason, not "[Errno 17] File exists: '...'"
-        where = e.filename if e.filename is not None else "?"
-        print(f"{prog}: error: {FileError.from_os_error(where, e)}", file=sys.stderr)
-        return 1
 
 
 def convert_mnist_main(argv: list[str] | None = None) -> int:

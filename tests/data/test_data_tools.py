@@ -64,6 +64,15 @@ def test_a_database_under_a_file_names_the_folder(tmp_path, capsys):
             "file, not a folder" in err and "Errno" not in err
     with pytest.raises(DataError, match="a new LMDB needs a name; the path is empty"):
         LmdbWriter("")  # (its temporary folder went beside the current folder)
+    # an OS error no writer turned into a message goes through the command line's boundary: path, plain reason
+    import errno
+
+    from netcompress.data.tools import _run
+
+    def fails() -> int:
+        raise FileExistsError(errno.EEXIST, "File exists", str(tmp_path / "x"))
+    assert _run("mnist5k", fails) == 1
+    assert capsys.readouterr().err == f"mnist5k: error: {tmp_path / 'x'}: already exists\n"
 
 
 def test_read_idx_reports_truncation(tmp_path):
