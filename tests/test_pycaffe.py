@@ -531,6 +531,13 @@ def test_transformer_order_of_operations():
     np.testing.assert_array_equal(t2.mean["data"], np.full((3, 6, 5), 7.0))
     with pytest.raises(ValueError, match="Mean channels"):
         t2.set_mean("data", np.zeros(4))
+    with pytest.raises(ValueError, match="Mean channels"):  # an image of other channels (failed later, in preprocess)
+        t2.set_mean("data", np.zeros((1, 6, 5)))
+    with pytest.raises(ValueError, match="Mean shape invalid"):
+        t2.set_mean("data", np.zeros((3, 0, 5)))
+    t1 = caffe.io.Transformer({"data": (1, 1, 6, 5)})
+    t1.set_mean("data", np.arange(12.0).reshape(3, 4))  # an H x W mean of another size (its transpose failed)
+    assert t1.mean["data"].shape == (1, 6, 5)
     with pytest.raises(ValueError, match="not one of the net inputs"):
         t2.preprocess("label", img)
     with pytest.raises(ValueError, match="Transpose order"):

@@ -183,8 +183,11 @@ class Transformer:
         else:
             if len(ms) == 2:
                 ms = (1,) + ms
-            if len(ms) != 3:
+                mean = mean.reshape(ms)
+            if len(ms) != 3 or mean.size == 0:
                 raise ValueError("Mean shape invalid")
+            if ms[0] != self.inputs[in_][1]:  # (Caffe's resized only the rows and columns; preprocess then failed)
+                raise ValueError("Mean channels incompatible with input.")
             if tuple(ms) != tuple(self.inputs[in_][1:]):
                 in_shape = tuple(self.inputs[in_][1:])
                 m_min, m_max = mean.min(), mean.max()

@@ -98,15 +98,15 @@ def read_mean(path: str) -> np.ndarray:
 
 
 def set_checked_mean(net, mean: np.ndarray, path: str) -> None:
-    """--mean_file on `net`'s transformer (pycaffe's set_mean, which resizes an image of another size), once it is
-    known to fit the first input: one value a channel, or an image with the input's channels."""
+    """--mean_file on `net`'s transformer (pycaffe's set_mean, which resizes an image of another size); a mean that
+    does not fit the first input (one value a channel, or an image with its channels) names the file."""
     in_ = net.inputs[0]
     k = int(net.blobs[in_].data.shape[1])
-    fits = mean.size > 0 and ((mean.ndim in (1, 3) and mean.shape[0] == k) or (mean.ndim == 2 and k == 1))
-    if not fits:
+    try:
+        net.transformer.set_mean(in_, mean)
+    except ValueError:  # pycaffe's "Mean channels incompatible with input." / "Mean shape invalid"
         raise ToolError(f"{path}: a mean of shape {list(mean.shape)} does not fit the {k}-channel input '{in_}' "
-                        f"(expected one value a channel, or a {k} x H x W image)")
-    net.transformer.set_mean(in_, mean)
+                        f"(expected one value a channel, or a {k} x H x W image)") from None
 
 
 def add_net_args(p: argparse.ArgumentParser, mean_help: str) -> None:
