@@ -87,11 +87,11 @@ def save_state(path: str, tree: dict) -> None:
 
 
 def load_state(path: str) -> dict:
-    from ..io import read_input_bytes
+    from ..io import check_input_file
 
-    # (from bytes: numpy's np.load of a path leaves the file open when the zip inside is damaged)
-    data = read_input_bytes(path, "netcompress solver state")
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+    check_input_file(path, "netcompress solver state")
+    # (our own file object: numpy's np.load of a path leaves the file open when the zip inside is damaged)
+    with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
         meta = json.loads(z["__meta__"].tobytes().decode())
         arrays = {k: z[k] for k in z.files if k != "__meta__"}
     return decode_tree(meta, arrays)
