@@ -22,6 +22,7 @@ import os
 import random
 import re
 import signal
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,6 +324,29 @@ def models(work: Path) -> dict[str, Path]:
             ncio.write_caffemodel(str(path), param)
             out[key] = path
     return out
+
+
+def test_the_checks_catch_what_they_look_for(monkeypatch):
+    """run_case's own verdicts, on commands that misbehave on purpose."""
+    def command(said: str = "", warn: bool = False):
+        def main(argv):
+            if warn:
+                warnings.warn("invalid value encountered in divide", RuntimeWarning)
+            if said:
+                print(said, file=sys.stderr)
+            return 1 if said else 0
+        return main
+
+    for kw, problem in (({}, ""),
+                        ({"warn": True}, "a Python warning: RuntimeWarning: invalid value encountered in divide"),
+                        ({"said": "Error: <NetParameter>: Unknown bottom blob 'x'"}, "a placeholder for the file"),
+                        ({"said": "Error: n.prototxt: layer 'c' (Convolution): layer 'c' (type Convolution): bad"},
+                         "layer 'c' named twice"),
+                        ({"said": "x: error: [Errno 2] No such file or directory: 'y'"}, "an OS error's raw text"),
+                        ({"said": "Error: n.prototxt: Unknown bottom blob 'a' (layer 'ip1', bottom index 0)"}, "")):
+        monkeypatch.setattr(cli, "main", command(**kw))
+        got = run_case(Case("check", "", [])).problem
+        assert (problem in got) if problem else got == "", (kw, got)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1655,7 +1679,6 @@ def test_fuzz_classify_and_detect(work, classify_bases):
 
 def test_fuzz_blocking_inputs_in_a_process(work):
     import subprocess
-    import sys
 
     fifo = work / "hostile" / "proc.fifo"
     fifo.parent.mkdir(exist_ok=True)
