@@ -707,3 +707,117 @@ def test_python_layer_imports_caffe_io_and_is_the_net_s_layer(tmp_path, monkeypa
                 sys.modules.pop(k, None)
             else:
                 sys.modules[k] = v
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A script's mistakes: a Python exception that says what was expected (found by random API misuse)
+# ----------------------------------------------------------------------------------------------------------------
+def test_net_and_solver_refuse_misuse_clearly(simple_net, tmp_path):
+    net = simple_net
+    with pytest.raises(ValueError, match="blob size exceeds INT_MAX"):  # (it took 8 GB and 18 s before)
+        net.blobs["conv"].reshape(2 ** 31)
+    with pytest.raises(ValueError, match="at most 32 axes"):
+        caffe.Blob(tuple([1] * 33))
+    with pytest.raises(TypeError, match="share_with takes a caffe.Net, got str"):
+        net.share_with("other.caffemodel")
+    # a loss blob has no axes: its diff is one value (pycaffe indexed its empty shape)
+    net.forward()
+    once = net.backward(diffs=["data"])["data"].copy()
+    np.testing.assert_allclose(net.backward(diffs=["data"], loss=np.float32(2.0))["data"], 2 * once, rtol=1e-6)
+    with pytest.raises(ValueError, match="Diff is not batch sized: 'loss' has shape \\[2\\]"):
+        net.backward(loss=np.ones(2))
+    deploy = caffe.Net(DEPLOY, caffe.TEST)
+    with pytest.raises(ValueError, match=r"Input 'data' of shape \[64, 1, 27, 28\] does not fit .*\[64, 1, 28, 28\]"):
+        deploy.forward(data=np.zeros((64, 1, 27, 28)))
+    with pytest.raises(TypeError, match="Input 'data' is an array of complex64"):
+        deploy.forward(data=np.zeros((64, 1, 28, 28), np.complex64))
+    with pytest.raises(ValueError, match="'data' is a scalar"):
+        deploy.forward_all(data=np.float32(1))
+    with pytest.raises(ValueError, match="different numbers of samples .*'data' 3, 'label' 2"):
+        net.forward_all(data=np.zeros((3, 2, 3, 4)), label=np.zeros((2, 1)))
+    (tmp_path / "memory.prototxt").write_text('layer { name: "d" type: "MemoryData" top: "data" top: "label" '
+                                              'memory_data_param { batch_size: 2 channels: 1 height: 2 width: 2 } }')
+    memory = caffe.Net(str(tmp_path / "memory.prototxt"), caffe.TEST)
+    with pytest.raises(TypeError, match="data array must be a numpy array, got list"):
+        memory.set_input_arrays([[1.0]], np.zeros(2, np.float32))
+    with pytest.raises(TypeError, match="labels array must be a numpy array, got NoneType"):
+        memory.set_input_arrays(np.zeros((2, 1, 2, 2), np.float32), None)
+    with pytest.raises(ValueError, match="set_random_seed takes an integer seed, got 'a'"):
+        caffe.set_random_seed("a")
+    (tmp_path / "solver.prototxt").write_text(f'net: "{tmp_path / "simple.prototxt"}" base_lr: 0.01 '
+                                              'lr_policy: "fixed" display: 0')
+    solver = caffe.get_solver(str(tmp_path / "solver.prototxt"))
+    with pytest.raises(ValueError, match="more than Caffe's int iteration counter holds"):  # (it ran for ever)
+        solver.step(2 ** 31)
+    for bad in (1.5, -1, "2"):
+        with pytest.raises(ValueError, match="Solver.step takes a non-negative integer"):
+            solver.step(bad)
+    with pytest.raises(TypeError, match="share_weights takes a caffe.Net, got int"):
+        solver.share_weights(3)
+    assert solver.iter == 0
+
+
+def test_io_refuses_misuse_clearly():
+    with pytest.raises(ValueError, match=r"the BlobProto's data holds 3 values, its shape \[2, 2\] needs 4"):
+        caffe.io.blobproto_to_array(pb.BlobProto(data=[1, 2, 3], shape=pb.BlobShape(dim=[2, 2])))
+    with pytest.raises(ValueError, match=r"the diff's shape \[3\] is not the array's \[2\]"):
+        caffe.io.array_to_blobproto(np.zeros(2), np.zeros(3))
+    for fn, arr in ((caffe.io.array_to_blobproto, np.zeros(2, np.complex128)),
+                    (caffe.io.array_to_datum, np.zeros((1, 2, 2), np.complex64))):
+        with pytest.raises(TypeError, match="takes real numbers, got an array of complex"):
+            fn(arr)
+    im = np.random.RandomState(0).rand(8, 8, 3).astype(np.float32)
+    assert caffe.io.resize_image(im, np.array([4, 5])).shape == (4, 5, 3)
+    for dims in ((4,), (0, 3), (4.5, 3), None):
+        with pytest.raises(ValueError, match=r"resize_image takes new_dims as \(height, width\)"):
+            caffe.io.resize_image(im, dims)
+    with pytest.raises(ValueError, match=r"resize_image takes an H x W x K image, got an array of shape \[8, 8\]"):
+        caffe.io.resize_image(im[:, :, 0], (4, 4))
+    with pytest.raises(ValueError, match=r"crop_dims \[9, 9\] are larger than the images \(8 x 8\)"):
+        caffe.io.oversample([im], (9, 9))
+    with pytest.raises(ValueError, match=r"image 1 has shape \[4, 8, 3\], image 0 \[8, 8, 3\]"):
+        caffe.io.oversample([im, im[:4]], (2, 2))
+    assert caffe.io.oversample([im, np.zeros((9, 9, 3))], (4, 4)).shape == (20, 4, 4, 3)  # larger ones: as pycaffe
+    t = caffe.io.Transformer({"data": (1, 3, 4, 4)})
+    with pytest.raises(ValueError, match="each once; got \\(2, 2, 1\\)"):
+        t.set_transpose("data", (2, 2, 1))
+    with pytest.raises(ValueError, match="channel numbers 0 to 2; got \\(3, 1, 0\\)"):
+        t.set_channel_swap("data", (3, 1, 0))
+    for setter in (t.set_raw_scale, t.set_input_scale):
+        for bad in (float("nan"), "255", None):
+            with pytest.raises(ValueError, match="takes a finite number"):
+                setter("data", bad)
+    t.set_transpose("data", (2, 0, 1))
+    assert t.preprocess("data", im).shape == (3, 4, 4)
+    with pytest.raises(ValueError, match=r"has shape \[4, 4\]; its transpose \(2, 0, 1\) takes 3 axes"):
+        t.preprocess("data", np.zeros((4, 4)))
+
+
+def test_net_spec_and_coord_map_errors_name_the_layer_and_field():
+    from netcompress.pycaffe import coord_map, layers as L
+
+    def proto(**kw):
+        n = caffe.NetSpec()
+        n.data = L.Input(shape=dict(dim=[1, 1, 8, 8]))
+        n.c = L.Convolution(n.data, kernel_size=3, **kw)
+        return n.to_proto()
+
+    with pytest.raises(TypeError, match="layer 'c' \\(Convolution\\): convolution_param.num_output='4': 'str'"):
+        proto(num_output="4")
+    with pytest.raises(TypeError, match="ConvolutionParameter.num_output holds one value, not a list"):
+        proto(num_output=[4])
+    with pytest.raises(AttributeError, match="layer 'c' \\(Convolution\\): no field 'nmu_output' in "
+                                             "convolution_param nor LayerParameter"):
+        proto(nmu_output=4)
+    with pytest.raises(AttributeError, match="weight_filler=.*FillerParameter has no field 'typ'"):
+        proto(num_output=4, weight_filler=dict(typ="xavier"))
+    layer = proto(num_output=4, name="conv", loss_weight=0.5, param=[dict(lr_mult=1), dict(lr_mult=2)]).layer[1]
+    assert (layer.name, list(layer.loss_weight), [p.lr_mult for p in layer.param], layer.convolution_param.num_output) \
+        == ("conv", [0.5], [1, 2], 4)  # fields of the layer itself still go there
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 1, 8, 8]))
+    n.relu = L.ReLU(n.data)
+    with pytest.raises(coord_map.CoordMapError, match="nothing to crop"):  # (a TypeError on None + 1 before)
+        coord_map.crop(n.relu, n.data)
+    with pytest.raises(TypeError, match="top_to must be a net_spec Top"):
+        coord_map.crop(n.relu, "data")

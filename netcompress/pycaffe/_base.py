@@ -9,6 +9,7 @@ subclass `Blob` and keep their arrays coherent with the net's tensors.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -25,6 +26,10 @@ TRAIN: int = _pb.TRAIN
 TEST: int = _pb.TEST
 
 
+MAX_BLOB_AXES = 32  # Caffe's kMaxBlobAxes
+INT_MAX = 2 ** 31 - 1  # a Caffe blob counts its values in an int
+
+
 def check_dims(shape: tuple, who: str = "Blob.reshape") -> tuple[int, ...]:
     """`shape` as a tuple of ints, or a ValueError: Caffe's Blob::Reshape takes non-negative integers."""
     dims = []
@@ -32,6 +37,11 @@ def check_dims(shape: tuple, who: str = "Blob.reshape") -> tuple[int, ...]:
         if isinstance(d, (bool, float)) or not isinstance(d, (int, np.integer)) or d < 0:
             raise ValueError(f"{who} takes non-negative integer dimensions, got {shape!r}")
         dims.append(int(d))
+    if len(dims) > MAX_BLOB_AXES:
+        raise ValueError(f"{who}: a blob has at most {MAX_BLOB_AXES} axes (Caffe's kMaxBlobAxes), got {len(dims)}")
+    if math.prod(dims) > INT_MAX:
+        raise ValueError(f"{who}: blob size exceeds INT_MAX: {list(dims)} holds {math.prod(dims)} values, Caffe's "
+                         f"blobs at most {INT_MAX}")
     return tuple(dims)
 
 
@@ -156,6 +166,8 @@ def set_random_seed(seed: int) -> None:
     """Caffe::set_random_seed: the fillers of nets created from now on draw from one stream seeded with `seed`
     (continued from net to net, as Caffe's one generator), and torch's generator is seeded too (the layers that
     draw at run time, e.g. Dropout, seed theirs from it)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"set_random_seed takes an integer seed, got {seed!r}")
     seed = int(seed)
     _state["seed"] = seed
     _state["rng"] = CaffeRNG(seed)

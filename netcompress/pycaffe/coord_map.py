@@ -116,6 +116,9 @@ def _walk(start: Top):
 
 def coord_map_from_to(top_from: Top, top_to: Top) -> tuple:
     """The coordinate mapping from `top_from` to `top_to`, through their nearest common ancestor blob."""
+    for what, top in (("top_from", top_from), ("top_to", top_to)):
+        if not isinstance(top, Top):
+            raise TypeError(f"{what} must be a net_spec Top (a layer's output), got {type(top).__name__}")
     from_maps = dict(_walk(top_from))
     for top, to_map in _walk(top_to):
         if top in from_maps:
@@ -127,6 +130,9 @@ def crop(top_from: Top, top_to: Top):
     """A Crop layer (net_spec Top) that crops `top_from` to `top_to`'s coordinates: axis and offsets from
     their coordinate mapping."""
     ax, a, b = coord_map_from_to(top_from, top_to)
+    if ax is None:
+        raise CoordMapError("nothing to crop: no spatial layer lies between the two tops (the same blob, or "
+                            "element-wise layers only), so their coordinates are the same")
     if not np.all(np.asarray(a) == 1):
         raise CoordMapError(f"scale mismatch on crop (a = {a})")
     if not np.all(np.asarray(b) <= 0):

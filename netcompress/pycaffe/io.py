@@ -29,23 +29,41 @@ __all__ = ["blobproto_to_array", "array_to_blobproto", "arraylist_to_blobprotove
 # proto <-> ndarray
 # ----------------------------------------------------------------------------------------------------------------
 
+def _real(arr, who: str) -> np.ndarray:
+    """`arr` as an array, refusing complex values (numpy would drop their imaginary parts with a warning)."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{who} takes real numbers, got an array of {arr.dtype}")
+    return arr
+
+
 def blobproto_to_array(blob: caffe_pb2.BlobProto, return_diff: bool = False) -> np.ndarray:
     """The blob's data (or diff) as a float64 array of its shape: the legacy num/channels/height/width where any
     of them is set, else `shape.dim` (a blob with no shape and more than one value is a ValueError)."""
     data = np.array(blob.diff if return_diff else blob.data, dtype=np.float64)
     if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
-        return data.reshape(blob.num, blob.channels, blob.height, blob.width)
-    return data.reshape(tuple(blob.shape.dim))
+        shape = (blob.num, blob.channels, blob.height, blob.width)
+    else:
+        shape = tuple(blob.shape.dim)
+    if data.size != int(np.prod(shape, dtype=object)):
+        what = "diff" if return_diff else "data"
+        raise ValueError(f"blobproto_to_array: the BlobProto's {what} holds {data.size} values, its shape "
+                         f"{list(shape)} needs {int(np.prod(shape, dtype=object))}")
+    return data.reshape(shape)
 
 
 def array_to_blobproto(arr: np.ndarray, diff: np.ndarray | None = None) -> caffe_pb2.BlobProto:
     """A BlobProto with `arr`'s shape and values (and `diff`'s values, which must have the same shape)."""
-    arr = np.asarray(arr)
+    arr = _real(arr, "array_to_blobproto")
     blob = caffe_pb2.BlobProto()
     blob.shape.dim.extend(int(d) for d in arr.shape)
     blob.data.extend(arr.astype(float).flat)
     if diff is not None:
-        blob.diff.extend(np.asarray(diff).astype(float).flat)
+        diff = _real(diff, "array_to_blobproto")
+        if diff.shape != arr.shape:
+            raise ValueError(f"array_to_blobproto: the diff's shape {list(diff.shape)} is not the array's "
+                             f"{list(arr.shape)}")
+        blob.diff.extend(diff.astype(float).flat)
     return blob
 
 
@@ -66,7 +84,7 @@ def blobprotovector_str_to_arraylist(s: bytes) -> list[np.ndarray]:
 def array_to_datum(arr: np.ndarray, label: int | None = None) -> caffe_pb2.Datum:
     """A Datum of a C x H x W array: uint8 values as the `data` bytes, other types as `float_data`
     (netcompress.data.transformer's, as Caffe's tools write it); the label left unset without one, as pycaffe."""
-    arr = np.asarray(arr)
+    arr = _real(arr, "array_to_datum")
     if arr.ndim != 3:
         raise ValueError(f"Incorrect array shape: a Datum holds a 3-D (channels, height, width) array, got shape "
                          f"{list(arr.shape)}")
@@ -87,6 +105,22 @@ def datum_to_array(datum: caffe_pb2.Datum) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------
 # Pre-processing
 # ----------------------------------------------------------------------------------------------------------------
+
+def _indices(order, who: str) -> list[int]:
+    """`order`'s entries as ints, or a TypeError naming `who`."""
+    values = [np.asarray(i).item() for i in order]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise TypeError(f"{who} takes integers, got {tuple(order)}")
+    return values
+
+
+def _scale(scale, who: str) -> float:
+    """A finite real factor (a NaN or infinite one would only make every input NaN or infinite)."""
+    value = np.asarray(scale)
+    if value.ndim or value.dtype.kind not in "iuf" or not np.isfinite(value):
+        raise ValueError(f"{who} takes a finite number, got {scale!r}")
+    return scale
+
 
 class Transformer:
     """Turns H x W x K images into a net's K x H x W inputs (and back): `inputs` maps input names to the blob
@@ -109,8 +143,11 @@ class Transformer:
     def preprocess(self, in_: str, data: np.ndarray) -> np.ndarray:
         """(H' x W' x K) image -> (K x H x W) float32 input for blob `in_`."""
         self.__check_input(in_)
-        caffe_in = np.array(data, dtype=np.float32)
+        caffe_in = np.array(_real(data, "Transformer.preprocess"), dtype=np.float32)
         transpose = self.transpose.get(in_)
+        if transpose is not None and caffe_in.ndim != len(transpose):
+            raise ValueError(f"Transformer.preprocess: the image for '{in_}' has shape {list(caffe_in.shape)}; its "
+                             f"transpose {tuple(transpose)} takes {len(transpose)} axes")
         channel_swap = self.channel_swap.get(in_)
         raw_scale = self.raw_scale.get(in_)
         mean = self.mean.get(in_)
@@ -156,6 +193,9 @@ class Transformer:
         self.__check_input(in_)
         if len(order) != len(self.inputs[in_]) - 1:
             raise ValueError("Transpose order needs to have the same number of dimensions as the input.")
+        if sorted(_indices(order, "set_transpose")) != list(range(len(order))):
+            raise ValueError(f"set_transpose takes an order of the axes 0 to {len(order) - 1}, each once; got "
+                             f"{tuple(order)}")
         self.transpose[in_] = order
 
     def set_channel_swap(self, in_: str, order: Sequence[int]) -> None:
@@ -163,12 +203,14 @@ class Transformer:
         self.__check_input(in_)
         if len(order) != self.inputs[in_][1]:
             raise ValueError("Channel swap needs to have the same number of dimensions as the input channels.")
+        if not all(0 <= i < len(order) for i in _indices(order, "set_channel_swap")):
+            raise ValueError(f"set_channel_swap takes channel numbers 0 to {len(order) - 1}; got {tuple(order)}")
         self.channel_swap[in_] = order
 
     def set_raw_scale(self, in_: str, scale: float) -> None:
         """The factor applied before the mean: 255 for models trained on [0, 255] images."""
         self.__check_input(in_)
-        self.raw_scale[in_] = scale
+        self.raw_scale[in_] = _scale(scale, "set_raw_scale")
 
     def set_mean(self, in_: str, mean: np.ndarray) -> None:
         """The mean to subtract: one value per channel (K,), or an image (K x H x W or H x W), resized to the
@@ -202,7 +244,7 @@ class Transformer:
     def set_input_scale(self, in_: str, scale: float) -> None:
         """The factor applied after the mean subtraction."""
         self.__check_input(in_)
-        self.input_scale[in_] = scale
+        self.input_scale[in_] = _scale(scale, "set_input_scale")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -307,9 +349,25 @@ def _resize_constant(im: np.ndarray, new_dims: Sequence[int], order: int) -> np.
     return np.clip(out, 0.0, 1.0)  # scikit-image clips to the input's range, [0, 1] here
 
 
+def _dims(who: str, what: str, dims) -> tuple[int, int]:
+    """(height, width) as two positive integers, or a ValueError naming the function and argument."""
+    try:
+        values = [np.asarray(d).item() for d in dims]
+    except (TypeError, ValueError):
+        values = None
+    if (values is None or len(values) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() and v > 0
+                       for v in values)):
+        raise ValueError(f"{who} takes {what} as (height, width), two positive integers; got {dims!r}")
+    return int(values[0]), int(values[1])
+
+
 def resize_image(im: np.ndarray, new_dims: Sequence[int], interp_order: int = 1) -> np.ndarray:
     """(H x W x K) -> (new_dims[0] x new_dims[1] x K) float32 by interpolation of `interp_order` (1: linear)."""
     im = np.asarray(im)
+    if im.ndim != 3 or im.size == 0:
+        raise ValueError(f"resize_image takes an H x W x K image, got an array of shape {list(im.shape)}")
+    new_dims = _dims("resize_image", "new_dims", new_dims)
     if im.shape[-1] == 1 or im.shape[-1] == 3:
         im_min, im_max = im.min(), im.max()
         if im_max > im_min:
@@ -335,8 +393,19 @@ def oversample(images: Sequence[np.ndarray], crop_dims: Sequence[int]) -> np.nda
     """Ten crops of `crop_dims` from each (H x W x K) image, images in turn: the top-left, top-right,
     bottom-left, bottom-right and center crops (the center's corner at int(H/2 - h/2), int(W/2 - w/2)), then the
     same five mirrored left-right. Returns (10 N x h x w x K) float32."""
-    h, w = (int(d) for d in crop_dims)
+    h, w = _dims("oversample", "crop_dims", crop_dims)
+    images = [np.asarray(im) for im in images]
+    if not images:
+        raise ValueError("oversample needs at least one image")
+    for n, im in enumerate(images):  # (the crops' corners are image 0's, as pycaffe places them)
+        if im.ndim != 3 or (n and (im.shape[0] < images[0].shape[0] or im.shape[1] < images[0].shape[1]
+                                   or im.shape[2] != images[0].shape[2])):
+            first = f", image 0 {list(images[0].shape)}" if n else ""
+            raise ValueError(f"oversample takes H x W x K images, none smaller than the first and all of its K: "
+                             f"image {n} has shape {list(im.shape)}{first}")
     height, width = images[0].shape[:2]
+    if h > height or w > width:
+        raise ValueError(f"oversample: crop_dims {[h, w]} are larger than the images ({height} x {width})")
     corners = [(0, 0), (0, width - w), (height - h, 0), (height - h, width - w),
                (int(height / 2.0 - h / 2.0), int(width / 2.0 - w / 2.0))]
     out = np.empty((10 * len(images), h, w, images[0].shape[-1]), dtype=np.float32)

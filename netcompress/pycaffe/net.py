@@ -61,7 +61,7 @@ class _Memory:
 
     def __init__(self, shape: tuple[int, ...], fill: float = 0.0):
         self.fill = fill
-        self.host = np.full(shape, fill, np.float32)
+        self.host = self._new(shape)
         self.dev: torch.Tensor | None = None
         self.host_newer = False
         self.dev_newer = False
@@ -74,10 +74,15 @@ class _Memory:
     def reset(self, shape: tuple[int, ...]) -> None:
         """A new shape (values reset to the fill value), the host array now the truth."""
         if tuple(self.host.shape) != tuple(shape):
-            self.host = np.full(shape, self.fill, np.float32)
+            self.host = self._new(shape)
         self.dev = None
         self.dev_newer = False
         self.host_newer = True
+
+    def _new(self, shape: tuple[int, ...]) -> np.ndarray:
+        """An array of the fill value (zeros from calloc: memory is only taken where it is written, as Caffe's
+        blobs allocate on first use)."""
+        return np.zeros(shape, np.float32) if self.fill == 0 else np.full(shape, self.fill, np.float32)
 
     def set_dev(self, t: torch.Tensor) -> None:
         self.dev = t
@@ -702,13 +707,25 @@ class Net:
                 raise ValueError(f"Input blob arguments do not match net inputs: got {sorted(kwargs)}, the net's "
                                  f"inputs are {self.inputs}")
             for name, value in kwargs.items():
-                value = np.asarray(value)
-                if value.ndim == 0 or value.shape[0] != self.blobs[name].shape[0]:
-                    raise ValueError(f"Input is not batch sized: '{name}' has shape {list(value.shape)}, the blob "
-                                     f"{list(self.blobs[name].shape)}")
-                self.blobs[name].data[...] = value
+                self._fill(name, value, "data", "Input")
         self._forward(start_ind, end_ind)
         return {out: self.blobs[out].data for out in outputs}
+
+    def _fill(self, name: str, value, field: str, what: str) -> None:
+        """Blob `name`'s data or diff := `value` (numpy-broadcast within the sample, as pycaffe assigns it), after
+        pycaffe's check that its first axis is the batch; a blob of no axes (a loss) takes a single value."""
+        value = np.asarray(value)
+        shape = self.blobs[name].shape
+        if value.dtype.kind not in "biuf":
+            raise TypeError(f"{what} '{name}' is an array of {value.dtype}, not of numbers")
+        if (value.size != 1) if not shape else (value.ndim == 0 or value.shape[0] != shape[0]):
+            raise ValueError(f"{what} is not batch sized: '{name}' has shape {list(value.shape)}, the blob "
+                             f"{list(shape)}")
+        try:
+            getattr(self.blobs[name], field)[...] = value.reshape(()) if not shape else value
+        except ValueError:
+            raise ValueError(f"{what} '{name}' of shape {list(value.shape)} does not fit the blob's shape "
+                             f"{list(shape)}") from None
 
     def _forward(self, start: int, end: int) -> float:
         """Caffe's ForwardFromTo(start, end): the layers start..end; returns their weighted loss."""
@@ -785,11 +802,7 @@ class Net:
                 raise ValueError(f"Top diff arguments do not match net outputs: got {sorted(kwargs)}, the net's "
                                  f"outputs are {self.outputs}")
             for name, value in kwargs.items():
-                value = np.asarray(value)
-                if value.ndim == 0 or value.shape[0] != self.blobs[name].shape[0]:
-                    raise ValueError(f"Diff is not batch sized: '{name}' has shape {list(value.shape)}, the blob "
-                                     f"{list(self.blobs[name].shape)}")
-                self.blobs[name].diff[...] = value
+                self._fill(name, value, "diff", "Diff")
         self._backward(start_ind, end_ind)
         return {out: self.blobs[out].diff for out in outputs}
 
@@ -902,7 +915,7 @@ class Net:
     def _batches(self, arrays: dict[str, np.ndarray]):
         """Slices of the arrays as long as the net's batch (the first axis of its first blob); the last slice
         is padded with zeros to a full batch, as pycaffe pads it."""
-        n = len(next(iter(arrays.values())))
+        n = self._sample_count(arrays)
         size = next(iter(self.blobs.values())).shape[0]
         for lo in range(0, n, size):
             batch = {}
@@ -912,6 +925,20 @@ class Net:
                     part = np.concatenate([part, np.zeros((size - len(part),) + part.shape[1:])])
                 batch[name] = part
             yield batch
+
+    @staticmethod
+    def _sample_count(arrays: dict[str, np.ndarray]) -> int:
+        """The arrays' common length (first axis), or a ValueError naming the array that has none or another."""
+        lengths = {}
+        for name, arr in arrays.items():
+            shape = np.shape(arr)
+            if not shape:
+                raise ValueError(f"'{name}' is a scalar: each array holds one entry per sample along its first axis")
+            lengths[name] = shape[0]
+        if len(set(lengths.values())) > 1:
+            raise ValueError("the arrays hold different numbers of samples (first axis): "
+                             + ", ".join(f"'{k}' {v}" for k, v in lengths.items()))
+        return next(iter(lengths.values()))
 
     @staticmethod
     def _stack(parts: dict[str, list[np.ndarray]], n: int) -> dict[str, np.ndarray]:
@@ -929,7 +956,7 @@ class Net:
         for batch in self._batches(kwargs):
             for name, arr in self.forward(blobs=blobs, **batch).items():
                 parts[name].append(arr.copy())
-        return self._stack(parts, len(next(iter(kwargs.values()))))
+        return self._stack(parts, self._sample_count(kwargs))
 
     def forward_backward_all(self, blobs: Sequence[str] | None = None, diffs: Sequence[str] | None = None,
                              **kwargs) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -949,12 +976,12 @@ class Net:
                 outs[name].append(arr.copy())
             for name, arr in self.backward(diffs=diffs, **(bb[n] if n < len(bb) else {})).items():
                 grads[name].append(arr.copy())
-        n = len(next(iter(kwargs.values())))
+        n = self._sample_count(kwargs)
         return self._stack(outs, n), self._stack(grads, n)
 
     def set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
         """Hand arrays to the MemoryData layer that must be the net's first layer (labels N or N x 1 x 1 x 1)."""
-        if labels.ndim == 1:
+        if isinstance(labels, np.ndarray) and labels.ndim == 1:
             labels = np.ascontiguousarray(labels[:, np.newaxis, np.newaxis, np.newaxis])
         first = self._cl[0] if self._cl else None
         layer = None if first is None or first.key is None else self._core.layers[first.key]
@@ -962,7 +989,9 @@ class Net:
             raise RuntimeError("set_input_arrays may only be called if the first layer is a MemoryDataLayer")
         for name, arr, dims in (("data array", data, (layer.channels, layer.height, layer.width)),
                                 ("labels array", labels, (1, 1, 1))):
-            if not isinstance(arr, np.ndarray) or not arr.flags["C_CONTIGUOUS"]:
+            if not isinstance(arr, np.ndarray):
+                raise TypeError(f"{name} must be a numpy array, got {type(arr).__name__}")
+            if not arr.flags["C_CONTIGUOUS"]:
                 raise RuntimeError(f"{name} must be C contiguous")
             if arr.ndim != 4:
                 raise RuntimeError(f"{name} must be 4-d")
@@ -1003,6 +1032,8 @@ class Net:
     def share_with(self, other: "Net") -> None:
         """Caffe's ShareTrainedLayersWith: each of `other`'s layers shares its blobs' data (not their diffs)
         with the first layer of its name here."""
+        if not isinstance(other, (Net, CoreNet)):
+            raise TypeError(f"share_with takes a caffe.Net, got {type(other).__name__}")
         src = other._core if isinstance(other, Net) else other
         self._flush()
         if isinstance(other, Net):

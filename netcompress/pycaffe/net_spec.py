@@ -46,13 +46,21 @@ def param_name_dict() -> dict[str, str]:
     return out
 
 
+def _fields(message) -> set[str]:
+    return set(message.DESCRIPTOR.fields_by_name)
+
+
 def assign_proto(proto, name: str, val: Any) -> None:
     """Set field `name` of the message `proto` from a Python value: a dict fills a message, a list a repeated
     field (a list of dicts a repeated message), a lone value of a repeated field becomes a one-element list."""
+    if name not in _fields(proto):
+        raise AttributeError(f"{proto.DESCRIPTOR.name} has no field '{name}'")
     field = getattr(proto, name)
     repeated = hasattr(field, "extend")
     if repeated and not isinstance(val, list):
         val = [val]
+    if isinstance(val, list) and not repeated:
+        raise TypeError(f"{proto.DESCRIPTOR.name}.{name} holds one value, not a list")
     if isinstance(val, list):
         if val and isinstance(val[0], dict):
             for item in val:
@@ -119,13 +127,18 @@ class Function:
         layer.name = self._name(names, autonames)
         stem = _PARAM_NAMES.get(self.type_name)
         for k, v in self.params.items():
-            if k.endswith("param") or stem is None:
-                assign_proto(layer, k, v)
-                continue
+            # a field of the type's own message where it has one (as pycaffe tries it first), else LayerParameter's
+            target, where = layer, ""
+            if stem is not None and not k.endswith("param") and k in _fields(getattr(layer, stem + "_param")):
+                target, where = getattr(layer, stem + "_param"), stem + "_param."
+            elif k not in _fields(layer):
+                owner = f"{stem}_param nor " if stem is not None else ""
+                raise AttributeError(f"layer '{layer.name}' ({self.type_name}): no field '{k}' in {owner}"
+                                     "LayerParameter")
             try:
-                assign_proto(getattr(layer, stem + "_param"), k, v)
-            except AttributeError:  # not a field of the type's message: a LayerParameter field
-                assign_proto(layer, k, v)
+                assign_proto(target, k, v)
+            except (AttributeError, TypeError, ValueError) as e:
+                raise type(e)(f"layer '{layer.name}' ({self.type_name}): {where}{k}={v!r}: {e}") from None
         return layer
 
     def _to_proto(self, layers: "OrderedDict[Function, caffe_pb2.LayerParameter]", names: dict,

@@ -103,9 +103,13 @@ class Solver:
 
     def step(self, iters: int) -> None:
         """Run `iters` iterations (tests and snapshots at their intervals, as in Caffe)."""
+        iters = _base._non_negative(iters, "Solver.step")
+        if iters > _base.INT_MAX:
+            raise ValueError(f"Solver.step: {iters} iterations is more than Caffe's int iteration counter holds "
+                             f"({_base.INT_MAX})")
         self._before()
         try:
-            self._core.step(int(iters))
+            self._core.step(iters)
         finally:
             self._after()
 
@@ -137,6 +141,8 @@ class Solver:
 
     def share_weights(self, net: Net) -> None:
         """`net` shares this solver's TRAIN-net weights (by layer name)."""
+        if not isinstance(net, Net):
+            raise TypeError(f"share_weights takes a caffe.Net, got {type(net).__name__}")
         net.share_with(self.net)
 
     def add_callback(self, on_start: "Callable[[], Any] | NCCL", on_gradients_ready: Callable[[], Any] | None = None
