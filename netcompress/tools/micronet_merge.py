@@ -352,6 +352,12 @@ class _Merger:
         factor = 0.0 if sf == 0 else 1.0 / sf
         mean = layer.mean.detach().double().numpy() * factor
         var = layer.variance.detach().double().numpy() * factor
+        bad = np.flatnonzero(~(var + layer.eps > 0) | ~np.isfinite(var + layer.eps) | ~np.isfinite(mean))
+        if bad.size:
+            k = int(bad[0])
+            raise ToolError(f"{self.where(lp)}: cannot fold channel {k}: its mean {mean[k]:g} and variance + eps "
+                            f"{var[k]:g} + {layer.eps:g} must be finite and the sum positive (the deploy net would "
+                            "divide by the square root of a number that is not)")
         sigma = np.sqrt(var + layer.eps)
         f = (st.f if st.f is not None else _ones(c)) / sigma
         g = ((st.g if st.g is not None else _zeros(c)) - mean) / sigma

@@ -167,6 +167,9 @@ def test_post_training_quantization_of_a_float_fc(tmp_path):
     ({}, "uncalibrated", r"layer 'dense1.0_act1' \(ActQuant\): alpha is 0 in the weights: the layer was never calibrated"),
     ({}, "batch_stats", r"layer 'dense1.0_bn1' \(BatchNorm\) uses batch statistics in the TEST phase"),
     ({"output": "nope"}, None, "no layer of the TEST net produces the output blob 'nope'"),
+    # (numpy's sqrt of a negative: a RuntimeWarning and NaN weights in the deploy net before; found by the fuzz)
+    ({}, "negative_eps", r"layer 'dense1.0_bn2' \(BatchNorm\): cannot fold channel 0: its mean .* variance \+ eps "
+                         r".* must be finite and the sum positive"),
 ])
 def test_errors_name_the_layer(tmp_path, kw, edit, match):
     from netcompress.errors import NetcompressError
@@ -175,6 +178,10 @@ def test_errors_name_the_layer(tmp_path, kw, edit, match):
     if edit == "batch_stats":
         p = ncio.read_net(proto)
         next(l for l in p.layer if l.name == "dense1.0_bn1").batch_norm_param.use_global_stats = False
+        ncio.write_text_proto(proto, p)
+    if edit == "negative_eps":
+        p = ncio.read_net(proto)
+        next(l for l in p.layer if l.name == "dense1.0_bn2").batch_norm_param.eps = -1e30
         ncio.write_text_proto(proto, p)
     with pytest.raises(NetcompressError, match=match):
         merge_micronet(proto, model, **kw)
