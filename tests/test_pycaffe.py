@@ -744,6 +744,10 @@ def test_net_and_solver_refuse_misuse_clearly(simple_net, tmp_path):
         memory.set_input_arrays(np.zeros((2, 1, 2, 2), np.float32), None)
     with pytest.raises(ValueError, match="set_random_seed takes an integer seed, got 'a'"):
         caffe.set_random_seed("a")
+    with pytest.raises(TypeError, match=r"Net\(level=...\) takes an integer, got \[1\]"):
+        caffe.Net(DEPLOY, caffe.TEST, level=[1])
+    with pytest.raises(TypeError, match=r"Net\(stages=...\) takes a list of stage names, got 'deploy'"):
+        caffe.Net(DEPLOY, caffe.TEST, stages="deploy")  # (a string is no list: it was its letters' stages)
     (tmp_path / "solver.prototxt").write_text(f'net: "{tmp_path / "simple.prototxt"}" base_lr: 0.01 '
                                               'lr_policy: "fixed" display: 0')
     solver = caffe.get_solver(str(tmp_path / "solver.prototxt"))

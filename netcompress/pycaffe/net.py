@@ -413,6 +413,10 @@ class Net:
                 network_file = _check_file(network_file)
             if weights is not None:
                 weights = _check_file(weights)
+            if isinstance(level, bool) or not isinstance(level, (int, np.integer)):
+                raise TypeError(f"Net(level=...) takes an integer, got {level!r}")
+            if isinstance(stages, (str, bytes)) or not all(isinstance(s, str) for s in stages or ()):
+                raise TypeError(f"Net(stages=...) takes a list of stage names, got {stages!r}")
             seed, rng = _base.net_rng()
             _core = CoreNet(network_file, phase=phase, level=int(level), stages=list(stages or ()),
                             device=_base.device(), dtype=torch.float32, seed=seed, rng=rng)

@@ -12,6 +12,7 @@ as a net of that phase sees them).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from typing import Sequence
 
@@ -142,7 +143,8 @@ def draw_net(caffe_net: pb.NetParameter, rankdir: str, ext: str = "png", phase: 
 def draw_net_to_file(caffe_net: pb.NetParameter, filename: str, rankdir: str = "LR", phase: int | None = None,
                      display_lrm: bool = False) -> None:
     """Draw `caffe_net` into `filename`, in the format its extension names (written atomically)."""
-    ext = filename[filename.rfind(".") + 1:] if "." in filename else ""
+    filename = os.fspath(filename)
+    ext = os.path.splitext(filename)[1][1:]
     if not ext:
         raise ToolError(f"{filename}: no extension to take the image format from (e.g. .png, .svg, .dot)")
     ncio.atomic_write(filename, draw_net(caffe_net, rankdir, ext, phase, display_lrm))

@@ -84,6 +84,16 @@ def test_images_need_graphviz(tmp_path, capsys):
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["draw_net", str(LENET), str(tmp_path / "noext")]) == 1
     assert "no extension to take the image format from" in capsys.readouterr().err
+    (tmp_path / "v1.2").mkdir()  # a dot in a folder's name is no extension
+    assert cli.main(["draw_net", str(LENET), str(tmp_path / "v1.2" / "noext")]) == 1
+    assert "no extension to take the image format from" in capsys.readouterr().err
+
+
+def test_draw_net_to_file_takes_a_path_object(tmp_path):
+    import netcompress.pycaffe as caffe
+
+    caffe.draw.draw_net_to_file(ncio.read_net(str(LENET)), tmp_path / "lenet.dot")
+    assert (tmp_path / "lenet.dot").read_text().startswith("digraph LeNet {")
 
 
 def test_without_pydot_the_error_says_what_to_install(tmp_path, monkeypatch, capsys):
