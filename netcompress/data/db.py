@@ -160,13 +160,25 @@ def open_lmdb(path: str, readonly: bool = True, map_size: int | None = None):
         with _SHARED_LOCK:
             env = _SHARED.get(key) if key is not None else None
             if env is None:
-                env = lmdb.open(path, subdir=os.path.isdir(path), readonly=True, lock=False,
-                                readahead=False, meminit=False)
+                subdir = os.path.isdir(path)
+                env = lmdb.open(path, subdir=subdir, readonly=True, lock=False, readahead=False, meminit=False)
+                _check_length(env, os.path.join(path, "data.mdb") if subdir else path, path)
                 if key is not None:
                     _SHARED[key] = env
             return env
     except lmdb.Error as e:
         raise DataError(f"cannot open LMDB '{path}': {e}") from None
+
+
+def _check_length(env, data: str, path: str) -> None:
+    """A data file shorter than its pages (a copy cut short) is refused: LMDB maps the file, and reading a page
+    past its end kills the process (SIGBUS) instead of raising an error."""
+    need = (int(env.info()["last_pgno"]) + 1) * int(env.stat()["psize"])
+    have = os.path.getsize(data)
+    if have < need:
+        env.close()
+        raise DataError(f"LMDB '{path}' is cut short: {os.path.basename(data)} holds {have} bytes, its pages "
+                        f"take {need} (a copy or download that did not finish?); copy it again")
 
 
 def lmdb_entries(path: str) -> int:
@@ -202,23 +214,38 @@ class _PositionalReader:
         if not 0 <= index < self.num_records:
             raise IndexError(f"record {index} of {self.kind} '{self.path}' ({self.num_records} records)")
         st = self._local
-        if getattr(st, "cursor", None) is None or index < st.pos:
-            st.cursor, st.pos = self._start(), -1
-        while st.pos < index:
-            if not self._advance(st.cursor):
-                raise DataError(f"{self.kind} '{self.path}' ended at record {st.pos + 1}, it held {self.num_records} "
-                                "when it was opened (was it modified while open?)")
-            st.pos += 1
-        return self._current(st.cursor)
+        try:
+            if getattr(st, "cursor", None) is None or index < st.pos:
+                st.cursor, st.pos = self._start(), -1
+            while st.pos < index:
+                if not self._advance(st.cursor):
+                    raise DataError(f"{self.kind} '{self.path}' ended at record {st.pos + 1}, it held "
+                                    f"{self.num_records} when it was opened (was it modified while open?)")
+                st.pos += 1
+            return self._current(st.cursor)
+        except self._store_errors() as e:
+            st.cursor = None
+            raise self._damaged(e, f"at record {st.pos + 1}") from None
 
     def value_at(self, index: int) -> bytes:
         return self.item_at(index)[1]
 
     def first_value(self) -> bytes:
-        cursor = self._start()
-        if not self._advance(cursor):
-            raise DataError(f"{self.kind} '{self.path}' is empty")
-        return self._current(cursor)[1]
+        try:
+            cursor = self._start()
+            if not self._advance(cursor):
+                raise DataError(f"{self.kind} '{self.path}' is empty")
+            return self._current(cursor)[1]
+        except self._store_errors() as e:
+            raise self._damaged(e, "at its first record") from None
+
+    def _store_errors(self) -> tuple[type[BaseException], ...]:
+        """The store library's errors of a damaged database."""
+        return ()
+
+    def _damaged(self, e: BaseException, where: str) -> DataError:
+        msg = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+        return DataError(f"{self.kind} '{self.path}' is damaged ({where}: {msg}); rebuild it or copy it again")
 
 
 class LmdbReader(_PositionalReader):
@@ -231,6 +258,9 @@ class LmdbReader(_PositionalReader):
         self.path = path
         self.env = open_lmdb(path)
         self.num_records = int(self.env.stat()["entries"])
+
+    def _store_errors(self) -> tuple[type[BaseException], ...]:
+        return (lmdb_module().Error,)
 
     def _start(self):
         return self.env.begin(buffers=False).cursor()  # unpositioned: next() goes to the first record
@@ -446,14 +476,20 @@ class LeveldbReader(_PositionalReader):
         self._handle = open_leveldb(self.path)
         self.db = self._handle.db
         start, n = time.perf_counter(), 0
-        with self.db.snapshot() as snap, snap.iterator(include_value=False) as it:
-            for _ in it:
-                n += 1
+        try:
+            with self.db.snapshot() as snap, snap.iterator(include_value=False) as it:
+                for _ in it:
+                    n += 1
+        except self._store_errors() as e:
+            raise self._damaged(e, f"counting its records, after record {n}") from None
         self.num_records = n
         took = time.perf_counter() - start
         if took >= 2.0:  # a large database: say what the pause at set-up was
             log.info("Counted the %d records of LevelDB %s in %.1f s (LevelDB stores no count)", n,
                      self.path, took)
+
+    def _store_errors(self) -> tuple[type[BaseException], ...]:
+        return (plyvel_module().Error,)
 
     def _start(self):
         return _LeveldbCursor(self.db.iterator())

@@ -179,6 +179,40 @@ def test_compute_image_mean(tmp_path, write_records, data_log):
         assert f"mean_value channel [{c}]: {want}" in data_log
 
 
+@pytest.mark.parametrize("damage", ["cut short", "damaged"])
+def test_a_damaged_lmdb_file_is_named_not_a_crash(tmp_path, write_records, damage):
+    """An LMDB whose data.mdb was cut short (a copy that did not finish) killed the process with SIGBUS when a
+    page past the end was read (LMDB maps the file); one whose pages were overwritten gave a traceback
+    ("unexpected CorruptedError"). Both are now refused, naming the database, by every reader (the tools and
+    the Data layer); the commands run in a child process, so a crash fails the test rather than ending pytest."""
+    import subprocess
+    import sys
+
+    x = np.random.default_rng(3).integers(0, 256, (300, 1, 28, 28), dtype=np.uint8)
+    db = write_records(tmp_path / "db", [pb.Datum(channels=1, height=28, width=28, data=x[i].tobytes(), label=i % 10)
+                                          for i in range(300)])
+    data = db / "data.mdb"
+    raw = data.read_bytes()
+    page = 4096
+    assert len(raw) > 20 * page
+    if damage == "cut short":
+        data.write_bytes(raw[:len(raw) // 3])
+    else:  # the two meta pages kept, every other page zeroed: LMDB finds pages of the wrong type
+        data.write_bytes(raw[:2 * page] + bytes(len(raw) - 2 * page))
+    (tmp_path / "net.prototxt").write_text(
+        f'layer {{ name: "d" type: "Data" top: "data" top: "label" data_param {{ source: "{db}" batch_size: 10 }} }}'
+        ' layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 10 } }'
+        ' layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }')
+    (tmp_path / "solver.prototxt").write_text(f'net: "{tmp_path / "net.prototxt"}" base_lr: 0.01 lr_policy: "fixed" '
+                                              f'max_iter: 40 snapshot_prefix: "{tmp_path / "snap"}"')
+    for argv in (["compute_image_mean", str(db), str(tmp_path / "mean.binaryproto")], ["convert_db", str(db),
+                 str(tmp_path / "copy")], ["train", "--solver", str(tmp_path / "solver.prototxt")]):
+        r = subprocess.run([sys.executable, "-m", "netcompress", *argv], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 1, (argv, r.returncode, r.stderr[-2000:])
+        assert f"LMDB '{db}' is {damage}" in r.stderr and "Traceback" not in r.stderr, (argv, r.stderr[-2000:])
+    assert not (tmp_path / "mean.binaryproto").exists() and not (tmp_path / "copy").exists()
+
+
 def test_compute_image_mean_usage_error_returns_nonzero():
     assert compute_image_mean_main([]) == 2
 
