@@ -25,6 +25,7 @@ import time
 import weakref
 
 from ..errors import NetcompressError, describe_os_error
+from .lmdb_pages import LmdbPages, PageError
 from ..log import get_logger
 from ..proto import caffe_pb2 as pb
 
@@ -258,18 +259,30 @@ class LmdbReader(_PositionalReader):
         self.path = path
         self.env = open_lmdb(path)
         self.num_records = int(self.env.stat()["entries"])
+        data = os.path.join(path, "data.mdb") if os.path.isdir(path) else path
+        try:  # liblmdb aborts the process on a damaged page: the pages are checked before it walks them
+            self._pages = LmdbPages.open(data, self.env)
+        except PageError as e:
+            raise self._damaged(e, "in its branch pages") from None
 
     def _store_errors(self) -> tuple[type[BaseException], ...]:
-        return (lmdb_module().Error,)
+        return (lmdb_module().Error, PageError)
 
     def _start(self):
-        return self.env.begin(buffers=False).cursor()  # unpositioned: next() goes to the first record
+        # unpositioned: the first next() goes to the first record; [cursor, leaf index, records left in it]
+        return [self.env.begin(buffers=False).cursor(), -1, 0]
 
     def _advance(self, cursor) -> bool:
-        return cursor.next()
+        pages = self._pages
+        if pages is not None:
+            while cursor[2] == 0 and cursor[1] + 1 < len(pages.leaves):  # check the next leaf before liblmdb
+                cursor[1] += 1                                           # steps into it
+                cursor[2] = pages.check_leaf(cursor[1])
+            cursor[2] -= 1
+        return cursor[0].next()
 
     def _current(self, cursor) -> tuple[bytes, bytes]:
-        return cursor.key(), cursor.value()
+        return cursor[0].key(), cursor[0].value()
 
 
 class _AtomicDbWriter:
