@@ -1342,9 +1342,10 @@ def _datum_mutant(d: pb.Datum, rng: random.Random) -> tuple[bytes, str]:
     return d.SerializeToString(), op
 
 
-def _write_damaged_lmdb(path: Path, n: int, side: int, classes: int, np_rng, rng: random.Random) -> list[str]:
-    """An LMDB of n one-channel side x side Datums (label i % classes), each damaged 35 % of the time; returns
-    what was done to which record."""
+def _write_damaged_lmdb(path: Path, n: int, side: int, classes: int, np_rng, rng: random.Random,
+                        damage: float = 0.35) -> list[str]:
+    """An LMDB of n one-channel side x side Datums (label i % classes), each damaged with probability `damage`;
+    returns what was done to which record."""
     import lmdb
 
     said = []
@@ -1354,7 +1355,7 @@ def _write_damaged_lmdb(path: Path, n: int, side: int, classes: int, np_rng, rng
             pixels = np_rng.integers(0, 256, side * side, dtype=np.uint8).tobytes()
             d = pb.Datum(channels=1, height=side, width=side, data=pixels, label=i % classes)
             value = d.SerializeToString()
-            if rng.random() < 0.35:
+            if rng.random() < damage:
                 value, op = _datum_mutant(d, rng)
                 said.append(f"record {i}: {op}")
             txn.put(b"%08d" % i, value)
@@ -1362,9 +1363,43 @@ def _write_damaged_lmdb(path: Path, n: int, side: int, classes: int, np_rng, rng
     return said
 
 
+def _damage_db_file(db: Path, rng: random.Random) -> str:
+    """The LMDB's data.mdb itself damaged (a copy cut short, a page zeroed or overwritten, bytes changed, the
+    file missing or grown); liblmdb aborted or the process died of SIGBUS on some of these."""
+    data = db / "data.mdb"
+    raw = bytearray(data.read_bytes())
+    pages = len(raw) // 4096
+    op = rng.choice(["cut", "page zeroed", "page overwritten", "bytes changed", "meta byte", "no data.mdb",
+                     "no lock.mdb", "grown"])
+    if op == "cut":
+        raw = raw[:rng.randrange(len(raw))]
+    elif op in ("page zeroed", "page overwritten"):
+        p = rng.randrange(pages)
+        raw[p * 4096:(p + 1) * 4096] = bytes(4096) if op == "page zeroed" else rng.randbytes(4096)
+        op += f" ({p} of {pages})"
+    elif op == "bytes changed":
+        for _ in range(rng.randint(1, 8)):
+            raw[rng.randrange(len(raw))] = rng.randrange(256)
+    elif op == "meta byte":
+        raw[rng.randrange(2 * 4096)] = rng.randrange(256)
+    elif op == "grown":
+        raw += rng.randbytes(rng.randrange(1, 9000))
+    if op == "no data.mdb":
+        data.unlink()
+    elif op == "no lock.mdb":
+        (db / "lock.mdb").unlink(missing_ok=True)
+    else:
+        data.write_bytes(bytes(raw))
+    return f"data.mdb: {op}"
+
+
 def _lmdb_case(folder: Path, rng: random.Random) -> str:
     np_rng = np.random.default_rng(rng.randrange(2**32))
-    labels = _write_damaged_lmdb(folder / "db", 5, 6, 3, np_rng, rng)
+    if rng.random() < 0.3:  # a database of a few pages, its file damaged
+        _write_damaged_lmdb(folder / "db", 60, 12, 3, np_rng, rng, damage=0)
+        labels = [_damage_db_file(folder / "db", rng)]
+    else:
+        labels = _write_damaged_lmdb(folder / "db", 5, 6, 3, np_rng, rng)
     tp = rng.choice(["", "crop_size: 4", "crop_size: 9", "mirror: true", "mean_value: 3", "scale: 0.1"])
     (folder / "net.prototxt").write_text(
         f'layer {{ name: "d" type: "Data" top: "data" top: "label" transform_param {{ {tp} }} '
@@ -1583,6 +1618,10 @@ def data_tool_cases(work: Path, n: int, rng: random.Random) -> list[tuple[Path, 
             argv = [tool, f"{folder}/", "list.txt", "db"] + rng.sample(
                 ["--gray", "--shuffle", "--check_size", "--encoded", "--encode_type=png", "--encode_type=bogus",
                  "--resize_width=3", "--resize_height=0", "--resize_width=-1", "--seed=3"], rng.randint(0, 3))
+        elif rng.random() < 0.3:
+            _write_damaged_lmdb(folder / "db", 60, 12, 10, np_rng, rng, damage=0)
+            said.append(_damage_db_file(folder / "db", rng))
+            argv = [tool, "db", "mean.binaryproto" if tool == "compute_image_mean" else "out"]
         else:
             said += _write_damaged_lmdb(folder / "db", 4, 3, 10, np_rng, rng)
             argv = [tool, "db", "mean.binaryproto" if tool == "compute_image_mean" else "out"] + \

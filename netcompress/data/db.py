@@ -83,35 +83,37 @@ def backend_name(backend: str | int | None) -> str | None:
     return name
 
 
-def resolve_backend(source: str, backend: str | int | None, who: str, flag: bool = False) -> str:
+def resolve_backend(source: str, backend: str | int | None, who: str = "", flag: bool = False) -> str:
     """The backend to read `source` with: "lmdb" or "leveldb".
 
     `backend` is the prototxt's `DataParameter.DB` value (or "lmdb"/"leveldb"), None when the
     prototxt leaves it unset. Caffe's default is LEVELDB; an unset backend is taken from what the
     folder holds, so a prototxt that omits it but points at an LMDB reads the LMDB its author meant.
     A backend that names the other kind of database than the folder holds is an error that says so
-    (in a command's `--backend=` spelling where `flag`).
+    (in a command's `--backend=` spelling where `flag`). Errors start with `who` (a layer; a command's own
+    errors are prefixed with its name already).
     """
+    who = f"{who}: " if who else ""
     want = backend_name(backend)
     if not os.path.exists(source):
         kind = _KIND[want] if want else "database (LMDB or LevelDB)"
-        raise DataError(f"{who}: no such {kind}: '{source}' (relative paths are taken from the "
+        raise DataError(f"{who}no such {kind}: '{source}' (relative paths are taken from the "
                         f"current directory, {os.getcwd()})")
     found = LMDB if is_lmdb(source) else LEVELDB if is_leveldb(source) else None
     if found is None:
         kind = _KIND[want] if want else "LMDB or a LevelDB"
-        raise DataError(f"{who}: '{source}' is not an {kind} (an LMDB folder holds data.mdb, a "
+        raise DataError(f"{who}'{source}' is not an {kind} (an LMDB folder holds data.mdb, a "
                         "LevelDB folder CURRENT)")
     if want is not None and want != found:
         if flag:
-            raise DataError(f"{who}: --backend={want} but '{source}' is {_A_KIND[found]}; give "
+            raise DataError(f"{who}--backend={want} but '{source}' is {_A_KIND[found]}; give "
                             f"--backend={found} (or leave --backend out: the folder says which)")
-        raise DataError(f"{who}: 'backend: {want.upper()}' but '{source}' is {_A_KIND[found]}; set "
+        raise DataError(f"{who}'backend: {want.upper()}' but '{source}' is {_A_KIND[found]}; set "
                         f"'backend: {found.upper()}' (or leave backend out: the folder says which)")
     return found
 
 
-def open_reader(source: str, backend: str | int | None = None, who: str = "database", flag: bool = False):
+def open_reader(source: str, backend: str | int | None = None, who: str = "", flag: bool = False):
     """A positional reader (`LmdbReader` or `LeveldbReader`) of `source`; see `resolve_backend`."""
     kind = resolve_backend(source, backend, who, flag)
     return LmdbReader(source) if kind == LMDB else LeveldbReader(source)
@@ -168,7 +170,9 @@ def open_lmdb(path: str, readonly: bool = True, map_size: int | None = None):
                     _SHARED[key] = env
             return env
     except lmdb.Error as e:
-        raise DataError(f"cannot open LMDB '{path}': {e}") from None
+        msg = str(e)
+        msg = msg[len(path) + 2:] if msg.startswith(f"{path}: ") else msg  # (py-lmdb's message repeats the path)
+        raise DataError(f"cannot open LMDB '{path}': {msg}") from None
 
 
 def _check_length(env, data: str, path: str) -> None:

@@ -281,7 +281,7 @@ def compute_image_mean(db_path: str, out_path: str | None = None,
     """
     from ..io import write_binaryproto_array
 
-    db = open_reader(db_path, backend, "compute_image_mean", flag=True)
+    db = open_reader(db_path, backend, flag=True)
     total = None
     shape = None
     count = 0
@@ -331,7 +331,7 @@ def compute_image_mean(db_path: str, out_path: str | None = None,
 def convert_db(src: str, dst: str, backend: str = LMDB) -> int:
     """Copy every record of the database `src` (LMDB or LevelDB, as the folder holds) into a new
     database `dst` of `backend`, keys and values unchanged, in key order. Returns the count."""
-    db = open_reader(src, None, "convert_db")
+    db = open_reader(src, None)
     log.info("Copying %d records of %s '%s' to a new %s '%s'", db.num_records, db.kind, src, kind_name(backend),
              dst)
     with open_writer(dst, backend) as out:

@@ -158,6 +158,7 @@ def test_compute_image_mean_with_the_other_backend_says_which_it_is(tmp_path, ca
     assert compute_image_mean_main(["--backend=leveldb", str(tmp_path / "mdb")]) == 1
     err = capsys.readouterr().err
     assert "--backend=leveldb but '" in err and "is an LMDB; give --backend=lmdb (or leave --backend out" in err
+    assert "compute_image_mean: error: --backend=leveldb" in err  # (the command's name once: it was said twice)
 
 
 def test_a_leveldb_held_by_another_process_is_named(mnist_idx, tmp_path, make_layer):
