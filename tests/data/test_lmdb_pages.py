@@ -89,3 +89,13 @@ def test_a_damaged_page_is_a_data_error_not_an_abort(tmp_path, damage, match):
     r = _read_all_in_a_child(path)
     assert r.returncode == 1, (r.returncode, r.stderr[-1500:])
     assert f"LMDB '{path}'" in r.stdout and re.search(match, r.stdout), r.stdout
+
+
+def test_a_file_that_is_no_lmdb_is_named_once(tmp_path):
+    from netcompress.data.db import DataError
+
+    (tmp_path / "db").mkdir()
+    (tmp_path / "db" / "data.mdb").write_bytes(bytes(range(256)) * 80)
+    with pytest.raises(DataError) as e:
+        LmdbReader(str(tmp_path / "db"))
+    assert str(e.value) == f"cannot open LMDB '{tmp_path / 'db'}': MDB_INVALID: File is not an LMDB file"
