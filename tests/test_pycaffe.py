@@ -732,6 +732,10 @@ def test_net_and_solver_refuse_misuse_clearly(simple_net, tmp_path):
         deploy.forward(data=np.zeros((64, 1, 27, 28)))
     with pytest.raises(TypeError, match="Input 'data' is an array of complex64"):
         deploy.forward(data=np.zeros((64, 1, 28, 28), np.complex64))
+    with pytest.raises(KeyError, match="forward\\(blobs=...\\): 'conv9' is not a blob of net 'LeNet'"):
+        deploy.forward(blobs=["conv9"])  # (checked before the net runs: it was a KeyError after the forward)
+    with pytest.raises(TypeError, match=r"backward\(diffs=...\) takes a list of blob names, got the string 'data'"):
+        net.backward(diffs="data")
     with pytest.raises(ValueError, match="'data' is a scalar"):
         deploy.forward_all(data=np.float32(1))
     with pytest.raises(ValueError, match="different numbers of samples .*'data' 3, 'label' 2"):
@@ -760,6 +764,14 @@ def test_net_and_solver_refuse_misuse_clearly(simple_net, tmp_path):
     with pytest.raises(TypeError, match="share_weights takes a caffe.Net, got int"):
         solver.share_weights(3)
     assert solver.iter == 0
+
+
+def test_classifier_predict_refuses_no_images_or_other_shapes(in_fixture_workdir):
+    classifier = caffe.Classifier(DEPLOY, WEIGHTS)
+    with pytest.raises(ValueError, match="predict needs at least one image"):
+        classifier.predict([])
+    with pytest.raises(ValueError, match=r"H x W x K images of one K: image 1 has shape \[28, 28\]"):
+        classifier.predict([np.zeros((28, 28, 1)), np.zeros((28, 28))])
 
 
 def test_io_refuses_misuse_clearly():

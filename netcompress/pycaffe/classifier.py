@@ -49,6 +49,13 @@ class Classifier(Net):
         """Class probabilities (N x C) of N images (each H x W x K): with `oversample`, the mean over the ten
         crops of `caffe.io.oversample`; otherwise of the center crop."""
         h, w = (int(d) for d in self.image_dims)
+        inputs = [np.asarray(im) for im in inputs]
+        if not inputs:
+            raise ValueError("Classifier.predict needs at least one image")
+        for i, im in enumerate(inputs):
+            if im.ndim != 3 or im.shape[2] != inputs[0].shape[2]:
+                raise ValueError(f"Classifier.predict takes H x W x K images of one K: image {i} has shape "
+                                 f"{list(im.shape)}")
         scaled = np.zeros((len(inputs), h, w, inputs[0].shape[2]), dtype=np.float32)
         for i, im in enumerate(inputs):
             scaled[i] = caffe_io.resize_image(im, (h, w))

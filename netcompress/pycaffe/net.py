@@ -698,7 +698,7 @@ class Net:
         and their first axis its batch size), run the layers from `start` to `end` (inclusive; default all), and
         return {blob name: its data array} for the outputs (or `end`'s tops) and the extra `blobs`. The arrays
         are the blobs' own: the next forward overwrites them."""
-        blobs = list(blobs or [])
+        blobs = self._check_blob_names(blobs, "forward(blobs=...)")
         start_ind = self._layer_index(start) if start is not None else 0
         if end is not None:
             end_ind = self._layer_index(end)
@@ -714,6 +714,16 @@ class Net:
                 self._fill(name, value, "data", "Input")
         self._forward(start_ind, end_ind)
         return {out: self.blobs[out].data for out in outputs}
+
+    def _check_blob_names(self, names, who: str) -> list[str]:
+        """`names` as a list of this net's blob names (checked before the net runs, not after)."""
+        if isinstance(names, (str, bytes)):
+            raise TypeError(f"{who} takes a list of blob names, got the string {names!r} (write [{names!r}])")
+        names = list(names or [])
+        for n in names:
+            if n not in self._blobs_dict:
+                raise KeyError(f"{who}: {n!r} is not a blob of net '{self._core.name}'")
+        return names
 
     def _fill(self, name: str, value, field: str, what: str) -> None:
         """Blob `name`'s data or diff := `value` (numpy-broadcast within the sample, as pycaffe assigns it), after
@@ -793,7 +803,7 @@ class Net:
         """pycaffe's Net.backward: set the output diffs given as keyword arrays (names must be the net's
         outputs), run the layers' backward from `start` down to `end` (default all), and return {blob name: its
         diff array} for the inputs (or `end`'s bottoms) and the extra `diffs`."""
-        diffs = list(diffs or [])
+        diffs = self._check_blob_names(diffs, "backward(diffs=...)")
         start_ind = self._layer_index(start) if start is not None else len(self._cl) - 1
         if end is not None:
             end_ind = self._layer_index(end)
