@@ -755,7 +755,7 @@ def test_net_and_solver_refuse_misuse_clearly(simple_net, tmp_path):
         caffe.Net(DEPLOY, caffe.TEST, stages="deploy")  # (a string is no list: it was its letters' stages)
     (tmp_path / "solver.prototxt").write_text(f'net: "{tmp_path / "simple.prototxt"}" base_lr: 0.01 '
                                               'lr_policy: "fixed" display: 0')
-    solver = caffe.get_solver(str(tmp_path / "solver.prototxt"))
+    solver = caffe.get_solver(os.fsencode(tmp_path / "solver.prototxt"))  # (a bytes path: as a str)
     with pytest.raises(ValueError, match="more than Caffe's int iteration counter holds"):  # (it ran for ever)
         solver.step(2 ** 31)
     for bad in (1.5, -1, "2"):
@@ -775,6 +775,10 @@ def test_classifier_predict_refuses_no_images_or_other_shapes(in_fixture_workdir
 
 
 def test_io_refuses_misuse_clearly():
+    with pytest.raises(TypeError, match="expected str, bytes or os.PathLike object, not int"):
+        caffe.io.load_image(3)  # (PIL's "'int' object has no attribute 'read'" before)
+    with pytest.raises(TypeError, match=r"Transformer takes \{input name: blob shape\}, got list"):
+        caffe.io.Transformer([(1, 3, 4, 4)])
     with pytest.raises(ValueError, match=r"the BlobProto's data holds 3 values, its shape \[2, 2\] needs 4"):
         caffe.io.blobproto_to_array(pb.BlobProto(data=[1, 2, 3], shape=pb.BlobShape(dim=[2, 2])))
     with pytest.raises(ValueError, match=r"the diff's shape \[3\] is not the array's \[2\]"):

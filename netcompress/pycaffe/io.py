@@ -13,6 +13,7 @@ an animated or multi-page file.
 """
 from __future__ import annotations
 
+import os
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -129,6 +130,8 @@ class Transformer:
     input_scale, in that order; `deprocess` undoes it."""
 
     def __init__(self, inputs: dict[str, Sequence[int]]):
+        if not isinstance(inputs, dict):
+            raise TypeError(f"Transformer takes {{input name: blob shape}}, got {type(inputs).__name__}")
         self.inputs = inputs
         self.transpose: dict[str, Sequence[int]] = {}
         self.channel_swap: dict[str, Sequence[int]] = {}
@@ -303,7 +306,7 @@ def load_image(filename: str, color: bool = True) -> np.ndarray:
     H x W x 1 (a colour image to gray by scikit-image's weights); an alpha channel is dropped."""
     from PIL import Image
 
-    with Image.open(filename) as im:
+    with Image.open(filename if hasattr(filename, "read") else os.fspath(filename)) as im:
         im.seek(0)
         im.load()
         arr = _pil_array(im)

@@ -376,7 +376,7 @@ def _phase(phase) -> int:
 
 
 def _check_file(path) -> str:
-    path = os.fspath(path)
+    path = os.fsdecode(os.fspath(path))  # (a bytes path as a str, as every reader takes it)
     if not os.path.isfile(path):
         raise RuntimeError(f"Could not open file {path}")
     return path

@@ -117,7 +117,7 @@ class Solver:
         """Train to max_iter, first restoring `resume_file` (a .solverstate) if given."""
         self._before()
         try:
-            self._core.solve(None if resume_file is None else os.fspath(resume_file))
+            self._core.solve(None if resume_file is None else os.fsdecode(os.fspath(resume_file)))
         finally:
             self._after()
 
