@@ -1733,3 +1733,321 @@ def test_fuzz_blocking_inputs_in_a_process(work):
         errors = [l for l in r.stderr.splitlines() if " error: " in l]
         assert r.returncode == 1 and len(errors) == 1 and fragment in errors[0], (argv, r.stderr[-2000:])
         assert "Traceback" not in r.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# pycaffe's API misused by a script: odd arguments to Net, blobs, params, solvers, caffe.io, net_spec,
+# coord_map and Classifier. A call may return or raise; what it raises must be deliberate: a `raise` in
+# netcompress (or Python's own TypeError of a wrong argument type, protobuf's DecodeError of bytes that
+# are no message, Pillow's error naming a file that is no image), never an error that happened on the way
+# (numpy's broadcast error, an IndexError, a KeyError of a missing name inside netcompress), a warning
+# or a hang.
+# ----------------------------------------------------------------------------------------------
+
+PY_TRAIN = """name: "t" force_backward: true
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 4 dim: 1 dim: 8 dim: 8 } shape { dim: 4 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 3 kernel_size: 3 weight_filler { type: "xavier" } } }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
+        inner_product_param { num_output: 5 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+class _PyFuzz:
+    """The random arguments and actions of one campaign, over the files in `folder`."""
+
+    def __init__(self, folder: Path, rng: random.Random):
+        import netcompress.pycaffe as caffe
+
+        self.caffe, self.rng, self.folder = caffe, rng, folder
+        self.train, self.solver = str(folder / "train.prototxt"), str(folder / "solver.prototxt")
+        self.garbage, self.empty, self.text = str(folder / "garbage.bin"), str(folder / "empty"), str(folder / "t.txt")
+        self.deploy, self.weights = str(REPO / "examples/mnist/lenet.prototxt"), str(folder / "lenet.caffemodel")
+        self.actions = [getattr(self, n) for n in sorted(dir(self)) if n.startswith("a_")]
+
+    def value(self):
+        return self.rng.choice([0, -1, 1, 3, 10**12, 2**31, 1.5, float("nan"), float("inf"), None, "a", "", b"x", [],
+                                [1], (2, 3), {}, True, np.int64(2), np.float32(0.5), np.array([1, 2]), object(),
+                                "data", "conv", "nope", self.garbage, self.empty, self.text, str(self.folder),
+                                "/nonexistent/x"])
+
+    def array(self):
+        rng = self.rng
+        shape = rng.choice([(4, 1, 8, 8), (4, 1, 8, 8), (1, 1, 8, 8), (4, 1, 9, 8), (4, 8, 8), (), (0,), (5, 1, 8, 8),
+                            (4, 3, 8, 8), (4,), (2,), (4, 1)])
+        dtype = rng.choice([np.float32, np.float32, np.float64, np.int32, np.uint8, np.bool_, np.complex64, object])
+        a = np.zeros(shape, dtype=dtype)
+        if dtype in (np.float32, np.float64) and a.size and rng.random() < 0.3:
+            a.flat[0] = rng.choice([np.nan, np.inf, 1e38])
+        return a if rng.random() > 0.05 else rng.choice([[1, 2], "x", None, 3])
+
+    def arg(self):
+        return self.array() if self.rng.random() < 0.4 else self.value()
+
+    def a_forward(self, net):
+        rng = self.rng
+        kw = {rng.choice(["data", "label", "conv", "nope"]): self.array() for _ in range(rng.randint(0, 2))}
+        kw.update({k: self.value() for k in ("start", "end") if rng.random() < 0.3})
+        if rng.random() < 0.2:
+            kw["blobs"] = rng.choice([["conv"], ["nope"], "conv", [1], None])
+        net.forward(**kw)
+
+    def a_backward(self, net):
+        rng = self.rng
+        kw = {rng.choice(["loss", "ip", "data", "nope"]): self.array() for _ in range(rng.randint(0, 2))}
+        kw.update({k: self.value() for k in ("start", "end") if rng.random() < 0.3})
+        if rng.random() < 0.2:
+            kw["diffs"] = rng.choice([["conv"], ["nope"], "conv", [1], None])
+        net.forward()
+        net.backward(**kw)
+
+    def a_reshape(self, net):
+        blob = net.blobs[self.rng.choice(list(net.blobs))]
+        blob.reshape(*[self.value() if self.rng.random() < 0.4 else self.rng.randint(0, 9)
+                       for _ in range(self.rng.randint(0, 5))])
+        net.reshape()
+        net.forward()
+
+    def a_blob_values(self, net):
+        blob = net.blobs[self.rng.choice(list(net.blobs))]
+        try:
+            getattr(blob, self.rng.choice(["data", "diff"]))[...] = self.arg()
+        except (ValueError, TypeError):  # numpy's own refusal, in the script's line
+            return
+        net.forward()
+        net.backward()
+
+    def a_params(self, net):
+        p = net.params[self.rng.choice(list(net.params))][self.rng.randint(0, 1)]
+        if self.rng.random() < 0.5:
+            p.reshape(*[self.rng.randint(0, 5) for _ in range(self.rng.randint(0, 4))])
+        else:
+            try:
+                p.data[...] = self.arg()
+            except (ValueError, TypeError):
+                return
+        net.forward()
+        net.backward()
+
+    def a_files(self, net):
+        rng = self.rng
+        what = rng.choice(["copy_from", "save", "save_hdf5", "load_hdf5", "share_with"])
+        other = self.caffe.Net(self.train, self.caffe.TRAIN) if what == "share_with" else self.garbage
+        getattr(net, what)(rng.choice([self.value(), str(self.folder / "out.caffemodel"),
+                                       str(self.folder / "sub" / "x.h5"), other]))
+
+    def a_forward_all(self, net):
+        rng = self.rng
+        kw = {rng.choice(["data", "label", "nope"]): self.array() for _ in range(rng.randint(0, 2))}
+        if rng.random() < 0.5:
+            net.forward_all(blobs=rng.choice([None, ["conv"], ["nope"]]), **kw)
+        else:
+            net.forward_backward_all(blobs=rng.choice([None, ["conv"]]), diffs=rng.choice([None, ["data"], ["nope"]]),
+                                     **kw)
+
+    def a_construct(self, net):
+        rng = self.rng
+        args = [rng.choice([self.train, self.deploy, self.garbage, self.empty, self.text, self.value()])]
+        args += [self.value() if rng.random() < 0.5 else rng.choice([0, 1, self.garbage, "train"])
+                 for _ in range(rng.randint(0, 3))]
+        kw = {k: v() for k, v in (("weights", lambda: rng.choice([self.garbage, self.empty, self.value()])),
+                                  ("level", self.value), ("stages", lambda: rng.choice([self.value(), ["a"], [1]])),
+                                  ("phase", self.value)) if rng.random() < 0.25}
+        self.caffe.Net(*args, **kw)
+
+    def a_solver(self, net):
+        rng = self.rng
+        s = self.caffe.get_solver(rng.choice([self.solver, self.solver, self.garbage, self.empty, self.text,
+                                              self.value()]))
+        what = rng.choice(["step", "solve", "restore", "snapshot", "apply_update", "share_weights"])
+        if what == "step":
+            s.step(rng.choice([0, 1, 2, -1, 1.5, "2", 2**31, None]))
+        elif what == "solve":
+            s.solve(rng.choice([None, self.garbage, self.empty, self.value()]))
+        elif what == "restore":
+            s.restore(rng.choice([self.garbage, self.empty, self.value()]))
+        elif what == "snapshot":
+            s.step(1)
+            s.snapshot()
+            s.restore(str(self.folder / "snap_iter_1.solverstate"))
+        elif what == "apply_update":
+            try:
+                s.net.params["conv"][0].diff[...] = self.arg()
+            except (ValueError, TypeError):
+                return
+            s.apply_update()
+        else:
+            s.share_weights(rng.choice([net, self.value()]))
+
+    def a_io(self, net):
+        rng, io_ = self.rng, self.caffe.io
+        what = rng.choice(["load_image", "resize_image", "oversample", "blobproto", "datum", "vector",
+                           "transformer"])
+        if what == "load_image":
+            io_.load_image(rng.choice([self.garbage, self.empty, self.text, self.value()]),
+                           color=rng.choice([True, False]))
+        elif what == "resize_image":
+            io_.resize_image(self.array(), rng.choice([(4, 4), (0, 3), (-1, 2), self.value()]),
+                             interp_order=rng.choice([0, 1, 3]))
+        elif what == "oversample":
+            io_.oversample(rng.choice([[self.array()], self.array(), self.value()]),
+                           rng.choice([(4, 4), (9, 9), (0, 0), self.value()]))
+        elif what == "blobproto":
+            io_.blobproto_to_array(io_.array_to_blobproto(self.array(), rng.choice([None, self.array()])),
+                                   return_diff=rng.choice([True, False]))
+        elif what == "datum":
+            io_.datum_to_array(io_.array_to_datum(self.array(), rng.choice([None, 1, 2**40])))
+        elif what == "vector":
+            io_.blobprotovector_str_to_arraylist(rng.choice([b"", b"\x0a\x05\x12\x03abc", b"\xff" * 9]))
+        else:
+            t = io_.Transformer(rng.choice([{"data": (4, 3, 8, 8)}, {"data": (4, 3, 8, 8)}, {"data": self.value()}]))
+            for _ in range(rng.randint(1, 4)):
+                getattr(t, rng.choice(["set_transpose", "set_channel_swap", "set_raw_scale", "set_mean",
+                                       "set_input_scale"]))(rng.choice(["data", "nope"]),
+                                                            rng.choice([(2, 0, 1), (2, 1, 0), self.value(),
+                                                                        self.array()]))
+            t.deprocess("data", t.preprocess("data", rng.choice([np.zeros((6, 6, 3)), self.array()])))
+
+    def a_memory_data(self, net):
+        path = self.folder / "memory.prototxt"
+        if not path.exists():
+            path.write_text('layer { name: "d" type: "MemoryData" top: "data" top: "label" '
+                            'memory_data_param { batch_size: 2 channels: 1 height: 2 width: 2 } }')
+        mem = self.caffe.Net(str(path), self.caffe.TEST)
+        mem.set_input_arrays(self.rng.choice([np.zeros((4, 1, 2, 2), np.float32), self.array(), self.value()]),
+                             self.rng.choice([np.zeros(4, np.float32), self.array(), self.value()]))
+        mem.forward()
+
+    def a_net_spec(self, net):
+        L = self.caffe.layers
+        n = self.caffe.NetSpec()
+        n.data = L.Input(shape=dict(dim=[self.rng.choice([1, 2, self.value()]), 1, 8, 8]))
+        n.c = L.Convolution(n.data, num_output=self.rng.choice([2, self.value()]),
+                            kernel_size=self.rng.choice([3, self.value()]))
+        if self.rng.random() < 0.5:
+            n.x = getattr(L, self.rng.choice(["Bogus", "ReLU", "Pooling"]))(
+                n.c, **{self.rng.choice(["pool", "foo", "kernel_size", "negative_slope"]): self.value()})
+        path = self.folder / "ns.prototxt"
+        path.write_text(str(n.to_proto()))
+        self.caffe.Net(str(path), self.caffe.TEST).forward()
+
+    def a_coord_map(self, net):
+        from netcompress.pycaffe import coord_map
+
+        L, rng = self.caffe.layers, self.rng
+        n = self.caffe.NetSpec()
+        n.data = L.Input(shape=dict(dim=[1, 1, 16, 16]))
+        n.c = L.Convolution(n.data, num_output=2, kernel_size=rng.choice([1, 3]), stride=rng.choice([1, 2]),
+                            pad=rng.choice([0, 1]))
+        n.p = L.Pooling(n.c, kernel_size=2, stride=2)
+        n.d = L.Deconvolution(n.p, convolution_param=dict(num_output=2, kernel_size=rng.choice([2, 4]), stride=2))
+        n.r = L.ReLU(n.data)
+        a, b = rng.choice([(n.d, n.data), (n.data, n.d), (n.d, n.r), (n.r, n.data), (n.c, n.c), (self.value(), n.d)])
+        coord_map.crop(a, b)
+
+    def a_classifier(self, net):
+        rng = self.rng
+        if not os.path.exists(self.weights):
+            self.caffe.Net(self.deploy, self.caffe.TEST).save(self.weights)
+        kw = {k: rng.choice([self.value(), self.array(), (28, 28), (10, 10), (30, 30), np.zeros(1), 255])
+              for k in rng.sample(["image_dims", "mean", "input_scale", "raw_scale", "channel_swap"], rng.randint(0, 2))}
+        c = self.caffe.Classifier(self.deploy, rng.choice([self.weights, self.weights, self.empty]), **kw)
+        c.predict(rng.choice([[np.random.default_rng(0).random((28, 28, 1))], [self.array()], [], self.value()]),
+                  oversample=rng.choice([True, False]))
+
+
+def _pycaffe_verdict(e: BaseException) -> str:
+    """'' for a deliberate error (see the section's comment), else what is wrong with it."""
+    import traceback
+
+    from google.protobuf.message import DecodeError
+    from PIL import UnidentifiedImageError
+
+    frames = traceback.extract_tb(e.__traceback__)
+    last = frames[-1]
+    ours = str(REPO / "netcompress")
+    if last.filename == __file__ or isinstance(e, (DecodeError, UnidentifiedImageError)) or \
+            isinstance(e, OSError) and e.filename is not None:
+        return ""  # the script's own line (numpy refusing its assignment), a file that is no message or image,
+        # or Python's error naming a file that is missing or a folder
+    if last.filename.startswith(ours):
+        if (last.line or "").lstrip().startswith("raise") or type(e) is TypeError:
+            return ""
+        where = f"{os.path.relpath(last.filename, REPO)}:{last.lineno}"
+        return f"{type(e).__name__} on the way, at {where}: {e}"
+    if isinstance(e, TypeError) and any(f.filename.startswith(ours) for f in frames):
+        return ""  # a library's TypeError of an argument's type (os.fspath(3), protobuf's field types)
+    return f"{type(e).__name__} from {last.filename}:{last.lineno}: {e}"
+
+
+def test_fuzz_pycaffe_api(tmp_path, monkeypatch):
+    import netcompress.pycaffe as caffe
+
+    monkeypatch.chdir(tmp_path)  # (a save to "conv" writes there)
+
+    (tmp_path / "train.prototxt").write_text(PY_TRAIN)
+    (tmp_path / "solver.prototxt").write_text(f'net: "{tmp_path}/train.prototxt" base_lr: 0.01 lr_policy: "fixed" '
+                                              f'momentum: 0.9 max_iter: 3 display: 0 snapshot_prefix: "{tmp_path}/snap"')
+    (tmp_path / "garbage.bin").write_bytes(random.Random(SEED).randbytes(300))
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "t.txt").write_text("hello\n")
+    rng = random.Random(SEED + 11)
+    fz = _PyFuzz(tmp_path, rng)
+    bad, outcomes = [], []
+    seed_state = caffe._base._state.copy()
+    try:
+        for k in range(round(300 * SCALE)):
+            action = rng.choice(fz.actions)
+            caffe.set_mode_cpu()
+            net = caffe.Net(fz.train, caffe.TRAIN)
+            problem = ""
+            try:
+                with time_limit(CASE_SECONDS), warnings.catch_warnings(record=True) as caught, \
+                        contextlib.redirect_stderr(io.StringIO()):
+                    warnings.simplefilter("always")
+                    try:
+                        action(net)
+                        outcomes.append("ok")
+                    except CaseTimeout:
+                        raise
+                    except Exception as e:  # noqa: BLE001 (judged below)
+                        outcomes.append("refused")
+                        problem = _pycaffe_verdict(e)
+                caught = [w for w in caught if w.filename != __file__]  # (numpy's, at the script's own line)
+                if caught:
+                    problem = problem or f"a Python warning: {caught[0].category.__name__}: {caught[0].message} " \
+                                         f"({caught[0].filename}:{caught[0].lineno})"
+            except CaseTimeout:
+                problem = f"hang (over {CASE_SECONDS:g} s)"
+            if problem:
+                bad.append(f"case {k} {action.__name__}: {problem}")
+    finally:
+        caffe._base._state.update(seed_state)
+        caffe.set_mode_cpu()
+    assert not bad, f"{len(bad)} of {len(outcomes)} calls:\n" + "\n".join(bad)
+    assert outcomes.count("ok") > 20 * SCALE and outcomes.count("refused") > 60 * SCALE, \
+        (outcomes.count("ok"), outcomes.count("refused"))
+
+
+def test_the_pycaffe_verdict_tells_a_deliberate_error_from_one_on_the_way():
+    import netcompress.pycaffe as caffe
+
+    def raised(fn) -> BaseException:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            return e
+        raise AssertionError("no error")
+
+    ours = str(REPO / "netcompress" / "pycaffe" / "net.py")  # (line 1 of it is no `raise`)
+    assert _pycaffe_verdict(raised(lambda: caffe.io.resize_image(np.zeros((3, 3)), (2, 2)))) == ""
+    assert _pycaffe_verdict(raised(lambda: np.zeros(2)[5])) == ""  # the script's own line
+    assert _pycaffe_verdict(raised(lambda: caffe.io.load_image(str(REPO / "no such.png")))) == ""
+    assert _pycaffe_verdict(raised(lambda: exec(compile("[][1]", ours, "exec")))).startswith(
+        "IndexError on the way, at netcompress/pycaffe/net.py:1")
+    assert _pycaffe_verdict(raised(lambda: exec(compile("import numpy; numpy.split(numpy.zeros(3), 2)", ours,
+                                                        "exec")))).startswith("ValueError from ")  # numpy's
+    assert _pycaffe_verdict(raised(lambda: exec(compile("len(3)", ours, "exec")))) == ""  # a TypeError of a type

@@ -751,6 +751,8 @@ def test_net_and_solver_refuse_misuse_clearly(simple_net, tmp_path):
         caffe.set_random_seed("a")
     with pytest.raises(TypeError, match=r"Net\(level=...\) takes an integer, got \[1\]"):
         caffe.Net(DEPLOY, caffe.TEST, level=[1])
+    with pytest.raises(ValueError, match=r"Net\(level=...\) takes a 32-bit integer"):  # (protobuf's range error)
+        caffe.Net(DEPLOY, caffe.TEST, level=2**31)
     with pytest.raises(TypeError, match=r"Net\(stages=...\) takes a list of stage names, got 'deploy'"):
         caffe.Net(DEPLOY, caffe.TEST, stages="deploy")  # (a string is no list: it was its letters' stages)
     (tmp_path / "solver.prototxt").write_text(f'net: "{tmp_path / "simple.prototxt"}" base_lr: 0.01 '
@@ -772,13 +774,24 @@ def test_classifier_predict_refuses_no_images_or_other_shapes(in_fixture_workdir
         classifier.predict([])
     with pytest.raises(ValueError, match=r"H x W x K images of one K: image 1 has shape \[28, 28\]"):
         classifier.predict([np.zeros((28, 28, 1)), np.zeros((28, 28))])
+    for dims in (np.array([30, 31, 2]), "30", (0, 30)):  # (numpy's truth-value error, or int('/') at predict)
+        with pytest.raises(ValueError, match=r"Classifier takes image_dims as \(height, width\)"):
+            caffe.Classifier(DEPLOY, WEIGHTS, image_dims=dims)
+    assert caffe.Classifier(DEPLOY, WEIGHTS, image_dims=np.array([30, 31])).predict(
+        [np.zeros((28, 28, 1))]).shape == (1, 10)
 
 
-def test_io_refuses_misuse_clearly():
+def test_io_refuses_misuse_clearly(tmp_path):
     with pytest.raises(TypeError, match="expected str, bytes or os.PathLike object, not int"):
         caffe.io.load_image(3)  # (PIL's "'int' object has no attribute 'read'" before)
     with pytest.raises(TypeError, match=r"Transformer takes \{input name: blob shape\}, got list"):
         caffe.io.Transformer([(1, 3, 4, 4)])
+    h5py = pytest.importorskip("h5py")
+    h5 = str(tmp_path / "weights.h5")
+    with h5py.File(h5, "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(OSError, match=f"cannot read '{re.escape(h5)}' as an image: cannot find loader"):
+        caffe.io.load_image(h5)  # (Pillow's "cannot find loader for this HDF5 file" named no file)
     with pytest.raises(ValueError, match=r"the BlobProto's data holds 3 values, its shape \[2, 2\] needs 4"):
         caffe.io.blobproto_to_array(pb.BlobProto(data=[1, 2, 3], shape=pb.BlobShape(dim=[2, 2])))
     with pytest.raises(ValueError, match=r"the diff's shape \[3\] is not the array's \[2\]"):

@@ -43,7 +43,10 @@ class Classifier(Net):
         in_ = self.inputs[0]
         self.transformer = input_transformer(self, mean, input_scale, raw_scale, channel_swap)
         self.crop_dims = np.array(self.blobs[in_].data.shape[2:])
-        self.image_dims = self.crop_dims if not image_dims else image_dims
+        if image_dims is None or (isinstance(image_dims, (tuple, list)) and not image_dims):
+            self.image_dims = self.crop_dims
+        else:
+            self.image_dims = np.array(caffe_io._dims("Classifier", "image_dims", image_dims))
 
     def predict(self, inputs: Sequence[np.ndarray], oversample: bool = True) -> np.ndarray:
         """Class probabilities (N x C) of N images (each H x W x K): with `oversample`, the mean over the ten

@@ -304,12 +304,17 @@ def _as_float(arr: np.ndarray) -> np.ndarray:
 def load_image(filename: str, color: bool = True) -> np.ndarray:
     """An image file as float32 in [0, 1]: H x W x 3 (RGB; a gray image repeated) with `color`, else
     H x W x 1 (a colour image to gray by scikit-image's weights); an alpha channel is dropped."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(filename if hasattr(filename, "read") else os.fspath(filename)) as im:
-        im.seek(0)
-        im.load()
-        arr = _pil_array(im)
+    try:
+        with Image.open(filename if hasattr(filename, "read") else os.fspath(filename)) as im:
+            im.seek(0)
+            im.load()
+            arr = _pil_array(im)
+    except OSError as e:
+        if e.filename is not None or isinstance(e, UnidentifiedImageError):
+            raise  # (Python's and Pillow's messages name the file)
+        raise UnidentifiedImageError(f"cannot read {filename!r} as an image: {e}") from None
     img = _as_float(arr)
     if not color and img.ndim >= 3:
         img = img[..., :3] @ _GRAY_WEIGHTS

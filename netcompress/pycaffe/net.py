@@ -415,6 +415,8 @@ class Net:
                 weights = _check_file(weights)
             if isinstance(level, bool) or not isinstance(level, (int, np.integer)):
                 raise TypeError(f"Net(level=...) takes an integer, got {level!r}")
+            if not -2**31 <= level < 2**31:
+                raise ValueError(f"Net(level=...) takes a 32-bit integer (Caffe's NetState.level), got {level}")
             if isinstance(stages, (str, bytes)) or not all(isinstance(s, str) for s in stages or ()):
                 raise TypeError(f"Net(stages=...) takes a list of stage names, got {stages!r}")
             seed, rng = _base.net_rng()
