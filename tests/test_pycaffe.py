@@ -779,6 +779,8 @@ def test_classifier_predict_refuses_no_images_or_other_shapes(in_fixture_workdir
             caffe.Classifier(DEPLOY, WEIGHTS, image_dims=dims)
     assert caffe.Classifier(DEPLOY, WEIGHTS, image_dims=np.array([30, 31])).predict(
         [np.zeros((28, 28, 1))]).shape == (1, 10)
+    with pytest.raises(ValueError, match=r"image_dims \[10, 28\] are smaller than the net's input \[28, 28\]"):
+        caffe.Classifier(DEPLOY, WEIGHTS, image_dims=(10, 28))  # (numpy's broadcast error in predict before)
 
 
 def test_io_refuses_misuse_clearly(tmp_path):
@@ -800,8 +802,21 @@ def test_io_refuses_misuse_clearly(tmp_path):
                     (caffe.io.array_to_datum, np.zeros((1, 2, 2), np.complex64))):
         with pytest.raises(TypeError, match="takes real numbers, got an array of complex"):
             fn(arr)
+    with pytest.raises(TypeError, match="array_to_blobproto takes real numbers, got an array of <U1"):
+        caffe.io.array_to_blobproto(np.array(["x"]))  # (numpy's "could not convert string to float")
+    assert caffe.io.blobproto_to_array(caffe.io.array_to_blobproto(np.array([1, 2], dtype=object))).tolist() == [1, 2]
+    with pytest.raises(ValueError, match="label 1099511627776 is outside a Datum's 32-bit labels"):
+        caffe.io.array_to_datum(np.zeros((1, 2, 2), np.uint8), 2**40)  # (protobuf's "Value out of range")
+    with pytest.raises(ValueError, match=r"the shape of input 'data' must be a blob shape, e.g. \(N, K, H, W\); got 3"):
+        caffe.io.Transformer({"data": 3})  # (an IndexError at set_channel_swap before)
     im = np.random.RandomState(0).rand(8, 8, 3).astype(np.float32)
     assert caffe.io.resize_image(im, np.array([4, 5])).shape == (4, 5, 3)
+    assert caffe.io.resize_image(np.zeros((8, 8, 3), object), (4, 4)).shape == (4, 4, 3)  # (an object array)
+    untransposed = caffe.io.Transformer({"data": (1, 3, 8, 8)})
+    untransposed.set_mean("data", np.zeros(3))
+    with pytest.raises(ValueError, match=r"is \[8, 8, 3\] after the transpose, its mean \[3, 1, 1\] .* is "
+                                         r"set_transpose\(in_, \(2, 0, 1\)\) missing\?"):
+        untransposed.preprocess("data", im)  # (numpy's "operands could not be broadcast together")
     for dims in ((4,), (0, 3), (4.5, 3), None):
         with pytest.raises(ValueError, match=r"resize_image takes new_dims as \(height, width\)"):
             caffe.io.resize_image(im, dims)

@@ -94,6 +94,8 @@ def array_to_datum(arr: np.ndarray, label: int = 0) -> pb.Datum:
     a = np.asarray(arr)
     if a.ndim != 3:
         raise ValueError(f"array_to_datum: expected CxHxW, got shape {list(a.shape)}")
+    if not -2**31 <= int(label) < 2**31:
+        raise ValueError(f"array_to_datum: label {int(label)} is outside a Datum's 32-bit labels")
     d = pb.Datum(channels=a.shape[0], height=a.shape[1], width=a.shape[2], label=int(label))
     if a.dtype == np.uint8:
         d.data = np.ascontiguousarray(a).tobytes()

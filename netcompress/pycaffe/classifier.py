@@ -47,6 +47,9 @@ class Classifier(Net):
             self.image_dims = self.crop_dims
         else:
             self.image_dims = np.array(caffe_io._dims("Classifier", "image_dims", image_dims))
+            if np.any(self.image_dims < self.crop_dims):
+                raise ValueError(f"Classifier: image_dims {self.image_dims.tolist()} are smaller than the net's input "
+                                 f"{self.crop_dims.tolist()} (the crops are taken from images of image_dims)")
 
     def predict(self, inputs: Sequence[np.ndarray], oversample: bool = True) -> np.ndarray:
         """Class probabilities (N x C) of N images (each H x W x K): with `oversample`, the mean over the ten

@@ -31,9 +31,15 @@ __all__ = ["blobproto_to_array", "array_to_blobproto", "arraylist_to_blobprotove
 # ----------------------------------------------------------------------------------------------------------------
 
 def _real(arr, who: str) -> np.ndarray:
-    """`arr` as an array, refusing complex values (numpy would drop their imaginary parts with a warning)."""
+    """`arr` as an array of real numbers (an object array of numbers as float64), refusing complex values (numpy
+    would drop their imaginary parts with a warning) and strings."""
     arr = np.asarray(arr)
-    if arr.dtype.kind == "c":
+    if arr.dtype.kind == "O":
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
+    if arr.dtype.kind not in "biuf":
         raise TypeError(f"{who} takes real numbers, got an array of {arr.dtype}")
     return arr
 
@@ -132,6 +138,11 @@ class Transformer:
     def __init__(self, inputs: dict[str, Sequence[int]]):
         if not isinstance(inputs, dict):
             raise TypeError(f"Transformer takes {{input name: blob shape}}, got {type(inputs).__name__}")
+        for name, shape in inputs.items():
+            if not (isinstance(shape, (tuple, list, np.ndarray)) and np.ndim(shape) == 1 and len(shape) >= 2
+                    and all(isinstance(np.asarray(d).item(), int) and d >= 0 for d in shape)):
+                raise ValueError(f"Transformer: the shape of input {name!r} must be a blob shape, e.g. (N, K, H, W); "
+                                 f"got {shape!r}")
         self.inputs = inputs
         self.transpose: dict[str, Sequence[int]] = {}
         self.channel_swap: dict[str, Sequence[int]] = {}
@@ -165,6 +176,12 @@ class Transformer:
         if raw_scale is not None:
             caffe_in *= raw_scale
         if mean is not None:
+            try:
+                np.broadcast_shapes(caffe_in.shape, mean.shape)
+            except ValueError:
+                raise ValueError(f"Transformer.preprocess: the image for {in_!r} is {list(caffe_in.shape)} after the "
+                                 f"transpose, its mean {list(mean.shape)} (K x H x W: is set_transpose(in_, (2, 0, 1)) "
+                                 "missing?)") from None
             caffe_in -= mean
         if input_scale is not None:
             caffe_in *= input_scale
@@ -372,7 +389,7 @@ def _dims(who: str, what: str, dims) -> tuple[int, int]:
 
 def resize_image(im: np.ndarray, new_dims: Sequence[int], interp_order: int = 1) -> np.ndarray:
     """(H x W x K) -> (new_dims[0] x new_dims[1] x K) float32 by interpolation of `interp_order` (1: linear)."""
-    im = np.asarray(im)
+    im = _real(im, "resize_image")
     if im.ndim != 3 or im.size == 0:
         raise ValueError(f"resize_image takes an H x W x K image, got an array of shape {list(im.shape)}")
     new_dims = _dims("resize_image", "new_dims", new_dims)
@@ -402,7 +419,7 @@ def oversample(images: Sequence[np.ndarray], crop_dims: Sequence[int]) -> np.nda
     bottom-left, bottom-right and center crops (the center's corner at int(H/2 - h/2), int(W/2 - w/2)), then the
     same five mirrored left-right. Returns (10 N x h x w x K) float32."""
     h, w = _dims("oversample", "crop_dims", crop_dims)
-    images = [np.asarray(im) for im in images]
+    images = [_real(im, "oversample") for im in images]
     if not images:
         raise ValueError("oversample needs at least one image")
     for n, im in enumerate(images):  # (the crops' corners are image 0's, as pycaffe places them)

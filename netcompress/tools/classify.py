@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         image_dims = comma_ints(a.images_dim, "--images_dim") if a.images_dim else None
         if image_dims is not None and (len(image_dims) != 2 or min(image_dims) < 1):
             raise ToolError(f"--images_dim takes 'height,width', got '{a.images_dim}'")
-        classifier = caffe.Classifier(a.model_def, a.pretrained_model, image_dims=image_dims,
+        classifier = caffe.Classifier(a.model_def, a.pretrained_model,  # (image_dims once checked, below)
                                       input_scale=a.input_scale, raw_scale=a.raw_scale)
         in_ = classifier.inputs[0]
         shape = classifier.blobs[in_].data.shape
@@ -185,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if image_dims is not None and (image_dims[0] < shape[2] or image_dims[1] < shape[3]):
             raise ToolError(f"--images_dim {image_dims[0]},{image_dims[1]} is smaller than the net's {shape[2]}x"
                             f"{shape[3]} input: the crops the net sees are cut from images of that size")
+        if image_dims is not None:
+            classifier.image_dims = np.array(image_dims)
         if mean is not None:
             set_checked_mean(classifier, mean, a.mean_file)
         channels = shape[1]
