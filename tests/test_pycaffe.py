@@ -832,6 +832,8 @@ def test_io_refuses_misuse_clearly(tmp_path):
         t.set_transpose("data", (2, 2, 1))
     with pytest.raises(ValueError, match="channel numbers 0 to 2; got \\(3, 1, 0\\)"):
         t.set_channel_swap("data", (3, 1, 0))
+    with pytest.raises(TypeError, match="set_channel_swap takes integers"):  # (numpy's "only ... size 1" before)
+        t.set_channel_swap("data", np.zeros((3, 2), int))
     for setter in (t.set_raw_scale, t.set_input_scale):
         for bad in (float("nan"), "255", None):
             with pytest.raises(ValueError, match="takes a finite number"):

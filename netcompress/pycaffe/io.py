@@ -115,7 +115,7 @@ def datum_to_array(datum: caffe_pb2.Datum) -> np.ndarray:
 
 def _indices(order, who: str) -> list[int]:
     """`order`'s entries as ints, or a TypeError naming `who`."""
-    values = [np.asarray(i).item() for i in order]
+    values = [np.asarray(i).item() if np.ndim(i) == 0 else None for i in order]
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise TypeError(f"{who} takes integers, got {tuple(order)}")
     return values
