@@ -718,6 +718,11 @@ def test_net_and_solver_refuse_misuse_clearly(simple_net, tmp_path):
         net.blobs["conv"].reshape(2 ** 31)
     with pytest.raises(ValueError, match="at most 32 axes"):
         caffe.Blob(tuple([1] * 33))
+    with pytest.raises(ValueError, match="blob size exceeds INT_MAX"):  # (numpy's "array is too big" before)
+        caffe.Blob((10**12, 0))  # as Caffe: each axis against the count before it
+    assert caffe.Blob((0, 10**9)).count == 0
+    with pytest.raises(TypeError, match="Net\\(stages=...\\) takes a list of stage names"):
+        caffe.Net(DEPLOY, caffe.TEST, stages=np.array([1, 2]))  # (numpy's truth-value error before)
     with pytest.raises(TypeError, match="share_with takes a caffe.Net, got str"):
         net.share_with("other.caffemodel")
     # a loss blob has no axes: its diff is one value (pycaffe indexed its empty shape)

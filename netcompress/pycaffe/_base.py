@@ -9,7 +9,6 @@ subclass `Blob` and keep their arrays coherent with the net's tensors.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
@@ -39,9 +38,12 @@ def check_dims(shape: tuple, who: str = "Blob.reshape") -> tuple[int, ...]:
         dims.append(int(d))
     if len(dims) > MAX_BLOB_AXES:
         raise ValueError(f"{who}: a blob has at most {MAX_BLOB_AXES} axes (Caffe's kMaxBlobAxes), got {len(dims)}")
-    if math.prod(dims) > INT_MAX:
-        raise ValueError(f"{who}: blob size exceeds INT_MAX: {list(dims)} holds {math.prod(dims)} values, Caffe's "
-                         f"blobs at most {INT_MAX}")
+    count = 1
+    for d in dims:  # (Caffe's Blob::Reshape: each axis against the count so far)
+        if d > INT_MAX or count and d > INT_MAX // count:
+            raise ValueError(f"{who}: blob size exceeds INT_MAX: {list(dims)} (a Caffe blob holds at most {INT_MAX} "
+                             "values, each axis checked against the axes before it)")
+        count *= d
     return tuple(dims)
 
 

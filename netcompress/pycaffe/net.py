@@ -417,7 +417,9 @@ class Net:
                 raise TypeError(f"Net(level=...) takes an integer, got {level!r}")
             if not -2**31 <= level < 2**31:
                 raise ValueError(f"Net(level=...) takes a 32-bit integer (Caffe's NetState.level), got {level}")
-            if isinstance(stages, (str, bytes)) or not all(isinstance(s, str) for s in stages or ()):
+            if stages is None:
+                stages = ()
+            if isinstance(stages, (str, bytes)) or not all(isinstance(s, str) for s in stages):
                 raise TypeError(f"Net(stages=...) takes a list of stage names, got {stages!r}")
             seed, rng = _base.net_rng()
             _core = CoreNet(network_file, phase=phase, level=int(level), stages=list(stages or ()),
