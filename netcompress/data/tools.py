@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import math
 import logging
 import os
 import re
@@ -63,7 +64,7 @@ def read_idx(path: str, kind: str) -> np.ndarray:
     else:
         rows, cols = int.from_bytes(raw[8:12], "big"), int.from_bytes(raw[12:16], "big")
         shape, offset = (n, rows, cols), 16
-    count = int(np.prod(shape))
+    count = math.prod(shape)  # (Python's integers: numpy's int64 product of 32-bit dims can wrap to 0)
     if len(raw) - offset < count:
         raise DataError(f"{path}: truncated: the header announces {count} bytes of {kind}, the file "
                         f"holds {len(raw) - offset}")

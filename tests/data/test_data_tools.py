@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import struct
 
 import numpy as np
 import pytest
@@ -82,6 +83,10 @@ def test_read_idx_reports_truncation(tmp_path):
     # cut inside the image header (it said "the file holds -2")
     (tmp_path / "t").write_bytes(idx_bytes(np.zeros((3, 2, 2), np.uint8), 2051)[:14])
     with pytest.raises(DataError, match="truncated: an IDX image file's header takes 16 bytes, the file holds 14"):
+        read_idx(str(tmp_path / "t"), "images")
+    # dims whose product wraps to 0 in 64 bits (numpy's reshape error, a traceback before; found by the fuzz)
+    (tmp_path / "t").write_bytes(struct.pack(">IIII", 2051, 2**30, 2**31, 2**3))
+    with pytest.raises(DataError, match="the header announces 18446744073709551616 bytes of images, the file holds 0"):
         read_idx(str(tmp_path / "t"), "images")
 
 
