@@ -19,6 +19,7 @@ resized to the input's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import io
 import math
@@ -32,7 +33,7 @@ from .. import io as ncio
 from ..errors import NetcompressError
 from ._common import ToolError, comma_ints, run_tool
 
-__all__ = ["load_inputs", "read_labels", "read_mean", "set_checked_mean", "add_net_args", "check_net_args",
+__all__ = ["load_inputs", "finite_preprocessing", "read_labels", "read_mean", "set_checked_mean", "add_net_args", "check_net_args",
            "swap_channels", "main"]
 
 
@@ -49,7 +50,13 @@ def load_inputs(path: str, ext: str, color: bool) -> list[np.ndarray]:
         if arr.ndim != 4:
             raise ToolError(f"{path}: expected N x H x W x K images (4 axes, or 3 for one image), got shape "
                             f"{arr.shape}")
-        return list(arr.astype(np.float32))
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = arr.astype(np.float32)
+        bad = np.flatnonzero(~np.isfinite(arr).reshape(len(arr), -1).all(axis=1))
+        if bad.size:  # (every output of that image would be NaN)
+            raise ToolError(f"{path}: image {int(bad[0])} holds values that are not finite as float32 (NaN, "
+                            "infinite, or past +-3.4e38)")
+        return list(arr)
     if os.path.isdir(path):
         print(f"Loading folder: {path}")
         files = sorted(glob.glob(os.path.join(glob.escape(path), "*." + ext)))
@@ -68,6 +75,17 @@ def load_inputs(path: str, ext: str, color: bool) -> list[np.ndarray]:
         except Exception as e:  # PIL's errors for a file it cannot read come in several kinds
             raise ToolError(f"{f}: cannot read the image ({e})") from None
     return images
+
+
+@contextlib.contextmanager
+def finite_preprocessing(scales: str):
+    """numpy's overflow in the preprocessing (values times the scales past float32) as a ToolError, not a
+    RuntimeWarning and NaN outputs."""
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            yield
+    except FloatingPointError as e:
+        raise ToolError(f"the preprocessed inputs are not finite ({e}): {scales} take them past float32") from None
 
 
 def read_labels(path: str, classes: int) -> list[str]:
@@ -197,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ToolError(f"input {i} is {im.shape}; the net takes {channels}-channel images")
         print(f"Classifying {len(inputs)} inputs.")
         start = time.time()
-        predictions = classifier.predict(inputs, not a.center_only)
+        with finite_preprocessing(f"--raw_scale {a.raw_scale} and --input_scale {a.input_scale}"):
+            predictions = classifier.predict(inputs, not a.center_only)
         print(f"Done in {time.time() - start:.2f} s.")
         if a.labels:
             flat = predictions.reshape(len(predictions), -1)

@@ -25,7 +25,8 @@ import numpy as np
 from .. import io as ncio
 from ..errors import NetcompressError
 from ._common import ToolError, run_tool
-from .classify import add_net_args, check_net_args, read_mean, set_checked_mean, swap_channels
+from .classify import (add_net_args, check_net_args, finite_preprocessing, read_mean, set_checked_mean,
+                       swap_channels)
 
 __all__ = ["read_windows", "write_detections", "main"]
 
@@ -150,16 +151,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             set_checked_mean(detector, mean, a.mean_file)
         swap_channels(detector, a.channel_swap)
         detector.configure_crop(a.context_pad)  # the context mean in the images' channel order
-        if mode == "list":
-            try:
-                detections = detector.detect_windows(images_windows)
-            except ValueError as e:
-                raise ToolError(f"{a.input_file}: {e}") from None
-        else:
-            try:
-                detections = detector.detect_selective_search(images)
-            except ImportError as e:
-                raise ToolError(f"{e} (or give a .csv of windows with --crop_mode list)") from None
+        with finite_preprocessing(f"--raw_scale {a.raw_scale} and --input_scale {a.input_scale}"):
+            if mode == "list":
+                try:
+                    detections = detector.detect_windows(images_windows)
+                except ValueError as e:
+                    raise ToolError(f"{a.input_file}: {e}") from None
+            else:
+                try:
+                    detections = detector.detect_selective_search(images)
+                except ImportError as e:
+                    raise ToolError(f"{e} (or give a .csv of windows with --crop_mode list)") from None
         print(f"Processed {len(detections)} windows in {time.time() - start:.3f} s.")
         start = time.time()
         write_detections(a.output_file, detections)

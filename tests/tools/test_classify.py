@@ -113,6 +113,15 @@ def test_bad_input(digits, tmp_path, capsys):
         assert f"{option} must be a finite number, got {float(value)}" in capsys.readouterr().err
     assert main([str(folder / "001.png"), out, *base, "--raw_scale", "0"]) == 1
     assert "--raw_scale must not be 0" in capsys.readouterr().err
+    # values that overflow float32 when scaled (numpy's RuntimeWarning and NaN outputs; found by the fuzz), or
+    # that are not finite to start with
+    np.save(tmp_path / "huge.npy", np.full((1, 28, 28, 1), 3e38, np.float32))
+    assert main([str(tmp_path / "huge.npy"), out, *base]) == 1
+    assert "the preprocessed inputs are not finite (overflow encountered in multiply): --raw_scale 255.0" in \
+        capsys.readouterr().err
+    np.save(tmp_path / "nan.npy", np.stack([np.zeros((28, 28, 1)), np.full((28, 28, 1), np.nan)]))
+    assert main([str(tmp_path / "nan.npy"), out, *base]) == 1
+    assert "nan.npy: image 1 holds values that are not finite as float32" in capsys.readouterr().err
     for crop in ([], ["--center_only"]):  # (center_only was numpy's broadcast error: a traceback)
         assert main([str(folder / "001.png"), out, *base, "--images_dim", "27,30", *crop]) == 1
         assert "--images_dim 27,30 is smaller than the net's 28x28 input" in capsys.readouterr().err
