@@ -723,6 +723,7 @@ def test_net_and_solver_refuse_misuse_clearly(simple_net, tmp_path):
     assert caffe.Blob((0, 10**9)).count == 0
     with pytest.raises(TypeError, match="Net\\(stages=...\\) takes a list of stage names"):
         caffe.Net(DEPLOY, caffe.TEST, stages=np.array([1, 2]))  # (numpy's truth-value error before)
+    assert caffe.Net(DEPLOY, caffe.TEST, stages=np.array(["a", "b"])).netcompress_net.param.state.stage == ["a", "b"]
     with pytest.raises(TypeError, match="share_with takes a caffe.Net, got str"):
         net.share_with("other.caffemodel")
     # a loss blob has no axes: its diff is one value (pycaffe indexed its empty shape)

@@ -422,7 +422,7 @@ class Net:
             if isinstance(stages, (str, bytes)) or not all(isinstance(s, str) for s in stages):
                 raise TypeError(f"Net(stages=...) takes a list of stage names, got {stages!r}")
             seed, rng = _base.net_rng()
-            _core = CoreNet(network_file, phase=phase, level=int(level), stages=list(stages or ()),
+            _core = CoreNet(network_file, phase=phase, level=int(level), stages=[str(s) for s in stages],
                             device=_base.device(), dtype=torch.float32, seed=seed, rng=rng)
             self._core = _core
             self._build_view()
