@@ -17,7 +17,7 @@ from .proto import caffe_pb2 as pb
 
 log = get_logger("device")
 
-__all__ = ["parse_gpu_flag", "device_from_gpu_flag", "device_for", "device_query_lines", "device_query_main"]
+__all__ = ["checked_device", "parse_gpu_flag", "device_from_gpu_flag", "device_for", "device_query_lines", "device_query_main"]
 
 
 def _cuda_count() -> int:
@@ -45,6 +45,19 @@ def parse_gpu_flag(gpu: str | None) -> list[int] | None:
                 else "each device may be listed once" if ids else "no device id given")
         raise NetcompressError(f"--gpu {gpu}: {what}")
     return ids
+
+
+def checked_device(device, who: str) -> torch.device:
+    """`device` (a torch.device or its string) for the Python API (`Net(device=...)`, `Solver(device=...)`),
+    as a ValueError naming `who` where torch cannot parse it or where it names a CUDA device that does not exist."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"{who}: device {device!r} is not a device ({e}); e.g. 'cpu' or 'cuda:0'") from None
+    if dev.type == "cuda" and (dev.index or 0) >= _cuda_count():
+        raise ValueError(f"{who}: device {device!r}: {_cuda_count()} CUDA device(s) available (this torch build has "
+                         f"CUDA: {torch.version.cuda is not None})")
+    return dev
 
 
 def device_from_gpu_flag(gpu: str | None) -> torch.device:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections import OrderedDict
 from typing import Iterable, Iterator, Sequence
 
@@ -25,6 +26,7 @@ from google.protobuf import text_format
 from torch import nn
 
 from . import io as ncio
+from .device import checked_device
 from .errors import NetcompressError, NetDefinitionError, WeightLoadError
 from .debuginfo import DebugRecorder
 from .graph import GraphLayer, SplitLayer, SplitPlan, backward_needs, param_needs_backward, plan_splits
@@ -162,6 +164,10 @@ class Net(nn.Module):
                  state: pb.NetState | None = None, options: dict | None = None, rng: CaffeRNG | None = None,
                  source: str | None = None):
         super().__init__()
+        if isinstance(param, (bytes, os.PathLike)):
+            param = os.fsdecode(param)
+        if not isinstance(param, (str, pb.NetParameter)):
+            raise TypeError(f"Net takes a prototxt path or a NetParameter, got {type(param).__name__}")
         self.source = param if isinstance(param, str) else (source or "<NetParameter>")
         if isinstance(param, str):
             param = ncio.read_net(param)
@@ -171,8 +177,9 @@ class Net(nn.Module):
                 p = pb.NetParameter()
                 p.CopyFrom(param)
                 param = upgrade_net(p)
-        if isinstance(phase, str):
-            phase = {"train": pb.TRAIN, "test": pb.TEST}[phase.lower()]
+        phase = {"train": pb.TRAIN, "test": pb.TEST}.get(phase.lower(), phase) if isinstance(phase, str) else phase
+        if isinstance(phase, bool) or not isinstance(phase, (int, np.integer)) or phase not in (pb.TRAIN, pb.TEST):
+            raise ValueError(f"{self.source}: phase must be 'train' or 'test' (or caffe_pb2.TRAIN / TEST), got {phase!r}")
         if state is None:
             state = pb.NetState(phase=phase, level=level, stage=list(stages))
             if param.HasField("state"):
@@ -189,7 +196,7 @@ class Net(nn.Module):
         filtered.state.CopyFrom(state)
         self.param = filtered
         self.name: str = filtered.name
-        self.device = torch.device(device)
+        self.device = checked_device(device, f"net '{self.name}'")
         self.dtype = dtype
         # Caffe seeds its global stream with random_seed + solver rank before building the nets.
         gen = rng if rng is not None else CaffeRNG(None if seed is None or seed < 0 else seed + rank)
@@ -658,7 +665,17 @@ class Net(nn.Module):
                           for b, pd in zip(self._bottoms[li], self._prop_down[li])]
                     if self.debug_info:
                         xs = self._debug.watch_bottoms(li, xs)
-                out = layer(*xs)
+                try:
+                    out = layer(*xs)
+                except NetcompressError:
+                    raise
+                except (RuntimeError, IndexError, ValueError) as e:
+                    if not inputs or isinstance(e, torch.cuda.OutOfMemoryError):
+                        raise
+                    # tensors a caller gave that the layers cannot take: say which layer and which inputs
+                    given = ", ".join(f"{k} {list(v.shape)}" for k, v in inputs.items() if hasattr(v, "shape"))
+                    raise ValueError(f"net '{self.name}': layer '{layer.name}' ({layer.type_name}) cannot run on the "
+                                     f"inputs given ({given}): {e}") from e
                 if isinstance(out, torch.Tensor):
                     out = (out,)
             if self.param.force_backward and layer.is_input:
@@ -716,6 +733,10 @@ class Net(nn.Module):
         """
         from .weights import require_some_layer_filled, warn_non_finite
 
+        if isinstance(source, (bytes, os.PathLike)):
+            source = os.fsdecode(source)
+        if not isinstance(source, (str, pb.NetParameter)):
+            raise TypeError(f"copy_from takes a caffemodel path or a NetParameter, got {type(source).__name__}")
         path = source if isinstance(source, str) else (source_name or "<NetParameter>")
         if isinstance(source, str):
             source = ncio.read_caffemodel(source)

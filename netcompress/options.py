@@ -61,6 +61,8 @@ def options_from_args(a: argparse.Namespace) -> dict[str, Any]:
 
 def check_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     """A copy of `options`, refusing unknown names and values outside an option's choices."""
+    if options is not None and not isinstance(options, Mapping):
+        raise TypeError(f"options must be a mapping of recipe option names to values, got {type(options).__name__}")
     out = dict(options or {})
     known = known_options()
     for name, value in out.items():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from netcompress import io as ncio
 from netcompress.errors import NetDefinitionError, WeightLoadError
 from netcompress.net import Net
 from netcompress.proto import caffe_pb2 as pb
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def netp(text: str) -> pb.NetParameter:
@@ -249,3 +252,47 @@ def test_force_backward_gives_input_gradients():
     plain.set_input(x=torch.randn(4, 3, 2, 2), y=torch.tensor([0.0, 1.0, 2.0, 1.0]))
     plain()
     assert not plain.blobs["x"].requires_grad
+
+
+def test_python_api_misuse_is_named(tmp_path):
+    """The Python API's mistakes as errors that say what was expected (found by a by-hand fuzz of Net and Solver
+    calls): before, an AttributeError deep in the upgrade code, a KeyError, torch's device errors, a shape error
+    from inside a layer, an IndexError, or a step of 2**31 iterations that ran for ever."""
+    from netcompress.solvers import Solver
+
+    lenet = str(REPO / "examples" / "mnist" / "lenet.prototxt")
+    with pytest.raises(TypeError, match="Net takes a prototxt path or a NetParameter, got list"):
+        Net(["lenet.prototxt"])
+    with pytest.raises(ValueError, match="phase must be 'train' or 'test'"):
+        Net(lenet, phase="deploy")
+    with pytest.raises(ValueError, match="phase must be 'train' or 'test'"):
+        Net(lenet, phase=np.array([0, 1]))
+    with pytest.raises(ValueError, match="device '/tmp' is not a device"):
+        Net(lenet, device="/tmp", verbose=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device 'cuda:0': 0 CUDA device\(s\) available"):
+            Net(lenet, device="cuda:0", verbose=False)
+    with pytest.raises(TypeError, match="options must be a mapping"):
+        Net(lenet, options="fast", verbose=False)
+    net = Net(lenet, verbose=False)
+    with pytest.raises(TypeError, match="copy_from takes a caffemodel path or a NetParameter, got int"):
+        net.copy_from(3)
+    assert net(data=torch.zeros(2, 1, 28, 28))["prob"].shape == (2, 10)  # another batch size: fine
+    with pytest.raises(ValueError, match=r"net 'LeNet': layer 'conv1' \(Convolution\) cannot run on the inputs "
+                                         r"given \(data \[2, 3, 28, 28\]\)"):
+        net(data=torch.zeros(2, 3, 28, 28))
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "in" type: "Input" top: "x" top: "y" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }'
+        ' layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip" inner_product_param { num_output: 2 } }'
+        ' layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "y" top: "loss" }')
+    (tmp_path / "solver.prototxt").write_text(f'net: "{tmp_path / "net.prototxt"}" base_lr: 0.01 lr_policy: "fixed" '
+                                              f'test_iter: 1 test_interval: 1000 snapshot_prefix: "{tmp_path}/s"')
+    with pytest.raises(TypeError, match="Solver takes a solver prototxt path or a SolverParameter, got int"):
+        Solver(3)
+    solver = Solver(str(tmp_path / "solver.prototxt"), verbose=False)
+    with pytest.raises(ValueError, match=r"Solver.step\(2147483648\) from iteration 0 passes Caffe's int"):
+        solver.step(2**31)
+    with pytest.raises(TypeError, match="Solver.step takes a number of iterations, got 1.5"):
+        solver.step(1.5)
+    with pytest.raises(IndexError, match="test net 1: the solver has 1 test net"):
+        solver.test(1)

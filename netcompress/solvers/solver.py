@@ -30,6 +30,8 @@ import torch
 from google.protobuf import text_format
 
 from .. import io as ncio
+from ..device import checked_device
+from ..layers.base import INT_MAX
 from ..errors import NetcompressError, describe_os_error
 from ..log import StatusLine, get_logger
 from ..net import Net
@@ -77,6 +79,10 @@ class Solver:
                  rank: int = 0, world_size: int = 1, verbose: bool = True,
                  callbacks: Sequence[TrainingCallback] = (), options: dict | None = None,
                  source: str | None = None, strict: bool = False):
+        if isinstance(param, (bytes, os.PathLike)):
+            param = os.fsdecode(param)
+        if not isinstance(param, (str, pb.SolverParameter)):
+            raise TypeError(f"Solver takes a solver prototxt path or a SolverParameter, got {type(param).__name__}")
         if isinstance(param, str):
             source = param
         self.source = source or "<SolverParameter>"
@@ -87,7 +93,7 @@ class Solver:
             # As later BVLC Caffe: the prefix defaults to the solver file's name.
             sp.snapshot_prefix = os.path.splitext(source)[0]
         self.param = sp
-        self.device = torch.device(device)
+        self.device = checked_device(device, self.source)
         self.rank, self.world_size = rank, world_size
         self.root = rank == 0
         self.verbose = verbose and self.root
@@ -480,6 +486,11 @@ class Solver:
     def step(self, iters: int) -> None:
         """Run `iters` iterations (Caffe's Solver::Step). The step mode (solvers/step.py: eager, deferred
         or a CUDA graph) is chosen at the first call and logged unless the CPU runs eager by default."""
+        if isinstance(iters, bool) or not isinstance(iters, (int, np.integer)):
+            raise TypeError(f"Solver.step takes a number of iterations, got {iters!r}")
+        if self.iter + iters > INT_MAX:
+            raise ValueError(f"Solver.step({iters}) from iteration {self.iter} passes Caffe's int iteration counter "
+                             f"({INT_MAX})")
         sp = self.param
         start = self.iter
         stop_iter = self.iter + iters
@@ -850,6 +861,9 @@ class Solver:
         return results
 
     def test(self, index: int) -> list[tuple[str, float]]:
+        """Caffe's Solver::Test of test net `index`: its test_iter forwards, the outputs averaged and logged."""
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(self.test_nets):
+            raise IndexError(f"{self.source}: test net {index!r}: the solver has {len(self.test_nets)} test net(s)")
         sp = self.param
         net = self.test_nets[index]
         log.info("Iteration %d, Testing net (#%d)", self.iter, index)
@@ -966,6 +980,7 @@ class Solver:
         that one may rebuild the nets to the snapshot's structure (`rebuild_nets`) before the
         weights, the history and the layers' state are loaded into them. A file whose name ends in
         `.h5` is read as Caffe's HDF5 solver state (Solver::Restore's rule)."""
+        path = os.fsdecode(os.fspath(path))
         state = read_hdf5_state(path) if path.endswith(".h5") else ncio.read_binary_proto(path, pb.SolverState())
         if state.iter < 0:
             raise NetcompressError(f"{path}: the solver state's iteration is {state.iter}; expected 0 or more (a "
