@@ -746,6 +746,13 @@ def test_net_and_solver_refuse_misuse_clearly(simple_net, tmp_path):
         deploy.forward_all(data=np.float32(1))
     with pytest.raises(ValueError, match="different numbers of samples .*'data' 3, 'label' 2"):
         net.forward_all(data=np.zeros((3, 2, 3, 4)), label=np.zeros((2, 1)))
+    (tmp_path / "fed.prototxt").write_text(  # a net fed through Input whose output is its scalar loss
+        'layer { name: "in" type: "Input" top: "x" top: "y" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }'
+        ' layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip" inner_product_param { num_output: 2 } }'
+        ' layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "y" top: "loss" }')
+    fed = caffe.Net(str(tmp_path / "fed.prototxt"), caffe.TRAIN)
+    out = fed.forward_all(blobs=["ip"], x=np.ones((5, 3)), y=np.zeros(5))  # (numpy's "zero-dimensional arrays
+    assert out["loss"].shape == (3,) and out["ip"].shape == (5, 2)           # cannot be concatenated" before)
     (tmp_path / "memory.prototxt").write_text('layer { name: "d" type: "MemoryData" top: "data" top: "label" '
                                               'memory_data_param { batch_size: 2 channels: 1 height: 2 width: 2 } }')
     memory = caffe.Net(str(tmp_path / "memory.prototxt"), caffe.TEST)

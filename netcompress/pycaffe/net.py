@@ -960,10 +960,14 @@ class Net:
 
     @staticmethod
     def _stack(parts: dict[str, list[np.ndarray]], n: int) -> dict[str, np.ndarray]:
-        """Each name's batches one after the other, less the padding (the first entry's length beyond n)."""
-        out = {k: np.concatenate(v) if v else np.zeros((0,), np.float32) for k, v in parts.items()}
-        pad = len(next(iter(out.values()))) - n if out else 0
-        return {k: v[:len(v) - pad] for k, v in out.items()} if pad > 0 else out
+        """Each name's batches one after the other, less the padding (the entries' length beyond n); a blob of no
+        axes (a loss) gives one value a batch."""
+        out = {k: (np.stack(v) if v[0].ndim == 0 else np.concatenate(v)) if v else np.zeros((0,), np.float32)
+               for k, v in parts.items()}
+        scalar = {k for k, v in parts.items() if v and v[0].ndim == 0}
+        sizes = [len(v) for k, v in out.items() if k not in scalar]
+        pad = sizes[0] - n if sizes else 0
+        return {k: v if k in scalar else v[:len(v) - pad] for k, v in out.items()} if pad > 0 else out
 
     def forward_all(self, blobs: Sequence[str] | None = None, **kwargs) -> dict[str, np.ndarray]:
         """Forward over arrays of any length in batches of the net's batch size; {output (and each of `blobs`):
