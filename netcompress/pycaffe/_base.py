@@ -47,6 +47,33 @@ def check_dims(shape: tuple, who: str = "Blob.reshape") -> tuple[int, ...]:
     return tuple(dims)
 
 
+def real_array(arr, who: str) -> np.ndarray:
+    """`arr` as an array of real numbers (an object array of numbers as float64), refusing complex values (numpy
+    would drop their imaginary parts with a warning) and strings: a TypeError naming `who`."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind == "O":
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{who} takes real numbers, got an array of {arr.dtype}")
+    return arr
+
+
+def two_dims(who: str, what: str, dims) -> tuple[int, int]:
+    """(height, width) as two positive integers, or a ValueError naming the function and argument."""
+    try:
+        values = [np.asarray(d).item() for d in dims]
+    except (TypeError, ValueError):
+        values = None
+    if (values is None or len(values) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() and v > 0
+                       for v in values)):
+        raise ValueError(f"{who} takes {what} as (height, width), two positive integers; got {dims!r}")
+    return int(values[0]), int(values[1])
+
+
 class Blob:
     """A Caffe blob: `data` and `diff`, two arrays of one shape."""
 

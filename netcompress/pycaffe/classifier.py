@@ -6,7 +6,7 @@ from typing import Sequence
 import numpy as np
 
 from . import io as caffe_io
-from ._base import TEST
+from ._base import TEST, two_dims
 from .net import Net
 
 __all__ = ["Classifier"]
@@ -46,7 +46,7 @@ class Classifier(Net):
         if image_dims is None or (isinstance(image_dims, (tuple, list)) and not image_dims):
             self.image_dims = self.crop_dims
         else:
-            self.image_dims = np.array(caffe_io._dims("Classifier", "image_dims", image_dims))
+            self.image_dims = np.array(two_dims("Classifier", "image_dims", image_dims))
             if np.any(self.image_dims < self.crop_dims):
                 raise ValueError(f"Classifier: image_dims {self.image_dims.tolist()} are smaller than the net's input "
                                  f"{self.crop_dims.tolist()} (the crops are taken from images of image_dims)")

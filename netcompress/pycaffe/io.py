@@ -20,6 +20,7 @@ import numpy as np
 
 from ..data.transformer import array_to_datum as _array_to_datum, datum_to_array as _datum_to_array
 from ..proto import caffe_pb2
+from ._base import real_array, two_dims
 
 __all__ = ["blobproto_to_array", "array_to_blobproto", "arraylist_to_blobprotovector_str",
            "blobprotovector_str_to_arraylist", "array_to_datum", "datum_to_array", "Transformer", "load_image",
@@ -29,20 +30,6 @@ __all__ = ["blobproto_to_array", "array_to_blobproto", "arraylist_to_blobprotove
 # ----------------------------------------------------------------------------------------------------------------
 # proto <-> ndarray
 # ----------------------------------------------------------------------------------------------------------------
-
-def _real(arr, who: str) -> np.ndarray:
-    """`arr` as an array of real numbers (an object array of numbers as float64), refusing complex values (numpy
-    would drop their imaginary parts with a warning) and strings."""
-    arr = np.asarray(arr)
-    if arr.dtype.kind == "O":
-        try:
-            arr = arr.astype(np.float64)
-        except (TypeError, ValueError):
-            pass
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{who} takes real numbers, got an array of {arr.dtype}")
-    return arr
-
 
 def blobproto_to_array(blob: caffe_pb2.BlobProto, return_diff: bool = False) -> np.ndarray:
     """The blob's data (or diff) as a float64 array of its shape: the legacy num/channels/height/width where any
@@ -61,12 +48,12 @@ def blobproto_to_array(blob: caffe_pb2.BlobProto, return_diff: bool = False) -> 
 
 def array_to_blobproto(arr: np.ndarray, diff: np.ndarray | None = None) -> caffe_pb2.BlobProto:
     """A BlobProto with `arr`'s shape and values (and `diff`'s values, which must have the same shape)."""
-    arr = _real(arr, "array_to_blobproto")
+    arr = real_array(arr, "array_to_blobproto")
     blob = caffe_pb2.BlobProto()
     blob.shape.dim.extend(int(d) for d in arr.shape)
     blob.data.extend(arr.astype(float).flat)
     if diff is not None:
-        diff = _real(diff, "array_to_blobproto")
+        diff = real_array(diff, "array_to_blobproto")
         if diff.shape != arr.shape:
             raise ValueError(f"array_to_blobproto: the diff's shape {list(diff.shape)} is not the array's "
                              f"{list(arr.shape)}")
@@ -91,7 +78,7 @@ def blobprotovector_str_to_arraylist(s: bytes) -> list[np.ndarray]:
 def array_to_datum(arr: np.ndarray, label: int | None = None) -> caffe_pb2.Datum:
     """A Datum of a C x H x W array: uint8 values as the `data` bytes, other types as `float_data`
     (netcompress.data.transformer's, as Caffe's tools write it); the label left unset without one, as pycaffe."""
-    arr = _real(arr, "array_to_datum")
+    arr = real_array(arr, "array_to_datum")
     if arr.ndim != 3:
         raise ValueError(f"Incorrect array shape: a Datum holds a 3-D (channels, height, width) array, got shape "
                          f"{list(arr.shape)}")
@@ -157,7 +144,7 @@ class Transformer:
     def preprocess(self, in_: str, data: np.ndarray) -> np.ndarray:
         """(H' x W' x K) image -> (K x H x W) float32 input for blob `in_`."""
         self.__check_input(in_)
-        caffe_in = np.array(_real(data, "Transformer.preprocess"), dtype=np.float32)
+        caffe_in = np.array(real_array(data, "Transformer.preprocess"), dtype=np.float32)
         transpose = self.transpose.get(in_)
         if transpose is not None and caffe_in.ndim != len(transpose):
             raise ValueError(f"Transformer.preprocess: the image for '{in_}' has shape {list(caffe_in.shape)}; its "
@@ -374,25 +361,12 @@ def _resize_constant(im: np.ndarray, new_dims: Sequence[int], order: int) -> np.
     return np.clip(out, 0.0, 1.0)  # scikit-image clips to the input's range, [0, 1] here
 
 
-def _dims(who: str, what: str, dims) -> tuple[int, int]:
-    """(height, width) as two positive integers, or a ValueError naming the function and argument."""
-    try:
-        values = [np.asarray(d).item() for d in dims]
-    except (TypeError, ValueError):
-        values = None
-    if (values is None or len(values) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() and v > 0
-                       for v in values)):
-        raise ValueError(f"{who} takes {what} as (height, width), two positive integers; got {dims!r}")
-    return int(values[0]), int(values[1])
-
-
 def resize_image(im: np.ndarray, new_dims: Sequence[int], interp_order: int = 1) -> np.ndarray:
     """(H x W x K) -> (new_dims[0] x new_dims[1] x K) float32 by interpolation of `interp_order` (1: linear)."""
-    im = _real(im, "resize_image")
+    im = real_array(im, "resize_image")
     if im.ndim != 3 or im.size == 0:
         raise ValueError(f"resize_image takes an H x W x K image, got an array of shape {list(im.shape)}")
-    new_dims = _dims("resize_image", "new_dims", new_dims)
+    new_dims = two_dims("resize_image", "new_dims", new_dims)
     if im.shape[-1] == 1 or im.shape[-1] == 3:
         im_min, im_max = im.min(), im.max()
         if im_max > im_min:
@@ -418,8 +392,8 @@ def oversample(images: Sequence[np.ndarray], crop_dims: Sequence[int]) -> np.nda
     """Ten crops of `crop_dims` from each (H x W x K) image, images in turn: the top-left, top-right,
     bottom-left, bottom-right and center crops (the center's corner at int(H/2 - h/2), int(W/2 - w/2)), then the
     same five mirrored left-right. Returns (10 N x h x w x K) float32."""
-    h, w = _dims("oversample", "crop_dims", crop_dims)
-    images = [_real(im, "oversample") for im in images]
+    h, w = two_dims("oversample", "crop_dims", crop_dims)
+    images = [real_array(im, "oversample") for im in images]
     if not images:
         raise ValueError("oversample needs at least one image")
     for n, im in enumerate(images):  # (the crops' corners are image 0's, as pycaffe places them)

@@ -732,10 +732,8 @@ class Net:
     def _fill(self, name: str, value, field: str, what: str) -> None:
         """Blob `name`'s data or diff := `value` (numpy-broadcast within the sample, as pycaffe assigns it), after
         pycaffe's check that its first axis is the batch; a blob of no axes (a loss) takes a single value."""
-        value = np.asarray(value)
+        value = _base.real_array(value, f"{what} '{name}'")
         shape = self.blobs[name].shape
-        if value.dtype.kind not in "biuf":
-            raise TypeError(f"{what} '{name}' is an array of {value.dtype}, not of numbers")
         if (value.size != 1) if not shape else (value.ndim == 0 or value.shape[0] != shape[0]):
             raise ValueError(f"{what} is not batch sized: '{name}' has shape {list(value.shape)}, the blob "
                              f"{list(shape)}")

@@ -103,10 +103,7 @@ class Solver:
 
     def step(self, iters: int) -> None:
         """Run `iters` iterations (tests and snapshots at their intervals, as in Caffe)."""
-        iters = _base._non_negative(iters, "Solver.step")
-        if iters > _base.INT_MAX:
-            raise ValueError(f"Solver.step: {iters} iterations is more than Caffe's int iteration counter holds "
-                             f"({_base.INT_MAX})")
+        iters = _base._non_negative(iters, "Solver.step")  # (past Caffe's int counter: the native step refuses)
         self._before()
         try:
             self._core.step(iters)
