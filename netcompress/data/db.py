@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -465,6 +466,41 @@ def open_leveldb(path: str) -> _LeveldbHandle:
         return handle
 
 
+# The last 8 bytes of every LevelDB table file (table/format.h's kTableMagicNumber, little-endian)
+_TABLE_MAGIC = (0xdb4775248b80fb57).to_bytes(8, "little")
+# A live table in the "leveldb.sstables" property: " <file number>:<file size>[<smallest> .. <largest>]"
+_SSTABLE_LINE = re.compile(rb"^ (\d+):(\d+)\[", re.M)
+
+
+def _check_leveldb_tables(db, path: str) -> None:
+    """A DataError unless each table file the database lists is whole: there, of the size its manifest records,
+    and ending in LevelDB's table magic. plyvel ends an iteration silently where LevelDB's iterator stops on an
+    error, so a last table cut short (a copy that did not finish) read as a database of fewer records; a
+    damaged block inside a table is caught by the checksummed reads instead."""
+    listing = db.get_property(b"leveldb.sstables") or b""
+    for m in _SSTABLE_LINE.finditer(listing):
+        number, size = int(m[1]), int(m[2])
+        names = [f"{number:06d}.ldb", f"{number:06d}.sst"]  # (.sst: LevelDB before 1.14)
+        file = next((os.path.join(path, n) for n in names if os.path.exists(os.path.join(path, n))), None)
+        if file is None:  # (LevelDB refuses to open a database with a table missing; a race)
+            raise DataError(f"LevelDB '{path}' is damaged: its table {names[0]} is missing; rebuild it or copy it "
+                            "again")
+        try:
+            held = os.path.getsize(file)
+            with open(file, "rb") as f:
+                f.seek(max(size - len(_TABLE_MAGIC), 0))
+                tail = f.read(len(_TABLE_MAGIC))
+        except OSError as e:
+            raise DataError(f"cannot read LevelDB '{path}': {describe_os_error(e)}") from None
+        if held != size:
+            raise DataError(f"LevelDB '{path}' is damaged: its table {os.path.basename(file)} holds {held} bytes, "
+                            f"its manifest says {size} (a copy or download that did not finish?); rebuild it or "
+                            "copy it again")
+        if tail != _TABLE_MAGIC:
+            raise DataError(f"LevelDB '{path}' is damaged: its table {os.path.basename(file)} does not end in "
+                            "LevelDB's table magic number; rebuild it or copy it again")
+
+
 class _LeveldbCursor:
     """A plyvel iterator with the record it stands on (plyvel's iterators return records as they step)."""
 
@@ -492,9 +528,10 @@ class LeveldbReader(_PositionalReader):
         self.path = os.fspath(path)
         self._handle = open_leveldb(self.path)
         self.db = self._handle.db
+        _check_leveldb_tables(self.db, self.path)
         start, n = time.perf_counter(), 0
         try:
-            with self.db.snapshot() as snap, snap.iterator(include_value=False) as it:
+            with self.db.snapshot() as snap, snap.iterator(include_value=False, verify_checksums=True) as it:
                 for _ in it:
                     n += 1
         except self._store_errors() as e:
@@ -509,7 +546,8 @@ class LeveldbReader(_PositionalReader):
         return (plyvel_module().Error,)
 
     def _start(self):
-        return _LeveldbCursor(self.db.iterator())
+        # (checksummed: a damaged block is an error here, where Caffe's reads took its bytes as they were)
+        return _LeveldbCursor(self.db.iterator(verify_checksums=True))
 
     def _advance(self, cursor) -> bool:
         return cursor.advance()

@@ -179,6 +179,47 @@ def test_a_leveldb_held_by_another_process_is_named(mnist_idx, tmp_path, make_la
         holder.communicate("", timeout=60)
 
 
+def _compacted_leveldb(path, n=600):
+    """A LevelDB of `n` 300-byte records in several tables below level 0 (a compacted database, as any large one
+    is), and its table files in key order."""
+    rng = np.random.default_rng(5)
+    db = plyvel.DB(str(path), create_if_missing=True, write_buffer_size=50_000)
+    for i in range(n):
+        db.put(b"%08d" % i, rng.bytes(300))
+    db.compact_range()
+    listing = db.get_property(b"leveldb.sstables").decode()
+    db.close()
+    assert "--- level 0 ---\n--- level 1" in listing  # (level 0 empty: the tables below it)
+    tables = sorted(f for f in os.listdir(path) if f.endswith(".ldb"))
+    assert len(tables) >= 3
+    return tables
+
+
+@pytest.mark.parametrize("damage", ["cut", "magic", "block"])
+@pytest.mark.parametrize("which", [0, -1])
+def test_a_damaged_leveldb_table_is_named_not_read_as_fewer_records(tmp_path, damage, which):
+    path = tmp_path / "ldb"
+    tables = _compacted_leveldb(path)
+    assert LeveldbReader(str(path)).num_records == 600
+    import gc
+
+    gc.collect()  # (the reader's handle let go)
+    table = path / tables[which]
+    data = bytearray(table.read_bytes())
+    if damage == "cut":  # a copy that did not finish: plyvel read the last table's cut as the end of the records
+        data = data[:len(data) // 2]
+        expect = rf"its table {tables[which]} holds {len(data)} bytes, its manifest says {2 * len(data)}"
+    elif damage == "magic":
+        data[-1] ^= 0xFF
+        expect = rf"its table {tables[which]} does not end in LevelDB's table magic number"
+    else:  # a byte inside a data block: Caffe's reads (no checksums) took the changed bytes as the record
+        data[1000] ^= 0xFF
+        expect = r"\(counting its records, after record \d+: Corruption: block checksum mismatch\)"
+    table.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"LevelDB '.*ldb' is damaged.*{expect}.*rebuild it or copy it again"):
+        LeveldbReader(str(path))
+
+
 def test_without_plyvel_the_error_says_what_to_install(tmp_path, monkeypatch, make_layer):
     (tmp_path / "ldb").mkdir()
     (tmp_path / "ldb" / "CURRENT").write_text("MANIFEST-000001\n")
