@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import io
 import os
 import random
@@ -39,6 +40,7 @@ from netcompress.proto import caffe_pb2 as pb
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("NETCOMPRESS_FUZZ_SEED", "22"))
+HAVE_PLYVEL = importlib.util.find_spec("plyvel") is not None  # (LevelDB cases only where it is installed)
 SCALE = float(os.environ.get("NETCOMPRESS_FUZZ_SCALE", "1"))
 CASE_SECONDS = 20.0  # a case past this is a hang (the slowest legitimate case takes ~1 s)
 
@@ -1393,17 +1395,62 @@ def _damage_db_file(db: Path, rng: random.Random) -> str:
     return f"data.mdb: {op}"
 
 
+def _damaged_leveldb(db: Path, n: int, side: int, classes: int, np_rng, rng: random.Random) -> str:
+    """A LevelDB of n Datums in a few tables (compacted below level 0 or not) with one of its files damaged: a
+    table cut short, its bytes or its magic changed, or missing; the manifest, CURRENT or the log damaged; a
+    stray file. plyvel read a database whose last table was cut as one of fewer records."""
+    import plyvel
+
+    parts = rng.randint(1, 4)  # (each reopening writes the log so far as a table: a few small tables)
+    for part in range(parts):
+        ldb = plyvel.DB(str(db), create_if_missing=True)
+        for i in range(part * n // parts, (part + 1) * n // parts):
+            pixels = np_rng.integers(0, 256, side * side, dtype=np.uint8).tobytes()
+            ldb.put(b"%08d" % i, pb.Datum(channels=1, height=side, width=side, data=pixels,
+                                          label=i % classes).SerializeToString())
+        if part == parts - 1 and rng.random() < 0.5:
+            ldb.compact_range()
+        ldb.close()
+    files = sorted(p.name for p in db.iterdir() if p.name not in ("LOCK", "LOG", "LOG.old"))
+    op = rng.choice(["table cut", "table bytes", "table magic", "table missing", "manifest", "CURRENT", "log",
+                     "stray"])
+    kind = {"manifest": "MANIFEST-", "CURRENT": "CURRENT", "log": ".log"}.get(op, ".ldb")
+    name = rng.choice([f for f in files if kind in f] or files)
+    victim = db / name
+    raw = bytearray(victim.read_bytes())
+    if op == "table cut" or (op in ("manifest", "log") and rng.random() < 0.3):
+        raw = raw[:rng.randrange(len(raw) + 1)]
+    elif op == "table magic" and raw:
+        raw[-rng.randint(1, min(8, len(raw)))] ^= rng.randrange(1, 256)
+    elif op == "CURRENT":
+        raw = rng.choice([b"", b"MANIFEST-999999\n", bytes(raw[:-1]), rng.randbytes(12)])
+    elif op == "stray":
+        (db / rng.choice(["000999.ldb", "000999.log", "MANIFEST-000999"])).write_bytes(rng.randbytes(100))
+    else:
+        for _ in range(rng.randint(1, 6)):
+            if raw:
+                raw[rng.randrange(len(raw))] = rng.randrange(256)
+    if op == "table missing":
+        victim.unlink()
+    elif op != "stray":
+        victim.write_bytes(bytes(raw))
+    return f"LevelDB {name}: {op}"
+
+
 def _lmdb_case(folder: Path, rng: random.Random) -> str:
     np_rng = np.random.default_rng(rng.randrange(2**32))
+    backend = "LMDB"
     if rng.random() < 0.3:  # a database of a few pages, its file damaged
         _write_damaged_lmdb(folder / "db", 60, 12, 3, np_rng, rng, damage=0)
         labels = [_damage_db_file(folder / "db", rng)]
+    elif rng.random() < 0.2 and HAVE_PLYVEL:  # a LevelDB of a few tables, one of its files damaged
+        labels, backend = [_damaged_leveldb(folder / "db", 60, 12, 3, np_rng, rng)], "LEVELDB"
     else:
         labels = _write_damaged_lmdb(folder / "db", 5, 6, 3, np_rng, rng)
     tp = rng.choice(["", "crop_size: 4", "crop_size: 9", "mirror: true", "mean_value: 3", "scale: 0.1"])
     (folder / "net.prototxt").write_text(
         f'layer {{ name: "d" type: "Data" top: "data" top: "label" transform_param {{ {tp} }} '
-        f'data_param {{ source: "db" batch_size: 2 backend: LMDB }} }}' + DATA_TAIL)
+        f'data_param {{ source: "db" batch_size: 2 backend: {backend} }} }}' + DATA_TAIL)
     return "Data: " + ("; ".join(labels) or "no record changed") + (f"; {tp}" if tp else "")
 
 
@@ -1622,6 +1669,10 @@ def data_tool_cases(work: Path, n: int, rng: random.Random) -> list[tuple[Path, 
             _write_damaged_lmdb(folder / "db", 60, 12, 10, np_rng, rng, damage=0)
             said.append(_damage_db_file(folder / "db", rng))
             argv = [tool, "db", "mean.binaryproto" if tool == "compute_image_mean" else "out"]
+        elif rng.random() < 0.2 and HAVE_PLYVEL:
+            said.append(_damaged_leveldb(folder / "db", 60, 12, 10, np_rng, rng))
+            argv = [tool, "db", "mean.binaryproto" if tool == "compute_image_mean" else "out"] + \
+                rng.choice([[], ["--backend", "leveldb"], ["--backend", "lmdb"]])
         else:
             said += _write_damaged_lmdb(folder / "db", 4, 3, 10, np_rng, rng)
             argv = [tool, "db", "mean.binaryproto" if tool == "compute_image_mean" else "out"] + \

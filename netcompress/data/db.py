@@ -459,7 +459,10 @@ def open_leveldb(path: str) -> _LeveldbHandle:
         handle = _LEVELDB_SHARED.get(key)
         if handle is None:
             try:
-                handle = _LeveldbHandle(plyvel.DB(path, create_if_missing=False, **_LEVELDB_OPTIONS))
+                # (an absolute path: LevelDB's table of the process's locks goes by the name given, so a
+                # second database opened as 'db' from another folder read as locked)
+                handle = _LeveldbHandle(plyvel.DB(os.path.abspath(path), create_if_missing=False,
+                                                  **_LEVELDB_OPTIONS))
             except plyvel.Error as e:
                 raise _leveldb_error(path, e) from None
             _LEVELDB_SHARED[key] = handle

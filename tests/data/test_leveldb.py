@@ -220,6 +220,18 @@ def test_a_damaged_leveldb_table_is_named_not_read_as_fewer_records(tmp_path, da
         LeveldbReader(str(path))
 
 
+def test_two_leveldbs_of_one_relative_name_open_in_one_process(tmp_path, monkeypatch):
+    for sub, value in (("a", b"A"), ("b", b"B")):
+        (tmp_path / sub).mkdir()
+        with LeveldbWriter(str(tmp_path / sub / "db")) as w:
+            w.put(b"00000000", value)
+    monkeypatch.chdir(tmp_path / "a")
+    first = LeveldbReader("db")
+    monkeypatch.chdir(tmp_path / "b")  # ("db" again, another database: it read as held by another process)
+    second = LeveldbReader("db")
+    assert (first.value_at(0), second.value_at(0)) == (b"A", b"B")
+
+
 def test_without_plyvel_the_error_says_what_to_install(tmp_path, monkeypatch, make_layer):
     (tmp_path / "ldb").mkdir()
     (tmp_path / "ldb" / "CURRENT").write_text("MANIFEST-000001\n")
