@@ -26,6 +26,9 @@ _P_BRANCH, _P_LEAF, _P_OVERFLOW, _P_META, _P_LEAF2 = 0x01, 0x02, 0x04, 0x08, 0x2
 _F_BIGDATA, _F_SUBDATA, _F_DUPDATA = 0x01, 0x02, 0x04
 _NODE = 8  # NODESIZE: lo (2), hi (2), flags (2), ksize (2)
 _P_INVALID = 2 ** 64 - 1
+_PAGE_HEAD = struct.Struct("<QHHHH")  # pgno, pad, flags, lower, upper
+_NODE_HEAD = struct.Struct("<HHHH")  # lo, hi, flags, ksize
+_PGNO = struct.Struct("<Q")
 
 
 class PageError(Exception):
@@ -90,7 +93,7 @@ class LmdbPages:
         if not 2 <= pg <= self.last:
             raise PageError(f"a {what} page number {pg} is outside the file's pages 2 to {self.last}")
         off = pg * self.psize
-        pgno, _, flags, lower, upper = struct.unpack_from("<QHHHH", self._mm, off)
+        pgno, _, flags, lower, upper = _PAGE_HEAD.unpack_from(self._mm, off)
         kinds = _P_BRANCH | _P_LEAF | _P_OVERFLOW | _P_META | _P_LEAF2
         if pgno != pg or flags & kinds != want or not _HEADER <= lower <= upper <= self.psize:
             raise PageError(f"page {pg}, a {what} page, is damaged (it reads as page {pgno}, flags {flags:#x}, "
@@ -103,7 +106,7 @@ class LmdbPages:
             if not upper <= ptr <= self.psize - _NODE:
                 raise PageError(f"page {pg}, a {what} page, is damaged (a record at {ptr}, outside {upper}.."
                                 f"{self.psize})")
-            lo, hi, flags, ksize = struct.unpack_from("<HHHH", self._mm, off + ptr)
+            lo, hi, flags, ksize = _NODE_HEAD.unpack_from(self._mm, off + ptr)
             if ptr + _NODE + ksize > self.psize:
                 raise PageError(f"page {pg}, a {what} page, is damaged (a key of {ksize} bytes runs past the page)")
             yield off + ptr, lo | hi << 16, flags, ksize
@@ -120,26 +123,37 @@ class LmdbPages:
         return children
 
     def check_leaf(self, index: int) -> int:
-        """Check the `index`-th leaf page (in key order); returns its record count."""
+        """Check the `index`-th leaf page (in key order); returns its record count. (The nodes are read in line,
+        not through `_nodes`: a reader checks every leaf once, a few records each.)"""
         pg = self.leaves[index]
         n = self._checked.get(pg)
         if n is not None:
             return n
         off, lower, upper = self._header(pg, _P_LEAF, "leaf")
-        n = 0
-        for node, dsize, flags, ksize in self._nodes(off, lower, upper, pg, "leaf"):
-            n += 1
+        mm, psize = self._mm, self.psize
+        end = off + psize
+        ptrs = struct.unpack_from(f"<{(lower - _HEADER) // 2}H", mm, off + _HEADER)
+        for ptr in ptrs:
+            if not upper <= ptr <= psize - _NODE:
+                raise PageError(f"page {pg}, a leaf page, is damaged (a record at {ptr}, outside {upper}..{psize})")
+            node = off + ptr
+            lo, hi, flags, ksize = _NODE_HEAD.unpack_from(mm, node)
+            value = node + _NODE + ksize  # where the value (or its overflow page number) starts
+            if value > end:
+                raise PageError(f"page {pg}, a leaf page, is damaged (a key of {ksize} bytes runs past the page)")
             if flags & (_F_SUBDATA | _F_DUPDATA):
                 continue  # (a sub-database or duplicate keys: not a Caffe database; liblmdb's affair)
+            dsize = lo | hi << 16
             if flags & _F_BIGDATA:
-                if node + _NODE + ksize + 8 > off + self.psize:
+                if value + 8 > end:
                     raise PageError(f"leaf page {pg} is damaged (a record's overflow page number runs past the page)")
-                first = struct.unpack_from("<Q", self._mm, node + _NODE + ksize)[0]
-                count = (_HEADER - 1 + dsize) // self.psize + 1  # liblmdb's OVPAGES
+                first = _PGNO.unpack_from(mm, value)[0]
+                count = (_HEADER - 1 + dsize) // psize + 1  # liblmdb's OVPAGES
                 if not 2 <= first or first + count - 1 > self.last:
                     raise PageError(f"leaf page {pg} is damaged (a record of {dsize} bytes on pages {first} to "
                                     f"{first + count - 1}, outside 2 to {self.last})")
-            elif node + _NODE + ksize + dsize > off + self.psize:
+            elif value + dsize > end:
                 raise PageError(f"leaf page {pg} is damaged (a record of {dsize} bytes runs past the page)")
+        n = len(ptrs)
         self._checked[pg] = n
         return n

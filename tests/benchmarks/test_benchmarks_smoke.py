@@ -294,3 +294,23 @@ def test_conv_benchmark_quick(tmp_path, capsys):
         assert all(_positive(r[k]) for k in ("aten_ms", "op_ms", "alone_ms"))
     with pytest.raises(SystemExit):
         bc.main(["--shapes", "nope"])
+
+
+def test_data_benchmark_quick(tmp_path, capsys):
+    """bench_data --quick: each backend here (LMDB; LevelDB with plyvel) timed through the library, the reader and
+    a Data layer, a positive figure each, the library row the ratios' base."""
+    bd = _load("bench_data")
+    out = tmp_path / "data.json"
+    assert bd.main(["--quick", "--silent", "--records", "300", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    result = _strict_json(out)
+    backends = ["lmdb"] + (["leveldb"] if importlib.util.find_spec("plyvel") else [])
+    assert result["benchmark"] == "bench_data" and result["config"]["backends"] == backends
+    rows = result["results"]
+    assert [(r["backend"], r["path"]) for r in rows] == [(b, p) for b in backends
+                                                          for p in ("library", "reader", "layer")]
+    for r in rows:
+        assert _positive(r["us_per_record"]) and _positive(r["x_library"]) and r["threads"] == 1
+        assert r["records"] == (64 if r["path"] == "layer" else 300)
+        assert (r["x_library"] == 1.0) == (r["path"] == "library")
+    assert "us/record" in text and all(b in text for b in backends)
