@@ -275,15 +275,16 @@ class LmdbReader(_PositionalReader):
 
     def _start(self):
         # unpositioned: the first next() goes to the first record; [cursor, leaf index, records left in it]
-        return [self.env.begin(buffers=False).cursor(), -1, 0]
+        # (pages unchecked: never a leaf's end)
+        return [self.env.begin(buffers=False).cursor(), -1, 0 if self._pages is not None else -1]
 
     def _advance(self, cursor) -> bool:
-        pages = self._pages
-        if pages is not None:
-            while cursor[2] == 0 and cursor[1] + 1 < len(pages.leaves):  # check the next leaf before liblmdb
-                cursor[1] += 1                                           # steps into it
+        if cursor[2] == 0:  # the next record is on the next leaf: check it before liblmdb steps into it
+            pages = self._pages
+            while cursor[2] == 0 and cursor[1] + 1 < len(pages.leaves):
+                cursor[1] += 1
                 cursor[2] = pages.check_leaf(cursor[1])
-            cursor[2] -= 1
+        cursor[2] -= 1
         return cursor[0].next()
 
     def _current(self, cursor) -> tuple[bytes, bytes]:
