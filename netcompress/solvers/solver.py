@@ -566,7 +566,8 @@ class Solver:
                                    "and no loss_weight): nothing to train")
         for cb in self.callbacks:
             cb.before_backward(self)
-        self.net.loss.backward()
+        if self.net.loss.requires_grad:  # (else no layer needs backward, as Caffe logs: the loss reaches no
+            self.net.loss.backward()     # learnable parameter, e.g. all lr_mult: 0; the update changes nothing)
         self.net.log_backward_debug_info()  # Caffe's debug_info lines (display iterations only)
         for cb in self.callbacks:
             cb.after_backward(self)

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import csv
+import math
 import logging
 import os
 import re
 import signal
 
 import numpy as np
+import torch
 import pytest
 
 from netcompress.solvers.callbacks import AfterIteration
@@ -258,3 +260,26 @@ def test_train_command_names_the_solver_file_and_defaults_the_prefix(workdir, tm
     ncio.write_text_proto(str(bad), sp)
     assert cli_main(["train", "--solver", str(bad)]) == 1
     assert f"{bad}: lr_policy is not set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_a_net_whose_loss_reaches_no_learnable_parameter_trains(tmp_path, frozen):
+    """Every lr_mult 0 (a frozen net), or no parameters at all: Caffe runs no layer's backward and the update
+    changes nothing; it was torch's 'element 0 of tensors does not require grad' (found by a Python-layer fuzz)."""
+    ip = ('layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" param { lr_mult: 0 } '
+          'param { lr_mult: 0 } inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }\n'
+          if frozen else "")
+    (tmp_path / "net.prototxt").write_text(
+        'name: "still"\nlayer { name: "data" type: "DummyData" top: "data" top: "t" dummy_data_param { '
+        'shape { dim: 2 dim: 3 } shape { dim: 2 dim: 3 } data_filler { type: "gaussian" std: 1 } } }\n' + ip +
+        f'layer {{ name: "loss" type: "EuclideanLoss" bottom: "{"ip" if frozen else "data"}" bottom: "t" '
+        'top: "loss" }\n')
+    sp = pb.SolverParameter(net=str(tmp_path / "net.prototxt"), base_lr=0.1, lr_policy="fixed", max_iter=3,
+                            display=1, momentum=0.9, weight_decay=0.01, snapshot_prefix=str(tmp_path / "s"))
+    solver = Solver(sp)
+    before = {k: v.clone() for k, v in solver.net.state_dict().items()}
+    solver.solve()
+    assert solver.iter == 3 and math.isfinite(solver.smoothed_loss)
+    after = solver.net.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert (tmp_path / "s_iter_3.caffemodel").exists()
