@@ -670,7 +670,20 @@ class Net(nn.Module):
                 except NetcompressError:
                     raise
                 except (RuntimeError, IndexError, ValueError) as e:
-                    if not inputs or isinstance(e, torch.cuda.OutOfMemoryError):
+                    if isinstance(e, torch.cuda.OutOfMemoryError):
+                        raise
+                    odd_inputs = any(tuple(getattr(v, "shape", ())) != tuple(self.blob_shapes.get(k, ()))
+                                     for k, v in inputs.items())
+                    changed = [f"'{b}' is {list(x.shape)}, was {list(s)}"
+                               for b, x, s in zip(self._bottoms[li], xs, layer.bottom_shapes)
+                               if tuple(x.shape) != tuple(s)]
+                    if changed and not odd_inputs:
+                        # bottoms of other shapes than at set-up from inputs of the set-up shapes: a layer above
+                        # (a Python layer) reshaped its top in forward, as Caffe allows; this layer's checks ran
+                        # at set-up only
+                        raise layer.error(f"cannot run on bottoms of other shapes than it was set up for "
+                                          f"({'; '.join(changed)}): {e}") from e
+                    if not inputs:
                         raise
                     # tensors a caller gave that the layers cannot take: say which layer and which inputs
                     given = ", ".join(f"{k} {list(v.shape)}" for k, v in inputs.items() if hasattr(v, "shape"))

@@ -172,6 +172,10 @@ class PythonLayer(Layer):
         self._call("setup", lambda: self.impl.setup(self._bottoms, self._tops))
         self._call("reshape", lambda: self.impl.reshape(self._bottoms, self._tops))
         self._setup_top_shapes = [b.shape for b in self._tops]
+        if not isinstance(getattr(self.impl, "blobs", None), list):
+            raise self.error(f"{self.impl_name}.blobs is a {type(getattr(self.impl, 'blobs', None)).__name__} after "
+                             "setup; a Python layer's blobs is the list caffe.Layer gives it (add to it with "
+                             "self.blobs.add_blob(*shape))")
         for i, blob in enumerate(self.impl.blobs):
             if not isinstance(blob, pycaffe.Blob):
                 raise self.error(f"{self.impl_name}.blobs[{i}] is a {type(blob).__name__}; add blobs with "
@@ -207,6 +211,21 @@ class PythonLayer(Layer):
         self._call("reshape", lambda: self.impl.reshape(self._bottoms, self._tops))
         return [b.shape for b in self._tops]
 
+    def _check_blobs(self, what: str) -> None:
+        """The layer's own blobs as set-up made them: as many, each of its parameter's shape (the net's parameter,
+        its snapshot and the solver's history are of that shape; in Caffe a reshaped one overruns them)."""
+        blobs = getattr(self.impl, "blobs", None)
+        if not isinstance(blobs, list) or len(blobs) != len(self.blob_names):
+            n = len(blobs) if isinstance(blobs, list) else type(blobs).__name__
+            raise self.error(f"{self.impl_name} {what} left self.blobs with {n} blobs, set-up gave it "
+                             f"{len(self.blob_names)}: a Python layer's learnable blobs are fixed at set-up")
+        for i, (blob, name) in enumerate(zip(blobs, self.blob_names)):
+            want = tuple(getattr(self, name).shape)
+            if not hasattr(blob, "shape") or tuple(blob.shape) != want:
+                got = list(blob.shape) if hasattr(blob, "shape") else type(blob).__name__
+                raise self.error(f"{self.impl_name} {what} reshaped self.blobs[{i}] from {list(want)} to {got}: a "
+                                 "Python layer's learnable blobs keep the shape set-up gave them")
+
     def _params(self) -> list[torch.Tensor]:
         return [getattr(self, n) for n in self.blob_names]
 
@@ -219,11 +238,13 @@ class PythonLayer(Layer):
         """Caffe's Forward of the pycaffe layer: reshape, then forward; the tops as tensors."""
         for t, blob in zip(bottoms, self._bottoms):
             _blob_from(t, blob)
+        self._bottom_like = [tuple(t.shape) for t in bottoms]
         for p, blob in zip(params, self.impl.blobs):
             if getattr(blob, "_source", None) is None:  # (a parameter's view is the parameter already)
                 _blob_from(p, blob)
         self._call("reshape", lambda: self.impl.reshape(self._bottoms, self._tops))
         self._call("forward", lambda: self.impl.forward(self._bottoms, self._tops))
+        self._check_blobs("reshape/forward")
         like = bottoms[0] if bottoms else (params[0] if params else None)
         device = like.device if like is not None else self.ctx.device
         return [torch.from_numpy(np.array(b.data, dtype=self._dtype)).to(device=device, dtype=self.ctx.dtype)
@@ -239,6 +260,12 @@ class PythonLayer(Layer):
         for blob in list(self._bottoms) + list(self.impl.blobs):
             blob.diff[...] = 0
         self._call("backward", lambda: self.impl.backward(self._tops, list(down), self._bottoms))
+        self._check_blobs("backward")
+        for i, (blob, like) in enumerate(zip(self._bottoms, self._bottom_like)):
+            if tuple(blob.shape) != like:
+                raise self.error(f"{self.impl_name}: bottom[{i}] came in as {list(like)} and was reshaped to "
+                                 f"{list(blob.shape)} by the time backward returned: its diff is the gradient of the "
+                                 "bottom as it came in (a layer reshapes its tops, not its bottoms)")
         return [torch.from_numpy(np.array(b.diff, dtype=self._dtype)) for b in list(self._bottoms) + list(self.impl.blobs)]
 
 

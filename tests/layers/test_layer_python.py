@@ -116,6 +116,46 @@ class Broken(caffe.Layer):
 
 class NotALayer:
     pass
+
+
+class DropsBlobs(caffe.Layer):
+    def setup(self, bottom, top):
+        self.blobs = None
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        pass
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+
+class Misbehaves(caffe.Layer):
+    """One parameter blob; param_str says what goes wrong: its blob reshaped in forward or backward, a blob added,
+    the bottom reshaped in backward, the top's shape changed in forward."""
+
+    def setup(self, bottom, top):
+        self.blobs.add_blob(3)
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data
+        if self.param_str == "blob in forward":
+            self.blobs[0].reshape(7)
+        elif self.param_str == "blob added":
+            self.blobs.add_blob(1)
+        elif self.param_str == "top":
+            top[0].reshape(3, 7)
+
+    def backward(self, top, propagate_down, bottom):
+        if self.param_str == "blob in backward":
+            self.blobs[0].reshape(2)
+        elif self.param_str == "bottom in backward":
+            bottom[0].reshape(5)
 '''
 
 
@@ -356,3 +396,35 @@ def test_blobs_of_a_parameter_held_elsewhere_sync_as_caffes_synced_memory(layer_
     assert blob.data[0] == 4.0
     net(data=torch.ones(2, 3, dtype=dtype, device=device))
     assert float(layer.blob0.detach()[0]) == 4.0
+
+
+@pytest.mark.parametrize("what,error", [
+    ("blob in forward", r"Misbehaves reshape/forward reshaped self.blobs\[0\] from \[3\] to \[7\]: a Python layer's "
+                        r"learnable blobs keep the shape set-up gave them"),
+    ("blob added", r"Misbehaves reshape/forward left self.blobs with 2 blobs, set-up gave it 1"),
+    ("blob in backward", r"Misbehaves backward reshaped self.blobs\[0\] from \[3\] to \[2\]"),
+    ("bottom in backward", r"Misbehaves: bottom\[0\] came in as \[2, 3\] and was reshaped to \[5\] by the time "
+                           r"backward returned"),
+    ("top", r"layer 'loss' \(type EuclideanLoss\): cannot run on bottoms of other shapes than it was set up for "
+            r"\('y' is \[3, 7\], was \[2, 3\]\)"),
+])
+def test_a_layer_that_reshapes_what_it_may_not_is_named(layer_dir, what, error):
+    """Each was an unexpected error from torch (a reshape or a gradient of the wrong size, or an error inside the
+    layer below), found by a fuzz of Python layers; in Caffe a reshaped parameter overruns the solver's history."""
+    _, mod = layer_dir
+    text = ('name: "py" input: "data" input_shape { dim: 2 dim: 3 } input: "t" input_shape { dim: 2 dim: 3 }\n'
+            + _py("l", mod, "Misbehaves", ["data"], ["y"], f'python_param {{ param_str: "{what}" }}')
+            + 'layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }\n')
+    net = _net(text.replace(f'layer: "Misbehaves" }} python_param {{ param_str: "{what}" }}',
+                            f'layer: "Misbehaves" param_str: "{what}" }}'))
+    with pytest.raises(NetcompressError, match=error):
+        net(data=torch.rand(2, 3, requires_grad=True), t=torch.rand(2, 3))
+        net.loss.backward()
+
+
+def test_blobs_that_setup_replaced_with_no_list_are_named(layer_dir):
+    _, mod = layer_dir
+    with pytest.raises(NetcompressError, match=rf"{mod}.DropsBlobs.blobs is a NoneType after setup; a Python "
+                                               r"layer's blobs is the list caffe.Layer gives it"):
+        _net('name: "py" input: "data" input_shape { dim: 2 dim: 3 }\n'
+             + _py("l", mod, "DropsBlobs", ["data"], ["y"]))
