@@ -9,7 +9,7 @@ import torch
 
 from ..fillers import fill
 from ..proto import caffe_pb2 as pb
-from .base import Layer, LayerContext, Shape, canonical_axis, register_layer
+from .base import Layer, LayerContext, Shape, canonical_axis, register_layer, rows
 
 __all__ = ["Eltwise", "Scale", "Bias", "Softmax", "ArgMax", "Reduction", "Embed"]
 
@@ -254,7 +254,7 @@ class ArgMax(Layer):
             vals, idx = self._sorted(x, self.axis)
             return vals if self.out_max_val else idx.to(x.dtype)
         N = x.shape[0]
-        vals, idx = self._sorted(x.reshape(N, -1), 1)
+        vals, idx = self._sorted(rows(x, N), 1)
         idx = idx.to(x.dtype)
         out = torch.stack([idx, vals], dim=1) if self.out_max_val else idx.unsqueeze(1)
         return out.reshape(self._top_shape(tuple(x.shape)))

@@ -356,6 +356,12 @@ class Layer(nn.Module):
         return f"name={self.name!r}"
 
 
+def rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    """`x` as `n` rows of equal length (`x.reshape(n, -1)`, which torch refuses for an empty batch, n = 0: then
+    the rows' length is that of the axes after the first)."""
+    return x.reshape(n, -1) if n else x.reshape(0, math.prod(x.shape[1:]))
+
+
 def canonical_axis(axis: int, ndim: int, layer: Layer, what: str = "axis") -> int:
     """Caffe's Blob::CanonicalAxisIndex: -ndim <= axis < ndim, negative counts from the end."""
     if not -ndim <= axis < ndim:

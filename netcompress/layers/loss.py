@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from ..proto import caffe_pb2 as pb
-from .base import Layer, LayerContext, Shape, canonical_axis, register_layer
+from .base import Layer, LayerContext, Shape, canonical_axis, register_layer, rows
 
 __all__ = ["LossLayer", "SoftmaxWithLoss", "SigmoidCrossEntropyLoss", "EuclideanLoss", "InfogainLoss",
            "MultinomialLogisticLoss", "HingeLoss", "ContrastiveLoss", "Accuracy", "loss_normalizer",
@@ -104,7 +104,9 @@ class LossLayer(Layer):
     def check_batch(self, bottom_shapes: Sequence[Shape]) -> None:
         """Caffe's LossLayer::Reshape check: data and label share their first dimension."""
         a, b = bottom_shapes[0], bottom_shapes[1]
-        if len(a) and len(b) and a[0] != b[0]:
+        if not len(a) or not len(b):  # (Caffe's shape(0) of a blob of no axes: a failed check)
+            raise self.error(f"the data and label need a first (batch) axis, got shapes {list(a)} and {list(b)}")
+        if a[0] != b[0]:
             raise self.error(f"the data and label should have the same first dimension, got "
                              f"{list(a)} and {list(b)}")
 
@@ -194,6 +196,8 @@ def check_label_range(layer: Layer, lab: torch.Tensor, n: int, valid: torch.Tens
         bad &= valid
     if bool(bad.any()):
         v = int(lab[bad].reshape(-1)[0])
+        if v == -2 ** 63:  # what a cast to an integer makes of NaN and of values past 64 bits
+            v = f"{v} (a NaN or infinite label, or one past 64 bits, cast to an integer)"
         raise layer.error(f"label {v} is out of range: labels must lie in [0, {n}) (the predictions' "
                           f"{n} classes){' or equal ignore_label' if valid is not None else ''}")
 
@@ -286,7 +290,7 @@ class MultinomialLogisticLoss(LossLayer):
 
     def forward(self, p: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         N = p.shape[0]
-        p2 = p.reshape(N, -1)
+        p2 = rows(p, N)
         lab = _labels(label).reshape(N, 1)
         lab, poison = self.checked_labels(lab, p2.shape[1])
         prob = p2.gather(1, lab).squeeze(1)
@@ -393,7 +397,7 @@ class HingeLoss(LossLayer):
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         N = x.shape[0]
-        x2 = x.reshape(N, -1)
+        x2 = rows(x, N)
         lab = _labels(label).reshape(N, 1)
         lab, poison = self.checked_labels(lab, x2.shape[1])
         sign = torch.ones_like(x2).scatter_(1, lab, -1.0)
@@ -431,7 +435,7 @@ class ContrastiveLoss(LossLayer):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         N = a.shape[0]
-        diff = (a - b).reshape(N, -1)
+        diff = rows(a - b, N)
         dist_sq = (diff * diff).sum(dim=1)
         similar = _labels(y).reshape(N) != 0
         if self.legacy:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..proto import caffe_pb2 as pb
-from .base import Layer, LayerContext, Shape, register_layer
+from .base import Layer, LayerContext, Shape, register_layer, rows
 
 __all__ = ["LRN", "BatchNorm", "MVN"]
 
@@ -189,7 +189,7 @@ class MVN(Layer):
         num = x.shape[0] if x.dim() else 1
         if not self.across_channels and x.dim() >= 2:
             num *= x.shape[1]
-        x2 = x.reshape(num, -1)
+        x2 = rows(x, num)
         if self.normalize_variance:
             y = _MVNFunction.apply(x2, self.eps)
         else:

@@ -406,3 +406,33 @@ def test_accuracy_random_and_spatial(make_layer):
     assert abs(float(spatial(xs, ls)) - accuracy_reference(flat, ls.reshape(-1), 1)[0]) < 1e-12
     with pytest.raises(NetDefinitionError, match=r"top_k \(6\) must be at most the number of classes \(5\)"):
         make_layer('type: "Accuracy" accuracy_param { top_k: 6 }', (6, 5), (6,))
+
+
+@pytest.mark.parametrize("snippet,shapes", [
+    ('type: "MultinomialLogisticLoss"', [(0, 3), (0,)]),
+    ('type: "HingeLoss"', [(0, 3), (0,)]),
+    ('type: "ContrastiveLoss"', [(0, 3), (0, 3), (0,)]),
+    ('type: "EuclideanLoss"', [(0, 3), (0, 3)]),
+    ('type: "ArgMax"', [(0, 3)]),
+    ('type: "MVN"', [(0, 3, 2, 2)]),
+])
+def test_an_empty_batch_runs(make_layer, snippet, shapes):
+    """A batch of no samples (a Python data layer may give one): the per-sample losses are Caffe's 0/0, NaN (the
+    solver's finite check names it), the others empty; it was torch's refusal of reshape(0, -1) as an unexpected
+    error (found by a Python-layer fuzz)."""
+    layer = make_layer(snippet, *shapes)
+    xs = [torch.rand(s, dtype=torch.float64, requires_grad=i == 0) for i, s in enumerate(shapes)]
+    out = layer(*xs)
+    if "Loss" in snippet:
+        assert out.shape == () and torch.isnan(out)
+        out.backward()
+        assert xs[0].grad.shape == shapes[0]
+    else:
+        assert out.numel() == 0 and out.shape[0] == 0
+
+
+def test_a_nan_label_is_named_as_such(make_layer):
+    layer = make_layer('type: "MultinomialLogisticLoss"', (2, 3), (2,))
+    with pytest.raises(NetDefinitionError, match=r"label -9223372036854775808 \(a NaN or infinite label, or one "
+                                                 r"past 64 bits, cast to an integer\) is out of range"):
+        layer(torch.rand(2, 3, dtype=torch.float64), torch.tensor([0.0, float("nan")], dtype=torch.float64))
