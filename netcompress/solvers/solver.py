@@ -54,6 +54,20 @@ class NonFiniteLossError(NetcompressError):
     """Training produced a NaN or infinite loss; nothing after the last good snapshot was written."""
 
 
+# Caffe logs every value of every net output at each display and test; an output of many values (a blob no layer
+# consumes becomes one) made that millions of lines. The first this many of each output are logged, then one line.
+MAX_LOGGED_OUTPUT_VALUES = 1000
+
+
+def _log_left_out(net: str, name: str, count: int, next_index: int) -> None:
+    """The line after an output's first MAX_LOGGED_OUTPUT_VALUES values (none where it has no more)."""
+    if count > MAX_LOGGED_OUTPUT_VALUES:
+        log.info("    %s net outputs #%d to #%d: %s: %d more values not logged (an output of %d values; Caffe logs "
+                 "each; a blob no layer takes is a net output: a Silence layer takes it)", net,
+                 next_index - (count - MAX_LOGGED_OUTPUT_VALUES), next_index - 1, name,
+                 count - MAX_LOGGED_OUTPUT_VALUES, count)
+
+
 class Solver:
     """Train a net described by a solver prototxt, the way `caffe train` does.
 
@@ -706,10 +720,13 @@ class Solver:
         score = 0
         for name, blob in self.net.blobs_of_outputs().items():
             w = self.net.loss_weights.get(name, 0.0)
-            for v in blob.detach().reshape(-1).double().cpu().tolist():
+            values = blob.detach().reshape(-1)
+            for v in values[:MAX_LOGGED_OUTPUT_VALUES].double().cpu().tolist():
                 extra = f" (* {w:g} = {w * v:g} loss)" if w else ""
                 log.info("    Train net output #%d: %s = %g%s", score, name, v, extra)
                 score += 1
+            score += max(values.numel() - MAX_LOGGED_OUTPUT_VALUES, 0)
+            _log_left_out("Train", name, values.numel(), score)
 
     def _device_loop(self) -> DeviceLoop | None:
         """The deferred/graph state (created, with the step-mode log line, at the first step), or None (eager)."""
@@ -870,8 +887,7 @@ class Solver:
         log.info("Iteration %d, Testing net (#%d)", self.iter, index)
         net.debug_info = bool(sp.debug_info)  # Caffe's test nets log every forward with debug_info
         n = sp.test_iter[index]
-        sums: list[float] = []
-        names: list[str] = []
+        sums: dict[str, torch.Tensor] = {}  # each output's values summed elementwise in float64, as Caffe's
         loss = 0.0
         with torch.no_grad():
             for i in range(n):
@@ -886,24 +902,29 @@ class Solver:
                 outputs = net()
                 if sp.test_compute_loss and net.loss is not None:
                     loss += float(net.loss)
-                idx = 0
                 for name, blob in outputs.items():
-                    for v in blob.detach().reshape(-1).double().cpu().tolist():
-                        if i == 0:
-                            sums.append(v)
-                            names.append(name)
-                        else:
-                            sums[idx] += v
-                        idx += 1
+                    v = blob.detach().reshape(-1).double()
+                    if i == 0:
+                        sums[name] = v.clone()
+                    elif v.numel() != sums[name].numel():
+                        raise NetcompressError(f"test net #{index}: output '{name}' holds {v.numel()} values at "
+                                               f"test iteration {i}, {sums[name].numel()} at the first: Caffe "
+                                               "averages each value over the test iterations")
+                    else:
+                        sums[name] += v
         if sp.test_compute_loss:
             log.info("Test loss: %g", loss / n)
         scores = []
-        for k, (name, s) in enumerate(zip(names, sums)):
-            mean = s / n
+        k = 0
+        for name, total in sums.items():
             w = net.loss_weights.get(name, 0.0)
-            extra = f" (* {w:g} = {w * mean:g} loss)" if w else ""
-            log.info("    Test net output #%d: %s = %g%s", k, name, mean, extra)
-            scores.append((name, mean))
+            for j, mean in enumerate((total / n).cpu().tolist()):
+                if j < MAX_LOGGED_OUTPUT_VALUES:
+                    extra = f" (* {w:g} = {w * mean:g} loss)" if w else ""
+                    log.info("    Test net output #%d: %s = %g%s", k, name, mean, extra)
+                scores.append((name, mean))
+                k += 1
+            _log_left_out("Test", name, total.numel(), k)
         self.last_test_scores = scores
         return scores
 

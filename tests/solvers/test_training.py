@@ -283,3 +283,30 @@ def test_a_net_whose_loss_reaches_no_learnable_parameter_trains(tmp_path, frozen
     after = solver.net.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert (tmp_path / "s_iter_3.caffemodel").exists()
+
+
+def test_an_output_of_many_values_logs_its_first_thousand_then_one_line(tmp_path, caplog):
+    """A blob no layer takes is a net output; Caffe logs each of its values at every display and test (2M lines
+    for a 2x2^20 blob took a minute here). The first 1,000 are logged, then one line; the indices after it go on
+    as Caffe's, and the test scores keep every value."""
+    (tmp_path / "net.prototxt").write_text(
+        'name: "wide"\nlayer { name: "data" type: "DummyData" top: "data" top: "t" top: "wide" dummy_data_param { '
+        'shape { dim: 2 dim: 3 } shape { dim: 2 dim: 3 } shape { dim: 3 dim: 1000 } '
+        'data_filler { type: "constant" value: 1 } data_filler { type: "constant" value: 0 } '
+        'data_filler { type: "constant" value: 0.5 } } }\n'
+        'layer { name: "loss" type: "EuclideanLoss" bottom: "data" bottom: "t" top: "loss" }\n')
+    sp = pb.SolverParameter(net=str(tmp_path / "net.prototxt"), base_lr=0.1, lr_policy="fixed", max_iter=1,
+                            display=1, test_iter=[2], test_interval=1, test_initialization=False, snapshot=0,
+                            snapshot_prefix=str(tmp_path / "s"))
+    solver = Solver(sp)
+    with caplog.at_level(logging.INFO, logger="netcompress"):
+        solver.solve()
+    lines = [r.getMessage() for r in caplog.records]
+    for net in ("Train", "Test"):
+        outs = [l for l in lines if f"{net} net output #" in l]
+        assert len(outs) == 1001, net  # (loss, then wide's first 1,000: Caffe's outputs in name order)
+        assert outs[0].startswith(f"    {net} net output #0: loss = 1.5")
+        assert outs[1].endswith("#1: wide = 0.5") and outs[1000].endswith("#1000: wide = 0.5")
+        assert f"    {net} net outputs #1001 to #3000: wide: 2000 more values not logged (an output of 3000 " \
+               "values; Caffe logs each" in "\n".join(lines)
+    assert len(solver.last_test_scores) == 3001 and solver.last_test_scores[3000] == ("wide", 0.5)
