@@ -221,10 +221,13 @@ class PythonLayer(Layer):
                              f"{len(self.blob_names)}: a Python layer's learnable blobs are fixed at set-up")
         for i, (blob, name) in enumerate(zip(blobs, self.blob_names)):
             want = tuple(getattr(self, name).shape)
-            if not hasattr(blob, "shape") or tuple(blob.shape) != want:
-                got = list(blob.shape) if hasattr(blob, "shape") else type(blob).__name__
-                raise self.error(f"{self.impl_name} {what} reshaped self.blobs[{i}] from {list(want)} to {got}: a "
-                                 "Python layer's learnable blobs keep the shape set-up gave them")
+            if not isinstance(blob, _pycaffe().Blob):
+                raise self.error(f"{self.impl_name} {what} replaced self.blobs[{i}] with a {type(blob).__name__}: a "
+                                 "Python layer's learnable blobs are fixed at set-up")
+            if tuple(blob.shape) != want:
+                raise self.error(f"{self.impl_name} {what} reshaped self.blobs[{i}] from {list(want)} to "
+                                 f"{list(blob.shape)}: a Python layer's learnable blobs keep the shape set-up gave "
+                                 "them")
 
     def _params(self) -> list[torch.Tensor]:
         return [getattr(self, n) for n in self.blob_names]

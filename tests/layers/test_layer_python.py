@@ -148,6 +148,8 @@ class Misbehaves(caffe.Layer):
             self.blobs[0].reshape(7)
         elif self.param_str == "blob added":
             self.blobs.add_blob(1)
+        elif self.param_str == "blob replaced":
+            self.blobs[0] = 3
         elif self.param_str == "top":
             top[0].reshape(3, 7)
 
@@ -402,6 +404,7 @@ def test_blobs_of_a_parameter_held_elsewhere_sync_as_caffes_synced_memory(layer_
     ("blob in forward", r"Misbehaves reshape/forward reshaped self.blobs\[0\] from \[3\] to \[7\]: a Python layer's "
                         r"learnable blobs keep the shape set-up gave them"),
     ("blob added", r"Misbehaves reshape/forward left self.blobs with 2 blobs, set-up gave it 1"),
+    ("blob replaced", r"Misbehaves reshape/forward replaced self.blobs\[0\] with a int"),
     ("blob in backward", r"Misbehaves backward reshaped self.blobs\[0\] from \[3\] to \[2\]"),
     ("bottom in backward", r"Misbehaves: bottom\[0\] came in as \[2, 3\] and was reshaped to \[5\] by the time "
                            r"backward returned"),
