@@ -535,6 +535,13 @@ def test_transformer_order_of_operations():
         t2.set_mean("data", np.zeros((1, 6, 5)))
     with pytest.raises(ValueError, match="Mean shape invalid"):
         t2.set_mean("data", np.zeros((3, 0, 5)))
+    for bad in (np.nan, np.inf):  # (pycaffe: numpy's warning, then every preprocessed value NaN)
+        with pytest.raises(ValueError, match="Transformer.set_mean: the mean holds NaN or infinite values"):
+            t2.set_mean("data", np.full((3, 6, 5), bad))
+    wide = np.zeros((3, 12, 10), np.float32)  # (of another size: resized through its span, which overflows
+    wide[0, 0, 0], wide[0, 0, 1] = -3e38, 3e38  # float32: numpy's warning, a NaN mean)
+    with pytest.raises(ValueError, match=r"the mean's values span \[-3e\+38, 3e\+38\], too wide for its type"):
+        t2.set_mean("data", wide)
     t1 = caffe.io.Transformer({"data": (1, 1, 6, 5)})
     t1.set_mean("data", np.arange(12.0).reshape(3, 4))  # an H x W mean of another size (its transpose failed)
     assert t1.mean["data"].shape == (1, 6, 5)

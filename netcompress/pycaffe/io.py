@@ -223,7 +223,9 @@ class Transformer:
         """The mean to subtract: one value per channel (K,), or an image (K x H x W or H x W), resized to the
         input's size when it differs."""
         self.__check_input(in_)
-        mean = np.asarray(mean)
+        mean = real_array(mean, "Transformer.set_mean")
+        if not np.isfinite(mean).all():  # (every preprocessed value would be NaN or infinite)
+            raise ValueError("Transformer.set_mean: the mean holds NaN or infinite values")
         ms = mean.shape
         if mean.ndim == 1:
             if ms[0] != self.inputs[in_][1]:
@@ -243,9 +245,15 @@ class Transformer:
                 if m_max == m_min:  # a constant mean stays that constant (pycaffe divides by 0: a NaN mean)
                     mean = np.full((ms[0], *in_shape[1:]), m_min, dtype=mean.dtype)
                 else:
-                    normal_mean = (mean - m_min) / (m_max - m_min)
+                    with np.errstate(over="raise", invalid="raise"):
+                        try:
+                            span = m_max - m_min
+                            normal_mean = (mean - m_min) / span
+                        except FloatingPointError:
+                            raise ValueError(f"Transformer.set_mean: the mean's values span [{m_min:g}, {m_max:g}], "
+                                             "too wide for its type: it cannot be resized") from None
                     mean = resize_image(normal_mean.transpose((1, 2, 0)), in_shape[1:]).transpose((2, 0, 1)) * \
-                        (m_max - m_min) + m_min
+                        span + m_min
         self.mean[in_] = mean
 
     def set_input_scale(self, in_: str, scale: float) -> None:
