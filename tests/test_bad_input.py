@@ -407,6 +407,18 @@ def test_an_empty_net_does_not_train(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["empty.prototxt", "s.prototxt"]
 
 
+def test_a_net_whose_losses_all_weigh_zero_says_so(tmp_path, capsys):
+    net = tmp_path / "zero.prototxt"
+    net.write_text('name: "zero"\nlayer { name: "data" type: "DummyData" top: "data" top: "t" dummy_data_param { '
+                   'shape { dim: 2 dim: 3 } shape { dim: 2 dim: 3 } } }\nlayer { name: "l2" type: "EuclideanLoss" '
+                   'bottom: "data" bottom: "t" top: "l2" loss_weight: 0 }\n')
+    solver = tmp_path / "s.prototxt"
+    solver.write_text(f'net: "{net}"\nbase_lr: 0.1\nlr_policy: "fixed"\nmax_iter: 1\n')
+    assert cli_error(capsys, ["train", "--solver", str(solver)]) == (  # (it said "no *Loss layer" only)
+        f"netcompress train: error: {net}: the TRAIN net has no loss (no *Loss layer and no loss_weight; its loss "
+        "layers (l2) all have loss_weight: 0): nothing to train")
+
+
 @pytest.mark.parametrize("line, message", [
     ("base_lr: -0.01", "base_lr must be >= 0, got -0.01"),
     ("base_lr: -inf", "base_lr must be a finite number, got -inf"),

@@ -443,9 +443,11 @@ class Solver:
         """Train to max_iter (Caffe's Solver::Solve), resuming from a .solverstate if given."""
         sp = self.param
         if not self.net.loss_weights:  # even with max_iter 0, "Iteration 0, loss = 0" would mislead
+            zeroed = [layer.name for layer in self.net.layers.values() if getattr(layer, "is_loss", False)]
+            why = ("; it has no layers at all" if not self.net.layer_names else
+                   f"; its loss layers ({', '.join(zeroed)}) all have loss_weight: 0" if zeroed else "")
             raise NetcompressError(f"{self.net.source}: the TRAIN net has no loss (no *Loss layer and no "
-                                   f"loss_weight{'; it has no layers at all' if not self.net.layer_names else ''}): "
-                                   "nothing to train")
+                                   f"loss_weight{why}): nothing to train")
         if self.root:
             log.info("Solving %s", self.net.name)
             log.info("Learning Rate Policy: %s", sp.lr_policy)
