@@ -139,6 +139,18 @@ def _shape_str(shape: Shape) -> str:
     return " ".join(str(d) for d in shape) + f" ({math.prod(shape)})"
 
 
+
+def reshaped_bottoms_error(layer, names: Sequence[str], xs: Sequence[torch.Tensor],
+                           error: BaseException) -> "NetcompressError | None":
+    """The error of `layer` failing on bottoms of other shapes than it was set up for (its own checks ran at set-up
+    only), naming each such bottom then and at set-up; None where every bottom has its set-up shape."""
+    changed = [f"'{b}' is {list(x.shape)}, was {list(s)}" for b, x, s in zip(names, xs, layer.bottom_shapes)
+               if x is not None and tuple(x.shape) != tuple(s)]
+    if not changed:
+        return None
+    return layer.error(f"cannot run on bottoms of other shapes than it was set up for ({'; '.join(changed)}): "
+                       f"{error}")
+
 class Net(nn.Module):
     """A Caffe net for one phase. See the module docstring.
 
@@ -674,15 +686,11 @@ class Net(nn.Module):
                         raise
                     odd_inputs = any(tuple(getattr(v, "shape", ())) != tuple(self.blob_shapes.get(k, ()))
                                      for k, v in inputs.items())
-                    changed = [f"'{b}' is {list(x.shape)}, was {list(s)}"
-                               for b, x, s in zip(self._bottoms[li], xs, layer.bottom_shapes)
-                               if tuple(x.shape) != tuple(s)]
-                    if changed and not odd_inputs:
+                    changed = reshaped_bottoms_error(layer, self._bottoms[li], xs, e)
+                    if changed is not None and not odd_inputs:
                         # bottoms of other shapes than at set-up from inputs of the set-up shapes: a layer above
-                        # (a Python layer) reshaped its top in forward, as Caffe allows; this layer's checks ran
-                        # at set-up only
-                        raise layer.error(f"cannot run on bottoms of other shapes than it was set up for "
-                                          f"({'; '.join(changed)}): {e}") from e
+                        # (a Python layer) reshaped its top in forward, as Caffe allows
+                        raise changed from e
                     if not inputs:
                         raise
                     # tensors a caller gave that the layers cannot take: say which layer and which inputs

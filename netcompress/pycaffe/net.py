@@ -34,7 +34,7 @@ from torch import nn
 from ..debuginfo import abs_mean, backward_params, forward_params, log_backward, log_forward
 from ..errors import NetDefinitionError, WeightLoadError
 from ..log import get_logger
-from ..net import Net as CoreNet
+from ..net import Net as CoreNet, reshaped_bottoms_error
 from ..proto import caffe_pb2 as pb
 from . import _base
 from ._base import Blob, check_dims
@@ -787,7 +787,14 @@ class Net:
             layer.before_train_forward()  # the reference fork's state changes inside Layer::Forward
         need = self._layer_need[i]
         with torch.set_grad_enabled(need):
-            out = layer(*xs)
+            try:
+                out = layer(*xs)
+            except (RuntimeError, IndexError, ValueError) as e:  # (the layer's own errors are NetcompressErrors)
+                changed = None if isinstance(e, torch.cuda.OutOfMemoryError) else \
+                    reshaped_bottoms_error(layer, cl.bottoms, xs, e)
+                if changed is None:
+                    raise
+                raise changed from e  # (a Python layer above reshaped its top in forward, as Caffe allows)
         outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
         if need:
             self._io[i] = (xs, outs)

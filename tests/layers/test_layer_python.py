@@ -431,3 +431,19 @@ def test_blobs_that_setup_replaced_with_no_list_are_named(layer_dir):
                                                r"layer's blobs is the list caffe.Layer gives it"):
         _net('name: "py" input: "data" input_shape { dim: 2 dim: 3 }\n'
              + _py("l", mod, "DropsBlobs", ["data"], ["y"]))
+
+
+def test_a_top_reshaped_in_forward_is_named_through_pycaffe_too(layer_dir):
+    """pycaffe's Net runs the layers one by one (its own path): the layer below is named as in the native net."""
+    from netcompress import pycaffe
+
+    folder, mod = layer_dir
+    (folder / "net.prototxt").write_text(
+        'name: "py" input: "data" input_shape { dim: 2 dim: 3 } input: "t" input_shape { dim: 2 dim: 3 }\n'
+        + _py("l", mod, "Misbehaves", ["data"], ["y"]).replace('layer: "Misbehaves"',
+                                                                'layer: "Misbehaves" param_str: "top"')
+        + 'layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }\n')
+    net = pycaffe.Net(str(folder / "net.prototxt"), pycaffe.TRAIN)
+    with pytest.raises(NetcompressError, match=r"layer 'loss' \(type EuclideanLoss\): cannot run on bottoms of other "
+                                               r"shapes than it was set up for \('y' is \[3, 7\], was \[2, 3\]\)"):
+        net.forward()
