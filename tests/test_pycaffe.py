@@ -538,6 +538,12 @@ def test_transformer_order_of_operations():
     for bad in (np.nan, np.inf):  # (pycaffe: numpy's warning, then every preprocessed value NaN)
         with pytest.raises(ValueError, match="Transformer.set_mean: the mean holds NaN or infinite values"):
             t2.set_mean("data", np.full((3, 6, 5), bad))
+    zero = caffe.io.Transformer({"data": (1, 3, 6, 5)})
+    zero.set_raw_scale("data", 0)  # (preprocess may: every value 0)
+    assert not zero.preprocess("data", np.ones((6, 5, 3), np.float32)).any()
+    with pytest.raises(ValueError, match="Transformer.deprocess: raw_scale of 'data' is 0: preprocess made every "
+                                         "value 0, which cannot be undone"):  # (numpy's warning, NaN)
+        zero.deprocess("data", np.zeros((3, 6, 5)))
     wide = np.zeros((3, 12, 10), np.float32)  # (of another size: resized through its span, which overflows
     wide[0, 0, 0], wide[0, 0, 1] = -3e38, 3e38  # float32: numpy's warning, a NaN mean)
     with pytest.raises(ValueError, match=r"the mean's values span \[-3e\+38, 3e\+38\], too wide for its type"):

@@ -183,6 +183,10 @@ class Transformer:
         raw_scale = self.raw_scale.get(in_)
         mean = self.mean.get(in_)
         input_scale = self.input_scale.get(in_)
+        for name, scale in (("input_scale", input_scale), ("raw_scale", raw_scale)):
+            if scale is not None and scale == 0:  # (pycaffe divided by it: numpy's warning, NaN and inf)
+                raise ValueError(f"Transformer.deprocess: {name} of {in_!r} is 0: preprocess made every value 0, "
+                                 "which cannot be undone")
         if input_scale is not None:
             decaf_in /= input_scale
         if mean is not None:
