@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from typing import Sequence
 
 import torch
@@ -50,6 +52,12 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         raise NetcompressError(f"--iterations must be >= 0, got {a.iterations}")
     if a.cpu_procs is not None and a.cpu_procs < 1:
         raise NetcompressError(f"--cpu-procs must be at least 1, got {a.cpu_procs}")
+    most = 4 * (os.cpu_count() or 1)  # (each process holds a net, a solver and gloo's sockets)
+    if a.cpu_procs is not None and a.cpu_procs > most:  # (100,000 ran for minutes, then died in gloo)
+        raise NetcompressError(f"--cpu-procs {a.cpu_procs} is more processes than this machine's "
+                               f"{os.cpu_count() or 1} CPUs can run (at most {most}, four to a CPU)")
+    if a.dist_timeout is not None and not (math.isfinite(a.dist_timeout) and a.dist_timeout > 0):
+        raise NetcompressError(f"--dist-timeout takes a positive number of seconds, got {a.dist_timeout:g}")
     if a.cpu_procs and a.gpu:
         raise NetcompressError("--cpu-procs and --gpu exclude each other: --cpu-procs trains on CPU "
                                "processes, --gpu on GPUs")

@@ -316,6 +316,12 @@ def test_cli_rejects_gpu_without_cuda_and_mixed_flags(workdir, capsys):
         assert "--gpu 0,1: no CUDA device is available" in capsys.readouterr().err
     assert cli_main(["train", "--solver", solver, "--gpu", "0", "--cpu-procs", "2"]) == 1
     assert "--cpu-procs and --gpu exclude each other" in capsys.readouterr().err
+    many = 4 * (os.cpu_count() or 1) + 1  # (100,000 ran for minutes, then died in gloo)
+    assert cli_main(["train", "--solver", solver, "--cpu-procs", str(many)]) == 1
+    assert f"--cpu-procs {many} is more processes than this machine's" in capsys.readouterr().err
+    for bad in ("-5", "nan", "0"):  # (torch's DistNetworkError, a ValueError; 0 was the default)
+        assert cli_main(["train", "--solver", solver, "--cpu-procs", "2", "--dist-timeout", bad]) == 1
+        assert f"--dist-timeout takes a positive number of seconds, got {bad}" in capsys.readouterr().err
 
 
 def test_data_position_converts_between_world_sizes(tmp_path, caplog):
