@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from .layers.base import INT_MAX
 from .proto import caffe_pb2 as pb
 
 __all__ = ["add_gpu_arg", "add_state_args", "state_from_args"]
@@ -23,3 +24,13 @@ def state_from_args(a: argparse.Namespace, default_phase: int) -> tuple[int, int
     """(phase, level, stages) from `add_state_args`' arguments."""
     phase = default_phase if a.phase is None else (pb.TRAIN if a.phase == "TRAIN" else pb.TEST)
     return phase, a.level, [s for s in a.stage.split(",") if s]
+
+
+
+def int_flag_error(value: int, flag: str, least: int) -> str | None:
+    """What is wrong with an integer flag of Caffe's (`least` to INT_MAX), or None."""
+    if value < least:
+        return f"{flag} must be {'at least 1' if least == 1 else f'>= {least}'}, got {value}"
+    if value > INT_MAX:
+        return f"{flag} takes at most {INT_MAX} (Caffe's int flag), got {value}"
+    return None

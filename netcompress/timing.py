@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from .cliargs import add_gpu_arg, add_state_args, state_from_args
+from .cliargs import add_gpu_arg, add_state_args, int_flag_error, state_from_args
 from .device import device_from_gpu_flag
 from .errors import NetcompressError
 from .proto import caffe_pb2 as pb
@@ -191,10 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_gpu_arg(p)
     add_state_args(p)
     a = p.parse_args(argv)
-    if a.iterations < 1:
-        p.error(f"--iterations must be at least 1, got {a.iterations}")
-    if a.iteration < 0:
-        p.error(f"--iteration must be at least 0, got {a.iteration}")
+    for value, flag, least in ((a.iterations, "--iterations", 1), (a.iteration, "--iteration", 0)):
+        if int_flag_error(value, flag, least):
+            p.error(int_flag_error(value, flag, least).replace(">= 0", "at least 0"))
     from .net import Net
 
     device = device_from_gpu_flag(a.gpu)

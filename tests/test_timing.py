@@ -154,6 +154,20 @@ def test_time_command_checks_its_counts(capsys):
     with pytest.raises(SystemExit):
         main(["--model", "x.prototxt", "--iteration", "-1"])
     assert "--iteration must be at least 0, got -1" in capsys.readouterr().err
+    for flag in ("--iterations", "--iteration"):  # (past Caffe's int flag: it ran for ever)
+        with pytest.raises(SystemExit):
+            main(["--model", "x.prototxt", flag, str(2 ** 31)])
+        assert f"{flag} takes at most 2147483647 (Caffe's int flag), got 2147483648" in capsys.readouterr().err
+
+
+def test_train_and_test_check_their_iteration_counts(tmp_path, capsys):
+    from netcompress.cli import main
+
+    (tmp_path / "s.prototxt").write_text('net: "n.prototxt" base_lr: 0.1 max_iter: 1\n')
+    assert main(["train", "--solver", str(tmp_path / "s.prototxt"), "--iterations", str(2 ** 31)]) == 1
+    assert "--iterations takes at most 2147483647 (Caffe's int flag), got 2147483648" in capsys.readouterr().err
+    assert main(["test", "--model", "n.prototxt", "--weights", "w.caffemodel", "--iterations", str(2 ** 31)]) == 1
+    assert "--iterations takes at most 2147483647" in capsys.readouterr().err  # (it ran for ever)
 
 
 def test_a_fresh_inq_net_fails_with_a_hint_and_times_past_its_step():

@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..layers.base import INT_MAX  # (a Caffe blob counts its values in an int)
 from ..proto import caffe_pb2 as _pb
 from ..rng import CaffeRNG
 
@@ -26,7 +27,6 @@ TEST: int = _pb.TEST
 
 
 MAX_BLOB_AXES = 32  # Caffe's kMaxBlobAxes
-INT_MAX = 2 ** 31 - 1  # a Caffe blob counts its values in an int
 
 
 def check_dims(shape: tuple, who: str = "Blob.reshape") -> tuple[int, ...]:
