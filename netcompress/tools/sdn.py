@@ -84,6 +84,7 @@ import numpy as np
 import torch
 
 from .. import io as ncio
+from ..cliargs import int_flag_error
 from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
 from ._common import ToolError, require_files, run_tool
@@ -608,6 +609,8 @@ def sdn_early_exit(prototxt: str, weights: str, outputs: Sequence[str], threshol
                             f"got {len(ops_values)}")
     if iterations <= 0:
         raise ToolError(f"--iterations must be positive, got {iterations}")
+    if int_flag_error(iterations, "--iterations", 1):  # (past INT_MAX: as caffe test's flag; it ran for ever)
+        raise ToolError(int_flag_error(iterations, "--iterations", 1))
     collected: list[list[np.ndarray]] = [[] for _ in outputs]
     labs: list[np.ndarray] = []
     net.eval()

@@ -76,6 +76,8 @@ def test_extract_features_refuses_bad_arguments_before_writing(trained, capsys):
     assert "unknown database backend 'rocksdb' (expected lmdb or leveldb)" in capsys.readouterr().err
     assert run("ip", out, "-1", "lmdb") == 1
     assert "num_mini_batches must be at least 0, got -1" in capsys.readouterr().err
+    assert run("ip", out, str(2 ** 31), "lmdb") == 1  # (Caffe's int argument; it ran for ever)
+    assert "num_mini_batches takes at most 2147483647 (Caffe's int flag), got 2147483648" in capsys.readouterr().err
     assert run("ip,conv", f"{out},{out}", "1", "lmdb") == 1
     assert "a dataset is named twice" in capsys.readouterr().err
     assert run("ip", "", "1", "lmdb") == 1  # (its temporary folder went beside the current one; the rename failed)

@@ -296,6 +296,8 @@ def test_early_exit_accounting_on_a_hand_made_net(exit_net, tmp_path, capsys):
     proto, weights = exit_net
     r = sdn.sdn_early_exit(proto, weights, ["ic1", "ic2", "final"], [0.5, 0.95], "auto", iterations=2)
     assert r["samples"] == 6
+    with pytest.raises(NetcompressError, match=r"--iterations takes at most 2147483647 \(Caffe's int flag\)"):
+        sdn.sdn_early_exit(proto, weights, ["ic1", "ic2", "final"], [0.5, 0.95], "auto", iterations=2 ** 31)
     # auto ops: each InnerProduct is 9 x 3 = 27 MACs; output i needs outputs 1..i
     assert r["ops_per_output"] == [27, 54, 81]
     # each output alone: ic1 right on 0, 4; ic2 on 0, 2, 5; final on 1, 5
