@@ -6,7 +6,7 @@ import argparse
 from .layers.base import INT_MAX
 from .proto import caffe_pb2 as pb
 
-__all__ = ["add_gpu_arg", "add_state_args", "state_from_args"]
+__all__ = ["add_gpu_arg", "add_state_args", "state_from_args", "int_flag_error"]
 
 
 def add_gpu_arg(p: argparse.ArgumentParser, help_text: str = "GPU id (default: CPU)") -> None:
@@ -24,7 +24,6 @@ def state_from_args(a: argparse.Namespace, default_phase: int) -> tuple[int, int
     """(phase, level, stages) from `add_state_args`' arguments."""
     phase = default_phase if a.phase is None else (pb.TRAIN if a.phase == "TRAIN" else pb.TEST)
     return phase, a.level, [s for s in a.stage.split(",") if s]
-
 
 
 def int_flag_error(value: int, flag: str, least: int) -> str | None:
