@@ -29,7 +29,7 @@ def state_from_args(a: argparse.Namespace, default_phase: int) -> tuple[int, int
 def int_flag_error(value: int, flag: str, least: int) -> str | None:
     """What is wrong with an integer flag of Caffe's (`least` to INT_MAX), or None."""
     if value < least:
-        return f"{flag} must be {'at least 1' if least == 1 else f'>= {least}'}, got {value}"
+        return f"{flag} must be at least {least}, got {value}"
     if value > INT_MAX:
         return f"{flag} takes at most {INT_MAX} (Caffe's int flag), got {value}"
     return None

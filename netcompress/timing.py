@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     for value, flag, least in ((a.iterations, "--iterations", 1), (a.iteration, "--iteration", 0)):
         if int_flag_error(value, flag, least):
-            p.error(int_flag_error(value, flag, least).replace(">= 0", "at least 0"))
+            p.error(int_flag_error(value, flag, least))
     from .net import Net
 
     device = device_from_gpu_flag(a.gpu)

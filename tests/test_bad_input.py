@@ -440,7 +440,7 @@ def test_solver_values_that_were_accepted(tmp_path, capsys, line, message):
 def test_negative_iterations_are_refused(tmp_path, capsys):
     path = solver_file(tmp_path)
     assert cli_error(capsys, ["train", "--solver", path, "--iterations", "-1"]) == \
-        "netcompress train: error: --iterations must be >= 0, got -1"
+        "netcompress train: error: --iterations must be at least 0, got -1"
 
 
 def test_duplicate_singular_fields_are_refused_as_caffe_does(tmp_path, capsys):

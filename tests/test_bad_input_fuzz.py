@@ -650,7 +650,7 @@ def solver_cases(work: Path, models: dict[str, Path], n: int, rng: random.Random
     f = sdir / "iterations.prototxt"
     f.write_text(BASE_SOLVER)
     cases.append(Case("solver", "--iterations -1", ["train", "--solver", str(f), "--iterations", "-1"],
-                      refuse="--iterations must be >= 0, got -1"))
+                      refuse="--iterations must be at least 0, got -1"))
     scalars = [fd for fd in pb.SolverParameter.DESCRIPTOR.fields if fd.type != fd.TYPE_MESSAGE]
     for k in range(n):
         sp = copy.deepcopy(base)

@@ -54,7 +54,7 @@ def extract_features(weights: str, proto: str, blob_names: Sequence[str], datase
         raise ToolError(f"an empty name in the blob names '{','.join(blob_names)}' or the dataset names "
                         f"'{','.join(dataset_names)}'")
     if int_flag_error(num_mini_batches, "num_mini_batches", 0):  # (past INT_MAX: Caffe's int; it ran for ever)
-        raise ToolError(int_flag_error(num_mini_batches, "num_mini_batches", 0).replace(">= 0", "at least 0"))
+        raise ToolError(int_flag_error(num_mini_batches, "num_mini_batches", 0))
     try:
         backend = backend_name(db_type)
     except DataError as e:
