@@ -794,7 +794,7 @@ def test_net_and_solver_refuse_misuse_clearly(simple_net, tmp_path):
     assert solver.iter == 0
 
 
-def test_classifier_predict_refuses_no_images_or_other_shapes(in_fixture_workdir):
+def test_classifier_predict_refuses_no_images_or_other_shapes(in_fixture_workdir, tmp_path):
     classifier = caffe.Classifier(DEPLOY, WEIGHTS)
     with pytest.raises(ValueError, match="predict needs at least one image"):
         classifier.predict([])
@@ -807,6 +807,10 @@ def test_classifier_predict_refuses_no_images_or_other_shapes(in_fixture_workdir
         [np.zeros((28, 28, 1))]).shape == (1, 10)
     with pytest.raises(ValueError, match=r"image_dims \[10, 28\] are smaller than the net's input \[28, 28\]"):
         caffe.Classifier(DEPLOY, WEIGHTS, image_dims=(10, 28))  # (numpy's broadcast error in predict before)
+    (tmp_path / "noinput.prototxt").write_text('name: "LeNet"\n')  # (a deploy net cut short: an IndexError)
+    for cls in (caffe.Classifier, caffe.Detector):
+        with pytest.raises(ValueError, match=rf"{cls.__name__}: the net has no input blob to feed the images to"):
+            cls(str(tmp_path / "noinput.prototxt"), WEIGHTS)
 
 
 def test_io_refuses_misuse_clearly(tmp_path):

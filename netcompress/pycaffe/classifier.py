@@ -16,6 +16,9 @@ def input_transformer(net: Net, mean: np.ndarray | None, input_scale: float | No
                       channel_swap: Sequence[int] | None) -> caffe_io.Transformer:
     """The Transformer of `net`'s first input that Classifier and Detector set up: H x W x K images transposed,
     then the channel swap, raw scale, mean and input scale that are given."""
+    if not net.inputs:  # (pycaffe: an IndexError)
+        raise ValueError(f"{type(net).__name__}: the net has no input blob to feed the images to (a deploy net "
+                         "declares one: an Input layer, or input: and input_shape)")
     in_ = net.inputs[0]
     transformer = caffe_io.Transformer({in_: net.blobs[in_].data.shape})
     transformer.set_transpose(in_, (2, 0, 1))
@@ -40,8 +43,8 @@ class Classifier(Net):
                  mean: np.ndarray | None = None, input_scale: float | None = None, raw_scale: float | None = None,
                  channel_swap: Sequence[int] | None = None):
         super().__init__(model_file, TEST, weights=pretrained_file)
-        in_ = self.inputs[0]
         self.transformer = input_transformer(self, mean, input_scale, raw_scale, channel_swap)
+        in_ = self.inputs[0]
         self.crop_dims = np.array(self.blobs[in_].data.shape[2:])
         if image_dims is None or (isinstance(image_dims, (tuple, list)) and not image_dims):
             self.image_dims = self.crop_dims
