@@ -59,13 +59,19 @@ class NonFiniteLossError(NetcompressError):
 MAX_LOGGED_OUTPUT_VALUES = 1000
 
 
-def _log_left_out(net: str, name: str, count: int, next_index: int) -> None:
-    """The line after an output's first MAX_LOGGED_OUTPUT_VALUES values (none where it has no more)."""
-    if count > MAX_LOGGED_OUTPUT_VALUES:
+def _log_output(net: str, name: str, values: list[float], count: int, weight: float, first: int) -> int:
+    """Caffe's "<net> net output #k: name = v" lines of one output of `count` values (`values`: at least its first
+    MAX_LOGGED_OUTPUT_VALUES), numbered from `first`: those, then one line for the rest. Returns the number after
+    its last value's."""
+    for k, v in enumerate(values[:MAX_LOGGED_OUTPUT_VALUES], first):
+        extra = f" (* {weight:g} = {weight * v:g} loss)" if weight else ""
+        log.info("    %s net output #%d: %s = %g%s", net, k, name, v, extra)
+    rest = count - MAX_LOGGED_OUTPUT_VALUES
+    if rest > 0:
         log.info("    %s net outputs #%d to #%d: %s: %d more values not logged (an output of %d values; Caffe logs "
                  "each; a blob no layer takes is a net output: a Silence layer takes it)", net,
-                 next_index - (count - MAX_LOGGED_OUTPUT_VALUES), next_index - 1, name,
-                 count - MAX_LOGGED_OUTPUT_VALUES, count)
+                 first + MAX_LOGGED_OUTPUT_VALUES, first + count - 1, name, rest, count)
+    return first + count
 
 
 class Solver:
@@ -721,14 +727,8 @@ class Solver:
         self._t_last, self._it_last = now, self.iter
         score = 0
         for name, blob in self.net.blobs_of_outputs().items():
-            w = self.net.loss_weights.get(name, 0.0)
-            values = blob.detach().reshape(-1)
-            for v in values[:MAX_LOGGED_OUTPUT_VALUES].double().cpu().tolist():
-                extra = f" (* {w:g} = {w * v:g} loss)" if w else ""
-                log.info("    Train net output #%d: %s = %g%s", score, name, v, extra)
-                score += 1
-            score += max(values.numel() - MAX_LOGGED_OUTPUT_VALUES, 0)
-            _log_left_out("Train", name, values.numel(), score)
+            shown = blob.detach().reshape(-1)[:MAX_LOGGED_OUTPUT_VALUES].double().cpu().tolist()
+            score = _log_output("Train", name, shown, blob.numel(), self.net.loss_weights.get(name, 0.0), score)
 
     def _device_loop(self) -> DeviceLoop | None:
         """The deferred/graph state (created, with the step-mode log line, at the first step), or None (eager)."""
@@ -919,14 +919,9 @@ class Solver:
         scores = []
         k = 0
         for name, total in sums.items():
-            w = net.loss_weights.get(name, 0.0)
-            for j, mean in enumerate((total / n).cpu().tolist()):
-                if j < MAX_LOGGED_OUTPUT_VALUES:
-                    extra = f" (* {w:g} = {w * mean:g} loss)" if w else ""
-                    log.info("    Test net output #%d: %s = %g%s", k, name, mean, extra)
-                scores.append((name, mean))
-                k += 1
-            _log_left_out("Test", name, total.numel(), k)
+            means = (total / n).cpu().tolist()
+            k = _log_output("Test", name, means, len(means), net.loss_weights.get(name, 0.0), k)
+            scores += [(name, mean) for mean in means]
         self.last_test_scores = scores
         return scores
 
