@@ -132,6 +132,24 @@ class DropsBlobs(caffe.Layer):
         pass
 
 
+class Grows(caffe.Layer):
+    """A top one value longer at each forward (Caffe allows a top reshaped in forward)."""
+
+    def setup(self, bottom, top):
+        self.n = 1
+
+    def reshape(self, bottom, top):
+        top[0].reshape(self.n)
+
+    def forward(self, bottom, top):
+        self.n += 1
+        top[0].reshape(self.n)
+        top[0].data[...] = 1
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+
 class Misbehaves(caffe.Layer):
     """One parameter blob; param_str says what goes wrong: its blob reshaped in forward or backward, a blob added,
     the bottom reshaped in backward, the top's shape changed in forward."""
@@ -447,3 +465,19 @@ def test_a_top_reshaped_in_forward_is_named_through_pycaffe_too(layer_dir):
     with pytest.raises(NetcompressError, match=r"layer 'loss' \(type EuclideanLoss\): cannot run on bottoms of other "
                                                r"shapes than it was set up for \('y' is \[3, 7\], was \[2, 3\]\)"):
         net.forward()
+
+
+def test_a_test_output_that_changes_size_between_test_iterations_is_named(layer_dir, tmp_path):
+    """Caffe averages each output value over the test iterations (its vector sized at the first)."""
+    _, mod = layer_dir
+    net = (tmp_path / "net.prototxt")
+    net.write_text('name: "grow"\nlayer { name: "d" type: "DummyData" top: "x" top: "t" dummy_data_param { '
+                   'shape { dim: 2 dim: 3 } shape { dim: 2 dim: 3 } } }\n'
+                   + _py("g", mod, "Grows", ["x"], ["grown"])
+                   + 'layer { name: "loss" type: "EuclideanLoss" bottom: "x" bottom: "t" top: "loss" }\n')
+    sp = pb.SolverParameter(net=str(net), base_lr=0.1, lr_policy="fixed", max_iter=1, test_iter=[3],
+                            test_interval=1, snapshot_prefix=str(tmp_path / "s"))
+    solver = Solver(sp)
+    with pytest.raises(NetcompressError, match=r"test net #0: output 'grown' holds 3 values at test iteration 1, 2 "
+                                               r"at the first: Caffe averages each value"):
+        solver.test(0)
