@@ -241,7 +241,6 @@ class PythonLayer(Layer):
         """Caffe's Forward of the pycaffe layer: reshape, then forward; the tops as tensors."""
         for t, blob in zip(bottoms, self._bottoms):
             _blob_from(t, blob)
-        self._bottom_like = [tuple(t.shape) for t in bottoms]
         for p, blob in zip(params, self.impl.blobs):
             if getattr(blob, "_source", None) is None:  # (a parameter's view is the parameter already)
                 _blob_from(p, blob)
@@ -253,7 +252,8 @@ class PythonLayer(Layer):
         return [torch.from_numpy(np.array(b.data, dtype=self._dtype)).to(device=device, dtype=self.ctx.dtype)
                 for b in self._tops]
 
-    def run_backward(self, grads: Sequence[torch.Tensor | None], down: list[bool]) -> list[torch.Tensor | None]:
+    def run_backward(self, grads: Sequence[torch.Tensor | None], down: list[bool],
+                     bottom_shapes: Sequence[Sequence[int]]) -> list[torch.Tensor | None]:
         """Caffe's Backward of the pycaffe layer: the bottoms' and blobs' diffs (zeroed first) from the tops'."""
         for g, blob in zip(grads, self._tops):
             if g is None:
@@ -264,7 +264,7 @@ class PythonLayer(Layer):
             blob.diff[...] = 0
         self._call("backward", lambda: self.impl.backward(self._tops, list(down), self._bottoms))
         self._check_blobs("backward")
-        for i, (blob, like) in enumerate(zip(self._bottoms, self._bottom_like)):
+        for i, (blob, like) in enumerate(zip(self._bottoms, map(tuple, bottom_shapes))):
             if tuple(blob.shape) != like:
                 raise self.error(f"{self.impl_name}: bottom[{i}] came in as {list(like)} and was reshaped to "
                                  f"{list(blob.shape)} by the time backward returned: its diff is the gradient of the "
@@ -286,7 +286,7 @@ class _PyCaffeLayer(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads: torch.Tensor):
         down = [bool(ctx.needs_input_grad[2 + i]) for i in range(ctx.n_bottoms)]
-        diffs = ctx.layer.run_backward(grads, down)
+        diffs = ctx.layer.run_backward(grads, down, [shape for _, _, shape in ctx.like[:ctx.n_bottoms]])
         out: list[torch.Tensor | None] = [None, None]
         for i, (d, (device, dtype, shape)) in enumerate(zip(diffs, ctx.like)):
             out.append(d.to(device=device, dtype=dtype).reshape(shape) if ctx.needs_input_grad[2 + i] else None)
