@@ -6,7 +6,9 @@ import argparse
 from .layers.base import INT_MAX
 from .proto import caffe_pb2 as pb
 
-__all__ = ["add_gpu_arg", "add_state_args", "state_from_args", "int_flag_error"]
+__all__ = ["add_gpu_arg", "add_state_args", "state_from_args", "int_flag_error", "seed_arg", "INT64_MAX"]
+
+INT64_MAX = 2**63 - 1  # Caffe's random_seed is an int64
 
 
 def add_gpu_arg(p: argparse.ArgumentParser, help_text: str = "GPU id (default: CPU)") -> None:
@@ -33,3 +35,19 @@ def int_flag_error(value: int, flag: str, least: int) -> str | None:
     if value > INT_MAX:
         return f"{flag} takes at most {INT_MAX} (Caffe's int flag), got {value}"
     return None
+
+
+def seed_arg(least: int = 0):
+    """An argparse type for `--seed`: an integer from `least` to 2^63 - 1 (the range of Caffe's int64
+    random_seed; numpy and torch take every seed in it), so that a seed out of range is an error naming the
+    flag, not an overflow deep in a generator."""
+    def seed(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer seed, got '{text}'") from None
+        if not least <= value <= INT64_MAX:
+            raise argparse.ArgumentTypeError(f"a seed is an integer from {least} to {INT64_MAX}, got {value}")
+        return value
+    seed.__name__ = "seed"  # argparse names the type in its messages
+    return seed

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import torch
 
 from . import io as ncio
+from .cliargs import seed_arg
 from .errors import NetcompressError
 from .log import get_logger
 
@@ -449,7 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dns-iters", type=int, default=5000, help="DNS fine-tuning iterations (default 5000)")
     p.add_argument("--inq-iters", type=int, default=1000,
                    help="iterations of each INQ stage 30-90 %% (default 1000; the 100 %% stage takes 1)")
-    p.add_argument("--seed", type=int, default=1, help="random_seed of every solver (default 1)")
+    p.add_argument("--seed", type=seed_arg(-2**63), default=1,
+                   help="random_seed of every solver (default 1; negative: unseeded, as Caffe)")
     p.add_argument("--gpu", default=None, help="GPU id (default: CPU)")
     p.add_argument("--verbose", action="store_true", help="also print every stage's Caffe log")
     p.add_argument("--restart", action="store_true",

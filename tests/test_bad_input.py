@@ -729,3 +729,28 @@ def test_the_scripts_share_the_boundary(tmp_path, capsys, monkeypatch):
     assert (r.returncode, r.stderr.splitlines()[-1] + "\n") == (1, f"netcompress test: error: {fifo}: is a FIFO (named pipe), expected a "
                                            "text prototxt: netcompress reads only regular files (a pipe or a "
                                            "device may block or never end)\n")
+
+
+@pytest.mark.parametrize("argv", [
+    ["net2wider", "a.prototxt", "a.caffemodel", "b.prototxt", "b.caffemodel", "--layer", "ip1", "--width", "9"],
+    ["net2deeper", "a.prototxt", "a.caffemodel", "b.prototxt", "b.caffemodel", "--after", "ip1"],
+    ["net2net_mutate", "a.prototxt", "a.caffemodel", "out"],
+    ["net2net_search", "a.prototxt", "a.caffemodel", "solver.prototxt", "out"],
+    ["snip_prune", "a.prototxt", "b.prototxt", "b.caffemodel", "--keep-ratio", "0.5"],
+    ["bn_reestimate", "a.prototxt", "a.caffemodel", "b.caffemodel"],
+    ["convert_mnist_siamese", "images", "labels", "db"],
+    ["convert_imageset", "root/", "list.txt", "db", "--shuffle"],
+    ["pipeline", "--out", "run"],
+])
+def test_a_seed_out_of_range_is_a_usage_error(tmp_path, monkeypatch, capsys, argv):
+    # (a negative --seed was numpy's "expected non-negative integer" and one past 2^63 torch's "Overflow when
+    # unpacking long long", both as unexpected errors, or the pipeline's parse error in a solver it wrote)
+    monkeypatch.chdir(tmp_path)
+    for seed in (["-1"] if argv[0] != "pipeline" else []) + [str(2**63)]:
+        try:
+            rc = cli.main(argv + ["--seed", seed])
+        except SystemExit as e:  # (the core commands leave argparse's exit to the process)
+            rc = e.code
+        assert rc == 2, seed
+        assert "argument --seed: a seed is an integer from " in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []

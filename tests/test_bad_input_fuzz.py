@@ -1264,7 +1264,8 @@ def recipe_cases(work: Path, bases: Path, n: int, rng: random.Random) -> list[Ca
                     pick(f"{out}_db", f"{out}_a,{out}_b", ""), pick("1", "0", "2"), pick("lmdb", "leveldb", "x")]
         elif tool == "net2net_mutate":
             net, label = mutant("lenet_tt.prototxt", k)
-            argv = [tool, net, str(work / "normal.caffemodel"), out, "--seed", str(rng.randrange(100))]
+            argv = [tool, net, str(work / "normal.caffemodel"), out, "--seed",
+                    rng.choice([str(rng.randrange(100))] * 6 + ["-1", str(2**63), "x"])]
             if rng.random() < 0.3:
                 argv += ["--ops", rng.choice(["deeper", "wider", "skip", "group", "deeper_pool", "x", ""])]
             if rng.random() < 0.2:

@@ -775,6 +775,9 @@ def test_net_and_solver_refuse_misuse_clearly(simple_net, tmp_path):
         memory.set_input_arrays(np.zeros((2, 1, 2, 2), np.float32), None)
     with pytest.raises(ValueError, match="set_random_seed takes an integer seed, got 'a'"):
         caffe.set_random_seed("a")
+    for bad in (-1, 2**32):  # (-1 gave fillers an unseeded, random stream; 2**64 was torch's overflow)
+        with pytest.raises(ValueError, match=f"set_random_seed takes a seed from 0 to 4294967295 .*, got {bad}"):
+            caffe.set_random_seed(bad)
     with pytest.raises(TypeError, match=r"Net\(level=...\) takes an integer, got \[1\]"):
         caffe.Net(DEPLOY, caffe.TEST, level=[1])
     with pytest.raises(ValueError, match=r"Net\(level=...\) takes a 32-bit integer"):  # (protobuf's range error)

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..cliargs import seed_arg
 from ..log import get_logger, setup_logging
 from ..proto import caffe_pb2 as pb
 from .db import LMDB, DataError, backend_name, kind_name, open_reader, open_writer
@@ -420,7 +421,7 @@ def convert_mnist_siamese_main(argv: list[str] | None = None) -> int:
         p.add_argument("images", help="IDX image file, e.g. train-images-idx3-ubyte[.gz]")
         p.add_argument("labels", help="IDX label file, e.g. train-labels-idx1-ubyte[.gz]")
         p.add_argument("db", help="output database folder (must not exist)")
-        p.add_argument("--seed", type=int, default=None, help="seed of the pair draws (default: random, logged)")
+        p.add_argument("--seed", type=seed_arg(), default=None, help="seed of the pair draws (default: random, logged)")
         _backend(p, "leveldb")
         a = p.parse_args(_gflags(sys.argv[1:] if argv is None else argv, [], ["backend", "seed"]))
         convert_mnist_siamese(a.images, a.labels, a.db, seed=a.seed, backend=backend_name(a.backend))
@@ -461,7 +462,7 @@ def convert_imageset_main(argv: list[str] | None = None) -> int:
         p.add_argument("--encode_type", default="", help="what to encode the image as ('png', 'jpg', ...)")
         p.add_argument("--resize_width", type=int, default=0, help="width images are resized to")
         p.add_argument("--resize_height", type=int, default=0, help="height images are resized to")
-        p.add_argument("--seed", type=int, default=None, help="seed of --shuffle (default: random)")
+        p.add_argument("--seed", type=seed_arg(), default=None, help="seed of --shuffle (default: random)")
         _backend(p)
         bools = ["gray", "shuffle", "check_size", "encoded"]
         vals = ["encode_type", "resize_width", "resize_height", "seed", "backend"]

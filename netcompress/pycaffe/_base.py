@@ -198,6 +198,8 @@ def set_random_seed(seed: int) -> None:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"set_random_seed takes an integer seed, got {seed!r}")
     seed = int(seed)
+    if not 0 <= seed < 2**32:  # (a negative one was an unseeded, random stream)
+        raise ValueError(f"set_random_seed takes a seed from 0 to {2**32 - 1} (Caffe's unsigned int), got {seed}")
     _state["seed"] = seed
     _state["rng"] = CaffeRNG(seed)
     torch.manual_seed(seed)

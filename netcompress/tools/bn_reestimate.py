@@ -31,6 +31,7 @@ from typing import Sequence
 
 import torch
 
+from ..cliargs import seed_arg
 from ..errors import NetcompressError
 from ..log import get_logger
 from ..proto import caffe_pb2 as pb
@@ -204,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=None, help="TRAIN forwards per epoch (default ceil(N / batch))")
     p.add_argument("--test-iter", type=int, default=None, help="TEST batches per test (default ceil(N / batch))")
     p.add_argument("--metric", default="accuracy", help="the TEST output to select by (default accuracy)")
-    p.add_argument("--seed", type=int, default=None, help="seeds the TRAIN augmentation and data order")
+    p.add_argument("--seed", type=seed_arg(), default=None, help="seeds the TRAIN augmentation and data order")
     p.add_argument("--gpu", default=None, help="GPU id (default: CPU)")
 
     def run(a: argparse.Namespace) -> int:

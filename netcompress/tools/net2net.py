@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .. import io as ncio
+from ..cliargs import INT64_MAX, int_flag_error, seed_arg
 from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
 from ._common import ToolError, net_error_text, require_files, run_main, run_tool
@@ -210,6 +211,8 @@ def _new_name(m: NetModel, base: str, taken: set[str] | None = None) -> str:
 def _rng(seed: int | None) -> tuple[np.random.Generator, int]:
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= INT64_MAX:
+        raise ToolError(f"a seed is an integer from 0 to {INT64_MAX}, got {seed!r}")
     return np.random.default_rng(seed), int(seed)
 
 
@@ -906,14 +909,20 @@ def op_weights(m: NetModel, ops: Sequence[str]) -> dict[str, int]:
     return {k: max(0, v) for k, v in w.items() if k in ops}
 
 
-def mutate(m: NetModel, ops: Sequence[str] = MUTATION_OPS, seed: int | None = None, max_width: int = 1024,
-           kernel: int = 3, skip_init: str = "zero", max_tries: int = 100) -> Mutation:
-    """One random mutation of `m` (1.4): draw an operation by weight and a layer uniformly; retry
-    (up to `max_tries`) when the surgery refuses that layer."""
+def _check_mutation_args(ops: Sequence[str], max_width: int) -> None:
     bad = [o for o in ops if o not in MUTATION_OPS]
     if bad or not ops:
         raise ToolError(f"--ops: unknown operation(s) {', '.join(bad) or '(none given)'}; choose from "
                         f"{', '.join(MUTATION_OPS)}")
+    if max_width < 1:
+        raise ToolError(f"--max-width must be at least 1, got {max_width}")
+
+
+def mutate(m: NetModel, ops: Sequence[str] = MUTATION_OPS, seed: int | None = None, max_width: int = 1024,
+           kernel: int = 3, skip_init: str = "zero", max_tries: int = 100) -> Mutation:
+    """One random mutation of `m` (1.4): draw an operation by weight and a layer uniformly; retry
+    (up to `max_tries`) when the surgery refuses that layer."""
+    _check_mutation_args(ops, max_width)
     rng, seed = _rng(seed)
     weights = op_weights(m, ops)
     names = [k for k, v in weights.items() if v > 0]
@@ -1122,11 +1131,12 @@ def _search(prototxt, weights, solver, out_dir, generations, population, iters, 
     if not len(sp.test_iter):
         raise ToolError(f"{solver}: the search scores children on the test net: set test_iter")
     iters = int(iters if iters is not None else sp.max_iter)
-    if iters < 1:
-        raise ToolError(f"--iters must be at least 1, got {iters}")
+    if int_flag_error(iters, "--iters", 1):  # the child solvers' max_iter (an int32)
+        raise ToolError(int_flag_error(iters, "--iters", 1))
+    _check_mutation_args(ops, max_width)
     test_iters = int(sp.test_iter[0])
+    rng, seed = _rng(seed)
     os.makedirs(out_dir, exist_ok=True)
-    rng = np.random.default_rng(seed)
     log_path = os.path.join(out_dir, "search.log")
     lines: list[str] = []
 
@@ -1286,7 +1296,7 @@ def net2wider_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--incoming-noise", type=float, default=0.0,
                    help="noise on the copied incoming weights and biases, as a fraction of their std "
                         "(default 0; the seed's legacy conv->fc path used 0.05)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: drawn, and printed)")
+    p.add_argument("--seed", type=seed_arg(), default=None, help="random seed (default: drawn, and printed)")
     return _run_parsed(p, argv, lambda a: net2wider(
         a.in_prototxt, a.in_caffemodel, a.out_prototxt, a.out_caffemodel, a.layer, a.width, a.ratio, a.init,
         a.noise, a.incoming_noise, a.seed))
@@ -1305,7 +1315,7 @@ def net2deeper_main(argv: Sequence[str] | None = None) -> int:
                    help="net2deeper (identity, default) or the random-init baseline (the new layer's "
                         "fillers, copied from the layer it follows)")
     p.add_argument("--name", default=None, help="name of the new layer and its top (default <after>_deeper)")
-    p.add_argument("--seed", type=int, default=None, help="random seed of --init random-init")
+    p.add_argument("--seed", type=seed_arg(), default=None, help="random seed of --init random-init")
     return _run_parsed(p, argv, lambda a: net2deeper(
         a.in_prototxt, a.in_caffemodel, a.out_prototxt, a.out_caffemodel, a.after, a.kernel, a.init, a.name,
         a.seed))
@@ -1326,7 +1336,7 @@ def net2net_mutate_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("in_caffemodel")
     p.add_argument("out_dir")
     p.add_argument("--ops", default=",".join(MUTATION_OPS), help="operations to draw from (default all)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: drawn, and printed)")
+    p.add_argument("--seed", type=seed_arg(), default=None, help="random seed (default: drawn, and printed)")
     p.add_argument("--max-width", type=int, default=1024, help="wider draws the new width up to this (default 1024)")
     p.add_argument("--skip-init", choices=["zero", "filler"], default="zero",
                    help="the skip projection starts at zero (function-preserving, default) or from xavier "
@@ -1349,7 +1359,7 @@ def net2net_search_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--population", type=int, default=2, help="survivors per generation (default 2)")
     p.add_argument("--iters", type=int, default=None, help="fine-tune iterations per child (default: max_iter)")
     p.add_argument("--ops", default=",".join(MUTATION_OPS), help="operations to draw from (default all)")
-    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--seed", type=seed_arg(), default=1, help="random seed (default 1)")
     p.add_argument("--max-width", type=int, default=1024, help="wider draws the new width up to this (default 1024)")
     p.add_argument("--skip-init", choices=["zero", "filler"], default="zero")
     return _run_parsed(p, argv, lambda a: net2net_search(

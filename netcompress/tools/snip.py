@@ -33,6 +33,7 @@ from typing import Sequence
 import torch
 
 from .. import io as ncio
+from ..cliargs import seed_arg
 from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
 from ..recipes.snip import apply_masks, connection_sensitivity, keep_masks
@@ -184,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="score Xavier-normal draws on a copy (default, as mil-ad) or the weights themselves")
     p.add_argument("--layers", default="all",
                    help="'all' Convolution/InnerProduct layers, or a regular expression the whole layer name matches")
-    p.add_argument("--seed", type=int, default=None,
+    p.add_argument("--seed", type=seed_arg(), default=None,
                    help="seeds the fillers, the data layer and the Xavier draws (default: random, printed)")
     p.add_argument("--gpu", default=None, help="GPU id (default: CPU)")
 

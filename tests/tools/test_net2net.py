@@ -530,6 +530,27 @@ def test_mutation_refuses_unknown_ops(tmp_path, capsys):
     assert "--ops: unknown operation(s) shrink" in capsys.readouterr().err
 
 
+def test_search_refuses_bad_arguments_before_it_scores(in_fixture_workdir, tmp_path, capsys):
+    # (--ops and --max-width were checked by the first mutation, after the start model's test run; a
+    # negative --seed was numpy's "expected non-negative integer" as an unexpected error; --iters past
+    # INT_MAX protobuf's range error on the child solver)
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text('net: "lenet/lenet_train_test.prototxt"\ntest_iter: 2\nbase_lr: 0.001\nmax_iter: 3\n')
+    out = tmp_path / "search"
+    for extra, said in ((["--ops", "bogus"], "--ops: unknown operation(s) bogus; choose from deeper"),
+                        (["--max-width", "0"], "--max-width must be at least 1, got 0"),
+                        (["--iters", str(2**31)], "--iters takes at most 2147483647"),
+                        (["--seed", "-1"], "argument --seed: a seed is an integer from 0 to 9223372036854775807, "
+                                           "got -1")):
+        rc = net2net.net2net_search_main([LENET, LENET_W, str(solver), str(out)] + extra)
+        assert rc == (2 if extra[0] == "--seed" else 1)  # (argparse's usage error)
+        err = capsys.readouterr()
+        assert said in err.err and "generation 0" not in err.out, (extra, err)
+        assert not out.exists()  # nothing written
+    with pytest.raises(net2net.ToolError, match="a seed is an integer from 0 to 9223372036854775807, got -3"):
+        net2net.mutate(net2net.load_model(LENET, LENET_W), seed=-3)
+
+
 def test_search_log_json_and_plot(in_fixture_workdir, tmp_path, capsys):
     solver = tmp_path / "solver.prototxt"
     solver.write_text('net: "lenet/lenet_train_test.prototxt"\ntest_iter: 2\ntest_interval: 0\nbase_lr: 0.001\n'
