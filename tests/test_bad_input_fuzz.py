@@ -1090,9 +1090,14 @@ def tool_cases(work: Path, models: dict[str, Path], n: int, rng: random.Random) 
         name = rng.choice(["conv1", "conv2", "ip1", "ip2", "pool1", "relu1", "nope"])
         plain, inq = str(work / "lenet_train_test.prototxt"), str(work / "lenet_train_test_inq_60.prototxt")
         argv = rng.choice([
-            ["net2wider", "--layer", name, "--width", str(rng.choice([1, 30, 0, -3])), net, model, f"{out}.prototxt",
-             f"{out}.caffemodel"],
-            ["net2deeper", "--after", name, net, model, f"{out}.prototxt", f"{out}.caffemodel"],
+            ["net2wider", "--layer", name, net, model, f"{out}.prototxt", f"{out}.caffemodel"]
+            + rng.choice([["--width", str(rng.choice([1, 30, 0, -3, 2**31, 3 * 10**6]))],
+                          ["--ratio", rng.choice(["1.5", "0.5", "nan", "inf", "1e300"])]])
+            + rng.choice([[], [], ["--noise", rng.choice(["0", "nan", "inf", "-1"])],
+                          ["--incoming-noise", rng.choice(["0.1", "nan", "inf"])]]),
+            ["net2deeper", "--after", name, net, model, f"{out}.prototxt", f"{out}.caffemodel"]
+            + rng.choice([[], [], ["--kernel", rng.choice(["5", "2", "-1", "99999", str(2**33)])],
+                          ["--name", rng.choice(["", "conv1", "new"])]]),
             ["snip_prune", "--keep-ratio", str(rng.choice([0.1, 0.0, 1.0, 1.5, -1])), net, model, f"{out}.prototxt",
              f"{out}.caffemodel"],
             ["rename_layers", "--prefix", rng.choice(["t_", ""]), net, model, f"{out}.prototxt", f"{out}.caffemodel"],

@@ -39,6 +39,7 @@ import torch
 from .. import io as ncio
 from ..cliargs import INT64_MAX, int_flag_error, seed_arg
 from ..errors import NetcompressError
+from ..layers.base import INT_MAX
 from ..proto import caffe_pb2 as pb
 from ._common import ToolError, net_error_text, require_files, run_main, run_tool
 
@@ -349,18 +350,26 @@ def widen(m: NetModel, layer: str, width: int | None = None, ratio: float | None
     """Widen `layer` of `m` in memory (see net2wider); the result is built and loaded."""
     if init not in ("net2wider", "random-pad"):
         raise ToolError(f"--init must be net2wider or random-pad, got '{init}'")
-    if noise < 0 or incoming_noise < 0:
-        raise ToolError(f"--noise and --incoming-noise must be >= 0, got {noise:g} and {incoming_noise:g}")
+    if not (0 <= noise < math.inf and 0 <= incoming_noise < math.inf):  # (NaN or inf: weights of NaN)
+        raise ToolError(f"--noise and --incoming-noise must be finite and >= 0, got {noise:g} and "
+                        f"{incoming_noise:g}")
     lp = m.test_layer(layer)
     _check_widenable(m, lp)
     field = "convolution_param" if lp.type == "Convolution" else "inner_product_param"
     old = int(getattr(lp, field).num_output)
     if (width is None) == (ratio is None):
         raise ToolError("give exactly one of --width and --ratio")
-    new = int(width) if width is not None else int(ratio * old)
+    if ratio is not None and not 1 < ratio < math.inf:
+        raise ToolError(f"--ratio must be a finite number above 1, got {ratio:g}")
+    wanted = width if width is not None else ratio * old
+    if wanted > INT_MAX:
+        raise ToolError(f"layer '{layer}' has {old} outputs; a width of {wanted:.6g} is more than a Caffe blob's "
+                        f"{INT_MAX:,} values")
+    new = int(wanted)
     if new <= old:
         raise ToolError(f"layer '{layer}' has {old} outputs; the new width must be larger, got {new}"
                         + (f" (--ratio {ratio:g})" if ratio is not None else ""))
+    _check_blob_limit(layer, new * max(1, _weights_count(m, layer) // old), f"widened to {new} outputs")
     rng, seed = _rng(seed)
     n = new - old
     g = rng.integers(old, size=n) if init == "net2wider" else None
@@ -472,6 +481,10 @@ def widen(m: NetModel, layer: str, width: int | None = None, ratio: float | None
         raise ToolError(f"{m.prototxt}: no Convolution or InnerProduct reads the outputs of '{layer}'")
     _check_train_phase(m, layer, top, handled)
 
+    for lq, _, mp in consumers:
+        _check_blob_limit(lq.name, _weights_count(m, lq.name) // mp.old * len(mp.src),
+                          f"reading the {len(mp.src)} inputs of the widened '{layer}'")
+
     # Weights
     m.stored(layer, f" ({lp.type})")
     w1 = m.arrays(layer)
@@ -514,6 +527,17 @@ def widen(m: NetModel, layer: str, width: int | None = None, ratio: float | None
     res = _rebuild(m, param, model, "widened")
     return WidenResult(res, layer, lp.type, old, new, init, seed, None if g is None else [int(x) for x in g],
                        cons_report, [(lq.name, what) for lq, _, _, _, what in state])
+
+
+def _weights_count(m: NetModel, name: str) -> int:
+    layer = m.net.layer(name)
+    return int(getattr(layer, layer.blob_names[0]).numel()) if layer.blob_names else 0
+
+
+def _check_blob_limit(name: str, count: int, what: str) -> None:
+    if count > INT_MAX:
+        raise ToolError(f"layer '{name}' {what} would hold {count:,} weights, more than a Caffe blob's "
+                        f"{INT_MAX:,} values")
 
 
 def _prelu_fresh(lp: pb.LayerParameter) -> float:
@@ -711,6 +735,8 @@ def deepen(m: NetModel, after: str, kernel: int = 3, init: str = "net2deeper", n
     relu, blob = _activation_after(m, after, "net2deeper")
     rng, seed = _rng(seed)
     if name is not None:
+        if not name.strip():
+            raise ToolError(f"--name must name the new layer, got {name!r}")
         if name in _used_names(m):
             raise ToolError(f"{m.prototxt}: --name {name}: a layer or blob of that name exists already")
         new = name
@@ -724,6 +750,7 @@ def deepen(m: NetModel, after: str, kernel: int = 3, init: str = "net2deeper", n
                             f"{len(top_shape)}-D top {list(top_shape)}")
         if kernel < 1 or kernel % 2 == 0:
             raise ToolError(f"--kernel must be a positive odd number (the identity has a centre), got {kernel}")
+        _check_blob_limit(new, c * c * kernel * kernel, f"({c} channels, --kernel {kernel})")
         nl = _conv_layer(new, blob, new, c, c, kernel, wf, bf, lp)
         ident = [_identity_conv(c, kernel), np.zeros(c)]
         geo = kernel
@@ -740,6 +767,7 @@ def deepen(m: NetModel, after: str, kernel: int = 3, init: str = "net2deeper", n
         _param_specs(nl, lp, 2)
         nl.include.extend(lp.include)
         nl.exclude.extend(lp.exclude)
+        _check_blob_limit(new, c * c, f"({c} outputs, an identity InnerProduct)")
         ident = [np.eye(c), np.zeros(c)]
         geo = None
     if init == "net2deeper":

@@ -530,6 +530,32 @@ def test_mutation_refuses_unknown_ops(tmp_path, capsys):
     assert "--ops: unknown operation(s) shrink" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("tool, extra, said", [
+    # (each was an unexpected error, numpy's 29 TiB "out of memory" or, for the noises, a model of NaN weights)
+    ("net2wider", ["--layer", "ip1", "--ratio", "nan"], "--ratio must be a finite number above 1, got nan"),
+    ("net2wider", ["--layer", "ip1", "--ratio", "inf"], "--ratio must be a finite number above 1, got inf"),
+    ("net2wider", ["--layer", "ip1", "--ratio", "1e300"], "a width of 5e+302 is more than a Caffe blob's"),
+    ("net2wider", ["--layer", "ip1", "--width", "3000000"],
+     "layer 'ip1' widened to 3000000 outputs would hold 2,400,000,000 weights, more than a Caffe blob's"),
+    ("net2wider", ["--layer", "conv2", "--width", "400000"],
+     "layer 'ip1' reading the 6400000 inputs of the widened 'conv2' would hold 3,200,000,000 weights"),
+    ("net2wider", ["--layer", "ip1", "--width", "600", "--noise", "inf"],
+     "--noise and --incoming-noise must be finite and >= 0, got inf and 0"),
+    ("net2wider", ["--layer", "ip1", "--width", "600", "--incoming-noise", "nan"],
+     "--noise and --incoming-noise must be finite and >= 0, got 0.05 and nan"),
+    ("net2deeper", ["--after", "conv1", "--kernel", "99999"],
+     "layer 'conv1_deeper' (20 channels, --kernel 99999) would hold 3,999,920,000,400 weights"),
+    ("net2deeper", ["--after", "conv1", "--kernel", str(2**32 + 1)], "--kernel 4294967297) would hold"),
+    ("net2deeper", ["--after", "conv1", "--name", ""], "--name must name the new layer, got ''"),
+])
+def test_surgery_refuses_values_out_of_range(in_fixture_workdir, tmp_path, capsys, tool, extra, said):
+    main = {"net2wider": net2net.net2wider_main, "net2deeper": net2net.net2deeper_main}[tool]
+    out_p, out_w = str(tmp_path / "o.prototxt"), str(tmp_path / "o.caffemodel")
+    assert main([LENET, LENET_W, out_p, out_w] + extra) == 1
+    assert said in capsys.readouterr().err
+    assert not os.path.exists(out_p) and not os.path.exists(out_w)
+
+
 def test_search_refuses_bad_arguments_before_it_scores(in_fixture_workdir, tmp_path, capsys):
     # (--ops and --max-width were checked by the first mutation, after the start model's test run; a
     # negative --seed was numpy's "expected non-negative integer" as an unexpected error; --iters past
