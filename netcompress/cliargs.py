@@ -28,12 +28,13 @@ def state_from_args(a: argparse.Namespace, default_phase: int) -> tuple[int, int
     return phase, a.level, [s for s in a.stage.split(",") if s]
 
 
-def int_flag_error(value: int, flag: str, least: int) -> str | None:
-    """What is wrong with an integer flag of Caffe's (`least` to INT_MAX), or None."""
+def int_flag_error(value: int, flag: str, least: int, limit: str = "Caffe's int flag") -> str | None:
+    """What is wrong with an integer flag of Caffe's (`least` to INT_MAX), or None; `limit` says whose
+    limit INT_MAX is."""
     if value < least:
         return f"{flag} must be at least {least}, got {value}"
     if value > INT_MAX:
-        return f"{flag} takes at most {INT_MAX} (Caffe's int flag), got {value}"
+        return f"{flag} takes at most {INT_MAX} ({limit}), got {value}"
     return None
 
 

@@ -67,9 +67,9 @@ class StrictIdentity(Layer):
         self.decay = float(sp.ema_decay)
         self.indicator = int(sp.discard_indicator)
         self.ratio_denominator = int(sp.discard_ratio_denominator)
-        if self.epsilon < 0:
+        if not self.epsilon >= 0:  # (NaN too: every gate test false)
             raise self.error(f"strict_identity_param.epsilon must be >= 0, got {self.epsilon}")
-        if self.large <= 0:
+        if not self.large > 0:
             raise self.error(f"strict_identity_param.large must be positive, got {self.large}")
         if not 0 <= self.decay <= 1:
             raise self.error(f"strict_identity_param.ema_decay must lie in [0, 1], got {self.decay}")

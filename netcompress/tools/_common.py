@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 from typing import Callable, Sequence, TextIO
@@ -22,7 +23,8 @@ __all__ = [
     "ToolError", "CONV_TYPES", "IP_TYPES", "DNS_TYPES", "INQ_TYPES", "MASKED_TYPES",
     "PLAIN_WEIGHT_TYPES", "WEIGHT_TYPES", "ModelLayer", "SourceModel", "load_source_model",
     "require_files", "build_target_net", "net_error_text", "layer_block", "final_block", "KeptTotals", "run_main",
-    "run_tool", "comma_ints", "dims_arg", "NUM_MARK", "fmt_shape", "kind_of", "apply_mask", "print_lines",
+    "run_tool", "comma_ints", "comma_floats", "dims_arg", "MAX_GENERATED_UNITS", "NUM_MARK", "fmt_shape",
+    "kind_of", "apply_mask", "print_lines",
     "layers_in_test_phase",
     "bias_term_of", "refuse_overwrite", "suspicious_values",
 ]
@@ -64,6 +66,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+MAX_GENERATED_UNITS = 10_000  # residual or dense units in a net the generators write (else hours of writing)
 NUM_MARK = 55  # the reference's "number of decorative marks"
 
 
@@ -110,6 +113,17 @@ def comma_ints(text: str, what: str) -> list[int]:
         return [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise ToolError(f"{what}: expected comma-separated integers, got '{text}'") from None
+
+
+def comma_floats(text: str, what: str) -> list[float]:
+    """The comma-separated finite numbers `text` of option `what` (empty parts skipped), or a ToolError naming it."""
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = None
+    if values is None or not all(math.isfinite(v) for v in values):
+        raise ToolError(f"{what}: expected comma-separated finite numbers, got '{text}'")
+    return values
 
 
 def dims_arg(example: str, count: int | None = None) -> Callable[[str], tuple[int, ...]]:

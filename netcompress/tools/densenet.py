@@ -42,9 +42,11 @@ from typing import Sequence
 from google.protobuf import text_format
 
 from .. import io as ncio
+from ..cliargs import int_flag_error
 from ..errors import NetcompressError
+from ..layers.base import INT_MAX
 from ..proto import caffe_pb2 as pb
-from ._common import dims_arg, run_tool
+from ._common import MAX_GENERATED_UNITS, dims_arg, run_tool
 
 __all__ = ["DenseNetConfig", "DataSpec", "densenet_net", "densenet_summary", "describe", "DenseNetError",
            "MICRONET_MEAN", "MICRONET_STD", "main"]
@@ -79,13 +81,17 @@ class DenseNetConfig:
         if self.depth < 10 or (self.depth - 4) % 6:
             raise DenseNetError(f"DenseNet-BC depth must be 6n + 4 with n >= 1 (10, 16, ..., 100, 172), "
                                 f"got {self.depth}")
-        for field in ("growth", "compression", "num_classes", "expansion", "blocks"):
-            if getattr(self, field) < 1:
-                raise DenseNetError(f"{field} must be at least 1, got {getattr(self, field)}")
-        if self.init_width is not None and self.init_width < 1:
-            raise DenseNetError(f"init_width must be at least 1, got {self.init_width}")
-        if len(self.input_shape) != 3 or min(self.input_shape) < 1:
-            raise DenseNetError(f"input_shape must be C,H,W with positive sizes, got {list(self.input_shape)}")
+        for field in ("growth", "compression", "num_classes", "expansion", "blocks", "init_width"):
+            value = getattr(self, field)
+            if value is not None and int_flag_error(value, field, 1, "a Caffe blob's size limit"):
+                raise DenseNetError(int_flag_error(value, field, 1, "a Caffe blob's size limit"))
+        if len(self.input_shape) != 3 or min(self.input_shape) < 1 or max(self.input_shape) > INT_MAX:
+            raise DenseNetError(f"input_shape must be C,H,W with sizes from 1 to {INT_MAX}, "
+                                f"got {list(self.input_shape)}")
+        if self.blocks * self.n > MAX_GENERATED_UNITS:  # (else a net of millions of layers, written for hours)
+            raise DenseNetError(f"{self.blocks} blocks of n = {self.n} bottlenecks (depth {self.depth}) are "
+                                f"{self.blocks * self.n:,} units, more than the {MAX_GENERATED_UNITS:,} this generator "
+                                "writes (DenseNet-BC-190 has 3 x 31)")
 
     @property
     def n(self) -> int:
@@ -129,6 +135,9 @@ def densenet_summary(cfg: DenseNetConfig) -> dict:
         for _ in range(n):
             conv_w += c * cfg.expansion * k + cfg.expansion * k * k * 9
             c += k
+        if max(c, cfg.expansion * k) > INT_MAX:
+            raise DenseNetError(f"block {b + 1} would have {max(c, cfg.expansion * k):,} channels, more than a "
+                                f"Caffe blob's {INT_MAX:,} values")
         out = None
         if b < cfg.blocks - 1:
             out = c // cfg.compression
@@ -292,6 +301,11 @@ class _Builder:
 def _data_layers(net: pb.NetParameter, data: DataSpec, channels: int) -> None:
     if data.augment not in ("none", "micronet"):
         raise DenseNetError(f"augment must be 'none' or 'micronet', got '{data.augment}'")
+    for flag, batch in (("batch_size", data.batch_size), ("test_batch_size", data.test_batch_size)):
+        if int_flag_error(batch, flag, 1, "a Caffe blob's size limit"):
+            raise DenseNetError(int_flag_error(batch, flag, 1, "a Caffe blob's size limit"))
+    if data.scale is not None and not math.isfinite(data.scale):
+        raise DenseNetError(f"scale must be a finite number, got {data.scale}")
     for phase, source, batch in ((pb.TRAIN, data.train_source, data.batch_size),
                                  (pb.TEST, data.test_source, data.test_batch_size)):
         lp = _add(net, "data", "Data", [], ["data", "label"])

@@ -24,10 +24,13 @@ import numpy as np
 import torch
 
 from .. import io as ncio
+from ..cliargs import int_flag_error
 from ..errors import NetcompressError
+from ..layers.base import INT_MAX
 from ..log import get_logger
 from ..proto import caffe_pb2 as pb
-from ._common import ToolError, comma_ints, fmt_shape, net_error_text, require_files, run_tool
+from ._common import (MAX_GENERATED_UNITS, ToolError, comma_floats, comma_ints, fmt_shape, net_error_text,
+                      require_files, run_tool)
 
 __all__ = ["make_epsilon_resnet", "make_epsilon_resnet_main", "Block", "find_blocks", "layer_producers",
            "layer_ancestors",
@@ -128,15 +131,30 @@ def make_epsilon_resnet(depth: int, *, widths: Sequence[int] = (16, 32, 64),
     `res<g>.<k>_bn1`…`_conv2`, the gate `res<g>.<k>_gate` and the Eltwise `res<g>.<k>`.
     """
     stages = len(widths)
-    if stages < 1 or any(int(w) <= 0 for w in widths):
-        raise ToolError(f"make_epsilon_resnet: widths must be positive, got {list(widths)}")
+    if stages < 1 or not all(0 < int(w) <= INT_MAX for w in widths):
+        raise ToolError(f"make_epsilon_resnet: widths must lie in 1..{INT_MAX}, got {list(widths)}")
     per = 2 * stages
     if depth < per + 2 or (depth - 2) % per:
         raise ToolError(f"make_epsilon_resnet: depth must be {per}n + 2 for {stages} stages (n >= 1), "
                         f"got {depth}")
     n = (depth - 2) // per
-    if len(input_shape) != 3:
-        raise ToolError(f"make_epsilon_resnet: input_shape is (C, H, W), got {list(input_shape)}")
+    if n * stages > MAX_GENERATED_UNITS:  # (else a net of millions of layers, written for hours)
+        raise ToolError(f"make_epsilon_resnet: depth {depth} is {stages} stages of n = {n} units, "
+                        f"{n * stages:,} in all, more than the {MAX_GENERATED_UNITS:,} this generator writes")
+    if len(input_shape) != 3 or not all(0 < int(d) <= INT_MAX for d in input_shape):
+        raise ToolError(f"make_epsilon_resnet: input_shape is (C, H, W) of sizes 1..{INT_MAX}, "
+                        f"got {list(input_shape)}")
+    for what, value, least in (("num_classes", num_classes, 1), ("batch_size", batch_size, 1),
+                               ("test_batch_size", test_batch_size, 1),
+                               ("epsilon_start_epoch", epsilon_start_epoch, 0)):
+        if int_flag_error(int(value), what, least, "a Caffe int"):
+            raise ToolError(f"make_epsilon_resnet: {int_flag_error(int(value), what, least, 'a Caffe int')}")
+    if not 0 <= epsilon < math.inf:
+        raise ToolError(f"make_epsilon_resnet: epsilon must be a finite number >= 0, got {epsilon}")
+    for what, value in (("side_weight", side_weight), ("scale", scale)) + tuple(
+            ("mean_value", m) for m in mean_value):
+        if value is not None and not math.isfinite(value):
+            raise ToolError(f"make_epsilon_resnet: {what} must be a finite number, got {value}")
     for i in range(1, stages):
         if widths[i] < widths[i - 1]:
             raise ToolError(f"make_epsilon_resnet: a stage cannot be narrower than the one before "
@@ -252,7 +270,7 @@ def make_epsilon_resnet_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--name", default=None, help="the net's name (default eresnet<depth>)")
 
     def run(a: argparse.Namespace) -> int:
-        mean = [float(m) for m in a.mean_value.split(",") if m.strip()]
+        mean = comma_floats(a.mean_value, "--mean-value")
         net = make_epsilon_resnet(
             a.depth, widths=comma_ints(a.widths, "--widths"), input_shape=comma_ints(a.input, "--input"),
             num_classes=a.classes, epsilon=a.epsilon, epsilon_start_epoch=a.epsilon_start_epoch,

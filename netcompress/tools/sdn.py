@@ -86,6 +86,7 @@ import torch
 from .. import io as ncio
 from ..cliargs import int_flag_error
 from ..errors import NetcompressError
+from ..layers.base import INT_MAX
 from ..proto import caffe_pb2 as pb
 from ._common import ToolError, require_files, run_tool
 
@@ -251,8 +252,11 @@ def sdn_net_from_template(text: str, ics: Sequence[int], *, dense: bool = False,
     sizes = list(feature_size)
     if len(sizes) == 1:
         sizes = sizes * n_cells
-    if len(sizes) != n_cells or any(s <= 0 for s in sizes):
-        raise ToolError(f"--feature-size takes one positive size or one per cell ({n_cells}), got {list(feature_size)}")
+    if len(sizes) != n_cells or not all(0 < s <= INT_MAX for s in sizes):
+        raise ToolError(f"--feature-size takes one size (1..{INT_MAX}) or one per cell ({n_cells}), "
+                        f"got {list(feature_size)}")
+    if ramp_epochs is not None and int_flag_error(ramp_epochs, "--ramp-epochs", 1, "sdn_loss_param's int"):
+        raise ToolError(int_flag_error(ramp_epochs, "--ramp-epochs", 1, "sdn_loss_param's int"))
     secs = parse_template(text, path)
     stem = _parse_layers(secs["stem"], secs["stem"].text, path, allow_net_fields=True)
     if not len(stem.layer) or not len(stem.layer[-1].top):
@@ -280,8 +284,8 @@ def sdn_net_from_template(text: str, ics: Sequence[int], *, dense: bool = False,
     final = classifier.top[0]
     if num_classes is None:
         num_classes = int(classifier.inner_product_param.num_output)
-    if num_classes <= 0:
-        raise ToolError(f"--num-classes must be positive, got {num_classes}")
+    if int_flag_error(num_classes, "--num-classes", 1, "a Caffe blob's size limit"):
+        raise ToolError(int_flag_error(num_classes, "--num-classes", 1, "a Caffe blob's size limit"))
     for l in end.layer:
         if l.type.endswith("Loss"):
             raise ToolError(f"{path}: the end section holds the loss layer '{l.name}'; make_sdn_net writes "

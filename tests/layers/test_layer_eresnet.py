@@ -157,6 +157,10 @@ def test_snapshot_state_round_trip(make_layer):
 def test_strict_identity_needs_epsilon(make_layer):
     with pytest.raises(NetDefinitionError, match="epsilon is required"):
         make_layer('type: "StrictIdentity"', (2, 3))
+    for field, said in (("epsilon: nan", "epsilon must be >= 0, got nan"),  # (NaN was taken: no gate opened)
+                        ("epsilon: 1 large: nan", "large must be positive, got nan")):
+        with pytest.raises(NetDefinitionError, match=said):
+            make_layer(f'type: "StrictIdentity" strict_identity_param {{ {field} }}', (2, 3))
 
 
 @pytest.mark.parametrize("before,after", [(4, 4), (0, 3), (2, 0)])

@@ -253,6 +253,15 @@ def test_command_writes_the_prototxt(tmp_path, capsys):
     (["--form", "student", "--weight-bits", "1"], "weight_bits must lie in 2..16"),
     (["--fc-type", "QuantInnerProduct", "--fc-bits", "1"], "fc_bits must lie in 2..16"),
     (["--form", "student", "--act-bits", "17"], "act_bits must lie in 2..16"),
+    # (a hang writing 2e9 units, an unexpected protobuf range error, a net written with a NaN scale or batch 0)
+    (["--depth", "4000000000"], "1,999,999,998 units, more than the 10,000 this generator writes"),
+    (["--blocks", "100000"], "100000 blocks of n = 16 bottlenecks"),
+    (["--growth", "2000000000"], "block 1 would have 36,000,000,000 channels"),
+    (["--classes", "4294967296"], "num_classes takes at most 2147483647"),
+    (["--train-source", "a", "--test-source", "b", "--test-batch-size", "4294967296"],
+     "test_batch_size takes at most 2147483647"),
+    (["--train-source", "a", "--test-source", "b", "--batch-size", "0"], "batch_size must be at least 1, got 0"),
+    (["--train-source", "a", "--test-source", "b", "--scale", "nan"], "scale must be a finite number, got nan"),
 ])
 def test_command_errors(tmp_path, capsys, args, match):
     import re

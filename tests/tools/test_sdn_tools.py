@@ -225,7 +225,15 @@ def test_make_sdn_net_cli_errors(template, tmp_path, capsys):
     assert sdn.make_sdn_net_main([template, "--ics", "0,2,1", "--out", out]) == 1
     assert "--ics takes only 0 or 1, got '0,2,1'" in capsys.readouterr().err
     assert sdn.make_sdn_net_main([template, "--ics", "1,1", "--feature-size", "32,16,8", "--out", out]) == 1
-    assert "--feature-size takes one positive size or one per cell (2)" in capsys.readouterr().err
+    assert "--feature-size takes one size (1..2147483647) or one per cell (2)" in capsys.readouterr().err
+    for flag, value, said in (  # (each was protobuf's "Value out of range" as an unexpected error)
+            ("--num-classes", "4294967296", "--num-classes takes at most 2147483647 (a Caffe blob's size limit)"),
+            ("--feature-size", "99999999999", "--feature-size takes one size (1..2147483647) or one per cell"),
+            ("--ramp-epochs", "4294967296", "--ramp-epochs takes at most 2147483647"),
+            ("--ramp-epochs", "0", "--ramp-epochs must be at least 1, got 0")):
+        assert sdn.make_sdn_net_main([template, "--ics", "0,1,1", flag, value, "--out", out]) == 1, flag
+        assert said in capsys.readouterr().err
+    assert not os.path.exists(out)
     assert sdn.make_sdn_net_main([str(tmp_path / "missing"), "--ics", "1", "--out", out]) == 1
     assert "does not exist!" in capsys.readouterr().err
     bad = tmp_path / "syntax.prototxt-template"

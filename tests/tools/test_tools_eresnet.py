@@ -69,6 +69,21 @@ def test_generator_command_and_errors(tmp_path, capsys):
     assert "3 gated units" in capsys.readouterr().out
     assert make_epsilon_resnet_main(["--depth", "21", "--out", str(out)]) == 1
     assert "depth must be 6n + 2" in capsys.readouterr().err
+    for args, said in (  # (each was written into the net: NaN gates, batch 0, 3e9 units for hours, or an
+                       # unexpected error from protobuf's range or float())
+            (["--epsilon", "nan"], "epsilon must be a finite number >= 0, got nan"),
+            (["--side-weight", "inf"], "side_weight must be a finite number, got inf"),
+            (["--mean-value", "x"], "--mean-value: expected comma-separated finite numbers, got 'x'"),
+            (["--classes", "4294967296"], "num_classes takes at most 2147483647"),
+            (["--train-source", "a", "--test-source", "b", "--batch-size", "0"], "batch_size must be at least 1"),
+            (["--epsilon-start-epoch", "-3"], "epsilon_start_epoch must be at least 0, got -3"),
+            (["--widths", "16,99999999999,64"], "widths must lie in 1..2147483647"),
+            (["--depth", "6000000002"], "3,000,000,000 in all, more than the 10,000 this generator writes")):
+        out.unlink(missing_ok=True)
+        assert make_epsilon_resnet_main((["--depth", "8"] if args[0] != "--depth" else []) + args
+                                        + ["--out", str(out)]) == 1, args
+        assert said in capsys.readouterr().err
+        assert not out.exists()
     with pytest.raises(ToolError, match="side_after 'res9.9'"):
         make_epsilon_resnet(8, side_after="res9.9")
 
