@@ -112,8 +112,8 @@ def guarded(body: Callable[[], int | None], prog: str, prefix: str, interrupted:
         if oom is not None:
             if debug_enabled():
                 traceback.print_exc(file=sys.stderr)
-            print(f"{prefix}out of memory: {oom} (the net's blobs at this batch size need more memory than the "
-                  "machine or GPU has: lower batch_size, or check the layers' sizes)", file=sys.stderr)
+            print(f"{prefix}out of memory: {oom} (more than the machine or GPU has: lower a net's batch_size, "
+                  "or check the layers' sizes and the sizes the command was given)", file=sys.stderr)
             return 1
         text = traceback.format_exc()
         what = f"{type(e).__name__}: {_one_line(e)}" if str(e) else type(e).__name__

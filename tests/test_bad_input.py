@@ -705,8 +705,8 @@ def test_running_out_of_memory_is_one_line_not_a_bug(capsys, monkeypatch, exc, s
     monkeypatch.delenv("NETCOMPRESS_DEBUG", raising=False)
     assert cli.main(["time"]) == 1
     assert printed(capsys.readouterr().err) == [
-        f"netcompress time: error: out of memory: {said} (the net's blobs at this batch size need more memory "
-        "than the machine or GPU has: lower batch_size, or check the layers' sizes)"]
+        f"netcompress time: error: out of memory: {said} (more than the machine or GPU has: lower a net's "
+        "batch_size, or check the layers' sizes and the sizes the command was given)"]
 
 
 def test_the_scripts_share_the_boundary(tmp_path, capsys, monkeypatch):

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..cliargs import seed_arg
+from ..layers.base import INT_MAX
 from ..log import get_logger, setup_logging
 from ..proto import caffe_pb2 as pb
 from .db import LMDB, DataError, backend_name, kind_name, open_reader, open_writer
@@ -225,6 +226,9 @@ def convert_imageset(root_folder: str, list_file: str, db_path: str, *, gray: bo
         log.info("encode_type specified, assuming encoded=true.")
         encoded = True
     rh, rw = max(0, resize_height), max(0, resize_width)
+    if rh and rw and rh * rw * (3 if is_color else 1) > INT_MAX:  # (numpy's out of memory, or hours of resizing)
+        raise DataError(f"--resize_height {rh} x --resize_width {rw} x {3 if is_color else 1} channel(s) is more "
+                        f"than a Datum holds ({INT_MAX:,} bytes, protobuf's 2 GiB limit)")
     count, data_size = 0, None
     with open_writer(db_path, backend, map_size=map_size) as db:
         for line_id, (name, label) in enumerate(lines):

@@ -151,6 +151,15 @@ def test_convert_imageset_refuses_an_unknown_encode_type_before_writing(pngs, tm
     assert not (tmp_path / "db").exists()
 
 
+def test_convert_imageset_refuses_a_resize_no_datum_holds(pngs, tmp_path, capsys):
+    root, lst, _ = pngs  # (numpy's "out of memory" at the first image, or hours of resizing)
+    assert convert_imageset_main(["--resize_width=99999999999", "--resize_height=8", f"{root}/", str(lst),
+                                  str(tmp_path / "db")]) == 1
+    assert "--resize_height 8 x --resize_width 99999999999 x 3 channel(s) is more than a Datum holds " \
+        "(2,147,483,647 bytes, protobuf's 2 GiB limit)" in capsys.readouterr().err
+    assert not (tmp_path / "db").exists()
+
+
 def test_convert_imageset_skips_unreadable_and_checks_size(pngs, tmp_path, capsys):
     from PIL import Image
 
