@@ -6,7 +6,7 @@ import argparse
 from .layers.base import INT_MAX
 from .proto import caffe_pb2 as pb
 
-__all__ = ["add_gpu_arg", "add_state_args", "state_from_args", "int_flag_error", "seed_arg", "INT64_MAX"]
+__all__ = ["add_gpu_arg", "add_state_args", "state_from_args", "int_flag_error", "seed_arg", "int32_arg", "INT64_MAX"]
 
 INT64_MAX = 2**63 - 1  # Caffe's random_seed is an int64
 
@@ -18,7 +18,7 @@ def add_gpu_arg(p: argparse.ArgumentParser, help_text: str = "GPU id (default: C
 def add_state_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phase", choices=["TRAIN", "TEST"], default=None,
                    help="network phase (default: TEST for test, TRAIN for time)")
-    p.add_argument("--level", type=int, default=0, help="NetState level")
+    p.add_argument("--level", type=int32_arg("NetState's level"), default=0, help="NetState level")
     p.add_argument("--stage", default="", help="comma-separated NetState stages")
 
 
@@ -52,3 +52,18 @@ def seed_arg(least: int = 0):
         return value
     seed.__name__ = "seed"  # argparse names the type in its messages
     return seed
+
+
+def int32_arg(what: str):
+    """An argparse type for an integer that goes into a Caffe int32 field (`what`), so that one out of range is
+    an error naming the flag, not protobuf's range error."""
+    def int32(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+        if not -INT_MAX - 1 <= value <= INT_MAX:
+            raise argparse.ArgumentTypeError(f"{what} is a 32-bit integer ({-INT_MAX - 1} to {INT_MAX}), got {value}")
+        return value
+    int32.__name__ = "int32"
+    return int32

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 from typing import Sequence
@@ -23,7 +24,9 @@ import numpy as np
 import torch
 
 from .. import io as ncio
+from ..cliargs import int_flag_error
 from ..graph import remove_splits
+from ..layers.base import INT_MAX
 from ..proto import caffe_pb2 as pb
 from ._common import WEIGHT_TYPES, ToolError, run_tool
 
@@ -296,8 +299,8 @@ def dump_logits(deploy: str, weights: str, source: str, blob: str, out: str, *,
     ph = {"TRAIN": pb.TRAIN, "TEST": pb.TEST}.get(phase.upper())
     if ph is None:
         raise ToolError(f"phase must be TRAIN or TEST, got '{phase}'")
-    if batch < 1:
-        raise ToolError(f"--batch must be at least 1, got {batch}")
+    if int_flag_error(batch, "--batch", 1, "a Caffe blob's size limit"):
+        raise ToolError(int_flag_error(batch, "--batch", 1, "a Caffe blob's size limit"))
     if not os.path.isfile(deploy):
         raise ToolError(f"{deploy} does not exist!")
     teacher = Net(deploy, phase=pb.TEST, device=device, verbose=False)
@@ -323,6 +326,12 @@ def dump_logits(deploy: str, weights: str, source: str, blob: str, out: str, *,
         raise ToolError(f"{where} does not say how many records it holds: give --rows")
     if n < 1:
         raise ToolError(f"--rows must be at least 1, got {n}")
+    widths = {dataset: math.prod(teacher.blob_shapes[blob][1:])}
+    widths.update({t: math.prod(data_net.blob_shapes[t][1:]) for t in (data_tops if with_data else [])})
+    wide = max(widths, key=widths.get)
+    if n * widths[wide] > INT_MAX:  # (else rows gathered until memory ran out, for a file no HDF5Data reads)
+        raise ToolError(f"--rows {n} of '{wide}' ({widths[wide]:,} values a row) is more than an HDF5Data "
+                        f"layer's blob holds ({INT_MAX:,} values)")
     chunks: dict[str, list[np.ndarray]] = {t: [] for t in ([dataset] + (data_tops if with_data else []))}
     got = 0
     with torch.no_grad():

@@ -350,6 +350,13 @@ def test_dump_logits_errors(transfer_set, capsys):
     assert cli.main(["dump_logits", str(deploy), str(model), lmdb, "--blob", "logits", "--dataset", "data",
                      "--out", str(root / "x.h5")]) == 1
     assert "the logits dataset 'data' has the name of a data top" in capsys.readouterr().err
+    # (a batch past uint32 was protobuf's range error, unexpected; rows past a blob gathered until memory ran out)
+    assert cli.main(["dump_logits", str(deploy), str(model), lmdb, "--blob", "logits", "--batch", str(2**32),
+                     "--out", str(root / "x.h5")]) == 1
+    assert "--batch takes at most 2147483647 (a Caffe blob's size limit), got 4294967296" in capsys.readouterr().err
+    assert cli.main(["dump_logits", str(deploy), str(model), lmdb, "--blob", "logits", "--rows", str(10**11),
+                     "--out", str(root / "x.h5")]) == 1
+    assert f"--rows {10**11} of 'data' (" in capsys.readouterr().err
     assert not (root / "x.h5").exists()
 
 
