@@ -136,8 +136,8 @@ def densenet_summary(cfg: DenseNetConfig) -> dict:
             conv_w += c * cfg.expansion * k + cfg.expansion * k * k * 9
             c += k
         if max(c, cfg.expansion * k) > INT_MAX:
-            raise DenseNetError(f"block {b + 1} would have {max(c, cfg.expansion * k):,} channels, more than a "
-                                f"Caffe blob's {INT_MAX:,} values")
+            raise DenseNetError(f"block {b + 1} would end with {c:,} channels (bottlenecks of {cfg.expansion * k:,}),"
+                                f" more than a Caffe blob's {INT_MAX:,} values")
         out = None
         if b < cfg.blocks - 1:
             out = c // cfg.compression

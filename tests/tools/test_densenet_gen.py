@@ -256,7 +256,7 @@ def test_command_writes_the_prototxt(tmp_path, capsys):
     # (a hang writing 2e9 units, an unexpected protobuf range error, a net written with a NaN scale or batch 0)
     (["--depth", "4000000000"], "1,999,999,998 units, more than the 10,000 this generator writes"),
     (["--blocks", "100000"], "100000 blocks of n = 16 bottlenecks"),
-    (["--growth", "2000000000"], "block 1 would have 36,000,000,000 channels"),
+    (["--growth", "2000000000"], r"block 1 would end with 36,000,000,000 channels \(bottlenecks of 8,000,000,000\)"),
     (["--classes", "4294967296"], "num_classes takes at most 2147483647"),
     (["--train-source", "a", "--test-source", "b", "--test-batch-size", "4294967296"],
      "test_batch_size takes at most 2147483647"),
