@@ -55,6 +55,7 @@ class ThreadChoice:
     source: str        # "--threads", ENV_THREADS, "OMP_NUM_THREADS" or "default"
     wait_policy: str   # the policy OpenMP was loaded with, as far as known ("" if unknown)
     wait_note: str     # where the policy came from
+    ignored: str = ""  # an OMP_NUM_THREADS that is no thread count (OpenMP ignores it), as set
 
     def describe(self) -> str:
         """The log line's text."""
@@ -63,6 +64,8 @@ class ThreadChoice:
                "OMP_NUM_THREADS": "from OMP_NUM_THREADS",
                "default": f"torch's default, the CPUs this process may use; --threads N or {ENV_THREADS}=N "
                           "changes it"}[self.source]
+        if self.ignored:
+            how += f"; OMP_NUM_THREADS='{self.ignored}' is no thread count, OpenMP ignored it"
         return f"CPU threads: {self.threads} ({how}); OpenMP wait policy: {self.wait_policy or '?'} ({self.wait_note})"
 
 
@@ -81,6 +84,7 @@ def choose_threads(requested: int | None = None, environ: dict | None = None,
     """The thread count and its source: `requested` (--threads), else NETCOMPRESS_THREADS, else
     OMP_NUM_THREADS (torch already follows it), else `default` (torch's current count)."""
     env = os.environ if environ is None else environ
+    ignored = ""
     if requested is not None:
         n, source = _positive(str(requested), "--threads"), "--threads"
     elif env.get(ENV_THREADS, "").strip():
@@ -89,7 +93,11 @@ def choose_threads(requested: int | None = None, environ: dict | None = None,
         if default is None:
             import torch
             default = torch.get_num_threads()
-        n, source = default, ("OMP_NUM_THREADS" if env.get("OMP_NUM_THREADS", "").strip() else "default")
+        omp = env.get("OMP_NUM_THREADS", "").strip()
+        n, source = default, ("OMP_NUM_THREADS" if omp else "default")
+        first = omp.split(",")[0].strip()  # (OpenMP's nested form "4,2": the first level's count)
+        if omp and not (first.isdigit() and int(first) > 0):
+            source, ignored = "default", omp
     policy = env.get(_WAIT, "")
     if _prepared["torch_was_loaded"]:
         note = "torch was loaded before netcompress.cli, so OpenMP kept the policy it started with"
@@ -100,7 +108,7 @@ def choose_threads(requested: int | None = None, environ: dict | None = None,
         note = f"from the environment's {_WAIT}"
     else:
         note = "OpenMP's default"
-    return ThreadChoice(n, source, policy.upper(), note)
+    return ThreadChoice(n, source, policy.upper(), note, ignored)
 
 
 def configure_threads(requested: int | None = None) -> ThreadChoice:

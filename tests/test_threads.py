@@ -25,6 +25,12 @@ def test_the_default_is_torchs_count_and_each_override_wins_in_turn():
     assert "torch's default, the CPUs this process may use; --threads N or NETCOMPRESS_THREADS=N" in c.describe()
     c = threads.choose_threads(environ={"OMP_NUM_THREADS": "1"}, default=1)
     assert (c.threads, c.source) == (1, "OMP_NUM_THREADS")
+    for bad in ("abc", "0", "-2"):  # (libgomp ignores these; the line said "from OMP_NUM_THREADS")
+        c = threads.choose_threads(environ={"OMP_NUM_THREADS": bad}, default=2)
+        assert (c.threads, c.source, c.ignored) == (2, "default", bad)
+        assert "CPU threads: 2 (torch's default" in c.describe()
+        assert f"OMP_NUM_THREADS='{bad}' is no thread count, OpenMP ignored it" in c.describe()
+    assert threads.choose_threads(environ={"OMP_NUM_THREADS": "4,2"}, default=4).source == "OMP_NUM_THREADS"
     c = threads.choose_threads(environ={"OMP_NUM_THREADS": "1", "NETCOMPRESS_THREADS": "3"}, default=1)
     assert (c.threads, c.source) == (3, "NETCOMPRESS_THREADS")
     c = threads.choose_threads(4, environ={"NETCOMPRESS_THREADS": "3"}, default=1)

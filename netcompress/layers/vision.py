@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from ..errors import NetDefinitionError
+from ..errors import NetcompressError, NetDefinitionError
 from ..fillers import fill
 from ..proto import caffe_pb2 as pb
 from .base import INT_MAX, Layer, LayerContext, Shape, canonical_axis, register_layer
@@ -75,11 +75,23 @@ def _simd_channels() -> int:
         return 8
 
 
+SIMD_ENV = "NETCOMPRESS_SIMD"  # read by the direct-sum kernels at each call (csrc/cpu/sparse_conv_kernel.cpp)
+SIMD_CAPS = ("avx512", "avx2", "baseline")
+
+
 def _rule_off(env: str, off: str, missing: str | None) -> str | None:
     """Why a rule of the CPU layers is off: the switch `env` set to `off`, or `missing` (what this PyTorch lacks
-    for it); None when it applies."""
-    if os.environ.get(env, "auto").strip().lower() == off:
+    for it); None when it applies. Any other value than `off`, "auto" or none is an error (a misspelt switch was
+    silently the default)."""
+    value = os.environ.get(env, "").strip().lower()
+    if value == off:
         return f"{env}={off}"
+    if value not in ("", "auto"):
+        raise NetcompressError(f"{env} must be '{off}' (the rule off) or 'auto' (the default), got "
+                               f"'{os.environ[env]}'")
+    if env == CONV_ALGO_ENV and os.environ.get(SIMD_ENV, "") not in ("",) + SIMD_CAPS:  # (else the kernel's
+        raise NetcompressError(f"{SIMD_ENV} must be {', '.join(SIMD_CAPS)} or unset, got "  # RuntimeError, at its call)
+                               f"'{os.environ[SIMD_ENV]}'")
     return missing
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 
@@ -181,6 +182,30 @@ def test_cpu_fft_conv_rule(monkeypatch, channels, group, kernel, stride, pad, di
     assert cpu_fft_conv(channels, group, kernel, stride, pad, dilation, size) is expected
     monkeypatch.setenv(CONV_ALGO_ENV, "aten")
     assert cpu_fft_conv(channels, group, kernel, stride, pad, dilation, size) is False
+
+
+@pytest.mark.parametrize("env, value, said", [
+    # (a misspelt switch was silently the default; a bad NETCOMPRESS_SIMD the kernel's RuntimeError at its call,
+    # reported as a bug of netcompress)
+    ("NETCOMPRESS_CONV_ALGO", "nnpack", "NETCOMPRESS_CONV_ALGO must be 'aten' (the rule off) or 'auto'"),
+    ("NETCOMPRESS_CONV_LAYOUT", "nhwc", "NETCOMPRESS_CONV_LAYOUT must be 'nchw' (the rule off) or 'auto'"),
+    ("NETCOMPRESS_CPU_MATMUL", "mkl", "NETCOMPRESS_CPU_MATMUL must be 'blas' (the rule off) or 'auto'"),
+    ("NETCOMPRESS_SIMD", "sse", "NETCOMPRESS_SIMD must be avx512, avx2, baseline or unset, got 'sse'"),
+])
+def test_a_misspelt_cpu_switch_is_refused(monkeypatch, env, value, said):
+    from netcompress.errors import NetcompressError
+    from netcompress.layers.vision import CONV_ALGO_ENV, CONV_LAYOUT_ENV, MATMUL_ENV, _rule_off
+
+    monkeypatch.setenv(env, value)
+    with pytest.raises(NetcompressError, match=re.escape(said)):
+        for switch, off in ((CONV_ALGO_ENV, "aten"), (CONV_LAYOUT_ENV, "nchw"), (MATMUL_ENV, "blas")):
+            _rule_off(switch, off, None)
+    monkeypatch.setenv(env, {"NETCOMPRESS_SIMD": "AVX2"}.get(env, "Auto"))
+    if env == "NETCOMPRESS_SIMD":  # (the kernel takes the lower-case names only)
+        with pytest.raises(NetcompressError, match="got 'AVX2'"):
+            _rule_off(CONV_ALGO_ENV, "aten", None)
+    else:
+        assert _rule_off(env, "x", None) is None  # "auto", any case: the default
 
 
 @pytest.mark.skipif(not ops.nnpack_available(), reason="this PyTorch has no NNPACK for this CPU")
