@@ -29,6 +29,7 @@ import torch
 from . import io as ncio
 from .cliargs import INT64_MAX, int_flag_error, seed_arg
 from .errors import NetcompressError
+from .pyplot import pyplot
 from .log import get_logger
 
 log = get_logger("pipeline")
@@ -394,9 +395,8 @@ def _plot(s: dict, path: str) -> None:
     """Write `_figure(s)` as a PNG."""
     import io as _io
 
-    import matplotlib.pyplot as plt
-
     fig = _figure(s)
+    plt = pyplot()
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
@@ -408,9 +408,7 @@ def _figure(s: dict):
     size on a log axis that starts a decade below the smallest (so the compact file's bar shows)."""
     import math
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = s["stages"]
     names = [r["stage"] for r in rows]

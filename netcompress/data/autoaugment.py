@@ -146,7 +146,7 @@ def _cutout_op(im: Image.Image, level: int, rng: np.random.Generator) -> Image.I
     a = np.array(im)
     # The source paints (125, 122, 113, 0); alpha 0 makes the colour irrelevant after unwrap.
     a[top:bottom, left:right] = (125, 122, 113, 0)
-    return Image.fromarray(a, "RGBA")
+    return Image.fromarray(a)  # (uint8 HxWx4: RGBA; no mode argument, deprecated in Pillow 11.3)
 
 
 _OPS: dict[str, Callable[[Image.Image, int, np.random.Generator], Image.Image]] = {
@@ -220,7 +220,7 @@ def wrap(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> Image.Image:
     p = np.clip(np.rint(p), 0, 255).astype(np.uint8)
     if p.shape[0] == 1:
         p = np.repeat(p, 3, axis=0)
-    return Image.fromarray(np.ascontiguousarray(p.transpose(1, 2, 0)), "RGB").convert("RGBA")
+    return Image.fromarray(np.ascontiguousarray(p.transpose(1, 2, 0))).convert("RGBA")  # (uint8: RGB)
 
 
 def unwrap(im: Image.Image, mean: np.ndarray, std: np.ndarray, channels: int) -> np.ndarray:

@@ -114,9 +114,10 @@ def encode_image(img: np.ndarray, ext: str = "png", quality: int = 95) -> bytes:
     if a.ndim == 3:
         if a.shape[2] != 3:
             raise ValueError(f"encode_image: expected 1 or 3 channels, got {a.shape[2]}")
-        pil = Image.fromarray(np.ascontiguousarray(a[..., ::-1]), "RGB")
+        pil = Image.fromarray(np.ascontiguousarray(a[..., ::-1]))  # (uint8 HxWx3: RGB; a mode argument is
+        # deprecated in Pillow 11.3, the last Pillow for Python 3.9)
     else:
-        pil = Image.fromarray(np.ascontiguousarray(a), "L")
+        pil = Image.fromarray(np.ascontiguousarray(a))  # (uint8 HxW: L)
     buf = io.BytesIO()
     kwargs = {"quality": quality} if fmt == "JPEG" else {}
     pil.save(buf, format=fmt, **kwargs)

@@ -54,9 +54,8 @@ def plot_logs(paths: list[str], out_png: str, labels: list[str] | None = None) -
     """One PNG with the training loss, every test output and the learning rate of each log."""
     import os
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..pyplot import pyplot
+    plt = pyplot()
 
     from ..io import atomic_write
 

@@ -280,9 +280,8 @@ def chart_series(path: str, chart_type: int, year: int | None = None) -> tuple[l
 def plot_training_log(chart_type: int, out_png: str, logs: Sequence[str], year: int | None = None) -> list[int]:
     """One chart of each log's series (Caffe's plot_training_log.py), written atomically; returns the number of
     points of each log."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..pyplot import pyplot
+    plt = pyplot()
 
     y_name, x_name = CHART_TYPES[chart_type].split("  vs. ")
     fig, ax = plt.subplots(figsize=(8, 5))

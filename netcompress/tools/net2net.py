@@ -1248,9 +1248,8 @@ def _search(prototxt, weights, solver, out_dir, generations, population, iters, 
 def _plot_search(s: dict, path: str) -> None:
     import io as _io
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..pyplot import pyplot
+    plt = pyplot()
 
     inds = s["individuals"]
     by_id = {r["id"]: r for r in inds}

@@ -653,9 +653,8 @@ def print_early_exit(r: dict, out=None) -> None:
 
 def plot_early_exit(r: dict, path: str) -> None:
     """Accuracy against average ops, one point per threshold (and each output alone)."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from ..pyplot import pyplot
+    plt = pyplot(force=False)
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     xs = [row["average_ops"] for row in r["thresholds"]]

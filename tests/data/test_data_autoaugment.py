@@ -66,7 +66,7 @@ def test_magnitudes_of_the_micronet_policy(name, level, magnitude):
 
 
 def pil_rgba(x: np.ndarray) -> Image.Image:
-    return Image.fromarray(np.ascontiguousarray(x.transpose(1, 2, 0)), "RGB").convert("RGBA")
+    return Image.fromarray(np.ascontiguousarray(x.transpose(1, 2, 0))).convert("RGBA")
 
 
 def from_rgba(im: Image.Image) -> np.ndarray:
