@@ -3,7 +3,7 @@ deprecation warnings kept from the user.
 
 A matplotlib older than its dependencies warns from inside itself (matplotlib 3.9, the last for Python 3.9, calls
 pyparsing 3.3's deprecated `parseString` when it first lays out text): nothing the user wrote or can change, printed
-under every chart. Only warnings raised in matplotlib's own modules are filtered.
+under every chart. Only deprecation warnings raised in matplotlib's and pyparsing's own modules are filtered.
 """
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ __all__ = ["pyplot"]
 
 def pyplot(force: bool = True):
     """`matplotlib.pyplot` on the Agg backend (`force=False` keeps a backend already chosen, e.g. a notebook's)."""
+    # (before the import: matplotlib 3.9 calls pyparsing's deprecated names at import time too; pyparsing
+    # attributes some of its warnings to its own modules)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(matplotlib|pyparsing)(\.|$)")
     import matplotlib
 
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"matplotlib(\.|$)")
     matplotlib.use("Agg", force=force)
     import matplotlib.pyplot as plt
 

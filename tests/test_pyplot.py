@@ -15,6 +15,8 @@ def test_matplotlib_internal_deprecations_are_filtered_and_others_are_not():
         assert plt.get_backend().lower() == "agg"
         warnings.warn_explicit("'parseString' deprecated", DeprecationWarning, "_mathtext.py", 1,
                                module="matplotlib._mathtext")
+        warnings.warn_explicit("'parseAll' argument is deprecated", DeprecationWarning, "util.py", 466,
+                               module="pyparsing.util")
         warnings.warn_explicit("old", DeprecationWarning, "x.py", 1, module="netcompress.tools.logs")
         warnings.warn_explicit("matplotlib's", UserWarning, "_mathtext.py", 2, module="matplotlib._mathtext")
     assert [str(w.message) for w in seen] == ["old", "matplotlib's"]
