@@ -170,6 +170,10 @@ def _student_net(prototxt: str, weights: str, output: str | None, input_shape: S
                 shapes = _data_shapes(lp, prototxt)
             q = sub.layer.add(name=lp.name, type="Input")
             for t in needed:
+                if t not in shapes:  # (a KeyError before)
+                    raise ToolError(f"{prototxt}: the {lp.type} layer '{lp.name}' gives no shape for its top '{t}' "
+                                    f"({len(lp.input_param.shape)} input_param.shape for {len(lp.top)} top(s)); "
+                                    "give one, or --input C,H,W")
                 q.top.append(t)
                 q.input_param.shape.add().dim.extend([1, *shapes[t][1:]])
             continue

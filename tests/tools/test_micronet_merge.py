@@ -170,6 +170,9 @@ def test_post_training_quantization_of_a_float_fc(tmp_path):
     # (numpy's sqrt of a negative: a RuntimeWarning and NaN weights in the deploy net before; found by the fuzz)
     ({}, "negative_eps", r"layer 'dense1.0_bn2' \(BatchNorm\): cannot fold channel 0: its mean .* variance \+ eps "
                          r".* must be finite and the sum positive"),
+    # (a KeyError before; found by the CLI fuzz, seed 777)
+    ({}, "shapeless_input", r"the Input layer 'dense1.0_relu2' gives no shape for its top 'dense1.0_relu2' "
+                            r"\(0 input_param.shape for 1 top\(s\)\)"),
 ])
 def test_errors_name_the_layer(tmp_path, kw, edit, match):
     from netcompress.errors import NetcompressError
@@ -182,6 +185,10 @@ def test_errors_name_the_layer(tmp_path, kw, edit, match):
     if edit == "negative_eps":
         p = ncio.read_net(proto)
         next(l for l in p.layer if l.name == "dense1.0_bn2").batch_norm_param.eps = -1e30
+        ncio.write_text_proto(proto, p)
+    if edit == "shapeless_input":
+        p = ncio.read_net(proto)
+        next(l for l in p.layer if l.name == "dense1.0_relu2").type = "Input"
         ncio.write_text_proto(proto, p)
     with pytest.raises(NetcompressError, match=match):
         merge_micronet(proto, model, **kw)
