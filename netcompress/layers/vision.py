@@ -89,9 +89,10 @@ def _rule_off(env: str, off: str, missing: str | None) -> str | None:
     if value not in ("", "auto"):
         raise NetcompressError(f"{env} must be '{off}' (the rule off) or 'auto' (the default), got "
                                f"'{os.environ[env]}'")
-    if env == CONV_ALGO_ENV and os.environ.get(SIMD_ENV, "") not in ("",) + SIMD_CAPS:  # (else the kernel's
-        raise NetcompressError(f"{SIMD_ENV} must be {', '.join(SIMD_CAPS)} or unset, got "  # RuntimeError, at its call)
-                               f"'{os.environ[SIMD_ENV]}'")
+    # The direct-sum kernels (chosen under CONV_ALGO's rules) read NETCOMPRESS_SIMD at each call and raise a
+    # RuntimeError, reported as a bug, for a bad one: checked here, at set-up, instead.
+    if env == CONV_ALGO_ENV and os.environ.get(SIMD_ENV, "") not in ("",) + SIMD_CAPS:
+        raise NetcompressError(f"{SIMD_ENV} must be {', '.join(SIMD_CAPS)} or unset, got '{os.environ[SIMD_ENV]}'")
     return missing
 
 
