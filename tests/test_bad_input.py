@@ -552,6 +552,30 @@ def test_parse_model_refuses_to_overwrite_its_input(tmp_path, capsys):
     assert model.read_bytes() == before
 
 
+@pytest.mark.parametrize("argv, what", [
+    # (each wrote its result over the input it was given as the output, as parse_model had)
+    (["net2wider", "P", "M", "o.prototxt", "M", "--layer", "ip1", "--width", "600"], "input model"),
+    (["net2deeper", "P", "M", "P", "o.caffemodel", "--after", "ip1"], "input prototxt"),
+    (["rename_layers", "P", "M", "o.prototxt", "M"], "input model"),
+    (["snip_prune", "P", "M", "o.prototxt", "M", "--keep-ratio", "0.5"], "weights"),
+    (["bn_reestimate", "P", "M", "M"], "weights"),
+    (["dump_logits", "P", "M", "P", "--blob", "ip2", "--out", "M"], "weights 1"),
+    (["micronet_merge", "P", "M", "P", "o.caffemodel"], "student prototxt"),
+    (["compress_epsilon_resnet", "P", "M", "o.prototxt", "M", "--solverstate", "M"], "weights"),
+    (["import_pth", "M", "P", "M", "--map", "micronet-densenet-final"], "state dict"),
+    (["make_sdn_net", "P", "--ics", "1", "--out", "P"], "template"),
+])
+def test_recipe_tools_refuse_to_overwrite_their_inputs(tmp_path, capsys, argv, what):
+    net_path, param = _lenet_model(tmp_path)
+    model = tmp_path / "m.caffemodel"
+    ncio.write_caffemodel(str(model), param)
+    files = {"P": net_path, "M": str(model)}
+    before = {p: Path(p).read_bytes() for p in files.values()}
+    err = cli_error(capsys, [files.get(x, str(tmp_path / x) if x.startswith("o.") else x) for x in argv])
+    assert f"is also the {what} (" in err and "writing the output there would destroy the input" in err, err
+    assert {p: Path(p).read_bytes() for p in files.values()} == before
+
+
 # ----------------------------------------------------------------------------------------------
 # Interrupted writers and symlinked outputs
 # ----------------------------------------------------------------------------------------------

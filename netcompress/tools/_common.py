@@ -26,7 +26,7 @@ __all__ = [
     "run_tool", "comma_ints", "comma_floats", "dims_arg", "MAX_GENERATED_UNITS", "NUM_MARK", "fmt_shape",
     "kind_of", "apply_mask", "print_lines",
     "layers_in_test_phase",
-    "bias_term_of", "refuse_overwrite", "suspicious_values",
+    "bias_term_of", "refuse_overwrite", "refuse_overwrites", "suspicious_values",
 ]
 
 # Layer categories come from the layer registry (class attributes), never from lists of names
@@ -174,6 +174,14 @@ def refuse_overwrite(output: str, **inputs: str) -> None:
         if same:
             raise ToolError(f"{output} is also the {what.replace('_', ' ')} ({path}): writing the output there "
                             "would destroy the input; give another output file")
+
+
+def refuse_overwrites(outputs: Sequence[str | None], **inputs: str | None) -> None:
+    """`refuse_overwrite` for each of `outputs` against every input given (None: not given)."""
+    given = {k: v for k, v in inputs.items() if v}
+    for output in outputs:
+        if output:
+            refuse_overwrite(output, **given)
 
 
 def require_files(*paths: str) -> None:

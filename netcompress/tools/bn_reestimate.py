@@ -35,7 +35,7 @@ from ..cliargs import seed_arg
 from ..errors import NetcompressError
 from ..log import get_logger
 from ..proto import caffe_pb2 as pb
-from ._common import ToolError, require_files, run_tool
+from ._common import ToolError, refuse_overwrites, require_files, run_tool
 
 log = get_logger("tools")
 
@@ -114,6 +114,7 @@ def bn_reestimate(prototxt: str, weights: str, out: str, *, epochs: int = 10, se
     from ..net import Net
 
     require_files(prototxt, weights)
+    refuse_overwrites((out,), prototxt=prototxt, weights=weights)
     if epochs < 0:
         raise ToolError(f"--epochs must be >= 0, got {epochs}")
     if not 0 < momentum <= 1:

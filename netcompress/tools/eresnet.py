@@ -30,7 +30,7 @@ from ..layers.base import INT_MAX
 from ..log import get_logger
 from ..proto import caffe_pb2 as pb
 from ._common import (MAX_GENERATED_UNITS, ToolError, comma_floats, comma_ints, fmt_shape, net_error_text,
-                      require_files, run_tool)
+                      refuse_overwrites, require_files, run_tool)
 
 __all__ = ["make_epsilon_resnet", "make_epsilon_resnet_main", "Block", "find_blocks", "layer_producers",
            "layer_ancestors",
@@ -584,6 +584,8 @@ def compress_epsilon_resnet(train_prototxt: str, weights: str, out_prototxt: str
 
     say = (lambda *a: None) if quiet else print
     require_files(train_prototxt, weights)
+    refuse_overwrites((out_prototxt, out_model, cfg_path), train_prototxt=train_prototxt, weights=weights,
+                      log=log_path, solverstate=solverstate)
     if criterion not in ("ema1", "gate"):
         raise ToolError(f"--criterion must be ema1 or gate, got '{criterion}'")
     if (log_path is None) == (solverstate is None):

@@ -28,7 +28,7 @@ from ..cliargs import int_flag_error
 from ..graph import remove_splits
 from ..layers.base import INT_MAX
 from ..proto import caffe_pb2 as pb
-from ._common import WEIGHT_TYPES, ToolError, run_tool
+from ._common import WEIGHT_TYPES, ToolError, refuse_overwrites, run_tool
 
 __all__ = ["RenameReport", "rename_net", "rename_layers", "rename_layers_main", "dump_logits",
            "dump_logits_main", "BN_STATS"]
@@ -154,6 +154,7 @@ def rename_layers(in_prototxt: str, in_model: str, out_prototxt: str, out_model:
     for p in (in_prototxt, in_model):
         if not os.path.isfile(p):
             raise ToolError(f"{p} does not exist!" if not os.path.exists(p) else f"{p} is not a file")
+    refuse_overwrites((out_prototxt, out_model), input_prototxt=in_prototxt, input_model=in_model)
     net = ncio.read_net(in_prototxt)
     model = ncio.read_caffemodel(in_model)
     counts = {l.name: len(l.blobs) for l in model.layer}
@@ -303,6 +304,8 @@ def dump_logits(deploy: str, weights: str, source: str, blob: str, out: str, *,
         raise ToolError(int_flag_error(batch, "--batch", 1, "a Caffe blob's size limit"))
     if not os.path.isfile(deploy):
         raise ToolError(f"{deploy} does not exist!")
+    refuse_overwrites((out, list_file or os.path.splitext(out)[0] + ".txt"), deploy_prototxt=deploy, source=source,
+                      **{f"weights_{i + 1}": w for i, w in enumerate(weights.split(","))})
     teacher = Net(deploy, phase=pb.TEST, device=device, verbose=False)
     copy_weights_list(teacher, weights, verbose=False, strict=strict)
     if blob not in teacher.blob_shapes:

@@ -63,7 +63,7 @@ import numpy as np
 from .. import io as ncio
 from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
-from ._common import ToolError, dims_arg, fmt_shape, require_files, run_tool
+from ._common import ToolError, dims_arg, fmt_shape, refuse_overwrites, require_files, run_tool
 
 __all__ = ["SCORE_TYPES", "REFERENCES", "adder_tree_bits", "parse_bits", "LayerScore", "ScoreResult",
            "micronet_score", "format_score", "score_main", "MAPS", "import_pth", "import_pth_main",
@@ -616,6 +616,7 @@ def import_pth(pth: str, prototxt: str, out: str, mapping: str = "micronet-dense
     (shapes checked; Scale tensors may be (1, C, 1) for (C)). Returns the lines to print.
     """
     require_files(pth, prototxt)
+    refuse_overwrites((out,), state_dict=pth, deploy_prototxt=prototxt)
     if mapping not in MAPS:
         raise ToolError(f"unknown map '{mapping}' (known: {', '.join(MAPS)})")
     key_to_blob, blob_to_key = MAPS[mapping]

@@ -50,7 +50,7 @@ from .. import io as ncio
 from .. import ops
 from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
-from ._common import ToolError, dims_arg, net_error_text, require_files, run_tool
+from ._common import ToolError, dims_arg, net_error_text, refuse_overwrites, require_files, run_tool
 
 __all__ = ["merge_micronet", "MergeResult", "main"]
 
@@ -530,6 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="input shape instead of opening the data layer's source")
 
     def run(a: argparse.Namespace) -> int:
+        refuse_overwrites((a.out_prototxt, a.out_model), student_prototxt=a.prototxt, student_model=a.weights)
         r = merge_micronet(a.prototxt, a.weights, weight_bits=a.weight_bits, fc_bits=a.fc_bits, output=a.output,
                            input_shape=a.input)
         ncio.write_text_proto(a.out_prototxt, r.deploy)

@@ -41,7 +41,7 @@ from ..cliargs import INT64_MAX, int_flag_error, seed_arg
 from ..errors import NetcompressError
 from ..layers.base import INT_MAX
 from ..proto import caffe_pb2 as pb
-from ._common import ToolError, net_error_text, require_files, run_main, run_tool
+from ._common import ToolError, net_error_text, refuse_overwrites, require_files, run_main, run_tool
 
 __all__ = ["NetModel", "load_model", "widen", "deepen", "mutate", "training_log", "quiet_console", "net2wider", "net2deeper",
            "net2net_mutate", "net2net_search", "count_params", "MUTATION_OPS",
@@ -1030,6 +1030,7 @@ def net2wider(in_prototxt: str, in_weights: str, out_prototxt: str, out_weights:
               noise: float = 0.05, incoming_noise: float = 0.0, seed: int | None = None,
               quiet: bool = False) -> WidenResult:
     """Widen `layer` to `width` (or int(ratio * old)) outputs and write the new prototxt and model."""
+    refuse_overwrites((out_prototxt, out_weights), input_prototxt=in_prototxt, input_model=in_weights)
     with quiet_console():
         m = load_model(in_prototxt, in_weights)
         r = widen(m, layer, width, ratio, init, noise, incoming_noise, seed)
@@ -1045,6 +1046,7 @@ def net2deeper(in_prototxt: str, in_weights: str, out_prototxt: str, out_weights
                kernel: int = 3, init: str = "net2deeper", name: str | None = None, seed: int | None = None,
                quiet: bool = False) -> DeepenResult:
     """Insert an identity layer (or a random one) after `after` and write the new prototxt and model."""
+    refuse_overwrites((out_prototxt, out_weights), input_prototxt=in_prototxt, input_model=in_weights)
     with quiet_console():
         m = load_model(in_prototxt, in_weights)
         r = deepen(m, after, kernel, init, name, seed)

@@ -88,7 +88,7 @@ from ..cliargs import int_flag_error
 from ..errors import NetcompressError
 from ..layers.base import INT_MAX
 from ..proto import caffe_pb2 as pb
-from ._common import ToolError, require_files, run_tool
+from ._common import ToolError, refuse_overwrites, require_files, run_tool
 
 __all__ = ["SDNNet", "make_sdn_net", "sdn_net_from_template", "parse_template", "early_exit_table",
            "ops_per_output", "layer_macs", "sdn_early_exit", "make_sdn_net_main", "sdn_early_exit_main"]
@@ -381,6 +381,7 @@ def sdn_net_from_template(text: str, ics: Sequence[int], *, dense: bool = False,
 def make_sdn_net(template: str, out: str, ics: Sequence[int], **kw) -> SDNNet:
     """Read `template`, build the SDN net (see `sdn_net_from_template`) and write it to `out`."""
     require_files(template)
+    refuse_overwrites((out,), template=template)
     text = ncio.read_input_text(template, "cells prototxt template")
     sdn = sdn_net_from_template(text, ics, path=template, **kw)
     ncio.write_text_proto(out, sdn.net)

@@ -37,8 +37,8 @@ from ..cliargs import seed_arg
 from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
 from ..recipes.snip import apply_masks, connection_sensitivity, keep_masks
-from ._common import (KeptTotals, ToolError, final_block, layer_block, net_error_text, print_lines, require_files,
-                      run_tool)
+from ._common import (KeptTotals, ToolError, final_block, layer_block, net_error_text, print_lines, refuse_overwrites,
+                      require_files, run_tool)
 
 __all__ = ["SnipResult", "snip_prune", "masked_net_param", "main"]
 
@@ -117,6 +117,7 @@ def snip_prune(train_prototxt: str, weights: str | None, out_prototxt: str, out_
     from ..net import Net
 
     require_files(train_prototxt, *([weights] if weights else []))
+    refuse_overwrites((out_prototxt, out_model), train_prototxt=train_prototxt, weights=weights)
     if not 0 < keep_ratio <= 1:
         raise ToolError(f"--keep-ratio must lie in (0, 1], got {keep_ratio:g}")
     if batches < 1:
