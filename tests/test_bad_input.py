@@ -564,14 +564,16 @@ def test_parse_model_refuses_to_overwrite_its_input(tmp_path, capsys):
     (["compress_epsilon_resnet", "P", "M", "o.prototxt", "M", "--solverstate", "M"], "weights"),
     (["import_pth", "M", "P", "M", "--map", "micronet-densenet-final"], "state dict"),
     (["make_sdn_net", "P", "--ics", "1", "--out", "P"], "template"),
+    (["net2net_mutate", "N", "M", "."], "input prototxt"),  # (a mutant mutated in its own folder)
 ])
 def test_recipe_tools_refuse_to_overwrite_their_inputs(tmp_path, capsys, argv, what):
     net_path, param = _lenet_model(tmp_path)
     model = tmp_path / "m.caffemodel"
     ncio.write_caffemodel(str(model), param)
-    files = {"P": net_path, "M": str(model)}
+    files = {"P": net_path, "M": str(model)}  # (net_path is tmp_path/net.prototxt: net2net_mutate's output name)
     before = {p: Path(p).read_bytes() for p in files.values()}
-    err = cli_error(capsys, [files.get(x, str(tmp_path / x) if x.startswith("o.") else x) for x in argv])
+    names = {**files, "N": net_path, ".": str(tmp_path)}
+    err = cli_error(capsys, [names.get(x, str(tmp_path / x) if x.startswith("o.") else x) for x in argv])
     assert f"is also the {what} (" in err and "writing the output there would destroy the input" in err, err
     assert {p: Path(p).read_bytes() for p in files.values()} == before
 

@@ -1063,6 +1063,8 @@ def net2net_mutate(in_prototxt: str, in_weights: str, out_dir: str, ops: Sequenc
                    quiet: bool = False) -> Mutation:
     """One random mutation; writes out_dir/net.prototxt, net.caffemodel and mutation.json."""
     _, seed = _rng(seed)
+    refuse_overwrites([os.path.join(out_dir, f) for f in ("net.prototxt", "net.caffemodel", "mutation.json")],
+                      input_prototxt=in_prototxt, input_model=in_weights)  # (mutating a mutant in its folder)
     with quiet_console():
         m = load_model(in_prototxt, in_weights)
         mu = mutate(m, ops, seed, max_width=max_width, skip_init=skip_init)
