@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 
+from .errors import NetcompressError
 from .layers.base import INT_MAX
 from .proto import caffe_pb2 as pb
 
-__all__ = ["add_gpu_arg", "add_state_args", "state_from_args", "int_flag_error", "seed_arg", "int32_arg", "INT64_MAX"]
+__all__ = ["add_gpu_arg", "add_state_args", "state_from_args", "int_flag_error", "require_int_flag", "seed_arg",
+           "int32_arg", "INT64_MAX"]
 
 INT64_MAX = 2**63 - 1  # Caffe's random_seed is an int64
 
@@ -38,32 +40,36 @@ def int_flag_error(value: int, flag: str, least: int, limit: str = "Caffe's int 
     return None
 
 
-def seed_arg(least: int = 0):
-    """An argparse type for `--seed`: an integer from `least` to 2^63 - 1 (the range of Caffe's int64
-    random_seed; numpy and torch take every seed in it), so that a seed out of range is an error naming the
-    flag, not an overflow deep in a generator."""
-    def seed(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer seed, got '{text}'") from None
-        if not least <= value <= INT64_MAX:
-            raise argparse.ArgumentTypeError(f"a seed is an integer from {least} to {INT64_MAX}, got {value}")
-        return value
-    seed.__name__ = "seed"  # argparse names the type in its messages
-    return seed
+def require_int_flag(value: int, flag: str, least: int, limit: str = "Caffe's int flag",
+                     error: type[NetcompressError] = NetcompressError) -> None:
+    """Raise `error` with `int_flag_error`'s message when there is one."""
+    message = int_flag_error(value, flag, least, limit)
+    if message:
+        raise error(message)
 
 
-def int32_arg(what: str):
-    """An argparse type for an integer that goes into a Caffe int32 field (`what`), so that one out of range is
-    an error naming the flag, not protobuf's range error."""
-    def int32(text: str) -> int:
+def _int_arg(name: str, least: int, most: int, out_of_range: str):
+    """An argparse type: an integer from `least` to `most`, else argparse's usage error with `out_of_range`
+    (formatted with the value) instead of an overflow or range error deep inside."""
+    def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-        if not -INT_MAX - 1 <= value <= INT_MAX:
-            raise argparse.ArgumentTypeError(f"{what} is a 32-bit integer ({-INT_MAX - 1} to {INT_MAX}), got {value}")
+        if not least <= value <= most:
+            raise argparse.ArgumentTypeError(out_of_range.format(value=value))
         return value
-    int32.__name__ = "int32"
-    return int32
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
+def seed_arg(least: int = 0):
+    """`--seed`: an integer from `least` to 2^63 - 1 (the range of Caffe's int64 random_seed; numpy and torch
+    take every seed in it)."""
+    return _int_arg("seed", least, INT64_MAX, f"a seed is an integer from {least} to {INT64_MAX}, got {{value}}")
+
+
+def int32_arg(what: str):
+    """An integer that goes into a Caffe int32 field (`what`)."""
+    return _int_arg("int32", -INT_MAX - 1, INT_MAX,
+                    f"{what} is a 32-bit integer ({-INT_MAX - 1} to {INT_MAX}), got {{value}}")

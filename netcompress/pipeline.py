@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import torch
 
 from . import io as ncio
-from .cliargs import INT64_MAX, int_flag_error, seed_arg
+from .cliargs import INT64_MAX, require_int_flag, seed_arg
 from .errors import NetcompressError
 from .pyplot import pyplot
 from .log import get_logger
@@ -198,8 +198,7 @@ def _run(out, data, ref_iters, dns_iters, inq_iters, seed, device, verbose, rest
     print(f"netcompress pipeline: LeNet on the embedded MNIST digits -> {out} "
           f"(stage logs in {os.path.join(out, 'logs')})", flush=True)
     for name, n in (("--ref-iters", ref_iters), ("--dns-iters", dns_iters), ("--inq-iters", inq_iters)):
-        if int_flag_error(n, name, 1, "a solver's int max_iter"):
-            raise NetcompressError(int_flag_error(n, name, 1, "a solver's int max_iter"))
+        require_int_flag(n, name, 1, "a solver's int max_iter")
     if not -INT64_MAX - 1 <= seed <= INT64_MAX:
         raise NetcompressError(f"--seed must be an int64 (a solver's random_seed), got {seed}")
     root = os.path.abspath(out)

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-from ..cliargs import add_gpu_arg, add_state_args, int_flag_error, state_from_args
+from ..cliargs import add_gpu_arg, add_state_args, require_int_flag, state_from_args
 from ..device import device_for, device_from_gpu_flag
 from ..errors import NetcompressError
 from ..log import get_logger
@@ -48,8 +48,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     from ..distributed import launcher_env
     from .solver import Solver
 
-    if a.iterations is not None and int_flag_error(a.iterations, "--iterations", 0):
-        raise NetcompressError(int_flag_error(a.iterations, "--iterations", 0))
+    if a.iterations is not None:
+        require_int_flag(a.iterations, "--iterations", 0)
     if a.cpu_procs is not None and a.cpu_procs < 1:
         raise NetcompressError(f"--cpu-procs must be at least 1, got {a.cpu_procs}")
     most = 4 * (os.cpu_count() or 1)  # (each process holds a net, a solver and gloo's sockets)
@@ -116,8 +116,7 @@ def test_main(argv: Sequence[str] | None = None) -> int:
     from ..net import Net
     from .evaluate import test_net
 
-    if int_flag_error(a.iterations, "--iterations", 1):
-        raise NetcompressError(int_flag_error(a.iterations, "--iterations", 1))
+    require_int_flag(a.iterations, "--iterations", 1)
     device = device_from_gpu_flag(a.gpu)
     phase, level, stages = state_from_args(a, pb.TEST)
     net = Net(a.model, phase=phase, level=level, stages=stages, device=device, verbose=a.verbose)

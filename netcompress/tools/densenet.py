@@ -42,7 +42,7 @@ from typing import Sequence
 from google.protobuf import text_format
 
 from .. import io as ncio
-from ..cliargs import int_flag_error
+from ..cliargs import require_int_flag
 from ..errors import NetcompressError
 from ..layers.base import INT_MAX
 from ..proto import caffe_pb2 as pb
@@ -83,8 +83,8 @@ class DenseNetConfig:
                                 f"got {self.depth}")
         for field in ("growth", "compression", "num_classes", "expansion", "blocks", "init_width"):
             value = getattr(self, field)
-            if value is not None and int_flag_error(value, field, 1, "a Caffe blob's size limit"):
-                raise DenseNetError(int_flag_error(value, field, 1, "a Caffe blob's size limit"))
+            if value is not None:
+                require_int_flag(value, field, 1, "a Caffe blob's size limit", error=DenseNetError)
         if len(self.input_shape) != 3 or min(self.input_shape) < 1 or max(self.input_shape) > INT_MAX:
             raise DenseNetError(f"input_shape must be C,H,W with sizes from 1 to {INT_MAX}, "
                                 f"got {list(self.input_shape)}")
@@ -302,8 +302,7 @@ def _data_layers(net: pb.NetParameter, data: DataSpec, channels: int) -> None:
     if data.augment not in ("none", "micronet"):
         raise DenseNetError(f"augment must be 'none' or 'micronet', got '{data.augment}'")
     for flag, batch in (("batch_size", data.batch_size), ("test_batch_size", data.test_batch_size)):
-        if int_flag_error(batch, flag, 1, "a Caffe blob's size limit"):
-            raise DenseNetError(int_flag_error(batch, flag, 1, "a Caffe blob's size limit"))
+        require_int_flag(batch, flag, 1, "a Caffe blob's size limit", error=DenseNetError)
     if data.scale is not None and not math.isfinite(data.scale):
         raise DenseNetError(f"scale must be a finite number, got {data.scale}")
     for phase, source, batch in ((pb.TRAIN, data.train_source, data.batch_size),

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from ..cliargs import int_flag_error
+from ..cliargs import require_int_flag
 from ..log import get_logger
 from ..proto import caffe_pb2 as pb
 from ._common import ToolError, run_tool
@@ -53,8 +53,8 @@ def extract_features(weights: str, proto: str, blob_names: Sequence[str], datase
     if "" in dataset_names or "" in blob_names:
         raise ToolError(f"an empty name in the blob names '{','.join(blob_names)}' or the dataset names "
                         f"'{','.join(dataset_names)}'")
-    if int_flag_error(num_mini_batches, "num_mini_batches", 0):  # (past INT_MAX: Caffe's int; it ran for ever)
-        raise ToolError(int_flag_error(num_mini_batches, "num_mini_batches", 0))
+    # (past INT_MAX: Caffe's int; it ran for ever)
+    require_int_flag(num_mini_batches, "num_mini_batches", 0, error=ToolError)
     try:
         backend = backend_name(db_type)
     except DataError as e:

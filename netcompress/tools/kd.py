@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .. import io as ncio
-from ..cliargs import int_flag_error
+from ..cliargs import require_int_flag
 from ..graph import remove_splits
 from ..layers.base import INT_MAX
 from ..proto import caffe_pb2 as pb
@@ -300,8 +300,7 @@ def dump_logits(deploy: str, weights: str, source: str, blob: str, out: str, *,
     ph = {"TRAIN": pb.TRAIN, "TEST": pb.TEST}.get(phase.upper())
     if ph is None:
         raise ToolError(f"phase must be TRAIN or TEST, got '{phase}'")
-    if int_flag_error(batch, "--batch", 1, "a Caffe blob's size limit"):
-        raise ToolError(int_flag_error(batch, "--batch", 1, "a Caffe blob's size limit"))
+    require_int_flag(batch, "--batch", 1, "a Caffe blob's size limit", error=ToolError)
     if not os.path.isfile(deploy):
         raise ToolError(f"{deploy} does not exist!")
     refuse_overwrites((out, list_file or os.path.splitext(out)[0] + ".txt"), deploy_prototxt=deploy, source=source,

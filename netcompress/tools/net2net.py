@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .. import io as ncio
-from ..cliargs import INT64_MAX, int_flag_error, seed_arg
+from ..cliargs import INT64_MAX, require_int_flag, seed_arg
 from ..errors import NetcompressError
 from ..layers.base import INT_MAX
 from ..proto import caffe_pb2 as pb
@@ -1163,8 +1163,7 @@ def _search(prototxt, weights, solver, out_dir, generations, population, iters, 
     if not len(sp.test_iter):
         raise ToolError(f"{solver}: the search scores children on the test net: set test_iter")
     iters = int(iters if iters is not None else sp.max_iter)
-    if int_flag_error(iters, "--iters", 1):  # the child solvers' max_iter (an int32)
-        raise ToolError(int_flag_error(iters, "--iters", 1))
+    require_int_flag(iters, "--iters", 1, error=ToolError)  # the child solvers' max_iter (an int32)
     _check_mutation_args(ops, max_width)
     test_iters = int(sp.test_iter[0])
     rng, seed = _rng(seed)

@@ -84,7 +84,7 @@ import numpy as np
 import torch
 
 from .. import io as ncio
-from ..cliargs import int_flag_error
+from ..cliargs import require_int_flag
 from ..errors import NetcompressError
 from ..layers.base import INT_MAX
 from ..proto import caffe_pb2 as pb
@@ -255,8 +255,8 @@ def sdn_net_from_template(text: str, ics: Sequence[int], *, dense: bool = False,
     if len(sizes) != n_cells or not all(0 < s <= INT_MAX for s in sizes):
         raise ToolError(f"--feature-size takes one size (1..{INT_MAX}) or one per cell ({n_cells}), "
                         f"got {list(feature_size)}")
-    if ramp_epochs is not None and int_flag_error(ramp_epochs, "--ramp-epochs", 1, "sdn_loss_param's int"):
-        raise ToolError(int_flag_error(ramp_epochs, "--ramp-epochs", 1, "sdn_loss_param's int"))
+    if ramp_epochs is not None:
+        require_int_flag(ramp_epochs, "--ramp-epochs", 1, "sdn_loss_param's int", error=ToolError)
     secs = parse_template(text, path)
     stem = _parse_layers(secs["stem"], secs["stem"].text, path, allow_net_fields=True)
     if not len(stem.layer) or not len(stem.layer[-1].top):
@@ -284,8 +284,7 @@ def sdn_net_from_template(text: str, ics: Sequence[int], *, dense: bool = False,
     final = classifier.top[0]
     if num_classes is None:
         num_classes = int(classifier.inner_product_param.num_output)
-    if int_flag_error(num_classes, "--num-classes", 1, "a Caffe blob's size limit"):
-        raise ToolError(int_flag_error(num_classes, "--num-classes", 1, "a Caffe blob's size limit"))
+    require_int_flag(num_classes, "--num-classes", 1, "a Caffe blob's size limit", error=ToolError)
     for l in end.layer:
         if l.type.endswith("Loss"):
             raise ToolError(f"{path}: the end section holds the loss layer '{l.name}'; make_sdn_net writes "
@@ -614,8 +613,8 @@ def sdn_early_exit(prototxt: str, weights: str, outputs: Sequence[str], threshol
                             f"got {len(ops_values)}")
     if iterations <= 0:
         raise ToolError(f"--iterations must be positive, got {iterations}")
-    if int_flag_error(iterations, "--iterations", 1):  # (past INT_MAX: as caffe test's flag; it ran for ever)
-        raise ToolError(int_flag_error(iterations, "--iterations", 1))
+    # (past INT_MAX: as caffe test's flag; it ran for ever)
+    require_int_flag(iterations, "--iterations", 1, error=ToolError)
     collected: list[list[np.ndarray]] = [[] for _ in outputs]
     labs: list[np.ndarray] = []
     net.eval()
