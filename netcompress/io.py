@@ -32,7 +32,7 @@ __all__ = [
     "write_caffemodel", "read_binaryproto_array", "write_binaryproto_array", "blob_to_array",
     "array_to_blob", "blob_shape", "check_input_file", "read_input_bytes", "read_input_text",
     "clean_stale_temporaries", "check_utf8_strings", "is_placeholder_blob", "MAX_TEXT_PROTO_BYTES",
-    "MAX_BINARY_PROTO_BYTES", "max_text_proto_bytes",
+    "MAX_BINARY_PROTO_BYTES", "max_text_proto_bytes", "decode_prototxt", "read_prototxt_text",
 ]
 
 
@@ -375,16 +375,70 @@ def parse_text_proto(text: str, message: M, path: str = "<string>") -> M:
     return message
 
 
-def read_text_proto(path: str, message: M) -> M:
-    """Parse the text prototxt `path` (a regular file of at most `max_text_proto_bytes()`)."""
-    data = _read_bytes(path, max_text_proto_bytes(), "text prototxt",
-                       " (set NETCOMPRESS_MAX_PROTOTXT_BYTES to raise the limit)")
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _comment_start(line: str) -> int:
+    """Where the comment of one prototxt line starts (the first `#` outside a quoted string), or
+    its length. Text-format strings cannot span lines, so one line is enough to tell."""
+    quote = None
+    k = 0
+    while k < len(line):
+        c = line[k]
+        if quote:
+            if c == "\\":
+                k += 1
+            elif c == quote:
+                quote = None
+        elif c in "\"'":
+            quote = c
+        elif c == "#":
+            return k
+        k += 1
+    return len(line)
+
+
+def decode_prototxt(data: bytes, path: str) -> str:
+    """The text of a prototxt file's bytes, read as Caffe's protobuf tokenizer reads them.
+
+    A leading UTF-8 byte-order mark (Windows editors write one) is skipped, as protobuf 3's tokenizer
+    does. Bytes that are not UTF-8 are allowed inside `#` comments, which the tokenizer skips unread
+    (Caffe forks ship prototxts commented in GBK or Latin-1); they read as U+FFFD there. Anywhere else
+    they are an error naming the line and column; a file with NUL bytes is called binary."""
+    if data.startswith(UTF8_BOM):
+        data = data[len(UTF8_BOM):]
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ProtoParseError(path, f"not a text prototxt (byte {e.start} is not UTF-8); "
-                                    "is it a binary .caffemodel?") from None
-    return parse_text_proto(text, message, path)
+        first_bad = e.start
+    if b"\0" in data:
+        raise ProtoParseError(path, f"not a text prototxt (byte {first_bad} is not UTF-8 and the file holds NUL "
+                                    "bytes); is it a binary .caffemodel?")
+    lines = data.decode("utf-8", "surrogateescape").split("\n")
+    for n, line in enumerate(lines):
+        bad = [k for k, c in enumerate(line) if "\udc80" <= c <= "\udcff"]
+        if not bad:
+            continue
+        cut = _comment_start(line)
+        if bad[0] < cut:
+            byte = ord(line[bad[0]]) - 0xDC00
+            raise ProtoParseError(path, f"byte 0x{byte:02X} is not UTF-8 text; outside its # comments a "
+                                        "prototxt must be UTF-8 (save the file as UTF-8)", n + 1, bad[0] + 1)
+        lines[n] = line[:cut] + "".join("\ufffd" if "\udc80" <= c <= "\udcff" else c for c in line[cut:])
+    return "\n".join(lines)
+
+
+def read_prototxt_text(path: str, what: str = "text prototxt") -> str:
+    """The text of the prototxt file `path` (a regular file of at most `max_text_proto_bytes()`), as
+    `decode_prototxt` reads it."""
+    data = _read_bytes(path, max_text_proto_bytes(), what,
+                       " (set NETCOMPRESS_MAX_PROTOTXT_BYTES to raise the limit)")
+    return decode_prototxt(data, path)
+
+
+def read_text_proto(path: str, message: M) -> M:
+    """Parse the text prototxt `path` (`read_prototxt_text`)."""
+    return parse_text_proto(read_prototxt_text(path), message, path)
 
 
 def write_text_proto(path: str, message: _pb_message.Message) -> None:

@@ -235,8 +235,44 @@ def test_a_layer_name_that_is_not_utf8(tmp_path):
         f"{model}: layer[1].name is not valid UTF-8 text (b'conv\\xff'): the file is corrupted")
     text = tmp_path / "utf8.prototxt"
     text.write_bytes(LENET.encode().replace(b'"conv1"', b'"conv\xff"', 1))
+    head = LENET[:LENET.index('"conv1"')]
+    line, column = head.count("\n") + 1, len(head) - head.rfind("\n") + 5  # the column of \xff, from 1
     assert error_of(ProtoParseError, ncio.read_net, str(text)) == (
-        f"{text}: not a text prototxt (byte {LENET.index('conv1') + 4} is not UTF-8); is it a binary .caffemodel?")
+        f"{text}:{line}:{column}: byte 0xFF is not UTF-8 text; outside its # comments a prototxt must be UTF-8 "
+        "(save the file as UTF-8)")
+    binary = tmp_path / "model.prototxt"  # a caffemodel given as a net: it holds NUL bytes
+    binary.write_bytes(model.read_bytes())
+    assert error_of(ProtoParseError, ncio.read_net, str(binary)).endswith(
+        "is not UTF-8 and the file holds NUL bytes); is it a binary .caffemodel?")
+
+
+def test_a_prototxt_read_as_caffes_tokenizer_reads_it(tmp_path):
+    """A byte-order mark is skipped and comments may hold any bytes (GBK, Latin-1), as protobuf's C++
+    tokenizer allows; the net read is the same as from the clean file."""
+    clean = ncio.read_net(str(REPO / "examples/mnist/lenet.prototxt"))
+    lines = LENET.encode().split(b"\n")
+    lines[0] += " # 卷积网络 (LeNet)".encode("gbk")
+    lines.insert(1, "# café, naïve 'quoted # text'".encode("latin-1"))
+    variants = {
+        "bom.prototxt": b"\xef\xbb\xbf" + LENET.encode(),
+        "gbk.prototxt": b"\n".join(lines),
+        "crlf_gbk.prototxt": b"\xef\xbb\xbf" + b"\r\n".join(lines),
+        "hash_in_string.prototxt": LENET.encode().replace(b'name: "LeNet"', b'name: "Le#Net" # \xe9', 1),
+    }
+    for name, data in variants.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        net = ncio.read_net(str(path))
+        if name == "hash_in_string.prototxt":
+            assert net.name == "Le#Net"
+            net.name = clean.name
+        assert net == clean, name
+    # A '#' inside a quoted string does not start a comment: the byte after it is in the string.
+    path = tmp_path / "in_string.prototxt"
+    path.write_bytes(LENET.encode().replace(b'name: "LeNet"', b"name: 'Le#N\xe9t'", 1))
+    assert error_of(ProtoParseError, ncio.read_net, str(path)) == (
+        f"{path}:1:12: byte 0xE9 is not UTF-8 text; outside its # comments a prototxt must be UTF-8 "
+        "(save the file as UTF-8)")
 
 
 TINY_SOLVER = """

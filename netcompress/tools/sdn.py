@@ -381,7 +381,7 @@ def make_sdn_net(template: str, out: str, ics: Sequence[int], **kw) -> SDNNet:
     """Read `template`, build the SDN net (see `sdn_net_from_template`) and write it to `out`."""
     require_files(template)
     refuse_overwrites((out,), template=template)
-    text = ncio.read_input_text(template, "cells prototxt template")
+    text = ncio.read_prototxt_text(template, "cells prototxt template")
     sdn = sdn_net_from_template(text, ics, path=template, **kw)
     ncio.write_text_proto(out, sdn.net)
     return sdn

@@ -244,7 +244,9 @@ def test_make_sdn_net_cli_errors(template, tmp_path, capsys):
     binary = tmp_path / "binary.prototxt-template"
     binary.write_bytes(TEMPLATE.encode()[:40] + b"\xff\xfe" + TEMPLATE.encode()[40:])
     assert sdn.make_sdn_net_main([str(binary), "--ics", "1", "--out", out]) == 1
-    assert f"{binary}: byte 40 is not UTF-8 text (expected a cells prototxt template)" in capsys.readouterr().err
+    head = TEMPLATE[:40]
+    assert (f"{binary}:{head.count(chr(10)) + 1}:{len(head) - head.rfind(chr(10))}: byte 0xFF is not UTF-8 text"
+            in capsys.readouterr().err)
     assert not os.path.exists(out)
 
 
