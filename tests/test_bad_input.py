@@ -193,6 +193,23 @@ def test_a_damaged_solver_state_sidecar_leaves_no_file_open(tmp_path):
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
 
 
+def test_a_damaged_solver_state_sidecar_names_no_raw_os_error(tmp_path):
+    """A zip directory whose offset points before the file's start made zipfile seek there: the error was
+    "(OSError: [Errno 22] Invalid argument)" (found by the CLI fuzz, seed 792)."""
+    from netcompress.errors import NetcompressError
+    from netcompress.solvers.solver import _load_sidecar
+    from netcompress.solvers.state import save_state
+
+    path = tmp_path / "s_iter_2.solverstate.nc.npz"
+    save_state(str(path), {"history": np.zeros(64, np.float32), "it": 2})
+    data = bytearray(path.read_bytes())
+    end = data.rfind(b"PK\x05\x06")  # the end-of-directory record; +16: the directory's offset
+    data[end + 16] ^= 2
+    path.write_bytes(bytes(data))
+    message = error_of(NetcompressError, _load_sidecar, str(path))
+    assert message.startswith(f"{path}: not a usable netcompress solver state (") and "Errno" not in message
+
+
 def test_pipeline_folders_that_are_files(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     for option in ("--out", "--data"):  # (was "afile: already exists", from makedirs)

@@ -1190,7 +1190,9 @@ def _load_sidecar(side: str) -> dict:
 
 
 def _unusable(side: str, e: BaseException) -> NetcompressError:
-    return NetcompressError(f"{side}: not a usable netcompress solver state ({type(e).__name__}: {e}); it does "
+    # A damaged archive can fail as an OSError too (zipfile seeking before the file's start: EINVAL).
+    what = f"a damaged archive: {describe_os_error(e)}" if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+    return NetcompressError(f"{side}: not a usable netcompress solver state ({what}); it does "
                             "not belong to this net and solver, or is corrupted. Without it (delete it) the run "
                             "resumes, but data positions, random generators and layer state start afresh")
 
