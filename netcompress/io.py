@@ -31,7 +31,7 @@ __all__ = [
     "read_binary_proto", "write_binary_proto", "read_net", "read_solver", "read_caffemodel",
     "write_caffemodel", "read_binaryproto_array", "write_binaryproto_array", "blob_to_array",
     "array_to_blob", "blob_shape", "check_input_file", "read_input_bytes", "read_input_text",
-    "clean_stale_temporaries", "check_utf8_strings", "is_placeholder_blob", "MAX_TEXT_PROTO_BYTES",
+    "clean_stale_temporaries", "append_packed", "check_utf8_strings", "is_placeholder_blob", "MAX_TEXT_PROTO_BYTES",
     "MAX_BINARY_PROTO_BYTES", "max_text_proto_bytes", "decode_prototxt", "read_prototxt_text",
 ]
 
@@ -493,7 +493,18 @@ def check_utf8_strings(message: _pb_message.Message, path: str) -> None:
 
 
 def write_binary_proto(path: str, message: _pb_message.Message) -> None:
-    atomic_write(path, message.SerializeToString(deterministic=True))
+    """Write `message` in protobuf's binary format, atomically. A message of more than
+    `MAX_BINARY_PROTO_BYTES` is refused before anything is written: no protobuf reader, Caffe's
+    included, could read it back (protobuf's own encoder fails past 2 GiB)."""
+    try:
+        data = message.SerializeToString(deterministic=True)
+    except _pb_message.EncodeError:
+        data = None
+    if data is None or len(data) > MAX_BINARY_PROTO_BYTES:
+        raise FileError(path, f"cannot write: the {message.DESCRIPTOR.name} has more than {MAX_BINARY_PROTO_BYTES:,} "
+                              "bytes, the most a binary proto may have (protobuf's limit; Caffe could not read it "
+                              "either)")
+    atomic_write(path, data)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -656,17 +667,41 @@ def array_to_blob(arr, blob: pb.BlobProto | None = None, diff=None) -> pb.BlobPr
     blob.Clear()
     if a.ndim:  # Caffe's Blob::ToProto writes no shape for a 0-d blob
         blob.shape.dim.extend(int(d) for d in a.shape)
-    if a.dtype == np.float64:
-        blob.double_data.extend(a.ravel().tolist())
-    else:
-        blob.data.extend(a.astype(np.float32, copy=False).ravel().tolist())
+    double = a.dtype == np.float64
+    append_packed(blob, 8 if double else 5, a, "<f8" if double else "<f4")  # double_data or data
     if diff is not None:
         d = _to_numpy(diff)
-        if d.dtype == np.float64:
-            blob.double_diff.extend(d.ravel().tolist())
-        else:
-            blob.diff.extend(d.astype(np.float32, copy=False).ravel().tolist())
+        double = d.dtype == np.float64
+        append_packed(blob, 9 if double else 6, d, "<f8" if double else "<f4")  # double_diff or diff
     return blob
+
+
+PACKED_CHUNK_BYTES = 1 << 28
+
+
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while v > 0x7F:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def append_packed(message: _pb_message.Message, number: int, values, dtype: str) -> None:
+    """Append `values` (any array-like) to the packed repeated float or double field `number` of
+    `message`, as `field.extend(values)` would, bit for bit.
+
+    The values go in as their wire bytes (one packed record per 256 MiB), where `extend(a.tolist())`
+    made a Python float of every value first: 6x slower, and about 32 bytes of memory a value (a
+    500-million-value blob needed 16 GiB to be written)."""
+    flat = np.ascontiguousarray(np.asarray(values).reshape(-1), dtype=dtype)
+    raw = memoryview(flat).cast("B")
+    tag = _varint(number << 3 | 2)
+    step = PACKED_CHUNK_BYTES - PACKED_CHUNK_BYTES % flat.itemsize
+    for start in range(0, len(raw), step):
+        chunk = raw[start:start + step]
+        message.MergeFromString(b"".join((tag, _varint(len(chunk)), chunk)))
 
 
 def _to_numpy(x) -> np.ndarray:

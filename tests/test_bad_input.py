@@ -210,6 +210,31 @@ def test_a_damaged_solver_state_sidecar_names_no_raw_os_error(tmp_path):
     assert message.startswith(f"{path}: not a usable netcompress solver state (") and "Errno" not in message
 
 
+def test_binary_protos_past_2_gib_are_refused(tmp_path, capsys, monkeypatch):
+    """protobuf cannot encode a message past 2 GiB (an unexpected EncodeError, "Failed to serialize proto"), nor
+    Caffe read one: writing one is refused naming the file, and training refuses at set-up a net whose binary
+    snapshot would be one (the limit is lowered here: the tiny net's caffemodel has 32 bytes of values)."""
+    monkeypatch.setattr(ncio, "MAX_BINARY_PROTO_BYTES", 40)
+    net = pb.NetParameter(name="n" * 50)
+    out = tmp_path / "big.caffemodel"
+    assert error_of(FileError, ncio.write_caffemodel, str(out), net) == (
+        f"{out}: cannot write: the NetParameter has more than 40 bytes, the most a binary proto may have (protobuf's "
+        "limit; Caffe could not read it either)")
+    assert not out.exists() and not list(tmp_path.iterdir())
+    snap = f'snapshot: 1\nsnapshot_prefix: "{tmp_path}/s"\n'
+    for extra, what in (("snapshot_diff: true\n", "a caffemodel of"), ('type: "Adam"\n', "a solver state of")):
+        solver = solver_file(tmp_path, snap + extra)
+        said = cli_error(capsys, ["train", "--solver", solver])
+        assert said.startswith(f"netcompress train: error: {solver}: a binary snapshot of this net would have {what} "
+                               "0.0 GiB, more than the 40 bytes a binary proto may have"), said
+        assert said.endswith("set snapshot_format: HDF5, which has none, or snapshot: 0 and snapshot_after_train: "
+                             "false")
+    assert not list(tmp_path.glob("s_iter*"))
+    for extra in ("snapshot_diff: true\nsnapshot_format: HDF5\n", 'type: "Adam"\nsnapshot_format: HDF5\n'):
+        assert cli.main(["train", "--solver", solver_file(tmp_path, snap + extra)]) == 0  # HDF5 has no such limit
+    assert cli.main(["train", "--solver", solver_file(tmp_path, 'type: "Adam"\nsnapshot_after_train: false\n')]) == 0
+
+
 def test_pipeline_folders_that_are_files(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     for option in ("--out", "--data"):  # (was "afile: already exists", from makedirs)

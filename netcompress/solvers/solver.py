@@ -151,6 +151,8 @@ class Solver:
         self.params: list = []
         self.history: list[list[torch.Tensor]] = []
         self._set_params()
+        if self.root:
+            self._check_snapshot_size()
         self.rate: float | None = None  # the current iteration's learning rate, once computed
         self._losses: deque[float] = deque()
         self.smoothed_loss = 0.0
@@ -321,6 +323,24 @@ class Solver:
             raise NetcompressError(f"{self.source}: Cannot write to snapshot prefix '{sp.snapshot_prefix}': "
                                    f"{problem}. Make sure that the folder exists and is writable (or set "
                                    "snapshot: 0 and snapshot_after_train: false).")
+
+    def _check_snapshot_size(self) -> None:
+        """A binary snapshot (caffemodel or solver state) must stay under protobuf's 2 GiB, or it
+        cannot be written (nor read by Caffe): found now, not at the first snapshot after hours."""
+        sp = self.param
+        if not sp.snapshot_prefix or not (sp.snapshot or sp.snapshot_after_train) or self._hdf5():
+            return
+        values = sum(int(t.numel()) for layer in self.net.layers.values() for t in layer.blobs())
+        model = 4 * values * (2 if sp.snapshot_diff else 1)
+        state = 4 * sum(int(h.numel()) for hist in self.history for h in hist)
+        big = max(model, state)
+        if big > ncio.MAX_BINARY_PROTO_BYTES:
+            what = "caffemodel" if model >= state else "solver state"
+            raise NetcompressError(
+                f"{self.source}: a binary snapshot of this net would have a {what} of {big / 2**30:.1f} GiB, "
+                f"more than the {ncio.MAX_BINARY_PROTO_BYTES:,} bytes a binary proto may have (protobuf's limit; "
+                "Caffe's snapshot fails there too): set snapshot_format: HDF5, which has none, or snapshot: 0 and "
+                "snapshot_after_train: false")
 
     def _make_train_net(self, seed: int | None) -> Net:
         sp = self.param

@@ -484,6 +484,10 @@ def widen(m: NetModel, layer: str, width: int | None = None, ratio: float | None
     for lq, _, mp in consumers:
         _check_blob_limit(lq.name, _weights_count(m, lq.name) // mp.old * len(mp.src),
                           f"reading the {len(mp.src)} inputs of the widened '{layer}'")
+    per_output = sum(int(getattr(m.net.layer(layer), b).numel()) for b in m.net.layer(layer).blob_names) // old
+    _check_model_size(m, per_output * n + sum(_weights_count(m, lq.name) // mp.old * (len(mp.src) - mp.old)
+                                              for lq, _, mp in consumers),
+                      f"widening '{layer}' to {new} outputs")
 
     # Weights
     m.stored(layer, f" ({lp.type})")
@@ -532,6 +536,17 @@ def widen(m: NetModel, layer: str, width: int | None = None, ratio: float | None
 def _weights_count(m: NetModel, name: str) -> int:
     layer = m.net.layer(name)
     return int(getattr(layer, layer.blob_names[0]).numel()) if layer.blob_names else 0
+
+
+def _check_model_size(m: NetModel, extra: int, what: str) -> None:
+    """The edited caffemodel must stay readable: protobuf, and so Caffe, reads at most 2 GiB - 1 bytes.
+    (Checked before the new weights are made: they take about 30 bytes of memory a value.)"""
+    values = sum(len(b.data) + len(b.double_data) for l in m.model.layer for b in l.blobs) + extra
+    nbytes = 4 * values
+    if nbytes > ncio.MAX_BINARY_PROTO_BYTES:
+        raise ToolError(f"{what} would make a model of {values:,} values, {nbytes / 2**30:.1f} GiB as a caffemodel: "
+                        f"more than the {ncio.MAX_BINARY_PROTO_BYTES:,} bytes a caffemodel may have (protobuf's "
+                        "limit; Caffe could not read it either)")
 
 
 def _check_blob_limit(name: str, count: int, what: str) -> None:
@@ -751,6 +766,7 @@ def deepen(m: NetModel, after: str, kernel: int = 3, init: str = "net2deeper", n
         if kernel < 1 or kernel % 2 == 0:
             raise ToolError(f"--kernel must be a positive odd number (the identity has a centre), got {kernel}")
         _check_blob_limit(new, c * c * kernel * kernel, f"({c} channels, --kernel {kernel})")
+        _check_model_size(m, c * c * kernel * kernel + c, f"a {kernel}x{kernel} convolution of {c} channels")
         nl = _conv_layer(new, blob, new, c, c, kernel, wf, bf, lp)
         ident = [_identity_conv(c, kernel), np.zeros(c)]
         geo = kernel
@@ -768,6 +784,7 @@ def deepen(m: NetModel, after: str, kernel: int = 3, init: str = "net2deeper", n
         nl.include.extend(lp.include)
         nl.exclude.extend(lp.exclude)
         _check_blob_limit(new, c * c, f"({c} outputs, an identity InnerProduct)")
+        _check_model_size(m, c * c + c, f"an identity InnerProduct of {c} outputs")
         ident = [np.eye(c), np.zeros(c)]
         geo = None
     if init == "net2deeper":

@@ -543,6 +543,13 @@ def test_mutation_refuses_unknown_ops(tmp_path, capsys):
      "--noise and --incoming-noise must be finite and >= 0, got inf and 0"),
     ("net2wider", ["--layer", "ip1", "--width", "600", "--incoming-noise", "nan"],
      "--noise and --incoming-noise must be finite and >= 0, got 0.05 and nan"),
+    # (each blob fits, the model does not: a caffemodel past 2 GiB could not be written, the widened conv2's weights
+    # took about 40 bytes of memory a value on the way; --width 3000000 of a 20-output ip1 was killed for memory)
+    ("net2wider", ["--layer", "conv2", "--width", "100000"],
+     "widening 'conv2' to 100000 outputs would make a model of 850,106,030 values, 3.2 GiB as a caffemodel: more "
+     "than the 2,147,483,647 bytes a caffemodel may have"),
+    ("net2deeper", ["--after", "conv1", "--kernel", "2001"],
+     "a 2001x2001 convolution of 20 channels would make a model of 1,602,031,500 values, 6.0 GiB as a caffemodel"),
     ("net2deeper", ["--after", "conv1", "--kernel", "99999"],
      "layer 'conv1_deeper' (20 channels, --kernel 99999) would hold 3,999,920,000,400 weights"),
     ("net2deeper", ["--after", "conv1", "--kernel", str(2**32 + 1)], "--kernel 4294967297) would hold"),
