@@ -314,3 +314,19 @@ def test_data_benchmark_quick(tmp_path, capsys):
         assert r["records"] == (64 if r["path"] == "layer" else 300)
         assert (r["x_library"] == 1.0) == (r["path"] == "library")
     assert "us/record" in text and all(b in text for b in backends)
+
+
+def test_model_io_benchmark_quick(tmp_path, capsys):
+    """bench_model_io --quick: LeNet's caffemodel written both ways and read, a positive figure each, the list-filled
+    write the ratios' base; the file it times is the one the packed path writes."""
+    bm = _load("bench_model_io")
+    out = tmp_path / "io.json"
+    assert bm.main(["--quick", "--silent", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    result = _strict_json(out)
+    assert result["benchmark"] == "bench_model_io" and result["config"]["net"] == "lenet"
+    rows = result["results"]
+    assert [r["variant"] for r in rows] == ["write-py", "write", "read"]
+    for r in rows:
+        assert r["values"] == 431080 and _positive(r["s"]) and _positive(r["mib_per_s"]) and _positive(r["x_py"])
+    assert rows[0]["x_py"] == 1.0 and "MiB/s" in text
