@@ -372,6 +372,7 @@ class Net(nn.Module):
             # The layer's own copy, as Caffe's AppendParam reads it (BatchNorm adds lr_mult 0 specs).
             self._append_params(layer, layer.layer_param, key)
         self.output_names: list[str] = sorted(available)  # Caffe iterates a std::set: sorted
+        self.data_bytes = memory * torch.finfo(self.dtype).bits // 8  # Caffe's "Memory required for data"
         self._log_backward_needs(param, splits, top_loss)
         if self.verbose:
             for o in self.output_names:
@@ -901,6 +902,45 @@ class Net(nn.Module):
         for e in self._params:
             layer = self.layers[e.module]
             e.tensor = getattr(layer, layer.blob_names[e.index])
+
+
+def device_memory(device: torch.device) -> int:
+    """The memory nets on `device` may use, in bytes: the GPU's, or the process's (`physical_memory`);
+    0 when unknown."""
+    from .layers.base import physical_memory
+
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.get_device_properties(device).total_memory)
+        except (RuntimeError, AssertionError):
+            return 0
+    return physical_memory()
+
+
+def check_memory(nets: Sequence["Net"],
+                 hint: str = "lower the batch size (the data layers' batch_size, or an Input's first dimension)") -> None:
+    """Refuse nets that cannot run in their device's memory: the blobs of each (Caffe's "Memory required for
+    data", every top of the net: a forward keeps them all) and their weights, together. Checked before the
+    first forward, where the kernel's out-of-memory killer would end the process without a word (the per-blob
+    check of `Layer.check_shape` cannot see a total)."""
+    if not nets:
+        return
+    device = nets[0].device
+    total = device_memory(device)
+    sizes = [n.data_bytes + sum(int(t.numel()) * t.element_size() for t in n.parameters()) for n in nets]
+    need = sum(sizes)
+    if not total or need <= total:
+        return
+    gib = lambda b: f"{b / 2**30:.1f} GiB"  # noqa: E731
+    phase = lambda n: "TRAIN" if n.phase == pb.TRAIN else "TEST"  # noqa: E731
+    if len(nets) == 1:
+        what = (f"{nets[0].source}: the {phase(nets[0])} net needs {gib(need)} for its blobs and weights (Memory "
+                f"required for data: {nets[0].data_bytes:,} bytes)")
+    else:
+        what = (f"{nets[0].source}: the {phase(nets[0])} net and its {len(nets) - 1} other net(s) need {gib(need)} for "
+                f"their blobs and weights ({', '.join(f'{phase(n)} {gib(b)}' for n, b in zip(nets, sizes))})")
+    where = f"GPU {device.index or 0}'s" if device.type == "cuda" else "this machine's"
+    raise NetcompressError(f"{what}, more than {where} {gib(total)} of memory: {hint}")
 
 
 def _naming_source(e: NetcompressError, source: str) -> NetcompressError:

@@ -194,11 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for value, flag, least in ((a.iterations, "--iterations", 1), (a.iteration, "--iteration", 0)):
         if int_flag_error(value, flag, least):
             p.error(int_flag_error(value, flag, least))
-    from .net import Net
+    from .net import Net, check_memory
 
     device = device_from_gpu_flag(a.gpu)
     phase, level, stages = state_from_args(a, pb.TRAIN)
     net = Net(a.model, phase=phase, level=level, stages=stages, device=device)
+    check_memory([net])
     if a.weights:
         net.copy_from(a.weights, strict=a.strict)
     time_net(net, a.iterations, a.iteration)

@@ -235,6 +235,54 @@ def test_binary_protos_past_2_gib_are_refused(tmp_path, capsys, monkeypatch):
     assert cli.main(["train", "--solver", solver_file(tmp_path, 'type: "Adam"\nsnapshot_after_train: false\n')]) == 0
 
 
+def test_nets_that_cannot_fit_in_memory_are_refused_before_they_run(tmp_path, capsys, monkeypatch):
+    """Each blob may fit while all of them do not (a forward keeps every top): the kernel's out-of-memory killer
+    ended such a run without a word. train, test and time now refuse it at set-up, naming the net and Caffe's
+    "Memory required for data" (the memory is lowered here: the tiny nets need a few hundred bytes)."""
+    import netcompress.net as ncnet
+
+    monkeypatch.setattr(ncnet, "device_memory", lambda device: 1024)
+    net = tmp_path / "wide.prototxt"
+    net.write_text('name: "wide"\nlayer { name: "in" type: "Input" top: "x" input_param { shape { dim: 8 dim: 16 } } }\n'
+                   + "".join(f'layer {{ name: "r{i}" type: "Sigmoid" bottom: "{"x" if i == 0 else f"y{i - 1}"}" '
+                             f'top: "y{i}" }}\n' for i in range(3)))
+    said = cli_error(capsys, ["time", "--model", str(net), "--iterations", "1"])
+    assert said == (f"netcompress time: error: {net}: the TRAIN net needs 0.0 GiB for its blobs and weights (Memory "
+                    "required for data: 2,048 bytes), more than this machine's 0.0 GiB of memory: lower the batch size "
+                    "(the data layers' batch_size, or an Input's first dimension)")
+    model = tmp_path / "none.caffemodel"
+    ncio.write_caffemodel(str(model), pb.NetParameter())
+    assert cli_error(capsys, ["test", "--model", str(net), "--weights", str(model), "--iterations", "1"]).startswith(
+        f"netcompress test: error: {net}: the TEST net needs 0.0 GiB for its blobs and weights (Memory required for "
+        "data: 2,048 bytes), more than")
+    solver = solver_file(tmp_path, "test_iter: 1\ntest_interval: 1\n")  # two nets of 100 bytes of blobs and 32 of weights
+    monkeypatch.setattr(ncnet, "device_memory", lambda device: 200)
+    said = cli_error(capsys, ["train", "--solver", solver])
+    assert said.startswith(f"netcompress train: error: {solver} (net_param): the TRAIN net and its 1 other net(s) need "
+                           "0.0 GiB for their blobs and weights (TRAIN 0.0 GiB, TEST 0.0 GiB), more than"), said
+    monkeypatch.setattr(ncnet, "device_memory", lambda device: 10**6)
+    assert cli.main(["time", "--model", str(net), "--iterations", "1"]) == 0
+
+
+def test_the_memory_a_process_may_use_is_its_containers(tmp_path, monkeypatch):
+    """A cgroup's (container's) memory limit below the machine's memory is the ceiling: the kernel kills the
+    process there; "max" (v2) and v1's ~2^63 mean no limit."""
+    from netcompress.layers import base
+
+    machine = int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    monkeypatch.setattr(base, "_CGROUP_LIMITS", (str(v2), str(v1)))
+    assert base.physical_memory() == machine  # neither file
+    v2.write_text("max\n")
+    v1.write_text("9223372036854771712\n")
+    assert base.physical_memory() == machine
+    v2.write_text("1073741824\n")
+    assert base.physical_memory() == 1 << 30
+    v2.write_text("max\n")
+    v1.write_text("536870912\n")
+    assert base.physical_memory() == 1 << 29
+
+
 def test_pipeline_folders_that_are_files(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     for option in ("--out", "--data"):  # (was "afile: already exists", from makedirs)

@@ -36,12 +36,26 @@ Shape = tuple[int, ...]
 INT_MAX = 2**31 - 1  # Caffe's limit on the values of one blob (Blob::Reshape)
 
 
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max",                     # cgroup v2 ("max": none)
+                  "/sys/fs/cgroup/memory/memory.limit_in_bytes")     # cgroup v1 (~2^63: none)
+
+
 def physical_memory() -> int:
-    """The machine's physical memory in bytes (0 when unknown)."""
+    """The memory this process may use, in bytes: the machine's physical memory, or its cgroup's limit
+    (a container's) when that is lower, since the kernel kills the process there (0 when unknown)."""
     try:
-        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+        total = int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
-        return 0
+        total = 0
+    for path in _CGROUP_LIMITS:
+        try:
+            with open(path) as f:
+                limit = int(f.read().strip())
+        except (OSError, ValueError):  # no such file, or "max"
+            continue
+        if 0 < limit < (total or limit + 1):
+            total = limit
+    return total
 
 
 @dataclasses.dataclass

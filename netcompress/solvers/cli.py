@@ -113,13 +113,14 @@ def test_main(argv: Sequence[str] | None = None) -> int:
     add_gpu_arg(p)
     add_state_args(p)
     a = p.parse_args(argv)
-    from ..net import Net
+    from ..net import Net, check_memory
     from .evaluate import test_net
 
     require_int_flag(a.iterations, "--iterations", 1)
     device = device_from_gpu_flag(a.gpu)
     phase, level, stages = state_from_args(a, pb.TEST)
     net = Net(a.model, phase=phase, level=level, stages=stages, device=device, verbose=a.verbose)
+    check_memory([net])
     net.copy_from(a.weights, strict=a.strict)
     log.info("Running for %d iterations.", a.iterations)
     scores = test_net(net, a.iterations, log_batches=True)

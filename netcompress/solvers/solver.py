@@ -34,7 +34,7 @@ from ..device import checked_device
 from ..layers.base import INT_MAX
 from ..errors import NetcompressError, describe_os_error
 from ..log import StatusLine, get_logger
-from ..net import Net
+from ..net import Net, check_memory
 from ..proto import caffe_pb2 as pb
 from ..weights import copy_weights_list
 from .callbacks import LayerHooks, TrainingCallback, callbacks_for
@@ -141,6 +141,7 @@ class Solver:
         self.weights = weights
         self.net = self._make_train_net(seed)
         self.test_nets = self._make_test_nets(seed)
+        check_memory([self.net, *self.test_nets])
         self.iter = 0
         self.current_step = 0
         self.type = sp.type
