@@ -371,8 +371,33 @@ def parse_text_proto(text: str, message: M, path: str = "<string>") -> M:
         if m:
             line, col, msg = int(m.group(1)), int(m.group(2)), m.group(3)
         expected = message.DESCRIPTOR.full_name
-        raise ProtoParseError(path, f"{msg} (while parsing a {expected})", line, col) from None
+        raise ProtoParseError(path, f"{msg}{_parse_hint(msg, message.DESCRIPTOR.file.pool)} (while parsing a "
+                                    f"{expected})", line, col) from None
     return message
+
+
+_NO_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "(\w+)"')
+_NO_VALUE = re.compile(r'Enum type "([\w.]+)" has no value (named \w+|with number -?\d+)')
+
+
+def _parse_hint(msg: str, pool) -> str:
+    """What a misspelt field or enum value was likely meant to be: the closest field name of that message
+    (`Did you mean kernel_size?`), or the enum's values."""
+    import difflib
+
+    try:
+        m = _NO_FIELD.search(msg)
+        if m:
+            desc = pool.FindMessageTypeByName(m.group(1))
+            close = difflib.get_close_matches(m.group(2), [f.name for f in desc.fields], n=1, cutoff=0.6)
+            return f" Did you mean {close[0]}?" if close else ""
+        m = _NO_VALUE.search(msg)
+        if m:
+            desc = pool.FindEnumTypeByName(m.group(1))
+            return f" Its values: {', '.join(f'{v.name} ({v.number})' for v in desc.values)}."
+    except KeyError:
+        pass
+    return ""
 
 
 UTF8_BOM = b"\xef\xbb\xbf"

@@ -336,6 +336,18 @@ def test_a_layer_name_that_is_not_utf8(tmp_path):
         "is not UTF-8 and the file holds NUL bytes); is it a binary .caffemodel?")
 
 
+def test_a_misspelt_field_or_enum_value_gets_a_suggestion(tmp_path):
+    for old, new, said in (
+            ("kernel_size: 5", "kernal_size: 5", 'has no field named "kernal_size". Did you mean kernel_size? (while'),
+            ("convolution_param {", "convolutoin_param {", 'named "convolutoin_param". Did you mean convolution_param?'),
+            ("pool: MAX", "pool: MAXX", "has no value named MAXX. Its values: MAX (0), AVE (1), STOCHASTIC (2). (while"),
+            ("pool: MAX", "pool: 7", "has no value with number 7. Its values: MAX (0), AVE (1), STOCHASTIC (2)."),
+            ("kernel_size: 5", "zzz: 5", 'has no field named "zzz". (while parsing a caffe.NetParameter)')):
+        path = tmp_path / "typo.prototxt"
+        path.write_text(LENET.replace(old, new, 1))
+        assert said in error_of(ProtoParseError, ncio.read_net, str(path)), new
+
+
 def test_a_prototxt_read_as_caffes_tokenizer_reads_it(tmp_path):
     """A byte-order mark is skipped and comments may hold any bytes (GBK, Latin-1), as protobuf's C++
     tokenizer allows; the net read is the same as from the clean file."""
