@@ -426,7 +426,12 @@ def layer_class(type_name: str) -> type[Layer]:
     try:
         return _REGISTRY[type_name]
     except KeyError:
-        raise NetDefinitionError(f"Unknown layer type: '{type_name}' (known types: "
+        import difflib
+
+        lower = {t.lower(): t for t in _REGISTRY}  # "Relu" and "convolution" are near misses too
+        close = difflib.get_close_matches(type_name.lower(), list(lower), n=1, cutoff=0.6)
+        hint = f"; did you mean {lower[close[0]]}?" if close else ""
+        raise NetDefinitionError(f"Unknown layer type: '{type_name}'{hint} (known types: "
                                  f"{', '.join(sorted(_REGISTRY))})") from None
 
 

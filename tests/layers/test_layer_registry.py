@@ -32,7 +32,15 @@ def test_every_type_is_registered_under_its_caffe_name():
 
 def test_unknown_and_duplicate_types():
     p = text_format.Parse('name: "x" type: "Sigmoidd" bottom: "a" top: "b"', pb.LayerParameter())
-    with pytest.raises(NetDefinitionError, match=r"Unknown layer type: 'Sigmoidd' \(known types: .*Sigmoid"):
+    with pytest.raises(NetDefinitionError,
+                       match=r"Unknown layer type: 'Sigmoidd'; did you mean Sigmoid\? \(known types: .*Sigmoid"):
+        create_layer(p, [(2,)], LayerContext())
+    for typo, meant in (("relu", "ReLU"), ("Softmaxwithloss", "SoftmaxWithLoss"), ("InnerProdcut", "InnerProduct")):
+        p.type = typo
+        with pytest.raises(NetDefinitionError, match=rf"Unknown layer type: '{typo}'; did you mean {meant}\? "):
+            create_layer(p, [(2,)], LayerContext())
+    p.type = "Zzzz"  # nothing near: no guess
+    with pytest.raises(NetDefinitionError, match=r"Unknown layer type: 'Zzzz' \(known types: "):
         create_layer(p, [(2,)], LayerContext())
     with pytest.raises(NetDefinitionError, match="'ReLU' is registered twice"):
         register_layer("ReLU")(type("AnotherReLU", (Layer,), {}))
