@@ -22,6 +22,7 @@ import zlib
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
+from google.protobuf import descriptor
 from torch import nn
 
 from ..errors import NetDefinitionError
@@ -451,7 +452,42 @@ def create_layer(param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: 
     check_blob_count(param, len(bottom_shapes), cls.min_bottoms, cls.max_bottoms, "bottom")
     layer = cls(param, bottom_shapes, ctx)
     layer.type_name = param.type  # aliases (CConvolution vs DNSConvolution) keep their own name
+    nan = nan_field(param)
+    if nan:  # (after the layer's own checks, whose messages say more where they have one)
+        raise layer.error(f"{nan} is NaN; a parameter must be a number (a NaN spreads to every value it touches)")
     return layer
+
+
+_FLOATS = (descriptor.FieldDescriptor.TYPE_FLOAT, descriptor.FieldDescriptor.TYPE_DOUBLE)
+_HAS_FLOATS: dict[str, bool] = {}
+
+
+def _has_floats(desc) -> bool:
+    key = desc.full_name
+    if key not in _HAS_FLOATS:
+        _HAS_FLOATS[key] = False  # recursion guard
+        _HAS_FLOATS[key] = any(f.type in _FLOATS or (f.type == f.TYPE_MESSAGE and f.message_type.name != "BlobProto"
+                                                     and _has_floats(f.message_type)) for f in desc.fields)
+    return _HAS_FLOATS[key]
+
+
+def nan_field(message, where: str = "") -> str | None:
+    """The path of the first float field of `message` that is NaN (`relu_param.negative_slope`,
+    `param[0].lr_mult`, `eltwise_param.coeff[1]`), or None. Weights (BlobProto) are not parameters."""
+    if not _has_floats(message.DESCRIPTOR):
+        return None
+    for fd, value in message.ListFields():
+        values = value if fd.is_repeated else [value]
+        if fd.type in _FLOATS:
+            for k, v in enumerate(values):
+                if v != v:
+                    return f"{where}{fd.name}" + (f"[{k}]" if fd.is_repeated else "")
+        elif fd.type == fd.TYPE_MESSAGE and fd.message_type.name != "BlobProto" and _has_floats(fd.message_type):
+            for k, v in enumerate(values):
+                found = nan_field(v, f"{where}{fd.name}" + (f"[{k}]" if fd.is_repeated else "") + ".")
+                if found:
+                    return found
+    return None
 
 
 _loaded = False

@@ -65,3 +65,36 @@ def test_create_layer_checks_the_bottom_count(text, shapes, message):
     # (SoftmaxWithLoss with one bottom raised IndexError)
     with pytest.raises(NetDefinitionError, match=message.replace("(", r"\(").replace(")", r"\)")):
         create_layer(text_format.Parse(text, pb.LayerParameter()), shapes, LayerContext())
+
+
+@pytest.mark.parametrize("text, shapes, path", [
+    # (each ran, every value it computed NaN: Caffe accepts them too, and training then stopped at a NaN loss)
+    ('type: "ReLU" relu_param { negative_slope: nan }', [(2, 3)], "relu_param.negative_slope"),
+    ('type: "ELU" elu_param { alpha: nan }', [(2, 3)], "elu_param.alpha"),
+    ('type: "Power" power_param { power: 2 shift: nan }', [(2, 3)], "power_param.shift"),
+    ('type: "BatchNorm" batch_norm_param { eps: nan }', [(2, 3)], "batch_norm_param.eps"),
+    ('type: "Eltwise" bottom: "b" eltwise_param { coeff: 1 coeff: nan }', [(2, 3), (2, 3)], "eltwise_param.coeff[1]"),
+    ('type: "ReLU" loss_weight: nan', [(2, 3)], "loss_weight[0]"),
+    ('type: "InnerProduct" param { lr_mult: 1 } param { decay_mult: nan } inner_product_param { num_output: 2 }',
+     [(2, 3)], "param[1].decay_mult"),
+    ('type: "KnowledgeDistillationLoss" bottom: "b" kd_param { soft_weight: nan }', [(2, 3), (2, 3)],
+     "kd_param.soft_weight"),
+])
+def test_a_nan_parameter_is_refused(text, shapes, path):
+    p = text_format.Parse(f'name: "l" bottom: "a" top: "t" {text}', pb.LayerParameter())
+    kind = p.type
+    with pytest.raises(NetDefinitionError) as e:
+        create_layer(p, shapes, LayerContext())
+    assert str(e.value) == (f"layer 'l' (type {kind}): {path} is NaN; a parameter must be a number (a NaN spreads to "
+                            "every value it touches)")
+    clean = text_format.Parse(f'name: "l" bottom: "a" top: "t" {text.replace("nan", "1")}', pb.LayerParameter())
+    create_layer(clean, shapes, LayerContext())  # the same layer with a number builds
+
+
+def test_nan_weights_in_a_layer_parameter_are_not_parameters():
+    """Blobs a (V1) LayerParameter carries are weights: a NaN there is the model's (warned where it loads)."""
+    from netcompress.layers.base import nan_field
+
+    p = text_format.Parse('name: "l" type: "ReLU" blobs { data: nan } relu_param { negative_slope: 0.1 }',
+                          pb.LayerParameter())
+    assert nan_field(p) is None
