@@ -111,7 +111,7 @@ def bn_reestimate(prototxt: str, weights: str, out: str, *, epochs: int = 10, se
     Returns {"scores": [test score after epoch 0 (as loaded), 1, ...] (None without a TEST net), "selected":
     epoch written, "layers": names re-estimated, "iters": per epoch, "out": out}.
     """
-    from ..net import Net
+    from ..net import Net, check_memory
 
     require_files(prototxt, weights)
     refuse_overwrites((out,), prototxt=prototxt, weights=weights)
@@ -122,6 +122,7 @@ def bn_reestimate(prototxt: str, weights: str, out: str, *, epochs: int = 10, se
     if select not in ("best-test", "last"):
         raise ToolError(f"--select must be best-test or last, got '{select}'")
     train = Net(prototxt, phase=pb.TRAIN, seed=seed, device=device, verbose=False)
+    check_memory([train])
     train.copy_from(weights)
     ems: list[_EMA] = []
     frozen = []

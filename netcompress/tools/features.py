@@ -40,7 +40,7 @@ def extract_features(weights: str, proto: str, blob_names: Sequence[str], datase
     forwards and write each of `blob_names` to the new database of the same position in `dataset_names`
     (`db_type` "lmdb" or "leveldb"). Returns blob name -> records written."""
     from ..data.db import DataError, backend_name, open_writer
-    from ..net import Net
+    from ..net import Net, check_memory
     from ..weights import copy_weights_list
 
     blob_names, dataset_names = list(blob_names), list(dataset_names)
@@ -60,6 +60,7 @@ def extract_features(weights: str, proto: str, blob_names: Sequence[str], datase
     except DataError as e:
         raise ToolError(str(e)) from None
     net = Net(proto, phase=pb.TEST, device=device)
+    check_memory([net])
     copy_weights_list(net, weights)
     for name in blob_names:
         if name not in net.blob_shapes:

@@ -294,7 +294,7 @@ def dump_logits(deploy: str, weights: str, source: str, blob: str, out: str, *,
     """
     import h5py
 
-    from ..net import Net
+    from ..net import Net, check_memory
     from ..weights import copy_weights_list
 
     ph = {"TRAIN": pb.TRAIN, "TEST": pb.TEST}.get(phase.upper())
@@ -306,6 +306,7 @@ def dump_logits(deploy: str, weights: str, source: str, blob: str, out: str, *,
     refuse_overwrites((out, list_file or os.path.splitext(out)[0] + ".txt"), deploy_prototxt=deploy, source=source,
                       **{f"weights_{i + 1}": w for i, w in enumerate(weights.split(","))})
     teacher = Net(deploy, phase=pb.TEST, device=device, verbose=False)
+    check_memory([teacher])
     copy_weights_list(teacher, weights, verbose=False, strict=strict)
     if blob not in teacher.blob_shapes:
         raise ToolError(f"{deploy}: no blob '{blob}' (blobs: {', '.join(teacher.blob_shapes)})")

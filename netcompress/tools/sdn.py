@@ -584,7 +584,7 @@ def sdn_early_exit(prototxt: str, weights: str, outputs: Sequence[str], threshol
                    ops: Sequence[float] | str = "auto", iterations: int = 50, label: str = "label",
                    stages: Sequence[str] | None = None, device: str = "cpu", strict: bool = False) -> dict:
     """Run the TEST net for `iterations` batches and tabulate the early-exit cascade."""
-    from ..net import Net
+    from ..net import Net, check_memory
 
     require_files(prototxt, weights)
     param = ncio.read_net(prototxt)
@@ -594,6 +594,7 @@ def sdn_early_exit(prototxt: str, weights: str, outputs: Sequence[str], threshol
         raise ToolError("--outputs needs at least one output blob")
     try:
         net = Net(prototxt, phase=pb.TEST, stages=list(stages), device=device, verbose=False)
+        check_memory([net])
     except NetcompressError as e:
         raise ToolError(f"cannot build the TEST net of {prototxt} (stages {','.join(stages) or 'none'}): {e}") from None
     net.copy_from(weights, strict=strict)

@@ -114,7 +114,7 @@ def snip_prune(train_prototxt: str, weights: str | None, out_prototxt: str, out_
                keep_ratio: float, batches: int = 1, reinit: str = "xavier_normal", layers: str = "all",
                seed: int | None = None, device: str = "cpu", quiet: bool = False) -> SnipResult:
     """Prune `train_prototxt` (with `weights`) by SNIP and write the masked net and raw model."""
-    from ..net import Net
+    from ..net import Net, check_memory
 
     require_files(train_prototxt, *([weights] if weights else []))
     refuse_overwrites((out_prototxt, out_model), train_prototxt=train_prototxt, weights=weights)
@@ -131,6 +131,7 @@ def snip_prune(train_prototxt: str, weights: str | None, out_prototxt: str, out_
     masked = masked_net_param(param, names)
     try:
         net = Net(masked, phase=pb.TRAIN, seed=seed, device=device, verbose=False, source=train_prototxt)
+        check_memory([net])
     except NetcompressError as e:
         raise ToolError(f"cannot build the TRAIN net of {train_prototxt} (its layers {', '.join(names)} "
                         f"masked): {net_error_text(e, train_prototxt)}") from None

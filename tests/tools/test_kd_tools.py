@@ -357,6 +357,15 @@ def test_dump_logits_errors(transfer_set, capsys):
     assert cli.main(["dump_logits", str(deploy), str(model), lmdb, "--blob", "logits", "--rows", str(10**11),
                      "--out", str(root / "x.h5")]) == 1
     assert f"--rows {10**11} of 'data' (" in capsys.readouterr().err
+    import netcompress.net as ncnet  # a teacher whose blobs cannot fit is refused before its first forward
+    ncnet_memory = ncnet.device_memory
+    try:
+        ncnet.device_memory = lambda device: 64
+        assert cli.main(["dump_logits", str(deploy), str(model), lmdb, "--blob", "logits", "--out",
+                         str(root / "x.h5")]) == 1
+        assert f"{deploy}: the TEST net needs 0.0 GiB for its blobs and weights" in capsys.readouterr().err
+    finally:
+        ncnet.device_memory = ncnet_memory
     assert not (root / "x.h5").exists()
 
 
