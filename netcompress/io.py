@@ -31,7 +31,7 @@ __all__ = [
     "read_binary_proto", "write_binary_proto", "read_net", "read_solver", "read_caffemodel",
     "write_caffemodel", "read_binaryproto_array", "write_binaryproto_array", "blob_to_array",
     "array_to_blob", "blob_shape", "check_input_file", "read_input_bytes", "read_input_text",
-    "clean_stale_temporaries", "append_packed", "check_utf8_strings", "is_placeholder_blob", "MAX_TEXT_PROTO_BYTES",
+    "clean_stale_temporaries", "append_packed", "hdf5_name_problem", "check_utf8_strings", "is_placeholder_blob", "MAX_TEXT_PROTO_BYTES",
     "MAX_BINARY_PROTO_BYTES", "max_text_proto_bytes", "decode_prototxt", "read_prototxt_text",
 ]
 
@@ -581,18 +581,46 @@ def read_hdf5_weights(path: str) -> pb.NetParameter:
             data = f.get("data")
             if not isinstance(data, h5py.Group):
                 raise ProtoParseError(path, "an HDF5 file without Caffe's /data group (not a .caffemodel.h5)")
-            for name in data:
-                group = data[name]
-                if not isinstance(group, h5py.Group) or not all(k.isdigit() for k in group):
-                    raise ProtoParseError(path, f"/data/{name} is not a layer's group of blobs 0, 1, ...")
+            def layer_groups(group, prefix: str):
+                """(name, group) of each layer: a group's digit-named datasets are its blobs; its subgroups
+                are layers whose names go on with '/' (nested groups that netcompress wrote for a name with
+                '/' before it refused them: they load)."""
+                for name in group:
+                    child = group[name]
+                    if not isinstance(child, h5py.Group):
+                        raise ProtoParseError(path, f"/data/{prefix}{name} is not a layer's group of blobs 0, 1, ...")
+                    blobs = [k for k in child if isinstance(child[k], h5py.Dataset)]
+                    if not all(k.isdigit() for k in blobs):
+                        raise ProtoParseError(path, f"/data/{prefix}{name} is not a layer's group of blobs 0, 1, ...")
+                    subgroups = [k for k in child if k not in blobs]
+                    if blobs or not subgroups:
+                        yield prefix + name, child, blobs
+                    if subgroups:
+                        yield from layer_groups({k: child[k] for k in subgroups}, f"{prefix}{name}/")
+
+            for name, group, blobs in layer_groups(data, ""):
                 lp = net.layer.add(name=name)
-                for j in range(max((int(k) + 1 for k in group), default=0)):
+                for j in range(max((int(k) + 1 for k in blobs), default=0)):
                     blob = lp.blobs.add()
-                    if str(j) in group:
+                    if str(j) in blobs:
                         array_to_blob(np.asarray(group[str(j)], dtype=np.float32), blob)
     except (OSError, ValueError, TypeError) as e:
         raise ProtoParseError(path, f"not a readable HDF5 weights file ({e})") from None
     return net
+
+
+def hdf5_name_problem(names) -> str | None:
+    """Why Caffe's HDF5 weights cannot hold these layer names, or None: a group's name is a path in
+    HDF5, so a `/` in a layer name (GoogLeNet's `conv1/7x7_s2`) nests groups that no reader finds by
+    the layer's name (Caffe's Net::ToHDF5 fails on it; netcompress wrote the nested groups and lost
+    the layer at the next load), and `.` names the group itself."""
+    for name in names:
+        if "/" in name or name in (".", ""):
+            return (f"layer '{name}': Caffe's HDF5 weights cannot hold a layer name with '/' (HDF5 reads it as a path "
+                    "of groups; Caffe's own writer fails on it too): save as a binary .caffemodel "
+                    "(snapshot_format: BINARYPROTO)" if "/" in name else
+                    f"layer '{name}': Caffe's HDF5 weights cannot hold this layer name")
+    return None
 
 
 def write_hdf5_weights(path: str, layers: Sequence[tuple[str, Sequence[np.ndarray | None]]],
@@ -602,6 +630,9 @@ def write_hdf5_weights(path: str, layers: Sequence[tuple[str, Sequence[np.ndarra
     with `diffs`, `/diff/<name>` with every blob's diff, as Net::ToHDF5 with write_diff."""
     import h5py
 
+    bad = hdf5_name_problem(name for name, _ in layers)
+    if bad:
+        raise FileError(path, bad)
     with atomic_file(path) as f, h5py.File(f, "w") as h:
         data = h.create_group("data")
         diff = h.create_group("diff") if diffs is not None else None

@@ -861,6 +861,14 @@ class Net(nn.Module):
         """Write the weights as a binary .caffemodel (atomically)."""
         ncio.write_caffemodel(path, self.to_proto(write_diff))
 
+    def hdf5_layer_names(self) -> list[str]:
+        """The layer names `save_hdf5` writes a group for, in order (the Split layers' included)."""
+        names = []
+        for li in range(len(self._keys)):
+            names.append(self.layer_names[li])
+            names.extend(sp.name for sp in self._splits.splits[li])
+        return names
+
     def save_hdf5(self, path: str, write_diff: bool = False) -> None:
         """Write the weights as Caffe's HDF5 weights file (Net::ToHDF5, `snapshot_format: HDF5`),
         atomically: a group per layer in Caffe's order, the Split layers' (empty) groups included, a

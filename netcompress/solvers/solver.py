@@ -327,9 +327,15 @@ class Solver:
 
     def _check_snapshot_size(self) -> None:
         """A binary snapshot (caffemodel or solver state) must stay under protobuf's 2 GiB, or it
-        cannot be written (nor read by Caffe): found now, not at the first snapshot after hours."""
+        cannot be written (nor read by Caffe); an HDF5 one needs layer names HDF5 can hold: found now,
+        not at the first snapshot after hours."""
         sp = self.param
-        if not sp.snapshot_prefix or not (sp.snapshot or sp.snapshot_after_train) or self._hdf5():
+        if not sp.snapshot_prefix or not (sp.snapshot or sp.snapshot_after_train):
+            return
+        if self._hdf5():
+            bad = ncio.hdf5_name_problem(self.net.hdf5_layer_names())
+            if bad:
+                raise NetcompressError(f"{self.source}: snapshot_format: HDF5: {bad}")
             return
         values = sum(int(t.numel()) for layer in self.net.layers.values() for t in layer.blobs())
         model = 4 * values * (2 if sp.snapshot_diff else 1)

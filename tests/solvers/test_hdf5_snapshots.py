@@ -10,7 +10,7 @@ from google.protobuf import text_format
 
 from netcompress import io as ncio
 from netcompress.cli import main as cli_main
-from netcompress.errors import WeightLoadError
+from netcompress.errors import FileError, NetcompressError, WeightLoadError
 from netcompress.net import Net
 from netcompress.proto import caffe_pb2 as pb
 from netcompress.solvers import Solver
@@ -150,3 +150,41 @@ def test_snapshot_diff_writes_every_blobs_diff_under_diff(workdir):
         np.testing.assert_array_equal(f["diff/ip1/0"][()], grad.numpy())
         np.testing.assert_array_equal(f["data/ip1/0"][()], solver.net.layer("ip1").weight.detach().numpy())
         assert len(f["diff/relu1"]) == 0
+
+
+def test_a_layer_name_with_a_slash_is_refused_for_hdf5_and_earlier_files_load(workdir, tmp_path):
+    """HDF5 reads a '/' in a group's name as a path: a layer named 'conv/1' (GoogLeNet's 'conv1/7x7_s2') was
+    written as nested groups, which the next load did not find (the layer kept its fillers, with a warning):
+    resuming lost its weights. Caffe's own writer fails on such a name. Now HDF5 snapshots of such a net are
+    refused at set-up and saving refuses it, nothing written; binary snapshots hold it; the nested groups that
+    earlier versions wrote load under the layer's name."""
+    sp = solver_param(workdir, "plain", snapshot_format=HDF5)
+    netfile = sp.net
+    text = open(netfile).read().replace('name: "conv1"', 'name: "conv/1"')
+    assert 'name: "conv/1"' in text
+    open(netfile, "w").write(text)
+    with pytest.raises(NetcompressError, match=r"snapshot_format: HDF5: layer 'conv/1': Caffe's HDF5 weights cannot "
+                                               r"hold a layer name with '/' \(HDF5 reads it as a path"):
+        Solver(sp, verbose=False)
+    sp.snapshot_format = pb.SolverParameter.BINARYPROTO
+    Solver(sp, verbose=False).solve()  # binary snapshots hold any name
+    binary = workdir / "run_plain_iter_12.caffemodel"
+    net = Net(netfile, phase=pb.TEST, verbose=False)
+    net.copy_from(str(binary))
+    out = tmp_path / "w.caffemodel.h5"
+    with pytest.raises(FileError, match="layer 'conv/1': Caffe's HDF5 weights cannot hold"):
+        net.save_hdf5(str(out))
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+    # A file of the earlier writer: the layer's blobs under /data/conv/1
+    layers = [(name, [t.detach().numpy() for t in layer.blobs()]) for name, layer in net.named_layers()]
+    with h5py.File(out, "w") as f:
+        for name, blobs in layers:
+            g = f.create_group(f"data/{name}")  # (creates /data/conv on the way)
+            for j, a in enumerate(blobs):
+                g.create_dataset(str(j), data=a)
+    assert [l.name for l in ncio.read_hdf5_weights(str(out)).layer if len(l.blobs)] == \
+        sorted(name for name, blobs in layers if blobs)
+    other = Net(netfile, phase=pb.TEST, seed=9, verbose=False)
+    other.copy_from(str(out), strict=True)  # (strict: every learnable layer filled)
+    for x, y in zip(net.layer("conv/1").blobs(), other.layer("conv/1").blobs()):
+        assert torch.equal(x, y)
