@@ -192,8 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_state_args(p)
     a = p.parse_args(argv)
     for value, flag, least in ((a.iterations, "--iterations", 1), (a.iteration, "--iteration", 0)):
-        if int_flag_error(value, flag, least):
-            p.error(int_flag_error(value, flag, least))
+        message = int_flag_error(value, flag, least)
+        if message:
+            p.error(message)
     from .net import Net, check_memory
 
     device = device_from_gpu_flag(a.gpu)
