@@ -64,7 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     cmd = argv[0]
     if cmd not in COMMANDS:
-        print(f"netcompress: unknown command '{cmd}'\n\n{_usage()}", file=sys.stderr)
+        import difflib
+
+        close = difflib.get_close_matches(cmd, list(COMMANDS), n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        print(f"netcompress: unknown command '{cmd}'{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     func = load_command(cmd)
 

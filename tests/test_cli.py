@@ -20,7 +20,10 @@ def test_usage_and_unknown_command(capsys):
                 "encode_compact", "report"):
         assert f"  {cmd} " in out
     assert cli_main(["frobnicate"]) == 2
-    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown command 'frobnicate'\n" in err and "did you mean" not in err
+    assert cli_main(["trian"]) == 2
+    assert "unknown command 'trian'; did you mean 'train'?" in capsys.readouterr().err
 
 
 def test_time_prints_caffes_benchmark_lines(capsys):
