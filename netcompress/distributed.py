@@ -510,6 +510,7 @@ def _spawn_entry(index: int, fn, args, world_size: int, devices: list[str], host
         pass
     # The commands' malloc settings are this process's, not inherited (torchrun's ranks are commands).
     configure_memory()
+    os.environ["LOCAL_WORLD_SIZE"] = str(world_size)  # as torchrun sets it: these processes share the machine
     env = LaunchEnv(index, world_size, index, host, port, "spawn")
     record = None
     try:

@@ -935,6 +935,11 @@ def check_memory(nets: Sequence["Net"],
         return
     device = nets[0].device
     total = device_memory(device)
+    share = ""
+    procs = os.environ.get("LOCAL_WORLD_SIZE", "1")  # torchrun's (and the --cpu-procs launcher's) processes here
+    if device.type == "cpu" and procs.isdigit() and int(procs) > 1:
+        total //= int(procs)
+        share = f" (its share of this machine's memory, with {procs} processes on it)"
     sizes = [n.data_bytes + sum(int(t.numel()) * t.element_size() for t in n.parameters()) for n in nets]
     need = sum(sizes)
     if not total or need <= total:
@@ -947,8 +952,8 @@ def check_memory(nets: Sequence["Net"],
     else:
         what = (f"{nets[0].source}: the {phase(nets[0])} net and its {len(nets) - 1} other net(s) need {gib(need)} for "
                 f"their blobs and weights ({', '.join(f'{phase(n)} {gib(b)}' for n, b in zip(nets, sizes))})")
-    where = f"GPU {device.index or 0}'s" if device.type == "cuda" else "this machine's"
-    raise NetcompressError(f"{what}, more than {where} {gib(total)} of memory: {hint}")
+    where = f"GPU {device.index or 0}'s" if device.type == "cuda" else "this process's" if share else "this machine's"
+    raise NetcompressError(f"{what}, more than {where} {gib(total)} of memory{share}: {hint}")
 
 
 def _naming_source(e: NetcompressError, source: str) -> NetcompressError:

@@ -260,8 +260,13 @@ def test_nets_that_cannot_fit_in_memory_are_refused_before_they_run(tmp_path, ca
     said = cli_error(capsys, ["train", "--solver", solver])
     assert said.startswith(f"netcompress train: error: {solver} (net_param): the TRAIN net and its 1 other net(s) need "
                            "0.0 GiB for their blobs and weights (TRAIN 0.0 GiB, TEST 0.0 GiB), more than"), said
-    monkeypatch.setattr(ncnet, "device_memory", lambda device: 10**6)
+    monkeypatch.setattr(ncnet, "device_memory", lambda device: 4096)
     assert cli.main(["time", "--model", str(net), "--iterations", "1"]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # (torchrun's, and --cpu-procs'): four processes share the machine
+    assert cli_error(capsys, ["time", "--model", str(net), "--iterations", "1"]).endswith(
+        "more than this process's 0.0 GiB of memory (its share of this machine's memory, with 4 processes on it): "
+        "lower the batch size (the data layers' batch_size, or an Input's first dimension)")
 
 
 def test_the_memory_a_process_may_use_is_its_containers(tmp_path, monkeypatch):
