@@ -62,14 +62,20 @@ def get_layer_lr_mult(layer: pb.LayerParameter) -> tuple[float, float]:
     return tuple(mults + [1.0] * (2 - len(mults)))  # type: ignore[return-value]
 
 
+def _dot_text(text: str) -> str:
+    """`text` inside a double-quoted DOT string: a name holding `"` or `\\` broke the graph (Caffe's script too:
+    a blob named `co"nv1` drew stray nodes, a layer so named made Graphviz fail)."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def get_layer_label(layer: pb.LayerParameter, rankdir: str, display_lrm: bool = False) -> str:
     """The node's label: name, (type), the window of a convolution or pooling, the lr multipliers."""
     sep = " " if rankdir in ("TB", "BT") else r"\n"  # vertical graphs have room across, horizontal ones down
     if layer.type == "Pooling":
         kind = pb.PoolingParameter.PoolMethod.Name(layer.pooling_param.pool)
-        parts = [layer.name, f"({layer.type} {kind})"]
+        parts = [_dot_text(layer.name), f"({_dot_text(layer.type)} {kind})"]
     else:
-        parts = [layer.name, f"({layer.type})"]
+        parts = [_dot_text(layer.name), f"({_dot_text(layer.type)})"]
     if layer.type == "Pooling":
         pp = layer.pooling_param
         kernel, stride, pad = pp.kernel_size, pp.stride, pp.pad
@@ -113,16 +119,22 @@ def get_pydot_graph(caffe_net: pb.NetParameter, rankdir: str, label_edges: bool 
                                                          fillcolor=_TYPE_COLORS.get(layer.type, "#6495ED"))
         nodes[key] = pydot.Node(label, **style)
         for b in layer.bottom:
-            nodes[b + "_blob"] = pydot.Node(b, **BLOB_STYLE)
+            nodes[b + "_blob"] = pydot.Node(_blob_id(b), **BLOB_STYLE)
             edges.append((b + "_blob", key, '""'))
         for t in layer.top:
-            nodes.setdefault(t + "_blob", pydot.Node(t, **BLOB_STYLE))
+            nodes.setdefault(t + "_blob", pydot.Node(_blob_id(t), **BLOB_STYLE))
             edges.append((key, t + "_blob", get_edge_label(layer) if label_edges else '""'))
     for node in nodes.values():
         graph.add_node(node)
     for src, dst, label in edges:
         graph.add_edge(pydot.Edge(nodes[src], nodes[dst], label=label))
     return graph
+
+
+def _blob_id(name: str) -> str:
+    """A blob node's DOT id: the name as it is where it needs no quotes (what Caffe's script writes), else quoted
+    and escaped."""
+    return name if name.isidentifier() else '"' + _dot_text(name) + '"'
 
 
 def draw_net(caffe_net: pb.NetParameter, rankdir: str, ext: str = "png", phase: int | None = None,

@@ -100,3 +100,29 @@ def test_without_pydot_the_error_says_what_to_install(tmp_path, monkeypatch, cap
     monkeypatch.setitem(sys.modules, "pydot", None)
     assert cli.main(["draw_net", str(LENET), str(tmp_path / "x.dot")]) == 1
     assert "drawing a net needs the 'pydot' package: pip install pydot" in capsys.readouterr().err
+
+
+def test_names_with_quotes_and_backslashes_stay_one_node_each(tmp_path):
+    """A blob named `co"nv1` drew stray nodes ('nv1 [label=20];') and a layer so named made Graphviz fail (Caffe's
+    script writes them unescaped too): the DOT text now escapes them, and reads back as the same graph."""
+    text = (LENET.parent / "lenet.prototxt").read_text()
+    text = text.replace('name: "conv1"', r'name: "conv\"1 {x}; -> y\\z"', 1)
+    text = text.replace('top: "conv1"', r'top: "co\"nv1"', 1).replace('bottom: "conv1"', r'bottom: "co\"nv1"', 1)
+    net = tmp_path / "quoted.prototxt"
+    net.write_text(text)
+    out = tmp_path / "quoted.dot"
+    assert cli.main(["draw_net", str(net), str(out)]) == 0
+    plain = tmp_path / "plain.dot"
+    assert cli.main(["draw_net", str(LENET.parent / "lenet.prototxt"), str(plain)]) == 0
+    import warnings
+
+    with warnings.catch_warnings():  # (pydot's own parser calls pyparsing names that pyparsing 3.3 deprecates)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        read, base = (pydot.graph_from_dot_data(p.read_text())[0] for p in (out, plain))
+    names = sorted(n.get_name() for n in read.get_nodes() if n.get_name() not in ("node", "edge", "graph"))
+    assert len(names) == len([n for n in base.get_nodes() if n.get_name() not in ("node", "edge", "graph")])
+    assert r'"co\"nv1"' in names and any(n.startswith(r'"conv\"1 {x}; -> y\\z\n(Convolution)') for n in names)
+    assert len(read.get_edges()) == len(base.get_edges())
+    if shutil.which("dot"):
+        png = tmp_path / "quoted.png"
+        assert cli.main(["draw_net", str(net), str(png)]) == 0 and png.read_bytes()[:4] == b"\x89PNG"
