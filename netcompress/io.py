@@ -31,8 +31,9 @@ __all__ = [
     "read_binary_proto", "write_binary_proto", "read_net", "read_solver", "read_caffemodel",
     "write_caffemodel", "read_binaryproto_array", "write_binaryproto_array", "blob_to_array",
     "array_to_blob", "blob_shape", "check_input_file", "read_input_bytes", "read_input_text",
-    "clean_stale_temporaries", "append_packed", "hdf5_name_problem", "check_utf8_strings", "is_placeholder_blob", "MAX_TEXT_PROTO_BYTES",
-    "MAX_BINARY_PROTO_BYTES", "max_text_proto_bytes", "decode_prototxt", "read_prototxt_text",
+    "clean_stale_temporaries", "check_utf8_strings", "is_placeholder_blob", "MAX_TEXT_PROTO_BYTES",
+    "MAX_BINARY_PROTO_BYTES", "max_text_proto_bytes", "decode_prototxt", "read_prototxt_text", "append_packed",
+    "hdf5_name_problem",
 ]
 
 
@@ -581,6 +582,7 @@ def read_hdf5_weights(path: str) -> pb.NetParameter:
             data = f.get("data")
             if not isinstance(data, h5py.Group):
                 raise ProtoParseError(path, "an HDF5 file without Caffe's /data group (not a .caffemodel.h5)")
+
             def layer_groups(group, prefix: str):
                 """(name, group) of each layer: a group's digit-named datasets are its blobs; its subgroups
                 are layers whose names go on with '/' (nested groups that netcompress wrote for a name with
@@ -615,11 +617,12 @@ def hdf5_name_problem(names) -> str | None:
     the layer's name (Caffe's Net::ToHDF5 fails on it; netcompress wrote the nested groups and lost
     the layer at the next load), and `.` names the group itself."""
     for name in names:
-        if "/" in name or name in (".", ""):
+        if "/" in name:
             return (f"layer '{name}': Caffe's HDF5 weights cannot hold a layer name with '/' (HDF5 reads it as a path "
                     "of groups; Caffe's own writer fails on it too): save as a binary .caffemodel "
-                    "(snapshot_format: BINARYPROTO)" if "/" in name else
-                    f"layer '{name}': Caffe's HDF5 weights cannot hold this layer name")
+                    "(snapshot_format: BINARYPROTO)")
+        if name in (".", ""):
+            return f"layer '{name}': Caffe's HDF5 weights cannot hold this layer name (HDF5 names no group so)"
     return None
 
 

@@ -153,7 +153,7 @@ class Solver:
         self.history: list[list[torch.Tensor]] = []
         self._set_params()
         if self.root:
-            self._check_snapshot_size()
+            self._check_snapshot_format()
         self.rate: float | None = None  # the current iteration's learning rate, once computed
         self._losses: deque[float] = deque()
         self.smoothed_loss = 0.0
@@ -325,7 +325,7 @@ class Solver:
                                    f"{problem}. Make sure that the folder exists and is writable (or set "
                                    "snapshot: 0 and snapshot_after_train: false).")
 
-    def _check_snapshot_size(self) -> None:
+    def _check_snapshot_format(self) -> None:
         """A binary snapshot (caffemodel or solver state) must stay under protobuf's 2 GiB, or it
         cannot be written (nor read by Caffe); an HDF5 one needs layer names HDF5 can hold: found now,
         not at the first snapshot after hours."""
