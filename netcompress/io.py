@@ -430,16 +430,20 @@ def decode_prototxt(data: bytes, path: str) -> str:
     A leading UTF-8 byte-order mark (Windows editors write one) is skipped, as protobuf 3's tokenizer
     does. Bytes that are not UTF-8 are allowed inside `#` comments, which the tokenizer skips unread
     (Caffe forks ship prototxts commented in GBK or Latin-1); they read as U+FFFD there. Anywhere else
-    they are an error naming the line and column; a file with NUL bytes is called binary."""
+    they are an error naming the line and column. A file with NUL bytes is UTF-16 text (said so) or binary."""
     if data.startswith(UTF8_BOM):
         data = data[len(UTF8_BOM):]
+    nul = data.find(b"\0")
+    if nul >= 0:  # (valid UTF-8, but no text prototxt holds one: protobuf's tokenizer stops there)
+        even, odd = data[0::2].count(0), data[1::2].count(0)
+        if data[:2] in (b"\xff\xfe", b"\xfe\xff") or max(even, odd) > len(data) // 4 > 4 * min(even, odd):
+            raise ProtoParseError(path, "not a text prototxt: it is UTF-16 text (what Windows editors call "
+                                        "'Unicode'); save it as UTF-8, which Caffe's protobuf reads")
+        raise ProtoParseError(path, f"not a text prototxt (byte {nul} is a NUL byte); is it a binary .caffemodel?")
     try:
         return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        first_bad = e.start
-    if b"\0" in data:
-        raise ProtoParseError(path, f"not a text prototxt (byte {first_bad} is not UTF-8 and the file holds NUL "
-                                    "bytes); is it a binary .caffemodel?")
+    except UnicodeDecodeError:
+        pass
     lines = data.decode("utf-8", "surrogateescape").split("\n")
     for n, line in enumerate(lines):
         bad = [k for k, c in enumerate(line) if "\udc80" <= c <= "\udcff"]

@@ -337,8 +337,17 @@ def test_a_layer_name_that_is_not_utf8(tmp_path):
         "(save the file as UTF-8)")
     binary = tmp_path / "model.prototxt"  # a caffemodel given as a net: it holds NUL bytes
     binary.write_bytes(model.read_bytes())
-    assert error_of(ProtoParseError, ncio.read_net, str(binary)).endswith(
-        "is not UTF-8 and the file holds NUL bytes); is it a binary .caffemodel?")
+    nul = model.read_bytes().index(b"\0")
+    assert error_of(ProtoParseError, ncio.read_net, str(binary)) == (
+        f"{binary}: not a text prototxt (byte {nul} is a NUL byte); is it a binary .caffemodel?")
+    # UTF-16 (Windows' "Unicode"), with or without its byte-order mark: its NULs are valid UTF-8, so it parsed
+    # into "has no field named 'n'" or "Expected identifier or number, got \0"
+    for codec in ("utf-16", "utf-16-le", "utf-16-be"):
+        utf16 = tmp_path / f"{codec}.prototxt"
+        utf16.write_bytes(LENET.encode(codec))
+        assert error_of(ProtoParseError, ncio.read_net, str(utf16)) == (
+            f"{utf16}: not a text prototxt: it is UTF-16 text (what Windows editors call 'Unicode'); save it as "
+            "UTF-8, which Caffe's protobuf reads"), codec
 
 
 def test_a_misspelt_field_or_enum_value_gets_a_suggestion(tmp_path):
