@@ -33,7 +33,7 @@ __all__ = [
     "array_to_blob", "blob_shape", "check_input_file", "read_input_bytes", "read_input_text",
     "clean_stale_temporaries", "check_utf8_strings", "is_placeholder_blob", "MAX_TEXT_PROTO_BYTES",
     "MAX_BINARY_PROTO_BYTES", "max_text_proto_bytes", "decode_prototxt", "read_prototxt_text", "append_packed",
-    "hdf5_name_problem",
+    "hdf5_name_problem", "decode_text", "TextDecodeError",
 ]
 
 
@@ -133,14 +133,39 @@ def read_input_bytes(path: str | os.PathLike, what: str = "file", limit: int | N
     return data
 
 
-def read_input_text(path: str | os.PathLike, what: str = "file") -> str:
-    """The UTF-8 text of the regular file `path` (`read_input_bytes`); a byte that is not UTF-8 is an error
-    naming the path and the byte's offset."""
-    data = read_input_bytes(path, what)
+class TextDecodeError(ValueError):
+    """A text file's bytes are not UTF-8 text; the message says why (no path: the caller names the file)."""
+
+
+UTF16_TEXT = "it is UTF-16 text (what Windows editors call 'Unicode'); save it as UTF-8"
+
+
+def looks_utf16(data: bytes) -> bool:
+    """Whether bytes holding NULs are UTF-16 text: its byte-order mark, or NULs at every other byte (ASCII)."""
+    even, odd = data[0::2].count(0), data[1::2].count(0)
+    return data[:2] in (b"\xff\xfe", b"\xfe\xff") or max(even, odd) > len(data) // 4 > 4 * min(even, odd)
+
+
+def decode_text(data: bytes) -> str:
+    """The UTF-8 text of a text file's bytes (an image list, a window file, a labels file), a UTF-8 byte-order
+    mark skipped; `TextDecodeError` says "byte N is not UTF-8 text", or that the file is UTF-16 (whose
+    NULs would otherwise decode, and make names like 'a\\x00.\\x00p\\x00n\\x00g')."""
+    if b"\0" in data and looks_utf16(data):
+        raise TextDecodeError(UTF16_TEXT)
     try:
-        return data.decode("utf-8")
+        return data[len(UTF8_BOM):].decode("utf-8") if data.startswith(UTF8_BOM) else data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise FileError(path, f"byte {e.start} is not UTF-8 text (expected a {what})") from None
+        raise TextDecodeError(f"byte {e.start + (len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0)} is not "
+                              "UTF-8 text") from None
+
+
+def read_input_text(path: str | os.PathLike, what: str = "file") -> str:
+    """The UTF-8 text of the regular file `path` (`read_input_bytes`, `decode_text`); text that is not
+    UTF-8 is an error naming the path and why."""
+    try:
+        return decode_text(read_input_bytes(path, what))
+    except TextDecodeError as e:
+        raise FileError(path, f"{e} (expected a {what})") from None
 
 
 # -- atomic writes --------------------------------------------------------------------------------
@@ -435,10 +460,8 @@ def decode_prototxt(data: bytes, path: str) -> str:
         data = data[len(UTF8_BOM):]
     nul = data.find(b"\0")
     if nul >= 0:  # (valid UTF-8, but no text prototxt holds one: protobuf's tokenizer stops there)
-        even, odd = data[0::2].count(0), data[1::2].count(0)
-        if data[:2] in (b"\xff\xfe", b"\xfe\xff") or max(even, odd) > len(data) // 4 > 4 * min(even, odd):
-            raise ProtoParseError(path, "not a text prototxt: it is UTF-16 text (what Windows editors call "
-                                        "'Unicode'); save it as UTF-8, which Caffe's protobuf reads")
+        if looks_utf16(data):
+            raise ProtoParseError(path, f"not a text prototxt: {UTF16_TEXT}, which Caffe's protobuf reads")
         raise ProtoParseError(path, f"not a text prototxt (byte {nul} is a NUL byte); is it a binary .caffemodel?")
     try:
         return data.decode("utf-8")

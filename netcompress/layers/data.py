@@ -38,7 +38,7 @@ from google.protobuf.message import DecodeError
 
 from ..data.db import LEVELDB, DataError, LeveldbReader, LmdbReader, open_reader, resolve_backend
 from ..errors import FileError
-from ..io import atomic_file, check_input_file, read_input_bytes
+from ..io import TextDecodeError, atomic_file, check_input_file, decode_text, read_input_bytes
 from ..data.image import decode_image, read_image, resize_linear
 from ..data.prefetch import LoadFailure, Prefetcher
 from ..data.transformer import DataTransformer, TransformError, parse_datum
@@ -465,11 +465,11 @@ class DataLayer(BasePrefetchingDataLayer):
 def read_image_list(path: str) -> list[tuple[str, int]]:
     """Caffe's image list: one `path label` per line, the label after the last space."""
     try:
-        lines = read_input_bytes(path, "image list").decode("utf-8").splitlines()
+        lines = decode_text(read_input_bytes(path, "image list")).splitlines()
     except FileError as e:
         raise DataError(f"cannot open image list: {e}") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"image list '{path}': byte {e.start} is not UTF-8 text") from None
+    except TextDecodeError as e:
+        raise DataError(f"image list '{path}': {e}") from None
     out = []
     for i, line in enumerate(lines, 1):
         if not line.strip():
@@ -600,11 +600,11 @@ def read_window_file(path: str, root_folder: str, fg_threshold: float, bg_thresh
     >= fg_threshold; label > 0), the background windows (overlap < bg_threshold; label set to 0) and the
     label histogram. Windows in between are dropped, as in Caffe. One pass over the tokens, line by line."""
     try:
-        text = read_input_bytes(path, "window file").decode("utf-8")
+        text = decode_text(read_input_bytes(path, "window file"))
     except FileError as e:
         raise DataError(f"Failed to open window file {e}") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"window file '{path}': byte {e.start} is not UTF-8 text") from None
+    except TextDecodeError as e:
+        raise DataError(f"window file '{path}': {e}") from None
     tokens = ((tok, n) for n, line in enumerate(text.splitlines(), 1) for tok in line.split())
     last_line = 1
 
@@ -953,11 +953,11 @@ class HDF5DataLayer(BasePrefetchingDataLayer):
             raise self.error("HDF5Data does not transform data; remove transform_param")
         log.info("Loading list of HDF5 filenames from: %s", hp.source)
         try:
-            names = read_input_bytes(hp.source, "list of HDF5 files").decode("utf-8").split()
+            names = decode_text(read_input_bytes(hp.source, "list of HDF5 files")).split()
         except FileError as e:
             raise DataError(f"{self.who}: Failed to open source file: {e}") from None
-        except UnicodeDecodeError as e:
-            raise DataError(f"{self.who}: {hp.source}: byte {e.start} is not UTF-8 text") from None
+        except TextDecodeError as e:
+            raise DataError(f"{self.who}: {hp.source}: {e}") from None
         if not names:
             raise DataError(f"{self.who}: Must have at least 1 HDF5 filename listed in {hp.source}")
         log.info("Number of HDF5 files: %d", len(names))

@@ -394,6 +394,28 @@ def test_image_data_shuffle_is_a_new_permutation_each_epoch(image_list, make_lay
     a.close()
 
 
+def test_image_lists_in_other_encodings(tmp_path, image_list, make_layer):
+    """A UTF-8 byte-order mark is skipped (the first name kept it: 'no such file'); UTF-16 (Windows' "Unicode")
+    is named, where its NULs made labels like '0\\x00' that were "not an integer"."""
+    from netcompress.layers.data import read_image_list
+
+    root, lst = image_list
+    text = lst.read_text()
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert read_image_list(str(bom)) == read_image_list(str(lst))
+    for codec in ("utf-16", "utf-16-le"):
+        utf16 = tmp_path / f"{codec}.txt"
+        utf16.write_bytes(text.encode(codec))
+        with pytest.raises(DataError, match=rf"image list '{utf16}': it is UTF-16 text \(what Windows editors call "
+                                            r"'Unicode'\); save it as UTF-8"):
+            read_image_list(str(utf16))
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xef\xbb\xbf" + text.encode() + b"\xff 1\n")
+    with pytest.raises(DataError, match=f"byte {3 + len(text.encode())} is not UTF-8 text"):
+        read_image_list(str(bad))  # (the offset in the file, the mark counted)
+
+
 def test_image_data_missing_file_names_it(tmp_path, image_list, make_layer):
     root, lst = image_list
     lst.write_text(lst.read_text() + "gone.png 9\n")
