@@ -29,7 +29,7 @@ def parse_log(path: str) -> TrainingLog:
     """Training loss, learning rate and test outputs by iteration, from a glog-format log."""
     out = TrainingLog(path)
     current = None
-    with open(path, errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:  # (a byte-order mark an editor left is skipped)
         for line in f:
             m = TRAIN_LOSS.search(line)
             if m:

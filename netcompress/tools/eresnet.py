@@ -417,7 +417,7 @@ def read_discard_log(path: str, step: int) -> DiscardLog:
     <step>) finished`), up to the next `Iteration`/`Epoch` line, and the TEST accuracies logged at
     `Iteration <step>, Testing net`."""
     require_files(path)
-    with open(path, errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         msgs = [_message(l) for l in f]
     hits = [i for i, m in enumerate(msgs) if (e := _EPOCH.match(m)) and int(e.group(2)) == step]
     if not hits:

@@ -64,7 +64,8 @@ class GlogLine:
 def glog_lines(path: str, year: int | None = None) -> Iterator[GlogLine]:
     """The lines of a glog-format log with their times. A prefix without a year (glog before 0.6) takes
     `year`, by default the file's change time's year, and one more each time the month goes back."""
-    text_all = ncio.read_input_bytes(path, "training log").decode("utf-8", errors="replace")
+    # (utf-8-sig: a byte-order mark an editor left is skipped)
+    text_all = ncio.read_input_bytes(path, "training log").decode("utf-8-sig", errors="replace")
     if year is None:
         year = datetime.datetime.fromtimestamp(os.path.getctime(path)).year
     last_month = 0

@@ -67,6 +67,21 @@ def test_prefixes_without_a_year_read_the_same(caffe_log, tmp_path):
     assert parse_caffe_log(str(old)).train[5]["Seconds"] == parse_caffe_log(str(caffe_log)).train[5]["Seconds"]
 
 
+def test_a_log_an_editor_saved_with_a_byte_order_mark_reads_the_same(caffe_log, tmp_path):
+    """(the mark stuck to the first line: "the 'Solving' line has no glog time prefix")"""
+    from netcompress.solvers.logparse import parse_log
+
+    text = caffe_log.read_bytes()
+    text = text[text.rindex(b"\n", 0, text.index(b"Solving")) + 1:]  # (from the 'Solving' line, which the mark hid)
+    plain, bom = tmp_path / "plain.log", tmp_path / "bom.log"
+    plain.write_bytes(text)
+    bom.write_bytes(b"\xef\xbb\xbf" + text)
+    assert parse_caffe_log(str(bom)) == parse_caffe_log(str(plain))
+    assert extract_seconds(str(bom)) == extract_seconds(str(plain))
+    a, b = parse_log(str(bom)), parse_log(str(plain))  # (the plot command's reader)
+    assert (a.train_loss, a.lr, a.test) == (b.train_loss, b.lr, b.test) and a.train_loss
+
+
 LOG_ACROSS_NEW_YEAR = """\
 I1231 23:59:59.500000  7 solver.py:1] Solving LeNet
 I1231 23:59:59.600000  7 solver.py:2] Iteration 0, Testing net (#0)
