@@ -948,3 +948,14 @@ def test_integers_past_a_caffe_int_are_named(tmp_path, monkeypatch, capsys, argv
     except SystemExit as e:
         rc = e.code
     assert rc in (1, 2) and said in capsys.readouterr().err
+
+
+def test_fewer_test_iter_values_than_test_nets_is_refused(tmp_path, capsys):
+    """Two test_net files and one test_iter beside a general net made a negative count of general test nets:
+    the second test net's run was an IndexError (found by the CLI fuzz, seed 840). Caffe's CHECK_GE."""
+    net = tmp_path / "net.prototxt"
+    net.write_text('name: "t"\n')  # (refused before any test net is built)
+    solver = solver_file(tmp_path, f'test_net: "{net}"\ntest_net: "{net}"\ntest_iter: 1\ntest_interval: 1\n')
+    said = cli_error(capsys, ["train", "--solver", solver])
+    assert said == (f"netcompress train: error: {solver}: test_iter must be specified for each test network (2 test "
+                    "nets, 1 test_iter values)"), said

@@ -391,7 +391,9 @@ class Solver:
         general = sp.HasField("net") or sp.HasField("net_param")
         n_param, n_file = len(sp.test_net_param), len(sp.test_net)
         n_general = (len(sp.test_iter) - n_param - n_file) if general else 0
-        total = n_param + n_file + n_general
+        total = n_param + n_file + max(n_general, 0)
+        # (Caffe's CHECK_GE with a general net: 2 test_net files and 1 test_iter made n_general -1, total 1,
+        # and the second test net's run an IndexError)
         if len(sp.test_iter) != total and not (total == 0 and len(sp.test_iter) == 0):
             raise NetcompressError(f"{self.source}: test_iter must be specified for each test network "
                                    f"({total} test nets, {len(sp.test_iter)} test_iter values)")
