@@ -152,11 +152,11 @@ def decode_text(data: bytes) -> str:
     NULs would otherwise decode, and make names like 'a\\x00.\\x00p\\x00n\\x00g')."""
     if b"\0" in data and looks_utf16(data):
         raise TextDecodeError(UTF16_TEXT)
+    skip = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
     try:
-        return data[len(UTF8_BOM):].decode("utf-8") if data.startswith(UTF8_BOM) else data.decode("utf-8")
+        return data[skip:].decode("utf-8")
     except UnicodeDecodeError as e:
-        raise TextDecodeError(f"byte {e.start + (len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0)} is not "
-                              "UTF-8 text") from None
+        raise TextDecodeError(f"byte {e.start + skip} is not UTF-8 text") from None
 
 
 def read_input_text(path: str | os.PathLike, what: str = "file") -> str:

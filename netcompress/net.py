@@ -925,8 +925,7 @@ def device_memory(device: torch.device) -> int:
     return physical_memory()
 
 
-def check_memory(nets: Sequence["Net"],
-                 hint: str = "lower the batch size (the data layers' batch_size, or an Input's first dimension)") -> None:
+def check_memory(nets: Sequence["Net"]) -> None:
     """Refuse nets that cannot run in their device's memory: the blobs of each (Caffe's "Memory required for
     data", every top of the net: a forward keeps them all) and their weights, together. Checked before the
     first forward, where the kernel's out-of-memory killer would end the process without a word (the per-blob
@@ -953,7 +952,8 @@ def check_memory(nets: Sequence["Net"],
         what = (f"{nets[0].source}: the {phase(nets[0])} net and its {len(nets) - 1} other net(s) need {gib(need)} for "
                 f"their blobs and weights ({', '.join(f'{phase(n)} {gib(b)}' for n, b in zip(nets, sizes))})")
     where = f"GPU {device.index or 0}'s" if device.type == "cuda" else "this process's" if share else "this machine's"
-    raise NetcompressError(f"{what}, more than {where} {gib(total)} of memory{share}: {hint}")
+    raise NetcompressError(f"{what}, more than {where} {gib(total)} of memory{share}: lower the batch size (the data "
+                           "layers' batch_size, or an Input's first dimension)")
 
 
 def _naming_source(e: NetcompressError, source: str) -> NetcompressError:
