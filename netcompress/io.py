@@ -20,6 +20,7 @@ from typing import IO, Iterator, Sequence, TypeVar
 import numpy as np
 from google.protobuf import message as _pb_message
 from google.protobuf import text_format
+from google.protobuf.descriptor import FieldDescriptor
 
 from .errors import FileError, NetcompressError, ProtoParseError
 from .proto import caffe_pb2 as pb
@@ -508,18 +509,24 @@ def read_binary_proto(path: str, message: M) -> M:
     return message
 
 
-_HAS_STRINGS: dict[str, bool] = {}
+_HOLDS: dict[tuple, bool] = {}
+
+
+def message_holds(desc, types: tuple[int, ...], skip: tuple[str, ...] = ()) -> bool:
+    """Whether messages of type `desc` can hold a field of one of the protobuf field `types`, at any depth
+    (not looking inside the message types named in `skip`); cached by type."""
+    key = (desc.full_name, types, skip)
+    if key not in _HOLDS:
+        _HOLDS[key] = False  # recursion guard
+        _HOLDS[key] = any(f.type in types or (f.type == f.TYPE_MESSAGE and f.message_type.name not in skip
+                                              and message_holds(f.message_type, types, skip))
+                          for f in desc.fields)
+    return _HOLDS[key]
 
 
 def _has_strings(desc) -> bool:
     """Whether messages of this type can hold a string field, at any depth (BlobProto cannot)."""
-    key = desc.full_name
-    if key not in _HAS_STRINGS:
-        _HAS_STRINGS[key] = False  # recursion guard
-        _HAS_STRINGS[key] = any(
-            f.type == f.TYPE_STRING or (f.type == f.TYPE_MESSAGE and _has_strings(f.message_type))
-            for f in desc.fields)
-    return _HAS_STRINGS[key]
+    return message_holds(desc, (FieldDescriptor.TYPE_STRING,))
 
 
 def check_utf8_strings(message: _pb_message.Message, path: str) -> None:

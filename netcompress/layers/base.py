@@ -459,16 +459,12 @@ def create_layer(param: pb.LayerParameter, bottom_shapes: Sequence[Shape], ctx: 
 
 
 _FLOATS = (descriptor.FieldDescriptor.TYPE_FLOAT, descriptor.FieldDescriptor.TYPE_DOUBLE)
-_HAS_FLOATS: dict[str, bool] = {}
 
 
 def _has_floats(desc) -> bool:
-    key = desc.full_name
-    if key not in _HAS_FLOATS:
-        _HAS_FLOATS[key] = False  # recursion guard
-        _HAS_FLOATS[key] = any(f.type in _FLOATS or (f.type == f.TYPE_MESSAGE and f.message_type.name != "BlobProto"
-                                                     and _has_floats(f.message_type)) for f in desc.fields)
-    return _HAS_FLOATS[key]
+    from ..io import message_holds
+
+    return message_holds(desc, _FLOATS, ("BlobProto",))
 
 
 def nan_field(message, where: str = "") -> str | None:
