@@ -3,6 +3,8 @@ the batch statistics (against an independent computation from the LMDB records),
 blobs, ActQuant calibration off and the best-test / last selection."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -135,7 +137,7 @@ def test_best_test_selection(setup, tmp_path):
     assert acc == pytest.approx(scores[best], abs=1e-6)
 
 
-def test_frozen_batchnorm_is_left_alone_and_errors(setup, tmp_path, capsys):
+def test_frozen_batchnorm_is_left_alone_and_errors(setup, tmp_path, capsys, monkeypatch):
     make, _ = setup
     proto, model, _ = make(bn2="batch_norm_param { use_global_stats: true }")
     out = str(tmp_path / "out.caffemodel")
@@ -150,6 +152,11 @@ def test_frozen_batchnorm_is_left_alone_and_errors(setup, tmp_path, capsys):
     proto, model, _ = make()
     assert main([proto, model, out, "--metric", "nope"]) == 1
     assert "no output 'nope' to select by" in capsys.readouterr().err
+    import netcompress.net as ncnet  # a TRAIN net whose blobs cannot fit is refused before its first forward
+    monkeypatch.setattr(ncnet, "device_memory", lambda device: 64)
+    assert main([proto, model, str(tmp_path / "big.caffemodel")]) == 1
+    assert f"{proto}: the TRAIN net needs 0.0 GiB for its blobs and weights" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "big.caffemodel")
 
 
 def test_command_prints_the_scores(setup, tmp_path, capsys):

@@ -63,7 +63,7 @@ def test_extract_features_writes_caffes_records(trained, db_type, datum_records)
     np.testing.assert_allclose([r.float_data for _, r in conv_rows], want_conv.reshape(12, -1), rtol=1e-5, atol=1e-6)
 
 
-def test_extract_features_refuses_bad_arguments_before_writing(trained, capsys):
+def test_extract_features_refuses_bad_arguments_before_writing(trained, capsys, monkeypatch):
     root, _, proto, model = trained
     out = str(root / "f")
     run = lambda *a: cli.main(["extract_features", str(model), str(proto), *a])  # noqa: E731
@@ -85,6 +85,11 @@ def test_extract_features_refuses_bad_arguments_before_writing(trained, capsys):
     if not torch.cuda.is_available():
         assert run("ip", out, "1", "lmdb", "GPU", "0") == 1
         assert "GPU mode, but no CUDA device is available here; give CPU" in capsys.readouterr().err
+    import netcompress.net as ncnet  # a net whose blobs cannot fit is refused before its first forward
+    monkeypatch.setattr(ncnet, "device_memory", lambda device: 64)
+    assert run("ip", out, "1", "lmdb") == 1
+    assert f"{proto}: the TEST net needs 0.0 GiB for its blobs and weights" in capsys.readouterr().err
+    monkeypatch.undo()
     os.mkdir(out)
     assert run("ip", out, "1", "lmdb") == 1
     assert "already exists" in capsys.readouterr().err

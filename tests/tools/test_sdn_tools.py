@@ -333,7 +333,7 @@ def test_early_exit_accounting_on_a_hand_made_net(exit_net, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_early_exit_errors(exit_net, tmp_path, capsys):
+def test_early_exit_errors(exit_net, tmp_path, capsys, monkeypatch):
     proto, weights = exit_net
     assert sdn.sdn_early_exit_main([proto, weights, "--outputs", "ic1,ic9,final"]) == 1
     assert "has no blob 'ic9'" in capsys.readouterr().err
@@ -344,6 +344,10 @@ def test_early_exit_errors(exit_net, tmp_path, capsys):
                    'shape { dim: 1 } } }\n' + EXIT_NET.split("\n", 3)[3])
     assert sdn.sdn_early_exit_main([str(inp), weights, "--outputs", "ic1,final"]) == 1
     assert "has Input layers" in capsys.readouterr().err
+    import netcompress.net as ncnet  # a TEST net whose blobs cannot fit is refused before its first forward
+    monkeypatch.setattr(ncnet, "device_memory", lambda device: 64)
+    assert sdn.sdn_early_exit_main([proto, weights, "--outputs", "ic1,final"]) == 1
+    assert f"{proto}: the TEST net needs 0.0 GiB for its blobs and weights" in capsys.readouterr().err
 
 
 def test_auto_ops_count_conv_deconv_and_inner_product_macs():

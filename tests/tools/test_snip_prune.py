@@ -1,6 +1,7 @@
 """snip_prune (recipes-spec 2.1, 5.5, T6): connection sensitivity, the global top-k, the output."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -233,7 +234,7 @@ def test_snip_prune_layers_regex_reinit_and_seed(digits, tmp_path, blobs_of, cap
     assert d.layers == ["ip2"] and d.kept == 500
 
 
-def test_snip_prune_cli_errors_and_registration(digits, tmp_path, capsys):
+def test_snip_prune_cli_errors_and_registration(digits, tmp_path, capsys, monkeypatch):
     from netcompress.commands import COMMANDS
 
     assert "snip_prune" in COMMANDS and (REPO / "compression_scripts" / "snip_prune.py").is_file()
@@ -249,6 +250,13 @@ def test_snip_prune_cli_errors_and_registration(digits, tmp_path, capsys):
     assert "no Convolution or InnerProduct layer with a name matching 'nothing.*'" in capsys.readouterr().err
     assert snip.main([train, str(tmp_path / "missing.caffemodel"), o1, o2, "--keep-ratio", "0.1"]) == 1
     assert "missing.caffemodel does not exist!" in capsys.readouterr().err
+    import netcompress.net as ncnet  # a TRAIN net whose blobs cannot fit is refused before its first forward
+    monkeypatch.setattr(ncnet, "device_memory", lambda device: 64)
+    o3, o4 = str(tmp_path / "p.prototxt"), str(tmp_path / "p.caffemodel")
+    assert snip.main([train, o3, o4, "--keep-ratio", "0.1"]) == 1
+    assert "the TRAIN net needs 0.0 GiB for its blobs and weights" in capsys.readouterr().err
+    assert not os.path.exists(o3) and not os.path.exists(o4)
+    monkeypatch.undo()
     r = subprocess.run([sys.executable, str(REPO / "compression_scripts" / "snip_prune.py"), "--help"],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0 and "--keep-ratio" in r.stdout
