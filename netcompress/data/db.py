@@ -341,9 +341,34 @@ class _AtomicDbWriter:
         if len(self._pending) >= self.commit_every:
             self.commit()
 
+    def _store_errors(self) -> tuple[type[BaseException], ...]:
+        """The exceptions the store raises when it cannot write (with OSError)."""
+        raise NotImplementedError
+
+    def _write_error(self, e: BaseException) -> DataError:
+        """A write the store or the OS refused (a full disk: LMDB's commit says "Input/output error", LevelDB's
+        "No space left on device"), naming the database and the free space on its disk."""
+        if e.args and isinstance(e.args[0], bytes):  # (plyvel's errors, OSErrors among them, hold bytes)
+            reason = e.args[0].decode("utf-8", "replace")
+        else:
+            reason = describe_os_error(e) if isinstance(e, OSError) else str(e)
+        try:
+            free = shutil.disk_usage(os.path.dirname(self._tmp)).free
+            disk = f" (its disk is full: {free:,} bytes free)" if free < 1 << 20 else \
+                f" ({free:,} bytes free on its disk)"
+        except OSError:
+            disk = ""
+        first = self.count - len(self._pending) + 1
+        what = f"records {first:,} to {self.count:,}" if self._pending else \
+            f"closing it after {self.count:,} record{'s' * (self.count != 1)}"
+        return DataError(f"cannot write {self.kind} '{self.path}' ({what}): {reason}{disk}")
+
     def commit(self) -> None:
         if self._pending:
-            self._write(self._pending)
+            try:
+                self._write(self._pending)
+            except (OSError, *self._store_errors()) as e:
+                raise self._write_error(e) from None
             self._pending.clear()
 
     def close(self) -> str:
@@ -351,12 +376,22 @@ class _AtomicDbWriter:
         if self._closed:
             return self.path
         self.commit()
-        self._close_store()
+        try:
+            self._close_store()
+        except (OSError, *self._store_errors()) as e:
+            self._closed = True
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise self._write_error(e) from None
         self._closed = True
         if os.path.exists(self.path):
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise DataError(f"cannot create {self.kind} '{self.path}': it appeared while writing")
-        os.rename(self._tmp, self.path)
+        try:
+            os.rename(self._tmp, self.path)
+        except OSError as e:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise DataError(f"cannot create {self.kind} '{self.path}': "
+                            f"{describe_os_error(e, 'move its temporary folder into place')}") from None
         return self.path
 
     def abort(self) -> None:
@@ -395,6 +430,9 @@ class LmdbWriter(_AtomicDbWriter):
     def _open(self, folder: str) -> None:
         self._env = open_lmdb(folder, readonly=False, map_size=self.map_size)
 
+    def _store_errors(self) -> tuple[type[BaseException], ...]:
+        return (lmdb_module().Error,)
+
     def _write(self, records: list[tuple[bytes, bytes]]) -> None:
         lmdb = lmdb_module()
         while True:
@@ -409,9 +447,11 @@ class LmdbWriter(_AtomicDbWriter):
                 self._env.set_mapsize(self.map_size)
 
     def _close_store(self) -> None:
-        if not self._closed:  # closing after a successful write: make it durable first
-            self._env.sync(True)
-        self._env.close()
+        try:
+            if not self._closed:  # closing after a successful write: make it durable first
+                self._env.sync(True)
+        finally:
+            self._env.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -579,6 +619,9 @@ class LeveldbWriter(_AtomicDbWriter):
             self._db = self._plyvel.DB(folder, create_if_missing=True, **_LEVELDB_OPTIONS)
         except self._plyvel.Error as e:
             raise _leveldb_error(self.path, e) from None
+
+    def _store_errors(self) -> tuple[type[BaseException], ...]:
+        return (self._plyvel.Error,)
 
     def _write(self, records: list[tuple[bytes, bytes]]) -> None:
         with self._db.write_batch() as batch:

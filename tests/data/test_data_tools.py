@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import gzip
 import struct
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -265,6 +268,34 @@ def test_lmdb_writer_grows_the_map_and_is_atomic(tmp_path, data_log):
             raise RuntimeError("boom")
     assert not (tmp_path / "aborted").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "leveldb"])
+def test_a_write_the_disk_refuses_is_named_and_leaves_no_database(tmp_path, backend):
+    """A full disk (here a file-size limit, which fails the write the same way without root): LMDB's commit
+    says only "Input/output error", LevelDB's "File too large"; both were an unexpected error ("a bug in
+    netcompress") with a traceback. Now the database, the records and its disk's free space are named, and
+    neither the database nor its temporary folder is left."""
+    if backend == "leveldb":
+        pytest.importorskip("plyvel", reason="LevelDB support needs the optional plyvel package")
+    x = np.random.default_rng(0).integers(0, 256, (1500, 28, 28), dtype=np.uint8)
+    (tmp_path / "img").write_bytes(idx_bytes(x, 2051))
+    (tmp_path / "lab").write_bytes(idx_bytes((np.arange(1500) % 10).astype(np.uint8), 2049))
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (the write fails with EFBIG instead of a signal)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
+        from netcompress.cli import main
+        sys.exit(main(["convert_mnist", "--backend={backend}", "img", "lab", "db"]))
+    """)
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    said = r.stderr.strip().splitlines()[-1]
+    kind = "LMDB" if backend == "lmdb" else "LevelDB"
+    assert f"cannot write {kind} 'db' (records 1 to 1,000): " in said, said
+    assert ("Input/output error" if backend == "lmdb" else "File too large") in said
+    assert "bytes free on its disk)" in said and "bug" not in said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img", "lab"]
 
 
 def test_the_data_tools_are_cli_subcommands():
