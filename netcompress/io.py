@@ -504,9 +504,38 @@ def read_binary_proto(path: str, message: M) -> M:
     try:
         message.ParseFromString(data)
     except _pb_message.DecodeError as e:
-        raise ProtoParseError(path, f"not a binary {message.DESCRIPTOR.full_name} ({e})") from None
+        raise ProtoParseError(path, f"not a binary {message.DESCRIPTOR.full_name} ({e}){other_file_hint(data)}") \
+            from None
     check_utf8_strings(message, path)
     return message
+
+
+def _parses_as(data: bytes, message: M) -> M | None:
+    try:
+        message.ParseFromString(data)
+    except _pb_message.DecodeError:
+        return None
+    return message
+
+
+def other_file_hint(data: bytes) -> str:
+    """A clause saying what `data` is, when it is one of the files a user may give in another's place: a
+    solver state where weights were expected (`--weights`), a caffemodel where a solver state was (`--snapshot`),
+    netcompress's `.solverstate.nc.npz` sidecar for either; "" otherwise. (Binary protos carry no type:
+    protobuf keeps a field of an unexpected wire type as unknown, so a caffemodel even parses as an empty
+    SolverState.)"""
+    if data[:4] == b"PK\x03\x04":
+        return ("; it is a zip file (a numpy .npz, such as netcompress's .solverstate.nc.npz sidecar): give the "
+                ".caffemodel or the .solverstate itself")
+    net = _parses_as(data, pb.NetParameter())
+    if net is not None and any(layer.name or layer.type for layer in (*net.layer, *net.layers)):
+        return (f"; it is a caffemodel (a net of {len(net.layer) + len(net.layers)} layers): give weights with "
+                "--weights, and resume from a .solverstate with --snapshot")
+    state = _parses_as(data, pb.SolverState())
+    if state is not None and (state.learned_net or len(state.history)):
+        return (f"; it is a solver state (iteration {state.iter}, model \"{state.learned_net}\"): resume from it "
+                "with --snapshot, or give its model with --weights")
+    return ""
 
 
 _HOLDS: dict[tuple, bool] = {}
@@ -615,7 +644,9 @@ def read_hdf5_weights(path: str) -> pb.NetParameter:
         with h5py.File(path, "r") as f:
             data = f.get("data")
             if not isinstance(data, h5py.Group):
-                raise ProtoParseError(path, "an HDF5 file without Caffe's /data group (not a .caffemodel.h5)")
+                hint = ("; it is an HDF5 solver state: resume from it with --snapshot, or give its model with "
+                        "--weights") if all(k in f for k in ("iter", "current_step", "history")) else ""
+                raise ProtoParseError(path, f"an HDF5 file without Caffe's /data group (not a .caffemodel.h5){hint}")
 
             def layer_groups(group, prefix: str):
                 """(name, group) of each layer: a group's digit-named datasets are its blobs; its subgroups
@@ -699,7 +730,7 @@ def read_caffemodel(path: str, upgrade: bool = True) -> pb.NetParameter:
     try:
         net.ParseFromString(data)
     except _pb_message.DecodeError as e:
-        raise ProtoParseError(path, f"not a binary caffemodel (NetParameter): {e}") from None
+        raise ProtoParseError(path, f"not a binary caffemodel (NetParameter): {e}{other_file_hint(data)}") from None
     check_utf8_strings(net, path)
     return upgrade_net(net, path) if upgrade else net
 

@@ -1030,6 +1030,10 @@ class Solver:
         `.h5` is read as Caffe's HDF5 solver state (Solver::Restore's rule)."""
         path = os.fsdecode(os.fspath(path))
         state = read_hdf5_state(path) if path.endswith(".h5") else ncio.read_binary_proto(path, pb.SolverState())
+        if not state.learned_net and not len(state.history) and not path.endswith(".h5"):
+            hint = ncio.other_file_hint(ncio.read_input_bytes(path, "solver state"))
+            if hint:  # (a caffemodel parses as an empty SolverState: its fields' wire types differ)
+                raise NetcompressError(f"{path}: not a solver state{hint}")
         if state.iter < 0:
             raise NetcompressError(f"{path}: the solver state's iteration is {state.iter}; expected 0 or more (a "
                                    "corrupted solver state)")
@@ -1152,7 +1156,9 @@ def read_hdf5_state(path: str) -> pb.SolverState:
         with h5py.File(path, "r") as h:
             missing = [k for k in ("iter", "current_step", "history") if k not in h]
             if missing:
-                raise NetcompressError(f"{path}: not Caffe's HDF5 solver state (no {', '.join(missing)})")
+                hint = ("; it is an HDF5 caffemodel (it holds /data): give weights with --weights, and resume from a "
+                        ".solverstate.h5 with --snapshot") if "data" in h else ""
+                raise NetcompressError(f"{path}: not Caffe's HDF5 solver state (no {', '.join(missing)}){hint}")
             state.iter = int(np.asarray(h["iter"]).reshape(-1)[0])
             state.current_step = int(np.asarray(h["current_step"]).reshape(-1)[0])
             if "learned_net" in h:
