@@ -398,9 +398,37 @@ def parse_text_proto(text: str, message: M, path: str = "<string>") -> M:
         if m:
             line, col, msg = int(m.group(1)), int(m.group(2)), m.group(3)
         expected = message.DESCRIPTOR.full_name
-        raise ProtoParseError(path, f"{msg}{_parse_hint(msg, message.DESCRIPTOR.file.pool)} (while parsing a "
-                                    f"{expected})", line, col) from None
+        other = _other_text_hint(text, expected)
+        hint = other or _parse_hint(msg, message.DESCRIPTOR.file.pool)
+        raise ProtoParseError(path, f"{msg}{hint} (while parsing a {expected})", line, col) from None
     return message
+
+
+_TEXT_USE = {"net": "a solver names it in its net: field, and test and time take it with --model",
+             "solver": "train takes it with --solver"}
+
+
+def _other_text_kind(text: str, expected: str = "") -> tuple[str, str]:
+    """("net" or "solver", a description) when the prototxt `text` is a net given where a solver was expected or
+    a solver given where a net (or a binary file) was; ("", "") otherwise."""
+    for kind, message in (("net", pb.NetParameter), ("solver", pb.SolverParameter)):
+        if message.DESCRIPTOR.full_name == expected:
+            continue
+        try:
+            parsed = text_format.Parse(text, message())
+        except (text_format.ParseError, ValueError):
+            continue
+        if kind == "net" and any(layer.name or layer.type for layer in (*parsed.layer, *parsed.layers)):
+            n = len(parsed.layer) + len(parsed.layers)
+            return kind, f"a net prototxt ({n} layer{'s' * (n != 1)})"
+        if kind == "solver" and (parsed.net or parsed.HasField("net_param") or parsed.train_net or parsed.base_lr):
+            return kind, "a solver prototxt"
+    return "", ""
+
+
+def _other_text_hint(text: str, expected: str) -> str:
+    kind, what = _other_text_kind(text, expected)
+    return f" It is {what}: {_TEXT_USE[kind]}." if kind else ""
 
 
 _NO_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "(\w+)"')
@@ -524,6 +552,13 @@ def other_file_hint(data: bytes) -> str:
     netcompress's `.solverstate.nc.npz` sidecar for either; "" otherwise. (Binary protos carry no type:
     protobuf keeps a field of an unexpected wire type as unknown, so a caffemodel even parses as an empty
     SolverState.)"""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    kind, what = _other_text_kind(text) if text is not None else ("", "")
+    if kind:
+        return f"; it is {what}, a text file: {_TEXT_USE[kind]}"
     if data[:4] == b"PK\x03\x04":
         return ("; it is a zip file (a numpy .npz, such as netcompress's .solverstate.nc.npz sidecar): give the "
                 ".caffemodel or the .solverstate itself")
@@ -720,7 +755,7 @@ def write_hdf5_weights(path: str, layers: Sequence[tuple[str, Sequence[np.ndarra
 
 def read_caffemodel(path: str, upgrade: bool = True) -> pb.NetParameter:
     """Read a binary NetParameter (.caffemodel), or Caffe's HDF5 weights (`read_hdf5_weights`; told apart
-    by content, as Caffe's CopyTrainedLayersFrom does). A text prototxt with weights is accepted too."""
+    by content, as Caffe's CopyTrainedLayersFrom does)."""
     from .upgrade import upgrade_net
 
     if is_hdf5(path, "caffemodel"):

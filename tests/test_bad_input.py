@@ -362,6 +362,33 @@ def test_a_misspelt_field_or_enum_value_gets_a_suggestion(tmp_path):
         assert said in error_of(ProtoParseError, ncio.read_net, str(path)), new
 
 
+def test_a_net_and_a_solver_given_in_each_others_place_say_what_they_are(tmp_path):
+    """A net prototxt given as a solver (or as weights), a solver as a net (or as weights or a solver state):
+    the parse error says what the file is and which command or flag takes it (it said only 'has no field named
+    "name"', or for a binary read 'Wire format was corrupt')."""
+    net = tmp_path / "lenet.prototxt"
+    net.write_text(LENET)
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text('net: "lenet.prototxt"\nbase_lr: 0.01\n')
+    assert error_of(ProtoParseError, ncio.read_solver, str(net)) == (
+        f'{net}:1:1: Message type "caffe.SolverParameter" has no field named "name". It is a net prototxt (9 layers): '
+        "a solver names it in its net: field, and test and time take it with --model. (while parsing a "
+        "caffe.SolverParameter)")
+    assert error_of(ProtoParseError, ncio.read_net, str(solver)) == (
+        f'{solver}:1:1: Message type "caffe.NetParameter" has no field named "net". It is a solver prototxt: train '
+        "takes it with --solver. (while parsing a caffe.NetParameter)")
+    assert error_of(ProtoParseError, ncio.read_caffemodel, str(net)).endswith(
+        "; it is a net prototxt (9 layers), a text file: a solver names it in its net: field, and test and time take "
+        "it with --model")
+    assert error_of(ProtoParseError, ncio.read_binary_proto, str(solver), pb.SolverState()).endswith(
+        "; it is a solver prototxt, a text file: train takes it with --solver")
+    other = tmp_path / "other.prototxt"  # (text of neither kind keeps the plain error, and its suggestion)
+    other.write_text('name: "x"\nlayr { }\n')
+    assert error_of(ProtoParseError, ncio.read_solver, str(other)).endswith(
+        'has no field named "name". (while parsing a caffe.SolverParameter)')
+    assert "Did you mean layer?" in error_of(ProtoParseError, ncio.read_net, str(other))
+
+
 def test_a_prototxt_read_as_caffes_tokenizer_reads_it(tmp_path):
     """A byte-order mark is skipped and comments may hold any bytes (GBK, Latin-1), as protobuf's C++
     tokenizer allows; the net read is the same as from the clean file."""
