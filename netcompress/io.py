@@ -564,8 +564,9 @@ def other_file_hint(data: bytes) -> str:
                 ".caffemodel or the .solverstate itself")
     net = _parses_as(data, pb.NetParameter())
     if net is not None and any(layer.name or layer.type for layer in (*net.layer, *net.layers)):
-        return (f"; it is a caffemodel (a net of {len(net.layer) + len(net.layers)} layers): give weights with "
-                "--weights, and resume from a .solverstate with --snapshot")
+        n = len(net.layer) + len(net.layers)
+        return (f"; it is a caffemodel (a net of {n} layer{'s' * (n != 1)}): give weights with --weights, and resume "
+                "from a .solverstate with --snapshot")
     state = _parses_as(data, pb.SolverState())
     if state is not None and (state.learned_net or len(state.history)):
         return (f"; it is a solver state (iteration {state.iter}, model \"{state.learned_net}\"): resume from it "
@@ -876,6 +877,10 @@ def _to_numpy(x) -> np.ndarray:
 def read_binaryproto_array(path: str) -> np.ndarray:
     """Read a mean `.binaryproto` (a BlobProto) as an array (e.g. 1xCxHxW)."""
     blob = read_binary_proto(path, pb.BlobProto())
+    if not len(blob.data) and not len(blob.double_data):  # (a caffemodel or solver state parses as a BlobProto)
+        hint = other_file_hint(read_input_bytes(path, "binaryproto"))
+        if hint:
+            raise ProtoParseError(path, f"not a .binaryproto blob{hint}")
     try:
         return blob_to_array(blob)
     except ValueError as e:

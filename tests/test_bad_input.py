@@ -382,6 +382,12 @@ def test_a_net_and_a_solver_given_in_each_others_place_say_what_they_are(tmp_pat
         "it with --model")
     assert error_of(ProtoParseError, ncio.read_binary_proto, str(solver), pb.SolverState()).endswith(
         "; it is a solver prototxt, a text file: train takes it with --solver")
+    model = tmp_path / "m.caffemodel"  # a caffemodel as a mean file parsed as an empty blob: "shape [0]"
+    ncio.write_caffemodel(str(model), ncio.parse_text_proto('layer { name: "ip" type: "InnerProduct" }',
+                                                            pb.NetParameter()))
+    assert error_of(ProtoParseError, ncio.read_binaryproto_array, str(model)) == (
+        f"{model}: not a .binaryproto blob; it is a caffemodel (a net of 1 layer): give weights with --weights, "
+        "and resume from a .solverstate with --snapshot")
     other = tmp_path / "other.prototxt"  # (text of neither kind keeps the plain error, and its suggestion)
     other.write_text('name: "x"\nlayr { }\n')
     assert error_of(ProtoParseError, ncio.read_solver, str(other)).endswith(
