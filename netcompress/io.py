@@ -546,32 +546,34 @@ def _parses_as(data: bytes, message: M) -> M | None:
     return message
 
 
-def other_file_hint(data: bytes) -> str:
+def other_file_hint(data: bytes, advice: bool = True) -> str:
     """A clause saying what `data` is, when it is one of the files a user may give in another's place: a
     solver state where weights were expected (`--weights`), a caffemodel where a solver state was (`--snapshot`),
-    netcompress's `.solverstate.nc.npz` sidecar for either; "" otherwise. (Binary protos carry no type:
-    protobuf keeps a field of an unexpected wire type as unknown, so a caffemodel even parses as an empty
-    SolverState.)"""
+    netcompress's `.solverstate.nc.npz` sidecar, a net or solver prototxt; "" otherwise. With `advice`, it also
+    says which flag takes the file. (Binary protos carry no type: protobuf keeps a field of an unexpected wire
+    type as unknown, so a caffemodel even parses as an empty SolverState.)"""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         text = None
     kind, what = _other_text_kind(text) if text is not None else ("", "")
+    net = state = None
     if kind:
-        return f"; it is {what}, a text file: {_TEXT_USE[kind]}"
-    if data[:4] == b"PK\x03\x04":
-        return ("; it is a zip file (a numpy .npz, such as netcompress's .solverstate.nc.npz sidecar): give the "
-                ".caffemodel or the .solverstate itself")
-    net = _parses_as(data, pb.NetParameter())
-    if net is not None and any(layer.name or layer.type for layer in (*net.layer, *net.layers)):
+        what, use = f"{what}, a text file", _TEXT_USE[kind]
+    elif data[:4] == b"PK\x03\x04":
+        what = "a zip file (a numpy .npz, such as netcompress's .solverstate.nc.npz sidecar)"
+        use = "give the .caffemodel or the .solverstate itself"
+    elif (net := _parses_as(data, pb.NetParameter())) is not None and \
+            any(layer.name or layer.type for layer in (*net.layer, *net.layers)):
         n = len(net.layer) + len(net.layers)
-        return (f"; it is a caffemodel (a net of {n} layer{'s' * (n != 1)}): give weights with --weights, and resume "
-                "from a .solverstate with --snapshot")
-    state = _parses_as(data, pb.SolverState())
-    if state is not None and (state.learned_net or len(state.history)):
-        return (f"; it is a solver state (iteration {state.iter}, model \"{state.learned_net}\"): resume from it "
-                "with --snapshot, or give its model with --weights")
-    return ""
+        what = f"a caffemodel (a net of {n} layer{'s' * (n != 1)})"
+        use = "give weights with --weights, and resume from a .solverstate with --snapshot"
+    elif (state := _parses_as(data, pb.SolverState())) is not None and (state.learned_net or len(state.history)):
+        what = f"a solver state (iteration {state.iter}, model \"{state.learned_net}\")"
+        use = "resume from it with --snapshot, or give its model with --weights"
+    else:
+        return ""
+    return f"; it is {what}: {use}" if advice else f"; it is {what}"
 
 
 _HOLDS: dict[tuple, bool] = {}

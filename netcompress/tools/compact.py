@@ -387,6 +387,17 @@ def decode_compact(net_prototxt: str, compact_file: str, output: str, idx_bits: 
     targets = _decode_targets(net, net_prototxt)
     _check_shapes(compact_file, targets, idx_bits, net_prototxt)
     data = ncio.read_input_bytes(compact_file, "compact file")
+    try:
+        return _decode_into(net, targets, data, net_prototxt, compact_file, output, idx_bits, quiet)
+    except CompactError as e:  # (a caffemodel or a prototxt given as the compact file: say so)
+        hint = ncio.other_file_hint(data, advice=False)
+        if not hint:
+            raise
+        raise CompactError(f"{e}{hint}") from None
+
+
+def _decode_into(net, targets, data: bytes, net_prototxt: str, compact_file: str, output: str, idx_bits: int,
+                 quiet: bool):
     total_start = time.time()
     lines, off = [], 0
     for name, tl in targets:

@@ -353,6 +353,11 @@ def test_decoder_errors(models, capsys, tmp_path):
     assert compact.decode_compact_main([models.proto("normal", bias=False), binary, str(out)]) == 1
     err = capsys.readouterr().err
     assert "has no bias" in err or "does not match the net" in err
+    # the caffemodel or the prototxt given as the compact file says what it is
+    assert compact.decode_compact_main([models.proto("normal"), src.model, str(out)]) == 1
+    assert capsys.readouterr().err.rstrip().endswith("; it is a caffemodel (a net of 6 layers)")
+    assert compact.decode_compact_main([models.proto("normal"), src.prototxt, str(out)]) == 1
+    assert "(or is the other compact format); it is a net prototxt (" in capsys.readouterr().err
     assert not out.exists()
 
 
