@@ -491,7 +491,8 @@ def decode_prototxt(data: bytes, path: str) -> str:
     if nul >= 0:  # (valid UTF-8, but no text prototxt holds one: protobuf's tokenizer stops there)
         if looks_utf16(data):
             raise ProtoParseError(path, f"not a text prototxt: {UTF16_TEXT}, which Caffe's protobuf reads")
-        raise ProtoParseError(path, f"not a text prototxt (byte {nul} is a NUL byte); is it a binary .caffemodel?")
+        raise ProtoParseError(path, f"not a text prototxt (byte {nul} is a NUL byte)"
+                                    f"{other_file_hint(data) or '; is it a binary .caffemodel?'}")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -339,7 +339,11 @@ def test_a_layer_name_that_is_not_utf8(tmp_path):
     binary.write_bytes(model.read_bytes())
     nul = model.read_bytes().index(b"\0")
     assert error_of(ProtoParseError, ncio.read_net, str(binary)) == (
-        f"{binary}: not a text prototxt (byte {nul} is a NUL byte); is it a binary .caffemodel?")
+        f"{binary}: not a text prototxt (byte {nul} is a NUL byte); it is a caffemodel (a net of 9 layers): give "
+        "weights with --weights, and resume from a .solverstate with --snapshot")
+    binary.write_bytes(b"\x93\x00\xff\x12" * 8)  # binary of no known kind
+    assert error_of(ProtoParseError, ncio.read_net, str(binary)) == (
+        f"{binary}: not a text prototxt (byte 1 is a NUL byte); is it a binary .caffemodel?")
     # UTF-16 (Windows' "Unicode"), with or without its byte-order mark: its NULs are valid UTF-8, so it parsed
     # into "has no field named 'n'" or "Expected identifier or number, got \0"
     for codec in ("utf-16", "utf-16-le", "utf-16-be"):
