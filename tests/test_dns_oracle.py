@@ -161,8 +161,13 @@ def test_default_float64_statistics_follow_the_gpu_reference(fixture_workdir, or
 
 def test_one_train_step_is_the_same_on_one_and_two_threads(fixture_workdir, oracle):
     """The DNS LeNet's forward, masks and every parameter gradient are the same bits on 1 and 2 threads (conv1's
-    gradients are direct sums in a fixed order, conv2's NNPACK's or the sums over its nonzero weights, the inner
-    products oneDNN's; oneDNN's convolution gradients, which conv1 had before, vary with the thread count)."""
+    gradients are direct sums in a fixed order, conv2's NNPACK's or the sums over its nonzero weights, ip1's
+    products oneDNN's; oneDNN's convolution gradients, which conv1 had before, vary with the thread count).
+
+    ip2's products are too small for oneDNN (`ONEDNN_MATMUL_MIN_MACS`) and stay MKL's, which are the same bits
+    on any thread count on AVX-512 CPUs but not on every CPU: on an AVX2-only AMD EPYC, MKL splits the batch sum
+    of ip2's weight gradient (10 x 64 @ 64 x 500) between the threads. Where a probe of those products shows
+    that, ip2's weight gradient may differ, in the last bits only."""
     net = build(fixture_workdir)
     if not net.layer("conv1")._direct:
         pytest.skip("NETCOMPRESS_CONV_ALGO=aten: conv1 is oneDNN's, whose gradients vary with the thread count")
@@ -191,4 +196,23 @@ def test_one_train_step_is_the_same_on_one_and_two_threads(fixture_workdir, orac
         torch.set_num_threads(old)
     assert runs[0].keys() == runs[1].keys() and len(runs[0]) > 20
     differ = [k for k in runs[0] if not torch.equal(runs[0][k], runs[1][k])]
-    assert not differ, differ
+    allowed = {"ip2.2"} if _mkl_varies_with_threads(x=(64, 500), w=(10, 500)) else set()
+    assert set(differ) <= allowed, differ
+    for k in differ:
+        torch.testing.assert_close(runs[0][k], runs[1][k], rtol=1e-5, atol=1e-6 * float(runs[0][k].abs().max()))
+
+
+def _mkl_varies_with_threads(x: tuple[int, int], w: tuple[int, int]) -> bool:
+    """Whether this CPU's BLAS gives other bits on 1 and 2 threads for an InnerProduct's three products: the
+    forward x @ w.T and the gradients gy @ w and gy.T @ x (gy of x's rows and w's rows)."""
+    g = torch.Generator().manual_seed(0)
+    xs, ws, gy = torch.randn(*x, generator=g), torch.randn(*w, generator=g), torch.randn(x[0], w[0], generator=g)
+    old = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            runs.append([torch.nn.functional.linear(xs, ws), gy @ ws, gy.t() @ xs])
+    finally:
+        torch.set_num_threads(old)
+    return not all(torch.equal(a, b) for a, b in zip(*runs))
