@@ -79,6 +79,11 @@ def _check_nul(path: str, error: type[FileError] = FileError) -> None:
         raise error(path.replace("\0", "\\0"), "a file name cannot contain a NUL byte")
 
 
+def a_an(noun: str) -> str:
+    """The indefinite article of `noun` as it is read out ("an image list", "an HDF5 file", "a caffemodel")."""
+    return "an" if noun[:1].lower() in "aeiou" or noun.startswith(("HDF5", "LMDB", "MNIST", "SVG", "NPZ")) else "a"
+
+
 def check_input_file(path: str | os.PathLike, what: str = "file", error: type[FileError] = FileError,
                      folder_ok: bool = False) -> os.stat_result:
     """Stat `path` (following symlinks) without opening it; raise `error` naming the path unless it
@@ -97,9 +102,12 @@ def check_input_file(path: str | os.PathLike, what: str = "file", error: type[Fi
     if stat.S_ISDIR(st.st_mode):
         if folder_ok:
             return st
-        raise error(path, f"is a directory, expected a {what}")
+        held = " (it holds an LMDB, which a Data layer reads)" if os.path.isfile(os.path.join(path, "data.mdb")) \
+            else " (it holds a LevelDB, which a Data layer reads)" if os.path.isfile(os.path.join(path, "CURRENT")) \
+            else ""
+        raise error(path, f"is a directory, expected {a_an(what)} {what}{held}")
     if not stat.S_ISREG(st.st_mode):
-        raise error(path, f"is {_file_kind(st.st_mode)}, expected a {what}: netcompress reads only "
+        raise error(path, f"is {_file_kind(st.st_mode)}, expected {a_an(what)} {what}: netcompress reads only "
                           "regular files (a pipe or a device may block or never end)")
     return st
 
@@ -113,14 +121,14 @@ def read_input_bytes(path: str | os.PathLike, what: str = "file", limit: int | N
     path = os.fspath(path)
     st = check_input_file(path, what, error)
     if limit is not None and st.st_size > limit:
-        raise error(path, f"is {st.st_size:,} bytes; a {what} may have at most {limit:,} bytes{limit_hint}")
+        raise error(path, f"is {st.st_size:,} bytes; {a_an(what)} {what} may have at most {limit:,} bytes{limit_hint}")
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
         raise error.from_os_error(path, e, "read") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise error(path, f"is not a regular file, expected a {what}")
+            raise error(path, f"is not a regular file, expected {a_an(what)} {what}")
         if hasattr(os, "O_NONBLOCK"):
             os.set_blocking(fd, True)
         with os.fdopen(fd, "rb", closefd=False) as f:
@@ -130,7 +138,8 @@ def read_input_bytes(path: str | os.PathLike, what: str = "file", limit: int | N
     finally:
         os.close(fd)
     if limit is not None and len(data) > limit:
-        raise error(path, f"has more than {limit:,} bytes; a {what} may have at most {limit:,} bytes{limit_hint}")
+        raise error(path, f"has more than {limit:,} bytes; {a_an(what)} {what} may have at most {limit:,} bytes"
+                          f"{limit_hint}")
     return data
 
 
@@ -157,7 +166,27 @@ def decode_text(data: bytes) -> str:
     try:
         return data[skip:].decode("utf-8")
     except UnicodeDecodeError as e:
-        raise TextDecodeError(f"byte {e.start + skip} is not UTF-8 text") from None
+        kind = binary_kind(data)
+        raise TextDecodeError(f"byte {e.start + skip} is not UTF-8 text{f'; it is {kind}, not text' if kind else ''}") \
+            from None
+
+
+_SIGNATURES = ((b"\x89HDF\r\n\x1a\n", "an HDF5 file"), (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+               (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"), (b"BM", "a BMP image"),
+               (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"PK\x03\x04", "a zip file"),
+               (b"\x93NUMPY", "a numpy .npy file"))
+
+
+def binary_kind(data: bytes) -> str:
+    """What the binary file `data` is, for a message ("an HDF5 file", "a PNG image", "an LMDB's data.mdb", "a
+    caffemodel (a net of 9 layers)"), or "" when it is none of those."""
+    for signature, kind in _SIGNATURES:
+        if data.startswith(signature):
+            return kind
+    if data[16:20] == b"\xde\xc0\xef\xbe":  # LMDB's meta page: its magic after the 16-byte page header
+        return "an LMDB's data.mdb"
+    hint = other_file_hint(data, advice=False)
+    return hint[len("; it is "):] if hint else ""
 
 
 def read_input_text(path: str | os.PathLike, what: str = "file") -> str:
@@ -166,7 +195,7 @@ def read_input_text(path: str | os.PathLike, what: str = "file") -> str:
     try:
         return decode_text(read_input_bytes(path, what))
     except TextDecodeError as e:
-        raise FileError(path, f"{e} (expected a {what})") from None
+        raise FileError(path, f"{e} (expected {a_an(what)} {what})") from None
 
 
 # -- atomic writes --------------------------------------------------------------------------------

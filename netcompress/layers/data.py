@@ -957,7 +957,9 @@ class HDF5DataLayer(BasePrefetchingDataLayer):
         except FileError as e:
             raise DataError(f"{self.who}: Failed to open source file: {e}") from None
         except TextDecodeError as e:
-            raise DataError(f"{self.who}: {hp.source}: {e}") from None
+            use = (": hdf5_data_param.source is a text file listing HDF5 files, one path a line (Caffe's); write "
+                   "this file's path into one and give that") if str(e).endswith("an HDF5 file, not text") else ""
+            raise DataError(f"{self.who}: {hp.source}: {e}{use}") from None
         if not names:
             raise DataError(f"{self.who}: Must have at least 1 HDF5 filename listed in {hp.source}")
         log.info("Number of HDF5 files: %d", len(names))

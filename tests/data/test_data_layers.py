@@ -416,6 +416,38 @@ def test_image_lists_in_other_encodings(tmp_path, image_list, make_layer):
         read_image_list(str(bad))  # (the offset in the file, the mark counted)
 
 
+def test_a_database_or_an_hdf5_file_given_as_a_text_list_is_named(tmp_path, make_layer):
+    """ImageData given an LMDB (its folder or its data.mdb), HDF5Data given the .h5 file itself rather than a
+    list of them (a common slip: Caffe's source is a text file of paths): the error says what the file is (it
+    said only "is a directory, expected a image list" or "byte 0 is not UTF-8 text")."""
+    import h5py
+    from netcompress.data.db import LmdbWriter
+    from netcompress.layers.data import read_image_list
+
+    db = tmp_path / "digits_lmdb"
+    with LmdbWriter(str(db), map_size=1 << 20) as w:
+        w.put(b"0", b"x")
+    with pytest.raises(DataError, match=rf"cannot open image list: {db}: is a directory, expected an image list "
+                                        r"\(it holds an LMDB, which a Data layer reads\)"):
+        read_image_list(str(db))
+    with pytest.raises(DataError, match=r"data.mdb': byte \d+ is not UTF-8 text; it is an LMDB's data.mdb, not text$"):
+        read_image_list(str(db / "data.mdb"))
+    h5 = tmp_path / "train.h5"
+    with h5py.File(h5, "w") as f:
+        f["data"] = np.zeros((2, 3), np.float32)
+        f["label"] = np.zeros(2, np.float32)
+    with pytest.raises(DataError, match=rf"{h5}: byte 0 is not UTF-8 text; it is an HDF5 file, not text: "
+                                        r"hdf5_data_param.source is a text file listing HDF5 files, one path a line "
+                                        r"\(Caffe's\); write this file's path into one and give that"):
+        make_layer(f'name: "h" type: "HDF5Data" top: "data" top: "label" '
+                   f'hdf5_data_param {{ source: "{h5}" batch_size: 1 }}')
+    listed = tmp_path / "train.txt"  # (as the error says)
+    listed.write_text(f"{h5}\n")
+    layer = make_layer(f'name: "h" type: "HDF5Data" top: "data" top: "label" '
+                       f'hdf5_data_param {{ source: "{listed}" batch_size: 1 }}')
+    assert layer()[0].shape == (1, 3)
+
+
 def test_image_data_missing_file_names_it(tmp_path, image_list, make_layer):
     root, lst = image_list
     lst.write_text(lst.read_text() + "gone.png 9\n")
