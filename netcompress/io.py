@@ -587,7 +587,6 @@ def other_file_hint(data: bytes, advice: bool = True) -> str:
     except UnicodeDecodeError:
         text = None
     kind, what = _other_text_kind(text) if text is not None else ("", "")
-    net = state = None
     if kind:
         what, use = f"{what}, a text file", _TEXT_USE[kind]
     elif data[:4] == b"PK\x03\x04":

@@ -38,7 +38,7 @@ from google.protobuf.message import DecodeError
 
 from ..data.db import LEVELDB, DataError, LeveldbReader, LmdbReader, open_reader, resolve_backend
 from ..errors import FileError
-from ..io import TextDecodeError, atomic_file, check_input_file, decode_text, read_input_bytes
+from ..io import TextDecodeError, atomic_file, check_input_file, decode_text, is_hdf5, read_input_bytes
 from ..data.image import decode_image, read_image, resize_linear
 from ..data.prefetch import LoadFailure, Prefetcher
 from ..data.transformer import DataTransformer, TransformError, parse_datum
@@ -958,7 +958,7 @@ class HDF5DataLayer(BasePrefetchingDataLayer):
             raise DataError(f"{self.who}: Failed to open source file: {e}") from None
         except TextDecodeError as e:
             use = (": hdf5_data_param.source is a text file listing HDF5 files, one path a line (Caffe's); write "
-                   "this file's path into one and give that") if str(e).endswith("an HDF5 file, not text") else ""
+                   "this file's path into one and give that") if is_hdf5(hp.source) else ""
             raise DataError(f"{self.who}: {hp.source}: {e}{use}") from None
         if not names:
             raise DataError(f"{self.who}: Must have at least 1 HDF5 filename listed in {hp.source}")
