@@ -38,7 +38,8 @@ _OS_REASONS = {
 
 def describe_os_error(e: OSError, action: str = "") -> str:
     """One clause for an OSError: `cannot write: no space left on the device`."""
-    reason = _OS_REASONS.get(e.errno or -1) or (e.strerror or str(e)).lower()
+    text = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+    reason = _OS_REASONS.get(e.errno or -1) or (e.strerror or text).lower()  # (plyvel's IOError holds bytes)
     return f"cannot {action}: {reason}" if action else reason
 
 

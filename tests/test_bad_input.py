@@ -399,6 +399,17 @@ def test_a_net_and_a_solver_given_in_each_others_place_say_what_they_are(tmp_pat
     assert "Did you mean layer?" in error_of(ProtoParseError, ncio.read_net, str(other))
 
 
+def test_an_os_error_reads_as_one_clause():
+    """errno's known reasons in words; an OSError holding bytes (plyvel's IOError, which LevelDB raises for a
+    full disk) decoded, where it printed as "b'io error: ...'"."""
+    from netcompress.errors import describe_os_error
+
+    assert describe_os_error(OSError(errno.ENOSPC, "No space left on device"), "write") == (
+        "cannot write: no space left on the device")
+    assert describe_os_error(OSError(b"IO error: db/000003.log: No space left on device")) == (
+        "io error: db/000003.log: no space left on device")
+
+
 def test_a_prototxt_read_as_caffes_tokenizer_reads_it(tmp_path):
     """A byte-order mark is skipped and comments may hold any bytes (GBK, Latin-1), as protobuf's C++
     tokenizer allows; the net read is the same as from the clean file."""
