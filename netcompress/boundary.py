@@ -12,6 +12,8 @@
 - Anything else is a bug of netcompress: one line with the exception, and the path of a file that
   holds the traceback; `--debug` (or NETCOMPRESS_DEBUG=1) prints the traceback inline instead.
 - Ctrl-C exits 130 with one line.
+- Output piped to a reader that closes early (`| head`) ends the command quietly with status 141, as SIGPIPE
+  ends a shell tool.
 """
 from __future__ import annotations
 
@@ -99,6 +101,14 @@ def guarded(body: Callable[[], int | None], prog: str, prefix: str, interrupted:
         print(interrupted or f"{prefix}interrupted", file=sys.stderr)
         return 130
     except OSError as e:
+        if isinstance(e, BrokenPipeError) and _stdout_reader_gone():
+            # (`netcompress parse_model ... | head`: the reader of the output has all it wanted; stop quietly, with
+            # the status of a shell tool that SIGPIPE ended, and without Python's complaint when it flushes at exit)
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+            return 141
         _flush()
         if debug_enabled():
             traceback.print_exc(file=sys.stderr)
@@ -129,6 +139,18 @@ def guarded(body: Callable[[], int | None], prog: str, prefix: str, interrupted:
             where = f"the traceback is in {saved}; {DEBUG_FLAG} prints it"
         print(f"{prefix}unexpected {what} (a bug in netcompress; {where})", file=sys.stderr)
         return 1
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe whose reading end has been closed (its write end polls POLLERR)."""
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # (no poll on this platform, or no usable stdout)
+        return False
 
 
 def _flush() -> None:

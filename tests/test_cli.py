@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -193,3 +196,23 @@ def test_the_extension_imports_first_and_the_package_stays_light(tmp_path):
     r = subprocess.run([sys.executable, "-c", "import sys, netcompress; print('torch' in sys.modules)"],
                        cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.stdout.strip() == "False", r.stderr
+
+
+def test_a_closed_output_pipe_ends_a_command_quietly():
+    """`netcompress ... | head`: once the reader has gone, the command stops with a shell's SIGPIPE status and
+    nothing on stderr (it printed "error: broken pipe", and Python its own complaint at exit); a broken pipe
+    elsewhere is still an error."""
+    script = ("import sys\nfrom netcompress.boundary import guarded\n"
+              "sys.exit(guarded(lambda: [print('x' * 1000) for _ in range(10 ** 5)], 'p', 'p: error: '))")
+    r, w = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=w, stderr=subprocess.PIPE)
+    os.close(w)
+    assert os.read(r, 10) == b"x" * 10
+    os.close(r)
+    _, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err) == (141, b"")
+    other = ("import sys\nfrom netcompress.boundary import guarded\n"
+             "def body():\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+             "sys.exit(guarded(body, 'p', 'p: error: '))")
+    done = subprocess.run([sys.executable, "-c", other], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr.strip()) == (1, "p: error: broken pipe")
