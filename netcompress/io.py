@@ -455,6 +455,19 @@ def _other_text_kind(text: str, expected: str = "") -> tuple[str, str]:
     return "", ""
 
 
+def definition_kind(data: bytes) -> str:
+    """"a net prototxt (N layers)" when `data` is a net definition somebody wrote (a text net whose layers hold no
+    weights), "a solver prototxt" for a solver; "" for anything else (a binary file, a model's text dump)."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return ""
+    kind, what = _other_text_kind(text)
+    if kind == "net" and any(len(layer.blobs) for layer in text_format.Parse(text, pb.NetParameter()).layer):
+        return ""
+    return what
+
+
 def _other_text_hint(text: str, expected: str) -> str:
     kind, what = _other_text_kind(text, expected)
     return f" It is {what}: {_TEXT_USE[kind]}." if kind else ""

@@ -162,10 +162,12 @@ def run_tool(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
         return 1
 
 
-def refuse_overwrite(output: str, **inputs: str) -> None:
+def refuse_overwrite(output: str, *, writes: str | None = None, **inputs: str) -> None:
     """A `ToolError` when `output` is one of the input files (by name, hard link or symlink): the
     tools read their inputs fully, so writing would silently replace the input by the result
-    (`parse_model X X` would turn the binary model into its text dump)."""
+    (`parse_model X X` would turn the binary model into its text dump). With `writes` (what the tool
+    writes there: weights, a dump, a compact file), also when `output` is a net or solver definition
+    (`refuse_replacing_a_definition`)."""
     for what, path in inputs.items():
         try:
             same = os.path.exists(output) and os.path.exists(path) and os.path.samefile(output, path)
@@ -174,14 +176,35 @@ def refuse_overwrite(output: str, **inputs: str) -> None:
         if same:
             raise ToolError(f"{output} is also the {what.replace('_', ' ')} ({path}): writing the output there "
                             "would destroy the input; give another output file")
+    if writes:
+        refuse_replacing_a_definition(output, writes)
 
 
-def refuse_overwrites(outputs: Sequence[str | None], **inputs: str | None) -> None:
-    """`refuse_overwrite` for each of `outputs` against every input given (None: not given)."""
+def refuse_overwrites(outputs: Sequence[str | None], *, writes: Sequence[str | None] = (),
+                      **inputs: str | None) -> None:
+    """`refuse_overwrite` for each of `outputs` (with the `writes` of the same position) against every input
+    given (None: not given)."""
     given = {k: v for k, v in inputs.items() if v}
-    for output in outputs:
+    for i, output in enumerate(outputs):
         if output:
-            refuse_overwrite(output, **given)
+            refuse_overwrite(output, writes=writes[i] if i < len(writes) else None, **given)
+
+
+def refuse_replacing_a_definition(output: str, writes: str) -> None:
+    """A `ToolError` when the existing file `output` is a net or solver prototxt somebody wrote (a net whose
+    layers hold no weights) and the tool would write `writes` (weights, a dump) over it: such an output is an
+    argument out of order (`parse_model model.caffemodel net.prototxt` replaced the net by the model's text
+    dump). An earlier output of the tool (a model, a dump with weights) is replaced as before."""
+    try:
+        if not os.path.isfile(output) or os.path.getsize(output) > 16 << 20:  # (definitions are small)
+            return
+        with open(output, "rb") as f:
+            kind = ncio.definition_kind(f.read())
+    except (OSError, ValueError):
+        return
+    if kind:
+        raise ToolError(f"{output} is {kind}, which writing {writes} there would replace (are the arguments in "
+                        "order?); give another output file, or remove it first if that is meant")
 
 
 def require_files(*paths: str) -> None:

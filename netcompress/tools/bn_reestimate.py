@@ -114,7 +114,7 @@ def bn_reestimate(prototxt: str, weights: str, out: str, *, epochs: int = 10, se
     from ..net import Net, check_memory
 
     require_files(prototxt, weights)
-    refuse_overwrites((out,), prototxt=prototxt, weights=weights)
+    refuse_overwrites((out,), writes=("the caffemodel",), prototxt=prototxt, weights=weights)
     if epochs < 0:
         raise ToolError(f"--epochs must be >= 0, got {epochs}")
     if not 0 < momentum <= 1:

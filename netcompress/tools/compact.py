@@ -262,7 +262,7 @@ def encode_compact(src_prototxt: str, src_model: str, output: str, idx_bits: int
     Returns the number of bytes written. DNS layers are encoded with their masks applied."""
     _check_bits(idx_bits)
     require_files(src_prototxt, src_model)
-    refuse_overwrite(output, source_prototxt=src_prototxt, source_model=src_model)
+    refuse_overwrite(output, writes="the compact file", source_prototxt=src_prototxt, source_model=src_model)
     src = load_source_model(src_prototxt, src_model)
     if src.missing:
         name, t = src.missing[0]
@@ -382,7 +382,7 @@ def decode_compact(net_prototxt: str, compact_file: str, output: str, idx_bits: 
     Returns the net."""
     _check_bits(idx_bits)
     require_files(net_prototxt, compact_file)
-    refuse_overwrite(output, net_prototxt=net_prototxt, compact_file=compact_file)
+    refuse_overwrite(output, writes="the decoded caffemodel", net_prototxt=net_prototxt, compact_file=compact_file)
     net = build_target_net(net_prototxt)
     targets = _decode_targets(net, net_prototxt)
     _check_shapes(compact_file, targets, idx_bits, net_prototxt)

@@ -149,8 +149,8 @@ def _convert(mode: str, src_prototxt: str, src_model: str, target_prototxt: str,
     """Check everything and fill the target net; nothing is printed or written yet."""
     require_files(src_prototxt, src_model, target_prototxt)
     if output is not None:
-        refuse_overwrite(output, source_prototxt=src_prototxt, source_model=src_model,
-                         target_prototxt=target_prototxt)
+        refuse_overwrite(output, writes="the converted caffemodel", source_prototxt=src_prototxt,
+                         source_model=src_model, target_prototxt=target_prototxt)
     src = load_source_model(src_prototxt, src_model)
     _check_missing(src)
     if mode == "dns_to_normal":
@@ -277,7 +277,7 @@ def model2inq_raw(src_prototxt: str, src_model: str, inq_prototxt: str, output: 
 def parse_model(model: str, output: str, quiet: bool = False) -> None:
     """Write a binary .caffemodel as protobuf text (5.4), as stored (no upgrade)."""
     require_files(model)
-    refuse_overwrite(output, binary_model=model)
+    refuse_overwrite(output, writes="the model's text dump", binary_model=model)
     if not quiet:
         print("Parsing binary caffemodel ...")
     param = ncio.read_caffemodel(model, upgrade=False)

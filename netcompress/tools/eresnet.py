@@ -584,7 +584,8 @@ def compress_epsilon_resnet(train_prototxt: str, weights: str, out_prototxt: str
 
     say = (lambda *a: None) if quiet else print
     require_files(train_prototxt, weights)
-    refuse_overwrites((out_prototxt, out_model, cfg_path), train_prototxt=train_prototxt, weights=weights,
+    refuse_overwrites((out_prototxt, out_model, cfg_path), writes=(None, "the caffemodel", "the configuration"),
+                      train_prototxt=train_prototxt, weights=weights,
                       log=log_path, solverstate=solverstate)
     if criterion not in ("ema1", "gate"):
         raise ToolError(f"--criterion must be ema1 or gate, got '{criterion}'")

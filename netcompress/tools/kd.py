@@ -154,7 +154,8 @@ def rename_layers(in_prototxt: str, in_model: str, out_prototxt: str, out_model:
     for p in (in_prototxt, in_model):
         if not os.path.isfile(p):
             raise ToolError(f"{p} does not exist!" if not os.path.exists(p) else f"{p} is not a file")
-    refuse_overwrites((out_prototxt, out_model), input_prototxt=in_prototxt, input_model=in_model)
+    refuse_overwrites((out_prototxt, out_model), writes=(None, "the caffemodel"), input_prototxt=in_prototxt,
+                      input_model=in_model)
     net = ncio.read_net(in_prototxt)
     model = ncio.read_caffemodel(in_model)
     counts = {l.name: len(l.blobs) for l in model.layer}
@@ -303,7 +304,8 @@ def dump_logits(deploy: str, weights: str, source: str, blob: str, out: str, *,
     require_int_flag(batch, "--batch", 1, "a Caffe blob's size limit", error=ToolError)
     if not os.path.isfile(deploy):
         raise ToolError(f"{deploy} does not exist!")
-    refuse_overwrites((out, list_file or os.path.splitext(out)[0] + ".txt"), deploy_prototxt=deploy, source=source,
+    refuse_overwrites((out, list_file or os.path.splitext(out)[0] + ".txt"), writes=("the logits", "the list file"),
+                      deploy_prototxt=deploy, source=source,
                       **{f"weights_{i + 1}": w for i, w in enumerate(weights.split(","))})
     teacher = Net(deploy, phase=pb.TEST, device=device, verbose=False)
     check_memory([teacher])

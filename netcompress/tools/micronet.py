@@ -616,7 +616,7 @@ def import_pth(pth: str, prototxt: str, out: str, mapping: str = "micronet-dense
     (shapes checked; Scale tensors may be (1, C, 1) for (C)). Returns the lines to print.
     """
     require_files(pth, prototxt)
-    refuse_overwrites((out,), state_dict=pth, deploy_prototxt=prototxt)
+    refuse_overwrites((out,), writes=("the caffemodel",), state_dict=pth, deploy_prototxt=prototxt)
     if mapping not in MAPS:
         raise ToolError(f"unknown map '{mapping}' (known: {', '.join(MAPS)})")
     key_to_blob, blob_to_key = MAPS[mapping]

@@ -530,7 +530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="input shape instead of opening the data layer's source")
 
     def run(a: argparse.Namespace) -> int:
-        refuse_overwrites((a.out_prototxt, a.out_model), student_prototxt=a.prototxt, student_model=a.weights)
+        refuse_overwrites((a.out_prototxt, a.out_model), writes=(None, "the caffemodel"), student_prototxt=a.prototxt,
+                          student_model=a.weights)
         r = merge_micronet(a.prototxt, a.weights, weight_bits=a.weight_bits, fc_bits=a.fc_bits, output=a.output,
                            input_shape=a.input)
         ncio.write_text_proto(a.out_prototxt, r.deploy)

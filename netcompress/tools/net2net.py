@@ -1047,7 +1047,8 @@ def net2wider(in_prototxt: str, in_weights: str, out_prototxt: str, out_weights:
               noise: float = 0.05, incoming_noise: float = 0.0, seed: int | None = None,
               quiet: bool = False) -> WidenResult:
     """Widen `layer` to `width` (or int(ratio * old)) outputs and write the new prototxt and model."""
-    refuse_overwrites((out_prototxt, out_weights), input_prototxt=in_prototxt, input_model=in_weights)
+    refuse_overwrites((out_prototxt, out_weights), writes=(None, "the caffemodel"), input_prototxt=in_prototxt,
+                      input_model=in_weights)
     with quiet_console():
         m = load_model(in_prototxt, in_weights)
         r = widen(m, layer, width, ratio, init, noise, incoming_noise, seed)
@@ -1063,7 +1064,8 @@ def net2deeper(in_prototxt: str, in_weights: str, out_prototxt: str, out_weights
                kernel: int = 3, init: str = "net2deeper", name: str | None = None, seed: int | None = None,
                quiet: bool = False) -> DeepenResult:
     """Insert an identity layer (or a random one) after `after` and write the new prototxt and model."""
-    refuse_overwrites((out_prototxt, out_weights), input_prototxt=in_prototxt, input_model=in_weights)
+    refuse_overwrites((out_prototxt, out_weights), writes=(None, "the caffemodel"), input_prototxt=in_prototxt,
+                      input_model=in_weights)
     with quiet_console():
         m = load_model(in_prototxt, in_weights)
         r = deepen(m, after, kernel, init, name, seed)

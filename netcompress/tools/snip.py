@@ -117,7 +117,8 @@ def snip_prune(train_prototxt: str, weights: str | None, out_prototxt: str, out_
     from ..net import Net, check_memory
 
     require_files(train_prototxt, *([weights] if weights else []))
-    refuse_overwrites((out_prototxt, out_model), train_prototxt=train_prototxt, weights=weights)
+    refuse_overwrites((out_prototxt, out_model), writes=(None, "the masked caffemodel"), train_prototxt=train_prototxt,
+                      weights=weights)
     if not 0 < keep_ratio <= 1:
         raise ToolError(f"--keep-ratio must lie in (0, 1], got {keep_ratio:g}")
     if batches < 1:

@@ -266,6 +266,32 @@ def test_wrong_argument_count_prints_usage(main, n, capsys):
     assert "Usage:" in capsys.readouterr().out
 
 
+def test_an_output_that_is_a_net_or_solver_definition_is_not_replaced(models, capsys, tmp_path):
+    """`parse_model model.caffemodel net.prototxt` (the output given where the user thought an input went)
+    replaced the net definition by the model's text dump; a weights-writing tool given a solver or a net as its
+    output likewise. Refused, naming what the file is; an earlier dump or model is replaced as before."""
+    src = models.build("dns", seed=9)
+    net = tmp_path / "net.prototxt"
+    net.write_text(models.text("normal"))
+    kept = net.read_bytes()
+    assert convert.parse_model_main([src.model, str(net)]) == 1
+    n = len(pb.NetParameter.FromString(open(src.model, "rb").read()).layer)
+    assert capsys.readouterr().err.strip() == (
+        f"Error: {net} is a net prototxt ({len(text_format.Parse(models.text('normal'), pb.NetParameter()).layer)} "
+        "layers), which writing the model's text dump there would replace (are the arguments in order?); give "
+        "another output file, or remove it first if that is meant")
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text('net: "net.prototxt"\nbase_lr: 0.01\n')
+    assert convert.dns_to_normal_main([src.prototxt, src.model, models.proto("normal"), str(solver)]) == 1
+    assert "is a solver prototxt, which writing the converted caffemodel there would replace" in \
+        capsys.readouterr().err
+    assert net.read_bytes() == kept and solver.read_text() == 'net: "net.prototxt"\nbase_lr: 0.01\n'
+    dump = tmp_path / "dump.txt"  # (a dump holds weights: re-running over it is fine)
+    assert convert.parse_model_main([src.model, str(dump)]) == 0
+    assert convert.parse_model_main([src.model, str(dump)]) == 0
+    assert len(text_format.Parse(dump.read_text(), pb.NetParameter()).layer) == n
+
+
 def test_parse_model_missing_file(capsys, tmp_path):
     assert convert.parse_model_main([str(tmp_path / "none.caffemodel"), str(tmp_path / "o.txt")]) == 1
     assert "does not exist!" in capsys.readouterr().err
