@@ -562,8 +562,16 @@ def read_prototxt_text(path: str, what: str = "text prototxt") -> str:
 
 
 def read_text_proto(path: str, message: M) -> M:
-    """Parse the text prototxt `path` (`read_prototxt_text`)."""
-    return parse_text_proto(read_prototxt_text(path), message, path)
+    """Parse the text prototxt `path` (`read_prototxt_text`). A file of nothing but blanks and comments is an
+    error for a net or a solver: protobuf reads it as an empty message, which ran as a net of no layers or failed
+    on the first setting a solver lacks."""
+    text = read_prototxt_text(path)
+    kind = {"caffe.NetParameter": "net prototxt", "caffe.SolverParameter": "solver prototxt"}.get(
+        message.DESCRIPTOR.full_name)
+    if kind and all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()):
+        raise ProtoParseError(path, f"is empty{' but for comments' if text.strip() else ''}, expected "
+                                    f"{a_an(kind)} {kind} (a copy or a write that did not finish?)")
+    return parse_text_proto(text, message, path)
 
 
 def write_text_proto(path: str, message: _pb_message.Message) -> None:
@@ -572,6 +580,9 @@ def write_text_proto(path: str, message: _pb_message.Message) -> None:
 
 def read_binary_proto(path: str, message: M) -> M:
     data = _read_bytes(path, what=f"binary {message.DESCRIPTOR.name}")
+    if not data:  # (a valid empty message, but no solver state or mean blob is empty)
+        raise ProtoParseError(path, f"is empty (0 bytes), expected a binary {message.DESCRIPTOR.full_name} (a copy "
+                                    "or a write that did not finish?)")
     try:
         message.ParseFromString(data)
     except _pb_message.DecodeError as e:

@@ -399,6 +399,27 @@ def test_a_net_and_a_solver_given_in_each_others_place_say_what_they_are(tmp_pat
     assert "Did you mean layer?" in error_of(ProtoParseError, ncio.read_net, str(other))
 
 
+def test_empty_nets_solvers_and_solver_states_are_named(tmp_path, capsys):
+    """A 0-byte (or comments-only) file is a valid empty message to protobuf: as a net it ran as a net of no layers
+    (`time` printed a benchmark of nothing), as a solver it failed on "lr_policy is not set", and as a solver state
+    on "Incorrect length of history blobs: the file has 0". Each now says the file is empty."""
+    empty = tmp_path / "empty.prototxt"
+    empty.write_bytes(b"")
+    comments = tmp_path / "comments.prototxt"
+    comments.write_text("# LeNet, to be written\n\n")
+    assert cli_error(capsys, ["time", "--model", str(empty)]) == (
+        f"netcompress time: error: {empty}: is empty, expected a net prototxt (a copy or a write that did not "
+        "finish?)")
+    assert cli_error(capsys, ["time", "--model", str(comments)]).endswith(
+        f"{comments}: is empty but for comments, expected a net prototxt (a copy or a write that did not finish?)")
+    assert cli_error(capsys, ["train", "--solver", str(empty)]).endswith(
+        f"{empty}: is empty, expected a solver prototxt (a copy or a write that did not finish?)")
+    state = tmp_path / "s_iter_5.solverstate"
+    state.write_bytes(b"")
+    assert cli_error(capsys, ["train", "--solver", solver_file(tmp_path), "--snapshot", str(state)]).endswith(
+        f"{state}: is empty (0 bytes), expected a binary caffe.SolverState (a copy or a write that did not finish?)")
+
+
 def test_an_os_error_reads_as_one_clause():
     """errno's known reasons in words; an OSError holding bytes (plyvel's IOError, which LevelDB raises for a
     full disk) decoded, where it printed as "b'io error: ...'"."""
