@@ -437,9 +437,9 @@ _TEXT_USE = {"net": "a solver names it in its net: field, and test and time take
              "solver": "train takes it with --solver"}
 
 
-def _other_text_kind(text: str, expected: str = "") -> tuple[str, str]:
-    """("net" or "solver", a description) when the prototxt `text` is a net given where a solver was expected or
-    a solver given where a net (or a binary file) was; ("", "") otherwise."""
+def _other_text_kind(text: str, expected: str = "") -> tuple[str, str, _pb_message.Message | None]:
+    """("net" or "solver", a description, the parsed message) when the prototxt `text` is a net given where a
+    solver was expected or a solver given where a net (or a binary file) was; ("", "", None) otherwise."""
     for kind, message in (("net", pb.NetParameter), ("solver", pb.SolverParameter)):
         if message.DESCRIPTOR.full_name == expected:
             continue
@@ -449,27 +449,35 @@ def _other_text_kind(text: str, expected: str = "") -> tuple[str, str]:
             continue
         if kind == "net" and any(layer.name or layer.type for layer in (*parsed.layer, *parsed.layers)):
             n = len(parsed.layer) + len(parsed.layers)
-            return kind, f"a net prototxt ({n} layer{'s' * (n != 1)})"
+            return kind, f"a net prototxt ({n} layer{'s' * (n != 1)})", parsed
         if kind == "solver" and (parsed.net or parsed.HasField("net_param") or parsed.train_net or parsed.base_lr):
-            return kind, "a solver prototxt"
-    return "", ""
+            return kind, "a solver prototxt", parsed
+    return "", "", None
+
+
+DEFINITION_MAX_BYTES = 4 << 20  # (a weight-less net definition is small: ResNet-152's deploy net is ~200 KB)
+_BLOBS_LINE = re.compile(rb"^[ \t]*blobs[ \t]*\{", re.M)
 
 
 def definition_kind(data: bytes) -> str:
     """"a net prototxt (N layers)" when `data` is a net definition somebody wrote (a text net whose layers hold no
-    weights), "a solver prototxt" for a solver; "" for anything else (a binary file, a model's text dump)."""
+    weights), "a solver prototxt" for a solver; "" for anything else (a binary file, a model's text dump, a file
+    larger than any definition). A dump's `blobs {` lines tell it apart before any parse (parsing a 10 MB dump
+    takes ~10 s)."""
+    if len(data) > DEFINITION_MAX_BYTES or _BLOBS_LINE.search(data):
+        return ""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         return ""
-    kind, what = _other_text_kind(text)
-    if kind == "net" and any(len(layer.blobs) for layer in text_format.Parse(text, pb.NetParameter()).layer):
+    kind, what, parsed = _other_text_kind(text)
+    if kind == "net" and any(len(layer.blobs) for layer in parsed.layer):
         return ""
     return what
 
 
 def _other_text_hint(text: str, expected: str) -> str:
-    kind, what = _other_text_kind(text, expected)
+    kind, what, _ = _other_text_kind(text, expected)
     return f" It is {what}: {_TEXT_USE[kind]}." if kind else ""
 
 
@@ -610,7 +618,7 @@ def other_file_hint(data: bytes, advice: bool = True) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         text = None
-    kind, what = _other_text_kind(text) if text is not None else ("", "")
+    kind, what, _ = _other_text_kind(text) if text is not None else ("", "", None)
     if kind:
         what, use = f"{what}, a text file", _TEXT_USE[kind]
     elif data[:4] == b"PK\x03\x04":

@@ -196,7 +196,7 @@ def refuse_replacing_a_definition(output: str, writes: str) -> None:
     argument out of order (`parse_model model.caffemodel net.prototxt` replaced the net by the model's text
     dump). An earlier output of the tool (a model, a dump with weights) is replaced as before."""
     try:
-        if not os.path.isfile(output) or os.path.getsize(output) > 16 << 20:  # (definitions are small)
+        if not os.path.isfile(output) or os.path.getsize(output) > ncio.DEFINITION_MAX_BYTES:
             return
         with open(output, "rb") as f:
             kind = ncio.definition_kind(f.read())
