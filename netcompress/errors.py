@@ -10,7 +10,7 @@ import errno
 import os
 
 __all__ = ["NetcompressError", "FileError", "ProtoParseError", "NetDefinitionError", "WeightLoadError",
-           "describe_os_error"]
+           "describe_os_error", "error_text"]
 
 
 class NetcompressError(Exception):
@@ -36,10 +36,15 @@ _OS_REASONS = {
 }
 
 
+def error_text(e: BaseException) -> str:
+    """An exception's message as text: plyvel's (LevelDB's) errors, its IOError an OSError among them, hold
+    bytes, which `str` would print as `b'...'`."""
+    return e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+
+
 def describe_os_error(e: OSError, action: str = "") -> str:
     """One clause for an OSError: `cannot write: no space left on the device`."""
-    text = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
-    reason = _OS_REASONS.get(e.errno or -1) or (e.strerror or text).lower()  # (plyvel's IOError holds bytes)
+    reason = _OS_REASONS.get(e.errno or -1) or (e.strerror or error_text(e)).lower()
     return f"cannot {action}: {reason}" if action else reason
 
 

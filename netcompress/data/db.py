@@ -25,7 +25,7 @@ import threading
 import time
 import weakref
 
-from ..errors import NetcompressError, describe_os_error
+from ..errors import NetcompressError, describe_os_error, error_text
 from .lmdb_pages import LmdbPages, PageError
 from ..log import get_logger
 from ..proto import caffe_pb2 as pb
@@ -250,8 +250,8 @@ class _PositionalReader:
         return ()
 
     def _damaged(self, e: BaseException, where: str) -> DataError:
-        msg = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
-        return DataError(f"{self.kind} '{self.path}' is damaged ({where}: {msg}); rebuild it or copy it again")
+        return DataError(f"{self.kind} '{self.path}' is damaged ({where}: {error_text(e)}); rebuild it or copy it "
+                         "again")
 
 
 class LmdbReader(_PositionalReader):
@@ -348,10 +348,8 @@ class _AtomicDbWriter:
     def _write_error(self, e: BaseException) -> DataError:
         """A write the store or the OS refused (a full disk: LMDB's commit says "Input/output error", LevelDB's
         "No space left on device"), naming the database and the free space on its disk."""
-        if e.args and isinstance(e.args[0], bytes):  # (plyvel's errors, OSErrors among them, hold bytes)
-            reason = e.args[0].decode("utf-8", "replace")
-        else:
-            reason = describe_os_error(e) if isinstance(e, OSError) else str(e)
+        # (plyvel's IOError is an OSError without an errno: its own words, case kept)
+        reason = describe_os_error(e) if isinstance(e, OSError) and e.errno else error_text(e)
         try:
             free = shutil.disk_usage(os.path.dirname(self._tmp)).free
             disk = f" (its disk is full: {free:,} bytes free)" if free < 1 << 20 else \
@@ -483,7 +481,7 @@ _LEVELDB_SHARED: "weakref.WeakValueDictionary[tuple, _LeveldbHandle]" = weakref.
 
 
 def _leveldb_error(path: str, e: Exception) -> DataError:
-    msg = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+    msg = error_text(e)
     if "LOCK" in msg and ("unavailable" in msg or "held" in msg):
         return DataError(f"cannot open LevelDB '{path}': another process has it open (LevelDB admits "
                          f"one process at a time; LMDB many) ({msg})")
