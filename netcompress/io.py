@@ -173,13 +173,12 @@ def decode_text(data: bytes) -> str:
 
 _SIGNATURES = ((b"\x89HDF\r\n\x1a\n", "an HDF5 file"), (b"\x89PNG\r\n\x1a\n", "a PNG image"),
                (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"), (b"BM", "a BMP image"),
-               (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"PK\x03\x04", "a zip file"),
-               (b"\x93NUMPY", "a numpy .npy file"))
+               (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"\x93NUMPY", "a numpy .npy file"))
 
 
 def binary_kind(data: bytes) -> str:
-    """What the binary file `data` is, for a message ("an HDF5 file", "a PNG image", "an LMDB's data.mdb", "a
-    caffemodel (a net of 9 layers)"), or "" when it is none of those."""
+    """What the binary file `data` is, for a message ("an HDF5 file", "a PNG image", "an LMDB's data.mdb", and
+    what `other_file_hint` knows: "a caffemodel (a net of 9 layers)", a zip), or "" when it is none of those."""
     for signature, kind in _SIGNATURES:
         if data.startswith(signature):
             return kind
