@@ -13,7 +13,8 @@
   holds the traceback; `--debug` (or NETCOMPRESS_DEBUG=1) prints the traceback inline instead.
 - Ctrl-C exits 130 with one line.
 - Output piped to a reader that closes early (`| head`) ends the command quietly with status 141, as SIGPIPE
-  ends a shell tool.
+  ends a shell tool; so does training whose log's reader closed (`train ... 2>&1 | head`), once it has stopped and
+  snapshotted.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import traceback
 from typing import Callable, Sequence
 
 from .errors import NetcompressError, describe_os_error
+from .log import LogReaderGone
 
 __all__ = ["guarded", "script_main", "pop_debug_flag", "set_debug", "debug_enabled", "DEBUG_FLAG"]
 
@@ -101,13 +103,14 @@ def guarded(body: Callable[[], int | None], prog: str, prefix: str, interrupted:
         print(interrupted or f"{prefix}interrupted", file=sys.stderr)
         return 130
     except OSError as e:
-        if isinstance(e, BrokenPipeError) and _stdout_reader_gone():
+        if isinstance(e, LogReaderGone) or (isinstance(e, BrokenPipeError) and _stdout_reader_gone()):
             # (`netcompress parse_model ... | head`: the reader of the output has all it wanted; stop quietly, with
             # the status of a shell tool that SIGPIPE ended, and without Python's complaint when it flushes at exit)
-            try:
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            except (OSError, ValueError):
-                pass
+            for stream in (sys.stdout, sys.stderr) if isinstance(e, LogReaderGone) else (sys.stdout,):
+                try:
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+                except (OSError, ValueError):
+                    pass
             return 141
         _flush()
         if debug_enabled():

@@ -30,6 +30,7 @@ for CUDA, gloo for CPU).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import datetime
 import hashlib
 import inspect
@@ -51,7 +52,7 @@ import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from .errors import NetcompressError
-from .log import get_logger, setup_logging
+from .log import LogReaderGone, get_logger, setup_logging
 from .memory import configure_memory
 from .options import options_from_args
 from .proto import caffe_pb2 as pb
@@ -520,6 +521,8 @@ def _spawn_entry(index: int, fn, args, world_size: int, devices: list[str], host
         run_in_process_group(fn, env, devices[index], args, timeout_s, store=store, teardown=False)
     except KeyboardInterrupt:
         record = {"kind": "interrupted", "message": "interrupted", "exit_code": 130}
+    except LogReaderGone as e:  # (it stopped and snapshotted; the launcher ends quietly, as this would alone)
+        record = {"kind": "log-reader-gone", "message": e.strerror, "exit_code": 141}
     except NetcompressError as e:
         record = {"kind": "netcompress", "type": type(e).__name__, "message": str(e),
                   "exit_code": int(getattr(e, "exit_code", 1)), "comm": False}
@@ -554,7 +557,7 @@ def leave(code: int) -> None:
     os._exit(code)
 
 
-def _failure(errdir: str, exc: BaseException, nprocs: int) -> WorkerError:
+def _failure(errdir: str, exc: BaseException, nprocs: int) -> WorkerError | LogReaderGone:
     records = []
     for r in range(nprocs):
         path = os.path.join(errdir, f"rank{r}.json")
@@ -567,6 +570,8 @@ def _failure(errdir: str, exc: BaseException, nprocs: int) -> WorkerError:
         rank, rec = records[0]
         if rec.get("traceback"):
             log.error("rank %d failed:\n%s", rank, rec["traceback"].rstrip())
+        if rec["kind"] == "log-reader-gone":
+            return LogReaderGone(errno.EPIPE, rec["message"])
         return WorkerError(rec["message"], rec["exit_code"], rank)
     rank = getattr(exc, "error_index", None)
     code = getattr(exc, "exit_code", None)

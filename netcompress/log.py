@@ -5,10 +5,12 @@ so Caffe's own log parsers (tools/extra/parse_log.py) and users' scripts keep wo
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
+from typing import Callable, Iterator
 
 LOGGER_NAME = "netcompress"
 
@@ -34,6 +36,31 @@ def get_logger(name: str | None = None) -> logging.Logger:
     return logging.getLogger(LOGGER_NAME if not name else f"{LOGGER_NAME}.{name}")
 
 
+class LogReaderGone(BrokenPipeError):
+    """The log's reader has gone (`netcompress train ... 2>&1 | head`) and the work stopped for it: the error
+    boundary ends the command quietly with SIGPIPE's status, as the reader can no longer be told anything."""
+
+
+_gone_listeners: list[Callable[[], None]] = []
+
+
+def _reader_gone() -> None:
+    """A write of the log met a pipe whose reader has closed it: tell whoever listens (a training loop, which
+    stops and snapshots, where Caffe would die of SIGPIPE at its next log line and lose the run)."""
+    for callback in list(_gone_listeners):
+        callback()
+
+
+@contextlib.contextmanager
+def on_reader_gone(callback: Callable[[], None]) -> Iterator[None]:
+    """Call `callback()` (from the logging thread) whenever a log write finds its reader gone, while inside."""
+    _gone_listeners.append(callback)
+    try:
+        yield
+    finally:
+        _gone_listeners.remove(callback)
+
+
 class _StatusAwareHandler(logging.StreamHandler):
     """Writes to a fixed stream, or to whatever sys.stderr is at the time of each record; clears
     the progress line (if any) before a record and redraws it after."""
@@ -57,6 +84,13 @@ class _StatusAwareHandler(logging.StreamHandler):
         super().emit(record)
         if bar is not None:
             bar.redraw()
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # (a closed pipe: no "--- Logging error ---" with a traceback, which would only meet the same pipe)
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            _reader_gone()
+            return
+        super().handleError(record)
 
 
 PROGRESS_INTERVAL = 30.0  # seconds between progress lines when the output is not a terminal
@@ -114,8 +148,7 @@ class StatusLine:
             text = (f"progress {self.label}: iteration {it}/{self.total} ({100 * frac:.0f}%), {rate:.1f} it/s, "
                     f"ETA {eta_s}" + (f", {extra}" if extra else ""))
             record = logging.LogRecord(LOGGER_NAME, logging.INFO, __file__, 0, text, None, None)
-            self.stream.write(GlogFormatter().format(record) + "\n")
-            self.stream.flush()
+            self._write(GlogFormatter().format(record) + "\n")
             return
         width = 24
         fill = int(round(frac * width))
@@ -125,13 +158,19 @@ class StatusLine:
 
     def clear(self) -> None:
         if self.enabled and self.tty and self.text:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
+            self._write("\r\x1b[K")
 
     def redraw(self) -> None:
         if self.enabled and self.tty and self.text:
-            self.stream.write("\r" + self.text + "\x1b[K")
+            self._write("\r" + self.text + "\x1b[K")
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
             self.stream.flush()
+        except BrokenPipeError:  # (the reader has gone: show nothing more, and say so as the log does)
+            self.enabled = False
+            _reader_gone()
 
 
 def _clock_text(seconds: float) -> str:

@@ -17,6 +17,7 @@ forward, and a final test if `test_interval` divides iter.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import signal
@@ -33,7 +34,7 @@ from .. import io as ncio
 from ..device import checked_device
 from ..layers.base import INT_MAX
 from ..errors import NetcompressError, describe_os_error
-from ..log import StatusLine, get_logger
+from ..log import LogReaderGone, StatusLine, get_logger, on_reader_gone
 from ..net import Net, check_memory
 from ..proto import caffe_pb2 as pb
 from ..weights import copy_weights_list
@@ -158,6 +159,7 @@ class Solver:
         self._losses: deque[float] = deque()
         self.smoothed_loss = 0.0
         self._requested: str | None = None
+        self._log_gone = False  # the log's reader went away during solve(): it stops, as for Ctrl-C
         self.last_snapshot: str | None = None
         self._last_snapshot_iter: int | None = None
         self.epoch_iters = self._epoch_iters()
@@ -491,6 +493,7 @@ class Solver:
                 log.info("Restoring previous solver status from %s", resume_file)
             self.restore(resume_file)
         self._requested = None
+        self._log_gone = False
         start = self.iter
         status = StatusLine(sp.max_iter, start, label=os.path.basename(sp.snapshot_prefix) or "train")
         status.enabled = self.root
@@ -506,6 +509,9 @@ class Solver:
         if early:
             if self.root:
                 log.info("Optimization stopped early.")
+            if self._log_gone:
+                raise LogReaderGone(errno.EPIPE, f"the log's reader has gone: training stopped at iteration {self.iter}"
+                                        + (f", snapshot {self.last_snapshot}" if self.last_snapshot else ""))
             return
         if sp.display and self.iter % sp.display == 0:
             with torch.no_grad():
@@ -1100,6 +1106,8 @@ class Solver:
         class _Ctx:
             def __enter__(self):
                 self.old = {}
+                self.gone = on_reader_gone(self.reader_gone)
+                self.gone.__enter__()
                 if not _main_thread():
                     return self
                 for sig, eff in ((signal.SIGINT, solver.sigint_effect),
@@ -1119,7 +1127,14 @@ class Solver:
                     signal.signal(sig, handler)
                 return self
 
+            def reader_gone(self):
+                # (`netcompress train ... 2>&1 | head`: stop and snapshot as Ctrl-C does, then end quietly; Caffe
+                # dies of SIGPIPE at its next log line, losing the run, and training on unseen would hold the shell)
+                solver._log_gone = True
+                solver._requested = "stop"
+
             def __exit__(self, *exc):
+                self.gone.__exit__(*exc)
                 for sig, h in self.old.items():
                     signal.signal(sig, h)
 

@@ -5,8 +5,11 @@ import csv
 import math
 import logging
 import os
+import io
 import re
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -14,6 +17,8 @@ import pytest
 
 from netcompress.solvers.callbacks import AfterIteration
 from netcompress import io as ncio
+from netcompress import log
+from netcompress.log import setup_logging
 from netcompress.cli import main as cli_main
 from netcompress.errors import NetcompressError
 from netcompress.proto import caffe_pb2 as pb
@@ -139,6 +144,63 @@ def test_sigint_snapshots_then_stops(workdir, caplog):
     assert (workdir / "run_plain_iter_3.solverstate").is_file()
     assert "Optimization stopped early." in caplog.text
     assert "Optimization Done." not in caplog.text
+
+
+@pytest.mark.parametrize("procs", [[], ["--cpu-procs", "2"]], ids=["one_process", "two_processes"])
+def test_a_log_reader_gone_snapshots_then_stops_quietly(workdir, procs):
+    """`netcompress train ... 2>&1 | head`: once the log's reader has gone, training stops after the iteration and
+    snapshots, as Ctrl-C does, and the command ends quietly with SIGPIPE's status (it trained on unseen to its end,
+    holding the shell, or died at its first progress line with "error: broken pipe" and no snapshot)."""
+    sp = solver_param(workdir, snapshot=0, display=1, test_interval=0, max_iter=10 ** 6)
+    del sp.test_iter[:]
+    path = workdir / "solver.prototxt"
+    ncio.write_text_proto(str(path), sp)
+    proc = subprocess.Popen([sys.executable, "-m", "netcompress", "train", "--solver", str(path), *procs],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(workdir))
+    try:
+        for line in proc.stderr:
+            if b"Iteration 2, " in line:
+                break
+        proc.stderr.close()
+        assert proc.wait(timeout=120) == 141
+    finally:
+        proc.kill()
+    models = sorted(workdir.glob("run_plain_iter_*.caffemodel"))
+    assert len(models) == 1, models
+    stopped = int(re.search(r"_iter_(\d+)\.", models[0].name).group(1))
+    assert 2 <= stopped < 1000
+    assert (workdir / f"run_plain_iter_{stopped}.solverstate").is_file()
+    resumed = Solver(solver_param(workdir, max_iter=stopped + 1, snapshot=0), verbose=False)
+    resumed.solve(resume_file=str(workdir / f"run_plain_iter_{stopped}.solverstate"))
+    assert resumed.iter == stopped + 1
+    assert not list(workdir.glob(".*.tmp"))
+
+
+def test_a_log_reader_gone_in_process_raises_after_the_snapshot(workdir):
+    # (pycaffe's solve() in a script whose log stream closed: the same stop, then the pipe's error to the script)
+    class Closing(io.StringIO):  # its reader goes after iteration 3
+        gone = False
+
+        def write(self, text):
+            if self.gone:
+                raise BrokenPipeError(32, "Broken pipe")
+            return super().write(text)
+
+    stream = Closing()
+    setup_logging(stream=stream)
+    try:
+        s = Solver(solver_param(workdir, snapshot=0, max_iter=50), verbose=False)
+        s.add_callback(AfterIteration(lambda solver: setattr(stream, "gone", solver.iter == 3) or
+                                      log.get_logger("t").info("x")))
+        with pytest.raises(BrokenPipeError, match="the log's reader has gone: training stopped at iteration 3"):
+            s.solve()
+    finally:
+        setup_logging()
+    assert (workdir / "run_plain_iter_3.caffemodel").is_file()
+    assert (workdir / "run_plain_iter_3.solverstate").is_file()
+    again = Solver(solver_param(workdir, snapshot=0, max_iter=5, snapshot_prefix=str(workdir / "again")), verbose=False)
+    again.solve()  # (the stop was that solve's: a later one runs to its end)
+    assert again.iter == 5
 
 
 def test_sighup_snapshots_and_continues(workdir):
