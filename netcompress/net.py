@@ -80,7 +80,7 @@ def filter_net(param: pb.NetParameter, state: pb.NetState, verbose: bool = True)
     del out.layer[:]
     for layer in param.layer:
         if len(layer.include) and len(layer.exclude):
-            raise NetDefinitionError(f"layer '{layer.name}' specifies both include and exclude; "
+            raise NetDefinitionError(f"layer '{layer.name}' (type {layer.type}) specifies both include and exclude; "
                                      "specify at most one of them")
         keep = len(layer.include) == 0
         for rule in layer.exclude:
@@ -204,7 +204,10 @@ class Net(nn.Module):
         self.state = state
         self.phase: int = state.phase
         self.verbose = verbose
-        filtered = filter_net(param, state, verbose)
+        try:
+            filtered = filter_net(param, state, verbose)
+        except NetcompressError as e:
+            raise _naming_source(e, self.source) from None
         filtered.state.CopyFrom(state)
         self.param = filtered
         self.name: str = filtered.name

@@ -548,6 +548,11 @@ def test_net_errors_name_the_file_once(tmp_path, capsys):
     path = lenet(tmp_path, "kernel_size: 2", "kernel_size: 0")
     message = (f"{path}: layer 'pool1' (type Pooling): kernel dimensions must be positive, got [0, 0]")
     assert error_of(NetDefinitionError, Net, path) == message
+    # (the include/exclude rules are read before the layers are built: that error named no file)
+    path = lenet(tmp_path, 'name: "pool1"', 'name: "pool1"\n  include { phase: TEST } exclude { stage: "x" }',
+                 name="rules.prototxt")
+    assert error_of(NetDefinitionError, Net, path) == (
+        f"{path}: layer 'pool1' (type Pooling) specifies both include and exclude; specify at most one of them")
     # a net inside a solver is named by the solver file and field
     solver = solver_file(tmp_path, "", "s.prototxt")
     text = Path(solver).read_text().replace("num_output: 2", "num_output: 0")
