@@ -90,8 +90,11 @@ def guarded(body: Callable[[], int | None], prog: str, prefix: str, interrupted:
     (see the module docstring). `prog` names the command in saved tracebacks; `prefix` starts
     every message (`netcompress test: error: `, `Error: `); `interrupted` is the line for Ctrl-C
     (default: the prefix and "interrupted")."""
+    from .io import advice_for  # (errors say which flag takes a file given in another's place)
+
     try:
-        return int(body() or 0)
+        with advice_for("command line"):
+            return int(body() or 0)
     except NetcompressError as e:
         _flush()
         if debug_enabled():

@@ -637,12 +637,15 @@ def launch(fn: Callable[..., Any], nprocs: int, args: Sequence[Any] = (), *,
 # ----------------------------------------------------------------------------------------------
 
 def _train_worker(info: ProcessInfo, cfg: dict) -> None:
+    from .io import advice_for
+
     sp = pb.SolverParameter.FromString(cfg["solver_param"])
-    solver = data_parallel_solver(sp, device=info.device, weights=cfg["weights"],
-                                  max_iter=cfg["iterations"], sigint_effect=cfg["sigint_effect"],
-                                  sighup_effect=cfg["sighup_effect"], options=cfg["options"],
-                                  source=cfg["solver"], strict=cfg.get("strict", False))
-    solver.run_train(cfg["snapshot"])
+    with advice_for("command line"):  # (a spawned process of `netcompress train`: its errors name the flags)
+        solver = data_parallel_solver(sp, device=info.device, weights=cfg["weights"],
+                                      max_iter=cfg["iterations"], sigint_effect=cfg["sigint_effect"],
+                                      sighup_effect=cfg["sighup_effect"], options=cfg["options"],
+                                      source=cfg["solver"], strict=cfg.get("strict", False))
+        solver.run_train(cfg["snapshot"])
 
 
 def _launcher_device(env: LaunchEnv, args, ids: list[int] | None) -> torch.device:

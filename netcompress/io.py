@@ -7,6 +7,7 @@ never leaves a truncated model where a good one was.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import os
 import re
@@ -432,8 +433,36 @@ def parse_text_proto(text: str, message: M, path: str = "<string>") -> M:
     return message
 
 
-_TEXT_USE = {"net": "a solver names it in its net: field, and test and time take it with --model",
-             "solver": "train takes it with --solver"}
+# Which file takes a file given in another's place, said as the command line's flags or as the Python calls
+# (pycaffe's, and netcompress's own Net and Solver): `boundary.guarded` runs a command in "command line", and
+# `netcompress pycaffe` runs its script back in "Python".
+ADVICE: contextvars.ContextVar[str] = contextvars.ContextVar("netcompress_advice", default="Python")
+_USE = {
+    ("net", "command line"): "a solver names it in its net: field, and test and time take it with --model",
+    ("net", "Python"): "a solver names it in its net: field, and Net(...) takes it",
+    ("solver", "command line"): "train takes it with --solver",
+    ("solver", "Python"): "get_solver(...) takes it",
+    ("caffemodel", "command line"): "give weights with --weights, and resume from a .solverstate with --snapshot",
+    ("caffemodel", "Python"): "give weights with Net(..., weights=...) or copy_from, and resume from a "
+                              ".solverstate with Solver.restore",
+    ("solver state", "command line"): "resume from it with --snapshot, or give its model with --weights",
+    ("solver state", "Python"): "resume from it with Solver.restore, or give its model to copy_from",
+}
+
+
+def use_of(kind: str) -> str:
+    """How to give a file of `kind` ("net", "solver", "caffemodel", "solver state"), for the caller's side."""
+    return _USE[kind, ADVICE.get()]
+
+
+@contextlib.contextmanager
+def advice_for(side: str) -> Iterator[None]:
+    """Inside, `use_of` speaks to `side`: "command line" or "Python"."""
+    token = ADVICE.set(side)
+    try:
+        yield
+    finally:
+        ADVICE.reset(token)
 
 
 def _other_text_kind(text: str, expected: str = "") -> tuple[str, str, _pb_message.Message | None]:
@@ -477,7 +506,7 @@ def definition_kind(data: bytes) -> str:
 
 def _other_text_hint(text: str, expected: str) -> str:
     kind, what, _ = _other_text_kind(text, expected)
-    return f" It is {what}: {_TEXT_USE[kind]}." if kind else ""
+    return f" It is {what}: {use_of(kind)}." if kind else ""
 
 
 _NO_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "(\w+)"')
@@ -611,15 +640,15 @@ def other_file_hint(data: bytes, advice: bool = True) -> str:
     """A clause saying what `data` is, when it is one of the files a user may give in another's place: a
     solver state where weights were expected (`--weights`), a caffemodel where a solver state was (`--snapshot`),
     netcompress's `.solverstate.nc.npz` sidecar, a net or solver prototxt; "" otherwise. With `advice`, it also
-    says which flag takes the file. (Binary protos carry no type: protobuf keeps a field of an unexpected wire
-    type as unknown, so a caffemodel even parses as an empty SolverState.)"""
+    says which flag (or, from Python, which call) takes the file. (Binary protos carry no type: protobuf keeps a
+    field of an unexpected wire type as unknown, so a caffemodel even parses as an empty SolverState.)"""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         text = None
     kind, what, _ = _other_text_kind(text) if text is not None else ("", "", None)
     if kind:
-        what, use = f"{what}, a text file", _TEXT_USE[kind]
+        what, use = f"{what}, a text file", use_of(kind)
     elif data[:4] == b"PK\x03\x04":
         what = "a zip file (a numpy .npz, such as netcompress's .solverstate.nc.npz sidecar)"
         use = "give the .caffemodel or the .solverstate itself"
@@ -627,10 +656,10 @@ def other_file_hint(data: bytes, advice: bool = True) -> str:
             any(layer.name or layer.type for layer in (*net.layer, *net.layers)):
         n = len(net.layer) + len(net.layers)
         what = f"a caffemodel (a net of {n} layer{'s' * (n != 1)})"
-        use = "give weights with --weights, and resume from a .solverstate with --snapshot"
+        use = use_of("caffemodel")
     elif (state := _parses_as(data, pb.SolverState())) is not None and (state.learned_net or len(state.history)):
         what = f"a solver state (iteration {state.iter}, model \"{state.learned_net}\")"
-        use = "resume from it with --snapshot, or give its model with --weights"
+        use = use_of("solver state")
     else:
         return ""
     return f"; it is {what}: {use}" if advice else f"; it is {what}"
@@ -742,8 +771,8 @@ def read_hdf5_weights(path: str) -> pb.NetParameter:
         with h5py.File(path, "r") as f:
             data = f.get("data")
             if not isinstance(data, h5py.Group):
-                hint = ("; it is an HDF5 solver state: resume from it with --snapshot, or give its model with "
-                        "--weights") if all(k in f for k in ("iter", "current_step", "history")) else ""
+                hint = (f"; it is an HDF5 solver state: {use_of('solver state')}"
+                        if all(k in f for k in ("iter", "current_step", "history")) else "")
                 raise ProtoParseError(path, f"an HDF5 file without Caffe's /data group (not a .caffemodel.h5){hint}")
 
             def layer_groups(group, prefix: str):

@@ -340,7 +340,7 @@ def test_a_layer_name_that_is_not_utf8(tmp_path):
     nul = model.read_bytes().index(b"\0")
     assert error_of(ProtoParseError, ncio.read_net, str(binary)) == (
         f"{binary}: not a text prototxt (byte {nul} is a NUL byte); it is a caffemodel (a net of 9 layers): give "
-        "weights with --weights, and resume from a .solverstate with --snapshot")
+        "weights with Net(..., weights=...) or copy_from, and resume from a .solverstate with Solver.restore")
     binary.write_bytes(b"\x93\x00\xff\x12" * 8)  # binary of no known kind
     assert error_of(ProtoParseError, ncio.read_net, str(binary)) == (
         f"{binary}: not a text prototxt (byte 1 is a NUL byte); is it a binary .caffemodel?")
@@ -374,24 +374,31 @@ def test_a_net_and_a_solver_given_in_each_others_place_say_what_they_are(tmp_pat
     net.write_text(LENET)
     solver = tmp_path / "solver.prototxt"
     solver.write_text('net: "lenet.prototxt"\nbase_lr: 0.01\n')
-    assert error_of(ProtoParseError, ncio.read_solver, str(net)) == (
-        f'{net}:1:1: Message type "caffe.SolverParameter" has no field named "name". It is a net prototxt (9 layers): '
-        "a solver names it in its net: field, and test and time take it with --model. (while parsing a "
-        "caffe.SolverParameter)")
-    assert error_of(ProtoParseError, ncio.read_net, str(solver)) == (
-        f'{solver}:1:1: Message type "caffe.NetParameter" has no field named "net". It is a solver prototxt: train '
-        "takes it with --solver. (while parsing a caffe.NetParameter)")
-    assert error_of(ProtoParseError, ncio.read_caffemodel, str(net)).endswith(
-        "; it is a net prototxt (9 layers), a text file: a solver names it in its net: field, and test and time take "
-        "it with --model")
-    assert error_of(ProtoParseError, ncio.read_binary_proto, str(solver), pb.SolverState()).endswith(
-        "; it is a solver prototxt, a text file: train takes it with --solver")
-    model = tmp_path / "m.caffemodel"  # a caffemodel as a mean file parsed as an empty blob: "shape [0]"
-    ncio.write_caffemodel(str(model), ncio.parse_text_proto('layer { name: "ip" type: "InnerProduct" }',
-                                                            pb.NetParameter()))
-    assert error_of(ProtoParseError, ncio.read_binaryproto_array, str(model)) == (
-        f"{model}: not a .binaryproto blob; it is a caffemodel (a net of 1 layer): give weights with --weights, "
-        "and resume from a .solverstate with --snapshot")
+    # (called from Python the errors name the calls; a command line's, below, its flags)
+    assert error_of(ProtoParseError, ncio.read_solver, str(net)).endswith(
+        "It is a net prototxt (9 layers): a solver names it in its net: field, and Net(...) takes it. (while parsing "
+        "a caffe.SolverParameter)")
+    assert error_of(ProtoParseError, ncio.read_net, str(solver)).endswith(
+        "It is a solver prototxt: get_solver(...) takes it. (while parsing a caffe.NetParameter)")
+    with ncio.advice_for("command line"):
+        assert error_of(ProtoParseError, ncio.read_solver, str(net)) == (
+            f'{net}:1:1: Message type "caffe.SolverParameter" has no field named "name". It is a net prototxt (9 layers): '
+            "a solver names it in its net: field, and test and time take it with --model. (while parsing a "
+            "caffe.SolverParameter)")
+        assert error_of(ProtoParseError, ncio.read_net, str(solver)) == (
+            f'{solver}:1:1: Message type "caffe.NetParameter" has no field named "net". It is a solver prototxt: train '
+            "takes it with --solver. (while parsing a caffe.NetParameter)")
+        assert error_of(ProtoParseError, ncio.read_caffemodel, str(net)).endswith(
+            "; it is a net prototxt (9 layers), a text file: a solver names it in its net: field, and test and time take "
+            "it with --model")
+        assert error_of(ProtoParseError, ncio.read_binary_proto, str(solver), pb.SolverState()).endswith(
+            "; it is a solver prototxt, a text file: train takes it with --solver")
+        model = tmp_path / "m.caffemodel"  # a caffemodel as a mean file parsed as an empty blob: "shape [0]"
+        ncio.write_caffemodel(str(model), ncio.parse_text_proto('layer { name: "ip" type: "InnerProduct" }',
+                                                                pb.NetParameter()))
+        assert error_of(ProtoParseError, ncio.read_binaryproto_array, str(model)) == (
+            f"{model}: not a .binaryproto blob; it is a caffemodel (a net of 1 layer): give weights with --weights, "
+            "and resume from a .solverstate with --snapshot")
     other = tmp_path / "other.prototxt"  # (text of neither kind keeps the plain error, and its suggestion)
     other.write_text('name: "x"\nlayr { }\n')
     assert error_of(ProtoParseError, ncio.read_solver, str(other)).endswith(

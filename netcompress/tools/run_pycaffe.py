@@ -49,7 +49,8 @@ def run_script(path: str, args: Sequence[str]) -> int:
     sys.path[0:0] = [folder, importable.FOLDER]
     os.environ["PYTHONPATH"] = os.pathsep.join([importable.FOLDER, *([old_env] if old_env else [])])
     try:
-        runpy.run_path(path, run_name="__main__")
+        with ncio.advice_for("Python"):  # (the script's errors name pycaffe's calls, not the command's flags)
+            runpy.run_path(path, run_name="__main__")
         return 0
     except SystemExit as e:
         if e.code is None:

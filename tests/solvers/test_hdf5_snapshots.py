@@ -139,7 +139,10 @@ def test_a_caffe_written_hdf5_state_reads(tmp_path):
     # each in the other's place says what it is (and where it goes)
     with pytest.raises(Exception, match=r"c_iter_7.solverstate.h5: an HDF5 file without Caffe's /data group \(not a "
                                         r"\.caffemodel\.h5\); it is an HDF5 solver state: resume from it with "
-                                        r"--snapshot"):
+                                        r"Solver.restore, or give its model to copy_from$"):
+        ncio.read_caffemodel(str(path))
+    with ncio.advice_for("command line"), pytest.raises(Exception, match=r"solver state: resume from it with "
+                                                                         r"--snapshot, or give its model with --weights$"):
         ncio.read_caffemodel(str(path))
     with h5py.File(tmp_path / "w.caffemodel.h5", "w") as f:
         f.create_group("data").create_group("ip")["0"] = np.zeros(3, np.float32)

@@ -102,19 +102,35 @@ def test_history_length_mismatch_is_clear(workdir):
         s.restore(str(workdir / "run_plain_iter_5.solverstate"))
 
 
-def test_a_caffemodel_a_solver_state_and_the_sidecar_given_in_each_others_place_are_named(workdir):
+def test_a_caffemodel_a_solver_state_and_the_sidecar_given_in_each_others_place_are_named(workdir, capsys):
     """Binary protos carry no type: a caffemodel given to --snapshot parsed as an empty SolverState (protobuf keeps
     fields of unexpected wire types as unknown) and failed as "Incorrect length of history blobs: the file has 0";
     a solver state or the .nc.npz sidecar given as weights was only "Wire format was corrupt". Each now says what
     the file is and which flag takes it."""
+    def cli_error(argv):
+        capsys.readouterr()
+        assert cli_main(argv) == 1
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
     Solver(solver_param(workdir), verbose=False).solve()
     model, state = workdir / "run_plain_iter_5.caffemodel", workdir / "run_plain_iter_5.solverstate"
     s = Solver(solver_param(workdir, snapshot_prefix=str(workdir / "x")), verbose=False)
     with pytest.raises(NetcompressError) as e:
         s.restore(str(model))
-    assert str(e.value) == (f"{model}: not a solver state; it is a caffemodel (a net of "
-                            f"{len(pb.NetParameter.FromString(model.read_bytes()).layer)} layers): give weights with "
-                            "--weights, and resume from a .solverstate with --snapshot")
+    layers = len(pb.NetParameter.FromString(model.read_bytes()).layer)
+    assert str(e.value) == (f"{model}: not a solver state; it is a caffemodel (a net of {layers} layers): give weights "
+                            "with Net(..., weights=...) or copy_from, and resume from a .solverstate with Solver.restore")
+    # (the command line names its flags instead)
+    path = workdir / "solver.prototxt"
+    ncio.write_text_proto(str(path), solver_param(workdir, snapshot_prefix=str(workdir / "y")))
+    assert cli_error(["train", "--solver", str(path), "--snapshot", str(model)]) == (
+        f"netcompress train: error: {model}: not a solver state; it is a caffemodel (a net of {layers} layers): give "
+        "weights with --weights, and resume from a .solverstate with --snapshot")
+    assert cli_error(["train", "--solver", str(path), "--snapshot", str(model), "--cpu-procs", "2"]).endswith(
+        "give weights with --weights, and resume from a .solverstate with --snapshot")  # (in its spawned processes)
+    assert cli_error(["test", "--model", str(workdir / "net_plain.prototxt"), "--weights", str(state)]).endswith(
+        f"; it is a solver state (iteration 5, model \"{model}\"): resume from it with --snapshot, or give its model "
+        "with --weights")
     with pytest.raises(NetcompressError, match=r"run_plain_iter_5.solverstate.nc.npz: not a binary caffe.SolverState "
                                                r"\(.*\); it is a zip file \(a numpy .npz, such as netcompress's "
                                                r".solverstate.nc.npz sidecar\): give the .caffemodel or the "
@@ -123,7 +139,7 @@ def test_a_caffemodel_a_solver_state_and_the_sidecar_given_in_each_others_place_
     with pytest.raises(NetcompressError) as e:
         s.net.copy_from(str(state))
     assert str(e.value).endswith(f"; it is a solver state (iteration 5, model \"{model}\"): resume from it with "
-                                 "--snapshot, or give its model with --weights"), str(e.value)
+                                 "Solver.restore, or give its model to copy_from"), str(e.value)
     with pytest.raises(NetcompressError, match=r"; it is a zip file"):
         s.net.copy_from(str(state) + ".nc.npz")
     s.net.copy_from(str(model))  # (the right files still load)

@@ -88,6 +88,21 @@ if __name__ == "__main__":
 '''
 
 
+def test_a_scripts_errors_name_pycaffes_calls_not_the_commands_flags(tmp_path, capsys):
+    # (a file given in another's place: the error says which call takes it; it named `netcompress`'s flags)
+    (tmp_path / "net.prototxt").write_text('name: "n"\nlayer { name: "x" type: "Input" top: "x" '
+                                           'input_param { shape { dim: 1 } } }\n')
+    (tmp_path / "swapped.py").write_text(textwrap.dedent("""
+        import sys
+        import caffe
+        caffe.get_solver(sys.argv[1])
+    """))
+    assert cli_main(["pycaffe", str(tmp_path / "swapped.py"), str(tmp_path / "net.prototxt")]) == 1
+    err = capsys.readouterr().err
+    assert "It is a net prototxt (1 layer): a solver names it in its net: field, and Net(...) takes it." in err, err
+    assert "--model" not in err
+
+
 def test_the_scripts_own_processes_import_caffe_too(tmp_path, capfd):
     # python/train.py starts its solvers with multiprocessing; where the start method is spawn or forkserver
     # (Python 3.14's default) the children import the script again, and other scripts may start `python`.
