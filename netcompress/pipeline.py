@@ -137,6 +137,36 @@ class PipelineInterrupted(NetcompressError):
 
 
 STATE_FILE = "pipeline.json"  # the run folder's settings and finished stages (resumption)
+LOCK_FILE = ".pipeline.lock"  # held by the run in the folder (flock: the kernel lets go when the process ends)
+
+
+@contextlib.contextmanager
+def _folder_lock(root: str, out: str):
+    """One pipeline at a time in a run folder: a second (the command run again in another shell) trained every
+    unfinished stage again beside the first, each replacing the other's files."""
+    try:
+        import fcntl
+    except ImportError:  # (not a POSIX system: no lock)
+        yield
+        return
+    fd = os.open(os.path.join(root, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            raise NetcompressError(
+                f"{out}: another `netcompress pipeline` is running in this folder"
+                f"{f' (process {pid})' if pid.isdigit() else ''}; wait for it to end (a later run keeps its "
+                "finished stages), or choose another --out") from None
+        except OSError:  # (a file system without locks, e.g. some network ones: run unlocked)
+            pass
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -207,15 +237,16 @@ def _run(out, data, ref_iters, dns_iters, inq_iters, seed, device, verbose, rest
         if os.path.exists(path) and not os.path.isdir(path):
             raise NetcompressError(f"{path}: is a file; {option} names a folder (made if missing)")
     os.makedirs(root, exist_ok=True)
-    for sub in ("nets", "logs", "models"):
-        os.makedirs(os.path.join(root, sub), exist_ok=True)
-    ensure_mnist5k(data_dir)
-    rel_data = os.path.relpath(data_dir, root)
-    settings = {"ref_iters": ref_iters, "dns_iters": dns_iters, "inq_iters": inq_iters, "seed": seed}
-    state = _load_state(os.path.join(root, STATE_FILE), settings, restart, out)
-    with _in_folder(root):
-        return _stages(out, os.path.join(rel_data, TRAIN_DB), os.path.join(rel_data, TEST_DB), settings, state,
-                       device, verbose, on_solver)
+    with _folder_lock(root, out):
+        for sub in ("nets", "logs", "models"):
+            os.makedirs(os.path.join(root, sub), exist_ok=True)
+        ensure_mnist5k(data_dir)
+        rel_data = os.path.relpath(data_dir, root)
+        settings = {"ref_iters": ref_iters, "dns_iters": dns_iters, "inq_iters": inq_iters, "seed": seed}
+        state = _load_state(os.path.join(root, STATE_FILE), settings, restart, out)
+        with _in_folder(root):
+            return _stages(out, os.path.join(rel_data, TRAIN_DB), os.path.join(rel_data, TEST_DB), settings, state,
+                           device, verbose, on_solver)
 
 
 def _stages(out, train_lmdb, test_lmdb, settings, state, device, verbose, on_solver) -> dict:

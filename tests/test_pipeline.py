@@ -146,3 +146,28 @@ def test_summary_plot_shows_the_full_accuracy_scale_and_every_bar():
     assert heights == [1_724_998, 3_449_662, 3_449_629, 30_586]
     assert [t.get_text() for t in size_ax.texts][-1] == "30,586"
     plt.close(fig)
+
+
+def test_a_second_pipeline_in_a_running_ones_folder_is_refused(tmp_path, capsys):
+    """Two runs in one folder (the command again in another shell) each trained every unfinished stage, replacing the
+    other's files; the second now says the folder is busy, and runs once the first has ended."""
+    fcntl = pytest.importorskip("fcntl")
+    import os
+
+    out = tmp_path / "run"
+    out.mkdir()
+    held = os.open(out / ".pipeline.lock", os.O_RDWR | os.O_CREAT)  # (what a running pipeline holds)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    os.write(held, b"4242")
+    argv = ["pipeline", "--out", str(out), "--data", str(tmp_path / "data"), "--ref-iters", "2", "--dns-iters", "2",
+            "--inq-iters", "1"]
+    try:
+        assert cli_main(argv) == 1
+    finally:
+        os.close(held)
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"netcompress pipeline: error: {out}: another `netcompress pipeline` is running in this folder (process "
+        "4242); wait for it to end (a later run keeps its finished stages), or choose another --out")
+    assert not (out / "pipeline.json").exists() and not (out / "models").exists()
+    assert cli_main(argv) == 0  # (the first has ended: its lock went with it)
+    assert json.loads((out / "summary.json").read_text())["stages"][0]["stage"] == "reference"
