@@ -811,6 +811,40 @@ def test_recipe_tools_refuse_to_overwrite_their_inputs(tmp_path, capsys, argv, w
     assert {p: Path(p).read_bytes() for p in files.values()} == before
 
 
+@pytest.mark.parametrize("argv, said", [
+    # (each wrote its output over the file it was given: a training log replaced by its chart or seconds, images
+    # by their predictions, a net by its drawing; or over a net or solver definition given out of order)
+    (["plot", "L", "--out", "L"], "is also the training log ("),
+    (["plot", "L", "L2", "--out", "L2"], "is also the training log 2 ("),
+    (["plot", "L", "--out", "P"], "is a net prototxt (9 layers), which writing the chart there would replace"),
+    (["extract_seconds", "L", "L"], "is also the input file ("),
+    (["plot_training_log", "0", "L", "L"], "is also the training log ("),
+    (["plot_training_log", "0", "S", "L"], "is a solver prototxt, which writing the chart there would replace"),
+    (["draw_net", "P", "P"], "is also the input net proto file ("),
+    (["draw_net", "P", "S"], "is a solver prototxt, which writing the drawing there would replace"),
+    (["classify", "--model_def", "P", "--pretrained_model", "M", "I", "I"], "is also the input file ("),
+    (["classify", "--model_def", "P", "--pretrained_model", "M", "I", "I0"], "is also the input file ("),  # (+ .npy)
+    (["detect", "--model_def", "P", "--pretrained_model", "M", "W", "W"], "is also the input file ("),
+    (["detect", "--model_def", "P", "--pretrained_model", "M", "W", "S"], "is a solver prototxt, which writing the "
+                                                                          "detections there would replace"),
+])
+def test_the_caffe_tools_refuse_to_overwrite_their_inputs(tmp_path, capsys, argv, said):
+    net_path, param = _lenet_model(tmp_path)
+    files = {"P": net_path, "M": str(tmp_path / "m.caffemodel"), "L": str(tmp_path / "train.log"),
+             "L2": str(tmp_path / "train2.log"), "S": str(tmp_path / "solver.prototxt"),
+             "I": str(tmp_path / "images.npy"), "W": str(tmp_path / "windows.csv")}
+    ncio.write_caffemodel(files["M"], param)
+    for log in ("L", "L2"):
+        Path(files[log]).write_text("I1207 10:00:00.000000 1 solver.py:1] Iteration 0, loss = 2.3\n")
+    Path(files["S"]).write_text('net: "net.prototxt"\nbase_lr: 0.01\nlr_policy: "fixed"\n')
+    np.save(files["I"], np.zeros((1, 28, 28, 1), np.float32))
+    Path(files["W"]).write_text("filename,ymin,xmin,ymax,xmax\n")
+    before = {p: Path(p).read_bytes() for p in files.values()}
+    err = cli_error(capsys, [files.get(x, str(tmp_path / "images") if x == "I0" else x) for x in argv])
+    assert said in err, err
+    assert {p: Path(p).read_bytes() for p in files.values()} == before
+
+
 # ----------------------------------------------------------------------------------------------
 # Interrupted writers and symlinked outputs
 # ----------------------------------------------------------------------------------------------

@@ -92,6 +92,10 @@ def plot_main(argv: Sequence[str] | None = None) -> int:
 
     for path in a.logs:  # (a FIFO, a folder or a device is named as such: it was "no such log file")
         check_input_file(path, "training log")
+    from ..tools._common import numbered_inputs, refuse_overwrites
+
+    # (`netcompress plot train.log --out train.log` replaced the log by its chart)
+    refuse_overwrites([a.out], writes=["the chart"], **numbered_inputs("training log", a.logs))
     logs = plot_logs(a.logs, a.out, labels)
     for lg in logs:
         if not lg.train_loss and not lg.test:

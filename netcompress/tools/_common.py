@@ -190,6 +190,11 @@ def refuse_overwrites(outputs: Sequence[str | None], *, writes: Sequence[str | N
             refuse_overwrite(output, writes=writes[i] if i < len(writes) else None, **given)
 
 
+def numbered_inputs(what: str, paths: Sequence[str]) -> dict[str, str]:
+    """`refuse_overwrites`'s inputs for a list of files: {what: path} for one, {"what 1": ..., "what 2": ...}."""
+    return {what if len(paths) == 1 else f"{what} {i + 1}": path for i, path in enumerate(paths)}
+
+
 def refuse_replacing_a_definition(output: str, writes: str) -> None:
     """A `ToolError` when the existing file `output` is a net or solver prototxt somebody wrote (a net whose
     layers hold no weights) and the tool would write `writes` (weights, a dump) over it: such an output is an

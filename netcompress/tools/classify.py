@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import io as ncio
 from ..errors import NetcompressError
-from ._common import ToolError, comma_ints, run_tool
+from ._common import ToolError, comma_ints, refuse_overwrites, run_tool
 
 __all__ = ["load_inputs", "finite_preprocessing", "read_labels", "read_mean", "set_checked_mean", "add_net_args", "check_net_args",
            "swap_channels", "main"]
@@ -189,6 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if a.top_k < 1:
             raise ToolError(f"--top_k must be at least 1, got {a.top_k}")
+        output = a.output_file if a.output_file.endswith(".npy") else a.output_file + ".npy"
+        # (`classify images.npy images.npy` replaced the images by their predictions)
+        refuse_overwrites([output], writes=["the predictions"], input_file=a.input_file, model_def=a.model_def,
+                          pretrained_model=a.pretrained_model, mean_file=a.mean_file, labels=a.labels)
         check_net_args(a)
         mean = read_mean(a.mean_file) if a.mean_file else None
         image_dims = comma_ints(a.images_dim, "--images_dim") if a.images_dim else None
@@ -228,8 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Saving results into {a.output_file}")
         buf = io.BytesIO()
         np.save(buf, predictions)
-        ncio.atomic_write(a.output_file if a.output_file.endswith(".npy") else a.output_file + ".npy",
-                          buf.getvalue())
+        ncio.atomic_write(output, buf.getvalue())
         return 0
 
     return run_tool(p, None if argv is None else list(argv), body)

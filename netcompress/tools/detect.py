@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import io as ncio
 from ..errors import NetcompressError
-from ._common import ToolError, run_tool
+from ._common import ToolError, refuse_overwrites, run_tool
 from .classify import (add_net_args, check_net_args, finite_preprocessing, read_mean, set_checked_mean,
                        swap_channels)
 
@@ -117,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .. import pycaffe as caffe
 
         ncio.check_input_file(a.input_file, "windows .csv or image list .txt")
+        refuse_overwrites([a.output_file], writes=["the detections"], input_file=a.input_file,
+                          model_def=a.model_def, pretrained_model=a.pretrained_model, mean_file=a.mean_file)
         ext = a.input_file.lower().rsplit(".", 1)[-1]
         if ext not in ("txt", "csv"):
             raise ToolError(f"{a.input_file}: unknown input file type (a .csv of windows or a .txt of images)")

@@ -19,7 +19,7 @@ from typing import Sequence
 from .. import io as ncio
 from ..errors import NetcompressError
 from ..proto import caffe_pb2 as pb
-from ._common import ToolError, run_tool
+from ._common import ToolError, refuse_overwrite, run_tool
 
 __all__ = ["get_pydot_graph", "draw_net", "draw_net_to_file", "main", "TEXT_FORMATS"]
 
@@ -177,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body(a: argparse.Namespace) -> int:
         net = ncio.read_net(a.input_net_proto_file)
+        refuse_overwrite(a.output_image_file, writes="the drawing", input_net_proto_file=a.input_net_proto_file)
         print(f"Drawing net to {a.output_image_file}")
         phase = {"TRAIN": pb.TRAIN, "TEST": pb.TEST}.get(a.phase)
         try:

@@ -37,7 +37,7 @@ from typing import Iterator, Sequence
 from .. import io as ncio
 from ..log import get_logger
 from ..solvers.logparse import LEARNING_RATE, TEST_OUTPUT, TESTING, TRAIN_LOSS
-from ._common import ToolError, run_tool
+from ._common import ToolError, numbered_inputs, refuse_overwrite, refuse_overwrites, run_tool
 
 __all__ = ["GlogLine", "glog_lines", "CaffeLogTables", "parse_caffe_log", "csv_text", "extract_seconds",
            "CHART_TYPES", "chart_series", "plot_training_log", "parse_log_main", "extract_seconds_main",
@@ -230,6 +230,8 @@ def extract_seconds_main(argv: Sequence[str] | None = None) -> int:
     _year_arg(p)
 
     def body(a: argparse.Namespace) -> int:
+        # (`extract_seconds train.log train.log` replaced the log by its seconds)
+        refuse_overwrite(a.output_file, writes="the seconds", input_file=a.input_file)
         seconds = extract_seconds(a.input_file, a.year)
         ncio.atomic_write(a.output_file, "".join(f"{s:f}\n" for s in seconds))
         return 0
@@ -317,6 +319,7 @@ def plot_training_log_main(argv: Sequence[str] | None = None) -> int:
     def body(a: argparse.Namespace) -> int:
         if not 0 <= a.chart_type < len(CHART_TYPES):
             raise ToolError(f"{a.chart_type} is not a valid chart type (0-{len(CHART_TYPES) - 1}):\n{types}")
+        refuse_overwrites([a.png], writes=["the chart"], **numbered_inputs("training log", a.logs))
         counts = plot_training_log(a.chart_type, a.png, a.logs, a.year)
         for path, n in zip(a.logs, counts):
             if not n:
