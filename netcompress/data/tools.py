@@ -489,6 +489,10 @@ def compute_image_mean_main(argv: list[str] | None = None) -> int:
         p.add_argument("output", nargs="?", default=None, help="output .binaryproto")
         _backend(p, None)
         a = p.parse_args(_gflags(sys.argv[1:] if argv is None else argv, [], ["backend"]))
+        if a.output:  # (the arguments out of order: it wrote the mean over a net or solver)
+            from ..tools._common import refuse_replacing_a_definition
+
+            refuse_replacing_a_definition(a.output, "the mean image")
         compute_image_mean(a.db, a.output, backend=backend_name(a.backend))
         return 0
     return _run("compute_image_mean", body)

@@ -234,6 +234,22 @@ def test_compute_image_mean_usage_error_returns_nonzero():
     assert compute_image_mean_main([]) == 2
 
 
+def test_compute_image_mean_refuses_to_write_over_a_net(tmp_path, write_records, capsys):
+    # (the arguments out of order, or a slip of the shell: the mean replaced the net)
+    path = write_records(tmp_path / "db", [pb.Datum(channels=1, height=2, width=2, data=bytes(4))])
+    net = tmp_path / "net.prototxt"
+    net.write_text('name: "n"\nlayer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n')
+    before = net.read_bytes()
+    assert compute_image_mean_main([str(path), str(net)]) == 1
+    assert capsys.readouterr().err.strip().endswith(
+        f"error: {net} is a net prototxt (1 layer), which writing the mean image there would replace (are the "
+        "arguments in order?); give another output file, or remove it first if that is meant")
+    assert net.read_bytes() == before
+    out = tmp_path / "mean.binaryproto"
+    for _ in range(2):  # (an earlier mean is replaced, as before)
+        assert compute_image_mean_main([str(path), str(out)]) == 0
+
+
 def test_compute_image_mean_names_a_record_that_is_not_a_datum(tmp_path, capsys):
     from netcompress.data.db import LmdbWriter
 
