@@ -9,12 +9,17 @@ from __future__ import annotations
 import errno
 import os
 
-__all__ = ["NetcompressError", "FileError", "ProtoParseError", "NetDefinitionError", "WeightLoadError",
-           "describe_os_error", "error_text"]
+__all__ = ["NetcompressError", "SettingError", "FileError", "ProtoParseError", "NetDefinitionError",
+           "WeightLoadError", "describe_os_error", "error_text"]
 
 
 class NetcompressError(Exception):
     """Base class for errors caused by user input (files, prototxt, arguments)."""
+
+
+class SettingError(NetcompressError):
+    """An environment variable of netcompress's holds a value it does not take: no file is at fault, so a net
+    whose set-up met it does not put its file's name before the message."""
 
 
 # What an OS error means for the user, by errno (the C library's strerror is terse and names no fix).

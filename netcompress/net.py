@@ -27,7 +27,7 @@ from torch import nn
 
 from . import io as ncio
 from .device import checked_device
-from .errors import NetcompressError, NetDefinitionError, WeightLoadError
+from .errors import NetcompressError, NetDefinitionError, SettingError, WeightLoadError
 from .debuginfo import DebugRecorder
 from .graph import GraphLayer, SplitLayer, SplitPlan, backward_needs, param_needs_backward, plan_splits
 from .layers.base import INT_MAX, Layer, LayerContext, Shape, check_blob_count, create_layer, layer_class
@@ -963,7 +963,7 @@ def _naming_source(e: NetcompressError, source: str) -> NetcompressError:
     """`e` (same class and attributes) with its message prefixed by the net's file, unless it names
     it already or the net has no file."""
     msg = str(e)
-    if source and source != "<NetParameter>" and not msg.startswith(source):
+    if source and source != "<NetParameter>" and not msg.startswith(source) and not isinstance(e, SettingError):
         e.args = (f"{source}: {msg}",)
     return e
 

@@ -569,6 +569,16 @@ def test_net_errors_name_the_file_once(tmp_path, capsys):
         "inner_product_param.num_output must be positive")
 
 
+@pytest.mark.parametrize("env, value", [("NETCOMPRESS_SIMD", "foo"), ("NETCOMPRESS_CPU_MATMUL", "mkl")])
+def test_a_misspelt_switch_met_in_a_nets_set_up_blames_no_file(tmp_path, monkeypatch, env, value):
+    # (it read "net.prototxt: NETCOMPRESS_SIMD must be ...", as if the net were at fault)
+    from netcompress.errors import SettingError
+
+    path = lenet(tmp_path)
+    monkeypatch.setenv(env, value)
+    assert error_of(SettingError, Net, path).startswith(f"{env} must be ")
+
+
 def test_tool_errors_name_the_files_once_and_no_placeholder(tmp_path, capsys):
     # The tools build nets and load models from messages they made; the errors still name the user's
     # files (not "<NetParameter>"), each once, and the layer once.

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from ..errors import NetcompressError, NetDefinitionError
+from ..errors import NetDefinitionError, SettingError
 from ..fillers import fill
 from ..proto import caffe_pb2 as pb
 from .base import INT_MAX, Layer, LayerContext, Shape, canonical_axis, register_layer
@@ -87,12 +87,12 @@ def _rule_off(env: str, off: str, missing: str | None) -> str | None:
     if value == off:
         return f"{env}={off}"
     if value not in ("", "auto"):
-        raise NetcompressError(f"{env} must be '{off}' (the rule off) or 'auto' (the default), got "
-                               f"'{os.environ[env]}'")
+        raise SettingError(f"{env} must be '{off}' (the rule off) or 'auto' (the default), got "
+                           f"'{os.environ[env]}'")
     # The direct-sum kernels (chosen under CONV_ALGO's rules) read NETCOMPRESS_SIMD at each call and raise a
     # RuntimeError, reported as a bug, for a bad one: checked here, at set-up, instead.
     if env == CONV_ALGO_ENV and os.environ.get(SIMD_ENV, "") not in ("",) + SIMD_CAPS:
-        raise NetcompressError(f"{SIMD_ENV} must be {', '.join(SIMD_CAPS)} or unset, got '{os.environ[SIMD_ENV]}'")
+        raise SettingError(f"{SIMD_ENV} must be {', '.join(SIMD_CAPS)} or unset, got '{os.environ[SIMD_ENV]}'")
     return missing
 
 
