@@ -222,6 +222,8 @@ def convert_imageset(root_folder: str, list_file: str, db_path: str, *, gray: bo
         log.info("Shuffling data")
         lines = [lines[i] for i in np.random.default_rng(seed).permutation(len(lines))]
     log.info("A total of %d images.", len(lines))
+    if not lines:  # (as Caffe, an empty database: a net reading it fails later, on "holds no records")
+        log.warning("%s lists no images: the database will hold no records", list_file)
     if encode_type and not encoded:
         log.info("encode_type specified, assuming encoded=true.")
         encoded = True

@@ -145,6 +145,14 @@ def test_convert_imageset_encoded_and_shuffled(pngs, tmp_path):
     assert d.encoded and datum_to_array(d).shape == (3, 2, 2)
 
 
+def test_convert_imageset_of_an_empty_list_warns(tmp_path, data_log):
+    # (as Caffe, an empty database, but said at once: a net reading it failed later, on "holds no records")
+    (tmp_path / "empty.txt").write_text("")
+    assert convert_imageset_main([f"{tmp_path}/", str(tmp_path / "empty.txt"), str(tmp_path / "db")]) == 0
+    assert f"{tmp_path / 'empty.txt'} lists no images: the database will hold no records" in data_log
+    assert records(tmp_path / "db") == []
+
+
 def test_convert_imageset_refuses_an_unknown_encode_type_before_writing(pngs, tmp_path, capsys):
     root, lst, _ = pngs
     assert convert_imageset_main(["--encode_type=bogus", f"{root}/", str(lst), str(tmp_path / "db")]) == 1
