@@ -822,6 +822,27 @@ def test_recipe_tools_refuse_to_overwrite_their_inputs(tmp_path, capsys, argv, w
 
 
 @pytest.mark.parametrize("argv, said", [
+    # (each wrote its first output, then the second over it: the net was lost, or the logits under their list)
+    (["rename_layers", "P", "M", "o.x", "o.x"], "o.x is given for two outputs: the second would replace the first"),
+    (["net2wider", "P", "M", "o.x", "o.x", "--layer", "ip1", "--width", "600"], "o.x is given for two outputs"),
+    (["snip_prune", "P", "M", "o.x", "o.x", "--keep-ratio", "0.5"], "o.x is given for two outputs"),
+    (["dump_logits", "P", "M", "P", "--blob", "ip2", "--out", "o.h5", "--list", "o.h5"],
+     "o.h5 is given for two outputs (the logits and the list file)"),
+    (["dump_logits", "P", "M", "P", "--blob", "ip2", "--out", "o.txt"],
+     "the list file's default name (the output's, ending .txt) is the output itself; name the HDF5 file .h5, or "
+     "give --list"),
+])
+def test_two_outputs_given_one_file_are_refused(tmp_path, capsys, argv, said):
+    net_path, param = _lenet_model(tmp_path)
+    model = tmp_path / "m.caffemodel"
+    ncio.write_caffemodel(str(model), param)
+    names = {"P": net_path, "M": str(model)}
+    err = cli_error(capsys, [names.get(x, str(tmp_path / x) if x.startswith("o.") else x) for x in argv])
+    assert said in err, err
+    assert not list(tmp_path.glob("o.*"))
+
+
+@pytest.mark.parametrize("argv, said", [
     # (each wrote its output over the file it was given: a training log replaced by its chart or seconds, images
     # by their predictions, a net by its drawing; or over a net or solver definition given out of order)
     (["plot", "L", "--out", "L"], "is also the training log ("),

@@ -169,11 +169,7 @@ def refuse_overwrite(output: str, *, writes: str | None = None, **inputs: str) -
     writes there: weights, a dump, a compact file), also when `output` is a net or solver definition
     (`refuse_replacing_a_definition`)."""
     for what, path in inputs.items():
-        try:
-            same = os.path.exists(output) and os.path.exists(path) and os.path.samefile(output, path)
-        except OSError:
-            same = False
-        if same:
+        if os.path.exists(output) and _same_file(output, path):
             raise ToolError(f"{output} is also the {what.replace('_', ' ')} ({path}): writing the output there "
                             "would destroy the input; give another output file")
     if writes:
@@ -183,11 +179,30 @@ def refuse_overwrite(output: str, *, writes: str | None = None, **inputs: str) -
 def refuse_overwrites(outputs: Sequence[str | None], *, writes: Sequence[str | None] = (),
                       **inputs: str | None) -> None:
     """`refuse_overwrite` for each of `outputs` (with the `writes` of the same position) against every input
-    given (None: not given)."""
+    given (None: not given); and a `ToolError` when two outputs are one file (`rename_layers ... out out` wrote the
+    net, then the caffemodel over it)."""
+    named = [(i, o) for i, o in enumerate(outputs) if o]
+    for k, (i, a) in enumerate(named):
+        for j, b in named[k + 1:]:
+            if _same_file(a, b):
+                what = (f" ({writes[i]} and {writes[j]})" if max(i, j) < len(writes) and writes[i] and writes[j]
+                        else "")
+                raise ToolError(f"{b} is given for two outputs{what}: the second would replace the first; give each "
+                                "its own file")
     given = {k: v for k, v in inputs.items() if v}
     for i, output in enumerate(outputs):
         if output:
             refuse_overwrite(output, writes=writes[i] if i < len(writes) else None, **given)
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether paths `a` and `b` name one file: the same path, or existing files that are one (a hard link or
+    symlink)."""
+    try:
+        return os.path.abspath(a) == os.path.abspath(b) or (os.path.exists(a) and os.path.exists(b)
+                                                           and os.path.samefile(a, b))
+    except (OSError, ValueError):
+        return False
 
 
 def numbered_inputs(what: str, paths: Sequence[str]) -> dict[str, str]:

@@ -304,6 +304,9 @@ def dump_logits(deploy: str, weights: str, source: str, blob: str, out: str, *,
     require_int_flag(batch, "--batch", 1, "a Caffe blob's size limit", error=ToolError)
     if not os.path.isfile(deploy):
         raise ToolError(f"{deploy} does not exist!")
+    if not list_file and os.path.splitext(out)[1] == ".txt":  # (the list file, named after it, replaced the logits)
+        raise ToolError(f"--out {out}: the list file's default name (the output's, ending .txt) is the output itself; "
+                        "name the HDF5 file .h5, or give --list")
     refuse_overwrites((out, list_file or os.path.splitext(out)[0] + ".txt"), writes=("the logits", "the list file"),
                       deploy_prototxt=deploy, source=source,
                       **{f"weights_{i + 1}": w for i, w in enumerate(weights.split(","))})
