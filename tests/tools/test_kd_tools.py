@@ -193,6 +193,22 @@ def test_rename_layers_bn_stats_keep_and_in_place_on_data(tmp_path):
     assert not any(len(l.param) and l.param[0].lr_mult == 0 for l in net_p.layer if l.name == "Tfc")
 
 
+def test_rename_layers_refuses_to_keep_a_blob_the_net_has_not(tmp_path):
+    # (a misspelt --keep was kept silently, and the blob meant was renamed)
+    from netcompress.tools._common import ToolError
+    from netcompress.tools.kd import rename_layers
+
+    proto, model = _teacher(tmp_path)
+    with pytest.raises(ToolError, match=r"no layer of the net reads or writes the blob to keep \(--keep\) 'fcc'; "
+                                        r"its blobs: .*\bfc\b"):
+        rename_layers(str(proto), str(model), str(tmp_path / "t.prototxt"), str(tmp_path / "t.caffemodel"),
+                      keep=["fcc"])
+    assert not (tmp_path / "t.prototxt").exists()
+    report = rename_layers(str(proto), str(model), str(tmp_path / "t.prototxt"), str(tmp_path / "t.caffemodel"),
+                           keep=["fc"])
+    assert "fc" in report.kept_blobs
+
+
 def test_merged_teacher_trains_the_student_only(tmp_path):
     """The recipe: rename the teacher, paste its layers after the student's, add a KD loss, load
     --weights student,teacher and train. The teacher's weights never change."""
