@@ -168,7 +168,7 @@ class StatusLine:
         try:
             self.stream.write(text)
             self.stream.flush()
-        except BrokenPipeError:  # (the reader has gone: show nothing more, and say so as the log does)
+        except BrokenPipeError:  # (the reader has gone: show nothing more, and tell the listeners as the log does)
             self.enabled = False
             _reader_gone()
 
