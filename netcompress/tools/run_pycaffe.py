@@ -17,6 +17,7 @@ import sys
 import traceback
 from typing import Sequence
 
+from ..log import LogReaderGone
 from ._common import ToolError
 
 __all__ = ["run_script", "main"]
@@ -59,6 +60,8 @@ def run_script(path: str, args: Sequence[str]) -> int:
             return e.code
         print(e.code, file=sys.stderr)
         return 1
+    except LogReaderGone:  # (its solve() stopped and snapshotted for a closed log pipe: the command ends quietly)
+        raise
     except Exception:
         # the script's own error: Python's traceback, without this runner's frames
         etype, value, tb = sys.exc_info()

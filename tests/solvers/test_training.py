@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import torch
@@ -162,8 +163,8 @@ def test_sigint_snapshots_then_stops(workdir, caplog):
     assert "Optimization Done." not in caplog.text
 
 
-@pytest.mark.parametrize("procs", [[], ["--cpu-procs", "2"]], ids=["one_process", "two_processes"])
-def test_a_log_reader_gone_snapshots_then_stops_quietly(workdir, procs):
+@pytest.mark.parametrize("how", ["one_process", "two_processes", "pycaffe_script"])
+def test_a_log_reader_gone_snapshots_then_stops_quietly(workdir, how):
     """`netcompress train ... 2>&1 | head`: once the log's reader has gone, training stops after the iteration and
     snapshots, as Ctrl-C does, and the command ends quietly with SIGPIPE's status (it trained on unseen to its end,
     holding the shell, or died at its first progress line with "error: broken pipe" and no snapshot)."""
@@ -171,8 +172,14 @@ def test_a_log_reader_gone_snapshots_then_stops_quietly(workdir, procs):
     del sp.test_iter[:]
     path = workdir / "solver.prototxt"
     ncio.write_text_proto(str(path), sp)
-    proc = subprocess.Popen([sys.executable, "-m", "netcompress", "train", "--solver", str(path), *procs],
+    (workdir / "script.py").write_text("import sys\nimport caffe\ncaffe.get_solver(sys.argv[1]).solve()\n")
+    argv = {"one_process": ["train", "--solver", str(path)],
+            "two_processes": ["train", "--solver", str(path), "--cpu-procs", "2"],
+            "pycaffe_script": ["pycaffe", str(workdir / "script.py"), str(path)]}[how]
+    proc = subprocess.Popen([sys.executable, "-m", "netcompress", *argv],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(workdir))
+    watchdog = threading.Timer(300, proc.kill)  # (no "Iteration 2" line would leave the loop below reading for hours)
+    watchdog.start()
     try:
         for line in proc.stderr:
             if b"Iteration 2, " in line:
@@ -180,6 +187,7 @@ def test_a_log_reader_gone_snapshots_then_stops_quietly(workdir, procs):
         proc.stderr.close()
         assert proc.wait(timeout=120) == 141
     finally:
+        watchdog.cancel()
         proc.kill()
     models = sorted(workdir.glob("run_plain_iter_*.caffemodel"))
     assert len(models) == 1, models
