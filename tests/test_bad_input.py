@@ -858,6 +858,12 @@ def test_two_outputs_given_one_file_are_refused(tmp_path, capsys, argv, said):
     (["detect", "--model_def", "P", "--pretrained_model", "M", "W", "W"], "is also the input file ("),
     (["detect", "--model_def", "P", "--pretrained_model", "M", "W", "S"], "is a solver prototxt, which writing the "
                                                                           "detections there would replace"),
+    # (and the JSON and plot outputs of the reports: `report net model --json model` replaced the model)
+    (["report", "P", "M", "--json", "M"], "is also the model ("),
+    (["sdn_early_exit", "P", "M", "--outputs", "ip2", "--json", "M"], "is also the weights ("),
+    (["sdn_early_exit", "P", "M", "--outputs", "ip2", "--json", "L", "--plot", "L"],
+     "is given for two outputs (the JSON table and the plot)"),
+    (["micronet_score", "P", "M", "--json", "P"], "is also the prototxt ("),
 ])
 def test_the_caffe_tools_refuse_to_overwrite_their_inputs(tmp_path, capsys, argv, said):
     net_path, param = _lenet_model(tmp_path)

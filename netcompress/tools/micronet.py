@@ -540,6 +540,7 @@ def score_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT")
 
     def run(a: argparse.Namespace) -> int:
+        refuse_overwrites([a.json], writes=["the JSON score"], prototxt=a.prototxt, weights=a.weights)
         r = micronet_score(a.prototxt, a.weights, a.score_type, a.act_bits, a.weight_bits, a.input,
                            a.reference, a.count)
         for line in format_score(r, per_layer=not a.no_layers):

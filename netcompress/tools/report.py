@@ -32,8 +32,8 @@ from typing import Sequence
 import numpy as np
 
 from .. import io as ncio
-from ._common import (KeptTotals, ModelLayer, ToolError, final_block, layer_block,
-                      load_source_model, print_lines, require_files, run_tool)
+from ._common import (KeptTotals, ModelLayer, ToolError, final_block, layer_block, load_source_model,
+                      numbered_inputs, print_lines, refuse_overwrites, require_files, run_tool)
 from .compact import sniff_format
 
 __all__ = ["model_report", "main"]
@@ -257,6 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "--weight-bits (default=4,last=6; a Quant layer's own bitwidth unless SPEC names it)")
 
     def run(a: argparse.Namespace) -> int:
+        # (`--json model.caffemodel` replaced the model by its report)
+        refuse_overwrites([a.json], writes=["the JSON report"], net=a.net, model=a.model,
+                          **numbered_inputs("compact file", a.compact))
         r = model_report(a.net, a.model, a.compact, a.check_bits)
         print_report(r)
         if a.json:

@@ -718,6 +718,7 @@ def sdn_early_exit_main(argv: Sequence[str] | None = None) -> int:
     def run(a: argparse.Namespace) -> int:
         from ..device import device_from_gpu_flag
 
+        refuse_overwrites([a.json, a.plot], writes=["the JSON table", "the plot"], net=a.net, weights=a.weights)
         outputs = [o for o in a.outputs.split(",") if o]
         thresholds = _parse_floats(a.thresholds, "--thresholds")
         ops = "auto" if a.ops_per_output == "auto" else _parse_floats(a.ops_per_output, "--ops-per-output")
