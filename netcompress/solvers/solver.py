@@ -1100,45 +1100,37 @@ class Solver:
         """Ask the loop to 'snapshot' or 'stop' after the current iteration (signal handlers)."""
         self._requested = action
 
+    @contextlib.contextmanager
     def _signals(self):
-        solver = self
+        """While solving: SIGINT and SIGHUP ask for their effect after the iteration (a second Ctrl-C aborts at
+        once), and a log whose reader has gone (`netcompress train ... 2>&1 | head`) stops and snapshots as
+        Ctrl-C does, then ends quietly; Caffe dies of SIGPIPE at its next log line, losing the run, and training
+        on unseen would hold the shell."""
 
-        class _Ctx:
-            def __enter__(self):
-                self.old = {}
-                self.gone = on_reader_gone(self.reader_gone)
-                self.gone.__enter__()
-                if not _main_thread():
-                    return self
-                for sig, eff in ((signal.SIGINT, solver.sigint_effect),
-                                 (getattr(signal, "SIGHUP", None), solver.sighup_effect)):
-                    if sig is None:
-                        continue
-                    self.old[sig] = signal.getsignal(sig)
+        def reader_gone() -> None:
+            self._log_gone = True
+            self._requested = "stop"
 
-                    def handler(signum, frame, eff=eff):
-                        if eff == "none":
-                            return
-                        if solver._requested == "stop" and signum == signal.SIGINT:
-                            raise KeyboardInterrupt  # a second Ctrl-C aborts at once
-                        log.info("Caught %s: will %s after this iteration",
-                                 signal.Signals(signum).name, eff)
-                        solver._requested = eff
-                    signal.signal(sig, handler)
-                return self
+        def handler(signum, frame) -> None:
+            eff = self.sigint_effect if signum == signal.SIGINT else self.sighup_effect
+            if eff == "none":
+                return
+            if self._requested == "stop" and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C aborts at once
+            log.info("Caught %s: will %s after this iteration", signal.Signals(signum).name, eff)
+            self._requested = eff
 
-            def reader_gone(self):
-                # (`netcompress train ... 2>&1 | head`: stop and snapshot as Ctrl-C does, then end quietly; Caffe
-                # dies of SIGPIPE at its next log line, losing the run, and training on unseen would hold the shell)
-                solver._log_gone = True
-                solver._requested = "stop"
-
-            def __exit__(self, *exc):
-                self.gone.__exit__(*exc)
-                for sig, h in self.old.items():
-                    signal.signal(sig, h)
-
-        return _Ctx()
+        old = {}
+        try:
+            with on_reader_gone(reader_gone):
+                if _main_thread():
+                    for sig in (signal.SIGINT, getattr(signal, "SIGHUP", None)):
+                        if sig is not None:
+                            old[sig] = signal.signal(sig, handler)
+                yield
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
 
 
 def write_hdf5_state(path: str, iteration: int, model: str, current_step: int, history) -> None:

@@ -106,7 +106,8 @@ def rename_net(param: pb.NetParameter, prefix: str, keep: Sequence[str] = (), fr
     blobs = {b for lp in param.layer for b in (*lp.bottom, *lp.top)}
     unknown = [b for b in keep if b not in blobs]
     if unknown:  # (a misspelt name was kept silently, and its blob renamed)
-        raise ToolError(f"no layer of the net reads or writes the blob{'s' * (len(unknown) > 1)} to keep (--keep) "
+        named = "--keep" if ncio.ADVICE.get() == "command line" else "keep"  # (rename_net is a Python API too)
+        raise ToolError(f"no layer of the net reads or writes the blob{'s' * (len(unknown) > 1)} to keep ({named}) "
                         f"{', '.join(repr(b) for b in unknown)}; its blobs: {', '.join(sorted(blobs)[:12])}"
                         f"{', ...' if len(blobs) > 12 else ''}")
     kept += [b for b in keep if b not in kept]

@@ -163,6 +163,21 @@ def test_sigint_snapshots_then_stops(workdir, caplog):
     assert "Optimization Done." not in caplog.text
 
 
+def test_a_second_ctrl_c_aborts_at_once_and_the_handlers_are_restored(workdir):
+    def twice(solver):
+        if solver.iter == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # (asks for the stop)
+            os.kill(os.getpid(), signal.SIGINT)  # (the second one aborts inside the same iteration)
+
+    s = Solver(solver_param(workdir, snapshot=0, max_iter=50), verbose=False)
+    s.add_callback(AfterIteration(twice))
+    old = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGHUP)
+    with pytest.raises(KeyboardInterrupt):
+        s.solve()
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGHUP)) == old
+    assert not list(workdir.glob("run_plain_iter_*"))  # (aborted, no snapshot: Caffe's second Ctrl-C kills it)
+
+
 @pytest.mark.parametrize("how", ["one_process", "two_processes", "pycaffe_script"])
 def test_a_log_reader_gone_snapshots_then_stops_quietly(workdir, how):
     """`netcompress train ... 2>&1 | head`: once the log's reader has gone, training stops after the iteration and

@@ -193,16 +193,21 @@ def test_rename_layers_bn_stats_keep_and_in_place_on_data(tmp_path):
     assert not any(len(l.param) and l.param[0].lr_mult == 0 for l in net_p.layer if l.name == "Tfc")
 
 
-def test_rename_layers_refuses_to_keep_a_blob_the_net_has_not(tmp_path):
+def test_rename_layers_refuses_to_keep_a_blob_the_net_has_not(tmp_path, capsys):
     # (a misspelt --keep was kept silently, and the blob meant was renamed)
     from netcompress.tools._common import ToolError
     from netcompress.tools.kd import rename_layers
 
     proto, model = _teacher(tmp_path)
-    with pytest.raises(ToolError, match=r"no layer of the net reads or writes the blob to keep \(--keep\) 'fcc'; "
+    with pytest.raises(ToolError, match=r"no layer of the net reads or writes the blob to keep \(keep\) 'fcc'; "
                                         r"its blobs: .*\bfc\b"):
         rename_layers(str(proto), str(model), str(tmp_path / "t.prototxt"), str(tmp_path / "t.caffemodel"),
                       keep=["fcc"])
+    assert not (tmp_path / "t.prototxt").exists()
+    # (the command names its flag)
+    assert cli.main(["rename_layers", str(proto), str(model), str(tmp_path / "t.prototxt"), str(tmp_path / "t.caffemodel"),
+                     "--keep", "fcc,data"]) == 1
+    assert "to keep (--keep) 'fcc'; its blobs" in capsys.readouterr().err
     assert not (tmp_path / "t.prototxt").exists()
     report = rename_layers(str(proto), str(model), str(tmp_path / "t.prototxt"), str(tmp_path / "t.caffemodel"),
                            keep=["fc"])
