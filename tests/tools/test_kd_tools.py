@@ -205,8 +205,8 @@ def test_rename_layers_refuses_to_keep_a_blob_the_net_has_not(tmp_path, capsys):
                       keep=["fcc"])
     assert not (tmp_path / "t.prototxt").exists()
     # (the command names its flag)
-    assert cli.main(["rename_layers", str(proto), str(model), str(tmp_path / "t.prototxt"), str(tmp_path / "t.caffemodel"),
-                     "--keep", "fcc,data"]) == 1
+    outs = [str(tmp_path / "t.prototxt"), str(tmp_path / "t.caffemodel")]
+    assert cli.main(["rename_layers", str(proto), str(model), *outs, "--keep", "fcc,data"]) == 1
     assert "to keep (--keep) 'fcc'; its blobs" in capsys.readouterr().err
     assert not (tmp_path / "t.prototxt").exists()
     report = rename_layers(str(proto), str(model), str(tmp_path / "t.prototxt"), str(tmp_path / "t.caffemodel"),
