@@ -6,6 +6,7 @@ so Caffe's own log parsers (tools/extra/parse_log.py) and users' scripts keep wo
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -59,6 +60,21 @@ def on_reader_gone(callback: Callable[[], None]) -> Iterator[None]:
         yield
     finally:
         _gone_listeners.remove(callback)
+
+
+@contextlib.contextmanager
+def stop_if_reader_gone() -> Iterator[Callable[[str], None]]:
+    """Inside, the yielded `check(done)` raises LogReaderGone ("the log's reader has gone: <done>") once a log write
+    has found its reader gone: a loop whose only output is its log (`netcompress test ... 2>&1 | head`) stops
+    there, where Caffe dies of SIGPIPE at that log line, instead of running on unseen and holding the shell."""
+    gone: list[bool] = []
+
+    def check(done: str) -> None:
+        if gone:
+            raise LogReaderGone(errno.EPIPE, f"the log's reader has gone: {done}")
+
+    with on_reader_gone(lambda: gone.append(True)):
+        yield check
 
 
 class _StatusAwareHandler(logging.StreamHandler):

@@ -12,7 +12,7 @@ from .device import device_from_gpu_flag
 from .errors import NetcompressError
 from .proto import caffe_pb2 as pb
 
-from .log import get_logger
+from .log import get_logger, stop_if_reader_gone
 
 log = get_logger("time")
 
@@ -78,17 +78,20 @@ def time_net(net, iterations: int = 50, iteration: int = 0) -> dict:
     bwd = [0.0] * len(names)
     total_f = total_b = 0.0
     t_all = time.perf_counter()
-    for j in range(iterations):
-        t0 = time.perf_counter()
-        forward_pass(net, train)
-        _sync(dev)
-        t1 = time.perf_counter()
-        backward_pass(net, train)
-        _sync(dev)
-        t2 = time.perf_counter()
-        total_f += t1 - t0
-        total_b += t2 - t1
-        log.info("Iteration: %d forward-backward time: %g ms.", j + 1, (t2 - t0) * 1e3)
+    with stop_if_reader_gone() as gone:  # (`netcompress time ... 2>&1 | head`: its lines are its output)
+        for j in range(iterations):
+            gone(f"timing stopped after iteration {j}")
+            t0 = time.perf_counter()
+            forward_pass(net, train)
+            _sync(dev)
+            t1 = time.perf_counter()
+            backward_pass(net, train)
+            _sync(dev)
+            t2 = time.perf_counter()
+            total_f += t1 - t0
+            total_b += t2 - t1
+            log.info("Iteration: %d forward-backward time: %g ms.", j + 1, (t2 - t0) * 1e3)
+        gone(f"timing stopped after iteration {iterations}, before the layers' times")
     total = time.perf_counter() - t_all
     # Per-layer times: re-run each layer on the blobs of the last pass. A bottom gets a gradient
     # where it had one in that pass (net.blobs holds its tensors). One untimed pass first: the

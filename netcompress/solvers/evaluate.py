@@ -2,9 +2,11 @@
 callers and the pipelines."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-from ..log import get_logger
+from ..log import get_logger, stop_if_reader_gone
 
 log = get_logger("test")
 
@@ -28,12 +30,15 @@ class TestScores:
 
 
 def test_net(net, iterations: int, log_batches: bool = False) -> TestScores:
-    """Caffe's `test` loop: forward `iterations` batches, average each output element."""
+    """Caffe's `test` loop: forward `iterations` batches, average each output element. With `log_batches`, each
+    batch's outputs are logged, and a log whose reader has gone stops the loop (log.LogReaderGone)."""
     sums: list[float] = []
     names: list[tuple[str, float]] = []
     total_loss = 0.0
-    with torch.no_grad():
+    with torch.no_grad(), (stop_if_reader_gone() if log_batches else contextlib.nullcontext(None)) as gone:
         for i in range(iterations):
+            if gone:  # (`netcompress test ... 2>&1 | head`: its batch lines are its output)
+                gone(f"scoring stopped after batch {i - 1}")
             outputs = net()
             iter_loss = float(net.loss) if net.loss is not None else 0.0
             total_loss += iter_loss

@@ -178,6 +178,24 @@ def test_a_second_ctrl_c_aborts_at_once_and_the_handlers_are_restored(workdir):
     assert not list(workdir.glob("run_plain_iter_*"))  # (aborted, no snapshot: Caffe's second Ctrl-C kills it)
 
 
+def _status_after_reading_to(mark: bytes, argv, cwd) -> int:
+    """Run `netcompress argv`, read its log until a line holding `mark`, close the pipe (`... 2>&1 | head`): the
+    command's exit status."""
+    proc = subprocess.Popen([sys.executable, "-m", "netcompress", *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(cwd))
+    watchdog = threading.Timer(300, proc.kill)  # (no such line would leave the loop below reading for hours)
+    watchdog.start()
+    try:
+        for line in proc.stderr:
+            if mark in line:
+                break
+        proc.stderr.close()
+        return proc.wait(timeout=120)
+    finally:
+        watchdog.cancel()
+        proc.kill()
+
+
 @pytest.mark.parametrize("how", ["one_process", "two_processes", "pycaffe_script"])
 def test_a_log_reader_gone_snapshots_then_stops_quietly(workdir, how):
     """`netcompress train ... 2>&1 | head`: once the log's reader has gone, training stops after the iteration and
@@ -191,19 +209,7 @@ def test_a_log_reader_gone_snapshots_then_stops_quietly(workdir, how):
     argv = {"one_process": ["train", "--solver", str(path)],
             "two_processes": ["train", "--solver", str(path), "--cpu-procs", "2"],
             "pycaffe_script": ["pycaffe", str(workdir / "script.py"), str(path)]}[how]
-    proc = subprocess.Popen([sys.executable, "-m", "netcompress", *argv],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(workdir))
-    watchdog = threading.Timer(300, proc.kill)  # (no "Iteration 2" line would leave the loop below reading for hours)
-    watchdog.start()
-    try:
-        for line in proc.stderr:
-            if b"Iteration 2, " in line:
-                break
-        proc.stderr.close()
-        assert proc.wait(timeout=120) == 141
-    finally:
-        watchdog.cancel()
-        proc.kill()
+    assert _status_after_reading_to(b"Iteration 2, ", argv, workdir) == 141
     models = sorted(workdir.glob("run_plain_iter_*.caffemodel"))
     assert len(models) == 1, models
     stopped = int(re.search(r"_iter_(\d+)\.", models[0].name).group(1))
@@ -213,6 +219,18 @@ def test_a_log_reader_gone_snapshots_then_stops_quietly(workdir, how):
     resumed.solve(resume_file=str(workdir / f"run_plain_iter_{stopped}.solverstate"))
     assert resumed.iter == stopped + 1
     assert not list(workdir.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("verb", ["test", "time"])
+def test_test_and_time_stop_when_their_log_reader_has_gone(workdir, verb):
+    # (`netcompress test ... 2>&1 | head`: they scored or timed on unseen to the last of --iterations, holding the
+    # shell; Caffe dies of SIGPIPE at the next line)
+    sp = solver_param(workdir, snapshot=0, max_iter=1, test_interval=0)
+    Solver(sp, verbose=False).solve()
+    argv = [verb, "--model", sp.net, "--weights", str(workdir / "run_plain_iter_1.caffemodel"),
+            "--iterations", str(10 ** 8)]
+    mark = {"test": b"Batch 2, acc = ", "time": b"Iteration: 3 forward-backward time"}[verb]
+    assert _status_after_reading_to(mark, argv, workdir) == 141
 
 
 def test_a_log_reader_gone_in_process_raises_after_the_snapshot(workdir):
