@@ -116,12 +116,9 @@ def collect_info() -> dict:
     from . import __version__
     from .layers.vision import cpu_conv_algorithm, cpu_conv_layout, cpu_matmul
     from .memory import current_memory
-    from .threads import current_choice
+    from .threads import current_choice, usable_cpus
 
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     choice = current_choice()
     devices = []
     if torch.cuda.is_available():

@@ -24,7 +24,7 @@ from .log import get_logger
 
 log = get_logger("threads")
 
-__all__ = ["ENV_THREADS", "ThreadChoice", "prepare_environment", "choose_threads", "configure_threads",
+__all__ = ["ENV_THREADS", "ThreadChoice", "prepare_environment", "choose_threads", "configure_threads", "usable_cpus",
            "current_choice", "split_threads_option"]
 
 ENV_THREADS = "NETCOMPRESS_THREADS"
@@ -111,14 +111,27 @@ def choose_threads(requested: int | None = None, environ: dict | None = None,
     return ThreadChoice(n, source, policy.upper(), note, ignored)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def configure_threads(requested: int | None = None) -> ThreadChoice:
-    """Apply the choice of `choose_threads` to torch and log it (one INFO line)."""
+    """Apply the choice of `choose_threads` to torch and log it (one INFO line, and a warning for more threads
+    than CPUs)."""
     import torch
 
     choice = choose_threads(requested)
     if choice.threads != torch.get_num_threads():
         torch.set_num_threads(choice.threads)
     log.info("%s", choice.describe())
+    cpus = usable_cpus()
+    if choice.threads > cpus:  # (`--threads 64` on a 2-CPU machine: every op's threads queue for the cores)
+        log.warning("%d CPU threads on the %d CPU%s this process may use: the threads take turns on the cores, "
+                    "which is slower than %d", choice.threads, cpus, "s" * (cpus > 1), cpus)
     _current[:] = [choice]
     return choice
 

@@ -63,6 +63,22 @@ def test_cli_applies_threads_and_logs_one_line(caplog, capsys):
         torch.set_num_threads(old)
 
 
+def test_more_threads_than_cpus_are_warned_of(caplog, monkeypatch):
+    # (`--threads 1000` on two CPUs ran on with no word: every op's threads take turns on the cores)
+    old = torch.get_num_threads()
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
+    try:
+        with caplog.at_level(logging.INFO, logger="netcompress"):
+            threads.configure_threads(2)
+            assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+            threads.configure_threads(5)
+        said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert said == ["5 CPU threads on the 2 CPUs this process may use: the threads take turns on the cores, "
+                        "which is slower than 2"]
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_a_fresh_process_waits_passively(tmp_path):
     """`python -m netcompress` sets OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP, and OpenMP
     takes it (libgomp prints its settings with OMP_DISPLAY_ENV)."""
