@@ -56,6 +56,7 @@ from .log import LogReaderGone, get_logger, setup_logging
 from .memory import configure_memory
 from .options import options_from_args
 from .proto import caffe_pb2 as pb
+from .threads import threads_per_process, usable_cpus
 from .solvers.callbacks import TrainingCallback
 
 log = get_logger("distributed")
@@ -502,7 +503,7 @@ def _is_comm_error(e: BaseException) -> bool:
 
 
 def _spawn_entry(index: int, fn, args, world_size: int, devices: list[str], host: str, port: int,
-                 errdir: str, timeout_s: float) -> None:
+                 errdir: str, timeout_s: float, threads: int) -> None:
     # Own process group: a terminal's Ctrl-C reaches only the launcher, which forwards it once.
     # (torch's spawn already asks the kernel to send SIGINT here if the launcher dies.)
     try:
@@ -511,6 +512,7 @@ def _spawn_entry(index: int, fn, args, world_size: int, devices: list[str], host
         pass
     # The commands' malloc settings are this process's, not inherited (torchrun's ranks are commands).
     configure_memory()
+    torch.set_num_threads(threads)  # (a fresh process: it took torch's default, every CPU, whatever --threads said)
     os.environ["LOCAL_WORLD_SIZE"] = str(world_size)  # as torchrun sets it: these processes share the machine
     env = LaunchEnv(index, world_size, index, host, port, "spawn")
     record = None
@@ -583,9 +585,10 @@ def _failure(errdir: str, exc: BaseException, nprocs: int) -> WorkerError | LogR
 
 def launch(fn: Callable[..., Any], nprocs: int, args: Sequence[Any] = (), *,
            devices: Sequence[torch.device | str] | None = None,
-           timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+           timeout_s: float = DEFAULT_TIMEOUT_S, threads: int | None = None) -> None:
     """Run `fn(ProcessInfo, *args)` in `nprocs` fresh processes (rank i on `devices[i]`, CPU by
-    default), each with the default process group initialised (rendezvous on 127.0.0.1).
+    default), each with the default process group initialised (rendezvous on 127.0.0.1), and `threads` CPU
+    threads (default: threads.threads_per_process, this process's choice or its CPUs shared out).
 
     Returns when all succeed. If one fails the others are terminated and `WorkerError` is raised
     with the failing rank's message and exit code. SIGINT and SIGHUP sent to this process are
@@ -598,12 +601,13 @@ def launch(fn: Callable[..., Any], nprocs: int, args: Sequence[Any] = (), *,
     devs = [str(torch.device(d)) for d in (devices or ["cpu"] * nprocs)]
     if len(devs) != nprocs:
         raise NetcompressError(f"{nprocs} processes need {nprocs} devices, got {len(devs)}")
+    threads = threads or threads_per_process(nprocs)
     # The launcher holds the rendezvous store, so its port cannot be taken by someone else.
     store = dist.TCPStore("127.0.0.1", 0, None, True, timeout=datetime.timedelta(seconds=timeout_s),
                           wait_for_workers=False)
     with tempfile.TemporaryDirectory(prefix="netcompress-dist-") as errdir:
         ctx = mp.start_processes(_spawn_entry, args=(fn, tuple(args), nprocs, devs, "127.0.0.1",
-                                                     store.port, errdir, timeout_s),
+                                                     store.port, errdir, timeout_s, threads),
                                  nprocs=nprocs, join=False, start_method="spawn")
         forwarded = {"n": 0}
 
@@ -693,7 +697,13 @@ def train_distributed(args, sp: pb.SolverParameter, ids: list[int] | None) -> in
         devices = [torch.device("cpu")] * args.cpu_procs
     else:
         devices = [torch.device("cuda", i) for i in ids]
-    log.info("Starting %d training processes (%s) on %s", len(devices),
-             _backend_for(devices[0]), ", ".join(map(str, devices)))
-    launch(_train_worker, len(devices), (cfg,), devices=devices, timeout_s=timeout)
+    threads = threads_per_process(len(devices))
+    log.info("Starting %d training processes (%s) on %s, %d CPU thread%s each", len(devices),
+             _backend_for(devices[0]), ", ".join(map(str, devices)), threads, "s" * (threads > 1))
+    share = max(1, usable_cpus() // len(devices))
+    if threads > share:  # (--threads is each process's: `--threads 2 train --cpu-procs 2` on two CPUs runs four)
+        log.warning("%d processes of %d CPU threads on the %d CPUs this process may use: the threads take turns "
+                    "on the cores (--threads is each process's; give --threads %d)", len(devices), threads,
+                    usable_cpus(), share)
+    launch(_train_worker, len(devices), (cfg,), devices=devices, timeout_s=timeout, threads=threads)
     return 0

@@ -25,7 +25,7 @@ from .log import get_logger
 log = get_logger("threads")
 
 __all__ = ["ENV_THREADS", "ThreadChoice", "prepare_environment", "choose_threads", "configure_threads", "usable_cpus",
-           "current_choice", "split_threads_option"]
+           "current_choice", "split_threads_option", "threads_per_process"]
 
 ENV_THREADS = "NETCOMPRESS_THREADS"
 _WAIT = "OMP_WAIT_POLICY"
@@ -134,6 +134,16 @@ def configure_threads(requested: int | None = None) -> ThreadChoice:
                     "which is slower than %d", choice.threads, cpus, "s" * (cpus > 1), cpus)
     _current[:] = [choice]
     return choice
+
+
+def threads_per_process(nprocs: int, choice: ThreadChoice | None = None) -> int:
+    """CPU threads for each of `nprocs` processes that share this machine (`train --cpu-procs N`'s ranks): the
+    count chosen (--threads, NETCOMPRESS_THREADS, OMP_NUM_THREADS) for each, as OMP_NUM_THREADS reaches each of
+    torchrun's processes; by default this process's CPUs shared out among them (each took them all)."""
+    choice = choice or current_choice()
+    if choice.source != "default":
+        return choice.threads
+    return max(1, usable_cpus() // max(1, nprocs))
 
 
 def current_choice() -> "ThreadChoice":

@@ -51,6 +51,12 @@ def inject_fault(info, solver_bytes: bytes, mode: str, at_iter: int) -> None:
         f.write(str(solver.iter))
 
 
+def report_threads(info, outdir: str) -> None:
+    """This rank's CPU thread count."""
+    with open(os.path.join(outdir, f"threads{info.rank}.txt"), "w") as f:
+        f.write(str(torch.get_num_threads()))
+
+
 def report_malloc(info, outdir: str) -> None:
     """Whether this rank runs with the commands' malloc settings: a 30 MiB block from the brk heap."""
     from netcompress.memory import current_memory

@@ -372,3 +372,22 @@ def test_spawned_ranks_keep_freed_memory_as_the_commands_do(tmp_path, monkeypatc
     monkeypatch.setenv("NETCOMPRESS_MALLOC", "system")
     launch(dist_workers.report_malloc, 1, (str(tmp_path),))
     assert (tmp_path / "rank0.txt").read_text() == "False False"
+
+
+def test_spawned_ranks_take_the_chosen_threads_or_share_the_cpus(tmp_path, monkeypatch):
+    """A spawned rank is a fresh process: it took torch's default, every CPU, whatever --threads said (two ranks
+    on two CPUs ran four threads). Now --threads (or its variables) is each rank's count, and by default the
+    ranks share the CPUs out."""
+    from netcompress import threads
+
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(threads, "_current", [threads.choose_threads(environ={}, default=4)])
+    launch(dist_workers.report_threads, 2, (str(tmp_path),))
+    assert [(tmp_path / f"threads{r}.txt").read_text() for r in range(2)] == ["2", "2"]
+    monkeypatch.setattr(threads, "_current", [threads.choose_threads(1, environ={})])
+    launch(dist_workers.report_threads, 2, (str(tmp_path),))
+    assert [(tmp_path / f"threads{r}.txt").read_text() for r in range(2)] == ["1", "1"]
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 3)
+    assert threads.threads_per_process(2, threads.choose_threads(environ={}, default=3)) == 1
+    assert threads.threads_per_process(5, threads.choose_threads(environ={}, default=3)) == 1
+    assert threads.threads_per_process(2, threads.choose_threads(environ={"NETCOMPRESS_THREADS": "3"})) == 3
