@@ -139,11 +139,12 @@ def configure_threads(requested: int | None = None) -> ThreadChoice:
 def threads_per_process(nprocs: int, choice: ThreadChoice | None = None) -> int:
     """CPU threads for each of `nprocs` processes that share this machine (`train --cpu-procs N`'s ranks): the
     count chosen (--threads, NETCOMPRESS_THREADS, OMP_NUM_THREADS) for each, as OMP_NUM_THREADS reaches each of
-    torchrun's processes; by default this process's CPUs shared out among them (each took them all)."""
+    torchrun's processes; by default this process's threads (torch's count: its CPUs, or what a script set with
+    torch.set_num_threads) shared out among them (each took every CPU)."""
     choice = choice or current_choice()
     if choice.source != "default":
         return choice.threads
-    return max(1, usable_cpus() // max(1, nprocs))
+    return max(1, min(choice.threads, usable_cpus()) // max(1, nprocs))
 
 
 def current_choice() -> "ThreadChoice":

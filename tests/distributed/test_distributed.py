@@ -391,3 +391,5 @@ def test_spawned_ranks_take_the_chosen_threads_or_share_the_cpus(tmp_path, monke
     assert threads.threads_per_process(2, threads.choose_threads(environ={}, default=3)) == 1
     assert threads.threads_per_process(5, threads.choose_threads(environ={}, default=3)) == 1
     assert threads.threads_per_process(2, threads.choose_threads(environ={"NETCOMPRESS_THREADS": "3"})) == 3
+    assert threads.threads_per_process(2, threads.choose_threads(environ={}, default=1)) == 1  # (set_num_threads(1))
+    assert threads.threads_per_process(1, threads.choose_threads(environ={}, default=2)) == 2
