@@ -24,7 +24,7 @@ from google.protobuf import text_format
 from google.protobuf.descriptor import FieldDescriptor
 
 from .errors import FileError, NetcompressError, ProtoParseError
-from .proto import caffe_pb2 as pb
+from .proto import caffe_pb2 as pb, is_repeated
 
 M = TypeVar("M", bound=_pb_message.Message)
 
@@ -690,16 +690,16 @@ def check_utf8_strings(message: _pb_message.Message, path: str) -> None:
     UTF-8 (protobuf hands such proto2 strings over as bytes; no prototxt could name them)."""
     def walk(msg, where: str) -> None:
         for fd, value in msg.ListFields():
-            values = value if fd.is_repeated else [value]
+            values = value if is_repeated(fd) else [value]
             if fd.type == fd.TYPE_STRING:
                 for k, v in enumerate(values):
                     if isinstance(v, bytes):
-                        idx = f"[{k}]" if fd.is_repeated else ""
+                        idx = f"[{k}]" if is_repeated(fd) else ""
                         raise ProtoParseError(path, f"{where}{fd.name}{idx} is not valid UTF-8 text "
                                                     f"({v[:60]!r}): the file is corrupted")
             elif fd.type == fd.TYPE_MESSAGE and _has_strings(fd.message_type):
                 for k, v in enumerate(values):
-                    idx = f"[{k}]" if fd.is_repeated else ""
+                    idx = f"[{k}]" if is_repeated(fd) else ""
                     name = getattr(v, "name", "") if fd.message_type.fields_by_name.get("name") else ""
                     label = f" '{name}'" if isinstance(name, str) and name else ""
                     walk(v, f"{where}{fd.name}{idx}{label}.")

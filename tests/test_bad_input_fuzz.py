@@ -35,7 +35,7 @@ from google.protobuf import text_format
 from db_helpers import write_datum_lmdb
 from netcompress import cli
 from netcompress import io as ncio
-from netcompress.proto import caffe_pb2 as pb
+from netcompress.proto import caffe_pb2 as pb, is_repeated
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -385,7 +385,7 @@ def _scalar_slots(msg, depth: int = 0) -> list[tuple[object, object]]:
     for fd in msg.DESCRIPTOR.fields:
         if fd.type == fd.TYPE_MESSAGE:
             if depth < 3:
-                if fd.is_repeated:
+                if is_repeated(fd):
                     for sub in getattr(msg, fd.name):
                         slots += _scalar_slots(sub, depth + 1)
                 elif msg.HasField(fd.name):
@@ -396,7 +396,7 @@ def _scalar_slots(msg, depth: int = 0) -> list[tuple[object, object]]:
 
 
 def _set(msg, fd, value, rng: random.Random) -> None:
-    if fd.is_repeated:
+    if is_repeated(fd):
         field = getattr(msg, fd.name)
         if len(field) and rng.random() < 0.6:
             field[rng.randrange(len(field))] = value
@@ -531,7 +531,7 @@ def _set_path(lp: pb.LayerParameter, path: str, value) -> None:
         m = re.fullmatch(r"(\w+)\[(\d+)\]", p)
         msg = getattr(msg, m.group(1))[int(m.group(2))] if m else getattr(msg, p)
     fd = msg.DESCRIPTOR.fields_by_name[last]
-    if fd.is_repeated:
+    if is_repeated(fd):
         del getattr(msg, last)[:]
         getattr(msg, last).extend(value if isinstance(value, list) else [value])
     else:
@@ -669,7 +669,7 @@ def solver_cases(work: Path, models: dict[str, Path], n: int, rng: random.Random
                 value = _value_for(fd, rng)
             if value is None:
                 continue
-            if fd.is_repeated:
+            if is_repeated(fd):
                 del getattr(sp, fd.name)[:]
                 getattr(sp, fd.name).extend(value if isinstance(value, list) else [value])
             else:

@@ -77,3 +77,27 @@ def test_wire_compat_of_packed_blob():
     # field 5 (data), wire type 2 (packed) = 0x2a; 6 floats = 24 bytes
     assert b"\x2a\x18" in raw
     assert raw.startswith(b"\x2a") or raw.startswith(b"\x3a")
+
+
+def test_repeated_fields_are_told_on_every_supported_protobuf_runtime():
+    """pyproject promises protobuf >= 3.20: its FieldDescriptor has `label` and no `is_repeated`, protobuf 7's the
+    reverse (asking a descriptor for `is_repeated` failed every net on 3.20). Code asks `netcompress.proto`."""
+    import re
+
+    from netcompress.proto import is_repeated
+
+    class Old:  # (a 3.20 descriptor)
+        LABEL_OPTIONAL, LABEL_REPEATED = 1, 3
+
+        def __init__(self, label):
+            self.label = label
+
+    assert is_repeated(Old(3)) and not is_repeated(Old(1))
+    fields = pb.NetParameter.DESCRIPTOR.fields_by_name
+    assert is_repeated(fields["layer"]) and not is_repeated(fields["name"])
+    root = Path(__file__).resolve().parents[1]
+    direct = [f"{p.relative_to(root)}:{n}" for folder in ("netcompress", "tests", "tools", "benchmarks")
+              for p in sorted((root / folder).rglob("*.py")) if p.name != "__init__.py" or p.parent.name != "proto"
+              for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+              if re.search(r"\.is_repeated\b|\.label == \w+\.LABEL_REPEATED", line) and "re.search" not in line]
+    assert not direct, direct

@@ -26,7 +26,7 @@ from google.protobuf import descriptor
 from torch import nn
 
 from ..errors import NetDefinitionError
-from ..proto import caffe_pb2 as pb
+from ..proto import caffe_pb2 as pb, is_repeated
 from ..rng import CaffeRNG
 
 __all__ = ["Layer", "LayerContext", "register_layer", "layer_class", "known_layer_types",
@@ -473,14 +473,14 @@ def nan_field(message, where: str = "") -> str | None:
     if not _has_floats(message.DESCRIPTOR):
         return None
     for fd, value in message.ListFields():
-        values = value if fd.is_repeated else [value]
+        values = value if is_repeated(fd) else [value]
         if fd.type in _FLOATS:
             for k, v in enumerate(values):
                 if v != v:
-                    return f"{where}{fd.name}" + (f"[{k}]" if fd.is_repeated else "")
+                    return f"{where}{fd.name}" + (f"[{k}]" if is_repeated(fd) else "")
         elif fd.type == fd.TYPE_MESSAGE and fd.message_type.name != "BlobProto" and _has_floats(fd.message_type):
             for k, v in enumerate(values):
-                found = nan_field(v, f"{where}{fd.name}" + (f"[{k}]" if fd.is_repeated else "") + ".")
+                found = nan_field(v, f"{where}{fd.name}" + (f"[{k}]" if is_repeated(fd) else "") + ".")
                 if found:
                     return found
     return None
