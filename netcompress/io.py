@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+from io import StringIO as io_string
 import errno
 import os
 import re
@@ -610,8 +611,46 @@ def read_text_proto(path: str, message: M) -> M:
     return parse_text_proto(text, message, path)
 
 
+def _caffe_float(value: float, digits: int, round_trips) -> str:
+    """protobuf C++'s SimpleFtoa / SimpleDtoa: `digits` significant digits, or 3 (floats) or 2 (doubles) more
+    where that does not read back as the same value."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return "nan" if value != value else ("inf" if value > 0 else "-inf")
+    text = "%.*g" % (digits, value)
+    if round_trips(float(text)) != round_trips(value):
+        text = "%.*g" % (digits + (3 if digits == 6 else 2), value)
+    return text
+
+
+def _print_fields(message: _pb_message.Message, out: list[str], indent: int) -> None:
+    pad = " " * indent
+    for field, value in message.ListFields():
+        name = f"[{field.full_name}]" if field.is_extension else field.name
+        for v in (value if is_repeated(field) else (value,)):
+            if field.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE:
+                out.append(f"{pad}{name} {{\n")
+                _print_fields(v, out, indent + 2)
+                out.append(f"{pad}}}\n")
+            elif field.cpp_type == FieldDescriptor.CPPTYPE_FLOAT:
+                out.append(f"{pad}{name}: {_caffe_float(v, 6, np.float32)}\n")
+            elif field.cpp_type == FieldDescriptor.CPPTYPE_DOUBLE:
+                out.append(f"{pad}{name}: {_caffe_float(v, 15, float)}\n")
+            else:
+                text = io_string()
+                text_format.PrintFieldValue(field, v, text)
+                out.append(f"{pad}{name}: {text.getvalue()}\n")
+
+
+def text_proto(message: _pb_message.Message) -> str:
+    """`message` as protobuf text, as Caffe (protobuf C++) writes it in its files and logs: floats by SimpleFtoa
+    (`lr_mult: 1`, `base_lr: 1e-05`; Python's text_format writes `lr_mult: 1.0`), the rest as text_format does."""
+    out: list[str] = []
+    _print_fields(message, out, 0)
+    return "".join(out)
+
+
 def write_text_proto(path: str, message: _pb_message.Message) -> None:
-    atomic_write(path, text_format.MessageToString(message))
+    atomic_write(path, text_proto(message))
 
 
 def read_binary_proto(path: str, message: M) -> M:

@@ -27,6 +27,8 @@ class GlogFormatter(logging.Formatter):
             self._LEVEL.get(record.levelno, "I"), t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min,
             t.tm_sec, usec, os.getpid(), os.path.basename(record.pathname), record.lineno)
         msg = record.getMessage()
+        if msg.endswith("\n") and not record.exc_info:  # (glog ends a line once: a message's own newline does it)
+            msg = msg[:-1]
         if record.exc_info:
             msg += "\n" + self.formatException(record.exc_info)
         return prefix + msg

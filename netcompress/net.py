@@ -22,7 +22,6 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from google.protobuf import text_format
 from torch import nn
 
 from . import io as ncio
@@ -221,7 +220,7 @@ class Net(nn.Module):
                                 seed=seed, rank=rank, world_size=world_size, net_name=self.name,
                                 options=check_options(options))
         if verbose:
-            log.info("Initializing net from parameters: \n%s", text_format.MessageToString(_without_blobs(filtered)))
+            log.info("Initializing net from parameters: \n%s", ncio.text_proto(_without_blobs(filtered)))
         self.layers = nn.ModuleDict()
         self.layer_names: list[str] = []
         self._keys: list[str] = []  # each layer's key in self.layers, in layer order

@@ -45,13 +45,23 @@ def _caffe_net_setups(caffe_fixtures, log_name: str = "train_lenet.log.xz") -> l
 def test_the_set_up_log_is_caffes_line_for_line(in_fixture_workdir, caffe_fixtures, net_log, phase, log_name, index):
     """Every net.cpp, layer_factory.hpp, db_lmdb.cpp and data_layer.cpp line Caffe logged while setting up the
     fixture LeNet in `caffe train` (its TRAIN and TEST nets) and `caffe test` (Split layers with their tops and
-    memory, bottoms renamed to Split tops, the backward analysis, outputs), in order; the parameter dump after
-    "Initializing net from parameters" is left out (its float spellings differ)."""
+    memory, bottoms renamed to Split tops, the backward analysis, outputs), in order, with the parameter dump after
+    "Initializing net from parameters" spelt as protobuf C++ spells it (`lr_mult: 1`; Python's text_format writes
+    `lr_mult: 1.0`)."""
     want = _caffe_net_setups(caffe_fixtures, log_name)[index]
+    log = lzma.decompress((caffe_fixtures / "lenet" / log_name).read_bytes()).decode()
+    dumps = re.findall(r"net\.cpp:\d+\] (Initializing net from parameters: \n.*?)\n(?=[IWEF]\d)", log, re.S)
     Net("lenet/lenet_train_test.prototxt", phase=phase)
     got = [line for line in net_log if not line.startswith("Initializing net from parameters")]
     want = [line for line in want if not line.startswith("Initializing net from parameters")]
     assert got == want
+    # (the state's `level: 0` and `stage: ""` aside: `caffe`'s --level and --stage flags set them, its --stage's
+    # default "" split on commas into one empty stage, in the TRAIN net's and `caffe test`'s state only)
+    def plain(dump: str) -> str:
+        return dump.replace("  level: 0\n", "").replace('  stage: ""\n', "")
+
+    assert [plain(line) for line in net_log if line.startswith("Initializing net from parameters")] == \
+        [plain(dumps[index]) + "\n"]  # (the message's own last newline: glog added none)
     # the TEST net reads label and ip2 twice (accuracy and loss): Caffe's two Split layers
     assert ("label_mnist_1_split does not need backward computation." in got) == (phase == pb.TEST)
 

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from google.protobuf import text_format
 
 from netcompress import io as ncio
 from netcompress.cli import main as cli_main
@@ -243,3 +244,44 @@ def test_upgrade_command(tmp_path):
     out3 = str(tmp_path / "new.caffemodel")
     assert cli_main(["upgrade", "--binary", mpath, out3]) == 0
     assert ncio.read_caffemodel(out3, upgrade=False).layer[0].type == "Convolution"
+
+
+def test_text_protos_spell_floats_as_caffe_does(tmp_path):
+    """Written prototxts and the logs' parameter dumps spell floats as protobuf C++ (Caffe) does, SimpleFtoa's
+    shortest of 6 or 9 digits: `lr_mult: 1`, where Python's text_format wrote `lr_mult: 1.0` on every line."""
+    sp = pb.SolverParameter(base_lr=1e-5, momentum=0.9, gamma=1e-4, power=0.1 + 0.2, delta=1e6,
+                            clip_gradients=float("inf"), max_iter=5000, lr_policy="inv", weight_decay=16777217.0)
+    text = ncio.text_proto(sp)
+    assert text == ('base_lr: 1e-05\nmax_iter: 5000\nlr_policy: "inv"\ngamma: 0.0001\npower: 0.3\nmomentum: 0.9\n'
+                    'weight_decay: 16777216\ndelta: 1e+06\nclip_gradients: inf\n')
+    assert text_format.Parse(text, pb.SolverParameter()) == sp
+    net = text_format.Parse('name: "n\\"é" layer { name: "c" type: "Convolution" param { lr_mult: 1 } '
+                            'param { lr_mult: 2 decay_mult: 0 } convolution_param { num_output: 2 kernel_size: 3 '
+                            'weight_filler { type: "gaussian" std: 0.01 } } }', pb.NetParameter())
+    text = ncio.text_proto(net)
+    assert "    lr_mult: 1\n" in text and "decay_mult: 0\n" in text and "std: 0.01\n" in text and ".0\n" not in text
+    assert text_format.Parse(text, pb.NetParameter()) == net
+    assert text.replace("lr_mult: 1\n", "lr_mult: 1.0\n").replace("lr_mult: 2\n", "lr_mult: 2.0\n").replace(
+        "decay_mult: 0\n", "decay_mult: 0.0\n") == text_format.MessageToString(net)  # (all else as text_format)
+    src = write(tmp_path, "n.prototxt", text_format.MessageToString(net))
+    assert cli_main(["upgrade", src, str(tmp_path / "up.prototxt")]) == 0
+    assert (tmp_path / "up.prototxt").read_text() == text
+
+
+def test_a_message_ending_in_a_newline_ends_its_log_line():
+    # (glog adds no second newline: the parameter dumps left a blank line in the log that Caffe's has not)
+    import io
+    import logging
+
+    from netcompress.log import get_logger, setup_logging
+
+    stream = io.StringIO()
+    setup_logging(stream=stream)
+    try:
+        get_logger("t").info("Initializing solver from parameters: \n%s", "base_lr: 0.01\n")
+        get_logger("t").info("next")
+    finally:
+        setup_logging()
+    lines = stream.getvalue().split("\n")
+    assert lines[1] == "base_lr: 0.01" and "] next" in lines[2] and lines[3:] == [""], lines
+    assert logging.getLogger("netcompress").handlers

@@ -28,7 +28,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from google.protobuf import text_format
 
 from .. import io as ncio
 from ..device import checked_device
@@ -131,7 +130,7 @@ class Solver:
         self._check_param()
         if self.root:
             self._check_snapshot_folder()
-            log.info("Initializing solver from parameters: \n%s", text_format.MessageToString(sp))
+            log.info("Initializing solver from parameters: \n%s", ncio.text_proto(sp))
         seed = sp.random_seed if sp.random_seed >= 0 else None
         if seed is not None:
             torch.manual_seed(seed + rank)

@@ -19,7 +19,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from google.protobuf import text_format
 
 from .. import io as ncio
 from ..net import Net
@@ -284,7 +283,7 @@ def parse_model(model: str, output: str, quiet: bool = False) -> None:
     if not quiet:
         print("Saving file: %s ..." % output)
     # `print >> f, model` wrote str(model) and a newline
-    ncio.atomic_write(output, text_format.MessageToString(param) + "\n")
+    ncio.atomic_write(output, ncio.text_proto(param) + "\n")
     if not quiet:
         print("Success: file saved as %s" % output)
 

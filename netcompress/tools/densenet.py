@@ -39,7 +39,6 @@ import dataclasses
 import math
 from typing import Sequence
 
-from google.protobuf import text_format
 
 from .. import io as ncio
 from ..cliargs import require_int_flag
@@ -449,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         net = densenet_net(cfg, a.form, conv_type=a.conv_type, fc_type=a.fc_type, act_quant=a.act_quant,
                            act_bits=a.act_bits, weight_bits=a.weight_bits, fc_bits=a.fc_bits, data=data,
                            name=a.name)
-        ncio.atomic_write(a.out, text_format.MessageToString(net))
+        ncio.atomic_write(a.out, ncio.text_proto(net))
         for line in describe(cfg, a.form):
             print(line)
         print(f"Wrote {a.out} ({len(net.layer)} layers)")
