@@ -18,10 +18,10 @@ def add_gpu_arg(p: argparse.ArgumentParser, help_text: str = "GPU id (default: C
 
 
 def add_state_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--phase", choices=["TRAIN", "TEST"], default=None,
+    p.add_argument("--phase", "-phase", choices=["TRAIN", "TEST"], default=None,
                    help="network phase (default: TEST for test, TRAIN for time)")
-    p.add_argument("--level", type=int32_arg("NetState's level"), default=0, help="NetState level")
-    p.add_argument("--stage", default="", help="comma-separated NetState stages")
+    p.add_argument("--level", "-level", type=int32_arg("NetState's level"), default=0, help="NetState level")
+    p.add_argument("--stage", "-stage", default="", help="comma-separated NetState stages")
 
 
 def state_from_args(a: argparse.Namespace, default_phase: int) -> tuple[int, int, list[str]]:

@@ -184,9 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`netcompress time`: Caffe's time verb."""
     p = argparse.ArgumentParser(prog="netcompress time",
                                 description="Benchmark forward and backward, layer by layer (caffe time).")
-    p.add_argument("--model", required=True, help="net prototxt")
-    p.add_argument("--weights", default=None, help="optional .caffemodel")
-    p.add_argument("--iterations", type=int, default=50, help="timed iterations (default 50)")
+    p.add_argument("--model", "-model", required=True, help="net prototxt")
+    p.add_argument("--weights", "-weights", default=None, help="optional .caffemodel")
+    p.add_argument("--iterations", "-iterations", type=int, default=50, help="timed iterations (default 50)")
     p.add_argument("--iteration", type=int, default=0,
                    help="the solver iteration a TRAIN net's layers see (DNS surgery odds, INQ stage; default 0)")
     p.add_argument("--strict", action="store_true",

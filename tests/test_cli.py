@@ -42,6 +42,30 @@ def test_time_prints_caffes_benchmark_lines(capsys):
         assert re.search(rf"\] {what}: [\d.e+-]+ ms\.", err), what
 
 
+def test_caffes_single_dash_flags_work_for_every_tool_verb(tmp_path, capsys):
+    # (Caffe's own usage, `caffe test -model M -weights W -iterations 100`, was refused: "--model is required")
+    from pathlib import Path
+
+    from netcompress.net import Net
+
+    model = str(Path(__file__).resolve().parents[1] / LENET_DEPLOY)
+    weights = str(tmp_path / "w.caffemodel")
+    Net(model, phase="test").save(weights)
+    assert cli_main(["time", "-model", model, "-weights", weights, "-iterations", "1", "-phase", "TEST",
+                     "-level", "0", "-stage", "a,b", "-gpu", ""]) == 0
+    assert "*** Benchmark ends ***" in capsys.readouterr().err
+    net = tmp_path / "fed.prototxt"  # (test needs a net whose data it can draw: DummyData and a loss)
+    net.write_text('layer { name: "d" type: "DummyData" top: "data" top: "label" dummy_data_param { '
+                   'shape { dim: 2 dim: 3 } shape { dim: 2 } } }\n'
+                   'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+                   'inner_product_param { num_output: 2 } }\n'
+                   'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }\n')
+    Net(str(net), phase="test").save(weights)
+    assert cli_main(["test", "-model", str(net), "-weights", weights, "-iterations", "3", "-phase", "TEST",
+                     "-level", "0", "-stage", "a"]) == 0
+    assert "Batch 2, loss = " in capsys.readouterr().err
+
+
 def test_test_command_errors_are_clear(tmp_path, capsys):
     assert cli_main(["test", "--model", str(tmp_path / "none.prototxt"), "--weights", "x"]) == 1
     assert "none.prototxt: no such file" in capsys.readouterr().err

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-from ..cliargs import add_gpu_arg, add_state_args, require_int_flag, state_from_args
+from ..cliargs import add_gpu_arg, add_state_args, int32_arg, require_int_flag, state_from_args
 from ..device import device_for, device_from_gpu_flag
 from ..errors import NetcompressError
 from ..log import get_logger
@@ -37,6 +37,10 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                    choices=["stop", "snapshot", "none"], help="what SIGHUP does (default: snapshot)")
     p.add_argument("--strict", action="store_true",
                    help="a learnable layer that --weights do not fill is an error (default: a warning)")
+    p.add_argument("--level", "-level", type=int32_arg("NetState's level"), default=None,
+                   help="the training net's NetState level (the solver's train_state; default: the solver's)")
+    p.add_argument("--stage", "-stage", default="",
+                   help="comma-separated NetState stages added to the training net's (the solver's train_state)")
     add_option_args(p)  # the recipes' options (netcompress.options)
     p.add_argument("--cpu-procs", type=int, default=None,
                    help="data-parallel training on N CPU processes (gloo), for testing and CPU clusters")
@@ -62,6 +66,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         raise NetcompressError("--cpu-procs and --gpu exclude each other: --cpu-procs trains on CPU "
                                "processes, --gpu on GPUs")
     sp = ncio.read_solver(a.solver)
+    if a.level is not None:  # (Caffe's train sets train_state from --level and --stage, as here)
+        sp.train_state.level = a.level
+    sp.train_state.stage.extend(s for s in dict.fromkeys(a.stage.split(",")) if s and s not in sp.train_state.stage)
     launched = launcher_env() is not None  # torchrun (WORLD_SIZE > 1) or an srun step of > 1 tasks
     device, ids = (torch.device("cpu"), None) if a.cpu_procs else device_for(a.gpu, sp)
     if launched or (a.cpu_procs or 1) > 1 or (ids and len(ids) > 1):
@@ -108,9 +115,9 @@ def test_main(argv: Sequence[str] | None = None) -> int:
     """`netcompress test`: Caffe's test verb."""
     p = argparse.ArgumentParser(prog="netcompress test",
                                 description="Score a model on its TEST-phase data (caffe test).")
-    p.add_argument("--model", required=True, help="net prototxt")
-    p.add_argument("--weights", required=True, help=".caffemodel to score")
-    p.add_argument("--iterations", type=int, default=50, help="number of batches (default 50)")
+    p.add_argument("--model", "-model", required=True, help="net prototxt")
+    p.add_argument("--weights", "-weights", required=True, help=".caffemodel to score")
+    p.add_argument("--iterations", "-iterations", type=int, default=50, help="number of batches (default 50)")
     p.add_argument("--strict", action="store_true",
                    help="a learnable layer that the weights do not fill is an error (default: a warning)")
     p.add_argument("--verbose", action="store_true", help="also log the net's set-up (layers, top shapes)")

@@ -387,6 +387,36 @@ def test_weights_and_snapshot_are_exclusive(workdir, tmp_path, capsys):
         cli_main(["train", "--solver", str(path), "--weights", "a", "--snapshot", "b"])
 
 
+def test_train_takes_caffes_level_and_stage_flags_for_the_training_net(workdir, caplog):
+    # (`caffe train -stage noisy -level 2` set the solver's train_state; here the flags were refused)
+    sp = solver_param(workdir, max_iter=1, test_interval=0, snapshot=0, snapshot_after_train=False)
+    del sp.test_iter[:]
+    net = pb.NetParameter()
+    with open(sp.net) as f:
+        from google.protobuf import text_format
+        text_format.Parse(f.read(), net)
+    drop = [lp for lp in net.layer if lp.type == "Dropout"][0]
+    drop.include.add(stage=["noisy"], min_level=2)
+    ncio.write_text_proto(sp.net, net)
+    path = workdir / "solver.prototxt"
+    ncio.write_text_proto(str(path), sp)
+
+    def created(*flags):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="netcompress"):
+            assert cli_main(["train", "--solver", str(path), *flags]) == 0
+        return "Creating Layer drop" in caplog.text
+
+    assert not created()
+    assert not created("--stage", "noisy")
+    assert created("-stage", "other,noisy", "-level", "2")
+    assert created("--stage=noisy", "--level=3")
+    sp.train_state.level = 2
+    ncio.write_text_proto(str(path), sp)
+    assert created("--stage", "noisy")  # (the solver's train_state.level stands without --level)
+    assert not created("--stage", "noisy", "--level", "1")
+
+
 def test_missing_solver_file_is_clear(tmp_path, capsys):
     assert cli_main(["train", "--solver", str(tmp_path / "nope.prototxt")]) == 1
     assert "nope.prototxt: no such file" in capsys.readouterr().err
