@@ -622,10 +622,29 @@ def _caffe_float(value: float, digits: int, round_trips) -> str:
     return text
 
 
+def _caffe_floats(values, digits: int, dtype) -> list[str]:
+    """`_caffe_float` of many values at once (a caffemodel's weights in `parse_model`'s dump)."""
+    arr = np.asarray(values, dtype=dtype)
+    texts = ["%.*g" % (digits, v) for v in arr.tolist()]
+    with np.errstate(all="ignore"):
+        back = np.array(texts, dtype=np.float64).astype(dtype)
+    more = digits + (3 if digits == 6 else 2)  # (as _caffe_float; "%g" spells inf, -inf and nan as it does)
+    for i in np.flatnonzero(back != arr).tolist():
+        texts[i] = "%.*g" % (more, arr[i])
+    return texts
+
+
 def _print_fields(message: _pb_message.Message, out: list[str], indent: int) -> None:
     pad = " " * indent
     for field, value in message.ListFields():
         name = f"[{field.full_name}]" if field.is_extension else field.name
+        floats = (field.cpp_type in (FieldDescriptor.CPPTYPE_FLOAT, FieldDescriptor.CPPTYPE_DOUBLE)
+                  and is_repeated(field) and len(value) > 16)
+        if floats:
+            single = field.cpp_type == FieldDescriptor.CPPTYPE_FLOAT
+            out.extend(f"{pad}{name}: {t}\n" for t in _caffe_floats(value, 6 if single else 15,
+                                                                     np.float32 if single else np.float64))
+            continue
         for v in (value if is_repeated(field) else (value,)):
             if field.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE:
                 out.append(f"{pad}{name} {{\n")

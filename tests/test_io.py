@@ -266,6 +266,19 @@ def test_text_protos_spell_floats_as_caffe_does(tmp_path):
     src = write(tmp_path, "n.prototxt", text_format.MessageToString(net))
     assert cli_main(["upgrade", src, str(tmp_path / "up.prototxt")]) == 0
     assert (tmp_path / "up.prototxt").read_text() == text
+    # a blob's many values (parse_model's dump) are spelt at once, as each alone
+    odd = np.array([np.inf, -np.inf, np.nan, 0, -0.0, 1e-45, 3.4e38, 16777217, 1e6, 0.1], np.float32)
+    values = np.concatenate([np.random.default_rng(0).standard_normal(200).astype(np.float32), odd])
+    blob = pb.BlobProto(data=values, double_data=values.astype(np.float64) / 3)
+    lines = ncio.text_proto(blob).splitlines()
+    alone = [ncio.text_proto(pb.BlobProto(data=[v])).strip() for v in values]
+    assert lines[:len(values)] == alone
+    assert lines[len(values) - 10:len(values)] == [f"data: {t}" for t in ("inf", "-inf", "nan", "0", "-0", "1.4013e-45",
+                                                                          "3.4e+38", "16777216", "1e+06", "0.1")]
+    assert lines[len(values):] == [ncio.text_proto(pb.BlobProto(double_data=[v])).strip() for v in blob.double_data]
+    parsed = text_format.Parse("\n".join(lines), pb.BlobProto())
+    assert np.array_equal(np.asarray(parsed.data), values, equal_nan=True)
+    assert np.array_equal(np.asarray(parsed.double_data), np.asarray(blob.double_data), equal_nan=True)
 
 
 def test_a_message_ending_in_a_newline_ends_its_log_line():
