@@ -682,14 +682,24 @@ def read_binary_proto(path: str, message: M) -> M:
     except _pb_message.DecodeError as e:
         raise ProtoParseError(path, f"not a binary {message.DESCRIPTOR.full_name} ({e}){other_file_hint(data)}") \
             from None
+    except UnicodeDecodeError as e:
+        raise ProtoParseError(path, not_utf8_field(e)) from None
     check_utf8_strings(message, path)
     return message
+
+
+def not_utf8_field(e: UnicodeDecodeError) -> str:
+    """check_utf8_strings' words for a string field that is not UTF-8, where protobuf's parser raised (its
+    pure-Python 3.x parser does; newer ones hand the bytes over and check_utf8_strings names the field's place)."""
+    said = str(e)
+    field = said.rsplit("in field: ", 1)[1] if "in field: " in said else "a string field"
+    return f"{field} is not valid UTF-8 text ({bytes(e.object[:60])!r}): the file is corrupted"
 
 
 def _parses_as(data: bytes, message: M) -> M | None:
     try:
         message.ParseFromString(data)
-    except _pb_message.DecodeError:
+    except (_pb_message.DecodeError, UnicodeDecodeError):
         return None
     return message
 
@@ -916,6 +926,8 @@ def read_caffemodel(path: str, upgrade: bool = True) -> pb.NetParameter:
         net.ParseFromString(data)
     except _pb_message.DecodeError as e:
         raise ProtoParseError(path, f"not a binary caffemodel (NetParameter): {e}{other_file_hint(data)}") from None
+    except UnicodeDecodeError as e:
+        raise ProtoParseError(path, not_utf8_field(e)) from None
     check_utf8_strings(net, path)
     return upgrade_net(net, path) if upgrade else net
 

@@ -326,8 +326,9 @@ def test_a_layer_name_that_is_not_utf8(tmp_path):
     param.layer[1].name = "conv@"
     model = tmp_path / "utf8.caffemodel"
     model.write_bytes(param.SerializeToString().replace(b"conv@", b"conv\xff"))
-    assert error_of(ProtoParseError, ncio.read_caffemodel, str(model)) == (
-        f"{model}: layer[1].name is not valid UTF-8 text (b'conv\\xff'): the file is corrupted")
+    said = error_of(ProtoParseError, ncio.read_caffemodel, str(model))  # (protobuf 3.x: the field's name)
+    assert said in (f"{model}: {where} is not valid UTF-8 text (b'conv\\xff'): the file is corrupted"
+                    for where in ("layer[1].name", "caffe.LayerParameter.name")), said
     text = tmp_path / "utf8.prototxt"
     text.write_bytes(LENET.encode().replace(b'"conv1"', b'"conv\xff"', 1))
     head = LENET[:LENET.index('"conv1"')]
@@ -338,9 +339,12 @@ def test_a_layer_name_that_is_not_utf8(tmp_path):
     binary = tmp_path / "model.prototxt"  # a caffemodel given as a net: it holds NUL bytes
     binary.write_bytes(model.read_bytes())
     nul = model.read_bytes().index(b"\0")
+    kind = ("it is a caffemodel (a net of 9 layers): give weights with Net(..., weights=...) or copy_from, and resume "
+            "from a .solverstate with Solver.restore")
+    if ncio._parses_as(model.read_bytes(), pb.NetParameter()) is None:  # (protobuf 3.x's parser refuses the name)
+        kind = "is it a binary .caffemodel?"
     assert error_of(ProtoParseError, ncio.read_net, str(binary)) == (
-        f"{binary}: not a text prototxt (byte {nul} is a NUL byte); it is a caffemodel (a net of 9 layers): give "
-        "weights with Net(..., weights=...) or copy_from, and resume from a .solverstate with Solver.restore")
+        f"{binary}: not a text prototxt (byte {nul} is a NUL byte); {kind}")
     binary.write_bytes(b"\x93\x00\xff\x12" * 8)  # binary of no known kind
     assert error_of(ProtoParseError, ncio.read_net, str(binary)) == (
         f"{binary}: not a text prototxt (byte 1 is a NUL byte); is it a binary .caffemodel?")

@@ -266,7 +266,8 @@ def test_compute_image_mean_names_a_record_that_is_not_a_datum(tmp_path, capsys)
         db.put(b"00000001", b"\x0a\xff")  # a truncated field: protobuf's DecodeError (was a traceback)
     assert compute_image_mean_main([str(tmp_path / "db"), str(tmp_path / "mean.binaryproto")]) == 1
     err = capsys.readouterr().err
-    assert f"record b'00000001' of LMDB '{tmp_path / 'db'}' is not a Datum: Error parsing message" in err
+    assert f"record b'00000001' of LMDB '{tmp_path / 'db'}' is not a Datum: " in err  # (protobuf's words vary)
+    assert "Error parsing message" in err or "Truncated message" in err
     assert "Traceback" not in err and not (tmp_path / "mean.binaryproto").exists()
     # an encoded record that is no image (was a ValueError: a traceback)
     with LmdbWriter(str(tmp_path / "enc"), map_size=1 << 20) as db:
