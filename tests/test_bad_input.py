@@ -1095,7 +1095,7 @@ def test_a_seed_out_of_range_is_a_usage_error(tmp_path, monkeypatch, capsys, arg
     (["pipeline", "--out", "run", "--ref-iters", str(2**31)],
      "--ref-iters takes at most 2147483647 (a solver's int max_iter), got 2147483648"),
     (["test", "--model", "n.prototxt", "--weights", "w.caffemodel", "--level", str(2**31)],
-     "argument --level: NetState's level is a 32-bit integer (-2147483648 to 2147483647), got 2147483648"),
+     "argument --level/-level: NetState's level is a 32-bit integer (-2147483648 to 2147483647), got 2147483648"),
 ])
 def test_integers_past_a_caffe_int_are_named(tmp_path, monkeypatch, capsys, argv, said):
     monkeypatch.chdir(tmp_path)
