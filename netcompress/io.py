@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from io import StringIO as io_string
 import errno
 import os
 import re
@@ -17,6 +16,7 @@ import stat
 import tempfile
 import threading
 import time
+from io import StringIO
 from typing import IO, Iterator, Sequence, TypeVar
 
 import numpy as np
@@ -655,7 +655,7 @@ def _print_fields(message: _pb_message.Message, out: list[str], indent: int) -> 
             elif field.cpp_type == FieldDescriptor.CPPTYPE_DOUBLE:
                 out.append(f"{pad}{name}: {_caffe_float(v, 15, float)}\n")
             else:
-                text = io_string()
+                text = StringIO()
                 text_format.PrintFieldValue(field, v, text)
                 out.append(f"{pad}{name}: {text.getvalue()}\n")
 

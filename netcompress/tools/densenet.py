@@ -39,7 +39,6 @@ import dataclasses
 import math
 from typing import Sequence
 
-
 from .. import io as ncio
 from ..cliargs import require_int_flag
 from ..errors import NetcompressError
