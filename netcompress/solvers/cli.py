@@ -68,7 +68,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     sp = ncio.read_solver(a.solver)
     if a.level is not None:  # (Caffe's train sets train_state from --level and --stage, as here)
         sp.train_state.level = a.level
-    sp.train_state.stage.extend(s for s in dict.fromkeys(a.stage.split(",")) if s and s not in sp.train_state.stage)
+    stages = [s for s in dict.fromkeys(a.stage.split(",")) if s and s not in sp.train_state.stage]
+    if stages:  # (extending by nothing would mark an empty train_state as set, and the log would show it)
+        sp.train_state.stage.extend(stages)
     launched = launcher_env() is not None  # torchrun (WORLD_SIZE > 1) or an srun step of > 1 tasks
     device, ids = (torch.device("cpu"), None) if a.cpu_procs else device_for(a.gpu, sp)
     if launched or (a.cpu_procs or 1) > 1 or (ids and len(ids) > 1):

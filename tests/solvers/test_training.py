@@ -408,6 +408,7 @@ def test_train_takes_caffes_level_and_stage_flags_for_the_training_net(workdir, 
         return "Creating Layer drop" in caplog.text
 
     assert not created()
+    assert "train_state {" not in caplog.text  # (no flags: the solver's parameters as written)
     assert not created("--stage", "noisy")
     assert created("-stage", "other,noisy", "-level", "2")
     assert created("--stage=noisy", "--level=3")
