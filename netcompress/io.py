@@ -611,24 +611,14 @@ def read_text_proto(path: str, message: M) -> M:
     return parse_text_proto(text, message, path)
 
 
-def _caffe_float(value: float, digits: int, round_trips) -> str:
-    """protobuf C++'s SimpleFtoa / SimpleDtoa: `digits` significant digits, or 3 (floats) or 2 (doubles) more
-    where that does not read back as the same value."""
-    if value != value or value in (float("inf"), float("-inf")):
-        return "nan" if value != value else ("inf" if value > 0 else "-inf")
-    text = "%.*g" % (digits, value)
-    if round_trips(float(text)) != round_trips(value):
-        text = "%.*g" % (digits + (3 if digits == 6 else 2), value)
-    return text
-
-
-def _caffe_floats(values, digits: int, dtype) -> list[str]:
-    """`_caffe_float` of many values at once (a caffemodel's weights in `parse_model`'s dump)."""
+def _caffe_floats(values, double: bool) -> list[str]:
+    """protobuf C++'s SimpleFtoa (floats) or SimpleDtoa (doubles) of each value: 6 (15) significant digits, or 9
+    (17) where that does not read back as the same value; "%g" spells inf, -inf and nan as they do."""
+    dtype, digits, more = (np.float64, 15, 17) if double else (np.float32, 6, 9)
     arr = np.asarray(values, dtype=dtype)
     texts = ["%.*g" % (digits, v) for v in arr.tolist()]
     with np.errstate(all="ignore"):
         back = np.array(texts, dtype=np.float64).astype(dtype)
-    more = digits + (3 if digits == 6 else 2)  # (as _caffe_float; "%g" spells inf, -inf and nan as it does)
     for i in np.flatnonzero(back != arr).tolist():
         texts[i] = "%.*g" % (more, arr[i])
     return texts
@@ -638,22 +628,16 @@ def _print_fields(message: _pb_message.Message, out: list[str], indent: int) -> 
     pad = " " * indent
     for field, value in message.ListFields():
         name = f"[{field.full_name}]" if field.is_extension else field.name
-        floats = (field.cpp_type in (FieldDescriptor.CPPTYPE_FLOAT, FieldDescriptor.CPPTYPE_DOUBLE)
-                  and is_repeated(field) and len(value) > 16)
-        if floats:
-            single = field.cpp_type == FieldDescriptor.CPPTYPE_FLOAT
-            out.extend(f"{pad}{name}: {t}\n" for t in _caffe_floats(value, 6 if single else 15,
-                                                                     np.float32 if single else np.float64))
+        if field.cpp_type in (FieldDescriptor.CPPTYPE_FLOAT, FieldDescriptor.CPPTYPE_DOUBLE):
+            values = value if is_repeated(field) else (value,)
+            double = field.cpp_type == FieldDescriptor.CPPTYPE_DOUBLE
+            out.extend(f"{pad}{name}: {t}\n" for t in _caffe_floats(values, double))
             continue
         for v in (value if is_repeated(field) else (value,)):
             if field.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE:
                 out.append(f"{pad}{name} {{\n")
                 _print_fields(v, out, indent + 2)
                 out.append(f"{pad}}}\n")
-            elif field.cpp_type == FieldDescriptor.CPPTYPE_FLOAT:
-                out.append(f"{pad}{name}: {_caffe_float(v, 6, np.float32)}\n")
-            elif field.cpp_type == FieldDescriptor.CPPTYPE_DOUBLE:
-                out.append(f"{pad}{name}: {_caffe_float(v, 15, float)}\n")
             else:
                 text = StringIO()
                 text_format.PrintFieldValue(field, v, text)

@@ -266,7 +266,7 @@ def test_text_protos_spell_floats_as_caffe_does(tmp_path):
     src = write(tmp_path, "n.prototxt", text_format.MessageToString(net))
     assert cli_main(["upgrade", src, str(tmp_path / "up.prototxt")]) == 0
     assert (tmp_path / "up.prototxt").read_text() == text
-    # a blob's many values (parse_model's dump) are spelt at once, as each alone
+    # a blob's many values (parse_model's dump): the same spellings one by one and all at once
     odd = np.array([np.inf, -np.inf, np.nan, 0, -0.0, 1e-45, 3.4e38, 16777217, 1e6, 0.1], np.float32)
     values = np.concatenate([np.random.default_rng(0).standard_normal(200).astype(np.float32), odd])
     blob = pb.BlobProto(data=values, double_data=values.astype(np.float64) / 3)
